@@ -1,0 +1,1 @@
+//! The audio pipeline (issue 3): μ-law, resampling, jitter and playout buffering.

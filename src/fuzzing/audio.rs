@@ -1,0 +1,1 @@
+//! Fuzz entry points for the audio pipeline (issue 3).

@@ -1,0 +1,19 @@
+//! ignis: a real-time voice bridge between Twilio Media Streams and an ElevenLabs agent.
+//!
+//! # Layout
+//!
+//! Data flows from the wire inwards and back out:
+//!
+//! - [`http`]: sans-IO HTTP/1.1 front end (request heads, bodies, responses, upgrade checks).
+//! - [`twilio`]: Twilio signatures, webhook parameters, TwiML and Media Streams messages.
+//! - [`audio`]: the DSP pipeline (μ-law, resampling, jitter and playout buffers).
+//! - [`driver`]: the only layer that owns sockets, tasks, threads and the clock.
+//!
+//! Everything outside `driver` (and `audio::pipeline`) takes bytes and `now` as arguments and
+//! returns values; it never performs I/O or reads the clock.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod audio;
+#[doc(hidden)]
+pub mod fuzzing;
