@@ -17,3 +17,5 @@
 pub mod audio;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
+pub mod twilio;

@@ -1,0 +1,120 @@
+//! `application/x-www-form-urlencoded` decoding (WHATWG URL §5.1), used for Twilio webhook
+//! bodies and GET query strings.
+
+use std::fmt;
+
+/// Most fields accepted in one form; Twilio sends a few dozen (twilio.md §3.1).
+pub const MAX_FORM_FIELDS: usize = 512;
+
+/// Decoded form fields in arrival order (repeated names kept).
+pub type Fields = Vec<(String, String)>;
+
+/// Why a form could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormError {
+    /// More than [`MAX_FORM_FIELDS`] fields.
+    TooManyFields,
+    /// A decoded name or value is not UTF-8 (Twilio signs UTF-8 strings, twilio.md §4.1).
+    NotUtf8,
+}
+
+impl fmt::Display for FormError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FormError::TooManyFields => "too many form fields",
+            FormError::NotUtf8 => "form field is not UTF-8",
+        })
+    }
+}
+
+impl std::error::Error for FormError {}
+
+/// Decodes `input` into name/value pairs. `+` is a space; `%XX` is a byte; a `%` not followed by
+/// two hex digits is kept literally (WHATWG behaviour, tolerant of sloppy clients).
+pub fn decode(input: &[u8]) -> Result<Fields, FormError> {
+    let mut fields = Vec::new();
+    for pair in input.split(|&b| b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        if fields.len() == MAX_FORM_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        fields.push((percent_decode(name)?, percent_decode(value)?));
+    }
+    Ok(fields)
+}
+
+/// The first value of field `name`.
+pub fn get<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn percent_decode(input: &[u8]) -> Result<String, FormError> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                input.get(i + 1).and_then(|&b| hex(b)),
+                input.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| FormError::NotUtf8)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_twilio_style_form() {
+        let f =
+            decode(b"CallSid=CA123&From=%2B4915112345678&Body=It%27s+amazing&Empty=&Flag").unwrap();
+        assert_eq!(get(&f, "From"), Some("+4915112345678"));
+        assert_eq!(get(&f, "Body"), Some("It's amazing"));
+        assert_eq!(get(&f, "Empty"), Some(""));
+        assert_eq!(get(&f, "Flag"), Some(""));
+    }
+
+    #[test]
+    fn tolerates_bad_percent_and_rejects_bad_utf8() {
+        assert_eq!(decode(b"a=100%&b=%zz&c=%4").unwrap()[0].1, "100%");
+        assert_eq!(decode(b"b=%zz").unwrap()[0].1, "%zz");
+        assert_eq!(decode(b"c=%4").unwrap()[0].1, "%4");
+        assert_eq!(decode(b"a=%ff"), Err(FormError::NotUtf8));
+    }
+
+    #[test]
+    fn repeated_names_are_kept() {
+        let f = decode(b"Digits=5678&Digits=1234").unwrap();
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn field_limit() {
+        let many = "a=1&".repeat(MAX_FORM_FIELDS + 1);
+        assert_eq!(decode(many.as_bytes()), Err(FormError::TooManyFields));
+    }
+}

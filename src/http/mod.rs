@@ -1,0 +1,13 @@
+//! Sans-IO HTTP/1.1: request heads, body framing, forms, responses and the WebSocket upgrade.
+//!
+//! Nothing here touches a socket or reads the clock; the driver feeds bytes and a wall time in.
+
+pub mod body;
+pub mod date;
+pub mod form;
+pub mod request_head;
+pub mod response;
+pub mod websocket_upgrade;
+
+pub use request_head::{Method, RequestHead, Version};
+pub use response::Response;
