@@ -15,7 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod audio;
+pub mod calls;
+pub mod config;
+pub mod driver;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod privacy;
+pub mod routes;
+pub mod telemetry;
 pub mod twilio;

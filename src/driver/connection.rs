@@ -1,0 +1,280 @@
+//! One TCP connection: read request heads and bodies under deadlines, answer in order
+//! (keep-alive and pipelining), and hand a WebSocket upgrade to tokio-tungstenite together with
+//! any bytes that arrived after the head.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::debug;
+
+use super::{Phase, TaskToken, http_date, now, twilio_socket};
+use crate::http::Response;
+use crate::http::body::{self, ChunkedDecoder, Framing};
+use crate::http::request_head::{self, Method};
+use crate::routes::{Action, App};
+
+/// Initial read buffer per connection; grows only as a request needs (bounded by the limits).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// After an error response, how long unread request bytes are drained before closing, so the
+/// client reads the response instead of a reset (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes drained during a lingering close.
+const MAX_LINGER_BYTES: usize = 256 * 1024;
+
+enum ReadError {
+    /// The peer closed or the socket failed: nothing to answer.
+    Gone,
+    /// The deadline passed: answer 408.
+    TimedOut,
+}
+
+/// Serves one connection until it closes.
+pub(super) async fn run(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    mut phase: watch::Receiver<Phase>,
+    token: TaskToken,
+) {
+    let cfg = &app.config;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut first = true;
+    loop {
+        // Wait for the first byte of the next request: a new connection gets the request
+        // deadline (then 408), an idle keep-alive connection the idle timeout (then a silent
+        // close), and idle connections close as soon as the server starts draining.
+        if buf.is_empty() {
+            let wait = if first {
+                cfg.request_timeout
+            } else {
+                cfg.idle_timeout
+            };
+            if *phase.borrow() != Phase::Running {
+                return;
+            }
+            tokio::select! {
+                r = timeout(wait, stream.read_buf(&mut buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        if first {
+                            respond_and_close(&mut stream, Response::text(408, "request timeout")).await;
+                        }
+                        return;
+                    }
+                },
+                _ = phase.changed() => return,
+            }
+        }
+        first = false;
+        let deadline = Instant::now() + cfg.request_timeout;
+
+        let (head, used) = loop {
+            match request_head::parse(&buf) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => match read_more(&mut stream, &mut buf, deadline).await {
+                    Ok(()) => {}
+                    Err(ReadError::Gone) => return,
+                    Err(ReadError::TimedOut) => {
+                        return respond_and_close(
+                            &mut stream,
+                            Response::text(408, "request timeout"),
+                        )
+                        .await;
+                    }
+                },
+                Err(e) => {
+                    debug!(%peer, error = %e, "bad request head");
+                    return respond_and_close(
+                        &mut stream,
+                        Response::text(e.status(), &e.to_string()),
+                    )
+                    .await;
+                }
+            }
+        };
+        buf.advance(used);
+
+        let framing = match body::framing(&head) {
+            Ok(f) => f,
+            Err(e) => {
+                debug!(%peer, error = %e, "bad request framing");
+                return respond_and_close(&mut stream, Response::text(e.status(), &e.to_string()))
+                    .await;
+            }
+        };
+        if let Some(expect) = head.header("expect") {
+            if !expect.eq_ignore_ascii_case(b"100-continue") {
+                return respond_and_close(
+                    &mut stream,
+                    Response::text(417, "unsupported expectation"),
+                )
+                .await;
+            }
+            // Ask for the body only if it is not already here (RFC 9110 §10.1.1).
+            if framing != Framing::Empty
+                && buf.is_empty()
+                && stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+
+        let body = match read_body(&mut stream, &mut buf, framing, deadline).await {
+            Ok(b) => b,
+            Err(BodyError::Gone) => return,
+            Err(BodyError::Respond(resp)) => return respond_and_close(&mut stream, resp).await,
+        };
+
+        match app.handle(&head, &body, now()) {
+            Action::Respond(resp) => {
+                let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
+                let mut out = Vec::with_capacity(256 + resp.body.len());
+                resp.encode_into(&mut out, &http_date(), head.method == Method::Head, close);
+                if write_all(&mut stream, &out, cfg.request_timeout)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if close {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+            Action::Upgrade(accept) => {
+                if framing != Framing::Empty {
+                    return respond_and_close(
+                        &mut stream,
+                        Response::text(400, "upgrade request with a body"),
+                    )
+                    .await;
+                }
+                if write_all(
+                    &mut stream,
+                    &accept.response_bytes(&http_date()),
+                    cfg.request_timeout,
+                )
+                .await
+                .is_err()
+                {
+                    return;
+                }
+                // Bytes after the head (a first frame in the same segment) belong to the
+                // WebSocket layer.
+                let leftover = buf.to_vec();
+                drop(buf);
+                let ws = WebSocketStream::from_partially_read(
+                    stream,
+                    leftover,
+                    Role::Server,
+                    Some(twilio_socket::websocket_config()),
+                )
+                .await;
+                twilio_socket::run(ws, app.clone(), phase, token).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reads more bytes into `buf` before `deadline`.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    match timeout_at(deadline, stream.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(ReadError::Gone),
+        Err(_) => Err(ReadError::TimedOut),
+    }
+}
+
+enum BodyError {
+    Gone,
+    Respond(Response),
+}
+
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    framing: Framing,
+    deadline: Instant,
+) -> Result<Vec<u8>, BodyError> {
+    let timed_out = || BodyError::Respond(Response::text(408, "request timeout"));
+    match framing {
+        Framing::Empty => Ok(Vec::new()),
+        Framing::Length(n) => {
+            buf.reserve(n.saturating_sub(buf.len()));
+            while buf.len() < n {
+                read_more(stream, buf, deadline)
+                    .await
+                    .map_err(|e| match e {
+                        ReadError::Gone => BodyError::Gone,
+                        ReadError::TimedOut => timed_out(),
+                    })?;
+            }
+            Ok(buf.split_to(n).to_vec())
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            loop {
+                let used = decoder
+                    .decode(buf, &mut out)
+                    .map_err(|e| BodyError::Respond(Response::text(e.status(), &e.to_string())))?;
+                buf.advance(used);
+                if decoder.is_done() {
+                    return Ok(out);
+                }
+                read_more(stream, buf, deadline)
+                    .await
+                    .map_err(|e| match e {
+                        ReadError::Gone => BodyError::Gone,
+                        ReadError::TimedOut => timed_out(),
+                    })?;
+            }
+        }
+    }
+}
+
+async fn write_all(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+    match timeout(limit, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Sends an error response with `Connection: close`, then closes without resetting the
+/// connection on the client's unread bytes.
+async fn respond_and_close(stream: &mut TcpStream, resp: Response) {
+    let mut out = Vec::new();
+    resp.encode_into(&mut out, &http_date(), false, true);
+    if write_all(stream, &out, LINGER).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let _ = timeout(LINGER, async {
+        while drained < MAX_LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}

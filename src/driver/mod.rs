@@ -1,0 +1,158 @@
+//! The driver: the only layer that owns sockets, tasks and the clock.
+//!
+//! [`serve`] runs the accept loop with a connection cap and the shutdown choreography
+//! (mini-redis style): on the shutdown signal it stops accepting, lets in-flight requests finish,
+//! lets live calls run until the drain deadline, then closes them cleanly and waits for every
+//! task to end.
+
+mod connection;
+mod twilio_socket;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::calls::TeardownReason;
+use crate::http::{Response, date};
+use crate::routes::{App, Now};
+
+/// Connections being refused with 503 at once; past this, excess connections are dropped
+/// without an answer rather than spending memory on them.
+const MAX_PENDING_REJECTIONS: usize = 64;
+/// Time allowed to write a 503 to a refused connection.
+const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the drain deadline, time given to sessions to send their close frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How often ended calls are swept from the registry.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Lifecycle phase broadcast to every task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving normally.
+    Running,
+    /// No new connections; idle HTTP connections close, live calls continue.
+    Draining,
+    /// The drain deadline passed: live calls close now.
+    Closing,
+}
+
+/// Reads the clock: the one place wall and monotonic time enter the program.
+pub fn now() -> Now {
+    let unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    Now {
+        unix_secs,
+        instant: Instant::now(),
+    }
+}
+
+/// The current `Date` header value.
+pub(crate) fn http_date() -> String {
+    date::imf_fixdate(now().unix_secs)
+}
+
+/// Handles every task holds; when all are dropped the server has finished.
+#[derive(Clone)]
+pub(crate) struct TaskToken(#[allow(dead_code)] mpsc::Sender<()>);
+
+/// Serves HTTP and Media Streams on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let token = TaskToken(done_tx);
+    let connections = Arc::new(Semaphore::new(app.config.max_connections));
+    let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                match connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let app = app.clone();
+                        let phase = phase_rx.clone();
+                        let token = token.clone();
+                        tokio::spawn(async move {
+                            connection::run(stream, peer, app, phase, token).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => refuse(stream, peer, &rejections),
+                }
+            }
+            _ = sweep.tick() => app.calls.sweep(Instant::now()),
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    let live = app.calls.live_count();
+    info!(
+        live_calls = live,
+        drain_secs = app.config.drain.as_secs(),
+        "shutdown: no longer accepting; draining"
+    );
+    let _ = phase_tx.send(Phase::Draining);
+    drop(token);
+
+    let drained = tokio::time::timeout(app.config.drain, done_rx.recv()).await;
+    if drained.is_err() {
+        let closed = app.calls.teardown_all(TeardownReason::Shutdown);
+        info!(
+            closed_calls = closed,
+            "shutdown: drain deadline reached; closing live calls"
+        );
+        let _ = phase_tx.send(Phase::Closing);
+        if tokio::time::timeout(CLOSE_GRACE, done_rx.recv())
+            .await
+            .is_err()
+        {
+            warn!("shutdown: some connections did not close in time");
+        }
+    }
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Answers a connection over the cap with 503 and closes it, without holding a permit.
+fn refuse(mut stream: TcpStream, peer: SocketAddr, rejections: &Arc<Semaphore>) {
+    let Ok(permit) = rejections.clone().try_acquire_owned() else {
+        return; // Dropping the socket closes it.
+    };
+    warn!(%peer, "connection cap reached: answering 503");
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        Response::text(503, "server busy, retry shortly")
+            .header("Retry-After", "1")
+            .encode_into(&mut out, &http_date(), false, true);
+        let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, async {
+            stream.write_all(&out).await?;
+            stream.shutdown().await
+        })
+        .await;
+        drop(permit);
+    });
+}
