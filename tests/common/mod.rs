@@ -1,0 +1,314 @@
+//! Shared helpers: start the real server on 127.0.0.1:0, speak raw HTTP bytes, sign requests the
+//! way Twilio does, and open a Media Streams WebSocket as Twilio would.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ignis::config::Config;
+use ignis::routes::App;
+use ignis::twilio::signature;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+pub const PUBLIC: &str = "https://ignis.example.com";
+pub const TOKEN: &str = "ignis-test-token";
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
+        let mut config = test_config(&[]);
+        tweak(&mut config);
+        Server::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Arc::new(App::new(config));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(ignis::driver::serve(listener, app.clone(), async {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            app,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Sends the shutdown signal.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).await.unwrap()
+    }
+}
+
+pub fn test_config(extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("PUBLIC_URL".into(), PUBLIC.into());
+    vars.insert("TWILIO_AUTH_TOKEN".into(), TOKEN.into());
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    let mut c = Config::from_vars(&vars, false).unwrap();
+    c.request_timeout = Duration::from_millis(500);
+    c.idle_timeout = Duration::from_millis(800);
+    c.drain = Duration::from_secs(5);
+    c
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response from `stream`, leaving later bytes in `buf`. `head_only`: HEAD request.
+pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Resp {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(buf).unwrap() {
+                let status = r.code.unwrap();
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap_or(0);
+                let body_len = if head_only { 0 } else { len };
+                while buf.len() < n + body_len {
+                    let mut chunk = [0u8; 4096];
+                    let k = stream.read(&mut chunk).await.unwrap();
+                    assert!(k > 0, "eof inside body");
+                    buf.extend_from_slice(&chunk[..k]);
+                }
+                let body = buf[n..n + body_len].to_vec();
+                buf.drain(..n + body_len);
+                return Resp {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            let mut chunk = [0u8; 4096];
+            let k = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                k > 0,
+                "eof before response head: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    })
+    .await
+    .expect("response timed out")
+}
+
+/// Writes `raw` on a new connection and reads one response.
+pub async fn roundtrip(server: &Server, raw: &[u8]) -> Resp {
+    let mut s = server.connect().await;
+    s.write_all(raw).await.unwrap();
+    let mut buf = Vec::new();
+    read_response(&mut s, &mut buf, raw.starts_with(b"HEAD ")).await
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `within`.
+pub async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut sink = [0u8; 1024];
+    let res = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    res.is_ok()
+}
+
+pub fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn urlencode(pairs: &[(String, String)]) -> String {
+    fn enc(s: &str) -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A form POST to `path` signed with `token` over the public URL, as Twilio sends it.
+pub fn signed_post(path: &str, params: &[(String, String)], token: &str) -> Vec<u8> {
+    let sig = signature::sign(token, &format!("{PUBLIC}{path}"), params);
+    let body = urlencode(params);
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: ignis.example.com\r\nUser-Agent: TwilioProxy/1.1\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {sig}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+pub fn call_params(call_sid: &str) -> Vec<(String, String)> {
+    fields(&[
+        ("AccountSid", "AC11111111111111111111111111111111"),
+        ("CallSid", call_sid),
+        ("CallStatus", "ringing"),
+        ("From", "+4915112345123"),
+        ("To", "+16175551881"),
+        ("Direction", "inbound"),
+    ])
+}
+
+/// Encodes a masked client text frame (RFC 6455 §5.2).
+pub fn client_text_frame(text: &str) -> Vec<u8> {
+    client_frame(0x1, text.as_bytes())
+}
+
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// The signed Media Streams upgrade request Twilio sends (twilio.md §1.1).
+pub fn stream_handshake(path: &str, signature: Option<&str>, extra: &str) -> String {
+    let sig = signature.map_or(String::new(), |s| format!("X-Twilio-Signature: {s}\r\n"));
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: ignis.example.com\r\nUser-Agent: Twilio.TmeWs/1.0\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{sig}{extra}Accept-Encoding: gzip\r\n\r\n"
+    )
+}
+
+pub fn stream_signature(path: &str) -> String {
+    signature::sign(TOKEN, &format!("wss://ignis.example.com{path}"), &[])
+}
+
+pub fn start_message(call_sid: &str) -> String {
+    format!(
+        r#"{{"event":"start","sequenceNumber":"1","streamSid":"MZ{call_sid}","start":{{"accountSid":"AC11111111111111111111111111111111","streamSid":"MZ{call_sid}","callSid":"{call_sid}","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{"caller":"+4915112345123"}}}}}}"#
+    )
+}
+
+pub fn media_message(chunk: u64) -> String {
+    format!(
+        r#"{{"event":"media","sequenceNumber":"{}","streamSid":"MZ","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{}"}}}}"#,
+        chunk + 1,
+        chunk * 20,
+        "/".repeat(212) + "w=="
+    )
+}
+
+pub const CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
+
+/// Opens a signed stream socket, sending `connected` + `start` in the same segment as the head.
+/// Returns the WebSocket after the 101.
+pub async fn open_stream(server: &Server, call_sid: &str) -> WebSocketStream<TcpStream> {
+    let mut s = server.connect().await;
+    let mut bytes = stream_handshake(
+        "/api/twilio/stream",
+        Some(&stream_signature("/api/twilio/stream")),
+        "",
+    )
+    .into_bytes();
+    bytes.extend(client_text_frame(CONNECTED));
+    bytes.extend(client_text_frame(&start_message(call_sid)));
+    s.write_all(&bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let resp = read_response(&mut s, &mut buf, true).await;
+    assert_eq!(resp.status, 101, "{}", resp.text());
+    WebSocketStream::from_partially_read(s, buf, Role::Client, None).await
+}
+
+/// Polls `cond` until true or panics after 5 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
