@@ -13,11 +13,13 @@ ignis: real-time voice bridge between Twilio Media Streams and an ElevenLabs age
 
 USAGE:
     ignis [serve] [--insecure-skip-signature]
+    ignis healthcheck
     ignis --help | ignis serve --help
     ignis --version
 
 COMMANDS:
-    serve    run the HTTP/WebSocket server (the default)
+    serve        run the HTTP/WebSocket server (the default)
+    healthcheck  GET http://127.0.0.1:$PORT/health; exit 0 if healthy (for Docker)
 
 OPTIONS (serve):
     --insecure-skip-signature   accept webhooks and streams without a valid
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             "--insecure-skip-signature" => insecure = true,
+            "healthcheck" => return healthcheck(),
             other => {
                 eprintln!("ignis: unknown argument '{other}' (see ignis --help)");
                 return ExitCode::from(2);
@@ -86,6 +89,37 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ignis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Probes the local server's `/health` (the container image has no curl).
+fn healthcheck() -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(config::DEFAULT_PORT);
+    let probe = || -> std::io::Result<bool> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut reply = Vec::new();
+        s.take(4096).read_to_end(&mut reply)?;
+        let reply = String::from_utf8_lossy(&reply);
+        Ok(reply.starts_with("HTTP/1.1 200") && reply.contains("\"status\":\"ok\""))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("ignis healthcheck: unhealthy answer on port {port}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ignis healthcheck: port {port}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,278 @@
+//! The binary: `--help`, configuration errors (one line naming the variable, exit 2), `.env`
+//! loading with the real environment winning, and the loud insecure flag.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
+    c.env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        c.env("PATH", path);
+    }
+    c
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ignis-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for the "ignis listening" log line, then returns the child.
+fn wait_listening(mut child: Child) -> Child {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("ignis listening") {
+                return child;
+            }
+            seen.push(line);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("ignis exited with {status}: {seen:?}");
+        }
+    }
+    let _ = child.kill();
+    panic!("ignis did not start: {seen:?}");
+}
+
+fn get(port: u16, target: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn help_documents_commands_and_every_variable() {
+    for args in [&["--help"][..], &["serve", "--help"]] {
+        let out = bin().args(args).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        for (name, _) in ignis::config::VARIABLES {
+            assert!(text.contains(name), "{name} missing from help");
+        }
+        assert!(text.contains("--insecure-skip-signature"));
+    }
+}
+
+#[test]
+fn missing_or_malformed_values_exit_2_naming_the_variable() {
+    let dir = temp_dir("errors");
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "PUBLIC_URL"),
+        (&[("PUBLIC_URL", "https://h.example")], "TWILIO_AUTH_TOKEN"),
+        (
+            &[("PUBLIC_URL", "ftp://h"), ("TWILIO_AUTH_TOKEN", "t")],
+            "PUBLIC_URL",
+        ),
+        (
+            &[
+                ("PUBLIC_URL", "https://h"),
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("PORT", "http"),
+            ],
+            "PORT",
+        ),
+        (
+            &[
+                ("PUBLIC_URL", "https://h"),
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("BIND", "everywhere"),
+            ],
+            "BIND",
+        ),
+        (
+            &[
+                ("PUBLIC_URL", "https://h"),
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("DRAIN_SECONDS", "-1"),
+            ],
+            "DRAIN_SECONDS",
+        ),
+    ];
+    for (vars, name) in cases {
+        let out = bin()
+            .current_dir(&dir)
+            .envs(vars.iter().copied())
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(name), "{err} should name {name}");
+    }
+    let out = bin().arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn dotenv_is_loaded_and_the_environment_wins() {
+    let dir = temp_dir("dotenv");
+    let port = free_port();
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "# local settings\nPUBLIC_URL=https://from-dotenv.example\nTWILIO_AUTH_TOKEN=\"from-file\"\n\
+             PORT={port}\nBIND=127.0.0.1\nLOG_FORMAT=xml\n"
+        ),
+    )
+    .unwrap();
+    // LOG_FORMAT=xml in the file is invalid; the environment's value must win for start-up to work.
+    let child = bin()
+        .current_dir(&dir)
+        .env("LOG_FORMAT", "text")
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = wait_listening(child);
+    let health = get(port, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The TwiML uses PUBLIC_URL from the file.
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Without the override the bad file value stops start-up, naming the variable.
+    let out = bin().current_dir(&dir).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_FORMAT"));
+    // Nothing listens any more: the healthcheck fails.
+    let hc = bin()
+        .env("PORT", port.to_string())
+        .arg("healthcheck")
+        .output()
+        .unwrap();
+    assert!(!hc.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn insecure_flag_is_loud_and_sigterm_shuts_down() {
+    let dir = temp_dir("insecure");
+    let port = free_port();
+    let mut child = bin()
+        .current_dir(&dir)
+        .envs([
+            ("PUBLIC_URL", "http://127.0.0.1"),
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("BIND", "127.0.0.1"),
+            ("LOG_FORMAT", "json"),
+            ("DRAIN_SECONDS", "1"),
+        ])
+        .env("PORT", port.to_string())
+        .args(["serve", "--insecure-skip-signature"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines.iter().any(|l: &String| l.contains("ignis listening")) {
+        assert!(Instant::now() < deadline, "did not start: {lines:?}");
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("INSECURE"))
+        .expect("insecure warning");
+    let parsed: serde_json::Value = serde_json::from_str(warning).expect("JSON log line");
+    assert_eq!(parsed["level"], "WARN");
+
+    // Unsigned webhook accepted in this mode.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = "CallSid=CA1&From=%2B4915112345123&To=%2B16175551881";
+    write!(
+        s,
+        "POST /api/twilio/voice HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("ws://127.0.0.1/api/twilio/stream"));
+    // Phone numbers are masked in the log.
+    std::thread::sleep(Duration::from_millis(100));
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    let incoming = lines
+        .iter()
+        .find(|l| l.contains("Incoming call"))
+        .expect("incoming log");
+    assert!(
+        incoming.contains("+49…123") && !incoming.contains("4915112345123"),
+        "{incoming}"
+    );
+
+    // SIGTERM: graceful exit with status 0.
+    // The healthcheck subcommand (Docker HEALTHCHECK) sees a healthy server.
+    let hc = bin()
+        .env("PORT", port.to_string())
+        .arg("healthcheck")
+        .output()
+        .unwrap();
+    assert!(
+        hc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hc.stderr)
+    );
+
+    let pid = child.id();
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing listens any more: the healthcheck fails.
+    let hc = bin()
+        .env("PORT", port.to_string())
+        .arg("healthcheck")
+        .output()
+        .unwrap();
+    assert!(!hc.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
