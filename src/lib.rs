@@ -18,6 +18,7 @@ pub mod audio;
 pub mod calls;
 pub mod config;
 pub mod driver;
+pub mod elevenlabs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
