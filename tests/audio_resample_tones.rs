@@ -80,14 +80,22 @@ struct Figures {
 fn measure(rate_in: u32, rate_out: u32, engine: Engine) -> Figures {
     let mk = || Resampler::new(rate_in, rate_out, engine, false).unwrap();
     let up = rate_out > rate_in;
-    let gain_1k = level_db(&run(&mut mk(), &tone(rate_in, 1000.0, 1.0)), rate_out, 1000.0);
+    let gain_1k = level_db(
+        &run(&mut mk(), &tone(rate_in, 1000.0, 1.0)),
+        rate_out,
+        1000.0,
+    );
     let y34 = run(&mut mk(), &tone(rate_in, 3400.0, 1.0));
     let gain_3k4 = level_db(&y34, rate_out, 3400.0);
     // Up: the 4.6 kHz image of a 3.4 kHz tone. Down: a 4.6 kHz tone folded to 3.4 kHz.
     let reject_4k6 = if up {
         level_db(&y34, rate_out, 4600.0)
     } else {
-        level_db(&run(&mut mk(), &tone(rate_in, 4600.0, 1.0)), rate_out, 3400.0)
+        level_db(
+            &run(&mut mk(), &tone(rate_in, 4600.0, 1.0)),
+            rate_out,
+            3400.0,
+        )
     };
     let delay = delay_ms(&mut mk());
     let f = Figures {
@@ -114,7 +122,11 @@ fn halfband_meets_every_telephone_target() {
         assert!(f.gain_1k.abs() <= 0.1, "{a}->{b}");
         assert!(f.gain_3k4.abs() <= 0.1, "{a}->{b}");
         assert!(f.reject_4k6 <= -80.0, "{a}->{b}: {}", f.reject_4k6);
-        assert!(f.delay_ms <= 2.5 && f.delay_ms >= 2.0, "{a}->{b}: {}", f.delay_ms);
+        assert!(
+            f.delay_ms <= 2.5 && f.delay_ms >= 2.0,
+            "{a}->{b}: {}",
+            f.delay_ms
+        );
     }
 }
 

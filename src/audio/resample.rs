@@ -35,9 +35,10 @@ const CENTRE: usize = (HALFBAND_TAPS - 1) / 2; // 35
 const BLOCK: usize = 256;
 
 /// Which implementation converts the rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// Identity for equal rates, halfband for 2:1 and 1:2, rubato `Fft` otherwise.
+    #[default]
     Auto,
     /// The 71-tap halfband FIR; only valid for an exact 2:1 or 1:2 ratio.
     Halfband,
