@@ -5,8 +5,9 @@
 //! Agent audio: ElevenLabs `audio` bursts → [`OutboundPath`] (decode, resample to 8 kHz, μ-law,
 //! 20 ms re-framing, paced [`playout`] buffer with marks) → Twilio `media`/`mark`.
 //!
-//! Everything here except [`pipeline`] (the one module with threads and channels) is sans-IO: no sockets, threads, channels or clock reads;
-//! `now` is a [`std::time::Instant`] passed in by the caller, so tests run in virtual time.
+//! Everything here except [`pipeline`] (the one module with threads and channels) is sans-IO:
+//! no sockets, threads, channels or clock reads; `now` is a [`std::time::Instant`] passed in by
+//! the caller, so tests run in virtual time.
 //! After set-up nothing allocates per frame: buffers are sized at construction and reused, and
 //! outputs are borrowed `&str`s valid until the next call.
 

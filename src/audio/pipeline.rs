@@ -136,7 +136,7 @@ pub enum PipelineOutput<'a> {
     /// What a Twilio mark echo told.
     MarkEcho(MarkEcho),
     /// Counters of both paths, answering [`Pipeline::request_stats`].
-    Stats(InboundStats, OutboundStats),
+    Stats(&'a InboundStats, &'a OutboundStats),
 }
 
 enum Cmd {
@@ -375,7 +375,7 @@ impl Pipeline {
                     continue;
                 }
                 Out::Stats(s) => {
-                    f(PipelineOutput::Stats(s.0, s.1));
+                    f(PipelineOutput::Stats(&s.0, &s.1));
                     continue;
                 }
             };
