@@ -1,0 +1,376 @@
+//! Outbound path, agent → caller: ElevenLabs `audio` events in, paced Twilio messages out.
+//!
+//! Per burst: base64 (decoded in blocks, any size) → PCM16 LE with a one-byte carry for odd
+//! lengths → resample to 8 kHz (leading filter delay trimmed: the input is faster than real
+//! time, so the delay costs nothing) → μ-law → whole 160-byte frames → [`PlayoutBuffer`].
+//! `ulaw_8000` skips straight to the re-framer.
+//!
+//! Turns and interruptions (elevenlabs.md §4.4): audio of an `event_id` older than the last
+//! interruption's is dropped ("strictly older", as the JS SDK and the pending Python fix do);
+//! a new `event_id` implicitly ends the previous turn; [`OutboundPath::end_of_turn`] flushes the
+//! resampler tail and pads the last partial frame with μ-law silence so the last word is not
+//! clipped; [`OutboundPath::interrupt`] resets the resampler and drops everything held.
+//!
+//! Sans-IO: `now` is an argument; nothing allocates after [`OutboundPath::new`].
+
+use std::fmt;
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use super::format::AgentFormat;
+use super::inbound::checked_decoded_len;
+use super::mulaw::{self, FRAME_SAMPLES, SILENCE};
+use super::playout::{
+    Interruption, MarkEcho, PlayoutBuffer, PlayoutConfig, PlayoutStats, Transmit,
+};
+use super::resample::{Engine, ResampleSetupError, Resampler};
+
+/// Largest decoded agent audio chunk accepted in one call: 1 MiB (≈ 33 s of `pcm_16000`).
+/// ElevenLabs chunks are far smaller; this only bounds a misbehaving peer.
+pub const MAX_AGENT_BURST_BYTES: usize = 1 << 20;
+/// Base64 characters decoded per block (3072 bytes): the only scratch the decoder needs.
+const DECODE_BLOCK_CHARS: usize = 4096;
+const DECODE_BLOCK_BYTES: usize = DECODE_BLOCK_CHARS / 4 * 3;
+
+/// Outbound path settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboundConfig {
+    /// Pacing, marks and buffer bounds.
+    pub playout: PlayoutConfig,
+    /// Resampler choice (default [`Engine::Auto`]).
+    pub engine: Engine,
+}
+
+/// Agent audio that could not be used. The bridge counts and logs it; the path is unaffected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadAgentAudio {
+    /// Not standard padded base64.
+    Base64,
+    /// Decodes to more than [`MAX_AGENT_BURST_BYTES`].
+    TooLarge {
+        /// Decoded length.
+        len: usize,
+    },
+}
+
+impl fmt::Display for BadAgentAudio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Base64 => f.write_str("agent audio is not valid base64"),
+            Self::TooLarge { len } => write!(f, "agent audio chunk of {len} bytes is too large"),
+        }
+    }
+}
+
+impl std::error::Error for BadAgentAudio {}
+
+/// Counters of the outbound path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboundStats {
+    /// Pacing counters (frames, underruns, overruns, interruptions, marks …).
+    pub playout: PlayoutStats,
+    /// Agent bytes accepted.
+    pub agent_bytes: u64,
+    /// Agent bytes dropped because their `event_id` predates the last interruption.
+    pub stale_event_bytes: u64,
+    /// Chunks rejected with [`BadAgentAudio`].
+    pub bad_chunks: u64,
+    /// Agent turns ended (explicitly or by a new `event_id`).
+    pub turns: u64,
+}
+
+/// The agent → caller path (see the module docs).
+pub struct OutboundPath {
+    format: AgentFormat,
+    resampler: Option<Resampler>,
+    decoded: Vec<u8>,
+    carry: Option<u8>,
+    pcm: Vec<f32>,
+    resampled: Vec<f32>,
+    ulaw: Vec<u8>,
+    frame: [u8; FRAME_SAMPLES],
+    frame_fill: usize,
+    playout: PlayoutBuffer,
+    current_event: Option<u64>,
+    min_event: Option<u64>,
+    stats: OutboundStats,
+}
+
+impl OutboundPath {
+    /// Builds the path for an agent speaking `format`.
+    pub fn new(format: AgentFormat, config: OutboundConfig) -> Result<Self, ResampleSetupError> {
+        let resampler = if format.is_ulaw() {
+            None
+        } else {
+            Some(Resampler::new(
+                format.sample_rate(),
+                8000,
+                config.engine,
+                true,
+            )?)
+        };
+        let max_samples = DECODE_BLOCK_BYTES / 2 + 1;
+        let resampled_cap = resampler.as_ref().map_or(DECODE_BLOCK_BYTES, |r| {
+            r.output_frames_max(max_samples + r.rate_in() as usize / 50)
+                .max(r.flush_frames_max())
+        });
+        Ok(Self {
+            format,
+            resampler,
+            decoded: vec![0; DECODE_BLOCK_BYTES],
+            carry: None,
+            pcm: vec![0.0; max_samples],
+            resampled: vec![0.0; resampled_cap],
+            ulaw: vec![0; resampled_cap.max(DECODE_BLOCK_BYTES)],
+            frame: [SILENCE; FRAME_SAMPLES],
+            frame_fill: 0,
+            playout: PlayoutBuffer::new(config.playout),
+            current_event: None,
+            min_event: None,
+            stats: OutboundStats::default(),
+        })
+    }
+
+    /// The agent format this path consumes.
+    pub fn format(&self) -> AgentFormat {
+        self.format
+    }
+
+    /// Handles the `audio_base_64` of an ElevenLabs `audio` event with its `event_id`.
+    /// Then drain [`OutboundPath::poll_transmit`].
+    pub fn push_agent_audio(
+        &mut self,
+        now: Instant,
+        event_id: u64,
+        audio_b64: &str,
+    ) -> Result<(), BadAgentAudio> {
+        let _ = now; // Pacing is decided at poll time; kept for a uniform driver contract.
+        let len = match checked_decoded_len(audio_b64.as_bytes()) {
+            Ok(n) if n > MAX_AGENT_BURST_BYTES => Err(BadAgentAudio::TooLarge { len: n }),
+            Ok(n) => Ok(n),
+            Err(_) => Err(BadAgentAudio::Base64),
+        };
+        let len = match len {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.bad_chunks += 1;
+                return Err(e);
+            }
+        };
+        if self.min_event.is_some_and(|min| event_id < min) {
+            self.stats.stale_event_bytes += len as u64;
+            return Ok(());
+        }
+        if self.current_event.is_some_and(|e| e != event_id) {
+            self.end_of_turn();
+        }
+        self.current_event = Some(event_id);
+        self.stats.agent_bytes += len as u64;
+        for block in audio_b64.as_bytes().chunks(DECODE_BLOCK_CHARS) {
+            let n = match STANDARD.decode_slice(block, &mut self.decoded[..]) {
+                Ok(n) => n,
+                Err(_) => {
+                    // Only non-canonical trailing bits get here (the alphabet was checked).
+                    self.stats.bad_chunks += 1;
+                    return Err(BadAgentAudio::Base64);
+                }
+            };
+            self.push_decoded(event_id, n);
+        }
+        Ok(())
+    }
+
+    /// Pushes already-decoded agent bytes (raw PCM16 LE or μ-law, per the format) of turn
+    /// `event_id`, for callers that decode base64 themselves.
+    pub fn push_agent_bytes(&mut self, event_id: u64, mut bytes: &[u8]) {
+        if self.min_event.is_some_and(|min| event_id < min) {
+            self.stats.stale_event_bytes += bytes.len() as u64;
+            return;
+        }
+        if self.current_event.is_some_and(|e| e != event_id) {
+            self.end_of_turn();
+        }
+        self.current_event = Some(event_id);
+        self.stats.agent_bytes += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let n = bytes.len().min(DECODE_BLOCK_BYTES);
+            self.decoded[..n].copy_from_slice(&bytes[..n]);
+            self.push_decoded(event_id, n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Transcodes `self.decoded[..n]` into frames.
+    fn push_decoded(&mut self, event_id: u64, n: usize) {
+        if self.resampler.is_none() {
+            let ulaw = std::mem::take(&mut self.decoded);
+            self.reframe(event_id, &ulaw[..n]);
+            self.decoded = ulaw;
+            return;
+        }
+        // PCM16 LE with a one-byte carry across chunks.
+        let mut bytes = &self.decoded[..n];
+        let mut samples = 0;
+        if let Some(lo) = self.carry.take() {
+            match bytes.split_first() {
+                Some((&hi, rest)) => {
+                    self.pcm[0] = f32::from(i16::from_le_bytes([lo, hi])) / mulaw::I16_SCALE;
+                    samples = 1;
+                    bytes = rest;
+                }
+                None => {
+                    self.carry = Some(lo);
+                    return;
+                }
+            }
+        }
+        let pairs = bytes.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            self.carry = Some(*last);
+        }
+        for (dst, p) in self.pcm[samples..].iter_mut().zip(pairs) {
+            *dst = f32::from(i16::from_le_bytes([p[0], p[1]])) / mulaw::I16_SCALE;
+            samples += 1;
+        }
+        let written = match self.resampler.as_mut() {
+            Some(r) => r
+                .process_into(&self.pcm[..samples], &mut self.resampled)
+                .unwrap_or(0),
+            None => 0,
+        };
+        self.encode_and_reframe(event_id, written);
+    }
+
+    fn encode_and_reframe(&mut self, event_id: u64, written: usize) {
+        mulaw::encode_f32_into(&self.resampled[..written], &mut self.ulaw[..written]);
+        let ulaw = std::mem::take(&mut self.ulaw);
+        self.reframe(event_id, &ulaw[..written]);
+        self.ulaw = ulaw;
+    }
+
+    /// Cuts μ-law bytes into whole 160-byte frames for the playout buffer.
+    fn reframe(&mut self, event_id: u64, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (FRAME_SAMPLES - self.frame_fill).min(bytes.len());
+            self.frame[self.frame_fill..self.frame_fill + take].copy_from_slice(&bytes[..take]);
+            self.frame_fill += take;
+            bytes = &bytes[take..];
+            if self.frame_fill == FRAME_SAMPLES {
+                self.playout.push_frame(event_id, &self.frame);
+                self.frame_fill = 0;
+            }
+        }
+    }
+
+    /// The agent turn is over (ElevenLabs `agent_response` / no more audio): pushes out the
+    /// resampler tail, pads the last partial frame with silence and places an end-of-turn mark.
+    pub fn end_of_turn(&mut self) {
+        let Some(event_id) = self.current_event.take() else {
+            return;
+        };
+        self.carry = None;
+        if let Some(r) = self.resampler.as_mut() {
+            let n = r.flush_into(&mut self.resampled).unwrap_or(0);
+            self.encode_and_reframe(event_id, n);
+        }
+        if self.frame_fill > 0 {
+            self.frame[self.frame_fill..].fill(SILENCE);
+            self.frame_fill = FRAME_SAMPLES;
+            self.playout.push_frame(event_id, &self.frame);
+            self.frame_fill = 0;
+        }
+        self.playout.end_turn();
+        self.stats.turns += 1;
+    }
+
+    /// Barge-in (ElevenLabs `interruption` with its `event_id`, or a local decision with
+    /// `None`): drops everything held, resets the resampler, and from then on ignores audio of
+    /// older events. Send Twilio `clear` when the result says so.
+    pub fn interrupt(&mut self, now: Instant, event_id: Option<u64>) -> Interruption {
+        if let Some(id) = event_id {
+            self.min_event = Some(self.min_event.map_or(id, |m| m.max(id)));
+        }
+        if let Some(r) = self.resampler.as_mut() {
+            r.reset();
+        }
+        self.carry = None;
+        self.frame_fill = 0;
+        self.current_event = None;
+        self.playout.interrupt(now)
+    }
+
+    /// The next message for Twilio at `now` (see [`PlayoutBuffer::poll_transmit`]).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
+        self.playout.poll_transmit(now)
+    }
+
+    /// When to call [`OutboundPath::poll_transmit`] next, or `None` if nothing is held.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.playout.poll_timeout()
+    }
+
+    /// Handles a Twilio `mark` echo (see [`PlayoutBuffer::handle_mark_echo`]).
+    pub fn handle_mark_echo(&mut self, name: &str) -> Option<MarkEcho> {
+        self.playout.handle_mark_echo(name)
+    }
+
+    /// The playout buffer, for inspection.
+    pub fn playout(&self) -> &PlayoutBuffer {
+        &self.playout
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> OutboundStats {
+        OutboundStats {
+            playout: self.playout.stats(),
+            ..self.stats
+        }
+    }
+}
+
+impl fmt::Debug for OutboundPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboundPath")
+            .field("format", &self.format)
+            .field("frame_fill", &self.frame_fill)
+            .field("playout", &self.playout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_byte_is_carried_across_chunks() {
+        let t0 = Instant::now();
+        let mut a = OutboundPath::new(AgentFormat::Pcm8000, OutboundConfig::default()).unwrap();
+        let mut b = OutboundPath::new(AgentFormat::Pcm8000, OutboundConfig::default()).unwrap();
+        let pcm: Vec<u8> = (0..320u32)
+            .flat_map(|i| ((i * 97) as i16).to_le_bytes())
+            .collect();
+        a.push_agent_audio(t0, 1, &STANDARD.encode(&pcm)).unwrap();
+        for part in [&pcm[..3], &pcm[3..4], &pcm[4..201], &pcm[201..]] {
+            b.push_agent_audio(t0, 1, &STANDARD.encode(part)).unwrap();
+        }
+        let ta = a.poll_transmit(t0).map(|t| format!("{t:?}"));
+        let tb = b.poll_transmit(t0).map(|t| format!("{t:?}"));
+        assert!(ta.is_some());
+        assert_eq!(ta, tb);
+    }
+
+    #[test]
+    fn bad_audio_is_typed() {
+        let t0 = Instant::now();
+        let mut p = OutboundPath::new(AgentFormat::Pcm16000, OutboundConfig::default()).unwrap();
+        assert_eq!(
+            p.push_agent_audio(t0, 1, "!!!!"),
+            Err(BadAgentAudio::Base64)
+        );
+        assert_eq!(p.push_agent_audio(t0, 1, ""), Ok(()));
+        assert_eq!(p.stats().bad_chunks, 1);
+    }
+}
