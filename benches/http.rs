@@ -39,12 +39,12 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let media = format!(
         r#"{{"event":"media","sequenceNumber":"2","streamSid":"MZ00000000000000000000000000000000","media":{{"track":"inbound","chunk":"1","timestamp":"20","payload":"{}"}}}}"#,
-        "/".repeat(212) + "w=="
+        "/".repeat(212) + "/w=="
     );
     g.bench_function("parse_media", |b| {
         b.iter(|| media_stream::parse(black_box(&media)))
     });
-    let payload = "/".repeat(212) + "w==";
+    let payload = "/".repeat(212) + "/w==";
     let mut out = String::with_capacity(512);
     g.bench_function("write_media", |b| {
         b.iter(|| {

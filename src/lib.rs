@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audio;
+pub mod bridge;
 pub mod calls;
 pub mod config;
 pub mod driver;

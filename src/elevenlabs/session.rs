@@ -1,6 +1,9 @@
 //! The sans-IO side of one agent conversation: what to send first, how to answer pings, which
 //! audio is stale after an interruption, and when a silent socket counts as dead.
 //!
+//! The connector writes `conversation_initiation_client_data` right after the handshake, before
+//! reading anything (§1.7: it must be first), so the session starts after it.
+//!
 //! Drive it like quinn's `Connection`: feed every text message to [`AgentSession::handle_text`],
 //! drain [`AgentSession::poll_transmit`] after every call, and call
 //! [`AgentSession::handle_timeout`] at [`AgentSession::poll_timeout`].
@@ -83,8 +86,6 @@ pub struct SessionStats {
 /// One agent conversation's protocol state.
 #[derive(Debug)]
 pub struct AgentSession {
-    /// Sent before anything else, whatever arrives first (§1.7).
-    initiation: Option<String>,
     conversation_id: Option<String>,
     last_interrupt_id: Option<u64>,
     last_heard: Instant,
@@ -95,18 +96,9 @@ pub struct AgentSession {
 }
 
 impl AgentSession {
-    /// A session whose first message is `conversation_initiation_client_data` (§1.7).
-    pub fn new(
-        now: Instant,
-        dynamic_variables: &Map<String, Value>,
-        config_override: Option<&Value>,
-        silence_timeout: Duration,
-    ) -> AgentSession {
+    /// A session on a socket that has just connected (and sent the initiation data) at `now`.
+    pub fn new(now: Instant, silence_timeout: Duration) -> AgentSession {
         AgentSession {
-            initiation: Some(messages::initiation_client_data(
-                dynamic_variables,
-                config_override,
-            )),
             conversation_id: None,
             last_interrupt_id: None,
             last_heard: now,
@@ -229,7 +221,7 @@ impl AgentSession {
     /// The next control message to write to the agent socket. Audio chunks are written by the
     /// bridge directly and are not queued here.
     pub fn poll_transmit(&mut self) -> Option<String> {
-        self.initiation.take().or_else(|| self.outgoing.pop_front())
+        self.outgoing.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -265,13 +257,11 @@ mod tests {
     use super::*;
 
     fn session(now: Instant) -> AgentSession {
-        let mut vars = Map::new();
-        vars.insert("call_sid".into(), Value::String("CA1".into()));
-        AgentSession::new(now, &vars, None, Duration::from_secs(20))
+        AgentSession::new(now, Duration::from_secs(20))
     }
 
     #[test]
-    fn initiation_first_then_pong_with_same_id() {
+    fn pongs_carry_the_ping_id_and_jump_the_queue() {
         let t0 = Instant::now();
         let mut s = session(t0);
         let ev = s
@@ -286,13 +276,7 @@ mod tests {
             t0,
             r#"{"type":"ping","ping_event":{"event_id":43,"ping_ms":12}}"#,
         );
-        // The initiation data goes first even though pings arrived before it was written;
-        // pongs then jump ahead of the tool result.
-        assert!(
-            s.poll_transmit()
-                .unwrap()
-                .contains("conversation_initiation_client_data")
-        );
+        // Pongs jump ahead of the tool result, newest first.
         assert_eq!(
             s.poll_transmit().unwrap(),
             r#"{"type":"pong","event_id":43}"#
@@ -379,7 +363,7 @@ mod tests {
         while s.poll_transmit().is_some() {
             n += 1;
         }
-        assert_eq!(n, MAX_QUEUED_CONTROL + 1); // + the initiation data
+        assert_eq!(n, MAX_QUEUED_CONTROL);
         assert!(s.stats().control_dropped > 0);
     }
 }

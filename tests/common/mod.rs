@@ -277,7 +277,7 @@ pub fn media_message(chunk: u64) -> String {
         r#"{{"event":"media","sequenceNumber":"{}","streamSid":"MZ","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{}"}}}}"#,
         chunk + 1,
         chunk * 20,
-        "/".repeat(212) + "w=="
+        "/".repeat(212) + "/w=="
     )
 }
 

@@ -1,0 +1,623 @@
+//! The per-call bridge: one Twilio media stream joined to one agent conversation through the
+//! audio paths. Sans-IO, like str0m's `Rtc`: events and `now` in, messages and decisions out.
+//!
+//! Drive it with `handle_*` for every input, then drain [`Bridge::poll_transmit`] and
+//! [`Bridge::poll_event`], and call [`Bridge::handle_timeout`] at [`Bridge::poll_timeout`].
+//!
+//! What it guarantees:
+//! - No caller audio is lost during set-up: frames that arrive before the agent's metadata (which
+//!   fixes the audio formats) are held (bounded) and sent in order once it arrives. Agent audio
+//!   that arrives before Twilio's `start` is held too.
+//! - Barge-in: an `interruption` drops held audio, resets the outbound resampler, and sends
+//!   Twilio `clear` in the same step; later audio is kept only if its `event_id` is at least the
+//!   interruption's (elevenlabs.md §4.4).
+//! - Endings never leave the caller in dead air: an agent failure closes the stream at once so
+//!   `stream-ended` can hand the caller to a person; a normal agent ending lets the queued audio
+//!   play (until its end-of-turn mark comes back) before closing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tracing::{debug, info, warn};
+
+use crate::audio::format::AgentFormat;
+use crate::audio::inbound::{InboundConfig, InboundPath};
+use crate::audio::outbound::{OutboundConfig, OutboundPath};
+use crate::audio::playout::Transmit;
+use crate::calls::Outcome;
+use crate::elevenlabs::messages;
+use crate::elevenlabs::session::{AgentSession, SessionEvent, SessionStats};
+use crate::twilio::media_stream::{self, TwilioEvent};
+
+/// Caller frames held while the agent is not ready (500 × 20 ms = 10 s, longer than any
+/// connect timeout); older frames beyond it are dropped and counted.
+pub const MAX_SETUP_HELD_FRAMES: usize = 500;
+/// Agent audio events held before Twilio's `start`.
+pub const MAX_EARLY_AGENT_EVENTS: usize = 256;
+/// Name of the client tool that ends the call after the last sentence (issue 4).
+pub const TOOL_END_CALL: &str = "end_call";
+/// Name of the client tool that transfers the caller to the practice's staff.
+pub const TOOL_TRANSFER: &str = "transfer_to_staff";
+
+/// How a keypad digit reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfMode {
+    /// As a `user_message` ("Der Anrufer hat die Taste 1 gedrückt."): the agent answers it like
+    /// speech. The default: menus such as "press 1 for …" need a reply.
+    UserMessage,
+    /// As a `contextual_update`: background knowledge, no reply forced.
+    ContextualUpdate,
+}
+
+/// Bridge settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BridgeConfig {
+    /// Caller → agent path.
+    pub inbound: InboundConfig,
+    /// Agent → caller path.
+    pub outbound: OutboundConfig,
+    /// DTMF delivery.
+    pub dtmf: DtmfMode,
+    /// Agent silence after which its socket counts as dead.
+    pub agent_silence_timeout: Duration,
+    /// Time without agent audio after which its turn is over (flush the resampler tail, pad the
+    /// last frame, place the end-of-turn mark). ElevenLabs sends no explicit end of audio.
+    pub turn_idle: Duration,
+    /// Longest wait for the final audio to play out before closing after the agent ended.
+    pub final_audio_timeout: Duration,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            inbound: InboundConfig::default(),
+            outbound: OutboundConfig::default(),
+            dtmf: DtmfMode::UserMessage,
+            agent_silence_timeout: crate::elevenlabs::session::DEFAULT_SILENCE_TIMEOUT,
+            turn_idle: Duration::from_millis(300),
+            final_audio_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A message to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A text frame for the Twilio stream socket.
+    ToTwilio(String),
+    /// A text frame for the agent socket.
+    ToAgent(String),
+}
+
+/// A decision for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeEvent {
+    /// Close the Twilio stream (after writing queued outputs); the call's outcome is known.
+    CloseTwilio(Outcome),
+    /// Close the agent socket with 1000.
+    CloseAgent,
+    /// Transfer the call to staff through Twilio's REST API, then report with
+    /// [`Bridge::transfer_done`].
+    Transfer {
+        /// The tool call to answer.
+        tool_call_id: String,
+    },
+}
+
+/// Counters for the call summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BridgeStats {
+    /// Caller frames received.
+    pub caller_frames: u64,
+    /// Caller frames dropped while the agent was not ready (over the hold limit).
+    pub setup_frames_dropped: u64,
+    /// `user_audio_chunk` messages sent.
+    pub agent_chunks_sent: u64,
+    /// Bad caller frames.
+    pub bad_caller_frames: u64,
+    /// Bad agent audio chunks.
+    pub bad_agent_chunks: u64,
+    /// Keypad digits forwarded.
+    pub dtmf: u64,
+    /// `clear` messages sent.
+    pub clears: u64,
+    /// Agent protocol counters.
+    pub session: SessionStats,
+    /// Time from Twilio `start` to the first agent audio written to Twilio.
+    pub first_audio_after_start: Option<Duration>,
+}
+
+enum Ending {
+    /// Wait for the audio queued so far to play, then close with the outcome.
+    Draining {
+        outcome: Outcome,
+        deadline: Instant,
+        /// The last mark sent since the ending began: the end-of-turn mark once all audio is
+        /// out. Its echo proves the caller heard the last word (twilio.md §1.4).
+        final_mark: Option<String>,
+        mark_heard: bool,
+    },
+}
+
+/// One call's bridge state.
+pub struct Bridge {
+    config: BridgeConfig,
+    session: Option<AgentSession>,
+    inbound: Option<InboundPath>,
+    outbound: Option<OutboundPath>,
+    conversation_id: Option<String>,
+    stream_sid: Option<String>,
+    started_at: Option<Instant>,
+    held_caller: VecDeque<(u64, u64, String)>,
+    early_agent: VecDeque<(u64, String)>,
+    last_agent_audio: Option<Instant>,
+    turn_open: bool,
+    ending: Option<Ending>,
+    closed: bool,
+    out: VecDeque<Output>,
+    events: VecDeque<BridgeEvent>,
+    scratch: String,
+    stats: BridgeStats,
+}
+
+impl Bridge {
+    /// A bridge for a call whose agent socket is still connecting.
+    pub fn new(config: BridgeConfig) -> Bridge {
+        Bridge {
+            config,
+            session: None,
+            inbound: None,
+            outbound: None,
+            conversation_id: None,
+            stream_sid: None,
+            started_at: None,
+            held_caller: VecDeque::new(),
+            early_agent: VecDeque::new(),
+            last_agent_audio: None,
+            turn_open: false,
+            ending: None,
+            closed: false,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: String::with_capacity(512),
+            stats: BridgeStats::default(),
+        }
+    }
+
+    /// The agent socket is open and the initiation data written.
+    pub fn handle_agent_connected(&mut self, now: Instant) {
+        self.session = Some(AgentSession::new(now, self.config.agent_silence_timeout));
+    }
+
+    /// The agent could not be reached (connect, TLS or signed-URL failure).
+    pub fn handle_agent_failed(&mut self) {
+        warn!("[ElevenLabs] Agent unavailable; sending the caller to the fallback");
+        self.close(Outcome::AgentFailed);
+    }
+
+    /// One text message from the agent.
+    pub fn handle_agent_text(&mut self, now: Instant, text: &str) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let event = match session.handle_text(now, text) {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                debug!(error = %e, "[ElevenLabs] Bad message ignored");
+                return;
+            }
+        };
+        match event {
+            SessionEvent::Ready {
+                conversation_id,
+                input_format,
+                output_format,
+            } => self.agent_ready(now, conversation_id, &input_format, &output_format),
+            SessionEvent::Audio {
+                event_id,
+                audio_b64,
+            } => {
+                if self.stream_sid.is_none() || self.outbound.is_none() {
+                    if self.early_agent.len() < MAX_EARLY_AGENT_EVENTS {
+                        self.early_agent
+                            .push_back((event_id, audio_b64.into_owned()));
+                    } else {
+                        self.stats.bad_agent_chunks += 1;
+                    }
+                    return;
+                }
+                self.push_agent_audio(now, event_id, &audio_b64);
+            }
+            SessionEvent::Interrupted { event_id } => self.interrupt(now, event_id),
+            SessionEvent::ToolCall {
+                tool_name,
+                tool_call_id,
+                parameters,
+            } => self.tool_call(now, &tool_name, &tool_call_id, &parameters),
+            SessionEvent::Error { code, error_type } => {
+                warn!(code, error_type = %error_type, "[ElevenLabs] Agent error");
+            }
+        }
+        self.pump_outbound(now);
+    }
+
+    /// The agent socket closed with `code` (`None`: dropped without a close frame).
+    pub fn handle_agent_closed(&mut self, now: Instant, code: Option<u16>) {
+        if self.closed {
+            return;
+        }
+        if code == Some(1000) {
+            // The agent ended the conversation (end_call, max duration): let the queued audio
+            // play, then close so stream-ended hangs up (elevenlabs.md §3.2, pitfall 4).
+            info!("[ElevenLabs] Agent ended the conversation");
+            self.finish_after_audio(now, Outcome::Completed);
+        } else {
+            warn!(code, "[ElevenLabs] Agent socket closed abnormally");
+            self.close(Outcome::AgentFailed);
+        }
+    }
+
+    /// One message from Twilio.
+    pub fn handle_twilio(&mut self, now: Instant, event: TwilioEvent<'_>) {
+        match event {
+            TwilioEvent::Connected | TwilioEvent::Unknown => {}
+            TwilioEvent::Start(start) => {
+                self.stream_sid = Some(start.stream_sid);
+                self.started_at = Some(now);
+                self.flush_early_agent_audio(now);
+            }
+            TwilioEvent::Media(m) => {
+                self.stats.caller_frames += 1;
+                match self.inbound.as_mut() {
+                    Some(inbound) => {
+                        if inbound
+                            .push_twilio_media(now, m.chunk, m.timestamp_ms, &m.payload)
+                            .is_err()
+                        {
+                            self.stats.bad_caller_frames += 1;
+                        }
+                        self.pump_inbound();
+                    }
+                    None => {
+                        if self.held_caller.len() == MAX_SETUP_HELD_FRAMES {
+                            self.held_caller.pop_front();
+                            self.stats.setup_frames_dropped += 1;
+                        }
+                        self.held_caller.push_back((
+                            m.chunk,
+                            m.timestamp_ms,
+                            m.payload.into_owned(),
+                        ));
+                    }
+                }
+            }
+            TwilioEvent::Dtmf { digit } => {
+                // Only real keypad symbols; anything else from the wire is dropped.
+                if digit.len() == 1 && matches!(digit.as_bytes()[0], b'0'..=b'9' | b'*' | b'#') {
+                    self.stats.dtmf += 1;
+                    let text = format!("Der Anrufer hat die Taste {digit} gedrückt.");
+                    let msg = match self.config.dtmf {
+                        DtmfMode::UserMessage => messages::user_message(&text),
+                        DtmfMode::ContextualUpdate => messages::contextual_update(&text),
+                    };
+                    match self.session.as_mut() {
+                        Some(s) => s.send_control(msg),
+                        None => self.out.push_back(Output::ToAgent(msg)),
+                    }
+                }
+            }
+            TwilioEvent::Mark { name } => {
+                if let Some(Ending::Draining {
+                    final_mark,
+                    mark_heard,
+                    ..
+                }) = self.ending.as_mut()
+                    && final_mark.as_deref() == Some(name.as_str())
+                {
+                    *mark_heard = true;
+                }
+                if let Some(echo) = self
+                    .outbound
+                    .as_mut()
+                    .and_then(|o| o.handle_mark_echo(&name))
+                {
+                    debug!(
+                        event_id = echo.event_id,
+                        heard_ms = echo.stream_ms,
+                        cleared = echo.cleared,
+                        "[Twilio] Mark echoed"
+                    );
+                }
+            }
+            TwilioEvent::Stop => {
+                info!("[Twilio] Caller hung up");
+                if let Some(inbound) = self.inbound.as_mut() {
+                    inbound.finish();
+                }
+                self.pump_inbound();
+                self.close(Outcome::CallerHungUp);
+            }
+        }
+        self.pump_outbound(now);
+    }
+
+    /// Advances timers: agent watchdog, end of turn, final-audio deadline, playout pacing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(session) = self.session.as_mut() {
+            session.handle_timeout(now);
+            if session.is_dead() && !self.closed {
+                warn!("[ElevenLabs] Agent silent too long; treating the socket as dead");
+                self.close(Outcome::AgentFailed);
+            }
+        }
+        if self.turn_open
+            && self
+                .last_agent_audio
+                .is_some_and(|t| now >= t + self.config.turn_idle)
+        {
+            self.turn_open = false;
+            if let Some(o) = self.outbound.as_mut() {
+                o.end_of_turn();
+            }
+        }
+        self.pump_outbound(now);
+    }
+
+    /// Reports the REST transfer's result to the agent.
+    pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
+        let result = if ok {
+            "Der Anruf wird an das Praxisteam übergeben."
+        } else {
+            "Die Weiterleitung ist fehlgeschlagen. Bitte bieten Sie einen Rückruf an."
+        };
+        if let Some(s) = self.session.as_mut() {
+            s.tool_result(tool_call_id, result, !ok);
+        }
+    }
+
+    /// The next message to write.
+    pub fn poll_transmit(&mut self) -> Option<Output> {
+        if let Some(msg) = self.session.as_mut().and_then(AgentSession::poll_transmit) {
+            return Some(Output::ToAgent(msg));
+        }
+        self.out.pop_front()
+    }
+
+    /// The next decision for the driver.
+    pub fn poll_event(&mut self) -> Option<BridgeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.session.as_ref().and_then(AgentSession::poll_timeout));
+        consider(self.outbound.as_ref().and_then(OutboundPath::poll_timeout));
+        if self.turn_open {
+            consider(self.last_agent_audio.map(|t| t + self.config.turn_idle));
+        }
+        if let Some(Ending::Draining { deadline, .. }) = &self.ending {
+            consider(Some(*deadline));
+        }
+        next
+    }
+
+    /// Whether the bridge has decided to close the call.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The conversation id, once known.
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.conversation_id.as_deref()
+    }
+
+    /// Counters, including the audio paths'.
+    pub fn stats(&self) -> BridgeStats {
+        let mut s = self.stats;
+        if let Some(session) = &self.session {
+            s.session = session.stats();
+        }
+        s
+    }
+
+    /// Audio-path counters (inbound, outbound), when the formats are known.
+    pub fn audio_stats(
+        &self,
+    ) -> (
+        Option<crate::audio::inbound::InboundStats>,
+        Option<crate::audio::outbound::OutboundStats>,
+    ) {
+        (
+            self.inbound.as_ref().map(InboundPath::stats),
+            self.outbound.as_ref().map(OutboundPath::stats),
+        )
+    }
+
+    fn agent_ready(&mut self, now: Instant, conversation_id: String, input: &str, output: &str) {
+        let formats = (AgentFormat::parse(input), AgentFormat::parse(output));
+        let (Ok(input_format), Ok(output_format)) = formats else {
+            warn!(input, output, "[ElevenLabs] Unsupported audio format");
+            self.close(Outcome::AgentFailed);
+            return;
+        };
+        let paths = (
+            InboundPath::new(input_format, self.config.inbound),
+            OutboundPath::new(output_format, self.config.outbound),
+        );
+        let (Ok(inbound), Ok(outbound)) = paths else {
+            warn!(input, output, "[ElevenLabs] Cannot set up the audio paths");
+            self.close(Outcome::AgentFailed);
+            return;
+        };
+        info!(
+            conversation_id = %conversation_id,
+            input_format = input,
+            output_format = output,
+            "[ElevenLabs] Started conversation: {conversation_id}"
+        );
+        self.conversation_id = Some(conversation_id);
+        self.inbound = Some(inbound);
+        self.outbound = Some(outbound);
+        // Caller audio held during set-up goes out first, in order.
+        while let Some((chunk, ts, payload)) = self.held_caller.pop_front() {
+            if let Some(inbound) = self.inbound.as_mut()
+                && inbound.push_twilio_media(now, chunk, ts, &payload).is_err()
+            {
+                self.stats.bad_caller_frames += 1;
+            }
+            self.pump_inbound();
+        }
+        self.flush_early_agent_audio(now);
+    }
+
+    fn flush_early_agent_audio(&mut self, now: Instant) {
+        if self.stream_sid.is_none() || self.outbound.is_none() {
+            return;
+        }
+        while let Some((event_id, audio)) = self.early_agent.pop_front() {
+            self.push_agent_audio(now, event_id, &audio);
+        }
+    }
+
+    fn push_agent_audio(&mut self, now: Instant, event_id: u64, audio_b64: &str) {
+        let Some(outbound) = self.outbound.as_mut() else {
+            return;
+        };
+        if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
+            self.stats.bad_agent_chunks += 1;
+            return;
+        }
+        self.last_agent_audio = Some(now);
+        self.turn_open = true;
+    }
+
+    fn interrupt(&mut self, now: Instant, event_id: u64) {
+        let Some(outbound) = self.outbound.as_mut() else {
+            return;
+        };
+        let result = outbound.interrupt(now, Some(event_id));
+        self.turn_open = false;
+        // A pending "finish after audio" is moot: nothing is queued any more.
+        if result.send_clear
+            && let Some(sid) = &self.stream_sid
+        {
+            let mut msg = String::new();
+            media_stream::write_clear(&mut msg, sid);
+            self.out.push_back(Output::ToTwilio(msg));
+            self.stats.clears += 1;
+        }
+        debug!(
+            event_id,
+            dropped_ms = result.dropped_ms,
+            unplayed_ms = result.unplayed_ms,
+            "[ElevenLabs] Interruption"
+        );
+    }
+
+    fn tool_call(&mut self, now: Instant, name: &str, id: &str, _params: &Map<String, Value>) {
+        info!(tool = name, "[ElevenLabs] Client tool call");
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match name {
+            TOOL_END_CALL => {
+                session.tool_result(id, "Das Gespräch wird beendet.", false);
+                self.finish_after_audio(now, Outcome::Completed);
+            }
+            TOOL_TRANSFER => self.events.push_back(BridgeEvent::Transfer {
+                tool_call_id: id.to_owned(),
+            }),
+            _ => session.tool_result(id, &format!("Unbekanntes Werkzeug: {name}"), true),
+        }
+    }
+
+    /// Ends the current turn, lets the queued audio play until its end-of-turn mark returns
+    /// (or a deadline), then closes.
+    fn finish_after_audio(&mut self, now: Instant, outcome: Outcome) {
+        if self.ending.is_some() || self.closed {
+            return;
+        }
+        if let Some(o) = self.outbound.as_mut() {
+            o.end_of_turn();
+        }
+        self.turn_open = false;
+        self.ending = Some(Ending::Draining {
+            outcome,
+            deadline: now + self.config.final_audio_timeout,
+            final_mark: None,
+            mark_heard: false,
+        });
+        self.pump_outbound(now);
+    }
+
+    fn close(&mut self, outcome: Outcome) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.events.push_back(BridgeEvent::CloseAgent);
+        self.events.push_back(BridgeEvent::CloseTwilio(outcome));
+    }
+
+    fn pump_inbound(&mut self) {
+        let Some(inbound) = self.inbound.as_mut() else {
+            return;
+        };
+        while let Some(chunk) = inbound.poll_user_audio_chunk() {
+            messages::write_user_audio_chunk(&mut self.scratch, chunk);
+            self.out.push_back(Output::ToAgent(self.scratch.clone()));
+            self.stats.agent_chunks_sent += 1;
+        }
+    }
+
+    fn pump_outbound(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
+            while let Some(t) = outbound.poll_transmit(now) {
+                match t {
+                    Transmit::Media(payload) => {
+                        media_stream::write_media(&mut self.scratch, sid, payload);
+                        if self.stats.first_audio_after_start.is_none() {
+                            self.stats.first_audio_after_start =
+                                self.started_at.map(|s| now.saturating_duration_since(s));
+                        }
+                    }
+                    Transmit::Mark(name) => {
+                        media_stream::write_mark(&mut self.scratch, sid, name);
+                        if let Some(Ending::Draining { final_mark, .. }) = self.ending.as_mut() {
+                            *final_mark = Some(name.to_owned());
+                        }
+                    }
+                }
+                self.out.push_back(Output::ToTwilio(self.scratch.clone()));
+            }
+        }
+        if let Some(Ending::Draining {
+            outcome,
+            deadline,
+            final_mark,
+            mark_heard,
+        }) = &self.ending
+        {
+            let all_sent = self
+                .outbound
+                .as_ref()
+                .is_none_or(|o| o.playout().stats().buffered_ms == 0 && o.poll_timeout().is_none());
+            let heard = final_mark.is_none() || *mark_heard;
+            if (all_sent && heard) || now >= *deadline {
+                let outcome = *outcome;
+                self.close(outcome);
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The per-call bridge driven by hand in virtual time (quinn `Pair` style): no sockets, no clock.
+
+use std::time::{Duration, Instant};
+
+use ignis::bridge::{Bridge, BridgeConfig, BridgeEvent, DtmfMode, Output};
+use ignis::calls::Outcome;
+use ignis::twilio::media_stream::{self, TwilioEvent};
+
+const ULAW_FRAME_B64: &str = "/////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////w==";
+
+fn media(chunk: u64) -> String {
+    format!(
+        r#"{{"event":"media","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{ULAW_FRAME_B64}"}}}}"#,
+        (chunk - 1) * 20
+    )
+}
+
+const START: &str = r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1","callSid":"CA1","accountSid":"AC1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
+
+fn metadata(input: &str, output: &str) -> String {
+    format!(
+        r#"{{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{{"conversation_id":"conv_1","agent_output_audio_format":"{output}","user_input_audio_format":"{input}"}}}}"#
+    )
+}
+
+fn agent_audio(event_id: u64, b64: &str) -> String {
+    format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{b64}","event_id":{event_id}}}}}"#)
+}
+
+fn twilio(b: &mut Bridge, now: Instant, text: &str) {
+    b.handle_twilio(now, media_stream::parse(text).unwrap());
+}
+
+fn drain(b: &mut Bridge) -> (Vec<String>, Vec<String>) {
+    let (mut to_twilio, mut to_agent) = (Vec::new(), Vec::new());
+    while let Some(o) = b.poll_transmit() {
+        match o {
+            Output::ToTwilio(t) => to_twilio.push(t),
+            Output::ToAgent(t) => to_agent.push(t),
+        }
+    }
+    (to_twilio, to_agent)
+}
+
+fn events(b: &mut Bridge) -> Vec<BridgeEvent> {
+    std::iter::from_fn(|| b.poll_event()).collect()
+}
+
+/// Runs timers until `until`, collecting Twilio output.
+fn run_until(b: &mut Bridge, mut now: Instant, until: Instant) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(t) = b.poll_timeout() {
+        if t > until {
+            break;
+        }
+        now = now.max(t);
+        b.handle_timeout(now);
+        out.extend(drain(b).0);
+    }
+    out
+}
+
+fn ulaw_b64(ms: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(vec![0x55u8; ms * 8])
+}
+
+#[test]
+fn setup_buffering_loses_no_caller_frame() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    for chunk in 1..=40 {
+        twilio(
+            &mut b,
+            t0 + Duration::from_millis(20 * chunk),
+            &media(chunk),
+        );
+    }
+    // The agent connects 800 ms late.
+    let t1 = t0 + Duration::from_millis(800);
+    b.handle_agent_connected(t1);
+    assert!(drain(&mut b).1.is_empty(), "nothing before metadata");
+    b.handle_agent_text(t1, &metadata("ulaw_8000", "ulaw_8000"));
+    let (_, to_agent) = drain(&mut b);
+    assert_eq!(to_agent.len(), 40, "every held frame forwarded");
+    assert!(
+        to_agent
+            .iter()
+            .all(|m| m == &format!(r#"{{"user_audio_chunk":"{ULAW_FRAME_B64}"}}"#))
+    );
+    twilio(&mut b, t1, &media(41));
+    assert_eq!(drain(&mut b).1.len(), 1);
+    assert_eq!(b.stats().setup_frames_dropped, 0);
+    assert_eq!(b.conversation_id(), Some("conv_1"));
+}
+
+#[test]
+fn agent_audio_before_start_is_held_and_played() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(200)));
+    assert!(drain(&mut b).0.is_empty(), "no stream yet");
+    let t1 = t0 + Duration::from_millis(50);
+    twilio(&mut b, t1, START);
+    let mut out = drain(&mut b).0;
+    out.extend(run_until(&mut b, t1, t1 + Duration::from_secs(1)));
+    let media_frames: usize = out
+        .iter()
+        .filter(|m| m.contains("\"media\""))
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m).unwrap();
+            let p = v["media"]["payload"].as_str().unwrap().len();
+            p / 4 * 3 / 160
+        })
+        .sum();
+    assert_eq!(
+        media_frames, 10,
+        "200 ms of early agent audio reached the caller"
+    );
+    assert!(b.stats().first_audio_after_start.unwrap() <= Duration::from_millis(1));
+}
+
+#[test]
+fn interruption_clears_and_drops_stale_audio_keeps_new_turn() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b.handle_agent_text(t0, &agent_audio(5, &ulaw_b64(2000)));
+    let sent_before = drain(&mut b).0.len();
+    assert!(sent_before > 0);
+    let t1 = t0 + Duration::from_millis(300);
+    let _ = run_until(&mut b, t0, t1);
+    b.handle_agent_text(
+        t1,
+        r#"{"type":"interruption","interruption_event":{"event_id":6}}"#,
+    );
+    let (to_twilio, _) = drain(&mut b);
+    assert_eq!(
+        to_twilio,
+        vec![r#"{"event":"clear","streamSid":"MZ1"}"#.to_string()]
+    );
+    // Stale audio of turn 5 arriving late is dropped; turn 6 is kept.
+    b.handle_agent_text(t1, &agent_audio(5, &ulaw_b64(500)));
+    assert!(
+        run_until(&mut b, t1, t1 + Duration::from_secs(2))
+            .iter()
+            .all(|m| !m.contains("\"media\""))
+    );
+    let t2 = t1 + Duration::from_secs(2);
+    b.handle_agent_text(t2, &agent_audio(6, &ulaw_b64(100)));
+    let mut out = drain(&mut b).0;
+    out.extend(run_until(&mut b, t2, t2 + Duration::from_secs(1)));
+    assert!(
+        out.iter().any(|m| m.contains("\"media\"")),
+        "new turn audio kept"
+    );
+    assert_eq!(b.stats().clears, 1);
+}
+
+#[test]
+fn end_call_waits_for_the_last_mark_then_closes_completed() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(500)));
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"end_call","tool_call_id":"t1","parameters":{}}}"#,
+    );
+    let (_, to_agent) = drain(&mut b);
+    assert!(
+        to_agent
+            .iter()
+            .any(|m| m.contains("client_tool_result") && m.contains("\"t1\""))
+    );
+    let out = run_until(&mut b, t0, t0 + Duration::from_secs(2));
+    let last_mark = out
+        .iter()
+        .filter_map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m).ok()?;
+            v["mark"]["name"].as_str().map(str::to_owned)
+        })
+        .last()
+        .expect("an end-of-turn mark");
+    assert!(
+        events(&mut b).is_empty(),
+        "must not close before the last audio was heard"
+    );
+    twilio(
+        &mut b,
+        t0 + Duration::from_secs(2),
+        &format!(r#"{{"event":"mark","mark":{{"name":"{last_mark}"}}}}"#),
+    );
+    assert_eq!(
+        events(&mut b),
+        vec![
+            BridgeEvent::CloseAgent,
+            BridgeEvent::CloseTwilio(Outcome::Completed)
+        ]
+    );
+}
+
+#[test]
+fn agent_failures_close_at_once_for_the_fallback() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_failed();
+    assert_eq!(
+        events(&mut b),
+        vec![
+            BridgeEvent::CloseAgent,
+            BridgeEvent::CloseTwilio(Outcome::AgentFailed)
+        ]
+    );
+
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b.handle_agent_closed(t0, Some(1011));
+    assert!(events(&mut b).contains(&BridgeEvent::CloseTwilio(Outcome::AgentFailed)));
+
+    // A silent agent is declared dead by the watchdog.
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    let _ = run_until(&mut b, t0, t0 + Duration::from_secs(60));
+    assert!(events(&mut b).contains(&BridgeEvent::CloseTwilio(Outcome::AgentFailed)));
+}
+
+#[test]
+fn ping_dtmf_unknown_tool_and_caller_hangup() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig {
+        dtmf: DtmfMode::UserMessage,
+        ..BridgeConfig::default()
+    });
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("pcm_16000", "pcm_16000"));
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"ping","ping_event":{"event_id":77,"ping_ms":null}}"#,
+    );
+    twilio(
+        &mut b,
+        t0,
+        r#"{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"3"}}"#,
+    );
+    twilio(
+        &mut b,
+        t0,
+        r#"{"event":"dtmf","dtmf":{"digit":"<script>"}}"#,
+    );
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"launch_rocket","tool_call_id":"x9","parameters":{}}}"#,
+    );
+    let (_, to_agent) = drain(&mut b);
+    assert_eq!(to_agent[0], r#"{"type":"pong","event_id":77}"#);
+    assert!(
+        to_agent
+            .iter()
+            .any(|m| m.contains("user_message") && m.contains("Taste 3"))
+    );
+    assert!(!to_agent.iter().any(|m| m.contains("script")));
+    let err: serde_json::Value = serde_json::from_str(
+        to_agent
+            .iter()
+            .find(|m| m.contains("client_tool_result"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(err["is_error"], true);
+    assert_eq!(err["tool_call_id"], "x9");
+    twilio(&mut b, t0, r#"{"event":"stop","stop":{}}"#);
+    assert_eq!(
+        events(&mut b),
+        vec![
+            BridgeEvent::CloseAgent,
+            BridgeEvent::CloseTwilio(Outcome::CallerHungUp)
+        ]
+    );
+}
+
+#[test]
+fn transcoding_mode_sends_pcm16_chunks_to_the_agent() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("pcm_16000", "pcm_16000"));
+    for chunk in 1..=10 {
+        twilio(
+            &mut b,
+            t0 + Duration::from_millis(20 * chunk),
+            &media(chunk),
+        );
+    }
+    let (_, to_agent) = drain(&mut b);
+    assert!(!to_agent.is_empty());
+    let bytes: usize = to_agent
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m).unwrap();
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(v["user_audio_chunk"].as_str().unwrap())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    // 10 frames of 20 ms at 16 kHz, 2 bytes per sample, give or take the resampler's delay.
+    assert!((5000..=6400).contains(&bytes), "{bytes} bytes of pcm_16000");
+    let _ = TwilioEvent::Stop;
+}
