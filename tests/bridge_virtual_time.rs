@@ -187,7 +187,7 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
             let v: serde_json::Value = serde_json::from_str(m).ok()?;
             v["mark"]["name"].as_str().map(str::to_owned)
         })
-        .last()
+        .next_back()
         .expect("an end-of-turn mark");
     assert!(
         events(&mut b).is_empty(),
