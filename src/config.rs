@@ -80,6 +80,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Default cap on concurrent calls.
+pub const DEFAULT_MAX_CALLS: usize = 500;
+/// Default Twilio REST origin.
+pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -169,6 +174,20 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Skip signature checks (explicit local-testing flag only).
     pub insecure_skip_signature: bool,
+    /// Cap on concurrent calls; beyond it callers get the fallback.
+    pub max_calls: usize,
+    /// Timeout of each agent connect step.
+    pub elevenlabs_connect_timeout: Duration,
+    /// `conversation_config_override` sent with the initiation data.
+    pub elevenlabs_override: Option<serde_json::Value>,
+    /// How long a pre-connected agent waits for its stream.
+    pub preconnect_timeout: Duration,
+    /// Agent silence that counts as a dead socket.
+    pub agent_silence_timeout: Duration,
+    /// How keypad digits reach the agent.
+    pub dtmf_mode: crate::bridge::DtmfMode,
+    /// Twilio REST origin.
+    pub twilio_api_base: String,
 }
 
 /// A configuration problem, naming the variable.
@@ -324,6 +343,45 @@ impl Config {
             request_timeout: ms("HTTP_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT)?,
             idle_timeout: ms("HTTP_IDLE_TIMEOUT_MS", DEFAULT_IDLE_TIMEOUT)?,
             insecure_skip_signature,
+            max_calls: number("MAX_CALLS", DEFAULT_MAX_CALLS as u64, 1, 1_000_000)? as usize,
+            elevenlabs_connect_timeout: ms(
+                "ELEVENLABS_CONNECT_TIMEOUT_MS",
+                Duration::from_secs(5),
+            )?,
+            elevenlabs_override: match get("ELEVENLABS_CONVERSATION_OVERRIDE") {
+                None => None,
+                Some(v) => match serde_json::from_str::<serde_json::Value>(v) {
+                    Ok(o @ serde_json::Value::Object(_)) => Some(o),
+                    _ => {
+                        return Err(err(
+                            "ELEVENLABS_CONVERSATION_OVERRIDE",
+                            "must be a JSON object",
+                        ));
+                    }
+                },
+            },
+            preconnect_timeout: ms("PRECONNECT_TIMEOUT_MS", Duration::from_secs(30))?,
+            agent_silence_timeout: ms("AGENT_SILENCE_TIMEOUT_MS", Duration::from_secs(20))?,
+            dtmf_mode: match get("DTMF_MODE") {
+                None | Some("user_message") => crate::bridge::DtmfMode::UserMessage,
+                Some("contextual_update") => crate::bridge::DtmfMode::ContextualUpdate,
+                Some(_) => {
+                    return Err(err(
+                        "DTMF_MODE",
+                        "must be user_message or contextual_update",
+                    ));
+                }
+            },
+            twilio_api_base: {
+                let b = get("TWILIO_API_BASE").unwrap_or(DEFAULT_TWILIO_API_BASE);
+                if !(b.starts_with("https://") || b.starts_with("http://")) {
+                    return Err(err(
+                        "TWILIO_API_BASE",
+                        "must start with https:// or http://",
+                    ));
+                }
+                b.trim_end_matches('/').to_owned()
+            },
         })
     }
 }

@@ -41,12 +41,20 @@ pub enum Action {
     Respond(Response),
     /// Switch to the Media Streams WebSocket.
     Upgrade(Accept),
+    /// Send this response and start connecting the call's agent now, so it is ready when the
+    /// stream arrives (hides the upstream handshake from the caller).
+    Preconnect {
+        /// The TwiML response.
+        response: Response,
+        /// The call.
+        call: webhook::IncomingCall,
+    },
 }
 
 /// Shared application state the routes read.
 pub struct App {
-    /// Configuration.
-    pub config: Config,
+    /// Configuration (shared with the driver's background tasks).
+    pub config: std::sync::Arc<Config>,
     /// Live and recently ended calls.
     pub calls: CallRegistry,
 }
@@ -55,7 +63,7 @@ impl App {
     /// An application with an empty registry.
     pub fn new(config: Config) -> App {
         App {
-            config,
+            config: std::sync::Arc::new(config),
             calls: CallRegistry::new(),
         }
     }
@@ -71,7 +79,7 @@ impl App {
                 _ => respond(method_not_allowed("GET, HEAD")),
             },
             VOICE_PATH => match method {
-                Method::Get | Method::Head | Method::Post => respond(self.voice(head, body)),
+                Method::Get | Method::Head | Method::Post => self.voice(head, body),
                 _ => respond(method_not_allowed("GET, HEAD, POST")),
             },
             STREAM_ENDED_PATH => match method {
@@ -143,14 +151,14 @@ impl App {
         Ok(fields)
     }
 
-    fn voice(&self, head: &RequestHead, body: &[u8]) -> Response {
+    fn voice(&self, head: &RequestHead, body: &[u8]) -> Action {
         let fields = match self.verified_fields(head, body) {
             Ok(f) => f,
-            Err(resp) => return resp,
+            Err(resp) => return Action::Respond(resp),
         };
         let call = match webhook::incoming_call(&fields) {
             Ok(c) => c,
-            Err(e) => return Response::text(400, &e.to_string()),
+            Err(e) => return Action::Respond(Response::text(400, &e.to_string())),
         };
         info!(
             call_sid = %call.call_sid,
@@ -159,6 +167,17 @@ impl App {
             mask_phone(&call.from),
             mask_phone(&call.to)
         );
+        let live = self.calls.live_count();
+        if live >= self.config.max_calls {
+            warn!(
+                call_sid = %call.call_sid,
+                live_calls = live,
+                max_calls = self.config.max_calls,
+                "[Twilio] At the call cap: answering with the fallback"
+            );
+            let xml = twiml::fallback(self.config.fallback_number.as_deref());
+            return Action::Respond(Response::xml(200, xml));
+        }
         let stream_url = self.config.public_url.ws_url(STREAM_PATH);
         let action_url = self.config.public_url.http_url(STREAM_ENDED_PATH);
         let xml = twiml::connect_stream(
@@ -171,7 +190,13 @@ impl App {
             ],
         );
         info!(call_sid = %call.call_sid, "[Twilio] Returning TwiML with stream URL: {stream_url}");
-        Response::xml(200, xml)
+        if head.method == Method::Head {
+            return Action::Respond(Response::xml(200, xml));
+        }
+        Action::Preconnect {
+            response: Response::xml(200, xml),
+            call,
+        }
     }
 
     fn stream_ended(&self, head: &RequestHead, body: &[u8]) -> Response {

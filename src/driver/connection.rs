@@ -15,11 +15,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
-use super::{Phase, TaskToken, http_date, now, twilio_socket};
+use super::{Phase, Shared, TaskToken, http_date, now, twilio_socket};
 use crate::http::Response;
 use crate::http::body::{self, ChunkedDecoder, Framing};
 use crate::http::request_head::{self, Method};
-use crate::routes::{Action, App};
+use crate::routes::Action;
 
 /// Initial read buffer per connection; grows only as a request needs (bounded by the limits).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -40,10 +40,11 @@ enum ReadError {
 pub(super) async fn run(
     mut stream: TcpStream,
     peer: SocketAddr,
-    app: Arc<App>,
+    shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
     token: TaskToken,
 ) {
+    let app = shared.app.clone();
     let cfg = &app.config;
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut first = true;
@@ -137,7 +138,17 @@ pub(super) async fn run(
             Err(BodyError::Respond(resp)) => return respond_and_close(&mut stream, resp).await,
         };
 
-        match app.handle(&head, &body, now()) {
+        let action = match app.handle(&head, &body, now()) {
+            Action::Preconnect { response, call } => {
+                shared
+                    .preconnects
+                    .start(app.config.clone(), call.call_sid, call.from, call.to);
+                Action::Respond(response)
+            }
+            other => other,
+        };
+        match action {
+            Action::Preconnect { .. } => return,
             Action::Respond(resp) => {
                 let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
                 let mut out = Vec::with_capacity(256 + resp.body.len());
@@ -182,7 +193,7 @@ pub(super) async fn run(
                     Some(twilio_socket::websocket_config()),
                 )
                 .await;
-                twilio_socket::run(ws, app.clone(), phase, token).await;
+                twilio_socket::run(ws, shared.clone(), phase, token).await;
                 return;
             }
         }

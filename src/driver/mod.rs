@@ -5,7 +5,10 @@
 //! lets live calls run until the drain deadline, then closes them cleanly and waits for every
 //! task to end.
 
+mod agent;
 mod connection;
+mod net;
+mod transfer;
 mod twilio_socket;
 
 use std::future::Future;
@@ -59,6 +62,14 @@ pub(crate) fn http_date() -> String {
     date::imf_fixdate(now().unix_secs)
 }
 
+/// State the driver's tasks share.
+pub(crate) struct Shared {
+    /// Routes, configuration and the call registry.
+    pub app: Arc<App>,
+    /// Agent sockets connected ahead of their stream.
+    pub preconnects: Arc<agent::Preconnects>,
+}
+
 /// Handles every task holds; when all are dropped the server has finished.
 #[derive(Clone)]
 pub(crate) struct TaskToken(#[allow(dead_code)] mpsc::Sender<()>);
@@ -75,6 +86,10 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(app.config.max_connections));
     let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        preconnects: Arc::new(agent::Preconnects::default()),
+    });
     tokio::pin!(shutdown);
 
     loop {
@@ -92,11 +107,11 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 match connections.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let app = app.clone();
+                        let shared = shared.clone();
                         let phase = phase_rx.clone();
                         let token = token.clone();
                         tokio::spawn(async move {
-                            connection::run(stream, peer, app, phase, token).await;
+                            connection::run(stream, peer, shared, phase, token).await;
                             drop(permit);
                         });
                     }

@@ -1,25 +1,30 @@
-//! The Media Streams WebSocket of one call: reads Twilio's messages, registers the call, and
-//! closes cleanly on `stop`, teardown (status callback) or shutdown.
+//! One call: the Media Streams WebSocket, the agent socket, and the bridge between them.
 //!
-//! For now it parses and logs the typed events; the bridge connects them to the agent.
+//! One task per call drives both sockets and the [`Bridge`]'s timers with a single `select!`,
+//! so a call's state lives in one place and a slow call can only slow itself. Everything the
+//! bridge decides is written out after each input, agent messages before Twilio's.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Phase, TaskToken};
+use super::agent::{self, AgentLink, AgentSocket, ConnectError};
+use super::{Phase, Shared, TaskToken, transfer};
+use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output};
 use crate::calls::{Outcome, RegisterError, TeardownReason};
-use crate::routes::App;
-use crate::twilio::media_stream::{self, MAX_MESSAGE_BYTES, TwilioEvent};
+use crate::twilio::media_stream::{self, MAX_MESSAGE_BYTES, Start, TwilioEvent};
 
 /// Time allowed between the upgrade and Twilio's `start` message.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +36,10 @@ const MAX_BAD_FRAME_LOGS: u64 = 10;
 const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Most outbound bytes queued on a stream socket before writes fail (~10 s of audio as JSON).
 const WS_MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Control messages for the agent held while its socket is still connecting.
+const MAX_PENDING_TO_AGENT: usize = 64;
+/// Time given to a close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -45,187 +54,373 @@ pub(super) fn websocket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-#[derive(Default)]
-struct Counters {
-    messages: u64,
-    media_frames: u64,
-    media_bytes_b64: u64,
-    dtmf: u64,
-    marks: u64,
-    bad_frames: u64,
-}
+type LinkFuture = Pin<Box<dyn Future<Output = Result<AgentLink, ConnectError>> + Send>>;
 
 /// Runs one Media Streams socket to its end.
 pub(super) async fn run(
     ws: WebSocketStream<TcpStream>,
-    app: Arc<App>,
+    shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     token: TaskToken,
 ) {
     let span = tracing::info_span!("call", call_sid = tracing::field::Empty);
-    session(ws, app, phase, span.clone()).instrument(span).await;
+    call(ws, shared, phase, span.clone()).instrument(span).await;
     drop(token);
 }
 
-async fn session(
-    mut ws: WebSocketStream<TcpStream>,
-    app: Arc<App>,
-    mut phase: watch::Receiver<Phase>,
-    span: tracing::Span,
-) {
-    let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-    let started = tokio::time::Instant::now();
-    let (teardown_tx, mut teardown_rx) = watch::channel::<Option<TeardownReason>>(None);
-    let teardown_tx = Arc::new(teardown_tx);
-    let mut call_sid: Option<String> = None;
-    let mut counters = Counters::default();
+fn now() -> std::time::Instant {
+    super::now().instant
+}
 
-    let outcome = loop {
-        let limit = if call_sid.is_some() {
-            SILENCE_TIMEOUT
-        } else {
-            START_TIMEOUT
-        };
+#[derive(Default)]
+struct Counters {
+    messages: u64,
+    bad_frames: u64,
+}
+
+impl Counters {
+    fn bad_frame(&mut self, what: &str) {
+        self.bad_frames += 1;
+        if self.bad_frames <= MAX_BAD_FRAME_LOGS {
+            warn!(
+                bad_frames = self.bad_frames,
+                "[Twilio] Bad frame ignored: {what}"
+            );
+        }
+    }
+}
+
+/// Reads Twilio messages until `start`, or gives up.
+async fn wait_for_start(
+    twilio: &mut WebSocketStream<TcpStream>,
+    counters: &mut Counters,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<Start, Outcome> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
         let msg = tokio::select! {
-            m = tokio::time::timeout(limit, ws.next()) => m,
-            _ = teardown_rx.changed() => {
-                let reason = *teardown_rx.borrow();
-                break match reason {
-                    Some(TeardownReason::Shutdown) => close(&mut ws, CloseCode::Away, Outcome::ServerShutdown).await,
-                    _ => close(&mut ws, CloseCode::Normal, Outcome::CallerHungUp).await,
-                };
-            }
-            _ = closing(&mut phase) => {
-                break close(&mut ws, CloseCode::Away, Outcome::ServerShutdown).await;
-            }
-        };
-        let msg = match msg {
-            Err(_) => {
-                warn!(
-                    started = call_sid.is_some(),
-                    "[Twilio] Stream silent too long; closing"
-                );
-                break close(&mut ws, CloseCode::Policy, Outcome::StreamLost).await;
-            }
-            Ok(None) => break Outcome::StreamLost,
-            Ok(Some(Err(e))) => {
-                debug!(error = %e, "[Twilio] Stream socket error");
-                break Outcome::StreamLost;
-            }
-            Ok(Some(Ok(m))) => m,
+            m = tokio::time::timeout_at(deadline, twilio.next()) => m,
+            () = closing(phase) => return Err(Outcome::ServerShutdown),
         };
         let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => break Outcome::StreamLost,
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Binary(_) | Message::Frame(_) => {
-                bad_frame(&mut counters, "binary frame");
+            Err(_) => {
+                warn!("[Twilio] No start message in time; closing");
+                return Err(Outcome::StreamLost);
+            }
+            Ok(None) | Ok(Some(Err(_))) => return Err(Outcome::StreamLost),
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(Message::Close(_)))) => return Err(Outcome::StreamLost),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => {
+                counters.bad_frame("binary frame");
                 continue;
             }
         };
         counters.messages += 1;
-        let event = match media_stream::parse(text.as_str()) {
-            Ok(e) => e,
-            Err(e) => {
-                bad_frame(&mut counters, &e.to_string());
-                continue;
-            }
+        match media_stream::parse(text.as_str()) {
+            Ok(TwilioEvent::Start(start)) => return Ok(start),
+            Ok(TwilioEvent::Stop) => return Err(Outcome::CallerHungUp),
+            Ok(TwilioEvent::Connected | TwilioEvent::Unknown) => {}
+            Ok(_) => counters.bad_frame("message before start"),
+            Err(e) => counters.bad_frame(&e.to_string()),
+        }
+    }
+}
+
+async fn call(
+    mut twilio: WebSocketStream<TcpStream>,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+    span: tracing::Span,
+) {
+    let app = shared.app.clone();
+    let config = app.config.clone();
+    let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let mut counters = Counters::default();
+
+    let start = match wait_for_start(&mut twilio, &mut counters, &mut phase).await {
+        Ok(s) => s,
+        Err(outcome) => {
+            close_twilio(&mut twilio, outcome).await;
+            info!(
+                outcome = outcome.as_str(),
+                "[Twilio] Stream ended before start"
+            );
+            return;
+        }
+    };
+    let call_sid = start.call_sid.clone();
+    span.record("call_sid", call_sid.as_str());
+
+    let (teardown_tx, mut teardown_rx) = watch::channel::<Option<TeardownReason>>(None);
+    let teardown = Arc::new(move |reason| {
+        let _ = teardown_tx.send(Some(reason));
+    });
+    if let Err(e) = app.calls.register(&call_sid, stream_id, teardown, now()) {
+        let outcome = match e {
+            RegisterError::AlreadyEnded => Outcome::CallerHungUp,
+            _ => Outcome::Refused,
         };
-        match event {
-            TwilioEvent::Connected => debug!("[Twilio] Stream connected"),
-            TwilioEvent::Start(start) => {
-                if call_sid.is_some() {
-                    bad_frame(&mut counters, "second start");
-                    continue;
+        warn!(error = ?e, "[Twilio] Stream refused");
+        close_twilio(&mut twilio, outcome).await;
+        return;
+    }
+    info!(
+        stream_sid = %start.stream_sid,
+        encoding = %start.encoding,
+        sample_rate = start.sample_rate,
+        "[Twilio] Stream started"
+    );
+
+    // The agent: adopt the pre-connected socket, or connect now.
+    let param = |name: &str| {
+        start
+            .custom_parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (caller, called) = (param("caller"), param("called"));
+    let link_timeout = config.elevenlabs_connect_timeout * 3;
+    let mut link: LinkFuture = match shared.preconnects.adopt(&call_sid) {
+        Some(rx) => {
+            debug!("[ElevenLabs] Adopting the pre-connected agent");
+            Box::pin(async move {
+                match tokio::time::timeout(link_timeout, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(ConnectError::Closed),
+                    Err(_) => Err(ConnectError::Connect("timed out".into())),
                 }
-                span.record("call_sid", start.call_sid.as_str());
-                let tx = teardown_tx.clone();
-                let teardown = Arc::new(move |reason| {
-                    let _ = tx.send(Some(reason));
-                });
-                match app.calls.register(
-                    &start.call_sid,
-                    stream_id,
-                    teardown,
-                    crate::driver::now().instant,
-                ) {
-                    Ok(()) => {}
-                    Err(RegisterError::AlreadyEnded) => {
-                        info!("[Twilio] Stream for a call already reported ended; closing");
-                        break close(&mut ws, CloseCode::Normal, Outcome::CallerHungUp).await;
-                    }
-                    Err(e) => {
-                        warn!(error = ?e, "[Twilio] Stream refused");
-                        break close(&mut ws, CloseCode::Policy, Outcome::Refused).await;
-                    }
+            })
+        }
+        None => {
+            let config = config.clone();
+            let vars = agent::dynamic_variables(&call_sid, &caller, &called);
+            Box::pin(async move {
+                let t0 = tokio::time::Instant::now();
+                match tokio::time::timeout(link_timeout, agent::connect(&config, &vars)).await {
+                    Ok(Ok(ws)) => Ok(AgentLink {
+                        ws,
+                        early: Vec::new(),
+                        connect_time: t0.elapsed(),
+                    }),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ConnectError::Connect("timed out".into())),
                 }
-                info!(
-                    stream_sid = %start.stream_sid,
-                    encoding = %start.encoding,
-                    sample_rate = start.sample_rate,
-                    parameters = start.custom_parameters.len(),
-                    "[Twilio] Stream started"
-                );
-                call_sid = Some(start.call_sid);
-            }
-            TwilioEvent::Media(m) => {
-                counters.media_frames += 1;
-                counters.media_bytes_b64 += m.payload.len() as u64;
-            }
-            TwilioEvent::Dtmf { .. } => {
-                counters.dtmf += 1;
-                debug!("[Twilio] DTMF received");
-            }
-            TwilioEvent::Mark { .. } => counters.marks += 1,
-            TwilioEvent::Stop => {
-                info!("[Twilio] Stream stopped by Twilio");
-                break close(&mut ws, CloseCode::Normal, Outcome::CallerHungUp).await;
-            }
-            TwilioEvent::Unknown => debug!("[Twilio] Unknown event ignored"),
+            })
         }
     };
 
-    if let Some(sid) = &call_sid {
-        app.calls
-            .finish(sid, stream_id, outcome, crate::driver::now().instant);
-    }
+    let mut bridge = Bridge::new(BridgeConfig {
+        dtmf: config.dtmf_mode,
+        agent_silence_timeout: config.agent_silence_timeout,
+        ..BridgeConfig::default()
+    });
+    bridge.handle_twilio(now(), TwilioEvent::Start(start));
+    let mut agent_ws: Option<AgentSocket> = None;
+    let mut link_pending = true;
+    let mut pending_to_agent: VecDeque<String> = VecDeque::new();
+    let (transfer_tx, mut transfer_rx) = mpsc::channel::<(String, bool)>(4);
+    let mut last_twilio = tokio::time::Instant::now();
+    let mut agent_connect_ms = None;
+
+    let outcome = 'call: loop {
+        let deadline = bridge.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            r = &mut link, if link_pending => {
+                link_pending = false;
+                match r {
+                    Ok(l) => {
+                        agent_connect_ms = Some(l.connect_time.as_millis() as u64);
+                        bridge.handle_agent_connected(now());
+                        for text in &l.early {
+                            bridge.handle_agent_text(now(), text);
+                        }
+                        agent_ws = Some(l.ws);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "[ElevenLabs] Cannot reach the agent");
+                        bridge.handle_agent_failed();
+                    }
+                }
+            }
+            m = tokio::time::timeout_at(last_twilio + SILENCE_TIMEOUT, twilio.next()) => {
+                last_twilio = tokio::time::Instant::now();
+                match m {
+                    Err(_) => {
+                        warn!("[Twilio] Stream silent too long; closing");
+                        break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
+                    }
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        counters.messages += 1;
+                        match media_stream::parse(text.as_str()) {
+                            Ok(TwilioEvent::Start(_)) => counters.bad_frame("second start"),
+                            Ok(event) => bridge.handle_twilio(now(), event),
+                            Err(e) => counters.bad_frame(&e.to_string()),
+                        }
+                    }
+                    Ok(Some(Ok(Message::Binary(_) | Message::Frame(_)))) => counters.bad_frame("binary frame"),
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                        break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
+                    }
+                }
+            }
+            m = next_agent(&mut agent_ws) => match m {
+                Some(Ok(Message::Text(text))) => bridge.handle_agent_text(now(), text.as_str()),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    agent_ws = None;
+                    bridge.handle_agent_closed(now(), code);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!(error = %e, "[ElevenLabs] Agent socket error");
+                    agent_ws = None;
+                    bridge.handle_agent_closed(now(), None);
+                }
+                None => {
+                    agent_ws = None;
+                    bridge.handle_agent_closed(now(), None);
+                }
+            },
+            () = sleep_until(deadline) => bridge.handle_timeout(now()),
+            Some((id, ok)) = transfer_rx.recv() => bridge.transfer_done(&id, ok),
+            _ = teardown_rx.changed() => {
+                let outcome = match *teardown_rx.borrow() {
+                    Some(TeardownReason::Shutdown) => Outcome::ServerShutdown,
+                    _ => Outcome::CallerHungUp,
+                };
+                break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, outcome).await;
+            }
+            () = closing(&mut phase) => {
+                break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::ServerShutdown).await;
+            }
+        }
+
+        // Write out what the bridge produced.
+        let mut wrote_twilio = false;
+        let mut wrote_agent = false;
+        while let Some(out) = bridge.poll_transmit() {
+            match out {
+                Output::ToAgent(text) => match agent_ws.as_mut() {
+                    Some(a) => {
+                        while let Some(p) = pending_to_agent.pop_front() {
+                            let _ = a.feed(Message::text(p)).await;
+                        }
+                        if a.feed(Message::text(text)).await.is_ok() {
+                            wrote_agent = true;
+                        }
+                    }
+                    None if link_pending && pending_to_agent.len() < MAX_PENDING_TO_AGENT => {
+                        pending_to_agent.push_back(text);
+                    }
+                    None => {}
+                },
+                Output::ToTwilio(text) => {
+                    if twilio.feed(Message::text(text)).await.is_ok() {
+                        wrote_twilio = true;
+                    }
+                }
+            }
+        }
+        if wrote_agent && let Some(a) = agent_ws.as_mut() {
+            let _ = a.flush().await;
+        }
+        if wrote_twilio {
+            let _ = twilio.flush().await;
+        }
+        while let Some(event) = bridge.poll_event() {
+            match event {
+                BridgeEvent::CloseAgent => close_agent(&mut agent_ws).await,
+                BridgeEvent::CloseTwilio(outcome) => {
+                    break 'call finish(
+                        &mut twilio,
+                        &mut agent_ws,
+                        &app,
+                        &call_sid,
+                        stream_id,
+                        outcome,
+                    )
+                    .await;
+                }
+                BridgeEvent::Transfer { tool_call_id } => {
+                    let config = config.clone();
+                    let call_sid = call_sid.clone();
+                    let tx = transfer_tx.clone();
+                    tokio::spawn(
+                        async move {
+                            let ok = transfer::transfer_to_staff(&config, &call_sid).await;
+                            let _ = tx.send((tool_call_id, ok)).await;
+                        }
+                        .instrument(tracing::Span::current()),
+                    );
+                }
+            }
+        }
+    };
+
+    let stats = bridge.stats();
+    let (inbound, outbound) = bridge.audio_stats();
+    let playout = outbound.map(|o| o.playout).unwrap_or_default();
     info!(
         outcome = outcome.as_str(),
         duration_ms = started.elapsed().as_millis() as u64,
-        messages = counters.messages,
-        media_frames = counters.media_frames,
-        media_b64_bytes = counters.media_bytes_b64,
-        dtmf = counters.dtmf,
-        marks = counters.marks,
-        bad_frames = counters.bad_frames,
-        "[Twilio] Stream ended"
+        conversation_id = bridge.conversation_id().unwrap_or(""),
+        agent_connect_ms,
+        first_audio_ms = stats.first_audio_after_start.map(|d| d.as_millis() as u64),
+        caller_frames = stats.caller_frames,
+        agent_chunks_sent = stats.agent_chunks_sent,
+        frames_to_caller = playout.frames_sent,
+        concealed_ms = inbound.map_or(0.0, |i| i.jitter.concealed_ms),
+        underruns = playout.underruns,
+        interruptions = stats.session.interruptions,
+        dtmf = stats.dtmf,
+        bad_frames = counters.bad_frames + stats.bad_caller_frames,
+        bad_agent_messages = stats.session.bad_messages,
+        unknown_agent_events = stats.session.unknown_events,
+        "[Call] Summary"
     );
 }
 
-/// Resolves once the server enters [`Phase::Closing`] (never, if the sender is gone).
-async fn closing(phase: &mut watch::Receiver<Phase>) {
-    if phase.wait_for(|p| *p == Phase::Closing).await.is_err() {
-        std::future::pending::<()>().await;
+/// Records the outcome first (Twilio asks `stream-ended` as soon as the socket closes), then
+/// closes both sockets.
+async fn finish(
+    twilio: &mut WebSocketStream<TcpStream>,
+    agent: &mut Option<AgentSocket>,
+    app: &crate::routes::App,
+    call_sid: &str,
+    stream_id: u64,
+    outcome: Outcome,
+) -> Outcome {
+    app.calls.finish(call_sid, stream_id, outcome, now());
+    close_agent(agent).await;
+    close_twilio(twilio, outcome).await;
+    outcome
+}
+
+async fn close_agent(agent: &mut Option<AgentSocket>) {
+    if let Some(mut a) = agent.take() {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, a.close(Some(frame))).await;
     }
 }
 
-fn bad_frame(counters: &mut Counters, what: &str) {
-    counters.bad_frames += 1;
-    if counters.bad_frames <= MAX_BAD_FRAME_LOGS {
-        warn!(
-            bad_frames = counters.bad_frames,
-            "[Twilio] Bad frame ignored: {what}"
-        );
-    }
-}
-
-/// Sends a close frame (best effort) and returns `outcome`.
-async fn close(ws: &mut WebSocketStream<TcpStream>, code: CloseCode, outcome: Outcome) -> Outcome {
+async fn close_twilio(ws: &mut WebSocketStream<TcpStream>, outcome: Outcome) {
+    let code = match outcome {
+        Outcome::ServerShutdown => CloseCode::Away,
+        _ => CloseCode::Normal,
+    };
     let frame = CloseFrame {
         code,
         reason: "".into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         let _ = ws.send(Message::Close(Some(frame))).await;
         // Wait briefly for the peer's close reply so the TCP close is orderly.
         while let Some(Ok(m)) = ws.next().await {
@@ -235,5 +430,27 @@ async fn close(ws: &mut WebSocketStream<TcpStream>, code: CloseCode, outcome: Ou
         }
     })
     .await;
-    outcome
+}
+
+async fn next_agent(
+    agent: &mut Option<AgentSocket>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match agent {
+        Some(a) => a.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the server enters [`Phase::Closing`] (never, if the sender is gone).
+async fn closing(phase: &mut watch::Receiver<Phase>) {
+    if phase.wait_for(|p| *p == Phase::Closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

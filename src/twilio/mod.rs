@@ -2,6 +2,7 @@
 //! (`shared/specs/twilio.md`). Sans-IO.
 
 pub mod media_stream;
+pub mod rest;
 pub mod signature;
 pub mod twiml;
 pub mod webhook;

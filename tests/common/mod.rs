@@ -2,6 +2,8 @@
 //! way Twilio does, and open a Media Streams WebSocket as Twilio would.
 #![allow(dead_code)]
 
+pub mod fake_agent;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,10 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 pub const PUBLIC: &str = "https://ignis.example.com";
 pub const TOKEN: &str = "ignis-test-token";
 
-/// A running server.
+/// A running server, with a stand-in ElevenLabs service behind it.
 pub struct Server {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    pub agent: fake_agent::FakeAgent,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<std::io::Result<()>>,
 }
@@ -40,6 +43,16 @@ impl Server {
     }
 
     pub async fn start_config(config: Config) -> Server {
+        Server::start_full(config, fake_agent::AgentBehaviour::default()).await
+    }
+
+    /// Starts the server; unless the config names an agent already, it uses the stand-in.
+    pub async fn start_full(mut config: Config, behaviour: fake_agent::AgentBehaviour) -> Server {
+        let agent = fake_agent::FakeAgent::start(behaviour).await;
+        if config.elevenlabs_agent_id.is_none() {
+            config.elevenlabs_agent_id = Some(fake_agent::AGENT_ID.into());
+            config.elevenlabs_api_base = agent.base();
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Arc::new(App::new(config));
@@ -50,6 +63,7 @@ impl Server {
         Server {
             addr,
             app,
+            agent,
             shutdown: Some(tx),
             task,
         }

@@ -1,0 +1,278 @@
+//! The agent socket: connecting (signed URL for private agents), and pre-connecting while
+//! Twilio is still fetching the TwiML so the agent is usually ready when the stream starts.
+//!
+//! A pre-connect task owns the socket until the stream adopts it: it answers pings (a socket
+//! that ignores them would be dropped) and holds everything else, in order and bounded, for the
+//! bridge. An unadopted socket is closed after `PRECONNECT_TIMEOUT_MS`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{Instrument, debug, info, warn};
+
+use super::net::{self, NetStream};
+use crate::config::Config;
+use crate::elevenlabs::endpoint::{self, Endpoint, MAX_SIGNED_URL_RESPONSE_BYTES};
+use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
+use crate::privacy::mask_phone;
+
+/// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
+const MAX_EARLY_MESSAGES: usize = 512;
+/// Pre-connects in flight at once; beyond it the stream connects when it starts instead.
+const MAX_PRECONNECTS: usize = 4096;
+
+/// The agent socket type.
+pub(crate) type AgentSocket = WebSocketStream<NetStream>;
+
+/// A connected agent socket handed to a stream.
+pub(crate) struct AgentLink {
+    pub ws: AgentSocket,
+    /// Messages received before adoption, in order (pings already answered).
+    pub early: Vec<String>,
+    /// How long connecting took.
+    pub connect_time: Duration,
+}
+
+/// Why the agent could not be reached.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// No `ELEVENLABS_AGENT_ID` configured.
+    NoAgent,
+    /// Bad base URL or signed URL.
+    Url(String),
+    /// The signed-URL request failed.
+    SignedUrl(String),
+    /// TCP, TLS or WebSocket handshake failed or timed out.
+    Connect(String),
+    /// The socket closed before the stream adopted it.
+    Closed,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NoAgent => f.write_str("ELEVENLABS_AGENT_ID is not set"),
+            ConnectError::Url(e) => write!(f, "bad agent URL: {e}"),
+            ConnectError::SignedUrl(e) => write!(f, "signed URL: {e}"),
+            ConnectError::Connect(e) => write!(f, "connect: {e}"),
+            ConnectError::Closed => f.write_str("agent socket closed before the call started"),
+        }
+    }
+}
+
+/// Limits of the agent socket.
+fn agent_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(512 * 1024)
+        .max_message_size(Some(MAX_AGENT_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_AGENT_MESSAGE_BYTES))
+}
+
+/// The call's facts for the agent, under the documented names (README, "Dynamic variables").
+pub(crate) fn dynamic_variables(call_sid: &str, caller: &str, called: &str) -> Map<String, Value> {
+    let mut vars = Map::new();
+    vars.insert("caller_number".into(), Value::String(caller.to_owned()));
+    vars.insert("called_number".into(), Value::String(called.to_owned()));
+    vars.insert("call_sid".into(), Value::String(call_sid.to_owned()));
+    vars
+}
+
+/// Connects to the agent and writes `conversation_initiation_client_data` before anything
+/// else (elevenlabs.md §1.7).
+pub(crate) async fn connect(
+    config: &Config,
+    vars: &Map<String, Value>,
+) -> Result<AgentSocket, ConnectError> {
+    let agent_id = config
+        .elevenlabs_agent_id
+        .as_deref()
+        .ok_or(ConnectError::NoAgent)?;
+    let timeout = config.elevenlabs_connect_timeout;
+    let base = &config.elevenlabs_api_base;
+    let url = match &config.elevenlabs_api_key {
+        Some(key) => {
+            let (ep, req) = endpoint::signed_url_request(base, agent_id, key.expose())
+                .map_err(|e| ConnectError::Url(e.to_string()))?;
+            net::request(
+                &ep,
+                &req,
+                timeout,
+                MAX_SIGNED_URL_RESPONSE_BYTES,
+                endpoint::parse_signed_url_response,
+            )
+            .await
+            .map_err(|e| ConnectError::SignedUrl(e.to_string()))?
+        }
+        None => endpoint::public_agent_url(base, agent_id)
+            .map_err(|e| ConnectError::Url(e.to_string()))?,
+    };
+    let ep = Endpoint::parse(&url).map_err(|e| ConnectError::Url(e.to_string()))?;
+    let stream = net::connect(&ep, timeout)
+        .await
+        .map_err(|e| ConnectError::Connect(e.to_string()))?;
+    let handshake =
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(agent_ws_config()));
+    let (mut ws, _) = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| ConnectError::Connect("handshake timed out".into()))?
+        .map_err(|e| ConnectError::Connect(e.to_string()))?;
+    let init = messages::initiation_client_data(vars, config.elevenlabs_override.as_ref());
+    ws.send(Message::text(init))
+        .await
+        .map_err(|e| ConnectError::Connect(e.to_string()))?;
+    Ok(ws)
+}
+
+type Ticket = oneshot::Sender<Result<AgentLink, ConnectError>>;
+
+/// Pre-connected agent sockets waiting for their stream, by CallSid.
+#[derive(Default)]
+pub(crate) struct Preconnects {
+    waiting: Mutex<HashMap<String, oneshot::Sender<Ticket>>>,
+}
+
+impl Preconnects {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<Ticket>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts connecting for `call_sid` in the background.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        config: Arc<Config>,
+        call_sid: String,
+        caller: String,
+        called: String,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut map = self.lock();
+            if map.len() >= MAX_PRECONNECTS || map.contains_key(&call_sid) {
+                return;
+            }
+            map.insert(call_sid.clone(), tx);
+        }
+        let span = tracing::info_span!("preconnect", call_sid = %call_sid);
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                debug!(caller = %mask_phone(&caller), "[ElevenLabs] Pre-connecting");
+                let vars = dynamic_variables(&call_sid, &caller, &called);
+                preconnect(&config, &vars, rx).await;
+                this.lock().remove(&call_sid);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Takes the pre-connect for `call_sid`, if there is one; the receiver yields the socket
+    /// once connected.
+    pub(crate) fn adopt(
+        &self,
+        call_sid: &str,
+    ) -> Option<oneshot::Receiver<Result<AgentLink, ConnectError>>> {
+        let waiting = self.lock().remove(call_sid)?;
+        let (tx, rx) = oneshot::channel();
+        waiting.send(tx).ok()?;
+        Some(rx)
+    }
+}
+
+async fn preconnect(
+    config: &Config,
+    vars: &Map<String, Value>,
+    mut ticket_rx: oneshot::Receiver<Ticket>,
+) {
+    let started = Instant::now();
+    let deadline = started + config.preconnect_timeout;
+    let connecting = connect(config, vars);
+    tokio::pin!(connecting);
+
+    // Phase 1: connecting, while the stream may already be asking for the socket.
+    let (mut ws, mut ticket) = tokio::select! {
+        r = &mut connecting => match r {
+            Ok(ws) => (ws, None),
+            Err(e) => return fail(e, ticket_rx, deadline).await,
+        },
+        t = &mut ticket_rx => match t {
+            Ok(ticket) => match connecting.await {
+                Ok(ws) => (ws, Some(ticket)),
+                Err(e) => {
+                    warn!(error = %e, "[ElevenLabs] Agent connect failed");
+                    let _ = ticket.send(Err(e));
+                    return;
+                }
+            },
+            Err(_) => return,
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            info!("[ElevenLabs] Pre-connect not adopted in time; dropped");
+            return;
+        }
+    };
+    let connect_time = started.elapsed();
+    debug!(
+        connect_ms = connect_time.as_millis() as u64,
+        "[ElevenLabs] Pre-connected"
+    );
+
+    // Phase 2: keep the socket alive until the stream takes it.
+    let mut early = Vec::new();
+    let ticket = loop {
+        if let Some(t) = ticket.take() {
+            break t;
+        }
+        tokio::select! {
+            t = &mut ticket_rx => match t {
+                Ok(t) => break t,
+                Err(_) => {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(AgentEvent::Ping { event_id, .. }) = messages::parse(text.as_str()) {
+                        if ws.send(Message::text(messages::pong(event_id))).await.is_err() {
+                            return fail(ConnectError::Closed, ticket_rx, deadline).await;
+                        }
+                    } else if early.len() < MAX_EARLY_MESSAGES {
+                        early.push(text.as_str().to_owned());
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    return fail(ConnectError::Closed, ticket_rx, deadline).await;
+                }
+                Some(Ok(_)) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                info!("[ElevenLabs] Pre-connected agent not adopted in time; closing");
+                let _ = ws.close(None).await;
+                return;
+            }
+        }
+    };
+    let _ = ticket.send(Ok(AgentLink {
+        ws,
+        early,
+        connect_time,
+    }));
+}
+
+/// Keeps a failure until the stream asks for it (so it learns at once) or the deadline.
+async fn fail(error: ConnectError, ticket_rx: oneshot::Receiver<Ticket>, deadline: Instant) {
+    warn!(error = %error, "[ElevenLabs] Agent connect failed");
+    if let Ok(Ok(ticket)) = tokio::time::timeout_at(deadline, ticket_rx).await {
+        let _ = ticket.send(Err(error));
+    }
+}

@@ -1,0 +1,155 @@
+//! Outbound connections: TCP with a deadline, optional TLS (rustls with Mozilla's roots), and a
+//! one-shot HTTP/1.1 request for the two HTTPS calls ignis makes (the ElevenLabs signed URL and
+//! Twilio's call update). A small client on httparse instead of a full HTTP stack: two requests
+//! per call do not justify one.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
+
+use crate::elevenlabs::endpoint::Endpoint;
+
+/// A TCP stream, with or without TLS.
+pub(crate) enum NetStream {
+    /// Plain TCP (loopback stand-ins in tests, `http://` bases).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for NetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NetStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The shared TLS client configuration, built once.
+fn tls_config() -> io::Result<Arc<ClientConfig>> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(c.clone());
+    }
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+}
+
+/// Opens TCP (and TLS when the endpoint asks for it), all within `timeout`.
+pub(crate) async fn connect(ep: &Endpoint, timeout: Duration) -> io::Result<NetStream> {
+    let fut = async {
+        let tcp = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        if !ep.tls {
+            return Ok(NetStream::Plain(tcp));
+        }
+        let name = ServerName::try_from(ep.host.clone())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid TLS server name"))?;
+        let tls = TlsConnector::from(tls_config()?).connect(name, tcp).await?;
+        Ok(NetStream::Tls(Box::new(tls)))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Sends `request` and reads the response until `parse` returns a value (it gets the bytes so
+/// far and whether the peer closed), all within `timeout`.
+pub(crate) async fn request<T, E>(
+    ep: &Endpoint,
+    request: &[u8],
+    timeout: Duration,
+    max_bytes: usize,
+    mut parse: impl FnMut(&[u8], bool) -> Result<Option<T>, E>,
+) -> Result<T, RequestError<E>> {
+    let fut = async {
+        let mut stream = connect(ep, timeout).await.map_err(RequestError::Io)?;
+        stream.write_all(request).await.map_err(RequestError::Io)?;
+        stream.flush().await.map_err(RequestError::Io)?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.map_err(RequestError::Io)?;
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > max_bytes {
+                return Err(RequestError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response too large",
+                )));
+            }
+            if let Some(v) = parse(&buf, n == 0).map_err(RequestError::Response)? {
+                return Ok(v);
+            }
+            if n == 0 {
+                return Err(RequestError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        RequestError::Io(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))
+    })?
+}
+
+/// Why an outbound request failed.
+#[derive(Debug)]
+pub(crate) enum RequestError<E> {
+    /// Connect, TLS, I/O or timeout.
+    Io(io::Error),
+    /// The response was refused by the parser.
+    Response(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for RequestError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Io(e) => write!(f, "{e}"),
+            RequestError::Response(e) => write!(f, "{e}"),
+        }
+    }
+}
