@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_agent;
+pub mod fake_twilio;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,598 @@
+//! Whole calls over real loopback sockets: a Twilio stand-in dials ignis, ignis bridges to an
+//! ElevenLabs stand-in, and both sides check the audio they get.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_agent::{AgentBehaviour, user_audio};
+use common::fake_twilio::{Seen, TwilioCall};
+use common::*;
+use ignis::audio::mulaw;
+use ignis::calls::Outcome;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A recognisable μ-law byte pattern (avoids 0xFF, the silence code the playout pads with).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) % 0xF0)
+        .collect()
+}
+
+fn tone_pcm(freq: f32, rate: u32, ms: u32, amp: f32) -> Vec<i16> {
+    let n = (rate * ms / 1000) as usize;
+    (0..n)
+        .map(|i| (amp * (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin()) as i16)
+        .collect()
+}
+
+/// Frequency by zero crossings, skipping the first and last 10 % (filter transients).
+fn frequency(samples: &[i16], rate: u32) -> f32 {
+    let s = &samples[samples.len() / 10..samples.len() * 9 / 10];
+    let crossings = s.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    crossings as f32 / 2.0 / (s.len() as f32 / rate as f32)
+}
+
+fn rms(samples: &[i16]) -> f32 {
+    let s = &samples[samples.len() / 10..samples.len() * 9 / 10];
+    (s.iter().map(|&x| f32::from(x).powi(2)).sum::<f32>() / s.len() as f32).sqrt()
+}
+
+async fn stream_ended(server: &Server, call_sid: &str) -> String {
+    roundtrip(
+        server,
+        &signed_post("/api/twilio/stream-ended", &call_params(call_sid), TOKEN),
+    )
+    .await
+    .text()
+}
+
+#[tokio::test]
+async fn ulaw_call_passes_audio_through_untouched_both_ways() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000e1";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+
+    // The call's facts reach the agent as dynamic variables.
+    let vars = &agent.initiation["dynamic_variables"];
+    assert_eq!(vars["caller_number"], "+4915112345123");
+    assert_eq!(vars["called_number"], "+16175551881");
+    assert_eq!(vars["call_sid"], sid);
+
+    // Agent → caller: 480 ms of audio arrives byte for byte.
+    let greeting = pattern(3840, 3);
+    agent.send_audio(1, &greeting);
+    let heard = caller.audio(greeting.len(), T).await;
+    assert_eq!(heard, greeting);
+
+    // Caller → agent: 50 frames arrive byte for byte, one user_audio_chunk per frame.
+    let speech = pattern(8000, 11);
+    caller.send_audio(&speech);
+    let msgs = agent
+        .recv_until(T, {
+            let mut got = 0;
+            move |m| {
+                got += m["user_audio_chunk"]
+                    .as_str()
+                    .map_or(0, |b| b.len() / 4 * 3);
+                got >= 8000
+            }
+        })
+        .await;
+    assert_eq!(user_audio(&msgs), speech);
+
+    // Ping → pong with the same id.
+    agent.send(json!({"type":"ping","ping_event":{"event_id":42,"ping_ms":null}}));
+    agent
+        .recv_until(T, |m| m == &json!({"type":"pong","event_id":42}))
+        .await;
+
+    // The caller hangs up: the agent socket closes and the outcome is recorded.
+    caller.hang_up();
+    assert!(agent.closed_within(T).await);
+    eventually("outcome", || {
+        server.app.calls.outcome(sid) == Some(Outcome::CallerHungUp)
+    })
+    .await;
+    assert_eq!(server.app.calls.live_count(), 0);
+}
+
+#[tokio::test]
+async fn pcm16_call_transcodes_tones_both_ways() {
+    let behaviour = AgentBehaviour {
+        input_format: "pcm_16000".into(),
+        output_format: "pcm_16000".into(),
+        ..AgentBehaviour::default()
+    };
+    let server = Server::start_full(test_config(&[]), behaviour).await;
+    let sid = "CA000000000000000000000000000000e2";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+
+    // Caller: 1 s of 1 kHz at -12 dBFS, μ-law 8 kHz.
+    let tone = tone_pcm(1000.0, 8000, 1000, 8000.0);
+    let ulaw: Vec<u8> = tone.iter().map(|&s| mulaw::encode_sample(s)).collect();
+    caller.send_audio(&ulaw);
+    let msgs = agent
+        .recv_until(T, {
+            let mut got = 0;
+            move |m| {
+                got += m["user_audio_chunk"]
+                    .as_str()
+                    .map_or(0, |b| b.len() / 4 * 3);
+                got >= 31_000
+            }
+        })
+        .await;
+    let bytes = user_audio(&msgs);
+    let pcm: Vec<i16> = bytes
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
+    let f = frequency(&pcm, 16_000);
+    assert!((990.0..1010.0).contains(&f), "agent heard {f} Hz");
+    let ratio_db = 20.0 * (rms(&pcm) / rms(&tone)).log10();
+    assert!(ratio_db.abs() < 0.5, "level changed by {ratio_db} dB");
+
+    // Agent: 1 s of 440 Hz at 16 kHz, sent in odd-sized bursts.
+    let reply = tone_pcm(440.0, 16_000, 1000, 8000.0);
+    let reply_bytes: Vec<u8> = reply.iter().flat_map(|s| s.to_le_bytes()).collect();
+    // Odd-sized bursts: the PCM byte pairs straddle chunk boundaries.
+    for part in reply_bytes.chunks(1001) {
+        agent.send_audio(7, part);
+    }
+    let heard = caller.audio(7_600, T).await;
+    let decoded: Vec<i16> = heard.iter().map(|&b| mulaw::decode_sample(b)).collect();
+    let f = frequency(&decoded, 8000);
+    assert!((435.0..445.0).contains(&f), "caller heard {f} Hz");
+    let ratio_db = 20.0 * (rms(&decoded) / rms(&reply)).log10();
+    assert!(ratio_db.abs() < 0.5, "level changed by {ratio_db} dB");
+    caller.hang_up();
+    assert!(agent.closed_within(T).await);
+}
+
+#[tokio::test]
+async fn signed_url_connect_and_bad_key_falls_back() {
+    let server =
+        Server::start_config(test_config(&[("ELEVENLABS_API_KEY", fake_agent_key())])).await;
+    let sid = "CA000000000000000000000000000000e3";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    assert!(
+        agent.target.contains("conversation_signature=sig_abc123"),
+        "{}",
+        agent.target
+    );
+    assert_eq!(*server.agent.signed_url_requests.lock().unwrap(), 1);
+    caller.hang_up();
+
+    let server = Server::start_config(test_config(&[
+        ("ELEVENLABS_API_KEY", "sk_wrong"),
+        ("FALLBACK_NUMBER", "+493012345678"),
+    ]))
+    .await;
+    let sid = "CA000000000000000000000000000000e4";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let (_, _) = caller.closed(T).await;
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::AgentFailed));
+    assert!(
+        stream_ended(&server, sid)
+            .await
+            .contains("<Dial><Number>+493012345678</Number></Dial>")
+    );
+}
+
+fn fake_agent_key() -> &'static str {
+    common::fake_agent::API_KEY
+}
+
+#[tokio::test]
+async fn preconnect_is_adopted_and_an_unadopted_one_expires() {
+    let server = Server::start_config(test_config(&[("PRECONNECT_TIMEOUT_MS", "800")])).await;
+    let sid = "CA000000000000000000000000000000e5";
+    // The voice webhook alone opens the agent conversation, before any stream exists.
+    let r = roundtrip(
+        &server,
+        &signed_post("/api/twilio/voice", &call_params(sid), TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let mut agent = server.agent.next_conn(T).await;
+    // The stream arrives and adopts that same conversation: greeting audio flows through it.
+    let mut caller = TwilioCall::stream_only(&server, sid).await;
+    agent.send_audio(1, &pattern(1600, 5));
+    assert_eq!(caller.audio(1600, T).await, pattern(1600, 5));
+    assert!(
+        server
+            .agent
+            .try_next_conn(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no second connect"
+    );
+    caller.hang_up();
+    assert!(agent.closed_within(T).await);
+
+    // A webhook whose stream never comes: the pre-connected socket closes after the timeout.
+    let sid2 = "CA000000000000000000000000000000e6";
+    let _ = roundtrip(
+        &server,
+        &signed_post("/api/twilio/voice", &call_params(sid2), TOKEN),
+    )
+    .await;
+    let mut orphan = server.agent.next_conn(T).await;
+    let t0 = std::time::Instant::now();
+    assert!(orphan.closed_within(T).await);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "closed before the timeout"
+    );
+}
+
+#[tokio::test]
+async fn no_caller_audio_is_lost_while_the_agent_sets_up() {
+    let behaviour = AgentBehaviour {
+        metadata_delay: Duration::from_millis(700),
+        ..AgentBehaviour::default()
+    };
+    let server = Server::start_full(test_config(&[]), behaviour).await;
+    let sid = "CA000000000000000000000000000000e7";
+    // No voice webhook: the stream connects the agent itself, and the caller talks at once.
+    let mut caller = TwilioCall::stream_only(&server, sid).await;
+    let speech = pattern(160 * 30, 17);
+    caller.send_audio(&speech);
+    let mut agent = server.agent.next_conn(T).await;
+    let msgs = agent
+        .recv_until(T, {
+            let mut got = 0;
+            move |m| {
+                got += m["user_audio_chunk"]
+                    .as_str()
+                    .map_or(0, |b| b.len() / 4 * 3);
+                got >= 160 * 30
+            }
+        })
+        .await;
+    assert_eq!(user_audio(&msgs), speech, "every frame, in order");
+    caller.hang_up();
+}
+
+#[tokio::test]
+async fn interruption_clears_twilio_and_drops_stale_audio() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000e8";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    // 5 s of agent speech in one burst; the playout holds most of it.
+    agent.send_audio(3, &pattern(40_000, 1));
+    let _ = caller.audio(1600, T).await;
+    let sent_at = tokio::time::Instant::now();
+    agent.send(json!({"type":"interruption","interruption_event":{"event_id":4}}));
+    let clear_at = loop {
+        match caller.next(T).await.expect("clear") {
+            Seen::Clear(at) => break at,
+            Seen::Closed(c) => panic!("closed {c:?}"),
+            _ => {}
+        }
+    };
+    eprintln!(
+        "interruption -> clear: {:?}",
+        clear_at.duration_since(sent_at)
+    );
+    // Stale audio of the interrupted turn is dropped, the new turn (same id as the interruption)
+    // is played.
+    agent.send_audio(3, &pattern(1600, 9));
+    agent.send_audio(4, &pattern(800, 2));
+    let mut after = Vec::new();
+    while after.len() < 800 {
+        match caller.next(T).await.expect("audio after clear") {
+            Seen::Media(b, _) => after.extend(b),
+            Seen::Closed(c) => panic!("closed {c:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        &after[..800],
+        &pattern(800, 2)[..],
+        "only the new turn's audio"
+    );
+    caller.hang_up();
+}
+
+#[tokio::test]
+async fn dtmf_reaches_the_agent() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000e9";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    caller.send_dtmf('7');
+    let msgs = agent.recv_until(T, |m| m["type"] == "user_message").await;
+    assert!(
+        msgs.last().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .contains("Taste 7")
+    );
+    caller.hang_up();
+
+    let server = Server::start_config(test_config(&[("DTMF_MODE", "contextual_update")])).await;
+    let mut caller = TwilioCall::dial(&server, "CA000000000000000000000000000000ea").await;
+    let mut agent = server.agent.next_conn(T).await;
+    caller.send_dtmf('#');
+    let msgs = agent
+        .recv_until(T, |m| m["type"] == "contextual_update")
+        .await;
+    assert!(
+        msgs.last().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .contains("Taste #")
+    );
+    caller.hang_up();
+}
+
+#[tokio::test]
+async fn end_call_tool_lets_the_last_sentence_play_then_hangs_up() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000eb";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    let goodbye = pattern(8000, 4); // 1 s
+    agent.send_audio(2, &goodbye);
+    agent.send(json!({"type":"client_tool_call","client_tool_call":{"tool_name":"end_call","tool_call_id":"tc1","parameters":{"reason":"done"},"event_id":2}}));
+    let msgs = agent
+        .recv_until(T, |m| m["type"] == "client_tool_result")
+        .await;
+    let result = msgs.last().unwrap();
+    assert_eq!(result["tool_call_id"], "tc1");
+    assert_eq!(result["is_error"], false);
+    let t0 = tokio::time::Instant::now();
+    let (code, seen) = caller.closed(T).await;
+    let audio: Vec<u8> = seen
+        .iter()
+        .filter_map(|s| {
+            if let Seen::Media(b, _) = s {
+                Some(b.clone())
+            } else {
+                None
+            }
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        &audio[..goodbye.len()],
+        &goodbye[..],
+        "the whole goodbye was sent"
+    );
+    // Twilio plays in real time: the close waited for the end-of-turn mark (~1 s of audio).
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(code, Some(1000));
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::Completed));
+    assert!(
+        stream_ended(&server, sid)
+            .await
+            .ends_with("<Response><Hangup/></Response>")
+    );
+}
+
+#[tokio::test]
+async fn transfer_and_unknown_tools() {
+    // A stand-in for Twilio's REST API that records the call update.
+    let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rest_addr = rest.local_addr().unwrap();
+    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = rest.accept().await {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut n = 0;
+            loop {
+                let k = s.read(&mut buf[n..]).await.unwrap_or(0);
+                n += k;
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                if k == 0 || text.contains("Twiml=") && text.contains("%3C%2FResponse%3E") {
+                    let _ = req_tx.send(text);
+                    break;
+                }
+            }
+            let body = r#"{"sid":"CA1","status":"in-progress"}"#;
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let rest_base = format!("http://{rest_addr}");
+    let server = Server::start_config(test_config(&[
+        ("TWILIO_ACCOUNT_SID", "AC11111111111111111111111111111111"),
+        ("FALLBACK_NUMBER", "+493012345678"),
+        ("TWILIO_API_BASE", &rest_base),
+    ]))
+    .await;
+    let sid = "CA000000000000000000000000000000ec";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    agent.send(json!({"type":"client_tool_call","client_tool_call":{"tool_name":"transfer_to_staff","tool_call_id":"tr1","parameters":{},"event_id":1}}));
+    let req = tokio::time::timeout(T, req_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(req.starts_with(&format!(
+        "POST /2010-04-01/Accounts/AC11111111111111111111111111111111/Calls/{sid}.json HTTP/1.1"
+    )));
+    assert!(req.contains("Authorization: Basic "));
+    assert!(req.contains("%3CDial%3E%3CNumber%3E%2B493012345678%3C%2FNumber%3E%3C%2FDial%3E"));
+    let msgs = agent
+        .recv_until(T, |m| m["type"] == "client_tool_result")
+        .await;
+    assert_eq!(msgs.last().unwrap()["tool_call_id"], "tr1");
+    assert_eq!(msgs.last().unwrap()["is_error"], false);
+
+    agent.send(json!({"type":"client_tool_call","client_tool_call":{"tool_name":"order_pizza","tool_call_id":"u1","parameters":{},"event_id":1}}));
+    let msgs = agent
+        .recv_until(T, |m| m["type"] == "client_tool_result")
+        .await;
+    assert_eq!(msgs.last().unwrap()["tool_call_id"], "u1");
+    assert_eq!(msgs.last().unwrap()["is_error"], true);
+    caller.hang_up();
+}
+
+#[tokio::test]
+async fn agent_endings_and_failures() {
+    let server = Server::start_config(test_config(&[
+        ("FALLBACK_NUMBER", "+493012345678"),
+        ("AGENT_SILENCE_TIMEOUT_MS", "600"),
+    ]))
+    .await;
+
+    // Agent closes normally (1000): the queued audio plays, then the call hangs up.
+    let sid = "CA000000000000000000000000000000f1";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    agent.send_audio(1, &pattern(1600, 8));
+    agent.close(1000);
+    let (code, seen) = caller.closed(T).await;
+    assert_eq!(code, Some(1000));
+    assert!(seen.iter().any(|s| matches!(s, Seen::Media(..))));
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::Completed));
+    assert!(stream_ended(&server, sid).await.contains("<Hangup/>"));
+
+    // Error event + 1008, error close 1011, and a dropped socket: all send the caller to a human.
+    for (i, how) in ["error", "1011", "drop"].iter().enumerate() {
+        let sid = format!("CA000000000000000000000000000000f{}", i + 2);
+        let mut caller = TwilioCall::dial(&server, &sid).await;
+        let agent = server.agent.next_conn(T).await;
+        match *how {
+            "error" => {
+                agent.send(json!({"type":"error","error_event":{"code":1008,"error_type":"missing_dynamic_variable","message":"x"}}));
+                agent.close(1008);
+            }
+            "1011" => agent.close(1011),
+            _ => agent.drop_connection(),
+        }
+        let _ = caller.closed(T).await;
+        assert_eq!(
+            server.app.calls.outcome(&sid),
+            Some(Outcome::AgentFailed),
+            "{how}"
+        );
+        assert!(
+            stream_ended(&server, &sid).await.contains("<Dial>"),
+            "{how}"
+        );
+    }
+
+    // A silent agent (no message for AGENT_SILENCE_TIMEOUT_MS) is declared dead.
+    let sid = "CA000000000000000000000000000000f9";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let _agent = server.agent.next_conn(T).await;
+    let _ = caller.closed(T).await;
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::AgentFailed));
+}
+
+#[tokio::test]
+async fn unreachable_agent_falls_back_without_dead_air() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_base = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let server = Server::start_config(test_config(&[
+        ("ELEVENLABS_AGENT_ID", "agent_x"),
+        ("ELEVENLABS_API_BASE", &dead_base),
+    ]))
+    .await;
+    let sid = "CA000000000000000000000000000000fa";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let _ = caller.closed(T).await;
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::AgentFailed));
+    let twiml = stream_ended(&server, sid).await;
+    assert!(
+        twiml.contains("<Say language=\"de-DE\">") && twiml.contains("<Hangup/>"),
+        "{twiml}"
+    );
+}
+
+#[tokio::test]
+async fn status_callback_and_simultaneous_close_clean_up() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000fb";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    let mut p = call_params(sid);
+    p.retain(|(k, _)| k != "CallStatus");
+    p.push(("CallStatus".into(), "completed".into()));
+    assert_eq!(
+        roundtrip(&server, &signed_post("/api/twilio/status", &p, TOKEN))
+            .await
+            .status,
+        204
+    );
+    let _ = caller.closed(T).await;
+    assert!(agent.closed_within(T).await);
+    eventually("no live call", || server.app.calls.live_count() == 0).await;
+
+    // Both sides close at the same moment.
+    let sid = "CA000000000000000000000000000000fc";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    agent.close(1000);
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+    eventually("outcome recorded", || {
+        server.app.calls.outcome(sid).is_some()
+    })
+    .await;
+    assert_eq!(server.app.calls.live_count(), 0);
+    let r = roundtrip(&server, b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_without_cross_talk() {
+    let behaviour = AgentBehaviour {
+        echo: true,
+        ..AgentBehaviour::default()
+    };
+    let server = std::sync::Arc::new(Server::start_full(test_config(&[]), behaviour).await);
+    let mut tasks = Vec::new();
+    for i in 0..50u8 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let sid = format!("CA0000000000000000000000000000{i:04}");
+            let mut caller = TwilioCall::dial(&server, &sid).await;
+            let mine = pattern(160 * 25, i.wrapping_mul(5));
+            caller.send_audio(&mine);
+            // The echo agent returns exactly this call's audio, and nothing else.
+            let back = caller.audio(mine.len(), Duration::from_secs(20)).await;
+            assert_eq!(
+                &back[..mine.len()],
+                &mine[..],
+                "call {i} heard someone else"
+            );
+            caller.hang_up();
+            let _ = caller.closed(Duration::from_secs(20)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eventually("registry has no live call", || {
+        server.app.calls.live_count() == 0
+    })
+    .await;
+    assert!(
+        server.app.calls.len() <= 50,
+        "only remembered outcomes remain"
+    );
+}
