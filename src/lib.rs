@@ -17,3 +17,4 @@
 pub mod audio;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod practice;
