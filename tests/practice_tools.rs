@@ -524,7 +524,7 @@ fn each_request_category() {
     assert_eq!(v["error"], "needs_appointment");
     let six = format!(
         r#"{{"category":"prescription_refill","patient_ref":"P1","details":{{"medications":[{}]}}}}"#,
-        vec![r#"{"name":"X"}"#; 6].join(",")
+        [r#"{"name":"X"}"#; 6].join(",")
     );
     assert_eq!(request(&mut e, &t, &six)["error"], "too_many_items");
     assert_eq!(

@@ -74,6 +74,7 @@ impl Env {
         token.as_str().to_string()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn raw(
         &mut self,
         auth: Option<&str>,
