@@ -4,3 +4,4 @@
 //! fuzz crate can reach internals without widening the real API.
 
 pub mod audio;
+pub mod practice;
