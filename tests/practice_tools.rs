@@ -823,3 +823,59 @@ fn tool_audit_records_outcomes_without_personal_data() {
         ]
     );
 }
+
+// --- robustness and the demo script ---------------------------------------------------------------
+
+#[test]
+fn spelling_variants_and_agent_quirks_are_tolerated() {
+    let mut e = Env::new("quirks", now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let v = e.identify(&t, "Meyer", Some("Tomas"), "1965-07-04", now());
+    assert_eq!(v["match"], "unique", "{v}");
+    let p = v["patient_ref"].clone();
+    // Upper-case enum values and an empty new_patient object next to a patient_ref.
+    let s = e.slots(&t, "visit_type=Kontrolle&part_of_day=Morning", now())["slots"][0]["slot_ref"]
+        .clone();
+    let body = format!(
+        r#"{{"slot_ref":{s},"patient_ref":{p},"visit_type":"KONTROLLE","new_patient":{{"family_name":"","given_name":"","birth_date":""}},"replaces_appointment_ref":""}}"#
+    );
+    assert_eq!(e.book(&t, &body, now())["ok"], true);
+    let v = request(
+        &mut e,
+        &t,
+        &format!(
+            r#"{{"category":"Message","patient_ref":{p},"caller":{{"family_name":""}},"urgency":"ROUTINE"}}"#
+        ),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn the_demo_script_books_reschedules_and_cancels() {
+    use ignis::practice::demo::{DEMO_BOOKING_SCRIPT, DEMO_CALLER_NUMBER};
+    let mut e = Env::new("demo-script", now());
+    let t = e.call("CAdemo", DEMO_CALLER_NUMBER, now());
+    for step in DEMO_BOOKING_SCRIPT {
+        let (s, v) = e.raw(
+            Some(TOOLS_TOKEN),
+            Some(&t),
+            step.method,
+            step.path,
+            step.query,
+            step.body,
+            now(),
+        );
+        assert_eq!(
+            (s, v["ok"].as_bool()),
+            (200, Some(true)),
+            "{}: {v}",
+            step.what
+        );
+    }
+    let id = e.identify(&t, "Weber", None, "1972-08-22", now());
+    assert_eq!(
+        id["upcoming"].as_array().unwrap().len(),
+        1,
+        "only the moved appointment remains"
+    );
+}

@@ -237,9 +237,9 @@ pub fn emergency_advice(
             .covering_practice
             .as_ref()
             .filter(|c| c.during_breaks)
-        {
-            return decision(Advice::CallVertretung, Some(c.clone()));
-        }
+    {
+        return decision(Advice::CallVertretung, Some(c.clone()));
+    }
     if reopens_today {
         return decision(Advice::SameDay, None);
     }

@@ -67,6 +67,79 @@ pub fn seed(
     Ok(n)
 }
 
+/// The caller number of the demo call (Maria Weber's number on file).
+pub const DEMO_CALLER_NUMBER: &str = "+491701234567";
+
+/// One tool request of the scripted demo call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoStep {
+    /// What the step shows.
+    pub what: &'static str,
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path under `/api`.
+    pub path: &'static str,
+    /// Query string.
+    pub query: &'static str,
+    /// JSON body.
+    pub body: &'static str,
+}
+
+/// A scripted call from [`DEMO_CALLER_NUMBER`] on a freshly seeded demo database, for the local
+/// agent of `ignis demo`: identify, find slots, book, reschedule the seeded appointment, cancel,
+/// a prescription request and an urgent emergency. Every step answers `ok: true`.
+pub const DEMO_BOOKING_SCRIPT: [DemoStep; 7] = [
+    DemoStep {
+        what: "identify the caller (phone matches: A1 is read back)",
+        method: "POST",
+        path: "/api/patients/identify",
+        query: "",
+        body: r#"{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}"#,
+    },
+    DemoStep {
+        what: "find three Kontrolle slots",
+        method: "GET",
+        path: "/api/appointments/slots",
+        query: "visit_type=kontrolle",
+        body: "",
+    },
+    DemoStep {
+        what: "book S1",
+        method: "POST",
+        path: "/api/appointments",
+        query: "",
+        body: r#"{"slot_ref":"S1","patient_ref":"P1","visit_type":"kontrolle","reason_short":"Blutdruckkontrolle"}"#,
+    },
+    DemoStep {
+        what: "move the seeded appointment A1 to S2 (atomic reschedule)",
+        method: "POST",
+        path: "/api/appointments",
+        query: "",
+        body: r#"{"slot_ref":"S2","patient_ref":"P1","visit_type":"kontrolle","reason_short":"Kontrolle","replaces_appointment_ref":"A1"}"#,
+    },
+    DemoStep {
+        what: "cancel the appointment booked in step 3",
+        method: "POST",
+        path: "/api/appointments/A2/cancel",
+        query: "",
+        body: r#"{"reason":"patient_request"}"#,
+    },
+    DemoStep {
+        what: "order a repeat prescription",
+        method: "POST",
+        path: "/api/requests",
+        query: "",
+        body: r#"{"category":"prescription_refill","patient_ref":"P1","details":{"medications":[{"name":"Ramipril","strength":"5 mg","amount":"N3"}]}}"#,
+    },
+    DemoStep {
+        what: "report an urgent (not life-threatening) problem",
+        method: "POST",
+        path: "/api/emergencies",
+        query: "",
+        body: r#"{"severity":"urgent","keywords":"hohes Fieber","patient_ref":"P1"}"#,
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

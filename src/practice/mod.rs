@@ -313,9 +313,10 @@ impl Practice {
             }
         });
         if result.is_err()
-            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take()) {
-                f(Err(StoreError::Closed));
-            }
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(Err(StoreError::Closed));
+        }
     }
 
     /// Marks a call ended (its token stays valid for the grace period). Fire and forget.
@@ -346,8 +347,9 @@ impl Practice {
             }
         });
         if result.is_err()
-            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take()) {
-                f(Err(StoreError::Closed));
-            }
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(Err(StoreError::Closed));
+        }
     }
 }

@@ -747,6 +747,34 @@ pub fn normalize_name(name: &str) -> String {
     out
 }
 
+/// A spelling-tolerant key of a normalised name, for matching names heard over the phone: the
+/// usual German spelling variants (Meier/Meyer/Maier/Mayer, Schmidt/Schmitt, Philipp/Filip,
+/// Thomas/Tomas) and doubled letters map to the same key. The birth date is always matched
+/// exactly, so the tolerance does not widen identification much.
+pub fn name_key(normalized: &str) -> String {
+    let mut s = normalized.to_string();
+    for (from, to) in [
+        ("ph", "f"),
+        ("th", "t"),
+        ("dt", "t"),
+        ("ck", "k"),
+        ("tz", "z"),
+        ("ey", "ai"),
+        ("ay", "ai"),
+        ("ei", "ai"),
+        ("y", "i"),
+    ] {
+        s = s.replace(from, to);
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !out.ends_with(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The quarter of a date, `2026Q4`.
 pub fn quarter(date: Date) -> String {
     format!("{}Q{}", date.year(), (date.month() - 1) / 3 + 1)
@@ -1338,6 +1366,18 @@ mod tests {
         );
         assert_eq!(normalize_name(" Weiß "), "weiss");
         assert_eq!(normalize_name("Yılmaz"), "yilmaz");
+    }
+
+    #[test]
+    fn name_keys_absorb_spelling_variants() {
+        let k = |s: &str| name_key(&normalize_name(s));
+        assert_eq!(k("Meier"), k("Meyer"));
+        assert_eq!(k("Maier"), k("Mayer"));
+        assert_eq!(k("Schmidt"), k("Schmitt"));
+        assert_eq!(k("Philipp"), k("Filip"));
+        assert_eq!(k("Müller"), k("Mueller"));
+        assert_ne!(k("Weber"), k("Wagner"));
+        assert_ne!(k("Schneider"), k("Schreiber"));
     }
 
     #[test]

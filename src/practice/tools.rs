@@ -21,7 +21,7 @@ use super::calls::{Assurance, CallState, constant_time_eq, hash_token, normalize
 use super::config::{PracticeConfig, weekday_index};
 use super::store::{
     AppointmentRecord, BookOutcome, Booking, BookingPatient, CallRecord, CancelOutcome,
-    NewEmergency, NewPatient, NewRequest, PatientRecord, SlotRecord, Store, StoreError,
+    NewEmergency, NewPatient, NewRequest, PatientRecord, SlotRecord, Store, StoreError, name_key,
     normalize_name, quarter,
 };
 
@@ -260,11 +260,11 @@ pub struct FindSlotsInput {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NewPatientInput {
     /// Family name.
-    pub family_name: String,
+    pub family_name: Option<String>,
     /// Given name.
-    pub given_name: String,
+    pub given_name: Option<String>,
     /// Birth date `YYYY-MM-DD`.
-    pub birth_date: String,
+    pub birth_date: Option<String>,
     /// `gkv|pkv|self`.
     #[serde(default)]
     pub insurance: Option<String>,
@@ -450,6 +450,15 @@ fn birth_date(s: &str, field: &str) -> Result<Date, ToolReply> {
     Ok(d)
 }
 
+fn blank(v: &Option<String>) -> bool {
+    v.as_deref().is_none_or(|s| s.trim().is_empty())
+}
+
+/// An enum-like value: trimmed and lowercased (the agent's enums are lowercase).
+fn enum_text(v: Option<String>, field: &str) -> Result<Option<String>, ToolReply> {
+    Ok(text(v, 40, field)?.map(|s| s.to_lowercase()))
+}
+
 fn ref_text(v: Option<String>, field: &str) -> Result<Option<String>, ToolReply> {
     text(v, 8, field)
 }
@@ -512,6 +521,7 @@ fn parse_find_slots(query: &str, config: &PracticeConfig) -> Result<FindSlotsInp
         limit: DEFAULT_SLOT_LIMIT,
     };
     for (k, v) in pairs {
+        let lower = v.trim().to_lowercase();
         let v = v.trim();
         if v.is_empty() {
             continue;
@@ -519,16 +529,16 @@ fn parse_find_slots(query: &str, config: &PracticeConfig) -> Result<FindSlotsInp
         match k.as_str() {
             "visit_type" => {
                 config
-                    .visit_type(v)
+                    .visit_type(&lower)
                     .ok_or_else(|| ToolReply::invalid("visit_type"))?;
-                input.visit_type = v.to_string();
+                input.visit_type = lower;
             }
             "earliest" => {
                 input.earliest = Some(v.parse().map_err(|_| ToolReply::invalid("earliest"))?)
             }
             "latest" => input.latest = Some(v.parse().map_err(|_| ToolReply::invalid("latest"))?),
             "part_of_day" => {
-                input.part_of_day = match v {
+                input.part_of_day = match lower.as_str() {
                     "morning" => PartOfDay::Morning,
                     "afternoon" => PartOfDay::Afternoon,
                     "any" => PartOfDay::Any,
@@ -550,7 +560,7 @@ fn parse_find_slots(query: &str, config: &PracticeConfig) -> Result<FindSlotsInp
                 input.practitioner = Some(p.id.clone());
             }
             "urgency" => {
-                input.same_day = match v {
+                input.same_day = match lower.as_str() {
                     "routine" => false,
                     "same_day" => true,
                     _ => return Err(ToolReply::invalid("urgency")),
@@ -571,9 +581,10 @@ fn parse_find_slots(query: &str, config: &PracticeConfig) -> Result<FindSlotsInp
         return Err(ToolReply::invalid("visit_type"));
     }
     if let (Some(a), Some(b)) = (input.earliest, input.latest)
-        && b < a {
-            return Err(ToolReply::invalid("latest"));
-        }
+        && b < a
+    {
+        return Err(ToolReply::invalid("latest"));
+    }
     Ok(input)
 }
 
@@ -589,26 +600,29 @@ struct BookBody {
 
 fn parse_book(b: &[u8], config: &PracticeConfig) -> Result<BookInput, ToolReply> {
     let x: BookBody = body(b)?;
-    let visit_type = required(x.visit_type, 40, "visit_type")?;
+    let visit_type =
+        enum_text(x.visit_type, "visit_type")?.ok_or_else(|| ToolReply::invalid("visit_type"))?;
     config
         .visit_type(&visit_type)
         .ok_or_else(|| ToolReply::invalid("visit_type"))?;
-    let new_patient = match x.new_patient {
+    // An object of empty strings is what an agent sends when the LLM left it out.
+    let new_patient = match x.new_patient.filter(|p| {
+        [&p.family_name, &p.given_name, &p.birth_date]
+            .iter()
+            .any(|f| !blank(f))
+    }) {
         None => None,
         Some(p) => {
             let insurance =
-                text(p.insurance, 4, "new_patient.insurance")?.unwrap_or_else(|| "gkv".into());
+                enum_text(p.insurance, "new_patient.insurance")?.unwrap_or_else(|| "gkv".into());
             if !["gkv", "pkv", "self"].contains(&insurance.as_str()) {
                 return Err(ToolReply::invalid("new_patient.insurance"));
             }
+            let dob = required(p.birth_date, 10, "new_patient.birth_date")?;
             Some(NewPatient {
-                family: required(
-                    Some(p.family_name),
-                    MAX_NAME_CHARS,
-                    "new_patient.family_name",
-                )?,
-                given: required(Some(p.given_name), MAX_NAME_CHARS, "new_patient.given_name")?,
-                birth_date: birth_date(&p.birth_date, "new_patient.birth_date")?.to_string(),
+                family: required(p.family_name, MAX_NAME_CHARS, "new_patient.family_name")?,
+                given: required(p.given_name, MAX_NAME_CHARS, "new_patient.given_name")?,
+                birth_date: birth_date(&dob, "new_patient.birth_date")?.to_string(),
                 insurance,
                 phone: None,
             })
@@ -632,7 +646,7 @@ struct CancelBody {
 
 fn parse_cancel(r: &str, b: &[u8]) -> Result<CancelInput, ToolReply> {
     let x: CancelBody = body(b)?;
-    let reason = text(x.reason, 20, "reason")?.unwrap_or_else(|| "patient_request".into());
+    let reason = enum_text(x.reason, "reason")?.unwrap_or_else(|| "patient_request".into());
     if !["patient_request", "illness", "other"].contains(&reason.as_str()) {
         return Err(ToolReply::invalid("reason"));
     }
@@ -687,15 +701,20 @@ const MEDICATIONS_PARSE_LIMIT: usize = 20;
 
 fn parse_request(b: &[u8]) -> Result<RequestInput, ToolReply> {
     let x: RequestBody = body(b)?;
-    let category = required(x.category, 30, "category")?;
+    let category =
+        enum_text(x.category, "category")?.ok_or_else(|| ToolReply::invalid("category"))?;
     if !CATEGORIES.contains(&category.as_str()) {
         return Err(ToolReply::invalid("category"));
     }
-    let urgency = text(x.urgency, 10, "urgency")?.unwrap_or_else(|| "routine".into());
+    let urgency = enum_text(x.urgency, "urgency")?.unwrap_or_else(|| "routine".into());
     if !["routine", "urgent"].contains(&urgency.as_str()) {
         return Err(ToolReply::invalid("urgency"));
     }
-    let caller = match x.caller {
+    let caller = match x.caller.filter(|c| {
+        [&c.family_name, &c.given_name, &c.birth_date]
+            .iter()
+            .any(|f| !blank(f))
+    }) {
         None => None,
         Some(c) => {
             let family = required(c.family_name, MAX_NAME_CHARS, "caller.family_name")?;
@@ -764,7 +783,8 @@ struct EmergencyBody {
 
 fn parse_emergency(b: &[u8]) -> Result<EmergencyInput, ToolReply> {
     let x: EmergencyBody = body(b)?;
-    let severity = required(x.severity, 20, "severity")?;
+    let severity =
+        enum_text(x.severity, "severity")?.ok_or_else(|| ToolReply::invalid("severity"))?;
     let life_threatening = match severity.as_str() {
         "life_threatening" => true,
         "urgent" => false,
@@ -827,9 +847,10 @@ pub fn execute(
         Err(e) => return internal(tool, &e),
     };
     if ctx.dirty
-        && let Err(e) = ctx.store.save_call_state(call_id, &ctx.call.state) {
-            return internal(tool, &e);
-        }
+        && let Err(e) = ctx.store.save_call_state(call_id, &ctx.call.state)
+    {
+        return internal(tool, &e);
+    }
     let outcome = reply
         .get("error")
         .and_then(Value::as_str)
@@ -933,25 +954,23 @@ impl Ctx<'_> {
         if self.call.state.locked() {
             return Ok(json!({ "ok": false, "error": "locked", "attempts_left": 0 }));
         }
-        let family = normalize_name(&i.family_name);
+        let family = name_key(&normalize_name(&i.family_name));
         let mut found: Vec<PatientRecord> = self
             .store
             .patients_by_birth_date(&i.birth_date.to_string())?
             .into_iter()
-            .filter(|p| p.family_norm == family)
+            .filter(|p| name_key(&p.family_norm) == family)
             .collect();
-        if let Some(g) = &i.given_name {
-            let g = normalize_name(g);
-            let narrowed: Vec<PatientRecord> = found
-                .iter()
-                .filter(|p| {
-                    p.given_norm == g
-                        || p.given_norm.split_whitespace().next() == Some(g.as_str())
-                        || p.given_norm.starts_with(&g) && !g.is_empty()
-                })
-                .cloned()
-                .collect();
-            found = narrowed;
+        // The given name narrows the match: exact (spelling-tolerant) or a prefix of a double
+        // name ("Hans" for "Hans-Peter").
+        if let Some(g) = i
+            .given_name
+            .as_deref()
+            .map(normalize_name)
+            .filter(|g| !g.is_empty())
+        {
+            let key = name_key(&g);
+            found.retain(|p| name_key(&p.given_norm) == key || p.given_norm.starts_with(&g));
         }
         match found.len() {
             0 => {
@@ -1059,9 +1078,9 @@ impl Ctx<'_> {
                         .store
                         .free_slots(&candidates(after, horizon), 1)?
                         .first()
-                    {
-                        next_available = self.slot_json(s);
-                    }
+                {
+                    next_available = self.slot_json(s);
+                }
                 if next_available.is_null() {
                     note = json!("nothing_free");
                 }
@@ -1148,11 +1167,10 @@ impl Ctx<'_> {
                 }
                 if !a.booked_here
                     && let Some(old) = self.store.appointment(a.id)?
-                        && old.start - self.now.as_second()
-                            < self.config.min_notice_hours as i64 * 3600
-                        {
-                            return fail("too_late_to_change");
-                        }
+                    && old.start - self.now.as_second() < self.config.min_notice_hours as i64 * 3600
+                {
+                    return fail("too_late_to_change");
+                }
                 Some(a.id)
             }
         };
