@@ -107,6 +107,37 @@ fn three_failed_identifications_lock_the_call() {
 }
 
 #[test]
+fn repeated_failures_from_one_number_lock_it_across_calls() {
+    let mut e = Env::new("id-number-lock", now());
+    for sid in ["CA1", "CA2"] {
+        let t = e.call(sid, OTHER_PHONE, now());
+        for _ in 0..3 {
+            assert_eq!(
+                e.identify(&t, "Weber", None, "1980-01-01", now())["match"],
+                "none"
+            );
+        }
+    }
+    let t3 = e.call("CA3", OTHER_PHONE, now());
+    assert_eq!(
+        e.identify(&t3, "Weber", None, "1972-08-22", now())["error"],
+        "locked"
+    );
+    // Another number is unaffected, and the lock expires after the window.
+    let t4 = e.call("CA4", WEBER_PHONE, now());
+    assert_eq!(
+        e.identify(&t4, "Weber", None, "1972-08-22", now())["match"],
+        "unique"
+    );
+    let next_day = Timestamp::from_second(now().as_second() + 25 * 3600).unwrap();
+    let t5 = e.call("CA5", OTHER_PHONE, next_day);
+    assert_eq!(
+        e.identify(&t5, "Weber", None, "1972-08-22", next_day)["match"],
+        "unique"
+    );
+}
+
+#[test]
 fn identify_rejects_malformed_input_with_422() {
     let mut e = Env::new("id-422", now());
     let t = e.call("CA1", WEBER_PHONE, now());
@@ -878,4 +909,68 @@ fn the_demo_script_books_reschedules_and_cancels() {
         1,
         "only the moved appointment remains"
     );
+}
+
+#[test]
+fn info_logs_carry_nothing_patient_related() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let mut e = Env::new("logs", now());
+    tracing::subscriber::with_default(subscriber, || {
+        let t = e.call("CA1", WEBER_PHONE, now());
+        for step in ignis::practice::demo::DEMO_BOOKING_SCRIPT {
+            e.raw(
+                Some(TOOLS_TOKEN),
+                Some(&t),
+                step.method,
+                step.path,
+                step.query,
+                step.body,
+                now(),
+            );
+        }
+        e.post(
+            &t,
+            EMERGENCIES,
+            r#"{"severity":"life_threatening","keywords":"Brustschmerzen"}"#,
+            now(),
+        );
+        e.identify(&t, "Weber", None, "1972-08-23", now());
+    });
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("tool call"), "logs were captured: {logs}");
+    for secret in [
+        "Weber",
+        "Maria",
+        "1972",
+        "1701234567",
+        "Ramipril",
+        "Fieber",
+        "Brustschmerzen",
+        "Blutdruck",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
 }

@@ -23,6 +23,12 @@ pub const CALL_GRACE_SECS: i64 = 60;
 pub const MAX_CALL_SECS: i64 = 4 * 3600;
 /// Failed identifications after which identification is locked for the call.
 pub const MAX_FAILED_IDENTIFICATIONS: u32 = 3;
+/// Failed identifications from one caller number, over all its calls within
+/// [`IDENTIFICATION_WINDOW_SECS`], after which identification is locked for that number (spec
+/// §6.2: per-caller-number limits across calls).
+pub const MAX_FAILED_IDENTIFICATIONS_PER_NUMBER: u32 = 6;
+/// The window for [`MAX_FAILED_IDENTIFICATIONS_PER_NUMBER`], in seconds.
+pub const IDENTIFICATION_WINDOW_SECS: i64 = 24 * 3600;
 /// Most refs of one kind a call may hold (bounds the stored state).
 pub const MAX_REFS_PER_KIND: usize = 60;
 /// Length of the token's entropy in bytes (128 bits).

@@ -32,7 +32,7 @@
 //! a job on the store thread, which calls the supplied `reply` callback with the [`ToolReply`].
 //! A tokio driver bridges it with a oneshot:
 //!
-//! ```ignore
+//! ```text
 //! let (tx, rx) = tokio::sync::oneshot::channel();
 //! practice.handle_tool(req, jiff::Timestamp::now(), move |reply| { let _ = tx.send(reply); });
 //! let reply = rx.await?; // status + JSON body

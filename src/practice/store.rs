@@ -120,8 +120,10 @@ CREATE TABLE call (
     called_number TEXT NOT NULL,
     started_at INTEGER NOT NULL,
     ended_at INTEGER,
-    state_json TEXT NOT NULL DEFAULT '{}'
+    state_json TEXT NOT NULL DEFAULT '{}',
+    failed_identifications INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX call_caller ON call (caller_number, started_at);
 
 CREATE TABLE tool_audit (
     id INTEGER PRIMARY KEY,
@@ -535,6 +537,12 @@ pub trait Store: Send {
     fn live_call(&mut self, token_hash: &[u8; 32], now: i64) -> StoreResult<Option<CallRecord>>;
     /// Stores a call's state.
     fn save_call_state(&mut self, call_id: i64, state: &CallState) -> StoreResult<()>;
+    /// Failed identifications summed over the calls from `caller_number` started since `since`.
+    fn failed_identifications_by_number(
+        &mut self,
+        caller_number: &str,
+        since: i64,
+    ) -> StoreResult<u32>;
     /// Patients with this birth date.
     fn patients_by_birth_date(&mut self, birth_date: &str) -> StoreResult<Vec<PatientRecord>>;
     /// A patient by id.
@@ -853,10 +861,24 @@ impl Store for SqliteStore {
     fn save_call_state(&mut self, call_id: i64, state: &CallState) -> StoreResult<()> {
         let json = serde_json::to_string(state).map_err(|_| StoreError::Corrupt("call state"))?;
         self.conn.execute(
-            "UPDATE call SET state_json = ?2 WHERE id = ?1",
-            params![call_id, json],
+            "UPDATE call SET state_json = ?2, failed_identifications = ?3 WHERE id = ?1",
+            params![call_id, json, state.failed_identifications],
         )?;
         Ok(())
+    }
+
+    fn failed_identifications_by_number(
+        &mut self,
+        caller_number: &str,
+        since: i64,
+    ) -> StoreResult<u32> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(failed_identifications), 0) FROM call
+             WHERE caller_number = ?1 AND started_at >= ?2",
+            params![caller_number, since],
+            |r| r.get(0),
+        )?;
+        Ok(n.clamp(0, u32::MAX as i64) as u32)
     }
 
     fn patients_by_birth_date(&mut self, birth_date: &str) -> StoreResult<Vec<PatientRecord>> {

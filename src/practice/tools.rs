@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::calendar::{self, Advice};
-use super::calls::{Assurance, CallState, constant_time_eq, hash_token, normalize_number};
+use super::calls::{
+    Assurance, CallState, IDENTIFICATION_WINDOW_SECS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER,
+    constant_time_eq, hash_token, normalize_number,
+};
 use super::config::{PracticeConfig, weekday_index};
 use super::store::{
     AppointmentRecord, BookOutcome, Booking, BookingPatient, CallRecord, CancelOutcome,
@@ -950,8 +953,19 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether the caller number used up its identification attempts across recent calls.
+    fn number_locked(&mut self) -> Result<bool, StoreError> {
+        let caller = self.call.caller_number.trim();
+        if normalize_number(caller).len() < 5 {
+            return Ok(false); // anonymous: the per-call limit applies
+        }
+        let since = self.now.as_second() - IDENTIFICATION_WINDOW_SECS;
+        let n = self.store.failed_identifications_by_number(caller, since)?;
+        Ok(n >= MAX_FAILED_IDENTIFICATIONS_PER_NUMBER)
+    }
+
     fn identify(&mut self, i: IdentifyInput) -> Out {
-        if self.call.state.locked() {
+        if self.call.state.locked() || self.number_locked()? {
             return Ok(json!({ "ok": false, "error": "locked", "attempts_left": 0 }));
         }
         let family = name_key(&normalize_name(&i.family_name));
