@@ -387,3 +387,47 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
         Default::default()
     );
 }
+
+#[test]
+fn a_cancelled_booking_can_be_made_again_with_the_same_key() {
+    let dir = temp_dir("rebook");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+    let BookOutcome::Booked { appointment: a, .. } = s.book(&booking(slots[0], 1, "k")).unwrap()
+    else {
+        panic!()
+    };
+    s.cancel(a.id, "other", None, wed_morning().as_second())
+        .unwrap();
+    let BookOutcome::Booked {
+        appointment: b,
+        repeated: false,
+        ..
+    } = s.book(&booking(slots[0], 1, "k")).unwrap()
+    else {
+        panic!("re-booking after a cancellation must book anew")
+    };
+    assert_ne!(a.id, b.id);
+    assert_eq!(booked_on_slot(&mut s, slots[0]), 1);
+}
+
+#[test]
+fn the_writer_thread_survives_a_panicking_job_and_backups_work() {
+    let dir = temp_dir("panic");
+    let (s, slots) = setup(&dir.join("ignis.db"), 1);
+    let (handle, thread) = StoreHandle::spawn(Box::new(s)).unwrap();
+    let rx = handle.call(|_| -> i32 { panic!("bug in a job") }).unwrap();
+    assert!(rx.recv().is_err(), "the panicking job never answers");
+    let slot = slots[0];
+    let outcome = handle
+        .call_blocking(move |st| st.book(&booking(slot, 1, "after-panic")).unwrap())
+        .unwrap();
+    assert!(matches!(outcome, BookOutcome::Booked { .. }));
+    drop(handle);
+    thread.join().unwrap();
+    let mut s = SqliteStore::open(&dir.join("ignis.db")).unwrap();
+    let copy = dir.join("backup.db");
+    s.backup_to(&copy).unwrap();
+    let mut b = SqliteStore::open(&copy).unwrap();
+    assert_eq!(booked_on_slot(&mut b, slot), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}

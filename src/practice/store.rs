@@ -667,6 +667,14 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Writes a consistent copy of the database to `path` (`VACUUM INTO`), e.g. for a nightly
+    /// backup; the target must not exist.
+    pub fn backup_to(&mut self, path: &Path) -> StoreResult<()> {
+        let target = path.to_string_lossy();
+        self.conn.execute("VACUUM INTO ?1", [target.as_ref()])?;
+        Ok(())
+    }
+
     /// Direct access to the connection (tests that need to corrupt state deliberately).
     #[doc(hidden)]
     pub fn connection(&mut self) -> &mut Connection {
@@ -994,7 +1002,11 @@ impl Store for SqliteStore {
                     repeated: true,
                 });
             }
-            return Ok(BookOutcome::SlotTaken);
+            // The earlier booking was cancelled since: this is a new booking, not a retry.
+            tx.execute(
+                "UPDATE appointment SET idempotency_key = NULL WHERE id = ?1",
+                [id],
+            )?;
         }
         let slot = tx
             .query_row(

@@ -54,7 +54,13 @@ impl StoreHandle {
             .spawn(move || {
                 let mut store = store;
                 for job in rx {
-                    job(store.as_mut());
+                    // A panicking job is a bug; it must not take the phone line's store down with
+                    // it. Its open transaction rolls back while unwinding, and its reply callback
+                    // is dropped uncalled (the waiting side sees a closed channel).
+                    let run = std::panic::AssertUnwindSafe(|| job(store.as_mut()));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("store job panicked; the store thread continues");
+                    }
                 }
             })?;
         Ok((StoreHandle { tx }, thread))
