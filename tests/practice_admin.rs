@@ -370,3 +370,9 @@ fn admin_api_needs_the_admin_token() {
         )
     );
 }
+
+#[test]
+fn practice_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Practice>();
+}

@@ -40,17 +40,30 @@
 //!
 //! # Wiring (for the front end and the bridge)
 //! - Start-up: `let settings = PracticeSettings::from_lookup(|k| std::env::var(k).ok())?;`
-//!   then `let (practice, _thread) = Practice::open(&settings, now)?;` (validates `practice.toml`,
-//!   opens/migrates the database, seeds the demo patients on a fresh demo database).
-//! - HTTP: forward paths where [`tools::is_tool_path`] holds to [`Practice::handle_tool`], and
-//!   [`admin::is_admin_path`] to [`Practice::handle_admin`].
-//! - Bridge: at call start [`Practice::start_call`] (returns the eleven dynamic variables,
-//!   token included); at call end [`Practice::end_call`].
-//! - Hourly: [`Practice::run_retention`].
+//!   then `let (practice, _thread) = Practice::open(&settings, now)?;` (validates `practice.toml`
+//!   with line-numbered errors, opens/migrates the database, seeds the demo patients and one demo
+//!   appointment on a fresh demo database). `Practice` is `Clone + Send + Sync`.
+//! - HTTP: forward requests whose path satisfies [`tools::is_tool_path`] to
+//!   [`Practice::handle_tool`] and [`admin::is_admin_path`] to [`Practice::handle_admin`], as a
+//!   [`tools::ToolRequest`] (method, path without query, raw query, `Authorization` and
+//!   `X-Ignis-Call` header values, body). Answer with the [`tools::ToolReply`]'s status and its
+//!   JSON body (`Content-Type: application/json`). Bodies over [`tools::MAX_BODY_BYTES`] are
+//!   refused with 413 anyway, so the front end may cap reads there.
+//! - Bridge: at call start [`Practice::start_call`] with [`calls::os_entropy`] answers the eleven
+//!   dynamic variables (token included) for `conversation_initiation_client_data`; at call end
+//!   [`Practice::end_call`]. The staff line for `transfer_to_staff` is
+//!   `practice.config().staff_transfer_number`.
+//! - Every [`retention::RETENTION_INTERVAL`]: [`Practice::run_retention`].
+//! - `ignis demo`: [`demo::DEMO_BOOKING_SCRIPT`] is a call (from [`demo::DEMO_CALLER_NUMBER`]) the
+//!   local agent can replay through the tools: identify, find, book, reschedule, cancel, request,
+//!   emergency.
+//! - Fuzzing: `fuzz/fuzz_targets/practice_tool_request.rs` needs a `[[bin]]` entry in
+//!   `fuzz/Cargo.toml`.
 //!
-//! Environment: `TOOLS_TOKEN` (required), `ADMIN_TOKEN` (optional; admin API off without it),
-//! `IGNIS_DB` (default `./ignis.db`), `PRACTICE_CONFIG` (default: the shipped Demo Praxis),
-//! `IGNIS_DEMO_PATIENTS` (`1`/`0`; default on with the shipped config, off otherwise).
+//! Environment: `TOOLS_TOKEN` (required, ≥ 16 characters), `ADMIN_TOKEN` (optional; the admin
+//! API answers 403 `admin_disabled` without it), `IGNIS_DB` (default `./ignis.db`),
+//! `PRACTICE_CONFIG` (default: the shipped Demo Praxis `practice.toml`), `IGNIS_DEMO_PATIENTS`
+//! (`1`/`0`; default on with the shipped config, off with an own config).
 
 pub mod admin;
 pub mod calendar;
