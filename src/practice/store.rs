@@ -12,9 +12,16 @@
 //! Retries are idempotent: the caller supplies an idempotency key (call + slot + patient) that is
 //! unique on `appointment`; a repeated key returns the first booking.
 //!
-//! # Portability
-//! Times are UTC seconds (`INTEGER`, `BIGINT` in PostgreSQL), text enums carry `CHECK`s, and the
-//! partial unique index exists in PostgreSQL too, so the schema ports unchanged.
+//! # Portability (the PostgreSQL store to follow)
+//! Times are UTC seconds (`INTEGER` here, `BIGINT` there), text enums carry `CHECK`s, and the
+//! partial unique index exists in PostgreSQL too. The only spelling changes: `INTEGER PRIMARY
+//! KEY` → `BIGINT GENERATED ALWAYS AS IDENTITY`, `BLOB` → `BYTEA`, `?N` → `$N`. Under READ
+//! COMMITTED the conditional `UPDATE slot … WHERE status = 'free'` row-locks the slot and a
+//! concurrent claimant re-checks the predicate and updates no row, so `book` keeps its guarantee
+//! without SERIALIZABLE. Per-call state lives in the `call` table, so any replica can authorise
+//! a tool request for a call bridged by another; a PostgreSQL `execute` should read the call row
+//! `FOR UPDATE` so two concurrent tool calls of one call serialise their state updates (here the
+//! single writer thread already does).
 
 use std::path::Path;
 use std::time::Duration;
