@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
 use ignis::practice::calls::CallInfo;
+use ignis::practice::config::PracticeConfig;
 use ignis::practice::tools::{ToolReply, ToolRequest};
 use ignis::practice::{Practice, PracticeError, PracticeSettings};
 use jiff::Timestamp;
@@ -139,7 +140,8 @@ fn settings_come_from_the_environment() {
 #[test]
 fn a_call_books_through_the_facade_and_staff_see_it() {
     let dir = temp_dir("facade");
-    let (p, thread) = Practice::open(&settings(&dir), wed_morning()).unwrap();
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
     let t = start(&p, "CAfacade", WEBER_PHONE);
 
     let (s, id) = tool(
@@ -258,7 +260,8 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
     drop(p);
     thread.join().unwrap();
     // Reopening does not seed twice.
-    let (p, thread) = Practice::open(&settings(&dir), wed_morning()).unwrap();
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
     let n = p
         .store()
         .call_blocking(|s| s.patients_by_birth_date("1972-08-22").unwrap().len())
@@ -272,7 +275,8 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
 #[test]
 fn admin_api_needs_the_admin_token() {
     let dir = temp_dir("admin-auth");
-    let (p, _thread) = Practice::open(&settings(&dir), wed_morning()).unwrap();
+    let (p, _thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
     let req = |auth: Option<String>, method, path| {
         send(
             &p,
@@ -348,7 +352,7 @@ fn admin_api_needs_the_admin_token() {
     let mut s = settings(&dir);
     s.admin_token = None;
     drop(p);
-    let (p2, _t2) = Practice::open(&s, wed_morning()).unwrap();
+    let (p2, _t2) = Practice::open(&s, PracticeConfig::demo(), wed_morning()).unwrap();
     let r = send(
         &p2,
         true,

@@ -161,8 +161,13 @@ fn closures_need_a_covering_practice() {
 }
 
 #[test]
-fn load_reports_missing_files() {
-    let err = PracticeConfig::load(std::path::Path::new("/nonexistent/practice.toml")).unwrap_err();
+fn unreadable_files_are_reported_in_the_same_shape() {
+    let path = std::path::Path::new("/nonexistent/practice.toml");
+    let io = std::fs::read_to_string(path).unwrap_err();
+    let err = ConfigError::unreadable(path, &io);
     assert_eq!(err.line, 0);
-    assert!(err.to_string().contains("cannot read"));
+    assert!(
+        err.to_string()
+            .starts_with("practice.toml: cannot read /nonexistent/practice.toml")
+    );
 }

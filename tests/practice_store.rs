@@ -8,11 +8,11 @@ use std::sync::{Arc, Barrier};
 use ignis::practice::calendar;
 use ignis::practice::config::PracticeConfig;
 use ignis::practice::retention;
+use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     BookOutcome, Booking, BookingPatient, CancelOutcome, DemoPatient, NewEmergency, NewPatient,
     NewRequest, RetentionPolicy, SqliteStore, Store,
 };
-use ignis::practice::worker::StoreHandle;
 use practice_support::{temp_dir, wed_morning};
 
 const DAY: i64 = 86_400;

@@ -1,6 +1,7 @@
 //! Per-call binding: the call token, its hash, the per-call refs and the dynamic variables.
 //!
-//! The bridge mints a token per call ([`CallToken::from_entropy`]), sends it to ElevenLabs as the
+//! The bridge mints a token per call ([`CallToken::from_entropy`], with 128 bits the driver reads
+//! from the operating system's random source), sends it to ElevenLabs as the
 //! `secret__ignis_call` dynamic variable and stores only its SHA-256 ([`CallToken::hash`]) through
 //! the store. ElevenLabs substitutes it into the `X-Ignis-Call` header of every tool request; the
 //! tool layer hashes the presented value and looks up a live call by hash. A call is live until it
@@ -46,7 +47,7 @@ impl std::fmt::Debug for CallToken {
 
 impl CallToken {
     /// Builds the token from 128 bits of entropy supplied by the caller (the driver reads the
-    /// operating system's random source, see [`os_entropy`]).
+    /// operating system's random source, e.g. `/dev/urandom`).
     pub fn from_entropy(entropy: [u8; TOKEN_BYTES]) -> CallToken {
         let mut s = String::with_capacity(TOKEN_BYTES * 2);
         for b in entropy {
@@ -83,14 +84,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     diff == 0
-}
-
-/// 128 bits from the operating system's random source (`/dev/urandom`). For the driver only.
-pub fn os_entropy() -> std::io::Result<[u8; TOKEN_BYTES]> {
-    use std::io::Read;
-    let mut buf = [0u8; TOKEN_BYTES];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf)
 }
 
 /// How well an identified person is established (spec §6.3).

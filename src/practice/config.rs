@@ -51,6 +51,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// The error for a `practice.toml` that could not be read (the driver does the reading).
+    pub fn unreadable(path: &std::path::Path, error: &std::io::Error) -> ConfigError {
+        ConfigError {
+            line: 0,
+            column: 0,
+            message: format!("cannot read {}: {error}", path.display()),
+        }
+    }
+}
+
 /// A time interval within one local day, in minutes since midnight (`end` may be 1440).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Interval {
@@ -209,16 +220,6 @@ impl PracticeConfig {
             message: e.message().trim().to_string(),
         })?;
         Validator { src }.validate(raw)
-    }
-
-    /// Reads and validates the file at `path`.
-    pub fn load(path: &std::path::Path) -> Result<PracticeConfig, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            line: 0,
-            column: 0,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        Self::from_toml_str(&src)
     }
 
     /// The shipped Demo Praxis configuration.

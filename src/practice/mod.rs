@@ -27,30 +27,33 @@
 //! - **Time is an input**: every function takes `now`; nothing here reads the clock.
 //!
 //! # Threading
-//! One thread (`ignis-store`, [`worker::StoreHandle`]) owns the SQLite connection. [`Practice`]
+//! One thread (`ignis-store`, [`store::StoreHandle`]) owns the SQLite connection. [`Practice`]
 //! routes, authenticates and parses on the caller's thread (cheap, no I/O), then queues the rest as
 //! a job on the store thread, which calls the supplied `reply` callback with the [`ToolReply`].
-//! A tokio driver bridges it with a oneshot:
+//! The async driver bridges it with a tokio oneshot channel: the callback sends the reply into
+//! the oneshot's sender, and the connection task awaits the receiver (status + JSON body).
 //!
-//! ```text
-//! let (tx, rx) = tokio::sync::oneshot::channel();
-//! practice.handle_tool(req, jiff::Timestamp::now(), move |reply| { let _ = tx.send(reply); });
-//! let reply = rx.await?; // status + JSON body
-//! ```
+//! Nothing here reads files or the clock: the driver reads `practice.toml` (its path is
+//! [`PracticeSettings::config_path`]), supplies 16 random bytes per call from the operating
+//! system, and passes `now` (a [`jiff::Timestamp`]) into every call. The one part that does I/O
+//! is the store, which owns the SQLite file and its writer thread.
 //!
 //! # Wiring (for the front end and the bridge)
 //! - Start-up: `let settings = PracticeSettings::from_lookup(|k| std::env::var(k).ok())?;`
-//!   then `let (practice, _thread) = Practice::open(&settings, now)?;` (validates `practice.toml`
-//!   with line-numbered errors, opens/migrates the database, seeds the demo patients and one demo
-//!   appointment on a fresh demo database). `Practice` is `Clone + Send + Sync`.
+//!   then the configuration: with `settings.config_path` set, read that file and call
+//!   [`PracticeConfig::from_toml_str`] (errors name the line; [`ConfigError::unreadable`] words a
+//!   read failure the same way), otherwise [`PracticeConfig::demo`]. Then
+//!   `let (practice, _thread) = Practice::open(&settings, config, now)?;` (opens and migrates the
+//!   database, seeds the demo patients and one demo appointment into a fresh demo database).
+//!   `Practice` is `Clone + Send + Sync`.
 //! - HTTP: forward requests whose path satisfies [`tools::is_tool_path`] to
 //!   [`Practice::handle_tool`] and [`admin::is_admin_path`] to [`Practice::handle_admin`], as a
 //!   [`tools::ToolRequest`] (method, path without query, raw query, `Authorization` and
 //!   `X-Ignis-Call` header values, body). Answer with the [`tools::ToolReply`]'s status and its
 //!   JSON body (`Content-Type: application/json`). Bodies over [`tools::MAX_BODY_BYTES`] are
 //!   refused with 413 anyway, so the front end may cap reads there.
-//! - Bridge: at call start [`Practice::start_call`] with [`calls::os_entropy`] answers the eleven
-//!   dynamic variables (token included) for `conversation_initiation_client_data`; at call end
+//! - Bridge: at call start [`Practice::start_call`] (given 16 bytes from the OS random source)
+//!   answers the eleven dynamic variables (token included) for `conversation_initiation_client_data`; at call end
 //!   [`Practice::end_call`]. The staff line for `transfer_to_staff` is
 //!   `practice.config().staff_transfer_number`.
 //! - Every [`retention::RETENTION_INTERVAL`]: [`Practice::run_retention`].
@@ -73,20 +76,19 @@ pub mod demo;
 pub mod retention;
 pub mod store;
 pub mod tools;
-pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
 use calls::{CallInfo, CallToken, TOKEN_BYTES};
 use config::{ConfigError, PracticeConfig};
-use store::{RetentionReport, SqliteStore, Store, StoreError};
+use store::{
+    RetentionReport, SqliteStore, Store, StoreError, StoreHandle, StoreThread, SubmitError,
+};
 use tools::{Secrets, ToolReply, ToolRequest};
-use worker::{StoreHandle, SubmitError};
 
 /// Shortest accepted `TOOLS_TOKEN` / `ADMIN_TOKEN`.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -191,16 +193,13 @@ pub struct Practice {
 }
 
 impl Practice {
-    /// Validates the configuration, opens the database and starts the store thread.
+    /// Opens (creating and migrating) the database and starts the store thread. `config` is the
+    /// validated `practice.toml` the driver read, or [`PracticeConfig::demo`].
     pub fn open(
         settings: &PracticeSettings,
+        config: PracticeConfig,
         now: Timestamp,
-    ) -> Result<(Practice, JoinHandle<()>), PracticeError> {
-        let config = match &settings.config_path {
-            Some(p) => PracticeConfig::load(p).map_err(PracticeError::Config)?,
-            None => PracticeConfig::from_toml_str(config::DEMO_PRACTICE_TOML)
-                .map_err(PracticeError::Config)?,
-        };
+    ) -> Result<(Practice, StoreThread), PracticeError> {
         let mut store = SqliteStore::open(&settings.db_path).map_err(PracticeError::Store)?;
         if settings.demo_patients {
             demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;
@@ -214,7 +213,7 @@ impl Practice {
         config: PracticeConfig,
         secrets: Secrets,
         store: Box<dyn Store>,
-    ) -> std::io::Result<(Practice, JoinHandle<()>)> {
+    ) -> std::io::Result<(Practice, StoreThread)> {
         let (handle, thread) = StoreHandle::spawn(store)?;
         Ok((
             Practice {
@@ -298,8 +297,9 @@ impl Practice {
         }
     }
 
-    /// Registers a call: mints its token from `entropy` (use [`calls::os_entropy`]), stores the
-    /// hash and answers with the eleven dynamic variables for ElevenLabs.
+    /// Registers a call: mints its token from `entropy` (16 bytes the driver reads from the
+    /// operating system's random source), stores only the token's hash and answers with the
+    /// eleven dynamic variables for ElevenLabs.
     pub fn start_call(
         &self,
         info: CallInfo<'_>,

@@ -32,6 +32,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::calendar::SlotCandidate;
 use super::calls::CallState;
 
+pub mod worker;
+
+pub use worker::{StoreHandle, StoreThread, SubmitError};
+
 /// How long a writer waits for SQLite's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -607,7 +611,7 @@ pub trait Store: Send {
     fn seed_patients(&mut self, patients: &[DemoPatient], now: i64) -> StoreResult<usize>;
 }
 
-/// The embedded SQLite store (one connection; see [`super::worker`] for the writer thread).
+/// The embedded SQLite store (one connection; see [`worker`] for the writer thread).
 pub struct SqliteStore {
     conn: Connection,
 }

@@ -10,10 +10,13 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use super::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Jobs that may wait for the writer thread before submissions are refused.
 pub const STORE_QUEUE_CAPACITY: usize = 256;
+
+/// The writer thread's join handle (returned at start-up; it ends when every handle is dropped).
+pub type StoreThread = JoinHandle<()>;
 
 /// A unit of work run on the writer thread.
 pub type Job = Box<dyn FnOnce(&mut dyn Store) + Send + 'static>;
@@ -47,7 +50,7 @@ impl std::fmt::Debug for StoreHandle {
 
 impl StoreHandle {
     /// Moves `store` onto a new thread named `ignis-store` and returns the handle and the thread.
-    pub fn spawn(store: Box<dyn Store>) -> std::io::Result<(StoreHandle, JoinHandle<()>)> {
+    pub fn spawn(store: Box<dyn Store>) -> std::io::Result<(StoreHandle, StoreThread)> {
         let (tx, rx) = bounded::<Job>(STORE_QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("ignis-store".into())
