@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: compile with the full toolchain, ship only the binary on a slim base.
 
-FROM rust:1.88-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Manifests first so dependency downloads are cached across source changes.
 COPY Cargo.toml Cargo.lock ./

@@ -5,3 +5,4 @@
 
 pub mod audio;
 pub mod front_door;
+pub mod practice;

@@ -1,0 +1,376 @@
+//! Per-call binding: the call token, its hash, the per-call refs and the dynamic variables.
+//!
+//! The bridge mints a token per call ([`CallToken::from_entropy`], with 128 bits the driver reads
+//! from the operating system's random source), sends it to ElevenLabs as the
+//! `secret__ignis_call` dynamic variable and stores only its SHA-256 ([`CallToken::hash`]) through
+//! the store. ElevenLabs substitutes it into the `X-Ignis-Call` header of every tool request; the
+//! tool layer hashes the presented value and looks up a live call by hash. A call is live until it
+//! ends plus [`CALL_GRACE_SECS`], and never longer than [`MAX_CALL_SECS`] after its start.
+//!
+//! [`CallState`] holds everything the LLM may refer to in this call as opaque refs (`P1`, `S1`,
+//! `A1`) mapped to internal ids, plus the failed-identification counter.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::calendar;
+use super::config::PracticeConfig;
+
+/// Seconds a call's token stays valid after the call ended (tool calls still in flight).
+pub const CALL_GRACE_SECS: i64 = 60;
+/// Hard limit on a call's lifetime, in seconds, in case the bridge never reports its end.
+pub const MAX_CALL_SECS: i64 = 4 * 3600;
+/// Failed identifications after which identification is locked for the call.
+pub const MAX_FAILED_IDENTIFICATIONS: u32 = 3;
+/// Failed identifications from one caller number, over all its calls within
+/// [`IDENTIFICATION_WINDOW_SECS`], after which identification is locked for that number (spec
+/// §6.2: per-caller-number limits across calls).
+pub const MAX_FAILED_IDENTIFICATIONS_PER_NUMBER: u32 = 6;
+/// The window for [`MAX_FAILED_IDENTIFICATIONS_PER_NUMBER`], in seconds.
+pub const IDENTIFICATION_WINDOW_SECS: i64 = 24 * 3600;
+/// Most refs of one kind a call may hold (bounds the stored state).
+pub const MAX_REFS_PER_KIND: usize = 60;
+/// Length of the token's entropy in bytes (128 bits).
+pub const TOKEN_BYTES: usize = 16;
+
+/// A freshly minted per-call token. Only [`CallToken::hash`] is ever stored.
+#[derive(Clone)]
+pub struct CallToken(String);
+
+impl std::fmt::Debug for CallToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallToken(<redacted>)")
+    }
+}
+
+impl CallToken {
+    /// Builds the token from 128 bits of entropy supplied by the caller (the driver reads the
+    /// operating system's random source, e.g. `/dev/urandom`).
+    pub fn from_entropy(entropy: [u8; TOKEN_BYTES]) -> CallToken {
+        let mut s = String::with_capacity(TOKEN_BYTES * 2);
+        for b in entropy {
+            s.push_str(&format!("{b:02x}"));
+        }
+        CallToken(s)
+    }
+
+    /// The token text to send as `secret__ignis_call`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the token text (what the store keeps).
+    pub fn hash(&self) -> [u8; 32] {
+        hash_token(self.0.as_bytes())
+    }
+}
+
+/// SHA-256 of a presented token value.
+pub fn hash_token(token: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(token));
+    out
+}
+
+/// Constant-time equality of two byte strings (length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// How well an identified person is established (spec §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assurance {
+    /// Name and birth date matched.
+    NameDob,
+    /// Name, birth date and the caller number equals the stored number.
+    NameDobPhone,
+}
+
+impl Assurance {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Assurance::NameDob => "name_dob",
+            Assurance::NameDobPhone => "name_dob_phone",
+        }
+    }
+}
+
+/// A person identified in this call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatientRef {
+    /// Ref number (`P<n>`).
+    pub n: u32,
+    /// Internal patient id.
+    pub id: i64,
+    /// Assurance reached.
+    pub assurance: Assurance,
+}
+
+/// A slot offered in this call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRef {
+    /// Ref number (`S<n>`).
+    pub n: u32,
+    /// Internal slot id.
+    pub id: i64,
+}
+
+/// An appointment made known in this call (of an identified person).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppointmentRef {
+    /// Ref number (`A<n>`).
+    pub n: u32,
+    /// Internal appointment id.
+    pub id: i64,
+    /// Owner.
+    pub patient_id: i64,
+    /// Whether it was booked in this call (its booker may cancel it without phone assurance).
+    #[serde(default)]
+    pub booked_here: bool,
+}
+
+/// Per-call state, stored with the call (as JSON) so any replica can authorise a tool request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallState {
+    /// Persons identified in this call.
+    #[serde(default)]
+    pub patients: Vec<PatientRef>,
+    /// Slots offered in this call.
+    #[serde(default)]
+    pub slots: Vec<SlotRef>,
+    /// Appointments known in this call.
+    #[serde(default)]
+    pub appointments: Vec<AppointmentRef>,
+    /// Failed identification attempts.
+    #[serde(default)]
+    pub failed_identifications: u32,
+}
+
+fn parse_ref(s: &str, prefix: char) -> Option<u32> {
+    let rest = s
+        .trim()
+        .strip_prefix(prefix)
+        .or_else(|| s.trim().strip_prefix(prefix.to_ascii_lowercase()))?;
+    if rest.is_empty() || rest.len() > 4 || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+impl CallState {
+    /// Whether identification is locked for this call.
+    pub fn locked(&self) -> bool {
+        self.failed_identifications >= MAX_FAILED_IDENTIFICATIONS
+    }
+
+    /// Remaining identification attempts.
+    pub fn attempts_left(&self) -> u32 {
+        MAX_FAILED_IDENTIFICATIONS.saturating_sub(self.failed_identifications)
+    }
+
+    /// Ref of an identified person (reused if already known; the higher assurance wins).
+    pub fn add_patient(&mut self, id: i64, assurance: Assurance) -> String {
+        if let Some(p) = self.patients.iter_mut().find(|p| p.id == id) {
+            p.assurance = p.assurance.max(assurance);
+            return format!("P{}", p.n);
+        }
+        let n = self.patients.last().map_or(1, |p| p.n + 1);
+        if self.patients.len() >= MAX_REFS_PER_KIND {
+            self.patients.remove(0);
+        }
+        self.patients.push(PatientRef { n, id, assurance });
+        format!("P{n}")
+    }
+
+    /// Resolves `P<n>`.
+    pub fn patient(&self, r: &str) -> Option<&PatientRef> {
+        let n = parse_ref(r, 'P')?;
+        self.patients.iter().find(|p| p.n == n)
+    }
+
+    /// Ref of an offered slot (reused if already offered).
+    pub fn add_slot(&mut self, id: i64) -> String {
+        if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+            return format!("S{}", s.n);
+        }
+        let n = self.slots.last().map_or(1, |s| s.n + 1);
+        if self.slots.len() >= MAX_REFS_PER_KIND {
+            self.slots.remove(0);
+        }
+        self.slots.push(SlotRef { n, id });
+        format!("S{n}")
+    }
+
+    /// Resolves `S<n>`.
+    pub fn slot(&self, r: &str) -> Option<&SlotRef> {
+        let n = parse_ref(r, 'S')?;
+        self.slots.iter().find(|s| s.n == n)
+    }
+
+    /// Ref of an appointment of an identified person (reused if known).
+    pub fn add_appointment(&mut self, id: i64, patient_id: i64, booked_here: bool) -> String {
+        if let Some(a) = self.appointments.iter_mut().find(|a| a.id == id) {
+            a.booked_here |= booked_here;
+            return format!("A{}", a.n);
+        }
+        let n = self.appointments.last().map_or(1, |a| a.n + 1);
+        if self.appointments.len() >= MAX_REFS_PER_KIND {
+            self.appointments.remove(0);
+        }
+        self.appointments.push(AppointmentRef {
+            n,
+            id,
+            patient_id,
+            booked_here,
+        });
+        format!("A{n}")
+    }
+
+    /// Resolves `A<n>`.
+    pub fn appointment(&self, r: &str) -> Option<&AppointmentRef> {
+        let n = parse_ref(r, 'A')?;
+        self.appointments.iter().find(|a| a.n == n)
+    }
+}
+
+/// Masks a phone number for logs: everything but the last three digits replaced.
+pub fn mask_number(number: &str) -> String {
+    let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
+    let keep = digits.len().saturating_sub(3);
+    format!("…{}", digits[keep..].iter().collect::<String>())
+}
+
+/// Normalises a phone number for comparison: digits only, German national prefix `0` → `49`.
+pub fn normalize_number(number: &str) -> String {
+    let t = number.trim();
+    let digits: String = t.chars().filter(char::is_ascii_digit).collect();
+    if t.starts_with('+') {
+        digits
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        rest.to_string()
+    } else if let Some(rest) = digits.strip_prefix('0') {
+        format!("49{rest}")
+    } else {
+        digits
+    }
+}
+
+/// What the bridge knows about a call when it starts.
+#[derive(Debug, Clone)]
+pub struct CallInfo<'a> {
+    /// Twilio call SID.
+    pub call_sid: &'a str,
+    /// Caller number (E.164) or `anonymous`.
+    pub caller_number: &'a str,
+    /// Called number.
+    pub called_number: &'a str,
+}
+
+/// The names of the eleven dynamic variables the bridge always sends (issue point 5).
+pub const DYNAMIC_VARIABLE_NAMES: [&str; 11] = [
+    "secret__ignis_call",
+    "caller_number",
+    "called_number",
+    "call_sid",
+    "today_local",
+    "now_local",
+    "practice_name",
+    "practice_open_now",
+    "hours_today",
+    "practice_notice",
+    "after_hours_advice",
+];
+
+/// Builds the dynamic variables for `conversation_initiation_client_data` — always all eleven,
+/// always non-empty strings (a missing referenced variable ends the conversation).
+pub fn dynamic_variables(
+    token: &CallToken,
+    call: &CallInfo<'_>,
+    config: &PracticeConfig,
+    now: Timestamp,
+) -> Map<String, Value> {
+    let non_empty = |s: &str, fallback: &str| {
+        if s.trim().is_empty() {
+            fallback.to_string()
+        } else {
+            s.trim().to_string()
+        }
+    };
+    let l = calendar::local(config, now);
+    let mut m = Map::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), Value::String(v));
+    };
+    put("secret__ignis_call", token.as_str().to_string());
+    put("caller_number", non_empty(call.caller_number, "anonymous"));
+    put("called_number", non_empty(call.called_number, "unbekannt"));
+    put("call_sid", non_empty(call.call_sid, "unbekannt"));
+    put("today_local", calendar::date_label(l.date));
+    put("now_local", calendar::time_label(config, now));
+    put("practice_name", config.name.clone());
+    put(
+        "practice_open_now",
+        if calendar::is_open(config, now) {
+            "ja"
+        } else {
+            "nein"
+        }
+        .to_string(),
+    );
+    put("hours_today", calendar::hours_today(config, now));
+    put("practice_notice", calendar::practice_notice(config, now));
+    put(
+        "after_hours_advice",
+        calendar::after_hours_advice(config, now),
+    );
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_are_per_kind_and_reused() {
+        let mut s = CallState::default();
+        assert_eq!(s.add_patient(10, Assurance::NameDob), "P1");
+        assert_eq!(s.add_patient(11, Assurance::NameDob), "P2");
+        assert_eq!(s.add_patient(10, Assurance::NameDobPhone), "P1");
+        assert_eq!(s.patient("P1").unwrap().assurance, Assurance::NameDobPhone);
+        assert_eq!(s.add_slot(7), "S1");
+        assert_eq!(s.slot("S1").unwrap().id, 7);
+        assert!(s.slot("P1").is_none());
+        assert!(s.slot("S99999").is_none());
+        assert!(s.patient("P-1").is_none());
+    }
+
+    #[test]
+    fn token_hash_and_compare() {
+        let t = CallToken::from_entropy([7; TOKEN_BYTES]);
+        assert_eq!(t.as_str().len(), 32);
+        assert_eq!(t.hash(), hash_token(t.as_str().as_bytes()));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!format!("{t:?}").contains(t.as_str()));
+    }
+
+    #[test]
+    fn numbers_normalise_and_mask() {
+        assert_eq!(normalize_number("+49 170 1234567"), "491701234567");
+        assert_eq!(normalize_number("0170 1234567"), "491701234567");
+        assert_eq!(normalize_number("0049 170 1234567"), "491701234567");
+        assert_eq!(mask_number("+491701234567"), "…567");
+    }
+}

@@ -1,0 +1,368 @@
+//! The practice (issue 7): six agent tools for the Demo Praxis, their store and their security.
+//!
+//! # What the LLM can reach
+//! ElevenLabs calls six server tools under `/api` ([`tools`]): `identify_patient`, `find_slots`,
+//! `book_appointment` (new patients and atomic reschedule), `cancel_appointment`,
+//! `create_request` and `report_emergency`. Each request must carry
+//! - the agent secret, `Authorization: Bearer <TOOLS_TOKEN>` (compared in constant time on
+//!   SHA-256 digests), and
+//! - the per-call token, `X-Ignis-Call: {{secret__ignis_call}}`, which must belong to a call that is
+//!   in progress or ended less than [`calls::CALL_GRACE_SECS`] ago.
+//!
+//! # Invariants
+//! - **Token hashing.** The bridge mints the token ([`calls::CallToken`]) and hands it to
+//!   ElevenLabs as a `secret__` dynamic variable; the store keeps only its SHA-256. A leaked
+//!   database does not let anyone act on a call.
+//! - **Opaque refs.** The LLM only sees per-call refs (`P1`, `S1`, `A1`) kept in the call's
+//!   [`calls::CallState`]. A ref from another call, a slot never offered, or an appointment of a
+//!   person not identified in this call does not resolve, so it cannot be used.
+//! - **Identification** (spec §6.3). Name + birth date identify; the caller number must equal the
+//!   stored one before appointments are read back, cancelled or moved; three failed tries lock
+//!   identification for the call.
+//! - **No double booking.** Booking and rescheduling are one `BEGIN IMMEDIATE` transaction with a
+//!   conditional slot claim (`… WHERE status = 'free'`) and a partial unique index on booked
+//!   appointments per slot as a backstop; identical retries return the same appointment
+//!   ([`store`] has the details).
+//! - **Nothing patient-related in logs** at info level: tool name and outcome code only.
+//! - **Time is an input**: every function takes `now`; nothing here reads the clock.
+//!
+//! # Threading
+//! One thread (`ignis-store`, [`store::StoreHandle`]) owns the SQLite connection. [`Practice`]
+//! routes, authenticates and parses on the caller's thread (cheap, no I/O), then queues the rest as
+//! a job on the store thread, which calls the supplied `reply` callback with the [`ToolReply`].
+//! The async driver bridges it with a tokio oneshot channel: the callback sends the reply into
+//! the oneshot's sender, and the connection task awaits the receiver (status + JSON body).
+//!
+//! Nothing here reads files or the clock: the driver reads `practice.toml` (its path is
+//! [`PracticeSettings::config_path`]), supplies 16 random bytes per call from the operating
+//! system, and passes `now` (a [`jiff::Timestamp`]) into every call. The one part that does I/O
+//! is the store, which owns the SQLite file and its writer thread.
+//!
+//! # Wiring (for the front end and the bridge)
+//! - Start-up: `let settings = PracticeSettings::from_lookup(|k| std::env::var(k).ok())?;`
+//!   then the configuration: with `settings.config_path` set, read that file and call
+//!   [`PracticeConfig::from_toml_str`] (errors name the line; [`ConfigError::unreadable`] words a
+//!   read failure the same way), otherwise [`PracticeConfig::demo`]. Then
+//!   `let (practice, _thread) = Practice::open(&settings, config, now)?;` (opens and migrates the
+//!   database, seeds the demo patients and one demo appointment into a fresh demo database).
+//!   `Practice` is `Clone + Send + Sync`.
+//! - HTTP: forward requests whose path satisfies [`tools::is_tool_path`] to
+//!   [`Practice::handle_tool`] and [`admin::is_admin_path`] to [`Practice::handle_admin`], as a
+//!   [`tools::ToolRequest`] (method, path without query, raw query, `Authorization` and
+//!   `X-Ignis-Call` header values, body). Answer with the [`tools::ToolReply`]'s status and its
+//!   JSON body (`Content-Type: application/json`). Bodies over [`tools::MAX_BODY_BYTES`] are
+//!   refused with 413 anyway, so the front end may cap reads there.
+//! - Bridge: at call start [`Practice::start_call`] (given 16 bytes from the OS random source)
+//!   answers the eleven dynamic variables (token included) for `conversation_initiation_client_data`; at call end
+//!   [`Practice::end_call`]. The staff line for `transfer_to_staff` is
+//!   `practice.config().staff_transfer_number`.
+//! - Every [`retention::RETENTION_INTERVAL`]: [`Practice::run_retention`].
+//! - `ignis demo`: [`demo::DEMO_BOOKING_SCRIPT`] is a call (from [`demo::DEMO_CALLER_NUMBER`]) the
+//!   local agent can replay through the tools: identify, find, book, reschedule, cancel, request,
+//!   emergency.
+//! - Fuzzing: `fuzz/fuzz_targets/practice_tool_request.rs` needs a `[[bin]]` entry in
+//!   `fuzz/Cargo.toml`.
+//!
+//! Environment: `TOOLS_TOKEN` (required, ≥ 16 characters), `ADMIN_TOKEN` (optional; the admin
+//! API answers 403 `admin_disabled` without it), `IGNIS_DB` (default `./ignis.db`),
+//! `PRACTICE_CONFIG` (default: the shipped Demo Praxis `practice.toml`), `IGNIS_DEMO_PATIENTS`
+//! (`1`/`0`; default on with the shipped config, off with an own config).
+
+pub mod admin;
+pub mod calendar;
+pub mod calls;
+pub mod config;
+pub mod demo;
+pub mod retention;
+pub mod store;
+pub mod tools;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use calls::{CallInfo, CallToken, TOKEN_BYTES};
+use config::{ConfigError, PracticeConfig};
+use store::{
+    RetentionReport, SqliteStore, Store, StoreError, StoreHandle, StoreThread, SubmitError,
+};
+use tools::{Secrets, ToolReply, ToolRequest};
+
+/// Shortest accepted `TOOLS_TOKEN` / `ADMIN_TOKEN`.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Start-up settings, usually from the environment.
+#[derive(Clone)]
+pub struct PracticeSettings {
+    /// SQLite file (`IGNIS_DB`).
+    pub db_path: PathBuf,
+    /// `practice.toml` path (`PRACTICE_CONFIG`); None = the shipped Demo Praxis.
+    pub config_path: Option<PathBuf>,
+    /// Agent secret (`TOOLS_TOKEN`).
+    pub tools_token: String,
+    /// Staff secret (`ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Seed demo patients into an empty database (`IGNIS_DEMO_PATIENTS`).
+    pub demo_patients: bool,
+}
+
+impl std::fmt::Debug for PracticeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PracticeSettings")
+            .field("db_path", &self.db_path)
+            .field("config_path", &self.config_path)
+            .field("demo_patients", &self.demo_patients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A start-up failure.
+#[derive(Debug)]
+pub enum PracticeError {
+    /// `practice.toml` is invalid.
+    Config(ConfigError),
+    /// The database could not be opened or migrated.
+    Store(StoreError),
+    /// A secret is missing or shorter than [`MIN_SECRET_LEN`].
+    Secret(&'static str),
+    /// The store thread could not be started.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for PracticeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PracticeError::Config(e) => e.fmt(f),
+            PracticeError::Store(e) => e.fmt(f),
+            PracticeError::Secret(name) => {
+                write!(
+                    f,
+                    "{name} must be set to at least {MIN_SECRET_LEN} characters"
+                )
+            }
+            PracticeError::Io(e) => write!(f, "cannot start the store thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PracticeError {}
+
+impl PracticeSettings {
+    /// Reads the settings through `get` (e.g. `|k| std::env::var(k).ok()`).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, PracticeError> {
+        let tools_token = get("TOOLS_TOKEN").unwrap_or_default();
+        if tools_token.trim().len() < MIN_SECRET_LEN {
+            return Err(PracticeError::Secret("TOOLS_TOKEN"));
+        }
+        let admin_token = get("ADMIN_TOKEN").filter(|t| !t.trim().is_empty());
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().len() < MIN_SECRET_LEN)
+        {
+            return Err(PracticeError::Secret("ADMIN_TOKEN"));
+        }
+        let config_path = get("PRACTICE_CONFIG")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        let demo_patients = match get("IGNIS_DEMO_PATIENTS").as_deref() {
+            Some("1") | Some("true") => true,
+            Some("0") | Some("false") => false,
+            _ => config_path.is_none(),
+        };
+        Ok(PracticeSettings {
+            db_path: get("IGNIS_DB")
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "./ignis.db".into())
+                .into(),
+            config_path,
+            tools_token: tools_token.trim().to_string(),
+            admin_token: admin_token.map(|t| t.trim().to_string()),
+            demo_patients,
+        })
+    }
+}
+
+/// The practice service: configuration, secrets and the store thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Practice {
+    config: Arc<PracticeConfig>,
+    secrets: Arc<Secrets>,
+    store: StoreHandle,
+}
+
+impl Practice {
+    /// Opens (creating and migrating) the database and starts the store thread. `config` is the
+    /// validated `practice.toml` the driver read, or [`PracticeConfig::demo`].
+    pub fn open(
+        settings: &PracticeSettings,
+        config: PracticeConfig,
+        now: Timestamp,
+    ) -> Result<(Practice, StoreThread), PracticeError> {
+        let mut store = SqliteStore::open(&settings.db_path).map_err(PracticeError::Store)?;
+        if settings.demo_patients {
+            demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;
+        }
+        let secrets = Secrets::new(&settings.tools_token, settings.admin_token.as_deref());
+        Practice::with_store(config, secrets, Box::new(store)).map_err(PracticeError::Io)
+    }
+
+    /// Starts the store thread over any [`Store`].
+    pub fn with_store(
+        config: PracticeConfig,
+        secrets: Secrets,
+        store: Box<dyn Store>,
+    ) -> std::io::Result<(Practice, StoreThread)> {
+        let (handle, thread) = StoreHandle::spawn(store)?;
+        Ok((
+            Practice {
+                config: Arc::new(config),
+                secrets: Arc::new(secrets),
+                store: handle,
+            },
+            thread,
+        ))
+    }
+
+    /// The practice configuration.
+    pub fn config(&self) -> &PracticeConfig {
+        &self.config
+    }
+
+    /// The store thread handle.
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
+    }
+
+    /// Handles a tool request; `reply` is called exactly once, on this thread for requests refused
+    /// before the store (401/403/404/405/413/422/503) and on the store thread otherwise.
+    pub fn handle_tool(
+        &self,
+        req: ToolRequest<'_>,
+        now: Timestamp,
+        reply: impl FnOnce(ToolReply) + Send + 'static,
+    ) {
+        match tools::prepare(&req, &self.config, &self.secrets) {
+            Err(r) => reply(r),
+            Ok(call) => {
+                let config = Arc::clone(&self.config);
+                self.submit(reply, move |store| {
+                    tools::execute(store, &config, call, now)
+                });
+            }
+        }
+    }
+
+    /// Handles an admin request; same contract as [`Practice::handle_tool`].
+    pub fn handle_admin(
+        &self,
+        req: ToolRequest<'_>,
+        now: Timestamp,
+        reply: impl FnOnce(ToolReply) + Send + 'static,
+    ) {
+        match admin::prepare(&req, &self.secrets) {
+            Err(r) => reply(r),
+            Ok(call) => {
+                let config = Arc::clone(&self.config);
+                self.submit(reply, move |store| {
+                    admin::execute(store, &config, call, now)
+                });
+            }
+        }
+    }
+
+    fn submit(
+        &self,
+        reply: impl FnOnce(ToolReply) + Send + 'static,
+        job: impl FnOnce(&mut dyn Store) -> ToolReply + Send + 'static,
+    ) {
+        // The callback is shared with the job so it can still be answered if the queue refuses it.
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let in_job = Arc::clone(&slot);
+        let result = self.store.submit(move |store| {
+            let r = job(store);
+            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
+                f(r);
+            }
+        });
+        if let Err(e) = result {
+            let code = match e {
+                SubmitError::Busy => "busy",
+                SubmitError::Closed => "unavailable",
+            };
+            if let Some(f) = slot.lock().ok().and_then(|mut s| s.take()) {
+                f(ToolReply::json(503, &json!({ "ok": false, "error": code })));
+            }
+        }
+    }
+
+    /// Registers a call: mints its token from `entropy` (16 bytes the driver reads from the
+    /// operating system's random source), stores only the token's hash and answers with the
+    /// eleven dynamic variables for ElevenLabs.
+    pub fn start_call(
+        &self,
+        info: CallInfo<'_>,
+        entropy: [u8; TOKEN_BYTES],
+        now: Timestamp,
+        reply: impl FnOnce(Result<Map<String, Value>, StoreError>) + Send + 'static,
+    ) {
+        let token = CallToken::from_entropy(entropy);
+        let vars = calls::dynamic_variables(&token, &info, &self.config, now);
+        let (sid, caller, called) = (
+            info.call_sid.to_string(),
+            info.caller_number.to_string(),
+            info.called_number.to_string(),
+        );
+        let hash = token.hash();
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let in_job = Arc::clone(&slot);
+        let result = self.store.submit(move |store| {
+            let r = store
+                .start_call(&sid, &hash, &caller, &called, now.as_second())
+                .map(|()| vars);
+            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
+                f(r);
+            }
+        });
+        if result.is_err()
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(Err(StoreError::Closed));
+        }
+    }
+
+    /// Marks a call ended (its token stays valid for the grace period). Fire and forget.
+    pub fn end_call(&self, call_sid: &str, now: Timestamp) {
+        let sid = call_sid.to_string();
+        let queued = self.store.submit(move |store| {
+            if let Err(e) = store.end_call(&sid, now.as_second()) {
+                tracing::error!(error = %e, "end_call failed");
+            }
+        });
+        if queued.is_err() {
+            tracing::error!("end_call not queued: store unavailable");
+        }
+    }
+
+    /// Runs the retention job with the default policy.
+    pub fn run_retention(
+        &self,
+        now: Timestamp,
+        reply: impl FnOnce(Result<RetentionReport, StoreError>) + Send + 'static,
+    ) {
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let in_job = Arc::clone(&slot);
+        let result = self.store.submit(move |store| {
+            let r = retention::run_retention(store, now);
+            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
+                f(r);
+            }
+        });
+        if result.is_err()
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(Err(StoreError::Closed));
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The `Practice` facade as the lead wires it (writer thread, callbacks, start/end call) and the
+//! staff admin API.
+
+mod practice_support;
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, bounded};
+use ignis::practice::calls::CallInfo;
+use ignis::practice::config::PracticeConfig;
+use ignis::practice::tools::{ToolReply, ToolRequest};
+use ignis::practice::{Practice, PracticeError, PracticeSettings};
+use jiff::Timestamp;
+use practice_support::{ADMIN_TOKEN, TOOLS_TOKEN, WEBER_PHONE, temp_dir, wed_morning};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn settings(dir: &std::path::Path) -> PracticeSettings {
+    let db = dir.join("ignis.db").to_string_lossy().into_owned();
+    PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+        "ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "IGNIS_DB" => Some(db.clone()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+struct Req<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    auth: Option<String>,
+    call: Option<&'a str>,
+    body: &'a str,
+}
+
+fn send(p: &Practice, admin: bool, r: Req<'_>, now: Timestamp) -> (u16, Value) {
+    let req = ToolRequest {
+        method: r.method,
+        path: r.path,
+        query: r.query,
+        authorization: r.auth.as_deref().map(str::as_bytes),
+        ignis_call: r.call.map(str::as_bytes),
+        body: r.body.as_bytes(),
+    };
+    let (tx, rx) = bounded::<ToolReply>(1);
+    let reply = move |reply: ToolReply| {
+        let _ = tx.send(reply);
+    };
+    if admin {
+        p.handle_admin(req, now, reply);
+    } else {
+        p.handle_tool(req, now, reply);
+    }
+    let r = rx.recv_timeout(WAIT).expect("reply callback was called");
+    (r.status, r.body_json())
+}
+
+fn tool(
+    p: &Practice,
+    token: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &str,
+) -> (u16, Value) {
+    let auth = Some(format!("Bearer {TOOLS_TOKEN}"));
+    send(
+        p,
+        false,
+        Req {
+            method,
+            path,
+            query,
+            auth,
+            call: Some(token),
+            body,
+        },
+        wed_morning(),
+    )
+}
+
+fn admin(p: &Practice, method: &str, path: &str, query: &str) -> (u16, Value) {
+    let auth = Some(format!("Bearer {ADMIN_TOKEN}"));
+    send(
+        p,
+        true,
+        Req {
+            method,
+            path,
+            query,
+            auth,
+            call: None,
+            body: "",
+        },
+        wed_morning(),
+    )
+}
+
+fn start(p: &Practice, sid: &str, caller: &str) -> String {
+    let (tx, rx): (_, Receiver<_>) = bounded(1);
+    let info = CallInfo {
+        call_sid: sid,
+        caller_number: caller,
+        called_number: "+4930123456",
+    };
+    let mut entropy = [0u8; 16];
+    entropy[..sid.len().min(16)].copy_from_slice(&sid.as_bytes()[..sid.len().min(16)]);
+    p.start_call(info, entropy, wed_morning(), move |r| {
+        let _ = tx.send(r);
+    });
+    let vars = rx.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(vars.len(), 11);
+    vars["secret__ignis_call"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn settings_come_from_the_environment() {
+    let err = PracticeSettings::from_lookup(|_| None).unwrap_err();
+    assert!(matches!(err, PracticeError::Secret("TOOLS_TOKEN")));
+    let err = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+        "ADMIN_TOKEN" => Some("short".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(matches!(err, PracticeError::Secret("ADMIN_TOKEN")));
+    let s = PracticeSettings::from_lookup(|k| (k == "TOOLS_TOKEN").then(|| TOOLS_TOKEN.into()))
+        .unwrap();
+    assert_eq!(s.db_path, std::path::PathBuf::from("./ignis.db"));
+    assert!(s.config_path.is_none() && s.demo_patients && s.admin_token.is_none());
+    assert!(
+        !format!("{s:?}").contains(TOOLS_TOKEN),
+        "secrets stay out of Debug"
+    );
+}
+
+#[test]
+fn a_call_books_through_the_facade_and_staff_see_it() {
+    let dir = temp_dir("facade");
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    let t = start(&p, "CAfacade", WEBER_PHONE);
+
+    let (s, id) = tool(
+        &p,
+        &t,
+        "POST",
+        "/api/patients/identify",
+        "",
+        r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#,
+    );
+    assert_eq!((s, id["match"].as_str()), (200, Some("unique")));
+    let (_, slots) = tool(
+        &p,
+        &t,
+        "GET",
+        "/api/appointments/slots",
+        "visit_type=akut&urgency=same_day",
+        "",
+    );
+    let slot = slots["slots"][0]["slot_ref"].as_str().unwrap().to_string();
+    let body = format!(
+        r#"{{"slot_ref":"{slot}","patient_ref":"P1","visit_type":"akut","reason_short":"Halsschmerzen"}}"#
+    );
+    let (_, booked) = tool(&p, &t, "POST", "/api/appointments", "", &body);
+    assert_eq!(booked["ok"], true, "{booked}");
+    let (_, req) = tool(
+        &p,
+        &t,
+        "POST",
+        "/api/requests",
+        "",
+        r#"{"category":"urgent_callback","patient_ref":"P1"}"#,
+    );
+    let (_, _) = tool(
+        &p,
+        &t,
+        "POST",
+        "/api/requests",
+        "",
+        r#"{"category":"message","patient_ref":"P1","note":"Danke"}"#,
+    );
+    let (_, em) = tool(
+        &p,
+        &t,
+        "POST",
+        "/api/emergencies",
+        "",
+        r#"{"severity":"urgent","keywords":"Fieber"}"#,
+    );
+    assert_eq!(em["advice"], "transfer");
+
+    // Staff: today's appointments include the booking, with the patient's name.
+    let (s, day) = admin(&p, "GET", "/api/admin/appointments", "");
+    assert_eq!(s, 200);
+    let list = day["appointments"].as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|a| a["patient"] == "Maria Weber" && a["reason_short"] == "Halsschmerzen"),
+        "{day}"
+    );
+    let (_, other) = admin(&p, "GET", "/api/admin/appointments", "date=2026-11-24");
+    assert_eq!(other["appointments"], serde_json::json!([]));
+    // Open requests: urgent first.
+    let (_, reqs) = admin(&p, "GET", "/api/admin/requests", "");
+    let reqs = reqs["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0]["urgency"], "urgent");
+    assert_eq!(reqs[0]["ref_code"], req["request_ref"]);
+    // Emergencies.
+    let (_, ems) = admin(&p, "GET", "/api/admin/emergencies", "days=1");
+    assert_eq!(ems["emergencies"][0]["event_ref"], em["event_ref"]);
+    // Mark done: once.
+    let done = format!(
+        "/api/admin/requests/{}/done",
+        req["request_ref"].as_str().unwrap()
+    );
+    assert_eq!(admin(&p, "POST", &done, "").0, 200);
+    assert_eq!(admin(&p, "POST", &done, "").0, 404);
+    assert_eq!(
+        admin(&p, "GET", "/api/admin/requests", "").1["requests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // End of call: tools die after the grace period.
+    p.end_call("CAfacade", wed_morning());
+    let later = Timestamp::from_second(wed_morning().as_second() + 3600).unwrap();
+    let auth = Some(format!("Bearer {TOOLS_TOKEN}"));
+    let (s, _) = send(
+        &p,
+        false,
+        Req {
+            method: "GET",
+            path: "/api/appointments/slots",
+            query: "visit_type=akut",
+            auth,
+            call: Some(&t),
+            body: "",
+        },
+        later,
+    );
+    assert_eq!(s, 403);
+
+    // Retention through the facade.
+    let (tx, rx) = bounded(1);
+    p.run_retention(
+        Timestamp::from_second(wed_morning().as_second() + 2 * 86_400).unwrap(),
+        move |r| {
+            let _ = tx.send(r);
+        },
+    );
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap().calls, 1);
+
+    drop(p);
+    thread.join().unwrap();
+    // Reopening does not seed twice.
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    let n = p
+        .store()
+        .call_blocking(|s| s.patients_by_birth_date("1972-08-22").unwrap().len())
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(p);
+    thread.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn admin_api_needs_the_admin_token() {
+    let dir = temp_dir("admin-auth");
+    let (p, _thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    let req = |auth: Option<String>, method, path| {
+        send(
+            &p,
+            true,
+            Req {
+                method,
+                path,
+                query: "",
+                auth,
+                call: None,
+                body: "",
+            },
+            wed_morning(),
+        )
+        .0
+    };
+    assert_eq!(req(None, "GET", "/api/admin/requests"), 401);
+    assert_eq!(
+        req(
+            Some(format!("Bearer {TOOLS_TOKEN}")),
+            "GET",
+            "/api/admin/requests"
+        ),
+        403
+    );
+    assert_eq!(
+        req(
+            Some(format!("Bearer {ADMIN_TOKEN}")),
+            "POST",
+            "/api/admin/requests"
+        ),
+        405
+    );
+    assert_eq!(
+        req(
+            Some(format!("Bearer {ADMIN_TOKEN}")),
+            "GET",
+            "/api/admin/nothing"
+        ),
+        404
+    );
+    let bad = send(
+        &p,
+        true,
+        Req {
+            method: "GET",
+            path: "/api/admin/appointments",
+            query: "date=tomorrow",
+            auth: Some(format!("Bearer {ADMIN_TOKEN}")),
+            call: None,
+            body: "",
+        },
+        wed_morning(),
+    );
+    assert_eq!(bad.0, 422);
+    // The tools secret never opens the admin API, and the admin secret never opens the tools.
+    let t = start(&p, "CAadm", WEBER_PHONE);
+    let r = send(
+        &p,
+        false,
+        Req {
+            method: "GET",
+            path: "/api/appointments/slots",
+            query: "visit_type=akut",
+            auth: Some(format!("Bearer {ADMIN_TOKEN}")),
+            call: Some(&t),
+            body: "",
+        },
+        wed_morning(),
+    );
+    assert_eq!(r.0, 403);
+    // Without ADMIN_TOKEN the admin API is off.
+    let mut s = settings(&dir);
+    s.admin_token = None;
+    drop(p);
+    let (p2, _t2) = Practice::open(&s, PracticeConfig::demo(), wed_morning()).unwrap();
+    let r = send(
+        &p2,
+        true,
+        Req {
+            method: "GET",
+            path: "/api/admin/requests",
+            query: "",
+            auth: Some(format!("Bearer {ADMIN_TOKEN}")),
+            call: None,
+            body: "",
+        },
+        wed_morning(),
+    );
+    assert_eq!(
+        r,
+        (
+            403,
+            serde_json::json!({"ok": false, "error": "admin_disabled"})
+        )
+    );
+}
+
+#[test]
+fn practice_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Practice>();
+}

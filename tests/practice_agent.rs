@@ -1,0 +1,141 @@
+//! The shipped agent files agree with the server: routes, headers, enums and prompt variables.
+
+use std::path::PathBuf;
+
+use ignis::practice::calls::DYNAMIC_VARIABLE_NAMES;
+use ignis::practice::config::PracticeConfig;
+use ignis::practice::tools::{CATEGORIES, is_tool_path};
+use serde_json::Value;
+
+fn agent_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent")
+}
+
+fn tools() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(agent_dir().join("tools")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        out.push((
+            path.file_stem().unwrap().to_string_lossy().into_owned(),
+            v["tool_config"].clone(),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn six_tools_with_both_headers_and_known_routes() {
+    let tools = tools();
+    let names: Vec<&str> = tools.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "book_appointment",
+            "cancel_appointment",
+            "create_request",
+            "find_slots",
+            "identify_patient",
+            "report_emergency"
+        ]
+    );
+    for (name, t) in &tools {
+        assert_eq!(t["name"], name.as_str());
+        assert_eq!(t["type"], "webhook");
+        let timeout = t["response_timeout_secs"].as_u64().unwrap();
+        assert!((5..=20).contains(&timeout), "{name}");
+        let api = &t["api_schema"];
+        assert!(
+            api["request_headers"]["Authorization"]["secret_id"].is_string(),
+            "{name}"
+        );
+        assert_eq!(
+            api["request_headers"]["X-Ignis-Call"]["variable_name"], "secret__ignis_call",
+            "{name}"
+        );
+        let url = api["url"].as_str().unwrap();
+        let path = url
+            .strip_prefix("https://IGNIS_HOST")
+            .unwrap()
+            .replace("{appointment_ref}", "A1");
+        assert!(is_tool_path(&path), "{name}: {path}");
+        let method = api["method"].as_str().unwrap();
+        assert_eq!(
+            method == "GET",
+            name == "find_slots",
+            "only find_slots is a GET (no personal data)"
+        );
+    }
+}
+
+#[test]
+fn enums_match_the_practice_configuration() {
+    let config = PracticeConfig::demo();
+    let bookable: Vec<&str> = config
+        .visit_types
+        .iter()
+        .filter(|v| v.phone_bookable)
+        .map(|v| v.code.as_str())
+        .collect();
+    let tools = tools();
+    let find = |n: &str| tools.iter().find(|(name, _)| name == n).unwrap().1.clone();
+    let enum_of = |v: &Value| -> Vec<String> {
+        v["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    let fs = find("find_slots");
+    assert_eq!(
+        enum_of(&fs["api_schema"]["query_params_schema"]["properties"]["visit_type"]),
+        bookable
+    );
+    let who = enum_of(&fs["api_schema"]["query_params_schema"]["properties"]["practitioner"]);
+    let displays: Vec<String> = config
+        .practitioners
+        .iter()
+        .map(|p| p.display.clone())
+        .collect();
+    assert_eq!(who, displays);
+    let book = find("book_appointment");
+    assert_eq!(
+        enum_of(&book["api_schema"]["request_body_schema"]["properties"]["visit_type"]),
+        bookable
+    );
+    let req = find("create_request");
+    assert_eq!(
+        enum_of(&req["api_schema"]["request_body_schema"]["properties"]["category"]),
+        CATEGORIES
+    );
+}
+
+#[test]
+fn the_prompt_only_references_variables_the_bridge_sends() {
+    let prompt = std::fs::read_to_string(agent_dir().join("prompt.md")).unwrap();
+    let mut rest = prompt.as_str();
+    let mut seen = 0;
+    while let Some(i) = rest.find("{{") {
+        let end = rest[i..].find("}}").expect("closed variable") + i;
+        let name = &rest[i + 2..end];
+        assert!(
+            DYNAMIC_VARIABLE_NAMES.contains(&name),
+            "prompt references unknown variable {name:?}"
+        );
+        assert!(
+            !name.starts_with("secret__"),
+            "secrets never go into the prompt"
+        );
+        seen += 1;
+        rest = &rest[end + 2..];
+    }
+    assert!(seen >= 7);
+    assert!(
+        prompt.find("112").unwrap() < prompt.find("identify_patient").unwrap(),
+        "the 112 rule comes first"
+    );
+}

@@ -1,0 +1,173 @@
+//! `practice.toml` validation: every error names the line of the offending value.
+
+use ignis::practice::config::{ConfigError, DEMO_PRACTICE_TOML, PracticeConfig};
+
+fn line_of(src: &str, needle: &str) -> usize {
+    src[..src.find(needle).unwrap_or_else(|| panic!("{needle}"))]
+        .matches('\n')
+        .count()
+        + 1
+}
+
+/// Replaces the first `from` with `to` and returns the error plus the line where `to` landed.
+fn broken(from: &str, to: &str) -> (ConfigError, usize) {
+    assert!(DEMO_PRACTICE_TOML.contains(from), "{from}");
+    let src = DEMO_PRACTICE_TOML.replacen(from, to, 1);
+    let err = PracticeConfig::from_toml_str(&src).expect_err("config should be rejected");
+    // The replaced text is the last occurrence (e.g. a duplicated id follows the original).
+    (err, src[..src.rfind(to).unwrap()].matches('\n').count() + 1)
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let c = PracticeConfig::from_toml_str(DEMO_PRACTICE_TOML).unwrap();
+    assert_eq!(c.practitioners.len(), 2);
+    assert!(
+        c.visit_types
+            .iter()
+            .any(|v| v.code == "hausbesuch" && !v.phone_bookable)
+    );
+    assert_eq!(c.timezone_name, "Europe/Berlin");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let src = format!("{DEMO_PRACTICE_TOML}\n[practice\n");
+    let err = PracticeConfig::from_toml_str(&src).unwrap_err();
+    assert_eq!(err.line, src.lines().count());
+    assert!(
+        err.to_string()
+            .starts_with(&format!("practice.toml line {}", err.line))
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "timezone = \"Europe/Berlin\"",
+            "timezone = \"Mars/Olympus\"",
+            "unknown time zone",
+        ),
+        (
+            "mo = [\"08:00-12:00\", \"15:00-18:00\"]",
+            "mo = [\"12:00-08:00\", \"15:00-18:00\"]",
+            "time range",
+        ),
+        (
+            "di = [\"08:00-12:00\", \"15:00-18:00\"]",
+            "di = [\"08:00-12:00\", \"11:00-18:00\"]",
+            "overlap",
+        ),
+        (
+            "practitioner = \"yilmaz\"\nweekdays = [\"di\"]",
+            "practitioner = \"nobody\"\nweekdays = [\"di\"]",
+            "unknown practitioner",
+        ),
+        (
+            "weekdays = [\"mo\", \"do\"]",
+            "weekdays = [\"mo\", \"xx\"]",
+            "unknown weekday",
+        ),
+        (
+            "hours = [\"15:00-17:00\"]",
+            "hours = [\"15:00-20:00\"]",
+            "outside the opening hours",
+        ),
+        (
+            "visit_types = [\"vorsorge\", \"erstvorstellung\"]",
+            "visit_types = [\"vorsorge\", \"zahnarzt\"]",
+            "unknown visit type",
+        ),
+        (
+            "visit_types = [\"vorsorge\", \"erstvorstellung\"]",
+            "visit_types = [\"vorsorge\", \"hausbesuch\"]",
+            "longer than",
+        ),
+        (
+            "date = \"2026-12-25\"",
+            "date = \"2026-13-25\"",
+            "not a date",
+        ),
+        ("to = \"2027-01-02\"", "to = \"2026-12-01\"", "ends before"),
+        (
+            "phone = \"030 9876543\"",
+            "phone = \"call Lange\"",
+            "not a phone number",
+        ),
+        ("code = \"kontrolle\"", "code = \"Kontrolle!\"", "lowercase"),
+        (
+            "minutes = 10\nphone_bookable = true\nnew_patients_ok = true\nbring = [\"Versichertenkarte\"]",
+            "minutes = 1000\nphone_bookable = true\nnew_patients_ok = true\nbring = [\"Versichertenkarte\"]",
+            "minutes must be",
+        ),
+        (
+            "booking_horizon_days = 28",
+            "booking_horizon_days = 0",
+            "booking_horizon_days",
+        ),
+        (
+            "id = \"yilmaz\"",
+            "id = \"schmidt\"",
+            "duplicate practitioner",
+        ),
+    ];
+    for (from, to, what) in cases {
+        let (err, line) = broken(from, to);
+        assert!(err.message.contains(what), "{to}: {err}");
+        let lines = to.matches('\n').count();
+        assert!(
+            (line..=line + lines).contains(&err.line),
+            "{to}: expected line {line}, got {err}"
+        );
+        assert!(err.column > 0);
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_line() {
+    let (err, line) = broken(
+        "accepts_new_patients = true",
+        "accepts_new_patients = true\ncolour = \"blue\"",
+    );
+    assert_eq!(err.line, line + 1, "{err}");
+    assert!(err.message.contains("colour"), "{err}");
+}
+
+#[test]
+fn a_bookable_visit_type_needs_a_template() {
+    let (err, _) = broken("phone_bookable = false", "phone_bookable = true");
+    assert!(err.message.contains("hausbesuch"), "{err}");
+    let src = DEMO_PRACTICE_TOML;
+    let block = line_of(src, "code = \"hausbesuch\"");
+    assert!((block - 2..=block + 4).contains(&err.line), "{err}");
+}
+
+#[test]
+fn closures_need_a_covering_practice() {
+    let src = DEMO_PRACTICE_TOML.replacen("[covering_practice]\nname", "[unused]\nname", 1);
+    let err = PracticeConfig::from_toml_str(&src).unwrap_err();
+    assert!(err.message.contains("unused"), "unknown table first: {err}");
+    let start = DEMO_PRACTICE_TOML.find("[covering_practice]").unwrap();
+    let end = DEMO_PRACTICE_TOML[start..].find("\n\n").unwrap() + start;
+    let src = format!(
+        "{}{}",
+        &DEMO_PRACTICE_TOML[..start],
+        &DEMO_PRACTICE_TOML[end..]
+    );
+    let err = PracticeConfig::from_toml_str(&src).unwrap_err();
+    assert!(err.message.contains("covering practice"), "{err}");
+    assert_eq!(err.line, line_of(&src, "[[closures]]"), "{err}");
+}
+
+#[test]
+fn unreadable_files_are_reported_in_the_same_shape() {
+    let path = std::path::Path::new("/nonexistent/practice.toml");
+    let io = std::fs::read_to_string(path).unwrap_err();
+    let err = ConfigError::unreadable(path, &io);
+    assert_eq!(err.line, 0);
+    assert!(
+        err.to_string()
+            .starts_with("practice.toml: cannot read /nonexistent/practice.toml")
+    );
+}

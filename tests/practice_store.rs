@@ -1,0 +1,433 @@
+//! The store: no double booking under concurrency, idempotent retries, atomic reschedule,
+//! cancellation, retention and migrations, against a real SQLite file.
+
+mod practice_support;
+
+use std::sync::{Arc, Barrier};
+
+use ignis::practice::calendar;
+use ignis::practice::config::PracticeConfig;
+use ignis::practice::retention;
+use ignis::practice::store::StoreHandle;
+use ignis::practice::store::{
+    BookOutcome, Booking, BookingPatient, CancelOutcome, DemoPatient, NewEmergency, NewPatient,
+    NewRequest, RetentionPolicy, SqliteStore, Store,
+};
+use practice_support::{temp_dir, wed_morning};
+
+const DAY: i64 = 86_400;
+
+fn patients(n: usize) -> Vec<DemoPatient> {
+    (0..n)
+        .map(|i| DemoPatient {
+            family: format!("Test{i}"),
+            given: "Eva".into(),
+            birth_date: "1980-01-01".into(),
+            gender: "female".into(),
+            phone: Some(format!("+4917000000{i:02}")),
+            insurance: "gkv".into(),
+            card_read_quarter: None,
+        })
+        .collect()
+}
+
+/// A store with `n` patients (ids 1..=n) and the slots of Thursday 26 November 2026.
+fn setup(path: &std::path::Path, n: usize) -> (SqliteStore, Vec<i64>) {
+    let config = PracticeConfig::demo();
+    let mut s = SqliteStore::open(path).unwrap();
+    s.seed_patients(&patients(n), 0).unwrap();
+    let d = "2026-11-26".parse().unwrap();
+    let cands = calendar::slot_candidates(&config, d, d);
+    let slots = s.free_slots(&cands, 100).unwrap();
+    (s, slots.iter().map(|s| s.id).collect())
+}
+
+fn booking(slot: i64, patient: i64, key: &str) -> Booking {
+    Booking {
+        slot_id: slot,
+        patient: BookingPatient::Existing(patient),
+        visit_type: "kontrolle".into(),
+        reason_short: "Kontrolle".into(),
+        replaces: None,
+        call_sid: format!("CA{key}"),
+        idempotency_key: key.into(),
+        now: wed_morning().as_second(),
+    }
+}
+
+fn booked_on_slot(s: &mut SqliteStore, slot: i64) -> i64 {
+    s.connection()
+        .query_row(
+            "SELECT COUNT(*) FROM appointment WHERE slot_id = ?1 AND status = 'booked'",
+            [slot],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn racing_connections_book_one_slot_exactly_once() {
+    let dir = temp_dir("race-conn");
+    let path = dir.join("ignis.db");
+    const N: usize = 12;
+    let (mut s, slots) = setup(&path, N);
+    let slot = slots[0];
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let path = path.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                // Each contender has its own connection, as separate processes would.
+                let mut own = SqliteStore::open(&path).unwrap();
+                barrier.wait();
+                own.book(&booking(slot, i as i64 + 1, &format!("race-{i}")))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<BookOutcome> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let wins = outcomes
+        .iter()
+        .filter(|o| matches!(o, BookOutcome::Booked { .. }))
+        .count();
+    let taken = outcomes
+        .iter()
+        .filter(|o| matches!(o, BookOutcome::SlotTaken))
+        .count();
+    assert_eq!((wins, taken), (1, N - 1), "{outcomes:?}");
+    assert_eq!(booked_on_slot(&mut s, slot), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn racing_submissions_through_the_writer_thread_book_once() {
+    let dir = temp_dir("race-handle");
+    let (s, slots) = setup(&dir.join("ignis.db"), 40);
+    let slot = slots[1];
+    let (handle, thread) = StoreHandle::spawn(Box::new(s)).unwrap();
+    let barrier = Arc::new(Barrier::new(40));
+    let joins: Vec<_> = (0..40)
+        .map(|i| {
+            let handle = handle.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let b = booking(slot, i + 1, &format!("h-{i}"));
+                handle
+                    .call_blocking(move |st| st.book(&b).unwrap())
+                    .unwrap()
+            })
+        })
+        .collect();
+    let wins = joins
+        .into_iter()
+        .map(|j| j.join().unwrap())
+        .filter(|o| matches!(o, BookOutcome::Booked { .. }))
+        .count();
+    assert_eq!(wins, 1);
+    drop(handle);
+    thread.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn identical_retry_returns_the_same_appointment() {
+    let dir = temp_dir("retry");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+    let BookOutcome::Booked {
+        appointment: first,
+        repeated: false,
+        ..
+    } = s.book(&booking(slots[0], 1, "same-key")).unwrap()
+    else {
+        panic!("first booking failed")
+    };
+    let BookOutcome::Booked {
+        appointment: again,
+        repeated: true,
+        ..
+    } = s.book(&booking(slots[0], 1, "same-key")).unwrap()
+    else {
+        panic!("retry was not answered with the first booking")
+    };
+    assert_eq!(first.id, again.id);
+    // A different booker on the same slot is refused.
+    assert_eq!(
+        s.book(&booking(slots[0], 2, "other")).unwrap(),
+        BookOutcome::SlotTaken
+    );
+    assert_eq!(booked_on_slot(&mut s, slots[0]), 1);
+}
+
+#[test]
+fn failed_reschedule_leaves_the_old_appointment_intact() {
+    let dir = temp_dir("resched");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+    let (x, y) = (slots[0], slots[2]);
+    let BookOutcome::Booked {
+        appointment: old, ..
+    } = s.book(&booking(x, 1, "p1-x")).unwrap()
+    else {
+        panic!()
+    };
+    assert!(matches!(
+        s.book(&booking(y, 2, "p2-y")).unwrap(),
+        BookOutcome::Booked { .. }
+    ));
+    // Patient 1 tries to move onto the taken slot y.
+    let mut mv = booking(y, 1, "p1-move");
+    mv.replaces = Some(old.id);
+    assert_eq!(s.book(&mv).unwrap(), BookOutcome::SlotTaken);
+    assert_eq!(s.appointment(old.id).unwrap().unwrap().status, "booked");
+    assert_eq!(s.slot(x).unwrap().unwrap().status, "busy");
+
+    // Backstop: even if y's slot row is (wrongly) free, the unique index refuses a second booked
+    // appointment on it, and the whole transaction — including the cancellation — rolls back.
+    s.connection()
+        .execute("UPDATE slot SET status = 'free' WHERE id = ?1", [y])
+        .unwrap();
+    let mut mv = booking(y, 1, "p1-move-2");
+    mv.replaces = Some(old.id);
+    assert_eq!(s.book(&mv).unwrap(), BookOutcome::SlotTaken);
+    assert_eq!(s.appointment(old.id).unwrap().unwrap().status, "booked");
+    assert_eq!(s.slot(x).unwrap().unwrap().status, "busy");
+    assert_eq!(booked_on_slot(&mut s, y), 1);
+}
+
+#[test]
+fn successful_reschedule_swaps_atomically() {
+    let dir = temp_dir("resched-ok");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+    let BookOutcome::Booked {
+        appointment: old, ..
+    } = s.book(&booking(slots[0], 1, "a")).unwrap()
+    else {
+        panic!()
+    };
+    let mut mv = booking(slots[3], 1, "b");
+    mv.replaces = Some(old.id);
+    let BookOutcome::Booked {
+        appointment: new,
+        replaced: Some(replaced),
+        ..
+    } = s.book(&mv).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(replaced.id, old.id);
+    assert_eq!(replaced.status, "cancelled");
+    assert_eq!(new.status, "booked");
+    assert_eq!(s.slot(slots[0]).unwrap().unwrap().status, "free");
+    // Someone else's appointment cannot be "replaced".
+    let mut other = booking(slots[4], 1, "c");
+    other.replaces = Some(new.id + 1000);
+    assert_eq!(s.book(&other).unwrap(), BookOutcome::ReplacedNotBookable);
+}
+
+#[test]
+fn slot_rules_and_new_patients() {
+    let dir = temp_dir("rules");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+    let mut b = booking(slots[0], 1, "vt");
+    b.visit_type = "vorsorge".into(); // not in the 15-min morning template
+    assert_eq!(s.book(&b).unwrap(), BookOutcome::WrongVisitType);
+    let mut b = booking(slots[0], 1, "late");
+    b.now = s.slot(slots[0]).unwrap().unwrap().start;
+    assert_eq!(s.book(&b).unwrap(), BookOutcome::SlotGone);
+    assert_eq!(
+        s.book(&booking(999_999, 1, "none")).unwrap(),
+        BookOutcome::SlotGone
+    );
+    let mut b = booking(slots[0], 0, "new");
+    b.patient = BookingPatient::New(NewPatient {
+        family: "Neu".into(),
+        given: "Nina".into(),
+        birth_date: "2000-02-02".into(),
+        insurance: "gkv".into(),
+        phone: Some("+491700000099".into()),
+    });
+    let BookOutcome::Booked { appointment, .. } = s.book(&b).unwrap() else {
+        panic!()
+    };
+    let p = s.patient(appointment.patient_id).unwrap().unwrap();
+    assert!(!p.known);
+    assert_eq!(p.family_norm, "neu");
+}
+
+#[test]
+fn cancel_frees_the_slot_and_is_reported_once() {
+    let dir = temp_dir("cancel");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+    let BookOutcome::Booked { appointment: a, .. } = s.book(&booking(slots[0], 1, "k")).unwrap()
+    else {
+        panic!()
+    };
+    let now = wed_morning().as_second();
+    assert!(matches!(
+        s.cancel(a.id, "illness", None, now).unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    assert_eq!(
+        s.cancel(a.id, "illness", None, now).unwrap(),
+        CancelOutcome::AlreadyCancelled
+    );
+    assert_eq!(
+        s.cancel(424242, "other", None, now).unwrap(),
+        CancelOutcome::NotFound
+    );
+    // The freed slot can be booked again by someone else.
+    assert!(matches!(
+        s.book(&booking(slots[0], 2, "k2")).unwrap(),
+        BookOutcome::Booked { .. }
+    ));
+    let BookOutcome::Booked { appointment: b, .. } = s.book(&booking(slots[1], 1, "k3")).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        s.cancel(b.id, "other", None, b.start + 60).unwrap(),
+        CancelOutcome::InPast
+    );
+}
+
+#[test]
+fn migrations_are_embedded_and_reopen_cleanly() {
+    let dir = temp_dir("migrate");
+    let path = dir.join("ignis.db");
+    let v = SqliteStore::open(&path).unwrap().schema_version().unwrap();
+    assert!(v >= 1);
+    let mut again = SqliteStore::open(&path).unwrap();
+    assert_eq!(again.schema_version().unwrap(), v);
+    let mode: String = again
+        .connection()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = again
+        .connection()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+}
+
+#[test]
+fn retention_deletes_what_is_due_and_keeps_the_rest() {
+    let dir = temp_dir("retention");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+    let now = wed_morning().as_second() + 400 * DAY;
+    // Calls: ended two days ago (deleted), ended an hour ago (kept).
+    s.start_call("CAold", &[1; 32], "+49170", "+4930", now - 3 * DAY)
+        .unwrap();
+    s.end_call("CAold", now - 2 * DAY).unwrap();
+    s.start_call("CAnew", &[2; 32], "+49170", "+4930", now - 2 * 3600)
+        .unwrap();
+    s.end_call("CAnew", now - 3600).unwrap();
+    // Audit: 100 days old (deleted), 1 day old (kept).
+    s.audit(now - 100 * DAY, None, "find_slots", "ok").unwrap();
+    s.audit(now - DAY, None, "find_slots", "ok").unwrap();
+    // Requests: done 31 days ago (deleted), open (kept).
+    let req = |now| NewRequest {
+        category: "callback".into(),
+        patient_id: Some(1),
+        caller_json: None,
+        details_json: "{}".into(),
+        urgency: "routine".into(),
+        callback_number: None,
+        callback_window: None,
+        note: None,
+        call_sid: "CA".into(),
+        now,
+    };
+    let done = s.create_request(&req(now - 40 * DAY)).unwrap();
+    s.mark_request_done(&done.ref_code, now - 31 * DAY).unwrap();
+    s.create_request(&req(now - 40 * DAY)).unwrap();
+    // Appointment on 26 Nov 2026 (> 12 months before `now`): deleted, with its free slot row.
+    assert!(matches!(
+        s.book(&booking(slots[0], 1, "old")).unwrap(),
+        BookOutcome::Booked { .. }
+    ));
+    // A phone-created patient without anything, 7 months old: deleted.
+    s.connection()
+        .execute(
+            "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, created_via, created_at)
+             VALUES ('X','Y','x','y','1999-09-09','phone', ?1)",
+            [now - 210 * DAY],
+        )
+        .unwrap();
+    // Emergency events: 2 years old (deleted), a week old (kept).
+    let em = |now| NewEmergency {
+        severity: "urgent".into(),
+        keywords: "Fieber".into(),
+        patient_id: None,
+        callback_number: None,
+        advice: "call_116117".into(),
+        call_sid: "CA".into(),
+        now,
+    };
+    s.record_emergency(&em(now - 730 * DAY)).unwrap();
+    s.record_emergency(&em(now - 7 * DAY)).unwrap();
+
+    let report =
+        retention::run_retention(&mut s, jiff::Timestamp::from_second(now).unwrap()).unwrap();
+    assert_eq!(report.calls, 1);
+    assert_eq!(report.tool_audit, 1);
+    assert_eq!(report.requests, 1);
+    assert_eq!(report.appointments, 1);
+    assert_eq!(report.patients, 1);
+    assert_eq!(report.emergency_events, 1);
+    assert!(report.slots >= slots.len());
+    assert_eq!(s.open_requests().unwrap().len(), 1);
+    assert_eq!(s.emergencies_since(0).unwrap().len(), 1);
+    // Seeded (non-phone) patients are never deleted by retention.
+    assert!(s.patient(1).unwrap().is_some());
+    // Running again deletes nothing more.
+    assert_eq!(
+        s.retention(&RetentionPolicy::default(), now).unwrap(),
+        Default::default()
+    );
+}
+
+#[test]
+fn a_cancelled_booking_can_be_made_again_with_the_same_key() {
+    let dir = temp_dir("rebook");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+    let BookOutcome::Booked { appointment: a, .. } = s.book(&booking(slots[0], 1, "k")).unwrap()
+    else {
+        panic!()
+    };
+    s.cancel(a.id, "other", None, wed_morning().as_second())
+        .unwrap();
+    let BookOutcome::Booked {
+        appointment: b,
+        repeated: false,
+        ..
+    } = s.book(&booking(slots[0], 1, "k")).unwrap()
+    else {
+        panic!("re-booking after a cancellation must book anew")
+    };
+    assert_ne!(a.id, b.id);
+    assert_eq!(booked_on_slot(&mut s, slots[0]), 1);
+}
+
+#[test]
+fn the_writer_thread_survives_a_panicking_job_and_backups_work() {
+    let dir = temp_dir("panic");
+    let (s, slots) = setup(&dir.join("ignis.db"), 1);
+    let (handle, thread) = StoreHandle::spawn(Box::new(s)).unwrap();
+    let rx = handle.call(|_| -> i32 { panic!("bug in a job") }).unwrap();
+    assert!(rx.recv().is_err(), "the panicking job never answers");
+    let slot = slots[0];
+    let outcome = handle
+        .call_blocking(move |st| st.book(&booking(slot, 1, "after-panic")).unwrap())
+        .unwrap();
+    assert!(matches!(outcome, BookOutcome::Booked { .. }));
+    drop(handle);
+    thread.join().unwrap();
+    let mut s = SqliteStore::open(&dir.join("ignis.db")).unwrap();
+    let copy = dir.join("backup.db");
+    s.backup_to(&copy).unwrap();
+    let mut b = SqliteStore::open(&copy).unwrap();
+    assert_eq!(booked_on_slot(&mut b, slot), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,147 @@
+//! Shared helpers for the `practice_*` integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ignis::practice::calls::CallToken;
+use ignis::practice::config::PracticeConfig;
+use ignis::practice::demo;
+use ignis::practice::store::{SqliteStore, Store};
+use ignis::practice::tools::{self, Secrets, ToolRequest};
+use jiff::Timestamp;
+use serde_json::Value;
+
+pub const TOOLS_TOKEN: &str = "tools-secret-for-tests-0123";
+pub const ADMIN_TOKEN: &str = "admin-secret-for-tests-4567";
+/// Maria Weber's number (demo patient with a seeded appointment).
+pub const WEBER_PHONE: &str = "+491701234567";
+pub const OTHER_PHONE: &str = "+491609999999";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, unique directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ignis-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// Wednesday 25 November 2026, 09:00 in Berlin: the practice is open.
+pub fn wed_morning() -> Timestamp {
+    at("2026-11-25T08:00:00Z")
+}
+
+pub struct Env {
+    pub store: SqliteStore,
+    pub config: PracticeConfig,
+    pub secrets: Secrets,
+    pub dir: PathBuf,
+}
+
+impl Env {
+    /// A seeded demo database in a temp file, as a fresh `ignis serve` would have it at `now`.
+    pub fn new(name: &str, now: Timestamp) -> Env {
+        let dir = temp_dir(name);
+        let config = PracticeConfig::demo();
+        let mut store = SqliteStore::open(&dir.join("ignis.db")).unwrap();
+        demo::seed(&mut store, &config, now).unwrap();
+        Env {
+            store,
+            config,
+            secrets: Secrets::new(TOOLS_TOKEN, Some(ADMIN_TOKEN)),
+            dir,
+        }
+    }
+
+    /// Starts a call and returns its token.
+    pub fn call(&mut self, sid: &str, caller: &str, now: Timestamp) -> String {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut entropy = [0u8; 16];
+        entropy[..4].copy_from_slice(&n.to_le_bytes());
+        entropy[4..8].copy_from_slice(&std::process::id().to_le_bytes());
+        entropy[8] = sid.len() as u8;
+        let token = CallToken::from_entropy(entropy);
+        self.store
+            .start_call(sid, &token.hash(), caller, "+4930123456", now.as_second())
+            .unwrap();
+        token.as_str().to_string()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn raw(
+        &mut self,
+        auth: Option<&str>,
+        call: Option<&str>,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> (u16, Value) {
+        let auth = auth.map(|a| format!("Bearer {a}"));
+        let req = ToolRequest {
+            method,
+            path,
+            query,
+            authorization: auth.as_deref().map(str::as_bytes),
+            ignis_call: call.map(str::as_bytes),
+            body: body.as_bytes(),
+        };
+        let r = tools::handle_tool(&mut self.store, &self.config, &self.secrets, &req, now);
+        (r.status, r.body_json())
+    }
+
+    pub fn post(&mut self, token: &str, path: &str, body: &str, now: Timestamp) -> (u16, Value) {
+        self.raw(Some(TOOLS_TOKEN), Some(token), "POST", path, "", body, now)
+    }
+
+    pub fn get(&mut self, token: &str, path: &str, query: &str, now: Timestamp) -> (u16, Value) {
+        self.raw(Some(TOOLS_TOKEN), Some(token), "GET", path, query, "", now)
+    }
+
+    /// identify_patient, asserting a 200.
+    pub fn identify(
+        &mut self,
+        token: &str,
+        family: &str,
+        given: Option<&str>,
+        dob: &str,
+        now: Timestamp,
+    ) -> Value {
+        let body = match given {
+            Some(g) => {
+                format!(r#"{{"family_name":"{family}","given_name":"{g}","birth_date":"{dob}"}}"#)
+            }
+            None => format!(r#"{{"family_name":"{family}","birth_date":"{dob}"}}"#),
+        };
+        let (s, v) = self.post(token, "/api/patients/identify", &body, now);
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// find_slots, asserting a 200.
+    pub fn slots(&mut self, token: &str, query: &str, now: Timestamp) -> Value {
+        let (s, v) = self.get(token, "/api/appointments/slots", query, now);
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    pub fn book(&mut self, token: &str, body: &str, now: Timestamp) -> Value {
+        let (s, v) = self.post(token, "/api/appointments", body, now);
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
