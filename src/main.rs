@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ignis::config::{self, Config, VARIABLES};
+use ignis::practice::config::{ConfigError as PracticeConfigError, PracticeConfig};
+use ignis::practice::{Practice, PracticeSettings};
 use ignis::routes::App;
 
 const USAGE: &str = "\
@@ -31,6 +33,27 @@ fn help() -> String {
     let mut s = String::from(USAGE);
     s.push_str("\nENVIRONMENT (also read from ./.env; the real environment wins):\n");
     for (name, what) in VARIABLES {
+        s.push_str(&format!("    {name:<30} {what}\n"));
+    }
+    for (name, what) in [
+        (
+            "TOOLS_TOKEN",
+            "agent secret for the practice tools (Bearer); >= 16 characters",
+        ),
+        (
+            "ADMIN_TOKEN",
+            "optional; staff admin API (Bearer); >= 16 characters",
+        ),
+        ("IGNIS_DB", "optional; SQLite file, default ./ignis.db"),
+        (
+            "PRACTICE_CONFIG",
+            "optional; practice.toml path, default the built-in Demo Praxis",
+        ),
+        (
+            "IGNIS_DEMO_PATIENTS",
+            "optional; 1/0, seed demo patients (default on with the demo)",
+        ),
+    ] {
         s.push_str(&format!("    {name:<30} {what}\n"));
     }
     s.push_str("    RUST_LOG                       log filter, default info\n");
@@ -60,7 +83,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let config = match load_config(insecure) {
+    let (config, vars) = match load_config(insecure) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ignis: configuration error: {e}");
@@ -68,6 +91,13 @@ fn main() -> ExitCode {
         }
     };
     ignis::telemetry::init(config.log_format);
+    let (practice, _store_thread) = match open_practice(&vars) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ignis: practice configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if config.insecure_skip_signature {
         tracing::warn!(
             "INSECURE: --insecure-skip-signature is set; Twilio signatures are NOT checked. \
@@ -85,7 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, practice)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ignis: {e}");
@@ -125,7 +155,49 @@ fn healthcheck() -> ExitCode {
     }
 }
 
-fn load_config(insecure: bool) -> Result<Config, config::ConfigError> {
+/// Opens the practice store and tools (`TOOLS_TOKEN`, `ADMIN_TOKEN`, `IGNIS_DB`,
+/// `PRACTICE_CONFIG`, `IGNIS_DEMO_PATIENTS`). Without `TOOLS_TOKEN` a random secret is used, so
+/// the tool endpoints refuse every request (fail closed) until the operator sets one.
+fn open_practice(
+    vars: &HashMap<String, String>,
+) -> Result<(Practice, ignis::practice::store::StoreThread), String> {
+    let random_secret = match vars.get("TOOLS_TOKEN").filter(|t| !t.trim().is_empty()) {
+        Some(_) => None,
+        None => {
+            tracing::warn!(
+                "TOOLS_TOKEN is not set: the practice tools refuse every request until it is"
+            );
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|e| format!("no OS randomness: {e}"))?;
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    };
+    let settings = PracticeSettings::from_lookup(|k| match (k, &random_secret) {
+        ("TOOLS_TOKEN", Some(s)) => Some(s.clone()),
+        _ => vars.get(k).cloned(),
+    })
+    .map_err(|e| e.to_string())?;
+    let practice_config = match &settings.config_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| PracticeConfigError::unreadable(path, &e).to_string())?;
+            PracticeConfig::from_toml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => PracticeConfig::demo(),
+    };
+    let (practice, thread) = Practice::open(&settings, practice_config, jiff::Timestamp::now())
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        practice = %practice.config().name,
+        db = %settings.db_path.display(),
+        "practice tools ready"
+    );
+    Ok((practice, thread))
+}
+
+fn load_config(insecure: bool) -> Result<(Config, HashMap<String, String>), config::ConfigError> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let dotenv = match std::fs::read(".env") {
         Ok(bytes) if bytes.len() > config::MAX_DOTENV_BYTES => {
@@ -143,10 +215,11 @@ fn load_config(insecure: bool) -> Result<Config, config::ConfigError> {
         }
         Err(_) => Vec::new(),
     };
-    Config::from_vars(&config::merge(env, dotenv), insecure)
+    let vars = config::merge(env, dotenv);
+    Config::from_vars(&vars, insecure).map(|c| (c, vars))
 }
 
-async fn run(config: Config) -> std::io::Result<()> {
+async fn run(config: Config, practice: Practice) -> std::io::Result<()> {
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -156,7 +229,7 @@ async fn run(config: Config) -> std::io::Result<()> {
         public_url = %config.public_url.http_url(""),
         "ignis listening"
     );
-    let app = Arc::new(App::new(config));
+    let app = Arc::new(App::with_practice(config, practice));
     ignis::driver::serve(listener, app, shutdown_signal()).await
 }
 

@@ -41,6 +41,12 @@ pub enum Action {
     Respond(Response),
     /// Switch to the Media Streams WebSocket.
     Upgrade(Accept),
+    /// A practice tool (`admin: false`) or staff admin request: the driver hands it to the
+    /// practice store and answers with its JSON reply.
+    Practice {
+        /// Whether it is the admin API.
+        admin: bool,
+    },
     /// Send this response and start connecting the call's agent now, so it is ready when the
     /// stream arrives (hides the upstream handshake from the caller).
     Preconnect {
@@ -57,6 +63,8 @@ pub struct App {
     pub config: std::sync::Arc<Config>,
     /// Live and recently ended calls.
     pub calls: CallRegistry,
+    /// The practice tools and their store (`None`: tool routes answer 503).
+    pub practice: Option<crate::practice::Practice>,
 }
 
 impl App {
@@ -65,6 +73,15 @@ impl App {
         App {
             config: std::sync::Arc::new(config),
             calls: CallRegistry::new(),
+            practice: None,
+        }
+    }
+
+    /// An application serving the practice tools too.
+    pub fn with_practice(config: Config, practice: crate::practice::Practice) -> App {
+        App {
+            practice: Some(practice),
+            ..App::new(config)
         }
     }
 
@@ -94,6 +111,8 @@ impl App {
                 Method::Get | Method::Head => self.stream(head),
                 _ => respond(method_not_allowed("GET, HEAD")),
             },
+            p if crate::practice::tools::is_tool_path(p) => Action::Practice { admin: false },
+            p if crate::practice::admin::is_admin_path(p) => Action::Practice { admin: true },
             _ => respond(Response::text(404, "not found")),
         }
     }

@@ -22,7 +22,9 @@ use super::net::{self, NetStream};
 use crate::config::Config;
 use crate::elevenlabs::endpoint::{self, Endpoint, MAX_SIGNED_URL_RESPONSE_BYTES};
 use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
+use crate::practice::calls::CallInfo;
 use crate::privacy::mask_phone;
+use crate::routes::App;
 
 /// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
 const MAX_EARLY_MESSAGES: usize = 512;
@@ -87,6 +89,42 @@ pub(crate) fn dynamic_variables(call_sid: &str, caller: &str, called: &str) -> M
     vars
 }
 
+/// The dynamic variables for a call: with the practice, all eleven (elevenlabs.md §2.1; a
+/// referenced variable that is missing ends the conversation), including the per-call tool token
+/// whose hash the store keeps; without it, the call's three facts.
+pub(crate) async fn call_variables(
+    app: &App,
+    call_sid: &str,
+    caller: &str,
+    called: &str,
+) -> Map<String, Value> {
+    let base = dynamic_variables(call_sid, caller, called);
+    let Some(practice) = &app.practice else {
+        return base;
+    };
+    let Some(entropy) = super::os_entropy() else {
+        warn!("[Practice] No OS randomness: the call gets no tool token");
+        return base;
+    };
+    let (tx, rx) = oneshot::channel();
+    let info = CallInfo {
+        call_sid,
+        caller_number: caller,
+        called_number: called,
+    };
+    practice.start_call(info, entropy, super::practice_now(), move |r| {
+        let _ = tx.send(r);
+    });
+    match rx.await {
+        Ok(Ok(vars)) => vars,
+        Ok(Err(e)) => {
+            warn!(error = %e, "[Practice] Cannot register the call; its tools will be refused");
+            base
+        }
+        Err(_) => base,
+    }
+}
+
 /// Connects to the agent and writes `conversation_initiation_client_data` before anything
 /// else (elevenlabs.md §1.7).
 pub(crate) async fn connect(
@@ -149,7 +187,7 @@ impl Preconnects {
     /// Starts connecting for `call_sid` in the background.
     pub(crate) fn start(
         self: &Arc<Self>,
-        config: Arc<Config>,
+        app: Arc<App>,
         call_sid: String,
         caller: String,
         called: String,
@@ -167,8 +205,8 @@ impl Preconnects {
         tokio::spawn(
             async move {
                 debug!(caller = %mask_phone(&caller), "[ElevenLabs] Pre-connecting");
-                let vars = dynamic_variables(&call_sid, &caller, &called);
-                preconnect(&config, &vars, rx).await;
+                let vars = call_variables(&app, &call_sid, &caller, &called).await;
+                preconnect(&app.config, &vars, rx).await;
                 this.lock().remove(&call_sid);
             }
             .instrument(span),

@@ -16,10 +16,12 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use super::{Phase, Shared, TaskToken, http_date, now, twilio_socket};
+use crate::http::RequestHead;
 use crate::http::Response;
 use crate::http::body::{self, ChunkedDecoder, Framing};
 use crate::http::request_head::{self, Method};
-use crate::routes::Action;
+use crate::practice::tools::{ToolReply, ToolRequest};
+use crate::routes::{Action, App};
 
 /// Initial read buffer per connection; grows only as a request needs (bounded by the limits).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -142,13 +144,19 @@ pub(super) async fn run(
             Action::Preconnect { response, call } => {
                 shared
                     .preconnects
-                    .start(app.config.clone(), call.call_sid, call.from, call.to);
+                    .start(app.clone(), call.call_sid, call.from, call.to);
                 Action::Respond(response)
             }
             other => other,
         };
+        let action = match action {
+            Action::Practice { admin } => {
+                Action::Respond(practice_reply(&app, &head, &body, admin).await)
+            }
+            other => other,
+        };
         match action {
-            Action::Preconnect { .. } => return,
+            Action::Preconnect { .. } | Action::Practice { .. } => return,
             Action::Respond(resp) => {
                 let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
                 let mut out = Vec::with_capacity(256 + resp.body.len());
@@ -197,6 +205,38 @@ pub(super) async fn run(
                 return;
             }
         }
+    }
+}
+
+/// Runs a practice tool or admin request on the store thread and waits for its JSON reply.
+async fn practice_reply(app: &App, head: &RequestHead, body: &[u8], admin: bool) -> Response {
+    let Some(practice) = &app.practice else {
+        return Response::json(503, r#"{"ok":false,"error":"tools_disabled"}"#.to_owned());
+    };
+    let req = ToolRequest {
+        method: head.method.as_str(),
+        path: head.path(),
+        query: head.query(),
+        authorization: head.header("authorization"),
+        ignis_call: head.header("x-ignis-call"),
+        body,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reply = move |r: ToolReply| {
+        let _ = tx.send(r);
+    };
+    let now = super::practice_now();
+    if admin {
+        practice.handle_admin(req, now, reply);
+    } else {
+        practice.handle_tool(req, now, reply);
+    }
+    match rx.await {
+        Ok(r) => Response::new(r.status)
+            .header("Content-Type", "application/json")
+            .header("Cache-Control", "no-store")
+            .body(r.body),
+        Err(_) => Response::json(503, r#"{"ok":false,"error":"unavailable"}"#.to_owned()),
     }
 }
 

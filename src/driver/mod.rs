@@ -57,6 +57,22 @@ pub fn now() -> Now {
     }
 }
 
+/// The current time for the practice (civil dates in Europe/Berlin are derived from it).
+pub(crate) fn practice_now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+/// 16 bytes from the operating system's random source, for a call's tool token. `None` when the
+/// source cannot be read: the call then gets no token and its tool requests fail closed.
+pub(crate) fn os_entropy() -> Option<[u8; 16]> {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .ok()?;
+    Some(buf)
+}
+
 /// The current `Date` header value.
 pub(crate) fn http_date() -> String {
     date::imf_fixdate(now().unix_secs)
@@ -86,6 +102,7 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(app.config.max_connections));
     let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut retention = tokio::time::interval(crate::practice::retention::RETENTION_INTERVAL);
     let shared = Arc::new(Shared {
         app: app.clone(),
         preconnects: Arc::new(agent::Preconnects::default()),
@@ -119,6 +136,14 @@ pub async fn serve(
                 }
             }
             _ = sweep.tick() => app.calls.sweep(Instant::now()),
+            _ = retention.tick(), if app.practice.is_some() => {
+                if let Some(p) = &app.practice {
+                    p.run_retention(practice_now(), |r| match r {
+                        Ok(report) => info!(?report, "practice retention ran"),
+                        Err(e) => warn!(error = %e, "practice retention failed"),
+                    });
+                }
+            }
             () = &mut shutdown => break,
         }
     }

@@ -7,12 +7,15 @@ use super::net;
 use crate::config::Config;
 use crate::twilio::{rest, twiml};
 
-/// Replaces the call's TwiML with a `<Dial>` to the fallback number. Returns whether Twilio
-/// accepted it.
-pub(crate) async fn transfer_to_staff(config: &Config, call_sid: &str) -> bool {
-    let (Some(account_sid), Some(number)) = (&config.twilio_account_sid, &config.fallback_number)
-    else {
-        warn!("[Twilio] Transfer requested but TWILIO_ACCOUNT_SID or FALLBACK_NUMBER is not set");
+/// Replaces the call's TwiML with a `<Dial>` to `number` (`FALLBACK_NUMBER`, else the
+/// practice's staff line). Returns whether Twilio accepted it.
+pub(crate) async fn transfer_to_staff(
+    config: &Config,
+    number: Option<&str>,
+    call_sid: &str,
+) -> bool {
+    let (Some(account_sid), Some(number)) = (&config.twilio_account_sid, number) else {
+        warn!("[Twilio] Transfer requested but TWILIO_ACCOUNT_SID or a staff number is not set");
         return false;
     };
     let twiml = twiml::dial(number);

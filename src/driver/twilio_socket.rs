@@ -196,9 +196,11 @@ async fn call(
             })
         }
         None => {
-            let config = config.clone();
-            let vars = agent::dynamic_variables(&call_sid, &caller, &called);
+            let app = app.clone();
+            let (sid, caller, called) = (call_sid.clone(), caller.clone(), called.clone());
             Box::pin(async move {
+                let config = app.config.clone();
+                let vars = agent::call_variables(&app, &sid, &caller, &called).await;
                 let t0 = tokio::time::Instant::now();
                 match tokio::time::timeout(link_timeout, agent::connect(&config, &vars)).await {
                     Ok(Ok(ws)) => Ok(AgentLink {
@@ -350,9 +352,16 @@ async fn call(
                     let config = config.clone();
                     let call_sid = call_sid.clone();
                     let tx = transfer_tx.clone();
+                    let number = config.fallback_number.clone().or_else(|| {
+                        app.practice
+                            .as_ref()
+                            .and_then(|p| p.config().staff_transfer_number.clone())
+                    });
                     tokio::spawn(
                         async move {
-                            let ok = transfer::transfer_to_staff(&config, &call_sid).await;
+                            let ok =
+                                transfer::transfer_to_staff(&config, number.as_deref(), &call_sid)
+                                    .await;
                             let _ = tx.send((tool_call_id, ok)).await;
                         }
                         .instrument(tracing::Span::current()),
@@ -396,6 +405,10 @@ async fn finish(
     outcome: Outcome,
 ) -> Outcome {
     app.calls.finish(call_sid, stream_id, outcome, now());
+    if let Some(p) = &app.practice {
+        // The call's tool token dies with the call (plus a short grace).
+        p.end_call(call_sid, super::practice_now());
+    }
     close_agent(agent).await;
     close_twilio(twilio, outcome).await;
     outcome

@@ -48,7 +48,16 @@ impl Server {
     }
 
     /// Starts the server; unless the config names an agent already, it uses the stand-in.
-    pub async fn start_full(mut config: Config, behaviour: fake_agent::AgentBehaviour) -> Server {
+    pub async fn start_full(config: Config, behaviour: fake_agent::AgentBehaviour) -> Server {
+        Server::start_with_practice(config, behaviour, None).await
+    }
+
+    /// Like [`Server::start_full`], with the practice tools attached.
+    pub async fn start_with_practice(
+        mut config: Config,
+        behaviour: fake_agent::AgentBehaviour,
+        practice: Option<ignis::practice::Practice>,
+    ) -> Server {
         let agent = fake_agent::FakeAgent::start(behaviour).await;
         if config.elevenlabs_agent_id.is_none() {
             config.elevenlabs_agent_id = Some(fake_agent::AGENT_ID.into());
@@ -56,7 +65,10 @@ impl Server {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Arc::new(App::new(config));
+        let app = Arc::new(match practice {
+            Some(p) => App::with_practice(config, p),
+            None => App::new(config),
+        });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(ignis::driver::serve(listener, app.clone(), async {
             let _ = rx.await;

@@ -1,0 +1,173 @@
+//! The practice tools reached the way ElevenLabs reaches them during a bridged call: the bridge
+//! hands the agent a per-call token as `secret__ignis_call`; tool requests need it and the agent
+//! secret, and a token works only while its call lives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_twilio::TwilioCall;
+use common::*;
+use ignis::practice::demo::{DEMO_BOOKING_SCRIPT, DEMO_CALLER_NUMBER};
+use ignis::practice::{Practice, PracticeSettings};
+
+const TOOLS_TOKEN: &str = "tools-secret-0123456789";
+const T: Duration = Duration::from_secs(10);
+
+async fn server_with_practice(name: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!("ignis-practice-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("ignis.db").to_string_lossy().into_owned();
+    let settings = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+        "IGNIS_DB" => Some(db.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let (practice, _thread) = Practice::open(
+        &settings,
+        ignis::practice::config::PracticeConfig::demo(),
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    Server::start_with_practice(test_config(&[]), Default::default(), Some(practice)).await
+}
+
+fn tool_request(
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &str,
+    call_token: Option<&str>,
+    bearer: &str,
+) -> Vec<u8> {
+    let target = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    let call = call_token.map_or(String::new(), |t| format!("X-Ignis-Call: {t}\r\n"));
+    format!(
+        "{method} {target} HTTP/1.1\r\nHost: ignis\r\nAuthorization: Bearer {bearer}\r\n{call}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
+    let server = server_with_practice("call").await;
+    let sid = "CA0000000000000000000000000000p001";
+    // The demo patient calls from her stored number.
+    let mut params = call_params(sid);
+    for (k, v) in params.iter_mut() {
+        if k == "From" {
+            *v = DEMO_CALLER_NUMBER.into();
+        }
+    }
+    let r = roundtrip(&server, &signed_post("/api/twilio/voice", &params, TOKEN)).await;
+    assert_eq!(r.status, 200);
+    let agent = server.agent.next_conn(T).await;
+    let vars = agent.initiation["dynamic_variables"]
+        .as_object()
+        .unwrap()
+        .clone();
+    for name in ignis::practice::calls::DYNAMIC_VARIABLE_NAMES {
+        assert!(vars.contains_key(name), "{name} missing");
+    }
+    assert_eq!(vars["caller_number"], DEMO_CALLER_NUMBER);
+    let token = vars["secret__ignis_call"].as_str().unwrap().to_owned();
+
+    // The caller's stream adopts that conversation.
+    let mut caller = TwilioCall::stream_only(&server, sid).await;
+
+    // Every step of the scripted demo call succeeds with the call's token.
+    for step in DEMO_BOOKING_SCRIPT {
+        let r = roundtrip(
+            &server,
+            &tool_request(
+                step.method,
+                step.path,
+                step.query,
+                step.body,
+                Some(&token),
+                TOOLS_TOKEN,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}: {}", step.what, r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["ok"], true, "{}: {v}", step.what);
+    }
+
+    // Without the call token, with a wrong one, or without the agent secret: refused.
+    let identify = &DEMO_BOOKING_SCRIPT[0];
+    let no_call = roundtrip(
+        &server,
+        &tool_request("POST", identify.path, "", identify.body, None, TOOLS_TOKEN),
+    )
+    .await;
+    assert!(matches!(no_call.status, 401 | 403), "{}", no_call.status);
+    let wrong = roundtrip(
+        &server,
+        &tool_request(
+            "POST",
+            identify.path,
+            "",
+            identify.body,
+            Some("not-a-call"),
+            TOOLS_TOKEN,
+        ),
+    )
+    .await;
+    assert_eq!(wrong.status, 403);
+    let no_secret = roundtrip(
+        &server,
+        &tool_request(
+            "POST",
+            identify.path,
+            "",
+            identify.body,
+            Some(&token),
+            "wrong-secret-0123456789",
+        ),
+    )
+    .await;
+    assert!(matches!(no_secret.status, 401 | 403));
+
+    // A second call's token cannot reach the first call's refs (P1/A1 belong to call one).
+    let sid2 = "CA0000000000000000000000000000p002";
+    let _ = roundtrip(
+        &server,
+        &signed_post("/api/twilio/voice", &call_params(sid2), TOKEN),
+    )
+    .await;
+    let agent2 = server.agent.next_conn(T).await;
+    let token2 = agent2.initiation["dynamic_variables"]["secret__ignis_call"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(token, token2);
+    let cancel = roundtrip(
+        &server,
+        &tool_request(
+            "POST",
+            "/api/appointments/A1/cancel",
+            "",
+            "{}",
+            Some(&token2),
+            TOOLS_TOKEN,
+        ),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&cancel.body).unwrap();
+    assert_eq!(v["ok"], false, "another call's ref must not resolve: {v}");
+
+    // The call ends (its token then lives only for the grace period; the expiry itself is
+    // covered in tests/practice_tools.rs with virtual time).
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+    eventually("call ended", || server.app.calls.live_count() == 0).await;
+}
