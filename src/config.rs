@@ -188,6 +188,8 @@ pub struct Config {
     pub dtmf_mode: crate::bridge::DtmfMode,
     /// Twilio REST origin.
     pub twilio_api_base: String,
+    /// Bearer token protecting `/metrics` (open when unset).
+    pub metrics_token: Option<AuthToken>,
 }
 
 /// A configuration problem, naming the variable.
@@ -382,6 +384,7 @@ impl Config {
                 }
                 b.trim_end_matches('/').to_owned()
             },
+            metrics_token: get("METRICS_TOKEN").map(AuthToken::new),
         })
     }
 }

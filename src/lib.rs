@@ -23,6 +23,7 @@ pub mod elevenlabs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod metrics;
 pub mod practice;
 pub mod privacy;
 pub mod routes;

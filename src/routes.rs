@@ -24,6 +24,8 @@ pub const STREAM_ENDED_PATH: &str = "/api/twilio/stream-ended";
 pub const STATUS_PATH: &str = "/api/twilio/status";
 /// Path of the health check.
 pub const HEALTH_PATH: &str = "/health";
+/// Path of the Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Wall and monotonic time, read once per request by the driver.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +67,8 @@ pub struct App {
     pub calls: CallRegistry,
     /// The practice tools and their store (`None`: tool routes answer 503).
     pub practice: Option<crate::practice::Practice>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -74,6 +78,7 @@ impl App {
             config: std::sync::Arc::new(config),
             calls: CallRegistry::new(),
             practice: None,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -93,6 +98,10 @@ impl App {
         match path {
             HEALTH_PATH => match method {
                 Method::Get | Method::Head => respond(self.health(now)),
+                _ => respond(method_not_allowed("GET, HEAD")),
+            },
+            METRICS_PATH => match method {
+                Method::Get | Method::Head => respond(self.metrics(head)),
                 _ => respond(method_not_allowed("GET, HEAD")),
             },
             VOICE_PATH => match method {
@@ -128,6 +137,33 @@ impl App {
         )
     }
 
+    /// The 403 for a missing or wrong signature; every such rejection is counted here.
+    fn forbidden(&self) -> Response {
+        crate::metrics::Metrics::add(&self.metrics.signature_rejections, 1);
+        Response::text(403, "invalid or missing X-Twilio-Signature")
+    }
+
+    fn metrics(&self, head: &RequestHead) -> Response {
+        if let Some(token) = &self.config.metrics_token {
+            let expected = format!("Bearer {}", token.expose());
+            let given = head.header("authorization").unwrap_or(b"");
+            // Constant time over the expected length; a length mismatch fails anyway.
+            let same = given.len() == expected.len()
+                && given
+                    .iter()
+                    .zip(expected.as_bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if !same {
+                return Response::text(401, "metrics need Authorization: Bearer <METRICS_TOKEN>")
+                    .header("WWW-Authenticate", "Bearer");
+            }
+        }
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(self.metrics.render(self.calls.live_count()).into_bytes())
+    }
+
     /// Checks the signature of a form (or GET) webhook and returns its parameters.
     fn verified_fields(&self, head: &RequestHead, body: &[u8]) -> Result<Fields, Response> {
         let url = self.config.public_url.http_url(&head.target);
@@ -151,7 +187,7 @@ impl App {
                 path = head.path(),
                 "[Twilio] Rejected webhook: no X-Twilio-Signature"
             );
-            return Err(forbidden());
+            return Err(self.forbidden());
         };
         let valid = if json_body {
             self.config.twilio_keys.validate_json(&url, body, signature)
@@ -165,7 +201,7 @@ impl App {
                 path = head.path(),
                 "[Twilio] Rejected webhook: invalid signature"
             );
-            return Err(forbidden());
+            return Err(self.forbidden());
         }
         Ok(fields)
     }
@@ -194,6 +230,7 @@ impl App {
                 max_calls = self.config.max_calls,
                 "[Twilio] At the call cap: answering with the fallback"
             );
+            crate::metrics::Metrics::add(&self.metrics.calls_over_capacity, 1);
             let xml = twiml::fallback(self.config.fallback_number.as_deref());
             return Action::Respond(Response::xml(200, xml));
         }
@@ -288,17 +325,13 @@ impl App {
                         .is_some_and(|sig| self.config.twilio_keys.validate_websocket(&url, sig));
                     if !valid {
                         warn!("[Twilio] Rejected stream handshake: missing or invalid signature");
-                        return Action::Respond(forbidden());
+                        return Action::Respond(self.forbidden());
                     }
                 }
                 Action::Upgrade(accept)
             }
         }
     }
-}
-
-fn forbidden() -> Response {
-    Response::text(403, "invalid or missing X-Twilio-Signature")
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {

@@ -69,7 +69,7 @@ pub(super) async fn run(
                     Ok(_) => return,
                     Err(_) => {
                         if first {
-                            respond_and_close(&mut stream, Response::text(408, "request timeout")).await;
+                            respond_and_close(&app.metrics, &mut stream, Response::text(408, "request timeout")).await;
                         }
                         return;
                     }
@@ -88,6 +88,7 @@ pub(super) async fn run(
                     Err(ReadError::Gone) => return,
                     Err(ReadError::TimedOut) => {
                         return respond_and_close(
+                            &app.metrics,
                             &mut stream,
                             Response::text(408, "request timeout"),
                         )
@@ -97,6 +98,7 @@ pub(super) async fn run(
                 Err(e) => {
                     debug!(%peer, error = %e, "bad request head");
                     return respond_and_close(
+                        &app.metrics,
                         &mut stream,
                         Response::text(e.status(), &e.to_string()),
                     )
@@ -110,13 +112,18 @@ pub(super) async fn run(
             Ok(f) => f,
             Err(e) => {
                 debug!(%peer, error = %e, "bad request framing");
-                return respond_and_close(&mut stream, Response::text(e.status(), &e.to_string()))
-                    .await;
+                return respond_and_close(
+                    &app.metrics,
+                    &mut stream,
+                    Response::text(e.status(), &e.to_string()),
+                )
+                .await;
             }
         };
         if let Some(expect) = head.header("expect") {
             if !expect.eq_ignore_ascii_case(b"100-continue") {
                 return respond_and_close(
+                    &app.metrics,
                     &mut stream,
                     Response::text(417, "unsupported expectation"),
                 )
@@ -137,7 +144,9 @@ pub(super) async fn run(
         let body = match read_body(&mut stream, &mut buf, framing, deadline).await {
             Ok(b) => b,
             Err(BodyError::Gone) => return,
-            Err(BodyError::Respond(resp)) => return respond_and_close(&mut stream, resp).await,
+            Err(BodyError::Respond(resp)) => {
+                return respond_and_close(&app.metrics, &mut stream, resp).await;
+            }
         };
 
         let action = match app.handle(&head, &body, now()) {
@@ -158,6 +167,7 @@ pub(super) async fn run(
         match action {
             Action::Preconnect { .. } | Action::Practice { .. } => return,
             Action::Respond(resp) => {
+                app.metrics.http_response(resp.status);
                 let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
                 let mut out = Vec::with_capacity(256 + resp.body.len());
                 resp.encode_into(&mut out, &http_date(), head.method == Method::Head, close);
@@ -175,11 +185,13 @@ pub(super) async fn run(
             Action::Upgrade(accept) => {
                 if framing != Framing::Empty {
                     return respond_and_close(
+                        &app.metrics,
                         &mut stream,
                         Response::text(400, "upgrade request with a body"),
                     )
                     .await;
                 }
+                app.metrics.http_response(101);
                 if write_all(
                     &mut stream,
                     &accept.response_bytes(&http_date()),
@@ -310,7 +322,12 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> Res
 
 /// Sends an error response with `Connection: close`, then closes without resetting the
 /// connection on the client's unread bytes.
-async fn respond_and_close(stream: &mut TcpStream, resp: Response) {
+async fn respond_and_close(
+    metrics: &crate::metrics::Metrics,
+    stream: &mut TcpStream,
+    resp: Response,
+) {
+    metrics.http_response(resp.status);
     let mut out = Vec::new();
     resp.encode_into(&mut out, &http_date(), false, true);
     if write_all(stream, &out, LINGER).await.is_err() {

@@ -24,6 +24,7 @@ use super::agent::{self, AgentLink, AgentSocket, ConnectError};
 use super::{Phase, Shared, TaskToken, transfer};
 use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output};
 use crate::calls::{Outcome, RegisterError, TeardownReason};
+use crate::metrics::Metrics;
 use crate::twilio::media_stream::{self, MAX_MESSAGE_BYTES, Start, TwilioEvent};
 
 /// Time allowed between the upgrade and Twilio's `start` message.
@@ -228,8 +229,12 @@ async fn call(
     let mut last_twilio = tokio::time::Instant::now();
     let mut agent_connect_ms = None;
 
+    let metrics = &app.metrics;
     let outcome = 'call: loop {
         let deadline = bridge.poll_timeout().map(tokio::time::Instant::from_std);
+        // When the message being handled was read, for the added-latency histograms.
+        let mut caller_frame_read: Option<std::time::Instant> = None;
+        let mut agent_audio_read: Option<std::time::Instant> = None;
         tokio::select! {
             r = &mut link, if link_pending => {
                 link_pending = false;
@@ -259,7 +264,14 @@ async fn call(
                         counters.messages += 1;
                         match media_stream::parse(text.as_str()) {
                             Ok(TwilioEvent::Start(_)) => counters.bad_frame("second start"),
-                            Ok(event) => bridge.handle_twilio(now(), event),
+                            Ok(event) => {
+                                if let TwilioEvent::Media(m) = &event {
+                                    caller_frame_read = Some(now());
+                                    Metrics::add(&metrics.frames_from_caller, 1);
+                                    Metrics::add(&metrics.bytes_from_caller, m.payload.len() as u64);
+                                }
+                                bridge.handle_twilio(now(), event);
+                            }
                             Err(e) => counters.bad_frame(&e.to_string()),
                         }
                     }
@@ -271,7 +283,12 @@ async fn call(
                 }
             }
             m = next_agent(&mut agent_ws) => match m {
-                Some(Ok(Message::Text(text))) => bridge.handle_agent_text(now(), text.as_str()),
+                Some(Ok(Message::Text(text))) => {
+                    if text.as_str().contains("\"audio_event\"") {
+                        agent_audio_read = Some(now());
+                    }
+                    bridge.handle_agent_text(now(), text.as_str());
+                }
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| u16::from(f.code));
                     agent_ws = None;
@@ -312,8 +329,10 @@ async fn call(
                         while let Some(p) = pending_to_agent.pop_front() {
                             let _ = a.feed(Message::text(p)).await;
                         }
+                        let len = text.len() as u64;
                         if a.feed(Message::text(text)).await.is_ok() {
                             wrote_agent = true;
+                            Metrics::add(&metrics.bytes_to_agent, len);
                         }
                     }
                     None if link_pending && pending_to_agent.len() < MAX_PENDING_TO_AGENT => {
@@ -330,9 +349,19 @@ async fn call(
         }
         if wrote_agent && let Some(a) = agent_ws.as_mut() {
             let _ = a.flush().await;
+            if let Some(t) = caller_frame_read {
+                metrics
+                    .added_latency_inbound
+                    .observe(now().saturating_duration_since(t));
+            }
         }
         if wrote_twilio {
             let _ = twilio.flush().await;
+            if let Some(t) = agent_audio_read {
+                metrics
+                    .added_latency_outbound
+                    .observe(now().saturating_duration_since(t));
+            }
         }
         while let Some(event) = bridge.poll_event() {
             match event {
@@ -374,6 +403,27 @@ async fn call(
     let stats = bridge.stats();
     let (inbound, outbound) = bridge.audio_stats();
     let playout = outbound.map(|o| o.playout).unwrap_or_default();
+    metrics.call_finished(outcome);
+    Metrics::add(&metrics.frames_to_caller, playout.frames_sent);
+    Metrics::add(
+        &metrics.concealed_ms,
+        inbound.map_or(0, |i| i.jitter.concealed_ms as u64),
+    );
+    Metrics::add(&metrics.underruns, playout.underruns);
+    Metrics::add(&metrics.interruptions, stats.session.interruptions);
+    Metrics::add(
+        &metrics.bad_frames,
+        counters.bad_frames
+            + stats.bad_caller_frames
+            + stats.bad_agent_chunks
+            + stats.session.bad_messages,
+    );
+    if let Some(ms) = agent_connect_ms {
+        metrics.agent_connect.observe(Duration::from_millis(ms));
+    }
+    if let Some(d) = stats.first_audio_after_start {
+        metrics.time_to_first_audio.observe(d);
+    }
     info!(
         outcome = outcome.as_str(),
         duration_ms = started.elapsed().as_millis() as u64,

@@ -1,0 +1,164 @@
+//! `GET /metrics`: Prometheus text exposition that a real parser accepts, reflecting real calls,
+//! optionally behind a bearer token.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_twilio::TwilioCall;
+use common::*;
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("{name} {label:?} missing"))
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_real_traffic() {
+    let server = Server::start().await;
+    // Some traffic: a rejected webhook, a 404, and one whole call.
+    let _ = roundtrip(
+        &server,
+        b"POST /api/twilio/voice HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let _ = roundtrip(&server, b"GET /nope HTTP/1.1\r\n\r\n").await;
+    let sid = "CA0000000000000000000000000000m001";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(Duration::from_secs(10)).await;
+    agent.send_audio(1, &[0x55u8; 1600]);
+    let _ = caller.audio(1600, Duration::from_secs(10)).await;
+    caller.send_audio(&[0x33u8; 1600]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caller.hang_up();
+    let _ = caller.closed(Duration::from_secs(10)).await;
+    eventually("call counted", || server.app.calls.live_count() == 0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let r = roundtrip(&server, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let scrape = parse(&r.text());
+    assert_eq!(value(&scrape, "ignis_active_calls", None), 0.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "ignis_calls_total",
+            Some(("outcome", "caller_hung_up"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "ignis_signature_rejections_total", None),
+        1.0
+    );
+    assert!(
+        value(
+            &scrape,
+            "ignis_http_responses_total",
+            Some(("status", "403"))
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &scrape,
+            "ignis_http_responses_total",
+            Some(("status", "404"))
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "ignis_http_responses_total",
+            Some(("status", "101"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "ignis_frames_total",
+            Some(("direction", "caller_to_agent"))
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "ignis_frames_total",
+            Some(("direction", "agent_to_caller"))
+        ),
+        10.0
+    );
+    let hist = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                _ => -1.0,
+            })
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(hist("ignis_agent_connect_seconds", None), 1.0);
+    assert_eq!(hist("ignis_time_to_first_audio_seconds", None), 1.0);
+    let latency = r
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("ignis_added_latency_seconds_count"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert!(
+        hist(
+            "ignis_added_latency_seconds",
+            Some(("direction", "caller_to_agent"))
+        ) >= 10.0,
+        "one observation per forwarded frame: {latency:?}"
+    );
+    assert!(
+        hist(
+            "ignis_added_latency_seconds",
+            Some(("direction", "agent_to_caller"))
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_token_is_enforced_when_set() {
+    let server = Server::start_config(test_config(&[("METRICS_TOKEN", "scrape-me")])).await;
+    let r = roundtrip(&server, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, 401);
+    let r = roundtrip(
+        &server,
+        b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = roundtrip(
+        &server,
+        b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer scrape-me\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
