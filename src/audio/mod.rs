@@ -19,6 +19,7 @@ pub mod outbound;
 pub mod pipeline;
 pub mod playout;
 pub mod resample;
+pub mod wav;
 
 pub use format::{AgentFormat, UnknownFormat};
 pub use inbound::{BadFrame, InboundConfig, InboundPath, InboundStats};

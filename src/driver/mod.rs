@@ -6,7 +6,10 @@
 //! task to end.
 
 mod agent;
+pub mod caller;
 mod connection;
+pub mod demo;
+pub mod local_agent;
 mod net;
 mod transfer;
 mod twilio_socket;

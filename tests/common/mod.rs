@@ -52,8 +52,26 @@ impl Server {
         Server::start_with_practice(config, behaviour, None).await
     }
 
+    /// A server whose PUBLIC_URL is its own loopback address (`http://127.0.0.1:port`), so a
+    /// client that signs the URL it dials (the simulated caller) is accepted.
+    pub async fn start_public_loopback(behaviour: fake_agent::AgentBehaviour) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = format!("http://{}", listener.local_addr().unwrap());
+        let config = test_config(&[("PUBLIC_URL", &public)]);
+        Server::start_inner(Some(listener), config, behaviour, None).await
+    }
+
     /// Like [`Server::start_full`], with the practice tools attached.
     pub async fn start_with_practice(
+        config: Config,
+        behaviour: fake_agent::AgentBehaviour,
+        practice: Option<ignis::practice::Practice>,
+    ) -> Server {
+        Server::start_inner(None, config, behaviour, practice).await
+    }
+
+    async fn start_inner(
+        listener: Option<tokio::net::TcpListener>,
         mut config: Config,
         behaviour: fake_agent::AgentBehaviour,
         practice: Option<ignis::practice::Practice>,
@@ -63,7 +81,10 @@ impl Server {
             config.elevenlabs_agent_id = Some(fake_agent::AGENT_ID.into());
             config.elevenlabs_api_base = agent.base();
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = match listener {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let app = Arc::new(match practice {
             Some(p) => App::with_practice(config, p),

@@ -1,0 +1,228 @@
+//! `ignis demo`: one bridged call on this machine, through the real server and the same code
+//! paths a phone call takes (signed webhook, pre-connect, signed stream, bridge, audio paths,
+//! practice tools), with a local agent instead of ElevenLabs and a simulated caller instead of
+//! Twilio. Writes what the caller heard to a WAV file and prints a summary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::caller::{self, CallerOptions, SpeakAt};
+use super::local_agent::{LocalAgent, LocalAgentOptions};
+use crate::audio::format::AgentFormat;
+use crate::audio::{mulaw, wav};
+use crate::config::Config;
+use crate::practice::{Practice, PracticeSettings};
+use crate::routes::App;
+
+/// The greeting the local agent speaks (espeak-ng, German, 8 kHz 16-bit mono).
+const GREETING_WAV: &[u8] = include_bytes!("../demo/greet.wav");
+/// What the simulated caller says by default (espeak-ng, German, 8 kHz 16-bit mono).
+const CALLER_WAV: &[u8] = include_bytes!("../demo/caller.wav");
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The agent's audio format (`ulaw_8000` pass-through or `pcm_16000` transcoding, or any).
+    pub format: AgentFormat,
+    /// The caller's speech: a WAV file (16-bit PCM, any rate) or the bundled clip.
+    pub wav: Option<Vec<u8>>,
+    /// Talk over the greeting (exercises barge-in).
+    pub barge_in: bool,
+}
+
+/// The demo's result.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// What the caller heard, 8 kHz PCM.
+    pub heard: Vec<i16>,
+    /// Twilio start to the first agent audio at the caller.
+    pub setup: Option<Duration>,
+    /// Practice tool calls answered ok, and run.
+    pub tool_steps: (usize, usize),
+    /// Interruptions the agent sent; clears the caller received.
+    pub interruptions: u64,
+    /// `clear` messages the caller received.
+    pub clears: u64,
+    /// Dynamic variables the agent received.
+    pub dynamic_variables: usize,
+    /// The call's recorded outcome.
+    pub outcome: String,
+    /// Printable summary.
+    pub text: String,
+}
+
+fn random_hex(bytes: usize) -> Result<String, String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("no OS randomness: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The caller's speech as Twilio sends it (8 kHz μ-law): from a WAV file (16-bit PCM, any rate)
+/// or the bundled clip.
+pub fn caller_speech(wav_bytes: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let caller_wav = wav::parse(wav_bytes.unwrap_or(CALLER_WAV)).map_err(|e| e.to_string())?;
+    let caller_pcm = wav::resample_clip(&caller_wav, 8000).map_err(|e| e.to_string())?;
+    Ok(caller_pcm
+        .iter()
+        .map(|&s| mulaw::encode_sample(s))
+        .collect())
+}
+
+/// Runs the demo call.
+pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
+    let speech = caller_speech(opts.wav.as_deref())?;
+    let greeting = wav::parse(GREETING_WAV).map_err(|e| e.to_string())?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let public = format!("http://{addr}");
+    let auth_token = random_hex(16)?;
+    let tools_token = random_hex(16)?;
+    let agent = LocalAgent::start(LocalAgentOptions {
+        format: opts.format,
+        greeting: greeting.samples,
+        tools: Some((public.clone(), tools_token.clone())),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let vars: HashMap<String, String> = [
+        ("PUBLIC_URL", public.as_str()),
+        ("TWILIO_AUTH_TOKEN", auth_token.as_str()),
+        ("ELEVENLABS_AGENT_ID", "local_demo_agent"),
+        ("ELEVENLABS_API_BASE", agent.base.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config = Config::from_vars(&vars, false).map_err(|e| e.to_string())?;
+
+    // The practice on a throwaway database with the demo patients.
+    let dir = std::env::temp_dir().join(format!(
+        "ignis-demo-{}-{}",
+        std::process::id(),
+        random_hex(4)?
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let db = dir.join("ignis.db").to_string_lossy().into_owned();
+    let settings = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(tools_token.clone()),
+        "IGNIS_DB" => Some(db.clone()),
+        _ => None,
+    })
+    .map_err(|e| e.to_string())?;
+    let (practice, _thread) = Practice::open(
+        &settings,
+        crate::practice::config::PracticeConfig::demo(),
+        super::practice_now(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let app = Arc::new(App::with_practice(config, practice));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(super::serve(listener, app.clone(), async {
+        let _ = stop_rx.await;
+    }));
+
+    let call_sid = format!("CA{}", random_hex(16)?);
+    let report = caller::run(CallerOptions {
+        stream_url: format!("ws://{addr}/api/twilio/stream"),
+        webhook_url: Some(format!("{public}/api/twilio/voice")),
+        auth_token,
+        call_sid: call_sid.clone(),
+        from: crate::practice::demo::DEMO_CALLER_NUMBER.to_owned(),
+        to: "+493000000000".to_owned(),
+        speech,
+        speak_at: if opts.barge_in {
+            SpeakAt::After(Duration::from_millis(1500))
+        } else {
+            SpeakAt::AfterGreeting
+        },
+        tail: Duration::from_secs(6),
+        max_duration: Duration::from_secs(60),
+        timeout: Duration::from_secs(5),
+    })
+    .await;
+    // Let the call's end reach the registry and the metrics.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    let log = agent.log.lock().map(|l| l.clone()).unwrap_or_default();
+
+    let setup = match (report.started_at, report.first_audio_at) {
+        (Some(s), Some(a)) => ms(a.duration_since(s)),
+        _ => "no agent audio".into(),
+    };
+    let inbound = match (report.first_speech_sent_at, log.first_speech_received_at) {
+        (Some(s), Some(r)) if r >= s => ms(r.duration_since(s)),
+        _ => "n/a (no speech detected)".into(),
+    };
+    // The first echo audio to reach the caller after the agent sent it.
+    let outbound = log
+        .first_echo_sent_at
+        .and_then(|sent| {
+            report
+                .audio_arrivals
+                .iter()
+                .find(|&&t| t >= sent)
+                .map(|t| t.duration_since(sent))
+        })
+        .map_or("n/a (no echo)".into(), ms);
+    let outcome = app
+        .calls
+        .outcome(&call_sid)
+        .map_or("unknown", |o| o.as_str());
+    let heard_secs = report.heard.len() as f64 / 8000.0;
+    let text = format!(
+        "ignis demo: one call through the real server ({format}, {mode})\n\
+         \x20 set-up     Twilio start -> first agent audio at the caller: {setup}\n\
+         \x20 latency    caller -> agent, first speech frame sent -> agent received it: {inbound}\n\
+         \x20            agent -> caller, echo sent -> caller received it: {outbound}\n\
+         \x20 frames     {sent} sent by the caller, {recv} heard ({heard_secs:.1} s of audio)\n\
+         \x20 barge-in   {interruptions} interruption(s), {clears} clear(s) received by the caller\n\
+         \x20 agent      {pongs}/{pings} pings answered, {vars} dynamic variables received\n\
+         \x20 practice   {ok}/{steps} tool calls answered ok (identify, slots, book, reschedule, cancel, request, emergency)\n\
+         \x20 ending     {ended}; call outcome: {outcome}\n",
+        format = opts.format.as_str(),
+        mode = if opts.format.is_ulaw() {
+            "pass-through"
+        } else {
+            "transcoding"
+        },
+        sent = report.frames_sent,
+        recv = report.frames_received,
+        interruptions = log.interruptions,
+        clears = report.clears,
+        pongs = log.pongs,
+        pings = log.pings,
+        vars = log.dynamic_variable_names.len(),
+        ok = log.tool_steps_ok,
+        steps = log.tool_steps,
+        ended = report.ended_by,
+    );
+    Ok(DemoSummary {
+        heard: report.heard,
+        setup: report
+            .started_at
+            .zip(report.first_audio_at)
+            .map(|(s, a)| a.duration_since(s)),
+        tool_steps: (log.tool_steps_ok, log.tool_steps),
+        interruptions: log.interruptions,
+        clears: report.clears,
+        dynamic_variables: log.dynamic_variable_names.len(),
+        outcome: outcome.to_owned(),
+        text,
+    })
+}
