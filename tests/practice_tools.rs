@@ -935,7 +935,10 @@ fn info_logs_carry_nothing_patient_related() {
         .with_writer(move || writer.clone())
         .finish();
     let mut e = Env::new("logs", now());
-    tracing::subscriber::with_default(subscriber, || {
+    // A global default, not a scoped one: `tracing` caches callsite interest globally, and a
+    // scoped subscriber races the other test threads for that cache (seen flaky).
+    tracing::subscriber::set_global_default(subscriber).expect("only this test installs one");
+    {
         let t = e.call("CA1", WEBER_PHONE, now());
         for step in ignis::practice::demo::DEMO_BOOKING_SCRIPT {
             e.raw(
@@ -955,7 +958,7 @@ fn info_logs_carry_nothing_patient_related() {
             now(),
         );
         e.identify(&t, "Weber", None, "1972-08-23", now());
-    });
+    }
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("tool call"), "logs were captured: {logs}");
     for secret in [
