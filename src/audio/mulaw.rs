@@ -71,15 +71,7 @@ pub fn decode_sample(code: u8) -> i16 {
 /// Encodes one linear 16-bit sample to μ-law, exactly as ITU-T G.191 `ulaw_compress`.
 #[inline(always)]
 pub fn encode_sample(x: i16) -> u8 {
-    let x = x as i32;
-    let sign = (x >> 8) & 0x80; // 0x80 for negative inputs
-    // One's complement for negatives (dsp.md §1.4): this is what makes the result ITU-exact.
-    let mag = (x ^ (x >> 31)).min(CLIP) + BIAS;
-    // `mag` is in 132..=32767, exact in f32; its float exponent is floor(log2(mag)) + 127 and
-    // the top 4 mantissa bits are the μ-law mantissa. So bits >> 19 = ((seg + 7 + 127) << 4) | m.
-    let bits = (mag as f32).to_bits() as i32;
-    let seg_mant = (bits >> 19) - (134 << 4);
-    !((sign | seg_mant) as u8)
+    encode_i32(i32::from(x))
 }
 
 /// Decodes μ-law codes into `i16` samples. Returns the number of samples written
@@ -128,9 +120,30 @@ pub fn f32_to_i16(x: f32) -> i16 {
 pub fn encode_f32_into(input: &[f32], output: &mut [u8]) -> usize {
     let n = input.len().min(output.len());
     for (o, &x) in output[..n].iter_mut().zip(&input[..n]) {
-        *o = encode_sample(f32_to_i16(x));
+        *o = encode_i32(round_clamped(x));
     }
     n
+}
+
+/// `x · 32768` clamped to the `i16` range and rounded (ties away from zero), as `i32`.
+/// Clamping first makes the conversion a plain truncation, so the encode loop vectorises;
+/// NaN still maps to 0 (as in [`f32_to_i16`]).
+#[inline(always)]
+fn round_clamped(x: f32) -> i32 {
+    let v = (x * I16_SCALE).clamp(-32768.0, 32767.0);
+    (v + 0.5f32.copysign(v)) as i32
+}
+
+/// [`encode_sample`] on an `i32` already in the `i16` range.
+#[inline(always)]
+fn encode_i32(x: i32) -> u8 {
+    let sign = (x >> 8) & 0x80; // 0x80 for negative inputs
+    // One's complement for negatives (dsp.md §1.4): this is what makes the result ITU-exact.
+    let mag = (x ^ (x >> 31)).min(CLIP) + BIAS;
+    // `mag` is in 132..=32767, exact in f32; its float exponent is floor(log2(mag)) + 127 and
+    // the top 4 mantissa bits are the μ-law mantissa. So bits >> 19 = ((seg + 7 + 127) << 4) | m.
+    let bits = (mag as f32).to_bits() as i32;
+    !((sign | ((bits >> 19) - (134 << 4))) as u8)
 }
 
 #[cfg(test)]

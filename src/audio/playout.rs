@@ -149,9 +149,11 @@ struct SentMark {
 pub struct PlayoutBuffer {
     config: PlayoutConfig,
     lead: u64,
-    cap: usize,
     mark_interval: u64,
-    held: VecDeque<u8>,
+    /// Ring of held frames (`head`, `count`), sized once from `max_buffer_ms`.
+    ring: Vec<[u8; FRAME_SAMPLES]>,
+    head: usize,
+    count: usize,
     /// Bytes ever pushed / sent on this stream (positions for marks).
     pushed_total: u64,
     sent_total: u64,
@@ -183,13 +185,14 @@ impl PlayoutBuffer {
             max_frames_per_message: per_msg,
             mark_interval_ms: config.mark_interval_ms,
         };
-        let cap = max_ms as usize * 8 / FRAME_SAMPLES * FRAME_SAMPLES;
+        let cap_frames = (max_ms as usize / 20).max(1);
         Self {
             config,
             lead: u64::from(lead_ms) * 8,
-            cap,
             mark_interval: u64::from(config.mark_interval_ms) * 8,
-            held: VecDeque::with_capacity(cap),
+            ring: vec![[0; FRAME_SAMPLES]; cap_frames],
+            head: 0,
+            count: 0,
             pushed_total: 0,
             sent_total: 0,
             anchor: None,
@@ -218,11 +221,13 @@ impl PlayoutBuffer {
     pub fn push_frame(&mut self, event_id: u64, frame: &[u8; FRAME_SAMPLES]) -> bool {
         self.in_turn = true;
         self.event_id = event_id;
-        if self.held.len() + FRAME_SAMPLES > self.cap {
+        if self.count == self.ring.len() {
             self.stats.overrun_dropped_ms += 20;
             return false;
         }
-        self.held.extend(frame.iter().copied());
+        let tail = (self.head + self.count) % self.ring.len();
+        self.ring[tail] = *frame;
+        self.count += 1;
         self.pushed_total += FRAME;
         self.since_mark += FRAME;
         if self.mark_interval > 0 && self.since_mark >= self.mark_interval {
@@ -280,7 +285,7 @@ impl PlayoutBuffer {
             self.pending_marks.pop_front();
             return Some(self.send_mark(m));
         }
-        if self.held.len() < FRAME_SAMPLES {
+        if self.count == 0 {
             return None;
         }
         let played = self.played(now);
@@ -306,15 +311,17 @@ impl PlayoutBuffer {
             .front()
             .map_or(u64::MAX, |m| (m.at - self.sent_total) / FRAME);
         let frames = allowed
-            .min(self.held.len() as u64 / FRAME)
+            .min(self.count as u64)
             .min(self.config.max_frames_per_message as u64)
             .min(until_mark) as usize;
         if frames == 0 {
             return None;
         }
         let n = frames * FRAME_SAMPLES;
-        for (dst, src) in self.scratch[..n].iter_mut().zip(self.held.drain(..n)) {
-            *dst = src;
+        for dst in self.scratch[..n].chunks_exact_mut(FRAME_SAMPLES) {
+            dst.copy_from_slice(&self.ring[self.head]);
+            self.head = (self.head + 1) % self.ring.len();
+            self.count -= 1;
         }
         self.sent_total += n as u64;
         self.turn_sent |= self.in_turn;
@@ -356,7 +363,7 @@ impl PlayoutBuffer {
         {
             return Some(now);
         }
-        if self.held.len() < FRAME_SAMPLES {
+        if self.count == 0 {
             return None;
         }
         let Some(anchor) = self.anchor else {
@@ -397,9 +404,10 @@ impl PlayoutBuffer {
     /// Barge-in: drops everything held and every mark not yet sent, flags sent marks as
     /// cleared, and restarts the clock. The bridge sends Twilio `clear` if told to.
     pub fn interrupt(&mut self, now: Instant) -> Interruption {
-        let dropped = self.held.len() as u64;
+        let dropped = (self.count * FRAME_SAMPLES) as u64;
         let unplayed = self.sent_total - self.played(now);
-        self.held.clear();
+        self.head = 0;
+        self.count = 0;
         self.pending_marks.clear();
         for m in &mut self.sent_marks {
             m.cleared = true;
@@ -425,13 +433,13 @@ impl PlayoutBuffer {
 
     /// Bytes held (always whole frames).
     pub fn held_bytes(&self) -> usize {
-        self.held.len()
+        self.count * FRAME_SAMPLES
     }
 
     /// Counters so far.
     pub fn stats(&self) -> PlayoutStats {
         PlayoutStats {
-            buffered_ms: self.held.len() as u64 / 8,
+            buffered_ms: self.count as u64 * 20,
             ..self.stats
         }
     }
