@@ -114,8 +114,9 @@ pub fn f32_to_i16(x: f32) -> i16 {
     (v + 0.5f32.copysign(v)) as i16
 }
 
-/// Encodes `f32` samples in `[-1.0, 1.0)` into μ-law: each sample is first rounded to `i16`
-/// (saturating), then encoded exactly as [`encode_sample`]. Returns the number written.
+/// Encodes `f32` samples in `[-1.0, 1.0)` into μ-law: each sample is first rounded to the
+/// nearest `i16` (saturating; ties to even), then encoded exactly as [`encode_sample`].
+/// Returns the number written.
 #[inline]
 pub fn encode_f32_into(input: &[f32], output: &mut [u8]) -> usize {
     let n = input.len().min(output.len());
@@ -125,13 +126,18 @@ pub fn encode_f32_into(input: &[f32], output: &mut [u8]) -> usize {
     n
 }
 
-/// `x · 32768` clamped to the `i16` range and rounded (ties away from zero), as `i32`.
-/// Clamping first makes the conversion a plain truncation, so the encode loop vectorises;
-/// NaN still maps to 0 (as in [`f32_to_i16`]).
+/// `x · 32768` clamped to the `i16` range and rounded to nearest (ties to even), as `i32`.
+///
+/// Adding 1.5·2²³ puts the rounded integer in the low mantissa bits (exact for |v| < 2²²), so
+/// this is a float add and an integer subtract: the encode loop vectorises, unlike a saturating
+/// `as` cast or `round()` (a libm call on the baseline target, dsp.md §1.6). `max`/`min` also
+/// map NaN to −32768 instead of propagating it.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` would propagate NaN; `max`/`min` replace it.
 fn round_clamped(x: f32) -> i32 {
-    let v = (x * I16_SCALE).clamp(-32768.0, 32767.0);
-    (v + 0.5f32.copysign(v)) as i32
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    let v = (x * I16_SCALE).max(-32768.0).min(32767.0);
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// [`encode_sample`] on an `i32` already in the `i16` range.

@@ -147,10 +147,22 @@ impl OutboundPath {
         audio_b64: &str,
     ) -> Result<(), BadAgentAudio> {
         let _ = now; // Pacing is decided at poll time; kept for a uniform driver contract.
-        let len = match checked_decoded_len(audio_b64.as_bytes()) {
-            Ok(n) if n > MAX_AGENT_BURST_BYTES => Err(BadAgentAudio::TooLarge { len: n }),
-            Ok(n) => Ok(n),
-            Err(_) => Err(BadAgentAudio::Base64),
+        // One block is decoded all-or-nothing below; only multi-block chunks need the full
+        // check first, so that an error never leaves half a chunk queued.
+        let len = if audio_b64.len() <= DECODE_BLOCK_CHARS {
+            let pad = audio_b64
+                .bytes()
+                .rev()
+                .take(2)
+                .filter(|&c| c == b'=')
+                .count();
+            Ok((audio_b64.len() / 4 * 3).saturating_sub(pad))
+        } else {
+            match checked_decoded_len(audio_b64.as_bytes()) {
+                Ok(n) if n > MAX_AGENT_BURST_BYTES => Err(BadAgentAudio::TooLarge { len: n }),
+                Ok(n) => Ok(n),
+                Err(_) => Err(BadAgentAudio::Base64),
+            }
         };
         let len = match len {
             Ok(n) => n,
