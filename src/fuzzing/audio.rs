@@ -100,11 +100,14 @@ pub fn jitter_and_reframer(data: &[u8]) {
                 frame.clear();
                 let fill = d.u8();
                 frame.extend((0..len).map(|i| fill.wrapping_add(i as u8)));
-                let b64 = STANDARD.encode(&frame);
                 let before = inbound.stats().jitter;
-                if inbound.push_twilio_media(now, chunk, ts, &b64).is_ok()
-                    && last_accepted.is_none_or(|l| chunk > l)
-                {
+                // Both entry points: base64 text (the normal one) or pre-decoded bytes.
+                let pushed = if fill & 1 == 0 {
+                    inbound.push_twilio_media(now, chunk, ts, &STANDARD.encode(&frame))
+                } else {
+                    inbound.push_twilio_ulaw(now, chunk, ts, &frame)
+                };
+                if pushed.is_ok() && last_accepted.is_none_or(|l| chunk > l) {
                     last_accepted = Some(chunk);
                     accepted_bytes += len as u64;
                     assert_eq!(inbound.stats().jitter.frames, before.frames + 1);
