@@ -408,6 +408,8 @@ impl PlayoutBuffer {
         let unplayed = self.sent_total - self.played(now);
         self.head = 0;
         self.count = 0;
+        // Positions count audio that will really be sent: forget the dropped frames.
+        self.pushed_total = self.sent_total;
         self.pending_marks.clear();
         for m in &mut self.sent_marks {
             m.cleared = true;
@@ -429,6 +431,11 @@ impl PlayoutBuffer {
     /// Audio sent but (estimated) not yet played at `now`, ms: the current lead.
     pub fn lead_ms_at(&self, now: Instant) -> u64 {
         (self.sent_total - self.played(now)) / 8
+    }
+
+    /// Marks placed but not yet sent (each goes out right after the audio before it).
+    pub fn pending_marks(&self) -> usize {
+        self.pending_marks.len()
     }
 
     /// Bytes held (always whole frames).
@@ -484,5 +491,29 @@ mod tests {
         assert_eq!(drain(&mut p, at(t0, 65)), (3, 0));
         assert_eq!(p.poll_timeout(), Some(at(t0, 80)));
         assert!(p.lead_ms_at(at(t0, 65)) <= 100);
+    }
+
+    #[test]
+    fn marks_after_an_interruption_follow_their_own_audio() {
+        let t0 = Instant::now();
+        let mut p = PlayoutBuffer::new(PlayoutConfig {
+            mark_interval_ms: 0,
+            ..PlayoutConfig::default()
+        });
+        for _ in 0..50 {
+            p.push_frame(1, &[1; 160]);
+        }
+        drain(&mut p, t0);
+        p.interrupt(at(t0, 10));
+        p.push_frame(2, &[2; 160]);
+        p.end_turn();
+        let mut out = Vec::new();
+        while let Some(t) = p.poll_transmit(at(t0, 10)) {
+            out.push(matches!(t, Transmit::Mark(_)));
+        }
+        assert_eq!(out, vec![false, true]);
+        let echo = p.handle_mark_echo("ignis-1").unwrap();
+        assert!(echo.end_of_turn && !echo.cleared && echo.event_id == 2);
+        assert_eq!(echo.stream_ms, 120);
     }
 }

@@ -153,6 +153,11 @@ pub fn jitter_and_reframer(data: &[u8]) {
                     }
                 }
                 now = now.max(until);
+                // Once everything held is sent, every mark must have followed its audio.
+                let playout = outbound.playout();
+                if playout.held_bytes() == 0 {
+                    assert_eq!(playout.pending_marks(), 0, "mark stuck behind no audio");
+                }
             }
             8 => {
                 if !marks.is_empty() {
