@@ -202,8 +202,9 @@ impl PlayoutBuffer {
             turn_sent: false,
             event_id: 0,
             since_mark: 0,
-            pending_marks: VecDeque::with_capacity(64),
-            sent_marks: VecDeque::with_capacity(64),
+            // At most one pending mark per held frame (plus one), so these never grow.
+            pending_marks: VecDeque::with_capacity((cap_frames + 1).min(MAX_PENDING_MARKS)),
+            sent_marks: VecDeque::with_capacity(MAX_OUTSTANDING_MARKS),
             next_seq: 1,
             scratch: vec![0; per_msg * FRAME_SAMPLES],
             text: String::with_capacity((per_msg * FRAME_SAMPLES).div_ceil(3) * 4 + 32),
