@@ -91,9 +91,16 @@ pub fn jitter_and_reframer(data: &[u8]) {
                         chunk = chunk.saturating_sub(back).max(1);
                     }
                     2 => {
-                        let skip = u64::from(d.u8() % 60);
-                        chunk += skip;
-                        ts += 20 * skip + u64::from(d.u8());
+                        let skip = d.u8();
+                        if skip >= 250 {
+                            // Garbage counters from the peer: near the top of the range.
+                            chunk = u64::MAX - u64::from(d.u8() % 4);
+                            ts = u64::MAX - u64::from(d.u8());
+                        } else {
+                            let skip = u64::from(skip % 60);
+                            chunk = chunk.saturating_add(skip);
+                            ts = ts.saturating_add(20 * skip + u64::from(d.u8()));
+                        }
                     }
                     _ => {}
                 }
@@ -112,8 +119,8 @@ pub fn jitter_and_reframer(data: &[u8]) {
                     accepted_bytes += len as u64;
                     assert_eq!(inbound.stats().jitter.frames, before.frames + 1);
                 }
-                chunk += 1;
-                ts += (len as u64).div_ceil(8);
+                chunk = chunk.saturating_add(1);
+                ts = ts.saturating_add((len as u64).div_ceil(8));
             }
             3 => {
                 // An agent burst of any size, possibly ending on an odd byte.
