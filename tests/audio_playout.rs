@@ -227,3 +227,33 @@ fn every_agent_format_yields_whole_frames_of_the_right_length_and_level() {
         assert!(db.abs() < 0.3, "{format}: level {db:.2} dB");
     }
 }
+
+#[test]
+fn chunked_agent_audio_equals_one_shot_for_every_format() {
+    let t0 = Instant::now();
+    for format in AgentFormat::ALL {
+        let rate = format.sample_rate();
+        let bytes = if format.is_ulaw() {
+            (0..4000u32).map(|i| (i * 7) as u8).collect()
+        } else {
+            pcm_tone(rate, 440.0, rate as usize / 2, 12000.0)
+        };
+        let run = |sizes: &[usize]| {
+            let mut p = OutboundPath::new(format, OutboundConfig::default()).unwrap();
+            let mut rest = &bytes[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                p.push_agent_audio(t0, 1, &STANDARD.encode(&rest[..n]))
+                    .unwrap();
+                rest = &rest[n..];
+                i += 1;
+            }
+            p.end_of_turn();
+            media_bytes(&drive(&mut p, t0, at(t0, 5000), 100))
+        };
+        let one = run(&[bytes.len()]);
+        assert_eq!(one, run(&[1, 2, 3, 333, 4097]), "{format}");
+        assert_eq!(one.len() % 160, 0);
+    }
+}

@@ -97,6 +97,11 @@ fn measure(rate_in: u32, rate_out: u32, engine: Engine) -> Figures {
             3400.0,
         )
     };
+    let gain_3k8 = level_db(
+        &run(&mut mk(), &tone(rate_in, 3800.0, 1.0)),
+        rate_out,
+        3800.0,
+    );
     let delay = delay_ms(&mut mk());
     let f = Figures {
         gain_1k,
@@ -105,10 +110,11 @@ fn measure(rate_in: u32, rate_out: u32, engine: Engine) -> Figures {
         delay_ms: delay,
     };
     println!(
-        "{rate_in:>5} -> {rate_out:>5} {:<10} gain 1k {:+.3} dB, 3.4k {:+.3} dB, 4.6k {:.1} dB, delay {:.3} ms",
+        "{rate_in:>5} -> {rate_out:>5} {:<10} gain 1k {:+.3} dB, 3.4k {:+.3} dB, 3.8k {:+.1} dB, 4.6k {:.1} dB, delay {:.3} ms",
         mk().engine_name(),
         f.gain_1k,
         f.gain_3k4,
+        gain_3k8,
         f.reject_4k6,
         f.delay_ms
     );

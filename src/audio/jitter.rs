@@ -151,12 +151,14 @@ impl JitterStage {
                 return Verdict::Stale;
             }
             Some(last) => {
-                self.stats.missing_chunks += chunk - last - 1;
+                // Saturating throughout: `chunk` and `timestamp` come from the peer.
+                self.stats.missing_chunks =
+                    self.stats.missing_chunks.saturating_add(chunk - last - 1);
                 let tolerance = u64::from(self.config.gap_tolerance_ms) * 1000;
                 let max_fill = u64::from(self.config.max_fill_ms) * 1000;
-                if ts_us + tolerance < self.next_ts_us {
+                if ts_us.saturating_add(tolerance) < self.next_ts_us {
                     self.stats.resyncs += 1; // timestamp went backwards
-                } else if ts_us > self.next_ts_us + tolerance {
+                } else if ts_us > self.next_ts_us.saturating_add(tolerance) {
                     let gap_us = ts_us - self.next_ts_us;
                     if gap_us > max_fill {
                         self.stats.resyncs += 1;
@@ -178,7 +180,7 @@ impl JitterStage {
         self.last_chunk = Some(chunk);
         self.last_arrival = Some(now);
         self.last_ts_us = ts_us;
-        self.next_ts_us = ts_us + samples as u64 * US_PER_SAMPLE;
+        self.next_ts_us = ts_us.saturating_add(samples as u64 * US_PER_SAMPLE);
         self.stats.frames += 1;
         Verdict::Accept { fill_samples }
     }
@@ -278,6 +280,22 @@ mod tests {
         assert_eq!(s.concealed_ms, 60.0);
         assert_eq!(s.silence_ms, 440.0);
         assert_eq!(s.max_arrival_gap, Duration::from_millis(520));
+    }
+
+    #[test]
+    fn extreme_counters_do_not_overflow() {
+        let t0 = Instant::now();
+        let mut j = JitterStage::new(JitterConfig::default());
+        j.handle_frame(t0, 0, 0, 160);
+        assert!(matches!(
+            j.handle_frame(t0, u64::MAX, u64::MAX, 8000),
+            Verdict::Accept { fill_samples: 0 }
+        ));
+        assert_eq!(
+            j.handle_frame(t0, u64::MAX, u64::MAX, 160),
+            Verdict::Duplicate
+        );
+        assert_eq!(j.stats().missing_chunks, u64::MAX - 1);
     }
 
     #[test]

@@ -10,6 +10,47 @@
 //! the caller, so tests run in virtual time.
 //! After set-up nothing allocates per frame: buffers are sized at construction and reused, and
 //! outputs are borrowed `&str`s valid until the next call.
+//!
+//! # Driving the paths (what the bridge does)
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use ignis::audio::{AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath,
+//!                    Transmit};
+//!
+//! let format = AgentFormat::parse("pcm_16000").unwrap();
+//! let mut inbound = InboundPath::new(format, InboundConfig::default()).unwrap();
+//! let mut outbound = OutboundPath::new(format, OutboundConfig::default()).unwrap();
+//! let t0 = Instant::now(); // the driver's clock; the paths never read it
+//!
+//! // Twilio `media` → ElevenLabs `user_audio_chunk`.
+//! let payload = "/".repeat(212) + "/w=="; // 160 bytes of μ-law 0xFF (silence), base64
+//! inbound.push_twilio_media(t0, 1, 0, &payload).unwrap();
+//! while let Some(b64) = inbound.poll_user_audio_chunk() {
+//!     // send {"user_audio_chunk": b64}
+//!     assert_eq!(b64.len(), 856); // 20 ms of pcm_16000
+//! }
+//!
+//! // ElevenLabs `audio` → Twilio `media` / `mark`, paced by `poll_timeout`.
+//! outbound.push_agent_audio(t0, 1, "AAAAAAAA").unwrap();
+//! outbound.end_of_turn();
+//! let mut now = t0;
+//! loop {
+//!     while let Some(t) = outbound.poll_transmit(now) {
+//!         match t {
+//!             Transmit::Media(b64) => { /* send {"event":"media", … "payload": b64} */ }
+//!             Transmit::Mark(name) => { /* send {"event":"mark", … "name": name} */ }
+//!         }
+//!     }
+//!     match outbound.poll_timeout() {
+//!         Some(deadline) => now = deadline, // the driver sleeps until then
+//!         None => break,
+//!     }
+//! }
+//! // On an ElevenLabs `interruption`: `outbound.interrupt(now, Some(event_id))`, then send
+//! // Twilio `clear` if the result says so; on a Twilio `mark` echo: `handle_mark_echo(name)`.
+//! # let _ = Duration::ZERO;
+//! ```
 
 pub mod format;
 pub mod inbound;

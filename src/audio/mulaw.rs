@@ -71,15 +71,7 @@ pub fn decode_sample(code: u8) -> i16 {
 /// Encodes one linear 16-bit sample to μ-law, exactly as ITU-T G.191 `ulaw_compress`.
 #[inline(always)]
 pub fn encode_sample(x: i16) -> u8 {
-    let x = x as i32;
-    let sign = (x >> 8) & 0x80; // 0x80 for negative inputs
-    // One's complement for negatives (dsp.md §1.4): this is what makes the result ITU-exact.
-    let mag = (x ^ (x >> 31)).min(CLIP) + BIAS;
-    // `mag` is in 132..=32767, exact in f32; its float exponent is floor(log2(mag)) + 127 and
-    // the top 4 mantissa bits are the μ-law mantissa. So bits >> 19 = ((seg + 7 + 127) << 4) | m.
-    let bits = (mag as f32).to_bits() as i32;
-    let seg_mant = (bits >> 19) - (134 << 4);
-    !((sign | seg_mant) as u8)
+    encode_i32(i32::from(x))
 }
 
 /// Decodes μ-law codes into `i16` samples. Returns the number of samples written
@@ -122,15 +114,42 @@ pub fn f32_to_i16(x: f32) -> i16 {
     (v + 0.5f32.copysign(v)) as i16
 }
 
-/// Encodes `f32` samples in `[-1.0, 1.0)` into μ-law: each sample is first rounded to `i16`
-/// (saturating), then encoded exactly as [`encode_sample`]. Returns the number written.
+/// Encodes `f32` samples in `[-1.0, 1.0)` into μ-law: each sample is first rounded to the
+/// nearest `i16` (saturating; ties to even), then encoded exactly as [`encode_sample`].
+/// Returns the number written.
 #[inline]
 pub fn encode_f32_into(input: &[f32], output: &mut [u8]) -> usize {
     let n = input.len().min(output.len());
     for (o, &x) in output[..n].iter_mut().zip(&input[..n]) {
-        *o = encode_sample(f32_to_i16(x));
+        *o = encode_i32(round_clamped(x));
     }
     n
+}
+
+/// `x · 32768` clamped to the `i16` range and rounded to nearest (ties to even), as `i32`.
+///
+/// Adding 1.5·2²³ puts the rounded integer in the low mantissa bits (exact for |v| < 2²²), so
+/// this is a float add and an integer subtract: the encode loop vectorises, unlike a saturating
+/// `as` cast or `round()` (a libm call on the baseline target, dsp.md §1.6). `max`/`min` also
+/// map NaN to −32768 instead of propagating it.
+#[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` would propagate NaN; `max`/`min` replace it.
+fn round_clamped(x: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    let v = (x * I16_SCALE).max(-32768.0).min(32767.0);
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// [`encode_sample`] on an `i32` already in the `i16` range.
+#[inline(always)]
+fn encode_i32(x: i32) -> u8 {
+    let sign = (x >> 8) & 0x80; // 0x80 for negative inputs
+    // One's complement for negatives (dsp.md §1.4): this is what makes the result ITU-exact.
+    let mag = (x ^ (x >> 31)).min(CLIP) + BIAS;
+    // `mag` is in 132..=32767, exact in f32; its float exponent is floor(log2(mag)) + 127 and
+    // the top 4 mantissa bits are the μ-law mantissa. So bits >> 19 = ((seg + 7 + 127) << 4) | m.
+    let bits = (mag as f32).to_bits() as i32;
+    !((sign | ((bits >> 19) - (134 << 4))) as u8)
 }
 
 #[cfg(test)]

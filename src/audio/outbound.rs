@@ -147,6 +147,21 @@ impl OutboundPath {
         audio_b64: &str,
     ) -> Result<(), BadAgentAudio> {
         let _ = now; // Pacing is decided at poll time; kept for a uniform driver contract.
+        if audio_b64.len() <= DECODE_BLOCK_CHARS {
+            // The common case: one block, decoded all-or-nothing before any state changes.
+            let n = match STANDARD.decode_slice(audio_b64.as_bytes(), &mut self.decoded[..]) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.stats.bad_chunks += 1;
+                    return Err(BadAgentAudio::Base64);
+                }
+            };
+            if self.begin_chunk(event_id, n) {
+                self.push_decoded(event_id, n);
+            }
+            return Ok(());
+        }
+        // Several blocks: check the whole text first so an error never leaves half a chunk.
         let len = match checked_decoded_len(audio_b64.as_bytes()) {
             Ok(n) if n > MAX_AGENT_BURST_BYTES => Err(BadAgentAudio::TooLarge { len: n }),
             Ok(n) => Ok(n),
@@ -159,15 +174,9 @@ impl OutboundPath {
                 return Err(e);
             }
         };
-        if self.min_event.is_some_and(|min| event_id < min) {
-            self.stats.stale_event_bytes += len as u64;
+        if !self.begin_chunk(event_id, len) {
             return Ok(());
         }
-        if self.current_event.is_some_and(|e| e != event_id) {
-            self.end_of_turn();
-        }
-        self.current_event = Some(event_id);
-        self.stats.agent_bytes += len as u64;
         for block in audio_b64.as_bytes().chunks(DECODE_BLOCK_CHARS) {
             let n = match STANDARD.decode_slice(block, &mut self.decoded[..]) {
                 Ok(n) => n,
@@ -182,18 +191,26 @@ impl OutboundPath {
         Ok(())
     }
 
-    /// Pushes already-decoded agent bytes (raw PCM16 LE or μ-law, per the format) of turn
-    /// `event_id`, for callers that decode base64 themselves.
-    pub fn push_agent_bytes(&mut self, event_id: u64, mut bytes: &[u8]) {
+    /// Turn bookkeeping for a chunk of `len` bytes; `false` if it is stale and must be dropped.
+    fn begin_chunk(&mut self, event_id: u64, len: usize) -> bool {
         if self.min_event.is_some_and(|min| event_id < min) {
-            self.stats.stale_event_bytes += bytes.len() as u64;
-            return;
+            self.stats.stale_event_bytes += len as u64;
+            return false;
         }
         if self.current_event.is_some_and(|e| e != event_id) {
             self.end_of_turn();
         }
         self.current_event = Some(event_id);
-        self.stats.agent_bytes += bytes.len() as u64;
+        self.stats.agent_bytes += len as u64;
+        true
+    }
+
+    /// Pushes already-decoded agent bytes (raw PCM16 LE or μ-law, per the format) of turn
+    /// `event_id`, for callers that decode base64 themselves.
+    pub fn push_agent_bytes(&mut self, event_id: u64, mut bytes: &[u8]) {
+        if !self.begin_chunk(event_id, bytes.len()) {
+            return;
+        }
         while !bytes.is_empty() {
             let n = bytes.len().min(DECODE_BLOCK_BYTES);
             self.decoded[..n].copy_from_slice(&bytes[..n]);

@@ -59,7 +59,8 @@ pub struct PipelineConfig {
     /// Outputs that may wait for the bridge (and output buffers). Default 256.
     pub output_depth: usize,
     /// Capacity of each input text buffer, chars. Larger agent chunks are split across
-    /// commands; larger Twilio payloads are dropped. Default 16 384.
+    /// commands; larger Twilio payloads (> 3 KiB decoded, Twilio sends 160 bytes) are dropped.
+    /// Default 4096: with the default depth that is 256 KiB of input buffers per call.
     pub max_text_chars: usize,
 }
 
@@ -68,7 +69,7 @@ impl Default for PipelineConfig {
         Self {
             queue_depth: 64,
             output_depth: 256,
-            max_text_chars: 16 * 1024,
+            max_text_chars: 4096,
         }
     }
 }
@@ -209,7 +210,9 @@ impl Pipeline {
         let depth = config.queue_depth.max(1);
         let out_depth = config.output_depth.max(1);
         let max_text = config.max_text_chars.clamp(64, MAX_TEXT_CHARS) / 4 * 4;
-        let out_text = (inbound.batch_bytes().max(50 * 160) / 3 + 2) * 4;
+        // Largest output: a payload batch or a media message of the most frames allowed.
+        let media_bytes = outbound.playout().config().max_frames_per_message * 160;
+        let out_text = (inbound.batch_bytes().max(media_bytes) / 3 + 2) * 4;
 
         let (cmd_tx, cmd_rx) = bounded(depth);
         let (in_pool_tx, in_pool) = bounded(depth);

@@ -149,9 +149,11 @@ struct SentMark {
 pub struct PlayoutBuffer {
     config: PlayoutConfig,
     lead: u64,
-    cap: usize,
     mark_interval: u64,
-    held: VecDeque<u8>,
+    /// Ring of held frames (`head`, `count`), sized once from `max_buffer_ms`.
+    ring: Vec<[u8; FRAME_SAMPLES]>,
+    head: usize,
+    count: usize,
     /// Bytes ever pushed / sent on this stream (positions for marks).
     pushed_total: u64,
     sent_total: u64,
@@ -183,13 +185,14 @@ impl PlayoutBuffer {
             max_frames_per_message: per_msg,
             mark_interval_ms: config.mark_interval_ms,
         };
-        let cap = max_ms as usize * 8 / FRAME_SAMPLES * FRAME_SAMPLES;
+        let cap_frames = (max_ms as usize / 20).max(1);
         Self {
             config,
             lead: u64::from(lead_ms) * 8,
-            cap,
             mark_interval: u64::from(config.mark_interval_ms) * 8,
-            held: VecDeque::with_capacity(cap),
+            ring: vec![[0; FRAME_SAMPLES]; cap_frames],
+            head: 0,
+            count: 0,
             pushed_total: 0,
             sent_total: 0,
             anchor: None,
@@ -199,8 +202,9 @@ impl PlayoutBuffer {
             turn_sent: false,
             event_id: 0,
             since_mark: 0,
-            pending_marks: VecDeque::with_capacity(64),
-            sent_marks: VecDeque::with_capacity(64),
+            // At most one pending mark per held frame (plus one), so these never grow.
+            pending_marks: VecDeque::with_capacity((cap_frames + 1).min(MAX_PENDING_MARKS)),
+            sent_marks: VecDeque::with_capacity(MAX_OUTSTANDING_MARKS),
             next_seq: 1,
             scratch: vec![0; per_msg * FRAME_SAMPLES],
             text: String::with_capacity((per_msg * FRAME_SAMPLES).div_ceil(3) * 4 + 32),
@@ -218,11 +222,13 @@ impl PlayoutBuffer {
     pub fn push_frame(&mut self, event_id: u64, frame: &[u8; FRAME_SAMPLES]) -> bool {
         self.in_turn = true;
         self.event_id = event_id;
-        if self.held.len() + FRAME_SAMPLES > self.cap {
+        if self.count == self.ring.len() {
             self.stats.overrun_dropped_ms += 20;
             return false;
         }
-        self.held.extend(frame.iter().copied());
+        let tail = (self.head + self.count) % self.ring.len();
+        self.ring[tail] = *frame;
+        self.count += 1;
         self.pushed_total += FRAME;
         self.since_mark += FRAME;
         if self.mark_interval > 0 && self.since_mark >= self.mark_interval {
@@ -280,7 +286,7 @@ impl PlayoutBuffer {
             self.pending_marks.pop_front();
             return Some(self.send_mark(m));
         }
-        if self.held.len() < FRAME_SAMPLES {
+        if self.count == 0 {
             return None;
         }
         let played = self.played(now);
@@ -306,15 +312,17 @@ impl PlayoutBuffer {
             .front()
             .map_or(u64::MAX, |m| (m.at - self.sent_total) / FRAME);
         let frames = allowed
-            .min(self.held.len() as u64 / FRAME)
+            .min(self.count as u64)
             .min(self.config.max_frames_per_message as u64)
             .min(until_mark) as usize;
         if frames == 0 {
             return None;
         }
         let n = frames * FRAME_SAMPLES;
-        for (dst, src) in self.scratch[..n].iter_mut().zip(self.held.drain(..n)) {
-            *dst = src;
+        for dst in self.scratch[..n].chunks_exact_mut(FRAME_SAMPLES) {
+            dst.copy_from_slice(&self.ring[self.head]);
+            self.head = (self.head + 1) % self.ring.len();
+            self.count -= 1;
         }
         self.sent_total += n as u64;
         self.turn_sent |= self.in_turn;
@@ -356,7 +364,7 @@ impl PlayoutBuffer {
         {
             return Some(now);
         }
-        if self.held.len() < FRAME_SAMPLES {
+        if self.count == 0 {
             return None;
         }
         let Some(anchor) = self.anchor else {
@@ -397,9 +405,12 @@ impl PlayoutBuffer {
     /// Barge-in: drops everything held and every mark not yet sent, flags sent marks as
     /// cleared, and restarts the clock. The bridge sends Twilio `clear` if told to.
     pub fn interrupt(&mut self, now: Instant) -> Interruption {
-        let dropped = self.held.len() as u64;
+        let dropped = (self.count * FRAME_SAMPLES) as u64;
         let unplayed = self.sent_total - self.played(now);
-        self.held.clear();
+        self.head = 0;
+        self.count = 0;
+        // Positions count audio that will really be sent: forget the dropped frames.
+        self.pushed_total = self.sent_total;
         self.pending_marks.clear();
         for m in &mut self.sent_marks {
             m.cleared = true;
@@ -423,15 +434,20 @@ impl PlayoutBuffer {
         (self.sent_total - self.played(now)) / 8
     }
 
+    /// Marks placed but not yet sent (each goes out right after the audio before it).
+    pub fn pending_marks(&self) -> usize {
+        self.pending_marks.len()
+    }
+
     /// Bytes held (always whole frames).
     pub fn held_bytes(&self) -> usize {
-        self.held.len()
+        self.count * FRAME_SAMPLES
     }
 
     /// Counters so far.
     pub fn stats(&self) -> PlayoutStats {
         PlayoutStats {
-            buffered_ms: self.held.len() as u64 / 8,
+            buffered_ms: self.count as u64 * 20,
             ..self.stats
         }
     }
@@ -476,5 +492,29 @@ mod tests {
         assert_eq!(drain(&mut p, at(t0, 65)), (3, 0));
         assert_eq!(p.poll_timeout(), Some(at(t0, 80)));
         assert!(p.lead_ms_at(at(t0, 65)) <= 100);
+    }
+
+    #[test]
+    fn marks_after_an_interruption_follow_their_own_audio() {
+        let t0 = Instant::now();
+        let mut p = PlayoutBuffer::new(PlayoutConfig {
+            mark_interval_ms: 0,
+            ..PlayoutConfig::default()
+        });
+        for _ in 0..50 {
+            p.push_frame(1, &[1; 160]);
+        }
+        drain(&mut p, t0);
+        p.interrupt(at(t0, 10));
+        p.push_frame(2, &[2; 160]);
+        p.end_turn();
+        let mut out = Vec::new();
+        while let Some(t) = p.poll_transmit(at(t0, 10)) {
+            out.push(matches!(t, Transmit::Mark(_)));
+        }
+        assert_eq!(out, vec![false, true]);
+        let echo = p.handle_mark_echo("ignis-1").unwrap();
+        assert!(echo.end_of_turn && !echo.cleared && echo.event_id == 2);
+        assert_eq!(echo.stream_ms, 120);
     }
 }

@@ -91,26 +91,36 @@ pub fn jitter_and_reframer(data: &[u8]) {
                         chunk = chunk.saturating_sub(back).max(1);
                     }
                     2 => {
-                        let skip = u64::from(d.u8() % 60);
-                        chunk += skip;
-                        ts += 20 * skip + u64::from(d.u8());
+                        let skip = d.u8();
+                        if skip >= 250 {
+                            // Garbage counters from the peer: near the top of the range.
+                            chunk = u64::MAX - u64::from(d.u8() % 4);
+                            ts = u64::MAX - u64::from(d.u8());
+                        } else {
+                            let skip = u64::from(skip % 60);
+                            chunk = chunk.saturating_add(skip);
+                            ts = ts.saturating_add(20 * skip + u64::from(d.u8()));
+                        }
                     }
                     _ => {}
                 }
                 frame.clear();
                 let fill = d.u8();
                 frame.extend((0..len).map(|i| fill.wrapping_add(i as u8)));
-                let b64 = STANDARD.encode(&frame);
                 let before = inbound.stats().jitter;
-                if inbound.push_twilio_media(now, chunk, ts, &b64).is_ok()
-                    && last_accepted.is_none_or(|l| chunk > l)
-                {
+                // Both entry points: base64 text (the normal one) or pre-decoded bytes.
+                let pushed = if fill & 1 == 0 {
+                    inbound.push_twilio_media(now, chunk, ts, &STANDARD.encode(&frame))
+                } else {
+                    inbound.push_twilio_ulaw(now, chunk, ts, &frame)
+                };
+                if pushed.is_ok() && last_accepted.is_none_or(|l| chunk > l) {
                     last_accepted = Some(chunk);
                     accepted_bytes += len as u64;
                     assert_eq!(inbound.stats().jitter.frames, before.frames + 1);
                 }
-                chunk += 1;
-                ts += (len as u64).div_ceil(8);
+                chunk = chunk.saturating_add(1);
+                ts = ts.saturating_add((len as u64).div_ceil(8));
             }
             3 => {
                 // An agent burst of any size, possibly ending on an odd byte.
@@ -150,6 +160,11 @@ pub fn jitter_and_reframer(data: &[u8]) {
                     }
                 }
                 now = now.max(until);
+                // Once everything held is sent, every mark must have followed its audio.
+                let playout = outbound.playout();
+                if playout.held_bytes() == 0 {
+                    assert_eq!(playout.pending_marks(), 0, "mark stuck behind no audio");
+                }
             }
             8 => {
                 if !marks.is_empty() {

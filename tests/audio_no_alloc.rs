@@ -1,0 +1,131 @@
+//! "No allocation per frame after set-up": counts heap allocations (on the calling thread)
+//! while the paths and the pipeline's bridge-side calls run in steady state, including gaps,
+//! marks, ends of turn and interruptions.
+
+use std::time::{Duration, Instant};
+
+use allocation_counter::measure;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ignis::audio::{
+    AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath, Pipeline,
+    PipelineConfig, PipelineOutput, Transmit,
+};
+
+fn ms(t0: Instant, ms: u64) -> Instant {
+    t0 + Duration::from_millis(ms)
+}
+
+#[test]
+fn the_counter_is_live() {
+    let info = measure(|| drop(std::hint::black_box(vec![1u8; 16])));
+    assert_eq!(info.count_total, 1);
+}
+
+#[test]
+fn inbound_path_does_not_allocate_per_frame() {
+    for format in AgentFormat::ALL {
+        let t0 = Instant::now();
+        let frames: Vec<String> = (0..50u8)
+            .map(|i| STANDARD.encode([i.wrapping_mul(37); 160]))
+            .collect();
+        let mut p = InboundPath::new(format, InboundConfig::default()).unwrap();
+        let run = |p: &mut InboundPath, from: u64, n: u64| {
+            let mut bytes = 0;
+            for i in from..from + n {
+                // Every 10th frame follows a 40 ms gap (concealment path).
+                let ts = 20 * i + if i % 10 == 9 { 40 } else { 0 };
+                let _ = p.push_twilio_media(ms(t0, ts), i + 1, ts, &frames[i as usize % 50]);
+                while let Some(s) = p.poll_user_audio_chunk() {
+                    bytes += s.len();
+                }
+            }
+            bytes
+        };
+        run(&mut p, 0, 5); // warm-up
+        let info = measure(|| {
+            assert!(run(&mut p, 5, 200) > 0);
+            p.finish();
+            while p.poll_user_audio_chunk().is_some() {}
+        });
+        assert_eq!(info.count_total, 0, "{format}: {info:?}");
+    }
+}
+
+#[test]
+fn outbound_path_does_not_allocate_per_frame() {
+    for format in AgentFormat::ALL {
+        let t0 = Instant::now();
+        let rate = format.sample_rate() as usize;
+        // 20 ms chunks plus an odd byte now and then.
+        let bytes = if format.is_ulaw() {
+            160
+        } else {
+            rate / 50 * 2 + 1
+        };
+        let chunk = STANDARD.encode(vec![0x42u8; bytes]);
+        let mut p = OutboundPath::new(format, OutboundConfig::default()).unwrap();
+        let mut names = Vec::with_capacity(1024);
+        let step = |p: &mut OutboundPath, i: u64, names: &mut Vec<String>, record: bool| {
+            let now = ms(t0, 20 * i);
+            let event = 1 + i / 100;
+            let _ = p.push_agent_audio(now, event, &chunk);
+            if i % 100 == 50 {
+                p.end_of_turn();
+            }
+            if i % 100 == 75 {
+                p.interrupt(now, Some(event + 1));
+            }
+            while let Some(t) = p.poll_transmit(now) {
+                if let Transmit::Mark(name) = t
+                    && record
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        };
+        for i in 0..5 {
+            step(&mut p, i, &mut names, true);
+        }
+        let echo: Vec<String> = names.clone();
+        let info = measure(|| {
+            for i in 5..400 {
+                step(&mut p, i, &mut names, false);
+            }
+            for name in &echo {
+                let _ = p.handle_mark_echo(name);
+            }
+        });
+        assert_eq!(info.count_total, 0, "{format}: {info:?}");
+    }
+}
+
+#[test]
+fn pipeline_bridge_side_calls_do_not_allocate() {
+    let p = Pipeline::spawn(
+        AgentFormat::Pcm16000,
+        InboundConfig::default(),
+        OutboundConfig::default(),
+        PipelineConfig::default(),
+        || {},
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let frame = STANDARD.encode([0x11u8; 160]);
+    let agent = STANDARD.encode([0u8; 640]);
+    let mut got = 0usize;
+    let info = measure(|| {
+        for i in 0..200u64 {
+            let _ = p.push_twilio_media(ms(t0, 20 * i), i + 1, 20 * i, &frame);
+            let _ = p.push_agent_audio(ms(t0, 20 * i), 1, &agent);
+            p.drain(|o| {
+                if let PipelineOutput::UserAudioChunk(s) | PipelineOutput::Media(s) = o {
+                    got += s.len();
+                }
+            });
+            std::thread::yield_now();
+        }
+    });
+    assert_eq!(info.count_total, 0, "{info:?}");
+    p.shutdown();
+}
