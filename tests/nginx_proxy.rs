@@ -264,6 +264,32 @@ impl Nginx {
         }
     }
 
+    /// `nginx -s <signal>`: `quit` is the graceful stop `docker compose stop` sends (SIGQUIT).
+    fn signal(&self, signal: &str) {
+        let out = Command::new(&self.bin)
+            .args(&self.args)
+            .args(["-s", signal])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nginx -s {signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether the master process exited within `within` (polled without blocking the runtime).
+    async fn exits_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
@@ -327,7 +353,7 @@ impl Deployment {
 
 #[tokio::test]
 async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
-    let d = Deployment::start().await;
+    let mut d = Deployment::start().await;
     let caller = &d.caller;
     let https = caller.public.clone();
     let authority = caller.authority();
@@ -475,7 +501,20 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
     agent.send_audio(1, &greeting);
     assert_eq!(call.audio(greeting.len(), T).await, greeting);
 
-    // Caller → agent through nginx: 50 frames, byte for byte.
+    // `docker compose stop` (or a restart with ignis) sends nginx SIGQUIT: it closes its
+    // listeners at once but lets the live call go on until it ends.
+    d.nginx.signal("quit");
+    let mut refused = false;
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(caller.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "nginx still accepts connections after quit");
+
+    // Caller → agent through the quitting nginx: 50 frames, byte for byte.
     let speech = pattern(8000, 11);
     call.send_audio(&speech);
     let msgs = agent
@@ -503,6 +542,12 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
     assert!(
         !seen.iter().any(|s| matches!(s, Seen::Media(..))),
         "no audio after the hang-up"
+    );
+    // With its last connection closed, the quitting nginx exits.
+    assert!(
+        d.nginx.exits_within(T).await,
+        "nginx did not exit: {:#?}",
+        d.nginx.lines()
     );
 
     // nginx's access log has the upgraded stream (logged when it closed).
