@@ -3,10 +3,13 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Manifests first so dependency downloads are cached across source changes.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the benches, so the manifest needs them to load.
 COPY benches ./benches
+# Compiled into the binary (include_str!): the Demo Praxis and its demo patients.
+COPY practice.toml ./
+COPY practice ./practice
 RUN cargo build --release --locked --bin ignis
 
 FROM debian:bookworm-slim

@@ -10,8 +10,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
@@ -69,23 +71,28 @@ impl TwilioCall {
         )
         .into_bytes();
         bytes.extend(client_text_frame(CONNECTED));
-        let start = json!({"event":"start","sequenceNumber":"1","streamSid":format!("MZ{call_sid}"),
-            "start":{"accountSid":"AC11111111111111111111111111111111","streamSid":format!("MZ{call_sid}"),"callSid":call_sid,
-            "tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
-            "customParameters":{"caller":"+4915112345123","called":"+16175551881","callSid":call_sid}}});
-        bytes.extend(client_text_frame(&start.to_string()));
+        bytes.extend(client_text_frame(&start_json(call_sid).to_string()));
         use tokio::io::AsyncWriteExt;
         s.write_all(&bytes).await.unwrap();
         let mut buf = Vec::new();
         let resp = read_response(&mut s, &mut buf, true).await;
         assert_eq!(resp.status, 101, "{}", resp.text());
-        let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        let ws = WebSocketStream::from_partially_read(
             s,
             buf,
             tokio_tungstenite::tungstenite::protocol::Role::Client,
             None,
         )
         .await;
+        TwilioCall::over(ws, call_sid)
+    }
+
+    /// Drives a stream socket that is already open (101 read, `connected` + `start` sent), over
+    /// any transport (plain TCP here, TLS through a proxy in `tests/nginx_proxy.rs`).
+    pub fn over<S>(ws: WebSocketStream<S>, call_sid: &str) -> TwilioCall
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (seen_tx, seen_rx) = mpsc::unbounded_channel();
         tokio::spawn(run(ws, format!("MZ{call_sid}"), cmd_rx, seen_tx));
@@ -168,8 +175,16 @@ impl TwilioCall {
     }
 }
 
-async fn run(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+/// The `start` message (§1.2) with the `<Parameter>`s ignis puts in its TwiML.
+pub fn start_json(call_sid: &str) -> Value {
+    json!({"event":"start","sequenceNumber":"1","streamSid":format!("MZ{call_sid}"),
+        "start":{"accountSid":"AC11111111111111111111111111111111","streamSid":format!("MZ{call_sid}"),"callSid":call_sid,
+        "tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
+        "customParameters":{"caller":"+4915112345123","called":"+16175551881","callSid":call_sid}}})
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
     stream_sid: String,
     mut cmd: mpsc::UnboundedReceiver<Cmd>,
     seen: mpsc::UnboundedSender<Seen>,

@@ -1,0 +1,211 @@
+//! Twilio as a client of a TLS endpoint (a reverse proxy in front of ignis): HTTPS requests
+//! signed over that endpoint's public URL, and the Media Streams socket over `wss://`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ignis::twilio::signature;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::fake_twilio::{TwilioCall, start_json};
+use super::{CONNECTED, Resp, TOKEN, client_text_frame, urlencode};
+
+/// A TLS endpoint that trusts exactly one certificate (DER), as Twilio trusts a real one.
+pub struct TlsCaller {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The public origin, e.g. `https://127.0.0.1:8443`; signatures are computed over it.
+    pub public: String,
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl TlsCaller {
+    pub fn new(addr: SocketAddr, root_der: Vec<u8>) -> TlsCaller {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(root_der))
+            .expect("the test certificate is a valid trust anchor");
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        TlsCaller {
+            addr,
+            public: format!("https://{addr}"),
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name: ServerName::IpAddress(addr.ip().into()),
+        }
+    }
+
+    /// `host:port` as it appears in URLs and the `Host` header.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Opens TCP and completes the TLS handshake (certificate and name verified).
+    pub async fn connect(&self) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake failed")
+    }
+
+    /// Writes `raw` on a new TLS connection and reads one response.
+    pub async fn roundtrip(&self, raw: &[u8]) -> Resp {
+        let mut s = self.connect().await;
+        s.write_all(raw).await.unwrap();
+        let mut buf = Vec::new();
+        read_response(&mut s, &mut buf, raw.starts_with(b"HEAD ")).await
+    }
+
+    /// A form POST to `path`, signed over `https://<public><path>` as Twilio signs it.
+    pub fn signed_post(&self, path: &str, params: &[(String, String)]) -> Vec<u8> {
+        let sig = signature::sign(TOKEN, &format!("{}{path}", self.public), params);
+        self.post(path, params, Some(&sig))
+    }
+
+    /// A form POST with the given signature header (or none).
+    pub fn post(&self, path: &str, params: &[(String, String)], sig: Option<&str>) -> Vec<u8> {
+        let sig = sig.map_or(String::new(), |s| format!("X-Twilio-Signature: {s}\r\n"));
+        let body = urlencode(params);
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: TwilioProxy/1.1\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{sig}\
+             Content-Length: {}\r\n\r\n{body}",
+            self.authority(),
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A GET of `target` (path and query), signed over `https://<public><target>`: for GET
+    /// webhooks Twilio signs the full URL, query string included, and appends no parameters.
+    pub fn signed_get(&self, target: &str) -> Vec<u8> {
+        let sig = signature::sign(TOKEN, &format!("{}{target}", self.public), &[]);
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: TwilioProxy/1.1\r\n\
+             X-Twilio-Signature: {sig}\r\n\r\n",
+            self.authority()
+        )
+        .into_bytes()
+    }
+
+    /// The signature Twilio puts on the stream handshake: over `wss://<public host><path>`.
+    pub fn stream_signature(&self, path: &str) -> String {
+        signature::sign(TOKEN, &format!("wss://{}{path}", self.authority()), &[])
+    }
+
+    /// The upgrade request Twilio sends (twilio.md §1.1), with `signature` if given.
+    pub fn stream_handshake(&self, path: &str, signature: Option<&str>) -> Vec<u8> {
+        let sig = signature.map_or(String::new(), |s| format!("X-Twilio-Signature: {s}\r\n"));
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Twilio.TmeWs/1.0\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             {sig}Accept-Encoding: gzip\r\n\r\n",
+            self.authority()
+        )
+        .into_bytes()
+    }
+
+    /// Opens the signed stream over `wss://`, sending `connected` + `start` right behind the
+    /// upgrade request as Twilio does, and returns the simulated caller after the 101.
+    pub async fn open_stream(&self, call_sid: &str) -> TwilioCall {
+        let path = "/api/twilio/stream";
+        let mut s = self.connect().await;
+        let mut bytes = self.stream_handshake(path, Some(&self.stream_signature(path)));
+        bytes.extend(client_text_frame(CONNECTED));
+        bytes.extend(client_text_frame(&start_json(call_sid).to_string()));
+        s.write_all(&bytes).await.unwrap();
+        let mut buf = Vec::new();
+        let resp = read_response(&mut s, &mut buf, true).await;
+        assert_eq!(resp.status, 101, "{}", resp.text());
+        let ws = WebSocketStream::from_partially_read(s, buf, Role::Client, None).await;
+        TwilioCall::over(ws, call_sid)
+    }
+}
+
+/// Reads one response from any stream, leaving later bytes in `buf`. `head_only`: HEAD request
+/// (1xx, 204 and 304 never have a body either). Bodies are framed by `Content-Length`; a response without
+/// one (an nginx error page on a closing connection) is read to EOF.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    head_only: bool,
+) -> Resp {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(buf).unwrap() {
+                let status = r.code.unwrap();
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let len: Option<usize> = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap());
+                let no_body = head_only || status == 204 || status == 304 || status < 200;
+                let body_len = match (no_body, len) {
+                    (true, _) => 0,
+                    (false, Some(len)) => len,
+                    (false, None) => {
+                        // Read to EOF (or a TLS close without close_notify).
+                        let mut rest = Vec::new();
+                        let _ = stream.read_to_end(&mut rest).await;
+                        buf.extend(rest);
+                        buf.len() - n
+                    }
+                };
+                while buf.len() < n + body_len {
+                    let mut chunk = [0u8; 4096];
+                    let k = stream.read(&mut chunk).await.unwrap();
+                    assert!(k > 0, "eof inside body");
+                    buf.extend_from_slice(&chunk[..k]);
+                }
+                let body = buf[n..n + body_len].to_vec();
+                buf.drain(..n + body_len);
+                return Resp {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            let mut chunk = [0u8; 4096];
+            let k = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                k > 0,
+                "eof before response head: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    })
+    .await
+    .expect("response timed out")
+}

@@ -1,0 +1,657 @@
+//! The deployment kit against a real nginx: `deploy/nginx.conf`, as shipped, runs in front of
+//! ignis with a throwaway self-signed certificate, and Twilio's requests go through it over TLS:
+//! signed webhooks, the HTTP → HTTPS redirect, and a whole call over `wss://` whose handshake
+//! signature still checks out behind the proxy.
+//!
+//! The test rewrites only the values `deploy/nginx.conf` marks `[test rewrites]` (upstream
+//! address, listen ports, certificate paths) and adds temp paths, so it exercises the shipped
+//! routing, headers, timeouts and TLS settings. nginx must be installed (`.ci/run` installs it
+//! from Debian packages); without it the test fails rather than skips.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fake_twilio::Seen;
+use common::tls_caller::TlsCaller;
+use common::*;
+use ignis::calls::Outcome;
+use tokio::io::AsyncWriteExt;
+
+const T: Duration = Duration::from_secs(10);
+
+const SHIPPED_NGINX_CONF: &str = include_str!("../deploy/nginx.conf");
+const SHIPPED_COMPOSE: &str = include_str!("../deploy/docker-compose.yml");
+const SHIPPED_ENV_EXAMPLE: &str = include_str!("../deploy/.env.example");
+
+/// A recognisable μ-law byte pattern (avoids 0xFF, the silence code the playout pads with).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) % 0xF0)
+        .collect()
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ignis-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nginx_binary() -> PathBuf {
+    let mut candidates = vec![
+        PathBuf::from("/usr/sbin/nginx"),
+        PathBuf::from("/usr/local/sbin/nginx"),
+        PathBuf::from("/usr/local/nginx/sbin/nginx"),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nginx")));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nginx is not installed, and this test runs deploy/nginx.conf in a real nginx. \
+             Install it: `apt-get install -y --no-install-recommends nginx` (.ci/run does this)."
+            )
+        })
+}
+
+/// A throwaway self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM, cert DER).
+fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let cnf = dir.join("cert.cnf");
+    std::fs::write(
+        &cnf,
+        "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = leaf\n\
+         [dn]\nCN = localhost\n\
+         [leaf]\nbasicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let (cert, key, der) = (
+        dir.join("fullchain.pem"),
+        dir.join("privkey.pem"),
+        dir.join("cert.der"),
+    );
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl ({e}): `apt-get install -y openssl` (.ci/run does this)")
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-config",
+        &s(&cnf),
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&cert),
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        &s(&cert),
+        "-outform",
+        "DER",
+        "-out",
+        &s(&der),
+    ]);
+    let der = std::fs::read(der).unwrap();
+    (cert, key, der)
+}
+
+/// `deploy/nginx.conf` with the marked values pointed at the test's loopback setup. Each
+/// replaced text must occur exactly once, so a change to the shipped file cannot silently make
+/// the test run something else.
+fn test_nginx_conf(
+    upstream: SocketAddr,
+    http_port: u16,
+    https_port: u16,
+    cert: &Path,
+    key: &Path,
+    dir: &Path,
+) -> String {
+    let temp = |name: &str| dir.join(name).display().to_string();
+    let temp_paths = format!(
+        "http {{\n    # test only: temp files in the test's directory\n    \
+         client_body_temp_path {};\n    proxy_temp_path {};\n    fastcgi_temp_path {};\n    \
+         uwsgi_temp_path {};\n    scgi_temp_path {};\n",
+        temp("body"),
+        temp("proxy"),
+        temp("fastcgi"),
+        temp("uwsgi"),
+        temp("scgi")
+    );
+    let mut conf = SHIPPED_NGINX_CONF.to_owned();
+    for (from, to) in [
+        ("server ignis:8080;", format!("server {upstream};")),
+        (
+            "listen 80 default_server;",
+            format!("listen 127.0.0.1:{http_port} default_server;"),
+        ),
+        (
+            "listen 443 ssl default_server;",
+            format!("listen 127.0.0.1:{https_port} ssl default_server;"),
+        ),
+        ("/etc/nginx/certs/fullchain.pem", cert.display().to_string()),
+        ("/etc/nginx/certs/privkey.pem", key.display().to_string()),
+        ("\nhttp {\n", format!("\n{temp_paths}")),
+    ] {
+        assert_eq!(
+            conf.matches(from).count(),
+            1,
+            "deploy/nginx.conf should contain {from:?} exactly once (update this test with it)"
+        );
+        conf = conf.replacen(from, &to, 1);
+    }
+    let listens = conf
+        .lines()
+        .filter(|l| l.trim().starts_with("listen "))
+        .count();
+    assert_eq!(listens, 2, "a listen line the test does not rewrite");
+    conf
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running nginx (master and workers, in the foreground); stopped on drop.
+struct Nginx {
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Child,
+    /// Everything nginx wrote: the error log (stderr) and the access log (stdout).
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Nginx {
+    fn start(dir: &Path, conf: &str, wait_for: SocketAddr) -> Nginx {
+        let bin = nginx_binary();
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let args: Vec<String> = vec![
+            "-p".into(),
+            format!("{}/", dir.display()),
+            "-c".into(),
+            conf_path.display().to_string(),
+            // Start-up errors before the configuration is read go to stderr too.
+            "-e".into(),
+            "stderr".into(),
+            // As the official image runs it (`nginx -g 'daemon off;'`), plus a writable pid file.
+            "-g".into(),
+            format!("daemon off; pid {};", dir.join("nginx.pid").display()),
+        ];
+        let mut child = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut nginx = Nginx {
+            bin,
+            args,
+            child,
+            log,
+        };
+        let deadline = Instant::now() + T;
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("nginx exited with {status}: {:#?}", nginx.lines());
+            }
+            if std::net::TcpStream::connect(wait_for).is_ok() {
+                return nginx;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen: {:#?}",
+                nginx.lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nginx -s <signal>`: `quit` is the graceful stop `docker compose stop` sends (SIGQUIT).
+    fn signal(&self, signal: &str) {
+        let out = Command::new(&self.bin)
+            .args(&self.args)
+            .args(["-s", signal])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nginx -s {signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether the master process exited within `within` (polled without blocking the runtime).
+    async fn exits_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // `nginx -s stop` signals the master through the pid file (TERM: fast shutdown), which
+        // takes its workers down with it; a SIGKILL on the master alone would orphan them.
+        let _ = Command::new(&self.bin)
+            .args(&self.args)
+            .args(["-s", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ignis (in-process, with a stand-in agent) behind the shipped nginx config.
+struct Deployment {
+    // Field order is drop order: nginx stops before its temp directory goes.
+    nginx: Nginx,
+    server: Server,
+    caller: TlsCaller,
+    http_port: u16,
+    _dir: TempDir,
+}
+
+impl Deployment {
+    async fn start() -> Deployment {
+        let dir = TempDir::new("nginx-proxy");
+        let (cert, key, der) = self_signed_cert(&dir.0);
+        let (http_port, https_port) = (free_port(), free_port());
+        let https = SocketAddr::from(([127, 0, 0, 1], https_port));
+        // PUBLIC_URL is what Twilio calls: nginx's TLS port, not ignis's own address.
+        let server = Server::start_config(test_config(&[(
+            "PUBLIC_URL",
+            &format!("https://127.0.0.1:{https_port}"),
+        )]))
+        .await;
+        let conf = test_nginx_conf(server.addr, http_port, https_port, &cert, &key, &dir.0);
+        let nginx = Nginx::start(&dir.0, &conf, https);
+        Deployment {
+            nginx,
+            server,
+            caller: TlsCaller::new(https, der),
+            http_port,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
+    let mut d = Deployment::start().await;
+    let caller = &d.caller;
+    let https = caller.public.clone();
+    let authority = caller.authority();
+
+    // (1) Health over TLS, with the shipped server block's HSTS header.
+    let r = caller
+        .roundtrip(format!("GET /health HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"status\":\"ok\""), "{}", r.text());
+    assert!(
+        r.header("strict-transport-security")
+            .is_some_and(|v| v.contains("max-age=")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("server"), Some("nginx"), "server_tokens off");
+
+    // (2) Plain HTTP is redirected to HTTPS with path and query intact; ACME challenges are not.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", d.http_port))
+        .await
+        .unwrap();
+    plain
+        .write_all(
+            format!(
+                "GET /api/twilio/voice?CallSid=CA1&From=%2B49 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n\
+                 GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                d.http_port
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut plain, &mut buf, false).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some("https://127.0.0.1/api/twilio/voice?CallSid=CA1&From=%2B49")
+    );
+    let r = read_response(&mut plain, &mut buf, false).await;
+    assert_eq!(
+        r.status, 404,
+        "served from the ACME webroot, not redirected"
+    );
+
+    // (3) The voice webhook, signed over the public https:// URL, gets TwiML that points the
+    // stream at wss:// on the public host; unsigned or wrongly signed, it gets 403.
+    let sid = "CA000000000000000000000000000000a1";
+    let r = caller
+        .roundtrip(&caller.signed_post("/api/twilio/voice", &call_params(sid)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("text/xml")),
+        "{:?}",
+        r.headers
+    );
+    let stream_url = format!("wss://{authority}/api/twilio/stream");
+    assert!(
+        r.text().contains(&format!("<Stream url=\"{stream_url}\"")),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text()
+            .contains(&format!("{https}/api/twilio/stream-ended"))
+    );
+    let r = caller
+        .roundtrip(&caller.post("/api/twilio/voice", &call_params(sid), None))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let wrong = ignis::twilio::signature::sign(
+        TOKEN,
+        &format!("http://{authority}/api/twilio/voice"),
+        &call_params(sid),
+    );
+    let r = caller
+        .roundtrip(&caller.post("/api/twilio/voice", &call_params(sid), Some(&wrong)))
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "signed over http://, not the public https:// URL"
+    );
+    // Twilio drops the port when it signs HTTPS voice webhooks (twilio.md §4.2).
+    let portless = ignis::twilio::signature::sign(
+        TOKEN,
+        "https://127.0.0.1/api/twilio/voice",
+        &call_params(sid),
+    );
+    let r = caller
+        .roundtrip(&caller.post("/api/twilio/voice", &call_params(sid), Some(&portless)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A GET webhook is signed over the URL with its query: nginx must pass it byte for byte
+    // (percent-encodings and all).
+    let target = "/api/twilio/voice?AccountSid=AC11111111111111111111111111111111\
+                  &CallSid=CA000000000000000000000000000000a2&CallStatus=ringing\
+                  &From=%2B4915112345123&To=%2B16175551881&Direction=inbound&Caller=O%27Brien";
+    let r = caller.roundtrip(&caller.signed_get(target)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Bodies above ignis's 64 KiB cap are refused by nginx already.
+    let r = caller
+        .roundtrip(
+            format!(
+                "POST /api/twilio/status HTTP/1.1\r\nHost: {authority}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 70000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    // Webhooks share kept-alive upstream connections; the status callback is a 204.
+    let r = caller
+        .roundtrip(&caller.signed_post("/api/twilio/status", &call_params(sid)))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    // (4) The stream: an unsigned upgrade is refused by ignis behind nginx...
+    let r = caller
+        .roundtrip(&caller.stream_handshake("/api/twilio/stream", None))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // ... and one signed over https:// instead of wss:// too.
+    let https_sig =
+        ignis::twilio::signature::sign(TOKEN, &format!("{https}/api/twilio/stream"), &[]);
+    let r = caller
+        .roundtrip(&caller.stream_handshake("/api/twilio/stream", Some(&https_sig)))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // ... while Twilio's, signed over wss://<public host>/api/twilio/stream, is upgraded, and a
+    // whole call runs through nginx. The voice webhook above pre-connected the agent.
+    let mut call = caller.open_stream(sid).await;
+    let mut agent = d.server.agent.next_conn(T).await;
+    let vars = &agent.initiation["dynamic_variables"];
+    assert_eq!(vars["caller_number"], "+4915112345123");
+    assert_eq!(vars["called_number"], "+16175551881");
+    assert_eq!(vars["call_sid"], sid);
+    eventually("the call is live", || d.server.app.calls.live_count() == 1).await;
+
+    // Agent → caller through nginx: byte for byte.
+    let greeting = pattern(3840, 3);
+    agent.send_audio(1, &greeting);
+    assert_eq!(call.audio(greeting.len(), T).await, greeting);
+
+    // `docker compose stop` (or a restart with ignis) sends nginx SIGQUIT: it closes its
+    // listeners at once but lets the live call go on until it ends.
+    d.nginx.signal("quit");
+    let mut refused = false;
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(caller.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "nginx still accepts connections after quit");
+
+    // Caller → agent through the quitting nginx: 50 frames, byte for byte.
+    let speech = pattern(8000, 11);
+    call.send_audio(&speech);
+    let msgs = agent
+        .recv_until(T, {
+            let (mut got, want) = (0, speech.len());
+            move |m| {
+                got += m["user_audio_chunk"]
+                    .as_str()
+                    .map_or(0, |b| b.len() / 4 * 3);
+                got >= want
+            }
+        })
+        .await;
+    assert_eq!(common::fake_agent::user_audio(&msgs), speech);
+
+    // The caller hangs up: `stop`, the agent socket closes, the registry ends the call.
+    call.hang_up();
+    assert!(agent.closed_within(T).await);
+    eventually("outcome", || {
+        d.server.app.calls.outcome(sid) == Some(Outcome::CallerHungUp)
+    })
+    .await;
+    assert_eq!(d.server.app.calls.live_count(), 0);
+    let (_, seen) = call.closed(T).await;
+    assert!(
+        !seen.iter().any(|s| matches!(s, Seen::Media(..))),
+        "no audio after the hang-up"
+    );
+    // With its last connection closed, the quitting nginx exits.
+    assert!(
+        d.nginx.exits_within(T).await,
+        "nginx did not exit: {:#?}",
+        d.nginx.lines()
+    );
+
+    // nginx's access log has the upgraded stream (logged when it closed).
+    let logged = || {
+        d.nginx
+            .lines()
+            .iter()
+            .any(|l| l.contains("\"GET /api/twilio/stream HTTP/1.1\" 101"))
+    };
+    for _ in 0..250 {
+        if logged() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(), "{:#?}", d.nginx.lines());
+    let errors: Vec<String> = d
+        .nginx
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            // The 413 above logs an [error] by design; trouble with ignis mentions "upstream".
+            (l.contains("[error]") && l.contains("upstream"))
+                || ["[crit]", "[alert]", "[emerg]"]
+                    .iter()
+                    .any(|e| l.contains(e))
+        })
+        .collect();
+    assert!(errors.is_empty(), "nginx errors: {errors:#?}");
+}
+
+/// The static promises of the kit that a live test cannot reach in reasonable time.
+#[test]
+fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
+    // nginx's stream route: upgrade headers, hour-long idle timeouts, no buffering.
+    let start = SHIPPED_NGINX_CONF
+        .find("location = /api/twilio/stream {")
+        .expect("the stream location");
+    let block = &SHIPPED_NGINX_CONF[start..];
+    let block = &block[..block.find('}').unwrap()];
+    let seconds = |directive: &str| -> u64 {
+        let line = block
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&format!("{directive} ")))
+            .unwrap_or_else(|| panic!("{directive} missing on the stream route"));
+        line[directive.len()..]
+            .trim()
+            .trim_end_matches(';')
+            .trim_end_matches('s')
+            .parse()
+            .unwrap()
+    };
+    assert!(seconds("proxy_read_timeout") >= 3600);
+    assert!(seconds("proxy_send_timeout") >= 3600);
+    for line in [
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_buffering off;",
+        "proxy_pass http://ignis;",
+    ] {
+        assert!(block.contains(line), "{line} missing on the stream route");
+    }
+    // No URI part on any proxy_pass, and no rewrites: signatures cover the raw target.
+    for line in SHIPPED_NGINX_CONF.lines().map(str::trim) {
+        if line.starts_with("proxy_pass") {
+            assert_eq!(line, "proxy_pass http://ignis;");
+        }
+        assert!(!line.starts_with("rewrite"), "{line}");
+    }
+
+    // Compose: the stop grace period outlasts the drain, for both services.
+    let graces: Vec<u64> = SHIPPED_COMPOSE
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("stop_grace_period:"))
+        .map(|v| v.trim().trim_end_matches('s').parse().unwrap())
+        .collect();
+    assert_eq!(graces.len(), 2, "ignis and nginx");
+    assert!(
+        graces
+            .iter()
+            .all(|&g| g > ignis::config::DEFAULT_DRAIN_SECONDS)
+    );
+
+    // .env.example: parses as a .env file, and names every variable `ignis --help` lists.
+    ignis::config::parse_dotenv(SHIPPED_ENV_EXAMPLE).expect(".env.example parses");
+    let help = Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let env_section = &help[help.find("ENVIRONMENT").expect("ENVIRONMENT section")..];
+    let names: Vec<&str> = env_section
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in names {
+        assert!(
+            SHIPPED_ENV_EXAMPLE.contains(&format!("{name}=")),
+            "{name} missing from deploy/.env.example"
+        );
+    }
+}
