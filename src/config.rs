@@ -78,6 +78,55 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "HTTP_IDLE_TIMEOUT_MS",
         "optional; idle keep-alive close, default 60000",
     ),
+    (
+        "MAX_CALLS",
+        "optional; concurrent calls before new ones get the fallback, default 500",
+    ),
+    (
+        "ELEVENLABS_CONNECT_TIMEOUT_MS",
+        "optional; per agent connect step, default 5000",
+    ),
+    (
+        "ELEVENLABS_CONVERSATION_OVERRIDE",
+        "optional; JSON object sent as conversation_config_override",
+    ),
+    (
+        "PRECONNECT_TIMEOUT_MS",
+        "optional; an unadopted pre-connected agent closes after this, default 30000",
+    ),
+    (
+        "AGENT_SILENCE_TIMEOUT_MS",
+        "optional; agent socket counts as dead after this silence, default 20000",
+    ),
+    (
+        "DTMF_MODE",
+        "optional; user_message (default) or contextual_update",
+    ),
+    (
+        "TWILIO_API_BASE",
+        "optional; default https://api.twilio.com (for transfers)",
+    ),
+    (
+        "METRICS_TOKEN",
+        "optional; GET /metrics then needs Authorization: Bearer <token>",
+    ),
+    (
+        "TOOLS_TOKEN",
+        "agent secret for the practice tools (Bearer), >= 16 characters; unset: tools refuse all",
+    ),
+    (
+        "ADMIN_TOKEN",
+        "optional; staff admin API (Bearer), >= 16 characters",
+    ),
+    ("IGNIS_DB", "optional; SQLite file, default ./ignis.db"),
+    (
+        "PRACTICE_CONFIG",
+        "optional; practice.toml path, default the built-in Demo Praxis",
+    ),
+    (
+        "IGNIS_DEMO_PATIENTS",
+        "optional; 1/0, seed demo patients (default on with the demo config)",
+    ),
 ];
 
 /// Default cap on concurrent calls.

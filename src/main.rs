@@ -43,30 +43,12 @@ fn help() -> String {
     let mut s = String::from(USAGE);
     s.push_str("\nENVIRONMENT (also read from ./.env; the real environment wins):\n");
     for (name, what) in VARIABLES {
-        s.push_str(&format!("    {name:<30} {what}\n"));
+        s.push_str(&format!("    {name:<32} {what}\n"));
     }
-    for (name, what) in [
-        (
-            "TOOLS_TOKEN",
-            "agent secret for the practice tools (Bearer); >= 16 characters",
-        ),
-        (
-            "ADMIN_TOKEN",
-            "optional; staff admin API (Bearer); >= 16 characters",
-        ),
-        ("IGNIS_DB", "optional; SQLite file, default ./ignis.db"),
-        (
-            "PRACTICE_CONFIG",
-            "optional; practice.toml path, default the built-in Demo Praxis",
-        ),
-        (
-            "IGNIS_DEMO_PATIENTS",
-            "optional; 1/0, seed demo patients (default on with the demo)",
-        ),
-    ] {
-        s.push_str(&format!("    {name:<30} {what}\n"));
-    }
-    s.push_str("    RUST_LOG                       log filter, default info\n");
+    s.push_str(&format!(
+        "    {:<32} log filter, default info\n",
+        "RUST_LOG"
+    ));
     s
 }
 
@@ -393,8 +375,14 @@ fn simulate(args: &[String]) -> ExitCode {
 fn healthcheck() -> ExitCode {
     use std::io::{Read, Write};
     use std::time::Duration;
+    // PORT as `serve` reads it: the environment, else ./.env, else the default.
+    let dotenv_port = std::fs::read_to_string(".env")
+        .ok()
+        .and_then(|t| config::parse_dotenv(&t).ok())
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "PORT").map(|(_, v)| v));
     let port: u16 = std::env::var("PORT")
         .ok()
+        .or(dotenv_port)
         .and_then(|p| p.parse().ok())
         .unwrap_or(config::DEFAULT_PORT);
     let probe = || -> std::io::Result<bool> {
