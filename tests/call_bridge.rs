@@ -596,3 +596,54 @@ async fn fifty_concurrent_calls_without_cross_talk() {
         "only remembered outcomes remain"
     );
 }
+
+#[tokio::test]
+async fn calls_over_max_calls_get_the_fallback_not_an_overloaded_bridge() {
+    let server = Server::start_config(test_config(&[
+        ("MAX_CALLS", "1"),
+        ("FALLBACK_NUMBER", "+493012345678"),
+    ]))
+    .await;
+    let sid = "CA000000000000000000000000000000fd";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let _agent = server.agent.next_conn(T).await;
+    eventually("first call live", || server.app.calls.live_count() == 1).await;
+    // The second call is answered with the fallback TwiML straight away: no stream, no agent.
+    let r = roundtrip(
+        &server,
+        &signed_post(
+            "/api/twilio/voice",
+            &call_params("CA000000000000000000000000000000fe"),
+            TOKEN,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .contains("<Dial><Number>+493012345678</Number></Dial>"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("<Stream"));
+    assert!(
+        server
+            .agent
+            .try_next_conn(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    caller.hang_up();
+    // Capacity frees up again.
+    eventually("first call ended", || server.app.calls.live_count() == 0).await;
+    let r = roundtrip(
+        &server,
+        &signed_post(
+            "/api/twilio/voice",
+            &call_params("CA000000000000000000000000000000ff"),
+            TOKEN,
+        ),
+    )
+    .await;
+    assert!(r.text().contains("<Stream"));
+}

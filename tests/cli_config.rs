@@ -238,6 +238,9 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
         incoming.contains("+49…123") && !incoming.contains("4915112345123"),
         "{incoming}"
     );
+    // LOG_FORMAT=json: one object per line, with the call SID as a field.
+    let parsed: serde_json::Value = serde_json::from_str(incoming).expect("JSON log line");
+    assert_eq!(parsed["call_sid"], "CA1", "{incoming}");
 
     // SIGTERM: graceful exit with status 0.
     // The healthcheck subcommand (Docker HEALTHCHECK) sees a healthy server.
