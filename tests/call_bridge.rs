@@ -135,6 +135,7 @@ async fn pcm16_call_transcodes_tones_both_ways() {
     let f = frequency(&pcm, 16_000);
     assert!((990.0..1010.0).contains(&f), "agent heard {f} Hz");
     let ratio_db = 20.0 * (rms(&pcm) / rms(&tone)).log10();
+    eprintln!("caller -> agent: 1000 Hz tone arrived at {f:.1} Hz, level {ratio_db:+.3} dB");
     assert!(ratio_db.abs() < 0.5, "level changed by {ratio_db} dB");
 
     // Agent: 1 s of 440 Hz at 16 kHz, sent in odd-sized bursts.
@@ -149,6 +150,7 @@ async fn pcm16_call_transcodes_tones_both_ways() {
     let f = frequency(&decoded, 8000);
     assert!((435.0..445.0).contains(&f), "caller heard {f} Hz");
     let ratio_db = 20.0 * (rms(&decoded) / rms(&reply)).log10();
+    eprintln!("agent -> caller: 440 Hz tone arrived at {f:.1} Hz, level {ratio_db:+.3} dB");
     assert!(ratio_db.abs() < 0.5, "level changed by {ratio_db} dB");
     caller.hang_up();
     assert!(agent.closed_within(T).await);
