@@ -420,11 +420,7 @@ fn open_practice(
             tracing::warn!(
                 "TOOLS_TOKEN is not set: the practice tools refuse every request until it is"
             );
-            let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|e| format!("no OS randomness: {e}"))?;
-            Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            Some(ignis::driver::random_hex(32).map_err(|e| format!("no OS randomness: {e}"))?)
         }
     };
     let settings = PracticeSettings::from_lookup(|k| match (k, &random_secret) {

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use super::net;
 use crate::audio::mulaw;
 use crate::elevenlabs::endpoint::Endpoint;
+use crate::http::form;
 use crate::twilio::signature;
 
 /// Twilio's frame: 20 ms of 8 kHz μ-law.
@@ -313,7 +314,7 @@ async fn voice_webhook(opts: &CallerOptions, url: &str) -> Result<u16, String> {
     let sig = signature::sign(&opts.auth_token, url, &params);
     let body = params
         .iter()
-        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .map(|(k, v)| format!("{}={}", form::encode(k), form::encode(v)))
         .collect::<Vec<_>>()
         .join("&");
     let mut ep = Endpoint::parse(url).map_err(|e| format!("webhook URL: {e}"))?;
@@ -334,18 +335,4 @@ async fn voice_webhook(opts: &CallerOptions, url: &str) -> Result<u16, String> {
     )
     .await
     .map_err(|e| format!("voice webhook: {e}"))
-}
-
-fn form_encode(v: &str) -> String {
-    let mut out = String::new();
-    for b in v.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }

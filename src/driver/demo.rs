@@ -53,12 +53,7 @@ pub struct DemoSummary {
 }
 
 fn random_hex(bytes: usize) -> Result<String, String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| format!("no OS randomness: {e}"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    super::random_hex(bytes).map_err(|e| format!("no OS randomness: {e}"))
 }
 
 fn ms(d: Duration) -> String {

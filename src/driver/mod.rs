@@ -65,14 +65,24 @@ pub(crate) fn practice_now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
 
-/// 16 bytes from the operating system's random source, for a call's tool token. `None` when the
-/// source cannot be read: the call then gets no token and its tool requests fail closed.
-pub(crate) fn os_entropy() -> Option<[u8; 16]> {
+/// Fills `buf` from the operating system's random source.
+pub fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// `bytes` random bytes from the operating system, as lowercase hex (secrets, demo SIDs).
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    os_random(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// 16 bytes for a call's tool token. `None` when the random source cannot be read: the call
+/// then gets no token and its tool requests fail closed.
+pub(crate) fn os_entropy() -> Option<[u8; 16]> {
     let mut buf = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .ok()?;
+    os_random(&mut buf).ok()?;
     Some(buf)
 }
 

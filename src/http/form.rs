@@ -49,6 +49,22 @@ pub fn decode(input: &[u8]) -> Result<Fields, FormError> {
     Ok(fields)
 }
 
+/// Encodes one name or value for a form body: RFC 3986 unreserved bytes pass, space becomes
+/// `+`, everything else `%XX`.
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The first value of field `name`.
 pub fn get<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -110,6 +126,13 @@ mod tests {
     fn repeated_names_are_kept() {
         let f = decode(b"Digits=5678&Digits=1234").unwrap();
         assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let v = "+49 (0) 30/123 & 'x'=ü";
+        let f = decode(format!("k={}", encode(v)).as_bytes()).unwrap();
+        assert_eq!(f[0].1, v);
     }
 
     #[test]

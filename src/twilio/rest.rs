@@ -8,20 +8,6 @@ use crate::elevenlabs::endpoint::{Endpoint, EndpointError};
 /// Largest response read from Twilio's REST API.
 pub const MAX_REST_RESPONSE_BYTES: usize = 64 * 1024;
 
-fn form_encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len() * 3);
-    for b in v.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` with `Twiml=…`, HTTP Basic
 /// `AccountSid:AuthToken` (§5).
 pub fn update_call_request(
@@ -37,7 +23,7 @@ pub fn update_call_request(
     }
     let mut ep = Endpoint::parse(api_base)?;
     ep.target = format!("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json");
-    let body = format!("Twiml={}", form_encode(twiml));
+    let body = format!("Twiml={}", crate::http::form::encode(twiml));
     let auth =
         base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{auth_token}"));
     let head = format!(
