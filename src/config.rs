@@ -239,6 +239,8 @@ pub struct Config {
     pub twilio_api_base: String,
     /// Bearer token protecting `/metrics` (open when unset).
     pub metrics_token: Option<AuthToken>,
+    /// Extra PEM roots for outbound TLS (agent, signed URL, Twilio REST).
+    pub extra_ca_file: Option<std::path::PathBuf>,
 }
 
 /// A configuration problem, naming the variable.
@@ -434,6 +436,7 @@ impl Config {
                 b.trim_end_matches('/').to_owned()
             },
             metrics_token: get("METRICS_TOKEN").map(AuthToken::new),
+            extra_ca_file: get("EXTRA_CA_FILE").map(std::path::PathBuf::from),
         })
     }
 }

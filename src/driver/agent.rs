@@ -25,6 +25,7 @@ use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
 use crate::practice::calls::CallInfo;
 use crate::privacy::mask_phone;
 use crate::routes::App;
+use tokio_rustls::rustls::ClientConfig;
 
 /// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
 const MAX_EARLY_MESSAGES: usize = 512;
@@ -129,6 +130,7 @@ pub(crate) async fn call_variables(
 /// else (elevenlabs.md §1.7).
 pub(crate) async fn connect(
     config: &Config,
+    tls: &Arc<ClientConfig>,
     vars: &Map<String, Value>,
 ) -> Result<AgentSocket, ConnectError> {
     let agent_id = config
@@ -143,6 +145,7 @@ pub(crate) async fn connect(
                 .map_err(|e| ConnectError::Url(e.to_string()))?;
             net::request(
                 &ep,
+                tls,
                 &req,
                 timeout,
                 MAX_SIGNED_URL_RESPONSE_BYTES,
@@ -155,7 +158,7 @@ pub(crate) async fn connect(
             .map_err(|e| ConnectError::Url(e.to_string()))?,
     };
     let ep = Endpoint::parse(&url).map_err(|e| ConnectError::Url(e.to_string()))?;
-    let stream = net::connect(&ep, timeout)
+    let stream = net::connect(&ep, tls, timeout)
         .await
         .map_err(|e| ConnectError::Connect(e.to_string()))?;
     let handshake =
@@ -188,6 +191,7 @@ impl Preconnects {
     pub(crate) fn start(
         self: &Arc<Self>,
         app: Arc<App>,
+        tls: Arc<ClientConfig>,
         call_sid: String,
         caller: String,
         called: String,
@@ -206,7 +210,7 @@ impl Preconnects {
             async move {
                 debug!(caller = %mask_phone(&caller), "[ElevenLabs] Pre-connecting");
                 let vars = call_variables(&app, &call_sid, &caller, &called).await;
-                preconnect(&app.config, &vars, rx).await;
+                preconnect(&app.config, tls, &vars, rx).await;
                 this.lock().remove(&call_sid);
             }
             .instrument(span),
@@ -228,12 +232,13 @@ impl Preconnects {
 
 async fn preconnect(
     config: &Config,
+    tls: Arc<ClientConfig>,
     vars: &Map<String, Value>,
     mut ticket_rx: oneshot::Receiver<Ticket>,
 ) {
     let started = Instant::now();
     let deadline = started + config.preconnect_timeout;
-    let connecting = connect(config, vars);
+    let connecting = connect(config, &tls, vars);
     tokio::pin!(connecting);
 
     // Phase 1: connecting, while the stream may already be asking for the socket.

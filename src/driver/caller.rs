@@ -97,7 +97,8 @@ pub async fn run(opts: CallerOptions) -> Result<CallerReport, String> {
 
     // The signed upgrade (twilio.md §1.1: over the wss URL, no parameters).
     let ep = Endpoint::parse(&opts.stream_url).map_err(|e| format!("stream URL: {e}"))?;
-    let stream = net::connect(&ep, opts.timeout)
+    let tls = net::default_tls().map_err(|e| format!("TLS: {e}"))?;
+    let stream = net::connect(&ep, &tls, opts.timeout)
         .await
         .map_err(|e| format!("connect {}: {e}", opts.stream_url))?;
     let mut request = opts
@@ -326,8 +327,10 @@ async fn voice_webhook(opts: &CallerOptions, url: &str) -> Result<u16, String> {
         ep.host_header(),
         body.len()
     );
+    let tls = net::default_tls().map_err(|e| format!("TLS: {e}"))?;
     net::request(
         &ep,
+        &tls,
         req.as_bytes(),
         opts.timeout,
         64 * 1024,

@@ -151,9 +151,13 @@ pub(super) async fn run(
 
         let action = match app.handle(&head, &body, now()) {
             Action::Preconnect { response, call } => {
-                shared
-                    .preconnects
-                    .start(app.clone(), call.call_sid, call.from, call.to);
+                shared.preconnects.start(
+                    app.clone(),
+                    shared.tls.clone(),
+                    call.call_sid,
+                    call.from,
+                    call.to,
+                );
                 Action::Respond(response)
             }
             other => other,

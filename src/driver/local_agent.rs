@@ -261,8 +261,12 @@ async fn run_booking_script(base: &str, secret: &str, call_token: &str, log: &Mu
             step.body.len(),
             step.body
         );
+        let Ok(tls) = net::default_tls() else {
+            return;
+        };
         let result = net::request(
             &ep,
+            &tls,
             req.as_bytes(),
             Duration::from_secs(5),
             64 * 1024,

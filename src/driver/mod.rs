@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub app: Arc<App>,
     /// Agent sockets connected ahead of their stream.
     pub preconnects: Arc<agent::Preconnects>,
+    /// TLS client configuration for the agent, the signed URL and Twilio's REST API.
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
 }
 
 /// Handles every task holds; when all are dropped the server has finished.
@@ -116,9 +118,12 @@ pub async fn serve(
     let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut retention = tokio::time::interval(crate::practice::retention::RETENTION_INTERVAL);
+    let tls = net::tls_config(app.config.extra_ca_file.as_deref())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("EXTRA_CA_FILE: {e}")))?;
     let shared = Arc::new(Shared {
         app: app.clone(),
         preconnects: Arc::new(agent::Preconnects::default()),
+        tls,
     });
     tokio::pin!(shutdown);
 

@@ -63,26 +63,57 @@ impl AsyncWrite for NetStream {
     }
 }
 
-/// The shared TLS client configuration, built once.
-fn tls_config() -> io::Result<Arc<ClientConfig>> {
-    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    if let Some(c) = CONFIG.get() {
-        return Ok(c.clone());
-    }
-    let roots = RootCertStore {
+/// A TLS client configuration: Mozilla's roots (compiled in) plus, optionally, the PEM
+/// certificates in `extra_ca` (`EXTRA_CA_FILE`: a private CA or a TLS-inspecting proxy).
+pub(crate) fn tls_config(extra_ca: Option<&std::path::Path>) -> io::Result<Arc<ClientConfig>> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(io::Error::other(format!(
+                "{}: no certificates",
+                path.display()
+            )));
+        }
+    }
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+    Ok(Arc::new(config))
+}
+
+/// The default configuration (Mozilla's roots only), built once.
+pub(crate) fn default_tls() -> io::Result<Arc<ClientConfig>> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(c.clone());
+    }
+    let c = tls_config(None)?;
+    Ok(CONFIG.get_or_init(|| c).clone())
 }
 
 /// Opens TCP (and TLS when the endpoint asks for it), all within `timeout`.
-pub(crate) async fn connect(ep: &Endpoint, timeout: Duration) -> io::Result<NetStream> {
+pub(crate) async fn connect(
+    ep: &Endpoint,
+    tls: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> io::Result<NetStream> {
     let fut = async {
         let tcp = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
         let _ = tcp.set_nodelay(true);
@@ -91,7 +122,7 @@ pub(crate) async fn connect(ep: &Endpoint, timeout: Duration) -> io::Result<NetS
         }
         let name = ServerName::try_from(ep.host.clone())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid TLS server name"))?;
-        let tls = TlsConnector::from(tls_config()?).connect(name, tcp).await?;
+        let tls = TlsConnector::from(tls.clone()).connect(name, tcp).await?;
         Ok(NetStream::Tls(Box::new(tls)))
     };
     tokio::time::timeout(timeout, fut)
@@ -103,13 +134,14 @@ pub(crate) async fn connect(ep: &Endpoint, timeout: Duration) -> io::Result<NetS
 /// far and whether the peer closed), all within `timeout`.
 pub(crate) async fn request<T, E>(
     ep: &Endpoint,
+    tls: &Arc<ClientConfig>,
     request: &[u8],
     timeout: Duration,
     max_bytes: usize,
     mut parse: impl FnMut(&[u8], bool) -> Result<Option<T>, E>,
 ) -> Result<T, RequestError<E>> {
     let fut = async {
-        let mut stream = connect(ep, timeout).await.map_err(RequestError::Io)?;
+        let mut stream = connect(ep, tls, timeout).await.map_err(RequestError::Io)?;
         stream.write_all(request).await.map_err(RequestError::Io)?;
         stream.flush().await.map_err(RequestError::Io)?;
         let mut buf = Vec::with_capacity(4096);

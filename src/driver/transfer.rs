@@ -11,6 +11,7 @@ use crate::twilio::{rest, twiml};
 /// practice's staff line). Returns whether Twilio accepted it.
 pub(crate) async fn transfer_to_staff(
     config: &Config,
+    tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
     number: Option<&str>,
     call_sid: &str,
 ) -> bool {
@@ -31,6 +32,7 @@ pub(crate) async fn transfer_to_staff(
     };
     match net::request(
         &ep,
+        tls,
         &req,
         config.elevenlabs_connect_timeout * 2,
         rest::MAX_REST_RESPONSE_BYTES,

@@ -198,12 +198,14 @@ async fn call(
         }
         None => {
             let app = app.clone();
+            let tls = shared.tls.clone();
             let (sid, caller, called) = (call_sid.clone(), caller.clone(), called.clone());
             Box::pin(async move {
                 let config = app.config.clone();
                 let vars = agent::call_variables(&app, &sid, &caller, &called).await;
                 let t0 = tokio::time::Instant::now();
-                match tokio::time::timeout(link_timeout, agent::connect(&config, &vars)).await {
+                match tokio::time::timeout(link_timeout, agent::connect(&config, &tls, &vars)).await
+                {
                     Ok(Ok(ws)) => Ok(AgentLink {
                         ws,
                         early: Vec::new(),
@@ -379,6 +381,7 @@ async fn call(
                 }
                 BridgeEvent::Transfer { tool_call_id } => {
                     let config = config.clone();
+                    let tls = shared.tls.clone();
                     let call_sid = call_sid.clone();
                     let tx = transfer_tx.clone();
                     let number = config.fallback_number.clone().or_else(|| {
@@ -388,9 +391,13 @@ async fn call(
                     });
                     tokio::spawn(
                         async move {
-                            let ok =
-                                transfer::transfer_to_staff(&config, number.as_deref(), &call_sid)
-                                    .await;
+                            let ok = transfer::transfer_to_staff(
+                                &config,
+                                &tls,
+                                number.as_deref(),
+                                &call_sid,
+                            )
+                            .await;
                             let _ = tx.send((tool_call_id, ok)).await;
                         }
                         .instrument(tracing::Span::current()),

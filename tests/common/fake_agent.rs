@@ -139,6 +139,8 @@ pub struct FakeAgent {
     pub behaviour: Arc<Mutex<AgentBehaviour>>,
     conns: tokio::sync::Mutex<mpsc::UnboundedReceiver<AgentConn>>,
     pub signed_url_requests: Arc<Mutex<u32>>,
+    /// Origin the signed URL points at (default `ws://<own address>`), e.g. a TLS front.
+    pub signed_url_origin: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeAgent {
@@ -148,11 +150,17 @@ impl FakeAgent {
         let behaviour = Arc::new(Mutex::new(behaviour));
         let (conn_tx, conn_rx) = mpsc::unbounded_channel();
         let signed = Arc::new(Mutex::new(0));
-        let (b, s) = (behaviour.clone(), signed.clone());
+        let origin = Arc::new(Mutex::new(None::<String>));
+        let (b, s, o) = (behaviour.clone(), signed.clone(), origin.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (b, s, tx) = (b.clone(), s.clone(), conn_tx.clone());
-                tokio::spawn(async move { serve(stream, addr, b, s, tx).await });
+                let origin = o
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| format!("ws://{addr}"));
+                tokio::spawn(async move { serve(stream, origin, b, s, tx).await });
             }
         });
         FakeAgent {
@@ -160,6 +168,7 @@ impl FakeAgent {
             behaviour,
             conns: tokio::sync::Mutex::new(conn_rx),
             signed_url_requests: signed,
+            signed_url_origin: origin,
         }
     }
 
@@ -186,7 +195,7 @@ impl FakeAgent {
 
 async fn serve(
     mut stream: TcpStream,
-    addr: SocketAddr,
+    origin: String,
     behaviour: Arc<Mutex<AgentBehaviour>>,
     signed: Arc<Mutex<u32>>,
     conn_tx: mpsc::UnboundedSender<AgentConn>,
@@ -207,7 +216,7 @@ async fn serve(
             .contains(&format!("xi-api-key: {}", API_KEY.to_ascii_lowercase()));
         let ok_agent = text.contains(&format!("agent_id={AGENT_ID}"));
         let resp = if ok_key && ok_agent {
-            let body = json!({"signed_url": format!("ws://{addr}/v1/convai/conversation?agent_id={AGENT_ID}&conversation_signature={SIGNATURE}")}).to_string();
+            let body = json!({"signed_url": format!("{origin}/v1/convai/conversation?agent_id={AGENT_ID}&conversation_signature={SIGNATURE}")}).to_string();
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()

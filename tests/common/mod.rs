@@ -62,6 +62,24 @@ impl Server {
         Server::start_inner(Some(listener), config, behaviour, None).await
     }
 
+    /// A second server in front of an existing stand-in agent (e.g. behind a TLS front).
+    pub async fn start_with_agent(config: Config, agent: fake_agent::FakeAgent) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Arc::new(App::new(config));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(ignis::driver::serve(listener, app.clone(), async {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            app,
+            agent,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
     /// Like [`Server::start_full`], with the practice tools attached.
     pub async fn start_with_practice(
         config: Config,
