@@ -101,18 +101,19 @@ pub fn parse(bytes: &[u8]) -> Result<Wav, WavError> {
     Err(WavError::NotWav)
 }
 
-/// Encodes 16-bit mono PCM as a WAV file.
+/// Encodes 16-bit mono PCM as a WAV file. The 32-bit size fields saturate rather than overflow
+/// (a rate of 2^31 Hz or more, as [`parse`] accepts, has no valid byte rate).
 pub fn write(rate: u32, samples: &[i16]) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
+    let data_len = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX);
     let mut out = Vec::with_capacity(44 + samples.len() * 2);
     out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes());
     out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&rate.saturating_mul(2).to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");

@@ -5,28 +5,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use super::Bytes;
 use crate::audio::{
     AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath, PlayoutConfig, Transmit,
 };
-
-/// A byte cursor that yields zeros once the input is exhausted.
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | (u16::from(self.u8()) << 8)
-    }
-}
 
 /// Interprets `data` as an operation sequence against an [`InboundPath`] (jitter stage) and an
 /// [`OutboundPath`] (re-framer and playout), asserting their invariants:

@@ -77,3 +77,82 @@ pub fn twilio_message(data: &[u8]) {
         assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
     }
 }
+
+/// The GUID of RFC 6455 §1.3, appended to the client's key before hashing.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// WebSocket upgrade check on an arbitrary request head, without the router. For an accepted
+/// upgrade, the 101 must be one complete response head that httparse reads back whole, with
+/// `Upgrade`, `Connection` and the RFC 6455 §4.2.2 accept key computed here independently
+/// (SHA-1 of key + GUID, base64), and any subprotocol must be one the client offered.
+pub fn websocket_upgrade(data: &[u8]) {
+    use base64::Engine as _;
+    use sha1::{Digest as _, Sha1};
+
+    let Ok(Some((head, _))) = request_head::parse(data) else {
+        return;
+    };
+    let accept = match websocket_upgrade::check(&head) {
+        websocket_upgrade::UpgradeCheck::NotUpgrade => {
+            assert!(!head.has_token("upgrade", "websocket"));
+            return;
+        }
+        websocket_upgrade::UpgradeCheck::Reject(e) => {
+            assert!(matches!(e.status(), 400 | 426));
+            return;
+        }
+        websocket_upgrade::UpgradeCheck::Accept(a) => a,
+    };
+    assert!(head.method == request_head::Method::Get);
+    assert!(head.version == request_head::Version::Http11);
+    let key = head
+        .header("sec-websocket-key")
+        .map(<[u8]>::trim_ascii)
+        .expect("accepted without a key");
+    let raw_key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .expect("accepted a key that is not base64");
+    assert_eq!(raw_key.len(), 16, "accepted a key that is not 16 bytes");
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WEBSOCKET_GUID.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+
+    let bytes = accept.response_bytes("Tue, 24 Nov 2026 08:00:00 GMT");
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&bytes) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, bytes.len(), "bytes after the head"),
+        other => panic!("101 is not a complete response head: {other:?}"),
+    }
+    assert_eq!(resp.code, Some(101));
+    assert_eq!(resp.version, Some(1));
+    let value = |name: &str| {
+        let mut found = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name));
+        let first = found.next().map(|h| h.value);
+        assert!(found.next().is_none(), "{name} twice");
+        first
+    };
+    assert_eq!(value("upgrade"), Some(&b"websocket"[..]));
+    assert_eq!(value("connection"), Some(&b"Upgrade"[..]));
+    assert_eq!(value("sec-websocket-accept"), Some(expected.as_bytes()));
+    assert!(
+        value("content-length").is_none(),
+        "RFC 9110 §8.6: no length on 1xx"
+    );
+    match (accept.subprotocol(), value("sec-websocket-protocol")) {
+        (None, None) => {}
+        (Some(p), Some(v)) => {
+            assert_eq!(p.as_bytes(), v);
+            let offered = head
+                .headers_named("sec-websocket-protocol")
+                .flat_map(|v| v.split(|&b| b == b','))
+                .any(|t| t.trim_ascii() == p.as_bytes());
+            assert!(offered, "echoed a subprotocol the client did not offer");
+        }
+        other => panic!("subprotocol mismatch: {other:?}"),
+    }
+}

@@ -3,6 +3,45 @@
 //! Each function takes arbitrary bytes and must never panic. They are public but hidden so the
 //! fuzz crate can reach internals without widening the real API.
 
+pub mod agent;
 pub mod audio;
+pub mod call;
+pub mod files;
 pub mod front_door;
 pub mod practice;
+
+/// A byte cursor that yields zeros once the input is exhausted, for the operation-sequence
+/// targets.
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
+
+impl Bytes<'_> {
+    pub(crate) fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    pub(crate) fn u16(&mut self) -> u16 {
+        u16::from(self.u8()) | (u16::from(self.u8()) << 8)
+    }
+
+    pub(crate) fn u64(&mut self) -> u64 {
+        (0..4).fold(0, |acc, i| acc | (u64::from(self.u16()) << (16 * i)))
+    }
+
+    /// Up to `max` raw bytes, the count taken from the input.
+    pub(crate) fn slice(&mut self, max: usize) -> &[u8] {
+        let n = usize::from(self.u8()).min(max).min(self.0.len());
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
