@@ -649,6 +649,10 @@ async fn run_call(
                     buf.clear();
                     STANDARD.decode_vec(p, &mut buf).map_err(|e| format!("bad payload: {e}"))?;
                     link.down_recv.fetch_add(buf.len() as u64, Relaxed);
+                    // Between bursts ignis sends nothing and the caller hears silence.
+                    if now_i >= play_end + Duration::from_millis(u64::from(QUIET_MS)) {
+                        onset.quiet = onset.need;
+                    }
                     play_end = play_end.max(now_i) + Duration::from_micros(buf.len() as u64 * 125);
                     if onset.scan(buf.iter().map(|&b| mulaw::decode_sample(b))).is_some() {
                         let due = link.down_due_ns.swap(0, Relaxed);
