@@ -37,6 +37,8 @@ pub const MAX_OUTSTANDING_MARKS: usize = 1024;
 pub const MARK_PREFIX: &str = "ignis-";
 
 const FRAME: u64 = FRAME_SAMPLES as u64;
+/// Ring frames allocated up front (1.28 s); more are allocated as a turn needs them.
+const INITIAL_RING_FRAMES: usize = 64;
 /// Marks waiting to be sent; bounded by one per frame of the largest buffer.
 const MAX_PENDING_MARKS: usize = 4096;
 
@@ -151,7 +153,10 @@ pub struct PlayoutBuffer {
     lead: u64,
     mark_interval: u64,
     /// Ring of held frames (`head`, `count`), sized once from `max_buffer_ms`.
+    /// Grows on demand (doubling, rotated so `head` is 0) up to `cap_frames`: allocating the
+    /// whole `max_buffer_ms` up front cost ~470 KiB of RSS per call (issue 6 load figures).
     ring: Vec<[u8; FRAME_SAMPLES]>,
+    cap_frames: usize,
     head: usize,
     count: usize,
     /// Bytes ever pushed / sent on this stream (positions for marks).
@@ -190,7 +195,8 @@ impl PlayoutBuffer {
             config,
             lead: u64::from(lead_ms) * 8,
             mark_interval: u64::from(config.mark_interval_ms) * 8,
-            ring: vec![[0; FRAME_SAMPLES]; cap_frames],
+            ring: vec![[0; FRAME_SAMPLES]; cap_frames.min(INITIAL_RING_FRAMES)],
+            cap_frames,
             head: 0,
             count: 0,
             pushed_total: 0,
@@ -223,8 +229,15 @@ impl PlayoutBuffer {
         self.in_turn = true;
         self.event_id = event_id;
         if self.count == self.ring.len() {
-            self.stats.overrun_dropped_ms += 20;
-            return false;
+            if self.ring.len() >= self.cap_frames {
+                self.stats.overrun_dropped_ms += 20;
+                return false;
+            }
+            // Full, so every slot is live: rotating puts the oldest first.
+            self.ring.rotate_left(self.head);
+            self.head = 0;
+            let grown = (self.ring.len() * 2).min(self.cap_frames);
+            self.ring.resize(grown, [0; FRAME_SAMPLES]);
         }
         let tail = (self.head + self.count) % self.ring.len();
         self.ring[tail] = *frame;

@@ -1,0 +1,370 @@
+//! Load generator (issue 6, part 2): N concurrent simulated Twilio calls, paced in real time, with
+//! tone-onset probes both ways, pings, and an interruption now and then, against a separate
+//! `ignis serve` process (pinned with `taskset`) and a stand-in agent hosted here.
+//!
+//! A `harness = false` bench rather than a `src/bin` binary: it needs no library or product
+//! change, uses only dev-time code, and cargo hands it the path of the `ignis` binary built with
+//! the same profile (`CARGO_BIN_EXE_ignis`).
+//!
+//! ```text
+//! taskset -c 0 cargo bench --bench load -- --calls 1,100,300 --format ulaw_8000 --secs 30
+//! ```
+//! Options: `--calls N[,N…]` (default 100), `--format ulaw_8000|pcm_16000`, `--secs` steady-state
+//! window (30), `--warmup` (5), `--ramp` calls started per second (100), `--probe-ms` (2000),
+//! `--ignis-cpu` core for ignis (1; `none` = no taskset), `--soak-call-secs S` (calls end after
+//! a random 0.5·S–1.5·S and are replaced, so calls start and end continuously).
+
+#[path = "support/loadgen.rs"]
+mod loadgen;
+
+use std::io::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use loadgen::{AgentOptions, CallOptions, CallerFrames, Format, Stats};
+
+struct Args {
+    calls: Vec<usize>,
+    format: Format,
+    secs: u64,
+    warmup: u64,
+    ramp: u64,
+    probe_ms: u64,
+    ignis_cpu: Option<String>,
+    soak_call_secs: Option<u64>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        calls: vec![100],
+        format: Format::Ulaw,
+        secs: 30,
+        warmup: 5,
+        ramp: 100,
+        probe_ms: 2000,
+        ignis_cpu: Some("1".into()),
+        soak_call_secs: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| panic!("bad number {v}"))
+        };
+        match argv[i].as_str() {
+            "--calls" => a.calls = v.split(',').map(|n| num(n) as usize).collect(),
+            "--format" => a.format = Format::parse(&v).expect("--format ulaw_8000|pcm_16000"),
+            "--secs" => a.secs = num(&v),
+            "--warmup" => a.warmup = num(&v),
+            "--ramp" => a.ramp = num(&v).max(1),
+            "--probe-ms" => a.probe_ms = num(&v),
+            "--ignis-cpu" => a.ignis_cpu = (v != "none").then_some(v),
+            "--soak-call-secs" => a.soak_call_secs = Some(num(&v)),
+            _ => {
+                i += 1; // `--bench` and friends from cargo
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// utime + stime in seconds, and VmRSS in KiB, of a process.
+fn proc_sample(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let cpu = (ticks(11) + ticks(12)) as f64 / 100.0; // CLK_TCK = 100
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for &n in &a.calls {
+        rt.block_on(run(&a, n));
+    }
+}
+
+fn spawn_ignis(
+    a: &Args,
+    n: usize,
+    port: u16,
+    agent_base: &str,
+    token: &str,
+    dir: &std::path::Path,
+) -> Child {
+    let exe = env!("CARGO_BIN_EXE_ignis");
+    let mut cmd = match &a.ignis_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu, exe]);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("PORT", port.to_string())
+        .env("BIND", "127.0.0.1")
+        .env("TWILIO_AUTH_TOKEN", token)
+        .env("ELEVENLABS_AGENT_ID", "load_agent")
+        .env("ELEVENLABS_API_BASE", agent_base)
+        .env("IGNIS_DB", dir.join("ignis.db"))
+        .env("MAX_CALLS", (n + 100).to_string())
+        .env("MAX_CONNECTIONS", (2 * n + 200).to_string())
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("ignis.log")).expect("log file"),
+        ));
+    cmd.spawn().expect("spawn ignis")
+}
+
+async fn run(a: &Args, n: usize) {
+    let stats = Arc::new(Stats::default());
+    let probe_every = Duration::from_millis(a.probe_ms);
+    let agent_base = loadgen::start_agent(
+        AgentOptions {
+            format: a.format,
+            probe_every,
+            interrupt_every: 5,
+            ping_every: Duration::from_secs(2),
+        },
+        stats.clone(),
+    )
+    .await
+    .expect("agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let token = "load-generator-auth-token-0123456789";
+    let dir = std::env::temp_dir().join(format!("ignis-load-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut child = spawn_ignis(a, n, port, &agent_base, token, &dir);
+    // ignis the process; with taskset it execs, so the pid is the same.
+    let pid = child.id();
+    let t = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "ignis did not start, see {dir:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, rss_idle) = proc_sample(pid);
+
+    let frames = Arc::new(CallerFrames::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream_url = format!("ws://127.0.0.1:{port}/api/twilio/stream");
+    let mut handles = Vec::new();
+    let mut next_sid = 0u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut new_call = |i: usize, next_sid: &mut u64| {
+        *next_sid += 1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let duration = a
+            .soak_call_secs
+            .map(|s| Duration::from_millis(s * 500 + rng % (s * 1000).max(1)));
+        tokio::spawn(loadgen::call(
+            CallOptions {
+                stream_url: stream_url.clone(),
+                auth_token: token.to_owned(),
+                call_sid: loadgen::call_sid(*next_sid),
+                duration,
+                probe_every,
+                phase: Duration::from_micros((i as u64 * 20_000 / n.max(1) as u64) % 20_000),
+            },
+            frames.clone(),
+            stats.clone(),
+            stop.clone(),
+        ))
+    };
+    let t_start = Instant::now();
+    for i in 0..n {
+        handles.push(new_call(i, &mut next_sid));
+        let due = t_start + Duration::from_micros((i as u64 + 1) * 1_000_000 / a.ramp);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    eprintln!(
+        "[load] {n} calls ({}) started in {:.1} s; warm-up {} s, window {} s; ignis pid {pid}",
+        a.format.name(),
+        t_start.elapsed().as_secs_f64(),
+        a.warmup,
+        a.secs
+    );
+    tokio::time::sleep(Duration::from_secs(a.warmup)).await;
+    let (cpu0, _) = proc_sample(pid);
+    let w0 = Instant::now();
+    stats.recording.store(true, Relaxed);
+    let mut rss_max = 0;
+    let mut active_min = usize::MAX;
+    while w0.elapsed() < Duration::from_secs(a.secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (cpu, rss) = proc_sample(pid);
+        rss_max = rss_max.max(rss);
+        let active = stats.active.load(Relaxed);
+        active_min = active_min.min(active);
+        if a.soak_call_secs.is_some() {
+            // Replace ended calls.
+            handles.retain(|h| !h.is_finished());
+            for i in handles.len()..n {
+                handles.push(new_call(i, &mut next_sid));
+            }
+        }
+        let el = w0.elapsed().as_secs_f64();
+        if (el as u64).is_multiple_of(5) || el as u64 >= a.secs {
+            let p99 = |v: &std::sync::Mutex<Vec<i64>>| {
+                let mut v = v.lock().unwrap().clone();
+                loadgen::percentiles(&mut v).map_or(f64::NAN, |p| p.3 as f64 / 1e3)
+            };
+            let late = {
+                let mut v: Vec<i64> = stats
+                    .late_us
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as i64)
+                    .collect();
+                loadgen::percentiles(&mut v).map_or(f64::NAN, |p| p.3 as f64 / 1e3)
+            };
+            let (n_up, n_down) = (
+                stats.up_us.lock().unwrap().len(),
+                stats.down_us.lock().unwrap().len(),
+            );
+            let (p_up, p_down) = (p99(&stats.up_us), p99(&stats.down_us));
+            eprint!(
+                "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  p99 up {p_up:.2} down {p_down:.2} ms  send-late p99 {late:.2} ms  ignis cpu {:.1} %  rss {} MiB  failed {}   ",
+                (cpu - cpu0) / el * 100.0,
+                rss / 1024,
+                stats.calls_failed.load(Relaxed),
+                secs = a.secs,
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let window = w0.elapsed().as_secs_f64();
+    let (cpu1, rss_end) = proc_sample(pid);
+    stats.recording.store(false, Relaxed);
+    let load = loadavg();
+    eprintln!();
+    stop.store(true, Relaxed);
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+    }
+    let (_, rss_after) = proc_sample(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut up = stats.up_us.lock().unwrap().clone();
+    let mut down = stats.down_us.lock().unwrap().clone();
+    let mut late: Vec<i64> = stats
+        .late_us
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+    let cpu = cpu1 - cpu0;
+    println!(
+        "\n== {n} calls, {} agent, window {window:.0} s, loadavg {load}, ignis on cpu {}",
+        a.format.name(),
+        a.ignis_cpu.as_deref().unwrap_or("any")
+    );
+    println!(
+        "  caller -> agent added latency: {}",
+        loadgen::fmt_ms(&mut up)
+    );
+    println!(
+        "  agent -> caller added latency: {}",
+        loadgen::fmt_ms(&mut down)
+    );
+    println!(
+        "  generator send lateness:       {}",
+        loadgen::fmt_ms(&mut late)
+    );
+    println!(
+        "  ignis CPU: {:.1} % of a core, {:.4} % of a core per call ({:.1} µs CPU per call-second)",
+        cpu / window * 100.0,
+        cpu / (n as f64 * window) * 100.0,
+        cpu / (n as f64 * window) * 1e6
+    );
+    println!(
+        "  ignis RSS: idle {} KiB, end of window {} KiB, max {} KiB, after hang-up {} KiB; per call {:.1} KiB",
+        rss_idle,
+        rss_end,
+        rss_max,
+        rss_after,
+        (rss_end as f64 - rss_idle as f64) / n as f64
+    );
+    println!(
+        "  audio lost/duplicated: up {}/{} ms, down {}/{} ms (over {} ended calls)",
+        stats.up_lost.load(Relaxed) / 8,
+        stats.up_dup.load(Relaxed) / 8,
+        stats.down_lost.load(Relaxed) / 8,
+        stats.down_dup.load(Relaxed) / 8,
+        stats.calls_ok.load(Relaxed)
+    );
+    println!(
+        "  probes sent up {} down {}; pings {} pongs {}; interruptions {} clears {}; marks {}",
+        stats.probes_up_sent.load(Relaxed),
+        stats.probes_down_sent.load(Relaxed),
+        stats.pings.load(Relaxed),
+        stats.pongs.load(Relaxed),
+        stats.interruptions.load(Relaxed),
+        stats.clears.load(Relaxed),
+        stats.marks.load(Relaxed),
+    );
+    println!(
+        "  calls: started {} ok {} failed {}; agent conversations {}; min active in window {}",
+        stats.calls_started.load(Relaxed),
+        stats.calls_ok.load(Relaxed),
+        stats.calls_failed.load(Relaxed),
+        stats.agent_conversations.load(Relaxed),
+        if active_min == usize::MAX {
+            0
+        } else {
+            active_min
+        }
+    );
+    if let Some(e) = stats.first_error.lock().unwrap().as_ref() {
+        println!("  first error: {e}");
+    }
+}
