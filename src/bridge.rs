@@ -392,6 +392,10 @@ impl Bridge {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // A closed bridge has nothing left to time (found by the call_session fuzz target).
+        if self.closed {
+            return None;
+        }
         let mut next: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -442,6 +446,12 @@ impl Bridge {
     }
 
     fn agent_ready(&mut self, now: Instant, conversation_id: String, input: &str, output: &str) {
+        // Metadata comes once (elevenlabs.md §1.7); a repeat must not rebuild the audio paths and
+        // silently drop what they hold.
+        if self.inbound.is_some() {
+            debug!("[ElevenLabs] Repeated metadata ignored");
+            return;
+        }
         let formats = (AgentFormat::parse(input), AgentFormat::parse(output));
         let (Ok(input_format), Ok(output_format)) = formats else {
             warn!(input, output, "[ElevenLabs] Unsupported audio format");
@@ -500,6 +510,9 @@ impl Bridge {
     }
 
     fn interrupt(&mut self, now: Instant, event_id: u64) {
+        if self.closed {
+            return;
+        }
         let Some(outbound) = self.outbound.as_mut() else {
             return;
         };

@@ -322,3 +322,30 @@ fn transcoding_mode_sends_pcm16_chunks_to_the_agent() {
     assert!((5000..=6400).contains(&bytes), "{bytes} bytes of pcm_16000");
     let _ = TwilioEvent::Stop;
 }
+
+#[test]
+fn a_closed_bridge_is_inert_and_metadata_counts_once() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(2000)));
+    let _ = drain(&mut b);
+    // A repeated metadata message does not rebuild the paths (held audio keeps playing).
+    b.handle_agent_text(t0, &metadata("pcm_16000", "pcm_16000"));
+    let out = run_until(&mut b, t0, t0 + Duration::from_millis(500));
+    assert!(
+        out.iter().any(|m| m.contains("\"media\"")),
+        "held audio still plays"
+    );
+    // After the caller hangs up nothing is timed or sent any more, even on an interruption.
+    twilio(&mut b, t0, r#"{"event":"stop","stop":{}}"#);
+    assert!(b.is_closed());
+    assert_eq!(b.poll_timeout(), None);
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"interruption","interruption_event":{"event_id":9}}"#,
+    );
+    assert!(drain(&mut b).0.is_empty(), "no clear after close");
+}
