@@ -71,17 +71,7 @@ async fn ulaw_call_passes_audio_through_untouched_both_ways() {
     // Caller → agent: 50 frames arrive byte for byte, one user_audio_chunk per frame.
     let speech = pattern(8000, 11);
     caller.send_audio(&speech);
-    let msgs = agent
-        .recv_until(T, {
-            let mut got = 0;
-            move |m| {
-                got += m["user_audio_chunk"]
-                    .as_str()
-                    .map_or(0, |b| b.len() / 4 * 3);
-                got >= 8000
-            }
-        })
-        .await;
+    let msgs = agent.recv_audio(8000, T).await;
     assert_eq!(user_audio(&msgs), speech);
 
     // Ping → pong with the same id.
@@ -116,17 +106,7 @@ async fn pcm16_call_transcodes_tones_both_ways() {
     let tone = tone_pcm(1000.0, 8000, 1000, 8000.0);
     let ulaw: Vec<u8> = tone.iter().map(|&s| mulaw::encode_sample(s)).collect();
     caller.send_audio(&ulaw);
-    let msgs = agent
-        .recv_until(T, {
-            let mut got = 0;
-            move |m| {
-                got += m["user_audio_chunk"]
-                    .as_str()
-                    .map_or(0, |b| b.len() / 4 * 3);
-                got >= 31_000
-            }
-        })
-        .await;
+    let msgs = agent.recv_audio(31_000, T).await;
     let bytes = user_audio(&msgs);
     let pcm: Vec<i16> = bytes
         .chunks_exact(2)
@@ -247,17 +227,7 @@ async fn no_caller_audio_is_lost_while_the_agent_sets_up() {
     let speech = pattern(160 * 30, 17);
     caller.send_audio(&speech);
     let mut agent = server.agent.next_conn(T).await;
-    let msgs = agent
-        .recv_until(T, {
-            let mut got = 0;
-            move |m| {
-                got += m["user_audio_chunk"]
-                    .as_str()
-                    .map_or(0, |b| b.len() / 4 * 3);
-                got >= 160 * 30
-            }
-        })
-        .await;
+    let msgs = agent.recv_audio(160 * 30, T).await;
     assert_eq!(user_audio(&msgs), speech, "every frame, in order");
     caller.hang_up();
 }

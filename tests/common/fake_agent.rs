@@ -111,6 +111,19 @@ impl AgentConn {
             }
         }
     }
+    /// Receives until at least `bytes` bytes of caller audio (`user_audio_chunk`, decoded)
+    /// arrived, returning every message seen.
+    pub async fn recv_audio(&mut self, bytes: usize, within: Duration) -> Vec<Value> {
+        let mut got = 0;
+        self.recv_until(within, move |m| {
+            got += m["user_audio_chunk"]
+                .as_str()
+                .map_or(0, |b| b.len() / 4 * 3);
+            got >= bytes
+        })
+        .await
+    }
+
     /// Whether the socket closes within `within` (messages before the close are discarded).
     pub async fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
