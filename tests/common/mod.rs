@@ -65,19 +65,7 @@ impl Server {
     /// A second server in front of an existing stand-in agent (e.g. behind a TLS front).
     pub async fn start_with_agent(config: Config, agent: fake_agent::FakeAgent) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Arc::new(App::new(config));
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(ignis::driver::serve(listener, app.clone(), async {
-            let _ = rx.await;
-        }));
-        Server {
-            addr,
-            app,
-            agent,
-            shutdown: Some(tx),
-            task,
-        }
+        Server::spawn(listener, App::new(config), agent)
     }
 
     /// Like [`Server::start_full`], with the practice tools attached.
@@ -104,11 +92,17 @@ impl Server {
             Some(l) => l,
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
-        let addr = listener.local_addr().unwrap();
-        let app = Arc::new(match practice {
+        let app = match practice {
             Some(p) => App::with_practice(config, p),
             None => App::new(config),
-        });
+        };
+        Server::spawn(listener, app, agent)
+    }
+
+    /// Serves `app` on `listener` until [`Server::shutdown`].
+    fn spawn(listener: tokio::net::TcpListener, app: App, agent: fake_agent::FakeAgent) -> Server {
+        let addr = listener.local_addr().unwrap();
+        let app = Arc::new(app);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(ignis::driver::serve(listener, app.clone(), async {
             let _ = rx.await;
