@@ -41,6 +41,8 @@ const FRAME: u64 = FRAME_SAMPLES as u64;
 const INITIAL_RING_FRAMES: usize = 64;
 /// Marks waiting to be sent; bounded by one per frame of the largest buffer.
 const MAX_PENDING_MARKS: usize = 4096;
+/// Mark-queue slots allocated up front; the queues double as needed up to their limits.
+const INITIAL_MARKS: usize = 16;
 
 /// Playout settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,9 +210,11 @@ impl PlayoutBuffer {
             turn_sent: false,
             event_id: 0,
             since_mark: 0,
-            // At most one pending mark per held frame (plus one), so these never grow.
-            pending_marks: VecDeque::with_capacity((cap_frames + 1).min(MAX_PENDING_MARKS)),
-            sent_marks: VecDeque::with_capacity(MAX_OUTSTANDING_MARKS),
+            // Grown on demand up to their limits, like `ring`: pre-sizing them for the worst case
+            // (a 60 s turn, 1024 unanswered marks) cost ~110 KiB per call (issue 6 RSS figures),
+            // while a call normally holds a few marks (one per `mark_interval_ms` of lead).
+            pending_marks: VecDeque::with_capacity(INITIAL_MARKS),
+            sent_marks: VecDeque::with_capacity(INITIAL_MARKS),
             next_seq: 1,
             scratch: vec![0; per_msg * FRAME_SAMPLES],
             text: String::with_capacity((per_msg * FRAME_SAMPLES).div_ceil(3) * 4 + 32),
