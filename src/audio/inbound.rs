@@ -7,7 +7,12 @@
 //! as is: its length and alphabet are checked, it is never decoded (elevenlabs.md §4.2).
 //!
 //! Sans-IO: the caller passes `now`; call [`InboundPath::poll_user_audio_chunk`] until `None`
-//! after every push. Nothing allocates after [`InboundPath::new`].
+//! after every push.
+//!
+//! Buffers are sized at [`InboundPath::new`] for 20 ms frames (what Twilio sends) and grow
+//! once, up to [`MAX_TWILIO_FRAME_BYTES`] / [`MAX_INBOUND_BACKLOG_MS`], if a call's frames or
+//! backlog are larger (twilio.md §1.5: size buffers from the decoded payload length). In steady
+//! state nothing allocates. Pre-sizing for the worst case cost ~85 KiB per call (issue 6).
 
 use std::fmt;
 use std::time::Instant;
@@ -137,25 +142,26 @@ impl InboundPath {
         let pending_cap = (format.samples_in_ms(MAX_INBOUND_BACKLOG_MS)
             * format.bytes_per_sample())
         .max(batch_bytes);
-        // Worst case resampler output per block of FRAME_SAMPLES (48 kHz: 6x, plus a chunk).
-        let resampled_cap = resampler.as_ref().map_or(0, |r| {
-            r.output_frames_max(MAX_TWILIO_FRAME_BYTES + 2 * FRAME_SAMPLES)
-                .max(r.flush_frames_max())
-        });
-        let out_cap = (batch_bytes.max(MAX_TWILIO_FRAME_BYTES) / 3 + 1) * 4 + 4;
+        let resampled_cap = resampler
+            .as_ref()
+            .map_or(0, |r| resampled_len(r, FRAME_SAMPLES));
+        let frame_bytes = format.samples_in_ms(20) * format.bytes_per_sample();
+        // A batch plus one frame of room before the next poll drains it.
+        let pending_start = (batch_bytes + frame_bytes).min(pending_cap);
+        let out_cap = (batch_bytes.max(FRAME_SAMPLES) / 3 + 1) * 4 + 4;
         Ok(Self {
             format,
             jitter: JitterStage::new(config.jitter),
             resampler,
             batch_bytes,
             bytes_per_ms,
-            ulaw: vec![0; MAX_TWILIO_FRAME_BYTES],
-            last: Vec::with_capacity(MAX_TWILIO_FRAME_BYTES),
+            ulaw: vec![0; FRAME_SAMPLES],
+            last: Vec::with_capacity(FRAME_SAMPLES),
             last_is_b64: false,
             last_b64: String::with_capacity(out_cap),
-            pcm: vec![0.0; MAX_TWILIO_FRAME_BYTES],
+            pcm: vec![0.0; FRAME_SAMPLES],
             resampled: vec![0.0; resampled_cap],
-            pending: Vec::with_capacity(pending_cap),
+            pending: Vec::with_capacity(pending_start),
             pending_cap,
             out: String::with_capacity(out_cap),
             passthrough_ready: false,
@@ -196,6 +202,7 @@ impl InboundPath {
                 return Err(e);
             }
         };
+        self.fit_frame(len);
         if !self.admit(now, chunk, timestamp_ms, len) {
             return Ok(());
         }
@@ -245,6 +252,7 @@ impl InboundPath {
             self.stats.bad_frames += 1;
             return Err(e);
         }
+        self.fit_frame(len);
         if !self.admit(now, chunk, timestamp_ms, len) {
             return Ok(());
         }
@@ -254,6 +262,24 @@ impl InboundPath {
         self.last_is_b64 = false;
         self.append_ulaw_frame(len);
         Ok(())
+    }
+
+    /// Grows the per-frame buffers for a frame of `len` μ-law bytes (at most
+    /// [`MAX_TWILIO_FRAME_BYTES`], checked by the caller). A no-op once a call's frame size is
+    /// known.
+    fn fit_frame(&mut self, len: usize) {
+        if self.ulaw.len() < len {
+            self.ulaw.resize(len, 0);
+        }
+        if let Some(r) = &self.resampler {
+            if self.pcm.len() < len {
+                self.pcm.resize(len, 0.0);
+            }
+            let need = resampled_len(r, len);
+            if self.resampled.len() < need {
+                self.resampled.resize(need, 0.0);
+            }
+        }
     }
 
     /// Common front of both pushes: keeps an unpolled pass-through payload in order, asks the
@@ -314,7 +340,7 @@ impl InboundPath {
         let room = (self.pending_cap - self.pending.len()) / 2;
         let take = written.min(room);
         let start = self.pending.len();
-        // Within the reserved capacity: no allocation.
+        // Bounded by `pending_cap`; allocates only while the backlog reaches a new high.
         self.pending.resize(start + 2 * take, 0);
         for (dst, &s) in self.pending[start..]
             .chunks_exact_mut(2)
@@ -420,6 +446,12 @@ impl fmt::Debug for InboundPath {
             .field("pending", &self.pending.len())
             .finish()
     }
+}
+
+/// Resampler output room for `frame` input samples plus its internal chunking, or a flush.
+fn resampled_len(r: &Resampler, frame: usize) -> usize {
+    r.output_frames_max(frame + 2 * FRAME_SAMPLES)
+        .max(r.flush_frames_max())
 }
 
 /// Standard padded base64: length a multiple of 4, alphabet `A–Z a–z 0–9 + /`, `=` only as

@@ -111,8 +111,10 @@ impl OutboundPath {
                 true,
             )?)
         };
-        let max_samples = DECODE_BLOCK_BYTES / 2 + 1;
-        let resampled_cap = resampler.as_ref().map_or(DECODE_BLOCK_BYTES, |r| {
+        // The PCM, resampler and encode buffers exist only when transcoding: pass-through
+        // re-frames the decoded μ-law directly (they were ~21 KiB of every call's RSS).
+        let max_samples = resampler.as_ref().map_or(0, |_| DECODE_BLOCK_BYTES / 2 + 1);
+        let resampled_cap = resampler.as_ref().map_or(0, |r| {
             r.output_frames_max(max_samples + r.rate_in() as usize / 50)
                 .max(r.flush_frames_max())
         });
@@ -123,7 +125,7 @@ impl OutboundPath {
             carry: None,
             pcm: vec![0.0; max_samples],
             resampled: vec![0.0; resampled_cap],
-            ulaw: vec![0; resampled_cap.max(DECODE_BLOCK_BYTES)],
+            ulaw: vec![0; resampled_cap],
             frame: [SILENCE; FRAME_SAMPLES],
             frame_fill: 0,
             playout: PlayoutBuffer::new(config.playout),
