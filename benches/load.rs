@@ -12,7 +12,8 @@
 //! Options: `--calls N[,N…]` (default 100), `--format ulaw_8000|pcm_16000`, `--secs` steady-state
 //! window (30), `--warmup` (5), `--ramp` calls started per second (100), `--probe-ms` (2000),
 //! `--ignis-cpu` core for ignis (1; `none` = no taskset), `--soak-call-secs S` (calls end after
-//! a random 0.5·S–1.5·S and are replaced, so calls start and end continuously).
+//! a random 0.5·S–1.5·S and are replaced, so calls start and end continuously), `--ignis-prefix
+//! "CMD ARGS"` runs ignis under a profiler (e.g. `valgrind --tool=massif`; after `taskset`).
 
 #[path = "support/loadgen.rs"]
 mod loadgen;
@@ -34,6 +35,8 @@ struct Args {
     probe_ms: u64,
     ignis_cpu: Option<String>,
     soak_call_secs: Option<u64>,
+    /// Words run before the ignis binary (a profiler), after `taskset`.
+    ignis_prefix: Vec<String>,
 }
 
 fn args() -> Args {
@@ -46,6 +49,7 @@ fn args() -> Args {
         probe_ms: 2000,
         ignis_cpu: Some("1".into()),
         soak_call_secs: None,
+        ignis_prefix: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -64,6 +68,7 @@ fn args() -> Args {
             "--probe-ms" => a.probe_ms = num(&v),
             "--ignis-cpu" => a.ignis_cpu = (v != "none").then_some(v),
             "--soak-call-secs" => a.soak_call_secs = Some(num(&v)),
+            "--ignis-prefix" => a.ignis_prefix = v.split_whitespace().map(String::from).collect(),
             _ => {
                 i += 1; // `--bench` and friends from cargo
                 continue;
@@ -120,14 +125,14 @@ fn spawn_ignis(
     dir: &std::path::Path,
 ) -> Child {
     let exe = env!("CARGO_BIN_EXE_ignis");
-    let mut cmd = match &a.ignis_cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpu, exe]);
-            c
-        }
-        None => Command::new(exe),
-    };
+    let mut words: Vec<&str> = Vec::new();
+    if let Some(cpu) = &a.ignis_cpu {
+        words.extend(["taskset", "-c", cpu]);
+    }
+    words.extend(a.ignis_prefix.iter().map(String::as_str));
+    words.push(exe);
+    let mut cmd = Command::new(words[0]);
+    cmd.args(&words[1..]);
     cmd.arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -289,8 +294,7 @@ async fn run(a: &Args, n: usize) {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
     }
     let (_, rss_after) = proc_sample(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    stop_ignis(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut up = stats.up_us.lock().unwrap().clone();
@@ -367,4 +371,21 @@ async fn run(a: &Args, n: usize) {
     if let Some(e) = stats.first_error.lock().unwrap().as_ref() {
         println!("  first error: {e}");
     }
+}
+
+/// SIGTERM (graceful: with no calls left ignis exits at once, and a profiler given with
+/// `--ignis-prefix` writes its report), then SIGKILL after 30 s.
+fn stop_ignis(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
