@@ -60,6 +60,12 @@ pub fn now() -> Now {
     }
 }
 
+/// The monotonic clock alone, for the audio path: [`now`] also reads the wall clock, a second
+/// `clock_gettime` per message that the call loop does not need.
+pub fn instant() -> Instant {
+    Instant::now()
+}
+
 /// The current time for the practice (civil dates in Europe/Berlin are derived from it).
 pub(crate) fn practice_now() -> jiff::Timestamp {
     jiff::Timestamp::now()

@@ -70,7 +70,7 @@ pub(super) async fn run(
 }
 
 fn now() -> std::time::Instant {
-    super::now().instant
+    super::instant()
 }
 
 #[derive(Default)]
@@ -230,14 +230,54 @@ async fn call(
     let (transfer_tx, mut transfer_rx) = mpsc::channel::<(String, bool)>(4);
     let mut last_twilio = tokio::time::Instant::now();
     let mut agent_connect_ms = None;
+    let mut transfers_in_flight = 0usize;
+
+    // Timers and end signals live for the whole call and are re-armed only when needed. Built
+    // afresh on every turn of the loop (a `timeout` around each read, a `sleep_until`, a
+    // `changed()` and a `wait_for()`), they registered and removed two timer-wheel entries and
+    // two waiters per message (issue 6 profile).
+    //
+    // The silence timer is re-armed lazily: a read only moves `last_twilio`; when the timer
+    // fires early it is pushed to `last_twilio + SILENCE_TIMEOUT`.
+    let silence = tokio::time::sleep_until(last_twilio + SILENCE_TIMEOUT);
+    tokio::pin!(silence);
+    // The bridge's next deadline; `armed` is what the timer is set to (`None`: disarmed).
+    let bridge_timer = tokio::time::sleep_until(last_twilio);
+    tokio::pin!(bridge_timer);
+    let mut armed: Option<tokio::time::Instant> = None;
+    let stopped = async move {
+        tokio::select! {
+            _ = teardown_rx.changed() => {
+                let reason = *teardown_rx.borrow();
+                match reason {
+                    Some(TeardownReason::Shutdown) => Outcome::ServerShutdown,
+                    _ => Outcome::CallerHungUp,
+                }
+            }
+            () = closing(&mut phase) => Outcome::ServerShutdown,
+        }
+    };
+    tokio::pin!(stopped);
 
     let metrics = &app.metrics;
     let outcome = 'call: loop {
         let deadline = bridge.poll_timeout().map(tokio::time::Instant::from_std);
+        if deadline != armed {
+            if let Some(d) = deadline {
+                bridge_timer.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
         // When the message being handled was read, for the added-latency histograms.
         let mut caller_frame_read: Option<std::time::Instant> = None;
         let mut agent_audio_read: Option<std::time::Instant> = None;
         tokio::select! {
+            // Fixed order, rare signals first: a peer flooding its own stream cannot starve its
+            // call's shutdown, and no random number is drawn per wake-up.
+            biased;
+            outcome = &mut stopped => {
+                break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, outcome).await;
+            }
             r = &mut link, if link_pending => {
                 link_pending = false;
                 match r {
@@ -255,41 +295,56 @@ async fn call(
                     }
                 }
             }
-            m = tokio::time::timeout_at(last_twilio + SILENCE_TIMEOUT, twilio.next()) => {
+            Some((id, ok)) = transfer_rx.recv(), if transfers_in_flight > 0 => {
+                transfers_in_flight -= 1;
+                bridge.transfer_done(&id, ok);
+            }
+            () = &mut silence => {
+                let due = last_twilio + SILENCE_TIMEOUT;
+                if due > tokio::time::Instant::now() {
+                    silence.as_mut().reset(due);
+                } else {
+                    warn!("[Twilio] Stream silent too long; closing");
+                    break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
+                }
+            }
+            () = &mut bridge_timer, if armed.is_some() => {
+                armed = None;
+                bridge.handle_timeout(now());
+            }
+            m = twilio.next() => {
                 last_twilio = tokio::time::Instant::now();
                 match m {
-                    Err(_) => {
-                        warn!("[Twilio] Stream silent too long; closing");
-                        break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
-                    }
-                    Ok(Some(Ok(Message::Text(text)))) => {
+                    Some(Ok(Message::Text(text))) => {
                         counters.messages += 1;
                         match media_stream::parse(text.as_str()) {
                             Ok(TwilioEvent::Start(_)) => counters.bad_frame("second start"),
                             Ok(event) => {
+                                let t = now();
                                 if let TwilioEvent::Media(m) = &event {
-                                    caller_frame_read = Some(now());
+                                    caller_frame_read = Some(t);
                                     Metrics::add(&metrics.frames_from_caller, 1);
                                     Metrics::add(&metrics.bytes_from_caller, m.payload.len() as u64);
                                 }
-                                bridge.handle_twilio(now(), event);
+                                bridge.handle_twilio(t, event);
                             }
                             Err(e) => counters.bad_frame(&e.to_string()),
                         }
                     }
-                    Ok(Some(Ok(Message::Binary(_) | Message::Frame(_)))) => counters.bad_frame("binary frame"),
-                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    Some(Ok(Message::Binary(_) | Message::Frame(_))) => counters.bad_frame("binary frame"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
                     }
                 }
             }
             m = next_agent(&mut agent_ws) => match m {
                 Some(Ok(Message::Text(text))) => {
+                    let t = now();
                     if text.as_str().contains("\"audio_event\"") {
-                        agent_audio_read = Some(now());
+                        agent_audio_read = Some(t);
                     }
-                    bridge.handle_agent_text(now(), text.as_str());
+                    bridge.handle_agent_text(t, text.as_str());
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| u16::from(f.code));
@@ -307,18 +362,6 @@ async fn call(
                     bridge.handle_agent_closed(now(), None);
                 }
             },
-            () = sleep_until(deadline) => bridge.handle_timeout(now()),
-            Some((id, ok)) = transfer_rx.recv() => bridge.transfer_done(&id, ok),
-            _ = teardown_rx.changed() => {
-                let outcome = match *teardown_rx.borrow() {
-                    Some(TeardownReason::Shutdown) => Outcome::ServerShutdown,
-                    _ => Outcome::CallerHungUp,
-                };
-                break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, outcome).await;
-            }
-            () = closing(&mut phase) => {
-                break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::ServerShutdown).await;
-            }
         }
 
         // Write out what the bridge produced.
@@ -384,6 +427,7 @@ async fn call(
                     let tls = shared.tls.clone();
                     let call_sid = call_sid.clone();
                     let tx = transfer_tx.clone();
+                    transfers_in_flight += 1;
                     let number = config.fallback_number.clone().or_else(|| {
                         app.practice
                             .as_ref()
@@ -507,13 +551,6 @@ async fn next_agent(
 ) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
     match agent {
         Some(a) => a.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
