@@ -299,10 +299,14 @@ impl Call {
             },
         });
         if self.agent == AgentLink::Open {
-            // Each metadata with two known formats (missing ones default to pcm_16000) sets up
-            // the audio paths afresh; one with an unknown format closes the call instead.
+            // The first metadata with two known formats (missing ones default to pcm_16000)
+            // sets up the audio paths; one with an unknown format closes the call instead. A
+            // repeat is ignored by the bridge (elevenlabs.md §1.7: metadata comes once), so the
+            // formats stay those of the first.
             let known = |v: &Value| AgentFormat::parse(v.as_str().unwrap_or("pcm_16000")).ok();
-            if let (Some(input), Some(_)) = (known(&input), known(&output)) {
+            if let (Some(input), Some(_)) = (known(&input), known(&output))
+                && self.input_format.is_none()
+            {
                 self.input_format = Some(input);
             }
         }
