@@ -240,6 +240,12 @@ async fn run(a: &Args, n: usize) {
     stats.recording.store(true, Relaxed);
     let mut rss_max = 0;
     let mut active_min = usize::MAX;
+    // Progress percentiles cover the samples since the previous line (re-sorting every sample
+    // of a 30-minute soak every 5 s would load the generator); the RSS timeline proves the
+    // soak's "RSS stays flat".
+    let mut seen = (0usize, 0usize, 0usize);
+    let mut rss_timeline: Vec<(u64, u64)> = Vec::new();
+    let rss_every = (a.secs / 10).max(1);
     while w0.elapsed() < Duration::from_secs(a.secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (cpu, rss) = proc_sample(pid);
@@ -254,28 +260,29 @@ async fn run(a: &Args, n: usize) {
             }
         }
         let el = w0.elapsed().as_secs_f64();
+        if (el.round() as u64).is_multiple_of(rss_every) {
+            rss_timeline.push((el.round() as u64, rss));
+        }
         if (el as u64).is_multiple_of(5) || el as u64 >= a.secs {
-            let p99 = |v: &std::sync::Mutex<Vec<i64>>| {
-                let mut v = v.lock().unwrap().clone();
-                loadgen::percentiles(&mut v).map_or(f64::NAN, |p| p.3 as f64 / 1e3)
+            // p99 of the samples added since `from`; returns the new length.
+            let p99 = |v: &std::sync::Mutex<Vec<i64>>, from: usize| {
+                let v = v.lock().unwrap();
+                let mut recent = v[from.min(v.len())..].to_vec();
+                let p = loadgen::percentiles(&mut recent).map_or(f64::NAN, |p| p.3 as f64 / 1e3);
+                (p, v.len())
             };
-            let late = {
-                let mut v: Vec<i64> = stats
-                    .late_us
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|&x| x as i64)
-                    .collect();
-                loadgen::percentiles(&mut v).map_or(f64::NAN, |p| p.3 as f64 / 1e3)
+            let (late, n_late) = {
+                let v = stats.late_us.lock().unwrap();
+                let mut recent: Vec<i64> =
+                    v[seen.2.min(v.len())..].iter().map(|&x| x as i64).collect();
+                let p = loadgen::percentiles(&mut recent).map_or(f64::NAN, |p| p.3 as f64 / 1e3);
+                (p, v.len())
             };
-            let (n_up, n_down) = (
-                stats.up_us.lock().unwrap().len(),
-                stats.down_us.lock().unwrap().len(),
-            );
-            let (p_up, p_down) = (p99(&stats.up_us), p99(&stats.down_us));
+            let ((p_up, n_up), (p_down, n_down)) =
+                (p99(&stats.up_us, seen.0), p99(&stats.down_us, seen.1));
+            seen = (n_up, n_down, n_late);
             eprint!(
-                "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  p99 up {p_up:.2} down {p_down:.2} ms  send-late p99 {late:.2} ms  ignis cpu {:.1} %  rss {} MiB  failed {}   ",
+                "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  last 5 s: p99 up {p_up:.2} down {p_down:.2} ms, send-late p99 {late:.2} ms  ignis cpu {:.1} %  rss {} MiB  failed {}   ",
                 (cpu - cpu0) / el * 100.0,
                 rss / 1024,
                 stats.calls_failed.load(Relaxed),
@@ -294,6 +301,7 @@ async fn run(a: &Args, n: usize) {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
     }
     let (_, rss_after) = proc_sample(pid);
+    let outcomes = ignis_outcomes(port).await;
     stop_ignis(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -368,6 +376,22 @@ async fn run(a: &Args, n: usize) {
             active_min
         }
     );
+    println!("  ignis call outcomes (/metrics): {outcomes}");
+    let orphans = stats.calls_without_agent.lock().unwrap().clone();
+    if !orphans.is_empty() {
+        println!(
+            "  calls that ended before their agent conversation began (not in lost/dup): {}, lasting {:?} ms",
+            orphans.len(),
+            orphans
+        );
+    }
+    if a.soak_call_secs.is_some() {
+        let line: Vec<String> = rss_timeline
+            .iter()
+            .map(|(t, r)| format!("{t} s {:.1}", *r as f64 / 1024.0))
+            .collect();
+        println!("  ignis RSS over the window (MiB): {}", line.join(", "));
+    }
     if let Some(e) = stats.first_error.lock().unwrap().as_ref() {
         println!("  first error: {e}");
     }
@@ -388,4 +412,35 @@ fn stop_ignis(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// ignis's own count of finished calls by outcome, from `GET /metrics` (no token is set here).
+async fn ignis_outcomes(port: u16) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(5), fetch).await else {
+        return "unavailable".into();
+    };
+    let found: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ignis_calls_total{outcome=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(_, n)| *n != "0")
+        .map(|(o, n)| format!("{o} {n}"))
+        .collect();
+    if found.is_empty() {
+        "none".into()
+    } else {
+        found.join(", ")
+    }
 }

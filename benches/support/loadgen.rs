@@ -103,6 +103,8 @@ struct Link {
     down_due_ns: AtomicU64,
     /// Caller is ending: no new bursts.
     ending: AtomicBool,
+    /// The agent side of this call has started its conversation.
+    agent_seen: AtomicBool,
     /// Audio the caller sent / the agent received, in 8 kHz samples.
     up_sent: AtomicU64,
     up_recv: AtomicU64,
@@ -140,6 +142,9 @@ pub struct Stats {
     pub down_lost: AtomicU64,
     pub down_dup: AtomicU64,
     pub first_error: Mutex<Option<String>>,
+    /// Calls that ended before ignis opened their agent conversation, and how long they ran
+    /// (ms): their caller audio had nowhere to go, so it is reported apart from "lost".
+    pub calls_without_agent: Mutex<Vec<u64>>,
 }
 
 impl Stats {
@@ -314,6 +319,7 @@ async fn conversation(
         .cloned()
         .ok_or("unknown call")?;
     stats.agent_conversations.fetch_add(1, Relaxed);
+    link.agent_seen.store(true, Relaxed);
     let fmt = opts.format.name();
     let meta = format!(
         r#"{{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{{"conversation_id":"conv_{sid}","agent_output_audio_format":"{fmt}","user_input_audio_format":"{fmt}"}}}}"#
@@ -503,6 +509,7 @@ pub async fn call(
         .lock()
         .unwrap()
         .insert(opts.call_sid.clone(), link.clone());
+    let began = Instant::now();
     let result = run_call(&opts, &frames, &stats, &stop, &link).await;
     stats.links.lock().unwrap().remove(&opts.call_sid);
     stats.active.fetch_sub(1, Relaxed);
@@ -513,6 +520,11 @@ pub async fn call(
         dup.fetch_add(r.saturating_sub(s), Relaxed);
     };
     match result {
+        Ok(()) if !link.agent_seen.load(Relaxed) => {
+            stats.calls_ok.fetch_add(1, Relaxed);
+            let ms = began.elapsed().as_millis() as u64;
+            stats.calls_without_agent.lock().unwrap().push(ms);
+        }
         Ok(()) => {
             stats.calls_ok.fetch_add(1, Relaxed);
             diff(&link.up_sent, &link.up_recv, &stats.up_lost, &stats.up_dup);
