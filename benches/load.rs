@@ -303,6 +303,11 @@ async fn run(a: &Args, n: usize) {
     let (_, rss_after) = proc_sample(pid);
     let outcomes = ignis_outcomes(port).await;
     stop_ignis(&mut child);
+    let log = std::fs::read_to_string(dir.join("ignis.log")).unwrap_or_default();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut up = stats.up_us.lock().unwrap().clone();
@@ -377,6 +382,10 @@ async fn run(a: &Args, n: usize) {
         }
     );
     println!("  ignis call outcomes (/metrics): {outcomes}");
+    println!("  ignis warnings and errors logged: {}", warnings.len());
+    for w in warnings.iter().take(5) {
+        println!("    {w}");
+    }
     let orphans = stats.calls_without_agent.lock().unwrap().clone();
     if !orphans.is_empty() {
         println!(

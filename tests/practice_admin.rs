@@ -108,10 +108,12 @@ fn start(p: &Practice, sid: &str, caller: &str) -> String {
     };
     let mut entropy = [0u8; 16];
     entropy[..sid.len().min(16)].copy_from_slice(&sid.as_bytes()[..sid.len().min(16)]);
-    p.start_call(info, entropy, wed_morning(), move |r| {
-        let _ = tx.send(r);
-    });
-    let vars = rx.recv_timeout(WAIT).unwrap().unwrap();
+    let vars = p
+        .start_call(info, entropy, wed_morning(), move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap().unwrap();
     assert_eq!(vars.len(), 11);
     vars["secret__ignis_call"].as_str().unwrap().to_string()
 }
@@ -135,6 +137,44 @@ fn settings_come_from_the_environment() {
         !format!("{s:?}").contains(TOOLS_TOKEN),
         "secrets stay out of Debug"
     );
+}
+
+/// `start_call` returns before its commit; a tool request made at once, without waiting for
+/// `done`, is queued behind the registration and finds the call.
+#[test]
+fn a_tool_request_right_after_start_call_finds_the_call() {
+    let dir = temp_dir("start-order");
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    for i in 0..20 {
+        let sid = format!("CAorder{i:02}");
+        let info = CallInfo {
+            call_sid: &sid,
+            caller_number: WEBER_PHONE,
+            called_number: "+4930123456",
+        };
+        let mut entropy = [7u8; 16];
+        entropy[0] = i;
+        let vars = p
+            .start_call(info, entropy, wed_morning(), |r| r.unwrap())
+            .unwrap();
+        let token = vars["secret__ignis_call"].as_str().unwrap();
+        let (s, v) = tool(
+            &p,
+            token,
+            "POST",
+            "/api/patients/identify",
+            "",
+            r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#,
+        );
+        assert_eq!(
+            (s, v["match"].as_str()),
+            (200, Some("unique")),
+            "call {i}: {v}"
+        );
+    }
+    drop(p);
+    thread.join().unwrap();
 }
 
 #[test]

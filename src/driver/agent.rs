@@ -99,7 +99,7 @@ pub(crate) fn dynamic_variables(call_sid: &str, caller: &str, called: &str) -> M
 /// The dynamic variables for a call: with the practice, all eleven (elevenlabs.md §2.1; a
 /// referenced variable that is missing ends the conversation), including the per-call tool token
 /// whose hash the store keeps; without it, the call's three facts.
-pub(crate) async fn call_variables(
+pub(crate) fn call_variables(
     app: &App,
     call_sid: &str,
     caller: &str,
@@ -113,22 +113,25 @@ pub(crate) async fn call_variables(
         warn!("[Practice] No OS randomness: the call gets no tool token");
         return base;
     };
-    let (tx, rx) = oneshot::channel();
     let info = CallInfo {
         call_sid,
         caller_number: caller,
         called_number: called,
     };
-    practice.start_call(info, entropy, super::practice_now(), move |r| {
-        let _ = tx.send(r);
+    // The agent connects without waiting for the registration's commit: it is queued ahead of
+    // any tool request the agent can make (see `Practice::start_call`).
+    let sid = call_sid.to_owned();
+    let queued = practice.start_call(info, entropy, super::practice_now(), move |r| {
+        if let Err(e) = r {
+            warn!(call_sid = %sid, error = %e, "[Practice] Cannot register the call; its tools will be refused");
+        }
     });
-    match rx.await {
-        Ok(Ok(vars)) => vars,
-        Ok(Err(e)) => {
+    match queued {
+        Ok(vars) => vars,
+        Err(e) => {
             warn!(error = %e, "[Practice] Cannot register the call; its tools will be refused");
             base
         }
-        Err(_) => base,
     }
 }
 
@@ -215,7 +218,7 @@ impl Preconnects {
         tokio::spawn(
             async move {
                 debug!(caller = %mask_phone(&caller), "[ElevenLabs] Pre-connecting");
-                let vars = call_variables(&app, &call_sid, &caller, &called).await;
+                let vars = call_variables(&app, &call_sid, &caller, &called);
                 preconnect(&app.config, tls, &vars, rx).await;
                 this.lock().remove(&call_sid);
             }

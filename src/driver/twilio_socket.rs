@@ -202,7 +202,7 @@ async fn call(
             let (sid, caller, called) = (call_sid.clone(), caller.clone(), called.clone());
             Box::pin(async move {
                 let config = app.config.clone();
-                let vars = agent::call_variables(&app, &sid, &caller, &called).await;
+                let vars = agent::call_variables(&app, &sid, &caller, &called);
                 let t0 = tokio::time::Instant::now();
                 match tokio::time::timeout(link_timeout, agent::connect(&config, &tls, &vars)).await
                 {

@@ -298,15 +298,23 @@ impl Practice {
     }
 
     /// Registers a call: mints its token from `entropy` (16 bytes the driver reads from the
-    /// operating system's random source), stores only the token's hash and answers with the
-    /// eleven dynamic variables for ElevenLabs.
+    /// operating system's random source), stores only the token's hash and returns the eleven
+    /// dynamic variables for ElevenLabs at once.
+    ///
+    /// The registration is queued on the store's single writer, ahead of every tool request the
+    /// call's agent can make (it learns the token from these variables), so nobody needs to wait
+    /// for the commit: with `synchronous=FULL` that is an fsync, which took over a second on a
+    /// busy disk and held up agent connections in the issue-6 churn runs. `done` gets the
+    /// commit's result on the store thread (if it fails, the token is unknown and the call's
+    /// tools are refused). An `Err` here means the queue refused the job; the call then gets
+    /// no token.
     pub fn start_call(
         &self,
         info: CallInfo<'_>,
         entropy: [u8; TOKEN_BYTES],
         now: Timestamp,
-        reply: impl FnOnce(Result<Map<String, Value>, StoreError>) + Send + 'static,
-    ) {
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<Map<String, Value>, StoreError> {
         let token = CallToken::from_entropy(entropy);
         let vars = calls::dynamic_variables(&token, &info, &self.config, now);
         let (sid, caller, called) = (
@@ -315,21 +323,15 @@ impl Practice {
             info.called_number.to_string(),
         );
         let hash = token.hash();
-        let slot = Arc::new(Mutex::new(Some(reply)));
-        let in_job = Arc::clone(&slot);
-        let result = self.store.submit(move |store| {
-            let r = store
-                .start_call(&sid, &hash, &caller, &called, now.as_second())
-                .map(|()| vars);
-            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
-                f(r);
-            }
-        });
-        if result.is_err()
-            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
-        {
-            f(Err(StoreError::Closed));
-        }
+        self.store
+            .submit(move |store| {
+                done(store.start_call(&sid, &hash, &caller, &called, now.as_second()));
+            })
+            .map_err(|e| match e {
+                SubmitError::Busy => StoreError::Busy,
+                SubmitError::Closed => StoreError::Closed,
+            })?;
+        Ok(vars)
     }
 
     /// Marks a call ended (its token stays valid for the grace period). Fire and forget.

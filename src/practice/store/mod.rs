@@ -155,6 +155,8 @@ pub enum StoreError {
     Corrupt(&'static str),
     /// The store's writer thread is gone.
     Closed,
+    /// The store's queue is full (`MAX_QUEUED_JOBS`).
+    Busy,
 }
 
 impl std::fmt::Display for StoreError {
@@ -163,6 +165,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
             StoreError::Corrupt(what) => write!(f, "corrupt stored data: {what}"),
             StoreError::Closed => f.write_str("store thread is gone"),
+            StoreError::Busy => f.write_str("store queue is full"),
         }
     }
 }
