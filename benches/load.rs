@@ -264,22 +264,11 @@ async fn run(a: &Args, n: usize) {
             rss_timeline.push((el.round() as u64, rss));
         }
         if (el as u64).is_multiple_of(5) || el as u64 >= a.secs {
-            // p99 of the samples added since `from`; returns the new length.
-            let p99 = |v: &std::sync::Mutex<Vec<i64>>, from: usize| {
-                let v = v.lock().unwrap();
-                let mut recent = v[from.min(v.len())..].to_vec();
-                let p = loadgen::percentiles(&mut recent).map_or(f64::NAN, |p| p.3 as f64 / 1e3);
-                (p, v.len())
-            };
-            let (late, n_late) = {
-                let v = stats.late_us.lock().unwrap();
-                let mut recent: Vec<i64> =
-                    v[seen.2.min(v.len())..].iter().map(|&x| x as i64).collect();
-                let p = loadgen::percentiles(&mut recent).map_or(f64::NAN, |p| p.3 as f64 / 1e3);
-                (p, v.len())
-            };
-            let ((p_up, n_up), (p_down, n_down)) =
-                (p99(&stats.up_us, seen.0), p99(&stats.down_us, seen.1));
+            let (late, n_late) = recent_p99(&stats.late_us, seen.2);
+            let ((p_up, n_up), (p_down, n_down)) = (
+                recent_p99(&stats.up_us, seen.0),
+                recent_p99(&stats.down_us, seen.1),
+            );
             seen = (n_up, n_down, n_late);
             eprint!(
                 "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  last 5 s: p99 up {p_up:.2} down {p_down:.2} ms, send-late p99 {late:.2} ms  ignis cpu {:.1} %  rss {} MiB  failed {}   ",
@@ -452,4 +441,12 @@ async fn ignis_outcomes(port: u16) -> String {
     } else {
         found.join(", ")
     }
+}
+
+/// p99 (ms) of the samples (µs) added since index `from`, and the new length.
+fn recent_p99<T: Copy + Into<i64>>(v: &std::sync::Mutex<Vec<T>>, from: usize) -> (f64, usize) {
+    let v = v.lock().unwrap();
+    let mut recent: Vec<i64> = v[from.min(v.len())..].iter().map(|&x| x.into()).collect();
+    let p = loadgen::percentiles(&mut recent).map_or(f64::NAN, |p| p.3 as f64 / 1e3);
+    (p, v.len())
 }

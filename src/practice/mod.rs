@@ -323,14 +323,9 @@ impl Practice {
             info.called_number.to_string(),
         );
         let hash = token.hash();
-        self.store
-            .submit(move |store| {
-                done(store.start_call(&sid, &hash, &caller, &called, now.as_second()));
-            })
-            .map_err(|e| match e {
-                SubmitError::Busy => StoreError::Busy,
-                SubmitError::Closed => StoreError::Closed,
-            })?;
+        self.store.submit(move |store| {
+            done(store.start_call(&sid, &hash, &caller, &called, now.as_second()));
+        })?;
         Ok(vars)
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ignis::config::Config;
 use ignis::routes::App;
 use ignis::twilio::signature;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -162,8 +162,14 @@ impl Resp {
     }
 }
 
-/// Reads one response from `stream`, leaving later bytes in `buf`. `head_only`: HEAD request.
-pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Resp {
+/// Reads one response from any stream, leaving later bytes in `buf`. `head_only`: HEAD request
+/// (1xx, 204 and 304 never have a body either). Bodies are framed by `Content-Length`; a response without
+/// one (an nginx error page on a closing connection) is read to EOF.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    head_only: bool,
+) -> Resp {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -180,12 +186,22 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only:
                         )
                     })
                     .collect();
-                let len: usize = headers
+                let len: Option<usize> = headers
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map(|(_, v)| v.parse().unwrap())
-                    .unwrap_or(0);
-                let body_len = if head_only { 0 } else { len };
+                    .map(|(_, v)| v.parse().unwrap());
+                let no_body = head_only || status == 204 || status == 304 || status < 200;
+                let body_len = match (no_body, len) {
+                    (true, _) => 0,
+                    (false, Some(len)) => len,
+                    (false, None) => {
+                        // Read to EOF (or a TLS close without close_notify).
+                        let mut rest = Vec::new();
+                        let _ = stream.read_to_end(&mut rest).await;
+                        buf.extend(rest);
+                        buf.len() - n
+                    }
+                };
                 while buf.len() < n + body_len {
                     let mut chunk = [0u8; 4096];
                     let k = stream.read(&mut chunk).await.unwrap();
@@ -245,22 +261,10 @@ pub fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 pub fn urlencode(pairs: &[(String, String)]) -> String {
-    fn enc(s: &str) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    out.push(b as char)
-                }
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
-        out
-    }
+    use ignis::http::form::encode;
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }

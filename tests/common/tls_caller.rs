@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ignis::twilio::signature;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::fake_twilio::{TwilioCall, start_json};
-use super::{CONNECTED, Resp, TOKEN, client_text_frame, urlencode};
+use super::{CONNECTED, Resp, TOKEN, client_text_frame, read_response, urlencode};
 
 /// A TLS endpoint that trusts exactly one certificate (DER), as Twilio trusts a real one.
 pub struct TlsCaller {
@@ -140,72 +140,4 @@ impl TlsCaller {
         let ws = WebSocketStream::from_partially_read(s, buf, Role::Client, None).await;
         TwilioCall::over(ws, call_sid)
     }
-}
-
-/// Reads one response from any stream, leaving later bytes in `buf`. `head_only`: HEAD request
-/// (1xx, 204 and 304 never have a body either). Bodies are framed by `Content-Length`; a response without
-/// one (an nginx error page on a closing connection) is read to EOF.
-pub async fn read_response<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    head_only: bool,
-) -> Resp {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = r.parse(buf).unwrap() {
-                let status = r.code.unwrap();
-                let headers: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                let len: Option<usize> = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map(|(_, v)| v.parse().unwrap());
-                let no_body = head_only || status == 204 || status == 304 || status < 200;
-                let body_len = match (no_body, len) {
-                    (true, _) => 0,
-                    (false, Some(len)) => len,
-                    (false, None) => {
-                        // Read to EOF (or a TLS close without close_notify).
-                        let mut rest = Vec::new();
-                        let _ = stream.read_to_end(&mut rest).await;
-                        buf.extend(rest);
-                        buf.len() - n
-                    }
-                };
-                while buf.len() < n + body_len {
-                    let mut chunk = [0u8; 4096];
-                    let k = stream.read(&mut chunk).await.unwrap();
-                    assert!(k > 0, "eof inside body");
-                    buf.extend_from_slice(&chunk[..k]);
-                }
-                let body = buf[n..n + body_len].to_vec();
-                buf.drain(..n + body_len);
-                return Resp {
-                    status,
-                    headers,
-                    body,
-                };
-            }
-            let mut chunk = [0u8; 4096];
-            let k = stream.read(&mut chunk).await.unwrap();
-            assert!(
-                k > 0,
-                "eof before response head: {:?}",
-                String::from_utf8_lossy(buf)
-            );
-            buf.extend_from_slice(&chunk[..k]);
-        }
-    })
-    .await
-    .expect("response timed out")
 }

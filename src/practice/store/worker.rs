@@ -31,8 +31,11 @@ pub enum SubmitError {
 }
 
 impl From<SubmitError> for StoreError {
-    fn from(_: SubmitError) -> Self {
-        StoreError::Closed
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Busy => StoreError::Busy,
+            SubmitError::Closed => StoreError::Closed,
+        }
     }
 }
 
