@@ -1,17 +1,33 @@
 //! Configuration: environment variables, optionally from a `.env` file in the working directory
-//! (the real environment wins). Parsed once into typed fields; a bad value names its variable.
+//! (the real environment wins). Parsed once, by [`Config::from_vars`], into typed fields; a bad
+//! value names its variable. The practice's variables are part of the same parse
+//! ([`PracticeVars`]).
 //!
-//! Reading the process environment and the file happens in `main`; everything here is pure.
+//! [`VARIABLES`] is the one list of variables, their defaults and meanings: `--help` prints it and
+//! the README's table is checked against it. Every default is a named constant below.
+//!
+//! Reading the process environment and the file happens in [`crate::driver::startup`];
+//! everything here is pure.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::bridge::DtmfMode;
+use crate::elevenlabs::session::DEFAULT_SILENCE_TIMEOUT;
+use crate::practice::{MIN_SECRET_LEN, PracticeError};
 use crate::twilio::signature::{AuthToken, SigningKeys};
 
 /// Default HTTP port.
 pub const DEFAULT_PORT: u16 = 8080;
+/// Default listen address: every IPv4 interface.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Default log format.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Default log filter when `RUST_LOG` is unset.
+pub const DEFAULT_LOG_FILTER: &str = "info";
 /// Default drain deadline on shutdown: a deploy must not cut a patient off mid-call.
 pub const DEFAULT_DRAIN_SECONDS: u64 = 600;
 /// Default cap on simultaneous connections.
@@ -20,119 +36,252 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time an idle keep-alive connection is kept.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default cap on concurrent calls.
+pub const DEFAULT_MAX_CALLS: usize = 500;
 /// Default ElevenLabs API origin.
 pub const DEFAULT_ELEVENLABS_API_BASE: &str = "https://api.elevenlabs.io";
+/// Default limit of each agent connect step (signed URL, TCP+TLS, WebSocket handshake).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a pre-connected agent waits for its stream.
+pub const DEFAULT_PRECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default DTMF delivery: menus such as "press 1 for …" need a reply.
+pub const DEFAULT_DTMF_MODE: DtmfMode = DtmfMode::UserMessage;
+/// Default Twilio REST origin.
+pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+/// Default SQLite file of the practice.
+pub const DEFAULT_DB_PATH: &str = "./ignis.db";
 /// Largest `.env` file read.
 pub const MAX_DOTENV_BYTES: usize = 64 * 1024;
+/// Largest accepted millisecond value (one day).
+const MAX_MILLIS: u64 = 86_400_000;
+/// Largest accepted connection or call cap.
+const MAX_CAP: u64 = 1_000_000;
 
-/// Every variable ignis reads, with its meaning (printed by `--help`).
-pub const VARIABLES: &[(&str, &str)] = &[
-    (
+/// What a variable means when it is unset (rendered in `--help` and the README).
+#[derive(Debug, Clone, Copy)]
+pub enum Unset {
+    /// Start-up stops.
+    Required,
+    /// Nothing: the feature it enables is off.
+    Off,
+    /// This number.
+    Number(u64),
+    /// This duration, written in milliseconds.
+    Millis(Duration),
+    /// This address.
+    Addr(IpAddr),
+    /// This value or description.
+    Text(&'static str),
+}
+
+impl fmt::Display for Unset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unset::Required => f.write_str("required"),
+            Unset::Off => f.write_str("-"),
+            Unset::Number(n) => write!(f, "{n}"),
+            Unset::Millis(d) => write!(f, "{}", d.as_millis()),
+            Unset::Addr(a) => write!(f, "{a}"),
+            Unset::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// One environment variable ignis reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    /// Its name.
+    pub name: &'static str,
+    /// Its value when unset.
+    pub unset: Unset,
+    /// What it does (one line).
+    pub meaning: &'static str,
+}
+
+const fn var(name: &'static str, unset: Unset, meaning: &'static str) -> Variable {
+    Variable {
+        name,
+        unset,
+        meaning,
+    }
+}
+
+/// Every variable ignis reads: the table `--help` prints and the README repeats.
+pub const VARIABLES: &[Variable] = &[
+    var(
         "PUBLIC_URL",
-        "required; public origin Twilio calls, e.g. https://ignis.example.com",
+        Unset::Required,
+        "Public origin Twilio calls, e.g. https://ignis.example.com (scheme, host and port, no \
+         path). Signatures are checked against it, never against the Host header.",
     ),
-    (
+    var(
         "TWILIO_AUTH_TOKEN",
-        "required; signs and verifies Twilio webhooks and the stream",
+        Unset::Required,
+        "Account auth token. It verifies X-Twilio-Signature on every webhook and on the stream \
+         handshake.",
     ),
-    (
+    var(
         "TWILIO_AUTH_TOKEN_SECONDARY",
-        "optional; also accepted during token rotation",
+        Unset::Off,
+        "Also accepted while you rotate tokens.",
     ),
-    (
+    var(
         "TWILIO_ACCOUNT_SID",
-        "optional; AC…, for REST calls (transfer to staff)",
+        Unset::Off,
+        "AC…, for REST calls (transfer to staff).",
     ),
-    (
-        "ELEVENLABS_AGENT_ID",
-        "optional; the agent that answers calls",
-    ),
-    (
+    var("ELEVENLABS_AGENT_ID", Unset::Off, "The agent that answers."),
+    var(
         "ELEVENLABS_API_KEY",
-        "optional; private agents via signed URL",
+        Unset::Off,
+        "Private agents, through a signed URL.",
     ),
-    (
+    var(
         "ELEVENLABS_API_BASE",
-        "optional; default https://api.elevenlabs.io",
+        Unset::Text(DEFAULT_ELEVENLABS_API_BASE),
+        "ElevenLabs API origin; tests point it at a loopback stand-in.",
     ),
-    (
+    var(
         "FALLBACK_NUMBER",
-        "optional; E.164 number of a human when the agent fails",
+        Unset::Off,
+        "E.164 number of a person at the practice. If the agent fails, the caller is dialled \
+         through to it instead of hearing dead air.",
     ),
-    ("PORT", "optional; default 8080"),
-    ("BIND", "optional; listen address, default 0.0.0.0"),
-    ("LOG_FORMAT", "optional; text (default) or json"),
-    (
+    var("PORT", Unset::Number(DEFAULT_PORT as u64), "Listen port."),
+    var(
+        "BIND",
+        Unset::Addr(DEFAULT_BIND),
+        "Listen address (IPv4 or IPv6).",
+    ),
+    var(
+        "LOG_FORMAT",
+        Unset::Text(DEFAULT_LOG_FORMAT.as_str()),
+        "text, or json for one JSON object per line.",
+    ),
+    var(
+        "RUST_LOG",
+        Unset::Text(DEFAULT_LOG_FILTER),
+        "Log level or filter, e.g. debug or info,ignis::practice=debug.",
+    ),
+    var(
         "DRAIN_SECONDS",
-        "optional; live calls may finish this long on shutdown, default 600",
+        Unset::Number(DEFAULT_DRAIN_SECONDS),
+        "On SIGTERM, live calls may run this long before they are closed.",
     ),
-    (
+    var(
         "MAX_CONNECTIONS",
-        "optional; simultaneous connections before 503, default 2048",
+        Unset::Number(DEFAULT_MAX_CONNECTIONS as u64),
+        "Above this many connections, new ones get 503.",
     ),
-    (
+    var(
         "HTTP_REQUEST_TIMEOUT_MS",
-        "optional; request head/body deadline, default 10000",
+        Unset::Millis(DEFAULT_REQUEST_TIMEOUT),
+        "A request head and its body must arrive within this time, or the client gets 408.",
     ),
-    (
+    var(
         "HTTP_IDLE_TIMEOUT_MS",
-        "optional; idle keep-alive close, default 60000",
+        Unset::Millis(DEFAULT_IDLE_TIMEOUT),
+        "Idle keep-alive connections are closed after this time.",
     ),
-    (
+    var(
         "MAX_CALLS",
-        "optional; concurrent calls before new ones get the fallback, default 500",
+        Unset::Number(DEFAULT_MAX_CALLS as u64),
+        "Above this many concurrent calls, new callers get the fallback (a person or the \
+         apology) instead of an overloaded bridge.",
     ),
-    (
+    var(
         "ELEVENLABS_CONNECT_TIMEOUT_MS",
-        "optional; per agent connect step, default 5000",
+        Unset::Millis(DEFAULT_CONNECT_TIMEOUT),
+        "Limit for each agent connect step: signed URL, TCP+TLS, WebSocket handshake.",
     ),
-    (
+    var(
         "ELEVENLABS_CONVERSATION_OVERRIDE",
-        "optional; JSON object sent as conversation_config_override",
+        Unset::Off,
+        "JSON object sent as conversation_config_override. Enable each overridden field in the \
+         agent's security settings first.",
     ),
-    (
+    var(
         "PRECONNECT_TIMEOUT_MS",
-        "optional; an unadopted pre-connected agent closes after this, default 30000",
+        Unset::Millis(DEFAULT_PRECONNECT_TIMEOUT),
+        "The voice webhook connects the agent ahead of the stream. If no stream adopts it within \
+         this time, it is closed.",
     ),
-    (
+    var(
         "AGENT_SILENCE_TIMEOUT_MS",
-        "optional; agent socket counts as dead after this silence, default 20000",
+        Unset::Millis(DEFAULT_SILENCE_TIMEOUT),
+        "After this long without any message, the agent socket counts as dead and the caller \
+         goes to the fallback.",
     ),
-    (
+    var(
         "DTMF_MODE",
-        "optional; user_message (default) or contextual_update",
+        Unset::Text(dtmf_name(DEFAULT_DTMF_MODE)),
+        "How keypad digits reach the agent: user_message (the agent answers, as menus need) or \
+         contextual_update (background only).",
     ),
-    (
+    var(
         "TWILIO_API_BASE",
-        "optional; default https://api.twilio.com (for transfers)",
+        Unset::Text(DEFAULT_TWILIO_API_BASE),
+        "Twilio REST origin, for transfer_to_staff.",
     ),
-    (
+    var(
         "METRICS_TOKEN",
-        "optional; GET /metrics then needs Authorization: Bearer <token>",
+        Unset::Off,
+        "If set, GET /metrics needs Authorization: Bearer with this token.",
     ),
-    (
+    var(
+        "EXTRA_CA_FILE",
+        Unset::Off,
+        "PEM certificates trusted besides Mozilla's roots for outbound TLS (agent, signed URL, \
+         Twilio REST), e.g. behind a TLS-inspecting proxy. A file that cannot be used stops \
+         start-up.",
+    ),
+    var(
         "TOOLS_TOKEN",
-        "agent secret for the practice tools (Bearer), >= 16 characters; unset: tools refuse all",
+        Unset::Text("random"),
+        "The agent secret for the practice tools (Bearer, at least 16 characters). When unset, a \
+         random one is used and every tool request is refused.",
     ),
-    (
+    var(
         "ADMIN_TOKEN",
-        "optional; staff admin API (Bearer), >= 16 characters",
+        Unset::Off,
+        "Staff admin API (/api/admin/…) Bearer token of at least 16 characters. Without it the \
+         admin API is disabled.",
     ),
-    ("IGNIS_DB", "optional; SQLite file, default ./ignis.db"),
-    (
+    var(
+        "IGNIS_DB",
+        Unset::Text(DEFAULT_DB_PATH),
+        "The SQLite store (WAL, synchronous=FULL).",
+    ),
+    var(
         "PRACTICE_CONFIG",
-        "optional; practice.toml path, default the built-in Demo Praxis",
+        Unset::Text("built-in Demo Praxis"),
+        "Path to a practice.toml. Errors at start-up name the line.",
     ),
-    (
+    var(
         "IGNIS_DEMO_PATIENTS",
-        "optional; 1/0, seed demo patients (default on with the demo config)",
+        Unset::Text("on with the demo config"),
+        "1/0: seed the demo patients into an empty database.",
     ),
 ];
 
-/// Default cap on concurrent calls.
-pub const DEFAULT_MAX_CALLS: usize = 500;
-/// Default Twilio REST origin.
-pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+/// Width of the name column in [`environment_help`].
+const HELP_NAME_WIDTH: usize = 33;
+/// Width of the default column in [`environment_help`].
+const HELP_DEFAULT_WIDTH: usize = 26;
+
+/// The `ENVIRONMENT` section of `--help`: one line per variable (name, default, meaning), the
+/// last section of the help so that tools can read it line by line.
+pub fn environment_help() -> String {
+    let mut s = String::from("ENVIRONMENT (also read from ./.env; the real environment wins):\n");
+    for v in VARIABLES {
+        let unset = v.unset.to_string();
+        s.push_str(&format!(
+            "  {:<HELP_NAME_WIDTH$} {unset:<HELP_DEFAULT_WIDTH$} {}\n",
+            v.name, v.meaning
+        ));
+    }
+    s
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +290,24 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl LogFormat {
+    /// The value `LOG_FORMAT` takes for this format.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The value `DTMF_MODE` takes for `mode`.
+pub const fn dtmf_name(mode: DtmfMode) -> &'static str {
+    match mode {
+        DtmfMode::UserMessage => "user_message",
+        DtmfMode::ContextualUpdate => "contextual_update",
+    }
 }
 
 /// The public origin Twilio reaches ignis at (scheme, host and optional port; no path).
@@ -240,7 +407,54 @@ pub struct Config {
     /// Bearer token protecting `/metrics` (open when unset).
     pub metrics_token: Option<AuthToken>,
     /// Extra PEM roots for outbound TLS (agent, signed URL, Twilio REST).
-    pub extra_ca_file: Option<std::path::PathBuf>,
+    pub extra_ca_file: Option<PathBuf>,
+    /// The practice's variables.
+    pub practice: PracticeVars,
+}
+
+/// The practice's variables (`TOOLS_TOKEN`, `ADMIN_TOKEN`, `IGNIS_DB`, `PRACTICE_CONFIG`,
+/// `IGNIS_DEMO_PATIENTS`), parsed with the rest; `PracticeSettings::new` turns them into the
+/// practice's start-up settings.
+#[derive(Debug, Clone)]
+pub struct PracticeVars {
+    /// SQLite file.
+    pub db_path: PathBuf,
+    /// `practice.toml` path; None = the shipped Demo Praxis.
+    pub config_path: Option<PathBuf>,
+    /// Agent secret; None = unset (the driver then uses a random one, so tools refuse all).
+    pub tools_token: Option<AuthToken>,
+    /// Staff secret; None = the admin API is disabled.
+    pub admin_token: Option<AuthToken>,
+    /// Seed demo patients into an empty database.
+    pub demo_patients: bool,
+}
+
+impl PracticeVars {
+    /// Parses the practice's variables through `get`. Empty values count as unset; a secret
+    /// shorter than [`MIN_SECRET_LEN`] is refused, naming its variable.
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<PracticeVars, PracticeError> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let secret = |k: &'static str| match get(k) {
+            Some(t) if t.len() < MIN_SECRET_LEN => Err(PracticeError::Secret(k)),
+            t => Ok(t.map(AuthToken::new)),
+        };
+        let config_path = get("PRACTICE_CONFIG").map(PathBuf::from);
+        Ok(PracticeVars {
+            tools_token: secret("TOOLS_TOKEN")?,
+            admin_token: secret("ADMIN_TOKEN")?,
+            demo_patients: match get("IGNIS_DEMO_PATIENTS").as_deref() {
+                Some("1") | Some("true") => true,
+                Some("0") | Some("false") => false,
+                _ => config_path.is_none(),
+            },
+            db_path: PathBuf::from(get("IGNIS_DB").as_deref().unwrap_or(DEFAULT_DB_PATH)),
+            config_path,
+        })
+    }
 }
 
 /// A configuration problem, naming the variable.
@@ -309,31 +523,67 @@ pub fn merge(
     merged
 }
 
-impl Config {
-    /// Builds the configuration from variables. Empty values count as unset.
-    pub fn from_vars(
-        vars: &HashMap<String, String>,
-        insecure_skip_signature: bool,
-    ) -> Result<Config, ConfigError> {
-        let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let required = |k: &str| get(k).ok_or_else(|| err(k, "is required but not set"));
-        let number = |k: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match get(k) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| err(k, format!("must be a whole number from {min} to {max}"))),
-            }
-        };
+/// Typed reads of the merged variables; every error names its variable.
+struct Vars<'a>(&'a HashMap<String, String>);
 
-        let public_url = PublicUrl::parse(required("PUBLIC_URL")?)
-            .map_err(|reason| err("PUBLIC_URL", reason))?;
-        let token = AuthToken::new(required("TWILIO_AUTH_TOKEN")?);
-        let secondary = get("TWILIO_AUTH_TOKEN_SECONDARY").map(AuthToken::new);
-        let account_sid = get("TWILIO_ACCOUNT_SID").map(str::to_owned);
-        if let Some(sid) = &account_sid
+impl<'a> Vars<'a> {
+    /// The trimmed value; empty values count as unset.
+    fn get(&self, k: &str) -> Option<&'a str> {
+        self.0.get(k).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, k: &str) -> Result<&'a str, ConfigError> {
+        self.get(k).ok_or_else(|| err(k, "is required but not set"))
+    }
+
+    fn number(&self, k: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| err(k, format!("must be a whole number from {min} to {max}"))),
+        }
+    }
+
+    fn millis(&self, k: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.number(k, default.as_millis() as u64, 1, MAX_MILLIS)
+            .map(Duration::from_millis)
+    }
+
+    /// An `http(s)://` origin without its trailing `/`.
+    fn origin(&self, k: &str, default: &str) -> Result<String, ConfigError> {
+        let v = self.get(k).unwrap_or(default);
+        if !(v.starts_with("https://") || v.starts_with("http://")) {
+            return Err(err(k, "must start with https:// or http://"));
+        }
+        Ok(v.trim_end_matches('/').to_owned())
+    }
+
+    /// One of `choices` (value, meaning); unset gives `default`.
+    fn choice<T: Copy>(
+        &self,
+        k: &str,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(v) = self.get(k) else {
+            return Ok(default);
+        };
+        choices
+            .iter()
+            .find(|(name, _)| *name == v)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                err(k, format!("must be {}", names.join(" or ")))
+            })
+    }
+
+    fn account_sid(&self) -> Result<Option<String>, ConfigError> {
+        let sid = self.get("TWILIO_ACCOUNT_SID");
+        if let Some(sid) = sid
             && !(sid.starts_with("AC")
                 && sid.len() == 34
                 && sid.bytes().all(|b| b.is_ascii_alphanumeric()))
@@ -343,15 +593,12 @@ impl Config {
                 "must be AC followed by 32 characters",
             ));
         }
-        let api_base = get("ELEVENLABS_API_BASE").unwrap_or(DEFAULT_ELEVENLABS_API_BASE);
-        if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-            return Err(err(
-                "ELEVENLABS_API_BASE",
-                "must start with https:// or http://",
-            ));
-        }
-        let fallback_number = get("FALLBACK_NUMBER").map(str::to_owned);
-        if let Some(n) = &fallback_number {
+        Ok(sid.map(str::to_owned))
+    }
+
+    fn fallback_number(&self) -> Result<Option<String>, ConfigError> {
+        let n = self.get("FALLBACK_NUMBER");
+        if let Some(n) = n {
             let digits = n.strip_prefix('+').unwrap_or("");
             if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(err(
@@ -360,83 +607,96 @@ impl Config {
                 ));
             }
         }
-        let log_format = match get("LOG_FORMAT") {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(err("LOG_FORMAT", "must be text or json")),
-        };
-        let bind = match get("BIND") {
-            None => IpAddr::from([0, 0, 0, 0]),
+        Ok(n.map(str::to_owned))
+    }
+
+    fn bind(&self) -> Result<IpAddr, ConfigError> {
+        match self.get("BIND") {
+            None => Ok(DEFAULT_BIND),
             Some(v) => v
                 .parse()
-                .map_err(|_| err("BIND", "must be an IP address such as 0.0.0.0 or ::"))?,
-        };
-        let ms = |k: &str, default: Duration| -> Result<Duration, ConfigError> {
-            number(k, default.as_millis() as u64, 1, 86_400_000).map(Duration::from_millis)
-        };
+                .map_err(|_| err("BIND", "must be an IP address such as 0.0.0.0 or ::")),
+        }
+    }
+
+    fn conversation_override(&self) -> Result<Option<serde_json::Value>, ConfigError> {
+        let k = "ELEVENLABS_CONVERSATION_OVERRIDE";
+        match self.get(k).map(serde_json::from_str::<serde_json::Value>) {
+            None => Ok(None),
+            Some(Ok(o @ serde_json::Value::Object(_))) => Ok(Some(o)),
+            Some(_) => Err(err(k, "must be a JSON object")),
+        }
+    }
+
+    fn practice(&self) -> Result<PracticeVars, ConfigError> {
+        PracticeVars::parse(|k| self.get(k).map(str::to_owned)).map_err(|e| match e {
+            PracticeError::Secret(k) => {
+                err(k, format!("must be at least {MIN_SECRET_LEN} characters"))
+            }
+            other => err("practice", other.to_string()),
+        })
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the merged variables (see [`merge`]): the one parse of
+    /// every variable in [`VARIABLES`] that ignis reads itself (`RUST_LOG` is read by the log
+    /// subscriber). Empty values count as unset.
+    pub fn from_vars(
+        vars: &HashMap<String, String>,
+        insecure_skip_signature: bool,
+    ) -> Result<Config, ConfigError> {
+        let v = Vars(vars);
+        let public_url = PublicUrl::parse(v.required("PUBLIC_URL")?)
+            .map_err(|reason| err("PUBLIC_URL", reason))?;
+        let token = AuthToken::new(v.required("TWILIO_AUTH_TOKEN")?);
+        let secondary = v.get("TWILIO_AUTH_TOKEN_SECONDARY").map(AuthToken::new);
+        let twilio_account_sid = v.account_sid()?;
+        let elevenlabs_api_base = v.origin("ELEVENLABS_API_BASE", DEFAULT_ELEVENLABS_API_BASE)?;
+        let fallback_number = v.fallback_number()?;
+        let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+        let log_format = v.choice("LOG_FORMAT", DEFAULT_LOG_FORMAT, &formats)?;
+        let bind = v.bind()?;
+        let dtmf_modes =
+            [DtmfMode::UserMessage, DtmfMode::ContextualUpdate].map(|m| (dtmf_name(m), m));
         Ok(Config {
-            port: number("PORT", u64::from(DEFAULT_PORT), 0, 65_535)? as u16,
+            port: v.number("PORT", u64::from(DEFAULT_PORT), 0, u64::from(u16::MAX))? as u16,
             bind,
             public_url,
             twilio_keys: SigningKeys::new(token.clone(), secondary),
             twilio_auth_token: token,
-            twilio_account_sid: account_sid,
-            elevenlabs_agent_id: get("ELEVENLABS_AGENT_ID").map(str::to_owned),
-            elevenlabs_api_key: get("ELEVENLABS_API_KEY").map(AuthToken::new),
-            elevenlabs_api_base: api_base.trim_end_matches('/').to_owned(),
+            twilio_account_sid,
+            elevenlabs_agent_id: v.get("ELEVENLABS_AGENT_ID").map(str::to_owned),
+            elevenlabs_api_key: v.get("ELEVENLABS_API_KEY").map(AuthToken::new),
+            elevenlabs_api_base,
             fallback_number,
             log_format,
-            drain: Duration::from_secs(number("DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS, 0, 86_400)?),
-            max_connections: number(
+            drain: Duration::from_secs(v.number(
+                "DRAIN_SECONDS",
+                DEFAULT_DRAIN_SECONDS,
+                0,
+                86_400,
+            )?),
+            max_connections: v.number(
                 "MAX_CONNECTIONS",
                 DEFAULT_MAX_CONNECTIONS as u64,
                 1,
-                1_000_000,
+                MAX_CAP,
             )? as usize,
-            request_timeout: ms("HTTP_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT)?,
-            idle_timeout: ms("HTTP_IDLE_TIMEOUT_MS", DEFAULT_IDLE_TIMEOUT)?,
+            request_timeout: v.millis("HTTP_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT)?,
+            idle_timeout: v.millis("HTTP_IDLE_TIMEOUT_MS", DEFAULT_IDLE_TIMEOUT)?,
             insecure_skip_signature,
-            max_calls: number("MAX_CALLS", DEFAULT_MAX_CALLS as u64, 1, 1_000_000)? as usize,
-            elevenlabs_connect_timeout: ms(
-                "ELEVENLABS_CONNECT_TIMEOUT_MS",
-                Duration::from_secs(5),
-            )?,
-            elevenlabs_override: match get("ELEVENLABS_CONVERSATION_OVERRIDE") {
-                None => None,
-                Some(v) => match serde_json::from_str::<serde_json::Value>(v) {
-                    Ok(o @ serde_json::Value::Object(_)) => Some(o),
-                    _ => {
-                        return Err(err(
-                            "ELEVENLABS_CONVERSATION_OVERRIDE",
-                            "must be a JSON object",
-                        ));
-                    }
-                },
-            },
-            preconnect_timeout: ms("PRECONNECT_TIMEOUT_MS", Duration::from_secs(30))?,
-            agent_silence_timeout: ms("AGENT_SILENCE_TIMEOUT_MS", Duration::from_secs(20))?,
-            dtmf_mode: match get("DTMF_MODE") {
-                None | Some("user_message") => crate::bridge::DtmfMode::UserMessage,
-                Some("contextual_update") => crate::bridge::DtmfMode::ContextualUpdate,
-                Some(_) => {
-                    return Err(err(
-                        "DTMF_MODE",
-                        "must be user_message or contextual_update",
-                    ));
-                }
-            },
-            twilio_api_base: {
-                let b = get("TWILIO_API_BASE").unwrap_or(DEFAULT_TWILIO_API_BASE);
-                if !(b.starts_with("https://") || b.starts_with("http://")) {
-                    return Err(err(
-                        "TWILIO_API_BASE",
-                        "must start with https:// or http://",
-                    ));
-                }
-                b.trim_end_matches('/').to_owned()
-            },
-            metrics_token: get("METRICS_TOKEN").map(AuthToken::new),
-            extra_ca_file: get("EXTRA_CA_FILE").map(std::path::PathBuf::from),
+            max_calls: v.number("MAX_CALLS", DEFAULT_MAX_CALLS as u64, 1, MAX_CAP)? as usize,
+            elevenlabs_connect_timeout: v
+                .millis("ELEVENLABS_CONNECT_TIMEOUT_MS", DEFAULT_CONNECT_TIMEOUT)?,
+            elevenlabs_override: v.conversation_override()?,
+            preconnect_timeout: v.millis("PRECONNECT_TIMEOUT_MS", DEFAULT_PRECONNECT_TIMEOUT)?,
+            agent_silence_timeout: v.millis("AGENT_SILENCE_TIMEOUT_MS", DEFAULT_SILENCE_TIMEOUT)?,
+            dtmf_mode: v.choice("DTMF_MODE", DEFAULT_DTMF_MODE, &dtmf_modes)?,
+            twilio_api_base: v.origin("TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE)?,
+            metrics_token: v.get("METRICS_TOKEN").map(AuthToken::new),
+            extra_ca_file: v.get("EXTRA_CA_FILE").map(PathBuf::from),
+            practice: v.practice()?,
         })
     }
 }
@@ -499,6 +759,59 @@ mod tests {
             Config::from_vars(&v, false).unwrap_err().variable,
             "LOG_FORMAT"
         );
+    }
+
+    #[test]
+    fn the_practice_variables_are_part_of_the_one_parse() {
+        let c = Config::from_vars(&vars(MIN), false).unwrap();
+        assert!(c.practice.tools_token.is_none() && c.practice.admin_token.is_none());
+        assert_eq!(c.practice.db_path, PathBuf::from(DEFAULT_DB_PATH));
+        assert!(c.practice.demo_patients && c.practice.config_path.is_none());
+        let mut v = vars(MIN);
+        v.insert("TOOLS_TOKEN".into(), "short".into());
+        let e = Config::from_vars(&v, false).unwrap_err();
+        assert_eq!(e.variable, "TOOLS_TOKEN");
+        assert!(e.reason.contains(&MIN_SECRET_LEN.to_string()), "{e}");
+        v.insert("TOOLS_TOKEN".into(), "a-long-enough-secret".into());
+        v.insert("PRACTICE_CONFIG".into(), "/etc/practice.toml".into());
+        let c = Config::from_vars(&v, false).unwrap();
+        assert!(
+            !c.practice.demo_patients,
+            "own config: no demo patients by default"
+        );
+        assert!(!format!("{c:?}").contains("a-long-enough-secret"));
+    }
+
+    #[test]
+    fn defaults_are_the_named_constants_and_the_table_shows_them() {
+        let c = Config::from_vars(&vars(MIN), false).unwrap();
+        // One default agent silence timeout: the session's, also the bridge's.
+        assert_eq!(c.agent_silence_timeout, DEFAULT_SILENCE_TIMEOUT);
+        assert_eq!(
+            crate::bridge::BridgeConfig::default().agent_silence_timeout,
+            DEFAULT_SILENCE_TIMEOUT
+        );
+        assert_eq!(c.dtmf_mode, DEFAULT_DTMF_MODE);
+        assert_eq!(c.log_format, DEFAULT_LOG_FORMAT);
+        assert_eq!((c.bind, c.port), (DEFAULT_BIND, DEFAULT_PORT));
+        assert_eq!(c.preconnect_timeout, DEFAULT_PRECONNECT_TIMEOUT);
+        assert_eq!(c.elevenlabs_connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.twilio_api_base, DEFAULT_TWILIO_API_BASE);
+        let shown = |name: &str| {
+            let v = VARIABLES.iter().find(|v| v.name == name).unwrap();
+            v.unset.to_string()
+        };
+        assert_eq!(shown("AGENT_SILENCE_TIMEOUT_MS"), "20000");
+        assert_eq!(shown("BIND"), "0.0.0.0");
+        assert_eq!(shown("DTMF_MODE"), "user_message");
+        assert_eq!(shown("PUBLIC_URL"), "required");
+        for name in ["TOOLS_TOKEN", "ADMIN_TOKEN"] {
+            let v = VARIABLES.iter().find(|v| v.name == name).unwrap();
+            assert!(v.meaning.contains(&format!("{MIN_SECRET_LEN} characters")));
+        }
+        let help = environment_help();
+        assert_eq!(help.lines().count(), VARIABLES.len() + 1);
+        assert!(help.contains("EXTRA_CA_FILE"));
     }
 
     #[test]

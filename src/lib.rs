@@ -17,6 +17,7 @@
 pub mod audio;
 pub mod bridge;
 pub mod calls;
+pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod elevenlabs;

@@ -4,9 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber. `RUST_LOG` overrides the default level
+/// ([`crate::config::DEFAULT_LOG_FILTER`]).
 pub fn init(format: LogFormat) {
-    init_with_default(format, "info");
+    init_with_default(format, crate::config::DEFAULT_LOG_FILTER);
 }
 
 /// Installs the global subscriber with `default` as the level when `RUST_LOG` is unset.

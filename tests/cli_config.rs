@@ -72,11 +72,75 @@ fn help_documents_commands_and_every_variable() {
         let out = bin().args(args).output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
-        for (name, _) in ignis::config::VARIABLES {
+        for v in ignis::config::VARIABLES {
+            let name = v.name;
             assert!(text.contains(name), "{name} missing from help");
         }
         assert!(text.contains("--insecure-skip-signature"));
     }
+}
+
+/// The ENVIRONMENT section of `ignis --help`, as (name, rest of the line) per variable.
+fn help_variables(args: &[&str]) -> Vec<(String, String)> {
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let section = &text[text.find("ENVIRONMENT").expect("ENVIRONMENT section")..];
+    section
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let l = l.trim();
+            let (name, rest) = l.split_once(' ')?;
+            Some((name.to_owned(), rest.trim().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn help_lists_every_variable_the_config_reads_including_extra_ca_file() {
+    for args in [&["--help"][..], &["serve", "--help"], &["help"]] {
+        let listed = help_variables(args);
+        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        let table: Vec<&str> = ignis::config::VARIABLES.iter().map(|v| v.name).collect();
+        assert_eq!(names, table, "{args:?}");
+        for name in [
+            "EXTRA_CA_FILE",
+            "TOOLS_TOKEN",
+            "RUST_LOG",
+            "AGENT_SILENCE_TIMEOUT_MS",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {args:?}");
+        }
+        for ((_, rest), v) in listed.iter().zip(ignis::config::VARIABLES) {
+            assert!(rest.starts_with(&v.unset.to_string()), "{}: {rest}", v.name);
+            assert!(rest.ends_with(v.meaning), "{}: {rest}", v.name);
+        }
+    }
+    // Every variable the source reads by name is in the table (and so in --help).
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).unwrap();
+    let mut read = 0;
+    for (i, _) in src.match_indices('"') {
+        let word: String = src[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if word.len() >= 4
+            && word.starts_with(|c: char| c.is_ascii_uppercase())
+            && src[i + 1 + word.len()..].starts_with('"')
+        {
+            read += 1;
+            assert!(
+                ignis::config::VARIABLES.iter().any(|v| v.name == word),
+                "{word} is read but not in the table"
+            );
+        }
+    }
+    assert!(
+        read >= 25,
+        "found only {read} variable names in src/config.rs"
+    );
 }
 
 #[test]
@@ -112,6 +176,14 @@ fn missing_or_malformed_values_exit_2_naming_the_variable() {
                 ("DRAIN_SECONDS", "-1"),
             ],
             "DRAIN_SECONDS",
+        ),
+        (
+            &[
+                ("PUBLIC_URL", "https://h"),
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("TOOLS_TOKEN", "too-short"),
+            ],
+            "TOOLS_TOKEN",
         ),
     ];
     for (vars, name) in cases {

@@ -7,10 +7,12 @@
 
 mod agent;
 pub mod caller;
+pub mod commands;
 mod connection;
 pub mod demo;
 pub mod local_agent;
 mod net;
+pub mod startup;
 mod transfer;
 mod twilio_socket;
 

@@ -150,37 +150,27 @@ impl std::fmt::Display for PracticeError {
 impl std::error::Error for PracticeError {}
 
 impl PracticeSettings {
-    /// Reads the settings through `get` (e.g. `|k| std::env::var(k).ok()`).
+    /// The settings from the parsed configuration ([`crate::config::Config::practice`]);
+    /// `tools_token` is its `tools_token`, or a random secret when that is unset.
+    pub fn new(vars: &crate::config::PracticeVars, tools_token: String) -> Self {
+        PracticeSettings {
+            db_path: vars.db_path.clone(),
+            config_path: vars.config_path.clone(),
+            tools_token,
+            admin_token: vars.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            demo_patients: vars.demo_patients,
+        }
+    }
+
+    /// Reads the settings through `get` (e.g. `|k| std::env::var(k).ok()`), with the same parser
+    /// as [`crate::config::Config::from_vars`]; `TOOLS_TOKEN` is required here.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, PracticeError> {
-        let tools_token = get("TOOLS_TOKEN").unwrap_or_default();
-        if tools_token.trim().len() < MIN_SECRET_LEN {
-            return Err(PracticeError::Secret("TOOLS_TOKEN"));
-        }
-        let admin_token = get("ADMIN_TOKEN").filter(|t| !t.trim().is_empty());
-        if admin_token
+        let vars = crate::config::PracticeVars::parse(get)?;
+        let tools_token = vars
+            .tools_token
             .as_ref()
-            .is_some_and(|t| t.trim().len() < MIN_SECRET_LEN)
-        {
-            return Err(PracticeError::Secret("ADMIN_TOKEN"));
-        }
-        let config_path = get("PRACTICE_CONFIG")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
-        let demo_patients = match get("IGNIS_DEMO_PATIENTS").as_deref() {
-            Some("1") | Some("true") => true,
-            Some("0") | Some("false") => false,
-            _ => config_path.is_none(),
-        };
-        Ok(PracticeSettings {
-            db_path: get("IGNIS_DB")
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "./ignis.db".into())
-                .into(),
-            config_path,
-            tools_token: tools_token.trim().to_string(),
-            admin_token: admin_token.map(|t| t.trim().to_string()),
-            demo_patients,
-        })
+            .ok_or(PracticeError::Secret("TOOLS_TOKEN"))?;
+        Ok(Self::new(&vars, tools_token.expose().to_owned()))
     }
 }
 
