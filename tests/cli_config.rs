@@ -143,6 +143,40 @@ fn help_lists_every_variable_the_config_reads_including_extra_ca_file() {
     );
 }
 
+/// The README's configuration table is `--help`'s, row for row: same variables, defaults and
+/// meanings, in the same order.
+#[test]
+fn readme_configuration_table_matches_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("Configuration section")..];
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| variable"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "{l}");
+            let name = cells[0].trim_matches('`').to_owned();
+            (name, format!("{} {}", cells[1], cells[2]))
+        })
+        .collect();
+    let help = help_variables(&["--help"]);
+    let help_names: Vec<&str> = help.iter().map(|(n, _)| n.as_str()).collect();
+    let readme_names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        readme_names, help_names,
+        "README table and --help list other variables"
+    );
+    for ((name, readme_rest), (_, help_rest)) in rows.iter().zip(&help) {
+        let help_rest = help_rest.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(readme_rest, &help_rest, "{name}: README and --help differ");
+    }
+}
+
 #[test]
 fn missing_or_malformed_values_exit_2_naming_the_variable() {
     let dir = temp_dir("errors");
