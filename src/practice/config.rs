@@ -470,15 +470,11 @@ impl Validator<'_> {
         })
     }
 
+    /// Validates in a fixed order (the first error is reported), so an operator fixing one
+    /// line at a time sees the same sequence every run.
     fn validate(&self, raw: RawConfig) -> Result<PracticeConfig, ConfigError> {
         let p = raw.practice.get_ref();
-        let timezone_name = p.timezone.get_ref().clone();
-        let timezone = TimeZone::get(&timezone_name).map_err(|_| {
-            self.err(
-                p.timezone.span(),
-                format!("unknown time zone {timezone_name:?}"),
-            )
-        })?;
+        let (timezone_name, timezone) = self.timezone(p)?;
         let min_notice_hours = *p.min_notice_hours.get_ref();
         if min_notice_hours > 24 * 14 {
             return Err(self.err(
@@ -508,168 +504,16 @@ impl Validator<'_> {
             hours: self.week(es.hours.get_ref())?,
             public_holidays_all_day: es.public_holidays_all_day,
         };
-
-        let mut public_holidays = Vec::new();
-        for h in &raw.public_holidays {
-            let h = h.get_ref();
-            public_holidays.push(PublicHoliday {
-                date: self.date(&h.date)?,
-                name: self.text(&h.name, "name")?,
-            });
-        }
-        let mut closures = Vec::new();
-        for c in &raw.closures {
-            let span = c.span();
-            let c = c.get_ref();
-            let from = self.date(&c.from)?;
-            let to = self.date(&c.to)?;
-            if to < from {
-                return Err(self.err(c.to.span(), "closure ends before it starts"));
-            }
-            let covering = c
-                .covering_practice
-                .as_ref()
-                .map(|x| self.covering(x.get_ref()))
-                .transpose()?;
-            if covering.is_none() && covering_practice.is_none() {
-                return Err(self.err(
-                    span,
-                    "closure without a covering practice and no default [covering_practice]",
-                ));
-            }
-            closures.push(Closure {
-                from,
-                to,
-                reason: self.text(&c.reason, "reason")?,
-                covering,
-            });
-        }
-
-        let mut practitioners: Vec<Practitioner> = Vec::new();
-        for pr in &raw.practitioners {
-            let pr = pr.get_ref();
-            let id = self.code(&pr.id, "practitioner id")?;
-            if practitioners.iter().any(|x| x.id == id) {
-                return Err(self.err(pr.id.span(), format!("duplicate practitioner id {id:?}")));
-            }
-            practitioners.push(Practitioner {
-                id,
-                display: self.text(&pr.display, "display")?,
-            });
-        }
-        if practitioners.is_empty() {
-            return Err(self.err(0..0, "at least one [[practitioners]] entry is required"));
-        }
-
-        let mut visit_types: Vec<VisitType> = Vec::new();
-        for vt in &raw.visit_types {
-            let vt = vt.get_ref();
-            let code = self.code(&vt.code, "visit type code")?;
-            if visit_types.iter().any(|x| x.code == code) {
-                return Err(self.err(vt.code.span(), format!("duplicate visit type {code:?}")));
-            }
-            let minutes = *vt.minutes.get_ref();
-            if !(MIN_SLOT_MINUTES..=MAX_SLOT_MINUTES).contains(&minutes) {
-                return Err(self.err(
-                    vt.minutes.span(),
-                    format!("minutes must be {MIN_SLOT_MINUTES}..={MAX_SLOT_MINUTES}"),
-                ));
-            }
-            visit_types.push(VisitType {
-                code,
-                label: self.text(&vt.label, "label")?,
-                minutes,
-                phone_bookable: vt.phone_bookable,
-                new_patients_ok: vt.new_patients_ok,
-                bring: vt.bring.clone(),
-            });
-        }
-
-        let mut slot_templates = Vec::new();
-        for t in &raw.slot_templates {
-            let t = t.get_ref();
-            let practitioner = t.practitioner.get_ref().clone();
-            if !practitioners.iter().any(|p| p.id == practitioner) {
-                return Err(self.err(
-                    t.practitioner.span(),
-                    format!("unknown practitioner {practitioner:?}"),
-                ));
-            }
-            let slot_minutes = *t.slot_minutes.get_ref();
-            if !(MIN_SLOT_MINUTES..=MAX_SLOT_MINUTES).contains(&slot_minutes) {
-                return Err(self.err(
-                    t.slot_minutes.span(),
-                    format!("slot_minutes must be {MIN_SLOT_MINUTES}..={MAX_SLOT_MINUTES}"),
-                ));
-            }
-            let mut weekdays = [false; 7];
-            for d in &t.weekdays {
-                let i = weekday_index(d.get_ref()).ok_or_else(|| {
-                    self.err(
-                        d.span(),
-                        format!("unknown weekday {:?} (mo..so)", d.get_ref()),
-                    )
-                })?;
-                weekdays[i] = true;
-            }
-            let hours = self.intervals(&t.hours)?;
-            for (i, on) in weekdays.iter().enumerate() {
-                if !on {
-                    continue;
-                }
-                for (h, raw_h) in hours.iter().zip(&t.hours) {
-                    let inside = opening_hours
-                        .day(i)
-                        .iter()
-                        .any(|o| o.start <= h.start && h.end <= o.end);
-                    if !inside {
-                        return Err(self.err(
-                            raw_h.span(),
-                            format!(
-                                "slot hours lie outside the opening hours of {}",
-                                WEEKDAY_CODES[i]
-                            ),
-                        ));
-                    }
-                }
-            }
-            let mut codes = Vec::new();
-            for v in &t.visit_types {
-                let Some(vt) = visit_types.iter().find(|x| &x.code == v.get_ref()) else {
-                    return Err(self.err(v.span(), format!("unknown visit type {:?}", v.get_ref())));
-                };
-                if vt.minutes > slot_minutes {
-                    return Err(self.err(
-                        v.span(),
-                        format!("visit type {:?} takes {} min, longer than the {slot_minutes}-min slots", vt.code, vt.minutes),
-                    ));
-                }
-                codes.push(vt.code.clone());
-            }
-            slot_templates.push(SlotTemplate {
-                practitioner,
-                weekdays,
-                hours,
-                slot_minutes,
-                visit_types: codes,
-            });
-        }
-        for (vt, raw_vt) in visit_types.iter().zip(&raw.visit_types) {
-            if vt.phone_bookable
-                && !slot_templates
-                    .iter()
-                    .any(|t| t.visit_types.contains(&vt.code))
-            {
-                return Err(self.err(
-                    raw_vt.span(),
-                    format!(
-                        "phone-bookable visit type {:?} appears in no slot template",
-                        vt.code
-                    ),
-                ));
-            }
-        }
-
+        let public_holidays = self.holidays(&raw.public_holidays)?;
+        let closures = self.closures(&raw.closures, covering_practice.is_some())?;
+        let practitioners = self.practitioners(&raw.practitioners)?;
+        let visit_types = self.visit_types(&raw.visit_types)?;
+        let slot_templates = raw
+            .slot_templates
+            .iter()
+            .map(|t| self.template(t.get_ref(), &practitioners, &visit_types, &opening_hours))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.phone_bookable_in_templates(&visit_types, &raw.visit_types, &slot_templates)?;
         Ok(PracticeConfig {
             name: self.text(&p.name, "name")?,
             timezone_name,
@@ -692,6 +536,218 @@ impl Validator<'_> {
             visit_types,
             slot_templates,
         })
+    }
+
+    fn timezone(&self, p: &RawPractice) -> Result<(String, TimeZone), ConfigError> {
+        let name = p.timezone.get_ref().clone();
+        let tz = TimeZone::get(&name)
+            .map_err(|_| self.err(p.timezone.span(), format!("unknown time zone {name:?}")))?;
+        Ok((name, tz))
+    }
+
+    fn holidays(&self, raw: &[S<RawHoliday>]) -> Result<Vec<PublicHoliday>, ConfigError> {
+        raw.iter()
+            .map(|h| {
+                let h = h.get_ref();
+                Ok(PublicHoliday {
+                    date: self.date(&h.date)?,
+                    name: self.text(&h.name, "name")?,
+                })
+            })
+            .collect()
+    }
+
+    fn closures(
+        &self,
+        raw: &[S<RawClosure>],
+        has_default_covering: bool,
+    ) -> Result<Vec<Closure>, ConfigError> {
+        let mut closures = Vec::new();
+        for c in raw {
+            let span = c.span();
+            let c = c.get_ref();
+            let from = self.date(&c.from)?;
+            let to = self.date(&c.to)?;
+            if to < from {
+                return Err(self.err(c.to.span(), "closure ends before it starts"));
+            }
+            let covering = c
+                .covering_practice
+                .as_ref()
+                .map(|x| self.covering(x.get_ref()))
+                .transpose()?;
+            if covering.is_none() && !has_default_covering {
+                return Err(self.err(
+                    span,
+                    "closure without a covering practice and no default [covering_practice]",
+                ));
+            }
+            closures.push(Closure {
+                from,
+                to,
+                reason: self.text(&c.reason, "reason")?,
+                covering,
+            });
+        }
+        Ok(closures)
+    }
+
+    fn practitioners(&self, raw: &[S<RawPractitioner>]) -> Result<Vec<Practitioner>, ConfigError> {
+        let mut practitioners: Vec<Practitioner> = Vec::new();
+        for pr in raw {
+            let pr = pr.get_ref();
+            let id = self.code(&pr.id, "practitioner id")?;
+            if practitioners.iter().any(|x| x.id == id) {
+                return Err(self.err(pr.id.span(), format!("duplicate practitioner id {id:?}")));
+            }
+            practitioners.push(Practitioner {
+                id,
+                display: self.text(&pr.display, "display")?,
+            });
+        }
+        if practitioners.is_empty() {
+            return Err(self.err(0..0, "at least one [[practitioners]] entry is required"));
+        }
+        Ok(practitioners)
+    }
+
+    fn visit_types(&self, raw: &[S<RawVisitType>]) -> Result<Vec<VisitType>, ConfigError> {
+        let mut visit_types: Vec<VisitType> = Vec::new();
+        for vt in raw {
+            let vt = vt.get_ref();
+            let code = self.code(&vt.code, "visit type code")?;
+            if visit_types.iter().any(|x| x.code == code) {
+                return Err(self.err(vt.code.span(), format!("duplicate visit type {code:?}")));
+            }
+            let minutes = *vt.minutes.get_ref();
+            if !(MIN_SLOT_MINUTES..=MAX_SLOT_MINUTES).contains(&minutes) {
+                return Err(self.err(
+                    vt.minutes.span(),
+                    format!("minutes must be {MIN_SLOT_MINUTES}..={MAX_SLOT_MINUTES}"),
+                ));
+            }
+            visit_types.push(VisitType {
+                code,
+                label: self.text(&vt.label, "label")?,
+                minutes,
+                phone_bookable: vt.phone_bookable,
+                new_patients_ok: vt.new_patients_ok,
+                bring: vt.bring.clone(),
+            });
+        }
+        Ok(visit_types)
+    }
+
+    fn template(
+        &self,
+        t: &RawTemplate,
+        practitioners: &[Practitioner],
+        visit_types: &[VisitType],
+        opening_hours: &WeekHours,
+    ) -> Result<SlotTemplate, ConfigError> {
+        let practitioner = t.practitioner.get_ref().clone();
+        if !practitioners.iter().any(|p| p.id == practitioner) {
+            return Err(self.err(
+                t.practitioner.span(),
+                format!("unknown practitioner {practitioner:?}"),
+            ));
+        }
+        let slot_minutes = *t.slot_minutes.get_ref();
+        if !(MIN_SLOT_MINUTES..=MAX_SLOT_MINUTES).contains(&slot_minutes) {
+            return Err(self.err(
+                t.slot_minutes.span(),
+                format!("slot_minutes must be {MIN_SLOT_MINUTES}..={MAX_SLOT_MINUTES}"),
+            ));
+        }
+        let mut weekdays = [false; 7];
+        for d in &t.weekdays {
+            let i = weekday_index(d.get_ref()).ok_or_else(|| {
+                self.err(
+                    d.span(),
+                    format!("unknown weekday {:?} (mo..so)", d.get_ref()),
+                )
+            })?;
+            weekdays[i] = true;
+        }
+        let hours = self.intervals(&t.hours)?;
+        self.inside_opening_hours(&weekdays, &hours, &t.hours, opening_hours)?;
+        let mut codes = Vec::new();
+        for v in &t.visit_types {
+            let Some(vt) = visit_types.iter().find(|x| &x.code == v.get_ref()) else {
+                return Err(self.err(v.span(), format!("unknown visit type {:?}", v.get_ref())));
+            };
+            if vt.minutes > slot_minutes {
+                return Err(self.err(
+                    v.span(),
+                    format!(
+                        "visit type {:?} takes {} min, longer than the {slot_minutes}-min slots",
+                        vt.code, vt.minutes
+                    ),
+                ));
+            }
+            codes.push(vt.code.clone());
+        }
+        Ok(SlotTemplate {
+            practitioner,
+            weekdays,
+            hours,
+            slot_minutes,
+            visit_types: codes,
+        })
+    }
+
+    fn inside_opening_hours(
+        &self,
+        weekdays: &[bool; 7],
+        hours: &[Interval],
+        raw_hours: &[S<String>],
+        opening_hours: &WeekHours,
+    ) -> Result<(), ConfigError> {
+        for (i, on) in weekdays.iter().enumerate() {
+            if !on {
+                continue;
+            }
+            for (h, raw_h) in hours.iter().zip(raw_hours) {
+                let inside = opening_hours
+                    .day(i)
+                    .iter()
+                    .any(|o| o.start <= h.start && h.end <= o.end);
+                if !inside {
+                    return Err(self.err(
+                        raw_h.span(),
+                        format!(
+                            "slot hours lie outside the opening hours of {}",
+                            WEEKDAY_CODES[i]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn phone_bookable_in_templates(
+        &self,
+        visit_types: &[VisitType],
+        raw: &[S<RawVisitType>],
+        slot_templates: &[SlotTemplate],
+    ) -> Result<(), ConfigError> {
+        for (vt, raw_vt) in visit_types.iter().zip(raw) {
+            if vt.phone_bookable
+                && !slot_templates
+                    .iter()
+                    .any(|t| t.visit_types.contains(&vt.code))
+            {
+                return Err(self.err(
+                    raw_vt.span(),
+                    format!(
+                        "phone-bookable visit type {:?} appears in no slot template",
+                        vt.code
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn code(&self, v: &S<String>, what: &str) -> Result<String, ConfigError> {
