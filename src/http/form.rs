@@ -16,6 +16,19 @@ pub enum FormError {
     TooManyFields,
     /// A decoded name or value is not UTF-8 (Twilio signs UTF-8 strings, twilio.md §4.1).
     NotUtf8,
+    /// A `%` not followed by two hex digits, under [`Escapes::Strict`].
+    BadEscape,
+}
+
+/// What a `%` that does not start a valid escape (`%zz`, a trailing `%4`) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escapes {
+    /// Kept literally, as WHATWG URL §5.1 decodes forms: Twilio's webhooks and browsers send
+    /// such bodies, and the signature is computed over what they meant.
+    Lenient,
+    /// Refused with [`FormError::BadEscape`]: the agent tool API answers a malformed query or
+    /// path with 422 rather than guessing what a broken client meant.
+    Strict,
 }
 
 impl fmt::Display for FormError {
@@ -23,6 +36,7 @@ impl fmt::Display for FormError {
         f.write_str(match self {
             FormError::TooManyFields => "too many form fields",
             FormError::NotUtf8 => "form field is not UTF-8",
+            FormError::BadEscape => "malformed percent escape",
         })
     }
 }
@@ -32,6 +46,11 @@ impl std::error::Error for FormError {}
 /// Decodes `input` into name/value pairs. `+` is a space; `%XX` is a byte; a `%` not followed by
 /// two hex digits is kept literally (WHATWG behaviour, tolerant of sloppy clients).
 pub fn decode(input: &[u8]) -> Result<Fields, FormError> {
+    decode_with(input, Escapes::Lenient)
+}
+
+/// [`decode`] with a choice of what a malformed `%` escape means.
+pub fn decode_with(input: &[u8], escapes: Escapes) -> Result<Fields, FormError> {
     let mut fields = Vec::new();
     for pair in input.split(|&b| b == b'&') {
         if pair.is_empty() {
@@ -44,7 +63,10 @@ pub fn decode(input: &[u8]) -> Result<Fields, FormError> {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &[][..]),
         };
-        fields.push((percent_decode(name)?, percent_decode(value)?));
+        fields.push((
+            percent_decode(name, escapes)?,
+            percent_decode(value, escapes)?,
+        ));
     }
     Ok(fields)
 }
@@ -73,7 +95,9 @@ pub fn get<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn percent_decode(input: &[u8]) -> Result<String, FormError> {
+/// Decodes one form component (a name, a value, or a path segment): `+` is a space, `%XX` a
+/// byte, and the result must be UTF-8.
+pub fn percent_decode(input: &[u8], escapes: Escapes) -> Result<String, FormError> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -87,6 +111,7 @@ fn percent_decode(input: &[u8]) -> Result<String, FormError> {
                     out.push(h << 4 | l);
                     i += 2;
                 }
+                _ if escapes == Escapes::Strict => return Err(FormError::BadEscape),
                 _ => out.push(b'%'),
             },
             b => out.push(b),
@@ -120,6 +145,18 @@ mod tests {
         assert_eq!(decode(b"b=%zz").unwrap()[0].1, "%zz");
         assert_eq!(decode(b"c=%4").unwrap()[0].1, "%4");
         assert_eq!(decode(b"a=%ff"), Err(FormError::NotUtf8));
+    }
+
+    #[test]
+    fn strict_escapes_refuse_a_bad_percent() {
+        let strict = |s: &str| decode_with(s.as_bytes(), Escapes::Strict);
+        let q = strict("visit_type=kontrolle&weekdays=mo%2Cmi&x=a+b").unwrap();
+        assert_eq!(q[1], ("weekdays".into(), "mo,mi".into()));
+        assert_eq!(q[2].1, "a b");
+        assert_eq!(strict("a=%zz"), Err(FormError::BadEscape));
+        assert_eq!(strict("a=%4"), Err(FormError::BadEscape));
+        assert_eq!(strict("a=%c3"), Err(FormError::NotUtf8));
+        assert_eq!(percent_decode(b"A1", Escapes::Strict).unwrap(), "A1");
     }
 
     #[test]
