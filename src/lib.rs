@@ -28,5 +28,6 @@ pub mod metrics;
 pub mod practice;
 pub mod privacy;
 pub mod routes;
+pub mod secret;
 pub mod telemetry;
 pub mod twilio;

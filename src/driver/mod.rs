@@ -83,7 +83,7 @@ pub fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
 pub fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; bytes];
     os_random(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::secret::hex_lower(&buf))
 }
 
 /// 16 bytes for a call's tool token. `None` when the random source cannot be read: the call

@@ -13,6 +13,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use crate::secret::{constant_time_eq, hex_lower};
+
 /// Length of an HMAC-SHA1 digest.
 const DIGEST_LEN: usize = 20;
 /// Longest `X-Twilio-Signature` header considered (base64 of 20 bytes is 28 characters).
@@ -151,23 +153,6 @@ fn decode_header(header: &[u8]) -> Option<[u8; DIGEST_LEN]> {
         .decode(header.trim_ascii())
         .ok()?;
     raw.try_into().ok()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 /// The parts of an absolute URL the variants need.
