@@ -6,12 +6,14 @@ mod practice_support;
 use std::sync::{Arc, Barrier};
 
 use ignis::practice::calendar;
+use ignis::practice::calendar::Advice;
 use ignis::practice::config::PracticeConfig;
 use ignis::practice::retention;
 use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
-    BookOutcome, Booking, BookingPatient, CancelOutcome, DemoPatient, NewEmergency, NewPatient,
-    NewRequest, RetentionPolicy, SqliteStore, Store,
+    AppointmentStatus, BookOutcome, Booking, BookingPatient, CancelOutcome, CancelReason,
+    DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest, RequestCategory,
+    RetentionPolicy, Severity, SlotStatus, SqliteStore, Store, Urgency,
 };
 use practice_support::{temp_dir, wed_morning};
 
@@ -23,9 +25,9 @@ fn patients(n: usize) -> Vec<DemoPatient> {
             family: format!("Test{i}"),
             given: "Eva".into(),
             birth_date: "1980-01-01".into(),
-            gender: "female".into(),
+            gender: Gender::Female,
             phone: Some(format!("+4917000000{i:02}")),
-            insurance: "gkv".into(),
+            insurance: Insurance::Gkv,
             card_read_quarter: None,
         })
         .collect()
@@ -179,8 +181,11 @@ fn failed_reschedule_leaves_the_old_appointment_intact() {
     let mut mv = booking(y, 1, "p1-move");
     mv.replaces = Some(old.id);
     assert_eq!(s.book(&mv).unwrap(), BookOutcome::SlotTaken);
-    assert_eq!(s.appointment(old.id).unwrap().unwrap().status, "booked");
-    assert_eq!(s.slot(x).unwrap().unwrap().status, "busy");
+    assert_eq!(
+        s.appointment(old.id).unwrap().unwrap().status,
+        AppointmentStatus::Booked
+    );
+    assert_eq!(s.slot(x).unwrap().unwrap().status, SlotStatus::Busy);
 
     // Backstop: even if y's slot row is (wrongly) free, the unique index refuses a second booked
     // appointment on it, and the whole transaction — including the cancellation — rolls back.
@@ -190,8 +195,11 @@ fn failed_reschedule_leaves_the_old_appointment_intact() {
     let mut mv = booking(y, 1, "p1-move-2");
     mv.replaces = Some(old.id);
     assert_eq!(s.book(&mv).unwrap(), BookOutcome::SlotTaken);
-    assert_eq!(s.appointment(old.id).unwrap().unwrap().status, "booked");
-    assert_eq!(s.slot(x).unwrap().unwrap().status, "busy");
+    assert_eq!(
+        s.appointment(old.id).unwrap().unwrap().status,
+        AppointmentStatus::Booked
+    );
+    assert_eq!(s.slot(x).unwrap().unwrap().status, SlotStatus::Busy);
     assert_eq!(booked_on_slot(&mut s, y), 1);
 }
 
@@ -216,9 +224,9 @@ fn successful_reschedule_swaps_atomically() {
         panic!()
     };
     assert_eq!(replaced.id, old.id);
-    assert_eq!(replaced.status, "cancelled");
-    assert_eq!(new.status, "booked");
-    assert_eq!(s.slot(slots[0]).unwrap().unwrap().status, "free");
+    assert_eq!(replaced.status, AppointmentStatus::Cancelled);
+    assert_eq!(new.status, AppointmentStatus::Booked);
+    assert_eq!(s.slot(slots[0]).unwrap().unwrap().status, SlotStatus::Free);
     // Someone else's appointment cannot be "replaced".
     let mut other = booking(slots[4], 1, "c");
     other.replaces = Some(new.id + 1000);
@@ -244,7 +252,7 @@ fn slot_rules_and_new_patients() {
         family: "Neu".into(),
         given: "Nina".into(),
         birth_date: "2000-02-02".into(),
-        insurance: "gkv".into(),
+        insurance: Insurance::Gkv,
         phone: Some("+491700000099".into()),
     });
     let BookOutcome::Booked { appointment, .. } = s.book(&b).unwrap() else {
@@ -265,15 +273,15 @@ fn cancel_frees_the_slot_and_is_reported_once() {
     };
     let now = wed_morning().as_second();
     assert!(matches!(
-        s.cancel(a.id, "illness", None, now).unwrap(),
+        s.cancel(a.id, CancelReason::Illness, None, now).unwrap(),
         CancelOutcome::Cancelled(_)
     ));
     assert_eq!(
-        s.cancel(a.id, "illness", None, now).unwrap(),
+        s.cancel(a.id, CancelReason::Illness, None, now).unwrap(),
         CancelOutcome::AlreadyCancelled
     );
     assert_eq!(
-        s.cancel(424242, "other", None, now).unwrap(),
+        s.cancel(424242, CancelReason::Other, None, now).unwrap(),
         CancelOutcome::NotFound
     );
     // The freed slot can be booked again by someone else.
@@ -286,7 +294,8 @@ fn cancel_frees_the_slot_and_is_reported_once() {
         panic!()
     };
     assert_eq!(
-        s.cancel(b.id, "other", None, b.start + 60).unwrap(),
+        s.cancel(b.id, CancelReason::Other, None, b.start + 60)
+            .unwrap(),
         CancelOutcome::InPast
     );
 }
@@ -328,11 +337,11 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
     s.audit(now - DAY, None, "find_slots", "ok").unwrap();
     // Requests: done 31 days ago (deleted), open (kept).
     let req = |now| NewRequest {
-        category: "callback".into(),
+        category: RequestCategory::Callback,
         patient_id: Some(1),
-        caller_json: None,
-        details_json: "{}".into(),
-        urgency: "routine".into(),
+        caller: None,
+        details: None,
+        urgency: Urgency::Routine,
         callback_number: None,
         callback_window: None,
         note: None,
@@ -357,11 +366,11 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
         .unwrap();
     // Emergency events: 2 years old (deleted), a week old (kept).
     let em = |now| NewEmergency {
-        severity: "urgent".into(),
+        severity: Severity::Urgent,
         keywords: "Fieber".into(),
         patient_id: None,
         callback_number: None,
-        advice: "call_116117".into(),
+        advice: Advice::Call116117,
         call_sid: "CA".into(),
         now,
     };
@@ -396,7 +405,7 @@ fn a_cancelled_booking_can_be_made_again_with_the_same_key() {
     else {
         panic!()
     };
-    s.cancel(a.id, "other", None, wed_morning().as_second())
+    s.cancel(a.id, CancelReason::Other, None, wed_morning().as_second())
         .unwrap();
     let BookOutcome::Booked {
         appointment: b,

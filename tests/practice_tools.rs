@@ -776,6 +776,59 @@ fn an_ended_call_dies_after_the_grace_period() {
 }
 
 #[test]
+fn a_dead_call_is_refused_whatever_its_body_says() {
+    let mut e = Env::new("dead-call-body", now());
+    let t = e.call("CA1", WEBER_PHONE, now());
+    let end = now().as_second() + 120;
+    e.store.end_call("CA1", end).unwrap();
+    let after = Timestamp::from_second(end + 61).unwrap();
+    let unknown = "00000000000000000000000000000000";
+    for token in [t.as_str(), unknown] {
+        for (method, path, query, body) in [
+            ("POST", IDENTIFY, "", "not json"),
+            ("POST", IDENTIFY, "", r#"{"birth_date":"22.08.1972"}"#),
+            ("POST", BOOK, "", r#"{"visit_type":"tanzen"}"#),
+            (
+                "POST",
+                "/api/appointments/%zz/cancel",
+                "",
+                r#"{"reason":"bored"}"#,
+            ),
+            ("POST", REQUESTS, "", "[1,2]"),
+            ("POST", EMERGENCIES, "", r#"{"severity":"mild"}"#),
+            ("GET", SLOTS, "visit_type=%ZZ&limit=99", ""),
+        ] {
+            let (s, v) = e.raw(
+                Some(TOOLS_TOKEN),
+                Some(token),
+                method,
+                path,
+                query,
+                body,
+                after,
+            );
+            assert_eq!(
+                (s, v["error"].as_str()),
+                (403, Some("call_not_active")),
+                "{path} {body}"
+            );
+        }
+    }
+    // The same malformed body from a live call is a 422.
+    let t2 = e.call("CA2", WEBER_PHONE, after);
+    let (s, v) = e.raw(
+        Some(TOOLS_TOKEN),
+        Some(&t2),
+        "POST",
+        IDENTIFY,
+        "",
+        "not json",
+        after,
+    );
+    assert_eq!((s, v["error"].as_str()), (422, Some("invalid_input")));
+}
+
+#[test]
 fn refs_from_another_call_do_not_resolve() {
     let mut e = Env::new("cross-call", now());
     let t1 = e.call("CA1", WEBER_PHONE, now());

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::calendar;
 use super::config::PracticeConfig;
 use super::store::{Store, StoreError};
-use super::tools::{Secrets, ToolReply, ToolRequest, parse_query};
+use super::tools::{Secrets, ToolError, ToolReply, ToolRequest, parse_query};
 
 /// Most days of emergency history one request may ask for.
 pub const MAX_EMERGENCY_DAYS: i64 = 366;
@@ -38,7 +38,7 @@ pub fn is_admin_path(path: &str) -> bool {
 }
 
 /// Route, authenticate and validate an admin request (no store access).
-pub fn prepare(req: &ToolRequest<'_>, secrets: &Secrets) -> Result<AdminCall, ToolReply> {
+pub fn prepare(req: &ToolRequest<'_>, secrets: &Secrets) -> Result<AdminCall, ToolError> {
     let path = req.path.strip_suffix('/').unwrap_or(req.path);
     let (want, call) = match path {
         "/api/admin/appointments" => ("GET", None),
@@ -51,21 +51,22 @@ pub fn prepare(req: &ToolRequest<'_>, secrets: &Secrets) -> Result<AdminCall, To
             Some(r) if !r.is_empty() && r.len() <= 16 && !r.contains('/') => {
                 ("POST", Some(AdminCall::RequestDone(r.to_string())))
             }
-            _ => return Err(err(404, "not_found")),
+            _ => return Err(ToolError::UnknownRoute),
         },
     };
     if req.method != want {
-        return Err(err(405, "method_not_allowed"));
+        return Err(ToolError::MethodNotAllowed);
     }
     secrets.check_admin(req.authorization)?;
     if let Some(c) = call {
         return Ok(c);
     }
-    let q = parse_query(req.query).ok_or_else(|| err(422, "invalid_input"))?;
+    const INVALID: ToolError = ToolError::InvalidInput { field: None };
+    let q = parse_query(req.query).ok_or(INVALID)?;
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim());
     if path.ends_with("appointments") {
         let date = match get("date").filter(|d| !d.is_empty()) {
-            Some(d) => Some(d.parse::<Date>().map_err(|_| err(422, "invalid_input"))?),
+            Some(d) => Some(d.parse::<Date>().map_err(|_| INVALID)?),
             None => None,
         };
         Ok(AdminCall::Appointments(date))
@@ -75,15 +76,11 @@ pub fn prepare(req: &ToolRequest<'_>, secrets: &Secrets) -> Result<AdminCall, To
                 .parse::<i64>()
                 .ok()
                 .filter(|d| (1..=MAX_EMERGENCY_DAYS).contains(d))
-                .ok_or_else(|| err(422, "invalid_input"))?,
+                .ok_or(INVALID)?,
             None => 7,
         };
         Ok(AdminCall::Emergencies(days))
     }
-}
-
-fn err(status: u16, code: &str) -> ToolReply {
-    ToolReply::json(status, &json!({ "ok": false, "error": code }))
 }
 
 /// Runs an admin call against the store.
@@ -97,7 +94,7 @@ pub fn execute(
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "admin request failed in the store");
-            err(500, "internal")
+            ToolError::Internal.reply()
         }
     }
 }
@@ -112,7 +109,7 @@ pub fn handle_admin(
 ) -> ToolReply {
     match prepare(req, secrets) {
         Ok(c) => execute(store, config, c, now),
-        Err(r) => r,
+        Err(e) => e.reply(),
     }
 }
 
@@ -176,7 +173,7 @@ fn run(
         }
         AdminCall::RequestDone(r) => {
             if !store.mark_request_done(&r, now.as_second())? {
-                return Ok(err(404, "not_found"));
+                return Ok(ToolError::UnknownRequest.reply());
             }
             json!({ "ok": true, "request_ref": r, "status": "done" })
         }

@@ -175,6 +175,25 @@ impl Advice {
             Advice::CallVertretung => "call_vertretung",
         }
     }
+
+    /// The advice spelled `text` by [`Advice::as_str`], if any.
+    pub fn parse(text: &str) -> Option<Advice> {
+        [
+            Advice::Call112,
+            Advice::Transfer,
+            Advice::SameDay,
+            Advice::Call116117,
+            Advice::CallVertretung,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == text)
+    }
+}
+
+impl serde::Serialize for Advice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// The emergency decision with what the agent needs to say it.

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::calendar;
 use super::config::PracticeConfig;
+use crate::secret::hex_lower;
 
 /// Seconds a call's token stays valid after the call ended (tool calls still in flight).
 pub const CALL_GRACE_SECS: i64 = 60;
@@ -49,11 +50,7 @@ impl CallToken {
     /// Builds the token from 128 bits of entropy supplied by the caller (the driver reads the
     /// operating system's random source, e.g. `/dev/urandom`).
     pub fn from_entropy(entropy: [u8; TOKEN_BYTES]) -> CallToken {
-        let mut s = String::with_capacity(TOKEN_BYTES * 2);
-        for b in entropy {
-            s.push_str(&format!("{b:02x}"));
-        }
-        CallToken(s)
+        CallToken(hex_lower(&entropy))
     }
 
     /// The token text to send as `secret__ignis_call`.
@@ -72,18 +69,6 @@ pub fn hash_token(token: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(&Sha256::digest(token));
     out
-}
-
-/// Constant-time equality of two byte strings (length is not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    diff == 0
 }
 
 /// How well an identified person is established (spec §6.3).
@@ -360,9 +345,11 @@ mod tests {
         let t = CallToken::from_entropy([7; TOKEN_BYTES]);
         assert_eq!(t.as_str().len(), 32);
         assert_eq!(t.hash(), hash_token(t.as_str().as_bytes()));
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(
+            t.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert!(!format!("{t:?}").contains(t.as_str()));
     }
 

@@ -81,14 +81,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use calls::{CallInfo, CallToken, TOKEN_BYTES};
 use config::{ConfigError, PracticeConfig};
 use store::{
     RetentionReport, SqliteStore, Store, StoreError, StoreHandle, StoreThread, SubmitError,
 };
-use tools::{Secrets, ToolReply, ToolRequest};
+use tools::{Secrets, ToolError, ToolReply, ToolRequest};
 
 /// Shortest accepted `TOOLS_TOKEN` / `ADMIN_TOKEN`.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -226,7 +226,8 @@ impl Practice {
     }
 
     /// Handles a tool request; `reply` is called exactly once, on this thread for requests refused
-    /// before the store (401/403/404/405/413/422/503) and on the store thread otherwise.
+    /// before the store (401/403/404/405/413/503) and on the store thread otherwise (a 422 waits
+    /// for the live-call check, so a dead call gets its 403 whatever the body says).
     pub fn handle_tool(
         &self,
         req: ToolRequest<'_>,
@@ -234,7 +235,7 @@ impl Practice {
         reply: impl FnOnce(ToolReply) + Send + 'static,
     ) {
         match tools::prepare(&req, &self.config, &self.secrets) {
-            Err(r) => reply(r),
+            Err(e) => reply(e.reply()),
             Ok(call) => {
                 let config = Arc::clone(&self.config);
                 self.submit(reply, move |store| {
@@ -252,7 +253,7 @@ impl Practice {
         reply: impl FnOnce(ToolReply) + Send + 'static,
     ) {
         match admin::prepare(&req, &self.secrets) {
-            Err(r) => reply(r),
+            Err(e) => reply(e.reply()),
             Ok(call) => {
                 let config = Arc::clone(&self.config);
                 self.submit(reply, move |store| {
@@ -277,12 +278,12 @@ impl Practice {
             }
         });
         if let Err(e) = result {
-            let code = match e {
-                SubmitError::Busy => "busy",
-                SubmitError::Closed => "unavailable",
+            let refusal = match e {
+                SubmitError::Busy => ToolError::Busy,
+                SubmitError::Closed => ToolError::Unavailable,
             };
             if let Some(f) = slot.lock().ok().and_then(|mut s| s.take()) {
-                f(ToolReply::json(503, &json!({ "ok": false, "error": code })));
+                f(refusal.reply());
             }
         }
     }

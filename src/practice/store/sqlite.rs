@@ -1,0 +1,948 @@
+//! The embedded SQLite store: schema and migrations, connection setup, and [`Store`] over one
+//! connection (owned by the writer thread, see [`super::worker`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
+
+use super::names::normalize_name;
+use super::*;
+use crate::practice::calendar::Advice;
+use crate::practice::calendar::SlotCandidate;
+use crate::practice::calls::{CALL_GRACE_SECS, CallState, MAX_CALL_SECS};
+use crate::secret::constant_time_eq;
+
+/// The text enums are stored as their wire spelling (the schema's `CHECK`s list the same words).
+macro_rules! sql_text_enum {
+    ($($name:ty),+) => {$(
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let text = value.as_str()?;
+                <$name>::parse(text).ok_or_else(|| {
+                    FromSqlError::Other(format!("unknown {} {text:?}", stringify!($name)).into())
+                })
+            }
+        }
+    )+};
+}
+
+sql_text_enum!(
+    Gender,
+    Insurance,
+    SlotStatus,
+    AppointmentStatus,
+    CancelReason,
+    RequestCategory,
+    Urgency,
+    Severity,
+    Advice
+);
+
+/// Separator of a list stored in one `TEXT` column (visit type codes, which are `[a-z0-9_-]`).
+const LIST_SEPARATOR: char = ',';
+
+/// Stores a list of codes in one column.
+fn encode_list(items: &[String]) -> String {
+    items.join(&LIST_SEPARATOR.to_string())
+}
+
+/// Reads back a list stored by [`encode_list`].
+fn decode_list(text: &str) -> Vec<String> {
+    text.split(LIST_SEPARATOR)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// How long a writer waits for SQLite's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Embedded migrations, applied in order; index + 1 is the schema version.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE patient (
+    id INTEGER PRIMARY KEY,
+    family TEXT NOT NULL,
+    given TEXT NOT NULL,
+    family_norm TEXT NOT NULL,
+    given_norm TEXT NOT NULL,
+    birth_date TEXT NOT NULL,
+    gender TEXT NOT NULL DEFAULT 'unknown' CHECK (gender IN ('female','male','other','unknown')),
+    phone_e164 TEXT,
+    insurance TEXT NOT NULL DEFAULT 'gkv' CHECK (insurance IN ('gkv','pkv','self')),
+    card_read_quarter TEXT,
+    known INTEGER NOT NULL DEFAULT 1,
+    created_via TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX patient_dob_family ON patient (birth_date, family_norm);
+
+CREATE TABLE slot (
+    id INTEGER PRIMARY KEY,
+    practitioner_id TEXT NOT NULL,
+    start_utc INTEGER NOT NULL,
+    end_utc INTEGER NOT NULL,
+    visit_types TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'free'
+        CHECK (status IN ('free','busy','busy-unavailable','busy-tentative','entered-in-error')),
+    version INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (practitioner_id, start_utc)
+);
+CREATE INDEX slot_start ON slot (start_utc);
+
+CREATE TABLE appointment (
+    id INTEGER PRIMARY KEY,
+    slot_id INTEGER NOT NULL REFERENCES slot (id),
+    patient_id INTEGER NOT NULL REFERENCES patient (id),
+    practitioner_id TEXT NOT NULL,
+    start_utc INTEGER NOT NULL,
+    end_utc INTEGER NOT NULL,
+    visit_type TEXT NOT NULL,
+    reason_short TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('booked','cancelled','fulfilled','noshow','entered-in-error')),
+    created_at INTEGER NOT NULL,
+    call_sid TEXT,
+    idempotency_key TEXT UNIQUE,
+    cancelled_at INTEGER,
+    cancel_reason TEXT,
+    cancel_note TEXT,
+    replaced_by INTEGER
+);
+CREATE UNIQUE INDEX appointment_one_booking_per_slot ON appointment (slot_id) WHERE status = 'booked';
+CREATE INDEX appointment_patient ON appointment (patient_id, start_utc);
+CREATE INDEX appointment_start ON appointment (start_utc);
+
+CREATE TABLE request (
+    id INTEGER PRIMARY KEY,
+    ref_code TEXT NOT NULL UNIQUE,
+    category TEXT NOT NULL,
+    patient_id INTEGER REFERENCES patient (id) ON DELETE SET NULL,
+    caller_json TEXT,
+    details_json TEXT NOT NULL,
+    urgency TEXT NOT NULL CHECK (urgency IN ('routine','urgent')),
+    callback_number TEXT,
+    callback_window TEXT,
+    note TEXT,
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open','done')),
+    created_at INTEGER NOT NULL,
+    done_at INTEGER,
+    call_sid TEXT
+);
+CREATE INDEX request_open ON request (status, urgency, created_at);
+
+CREATE TABLE emergency_event (
+    id INTEGER PRIMARY KEY,
+    severity TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    patient_id INTEGER REFERENCES patient (id) ON DELETE SET NULL,
+    callback_number TEXT,
+    advice TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    call_sid TEXT,
+    acknowledged_at INTEGER
+);
+
+CREATE TABLE call (
+    id INTEGER PRIMARY KEY,
+    call_sid TEXT NOT NULL UNIQUE,
+    token_hash BLOB NOT NULL UNIQUE,
+    caller_number TEXT NOT NULL,
+    called_number TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    state_json TEXT NOT NULL DEFAULT '{}',
+    failed_identifications INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX call_caller ON call (caller_number, started_at);
+
+CREATE TABLE tool_audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    call_id INTEGER,
+    tool TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX tool_audit_at ON tool_audit (at);
+"#];
+
+/// The embedded SQLite store (one connection; see [`worker`] for the writer thread).
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+/// Most memory SQLite's page cache may hold, KiB (SQLite's own default, made explicit: it is
+/// part of ignis's steady-state memory).
+pub const STORE_CACHE_KIB: u32 = 2000;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, sets WAL, `synchronous=FULL`,
+    /// `foreign_keys=ON`, the page cache size, the busy timeout, and applies pending
+    /// migrations.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// An in-memory store (tests, fuzzing).
+    pub fn open_in_memory() -> StoreResult<SqliteStore> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> StoreResult<SqliteStore> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // `journal_mode` returns the resulting mode as a row.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        // Negative: KiB. The page cache fills as calls are recorded and then stays at this
+        // size; the 30-minute soak's RSS growth was mostly this cache filling (issue 6).
+        conn.execute_batch(&format!("PRAGMA cache_size=-{STORE_CACHE_KIB};"))?;
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Current schema version.
+    pub fn schema_version(&self) -> StoreResult<i64> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn migrate(&mut self) -> StoreResult<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        let current: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )?;
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version > current {
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [version],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the database to `path` (`VACUUM INTO`), e.g. for a nightly
+    /// backup; the target must not exist.
+    pub fn backup_to(&mut self, path: &Path) -> StoreResult<()> {
+        let target = path.to_string_lossy();
+        self.conn.execute("VACUUM INTO ?1", [target.as_ref()])?;
+        Ok(())
+    }
+
+    /// Direct access to the connection (tests that need to corrupt state deliberately).
+    #[doc(hidden)]
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+const PATIENT_COLS: &str = "id, family, given, family_norm, given_norm, birth_date, gender, phone_e164, card_read_quarter, known";
+const APPT_COLS: &str = "id, slot_id, patient_id, practitioner_id, start_utc, end_utc, visit_type, reason_short, status";
+const SLOT_COLS: &str = "id, practitioner_id, start_utc, end_utc, visit_types, status";
+
+fn patient_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PatientRecord> {
+    Ok(PatientRecord {
+        id: r.get(0)?,
+        family: r.get(1)?,
+        given: r.get(2)?,
+        family_norm: r.get(3)?,
+        given_norm: r.get(4)?,
+        birth_date: r.get(5)?,
+        gender: r.get(6)?,
+        phone: r.get(7)?,
+        card_read_quarter: r.get(8)?,
+        known: r.get::<_, i64>(9)? != 0,
+    })
+}
+
+fn appt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppointmentRecord> {
+    Ok(AppointmentRecord {
+        id: r.get(0)?,
+        slot_id: r.get(1)?,
+        patient_id: r.get(2)?,
+        practitioner: r.get(3)?,
+        start: r.get(4)?,
+        end: r.get(5)?,
+        visit_type: r.get(6)?,
+        reason_short: r.get(7)?,
+        status: r.get(8)?,
+    })
+}
+
+fn slot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SlotRecord> {
+    Ok(SlotRecord {
+        id: r.get(0)?,
+        practitioner: r.get(1)?,
+        start: r.get(2)?,
+        end: r.get(3)?,
+        visit_types: decode_list(&r.get::<_, String>(4)?),
+        status: r.get(5)?,
+    })
+}
+
+fn get_appt(conn: &Connection, id: i64) -> rusqlite::Result<Option<AppointmentRecord>> {
+    conn.query_row(
+        &format!("SELECT {APPT_COLS} FROM appointment WHERE id = ?1"),
+        [id],
+        appt_row,
+    )
+    .optional()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|_| StoreError::Corrupt("request JSON"))
+}
+
+/// A retry of an identical booking (same idempotency key) answers the first result. When that
+/// booking was cancelled since, the key is released and `None` lets a new booking proceed.
+fn earlier_booking(tx: &Connection, key: &str) -> StoreResult<Option<BookOutcome>> {
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM appointment WHERE idempotency_key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = existing else {
+        return Ok(None);
+    };
+    let appointment = get_appt(tx, id)?.ok_or(StoreError::Corrupt("appointment"))?;
+    let replaced = tx
+        .query_row(
+            &format!("SELECT {APPT_COLS} FROM appointment WHERE replaced_by = ?1"),
+            [id],
+            appt_row,
+        )
+        .optional()?;
+    if appointment.status == AppointmentStatus::Booked {
+        return Ok(Some(BookOutcome::Booked {
+            appointment: Box::new(appointment),
+            replaced: replaced.map(Box::new),
+            repeated: true,
+        }));
+    }
+    tx.execute(
+        "UPDATE appointment SET idempotency_key = NULL WHERE id = ?1",
+        [id],
+    )?;
+    Ok(None)
+}
+
+/// The booking's patient id, inserting a patient created by phone (inside the booking's
+/// transaction, so a failed booking leaves no orphan).
+fn booking_patient_id(tx: &Connection, b: &Booking) -> StoreResult<i64> {
+    let p = match &b.patient {
+        BookingPatient::Existing(id) => return Ok(*id),
+        BookingPatient::New(p) => p,
+    };
+    tx.execute(
+        "INSERT INTO patient (family, given, family_norm, given_norm, birth_date,
+             phone_e164, insurance, known, created_via, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 'phone', ?8)",
+        params![
+            p.family,
+            p.given,
+            normalize_name(&p.family),
+            normalize_name(&p.given),
+            p.birth_date,
+            p.phone,
+            p.insurance,
+            b.now
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Cancels the appointment a reschedule replaces and frees its slot.
+fn release_rescheduled(tx: &Connection, old: &AppointmentRecord, now: i64) -> StoreResult<()> {
+    tx.execute(
+        "UPDATE appointment SET status = 'cancelled', cancelled_at = ?2,
+             cancel_reason = 'rescheduled' WHERE id = ?1 AND status = 'booked'",
+        params![old.id, now],
+    )?;
+    tx.execute(
+        "UPDATE slot SET status = 'free', version = version + 1 WHERE id = ?1",
+        [old.slot_id],
+    )?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Store for SqliteStore {
+    fn start_call(
+        &mut self,
+        call_sid: &str,
+        token_hash: &[u8; 32],
+        caller_number: &str,
+        called_number: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        // A restarted stream for the same call SID replaces the token (and the state).
+        self.conn.execute(
+            "INSERT INTO call (call_sid, token_hash, caller_number, called_number, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (call_sid) DO UPDATE SET token_hash = excluded.token_hash,
+                 started_at = excluded.started_at, ended_at = NULL, state_json = '{}'",
+            params![call_sid, &token_hash[..], caller_number, called_number, now],
+        )?;
+        Ok(())
+    }
+
+    fn end_call(&mut self, call_sid: &str, now: i64) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "UPDATE call SET ended_at = ?2 WHERE call_sid = ?1 AND ended_at IS NULL",
+            params![call_sid, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn live_call(&mut self, token_hash: &[u8; 32], now: i64) -> StoreResult<Option<CallRecord>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, call_sid, token_hash, caller_number, state_json FROM call
+                 WHERE token_hash = ?1
+                   AND started_at + ?3 > ?2
+                   AND (ended_at IS NULL OR ended_at + ?4 > ?2)",
+                params![&token_hash[..], now, MAX_CALL_SECS, CALL_GRACE_SECS],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, call_sid, hash, caller_number, state_json)) = row else {
+            return Ok(None);
+        };
+        if !constant_time_eq(&hash, token_hash) {
+            return Ok(None);
+        }
+        let state =
+            serde_json::from_str(&state_json).map_err(|_| StoreError::Corrupt("call state"))?;
+        Ok(Some(CallRecord {
+            id,
+            call_sid,
+            token_hash: hash,
+            caller_number,
+            state,
+        }))
+    }
+
+    fn save_call_state(&mut self, call_id: i64, state: &CallState) -> StoreResult<()> {
+        let json = serde_json::to_string(state).map_err(|_| StoreError::Corrupt("call state"))?;
+        self.conn.execute(
+            "UPDATE call SET state_json = ?2, failed_identifications = ?3 WHERE id = ?1",
+            params![call_id, json, state.failed_identifications],
+        )?;
+        Ok(())
+    }
+
+    fn failed_identifications_by_number(
+        &mut self,
+        caller_number: &str,
+        since: i64,
+    ) -> StoreResult<u32> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(failed_identifications), 0) FROM call
+             WHERE caller_number = ?1 AND started_at >= ?2",
+            params![caller_number, since],
+            |r| r.get(0),
+        )?;
+        Ok(n.clamp(0, u32::MAX as i64) as u32)
+    }
+
+    fn patients_by_birth_date(&mut self, birth_date: &str) -> StoreResult<Vec<PatientRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {PATIENT_COLS} FROM patient WHERE birth_date = ?1"
+        ))?;
+        let rows = st.query_map([birth_date], patient_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn patient(&mut self, id: i64) -> StoreResult<Option<PatientRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {PATIENT_COLS} FROM patient WHERE id = ?1"),
+                [id],
+                patient_row,
+            )
+            .optional()?)
+    }
+
+    fn upcoming(
+        &mut self,
+        patient_id: i64,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<AppointmentRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {APPT_COLS} FROM appointment WHERE patient_id = ?1 AND status = 'booked'
+             AND start_utc > ?2 ORDER BY start_utc LIMIT ?3"
+        ))?;
+        let rows = st.query_map(params![patient_id, now, limit as i64], appt_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn appointment(&mut self, id: i64) -> StoreResult<Option<AppointmentRecord>> {
+        Ok(get_appt(&self.conn, id)?)
+    }
+
+    fn free_slots(
+        &mut self,
+        candidates: &[SlotCandidate],
+        limit: usize,
+    ) -> StoreResult<Vec<SlotRecord>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::new();
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO slot (practitioner_id, start_utc, end_utc, visit_types)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (practitioner_id, start_utc) DO NOTHING",
+            )?;
+            let mut sel = tx.prepare_cached(&format!(
+                "SELECT {SLOT_COLS} FROM slot WHERE practitioner_id = ?1 AND start_utc = ?2"
+            ))?;
+            for c in candidates {
+                if out.len() >= limit {
+                    break;
+                }
+                ins.execute(params![
+                    c.practitioner,
+                    c.start,
+                    c.end,
+                    encode_list(&c.visit_types)
+                ])?;
+                let s = sel.query_row(params![c.practitioner, c.start], slot_row)?;
+                if s.status == SlotStatus::Free {
+                    out.push(s);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn slot(&mut self, id: i64) -> StoreResult<Option<SlotRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {SLOT_COLS} FROM slot WHERE id = ?1"),
+                [id],
+                slot_row,
+            )
+            .optional()?)
+    }
+
+    fn book(&mut self, b: &Booking) -> StoreResult<BookOutcome> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(first) = earlier_booking(&tx, &b.idempotency_key)? {
+            return Ok(first);
+        }
+        let slot = tx
+            .query_row(
+                &format!("SELECT {SLOT_COLS} FROM slot WHERE id = ?1"),
+                [b.slot_id],
+                slot_row,
+            )
+            .optional()?;
+        let Some(slot) = slot.filter(|s| s.start > b.now) else {
+            return Ok(BookOutcome::SlotGone);
+        };
+        if !slot.visit_types.contains(&b.visit_type) {
+            return Ok(BookOutcome::WrongVisitType);
+        }
+        let replaced_before = match b.replaces {
+            Some(old) => {
+                let a = get_appt(&tx, old)?;
+                let ok = match (&a, &b.patient) {
+                    (Some(a), BookingPatient::Existing(p)) => {
+                        a.patient_id == *p && a.status == AppointmentStatus::Booked
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Ok(BookOutcome::ReplacedNotBookable);
+                }
+                a
+            }
+            None => None,
+        };
+        // The conditional claim: exactly one transaction can move the slot from free to busy.
+        let claimed = tx.execute(
+            "UPDATE slot SET status = 'busy', version = version + 1 WHERE id = ?1 AND status = 'free'",
+            [b.slot_id],
+        )?;
+        if claimed == 0 {
+            return Ok(BookOutcome::SlotTaken); // dropping `tx` rolls back
+        }
+        let patient_id = booking_patient_id(&tx, b)?;
+        // Reschedule: release the old appointment first so the patient is never double-booked
+        // with itself, all inside this transaction.
+        if let Some(old) = &replaced_before {
+            release_rescheduled(&tx, old, b.now)?;
+        }
+        let inserted = tx.execute(
+            "INSERT INTO appointment (slot_id, patient_id, practitioner_id, start_utc, end_utc,
+                 visit_type, reason_short, status, created_at, call_sid, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'booked', ?8, ?9, ?10)",
+            params![
+                slot.id,
+                patient_id,
+                slot.practitioner,
+                slot.start,
+                slot.end,
+                b.visit_type,
+                b.reason_short,
+                b.now,
+                b.call_sid,
+                b.idempotency_key
+            ],
+        );
+        match inserted {
+            Ok(_) => {}
+            // The unique index backstop: someone holds a booked appointment on this slot.
+            Err(e) if is_unique_violation(&e) => return Ok(BookOutcome::SlotTaken),
+            Err(e) => return Err(e.into()),
+        }
+        let new_id = tx.last_insert_rowid();
+        if let Some(old) = &replaced_before {
+            tx.execute(
+                "UPDATE appointment SET replaced_by = ?2 WHERE id = ?1",
+                params![old.id, new_id],
+            )?;
+        }
+        let appointment = get_appt(&tx, new_id)?.ok_or(StoreError::Corrupt("appointment"))?;
+        let replaced = match &replaced_before {
+            Some(old) => get_appt(&tx, old.id)?,
+            None => None,
+        };
+        tx.commit()?;
+        Ok(BookOutcome::Booked {
+            appointment: Box::new(appointment),
+            replaced: replaced.map(Box::new),
+            repeated: false,
+        })
+    }
+
+    fn cancel(
+        &mut self,
+        appointment_id: i64,
+        reason: CancelReason,
+        note: Option<&str>,
+        now: i64,
+    ) -> StoreResult<CancelOutcome> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(a) = get_appt(&tx, appointment_id)? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if a.status != AppointmentStatus::Booked {
+            return Ok(CancelOutcome::AlreadyCancelled);
+        }
+        if a.start <= now {
+            return Ok(CancelOutcome::InPast);
+        }
+        tx.execute(
+            "UPDATE appointment SET status = 'cancelled', cancelled_at = ?2, cancel_reason = ?3,
+                 cancel_note = ?4 WHERE id = ?1 AND status = 'booked'",
+            params![a.id, now, reason, note],
+        )?;
+        tx.execute(
+            "UPDATE slot SET status = 'free', version = version + 1 WHERE id = ?1",
+            [a.slot_id],
+        )?;
+        let after = get_appt(&tx, a.id)?.ok_or(StoreError::Corrupt("appointment"))?;
+        tx.commit()?;
+        Ok(CancelOutcome::Cancelled(after))
+    }
+
+    fn create_request(&mut self, r: &NewRequest) -> StoreResult<CreatedRequest> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let next: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM request", [], |x| {
+            x.get(0)
+        })?;
+        let ref_code = format!("R-{}", 1000 + next);
+        let caller_json = r.caller.as_ref().map(to_json).transpose()?;
+        // No details are stored as an empty object, as the staff view has always shown them.
+        let details_json = match &r.details {
+            Some(d) => to_json(d)?,
+            None => "{}".to_string(),
+        };
+        tx.execute(
+            "INSERT INTO request (id, ref_code, category, patient_id, caller_json, details_json,
+                 urgency, callback_number, callback_window, note, created_at, call_sid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                next,
+                ref_code,
+                r.category,
+                r.patient_id,
+                caller_json,
+                details_json,
+                r.urgency,
+                r.callback_number,
+                r.callback_window,
+                r.note,
+                r.now,
+                r.call_sid
+            ],
+        )?;
+        let queue_position = if r.urgency == Urgency::Urgent {
+            let n: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM request WHERE status = 'open' AND urgency = 'urgent'",
+                [],
+                |x| x.get(0),
+            )?;
+            Some(n as u32)
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(CreatedRequest {
+            ref_code,
+            queue_position,
+        })
+    }
+
+    fn record_emergency(&mut self, e: &NewEmergency) -> StoreResult<String> {
+        self.conn.execute(
+            "INSERT INTO emergency_event (severity, keywords, patient_id, callback_number, advice,
+                 created_at, call_sid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.severity,
+                e.keywords,
+                e.patient_id,
+                e.callback_number,
+                e.advice,
+                e.now,
+                e.call_sid
+            ],
+        )?;
+        Ok(format!("E-{}", self.conn.last_insert_rowid()))
+    }
+
+    fn audit(
+        &mut self,
+        at: i64,
+        call_id: Option<i64>,
+        tool: &str,
+        outcome: &str,
+    ) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT INTO tool_audit (at, call_id, tool, outcome) VALUES (?1, ?2, ?3, ?4)",
+            params![at, call_id, tool, outcome],
+        )?;
+        Ok(())
+    }
+
+    fn staff_appointments(&mut self, from: i64, to: i64) -> StoreResult<Vec<StaffAppointment>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT a.id, a.start_utc, a.practitioner_id, a.visit_type, a.reason_short, a.status,
+                    p.given || ' ' || p.family, p.birth_date, p.phone_e164
+             FROM appointment a JOIN patient p ON p.id = a.patient_id
+             WHERE a.start_utc >= ?1 AND a.start_utc < ?2 ORDER BY a.start_utc, a.id",
+        )?;
+        let rows = st.query_map(params![from, to], |r| {
+            Ok(StaffAppointment {
+                id: r.get(0)?,
+                start: r.get(1)?,
+                practitioner: r.get(2)?,
+                visit_type: r.get(3)?,
+                reason_short: r.get(4)?,
+                status: r.get(5)?,
+                patient: r.get(6)?,
+                birth_date: r.get(7)?,
+                phone: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn open_requests(&mut self) -> StoreResult<Vec<StaffRequest>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT r.ref_code, r.category, r.urgency, p.given || ' ' || p.family || ' (' || p.birth_date || ')',
+                    r.caller_json, r.details_json, r.callback_number, r.callback_window, r.note, r.created_at
+             FROM request r LEFT JOIN patient p ON p.id = r.patient_id
+             WHERE r.status = 'open'
+             ORDER BY CASE r.urgency WHEN 'urgent' THEN 0 ELSE 1 END, r.created_at, r.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let caller: Option<String> = r.get(4)?;
+            let details: String = r.get(5)?;
+            Ok(StaffRequest {
+                ref_code: r.get(0)?,
+                category: r.get(1)?,
+                urgency: r.get(2)?,
+                patient: r.get(3)?,
+                caller: caller.and_then(|c| serde_json::from_str(&c).ok()),
+                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+                callback_number: r.get(6)?,
+                callback_window: r.get(7)?,
+                note: r.get(8)?,
+                created_at: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn emergencies_since(&mut self, since: i64) -> StoreResult<Vec<StaffEmergency>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT e.id, e.severity, e.keywords, p.given || ' ' || p.family, e.callback_number,
+                    e.advice, e.created_at
+             FROM emergency_event e LEFT JOIN patient p ON p.id = e.patient_id
+             WHERE e.created_at >= ?1 ORDER BY e.created_at DESC, e.id DESC",
+        )?;
+        let rows = st.query_map([since], |r| {
+            Ok(StaffEmergency {
+                event_ref: format!("E-{}", r.get::<_, i64>(0)?),
+                severity: r.get(1)?,
+                keywords: r.get(2)?,
+                patient: r.get(3)?,
+                callback_number: r.get(4)?,
+                advice: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn mark_request_done(&mut self, ref_code: &str, now: i64) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "UPDATE request SET status = 'done', done_at = ?2 WHERE ref_code = ?1 AND status = 'open'",
+            params![ref_code, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn retention(&mut self, p: &RetentionPolicy, now: i64) -> StoreResult<RetentionReport> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rep = RetentionReport {
+            calls: tx.execute(
+                "DELETE FROM call WHERE (ended_at IS NOT NULL AND ended_at < ?1)
+                    OR started_at < ?2",
+                params![
+                    now - p.call_after_end,
+                    now - p.call_after_end - MAX_CALL_SECS
+                ],
+            )?,
+            tool_audit: tx.execute("DELETE FROM tool_audit WHERE at < ?1", [now - p.tool_audit])?,
+            requests: tx.execute(
+                "DELETE FROM request WHERE status = 'done' AND done_at < ?1",
+                [now - p.request_after_done],
+            )?,
+            ..RetentionReport::default()
+        };
+        // Unlink replaced_by pointers into appointments about to go, then delete them.
+        let cutoff = now - p.appointment_after_start;
+        tx.execute(
+            "UPDATE appointment SET replaced_by = NULL WHERE replaced_by IN
+                 (SELECT id FROM appointment WHERE start_utc < ?1)",
+            [cutoff],
+        )?;
+        rep.appointments = tx.execute("DELETE FROM appointment WHERE start_utc < ?1", [cutoff])?;
+        rep.emergency_events = tx.execute(
+            "DELETE FROM emergency_event WHERE created_at < ?1",
+            [now - p.emergency_event],
+        )?;
+        rep.patients = tx.execute(
+            "DELETE FROM patient WHERE created_via = 'phone' AND created_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM appointment a WHERE a.patient_id = patient.id)
+               AND NOT EXISTS (SELECT 1 FROM request r WHERE r.patient_id = patient.id)",
+            [now - p.orphan_patient],
+        )?;
+        rep.slots = tx.execute(
+            "DELETE FROM slot WHERE end_utc < ?1
+               AND NOT EXISTS (SELECT 1 FROM appointment a WHERE a.slot_id = slot.id)",
+            [now - records::DAY],
+        )?;
+        tx.commit()?;
+        Ok(rep)
+    }
+
+    fn seed_patients(&mut self, patients: &[DemoPatient], now: i64) -> StoreResult<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let count: i64 = tx.query_row("SELECT COUNT(*) FROM patient", [], |r| r.get(0))?;
+        if count > 0 {
+            return Ok(0);
+        }
+        for p in patients {
+            tx.execute(
+                "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, gender,
+                     phone_e164, insurance, card_read_quarter, known, created_via, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, 'seed', ?10)",
+                params![
+                    p.family,
+                    p.given,
+                    normalize_name(&p.family),
+                    normalize_name(&p.given),
+                    p.birth_date,
+                    p.gender,
+                    p.phone,
+                    p.insurance,
+                    p.card_read_quarter,
+                    now
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(patients.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+}

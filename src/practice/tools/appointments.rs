@@ -1,0 +1,217 @@
+//! `book_appointment` (new patients, atomic reschedule) and `cancel_appointment`: who may touch
+//! which appointment, the notice period, and the idempotency key of a booking.
+
+use sha2::{Digest, Sha256};
+
+use super::context::{Ctx, Out};
+use super::error::ToolError;
+use super::input::{BookInput, CancelInput};
+use super::outcome::{Booked, Cancelled, ReplacedView};
+use crate::practice::calls::Assurance;
+use crate::practice::config::VisitType;
+use crate::practice::store::{
+    AppointmentStatus, BookOutcome, Booking, BookingPatient, CancelOutcome, SlotRecord,
+    normalize_name,
+};
+use crate::secret::hex_lower;
+
+/// The patient a booking is for, resolved against this call.
+struct Patient {
+    booking: BookingPatient,
+    /// The assurance reached in this call (`None`: a new patient).
+    assurance: Option<Assurance>,
+}
+
+impl Patient {
+    /// The patient part of the idempotency key: `p:<id>` for a stored patient,
+    /// `n:<family>|<given>|<birth date>` (normalised names) for a new one.
+    fn key(&self) -> String {
+        match &self.booking {
+            BookingPatient::Existing(id) => format!("p:{id}"),
+            BookingPatient::New(np) => format!(
+                "n:{}|{}|{}",
+                normalize_name(&np.family),
+                normalize_name(&np.given),
+                np.birth_date
+            ),
+        }
+    }
+}
+
+/// The idempotency key of a booking: SHA-256, in lower-case hex, of
+/// `<call sid>|<slot id>|<patient key>|<replaced appointment id, or "-">`, so a retry of the
+/// same booking in the same call finds the first one.
+fn idempotency_key(
+    call_sid: &str,
+    slot_id: i64,
+    patient: &Patient,
+    replaces: Option<i64>,
+) -> String {
+    let replaces = replaces.map_or_else(|| "-".to_string(), |id| id.to_string());
+    let source = format!("{call_sid}|{slot_id}|{}|{replaces}", patient.key());
+    hex_lower(&Sha256::digest(source.as_bytes()))
+}
+
+impl Ctx<'_> {
+    pub(super) fn book(&mut self, i: BookInput) -> Out<Booked> {
+        let Some(vt) = self.config.visit_type(&i.visit_type).cloned() else {
+            return Err(ToolError::UnknownVisitType.into());
+        };
+        if !vt.phone_bookable {
+            return Err(ToolError::NotPhoneBookable.into());
+        }
+        let Some(slot) = self.call.state.slot(&i.slot_ref).cloned() else {
+            return Err(ToolError::NotOffered.into());
+        };
+        let patient = self.booking_patient(&i, &vt)?;
+        let replaces = match &i.replaces_appointment_ref {
+            None => None,
+            Some(r) => Some(self.replaceable(r, &patient)?),
+        };
+        let booking = Booking {
+            slot_id: slot.id,
+            idempotency_key: idempotency_key(&self.call.call_sid, slot.id, &patient, replaces),
+            patient: patient.booking,
+            visit_type: vt.code.clone(),
+            reason_short: i.reason_short.clone(),
+            replaces,
+            call_sid: self.call.call_sid.clone(),
+            now: self.now.as_second(),
+        };
+        match self.store.book(&booking)? {
+            BookOutcome::Booked {
+                appointment,
+                replaced,
+                repeated,
+            } => {
+                let patient_ref = self.state().add_patient(
+                    appointment.patient_id,
+                    patient.assurance.unwrap_or(Assurance::NameDob),
+                );
+                let a = self.appointment_view(&appointment, true);
+                let replaced = replaced.map(|r| ReplacedView {
+                    appointment_ref: self.state().add_appointment(r.id, r.patient_id, false),
+                    label: self.label(r.start),
+                });
+                Ok(Booked {
+                    appointment_ref: a.appointment_ref,
+                    patient_ref,
+                    start: a.start,
+                    label: a.label,
+                    with: a.with,
+                    visit_type: vt.label,
+                    replaced,
+                    bring: vt.bring,
+                    repeated,
+                })
+            }
+            BookOutcome::SlotTaken | BookOutcome::SlotGone => {
+                let from = self
+                    .store
+                    .slot(slot.id)?
+                    .as_ref()
+                    .map_or(self.now.as_second(), |s: &SlotRecord| s.start);
+                let alternatives = self.alternatives(&vt.code, from)?;
+                Err(ToolError::SlotTaken { alternatives }.into())
+            }
+            BookOutcome::WrongVisitType => Err(ToolError::WrongVisitType.into()),
+            BookOutcome::ReplacedNotBookable => Err(ToolError::NotFound.into()),
+        }
+    }
+
+    /// Who the booking is for: a patient identified in this call, or a new patient (with the
+    /// caller's number) where the practice and the visit type take new patients.
+    fn booking_patient(&self, i: &BookInput, vt: &VisitType) -> Out<Patient> {
+        match (&i.patient_ref, &i.new_patient) {
+            (Some(r), _) => {
+                let Some(p) = self.call.state.patient(r) else {
+                    return Err(ToolError::NotIdentified.into());
+                };
+                Ok(Patient {
+                    booking: BookingPatient::Existing(p.id),
+                    assurance: Some(p.assurance),
+                })
+            }
+            (None, Some(np)) => {
+                if !self.config.accepts_new_patients {
+                    return Err(ToolError::NoNewPatients.into());
+                }
+                if !vt.new_patients_ok {
+                    return Err(ToolError::VisitTypeNotForNewPatients.into());
+                }
+                let mut np = np.clone();
+                np.phone = self.caller_number();
+                Ok(Patient {
+                    booking: BookingPatient::New(np),
+                    assurance: None,
+                })
+            }
+            (None, None) => Err(ToolError::NotIdentified.into()),
+        }
+    }
+
+    /// The appointment a reschedule replaces: the same patient's, known in this call, with
+    /// phone assurance unless it was booked in this call, and outside the notice period.
+    fn replaceable(&mut self, r: &str, patient: &Patient) -> Out<i64> {
+        let Some(a) = self.call.state.appointment(r).cloned() else {
+            return Err(ToolError::NotFound.into());
+        };
+        let owner = match &patient.booking {
+            BookingPatient::Existing(id) => *id == a.patient_id,
+            BookingPatient::New(_) => false,
+        };
+        if !owner {
+            return Err(ToolError::NotFound.into());
+        }
+        if patient.assurance != Some(Assurance::NameDobPhone) && !a.booked_here {
+            return Err(ToolError::InsufficientAssurance.into());
+        }
+        if !a.booked_here
+            && let Some(old) = self.store.appointment(a.id)?
+            && self.inside_notice(old.start)
+        {
+            return Err(ToolError::TooLateToChange.into());
+        }
+        Ok(a.id)
+    }
+
+    pub(super) fn cancel(&mut self, i: CancelInput) -> Out<Cancelled> {
+        let Some(a) = self.call.state.appointment(&i.appointment_ref).cloned() else {
+            return Err(ToolError::NotFound.into());
+        };
+        let Some(owner) = self
+            .call
+            .state
+            .patients
+            .iter()
+            .find(|p| p.id == a.patient_id)
+        else {
+            return Err(ToolError::NotFound.into());
+        };
+        if owner.assurance != Assurance::NameDobPhone && !a.booked_here {
+            return Err(ToolError::InsufficientAssurance.into());
+        }
+        let Some(current) = self.store.appointment(a.id)? else {
+            return Err(ToolError::NotFound.into());
+        };
+        if current.status == AppointmentStatus::Booked
+            && !a.booked_here
+            && current.start > self.now.as_second()
+            && self.inside_notice(current.start)
+        {
+            return Err(ToolError::TooLateToChange.into());
+        }
+        let now = self.now.as_second();
+        match self.store.cancel(a.id, i.reason, i.note.as_deref(), now)? {
+            CancelOutcome::Cancelled(rec) => Ok(Cancelled {
+                cancelled: ReplacedView {
+                    appointment_ref: i.appointment_ref,
+                    label: self.label(rec.start),
+                },
+            }),
+            CancelOutcome::NotFound => Err(ToolError::NotFound.into()),
+            CancelOutcome::AlreadyCancelled => Err(ToolError::AlreadyCancelled.into()),
+            CancelOutcome::InPast => Err(ToolError::InPast.into()),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! What every tool runs with: the store, the configuration, the live call and `now`, plus the
+//! views of slots and appointments that mint per-call refs.
+
+use jiff::Timestamp;
+
+use super::error::Stop;
+use super::outcome::{AppointmentView, SlotView};
+use crate::practice::calendar;
+use crate::practice::calls::{
+    CallState, IDENTIFICATION_WINDOW_SECS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER, normalize_number,
+};
+use crate::practice::config::PracticeConfig;
+use crate::practice::store::{AppointmentRecord, CallRecord, PatientRecord, SlotRecord, Store};
+use crate::secret::constant_time_eq;
+
+/// Fewest digits a caller number needs to count as a number (not `anonymous`).
+pub(super) const MIN_NUMBER_DIGITS: usize = 5;
+
+/// A tool's result: its outcome, or why it stopped.
+pub(super) type Out<T> = Result<T, Stop>;
+
+/// One tool call's context on the store thread.
+pub(super) struct Ctx<'a> {
+    pub(super) store: &'a mut dyn Store,
+    pub(super) config: &'a PracticeConfig,
+    pub(super) call: CallRecord,
+    pub(super) now: Timestamp,
+    /// Whether the call state changed and must be saved.
+    pub(super) dirty: bool,
+}
+
+/// A UTC-seconds time as a timestamp (stored times are always in range).
+pub(super) fn ts_of(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+impl Ctx<'_> {
+    /// The call state, marked for saving.
+    pub(super) fn state(&mut self) -> &mut CallState {
+        self.dirty = true;
+        &mut self.call.state
+    }
+
+    /// A practitioner's display name.
+    pub(super) fn with(&self, practitioner: &str) -> String {
+        self.config
+            .practitioner(practitioner)
+            .map_or_else(|| practitioner.to_string(), |p| p.display.clone())
+    }
+
+    /// A German label of a stored time.
+    pub(super) fn label(&self, secs: i64) -> String {
+        calendar::label(self.config, ts_of(secs))
+    }
+
+    /// A slot as offered (mints or reuses its ref).
+    pub(super) fn slot_view(&mut self, s: &SlotRecord) -> SlotView {
+        SlotView {
+            slot_ref: self.state().add_slot(s.id),
+            start: calendar::iso(self.config, ts_of(s.start)),
+            end: calendar::iso(self.config, ts_of(s.end)),
+            label: self.label(s.start),
+            with: self.with(&s.practitioner),
+        }
+    }
+
+    /// An appointment as read back (mints or reuses its ref).
+    pub(super) fn appointment_view(
+        &mut self,
+        a: &AppointmentRecord,
+        booked_here: bool,
+    ) -> AppointmentView {
+        AppointmentView {
+            appointment_ref: self
+                .state()
+                .add_appointment(a.id, a.patient_id, booked_here),
+            start: calendar::iso(self.config, ts_of(a.start)),
+            label: self.label(a.start),
+            with: self.with(&a.practitioner),
+            visit_type: a.visit_type.clone(),
+        }
+    }
+
+    /// The caller's number when it is one (not `anonymous`), as given.
+    pub(super) fn caller_number(&self) -> Option<String> {
+        let c = self.call.caller_number.trim();
+        (normalize_number(c).len() >= MIN_NUMBER_DIGITS).then(|| c.to_string())
+    }
+
+    /// Whether the caller number equals the patient's number on file.
+    pub(super) fn caller_matches(&self, p: &PatientRecord) -> bool {
+        let caller = normalize_number(&self.call.caller_number);
+        match &p.phone {
+            Some(ph) if caller.len() >= MIN_NUMBER_DIGITS => {
+                constant_time_eq(normalize_number(ph).as_bytes(), caller.as_bytes())
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the caller number used up its identification attempts across recent calls.
+    pub(super) fn number_locked(&mut self) -> Out<bool> {
+        let Some(caller) = self.caller_number() else {
+            return Ok(false); // anonymous: the per-call limit applies
+        };
+        let since = self.now.as_second() - IDENTIFICATION_WINDOW_SECS;
+        let n = self
+            .store
+            .failed_identifications_by_number(&caller, since)?;
+        Ok(n >= MAX_FAILED_IDENTIFICATIONS_PER_NUMBER)
+    }
+
+    /// Whether an appointment starting at `start` is inside the practice's notice period.
+    pub(super) fn inside_notice(&self, start: i64) -> bool {
+        start - self.now.as_second() < i64::from(self.config.min_notice_hours) * 3600
+    }
+}

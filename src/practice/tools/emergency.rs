@@ -1,0 +1,85 @@
+//! `report_emergency`: the advice from the calendar (112 always for life-threatening cases),
+//! the sentence to say, and an event for the staff. Recording never stops the advice.
+
+use super::context::{Ctx, Out};
+use super::input::EmergencyInput;
+use super::outcome::{EmergencyAdvice, EmergencyNumbers};
+use crate::practice::calendar::{self, Advice};
+use crate::practice::store::{NewEmergency, Severity};
+
+/// The European emergency number, said in every emergency answer.
+const EMERGENCY_NUMBER: &str = "112";
+
+impl Ctx<'_> {
+    pub(super) fn emergency(&mut self, i: EmergencyInput) -> Out<EmergencyAdvice> {
+        let cfg = self.config;
+        let life_threatening = i.severity == Severity::LifeThreatening;
+        let d = calendar::emergency_advice(cfg, life_threatening, self.now);
+        let vertretung = d
+            .covering
+            .as_ref()
+            .map(|c| format!("{}, Telefon {}", c.name, c.phone));
+        let say = say(
+            d.advice,
+            &cfg.emergency_service.number,
+            vertretung.as_deref(),
+        );
+        let patient_id = i
+            .patient_ref
+            .as_deref()
+            .and_then(|r| self.call.state.patient(r))
+            .map(|p| p.id);
+        // Recording the event must never stop the advice from going out.
+        let event_ref = match self.store.record_emergency(&NewEmergency {
+            severity: i.severity,
+            keywords: i.keywords,
+            patient_id,
+            callback_number: self.caller_number(),
+            advice: d.advice,
+            call_sid: self.call.call_sid.clone(),
+            now: self.now.as_second(),
+        }) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "emergency event not recorded");
+                None
+            }
+        };
+        tracing::warn!(advice = d.advice.as_str(), "emergency reported");
+        Ok(EmergencyAdvice {
+            event_ref,
+            advice: d.advice,
+            say,
+            numbers: EmergencyNumbers {
+                emergency: EMERGENCY_NUMBER,
+                after_hours: cfg.emergency_service.number.clone(),
+                vertretung,
+            },
+            transfer_available: d.transfer_available,
+            reopens: d.reopens.map(|t| calendar::label(cfg, t)),
+        })
+    }
+}
+
+/// The German sentence for `advice`; `es` is the Bereitschaftsdienst's number.
+fn say(advice: Advice, es: &str, vertretung: Option<&str>) -> String {
+    let bereitschaft = || {
+        format!(
+            "Bitte rufen Sie den ärztlichen Bereitschaftsdienst unter {es} an. Bei Lebensgefahr sofort 112."
+        )
+    };
+    match advice {
+        Advice::Call112 => "Bitte legen Sie auf und rufen Sie sofort die 112 an.".to_string(),
+        Advice::Transfer => "Ich verbinde Sie jetzt mit dem Praxisteam.".to_string(),
+        Advice::SameDay => {
+            "Wir suchen Ihnen einen Termin noch heute. Wenn es schlimmer wird: 112.".to_string()
+        }
+        Advice::Call116117 => bereitschaft(),
+        Advice::CallVertretung => match vertretung {
+            Some(v) => format!(
+                "Bitte wenden Sie sich an unsere Vertretung: {v}. Bei Lebensgefahr sofort 112."
+            ),
+            None => bereitschaft(),
+        },
+    }
+}

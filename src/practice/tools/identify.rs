@@ -1,0 +1,93 @@
+//! `identify_patient`: name + birth date identify; the caller number adds phone assurance
+//! (spec §6.3); failed attempts lock identification per call and per caller number.
+
+use super::context::{Ctx, Out};
+use super::error::ToolError;
+use super::input::IdentifyInput;
+use super::outcome::{IdentifyOutcome, PatientFlags, UniqueMatch};
+use crate::practice::calendar;
+use crate::practice::calls::Assurance;
+use crate::practice::store::{Gender, PatientRecord, name_key, normalize_name, quarter};
+
+/// Upcoming appointments read back by `identify_patient`.
+pub const MAX_UPCOMING: usize = 3;
+
+impl Ctx<'_> {
+    pub(super) fn identify(&mut self, i: IdentifyInput) -> Out<IdentifyOutcome> {
+        if self.call.state.locked() || self.number_locked()? {
+            return Err(ToolError::Locked.into());
+        }
+        let family = name_key(&normalize_name(&i.family_name));
+        let mut found: Vec<PatientRecord> = self
+            .store
+            .patients_by_birth_date(&i.birth_date.to_string())?
+            .into_iter()
+            .filter(|p| name_key(&p.family_norm) == family)
+            .collect();
+        // The given name narrows the match: exact (spelling-tolerant) or a prefix of a double
+        // name ("Hans" for "Hans-Peter").
+        if let Some(g) = i
+            .given_name
+            .as_deref()
+            .map(normalize_name)
+            .filter(|g| !g.is_empty())
+        {
+            let key = name_key(&g);
+            found.retain(|p| name_key(&p.given_norm) == key || p.given_norm.starts_with(&g));
+        }
+        match found.len() {
+            0 => {
+                let st = self.state();
+                st.failed_identifications += 1;
+                Ok(IdentifyOutcome::None {
+                    attempts_left: st.attempts_left(),
+                })
+            }
+            1 => {
+                let p = found.remove(0);
+                Ok(IdentifyOutcome::Unique(Box::new(self.unique_match(p)?)))
+            }
+            _ => Ok(IdentifyOutcome::Ambiguous {
+                attempts_left: self.call.state.attempts_left(),
+            }),
+        }
+    }
+
+    fn unique_match(&mut self, p: PatientRecord) -> Out<UniqueMatch> {
+        let assurance = if self.caller_matches(&p) {
+            Assurance::NameDobPhone
+        } else {
+            Assurance::NameDob
+        };
+        let patient_ref = self.state().add_patient(p.id, assurance);
+        let mut upcoming = Vec::new();
+        // Appointments are read back only when the caller number matches (spec §6.3).
+        if assurance == Assurance::NameDobPhone {
+            for a in self
+                .store
+                .upcoming(p.id, self.now.as_second(), MAX_UPCOMING)?
+            {
+                upcoming.push(self.appointment_view(&a, false));
+            }
+        }
+        let salutation = match p.gender {
+            Gender::Female => format!("Frau {}", p.family),
+            Gender::Male => format!("Herr {}", p.family),
+            Gender::Other | Gender::Unknown => format!("{} {}", p.given, p.family),
+        };
+        let this_quarter = quarter(calendar::local(self.config, self.now).date);
+        Ok(UniqueMatch {
+            patient_ref,
+            salutation,
+            assurance,
+            upcoming,
+            flags: PatientFlags {
+                known_patient: p.known,
+                card_read_this_quarter: p.card_read_quarter.as_deref()
+                    == Some(this_quarter.as_str()),
+                appointments_readable: assurance == Assurance::NameDobPhone,
+            },
+            attempts_left: self.call.state.attempts_left(),
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! `create_request`: what each category needs and what the caller can expect (spec §6.3 for
+//! results, which are only discussed on the number on file).
+
+use super::context::{Ctx, Out};
+use super::error::ToolError;
+use super::input::{MAX_MEDICATIONS, RequestInput};
+use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
+use crate::practice::calendar;
+use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
+
+/// How many days ahead the next working day is searched for.
+const WORKING_DAY_SEARCH_DAYS: usize = 30;
+
+/// What a category's rules decided.
+struct Decision {
+    expect: Expectation,
+    needs: Vec<Need>,
+    /// Overrides the caller's urgency.
+    urgency: Option<Urgency>,
+    /// Overrides the call-back number (results: the number on file).
+    callback_number: Option<String>,
+}
+
+impl Decision {
+    fn expect(kind: ExpectKind, label: impl Into<String>) -> Decision {
+        Decision {
+            expect: Expectation {
+                kind,
+                label: label.into(),
+            },
+            needs: Vec::new(),
+            urgency: None,
+            callback_number: None,
+        }
+    }
+}
+
+impl Ctx<'_> {
+    pub(super) fn request(&mut self, i: RequestInput) -> Out<RequestCreated> {
+        let patient = match &i.patient_ref {
+            Some(r) => {
+                let Some(p) = self.call.state.patient(r).cloned() else {
+                    return Err(ToolError::NotIdentified.into());
+                };
+                self.store.patient(p.id)?
+            }
+            None => None,
+        };
+        if patient.is_none() && i.caller.is_none() {
+            return Err(ToolError::NotIdentified.into());
+        }
+        let decision = self.decide(&i, patient.as_ref())?;
+        let callback_number = decision
+            .callback_number
+            .or_else(|| i.callback_number.clone())
+            .or_else(|| self.caller_number());
+        let needs_number = !matches!(
+            i.category,
+            RequestCategory::PrescriptionRefill
+                | RequestCategory::Message
+                | RequestCategory::Document
+                | RequestCategory::Referral
+        );
+        if callback_number.is_none() && needs_number {
+            return Err(ToolError::CallbackNumberNeeded.into());
+        }
+        let created = self.store.create_request(&NewRequest {
+            category: i.category,
+            patient_id: patient.as_ref().map(|p| p.id),
+            caller: if patient.is_none() { i.caller } else { None },
+            details: i.details,
+            urgency: decision.urgency.unwrap_or(i.urgency),
+            callback_number,
+            callback_window: i.callback_window,
+            note: i.note,
+            call_sid: self.call.call_sid.clone(),
+            now: self.now.as_second(),
+        })?;
+        Ok(RequestCreated {
+            request_ref: created.ref_code,
+            category: i.category,
+            expect: decision.expect,
+            needs: decision.needs,
+            queue_position: created.queue_position,
+        })
+    }
+
+    /// The category's rules: what it needs from the caller and what happens next.
+    fn decide(&self, i: &RequestInput, patient: Option<&PatientRecord>) -> Out<Decision> {
+        let d = i.details.as_ref();
+        let known = patient.is_some_and(|p| p.known);
+        let this_quarter = quarter(calendar::local(self.config, self.now).date);
+        let card_ok =
+            patient.is_some_and(|p| p.card_read_quarter.as_deref() == Some(this_quarter.as_str()));
+        let decision = match i.category {
+            RequestCategory::PrescriptionRefill => {
+                let n = d.map_or(0, |d| d.medications.len());
+                if n == 0 {
+                    return Err(ToolError::MissingDetails.into());
+                }
+                if n > MAX_MEDICATIONS {
+                    return Err(ToolError::TooManyItems.into());
+                }
+                if d.is_some_and(|d| d.new_medication) || (patient.is_some() && !known) {
+                    return Err(ToolError::NeedsAppointment.into());
+                }
+                if card_ok {
+                    Decision::expect(
+                        ExpectKind::ERezeptCard,
+                        format!(
+                            "ab {} in der Apotheke mit Ihrer Versichertenkarte",
+                            self.next_working_day_label()
+                        ),
+                    )
+                } else {
+                    let mut d = Decision::expect(
+                        ExpectKind::CardVisitFirst,
+                        "Bitte kommen Sie in diesem Quartal einmal mit Ihrer Versichertenkarte vorbei; danach stellen wir das E-Rezept aus.",
+                    );
+                    d.needs.push(Need::CardVisitThisQuarter);
+                    d
+                }
+            }
+            RequestCategory::SickNote => {
+                if !known {
+                    return Err(ToolError::NeedsAppointment.into());
+                }
+                Decision::expect(
+                    ExpectKind::DoctorCallback,
+                    "Die Ärztin oder der Arzt ruft Sie zurück; eine Krankschreibung am Telefon gibt es nur nach diesem Gespräch.",
+                )
+            }
+            RequestCategory::Referral => {
+                if d.and_then(|d| d.specialty.as_ref()).is_none() {
+                    return Err(ToolError::MissingDetails.into());
+                }
+                if d.is_some_and(|d| d.first_referral) || !known {
+                    return Err(ToolError::NeedsAppointment.into());
+                }
+                let mut decision = Decision::expect(
+                    ExpectKind::Pickup,
+                    format!(
+                        "Die Überweisung liegt ab {} am Empfang für Sie bereit.",
+                        self.next_working_day_label()
+                    ),
+                );
+                if !card_ok {
+                    decision.needs.push(Need::CardVisitThisQuarter);
+                }
+                decision
+            }
+            RequestCategory::ResultsCallback => {
+                // Results are only discussed with the number on file (spec §6.3).
+                let Some(p) = patient else {
+                    return Err(ToolError::NotIdentified.into());
+                };
+                let Some(ph) = &p.phone else {
+                    return Err(ToolError::NoNumberOnFile.into());
+                };
+                let mut d = Decision::expect(
+                    ExpectKind::CallbackNumberOnFile,
+                    "Wir rufen Sie unter der bei uns hinterlegten Nummer zurück.",
+                );
+                d.callback_number = Some(ph.clone());
+                d
+            }
+            RequestCategory::UrgentCallback => {
+                let mut d = Decision::expect(
+                    ExpectKind::CallbackToday,
+                    "Wir rufen Sie heute noch zurück.",
+                );
+                d.urgency = Some(Urgency::Urgent);
+                d
+            }
+            RequestCategory::Document => Decision::expect(
+                ExpectKind::StaffPrepares,
+                "Das Praxisteam bereitet das Dokument vor und meldet sich bei Ihnen.",
+            ),
+            RequestCategory::Message => Decision::expect(
+                ExpectKind::MessageTaken,
+                "Ihre Nachricht wird an das Praxisteam weitergegeben.",
+            ),
+            RequestCategory::Callback => {
+                Decision::expect(ExpectKind::Callback, "Das Praxisteam ruft Sie zurück.")
+            }
+        };
+        Ok(decision)
+    }
+
+    fn next_working_day_label(&self) -> String {
+        let mut d = calendar::next_day(calendar::local(self.config, self.now).date);
+        for _ in 0..WORKING_DAY_SEARCH_DAYS {
+            if !calendar::opening_intervals(self.config, d).is_empty() {
+                break;
+            }
+            d = calendar::next_day(d);
+        }
+        calendar::date_label(d)
+    }
+}
