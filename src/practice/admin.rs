@@ -9,12 +9,15 @@
 
 use jiff::Timestamp;
 use jiff::civil::Date;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::calendar;
 use super::config::PracticeConfig;
-use super::store::{Store, StoreError};
+use super::store::{AppointmentStatus, StaffEmergency, StaffRequest, Store, StoreError};
 use super::tools::{Secrets, ToolError, ToolReply, ToolRequest, parse_query};
+
+/// Seconds in a day.
+const DAY_SECS: i64 = 86_400;
 
 /// Most days of emergency history one request may ask for.
 pub const MAX_EMERGENCY_DAYS: i64 = 366;
@@ -117,66 +120,131 @@ fn ts(s: i64) -> Timestamp {
     Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// An admin answer (rendered with `"ok": true` at the edge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AdminOutcome {
+    /// Appointments of a day.
+    Appointments {
+        /// The local date.
+        date: String,
+        /// Its appointments, in start order.
+        appointments: Vec<AppointmentRow>,
+    },
+    /// Open requests.
+    Requests {
+        /// Urgent first, then oldest first.
+        requests: Vec<Dated<StaffRequest>>,
+    },
+    /// Recent emergencies.
+    Emergencies {
+        /// Newest first.
+        emergencies: Vec<Dated<StaffEmergency>>,
+    },
+    /// A request marked done.
+    RequestDone {
+        /// Its ref.
+        request_ref: String,
+        /// Always `done`.
+        status: &'static str,
+    },
+}
+
+/// An appointment as the staff see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppointmentRow {
+    /// Local start, ISO 8601.
+    pub start: String,
+    /// German label.
+    pub label: String,
+    /// Practitioner's display name.
+    pub with: String,
+    /// Visit type code.
+    pub visit_type: String,
+    /// Reason.
+    pub reason_short: String,
+    /// Status.
+    pub status: AppointmentStatus,
+    /// Patient name.
+    pub patient: String,
+    /// Patient birth date.
+    pub birth_date: String,
+    /// Phone on file.
+    pub phone: Option<String>,
+}
+
+/// A stored row with its creation time as local ISO 8601 (`created`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dated<T> {
+    /// The row.
+    #[serde(flatten)]
+    pub row: T,
+    /// Created, local ISO 8601.
+    pub created: String,
+}
+
 fn run(
     store: &mut dyn Store,
     config: &PracticeConfig,
     call: AdminCall,
     now: Timestamp,
 ) -> Result<ToolReply, StoreError> {
-    let v: Value = match call {
+    let outcome = match call {
         AdminCall::Appointments(date) => {
             let date = date.unwrap_or_else(|| calendar::local(config, now).date);
             let from = calendar::instant(config, date, 0).as_second();
             let to = calendar::instant(config, calendar::next_day(date), 0).as_second();
-            let list: Vec<Value> = store
+            let appointments = store
                 .staff_appointments(from, to)?
                 .into_iter()
-                .map(|a| {
-                    json!({
-                        "start": calendar::iso(config, ts(a.start)),
-                        "label": calendar::label(config, ts(a.start)),
-                        "with": config.practitioner(&a.practitioner).map_or(a.practitioner.clone(), |p| p.display.clone()),
-                        "visit_type": a.visit_type,
-                        "reason_short": a.reason_short,
-                        "status": a.status,
-                        "patient": a.patient,
-                        "birth_date": a.birth_date,
-                        "phone": a.phone,
-                    })
+                .map(|a| AppointmentRow {
+                    start: calendar::iso(config, ts(a.start)),
+                    label: calendar::label(config, ts(a.start)),
+                    with: config
+                        .practitioner(&a.practitioner)
+                        .map_or(a.practitioner.clone(), |p| p.display.clone()),
+                    visit_type: a.visit_type,
+                    reason_short: a.reason_short,
+                    status: a.status,
+                    patient: a.patient,
+                    birth_date: a.birth_date,
+                    phone: a.phone,
                 })
                 .collect();
-            json!({ "ok": true, "date": date.to_string(), "appointments": list })
+            AdminOutcome::Appointments {
+                date: date.to_string(),
+                appointments,
+            }
         }
-        AdminCall::Requests => {
-            let list: Vec<Value> = store
+        AdminCall::Requests => AdminOutcome::Requests {
+            requests: store
                 .open_requests()?
                 .into_iter()
-                .map(|r| {
-                    let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
-                    v["created"] = json!(calendar::iso(config, ts(r.created_at)));
-                    v
+                .map(|r| Dated {
+                    created: calendar::iso(config, ts(r.created_at)),
+                    row: r,
                 })
-                .collect();
-            json!({ "ok": true, "requests": list })
-        }
-        AdminCall::Emergencies(days) => {
-            let list: Vec<Value> = store
-                .emergencies_since(now.as_second() - days * 86_400)?
+                .collect(),
+        },
+        AdminCall::Emergencies(days) => AdminOutcome::Emergencies {
+            emergencies: store
+                .emergencies_since(now.as_second() - days * DAY_SECS)?
                 .into_iter()
-                .map(|e| {
-                    let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
-                    v["created"] = json!(calendar::iso(config, ts(e.created_at)));
-                    v
+                .map(|e| Dated {
+                    created: calendar::iso(config, ts(e.created_at)),
+                    row: e,
                 })
-                .collect();
-            json!({ "ok": true, "emergencies": list })
-        }
+                .collect(),
+        },
         AdminCall::RequestDone(r) => {
             if !store.mark_request_done(&r, now.as_second())? {
                 return Ok(ToolError::UnknownRequest.reply());
             }
-            json!({ "ok": true, "request_ref": r, "status": "done" })
+            AdminOutcome::RequestDone {
+                request_ref: r,
+                status: "done",
+            }
         }
     };
-    Ok(ToolReply::json(200, &v))
+    Ok(ToolReply::ok(&outcome))
 }
