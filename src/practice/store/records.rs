@@ -285,7 +285,7 @@ pub struct Booking {
     pub now: i64,
 }
 
-/// Result of [`Store::book`].
+/// Result of [`Store::book`](super::Store::book).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BookOutcome {
     /// Booked (or a retry of an identical booking, `repeated`).
@@ -307,7 +307,7 @@ pub enum BookOutcome {
     ReplacedNotBookable,
 }
 
-/// Result of [`Store::cancel`].
+/// Result of [`Store::cancel`](super::Store::cancel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// Cancelled; the slot is free again.
