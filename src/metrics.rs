@@ -209,16 +209,15 @@ impl Metrics {
     }
 
     fn render_calls(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP ignis_calls_total Finished calls by outcome.");
-        let _ = writeln!(out, "# TYPE ignis_calls_total counter");
-        for (o, c) in OUTCOMES.iter().zip(&self.calls) {
-            let _ = writeln!(
-                out,
-                "ignis_calls_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                c.load(Ordering::Relaxed)
-            );
-        }
+        let by_outcome: [(&str, &AtomicU64); OUTCOMES.len()] =
+            std::array::from_fn(|i| (OUTCOMES[i].as_str(), &self.calls[i]));
+        family(
+            out,
+            "ignis_calls_total",
+            "Finished calls by outcome.",
+            "outcome",
+            &by_outcome,
+        );
         counter(
             out,
             "ignis_calls_over_capacity_total",
@@ -228,35 +227,25 @@ impl Metrics {
     }
 
     fn render_audio(&self, out: &mut String) {
-        let _ = writeln!(
+        family(
             out,
-            "# HELP ignis_frames_total Audio frames by direction (agent_to_caller added when a call ends)."
+            "ignis_frames_total",
+            "Audio frames by direction (agent_to_caller added when a call ends).",
+            "direction",
+            &[
+                ("caller_to_agent", &self.frames_from_caller),
+                ("agent_to_caller", &self.frames_to_caller),
+            ],
         );
-        let _ = writeln!(out, "# TYPE ignis_frames_total counter");
-        let _ = writeln!(
+        family(
             out,
-            "ignis_frames_total{{direction=\"caller_to_agent\"}} {}",
-            self.frames_from_caller.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "ignis_frames_total{{direction=\"agent_to_caller\"}} {}",
-            self.frames_to_caller.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ignis_audio_bytes_total Base64 audio bytes by direction."
-        );
-        let _ = writeln!(out, "# TYPE ignis_audio_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "ignis_audio_bytes_total{{direction=\"from_caller\"}} {}",
-            self.bytes_from_caller.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "ignis_audio_bytes_total{{direction=\"to_agent\"}} {}",
-            self.bytes_to_agent.load(Ordering::Relaxed)
+            "ignis_audio_bytes_total",
+            "Base64 audio bytes by direction.",
+            "direction",
+            &[
+                ("from_caller", &self.bytes_from_caller),
+                ("to_agent", &self.bytes_to_agent),
+            ],
         );
         counter(
             out,
@@ -342,6 +331,18 @@ impl Metrics {
 
 fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// A counter family with one series per value of `label`.
+fn family(out: &mut String, name: &str, help: &str, label: &str, series: &[(&str, &AtomicU64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, v) in series {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{value}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {

@@ -315,24 +315,27 @@ enum BodyError {
     Respond(Response),
 }
 
+impl From<ReadError> for BodyError {
+    fn from(e: ReadError) -> BodyError {
+        match e {
+            ReadError::Gone => BodyError::Gone,
+            ReadError::TimedOut => BodyError::Respond(Response::text(408, "request timeout")),
+        }
+    }
+}
+
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     framing: Framing,
     deadline: Instant,
 ) -> Result<Vec<u8>, BodyError> {
-    let timed_out = || BodyError::Respond(Response::text(408, "request timeout"));
     match framing {
         Framing::Empty => Ok(Vec::new()),
         Framing::Length(n) => {
             buf.reserve(n.saturating_sub(buf.len()));
             while buf.len() < n {
-                read_more(stream, buf, deadline)
-                    .await
-                    .map_err(|e| match e {
-                        ReadError::Gone => BodyError::Gone,
-                        ReadError::TimedOut => timed_out(),
-                    })?;
+                read_more(stream, buf, deadline).await?;
             }
             Ok(buf.split_to(n).to_vec())
         }
@@ -347,12 +350,7 @@ async fn read_body(
                 if decoder.is_done() {
                     return Ok(out);
                 }
-                read_more(stream, buf, deadline)
-                    .await
-                    .map_err(|e| match e {
-                        ReadError::Gone => BodyError::Gone,
-                        ReadError::TimedOut => timed_out(),
-                    })?;
+                read_more(stream, buf, deadline).await?;
             }
         }
     }
