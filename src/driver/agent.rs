@@ -79,7 +79,9 @@ impl std::fmt::Display for ConnectError {
             ConnectError::NoAgent => f.write_str("ELEVENLABS_AGENT_ID is not set"),
             ConnectError::AgentUrl(e) => write!(f, "bad agent URL: {e}"),
             ConnectError::SignedUrlRequest(e) => write!(f, "{e}"),
-            ConnectError::SignedUrl(e) => write!(f, "{e}"),
+            // The signed-URL errors name ElevenLabs themselves; I/O errors do not.
+            ConnectError::SignedUrl(RequestError::Response(e)) => write!(f, "{e}"),
+            ConnectError::SignedUrl(e) => write!(f, "ElevenLabs signed-URL request: {e}"),
             ConnectError::Connect(e) => write!(f, "connect: {e}"),
             ConnectError::WebSocket(e) => write!(f, "WebSocket: {e}"),
             ConnectError::TimedOut => f.write_str("timed out"),
