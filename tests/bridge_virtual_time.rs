@@ -47,6 +47,11 @@ fn events(b: &mut Bridge) -> Vec<BridgeEvent> {
     std::iter::from_fn(|| b.poll_event()).collect()
 }
 
+/// The events of a bridge that closed the call with `outcome`: the agent first, then Twilio.
+fn closed(outcome: Outcome) -> Vec<BridgeEvent> {
+    vec![BridgeEvent::CloseAgent, BridgeEvent::CloseTwilio(outcome)]
+}
+
 /// Runs timers until `until`, collecting Twilio output.
 fn run_until(b: &mut Bridge, mut now: Instant, until: Instant) -> Vec<String> {
     let mut out = Vec::new();
@@ -199,13 +204,7 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
         t0 + Duration::from_secs(2),
         &format!(r#"{{"event":"mark","mark":{{"name":"{last_mark}"}}}}"#),
     );
-    assert_eq!(
-        events(&mut b),
-        vec![
-            BridgeEvent::CloseAgent,
-            BridgeEvent::CloseTwilio(Outcome::Completed)
-        ]
-    );
+    assert_eq!(events(&mut b), closed(Outcome::Completed));
 }
 
 #[test]
@@ -214,13 +213,7 @@ fn agent_failures_close_at_once_for_the_fallback() {
     let mut b = Bridge::new(BridgeConfig::default());
     twilio(&mut b, t0, START);
     b.handle_agent_failed();
-    assert_eq!(
-        events(&mut b),
-        vec![
-            BridgeEvent::CloseAgent,
-            BridgeEvent::CloseTwilio(Outcome::AgentFailed)
-        ]
-    );
+    assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
 
     let mut b = Bridge::new(BridgeConfig::default());
     twilio(&mut b, t0, START);
@@ -283,13 +276,7 @@ fn ping_dtmf_unknown_tool_and_caller_hangup() {
     assert_eq!(err["is_error"], true);
     assert_eq!(err["tool_call_id"], "x9");
     twilio(&mut b, t0, r#"{"event":"stop","stop":{}}"#);
-    assert_eq!(
-        events(&mut b),
-        vec![
-            BridgeEvent::CloseAgent,
-            BridgeEvent::CloseTwilio(Outcome::CallerHungUp)
-        ]
-    );
+    assert_eq!(events(&mut b), closed(Outcome::CallerHungUp));
 }
 
 #[test]
