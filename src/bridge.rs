@@ -26,8 +26,9 @@ use crate::audio::inbound::{InboundConfig, InboundPath};
 use crate::audio::outbound::{OutboundConfig, OutboundPath};
 use crate::audio::playout::Transmit;
 use crate::calls::Outcome;
-use crate::elevenlabs::messages;
+use crate::elevenlabs::messages::{self, AgentEventKind};
 use crate::elevenlabs::session::{AgentSession, SessionEvent, SessionStats};
+use crate::metrics::CallSummary;
 use crate::twilio::media_stream::{self, TwilioEvent};
 
 /// Caller frames held while the agent is not ready (500 × 20 ms = 10 s, longer than any
@@ -39,6 +40,11 @@ pub const MAX_EARLY_AGENT_EVENTS: usize = 256;
 pub const TOOL_END_CALL: &str = "end_call";
 /// Name of the client tool that transfers the caller to the practice's staff.
 pub const TOOL_TRANSFER: &str = "transfer_to_staff";
+/// The `transfer_to_staff` result when Twilio took the transfer.
+const TRANSFER_DONE: &str = "Der Anruf wird an das Praxisteam übergeben.";
+/// The `transfer_to_staff` result when there is no number or Twilio refused.
+const TRANSFER_FAILED: &str =
+    "Die Weiterleitung ist fehlgeschlagen. Bitte bieten Sie einen Rückruf an.";
 
 /// How a keypad digit reaches the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +56,24 @@ pub enum DtmfMode {
     ContextualUpdate,
 }
 
+/// Where `transfer_to_staff` sends the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferNumbers {
+    /// `FALLBACK_NUMBER`: the number the caller is also sent to when the agent fails; preferred.
+    pub fallback: Option<String>,
+    /// The practice's staff line, used when there is no fallback number.
+    pub staff_line: Option<String>,
+}
+
+impl TransferNumbers {
+    /// The number a transfer dials, if any is configured.
+    pub fn target(&self) -> Option<&str> {
+        self.fallback.as_deref().or(self.staff_line.as_deref())
+    }
+}
+
 /// Bridge settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BridgeConfig {
     /// Caller → agent path.
     pub inbound: InboundConfig,
@@ -66,6 +88,8 @@ pub struct BridgeConfig {
     pub turn_idle: Duration,
     /// Longest wait for the final audio to play out before closing after the agent ended.
     pub final_audio_timeout: Duration,
+    /// Where `transfer_to_staff` sends the caller.
+    pub transfer: TransferNumbers,
 }
 
 impl Default for BridgeConfig {
@@ -77,6 +101,7 @@ impl Default for BridgeConfig {
             agent_silence_timeout: crate::elevenlabs::session::DEFAULT_SILENCE_TIMEOUT,
             turn_idle: Duration::from_millis(300),
             final_audio_timeout: Duration::from_secs(20),
+            transfer: TransferNumbers::default(),
         }
     }
 }
@@ -97,11 +122,13 @@ pub enum BridgeEvent {
     CloseTwilio(Outcome),
     /// Close the agent socket with 1000.
     CloseAgent,
-    /// Transfer the call to staff through Twilio's REST API, then report with
-    /// [`Bridge::transfer_done`].
+    /// Transfer the call to staff through Twilio's REST API (a `<Dial>` to `to`), then report
+    /// with [`Bridge::transfer_done`].
     Transfer {
         /// The tool call to answer.
         tool_call_id: String,
+        /// The number to dial (see [`TransferNumbers::target`]).
+        to: String,
     },
 }
 
@@ -196,19 +223,28 @@ impl Bridge {
         self.close(Outcome::AgentFailed);
     }
 
-    /// One text message from the agent.
-    pub fn handle_agent_text(&mut self, now: Instant, text: &str) {
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        let event = match session.handle_text(now, text) {
-            Ok(Some(e)) => e,
-            Ok(None) => return,
+    /// One text message from the agent. Returns the kind of event it carried (`None`: the
+    /// agent is not connected, or the message did not parse), so the driver needs no protocol
+    /// knowledge of its own.
+    pub fn handle_agent_text(&mut self, now: Instant, text: &str) -> Option<AgentEventKind> {
+        let session = self.session.as_mut()?;
+        let event = match messages::parse(text) {
+            Ok(e) => e,
             Err(e) => {
+                session.handle_bad_message(now);
                 debug!(error = %e, "[ElevenLabs] Bad message ignored");
-                return;
+                return None;
             }
         };
+        let kind = event.kind();
+        if let Some(event) = session.handle_event(now, event) {
+            self.handle_session_event(now, event);
+            self.pump_outbound(now);
+        }
+        Some(kind)
+    }
+
+    fn handle_session_event(&mut self, now: Instant, event: SessionEvent<'_>) {
         match event {
             SessionEvent::Ready {
                 conversation_id,
@@ -240,7 +276,6 @@ impl Bridge {
                 warn!(code, error_type = %error_type, "[ElevenLabs] Agent error");
             }
         }
-        self.pump_outbound(now);
     }
 
     /// The agent socket closed with `code` (`None`: dropped without a close frame).
@@ -367,11 +402,7 @@ impl Bridge {
 
     /// Reports the REST transfer's result to the agent.
     pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
-        let result = if ok {
-            "Der Anruf wird an das Praxisteam übergeben."
-        } else {
-            "Die Weiterleitung ist fehlgeschlagen. Bitte bieten Sie einen Rückruf an."
-        };
+        let result = if ok { TRANSFER_DONE } else { TRANSFER_FAILED };
         if let Some(s) = self.session.as_mut() {
             s.tool_result(tool_call_id, result, !ok);
         }
@@ -443,6 +474,31 @@ impl Bridge {
             self.inbound.as_ref().map(InboundPath::stats),
             self.outbound.as_ref().map(OutboundPath::stats),
         )
+    }
+
+    /// The call's summary for [`Metrics::record_call`](crate::metrics::Metrics::record_call)
+    /// and the log, from the bridge's counters. The driver adds what only it knows: the frames
+    /// it could not parse and the agent's connect time.
+    pub fn call_summary(&self, outcome: Outcome) -> CallSummary {
+        let stats = self.stats();
+        let (inbound, outbound) = self.audio_stats();
+        let playout = outbound.map(|o| o.playout).unwrap_or_default();
+        CallSummary {
+            outcome,
+            caller_frames: stats.caller_frames,
+            agent_chunks_sent: stats.agent_chunks_sent,
+            frames_to_caller: playout.frames_sent,
+            concealed_ms: inbound.map_or(0.0, |i| i.jitter.concealed_ms),
+            underruns: playout.underruns,
+            interruptions: stats.session.interruptions,
+            dtmf: stats.dtmf,
+            bad_caller_frames: stats.bad_caller_frames,
+            bad_agent_chunks: stats.bad_agent_chunks,
+            bad_agent_messages: stats.session.bad_messages,
+            unknown_agent_events: stats.session.unknown_events,
+            agent_connect_ms: None,
+            first_audio: stats.first_audio_after_start,
+        }
     }
 
     fn agent_ready(&mut self, now: Instant, conversation_id: String, input: &str, output: &str) {
@@ -545,9 +601,16 @@ impl Bridge {
                 session.tool_result(id, "Das Gespräch wird beendet.", false);
                 self.finish_after_audio(now, Outcome::Completed);
             }
-            TOOL_TRANSFER => self.events.push_back(BridgeEvent::Transfer {
-                tool_call_id: id.to_owned(),
-            }),
+            TOOL_TRANSFER => match self.config.transfer.target() {
+                Some(to) => self.events.push_back(BridgeEvent::Transfer {
+                    tool_call_id: id.to_owned(),
+                    to: to.to_owned(),
+                }),
+                None => {
+                    warn!("[Twilio] Transfer requested but no staff number is set");
+                    session.tool_result(id, TRANSFER_FAILED, true);
+                }
+            },
             _ => session.tool_result(id, &format!("Unbekanntes Werkzeug: {name}"), true),
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Data flows from the wire inwards and back out:
 //!
-//! - [`http`]: sans-IO HTTP/1.1 front end (request heads, bodies, responses, upgrade checks).
+//! - [`http`]: sans-IO HTTP/1.1 front end (request heads, bodies, responses, upgrade checks),
+//!   and the URLs and response parsing of ignis's own HTTPS requests.
 //! - [`twilio`]: Twilio signatures, webhook parameters, TwiML and Media Streams messages.
 //! - [`audio`]: the DSP pipeline (μ-law, resampling, jitter and playout buffers).
 //! - [`driver`]: the only layer that owns sockets, tasks, threads and the clock.

@@ -79,6 +79,41 @@ const OUTCOMES: [Outcome; 6] = [
     Outcome::Refused,
 ];
 
+/// What one finished call adds to the metrics: the bridge's counters plus what only the
+/// driver knows (its own bad frames, the agent connect time). Built by
+/// [`Bridge::call_summary`](crate::bridge::Bridge::call_summary).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallSummary {
+    /// How the call ended.
+    pub outcome: Outcome,
+    /// Caller frames received.
+    pub caller_frames: u64,
+    /// `user_audio_chunk` messages sent to the agent.
+    pub agent_chunks_sent: u64,
+    /// 20 ms frames sent to the caller.
+    pub frames_to_caller: u64,
+    /// Milliseconds of caller audio filled by concealment.
+    pub concealed_ms: f64,
+    /// Playout underruns.
+    pub underruns: u64,
+    /// Barge-ins.
+    pub interruptions: u64,
+    /// Keypad digits forwarded.
+    pub dtmf: u64,
+    /// Bad frames from Twilio (unparsable messages, binary frames, bad media).
+    pub bad_caller_frames: u64,
+    /// Bad agent audio chunks.
+    pub bad_agent_chunks: u64,
+    /// Agent messages that did not parse.
+    pub bad_agent_messages: u64,
+    /// Agent events of unknown or unused types.
+    pub unknown_agent_events: u64,
+    /// Time to connect the agent socket, in whole milliseconds (`None`: it never connected).
+    pub agent_connect_ms: Option<u64>,
+    /// Time from Twilio `start` to the first agent audio written to Twilio.
+    pub first_audio: Option<Duration>,
+}
+
 /// All of ignis's metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -132,6 +167,26 @@ impl Metrics {
         }
     }
 
+    /// Adds one finished call: its outcome, the counters added when a call ends, and its
+    /// set-up histograms.
+    pub fn record_call(&self, call: &CallSummary) {
+        self.call_finished(call.outcome);
+        Metrics::add(&self.frames_to_caller, call.frames_to_caller);
+        Metrics::add(&self.concealed_ms, call.concealed_ms as u64);
+        Metrics::add(&self.underruns, call.underruns);
+        Metrics::add(&self.interruptions, call.interruptions);
+        Metrics::add(
+            &self.bad_frames,
+            call.bad_caller_frames + call.bad_agent_chunks + call.bad_agent_messages,
+        );
+        if let Some(ms) = call.agent_connect_ms {
+            self.agent_connect.observe(Duration::from_millis(ms));
+        }
+        if let Some(d) = call.first_audio {
+            self.time_to_first_audio.observe(d);
+        }
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -140,94 +195,87 @@ impl Metrics {
     /// Renders everything; `active_calls` is read from the call registry by the caller.
     pub fn render(&self, active_calls: usize) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        };
         gauge(
             &mut out,
             "ignis_active_calls",
             "Calls with a live media stream.",
             active_calls as u64,
         );
-        let _ = writeln!(out, "# HELP ignis_calls_total Finished calls by outcome.");
-        let _ = writeln!(out, "# TYPE ignis_calls_total counter");
-        for (o, c) in OUTCOMES.iter().zip(&self.calls) {
-            let _ = writeln!(
-                out,
-                "ignis_calls_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                c.load(Ordering::Relaxed)
-            );
-        }
+        self.render_calls(&mut out);
+        self.render_audio(&mut out);
+        self.render_http(&mut out);
+        self.render_histograms(&mut out);
+        out
+    }
+
+    fn render_calls(&self, out: &mut String) {
+        let by_outcome: [(&str, &AtomicU64); OUTCOMES.len()] =
+            std::array::from_fn(|i| (OUTCOMES[i].as_str(), &self.calls[i]));
+        family(
+            out,
+            "ignis_calls_total",
+            "Finished calls by outcome.",
+            "outcome",
+            &by_outcome,
+        );
         counter(
-            &mut out,
+            out,
             "ignis_calls_over_capacity_total",
             "Calls answered with the fallback at MAX_CALLS.",
             &self.calls_over_capacity,
         );
-        let _ = writeln!(
+    }
+
+    fn render_audio(&self, out: &mut String) {
+        family(
             out,
-            "# HELP ignis_frames_total Audio frames by direction (agent_to_caller added when a call ends)."
+            "ignis_frames_total",
+            "Audio frames by direction (agent_to_caller added when a call ends).",
+            "direction",
+            &[
+                ("caller_to_agent", &self.frames_from_caller),
+                ("agent_to_caller", &self.frames_to_caller),
+            ],
         );
-        let _ = writeln!(out, "# TYPE ignis_frames_total counter");
-        let _ = writeln!(
+        family(
             out,
-            "ignis_frames_total{{direction=\"caller_to_agent\"}} {}",
-            self.frames_from_caller.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "ignis_frames_total{{direction=\"agent_to_caller\"}} {}",
-            self.frames_to_caller.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ignis_audio_bytes_total Base64 audio bytes by direction."
-        );
-        let _ = writeln!(out, "# TYPE ignis_audio_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "ignis_audio_bytes_total{{direction=\"from_caller\"}} {}",
-            self.bytes_from_caller.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "ignis_audio_bytes_total{{direction=\"to_agent\"}} {}",
-            self.bytes_to_agent.load(Ordering::Relaxed)
+            "ignis_audio_bytes_total",
+            "Base64 audio bytes by direction.",
+            "direction",
+            &[
+                ("from_caller", &self.bytes_from_caller),
+                ("to_agent", &self.bytes_to_agent),
+            ],
         );
         counter(
-            &mut out,
+            out,
             "ignis_concealed_ms_total",
             "Caller audio filled by concealment, ms (added when a call ends).",
             &self.concealed_ms,
         );
         counter(
-            &mut out,
+            out,
             "ignis_playout_underruns_total",
             "Times the caller's playback ran dry mid-turn (added when a call ends).",
             &self.underruns,
         );
         counter(
-            &mut out,
+            out,
             "ignis_interruptions_total",
             "Barge-ins (agent interruption events; added when a call ends).",
             &self.interruptions,
         );
         counter(
-            &mut out,
+            out,
             "ignis_bad_frames_total",
             "Malformed frames from either peer (ignored).",
             &self.bad_frames,
         );
+    }
+
+    fn render_http(&self, out: &mut String) {
         counter(
-            &mut out,
+            out,
             "ignis_signature_rejections_total",
             "Requests refused for a missing or wrong X-Twilio-Signature.",
             &self.signature_rejections,
@@ -245,20 +293,23 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+    }
+
+    fn render_histograms(&self, out: &mut String) {
         self.agent_connect.render(
-            &mut out,
+            out,
             "ignis_agent_connect_seconds",
             "Time to connect the agent socket (signed URL, TCP, TLS, handshake).",
             "",
         );
         self.time_to_first_audio.render(
-            &mut out,
+            out,
             "ignis_time_to_first_audio_seconds",
             "Time from Twilio start to the first agent audio sent to the caller.",
             "",
         );
         self.added_latency_inbound.render(
-            &mut out,
+            out,
             "ignis_added_latency_seconds",
             "Time a message spends inside ignis, read to written.",
             "direction=\"caller_to_agent\"",
@@ -275,8 +326,31 @@ impl Metrics {
             out.push_str(line);
             out.push('\n');
         }
-        out
     }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// A counter family with one series per value of `label`.
+fn family(out: &mut String, name: &str, help: &str, label: &str, series: &[(&str, &AtomicU64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, v) in series {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{value}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        v.load(Ordering::Relaxed)
+    );
 }
 
 #[cfg(test)]
@@ -309,6 +383,54 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn records_a_finished_call() {
+        let m = Metrics::default();
+        let call = CallSummary {
+            outcome: Outcome::AgentFailed,
+            caller_frames: 500,
+            agent_chunks_sent: 50,
+            frames_to_caller: 120,
+            concealed_ms: 40.7,
+            underruns: 2,
+            interruptions: 3,
+            dtmf: 1,
+            bad_caller_frames: 4,
+            bad_agent_chunks: 5,
+            bad_agent_messages: 6,
+            unknown_agent_events: 7,
+            agent_connect_ms: Some(150),
+            first_audio: Some(Duration::from_millis(800)),
+        };
+        m.record_call(&call);
+        m.record_call(&CallSummary {
+            outcome: Outcome::Completed,
+            agent_connect_ms: None,
+            first_audio: None,
+            ..call
+        });
+        let text = m.render(0);
+        for line in [
+            "ignis_calls_total{outcome=\"agent_failed\"} 1\n",
+            "ignis_calls_total{outcome=\"completed\"} 1\n",
+            "ignis_frames_total{direction=\"agent_to_caller\"} 240\n",
+            // Whole milliseconds per call: 40 + 40.
+            "ignis_concealed_ms_total 80\n",
+            "ignis_playout_underruns_total 4\n",
+            "ignis_interruptions_total 6\n",
+            // Both peers' bad frames: (4 + 5 + 6) per call.
+            "ignis_bad_frames_total 30\n",
+            // Histograms only for what happened.
+            "ignis_agent_connect_seconds_count 1\n",
+            "ignis_agent_connect_seconds_bucket{le=\"0.25\"} 1\n",
+            "ignis_time_to_first_audio_seconds_count 1\n",
+            "ignis_time_to_first_audio_seconds_bucket{le=\"1\"} 1\n",
+            "ignis_time_to_first_audio_seconds_bucket{le=\"0.5\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line}");
         }
     }
 }

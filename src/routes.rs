@@ -206,14 +206,22 @@ impl App {
         Ok(fields)
     }
 
+    /// A signed webhook's parameters, read by `parse`; `Err` is the refusal to answer with
+    /// (403 for the signature, 400 for the parameters).
+    fn verified_webhook<T>(
+        &self,
+        head: &RequestHead,
+        body: &[u8],
+        parse: impl FnOnce(&[(String, String)]) -> Result<T, webhook::ParamError>,
+    ) -> Result<T, Response> {
+        let fields = self.verified_fields(head, body)?;
+        parse(&fields).map_err(|e| Response::text(400, &e.to_string()))
+    }
+
     fn voice(&self, head: &RequestHead, body: &[u8]) -> Action {
-        let fields = match self.verified_fields(head, body) {
-            Ok(f) => f,
-            Err(resp) => return Action::Respond(resp),
-        };
-        let call = match webhook::incoming_call(&fields) {
+        let call = match self.verified_webhook(head, body, webhook::incoming_call) {
             Ok(c) => c,
-            Err(e) => return Action::Respond(Response::text(400, &e.to_string())),
+            Err(resp) => return Action::Respond(resp),
         };
         info!(
             call_sid = %call.call_sid,
@@ -256,13 +264,9 @@ impl App {
     }
 
     fn stream_ended(&self, head: &RequestHead, body: &[u8]) -> Response {
-        let fields = match self.verified_fields(head, body) {
-            Ok(f) => f,
-            Err(resp) => return resp,
-        };
-        let call_sid = match webhook::call_sid_of(&fields) {
+        let call_sid = match self.verified_webhook(head, body, webhook::call_sid_of) {
             Ok(c) => c,
-            Err(e) => return Response::text(400, &e.to_string()),
+            Err(resp) => return resp,
         };
         let outcome = self.calls.outcome(&call_sid);
         let xml = match outcome {
@@ -279,13 +283,9 @@ impl App {
     }
 
     fn status(&self, head: &RequestHead, body: &[u8], now: Now) -> Response {
-        let fields = match self.verified_fields(head, body) {
-            Ok(f) => f,
-            Err(resp) => return resp,
-        };
-        let status = match webhook::status_callback(&fields) {
+        let status = match self.verified_webhook(head, body, webhook::status_callback) {
             Ok(s) => s,
-            Err(e) => return Response::text(400, &e.to_string()),
+            Err(resp) => return resp,
         };
         let effect = self.calls.handle_status(
             &status.call_sid,

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use ignis::bridge::{Bridge, BridgeConfig, BridgeEvent, DtmfMode, Output};
+use ignis::bridge::{Bridge, BridgeConfig, BridgeEvent, DtmfMode, Output, TransferNumbers};
 use ignis::calls::Outcome;
+use ignis::elevenlabs::messages::AgentEventKind;
 use ignis::twilio::media_stream::{self, TwilioEvent};
 
 const ULAW_FRAME_B64: &str = "/////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////////w==";
@@ -44,6 +45,11 @@ fn drain(b: &mut Bridge) -> (Vec<String>, Vec<String>) {
 
 fn events(b: &mut Bridge) -> Vec<BridgeEvent> {
     std::iter::from_fn(|| b.poll_event()).collect()
+}
+
+/// The events of a bridge that closed the call with `outcome`: the agent first, then Twilio.
+fn closed(outcome: Outcome) -> Vec<BridgeEvent> {
+    vec![BridgeEvent::CloseAgent, BridgeEvent::CloseTwilio(outcome)]
 }
 
 /// Runs timers until `until`, collecting Twilio output.
@@ -198,13 +204,7 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
         t0 + Duration::from_secs(2),
         &format!(r#"{{"event":"mark","mark":{{"name":"{last_mark}"}}}}"#),
     );
-    assert_eq!(
-        events(&mut b),
-        vec![
-            BridgeEvent::CloseAgent,
-            BridgeEvent::CloseTwilio(Outcome::Completed)
-        ]
-    );
+    assert_eq!(events(&mut b), closed(Outcome::Completed));
 }
 
 #[test]
@@ -213,13 +213,7 @@ fn agent_failures_close_at_once_for_the_fallback() {
     let mut b = Bridge::new(BridgeConfig::default());
     twilio(&mut b, t0, START);
     b.handle_agent_failed();
-    assert_eq!(
-        events(&mut b),
-        vec![
-            BridgeEvent::CloseAgent,
-            BridgeEvent::CloseTwilio(Outcome::AgentFailed)
-        ]
-    );
+    assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
 
     let mut b = Bridge::new(BridgeConfig::default());
     twilio(&mut b, t0, START);
@@ -282,13 +276,7 @@ fn ping_dtmf_unknown_tool_and_caller_hangup() {
     assert_eq!(err["is_error"], true);
     assert_eq!(err["tool_call_id"], "x9");
     twilio(&mut b, t0, r#"{"event":"stop","stop":{}}"#);
-    assert_eq!(
-        events(&mut b),
-        vec![
-            BridgeEvent::CloseAgent,
-            BridgeEvent::CloseTwilio(Outcome::CallerHungUp)
-        ]
-    );
+    assert_eq!(events(&mut b), closed(Outcome::CallerHungUp));
 }
 
 #[test]
@@ -348,4 +336,92 @@ fn a_closed_bridge_is_inert_and_metadata_counts_once() {
         r#"{"type":"interruption","interruption_event":{"event_id":9}}"#,
     );
     assert!(drain(&mut b).0.is_empty(), "no clear after close");
+}
+
+fn tool_call(name: &str, id: &str) -> String {
+    format!(
+        r#"{{"type":"client_tool_call","client_tool_call":{{"tool_name":"{name}","tool_call_id":"{id}","parameters":{{}},"event_id":1}}}}"#
+    )
+}
+
+#[test]
+fn transfers_go_to_the_number_the_bridge_resolves() {
+    let t0 = Instant::now();
+    let numbers = |fallback: Option<&str>, staff_line: Option<&str>| TransferNumbers {
+        fallback: fallback.map(str::to_owned),
+        staff_line: staff_line.map(str::to_owned),
+    };
+    for (transfer, to) in [
+        (
+            numbers(Some("+4930111"), Some("+4930222")),
+            Some("+4930111"),
+        ),
+        (numbers(None, Some("+4930222")), Some("+4930222")),
+        (numbers(None, None), None),
+    ] {
+        let mut b = Bridge::new(BridgeConfig {
+            transfer,
+            ..BridgeConfig::default()
+        });
+        b.handle_agent_connected(t0);
+        b.handle_agent_text(t0, &tool_call("transfer_to_staff", "tr1"));
+        let (_, to_agent) = drain(&mut b);
+        match to {
+            Some(to) => {
+                assert_eq!(
+                    events(&mut b),
+                    vec![BridgeEvent::Transfer {
+                        tool_call_id: "tr1".into(),
+                        to: to.into()
+                    }]
+                );
+                assert!(to_agent.is_empty(), "answered before Twilio did");
+                b.transfer_done("tr1", true);
+                let (_, to_agent) = drain(&mut b);
+                let v: serde_json::Value = serde_json::from_str(&to_agent[0]).unwrap();
+                assert_eq!(
+                    (v["tool_call_id"].as_str(), v["is_error"].as_bool()),
+                    (Some("tr1"), Some(false))
+                );
+            }
+            None => {
+                // Nowhere to transfer to: answered at once as a failure, nothing to execute.
+                assert!(events(&mut b).is_empty());
+                let v: serde_json::Value = serde_json::from_str(&to_agent[0]).unwrap();
+                assert_eq!(
+                    (v["tool_call_id"].as_str(), v["is_error"].as_bool()),
+                    (Some("tr1"), Some(true))
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn agent_messages_report_their_kind() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    // Not connected yet: nothing is handled.
+    assert_eq!(
+        b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000")),
+        None
+    );
+    b.handle_agent_connected(t0);
+    twilio(&mut b, t0, START);
+    assert_eq!(
+        b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000")),
+        Some(AgentEventKind::Metadata)
+    );
+    assert_eq!(
+        b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(40))),
+        Some(AgentEventKind::Audio)
+    );
+    assert_eq!(
+        b.handle_agent_text(t0, r#"{"type":"ping","ping_event":{"event_id":2}}"#),
+        Some(AgentEventKind::Ping)
+    );
+    assert_eq!(b.handle_agent_text(t0, "not json"), None);
+    let summary = b.call_summary(Outcome::Completed);
+    assert_eq!(summary.bad_agent_messages, 1);
+    assert_eq!(summary.outcome, Outcome::Completed);
 }

@@ -6,6 +6,8 @@
 //! bridge. An unadopted socket is closed after `PRECONNECT_TIMEOUT_MS`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,10 +20,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{Instrument, debug, info, warn};
 
-use super::net::{self, NetStream};
+use super::net::{self, NetStream, RequestError};
 use crate::config::Config;
-use crate::elevenlabs::endpoint::{self, Endpoint, MAX_SIGNED_URL_RESPONSE_BYTES};
+use crate::elevenlabs::endpoint::{self, MAX_SIGNED_URL_RESPONSE_BYTES, SignedUrlError};
 use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
+use crate::http::url::{Endpoint, UrlError};
 use crate::practice::calls::CallInfo;
 use crate::privacy::mask_phone;
 use crate::routes::App;
@@ -31,6 +34,10 @@ use tokio_rustls::rustls::ClientConfig;
 const MAX_EARLY_MESSAGES: usize = 512;
 /// Pre-connects in flight at once; beyond it the stream connects when it starts instead.
 const MAX_PRECONNECTS: usize = 4096;
+/// A stream's agent link must be ready within this many connect timeouts. Connecting has three
+/// stages of up to one connect timeout each (the signed-URL request, TCP and TLS, the WebSocket
+/// handshake); an adopted pre-connect may still be in any of them.
+const LINK_TIMEOUT_IN_CONNECT_TIMEOUTS: u32 = 3;
 
 /// The agent socket type.
 pub(crate) type AgentSocket = WebSocketStream<NetStream>;
@@ -44,17 +51,24 @@ pub(crate) struct AgentLink {
     pub connect_time: Duration,
 }
 
-/// Why the agent could not be reached.
+/// Why the agent could not be reached. Each is fatal for the call's agent (the caller goes to
+/// the fallback).
 #[derive(Debug)]
 pub(crate) enum ConnectError {
     /// No `ELEVENLABS_AGENT_ID` configured.
     NoAgent,
-    /// Bad base URL or signed URL.
-    Url(String),
-    /// The signed-URL request failed.
-    SignedUrl(String),
-    /// TCP, TLS or WebSocket handshake failed or timed out.
-    Connect(String),
+    /// The public agent URL or the signed URL does not parse.
+    AgentUrl(UrlError),
+    /// The signed-URL request could not be built.
+    SignedUrlRequest(SignedUrlError),
+    /// The signed-URL request failed or its answer was refused.
+    SignedUrl(RequestError<SignedUrlError>),
+    /// TCP or TLS to the conversation socket failed.
+    Connect(std::io::Error),
+    /// The WebSocket handshake or the first write failed.
+    WebSocket(tokio_tungstenite::tungstenite::Error),
+    /// A stage, or the whole link, took longer than allowed.
+    TimedOut,
     /// The socket closed before the stream adopted it.
     Closed,
 }
@@ -63,9 +77,14 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::NoAgent => f.write_str("ELEVENLABS_AGENT_ID is not set"),
-            ConnectError::Url(e) => write!(f, "bad agent URL: {e}"),
-            ConnectError::SignedUrl(e) => write!(f, "signed URL: {e}"),
+            ConnectError::AgentUrl(e) => write!(f, "bad agent URL: {e}"),
+            ConnectError::SignedUrlRequest(e) => write!(f, "{e}"),
+            // The signed-URL errors name ElevenLabs themselves; I/O errors do not.
+            ConnectError::SignedUrl(RequestError::Response(e)) => write!(f, "{e}"),
+            ConnectError::SignedUrl(e) => write!(f, "ElevenLabs signed-URL request: {e}"),
             ConnectError::Connect(e) => write!(f, "connect: {e}"),
+            ConnectError::WebSocket(e) => write!(f, "WebSocket: {e}"),
+            ConnectError::TimedOut => f.write_str("timed out"),
             ConnectError::Closed => f.write_str("agent socket closed before the call started"),
         }
     }
@@ -135,6 +154,46 @@ pub(crate) fn call_variables(
     }
 }
 
+/// A stream's agent link, resolving once the socket is ready (or failed).
+pub(crate) type LinkFuture = Pin<Box<dyn Future<Output = Result<AgentLink, ConnectError>> + Send>>;
+
+/// The agent link for a started stream: the call's pre-connected socket if there is one, else a
+/// fresh connect; either way within [`LINK_TIMEOUT_IN_CONNECT_TIMEOUTS`] connect timeouts.
+pub(crate) fn link(
+    shared: &super::Shared,
+    call_sid: &str,
+    caller: String,
+    called: String,
+) -> LinkFuture {
+    let app = shared.app.clone();
+    let limit = app.config.elevenlabs_connect_timeout * LINK_TIMEOUT_IN_CONNECT_TIMEOUTS;
+    if let Some(rx) = shared.preconnects.adopt(call_sid) {
+        debug!("[ElevenLabs] Adopting the pre-connected agent");
+        return Box::pin(async move {
+            match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(ConnectError::Closed),
+                Err(_) => Err(ConnectError::TimedOut),
+            }
+        });
+    }
+    let tls = shared.tls.clone();
+    let sid = call_sid.to_owned();
+    Box::pin(async move {
+        let vars = call_variables(&app, &sid, &caller, &called);
+        let t0 = Instant::now();
+        match tokio::time::timeout(limit, connect(&app.config, &tls, &vars)).await {
+            Ok(Ok(ws)) => Ok(AgentLink {
+                ws,
+                early: Vec::new(),
+                connect_time: t0.elapsed(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConnectError::TimedOut),
+        }
+    })
+}
+
 /// Connects to the agent and writes `conversation_initiation_client_data` before anything
 /// else (elevenlabs.md §1.7).
 pub(crate) async fn connect(
@@ -151,7 +210,7 @@ pub(crate) async fn connect(
     let url = match &config.elevenlabs_api_key {
         Some(key) => {
             let (ep, req) = endpoint::signed_url_request(base, agent_id, key.expose())
-                .map_err(|e| ConnectError::Url(e.to_string()))?;
+                .map_err(ConnectError::SignedUrlRequest)?;
             net::request(
                 &ep,
                 tls,
@@ -161,25 +220,24 @@ pub(crate) async fn connect(
                 endpoint::parse_signed_url_response,
             )
             .await
-            .map_err(|e| ConnectError::SignedUrl(e.to_string()))?
+            .map_err(ConnectError::SignedUrl)?
         }
-        None => endpoint::public_agent_url(base, agent_id)
-            .map_err(|e| ConnectError::Url(e.to_string()))?,
+        None => endpoint::public_agent_url(base, agent_id).map_err(ConnectError::AgentUrl)?,
     };
-    let ep = Endpoint::parse(&url).map_err(|e| ConnectError::Url(e.to_string()))?;
+    let ep = Endpoint::parse(&url).map_err(ConnectError::AgentUrl)?;
     let stream = net::connect(&ep, tls, timeout)
         .await
-        .map_err(|e| ConnectError::Connect(e.to_string()))?;
+        .map_err(ConnectError::Connect)?;
     let handshake =
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(agent_ws_config()));
     let (mut ws, _) = tokio::time::timeout(timeout, handshake)
         .await
-        .map_err(|_| ConnectError::Connect("handshake timed out".into()))?
-        .map_err(|e| ConnectError::Connect(e.to_string()))?;
+        .map_err(|_| ConnectError::TimedOut)?
+        .map_err(ConnectError::WebSocket)?;
     let init = messages::initiation_client_data(vars, config.elevenlabs_override.as_ref());
     ws.send(Message::text(init))
         .await
-        .map_err(|e| ConnectError::Connect(e.to_string()))?;
+        .map_err(ConnectError::WebSocket)?;
     Ok(ws)
 }
 

@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::net;
 use crate::audio::mulaw;
-use crate::elevenlabs::endpoint::Endpoint;
 use crate::http::form;
+use crate::http::url::Endpoint;
 use crate::twilio::signature;
 
 /// Twilio's frame: 20 ms of 8 kHz μ-law.

@@ -20,6 +20,7 @@ use crate::http::RequestHead;
 use crate::http::Response;
 use crate::http::body::{self, ChunkedDecoder, Framing};
 use crate::http::request_head::{self, Method};
+use crate::http::websocket_upgrade::Accept;
 use crate::practice::tools::{ToolReply, ToolRequest};
 use crate::routes::{Action, App};
 
@@ -47,142 +48,23 @@ pub(super) async fn run(
     token: TaskToken,
 ) {
     let app = shared.app.clone();
-    let cfg = &app.config;
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut first = true;
     loop {
-        // Wait for the first byte of the next request: a new connection gets the request
-        // deadline (then 408), an idle keep-alive connection the idle timeout (then a silent
-        // close), and idle connections close as soon as the server starts draining.
-        if buf.is_empty() {
-            let wait = if first {
-                cfg.request_timeout
-            } else {
-                cfg.idle_timeout
-            };
-            if *phase.borrow() != Phase::Running {
-                return;
-            }
-            tokio::select! {
-                r = timeout(wait, stream.read_buf(&mut buf)) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return,
-                    Err(_) => {
-                        if first {
-                            respond_and_close(&app.metrics, &mut stream, Response::text(408, "request timeout")).await;
-                        }
-                        return;
-                    }
-                },
-                _ = phase.changed() => return,
-            }
+        if buf.is_empty() && !wait_for_request(&mut stream, &mut buf, &app, &mut phase, first).await
+        {
+            return;
         }
         first = false;
-        let deadline = Instant::now() + cfg.request_timeout;
-
-        let (head, used) = loop {
-            match request_head::parse(&buf) {
-                Ok(Some(parsed)) => break parsed,
-                Ok(None) => match read_more(&mut stream, &mut buf, deadline).await {
-                    Ok(()) => {}
-                    Err(ReadError::Gone) => return,
-                    Err(ReadError::TimedOut) => {
-                        return respond_and_close(
-                            &app.metrics,
-                            &mut stream,
-                            Response::text(408, "request timeout"),
-                        )
-                        .await;
-                    }
-                },
-                Err(e) => {
-                    debug!(%peer, error = %e, "bad request head");
-                    return respond_and_close(
-                        &app.metrics,
-                        &mut stream,
-                        Response::text(e.status(), &e.to_string()),
-                    )
-                    .await;
-                }
-            }
+        let deadline = Instant::now() + app.config.request_timeout;
+        let Some((head, framing, body)) =
+            read_request(&mut stream, &mut buf, peer, &app, deadline).await
+        else {
+            return;
         };
-        buf.advance(used);
-
-        let framing = match body::framing(&head) {
-            Ok(f) => f,
-            Err(e) => {
-                debug!(%peer, error = %e, "bad request framing");
-                return respond_and_close(
-                    &app.metrics,
-                    &mut stream,
-                    Response::text(e.status(), &e.to_string()),
-                )
-                .await;
-            }
-        };
-        if let Some(expect) = head.header("expect") {
-            if !expect.eq_ignore_ascii_case(b"100-continue") {
-                return respond_and_close(
-                    &app.metrics,
-                    &mut stream,
-                    Response::text(417, "unsupported expectation"),
-                )
-                .await;
-            }
-            // Ask for the body only if it is not already here (RFC 9110 §10.1.1).
-            if framing != Framing::Empty
-                && buf.is_empty()
-                && stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
-
-        let body = match read_body(&mut stream, &mut buf, framing, deadline).await {
-            Ok(b) => b,
-            Err(BodyError::Gone) => return,
-            Err(BodyError::Respond(resp)) => {
-                return respond_and_close(&app.metrics, &mut stream, resp).await;
-            }
-        };
-
-        let action = match app.handle(&head, &body, now()) {
-            Action::Preconnect { response, call } => {
-                shared.preconnects.start(
-                    app.clone(),
-                    shared.tls.clone(),
-                    call.call_sid,
-                    call.from,
-                    call.to,
-                );
-                Action::Respond(response)
-            }
-            other => other,
-        };
-        let action = match action {
-            Action::Practice { admin } => {
-                Action::Respond(practice_reply(&app, &head, &body, admin).await)
-            }
-            other => other,
-        };
-        match action {
-            Action::Preconnect { .. } | Action::Practice { .. } => return,
+        match route(&shared, &head, &body).await {
             Action::Respond(resp) => {
-                app.metrics.http_response(resp.status);
-                let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
-                let mut out = Vec::with_capacity(256 + resp.body.len());
-                resp.encode_into(&mut out, &http_date(), head.method == Method::Head, close);
-                if write_all(&mut stream, &out, cfg.request_timeout)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if close {
-                    let _ = stream.shutdown().await;
+                if !respond(&mut stream, &app, &head, resp, &phase).await {
                     return;
                 }
             }
@@ -195,33 +77,192 @@ pub(super) async fn run(
                     )
                     .await;
                 }
-                app.metrics.http_response(101);
-                if write_all(
-                    &mut stream,
-                    &accept.response_bytes(&http_date()),
-                    cfg.request_timeout,
-                )
-                .await
-                .is_err()
-                {
-                    return;
-                }
-                // Bytes after the head (a first frame in the same segment) belong to the
-                // WebSocket layer.
-                let leftover = buf.to_vec();
-                drop(buf);
-                let ws = WebSocketStream::from_partially_read(
-                    stream,
-                    leftover,
-                    Role::Server,
-                    Some(twilio_socket::websocket_config()),
-                )
-                .await;
-                twilio_socket::run(ws, shared.clone(), phase, token).await;
-                return;
+                return upgrade(stream, buf, &accept, shared, phase, token).await;
             }
+            Action::Preconnect { .. } | Action::Practice { .. } => return,
         }
     }
+}
+
+/// Waits for the first byte of the next request: a new connection gets the request deadline
+/// (then 408), an idle keep-alive connection the idle timeout (then a silent close), and idle
+/// connections close as soon as the server starts draining. `false`: the connection is done.
+async fn wait_for_request(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    app: &App,
+    phase: &mut watch::Receiver<Phase>,
+    first: bool,
+) -> bool {
+    let cfg = &app.config;
+    let wait = if first {
+        cfg.request_timeout
+    } else {
+        cfg.idle_timeout
+    };
+    if *phase.borrow() != Phase::Running {
+        return false;
+    }
+    tokio::select! {
+        r = timeout(wait, stream.read_buf(buf)) => match r {
+            Ok(Ok(n)) if n > 0 => true,
+            Ok(_) => false,
+            Err(_) => {
+                if first {
+                    respond_and_close(&app.metrics, stream, Response::text(408, "request timeout")).await;
+                }
+                false
+            }
+        },
+        _ = phase.changed() => false,
+    }
+}
+
+/// Reads one request's head and body before `deadline`, answering `100 Continue` when asked.
+/// `None`: the request was refused (already answered, connection closed) or the peer left.
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    app: &App,
+    deadline: Instant,
+) -> Option<(RequestHead, Framing, Vec<u8>)> {
+    let metrics = &app.metrics;
+    let (head, used) = loop {
+        match request_head::parse(buf) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) => match read_more(stream, buf, deadline).await {
+                Ok(()) => {}
+                Err(ReadError::Gone) => return None,
+                Err(ReadError::TimedOut) => {
+                    let resp = Response::text(408, "request timeout");
+                    respond_and_close(metrics, stream, resp).await;
+                    return None;
+                }
+            },
+            Err(e) => {
+                debug!(%peer, error = %e, "bad request head");
+                let resp = Response::text(e.status(), &e.to_string());
+                respond_and_close(metrics, stream, resp).await;
+                return None;
+            }
+        }
+    };
+    buf.advance(used);
+
+    let framing = match body::framing(&head) {
+        Ok(f) => f,
+        Err(e) => {
+            debug!(%peer, error = %e, "bad request framing");
+            let resp = Response::text(e.status(), &e.to_string());
+            respond_and_close(metrics, stream, resp).await;
+            return None;
+        }
+    };
+    if let Some(expect) = head.header("expect") {
+        if !expect.eq_ignore_ascii_case(b"100-continue") {
+            let resp = Response::text(417, "unsupported expectation");
+            respond_and_close(metrics, stream, resp).await;
+            return None;
+        }
+        // Ask for the body only if it is not already here (RFC 9110 §10.1.1).
+        if framing != Framing::Empty
+            && buf.is_empty()
+            && stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return None;
+        }
+    }
+
+    match read_body(stream, buf, framing, deadline).await {
+        Ok(body) => Some((head, framing, body)),
+        Err(BodyError::Gone) => None,
+        Err(BodyError::Respond(resp)) => {
+            respond_and_close(metrics, stream, resp).await;
+            None
+        }
+    }
+}
+
+/// What to do with a request: the app decides; pre-connects start here and practice requests
+/// run on the store thread, both ending in a response.
+async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8]) -> Action {
+    let app = &shared.app;
+    match app.handle(head, body, now()) {
+        Action::Preconnect { response, call } => {
+            shared.preconnects.start(
+                app.clone(),
+                shared.tls.clone(),
+                call.call_sid,
+                call.from,
+                call.to,
+            );
+            Action::Respond(response)
+        }
+        Action::Practice { admin } => Action::Respond(practice_reply(app, head, body, admin).await),
+        other => other,
+    }
+}
+
+/// Writes a response; `false` when the connection is done (write failed, or it closes).
+async fn respond(
+    stream: &mut TcpStream,
+    app: &App,
+    head: &RequestHead,
+    resp: Response,
+    phase: &watch::Receiver<Phase>,
+) -> bool {
+    app.metrics.http_response(resp.status);
+    let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
+    let mut out = Vec::with_capacity(256 + resp.body.len());
+    resp.encode_into(&mut out, &http_date(), head.method == Method::Head, close);
+    if write_all(stream, &out, app.config.request_timeout)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    if close {
+        let _ = stream.shutdown().await;
+        return false;
+    }
+    true
+}
+
+/// Answers 101 and runs the Media Streams socket on the connection.
+async fn upgrade(
+    mut stream: TcpStream,
+    buf: BytesMut,
+    accept: &Accept,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+    token: TaskToken,
+) {
+    shared.app.metrics.http_response(101);
+    if write_all(
+        &mut stream,
+        &accept.response_bytes(&http_date()),
+        shared.app.config.request_timeout,
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    // Bytes after the head (a first frame in the same segment) belong to the WebSocket layer.
+    let leftover = buf.to_vec();
+    drop(buf);
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(twilio_socket::websocket_config()),
+    )
+    .await;
+    twilio_socket::run(ws, shared, phase, token).await;
 }
 
 /// Runs a practice tool or admin request on the store thread and waits for its JSON reply.
@@ -274,24 +315,27 @@ enum BodyError {
     Respond(Response),
 }
 
+impl From<ReadError> for BodyError {
+    fn from(e: ReadError) -> BodyError {
+        match e {
+            ReadError::Gone => BodyError::Gone,
+            ReadError::TimedOut => BodyError::Respond(Response::text(408, "request timeout")),
+        }
+    }
+}
+
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     framing: Framing,
     deadline: Instant,
 ) -> Result<Vec<u8>, BodyError> {
-    let timed_out = || BodyError::Respond(Response::text(408, "request timeout"));
     match framing {
         Framing::Empty => Ok(Vec::new()),
         Framing::Length(n) => {
             buf.reserve(n.saturating_sub(buf.len()));
             while buf.len() < n {
-                read_more(stream, buf, deadline)
-                    .await
-                    .map_err(|e| match e {
-                        ReadError::Gone => BodyError::Gone,
-                        ReadError::TimedOut => timed_out(),
-                    })?;
+                read_more(stream, buf, deadline).await?;
             }
             Ok(buf.split_to(n).to_vec())
         }
@@ -306,12 +350,7 @@ async fn read_body(
                 if decoder.is_done() {
                     return Ok(out);
                 }
-                read_more(stream, buf, deadline)
-                    .await
-                    .map_err(|e| match e {
-                        ReadError::Gone => BodyError::Gone,
-                        ReadError::TimedOut => timed_out(),
-                    })?;
+                read_more(stream, buf, deadline).await?;
             }
         }
     }

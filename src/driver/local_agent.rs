@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::net;
 use crate::audio::format::AgentFormat;
 use crate::audio::mulaw;
-use crate::elevenlabs::endpoint::Endpoint;
+use crate::http::url::Endpoint;
 
 /// Audio sent per `audio` event (TTS arrives in bursts faster than real time).
 const BURST_MS: usize = 100;

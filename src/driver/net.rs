@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
 
-use crate::elevenlabs::endpoint::Endpoint;
+use crate::http::url::Endpoint;
 
 /// A TCP stream, with or without TLS.
 pub(crate) enum NetStream {
@@ -150,10 +150,7 @@ pub(crate) async fn request<T, E>(
             let n = stream.read(&mut chunk).await.map_err(RequestError::Io)?;
             buf.extend_from_slice(&chunk[..n]);
             if buf.len() > max_bytes {
-                return Err(RequestError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "response too large",
-                )));
+                return Err(RequestError::TooLarge);
             }
             if let Some(v) = parse(&buf, n == 0).map_err(RequestError::Response)? {
                 return Ok(v);
@@ -173,6 +170,8 @@ pub(crate) async fn request<T, E>(
 pub(crate) enum RequestError<E> {
     /// Connect, TLS, I/O or timeout.
     Io(io::Error),
+    /// The response grew past the caller's limit.
+    TooLarge,
     /// The response was refused by the parser.
     Response(E),
 }
@@ -181,6 +180,7 @@ impl<E: std::fmt::Display> std::fmt::Display for RequestError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RequestError::Io(e) => write!(f, "{e}"),
+            RequestError::TooLarge => f.write_str("response too large"),
             RequestError::Response(e) => write!(f, "{e}"),
         }
     }

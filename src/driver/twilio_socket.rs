@@ -3,13 +3,16 @@
 //! One task per call drives both sockets and the [`Bridge`]'s timers with a single `select!`,
 //! so a call's state lives in one place and a slow call can only slow itself. Everything the
 //! bridge decides is written out after each input, agent messages before Twilio's.
+//!
+//! This is an adapter, as tokio-tungstenite is for tungstenite: it reads, writes and runs
+//! timers. What a message means, where a transfer goes and what a call adds to the metrics are
+//! decided by the [`Bridge`], the ElevenLabs parser and [`Metrics::record_call`].
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -20,11 +23,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
-use super::agent::{self, AgentLink, AgentSocket, ConnectError};
+use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
 use super::{Phase, Shared, TaskToken, transfer};
-use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output};
+use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output, TransferNumbers};
 use crate::calls::{Outcome, RegisterError, TeardownReason};
-use crate::metrics::Metrics;
+use crate::elevenlabs::messages::AgentEventKind;
+use crate::metrics::{CallSummary, Metrics};
+use crate::routes::App;
 use crate::twilio::media_stream::{self, MAX_MESSAGE_BYTES, Start, TwilioEvent};
 
 /// Time allowed between the upgrade and Twilio's `start` message.
@@ -41,6 +46,8 @@ const WS_MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const MAX_PENDING_TO_AGENT: usize = 64;
 /// Time given to a close handshake.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Transfer results waiting to be read; a call has at most a few transfers in flight.
+const TRANSFER_RESULTS: usize = 4;
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -55,8 +62,6 @@ pub(super) fn websocket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-type LinkFuture = Pin<Box<dyn Future<Output = Result<AgentLink, ConnectError>> + Send>>;
-
 /// Runs one Media Streams socket to its end.
 pub(super) async fn run(
     ws: WebSocketStream<TcpStream>,
@@ -69,7 +74,7 @@ pub(super) async fn run(
     drop(token);
 }
 
-fn now() -> std::time::Instant {
+fn now() -> Instant {
     super::instant()
 }
 
@@ -128,6 +133,8 @@ async fn wait_for_start(
     }
 }
 
+/// The call from Twilio's `start` to its end: registers the stream, starts the agent link,
+/// runs the loop, then records the summary.
 async fn call(
     mut twilio: WebSocketStream<TcpStream>,
     shared: Arc<Shared>,
@@ -135,7 +142,6 @@ async fn call(
     span: tracing::Span,
 ) {
     let app = shared.app.clone();
-    let config = app.config.clone();
     let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
     let started = tokio::time::Instant::now();
     let mut counters = Counters::default();
@@ -153,8 +159,7 @@ async fn call(
     };
     let call_sid = start.call_sid.clone();
     span.record("call_sid", call_sid.as_str());
-
-    let (teardown_tx, mut teardown_rx) = watch::channel::<Option<TeardownReason>>(None);
+    let (teardown_tx, teardown_rx) = watch::channel::<Option<TeardownReason>>(None);
     let teardown = Arc::new(move |reason| {
         let _ = teardown_tx.send(Some(reason));
     });
@@ -174,7 +179,6 @@ async fn call(
         "[Twilio] Stream started"
     );
 
-    // The agent: adopt the pre-connected socket, or connect now.
     let param = |name: &str| {
         start
             .custom_parameters
@@ -183,195 +187,281 @@ async fn call(
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    let (caller, called) = (param("caller"), param("called"));
-    let link_timeout = config.elevenlabs_connect_timeout * 3;
-    let mut link: LinkFuture = match shared.preconnects.adopt(&call_sid) {
-        Some(rx) => {
-            debug!("[ElevenLabs] Adopting the pre-connected agent");
-            Box::pin(async move {
-                match tokio::time::timeout(link_timeout, rx).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Err(ConnectError::Closed),
-                    Err(_) => Err(ConnectError::Connect("timed out".into())),
-                }
-            })
-        }
-        None => {
-            let app = app.clone();
-            let tls = shared.tls.clone();
-            let (sid, caller, called) = (call_sid.clone(), caller.clone(), called.clone());
-            Box::pin(async move {
-                let config = app.config.clone();
-                let vars = agent::call_variables(&app, &sid, &caller, &called);
-                let t0 = tokio::time::Instant::now();
-                match tokio::time::timeout(link_timeout, agent::connect(&config, &tls, &vars)).await
-                {
-                    Ok(Ok(ws)) => Ok(AgentLink {
-                        ws,
-                        early: Vec::new(),
-                        connect_time: t0.elapsed(),
-                    }),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(ConnectError::Connect("timed out".into())),
-                }
-            })
-        }
-    };
-
-    let mut bridge = Bridge::new(BridgeConfig {
-        dtmf: config.dtmf_mode,
-        agent_silence_timeout: config.agent_silence_timeout,
-        ..BridgeConfig::default()
-    });
+    let link = agent::link(&shared, &call_sid, param("caller"), param("called"));
+    let mut bridge = Bridge::new(bridge_config(&app));
     bridge.handle_twilio(now(), TwilioEvent::Start(start));
-    let mut agent_ws: Option<AgentSocket> = None;
-    let mut link_pending = true;
-    let mut pending_to_agent: VecDeque<String> = VecDeque::new();
-    let (transfer_tx, mut transfer_rx) = mpsc::channel::<(String, bool)>(4);
-    let mut last_twilio = tokio::time::Instant::now();
-    let mut agent_connect_ms = None;
-    let mut transfers_in_flight = 0usize;
+    let mut call = Call::new(twilio, bridge, shared, call_sid, stream_id, counters);
+    let outcome = call.run(link, stopped(teardown_rx, phase)).await;
+    call.record(outcome, started.elapsed());
+}
 
-    // Timers and end signals live for the whole call and are re-armed only when needed. Built
-    // afresh on every turn of the loop (a `timeout` around each read, a `sleep_until`, a
-    // `changed()` and a `wait_for()`), they registered and removed two timer-wheel entries and
-    // two waiters per message (issue 6 profile).
-    //
-    // The silence timer is re-armed lazily: a read only moves `last_twilio`; when the timer
-    // fires early it is pushed to `last_twilio + SILENCE_TIMEOUT`.
-    let silence = tokio::time::sleep_until(last_twilio + SILENCE_TIMEOUT);
-    tokio::pin!(silence);
-    // The bridge's next deadline; `armed` is what the timer is set to (`None`: disarmed).
-    let bridge_timer = tokio::time::sleep_until(last_twilio);
-    tokio::pin!(bridge_timer);
-    let mut armed: Option<tokio::time::Instant> = None;
-    let stopped = async move {
-        tokio::select! {
-            _ = teardown_rx.changed() => {
-                let reason = *teardown_rx.borrow();
-                match reason {
-                    Some(TeardownReason::Shutdown) => Outcome::ServerShutdown,
-                    _ => Outcome::CallerHungUp,
-                }
-            }
-            () = closing(&mut phase) => Outcome::ServerShutdown,
-        }
-    };
-    tokio::pin!(stopped);
+/// The bridge's settings for a call of `app`.
+fn bridge_config(app: &App) -> BridgeConfig {
+    let staff_line = app
+        .practice
+        .as_ref()
+        .and_then(|p| p.config().staff_transfer_number.clone());
+    BridgeConfig {
+        dtmf: app.config.dtmf_mode,
+        agent_silence_timeout: app.config.agent_silence_timeout,
+        transfer: TransferNumbers {
+            fallback: app.config.fallback_number.clone(),
+            staff_line,
+        },
+        ..BridgeConfig::default()
+    }
+}
 
-    let metrics = &app.metrics;
-    let outcome = 'call: loop {
-        let deadline = bridge.poll_timeout().map(tokio::time::Instant::from_std);
-        if deadline != armed {
-            if let Some(d) = deadline {
-                bridge_timer.as_mut().reset(d);
+/// Resolves when the call must end from outside: Twilio reported it over, or the server is
+/// closing.
+async fn stopped(
+    mut teardown: watch::Receiver<Option<TeardownReason>>,
+    mut phase: watch::Receiver<Phase>,
+) -> Outcome {
+    tokio::select! {
+        _ = teardown.changed() => {
+            let reason = *teardown.borrow();
+            match reason {
+                Some(TeardownReason::Shutdown) => Outcome::ServerShutdown,
+                _ => Outcome::CallerHungUp,
             }
-            armed = deadline;
         }
-        // When the message being handled was read, for the added-latency histograms.
-        let mut caller_frame_read: Option<std::time::Instant> = None;
-        let mut agent_audio_read: Option<std::time::Instant> = None;
-        tokio::select! {
-            // Fixed order, rare signals first: a peer flooding its own stream cannot starve its
-            // call's shutdown, and no random number is drawn per wake-up.
-            biased;
-            outcome = &mut stopped => {
-                break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, outcome).await;
+        () = closing(&mut phase) => Outcome::ServerShutdown,
+    }
+}
+
+/// When the message handled in this turn of the loop was read, for the added-latency
+/// histograms.
+#[derive(Default)]
+struct ReadAt {
+    caller_frame: Option<Instant>,
+    agent_audio: Option<Instant>,
+}
+
+/// One running call: its two sockets, its bridge, and the little state the I/O needs.
+struct Call {
+    twilio: WebSocketStream<TcpStream>,
+    /// The agent socket, once linked and until closed.
+    agent: Option<AgentSocket>,
+    bridge: Bridge,
+    shared: Arc<Shared>,
+    call_sid: String,
+    stream_id: u64,
+    counters: Counters,
+    /// Whether the agent link is still being established.
+    link_pending: bool,
+    /// Control messages for the agent written while its link is pending.
+    pending_to_agent: VecDeque<String>,
+    transfer_tx: mpsc::Sender<(String, bool)>,
+    transfer_rx: mpsc::Receiver<(String, bool)>,
+    transfers_in_flight: usize,
+    /// When Twilio last sent anything (the silence timer is re-armed from it).
+    last_twilio: tokio::time::Instant,
+    agent_connect_ms: Option<u64>,
+}
+
+impl Call {
+    fn new(
+        twilio: WebSocketStream<TcpStream>,
+        bridge: Bridge,
+        shared: Arc<Shared>,
+        call_sid: String,
+        stream_id: u64,
+        counters: Counters,
+    ) -> Call {
+        let (transfer_tx, transfer_rx) = mpsc::channel(TRANSFER_RESULTS);
+        Call {
+            twilio,
+            agent: None,
+            bridge,
+            shared,
+            call_sid,
+            stream_id,
+            counters,
+            link_pending: true,
+            pending_to_agent: VecDeque::new(),
+            transfer_tx,
+            transfer_rx,
+            transfers_in_flight: 0,
+            last_twilio: tokio::time::Instant::now(),
+            agent_connect_ms: None,
+        }
+    }
+
+    /// Runs the call until it ends; both sockets are closed on return.
+    async fn run(
+        &mut self,
+        mut link: LinkFuture,
+        stopped: impl Future<Output = Outcome>,
+    ) -> Outcome {
+        // Timers and end signals live for the whole call and are re-armed only when needed.
+        // Built afresh on every turn of the loop (a `timeout` around each read, a
+        // `sleep_until`, a `changed()` and a `wait_for()`), they registered and removed two
+        // timer-wheel entries and two waiters per message (issue 6 profile).
+        //
+        // The silence timer is re-armed lazily: a read only moves `last_twilio`; when the timer
+        // fires early it is pushed to `last_twilio + SILENCE_TIMEOUT`.
+        let silence = tokio::time::sleep_until(self.last_twilio + SILENCE_TIMEOUT);
+        tokio::pin!(silence);
+        // The bridge's next deadline; `armed` is what the timer is set to (`None`: disarmed).
+        let bridge_timer = tokio::time::sleep_until(self.last_twilio);
+        tokio::pin!(bridge_timer);
+        let mut armed: Option<tokio::time::Instant> = None;
+        tokio::pin!(stopped);
+        loop {
+            let deadline = self
+                .bridge
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    bridge_timer.as_mut().reset(d);
+                }
+                armed = deadline;
             }
-            r = &mut link, if link_pending => {
-                link_pending = false;
-                match r {
-                    Ok(l) => {
-                        agent_connect_ms = Some(l.connect_time.as_millis() as u64);
-                        bridge.handle_agent_connected(now());
-                        for text in &l.early {
-                            bridge.handle_agent_text(now(), text);
-                        }
-                        agent_ws = Some(l.ws);
+            let mut read = ReadAt::default();
+            let ended = tokio::select! {
+                // Fixed order, rare signals first: a peer flooding its own stream cannot starve
+                // its call's shutdown, and no random number is drawn per wake-up.
+                biased;
+                outcome = &mut stopped => Some(outcome),
+                r = &mut link, if self.link_pending => {
+                    self.on_link(r);
+                    None
+                }
+                Some((id, ok)) = self.transfer_rx.recv(), if self.transfers_in_flight > 0 => {
+                    self.transfers_in_flight -= 1;
+                    self.bridge.transfer_done(&id, ok);
+                    None
+                }
+                () = &mut silence => {
+                    let due = self.last_twilio + SILENCE_TIMEOUT;
+                    if due > tokio::time::Instant::now() {
+                        silence.as_mut().reset(due);
+                        None
+                    } else {
+                        warn!("[Twilio] Stream silent too long; closing");
+                        Some(Outcome::StreamLost)
                     }
-                    Err(e) => {
-                        warn!(error = %e, "[ElevenLabs] Cannot reach the agent");
-                        bridge.handle_agent_failed();
-                    }
                 }
-            }
-            Some((id, ok)) = transfer_rx.recv(), if transfers_in_flight > 0 => {
-                transfers_in_flight -= 1;
-                bridge.transfer_done(&id, ok);
-            }
-            () = &mut silence => {
-                let due = last_twilio + SILENCE_TIMEOUT;
-                if due > tokio::time::Instant::now() {
-                    silence.as_mut().reset(due);
-                } else {
-                    warn!("[Twilio] Stream silent too long; closing");
-                    break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
+                () = &mut bridge_timer, if armed.is_some() => {
+                    armed = None;
+                    self.bridge.handle_timeout(now());
+                    None
                 }
-            }
-            () = &mut bridge_timer, if armed.is_some() => {
-                armed = None;
-                bridge.handle_timeout(now());
-            }
-            m = twilio.next() => {
-                last_twilio = tokio::time::Instant::now();
-                match m {
-                    Some(Ok(Message::Text(text))) => {
-                        counters.messages += 1;
-                        match media_stream::parse(text.as_str()) {
-                            Ok(TwilioEvent::Start(_)) => counters.bad_frame("second start"),
-                            Ok(event) => {
-                                let t = now();
-                                if let TwilioEvent::Media(m) = &event {
-                                    caller_frame_read = Some(t);
-                                    Metrics::add(&metrics.frames_from_caller, 1);
-                                    Metrics::add(&metrics.bytes_from_caller, m.payload.len() as u64);
-                                }
-                                bridge.handle_twilio(t, event);
-                            }
-                            Err(e) => counters.bad_frame(&e.to_string()),
-                        }
-                    }
-                    Some(Ok(Message::Binary(_) | Message::Frame(_))) => counters.bad_frame("binary frame"),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        break 'call finish(&mut twilio, &mut agent_ws, &app, &call_sid, stream_id, Outcome::StreamLost).await;
-                    }
+                m = self.twilio.next() => self.on_twilio(m, &mut read),
+                m = next_agent(&mut self.agent) => {
+                    self.on_agent(m, &mut read);
+                    None
                 }
-            }
-            m = next_agent(&mut agent_ws) => match m {
-                Some(Ok(Message::Text(text))) => {
-                    let t = now();
-                    if text.as_str().contains("\"audio_event\"") {
-                        agent_audio_read = Some(t);
-                    }
-                    bridge.handle_agent_text(t, text.as_str());
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let code = frame.map(|f| u16::from(f.code));
-                    agent_ws = None;
-                    bridge.handle_agent_closed(now(), code);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    debug!(error = %e, "[ElevenLabs] Agent socket error");
-                    agent_ws = None;
-                    bridge.handle_agent_closed(now(), None);
-                }
+            };
+            let ended = match ended {
+                Some(outcome) => Some(outcome),
                 None => {
-                    agent_ws = None;
-                    bridge.handle_agent_closed(now(), None);
+                    self.write_out(&read).await;
+                    self.run_decisions().await
                 }
-            },
+            };
+            if let Some(outcome) = ended {
+                return self.finish(outcome).await;
+            }
         }
+    }
 
-        // Write out what the bridge produced.
+    fn on_link(&mut self, r: Result<AgentLink, ConnectError>) {
+        self.link_pending = false;
+        match r {
+            Ok(l) => {
+                self.agent_connect_ms = Some(l.connect_time.as_millis() as u64);
+                self.bridge.handle_agent_connected(now());
+                for text in &l.early {
+                    self.bridge.handle_agent_text(now(), text);
+                }
+                self.agent = Some(l.ws);
+            }
+            Err(e) => {
+                warn!(error = %e, "[ElevenLabs] Cannot reach the agent");
+                self.bridge.handle_agent_failed();
+            }
+        }
+    }
+
+    /// One read from Twilio; `Some` when the stream is gone.
+    fn on_twilio(
+        &mut self,
+        m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        read: &mut ReadAt,
+    ) -> Option<Outcome> {
+        self.last_twilio = tokio::time::Instant::now();
+        match m {
+            Some(Ok(Message::Text(text))) => {
+                self.counters.messages += 1;
+                match media_stream::parse(text.as_str()) {
+                    Ok(TwilioEvent::Start(_)) => self.counters.bad_frame("second start"),
+                    Ok(event) => {
+                        let t = now();
+                        if let TwilioEvent::Media(m) = &event {
+                            read.caller_frame = Some(t);
+                            let metrics = &self.shared.app.metrics;
+                            Metrics::add(&metrics.frames_from_caller, 1);
+                            Metrics::add(&metrics.bytes_from_caller, m.payload.len() as u64);
+                        }
+                        self.bridge.handle_twilio(t, event);
+                    }
+                    Err(e) => self.counters.bad_frame(&e.to_string()),
+                }
+                None
+            }
+            Some(Ok(Message::Binary(_) | Message::Frame(_))) => {
+                self.counters.bad_frame("binary frame");
+                None
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Some(Outcome::StreamLost),
+        }
+    }
+
+    /// One read from the agent.
+    fn on_agent(
+        &mut self,
+        m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        read: &mut ReadAt,
+    ) {
+        match m {
+            Some(Ok(Message::Text(text))) => {
+                let t = now();
+                if self.bridge.handle_agent_text(t, text.as_str()) == Some(AgentEventKind::Audio) {
+                    read.agent_audio = Some(t);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|f| u16::from(f.code));
+                self.agent = None;
+                self.bridge.handle_agent_closed(now(), code);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                debug!(error = %e, "[ElevenLabs] Agent socket error");
+                self.agent = None;
+                self.bridge.handle_agent_closed(now(), None);
+            }
+            None => {
+                self.agent = None;
+                self.bridge.handle_agent_closed(now(), None);
+            }
+        }
+    }
+
+    /// Writes what the bridge produced, then observes the added latency of this turn's read.
+    async fn write_out(&mut self, read: &ReadAt) {
+        let metrics = &self.shared.app.metrics;
         let mut wrote_twilio = false;
         let mut wrote_agent = false;
-        while let Some(out) = bridge.poll_transmit() {
+        while let Some(out) = self.bridge.poll_transmit() {
             match out {
-                Output::ToAgent(text) => match agent_ws.as_mut() {
+                Output::ToAgent(text) => match self.agent.as_mut() {
                     Some(a) => {
-                        while let Some(p) = pending_to_agent.pop_front() {
+                        while let Some(p) = self.pending_to_agent.pop_front() {
                             let _ = a.feed(Message::text(p)).await;
                         }
                         let len = text.len() as u64;
@@ -380,139 +470,110 @@ async fn call(
                             Metrics::add(&metrics.bytes_to_agent, len);
                         }
                     }
-                    None if link_pending && pending_to_agent.len() < MAX_PENDING_TO_AGENT => {
-                        pending_to_agent.push_back(text);
+                    None if self.link_pending
+                        && self.pending_to_agent.len() < MAX_PENDING_TO_AGENT =>
+                    {
+                        self.pending_to_agent.push_back(text);
                     }
                     None => {}
                 },
                 Output::ToTwilio(text) => {
-                    if twilio.feed(Message::text(text)).await.is_ok() {
+                    if self.twilio.feed(Message::text(text)).await.is_ok() {
                         wrote_twilio = true;
                     }
                 }
             }
         }
-        if wrote_agent && let Some(a) = agent_ws.as_mut() {
+        if wrote_agent && let Some(a) = self.agent.as_mut() {
             let _ = a.flush().await;
-            if let Some(t) = caller_frame_read {
+            if let Some(t) = read.caller_frame {
                 metrics
                     .added_latency_inbound
                     .observe(now().saturating_duration_since(t));
             }
         }
         if wrote_twilio {
-            let _ = twilio.flush().await;
-            if let Some(t) = agent_audio_read {
+            let _ = self.twilio.flush().await;
+            if let Some(t) = read.agent_audio {
                 metrics
                     .added_latency_outbound
                     .observe(now().saturating_duration_since(t));
             }
         }
-        while let Some(event) = bridge.poll_event() {
+    }
+
+    /// Carries out the bridge's decisions; `Some` when the call is over.
+    async fn run_decisions(&mut self) -> Option<Outcome> {
+        while let Some(event) = self.bridge.poll_event() {
             match event {
-                BridgeEvent::CloseAgent => close_agent(&mut agent_ws).await,
-                BridgeEvent::CloseTwilio(outcome) => {
-                    break 'call finish(
-                        &mut twilio,
-                        &mut agent_ws,
-                        &app,
-                        &call_sid,
-                        stream_id,
-                        outcome,
-                    )
-                    .await;
-                }
-                BridgeEvent::Transfer { tool_call_id } => {
-                    let config = config.clone();
-                    let tls = shared.tls.clone();
-                    let call_sid = call_sid.clone();
-                    let tx = transfer_tx.clone();
-                    transfers_in_flight += 1;
-                    let number = config.fallback_number.clone().or_else(|| {
-                        app.practice
-                            .as_ref()
-                            .and_then(|p| p.config().staff_transfer_number.clone())
-                    });
-                    tokio::spawn(
-                        async move {
-                            let ok = transfer::transfer_to_staff(
-                                &config,
-                                &tls,
-                                number.as_deref(),
-                                &call_sid,
-                            )
-                            .await;
-                            let _ = tx.send((tool_call_id, ok)).await;
-                        }
-                        .instrument(tracing::Span::current()),
-                    );
-                }
+                BridgeEvent::CloseAgent => close_agent(&mut self.agent).await,
+                BridgeEvent::CloseTwilio(outcome) => return Some(outcome),
+                BridgeEvent::Transfer { tool_call_id, to } => self.transfer(tool_call_id, to),
             }
         }
-    };
+        None
+    }
 
-    let stats = bridge.stats();
-    let (inbound, outbound) = bridge.audio_stats();
-    let playout = outbound.map(|o| o.playout).unwrap_or_default();
-    metrics.call_finished(outcome);
-    Metrics::add(&metrics.frames_to_caller, playout.frames_sent);
-    Metrics::add(
-        &metrics.concealed_ms,
-        inbound.map_or(0, |i| i.jitter.concealed_ms as u64),
-    );
-    Metrics::add(&metrics.underruns, playout.underruns);
-    Metrics::add(&metrics.interruptions, stats.session.interruptions);
-    Metrics::add(
-        &metrics.bad_frames,
-        counters.bad_frames
-            + stats.bad_caller_frames
-            + stats.bad_agent_chunks
-            + stats.session.bad_messages,
-    );
-    if let Some(ms) = agent_connect_ms {
-        metrics.agent_connect.observe(Duration::from_millis(ms));
+    /// Starts a transfer in the background; its result comes back through `transfer_rx`.
+    fn transfer(&mut self, tool_call_id: String, to: String) {
+        let app = self.shared.app.clone();
+        let tls = self.shared.tls.clone();
+        let call_sid = self.call_sid.clone();
+        let tx = self.transfer_tx.clone();
+        self.transfers_in_flight += 1;
+        tokio::spawn(
+            async move {
+                let ok = transfer::transfer_to_staff(&app.config, &tls, &to, &call_sid).await;
+                let _ = tx.send((tool_call_id, ok)).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
-    if let Some(d) = stats.first_audio_after_start {
-        metrics.time_to_first_audio.observe(d);
+
+    /// Records the outcome first (Twilio asks `stream-ended` as soon as the socket closes),
+    /// then closes both sockets.
+    async fn finish(&mut self, outcome: Outcome) -> Outcome {
+        let app = &self.shared.app;
+        app.calls
+            .finish(&self.call_sid, self.stream_id, outcome, now());
+        if let Some(p) = &app.practice {
+            // The call's tool token dies with the call (plus a short grace).
+            p.end_call(&self.call_sid, super::practice_now());
+        }
+        close_agent(&mut self.agent).await;
+        close_twilio(&mut self.twilio, outcome).await;
+        outcome
     }
-    info!(
-        outcome = outcome.as_str(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        conversation_id = bridge.conversation_id().unwrap_or(""),
-        agent_connect_ms,
-        first_audio_ms = stats.first_audio_after_start.map(|d| d.as_millis() as u64),
-        caller_frames = stats.caller_frames,
-        agent_chunks_sent = stats.agent_chunks_sent,
-        frames_to_caller = playout.frames_sent,
-        concealed_ms = inbound.map_or(0.0, |i| i.jitter.concealed_ms),
-        underruns = playout.underruns,
-        interruptions = stats.session.interruptions,
-        dtmf = stats.dtmf,
-        bad_frames = counters.bad_frames + stats.bad_caller_frames,
-        bad_agent_messages = stats.session.bad_messages,
-        unknown_agent_events = stats.session.unknown_events,
-        "[Call] Summary"
-    );
+
+    /// Adds the call to the metrics and logs its summary.
+    fn record(&self, outcome: Outcome, duration: Duration) {
+        let mut summary = self.bridge.call_summary(outcome);
+        summary.bad_caller_frames += self.counters.bad_frames;
+        summary.agent_connect_ms = self.agent_connect_ms;
+        self.shared.app.metrics.record_call(&summary);
+        log_summary(&summary, duration, self.bridge.conversation_id());
+    }
 }
 
-/// Records the outcome first (Twilio asks `stream-ended` as soon as the socket closes), then
-/// closes both sockets.
-async fn finish(
-    twilio: &mut WebSocketStream<TcpStream>,
-    agent: &mut Option<AgentSocket>,
-    app: &crate::routes::App,
-    call_sid: &str,
-    stream_id: u64,
-    outcome: Outcome,
-) -> Outcome {
-    app.calls.finish(call_sid, stream_id, outcome, now());
-    if let Some(p) = &app.practice {
-        // The call's tool token dies with the call (plus a short grace).
-        p.end_call(call_sid, super::practice_now());
-    }
-    close_agent(agent).await;
-    close_twilio(twilio, outcome).await;
-    outcome
+fn log_summary(s: &CallSummary, duration: Duration, conversation_id: Option<&str>) {
+    info!(
+        outcome = s.outcome.as_str(),
+        duration_ms = duration.as_millis() as u64,
+        conversation_id = conversation_id.unwrap_or(""),
+        agent_connect_ms = s.agent_connect_ms,
+        first_audio_ms = s.first_audio.map(|d| d.as_millis() as u64),
+        caller_frames = s.caller_frames,
+        agent_chunks_sent = s.agent_chunks_sent,
+        frames_to_caller = s.frames_to_caller,
+        concealed_ms = s.concealed_ms,
+        underruns = s.underruns,
+        interruptions = s.interruptions,
+        dtmf = s.dtmf,
+        bad_frames = s.bad_caller_frames,
+        bad_agent_messages = s.bad_agent_messages,
+        unknown_agent_events = s.unknown_agent_events,
+        "[Call] Summary"
+    );
 }
 
 async fn close_agent(agent: &mut Option<AgentSocket>) {

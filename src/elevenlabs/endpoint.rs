@@ -1,136 +1,60 @@
 //! Where the agent lives: the conversation URL for a public agent, and the signed-URL request
-//! and response for a private one (elevenlabs.md §1.1–§1.3). Sans-IO: bytes out, bytes in.
+//! and response for a private one (elevenlabs.md §1.1–§1.3). Sans-IO: bytes out, bytes in. The
+//! URL and response framing are generic HTTP ([`crate::http::url`], [`crate::http::client`]);
+//! only what ElevenLabs specifies is here.
 
 use std::fmt;
 
-use crate::http::body::ChunkedDecoder;
+use crate::http::client::{self, ResponseError};
+use crate::http::url::{Endpoint, UrlError, encode_query_value};
 
 /// Largest signed-URL HTTP response accepted (head + body).
 pub const MAX_SIGNED_URL_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest agent id accepted in configuration.
 pub const MAX_AGENT_ID_BYTES: usize = 128;
 
-/// A parsed `ws://`, `wss://`, `http://` or `https://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// Whether TLS is used.
-    pub tls: bool,
-    /// Host name or IP literal (brackets removed).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Path and query, at least `/`.
-    pub target: String,
-}
-
-/// Why a URL or response was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointError {
-    /// Not an absolute ws/wss/http/https URL.
-    BadUrl,
+/// Why the signed URL could not be requested or was refused. Fatal for the call's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedUrlError {
+    /// `ELEVENLABS_API_BASE` is not a usable URL.
+    BaseUrl(UrlError),
+    /// The API key holds control characters (it would break the request head).
+    BadApiKey,
     /// The signed-URL service answered with a non-200 status.
     Status(u16),
-    /// The response was malformed, too large, or had no `signed_url`.
-    BadResponse(&'static str),
+    /// The response could not be read as HTTP.
+    Response(ResponseError),
+    /// The body is not JSON.
+    NotJson,
+    /// The JSON has no string `signed_url`.
+    NoSignedUrl,
+    /// The `signed_url` does not parse as a URL.
+    SignedUrl(UrlError),
+    /// The `signed_url` is not `ws://` or `wss://`.
+    NotWebSocket,
 }
 
-impl fmt::Display for EndpointError {
+impl fmt::Display for SignedUrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EndpointError::BadUrl => f.write_str("not an absolute ws/wss/http/https URL"),
-            EndpointError::Status(s) => write!(f, "signed-URL request answered {s}"),
-            EndpointError::BadResponse(why) => write!(f, "bad signed-URL response: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for EndpointError {}
-
-impl Endpoint {
-    /// Parses an absolute URL.
-    pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
-        let (scheme, rest) = url.split_once("://").ok_or(EndpointError::BadUrl)?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "wss" | "https" => true,
-            "ws" | "http" => false,
-            _ => return Err(EndpointError::BadUrl),
-        };
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, target) = rest.split_at(split);
-        if authority.is_empty() || authority.contains('@') {
-            return Err(EndpointError::BadUrl);
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or(EndpointError::BadUrl)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| EndpointError::BadUrl)?,
-                None if after.is_empty() => default_port,
-                None => return Err(EndpointError::BadUrl),
-            };
-            (h.to_owned(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| EndpointError::BadUrl)?),
-                None => (authority.to_owned(), default_port),
+            SignedUrlError::BaseUrl(e) => write!(f, "ElevenLabs API base: {e}"),
+            SignedUrlError::BadApiKey => f.write_str("ElevenLabs API key has control characters"),
+            SignedUrlError::Status(s) => write!(f, "ElevenLabs signed-URL request answered {s}"),
+            SignedUrlError::Response(e) => write!(f, "ElevenLabs signed-URL response: {e}"),
+            SignedUrlError::NotJson => f.write_str("ElevenLabs signed-URL response is not JSON"),
+            SignedUrlError::NoSignedUrl => {
+                f.write_str("ElevenLabs signed-URL response has no signed_url")
             }
-        };
-        if host.is_empty() {
-            return Err(EndpointError::BadUrl);
+            SignedUrlError::SignedUrl(e) => write!(f, "ElevenLabs signed_url: {e}"),
+            SignedUrlError::NotWebSocket => f.write_str("ElevenLabs signed_url is not ws/wss"),
         }
-        let target = match target {
-            "" => "/".to_owned(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_owned(),
-        };
-        Ok(Endpoint {
-            tls,
-            host,
-            port,
-            target,
-        })
-    }
-
-    /// `host` or `host:port` when the port is not the default, for the `Host` header.
-    pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == if self.tls { 443 } else { 80 } {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-
-    /// The URL again, with a WebSocket scheme.
-    pub fn ws_url(&self) -> String {
-        format!(
-            "{}://{}{}",
-            if self.tls { "wss" } else { "ws" },
-            self.host_header(),
-            self.target
-        )
     }
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass).
-fn encode_query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+impl std::error::Error for SignedUrlError {}
 
 /// The conversation URL of a public agent on `api_base` (`https://…` → `wss://…`, §1.1).
-pub fn public_agent_url(api_base: &str, agent_id: &str) -> Result<String, EndpointError> {
+pub fn public_agent_url(api_base: &str, agent_id: &str) -> Result<String, UrlError> {
     let base = Endpoint::parse(api_base)?;
     Ok(format!(
         "{}://{}/v1/convai/conversation?agent_id={}",
@@ -146,14 +70,14 @@ pub fn signed_url_request(
     api_base: &str,
     agent_id: &str,
     api_key: &str,
-) -> Result<(Endpoint, Vec<u8>), EndpointError> {
-    let mut ep = Endpoint::parse(api_base)?;
+) -> Result<(Endpoint, Vec<u8>), SignedUrlError> {
+    let mut ep = Endpoint::parse(api_base).map_err(SignedUrlError::BaseUrl)?;
     ep.target = format!(
         "/v1/convai/conversation/get-signed-url?agent_id={}",
         encode_query_value(agent_id)
     );
     if api_key.bytes().any(|b| b.is_ascii_control()) {
-        return Err(EndpointError::BadUrl);
+        return Err(SignedUrlError::BadApiKey);
     }
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nxi-api-key: {api_key}\r\nAccept: application/json\r\n\
@@ -167,109 +91,32 @@ pub fn signed_url_request(
 
 /// Parses the signed-URL response. `Ok(None)`: incomplete, read more; `eof` says the peer closed
 /// (a body without length then ends there).
-pub fn parse_signed_url_response(buf: &[u8], eof: bool) -> Result<Option<String>, EndpointError> {
-    if buf.len() > MAX_SIGNED_URL_RESPONSE_BYTES {
-        return Err(EndpointError::BadResponse("too large"));
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if eof => {
-            return Err(EndpointError::BadResponse("truncated head"));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(EndpointError::BadResponse("malformed head")),
-    };
-    let status = resp.code.unwrap_or(0);
-    let header = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    let rest = &buf[head_len..];
-    let body: Vec<u8> = if header("transfer-encoding").is_some() {
-        let mut dec = ChunkedDecoder::new();
-        let mut out = Vec::new();
-        dec.decode(rest, &mut out)
-            .map_err(|_| EndpointError::BadResponse("bad chunked body"))?;
-        if !dec.is_done() {
-            return if eof {
-                Err(EndpointError::BadResponse("truncated body"))
-            } else {
-                Ok(None)
-            };
-        }
-        out
-    } else if let Some(len) = header("content-length") {
-        let len: usize = std::str::from_utf8(len)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or(EndpointError::BadResponse("bad Content-Length"))?;
-        if rest.len() < len {
-            return if eof {
-                Err(EndpointError::BadResponse("truncated body"))
-            } else {
-                Ok(None)
-            };
-        }
-        rest[..len].to_vec()
-    } else if eof {
-        rest.to_vec()
-    } else {
+pub fn parse_signed_url_response(buf: &[u8], eof: bool) -> Result<Option<String>, SignedUrlError> {
+    let Some(resp) = client::parse_response(buf, eof, MAX_SIGNED_URL_RESPONSE_BYTES)
+        .map_err(SignedUrlError::Response)?
+    else {
         return Ok(None);
     };
-    if status != 200 {
-        return Err(EndpointError::Status(status));
+    if resp.status != 200 {
+        return Err(SignedUrlError::Status(resp.status));
     }
     let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| EndpointError::BadResponse("not JSON"))?;
+        serde_json::from_slice(&resp.body).map_err(|_| SignedUrlError::NotJson)?;
     let url = v
         .get("signed_url")
         .and_then(|u| u.as_str())
-        .ok_or(EndpointError::BadResponse("no signed_url"))?;
+        .ok_or(SignedUrlError::NoSignedUrl)?;
     // Treated as opaque (§1.3), but it must be a WebSocket URL we can connect to.
-    let ep = Endpoint::parse(url)?;
+    Endpoint::parse(url).map_err(SignedUrlError::SignedUrl)?;
     if !url.starts_with("ws") {
-        return Err(EndpointError::BadResponse("signed_url is not ws/wss"));
+        return Err(SignedUrlError::NotWebSocket);
     }
-    let _ = ep;
     Ok(Some(url.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_endpoints() {
-        let e = Endpoint::parse("https://api.elevenlabs.io").unwrap();
-        assert_eq!(
-            (e.tls, e.host.as_str(), e.port, e.target.as_str()),
-            (true, "api.elevenlabs.io", 443, "/")
-        );
-        let e = Endpoint::parse("ws://127.0.0.1:9000/v1/x?y=1").unwrap();
-        assert_eq!(
-            (e.tls, e.port, e.target.as_str()),
-            (false, 9000, "/v1/x?y=1")
-        );
-        let e = Endpoint::parse("wss://[::1]:8443?a").unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.target.as_str()),
-            ("::1", 8443, "/?a")
-        );
-        assert_eq!(e.host_header(), "[::1]:8443");
-        for bad in [
-            "ftp://x",
-            "https://",
-            "https://u@h",
-            "http://h:port",
-            "nope",
-        ] {
-            assert_eq!(Endpoint::parse(bad), Err(EndpointError::BadUrl), "{bad}");
-        }
-    }
 
     #[test]
     fn public_and_signed_urls() {
@@ -289,7 +136,10 @@ mod tests {
         assert!(req.contains("xi-api-key: sk_1\r\n"));
         assert!(req.contains("Host: api.elevenlabs.io\r\n"));
         assert!(ep.tls);
-        assert!(signed_url_request("https://h", "a", "k\r\nX: y").is_err());
+        assert_eq!(
+            signed_url_request("https://h", "a", "k\r\nX: y"),
+            Err(SignedUrlError::BadApiKey)
+        );
     }
 
     #[test]
@@ -331,12 +181,12 @@ mod tests {
         let denied = "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(
             parse_signed_url_response(denied.as_bytes(), false),
-            Err(EndpointError::Status(401))
+            Err(SignedUrlError::Status(401))
         );
         let bad = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(
             parse_signed_url_response(bad.as_bytes(), false),
-            Err(EndpointError::BadResponse("no signed_url"))
+            Err(SignedUrlError::NoSignedUrl)
         );
     }
 }

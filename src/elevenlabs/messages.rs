@@ -73,6 +73,47 @@ pub enum AgentEvent<'a> {
     Unknown,
 }
 
+/// Which event a message carried, without its data: what the driver needs to know about a
+/// message it has handed to the bridge (e.g. that it was audio, for the latency histogram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEventKind {
+    /// [`AgentEvent::Metadata`].
+    Metadata,
+    /// [`AgentEvent::Audio`].
+    Audio,
+    /// [`AgentEvent::Interruption`].
+    Interruption,
+    /// [`AgentEvent::Ping`].
+    Ping,
+    /// [`AgentEvent::ClientToolCall`].
+    ClientToolCall,
+    /// [`AgentEvent::AgentResponse`].
+    AgentResponse,
+    /// [`AgentEvent::UserTranscript`].
+    UserTranscript,
+    /// [`AgentEvent::Error`].
+    Error,
+    /// [`AgentEvent::Unknown`].
+    Unknown,
+}
+
+impl AgentEvent<'_> {
+    /// The event's kind.
+    pub fn kind(&self) -> AgentEventKind {
+        match self {
+            AgentEvent::Metadata { .. } => AgentEventKind::Metadata,
+            AgentEvent::Audio { .. } => AgentEventKind::Audio,
+            AgentEvent::Interruption { .. } => AgentEventKind::Interruption,
+            AgentEvent::Ping { .. } => AgentEventKind::Ping,
+            AgentEvent::ClientToolCall { .. } => AgentEventKind::ClientToolCall,
+            AgentEvent::AgentResponse { .. } => AgentEventKind::AgentResponse,
+            AgentEvent::UserTranscript { .. } => AgentEventKind::UserTranscript,
+            AgentEvent::Error { .. } => AgentEventKind::Error,
+            AgentEvent::Unknown => AgentEventKind::Unknown,
+        }
+    }
+}
+
 /// Why an agent message could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentMessageError {
@@ -381,6 +422,55 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"vad_score","vad_score_event":{"vad_score":0.5}}"#),
             Ok(AgentEvent::Unknown)
+        );
+    }
+
+    #[test]
+    fn classifies_events_by_type_not_by_content() {
+        let kind = |text: &str| parse(text).map(|e| e.kind());
+        assert_eq!(
+            kind(r#"{"audio_event":{"audio_base_64":"AA==","event_id":1},"type":"audio"}"#),
+            Ok(AgentEventKind::Audio)
+        );
+        // An `audio_event` key does not make a message audio; its `type` does.
+        assert_eq!(
+            kind(r#"{"type":"vad_score","audio_event":{"event_id":1}}"#),
+            Ok(AgentEventKind::Unknown)
+        );
+        assert_eq!(
+            kind(
+                r#"{"type":"user_transcript","user_transcription_event":{"user_transcript":"\"audio_event\""}}"#
+            ),
+            Ok(AgentEventKind::UserTranscript)
+        );
+        assert_eq!(
+            kind(r#"{"type":"ping","ping_event":{"event_id":1}}"#),
+            Ok(AgentEventKind::Ping)
+        );
+        assert_eq!(
+            kind(r#"{"type":"interruption","interruption_event":{"event_id":2}}"#),
+            Ok(AgentEventKind::Interruption)
+        );
+        assert_eq!(
+            kind(r#"{"type":"agent_response","agent_response_event":{"agent_response":"x"}}"#),
+            Ok(AgentEventKind::AgentResponse)
+        );
+        assert_eq!(kind(r#"{"type":"error"}"#), Ok(AgentEventKind::Error));
+        assert_eq!(
+            kind(
+                r#"{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{}}"#
+            ),
+            Ok(AgentEventKind::Metadata)
+        );
+        assert_eq!(
+            kind(
+                r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"t","tool_call_id":"1"}}"#
+            ),
+            Ok(AgentEventKind::ClientToolCall)
+        );
+        assert_eq!(
+            kind(r#"{"audio_event":{}}"#),
+            Err(AgentMessageError::NotJson)
         );
     }
 

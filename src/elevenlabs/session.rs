@@ -115,15 +115,30 @@ impl AgentSession {
         now: Instant,
         text: &'a str,
     ) -> Result<Option<SessionEvent<'a>>, AgentMessageError> {
-        self.last_heard = now;
-        let event = match messages::parse(text) {
-            Ok(e) => e,
+        match messages::parse(text) {
+            Ok(event) => Ok(self.handle_event(now, event)),
             Err(e) => {
-                self.stats.bad_messages += 1;
-                return Err(e);
+                self.handle_bad_message(now);
+                Err(e)
             }
-        };
-        Ok(match event {
+        }
+    }
+
+    /// A message that did not parse: it still proves the socket alive, and is counted.
+    pub fn handle_bad_message(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.stats.bad_messages += 1;
+    }
+
+    /// Handles one parsed event (for callers that parse with [`messages::parse`] themselves to
+    /// learn the event's kind).
+    pub fn handle_event<'a>(
+        &mut self,
+        now: Instant,
+        event: AgentEvent<'a>,
+    ) -> Option<SessionEvent<'a>> {
+        self.last_heard = now;
+        match event {
             AgentEvent::Metadata {
                 conversation_id,
                 output_format,
@@ -190,7 +205,7 @@ impl AgentSession {
                 self.stats.unknown_events += 1;
                 None
             }
-        })
+        }
     }
 
     fn push_control(&mut self, msg: String, front: bool) {

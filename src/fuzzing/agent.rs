@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::elevenlabs::endpoint;
 use crate::elevenlabs::messages::{self, AgentEvent};
 use crate::elevenlabs::session::{AgentSession, MAX_QUEUED_CONTROL, SessionEvent};
+use crate::http::url::Endpoint;
 use crate::twilio::rest;
 
 /// Most messages one input is split into.
@@ -150,8 +151,8 @@ fn check_tool_result(json: &str, id: &str, result: &str, is_error: bool) {
 /// The HTTPS responses ignis parses: the signed-URL response (`endpoint`) and the Twilio REST
 /// status (`rest`), each with `eof` false and true. Invariants: never panics; a complete answer
 /// stays the same when more bytes are known to be absent (`eof`); a signed URL that is returned
-/// is a `ws(s)://` URL that [`endpoint::Endpoint::parse`] accepts; an
-/// [`endpoint::Endpoint`] written back with `ws_url` parses to itself.
+/// is a `ws(s)://` URL that [`Endpoint::parse`] accepts; an
+/// [`Endpoint`] written back with `ws_url` parses to itself.
 pub fn https_response(data: &[u8]) {
     let more = endpoint::parse_signed_url_response(data, false);
     let end = endpoint::parse_signed_url_response(data, true);
@@ -169,7 +170,7 @@ pub fn https_response(data: &[u8]) {
     {
         assert!(url.starts_with("ws"), "signed URL {url:?}");
         assert!(
-            endpoint::Endpoint::parse(&url).is_ok(),
+            Endpoint::parse(&url).is_ok(),
             "signed URL {url:?} does not parse"
         );
     }
@@ -180,10 +181,10 @@ pub fn https_response(data: &[u8]) {
     }
     // URL parsing on the raw text too (it also reads ELEVENLABS_API_BASE from the config): what
     // it accepts, written back as a WebSocket URL, parses to the same endpoint.
-    if let Ok(ep) = endpoint::Endpoint::parse(&String::from_utf8_lossy(data))
+    if let Ok(ep) = Endpoint::parse(&String::from_utf8_lossy(data))
         && !ep.host.contains(['[', ']'])
     {
-        let again = endpoint::Endpoint::parse(&ep.ws_url());
+        let again = Endpoint::parse(&ep.ws_url());
         assert_eq!(
             again.as_ref(),
             Ok(&ep),

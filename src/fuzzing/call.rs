@@ -13,6 +13,7 @@ use crate::audio::AgentFormat;
 use crate::audio::playout::MARK_PREFIX;
 use crate::bridge::{
     Bridge, BridgeConfig, BridgeEvent, DtmfMode, Output, TOOL_END_CALL, TOOL_TRANSFER,
+    TransferNumbers,
 };
 use crate::twilio::media_stream;
 
@@ -94,6 +95,11 @@ pub fn call_session(data: &[u8]) {
         final_audio_timeout: Duration::from_millis(
             [20_000, 100, 2_000, 0][usize::from((cfg >> 5) & 3)],
         ),
+        // A number, so that every `transfer_to_staff` becomes a `Transfer` to answer.
+        transfer: TransferNumbers {
+            fallback: Some("+4930123456".to_owned()),
+            staff_line: None,
+        },
         ..BridgeConfig::default()
     };
     let mut call = Call {
@@ -422,7 +428,7 @@ impl Call {
                     assert!(self.bridge.is_closed());
                     self.close_twilio = true;
                 }
-                BridgeEvent::Transfer { tool_call_id } => {
+                BridgeEvent::Transfer { tool_call_id, .. } => {
                     self.transfer_events += 1;
                     assert!(
                         self.transfer_events <= self.transfer_asked,

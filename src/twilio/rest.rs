@@ -1,12 +1,37 @@
 //! Twilio REST "update a call" (twilio.md §5.2), used to transfer a live call to staff: the new
 //! TwiML replaces the running `<Connect><Stream>`. Sans-IO: request bytes out, status in.
 
+use std::fmt;
+
 use base64::Engine as _;
 
-use crate::elevenlabs::endpoint::{Endpoint, EndpointError};
+use crate::http::client::{self, ResponseError};
+use crate::http::url::{Endpoint, UrlError};
 
 /// Largest response read from Twilio's REST API.
 pub const MAX_REST_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Why the call-update request could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateCallError {
+    /// `TWILIO_API_BASE` is not a usable URL.
+    BaseUrl(UrlError),
+    /// The AccountSid or CallSid is empty or not alphanumeric (it goes into the path).
+    BadSid,
+}
+
+impl fmt::Display for UpdateCallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpdateCallError::BaseUrl(e) => write!(f, "Twilio API base: {e}"),
+            UpdateCallError::BadSid => {
+                f.write_str("Twilio AccountSid or CallSid is not alphanumeric")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UpdateCallError {}
 
 /// `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` with `Twiml=…`, HTTP Basic
 /// `AccountSid:AuthToken` (§5).
@@ -16,12 +41,12 @@ pub fn update_call_request(
     auth_token: &str,
     call_sid: &str,
     twiml: &str,
-) -> Result<(Endpoint, Vec<u8>), EndpointError> {
+) -> Result<(Endpoint, Vec<u8>), UpdateCallError> {
     let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
     if !safe(account_sid) || !safe(call_sid) {
-        return Err(EndpointError::BadUrl);
+        return Err(UpdateCallError::BadSid);
     }
-    let mut ep = Endpoint::parse(api_base)?;
+    let mut ep = Endpoint::parse(api_base).map_err(UpdateCallError::BaseUrl)?;
     ep.target = format!("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json");
     let body = format!("Twiml={}", crate::http::form::encode(twiml));
     let auth =
@@ -41,15 +66,8 @@ pub fn update_call_request(
 }
 
 /// The response status once the head is complete (the body is not needed).
-pub fn parse_status(buf: &[u8], eof: bool) -> Result<Option<u16>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => Ok(resp.code),
-        Ok(httparse::Status::Partial) if eof => Err("truncated response"),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err("malformed response"),
-    }
+pub fn parse_status(buf: &[u8], eof: bool) -> Result<Option<u16>, ResponseError> {
+    client::parse_status(buf, eof)
 }
 
 #[cfg(test)]
@@ -71,7 +89,10 @@ mod tests {
         assert!(req.starts_with("POST /2010-04-01/Accounts/AC123/Calls/CA9.json HTTP/1.1\r\n"));
         assert!(req.contains("Authorization: Basic QUMxMjM6dG9r\r\n"));
         assert!(req.ends_with("Twiml=%3CResponse%3E%3CDial%3E%2B49%3C%2FDial%3E%3C%2FResponse%3E"));
-        assert!(update_call_request("https://x", "AC/../", "t", "CA1", "").is_err());
+        assert_eq!(
+            update_call_request("https://x", "AC/../", "t", "CA1", ""),
+            Err(UpdateCallError::BadSid)
+        );
         assert_eq!(
             parse_status(b"HTTP/1.1 200 OK\r\n\r\n", false),
             Ok(Some(200))
