@@ -8,6 +8,7 @@
 //!   and the URLs and response parsing of ignis's own HTTPS requests.
 //! - [`twilio`]: Twilio signatures, webhook parameters, TwiML and Media Streams messages.
 //! - [`audio`]: the DSP pipeline (μ-law, resampling, jitter and playout buffers).
+//! - [`sim`]: the simulated Twilio caller and ElevenLabs agent (demo, simulate, tests, benches).
 //! - [`driver`]: the only layer that owns sockets, tasks, threads and the clock.
 //!
 //! Everything outside `driver` (and `audio::pipeline`) takes bytes and `now` as arguments and
@@ -30,5 +31,6 @@ pub mod practice;
 pub mod privacy;
 pub mod routes;
 pub mod secret;
+pub mod sim;
 pub mod telemetry;
 pub mod twilio;

@@ -1,29 +1,17 @@
-//! A simulated caller that behaves as Twilio does (twilio.md §1–§3): a signed voice webhook, then
-//! the signed Media Streams socket with `connected`, `start`, 20 ms `media` frames on an absolute
-//! clock, marks echoed once the audio before them has played, `clear` honoured, `stop` at the end.
-//! It records what the caller heard on a timeline, so a `clear` cuts the recording as it would
-//! cut the sound. Used by `ignis demo` and `ignis simulate`.
+//! `ignis simulate`'s caller (also the demo's): one scripted call as Twilio places it, on the
+//! simulator's Twilio stream ([`super::sim::twilio`]): the signed voice webhook, the stream its
+//! TwiML names, `connected`, `start`, 20 ms `media` frames on an absolute clock, marks and
+//! `clear` handled by Twilio's playback rules, `stop` at the end. It records what the caller
+//! heard on a timeline, so a `clear` cuts the recording as it would cut the sound.
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-use super::net;
+use super::sim::SimError;
+use super::sim::twilio::{StreamEvent, TwilioStream, voice_webhook};
 use crate::audio::mulaw;
-use crate::http::form;
-use crate::http::url::Endpoint;
-use crate::twilio::signature;
+use crate::sim::twilio::{CallIds, FRAME, FRAME_MS, Heard, Messages, Playback};
 
-/// Twilio's frame: 20 ms of 8 kHz μ-law.
-const FRAME: usize = 160;
-const FRAME_MS: u64 = 20;
-/// Energy (RMS of 16-bit samples) above which a frame counts as speech.
-pub const SPEECH_RMS: f64 = 500.0;
+pub use crate::sim::{SPEECH_RMS, is_speech};
 
 /// When the caller starts talking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +22,14 @@ pub enum SpeakAt {
     After(Duration),
 }
 
+/// Quiet after the greeting before [`SpeakAt::AfterGreeting`] talks.
+const AFTER_GREETING: Duration = Duration::from_millis(500);
+
 /// What to do.
 #[derive(Debug, Clone)]
 pub struct CallerOptions {
-    /// `wss://host/api/twilio/stream` (or `ws://` locally).
+    /// `wss://host/api/twilio/stream` (or `ws://` locally): used when no webhook is called or
+    /// its TwiML names no stream (otherwise the stream is the one the TwiML names).
     pub stream_url: String,
     /// The voice webhook to call first (`https://host/api/twilio/voice`), if any.
     pub webhook_url: Option<String>,
@@ -88,254 +80,133 @@ pub struct CallerReport {
     pub ended_by: String,
 }
 
-/// Runs one call to its end.
-pub async fn run(opts: CallerOptions) -> Result<CallerReport, String> {
-    let mut report = CallerReport::default();
-    if let Some(url) = &opts.webhook_url {
-        report.webhook_status = Some(voice_webhook(&opts, url).await?);
-    }
+/// The caller's side of the conversation: when to talk, what to send each 20 ms.
+struct Speaker<'a> {
+    opts: &'a CallerOptions,
+    t0: Instant,
+    /// Next speech byte to send, once talking.
+    pos: Option<usize>,
+    done_at: Option<Instant>,
+}
 
-    // The signed upgrade (twilio.md §1.1: over the wss URL, no parameters).
-    let ep = Endpoint::parse(&opts.stream_url).map_err(|e| format!("stream URL: {e}"))?;
-    let tls = net::default_tls().map_err(|e| format!("TLS: {e}"))?;
-    let stream = net::connect(&ep, &tls, opts.timeout)
-        .await
-        .map_err(|e| format!("connect {}: {e}", opts.stream_url))?;
-    let mut request = opts
-        .stream_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("stream URL: {e}"))?;
-    let sig = signature::sign(&opts.auth_token, &opts.stream_url, &[]);
-    request.headers_mut().insert(
-        "X-Twilio-Signature",
-        HeaderValue::from_str(&sig).map_err(|e| e.to_string())?,
-    );
-    let (mut ws, _) = tokio::time::timeout(
-        opts.timeout,
-        tokio_tungstenite::client_async(request, stream),
-    )
-    .await
-    .map_err(|_| "stream handshake timed out".to_owned())?
-    .map_err(|e| format!("stream handshake: {e}"))?;
+/// What the caller does on a frame tick.
+enum Tick<'a> {
+    Send(&'a [u8]),
+    HangUp,
+    GiveUp,
+}
 
-    let stream_sid = format!("MZ{}", &opts.call_sid.get(2..).unwrap_or("0"));
-    let mut seq = 0u64;
-    let mut next_seq = || {
-        seq += 1;
-        seq.to_string()
-    };
-    let send = |text: String| Message::text(text);
-    ws.send(send(
-        json!({"event":"connected","protocol":"Call","version":"1.0.0"}).to_string(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
-    ws.send(send(
-        json!({"event":"start","sequenceNumber":next_seq(),"streamSid":stream_sid,
-            "start":{"accountSid":"AC00000000000000000000000000000000","streamSid":stream_sid,
-            "callSid":opts.call_sid,"tracks":["inbound"],
-            "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
-            "customParameters":{"caller":opts.from,"called":opts.to,"callSid":opts.call_sid}}})
-        .to_string(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    report.started_at = Some(t0);
+const SILENCE: [u8; FRAME] = [mulaw::SILENCE; FRAME];
 
-    // Playback model: audio plays back to back in real time; marks wait for it (§1.4).
-    let mut play_cursor = 0usize; // samples into `heard`
-    let mut pending_marks: Vec<(usize, String)> = Vec::new();
-    let mut speech_pos: Option<usize> = None; // next speech byte to send, once talking
-    let mut speech_done_at: Option<Instant> = None;
-    let mut chunk = 0u64;
-    let silence = [mulaw::SILENCE; FRAME];
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::from_std(t0),
-        Duration::from_millis(FRAME_MS),
-    );
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let now = Instant::now();
-                let at_ms = now.duration_since(t0);
-                if now.duration_since(t0) > opts.max_duration {
-                    report.ended_by = "max duration".into();
-                    break;
-                }
-                // Decide when to talk.
-                if speech_pos.is_none() && speech_done_at.is_none() {
-                    let start = match opts.speak_at {
-                        SpeakAt::After(d) => at_ms >= d,
-                        SpeakAt::AfterGreeting => {
-                            let heard_until = play_cursor as u64 / 8;
-                            report.first_audio_at.is_some()
-                                && at_ms.as_millis() as u64 >= heard_until + 500
-                        }
-                    };
-                    if start {
-                        speech_pos = Some(0);
-                    }
-                }
-                let frame: &[u8] = match speech_pos {
-                    Some(p) if p < opts.speech.len() => {
-                        let end = (p + FRAME).min(opts.speech.len());
-                        speech_pos = Some(end);
-                        if report.first_speech_sent_at.is_none() && is_speech(&opts.speech[p..end]) {
-                            report.first_speech_sent_at = Some(now);
-                        }
-                        &opts.speech[p..end]
-                    }
-                    Some(_) => {
-                        speech_pos = None;
-                        speech_done_at = Some(now);
-                        &silence
-                    }
-                    None => &silence,
-                };
-                chunk += 1;
-                let msg = json!({"event":"media","sequenceNumber":next_seq(),"streamSid":stream_sid,
-                    "media":{"track":"inbound","chunk":chunk.to_string(),
-                    "timestamp":((chunk - 1) * FRAME_MS).to_string(),
-                    "payload":base64::engine::general_purpose::STANDARD.encode(frame)}});
-                if ws.send(send(msg.to_string())).await.is_err() {
-                    report.ended_by = "stream closed by ignis".into();
-                    break;
-                }
-                report.frames_sent += 1;
-                // Echo marks whose audio has played.
-                let played = (now.duration_since(t0).as_millis() as usize) * 8;
-                let due: Vec<String> = pending_marks
-                    .iter()
-                    .filter(|(at, _)| *at <= played)
-                    .map(|(_, n)| n.clone())
-                    .collect();
-                pending_marks.retain(|(at, _)| *at > played);
-                for name in due {
-                    let m = json!({"event":"mark","sequenceNumber":next_seq(),"streamSid":stream_sid,"mark":{"name":name}});
-                    let _ = ws.send(send(m.to_string())).await;
-                }
-                if speech_done_at.is_some_and(|t| now.duration_since(t) >= opts.tail) {
-                    report.ended_by = "caller hung up".into();
-                    let stop = json!({"event":"stop","sequenceNumber":next_seq(),"streamSid":stream_sid,
-                        "stop":{"accountSid":"AC00000000000000000000000000000000","callSid":opts.call_sid}});
-                    let _ = ws.send(send(stop.to_string())).await;
-                    let _ = ws.close(None).await;
-                    break;
-                }
-            }
-            m = ws.next() => {
-                let now = Instant::now();
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(f))) => {
-                        report.ended_by = format!("ignis closed the stream ({})", f.map_or("no code".into(), |f| u16::from(f.code).to_string()));
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    None | Some(Err(_)) => {
-                        report.ended_by = "stream dropped".into();
-                        break;
-                    }
-                };
-                let v: serde_json::Value = serde_json::from_str(text.as_str()).map_err(|_| "ignis sent non-JSON (Twilio 31951)".to_owned())?;
-                let now_pos = (now.duration_since(t0).as_millis() as usize) * 8;
-                match v["event"].as_str() {
-                    Some("media") => {
-                        let payload = v["media"]["payload"].as_str().unwrap_or("");
-                        let bytes = base64::engine::general_purpose::STANDARD
-                            .decode(payload)
-                            .map_err(|_| "bad media payload (Twilio 31951)".to_owned())?;
-                        report.first_audio_at.get_or_insert(now);
-                        report.audio_arrivals.push(now);
-                        report.frames_received += (bytes.len() / FRAME) as u64;
-                        let start = play_cursor.max(now_pos);
-                        if report.heard.len() < start {
-                            report.heard.resize(start, 0);
-                        }
-                        report.heard.truncate(start);
-                        report.heard.extend(bytes.iter().map(|&b| mulaw::decode_sample(b)));
-                        play_cursor = report.heard.len();
-                    }
-                    Some("mark") => {
-                        report.marks += 1;
-                        let name = v["mark"]["name"].as_str().unwrap_or("").to_owned();
-                        pending_marks.push((play_cursor, name));
-                    }
-                    Some("clear") => {
-                        report.clears += 1;
-                        // What had not played yet is never heard.
-                        report.heard.truncate(now_pos.min(report.heard.len()));
-                        play_cursor = report.heard.len().max(now_pos);
-                        for (_, name) in pending_marks.drain(..) {
-                            let m = json!({"event":"mark","sequenceNumber":next_seq(),"streamSid":stream_sid,"mark":{"name":name}});
-                            let _ = ws.send(send(m.to_string())).await;
-                        }
-                    }
-                    other => return Err(format!("ignis sent event {other:?}, which Twilio rejects (31951)")),
-                }
+impl<'a> Speaker<'a> {
+    fn tick(&mut self, now: Instant, playback: &Playback, report: &mut CallerReport) -> Tick<'a> {
+        let opts = self.opts;
+        if now.duration_since(self.t0) > opts.max_duration {
+            return Tick::GiveUp;
+        }
+        if self
+            .done_at
+            .is_some_and(|t| now.duration_since(t) >= opts.tail)
+        {
+            return Tick::HangUp;
+        }
+        if self.pos.is_none() && self.done_at.is_none() {
+            let start = match opts.speak_at {
+                SpeakAt::After(d) => now.duration_since(self.t0) >= d,
+                SpeakAt::AfterGreeting => playback
+                    .play_end()
+                    .is_some_and(|end| now >= end + AFTER_GREETING),
+            };
+            if start {
+                self.pos = Some(0);
             }
         }
+        match self.pos {
+            Some(p) if p < opts.speech.len() => {
+                let end = (p + FRAME).min(opts.speech.len());
+                self.pos = Some(end);
+                let frame = &opts.speech[p..end];
+                if report.first_speech_sent_at.is_none() && is_speech(frame) {
+                    report.first_speech_sent_at = Some(now);
+                }
+                Tick::Send(frame)
+            }
+            Some(_) => {
+                self.pos = None;
+                self.done_at = Some(now);
+                Tick::Send(&SILENCE)
+            }
+            None => Tick::Send(&SILENCE),
+        }
     }
+}
+
+/// Runs one call to its end.
+pub async fn run(opts: CallerOptions) -> Result<CallerReport, SimError> {
+    let ids = CallIds::new(&opts.call_sid, &opts.from, &opts.to);
+    let mut report = CallerReport::default();
+    let mut stream_url = opts.stream_url.clone();
+    let mut parameters = Messages::new(ids.clone()).default_parameters();
+    if let Some(url) = &opts.webhook_url {
+        let answer = voice_webhook(url, &opts.auth_token, &ids, opts.timeout).await?;
+        report.webhook_status = Some(answer.status);
+        if let Some(twiml) = answer.stream {
+            (stream_url, parameters) = (twiml.url, twiml.parameters);
+        }
+    }
+    let mut stream =
+        TwilioStream::connect(&stream_url, &opts.auth_token, ids, opts.timeout).await?;
+    stream.start(&parameters).await?;
+    let t0 = Instant::now();
+    report.started_at = Some(t0);
+    let mut heard = Heard::new(t0);
+    let mut speaker = Speaker {
+        opts: &opts,
+        t0,
+        pos: None,
+        done_at: None,
+    };
+    let mut audio = Vec::new();
+    let mut ticker = tokio::time::interval_at(t0.into(), Duration::from_millis(FRAME_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    report.ended_by = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                match speaker.tick(Instant::now(), stream.playback(), &mut report) {
+                    Tick::Send(frame) => {
+                        if stream.send_media(frame).await.is_err() {
+                            break "stream closed by ignis".to_owned();
+                        }
+                        report.frames_sent += 1;
+                    }
+                    Tick::HangUp => {
+                        let _ = stream.hang_up().await;
+                        break "caller hung up".to_owned();
+                    }
+                    Tick::GiveUp => break "max duration".to_owned(),
+                }
+            }
+            event = stream.recv(&mut audio) => match event {
+                Ok(StreamEvent::Media { at, plays_at }) => {
+                    report.first_audio_at.get_or_insert(at);
+                    report.audio_arrivals.push(at);
+                    report.frames_received += (audio.len() / FRAME) as u64;
+                    heard.play(plays_at, &audio);
+                }
+                Ok(StreamEvent::Mark(_)) => report.marks += 1,
+                Ok(StreamEvent::Clear(at)) => {
+                    report.clears += 1;
+                    heard.clear(at);
+                }
+                Ok(StreamEvent::Closed(code)) => {
+                    let code = code.map_or("no code".into(), |c| c.to_string());
+                    break format!("ignis closed the stream ({code})");
+                }
+                Ok(StreamEvent::Dropped) | Err(SimError::Socket(_)) => break "stream dropped".to_owned(),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    report.heard = heard.samples;
     Ok(report)
-}
-
-/// Whether a μ-law frame holds speech rather than quiet.
-pub fn is_speech(ulaw: &[u8]) -> bool {
-    if ulaw.is_empty() {
-        return false;
-    }
-    let energy: f64 = ulaw
-        .iter()
-        .map(|&b| f64::from(mulaw::decode_sample(b)).powi(2))
-        .sum::<f64>()
-        / ulaw.len() as f64;
-    energy.sqrt() > SPEECH_RMS
-}
-
-/// POSTs the signed voice webhook as Twilio would and returns the status.
-async fn voice_webhook(opts: &CallerOptions, url: &str) -> Result<u16, String> {
-    let params: Vec<(String, String)> = [
-        ("AccountSid", "AC00000000000000000000000000000000"),
-        ("ApiVersion", "2010-04-01"),
-        ("CallSid", opts.call_sid.as_str()),
-        ("CallStatus", "ringing"),
-        ("Called", opts.to.as_str()),
-        ("Caller", opts.from.as_str()),
-        ("Direction", "inbound"),
-        ("From", opts.from.as_str()),
-        ("To", opts.to.as_str()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let sig = signature::sign(&opts.auth_token, url, &params);
-    let body = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", form::encode(k), form::encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut ep = Endpoint::parse(url).map_err(|e| format!("webhook URL: {e}"))?;
-    let target = std::mem::take(&mut ep.target);
-    let req = format!(
-        "POST {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: TwilioProxy/1.1 (ignis simulate)\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {sig}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        ep.host_header(),
-        body.len()
-    );
-    let tls = net::default_tls().map_err(|e| format!("TLS: {e}"))?;
-    net::request(
-        &ep,
-        &tls,
-        req.as_bytes(),
-        opts.timeout,
-        64 * 1024,
-        crate::twilio::rest::parse_status,
-    )
-    .await
-    .map_err(|e| format!("voice webhook: {e}"))
 }

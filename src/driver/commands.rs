@@ -101,7 +101,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<(), StartError> {
             max_duration: Duration::from_secs(args.seconds),
             timeout: SIMULATE_TIMEOUT,
         }))
-        .map_err(StartError::Failed)?;
+        .map_err(|e| StartError::Failed(e.to_string()))?;
     let setup = match (report.started_at, report.first_audio_at) {
         (Some(s), Some(a)) => format!("{:.0} ms", a.duration_since(s).as_secs_f64() * 1000.0),
         _ => "no agent audio".into(),

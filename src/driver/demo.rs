@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::caller::{self, CallerOptions, SpeakAt};
-use super::local_agent::{LocalAgent, LocalAgentOptions};
+use super::caller::{self, CallerOptions, CallerReport, SpeakAt};
+use super::local_agent::{AgentLog, LOCAL_AGENT_ID, LocalAgent, LocalAgentOptions};
 use crate::audio::format::AgentFormat;
 use crate::audio::{mulaw, wav};
 use crate::config::Config;
@@ -52,10 +52,6 @@ pub struct DemoSummary {
     pub text: String,
 }
 
-fn random_hex(bytes: usize) -> Result<String, String> {
-    super::random_hex(bytes).map_err(|e| format!("no OS randomness: {e}"))
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -71,20 +67,33 @@ pub fn caller_speech(wav_bytes: Option<&[u8]>) -> Result<Vec<u8>, String> {
         .collect())
 }
 
-/// Runs the demo call.
-pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
-    let speech = caller_speech(opts.wav.as_deref())?;
-    let greeting = wav::parse(GREETING_WAV).map_err(|e| e.to_string())?;
+/// The server, its practice and the local agent, running for one demo call.
+struct Stage {
+    addr: std::net::SocketAddr,
+    auth_token: String,
+    app: Arc<App>,
+    agent: LocalAgent,
+    dir: std::path::PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
 
+fn randomness(e: std::io::Error) -> String {
+    format!("no OS randomness: {e}")
+}
+
+/// Starts the local agent, the practice on a throwaway database and the real server.
+async fn stage(format: AgentFormat) -> Result<Stage, String> {
+    let greeting = wav::parse(GREETING_WAV).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let public = format!("http://{addr}");
-    let auth_token = random_hex(16)?;
-    let tools_token = random_hex(16)?;
+    let auth_token = super::random_hex(16).map_err(randomness)?;
+    let tools_token = super::random_hex(16).map_err(randomness)?;
     let agent = LocalAgent::start(LocalAgentOptions {
-        format: opts.format,
+        format,
         greeting: greeting.samples,
         tools: Some((public.clone(), tools_token.clone())),
     })
@@ -94,7 +103,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let vars: HashMap<String, String> = [
         ("PUBLIC_URL", public.as_str()),
         ("TWILIO_AUTH_TOKEN", auth_token.as_str()),
-        ("ELEVENLABS_AGENT_ID", "local_demo_agent"),
+        ("ELEVENLABS_AGENT_ID", LOCAL_AGENT_ID),
         ("ELEVENLABS_API_BASE", agent.base.as_str()),
     ]
     .iter()
@@ -106,7 +115,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let dir = std::env::temp_dir().join(format!(
         "ignis-demo-{}-{}",
         std::process::id(),
-        random_hex(4)?
+        super::random_hex(4).map_err(randomness)?
     ));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let db = dir.join("ignis.db").to_string_lossy().into_owned();
@@ -124,16 +133,31 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     .map_err(|e| e.to_string())?;
 
     let app = Arc::new(App::with_practice(config, practice));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(super::serve(listener, app.clone(), async {
         let _ = stop_rx.await;
     }));
+    Ok(Stage {
+        addr,
+        auth_token,
+        app,
+        agent,
+        dir,
+        stop,
+        server,
+    })
+}
 
-    let call_sid = format!("CA{}", random_hex(16)?);
+/// Runs the demo call.
+pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
+    let speech = caller_speech(opts.wav.as_deref())?;
+    let stage = stage(opts.format).await?;
+    let addr = stage.addr;
+    let call_sid = format!("CA{}", super::random_hex(16).map_err(randomness)?);
     let report = caller::run(CallerOptions {
         stream_url: format!("ws://{addr}/api/twilio/stream"),
-        webhook_url: Some(format!("{public}/api/twilio/voice")),
-        auth_token,
+        webhook_url: Some(format!("http://{addr}/api/twilio/voice")),
+        auth_token: stage.auth_token.clone(),
         call_sid: call_sid.clone(),
         from: crate::practice::demo::DEMO_CALLER_NUMBER.to_owned(),
         to: "+493000000000".to_owned(),
@@ -150,12 +174,31 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     .await;
     // Let the call's end reach the registry and the metrics.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let report = report?;
-    let log = agent.log.lock().map(|l| l.clone()).unwrap_or_default();
+    let _ = stage.stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), stage.server).await;
+    let _ = std::fs::remove_dir_all(&stage.dir);
+    let report = report.map_err(|e| e.to_string())?;
+    let log = stage
+        .agent
+        .log
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let outcome = stage
+        .app
+        .calls
+        .outcome(&call_sid)
+        .map_or("unknown", |o| o.as_str());
+    Ok(summarize(opts.format, report, &log, outcome))
+}
 
+/// The demo's figures, and their printable summary.
+fn summarize(
+    format: AgentFormat,
+    report: CallerReport,
+    log: &AgentLog,
+    outcome: &str,
+) -> DemoSummary {
     let setup = match (report.started_at, report.first_audio_at) {
         (Some(s), Some(a)) => ms(a.duration_since(s)),
         _ => "no agent audio".into(),
@@ -175,10 +218,6 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
                 .map(|t| t.duration_since(sent))
         })
         .map_or("n/a (no echo)".into(), ms);
-    let outcome = app
-        .calls
-        .outcome(&call_sid)
-        .map_or("unknown", |o| o.as_str());
     let heard_secs = report.heard.len() as f64 / 8000.0;
     let text = format!(
         "ignis demo: one call through the real server ({format}, {mode})\n\
@@ -190,8 +229,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
          \x20 agent      {pongs}/{pings} pings answered, {vars} dynamic variables received\n\
          \x20 practice   {ok}/{steps} tool calls answered ok (identify, slots, book, reschedule, cancel, request, emergency)\n\
          \x20 ending     {ended}; call outcome: {outcome}\n",
-        format = opts.format.as_str(),
-        mode = if opts.format.is_ulaw() {
+        format = format.as_str(),
+        mode = if format.is_ulaw() {
             "pass-through"
         } else {
             "transcoding"
@@ -207,7 +246,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         steps = log.tool_steps,
         ended = report.ended_by,
     );
-    Ok(DemoSummary {
+    DemoSummary {
         heard: report.heard,
         setup: report
             .started_at
@@ -219,5 +258,5 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         dynamic_variables: log.dynamic_variable_names.len(),
         outcome: outcome.to_owned(),
         text,
-    })
+    }
 }

@@ -1,6 +1,6 @@
-//! A local stand-in for the ElevenLabs agent, for `ignis demo`: no account, no network. It speaks
-//! the conversation protocol as elevenlabs.md describes it (initiation data first, metadata with
-//! the audio formats, pings, `audio` with turn ids, `interruption` on barge-in), greets with a
+//! A local stand-in for the ElevenLabs agent, for `ignis demo`: no account, no network. On the
+//! simulator's conversation service ([`super::sim::agent`]) it plays an agent: metadata with the
+//! audio formats, pings, `audio` with turn ids, `interruption` on barge-in; it greets with a
 //! clip, runs the practice's booking script through the tool endpoints the way ElevenLabs calls
 //! server tools (agent secret + the call's `secret__ignis_call` header), and echoes each caller
 //! turn back.
@@ -9,22 +9,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use base64::engine::general_purpose::STANDARD;
 
 use super::net;
+use super::sim::SimError;
+use super::sim::agent::{AgentService, AgentServiceOptions, Conversation};
 use crate::audio::format::AgentFormat;
-use crate::audio::mulaw;
 use crate::http::url::Endpoint;
+use crate::sim::agent::{self as rules, ClientMessage};
+use crate::sim::{SPEECH_RMS, rms};
 
+/// The agent id the local agent answers to (the demo configures ignis with it).
+pub const LOCAL_AGENT_ID: &str = "local_demo_agent";
 /// Audio sent per `audio` event (TTS arrives in bursts faster than real time).
 const BURST_MS: usize = 100;
 /// Quiet after caller speech that ends the caller's turn.
 const END_OF_TURN: Duration = Duration::from_millis(400);
-/// Energy (RMS) above which caller audio counts as speech.
-const SPEECH_RMS: f64 = 500.0;
+/// Largest response read from a tool endpoint.
+const MAX_TOOL_RESPONSE: usize = 64 * 1024;
 
 /// What the local agent saw and did, with times on the process's clock.
 #[derive(Debug, Default, Clone)]
@@ -71,21 +73,28 @@ pub struct LocalAgent {
 impl LocalAgent {
     /// Starts listening on loopback.
     pub async fn start(opts: LocalAgentOptions) -> std::io::Result<LocalAgent> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
         let log = Arc::new(Mutex::new(AgentLog::default()));
         let l = log.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+        let service = AgentService::start(
+            AgentServiceOptions {
+                agent_id: LOCAL_AGENT_ID.to_owned(),
+                api_key: String::new(),
+                signature: String::new(),
+            },
+            move |conv| {
                 let (opts, log) = (opts.clone(), l.clone());
-                tokio::spawn(async move {
-                    if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
-                        conversation(ws, opts, log).await;
+                async move {
+                    if let Ok(conv) = conv {
+                        let _ = conversation(conv, opts, log).await;
                     }
-                });
-            }
-        });
-        Ok(LocalAgent { base, log })
+                }
+            },
+        )
+        .await?;
+        Ok(LocalAgent {
+            base: service.base(),
+            log,
+        })
     }
 }
 
@@ -93,59 +102,36 @@ fn lock(log: &Mutex<AgentLog>) -> std::sync::MutexGuard<'_, AgentLog> {
     log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// PCM at 8 kHz into the agent's wire format (bytes).
-fn encode(format: AgentFormat, pcm8k: &[i16]) -> Vec<u8> {
-    if format.is_ulaw() {
-        return pcm8k.iter().map(|&s| mulaw::encode_sample(s)).collect();
-    }
-    let wav = crate::audio::wav::Wav {
-        rate: 8000,
-        samples: pcm8k.to_vec(),
-    };
-    let samples = crate::audio::wav::resample_clip(&wav, format.sample_rate()).unwrap_or_default();
-    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
-}
-
-/// The agent's wire format into 16-bit samples (at the format's rate).
-fn decode(format: AgentFormat, bytes: &[u8]) -> Vec<i16> {
-    if format.is_ulaw() {
-        bytes.iter().map(|&b| mulaw::decode_sample(b)).collect()
-    } else {
-        bytes
-            .chunks_exact(2)
-            .map(|p| i16::from_le_bytes([p[0], p[1]]))
-            .collect()
-    }
-}
-
-fn rms(samples: &[i16]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn send_audio(ws: &mut Ws, format: AgentFormat, event_id: u64, bytes: &[u8]) -> bool {
+/// Sends `bytes` as turn `event_id`, in bursts.
+async fn send_audio(
+    conv: &mut Conversation,
+    format: AgentFormat,
+    event_id: u64,
+    bytes: &[u8],
+) -> Result<(), SimError> {
     let burst = format.samples_in_ms(BURST_MS as u32) * format.bytes_per_sample();
     for part in bytes.chunks(burst.max(1)) {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(part);
-        let msg = json!({"type":"audio","audio_event":{"audio_base_64":b64,"event_id":event_id}});
-        if ws.send(Message::text(msg.to_string())).await.is_err() {
-            return false;
-        }
+        conv.send(rules::audio_b64(event_id, &STANDARD.encode(part)))
+            .await?;
     }
-    true
+    Ok(())
 }
 
-async fn conversation(mut ws: Ws, opts: LocalAgentOptions, log: Arc<Mutex<AgentLog>>) {
-    // §1.7: the initiation data comes first.
-    let init: Value = match ws.next().await {
-        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).unwrap_or(Value::Null),
-        _ => return,
-    };
-    let vars = init["dynamic_variables"]
+/// The agent's turn-taking: who speaks until when, what the caller has said.
+struct Turns {
+    turn: u64,
+    speaking_until: Instant,
+    utterance: Vec<u8>,
+    last_speech: Option<Instant>,
+    ping_id: u64,
+}
+
+async fn conversation(
+    mut conv: Conversation,
+    opts: LocalAgentOptions,
+    log: Arc<Mutex<AgentLog>>,
+) -> Result<(), SimError> {
+    let vars = conv.initiation["dynamic_variables"]
         .as_object()
         .cloned()
         .unwrap_or_default();
@@ -155,90 +141,89 @@ async fn conversation(mut ws: Ws, opts: LocalAgentOptions, log: Arc<Mutex<AgentL
         l.dynamic_variable_names = vars.keys().cloned().collect();
     }
     let format = opts.format;
-    let meta = json!({"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{
-        "conversation_id": format!("conv_local_{}", std::process::id()),
-        "agent_output_audio_format": format.as_str(), "user_input_audio_format": format.as_str()}});
-    if ws.send(Message::text(meta.to_string())).await.is_err() {
-        return;
-    }
-
+    let id = format!("conv_local_{}", std::process::id());
+    conv.send_metadata(&id, format.as_str(), format.as_str())
+        .await?;
     // The practice tools, called as ElevenLabs calls server tools, while the greeting plays.
-    if let (Some((base, secret)), Some(token)) = (
-        opts.tools.clone(),
-        vars.get("secret__ignis_call").and_then(Value::as_str),
-    ) {
+    if let (Some((base, secret)), Some(token)) =
+        (opts.tools.clone(), conv.variable("secret__ignis_call"))
+    {
         let (log, token) = (log.clone(), token.to_owned());
         tokio::spawn(async move { run_booking_script(&base, &secret, &token, &log).await });
     }
-
-    let mut turn: u64 = 1;
-    let greeting = encode(format, &opts.greeting);
-    let greeting_ms = opts.greeting.len() as u64 / 8;
-    if !send_audio(&mut ws, format, turn, &greeting).await {
-        return;
-    }
-    let mut speaking_until = Instant::now() + Duration::from_millis(greeting_ms);
-    let mut utterance: Vec<u8> = Vec::new();
-    let mut last_speech: Option<Instant> = None;
+    send_audio(&mut conv, format, 1, &rules::encode(format, &opts.greeting)).await?;
+    let greeting = Duration::from_millis(opts.greeting.len() as u64 / 8);
+    let mut turns = Turns {
+        turn: 1,
+        speaking_until: Instant::now() + greeting,
+        utterance: Vec::new(),
+        last_speech: None,
+        ping_id: 0,
+    };
     let mut ping = tokio::time::interval(Duration::from_secs(1));
     let mut turn_check = tokio::time::interval(Duration::from_millis(50));
-    let mut ping_id = 0u64;
     loop {
         tokio::select! {
             _ = ping.tick() => {
-                ping_id += 1;
+                turns.ping_id += 1;
                 lock(&log).pings += 1;
-                let p = json!({"type":"ping","ping_event":{"event_id":ping_id,"ping_ms":null}});
-                if ws.send(Message::text(p.to_string())).await.is_err() {
-                    return;
-                }
+                conv.send(rules::ping(turns.ping_id)).await?;
             }
             _ = turn_check.tick() => {
                 // The caller's turn ends after a pause: echo it back as the agent's reply.
-                if last_speech.is_some_and(|t| t.elapsed() >= END_OF_TURN) && !utterance.is_empty() {
-                    turn += 1;
+                if turns.last_speech.is_some_and(|t| t.elapsed() >= END_OF_TURN) && !turns.utterance.is_empty() {
+                    turns.turn += 1;
                     lock(&log).first_echo_sent_at.get_or_insert(Instant::now());
-                    let reply = std::mem::take(&mut utterance);
-                    if !send_audio(&mut ws, format, turn, &reply).await {
-                        return;
-                    }
+                    let reply = std::mem::take(&mut turns.utterance);
+                    send_audio(&mut conv, format, turns.turn, &reply).await?;
                     let ms = (reply.len() / format.bytes_per_sample()) as u64 * 1000 / u64::from(format.sample_rate());
-                    speaking_until = Instant::now() + Duration::from_millis(ms);
-                    last_speech = None;
+                    turns.speaking_until = Instant::now() + Duration::from_millis(ms);
+                    turns.last_speech = None;
                 }
             }
-            m = ws.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => continue,
-                };
-                let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-                if v["type"] == "pong" && v["event_id"] == ping_id {
-                    lock(&log).pongs += 1;
-                    continue;
-                }
-                let Some(chunk) = v["user_audio_chunk"].as_str() else { continue };
-                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(chunk) else { continue };
-                let now = Instant::now();
-                if rms(&decode(format, &bytes)) > SPEECH_RMS {
-                    lock(&log).first_speech_received_at.get_or_insert(now);
-                    if now < speaking_until && last_speech.is_none() {
-                        // Barge-in: the caller talks over the agent (§4.4).
-                        turn += 1;
-                        lock(&log).interruptions += 1;
-                        let i = json!({"type":"interruption","interruption_event":{"event_id":turn}});
-                        let _ = ws.send(Message::text(i.to_string())).await;
-                        speaking_until = now;
-                    }
-                    last_speech = Some(now);
-                }
-                if last_speech.is_some() {
-                    utterance.extend_from_slice(&bytes);
+            m = conv.recv() => {
+                let Some(text) = m? else { return Ok(()) };
+                if let Some(reply) = heard(&mut turns, format, text.as_str(), &log) {
+                    conv.send(reply).await?;
                 }
             }
         }
     }
+}
+
+/// Takes in one client message; returns an `interruption` to send on barge-in.
+fn heard(
+    turns: &mut Turns,
+    format: AgentFormat,
+    text: &str,
+    log: &Mutex<AgentLog>,
+) -> Option<String> {
+    let chunk = match rules::parse_client(text)? {
+        ClientMessage::Pong(id) if id == turns.ping_id => {
+            lock(log).pongs += 1;
+            return None;
+        }
+        ClientMessage::UserAudio(chunk) => chunk,
+        _ => return None,
+    };
+    let bytes = STANDARD.decode(chunk.as_bytes()).ok()?;
+    let now = Instant::now();
+    let mut reply = None;
+    if rms(&rules::decode(format, &bytes)) > SPEECH_RMS {
+        lock(log).first_speech_received_at.get_or_insert(now);
+        if now < turns.speaking_until && turns.last_speech.is_none() {
+            // Barge-in: the caller talks over the agent (§4.4).
+            turns.turn += 1;
+            lock(log).interruptions += 1;
+            reply = Some(rules::interruption(turns.turn));
+            turns.speaking_until = now;
+        }
+        turns.last_speech = Some(now);
+    }
+    if turns.last_speech.is_some() {
+        turns.utterance.extend_from_slice(&bytes);
+    }
+    reply
 }
 
 /// Replays the practice's scripted booking through ignis's tool endpoints.
@@ -269,7 +254,7 @@ async fn run_booking_script(base: &str, secret: &str, call_token: &str, log: &Mu
             &tls,
             req.as_bytes(),
             Duration::from_secs(5),
-            64 * 1024,
+            MAX_TOOL_RESPONSE,
             |buf, eof| {
                 // Read to the end of the (Connection: close) response.
                 if !eof {

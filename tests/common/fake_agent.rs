@@ -1,21 +1,17 @@
-//! A stand-in for the ElevenLabs service on loopback, following elevenlabs.md: the signed-URL
-//! endpoint (§1.3) and the conversation socket (§1.7, §2, §3). Each accepted conversation is
-//! handed to the test as an [`AgentConn`] the test scripts: what to send, when to close.
+//! The ElevenLabs service for the tests: the library's conversation service on loopback
+//! (`ignis::driver::sim::agent`: the signed-URL endpoint and the conversation socket, checking
+//! what ElevenLabs checks). Each accepted conversation is handed to the test as an [`AgentConn`]
+//! the test scripts: what to send, when to close.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use ignis::driver::sim::agent::{AgentService, AgentServiceOptions, Conversation};
+use ignis::sim::agent::{self as rules, ClientMessage};
+use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub const AGENT_ID: &str = "agent_test";
 pub const API_KEY: &str = "sk_test_key";
@@ -71,9 +67,7 @@ impl AgentConn {
     pub fn send_audio(&self, event_id: u64, audio: &[u8]) {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(audio);
-        self.send(
-            json!({"type":"audio","audio_event":{"audio_base_64": b64, "event_id": event_id}}),
-        );
+        let _ = self.tx.send(Cmd::Send(rules::audio_b64(event_id, &b64)));
     }
     pub fn close(&self, code: u16) {
         let _ = self.tx.send(Cmd::Close(code));
@@ -158,30 +152,32 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn start(behaviour: AgentBehaviour) -> FakeAgent {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let behaviour = Arc::new(Mutex::new(behaviour));
         let (conn_tx, conn_rx) = mpsc::unbounded_channel();
-        let signed = Arc::new(Mutex::new(0));
-        let origin = Arc::new(Mutex::new(None::<String>));
-        let (b, s, o) = (behaviour.clone(), signed.clone(), origin.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (b, s, tx) = (b.clone(), s.clone(), conn_tx.clone());
-                let origin = o
-                    .lock()
-                    .unwrap()
-                    .clone()
-                    .unwrap_or_else(|| format!("ws://{addr}"));
-                tokio::spawn(async move { serve(stream, origin, b, s, tx).await });
-            }
-        });
+        let b = behaviour.clone();
+        let service = AgentService::start(
+            AgentServiceOptions {
+                agent_id: AGENT_ID.into(),
+                api_key: API_KEY.into(),
+                signature: SIGNATURE.into(),
+            },
+            move |conv| {
+                let (b, tx) = (b.clone(), conn_tx.clone());
+                async move {
+                    if let Ok(conv) = conv {
+                        serve(conv, b, tx).await;
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
         FakeAgent {
-            addr,
+            addr: service.addr,
             behaviour,
             conns: tokio::sync::Mutex::new(conn_rx),
-            signed_url_requests: signed,
-            signed_url_origin: origin,
+            signed_url_requests: service.signed_url_requests,
+            signed_url_origin: service.signed_url_origin,
         }
     }
 
@@ -206,130 +202,57 @@ impl FakeAgent {
     }
 }
 
+/// Plays the agent's part as the behaviour says, then relays between the socket and the test.
 async fn serve(
-    mut stream: TcpStream,
-    origin: String,
+    mut conv: Conversation,
     behaviour: Arc<Mutex<AgentBehaviour>>,
-    signed: Arc<Mutex<u32>>,
     conn_tx: mpsc::UnboundedSender<AgentConn>,
 ) {
-    // Peek at the request line to tell the signed-URL GET from the WebSocket upgrade.
-    let mut head = [0u8; 4096];
-    let n = match stream.peek(&mut head).await {
-        Ok(n) => n,
-        Err(_) => return,
-    };
-    let text = String::from_utf8_lossy(&head[..n]).to_string();
-    if text.starts_with("GET /v1/convai/conversation/get-signed-url") {
-        let mut buf = vec![0u8; 4096];
-        let _ = stream.read(&mut buf).await;
-        *signed.lock().unwrap() += 1;
-        let ok_key = text
-            .to_ascii_lowercase()
-            .contains(&format!("xi-api-key: {}", API_KEY.to_ascii_lowercase()));
-        let ok_agent = text.contains(&format!("agent_id={AGENT_ID}"));
-        let resp = if ok_key && ok_agent {
-            let body = json!({"signed_url": format!("{origin}/v1/convai/conversation?agent_id={AGENT_ID}&conversation_signature={SIGNATURE}")}).to_string();
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        } else {
-            let body = r#"{"detail":{"status":"invalid_api_key"}}"#;
-            format!(
-                "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        };
-        let _ = stream.write_all(resp.as_bytes()).await;
-        return;
-    }
-    let target = Arc::new(Mutex::new(String::new()));
-    let t2 = target.clone();
-    #[allow(clippy::result_large_err)] // tungstenite's callback signature
-    let callback = move |req: &Request, resp: Response| {
-        *t2.lock().unwrap() = req.uri().to_string();
-        Ok(resp)
-    };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-        return;
-    };
-    let target = target.lock().unwrap().clone();
-    // A public agent needs agent_id; a signed URL must carry our signature when a key is in use.
-    if !target.contains(&format!("agent_id={AGENT_ID}")) {
-        let _ = ws
-            .close(Some(CloseFrame {
-                code: CloseCode::Policy,
-                reason: "unknown agent".into(),
-            }))
-            .await;
-        return;
-    }
-    // §1.7: the client sends conversation_initiation_client_data first.
-    let first = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
-        _ => return,
-    };
-    let initiation: Value = serde_json::from_str(&first).unwrap_or(Value::Null);
-    if initiation["type"] != "conversation_initiation_client_data" {
-        let _ = ws
-            .close(Some(CloseFrame {
-                code: CloseCode::Policy,
-                reason: "invalid_message".into(),
-            }))
-            .await;
-        return;
-    }
     let b = behaviour.lock().unwrap().clone();
     tokio::time::sleep(b.metadata_delay).await;
     let conv_id = format!("conv_{}", rand_id());
-    let meta = json!({"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{
-        "conversation_id": conv_id, "agent_output_audio_format": b.output_format, "user_input_audio_format": b.input_format}});
-    if ws.send(Message::text(meta.to_string())).await.is_err() {
+    if conv
+        .send_metadata(&conv_id, &b.output_format, &b.input_format)
+        .await
+        .is_err()
+    {
         return;
     }
     if b.ping_first {
-        let _ = ws
-            .send(Message::text(
-                json!({"type":"ping","ping_event":{"event_id":1,"ping_ms":null}}).to_string(),
-            ))
-            .await;
+        let _ = conv.send(rules::ping(1)).await;
     }
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let _ = conn_tx.send(AgentConn {
-        target,
-        initiation,
+        target: conv.target.clone(),
+        initiation: conv.initiation.clone(),
         rx: in_rx,
         tx: cmd_tx,
     });
+    let mut scripted = true;
     loop {
         tokio::select! {
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
+            m = conv.recv() => match m {
+                Ok(Some(t)) => {
                     if b.echo
-                        && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
-                        && let Some(chunk) = v["user_audio_chunk"].as_str()
+                        && let Some(ClientMessage::UserAudio(chunk)) = rules::parse_client(t.as_str())
                     {
-                        let echo = json!({"type":"audio","audio_event":{"audio_base_64": chunk, "event_id": 1}});
-                        let _ = ws.send(Message::text(echo.to_string())).await;
+                        let _ = conv.send(rules::audio_b64(1, &chunk)).await;
                     }
                     // The test may have stopped listening; keep serving anyway.
                     let _ = in_tx.send(t.to_string());
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+                Ok(None) | Err(_) => return,
             },
-            c = cmd_rx.recv() => match c {
-                Some(Cmd::Send(t)) => { let _ = ws.send(Message::text(t)).await; }
+            c = cmd_rx.recv(), if scripted => match c {
+                Some(Cmd::Send(t)) => { let _ = conv.send(t).await; }
                 Some(Cmd::Close(code)) => {
-                    let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: "".into() })).await;
-                    // Drain until the client's close reply.
-                    while let Some(Ok(m)) = ws.next().await { if m.is_close() { break; } }
+                    conv.close(code).await;
                     return;
                 }
                 Some(Cmd::Drop) => return,
-                None => {}
+                // The test dropped its handle: keep serving the socket.
+                None => scripted = false,
             }
         }
     }

@@ -1,20 +1,19 @@
-//! A stand-in for Twilio's side of a call, following twilio.md: the signed voice webhook, then
-//! the Media Streams socket (§1.2 messages in order), with Twilio's playback behaviour (§1.4):
-//! outbound audio plays in real time in arrival order, a `mark` is echoed once the audio before
-//! it has played, and `clear` discards queued audio and echoes every pending mark.
+//! Twilio's side of a call for the tests: the library's simulated stream
+//! (`ignis::driver::sim::twilio`, which applies Twilio's playback rules: marks echoed once their
+//! audio has played, `clear` echoing every pending mark) behind a handle the tests script. What
+//! ignis sends comes back as [`Seen`] events; anything Twilio would reject fails the test.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use ignis::driver::sim::SimError;
+use ignis::driver::sim::twilio::{StreamEvent, TwilioStream};
+use ignis::sim::twilio::{CallIds, Messages};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{
     CONNECTED, Server, TOKEN, call_params, client_text_frame, read_response, signed_post,
@@ -35,8 +34,9 @@ pub enum Seen {
 }
 
 enum Cmd {
-    Text(String),
-    Close,
+    Audio(Vec<u8>),
+    Dtmf(char),
+    HangUp,
 }
 
 /// One simulated caller.
@@ -44,8 +44,17 @@ pub struct TwilioCall {
     pub call_sid: String,
     cmd: mpsc::UnboundedSender<Cmd>,
     seen: mpsc::UnboundedReceiver<Seen>,
-    chunk: u64,
-    seq: u64,
+}
+
+/// The test calls' ids: the numbers `call_params` uses, stream SID `MZ<call sid>`.
+pub fn test_ids(call_sid: &str) -> CallIds {
+    CallIds {
+        account_sid: "AC11111111111111111111111111111111".into(),
+        call_sid: call_sid.into(),
+        stream_sid: format!("MZ{call_sid}"),
+        from: "+4915112345123".into(),
+        to: "+16175551881".into(),
+    }
 }
 
 impl TwilioCall {
@@ -95,47 +104,27 @@ impl TwilioCall {
     {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (seen_tx, seen_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(ws, format!("MZ{call_sid}"), cmd_rx, seen_tx));
+        let stream = TwilioStream::over(ws, Messages::after_start(test_ids(call_sid)));
+        tokio::spawn(run(stream, cmd_rx, seen_tx));
         TwilioCall {
             call_sid: call_sid.to_owned(),
             cmd: cmd_tx,
             seen: seen_rx,
-            chunk: 0,
-            seq: 1,
         }
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
     }
 
     /// Sends caller audio as 20 ms frames (160 bytes, timestamps 20 ms apart), without pacing.
     pub fn send_audio(&mut self, ulaw: &[u8]) {
-        for frame in ulaw.chunks(160) {
-            self.chunk += 1;
-            let seq = self.next_seq();
-            let msg = json!({"event":"media","sequenceNumber":seq.to_string(),"streamSid":format!("MZ{}", self.call_sid),
-                "media":{"track":"inbound","chunk":self.chunk.to_string(),"timestamp":((self.chunk-1)*20).to_string(),
-                "payload": base64::engine::general_purpose::STANDARD.encode(frame)}});
-            let _ = self.cmd.send(Cmd::Text(msg.to_string()));
-        }
+        let _ = self.cmd.send(Cmd::Audio(ulaw.to_vec()));
     }
 
     pub fn send_dtmf(&mut self, digit: char) {
-        let seq = self.next_seq();
-        let msg = json!({"event":"dtmf","sequenceNumber":seq.to_string(),"streamSid":format!("MZ{}", self.call_sid),
-            "dtmf":{"track":"inbound_track","digit":digit.to_string()}});
-        let _ = self.cmd.send(Cmd::Text(msg.to_string()));
+        let _ = self.cmd.send(Cmd::Dtmf(digit));
     }
 
     /// The caller hangs up: `stop`, then Twilio closes the socket.
     pub fn hang_up(&mut self) {
-        let seq = self.next_seq();
-        let msg = json!({"event":"stop","sequenceNumber":seq.to_string(),"streamSid":format!("MZ{}", self.call_sid),
-            "stop":{"accountSid":"AC11111111111111111111111111111111","callSid":self.call_sid}});
-        let _ = self.cmd.send(Cmd::Text(msg.to_string()));
-        let _ = self.cmd.send(Cmd::Close);
+        let _ = self.cmd.send(Cmd::HangUp);
     }
 
     pub async fn next(&mut self, within: Duration) -> Option<Seen> {
@@ -177,77 +166,52 @@ impl TwilioCall {
 
 /// The `start` message (§1.2) with the `<Parameter>`s ignis puts in its TwiML.
 pub fn start_json(call_sid: &str) -> Value {
-    json!({"event":"start","sequenceNumber":"1","streamSid":format!("MZ{call_sid}"),
-        "start":{"accountSid":"AC11111111111111111111111111111111","streamSid":format!("MZ{call_sid}"),"callSid":call_sid,
-        "tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
-        "customParameters":{"caller":"+4915112345123","called":"+16175551881","callSid":call_sid}}})
+    let mut msgs = Messages::new(test_ids(call_sid));
+    let params = msgs.default_parameters();
+    serde_json::from_str(&msgs.start(&params)).expect("the simulator writes JSON")
 }
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    mut ws: WebSocketStream<S>,
-    stream_sid: String,
+async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut stream: TwilioStream<S>,
     mut cmd: mpsc::UnboundedReceiver<Cmd>,
     seen: mpsc::UnboundedSender<Seen>,
 ) {
-    // Playback model: audio plays back to back in real time; marks wait for it.
-    let mut play_end = Instant::now();
-    let mut pending_marks: VecDeque<(Instant, String)> = VecDeque::new();
+    let mut audio = Vec::new();
     loop {
-        let next_mark = pending_marks.front().map(|(t, _)| *t);
         tokio::select! {
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str()).expect("ignis sends JSON");
-                    // twilio.md §1.3: exactly these shapes, camelCase streamSid, right stream.
-                    assert_eq!(v["streamSid"], stream_sid.as_str(), "wrong streamSid: {v}");
-                    match v["event"].as_str() {
-                        Some("media") => {
-                            let b = base64::engine::general_purpose::STANDARD
-                                .decode(v["media"]["payload"].as_str().expect("payload"))
-                                .expect("base64 payload");
-                            let now = Instant::now();
-                            play_end = play_end.max(now) + Duration::from_micros(b.len() as u64 * 125);
-                            let _ = seen.send(Seen::Media(b, now));
-                        }
-                        Some("mark") => {
-                            let name = v["mark"]["name"].as_str().expect("mark.name").to_owned();
-                            pending_marks.push_back((play_end.max(Instant::now()), name.clone()));
-                            let _ = seen.send(Seen::Mark(name));
-                        }
-                        Some("clear") => {
-                            let now = Instant::now();
-                            play_end = now;
-                            for (_, name) in pending_marks.drain(..) {
-                                let _ = ws.send(Message::text(json!({"event":"mark","streamSid":stream_sid,"mark":{"name":name}}).to_string())).await;
-                            }
-                            let _ = seen.send(Seen::Clear(now));
-                        }
-                        other => panic!("Twilio would reject event {other:?} (31951)"),
-                    }
-                }
-                Some(Ok(Message::Close(f))) => {
-                    let _ = seen.send(Seen::Closed(f.map(|f| u16::from(f.code))));
+            event = stream.recv(&mut audio) => {
+                let s = match event {
+                    Ok(StreamEvent::Media { at, .. }) => Seen::Media(audio.clone(), at.into()),
+                    Ok(StreamEvent::Mark(name)) => Seen::Mark(name),
+                    Ok(StreamEvent::Clear(at)) => Seen::Clear(at.into()),
+                    Ok(StreamEvent::Closed(code)) => Seen::Closed(code),
+                    Ok(StreamEvent::Dropped) | Err(SimError::Socket(_)) => Seen::Closed(None),
+                    Err(e) => panic!("{e}"),
+                };
+                let closed = matches!(s, Seen::Closed(_));
+                let _ = seen.send(s);
+                if closed {
                     return;
-                }
-                Some(Ok(Message::Binary(_))) => panic!("binary frame: Twilio warns 31950"),
-                Some(Ok(_)) => {}
-                None | Some(Err(_)) => {
-                    let _ = seen.send(Seen::Closed(None));
-                    return;
-                }
-            },
-            () = async { match next_mark { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
-                if let Some((_, name)) = pending_marks.pop_front() {
-                    let _ = ws.send(Message::text(json!({"event":"mark","sequenceNumber":"0","streamSid":stream_sid,"mark":{"name":name}}).to_string())).await;
                 }
             }
-            c = cmd.recv() => match c {
-                Some(Cmd::Text(t)) => { let _ = ws.send(Message::text(t)).await; }
-                Some(Cmd::Close) => {
-                    let _ = ws.close(None).await;
-                }
-                None => return,
+            c = cmd.recv() => {
+                let _ = match c {
+                    Some(Cmd::Audio(ulaw)) => send_frames(&mut stream, &ulaw).await,
+                    Some(Cmd::Dtmf(d)) => stream.send_dtmf(d).await,
+                    Some(Cmd::HangUp) => stream.hang_up().await,
+                    None => return,
+                };
             }
         }
     }
+}
+
+async fn send_frames<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: &mut TwilioStream<S>,
+    ulaw: &[u8],
+) -> Result<(), SimError> {
+    for frame in ulaw.chunks(160) {
+        stream.send_media(frame).await?;
+    }
+    Ok(())
 }

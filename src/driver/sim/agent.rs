@@ -1,0 +1,216 @@
+//! An ElevenLabs conversation service on loopback: the signed-URL endpoint (§1.3) and the
+//! conversation socket (§1.7). It checks what ElevenLabs checks (the agent id, the initiation
+//! data first) and hands each conversation to a handler that plays the agent's part.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::{SimError, ws_config};
+use crate::sim::agent as rules;
+
+/// Largest signed-URL request head read.
+const MAX_REQUEST_HEAD: usize = 4096;
+/// Time the client has to send its initiation data.
+const INITIATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the service accepts.
+#[derive(Debug, Clone)]
+pub struct AgentServiceOptions {
+    /// The one agent id it knows.
+    pub agent_id: String,
+    /// The API key the signed-URL endpoint requires.
+    pub api_key: String,
+    /// The `conversation_signature` it puts in signed URLs.
+    pub signature: String,
+}
+
+/// A running service.
+pub struct AgentService {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Signed-URL requests answered (either way).
+    pub signed_url_requests: Arc<Mutex<u32>>,
+    /// Origin signed URLs point at (default `ws://<addr>`), e.g. a TLS front.
+    pub signed_url_origin: Arc<Mutex<Option<String>>>,
+}
+
+impl AgentService {
+    /// Listens on loopback; each conversation (or failed handshake) goes to `handler`.
+    pub async fn start<F, Fut>(opts: AgentServiceOptions, handler: F) -> std::io::Result<Self>
+    where
+        F: Fn(Result<Conversation, SimError>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let service = AgentService {
+            addr,
+            signed_url_requests: Arc::default(),
+            signed_url_origin: Arc::default(),
+        };
+        let (count, origin) = (
+            service.signed_url_requests.clone(),
+            service.signed_url_origin.clone(),
+        );
+        let (opts, handler) = (Arc::new(opts), Arc::new(handler));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let origin = lock(&origin).clone().unwrap_or(format!("ws://{addr}"));
+                let (opts, handler, count) = (opts.clone(), handler.clone(), count.clone());
+                tokio::spawn(async move {
+                    if let Some(conv) = accept(stream, &opts, &origin, &count).await {
+                        handler(conv).await;
+                    }
+                });
+            }
+        });
+        Ok(service)
+    }
+
+    /// Its `http://` base, for `ELEVENLABS_API_BASE`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Answers a signed-URL request, or accepts a conversation (`None` when it was refused).
+async fn accept(
+    mut stream: TcpStream,
+    opts: &AgentServiceOptions,
+    origin: &str,
+    count: &Mutex<u32>,
+) -> Option<Result<Conversation, SimError>> {
+    // Peek at the request line to tell the signed-URL GET from the WebSocket upgrade.
+    let mut head = [0u8; MAX_REQUEST_HEAD];
+    let n = stream.peek(&mut head).await.ok()?;
+    let text = String::from_utf8_lossy(&head[..n]).into_owned();
+    if text.starts_with(&format!("GET {}", rules::SIGNED_URL_PATH)) {
+        let _ = stream.read(&mut head).await;
+        *lock(count) += 1;
+        let resp = rules::signed_url_response(
+            &text,
+            &opts.api_key,
+            &opts.agent_id,
+            origin,
+            &opts.signature,
+        );
+        let _ = stream.write_all(resp.as_bytes()).await;
+        return None;
+    }
+    let target = Arc::new(Mutex::new(String::new()));
+    let seen = target.clone();
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
+    let callback = move |req: &Request, resp: Response| {
+        *lock(&seen) = req.uri().to_string();
+        Ok(resp)
+    };
+    let mut ws =
+        match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
+            .await
+        {
+            Ok(ws) => ws,
+            Err(e) => return Some(Err(e.into())),
+        };
+    let target = lock(&target).clone();
+    if !target.contains(&format!("agent_id={}", opts.agent_id)) {
+        let _ = ws.close(Some(policy("unknown agent"))).await;
+        return None;
+    }
+    // §1.7: the client sends conversation_initiation_client_data first.
+    let first = match tokio::time::timeout(INITIATION_TIMEOUT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        _ => return None,
+    };
+    let initiation: Value = serde_json::from_str(first.as_str()).unwrap_or(Value::Null);
+    if !rules::is_initiation(&initiation) {
+        let _ = ws.close(Some(policy("invalid_message"))).await;
+        return None;
+    }
+    Some(Ok(Conversation {
+        ws,
+        target,
+        initiation,
+    }))
+}
+
+fn policy(reason: &str) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::Policy,
+        reason: reason.into(),
+    }
+}
+
+/// One conversation, after the client's initiation data; the handler sends the metadata.
+pub struct Conversation {
+    ws: WebSocketStream<TcpStream>,
+    /// The request path and query the client used.
+    pub target: String,
+    /// The client's initiation data.
+    pub initiation: Value,
+}
+
+impl Conversation {
+    /// The dynamic variable `name` of the initiation data.
+    pub fn variable(&self, name: &str) -> Option<&str> {
+        self.initiation["dynamic_variables"][name].as_str()
+    }
+
+    /// Sends one text message.
+    pub async fn send(&mut self, text: String) -> Result<(), SimError> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// Sends the metadata with the formats both ways.
+    pub async fn send_metadata(
+        &mut self,
+        id: &str,
+        output: &str,
+        input: &str,
+    ) -> Result<(), SimError> {
+        self.send(rules::metadata(id, output, input)).await
+    }
+
+    /// The next text message from the client; `None` once the socket closed.
+    pub async fn recv(&mut self) -> Result<Option<Utf8Bytes>, SimError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(Some(t)),
+                Some(Ok(Message::Close(_))) | None => return Ok(None),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Closes with `code` and waits for the client's close reply.
+    pub async fn close(&mut self, code: u16) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+        while let Some(Ok(m)) = self.ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    }
+}
