@@ -53,7 +53,7 @@ async fn run(format: Format) {
     let vars: HashMap<String, String> = [
         ("PUBLIC_URL", format!("http://{addr}")),
         ("TWILIO_AUTH_TOKEN", token.to_owned()),
-        ("ELEVENLABS_AGENT_ID", "bench_agent".to_owned()),
+        ("ELEVENLABS_AGENT_ID", loadgen::AGENT_ID.to_owned()),
         ("ELEVENLABS_API_BASE", agent_base),
     ]
     .into_iter()

@@ -140,7 +140,7 @@ fn spawn_ignis(
         .env("PORT", port.to_string())
         .env("BIND", "127.0.0.1")
         .env("TWILIO_AUTH_TOKEN", token)
-        .env("ELEVENLABS_AGENT_ID", "load_agent")
+        .env("ELEVENLABS_AGENT_ID", loadgen::AGENT_ID)
         .env("ELEVENLABS_API_BASE", agent_base)
         .env("IGNIS_DB", dir.join("ignis.db"))
         .env("MAX_CALLS", (n + 100).to_string())
@@ -155,13 +155,17 @@ fn spawn_ignis(
     cmd.spawn().expect("spawn ignis")
 }
 
-async fn run(a: &Args, n: usize) {
-    let stats = Arc::new(Stats::default());
-    let probe_every = Duration::from_millis(a.probe_ms);
+/// Starts the stand-in agent, then ignis on a free port, and waits until it accepts connections.
+async fn launch(
+    a: &Args,
+    n: usize,
+    stats: &Arc<Stats>,
+    token: &str,
+) -> (Child, u16, std::path::PathBuf) {
     let agent_base = loadgen::start_agent(
         AgentOptions {
             format: a.format,
-            probe_every,
+            probe_every: Duration::from_millis(a.probe_ms),
             interrupt_every: 5,
             ping_every: Duration::from_secs(2),
         },
@@ -173,12 +177,9 @@ async fn run(a: &Args, n: usize) {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let token = "load-generator-auth-token-0123456789";
     let dir = std::env::temp_dir().join(format!("ignis-load-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut child = spawn_ignis(a, n, port, &agent_base, token, &dir);
-    // ignis the process; with taskset it execs, so the pid is the same.
-    let pid = child.id();
+    let child = spawn_ignis(a, n, port, &agent_base, token, &dir);
     let t = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -191,6 +192,16 @@ async fn run(a: &Args, n: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (child, port, dir)
+}
+
+async fn run(a: &Args, n: usize) {
+    let stats = Arc::new(Stats::default());
+    let probe_every = Duration::from_millis(a.probe_ms);
+    let token = "load-generator-auth-token-0123456789";
+    let (mut child, port, dir) = launch(a, n, &stats, token).await;
+    // ignis the process; with taskset it execs, so the pid is the same.
+    let pid = child.id();
     let (_, rss_idle) = proc_sample(pid);
 
     let frames = Arc::new(CallerFrames::new());
@@ -201,12 +212,7 @@ async fn run(a: &Args, n: usize) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut new_call = |i: usize, next_sid: &mut u64| {
         *next_sid += 1;
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let duration = a
-            .soak_call_secs
-            .map(|s| Duration::from_millis(s * 500 + rng % (s * 1000).max(1)));
+        let duration = soak_duration(a, &mut rng);
         tokio::spawn(loadgen::call(
             CallOptions {
                 stream_url: stream_url.clone(),
@@ -240,9 +246,7 @@ async fn run(a: &Args, n: usize) {
     stats.recording.store(true, Relaxed);
     let mut rss_max = 0;
     let mut active_min = usize::MAX;
-    // Progress percentiles cover the samples since the previous line (re-sorting every sample
-    // of a 30-minute soak every 5 s would load the generator); the RSS timeline proves the
-    // soak's "RSS stays flat".
+    // The RSS timeline proves the soak's "RSS stays flat".
     let mut seen = (0usize, 0usize, 0usize);
     let mut rss_timeline: Vec<(u64, u64)> = Vec::new();
     let rss_every = (a.secs / 10).max(1);
@@ -264,20 +268,8 @@ async fn run(a: &Args, n: usize) {
             rss_timeline.push((el.round() as u64, rss));
         }
         if (el as u64).is_multiple_of(5) || el as u64 >= a.secs {
-            let (late, n_late) = recent_p99(&stats.late_us, seen.2);
-            let ((p_up, n_up), (p_down, n_down)) = (
-                recent_p99(&stats.up_us, seen.0),
-                recent_p99(&stats.down_us, seen.1),
-            );
-            seen = (n_up, n_down, n_late);
-            eprint!(
-                "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  last 5 s: p99 up {p_up:.2} down {p_down:.2} ms, send-late p99 {late:.2} ms  ignis cpu {:.1} %  rss {} MiB  failed {}   ",
-                (cpu - cpu0) / el * 100.0,
-                rss / 1024,
-                stats.calls_failed.load(Relaxed),
-                secs = a.secs,
-            );
-            let _ = std::io::stderr().flush();
+            let cpu_pct = (cpu - cpu0) / el * 100.0;
+            progress(a, &stats, &mut seen, (el, active, cpu_pct, rss));
         }
     }
     let window = w0.elapsed().as_secs_f64();
@@ -293,12 +285,88 @@ async fn run(a: &Args, n: usize) {
     let outcomes = ignis_outcomes(port).await;
     stop_ignis(&mut child);
     let log = std::fs::read_to_string(dir.join("ignis.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
 
+    report(
+        a,
+        n,
+        &stats,
+        &Figures {
+            window,
+            load,
+            cpu: cpu1 - cpu0,
+            rss: [rss_idle, rss_end, rss_max, rss_after],
+            active_min,
+            outcomes,
+            warnings: &warnings,
+            rss_timeline,
+        },
+    );
+}
+
+/// A soak call's random length (0.5–1.5 × `--soak-call-secs`), or `None` without a soak.
+fn soak_duration(a: &Args, rng: &mut u64) -> Option<Duration> {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    a.soak_call_secs
+        .map(|s| Duration::from_millis(s * 500 + *rng % (s * 1000).max(1)))
+}
+
+/// One progress line: p99s over the samples since the previous line (re-sorting every sample
+/// of a 30-minute soak every 5 s would load the generator). `now`: (elapsed s, active calls,
+/// ignis CPU %, ignis RSS KiB).
+fn progress(
+    a: &Args,
+    stats: &Stats,
+    seen: &mut (usize, usize, usize),
+    now: (f64, usize, f64, u64),
+) {
+    let (el, active, cpu_pct, rss) = now;
+    let (late, n_late) = recent_p99(&stats.late_us, seen.2);
+    let ((p_up, n_up), (p_down, n_down)) = (
+        recent_p99(&stats.up_us, seen.0),
+        recent_p99(&stats.down_us, seen.1),
+    );
+    *seen = (n_up, n_down, n_late);
+    eprint!(
+        "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  last 5 s: p99 up {p_up:.2} down {p_down:.2} ms, send-late p99 {late:.2} ms  ignis cpu {cpu_pct:.1} %  rss {} MiB  failed {}   ",
+        rss / 1024,
+        stats.calls_failed.load(Relaxed),
+        secs = a.secs,
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// What the window measured, besides `Stats`.
+struct Figures<'a> {
+    window: f64,
+    load: String,
+    /// ignis CPU seconds over the window.
+    cpu: f64,
+    /// ignis RSS, KiB: idle, end of window, max, after hang-up.
+    rss: [u64; 4],
+    active_min: usize,
+    outcomes: String,
+    warnings: &'a [&'a str],
+    rss_timeline: Vec<(u64, u64)>,
+}
+
+/// Prints one run's results.
+fn report(a: &Args, n: usize, stats: &Stats, f: &Figures<'_>) {
+    let Figures {
+        window,
+        cpu,
+        active_min,
+        ..
+    } = *f;
+    let [rss_idle, rss_end, rss_max, rss_after] = f.rss;
+    let (load, outcomes, warnings, rss_timeline) =
+        (&f.load, &f.outcomes, f.warnings, &f.rss_timeline);
     let mut up = stats.up_us.lock().unwrap().clone();
     let mut down = stats.down_us.lock().unwrap().clone();
     let mut late: Vec<i64> = stats
@@ -308,7 +376,6 @@ async fn run(a: &Args, n: usize) {
         .iter()
         .map(|&x| x as i64)
         .collect();
-    let cpu = cpu1 - cpu0;
     println!(
         "\n== {n} calls, {} agent, window {window:.0} s, loadavg {load}, ignis on cpu {}",
         a.format.name(),

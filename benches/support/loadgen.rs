@@ -1,6 +1,8 @@
-//! Shared by `benches/e2e_latency.rs` and `benches/load.rs` (issue 6): a stand-in ElevenLabs agent
-//! and simulated Twilio callers with tone-onset probes in both directions, cheap enough to drive
-//! hundreds of real-time calls from one thread.
+//! Shared by `benches/e2e_latency.rs` and `benches/load.rs` (issue 6): what is specific to load on
+//! top of the library's simulator (`ignis::driver::sim`: the Twilio stream and the ElevenLabs
+//! service, which own the protocols): tone-onset probes in both directions, many calls scheduled
+//! on one runtime, latency and audio accounting. Cheap enough to drive hundreds of real-time calls
+//! from one thread (pre-encoded frames and bursts).
 //!
 //! Metric definitions (also in BENCHMARKS.md):
 //! - **caller → agent**: every sample of the caller's stream is mapped to a wall-clock time,
@@ -16,24 +18,24 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use ignis::driver::sim::SimError;
+use ignis::driver::sim::agent::{AgentService, AgentServiceOptions, Conversation};
+use ignis::driver::sim::twilio::{StreamEvent, TwilioStream};
+use ignis::sim::agent::{self as agent_rules, ClientMessage};
+use ignis::sim::twilio::{CallIds, Messages};
 
 use ignis::audio::mulaw;
 
 /// Twilio's frame: 20 ms of 8 kHz μ-law.
-pub const FRAME: usize = 160;
+pub const FRAME: usize = ignis::sim::twilio::FRAME;
+/// The agent id the stand-in answers to (`ELEVENLABS_AGENT_ID` of the ignis under test).
+pub const AGENT_ID: &str = "bench_agent";
 /// ignis's default playout lead (`PlayoutConfig::lead_ms`).
 pub const LEAD_MS: u64 = 100;
 /// Probe tone: 1 kHz cosine (starts at its peak, so the onset is the first sample).
@@ -212,14 +214,6 @@ impl Onset {
     }
 }
 
-/// The body of a JSON string field (`"key":"…"`), without unescaping (base64 needs none).
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let i = text.find(key)? + key.len();
-    let rest = &text[i..];
-    let rest = &rest[rest.find('"')? + 1..];
-    Some(&rest[..rest.find('"')?])
-}
-
 // ---------------------------------------------------------------------------------------------
 // The stand-in agent
 // ---------------------------------------------------------------------------------------------
@@ -238,79 +232,181 @@ pub struct AgentOptions {
 
 /// Starts the agent on loopback; returns its `http://` base for `ELEVENLABS_API_BASE`.
 pub async fn start_agent(opts: AgentOptions, stats: Arc<Stats>) -> std::io::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    // Pre-encoded bursts: silence, then a tone from the onset frame on.
-    let rate = opts.format.rate();
-    let spf = (rate / 50) as usize; // samples per 20 ms frame
-    let bursts: Arc<Vec<(usize, String)>> = Arc::new(
-        (0..DOWN_FRAMES.len() * 3)
-            .map(|k| {
-                let f = DOWN_FRAMES[k % DOWN_FRAMES.len()];
-                // Onset in the middle half of the frame, so a resampler's few samples of delay
-                // never move it into the next frame.
-                let q = f * spf + spf / 4 + (k * spf / 2 / 15);
-                let samples: Vec<i16> = (0..TONE_FRAMES * spf)
-                    .map(|n| if n < q { 0 } else { tone(n - q, rate) })
-                    .collect();
-                let bytes: Vec<u8> = match opts.format {
-                    Format::Ulaw => samples.iter().map(|&s| mulaw::encode_sample(s)).collect(),
-                    Format::Pcm16k => samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
-                };
-                (f, STANDARD.encode(bytes))
-            })
-            .collect(),
-    );
-    let order = AtomicU64::new(0);
-    let order = Arc::new(order);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
+    let bursts = Arc::new(bursts(opts.format));
+    let order = Arc::new(AtomicU64::new(0));
+    let service = AgentService::start(
+        AgentServiceOptions {
+            agent_id: AGENT_ID.to_owned(),
+            api_key: String::new(),
+            signature: String::new(),
+        },
+        move |conv| {
             let (stats, bursts, order) = (stats.clone(), bursts.clone(), order.clone());
-            tokio::spawn(async move {
+            async move {
                 let k = order.fetch_add(1, Relaxed);
-                match tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await {
-                    Ok(ws) => {
-                        if let Err(e) = conversation(ws, opts, &stats, &bursts, k).await {
+                match conv {
+                    Ok(conv) => {
+                        if let Err(e) = conversation(conv, opts, &stats, &bursts, k).await {
                             stats.error(format!("agent: {e}"));
                         }
                     }
                     Err(e) => stats.error(format!("agent handshake: {e}")),
                 }
-            });
-        }
-    });
-    Ok(base)
+            }
+        },
+    )
+    .await?;
+    Ok(service.base())
 }
 
-type ServerWs = tokio_tungstenite::WebSocketStream<TcpStream>;
+/// Pre-encoded bursts: silence, then a tone from the onset frame on; with that frame's index.
+fn bursts(format: Format) -> Vec<(usize, String)> {
+    let rate = format.rate();
+    let spf = (rate / 50) as usize; // samples per 20 ms frame
+    (0..DOWN_FRAMES.len() * 3)
+        .map(|k| {
+            let f = DOWN_FRAMES[k % DOWN_FRAMES.len()];
+            // Onset in the middle half of the frame, so a resampler's few samples of delay
+            // never move it into the next frame.
+            let q = f * spf + spf / 4 + (k * spf / 2 / 15);
+            let samples: Vec<i16> = (0..TONE_FRAMES * spf)
+                .map(|n| if n < q { 0 } else { tone(n - q, rate) })
+                .collect();
+            let bytes: Vec<u8> = match format {
+                Format::Ulaw => samples.iter().map(|&s| mulaw::encode_sample(s)).collect(),
+                Format::Pcm16k => samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            };
+            (f, STANDARD.encode(bytes))
+        })
+        .collect()
+}
 
-/// Socket settings of the generator's callers and agents. tungstenite zero-fills its whole read
-/// buffer before every read; with the default 128 KiB that `memset` was 40 % of the generator's
-/// CPU (perf), which capped the load it could drive. Messages here are under 4 KiB; a larger one
-/// grows the buffer as it arrives.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+/// One conversation's schedule (bursts, pings, interruptions) and probe detection.
+struct Agent<'a> {
+    opts: AgentOptions,
+    stats: &'a Stats,
+    bursts: &'a [(usize, String)],
+    link: Arc<Link>,
+    sid: String,
+    onset: Onset,
+    buf: Vec<u8>,
+    next_burst: tokio::time::Instant,
+    next_ping: tokio::time::Instant,
+    interrupt_at: Option<tokio::time::Instant>,
+    ping_id: u64,
+    pong_id: u64,
+    event_id: u64,
+    bursts_sent: u64,
+}
+
+impl Agent<'_> {
+    fn wake(&self) -> tokio::time::Instant {
+        self.next_burst
+            .min(self.next_ping)
+            .min(self.interrupt_at.unwrap_or(self.next_ping))
+    }
+
+    /// The messages due at `now`: a ping, an interruption, a burst.
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<String> {
+        let (stats, link) = (self.stats, &self.link);
+        let mut out = Vec::new();
+        if now >= self.next_ping {
+            self.next_ping += self.opts.ping_every;
+            if self.pong_id != self.ping_id {
+                stats.error(format!("{}: ping {} unanswered", self.sid, self.ping_id));
+            }
+            self.ping_id += 1;
+            stats.pings.fetch_add(1, Relaxed);
+            out.push(agent_rules::ping(self.ping_id));
+        }
+        if self.interrupt_at.is_some_and(|t| now >= t) {
+            self.interrupt_at = None;
+            stats.interruptions.fetch_add(1, Relaxed);
+            out.push(agent_rules::interruption(self.event_id));
+        }
+        if now >= self.next_burst {
+            self.next_burst += self.opts.probe_every;
+            if link.ending.load(Relaxed) {
+                return out;
+            }
+            let (f, b64) = &self.bursts[(self.bursts_sent as usize) % self.bursts.len()];
+            self.bursts_sent += 1;
+            self.event_id += 1;
+            let sent = now_ns();
+            let release = ((f + 1) as u64 * 20).saturating_sub(LEAD_MS) * 1_000_000;
+            link.down_due_ns.store(sent + release, Relaxed);
+            link.down_sent
+                .fetch_add((TONE_FRAMES * FRAME) as u64, Relaxed);
+            if stats.recording.load(Relaxed) {
+                stats.probes_down_sent.fetch_add(1, Relaxed);
+            }
+            out.push(agent_rules::audio_b64(self.event_id, b64));
+            let every = self.opts.interrupt_every;
+            if every > 0 && self.bursts_sent.is_multiple_of(every) {
+                // Once the burst has been released (its last frame leaves ignis `LEAD_MS` before
+                // the burst ends), so nothing is held back to be dropped; before the next burst.
+                self.interrupt_at = Some(now + Duration::from_millis(20 * TONE_FRAMES as u64 + 50));
+            }
+        }
+        out
+    }
+
+    /// A message from ignis at `now` (ns): caller audio (probe onsets) or a pong.
+    fn heard(&mut self, text: &str, now: u64) {
+        let chunk = match agent_rules::parse_client(text) {
+            Some(ClientMessage::UserAudio(chunk)) => chunk,
+            Some(ClientMessage::Pong(id)) => {
+                self.pong_id = id;
+                self.stats.pongs.fetch_add(1, Relaxed);
+                return;
+            }
+            _ => return,
+        };
+        self.buf.clear();
+        if STANDARD
+            .decode_vec(chunk.as_bytes(), &mut self.buf)
+            .is_err()
+        {
+            self.stats
+                .error(format!("{}: bad base64 from ignis", self.sid));
+            return;
+        }
+        let (buf, link) = (&self.buf, &self.link);
+        let bytes_per_8k = if self.opts.format == Format::Ulaw {
+            1
+        } else {
+            4
+        };
+        link.up_recv
+            .fetch_add((buf.len() / bytes_per_8k) as u64, Relaxed);
+        let hit = match self.opts.format {
+            Format::Ulaw => self
+                .onset
+                .scan(buf.iter().map(|&b| mulaw::decode_sample(b))),
+            Format::Pcm16k => self.onset.scan(
+                buf.chunks_exact(2)
+                    .map(|p| i16::from_le_bytes([p[0], p[1]])),
+            ),
+        };
+        if let Some(i) = hit {
+            let sent = link.up_onset_ns.swap(0, Relaxed);
+            if sent != 0 && self.stats.recording.load(Relaxed) {
+                let at = now + i as u64 * 1_000_000_000 / self.opts.format.rate();
+                let us = (at as i64 - sent as i64) / 1000;
+                self.stats.up_us.lock().unwrap().push(us);
+            }
+        }
+    }
 }
 
 async fn conversation(
-    mut ws: ServerWs,
+    mut conv: Conversation,
     opts: AgentOptions,
     stats: &Stats,
     bursts: &[(usize, String)],
     k: u64,
 ) -> Result<(), String> {
-    let init = match ws.next().await {
-        Some(Ok(Message::Text(t))) => t,
-        other => return Err(format!("no initiation data: {other:?}")),
-    };
-    let v: serde_json::Value = serde_json::from_str(init.as_str()).map_err(|e| e.to_string())?;
-    let sid = v["dynamic_variables"]["call_sid"]
-        .as_str()
-        .ok_or("no call_sid")?
-        .to_owned();
+    let sid = conv.variable("call_sid").ok_or("no call_sid")?.to_owned();
     let link = stats
         .links
         .lock()
@@ -321,112 +417,42 @@ async fn conversation(
     stats.agent_conversations.fetch_add(1, Relaxed);
     link.agent_seen.store(true, Relaxed);
     let fmt = opts.format.name();
-    let meta = format!(
-        r#"{{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{{"conversation_id":"conv_{sid}","agent_output_audio_format":"{fmt}","user_input_audio_format":"{fmt}"}}}}"#
-    );
-    ws.send(Message::text(meta))
+    conv.send_metadata(&format!("conv_{sid}"), fmt, fmt)
         .await
         .map_err(|e| e.to_string())?;
-
-    let rate = opts.format.rate();
-    let mut onset = Onset::new(rate);
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let start = tokio::time::Instant::now();
     // Stagger: bursts half a period after the caller's probes, spread over calls.
     let phase =
         Duration::from_micros((k * 7919 * 1000) % opts.probe_every.as_micros().max(1) as u64);
-    let mut next_burst = start + opts.probe_every / 2 + phase;
-    let mut next_ping = start + opts.ping_every + phase / 3;
-    let mut interrupt_at: Option<tokio::time::Instant> = None;
-    let (mut ping_id, mut pong_id, mut event_id, mut bursts_sent) = (0u64, 0u64, 0u64, 0u64);
-    let bytes_per_8k = if opts.format == Format::Ulaw { 1 } else { 4 };
+    let mut agent = Agent {
+        opts,
+        stats,
+        bursts,
+        link,
+        sid,
+        onset: Onset::new(opts.format.rate()),
+        buf: Vec::with_capacity(8192),
+        next_burst: start + opts.probe_every / 2 + phase,
+        next_ping: start + opts.ping_every + phase / 3,
+        interrupt_at: None,
+        ping_id: 0,
+        pong_id: 0,
+        event_id: 0,
+        bursts_sent: 0,
+    };
     loop {
-        let wake = next_burst
-            .min(next_ping)
-            .min(interrupt_at.unwrap_or(next_ping));
         tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {
-                let now = tokio::time::Instant::now();
-                if now >= next_ping {
-                    next_ping += opts.ping_every;
-                    if pong_id != ping_id {
-                        stats.error(format!("{sid}: ping {ping_id} unanswered"));
-                    }
-                    ping_id += 1;
-                    stats.pings.fetch_add(1, Relaxed);
-                    let p = format!(r#"{{"type":"ping","ping_event":{{"event_id":{ping_id},"ping_ms":null}}}}"#);
-                    ws.send(Message::text(p)).await.map_err(|e| e.to_string())?;
-                }
-                if interrupt_at.is_some_and(|t| now >= t) {
-                    interrupt_at = None;
-                    stats.interruptions.fetch_add(1, Relaxed);
-                    let m = format!(r#"{{"type":"interruption","interruption_event":{{"event_id":{event_id}}}}}"#);
-                    ws.send(Message::text(m)).await.map_err(|e| e.to_string())?;
-                }
-                if now >= next_burst {
-                    next_burst += opts.probe_every;
-                    if link.ending.load(Relaxed) {
-                        continue;
-                    }
-                    let (f, b64) = &bursts[(bursts_sent as usize) % bursts.len()];
-                    bursts_sent += 1;
-                    event_id += 1;
-                    let m = format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{b64}","event_id":{event_id}}}}}"#);
-                    let sent = now_ns();
-                    let release = ((f + 1) as u64 * 20).saturating_sub(LEAD_MS) * 1_000_000;
-                    link.down_due_ns.store(sent + release, Relaxed);
-                    link.down_sent.fetch_add((TONE_FRAMES * FRAME) as u64, Relaxed);
-                    if stats.recording.load(Relaxed) {
-                        stats.probes_down_sent.fetch_add(1, Relaxed);
-                    }
-                    ws.send(Message::text(m)).await.map_err(|e| e.to_string())?;
-                    if opts.interrupt_every > 0 && bursts_sent % opts.interrupt_every == 0 {
-                        // Once the burst has been released (its last frame leaves ignis `LEAD_MS` before the
-                        // burst ends), so nothing is held back to be dropped; before the next burst.
-                        interrupt_at = Some(now + Duration::from_millis(20 * TONE_FRAMES as u64 + 50));
-                    }
+            _ = tokio::time::sleep_until(agent.wake()) => {
+                for m in agent.due(tokio::time::Instant::now()) {
+                    conv.send(m).await.map_err(|e| e.to_string())?;
                 }
             }
-            m = ws.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => return Ok(()),
-                    Some(Err(e)) => {
-                        // A reset after the caller hung up is an ordinary end here.
-                        if link.ending.load(Relaxed) { return Ok(()); }
-                        return Err(e.to_string());
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let now = now_ns();
-                let t = text.as_str();
-                if let Some(chunk) = field(t, "\"user_audio_chunk\"") {
-                    buf.clear();
-                    if STANDARD.decode_vec(chunk, &mut buf).is_err() {
-                        stats.error(format!("{sid}: bad base64 from ignis"));
-                        continue;
-                    }
-                    link.up_recv.fetch_add((buf.len() / bytes_per_8k) as u64, Relaxed);
-                    let hit = match opts.format {
-                        Format::Ulaw => onset.scan(buf.iter().map(|&b| mulaw::decode_sample(b))),
-                        Format::Pcm16k => onset.scan(
-                            buf.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])),
-                        ),
-                    };
-                    if let Some(i) = hit {
-                        let sent = link.up_onset_ns.swap(0, Relaxed);
-                        if sent != 0 && stats.recording.load(Relaxed) {
-                            let at = now + i as u64 * 1_000_000_000 / rate;
-                            stats.up_us.lock().unwrap().push((at as i64 - sent as i64) / 1000);
-                        }
-                    }
-                } else if t.contains("\"pong\"") {
-                    let v: serde_json::Value = serde_json::from_str(t).unwrap_or_default();
-                    if let Some(id) = v["event_id"].as_u64() {
-                        pong_id = id;
-                        stats.pongs.fetch_add(1, Relaxed);
-                    }
-                }
+            m = conv.recv() => match m {
+                Ok(Some(text)) => agent.heard(text.as_str(), now_ns()),
+                Ok(None) => return Ok(()),
+                // A reset after the caller hung up is an ordinary end here.
+                Err(_) if agent.link.ending.load(Relaxed) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
             }
         }
     }
@@ -542,6 +568,99 @@ pub async fn call(
     }
 }
 
+/// One call's frame schedule (probes, ending) and onset detection of what it hears.
+struct Caller<'a> {
+    frames: &'a CallerFrames,
+    stats: &'a Stats,
+    link: &'a Link,
+    probe_frames: u64,
+    probe_phase: u64,
+    chunk: u64,
+    probe_no: usize,
+    /// (offset index, next frame) of the probe being sent.
+    probe: Option<(usize, usize)>,
+    ending_since: Option<u64>,
+    onset: Onset,
+    /// When the audio heard so far ends.
+    heard_until: Option<Instant>,
+}
+
+impl<'a> Caller<'a> {
+    /// The payload of the next frame, or `None` to hang up.
+    fn next_frame(&mut self, now: tokio::time::Instant, done: bool) -> Option<&'a str> {
+        let (frames, link, stats) = (self.frames, self.link, self.stats);
+        if done && self.ending_since.is_none() {
+            link.ending.store(true, Relaxed);
+            self.ending_since = Some(self.chunk);
+        }
+        // Stop sending 600 ms after ending began (bursts in flight play out), then hang up.
+        if self
+            .ending_since
+            .is_some_and(|c| self.chunk >= c + 30 && self.probe.is_none())
+        {
+            return None;
+        }
+        self.chunk += 1;
+        link.up_sent.fetch_add(FRAME as u64, Relaxed);
+        Some(match self.probe {
+            Some((oi, fi)) => {
+                let list = &frames.probes[oi];
+                self.probe = (fi + 1 < list.len()).then_some((oi, fi + 1));
+                &list[fi]
+            }
+            None if self.ending_since.is_none()
+                && self.chunk % self.probe_frames == self.probe_phase =>
+            {
+                let oi = self.probe_no % UP_OFFSETS.len();
+                self.probe_no += 1;
+                let list = &frames.probes[oi];
+                self.probe = (list.len() > 1).then_some((oi, 1));
+                let at = ns_of(now.into_std()) + UP_OFFSETS[oi] as u64 * 125_000;
+                link.up_onset_ns.store(at, Relaxed);
+                if stats.recording.load(Relaxed) {
+                    stats.probes_up_sent.fetch_add(1, Relaxed);
+                }
+                &list[0]
+            }
+            None => &frames.silence,
+        })
+    }
+
+    /// What ignis did on the stream (`audio`: the media's bytes).
+    fn heard(&mut self, event: StreamEvent, audio: &[u8]) -> Result<(), String> {
+        let (link, stats) = (self.link, self.stats);
+        match event {
+            StreamEvent::Media { at, plays_at } => {
+                link.down_recv.fetch_add(audio.len() as u64, Relaxed);
+                // Between bursts ignis sends nothing and the caller hears silence.
+                let quiet = Duration::from_millis(u64::from(QUIET_MS));
+                if self.heard_until.is_none_or(|end| at >= end + quiet) {
+                    self.onset.quiet = self.onset.need;
+                }
+                self.heard_until = Some(plays_at + Duration::from_micros(audio.len() as u64 * 125));
+                let samples = audio.iter().map(|&b| mulaw::decode_sample(b));
+                if self.onset.scan(samples).is_some() {
+                    let due = link.down_due_ns.swap(0, Relaxed);
+                    if due != 0 && stats.recording.load(Relaxed) {
+                        let us = (ns_of(at) as i64 - due as i64) / 1000;
+                        stats.down_us.lock().unwrap().push(us);
+                    }
+                }
+            }
+            StreamEvent::Mark(_) => {
+                stats.marks.fetch_add(1, Relaxed);
+            }
+            StreamEvent::Clear(at) => {
+                stats.clears.fetch_add(1, Relaxed);
+                self.heard_until = Some(at);
+            }
+            StreamEvent::Closed(code) => return Err(format!("ignis closed the stream: {code:?}")),
+            StreamEvent::Dropped => return Err("ignis closed the stream".into()),
+        }
+        Ok(())
+    }
+}
+
 async fn run_call(
     opts: &CallOptions,
     frames: &CallerFrames,
@@ -549,61 +668,36 @@ async fn run_call(
     stop: &AtomicBool,
     link: &Link,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(
-        opts.stream_url
-            .trim_start_matches("ws://")
-            .split('/')
-            .next()
-            .unwrap_or(""),
-    )
-    .await
-    .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = opts
-        .stream_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let sig = ignis::twilio::signature::sign(&opts.auth_token, &opts.stream_url, &[]);
-    request.headers_mut().insert(
-        "X-Twilio-Signature",
-        HeaderValue::from_str(&sig).map_err(|e| e.to_string())?,
-    );
-    let (mut ws, _) = tokio::time::timeout(
+    let ids = CallIds::new(&opts.call_sid, "+4915100000000", "+493000000000");
+    let parameters = Messages::new(ids.clone()).default_parameters();
+    let mut stream = TwilioStream::connect(
+        &opts.stream_url,
+        &opts.auth_token,
+        ids,
         Duration::from_secs(10),
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())),
     )
     .await
-    .map_err(|_| "handshake timed out".to_owned())?
-    .map_err(|e| format!("handshake: {e}"))?;
-
-    let sid = &opts.call_sid;
-    let stream_sid = format!("MZ{}", &sid[2..]);
-    ws.send(Message::text(
-        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
-    ))
-    .await
     .map_err(|e| e.to_string())?;
-    ws.send(Message::text(format!(
-        r#"{{"event":"start","sequenceNumber":"1","streamSid":"{stream_sid}","start":{{"accountSid":"AC00000000000000000000000000000000","streamSid":"{stream_sid}","callSid":"{sid}","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{"caller":"+4915100000000","called":"+493000000000","callSid":"{sid}"}}}}}}"#
-    )))
-    .await
-    .map_err(|e| e.to_string())?;
+    stream.start(&parameters).await.map_err(|e| e.to_string())?;
 
     let t0 = tokio::time::Instant::now() + opts.phase;
     let mut ticker = tokio::time::interval_at(t0, Duration::from_millis(20));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let probe_frames = (opts.probe_every.as_millis() / 20).max(TONE_FRAMES as u128 + 5) as u64;
-    let probe_phase = (ns_of(t0.into_std()) / 20_000_000) % probe_frames;
-    let mut seq = 1u64;
-    let mut chunk = 0u64;
-    let mut probe_no = 0usize;
-    let mut probe: Option<(usize, usize)> = None; // (offset index, next frame)
-    let mut ending_since: Option<u64> = None;
-    let mut onset = Onset::new(8000);
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut marks: Vec<(tokio::time::Instant, String)> = Vec::new();
-    let mut play_end = tokio::time::Instant::now();
+    let mut caller = Caller {
+        frames,
+        stats,
+        link,
+        probe_frames,
+        probe_phase: (ns_of(t0.into_std()) / 20_000_000) % probe_frames,
+        chunk: 0,
+        probe_no: 0,
+        probe: None,
+        ending_since: None,
+        onset: Onset::new(8000),
+        heard_until: None,
+    };
+    let mut audio: Vec<u8> = Vec::with_capacity(1024);
     loop {
         tokio::select! {
             scheduled = ticker.tick() => {
@@ -611,121 +705,23 @@ async fn run_call(
                 if stats.recording.load(Relaxed) {
                     stats.late_us.lock().unwrap().push((now - scheduled).as_micros() as u32);
                 }
-                // Marks whose audio has played.
-                while let Some(i) = marks.iter().position(|(t, _)| *t <= now) {
-                    let (_, name) = marks.swap_remove(i);
-                    echo_mark(&mut ws, &stream_sid, &mut seq, &name).await?;
-                }
                 let done = stop.load(Relaxed)
                     || opts.duration.is_some_and(|d| now.duration_since(t0) >= d);
-                if done && ending_since.is_none() {
-                    link.ending.store(true, Relaxed);
-                    ending_since = Some(chunk);
-                }
-                // Stop sending 600 ms after ending began (bursts in flight play out), then hang up.
-                if ending_since.is_some_and(|c| chunk >= c + 30 && probe.is_none()) {
-                    break;
-                }
-                chunk += 1;
-                seq += 1;
-                let payload: &str = match probe {
-                    Some((oi, fi)) => {
-                        let list = &frames.probes[oi];
-                        probe = (fi + 1 < list.len()).then_some((oi, fi + 1));
-                        &list[fi]
-                    }
-                    None if ending_since.is_none() && chunk % probe_frames == probe_phase => {
-                        let oi = probe_no % UP_OFFSETS.len();
-                        probe_no += 1;
-                        let list = &frames.probes[oi];
-                        probe = (list.len() > 1).then_some((oi, 1));
-                        let at = now_ns() + UP_OFFSETS[oi] as u64 * 125_000;
-                        link.up_onset_ns.store(at, Relaxed);
-                        if stats.recording.load(Relaxed) {
-                            stats.probes_up_sent.fetch_add(1, Relaxed);
-                        }
-                        &list[0]
-                    }
-                    None => &frames.silence,
-                };
-                let mut m = String::with_capacity(200 + payload.len());
-                let _ = write!(
-                    m,
-                    r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}}}}"#,
-                    (chunk - 1) * 20
-                );
-                link.up_sent.fetch_add(FRAME as u64, Relaxed);
-                ws.send(Message::text(m)).await.map_err(|e| format!("send: {e}"))?;
+                let Some(payload) = caller.next_frame(now, done) else { break };
+                stream.send_media_b64(payload).await.map_err(|e| format!("send: {e}"))?;
             }
-            m = ws.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(f))) => return Err(format!("ignis closed the stream: {f:?}")),
-                    None => return Err("ignis closed the stream".into()),
-                    Some(Err(e)) => return Err(format!("stream: {e}")),
-                    Some(Ok(_)) => continue,
-                };
-                let now_i = tokio::time::Instant::now();
-                let now = ns_of(now_i.into_std());
-                let t = text.as_str();
-                if let Some(p) = field(t, "\"payload\"") {
-                    buf.clear();
-                    STANDARD.decode_vec(p, &mut buf).map_err(|e| format!("bad payload: {e}"))?;
-                    link.down_recv.fetch_add(buf.len() as u64, Relaxed);
-                    // Between bursts ignis sends nothing and the caller hears silence.
-                    if now_i >= play_end + Duration::from_millis(u64::from(QUIET_MS)) {
-                        onset.quiet = onset.need;
-                    }
-                    play_end = play_end.max(now_i) + Duration::from_micros(buf.len() as u64 * 125);
-                    if onset.scan(buf.iter().map(|&b| mulaw::decode_sample(b))).is_some() {
-                        let due = link.down_due_ns.swap(0, Relaxed);
-                        if due != 0 && stats.recording.load(Relaxed) {
-                            stats.down_us.lock().unwrap().push((now as i64 - due as i64) / 1000);
-                        }
-                    }
-                } else if t.contains("\"event\":\"mark\"") {
-                    stats.marks.fetch_add(1, Relaxed);
-                    if let Some(name) = field(t, "\"name\"") {
-                        marks.push((play_end, name.to_owned()));
-                    }
-                } else if t.contains("\"event\":\"clear\"") {
-                    stats.clears.fetch_add(1, Relaxed);
-                    play_end = now_i;
-                    for (_, name) in std::mem::take(&mut marks) {
-                        echo_mark(&mut ws, &stream_sid, &mut seq, &name).await?;
-                    }
-                }
+            event = stream.recv(&mut audio) => {
+                let event = event.map_err(|e| match e {
+                    SimError::Socket(e) => format!("stream: {e}"),
+                    e => e.to_string(),
+                })?;
+                caller.heard(event, &audio)?;
             }
         }
     }
-    seq += 1;
-    let stop_msg = format!(
-        r#"{{"event":"stop","sequenceNumber":"{seq}","streamSid":"{stream_sid}","stop":{{"accountSid":"AC00000000000000000000000000000000","callSid":"{sid}"}}}}"#
-    );
-    ws.send(Message::text(stop_msg))
-        .await
-        .map_err(|e| format!("stop: {e}"))?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = ws.close(None).await;
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
+    stream.hang_up().await.map_err(|e| format!("stop: {e}"))?;
+    stream.finish(Duration::from_secs(2)).await;
     Ok(())
-}
-
-async fn echo_mark(
-    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
-    stream_sid: &str,
-    seq: &mut u64,
-    name: &str,
-) -> Result<(), String> {
-    *seq += 1;
-    let m = format!(
-        r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{stream_sid}","mark":{{"name":"{name}"}}}}"#
-    );
-    ws.send(Message::text(m))
-        .await
-        .map_err(|e| format!("mark: {e}"))
 }
 
 /// A fresh call SID.
