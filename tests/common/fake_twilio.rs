@@ -15,10 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{
-    CONNECTED, Server, TOKEN, call_params, client_text_frame, read_response, signed_post,
-    stream_handshake, stream_signature,
-};
+use super::{Server, TOKEN, call_params, signed_post};
 
 /// What the fake Twilio saw from ignis.
 #[derive(Debug, Clone)]
@@ -72,28 +69,8 @@ impl TwilioCall {
 
     /// Opens the stream without the voice webhook (no pre-connect).
     pub async fn stream_only(server: &Server, call_sid: &str) -> TwilioCall {
-        let mut s = server.connect().await;
-        let mut bytes = stream_handshake(
-            "/api/twilio/stream",
-            Some(&stream_signature("/api/twilio/stream")),
-            "",
-        )
-        .into_bytes();
-        bytes.extend(client_text_frame(CONNECTED));
-        bytes.extend(client_text_frame(&start_json(call_sid).to_string()));
-        use tokio::io::AsyncWriteExt;
-        s.write_all(&bytes).await.unwrap();
-        let mut buf = Vec::new();
-        let resp = read_response(&mut s, &mut buf, true).await;
-        assert_eq!(resp.status, 101, "{}", resp.text());
-        let ws = WebSocketStream::from_partially_read(
-            s,
-            buf,
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
-        TwilioCall::over(ws, call_sid)
+        let start = start_json(call_sid).to_string();
+        TwilioCall::over(super::open_stream_with(server, &start).await, call_sid)
     }
 
     /// Drives a stream socket that is already open (101 read, `connected` + `start` sent), over

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ignis::config::Config;
 use ignis::routes::App;
 use ignis::twilio::signature;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -351,16 +351,29 @@ pub const CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":
 /// Opens a signed stream socket, sending `connected` + `start` in the same segment as the head.
 /// Returns the WebSocket after the 101.
 pub async fn open_stream(server: &Server, call_sid: &str) -> WebSocketStream<TcpStream> {
-    let mut s = server.connect().await;
-    let mut bytes = stream_handshake(
+    open_stream_with(server, &start_message(call_sid)).await
+}
+
+/// [`open_stream`] with the given `start` message.
+pub async fn open_stream_with(server: &Server, start: &str) -> WebSocketStream<TcpStream> {
+    let head = stream_handshake(
         "/api/twilio/stream",
         Some(&stream_signature("/api/twilio/stream")),
         "",
-    )
-    .into_bytes();
-    bytes.extend(client_text_frame(CONNECTED));
-    bytes.extend(client_text_frame(&start_message(call_sid)));
-    s.write_all(&bytes).await.unwrap();
+    );
+    upgrade(server.connect().await, head.into_bytes(), start).await
+}
+
+/// Writes the upgrade request `head` with `connected` + `start` right behind it, as Twilio
+/// does, over any transport; returns the WebSocket after the 101.
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    mut head: Vec<u8>,
+    start: &str,
+) -> WebSocketStream<S> {
+    head.extend(client_text_frame(CONNECTED));
+    head.extend(client_text_frame(start));
+    s.write_all(&head).await.unwrap();
     let mut buf = Vec::new();
     let resp = read_response(&mut s, &mut buf, true).await;
     assert_eq!(resp.status, 101, "{}", resp.text());

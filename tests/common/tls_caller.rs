@@ -13,11 +13,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::fake_twilio::{TwilioCall, start_json};
-use super::{CONNECTED, Resp, TOKEN, client_text_frame, read_response, urlencode};
+use super::{Resp, TOKEN, read_response, upgrade, urlencode};
 
 /// A TLS endpoint that trusts exactly one certificate (DER), as Twilio trusts a real one.
 pub struct TlsCaller {
@@ -129,15 +127,8 @@ impl TlsCaller {
     /// upgrade request as Twilio does, and returns the simulated caller after the 101.
     pub async fn open_stream(&self, call_sid: &str) -> TwilioCall {
         let path = "/api/twilio/stream";
-        let mut s = self.connect().await;
-        let mut bytes = self.stream_handshake(path, Some(&self.stream_signature(path)));
-        bytes.extend(client_text_frame(CONNECTED));
-        bytes.extend(client_text_frame(&start_json(call_sid).to_string()));
-        s.write_all(&bytes).await.unwrap();
-        let mut buf = Vec::new();
-        let resp = read_response(&mut s, &mut buf, true).await;
-        assert_eq!(resp.status, 101, "{}", resp.text());
-        let ws = WebSocketStream::from_partially_read(s, buf, Role::Client, None).await;
-        TwilioCall::over(ws, call_sid)
+        let head = self.stream_handshake(path, Some(&self.stream_signature(path)));
+        let start = start_json(call_sid).to_string();
+        TwilioCall::over(upgrade(self.connect().await, head, &start).await, call_sid)
     }
 }
