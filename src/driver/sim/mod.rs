@@ -18,6 +18,10 @@ use crate::sim::twilio::Violation;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// Largest WebSocket message (and frame) a simulated peer accepts from ignis: audio messages
+/// are a few KiB, the initiation data with its variables well under this.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// Socket settings of the simulated peers. tungstenite zero-fills its whole read buffer before
 /// every read; with the default 128 KiB that `memset` was 40 % of the load generator's CPU
 /// (perf), which capped the load it could drive. Messages here are under 4 KiB; a larger one
@@ -26,6 +30,8 @@ pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
 /// Why a simulated call or conversation failed.
