@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use loadgen::{AgentOptions, CallOptions, CallerFrames, Format, Stats};
+use ignis::audio::format::AgentFormat;
+use loadgen::{AgentOptions, CallOptions, CallerFrames, Stats};
 
 /// Probes per direction and mode.
 const PROBES: u64 = 20;
@@ -27,12 +28,12 @@ fn main() {
     println!(
         "e2e_latency: one call through the real server on loopback, {PROBES} probes per direction"
     );
-    for format in [Format::Ulaw, Format::Pcm16k] {
+    for format in [AgentFormat::Ulaw8000, AgentFormat::Pcm16000] {
         rt.block_on(run(format));
     }
 }
 
-async fn run(format: Format) {
+async fn run(format: AgentFormat) {
     let stats = Arc::new(Stats::default());
     let agent_base = loadgen::start_agent(
         AgentOptions {
@@ -100,8 +101,8 @@ async fn run(format: Format) {
     let mut down = stats.down_us.lock().unwrap().clone();
     println!(
         "\n{} ({}):",
-        format.name(),
-        if format == Format::Ulaw {
+        format.as_str(),
+        if format.is_ulaw() {
             "pass-through"
         } else {
             "transcoding"

@@ -24,11 +24,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use loadgen::{AgentOptions, CallOptions, CallerFrames, Format, Stats};
+use ignis::audio::format::AgentFormat;
+use loadgen::{AgentOptions, CallOptions, CallerFrames, Stats};
 
 struct Args {
     calls: Vec<usize>,
-    format: Format,
+    format: AgentFormat,
     secs: u64,
     warmup: u64,
     ramp: u64,
@@ -42,7 +43,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         calls: vec![100],
-        format: Format::Ulaw,
+        format: AgentFormat::Ulaw8000,
         secs: 30,
         warmup: 5,
         ramp: 100,
@@ -61,7 +62,9 @@ fn args() -> Args {
         };
         match argv[i].as_str() {
             "--calls" => a.calls = v.split(',').map(|n| num(n) as usize).collect(),
-            "--format" => a.format = Format::parse(&v).expect("--format ulaw_8000|pcm_16000"),
+            "--format" => {
+                a.format = loadgen::parse_format(&v).expect("--format ulaw_8000|pcm_16000|…")
+            }
             "--secs" => a.secs = num(&v),
             "--warmup" => a.warmup = num(&v),
             "--ramp" => a.ramp = num(&v).max(1),
@@ -235,7 +238,7 @@ async fn run(a: &Args, n: usize) {
     }
     eprintln!(
         "[load] {n} calls ({}) started in {:.1} s; warm-up {} s, window {} s; ignis pid {pid}",
-        a.format.name(),
+        a.format.as_str(),
         t_start.elapsed().as_secs_f64(),
         a.warmup,
         a.secs
@@ -378,7 +381,7 @@ fn report(a: &Args, n: usize, stats: &Stats, f: &Figures<'_>) {
         .collect();
     println!(
         "\n== {n} calls, {} agent, window {window:.0} s, loadavg {load}, ignis on cpu {}",
-        a.format.name(),
+        a.format.as_str(),
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
     println!(

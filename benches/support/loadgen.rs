@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use ignis::audio::format::AgentFormat;
 use ignis::driver::sim::SimError;
 use ignis::driver::sim::agent::{AgentService, AgentServiceOptions, Conversation};
 use ignis::driver::sim::twilio::{StreamEvent, TwilioStream};
@@ -51,37 +52,18 @@ const UP_OFFSETS: [usize; 8] = [0, 21, 43, 67, 89, 111, 137, 151];
 /// Frame of the agent burst holding the onset, cycled (0–4 lie within the lead, 7 beyond).
 const DOWN_FRAMES: [usize; 5] = [0, 0, 2, 4, 7];
 
-/// The agent's audio format both ways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Pass-through.
-    Ulaw,
-    /// Transcoding.
-    Pcm16k,
+/// The agent's audio format from a `--format` value: an ElevenLabs name, or `ulaw` / `pcm` for
+/// `ulaw_8000` (pass-through) / `pcm_16000` (transcoding).
+pub fn parse_format(s: &str) -> Option<AgentFormat> {
+    match s {
+        "ulaw" => Some(AgentFormat::Ulaw8000),
+        "pcm" => Some(AgentFormat::Pcm16000),
+        _ => AgentFormat::parse(s).ok(),
+    }
 }
 
-impl Format {
-    /// ElevenLabs name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Ulaw => "ulaw_8000",
-            Format::Pcm16k => "pcm_16000",
-        }
-    }
-    /// Parses a name.
-    pub fn parse(s: &str) -> Option<Format> {
-        match s {
-            "ulaw_8000" | "ulaw" => Some(Format::Ulaw),
-            "pcm_16000" | "pcm" => Some(Format::Pcm16k),
-            _ => None,
-        }
-    }
-    fn rate(self) -> u64 {
-        match self {
-            Format::Ulaw => 8000,
-            Format::Pcm16k => 16000,
-        }
-    }
+fn rate(format: AgentFormat) -> u64 {
+    u64::from(format.sample_rate())
 }
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -221,7 +203,7 @@ impl Onset {
 /// Agent behaviour.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentOptions {
-    pub format: Format,
+    pub format: AgentFormat,
     /// A burst with an onset probe this often per call.
     pub probe_every: Duration,
     /// An `interruption` after every this many bursts (0: never).
@@ -260,8 +242,8 @@ pub async fn start_agent(opts: AgentOptions, stats: Arc<Stats>) -> std::io::Resu
 }
 
 /// Pre-encoded bursts: silence, then a tone from the onset frame on; with that frame's index.
-fn bursts(format: Format) -> Vec<(usize, String)> {
-    let rate = format.rate();
+fn bursts(format: AgentFormat) -> Vec<(usize, String)> {
+    let rate = rate(format);
     let spf = (rate / 50) as usize; // samples per 20 ms frame
     (0..DOWN_FRAMES.len() * 3)
         .map(|k| {
@@ -272,9 +254,10 @@ fn bursts(format: Format) -> Vec<(usize, String)> {
             let samples: Vec<i16> = (0..TONE_FRAMES * spf)
                 .map(|n| if n < q { 0 } else { tone(n - q, rate) })
                 .collect();
-            let bytes: Vec<u8> = match format {
-                Format::Ulaw => samples.iter().map(|&s| mulaw::encode_sample(s)).collect(),
-                Format::Pcm16k => samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            let bytes: Vec<u8> = if format.is_ulaw() {
+                samples.iter().map(|&s| mulaw::encode_sample(s)).collect()
+            } else {
+                samples.iter().flat_map(|s| s.to_le_bytes()).collect()
             };
             (f, STANDARD.encode(bytes))
         })
@@ -372,26 +355,23 @@ impl Agent<'_> {
             return;
         }
         let (buf, link) = (&self.buf, &self.link);
-        let bytes_per_8k = if self.opts.format == Format::Ulaw {
-            1
-        } else {
-            4
-        };
+        let format = self.opts.format;
+        let samples = buf.len() / format.bytes_per_sample();
         link.up_recv
-            .fetch_add((buf.len() / bytes_per_8k) as u64, Relaxed);
-        let hit = match self.opts.format {
-            Format::Ulaw => self
-                .onset
-                .scan(buf.iter().map(|&b| mulaw::decode_sample(b))),
-            Format::Pcm16k => self.onset.scan(
+            .fetch_add(samples as u64 * 8000 / rate(format), Relaxed);
+        let hit = if format.is_ulaw() {
+            self.onset
+                .scan(buf.iter().map(|&b| mulaw::decode_sample(b)))
+        } else {
+            self.onset.scan(
                 buf.chunks_exact(2)
                     .map(|p| i16::from_le_bytes([p[0], p[1]])),
-            ),
+            )
         };
         if let Some(i) = hit {
             let sent = link.up_onset_ns.swap(0, Relaxed);
             if sent != 0 && self.stats.recording.load(Relaxed) {
-                let at = now + i as u64 * 1_000_000_000 / self.opts.format.rate();
+                let at = now + i as u64 * 1_000_000_000 / rate(self.opts.format);
                 let us = (at as i64 - sent as i64) / 1000;
                 self.stats.up_us.lock().unwrap().push(us);
             }
@@ -416,7 +396,7 @@ async fn conversation(
         .ok_or("unknown call")?;
     stats.agent_conversations.fetch_add(1, Relaxed);
     link.agent_seen.store(true, Relaxed);
-    let fmt = opts.format.name();
+    let fmt = opts.format.as_str();
     conv.send_metadata(&format!("conv_{sid}"), fmt, fmt)
         .await
         .map_err(|e| e.to_string())?;
@@ -430,7 +410,7 @@ async fn conversation(
         bursts,
         link,
         sid,
-        onset: Onset::new(opts.format.rate()),
+        onset: Onset::new(rate(opts.format)),
         buf: Vec::with_capacity(8192),
         next_burst: start + opts.probe_every / 2 + phase,
         next_ping: start + opts.ping_every + phase / 3,
