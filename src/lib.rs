@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod elevenlabs;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -22,9 +22,12 @@ const MAX_MESSAGES: usize = 256;
 /// of it exactly (pongs jump the queue, newest first, and echo the ping's id; tool results in
 /// order); every writer (`pong`, `client_tool_result`, `contextual_update`, `user_message`)
 /// produces JSON that parses back to the values it was given, whatever the strings.
-pub fn elevenlabs_event(data: &[u8]) {
+///
+/// `start` is the virtual clock's origin (any instant: only differences matter); message `i`
+/// arrives `10·i` ms after it.
+pub fn elevenlabs_event(start: Instant, data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let t0 = Instant::now();
+    let t0 = start;
     let silence = Duration::from_secs(20);
     let mut session = AgentSession::new(t0, silence);
     let mut model: VecDeque<String> = VecDeque::new();

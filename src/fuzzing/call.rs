@@ -1,7 +1,6 @@
 //! Fuzz entry point for the per-call [`Bridge`], driven by a random sequence of Twilio and agent
 //! events the way `driver::twilio_socket` drives it.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -25,12 +24,6 @@ const MAX_TIMER_FIRES: usize = 2000;
 const MAX_AGENT_AUDIO: usize = 6000;
 /// Largest caller frame generated, bytes.
 const MAX_CALLER_FRAME: usize = 1000;
-
-/// A fixed base for the fuzzer's clock: time is `BASE` plus the milliseconds the input advanced.
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
 
 /// What the fuzzer knows about the call so far, for choosing inputs and checking outputs.
 struct Call {
@@ -79,7 +72,10 @@ enum AgentLink {
 /// or mark is produced; a `Transfer` only follows a `transfer_to_staff` call; and after
 /// `handle_timeout(t)` at the deadline `t`, the next deadline is later than `t` (otherwise the
 /// driver's timer would spin).
-pub fn call_session(data: &[u8]) {
+///
+/// `start` is the virtual clock's origin (any instant: only differences matter): time is `start`
+/// plus the milliseconds the input advanced.
+pub fn call_session(start: Instant, data: &[u8]) {
     let mut d = Bytes(data);
     let cfg = d.u8();
     let config = BridgeConfig {
@@ -104,7 +100,7 @@ pub fn call_session(data: &[u8]) {
     };
     let mut call = Call {
         bridge: Bridge::new(config),
-        now: base(),
+        now: start,
         stream_sid: None,
         started: false,
         agent: AgentLink::Connecting,
@@ -543,10 +539,16 @@ fn agent_other(d: &mut Bytes<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     #[test]
     fn empty_and_tiny_inputs() {
-        super::call_session(&[]);
-        super::call_session(&[0]);
-        super::call_session(&[0, 0, 7, 10, 6, 6, 11, 0, 0x10, 0x10, 7, 19, 0, 100]);
+        let start = Instant::now();
+        super::call_session(start, &[]);
+        super::call_session(start, &[0]);
+        super::call_session(
+            start,
+            &[0, 0, 7, 10, 6, 6, 11, 0, 0x10, 0x10, 7, 19, 0, 100],
+        );
     }
 }

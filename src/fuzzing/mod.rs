@@ -1,7 +1,10 @@
 //! Entry points for the fuzz targets in `fuzz/` and the seed-replay tests in `tests/`.
 //!
 //! Each function takes arbitrary bytes and must never panic. They are public but hidden so the
-//! fuzz crate can reach internals without widening the real API.
+//! fuzz crate can reach internals without widening the real API, and compiled only with the
+//! test-only `fuzzing` feature (as str0m's `_internal_test_exports`), so no release binary
+//! carries them. Like the code they exercise they are sans-IO: the stateful ones take a `start`
+//! instant from the caller and move time only as the input says.
 
 pub mod agent;
 pub mod audio;
