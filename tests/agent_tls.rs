@@ -52,7 +52,7 @@ fn throwaway_cert(name: &str) -> (PathBuf, PathBuf) {
         .arg(&cert)
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run openssl ({e}): `apt-get install -y openssl` (.ci/run does this)")
+            panic!("cannot run openssl ({e}): run `.ci/test`, or `apt-get install -y openssl`")
         });
     assert!(
         out.status.success(),

@@ -5,8 +5,9 @@
 //!
 //! The test rewrites only the values `deploy/nginx.conf` marks `[test rewrites]` (upstream
 //! address, listen ports, certificate paths) and adds temp paths, so it exercises the shipped
-//! routing, headers, timeouts and TLS settings. nginx must be installed (`.ci/run` installs it
-//! from Debian packages); without it the test fails rather than skips.
+//! routing, headers, timeouts and TLS settings. nginx must be installed (`.ci/test` installs it
+//! from Debian packages); without it the test fails rather than skips, since a skipped test
+//! would be counted as passed.
 
 mod common;
 
@@ -69,7 +70,8 @@ fn nginx_binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "nginx is not installed, and this test runs deploy/nginx.conf in a real nginx. \
-             Install it: `apt-get install -y --no-install-recommends nginx` (.ci/run does this)."
+             Run `.ci/test` (installs nginx and openssl, then runs every test), or install it: \
+             `apt-get install -y --no-install-recommends nginx`."
             )
         })
 }
@@ -96,7 +98,7 @@ fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
             .args(args)
             .output()
             .unwrap_or_else(|e| {
-                panic!("cannot run openssl ({e}): `apt-get install -y openssl` (.ci/run does this)")
+                panic!("cannot run openssl ({e}): run `.ci/test`, or `apt-get install -y openssl`")
             });
         assert!(
             out.status.success(),
