@@ -49,13 +49,13 @@ const KEEP_PREFIX: usize = 2;
 
 /// The pseudo-random inputs [`sweep`] makes.
 #[derive(Clone, Copy)]
-struct Sweep {
-    /// How many inputs.
-    count: usize,
-    /// Every other input is random bytes of up to this length (`None`: mutations only).
-    random_up_to: Option<usize>,
-    /// Every other input is a mutated seed (`false`: random bytes only).
-    mutations: bool,
+enum Sweep {
+    /// `count` random byte strings of up to `up_to` bytes.
+    Random { count: usize, up_to: usize },
+    /// `count` mutated seeds.
+    Mutations { count: usize },
+    /// `count` inputs: random byte strings (up to `up_to` bytes) and mutated seeds in turn.
+    Both { count: usize, up_to: usize },
 }
 
 /// The checked-in seeds of `target`, at least `min` of them, in file-name order.
@@ -95,13 +95,21 @@ fn replay(target: &str, min_seeds: usize, mut entry: impl FnMut(&[u8])) {
 fn sweep(target: &str, inputs: Sweep, mut entry: impl FnMut(&[u8])) {
     let seeds = seeds(target, 1);
     let mut rng = Rng::new();
-    for i in 0..inputs.count {
-        let data = match inputs.random_up_to {
-            Some(max) if !inputs.mutations || i % 2 == 0 => {
-                let len = rng.below(max);
-                (0..len).map(|_| rng.byte()).collect()
-            }
-            _ => mutate(&mut rng, &seeds[i % seeds.len()]),
+    let (count, up_to) = match inputs {
+        Sweep::Random { count, up_to } | Sweep::Both { count, up_to } => (count, up_to),
+        Sweep::Mutations { count } => (count, 0),
+    };
+    for i in 0..count {
+        let random = match inputs {
+            Sweep::Random { .. } => true,
+            Sweep::Mutations { .. } => false,
+            Sweep::Both { .. } => i % 2 == 0,
+        };
+        let data = if random {
+            let len = rng.below(up_to);
+            (0..len).map(|_| rng.byte()).collect()
+        } else {
+            mutate(&mut rng, &seeds[i % seeds.len()])
         };
         entry(&data);
     }
@@ -183,10 +191,9 @@ fn dotenv_seeds() {
 #[test]
 fn operation_sequences_pseudo_random() {
     let start = Instant::now();
-    let inputs = Sweep {
+    let inputs = Sweep::Both {
         count: 200,
-        random_up_to: Some(600),
-        mutations: true,
+        up_to: 600,
     };
     sweep("call_session", inputs, |d| {
         call::call_session(start, d);
@@ -206,10 +213,9 @@ fn audio_jitter_reframer_seeds() {
 #[test]
 fn audio_jitter_reframer_pseudo_random() {
     let start = Instant::now();
-    let inputs = Sweep {
+    let inputs = Sweep::Random {
         count: 60,
-        random_up_to: Some(400),
-        mutations: false,
+        up_to: 400,
     };
     sweep("audio_jitter_reframer", inputs, |d| {
         audio::jitter_and_reframer(start, d)
@@ -225,10 +231,6 @@ fn practice_tool_request_seeds() {
 /// The practice target over 400 seed mutations.
 #[test]
 fn practice_tool_request_mutations() {
-    let inputs = Sweep {
-        count: 400,
-        random_up_to: None,
-        mutations: true,
-    };
+    let inputs = Sweep::Mutations { count: 400 };
     sweep("practice_tool_request", inputs, practice::tool_request);
 }
