@@ -2,17 +2,31 @@
 //!
 //! # Layout
 //!
-//! Data flows from the wire inwards and back out:
+//! Data flows from the wire inwards and back out. Every module:
 //!
-//! - [`http`]: sans-IO HTTP/1.1 front end (request heads, bodies, responses, upgrade checks),
-//!   and the URLs and response parsing of ignis's own HTTPS requests.
-//! - [`twilio`]: Twilio signatures, webhook parameters, TwiML and Media Streams messages.
-//! - [`audio`]: the DSP pipeline (μ-law, resampling, jitter and playout buffers).
+//! - [`http`]: sans-IO HTTP/1.1 front end (request heads, bodies, forms, responses, upgrade
+//!   checks), and the URLs and response parsing of ignis's own HTTPS requests.
+//! - [`twilio`]: Twilio signatures, webhook parameters, TwiML, Media Streams messages, REST update.
+//! - [`elevenlabs`]: the agent's conversation URL and signed URL, its messages, the session rules.
+//! - [`audio`]: the DSP pipeline (μ-law, resampling, jitter stage, playout buffer, WAV).
+//! - [`bridge`]: one call, Twilio events ⇄ audio paths ⇄ agent session.
+//! - [`routes`]: request routing and the webhook handlers, a request in, an action out.
+//! - [`calls`]: the registry of live streams and how calls ended.
+//! - [`practice`]: the six agent tools, the staff API, the calendar and the SQLite store.
+//! - [`secret`]: constant-time comparison and hex encoding for signatures and tokens.
+//! - [`cli`]: the command line (`serve`, `demo`, `simulate`, `healthcheck`), declared with clap.
+//! - [`config`]: every environment variable, parsed once into one typed configuration.
+//! - [`metrics`]: counters and histograms in the Prometheus text format.
+//! - [`privacy`]: keeping phone numbers and patient data out of logs.
+//! - [`telemetry`]: log output, text or JSON lines.
 //! - [`sim`]: the simulated Twilio caller and ElevenLabs agent (demo, simulate, tests, benches).
-//! - [`driver`]: the only layer that owns sockets, tasks, threads and the clock.
+//! - [`driver`]: the only layer that owns sockets, tasks and the clock.
+//! - `fuzzing` (hidden): entry points for the fuzz targets and seed-replay tests.
 //!
-//! Everything outside `driver` (and `audio::pipeline`) takes bytes and `now` as arguments and
-//! returns values; it never performs I/O or reads the clock.
+//! Everything outside `driver` takes bytes and `now` as arguments and returns values; it never
+//! performs I/O or reads the clock. The exceptions are `audio::pipeline` (a DSP worker thread)
+//! and the practice store (its SQLite file and writer thread). `ARCHITECTURE.md` in the
+//! repository has the details; `docs/` has the protocol notes the code cites.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
