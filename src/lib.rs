@@ -21,7 +21,7 @@
 //! - [`telemetry`]: log output, text or JSON lines.
 //! - [`sim`]: the simulated Twilio caller and ElevenLabs agent (demo, simulate, tests, benches).
 //! - [`driver`]: the only layer that owns sockets, tasks and the clock.
-//! - `fuzzing` (hidden): entry points for the fuzz targets and seed-replay tests.
+//! - `fuzzing` (hidden, only with the test-only `fuzzing` feature): the fuzz entry points.
 //!
 //! Everything outside `driver` takes bytes and `now` as arguments and returns values; it never
 //! performs I/O or reads the clock. The exceptions are `audio::pipeline` (a DSP worker thread)
