@@ -49,7 +49,7 @@ fn pcm16_bytes(n: usize, rate: f64) -> Vec<u8> {
 fn bench_mulaw(c: &mut Criterion) {
     let mut g = c.benchmark_group("mulaw_per_frame");
     g.throughput(Throughput::Elements(FRAME as u64));
-    // Random codes, as dsp.md §1.6 measured.
+    // Random codes, as docs/dsp.md §1.6 measured.
     let mut s = 0x1234_5678u32;
     let codes: Vec<u8> = (0..FRAME)
         .map(|_| {

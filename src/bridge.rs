@@ -10,7 +10,7 @@
 //!   that arrives before Twilio's `start` is held too.
 //! - Barge-in: an `interruption` drops held audio, resets the outbound resampler, and sends
 //!   Twilio `clear` in the same step; later audio is kept only if its `event_id` is at least the
-//!   interruption's (elevenlabs.md §4.4).
+//!   interruption's (docs/elevenlabs.md §4.4).
 //! - Endings never leave the caller in dead air: an agent failure closes the stream at once so
 //!   `stream-ended` can hand the caller to a person; a normal agent ending lets the queued audio
 //!   play (until its end-of-turn mark comes back) before closing.
@@ -161,7 +161,7 @@ enum Ending {
         outcome: Outcome,
         deadline: Instant,
         /// The last mark sent since the ending began: the end-of-turn mark once all audio is
-        /// out. Its echo proves the caller heard the last word (twilio.md §1.4).
+        /// out. Its echo proves the caller heard the last word (docs/twilio.md §1.4).
         final_mark: Option<String>,
         mark_heard: bool,
     },
@@ -285,7 +285,7 @@ impl Bridge {
         }
         if code == Some(1000) {
             // The agent ended the conversation (end_call, max duration): let the queued audio
-            // play, then close so stream-ended hangs up (elevenlabs.md §3.2, pitfall 4).
+            // play, then close so stream-ended hangs up (docs/elevenlabs.md §3.2, pitfall 4).
             info!("[ElevenLabs] Agent ended the conversation");
             self.finish_after_audio(now, Outcome::Completed);
         } else {
@@ -502,7 +502,7 @@ impl Bridge {
     }
 
     fn agent_ready(&mut self, now: Instant, conversation_id: String, input: &str, output: &str) {
-        // Metadata comes once (elevenlabs.md §1.7); a repeat must not rebuild the audio paths and
+        // Metadata comes once (docs/elevenlabs.md §1.7); a repeat must not rebuild the audio paths and
         // silently drop what they hold.
         if self.inbound.is_some() {
             debug!("[ElevenLabs] Repeated metadata ignored");

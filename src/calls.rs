@@ -78,7 +78,7 @@ struct Entry {
 /// Why a stream could not register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterError {
-    /// The call already has a live stream (one bidirectional stream per call, twilio.md §1.6).
+    /// The call already has a live stream (one bidirectional stream per call, docs/twilio.md §1.6).
     AlreadyLive,
     /// Twilio already reported this call as ended.
     AlreadyEnded,
@@ -200,7 +200,7 @@ impl CallRegistry {
     }
 
     /// Applies a status callback: a terminal status tears down the live session, if any.
-    /// Idempotent and safe against callbacks that arrive out of order (twilio.md §3.2).
+    /// Idempotent and safe against callbacks that arrive out of order (docs/twilio.md §3.2).
     pub fn handle_status(
         &self,
         call_sid: &str,

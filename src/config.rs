@@ -342,13 +342,13 @@ impl PublicUrl {
         })
     }
 
-    /// `https://host` + `target`: the URL Twilio signs for webhooks (twilio.md §4.1).
+    /// `https://host` + `target`: the URL Twilio signs for webhooks (docs/twilio.md §4.1).
     pub fn http_url(&self, target: &str) -> String {
         let scheme = if self.secure { "https" } else { "http" };
         format!("{scheme}://{}{target}", self.authority)
     }
 
-    /// `wss://host` + `target`: the Media Streams URL and its signed form (twilio.md §1.1).
+    /// `wss://host` + `target`: the Media Streams URL and its signed form (docs/twilio.md §1.1).
     pub fn ws_url(&self, target: &str) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };
         format!("{scheme}://{}{target}", self.authority)

@@ -174,7 +174,7 @@ impl App {
             (fields.clone(), fields)
         } else {
             // GET webhooks carry their parameters in the signed URL; JSON bodies are covered by
-            // bodySHA256 (twilio.md §4.1), so nothing is appended in either case.
+            // bodySHA256 (docs/twilio.md §4.1), so nothing is appended in either case.
             let fields =
                 form::decode(query.as_bytes()).map_err(|e| Response::text(400, &e.to_string()))?;
             (fields, Vec::new())

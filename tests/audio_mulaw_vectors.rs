@@ -1,5 +1,5 @@
 //! Exhaustive μ-law vectors: SHA-256 over all 65 536 encoder inputs and over the decode table,
-//! against the hashes of the ITU-T G.191 reference given in dsp.md §1.4.
+//! against the hashes of the ITU-T G.191 reference given in docs/dsp.md §1.4.
 
 use ignis::audio::mulaw;
 use sha2::{Digest, Sha256};

@@ -45,7 +45,7 @@ fn inbound_path_does_not_allocate_per_frame() {
             bytes
         };
         // Warm-up through the whole pattern, gaps included: buffers grow to the call's
-        // high-water mark once (twilio.md §1.5), then steady state must not allocate.
+        // high-water mark once (docs/twilio.md §1.5), then steady state must not allocate.
         run(&mut p, 0, 20);
         let info = measure(|| {
             assert!(run(&mut p, 20, 200) > 0);

@@ -1,4 +1,4 @@
-//! Tone tests for every agent rate and both engines (dsp.md §2.3 method): gain at 1 kHz and
+//! Tone tests for every agent rate and both engines (docs/dsp.md §2.3 method): gain at 1 kHz and
 //! 3.4 kHz, image rejection at 4.6 kHz after upsampling a 3.4 kHz tone, alias rejection at
 //! 3.4 kHz after downsampling a 4.6 kHz tone, and the delay measured from a burst's energy
 //! centroid. Run with `--nocapture` to print the figures recorded in BENCHMARKS.md.
@@ -142,7 +142,7 @@ fn rubato_fft_meets_quality_but_not_delay_at_16k() {
         let f = measure(a, b, Engine::Rubato);
         assert!(f.gain_3k4.abs() <= 0.1, "{a}->{b}");
         assert!(f.reject_4k6 <= -80.0, "{a}->{b}");
-        // Half an FFT block: 10 ms, four times the 2.5 ms target (dsp.md §2.3).
+        // Half an FFT block: 10 ms, four times the 2.5 ms target (docs/dsp.md §2.3).
         assert!((f.delay_ms - 10.0).abs() < 0.5, "{a}->{b}: {}", f.delay_ms);
     }
 }

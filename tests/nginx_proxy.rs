@@ -441,7 +441,7 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         r.status, 403,
         "signed over http://, not the public https:// URL"
     );
-    // Twilio drops the port when it signs HTTPS voice webhooks (twilio.md §4.2).
+    // Twilio drops the port when it signs HTTPS voice webhooks (docs/twilio.md §4.2).
     let portless = ignis::twilio::signature::sign(
         TOKEN,
         "https://127.0.0.1/api/twilio/voice",

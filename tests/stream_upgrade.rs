@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Signatures by Twilio's helper library (twilio-python 9.13.0) over the wss URL, token
-/// `ignis-test-token`: without and with the trailing slash (twilio.md §1.1).
+/// `ignis-test-token`: without and with the trailing slash (docs/twilio.md §1.1).
 const SDK_WSS_SIG: &str = "LfY7Iv2E98EY/pXKY3xazdIRiTs=";
 const SDK_WSS_SLASH_SIG: &str = "0ML5J5osmx5AkvH0Xeq9so7aaLk=";
 

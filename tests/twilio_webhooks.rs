@@ -150,7 +150,7 @@ async fn secondary_token_and_port_variant_accepted() {
     )
     .await;
     assert_eq!(r.status, 200);
-    // Twilio may sign with the default port spelled out (twilio.md §4.2).
+    // Twilio may sign with the default port spelled out (docs/twilio.md §4.2).
     let sig = signature::sign(
         TOKEN,
         "https://ignis.example.com:443/api/twilio/voice",

@@ -1,9 +1,9 @@
-//! The audio formats an ElevenLabs agent may speak (elevenlabs.md §4.1).
+//! The audio formats an ElevenLabs agent may speak (docs/elevenlabs.md §4.1).
 
 use std::fmt;
 use std::str::FromStr;
 
-/// One of the seven ElevenLabs audio formats, for either direction (elevenlabs.md §4.1).
+/// One of the seven ElevenLabs audio formats, for either direction (docs/elevenlabs.md §4.1).
 ///
 /// `pcm_*` is raw 16-bit signed little-endian mono at the given rate; `ulaw_8000` is raw G.711
 /// μ-law at 8 kHz, the same as Twilio's media payload (so it passes through untouched).
@@ -38,7 +38,7 @@ impl fmt::Display for UnknownFormat {
 impl std::error::Error for UnknownFormat {}
 
 impl AgentFormat {
-    /// Every format, in the order of elevenlabs.md §4.1.
+    /// Every format, in the order of docs/elevenlabs.md §4.1.
     pub const ALL: [AgentFormat; 7] = [
         AgentFormat::Pcm8000,
         AgentFormat::Pcm16000,

@@ -4,14 +4,14 @@
 //! agent rate → batch into payloads of [`InboundConfig::batch_ms`] → base64.
 //!
 //! With a `ulaw_8000` agent and a batch of one frame, the Twilio payload *string* is forwarded
-//! as is: its length and alphabet are checked, it is never decoded (elevenlabs.md §4.2).
+//! as is: its length and alphabet are checked, it is never decoded (docs/elevenlabs.md §4.2).
 //!
 //! Sans-IO: the caller passes `now`; call [`InboundPath::poll_user_audio_chunk`] until `None`
 //! after every push.
 //!
 //! Buffers are sized at [`InboundPath::new`] for 20 ms frames (what Twilio sends) and grow
 //! once, up to [`MAX_TWILIO_FRAME_BYTES`] / [`MAX_INBOUND_BACKLOG_MS`], if a call's frames or
-//! backlog are larger (twilio.md §1.5: size buffers from the decoded payload length). In steady
+//! backlog are larger (docs/twilio.md §1.5: size buffers from the decoded payload length). In steady
 //! state nothing allocates. Pre-sizing for the worst case cost ~85 KiB per call (issue 6).
 
 use std::fmt;
@@ -26,7 +26,7 @@ use super::mulaw::{self, FRAME_SAMPLES};
 use super::resample::{Engine, ResampleSetupError, Resampler};
 
 /// Largest decoded Twilio media payload accepted: 1 s of μ-law (Twilio sends 160 bytes;
-/// twilio.md §1.5 says to parse any size, so allow plenty).
+/// docs/twilio.md §1.5 says to parse any size, so allow plenty).
 pub const MAX_TWILIO_FRAME_BYTES: usize = 8000;
 /// Largest configurable payload length.
 pub const MAX_BATCH_MS: u32 = 1000;
@@ -37,7 +37,7 @@ pub const MAX_INBOUND_BACKLOG_MS: u32 = 2000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundConfig {
     /// Audio per `user_audio_chunk`, ms. Default 20 (one Twilio frame: lowest latency;
-    /// elevenlabs.md §4.3). Clamped to 1..=[`MAX_BATCH_MS`].
+    /// docs/elevenlabs.md §4.3). Clamped to 1..=[`MAX_BATCH_MS`].
     pub batch_ms: u32,
     /// Gap handling.
     pub jitter: JitterConfig,
@@ -358,7 +358,7 @@ impl InboundPath {
     }
 
     /// Inserts `fill` samples: the last frame repeated with a linear fade to zero over the
-    /// concealment window, then silence (dsp.md §3.6: repeat beats zero-fill).
+    /// concealment window, then silence (docs/dsp.md §3.6: repeat beats zero-fill).
     fn fill_gap(&mut self, fill: usize) {
         if self.last_is_b64 {
             let b64 = std::mem::take(&mut self.last_b64);

@@ -1,6 +1,6 @@
 //! Inbound jitter stage: orders Twilio media frames by `chunk`/`timestamp` without holding any.
 //!
-//! Twilio media arrives over TCP, which never reorders or loses (dsp.md §3.7), so a classic
+//! Twilio media arrives over TCP, which never reorders or loses (docs/dsp.md §3.7), so a classic
 //! jitter *buffer* would only add latency. This stage decides per frame, at once:
 //! - in order → accept (zero added delay);
 //! - `chunk` equal to the last accepted one → duplicate, dropped;
@@ -10,16 +10,16 @@
 //!   timeline stays contiguous; gaps larger than [`JitterConfig::max_fill_ms`] or timestamps
 //!   going backwards are a timestamp jump: re-synchronise without filling.
 //!
-//! It also measures RFC 3550 §6.4.1 interarrival jitter (dsp.md §3.1), the largest arrival gap,
+//! It also measures RFC 3550 §6.4.1 interarrival jitter (docs/dsp.md §3.1), the largest arrival gap,
 //! missing chunk numbers, gaps and filled milliseconds. Time is the caller's `now`.
 
 use std::time::{Duration, Instant};
 
 /// Upper bound on [`JitterConfig::conceal_ms`]: past ~60 ms repetition stops sounding like
-/// speech (G.711 Appendix I goes silent after about that, dsp.md §3.6).
+/// speech (G.711 Appendix I goes silent after about that, docs/dsp.md §3.6).
 pub const MAX_CONCEAL_MS: u32 = 60;
 /// Upper bound on [`JitterConfig::max_fill_ms`]: a larger jump is a re-sync, not lost audio
-/// (Asterisk's `jbresyncthreshold` default is 1000 ms, dsp.md §3.5).
+/// (Asterisk's `jbresyncthreshold` default is 1000 ms, docs/dsp.md §3.5).
 pub const MAX_GAP_FILL_MS: u32 = 1000;
 
 /// Microseconds per sample at 8 kHz.

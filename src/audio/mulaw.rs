@@ -1,7 +1,7 @@
 //! G.711 μ-law codec, bit-exact with the ITU-T G.191 reference (`ulaw_compress`/`ulaw_expand`).
 //!
-//! - Decode is a 256-entry table (dsp.md §1.2, §1.6): every implementation agrees on it.
-//! - Encode is the branchless "ITU-exact" form of dsp.md §1.4: the classic bias-0x84 algorithm
+//! - Decode is a 256-entry table (docs/dsp.md §1.2, §1.6): every implementation agrees on it.
+//! - Encode is the branchless "ITU-exact" form of docs/dsp.md §1.4: the classic bias-0x84 algorithm
 //!   with the one's-complement magnitude `x ^ (x >> 15)` for negative inputs. The CPython
 //!   `audioop` and Sun variants differ from G.191 on 127–508 negative inputs; we follow G.191.
 //! - The segment/mantissa search uses the exponent and top mantissa bits of the biased magnitude
@@ -14,7 +14,7 @@
 /// μ-law code of digital silence (decodes to 0).
 pub const SILENCE: u8 = 0xFF;
 
-/// Samples (and bytes) in one 20 ms μ-law frame at 8 kHz (twilio.md §1.5).
+/// Samples (and bytes) in one 20 ms μ-law frame at 8 kHz (docs/twilio.md §1.5).
 pub const FRAME_SAMPLES: usize = 160;
 
 /// Scale between `i16` sample values and the `f32` range `[-1.0, 1.0)` used by the resamplers.
@@ -23,7 +23,7 @@ pub const I16_SCALE: f32 = 32768.0;
 const BIAS: i32 = 0x84;
 const CLIP: i32 = 32635;
 
-/// Decodes one μ-law code by the formula of dsp.md §1.2 (used to build the table).
+/// Decodes one μ-law code by the formula of docs/dsp.md §1.2 (used to build the table).
 const fn decode_formula(code: u8) -> i16 {
     let u = !code;
     let exp = ((u >> 4) & 7) as i32;
@@ -109,7 +109,7 @@ pub fn encode_into(input: &[i16], output: &mut [u8]) -> usize {
 #[inline(always)]
 pub fn f32_to_i16(x: f32) -> i16 {
     // `as` saturates (and maps NaN to 0); adding ±0.5 before truncation rounds half away from
-    // zero without a libm call (dsp.md §1.6: `.round()` is a slow call on the baseline target).
+    // zero without a libm call (docs/dsp.md §1.6: `.round()` is a slow call on the baseline target).
     let v = x * I16_SCALE;
     (v + 0.5f32.copysign(v)) as i16
 }
@@ -130,7 +130,7 @@ pub fn encode_f32_into(input: &[f32], output: &mut [u8]) -> usize {
 ///
 /// Adding 1.5·2²³ puts the rounded integer in the low mantissa bits (exact for |v| < 2²²), so
 /// this is a float add and an integer subtract: the encode loop vectorises, unlike a saturating
-/// `as` cast or `round()` (a libm call on the baseline target, dsp.md §1.6). `max`/`min` also
+/// `as` cast or `round()` (a libm call on the baseline target, docs/dsp.md §1.6). `max`/`min` also
 /// map NaN to −32768 instead of propagating it.
 #[inline(always)]
 #[allow(clippy::manual_clamp)] // `clamp` would propagate NaN; `max`/`min` replace it.
@@ -144,7 +144,7 @@ fn round_clamped(x: f32) -> i32 {
 #[inline(always)]
 fn encode_i32(x: i32) -> u8 {
     let sign = (x >> 8) & 0x80; // 0x80 for negative inputs
-    // One's complement for negatives (dsp.md §1.4): this is what makes the result ITU-exact.
+    // One's complement for negatives (docs/dsp.md §1.4): this is what makes the result ITU-exact.
     let mag = (x ^ (x >> 31)).min(CLIP) + BIAS;
     // `mag` is in 132..=32767, exact in f32; its float exponent is floor(log2(mag)) + 127 and
     // the top 4 mantissa bits are the μ-law mantissa. So bits >> 19 = ((seg + 7 + 127) << 4) | m.
@@ -156,7 +156,7 @@ fn encode_i32(x: i32) -> u8 {
 mod tests {
     use super::*;
 
-    // Table of dsp.md §1.5 (ITU G.191 column).
+    // Table of docs/dsp.md §1.5 (ITU G.191 column).
     const ENCODE_VECTORS: &[(i16, u8)] = &[
         (0, 0xFF),
         (1, 0xFF),

@@ -5,7 +5,7 @@
 //! time, so the delay costs nothing) → μ-law → whole 160-byte frames → [`PlayoutBuffer`].
 //! `ulaw_8000` skips straight to the re-framer.
 //!
-//! Turns and interruptions (elevenlabs.md §4.4): audio of an `event_id` older than the last
+//! Turns and interruptions (docs/elevenlabs.md §4.4): audio of an `event_id` older than the last
 //! interruption's is dropped ("strictly older", as the JS SDK and the pending Python fix do);
 //! a new `event_id` implicitly ends the previous turn; [`OutboundPath::end_of_turn`] flushes the
 //! resampler tail and pads the last partial frame with μ-law silence so the last word is not

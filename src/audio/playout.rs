@@ -2,14 +2,14 @@
 //!
 //! Agent audio arrives in bursts, much faster than real time. Sending it all at once would leave
 //! seconds of speech in Twilio's buffer that only `clear` can stop, and would hide what the
-//! caller has actually heard. Instead (dsp.md §3.7, option b/hybrid) this buffer sends ahead of
+//! caller has actually heard. Instead (docs/dsp.md §3.7, option b/hybrid) this buffer sends ahead of
 //! Twilio's estimated playout position by at most [`PlayoutConfig::lead_ms`] and holds the rest:
 //! - the position is computed on an absolute clock (`anchor + samples sent`), so pacing never
 //!   drifts however late the driver wakes up;
 //! - on interruption everything held is dropped at once: the `clear` the bridge then sends to
 //!   Twilio only has to discard the lead;
 //! - `mark`s are placed every [`PlayoutConfig::mark_interval_ms`] of audio and at each end of
-//!   turn; their echoes say what the caller has really heard (twilio.md §1.4);
+//!   turn; their echoes say what the caller has really heard (docs/twilio.md §1.4);
 //! - underrun (Twilio ran dry mid-turn): nothing is synthesised, it is counted;
 //!   overrun (more than [`PlayoutConfig::max_buffer_ms`] held): the newest audio is dropped and
 //!   counted. Neither is an error.
@@ -29,7 +29,7 @@ use super::mulaw::FRAME_SAMPLES;
 /// Cap on [`PlayoutConfig::lead_ms`].
 pub const MAX_LEAD_MS: u32 = 1000;
 /// Cap on [`PlayoutConfig::max_buffer_ms`] (Twilio itself refuses more than 10 minutes,
-/// twilio.md §1.4).
+/// docs/twilio.md §1.4).
 pub const MAX_PLAYOUT_BUFFER_MS: u32 = 600_000;
 /// Sent marks remembered while waiting for their echo; older ones are forgotten.
 pub const MAX_OUTSTANDING_MARKS: usize = 1024;

@@ -1,6 +1,6 @@
 //! Streaming sample-rate conversion between 8 kHz (Twilio) and every agent rate.
 //!
-//! Two engines (dsp.md §2.3, §5.3; figures in BENCHMARKS.md):
+//! Two engines (docs/dsp.md §2.3, §5.3; figures in BENCHMARKS.md):
 //! - [`Engine::Halfband`]: a 71-tap Kaiser halfband polyphase FIR for the exact 2:1 / 1:2 pair
 //!   (8 kHz ↔ 16 kHz). 2.19 ms (up) / 2.13 ms (down) delay, flat to 3.4 kHz, ≥ 80 dB rejection
 //!   from 4.6 kHz. The only option that meets the ≤ 2.5 ms delay target.
@@ -12,7 +12,7 @@
 //!
 //! Streaming contract: state is kept across calls, so feeding a signal in any chunking gives
 //! exactly the output of one call over the whole signal. [`Resampler::flush_into`] pushes out what
-//! is still inside the filter (end of an agent turn, dsp.md §2.5) and then resets;
+//! is still inside the filter (end of an agent turn, docs/dsp.md §2.5) and then resets;
 //! [`Resampler::reset`] drops it (interruption). No allocation after [`Resampler::new`].
 
 use std::fmt;
@@ -20,7 +20,7 @@ use std::fmt;
 use rubato::audioadapter_buffers::direct::SequentialSlice;
 use rubato::{Fft, FixedSync, Resampler as _};
 
-/// Halfband filter length. N = 4k + 3 so the outermost taps are non-zero (dsp.md §5.3).
+/// Halfband filter length. N = 4k + 3 so the outermost taps are non-zero (docs/dsp.md §5.3).
 pub const HALFBAND_TAPS: usize = 71;
 /// Kaiser β of the halfband. Chosen by measurement (tests below): ≥ 80 dB at 4.6 kHz with
 /// the 3.4 kHz point still within 0.1 dB.
@@ -411,7 +411,7 @@ fn dot(c: &[f32; PADDED], x: &[f32]) -> f32 {
 }
 
 /// 1:2 halfband interpolator. Per input x[m] it emits y[2m] = Σ 2h[2i]·x[m−i] and
-/// y[2m+1] = x[m−17] (the centre tap: the odd phase is a pure delay, dsp.md §5.3).
+/// y[2m+1] = x[m−17] (the centre tap: the odd phase is a pure delay, docs/dsp.md §5.3).
 struct HalfbandUp {
     coeffs: [f32; PADDED],
     /// `PADDED - 1` samples of history followed by the current block.

@@ -115,7 +115,7 @@ pub(crate) fn dynamic_variables(call_sid: &str, caller: &str, called: &str) -> M
     vars
 }
 
-/// The dynamic variables for a call: with the practice, all eleven (elevenlabs.md §2.1; a
+/// The dynamic variables for a call: with the practice, all eleven (docs/elevenlabs.md §2.1; a
 /// referenced variable that is missing ends the conversation), including the per-call tool token
 /// whose hash the store keeps; without it, the call's three facts.
 pub(crate) fn call_variables(
@@ -195,7 +195,7 @@ pub(crate) fn link(
 }
 
 /// Connects to the agent and writes `conversation_initiation_client_data` before anything
-/// else (elevenlabs.md §1.7).
+/// else (docs/elevenlabs.md §1.7).
 pub(crate) async fn connect(
     config: &Config,
     tls: &Arc<ClientConfig>,

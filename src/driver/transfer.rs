@@ -1,5 +1,5 @@
 //! Transfers a live call to the practice's staff: Twilio REST "update call" with `<Dial>` to the
-//! number the bridge chose (twilio.md §5.2), for the agent's `transfer_to_staff` client tool.
+//! number the bridge chose (docs/twilio.md §5.2), for the agent's `transfer_to_staff` client tool.
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub(crate) async fn transfer_to_staff(
             true
         }
         Ok(status) => {
-            // 404 with code 20404: the call already ended (twilio.md §5.2).
+            // 404 with code 20404: the call already ended (docs/twilio.md §5.2).
             warn!(status, "[Twilio] Transfer refused");
             false
         }

@@ -1,5 +1,5 @@
 //! Where the agent lives: the conversation URL for a public agent, and the signed-URL request
-//! and response for a private one (elevenlabs.md §1.1–§1.3). Sans-IO: bytes out, bytes in. The
+//! and response for a private one (docs/elevenlabs.md §1.1–§1.3). Sans-IO: bytes out, bytes in. The
 //! URL and response framing are generic HTTP ([`crate::http::url`], [`crate::http::client`]);
 //! only what ElevenLabs specifies is here.
 

@@ -1,4 +1,4 @@
-//! ElevenLabs conversation socket messages (elevenlabs.md §2, §3): typed server events in,
+//! ElevenLabs conversation socket messages (docs/elevenlabs.md §2, §3): typed server events in,
 //! client messages out. Unknown event types are reported as [`AgentEvent::Unknown`], never an
 //! error (§3: both official SDKs ignore them).
 

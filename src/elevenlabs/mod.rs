@@ -1,4 +1,4 @@
-//! ElevenLabs conversation client (`shared/specs/elevenlabs.md`). Sans-IO.
+//! ElevenLabs conversation client (`docs/elevenlabs.md`). Sans-IO.
 
 pub mod endpoint;
 pub mod messages;

@@ -303,7 +303,7 @@ impl Call {
         if self.agent == AgentLink::Open {
             // The first metadata with two known formats (missing ones default to pcm_16000)
             // sets up the audio paths; one with an unknown format closes the call instead. A
-            // repeat is ignored by the bridge (elevenlabs.md §1.7: metadata comes once), so the
+            // repeat is ignored by the bridge (docs/elevenlabs.md §1.7: metadata comes once), so the
             // formats stay those of the first.
             let known = |v: &Value| AgentFormat::parse(v.as_str().unwrap_or("pcm_16000")).ok();
             if let (Some(input), Some(_)) = (known(&input), known(&output))

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// Most fields accepted in one form; Twilio sends a few dozen (twilio.md §3.1).
+/// Most fields accepted in one form; Twilio sends a few dozen (docs/twilio.md §3.1).
 pub const MAX_FORM_FIELDS: usize = 512;
 
 /// Decoded form fields in arrival order (repeated names kept).
@@ -14,7 +14,7 @@ pub type Fields = Vec<(String, String)>;
 pub enum FormError {
     /// More than [`MAX_FORM_FIELDS`] fields.
     TooManyFields,
-    /// A decoded name or value is not UTF-8 (Twilio signs UTF-8 strings, twilio.md §4.1).
+    /// A decoded name or value is not UTF-8 (Twilio signs UTF-8 strings, docs/twilio.md §4.1).
     NotUtf8,
     /// A `%` not followed by two hex digits, under [`Escapes::Strict`].
     BadEscape,

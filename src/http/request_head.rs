@@ -71,7 +71,7 @@ pub struct Header {
 pub struct RequestHead {
     /// Request method.
     pub method: Method,
-    /// The raw request-target exactly as sent (Twilio signs it byte for byte, twilio.md §4.2).
+    /// The raw request-target exactly as sent (Twilio signs it byte for byte, docs/twilio.md §4.2).
     pub target: String,
     /// Protocol version.
     pub version: Version,

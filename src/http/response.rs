@@ -37,7 +37,7 @@ impl Response {
             .body(json.into_bytes())
     }
 
-    /// A `text/xml` response (TwiML, twilio.md §2.1).
+    /// A `text/xml` response (TwiML, docs/twilio.md §2.1).
     pub fn xml(status: u16, xml: String) -> Response {
         Response::new(status)
             .header("Content-Type", "text/xml; charset=utf-8")

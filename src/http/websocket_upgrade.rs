@@ -117,7 +117,7 @@ pub fn check(head: &RequestHead) -> UpgradeCheck {
     })
 }
 
-/// Echo a subprotocol only if the client offered one (twilio.md §1.1: echoing one Twilio did not
+/// Echo a subprotocol only if the client offered one (docs/twilio.md §1.1: echoing one Twilio did not
 /// offer makes it drop the connection). Prefer Twilio's name, else the first offered token.
 fn choose_subprotocol(head: &RequestHead) -> Option<String> {
     let offered: Vec<&[u8]> = head

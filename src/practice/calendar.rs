@@ -149,7 +149,7 @@ pub fn next_opening(config: &PracticeConfig, now: Timestamp) -> Option<Timestamp
     None
 }
 
-/// Which advice the agent gives for an emergency call (spec §3.7).
+/// Which advice the agent gives for an emergency call (docs/practice-tools.md §3.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Advice {
     /// Hang up and dial 112 (always for life-threatening cases).

@@ -71,7 +71,7 @@ pub fn hash_token(token: &[u8]) -> [u8; 32] {
     out
 }
 
-/// How well an identified person is established (spec §6.3).
+/// How well an identified person is established (docs/practice-tools.md §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Assurance {

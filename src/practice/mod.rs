@@ -16,7 +16,7 @@
 //! - **Opaque refs.** The LLM only sees per-call refs (`P1`, `S1`, `A1`) kept in the call's
 //!   [`calls::CallState`]. A ref from another call, a slot never offered, or an appointment of a
 //!   person not identified in this call does not resolve, so it cannot be used.
-//! - **Identification** (spec §6.3). Name + birth date identify; the caller number must equal the
+//! - **Identification** (docs/practice-tools.md §6.3). Name + birth date identify; the caller number must equal the
 //!   stored one before appointments are read back, cancelled or moved; three failed tries lock
 //!   identification for the call.
 //! - **No double booking.** Booking and rescheduling are one `BEGIN IMMEDIATE` transaction with a

@@ -1,4 +1,4 @@
-//! The retention job (spec §6.4 defaults, to be confirmed with the practice's DPO):
+//! The retention job (docs/practice-tools.md §6.4 defaults, to be confirmed with the practice's DPO):
 //! call state 24 h after the call ended, tool audit 90 days, requests 30 days after they were done,
 //! appointments 12 months after their date, phone-created patients without any appointment or
 //! request after 6 months, emergency events 1 year; past slots without appointments after a day.

@@ -1,4 +1,4 @@
-//! The ElevenLabs side of a conversation, sans-IO (elevenlabs.md §1.3, §1.7, §2, §3): the
+//! The ElevenLabs side of a conversation, sans-IO (docs/elevenlabs.md §1.3, §1.7, §2, §3): the
 //! signed-URL answer, the messages the agent sends (metadata, `audio` with turn ids, `ping`,
 //! `interruption`), the client messages it reads (initiation data, `user_audio_chunk`, `pong`)
 //! and the audio formats on the wire.

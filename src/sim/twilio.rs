@@ -1,5 +1,5 @@
 //! Twilio's side of a call, sans-IO: the voice webhook it signs, the TwiML it reads back, the
-//! Media Streams messages it sends (twilio.md §1.2) and its playback rules for what ignis sends
+//! Media Streams messages it sends (docs/twilio.md §1.2) and its playback rules for what ignis sends
 //! (§1.3, §1.4): outbound audio plays back to back in real time in arrival order, a `mark` is
 //! echoed once the audio queued before it has played, and `clear` drops the queued audio and
 //! echoes every pending mark at once.

@@ -1,4 +1,4 @@
-//! Media Streams messages (twilio.md §1.2, §1.3): typed events in, JSON text out.
+//! Media Streams messages (docs/twilio.md §1.2, §1.3): typed events in, JSON text out.
 //!
 //! Parsing is lenient where Twilio's docs are loose (counters as strings or numbers, unknown
 //! events and fields ignored) and strict where a wrong value would corrupt the call (missing

@@ -1,5 +1,5 @@
 //! Twilio: webhook signatures, webhook parameters, TwiML and Media Streams messages
-//! (`shared/specs/twilio.md`). Sans-IO.
+//! (`docs/twilio.md`). Sans-IO.
 
 pub mod media_stream;
 pub mod rest;

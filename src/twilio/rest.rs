@@ -1,4 +1,4 @@
-//! Twilio REST "update a call" (twilio.md §5.2), used to transfer a live call to staff: the new
+//! Twilio REST "update a call" (docs/twilio.md §5.2), used to transfer a live call to staff: the new
 //! TwiML replaces the running `<Connect><Stream>`. Sans-IO: request bytes out, status in.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! `X-Twilio-Signature` validation (twilio.md §4).
+//! `X-Twilio-Signature` validation (docs/twilio.md §4).
 //!
 //! The signed string is the URL Twilio requested, built from the configured public origin plus
 //! the raw request-target (never the `Host` header, §4.2), followed for form POSTs by every
@@ -220,7 +220,7 @@ fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    //! Vectors from twilio.md §4.4 (the official SDK suites, re-verified in the spec).
+    //! Vectors from docs/twilio.md §4.4 (the official SDK suites, re-verified in the spec).
     use super::*;
 
     const TOKEN: &str = "12345";

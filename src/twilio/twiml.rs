@@ -1,6 +1,6 @@
-//! TwiML documents ignis returns (twilio.md §2).
+//! TwiML documents ignis returns (docs/twilio.md §2).
 
-/// Longest `name` + `value` of one `<Parameter>` (twilio.md §2.1: under 500 characters).
+/// Longest `name` + `value` of one `<Parameter>` (docs/twilio.md §2.1: under 500 characters).
 pub const MAX_PARAMETER_CHARS: usize = 499;
 
 /// The apology spoken when no human fallback is configured. The practice is German.

@@ -1,4 +1,4 @@
-//! Parameters of Twilio's voice and status webhooks (twilio.md §3).
+//! Parameters of Twilio's voice and status webhooks (docs/twilio.md §3).
 
 use crate::http::form;
 

@@ -317,7 +317,7 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The signed Media Streams upgrade request Twilio sends (twilio.md §1.1).
+/// The signed Media Streams upgrade request Twilio sends (docs/twilio.md §1.1).
 pub fn stream_handshake(path: &str, signature: Option<&str>, extra: &str) -> String {
     let sig = signature.map_or(String::new(), |s| format!("X-Twilio-Signature: {s}\r\n"));
     format!(

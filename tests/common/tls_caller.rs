@@ -110,7 +110,7 @@ impl TlsCaller {
         signature::sign(TOKEN, &format!("wss://{}{path}", self.authority()), &[])
     }
 
-    /// The upgrade request Twilio sends (twilio.md §1.1), with `signature` if given.
+    /// The upgrade request Twilio sends (docs/twilio.md §1.1), with `signature` if given.
     pub fn stream_handshake(&self, path: &str, signature: Option<&str>) -> Vec<u8> {
         let sig = signature.map_or(String::new(), |s| format!("X-Twilio-Signature: {s}\r\n"));
         format!(

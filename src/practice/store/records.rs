@@ -496,7 +496,7 @@ pub struct StaffEmergency {
     pub created_at: i64,
 }
 
-/// Retention limits in seconds (spec §6.4 defaults in [`RetentionPolicy::default`]).
+/// Retention limits in seconds (docs/practice-tools.md §6.4 defaults in [`RetentionPolicy::default`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Call state, after the call ended.

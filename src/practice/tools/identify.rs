@@ -1,5 +1,5 @@
 //! `identify_patient`: name + birth date identify; the caller number adds phone assurance
-//! (spec §6.3); failed attempts lock identification per call and per caller number.
+//! (docs/practice-tools.md §6.3); failed attempts lock identification per call and per caller number.
 
 use super::context::{Ctx, Out};
 use super::error::ToolError;
@@ -61,7 +61,7 @@ impl Ctx<'_> {
         };
         let patient_ref = self.state().add_patient(p.id, assurance);
         let mut upcoming = Vec::new();
-        // Appointments are read back only when the caller number matches (spec §6.3).
+        // Appointments are read back only when the caller number matches (docs/practice-tools.md §6.3).
         if assurance == Assurance::NameDobPhone {
             for a in self
                 .store

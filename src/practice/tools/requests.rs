@@ -1,4 +1,4 @@
-//! `create_request`: what each category needs and what the caller can expect (spec §6.3 for
+//! `create_request`: what each category needs and what the caller can expect (docs/practice-tools.md §6.3 for
 //! results, which are only discussed on the number on file).
 
 use super::context::{Ctx, Out};
@@ -150,7 +150,7 @@ impl Ctx<'_> {
                 decision
             }
             RequestCategory::ResultsCallback => {
-                // Results are only discussed with the number on file (spec §6.3).
+                // Results are only discussed with the number on file (docs/practice-tools.md §6.3).
                 let Some(p) = patient else {
                     return Err(ToolError::NotIdentified.into());
                 };
