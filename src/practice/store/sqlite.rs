@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, TransactionBehavior, params};
 
 use super::names::normalize_name;
 use super::*;
@@ -216,23 +216,19 @@ impl SqliteStore {
 
     /// Current schema version.
     pub fn schema_version(&self) -> StoreResult<i64> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(schema_version_of(&self.conn)?)
+    }
+
+    /// A `BEGIN IMMEDIATE` transaction: the write lock up front (see the module docs).
+    fn begin(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
     }
 
     fn migrate(&mut self) -> StoreResult<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-        let current: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-            [],
-            |r| r.get(0),
-        )?;
+        let current = schema_version_of(&tx)?;
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i64 + 1;
             if version > current {
@@ -260,6 +256,14 @@ impl SqliteStore {
     pub fn connection(&mut self) -> &mut Connection {
         &mut self.conn
     }
+}
+
+fn schema_version_of(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )
 }
 
 const PATIENT_COLS: &str = "id, family, given, family_norm, given_norm, birth_date, gender, phone_e164, card_read_quarter, known";
@@ -315,6 +319,15 @@ fn get_appt(conn: &Connection, id: i64) -> rusqlite::Result<Option<AppointmentRe
     .optional()
 }
 
+fn get_slot(conn: &Connection, id: i64) -> rusqlite::Result<Option<SlotRecord>> {
+    conn.query_row(
+        &format!("SELECT {SLOT_COLS} FROM slot WHERE id = ?1"),
+        [id],
+        slot_row,
+    )
+    .optional()
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|_| StoreError::Corrupt("request JSON"))
 }
@@ -361,34 +374,74 @@ fn booking_patient_id(tx: &Connection, b: &Booking) -> StoreResult<i64> {
         BookingPatient::Existing(id) => return Ok(*id),
         BookingPatient::New(p) => p,
     };
+    let row = DemoPatient {
+        family: p.family.clone(),
+        given: p.given.clone(),
+        birth_date: p.birth_date.clone(),
+        gender: Gender::Unknown,
+        phone: p.phone.clone(),
+        insurance: p.insurance,
+        card_read_quarter: None,
+    };
+    insert_patient(tx, &row, Origin::Phone, b.now)
+}
+
+/// How a patient came into the store: seeded ones are known to the practice, ones created by
+/// phone are not.
+#[derive(Clone, Copy)]
+enum Origin {
+    Seed,
+    Phone,
+}
+
+/// Inserts a patient (names normalised for the lookup) and returns its id.
+fn insert_patient(tx: &Connection, p: &DemoPatient, origin: Origin, now: i64) -> StoreResult<i64> {
+    let (known, via) = match origin {
+        Origin::Seed => (true, "seed"),
+        Origin::Phone => (false, "phone"),
+    };
     tx.execute(
-        "INSERT INTO patient (family, given, family_norm, given_norm, birth_date,
-             phone_e164, insurance, known, created_via, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 'phone', ?8)",
+        "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, gender,
+             phone_e164, insurance, card_read_quarter, known, created_via, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             p.family,
             p.given,
             normalize_name(&p.family),
             normalize_name(&p.given),
             p.birth_date,
+            p.gender,
             p.phone,
             p.insurance,
-            b.now
+            p.card_read_quarter,
+            known,
+            via,
+            now
         ],
     )?;
     Ok(tx.last_insert_rowid())
 }
 
-/// Cancels the appointment a reschedule replaces and frees its slot.
-fn release_rescheduled(tx: &Connection, old: &AppointmentRecord, now: i64) -> StoreResult<()> {
+/// The stored cancel reason of an appointment a reschedule replaced (not a caller's reason).
+const RESCHEDULED: &str = "rescheduled";
+
+/// Cancels a booked appointment and frees its slot (a caller's cancel, or the appointment a
+/// reschedule replaces).
+fn cancel_booked(
+    tx: &Connection,
+    a: &AppointmentRecord,
+    reason: &str,
+    note: Option<&str>,
+    now: i64,
+) -> StoreResult<()> {
     tx.execute(
-        "UPDATE appointment SET status = 'cancelled', cancelled_at = ?2,
-             cancel_reason = 'rescheduled' WHERE id = ?1 AND status = 'booked'",
-        params![old.id, now],
+        "UPDATE appointment SET status = 'cancelled', cancelled_at = ?2, cancel_reason = ?3,
+             cancel_note = ?4 WHERE id = ?1 AND status = 'booked'",
+        params![a.id, now, reason, note],
     )?;
     tx.execute(
         "UPDATE slot SET status = 'free', version = version + 1 WHERE id = ?1",
-        [old.slot_id],
+        [a.slot_id],
     )?;
     Ok(())
 }
@@ -528,9 +581,7 @@ impl Store for SqliteStore {
         candidates: &[SlotCandidate],
         limit: usize,
     ) -> StoreResult<Vec<SlotRecord>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let mut out = Vec::new();
         {
             let mut ins = tx.prepare_cached(
@@ -561,31 +612,15 @@ impl Store for SqliteStore {
     }
 
     fn slot(&mut self, id: i64) -> StoreResult<Option<SlotRecord>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {SLOT_COLS} FROM slot WHERE id = ?1"),
-                [id],
-                slot_row,
-            )
-            .optional()?)
+        Ok(get_slot(&self.conn, id)?)
     }
 
     fn book(&mut self, b: &Booking) -> StoreResult<BookOutcome> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         if let Some(first) = earlier_booking(&tx, &b.idempotency_key)? {
             return Ok(first);
         }
-        let slot = tx
-            .query_row(
-                &format!("SELECT {SLOT_COLS} FROM slot WHERE id = ?1"),
-                [b.slot_id],
-                slot_row,
-            )
-            .optional()?;
-        let Some(slot) = slot.filter(|s| s.start > b.now) else {
+        let Some(slot) = get_slot(&tx, b.slot_id)?.filter(|s| s.start > b.now) else {
             return Ok(BookOutcome::SlotGone);
         };
         if !slot.visit_types.contains(&b.visit_type) {
@@ -619,7 +654,7 @@ impl Store for SqliteStore {
         // Reschedule: release the old appointment first so the patient is never double-booked
         // with itself, all inside this transaction.
         if let Some(old) = &replaced_before {
-            release_rescheduled(&tx, old, b.now)?;
+            cancel_booked(&tx, old, RESCHEDULED, None, b.now)?;
         }
         let inserted = tx.execute(
             "INSERT INTO appointment (slot_id, patient_id, practitioner_id, start_utc, end_utc,
@@ -671,9 +706,7 @@ impl Store for SqliteStore {
         note: Option<&str>,
         now: i64,
     ) -> StoreResult<CancelOutcome> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let Some(a) = get_appt(&tx, appointment_id)? else {
             return Ok(CancelOutcome::NotFound);
         };
@@ -683,24 +716,14 @@ impl Store for SqliteStore {
         if a.start <= now {
             return Ok(CancelOutcome::InPast);
         }
-        tx.execute(
-            "UPDATE appointment SET status = 'cancelled', cancelled_at = ?2, cancel_reason = ?3,
-                 cancel_note = ?4 WHERE id = ?1 AND status = 'booked'",
-            params![a.id, now, reason, note],
-        )?;
-        tx.execute(
-            "UPDATE slot SET status = 'free', version = version + 1 WHERE id = ?1",
-            [a.slot_id],
-        )?;
+        cancel_booked(&tx, &a, reason.as_str(), note, now)?;
         let after = get_appt(&tx, a.id)?.ok_or(StoreError::Corrupt("appointment"))?;
         tx.commit()?;
         Ok(CancelOutcome::Cancelled(after))
     }
 
     fn create_request(&mut self, r: &NewRequest) -> StoreResult<CreatedRequest> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let next: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM request", [], |x| {
             x.get(0)
         })?;
@@ -858,9 +881,7 @@ impl Store for SqliteStore {
     }
 
     fn retention(&mut self, p: &RetentionPolicy, now: i64) -> StoreResult<RetentionReport> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let mut rep = RetentionReport {
             calls: tx.execute(
                 "DELETE FROM call WHERE (ended_at IS NOT NULL AND ended_at < ?1)
@@ -905,31 +926,13 @@ impl Store for SqliteStore {
     }
 
     fn seed_patients(&mut self, patients: &[DemoPatient], now: i64) -> StoreResult<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin()?;
         let count: i64 = tx.query_row("SELECT COUNT(*) FROM patient", [], |r| r.get(0))?;
         if count > 0 {
             return Ok(0);
         }
         for p in patients {
-            tx.execute(
-                "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, gender,
-                     phone_e164, insurance, card_read_quarter, known, created_via, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, 'seed', ?10)",
-                params![
-                    p.family,
-                    p.given,
-                    normalize_name(&p.family),
-                    normalize_name(&p.given),
-                    p.birth_date,
-                    p.gender,
-                    p.phone,
-                    p.insurance,
-                    p.card_read_quarter,
-                    now
-                ],
-            )?;
+            insert_patient(&tx, p, Origin::Seed, now)?;
         }
         tx.commit()?;
         Ok(patients.len())
