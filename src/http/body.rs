@@ -397,27 +397,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_chunked() {
-        assert_eq!(
-            decode_all(b"x\r\n", 10).unwrap_err(),
-            ChunkedError::Malformed
-        );
-        assert_eq!(
-            decode_all(b"3\r\nabcX\r\n0\r\n\r\n", 10).unwrap_err(),
-            ChunkedError::Malformed
-        );
-        assert_eq!(
-            decode_all(b"\r\n", 10).unwrap_err(),
-            ChunkedError::Malformed
-        );
-        assert_eq!(
-            decode_all(b"10001\r\n", 10).unwrap_err(),
-            ChunkedError::BodyTooLarge
-        );
         let long_ext = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE_BYTES));
-        assert_eq!(
-            decode_all(long_ext.as_bytes(), 4096).unwrap_err(),
-            ChunkedError::LineTooLong
-        );
+        let cases: [(&[u8], usize, ChunkedError); 5] = [
+            (b"x\r\n", 10, ChunkedError::Malformed),
+            (b"3\r\nabcX\r\n0\r\n\r\n", 10, ChunkedError::Malformed),
+            (b"\r\n", 10, ChunkedError::Malformed),
+            (b"10001\r\n", 10, ChunkedError::BodyTooLarge),
+            (long_ext.as_bytes(), 4096, ChunkedError::LineTooLong),
+        ];
+        for (input, limit, expected) in cases {
+            assert_eq!(decode_all(input, limit).unwrap_err(), expected, "{input:?}");
+        }
     }
 
     #[test]
