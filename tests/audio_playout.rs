@@ -52,6 +52,16 @@ fn media_bytes(sent: &[Sent]) -> Vec<u8> {
         .concat()
 }
 
+/// The names of the marks sent, in order.
+fn mark_names(sent: &[Sent]) -> Vec<String> {
+    sent.iter()
+        .filter_map(|s| match s {
+            Sent::Mark(_, n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn pcm_tone(rate: u32, f: f64, samples: usize, amp: f64) -> Vec<u8> {
     (0..samples)
         .flat_map(|n| {
@@ -85,13 +95,7 @@ fn burst_is_sent_ahead_by_at_most_the_lead_then_paced() {
     let s = p.stats().playout;
     assert_eq!((s.frames_sent, s.underruns, s.buffered_ms), (50, 0, 0));
     // A mark every 200 ms of audio, the last one closing the turn.
-    let marks: Vec<_> = sent
-        .iter()
-        .filter_map(|s| match s {
-            Sent::Mark(_, n) => Some(n.clone()),
-            _ => None,
-        })
-        .collect();
+    let marks = mark_names(&sent);
     assert_eq!(marks.len(), 5);
     let echo = p.handle_mark_echo(&marks[4]).unwrap();
     assert!(echo.end_of_turn && !echo.cleared);
@@ -128,13 +132,7 @@ fn interruption_drops_everything_held_and_ignores_older_events() {
         .unwrap();
     let sent = drive(&mut p, t0, at(t0, 200), 100);
     assert!(media_bytes(&sent).len() >= 160 * 14);
-    let marks: Vec<_> = sent
-        .iter()
-        .filter_map(|s| match s {
-            Sent::Mark(_, n) => Some(n.clone()),
-            _ => None,
-        })
-        .collect();
+    let marks = mark_names(&sent);
     let i = p.interrupt(at(t0, 200), Some(4));
     assert!(i.send_clear);
     assert!(i.unplayed_ms <= 100 && i.unplayed_ms >= 80, "{i:?}");

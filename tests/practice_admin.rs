@@ -82,6 +82,19 @@ fn tool(
     )
 }
 
+/// The status of a slot search (a read-only tool) for `call` with `secret` as the bearer.
+fn slots_status(p: &Practice, secret: &str, call: &str, now: Timestamp) -> u16 {
+    let req = Req {
+        method: "GET",
+        path: "/api/appointments/slots",
+        query: "visit_type=akut",
+        auth: Some(format!("Bearer {secret}")),
+        call: Some(call),
+        body: "",
+    };
+    send(p, false, req, now).0
+}
+
 fn admin(p: &Practice, method: &str, path: &str, query: &str) -> (u16, Value) {
     let auth = Some(format!("Bearer {ADMIN_TOKEN}"));
     send(
@@ -271,21 +284,7 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
     // End of call: tools die after the grace period.
     p.end_call("CAfacade", wed_morning());
     let later = Timestamp::from_second(wed_morning().as_second() + 3600).unwrap();
-    let auth = Some(format!("Bearer {TOOLS_TOKEN}"));
-    let (s, _) = send(
-        &p,
-        false,
-        Req {
-            method: "GET",
-            path: "/api/appointments/slots",
-            query: "visit_type=akut",
-            auth,
-            call: Some(&t),
-            body: "",
-        },
-        later,
-    );
-    assert_eq!(s, 403);
+    assert_eq!(slots_status(&p, TOOLS_TOKEN, &t, later), 403);
 
     // Retention through the facade.
     let (tx, rx) = bounded(1);
@@ -374,20 +373,7 @@ fn admin_api_needs_the_admin_token() {
     assert_eq!(bad.0, 422);
     // The tools secret never opens the admin API, and the admin secret never opens the tools.
     let t = start(&p, "CAadm", WEBER_PHONE);
-    let r = send(
-        &p,
-        false,
-        Req {
-            method: "GET",
-            path: "/api/appointments/slots",
-            query: "visit_type=akut",
-            auth: Some(format!("Bearer {ADMIN_TOKEN}")),
-            call: Some(&t),
-            body: "",
-        },
-        wed_morning(),
-    );
-    assert_eq!(r.0, 403);
+    assert_eq!(slots_status(&p, ADMIN_TOKEN, &t, wed_morning()), 403);
     // Without ADMIN_TOKEN the admin API is off.
     let mut s = settings(&dir);
     s.admin_token = None;

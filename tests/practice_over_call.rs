@@ -104,35 +104,16 @@ async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
 
     // Without the call token, with a wrong one, or without the agent secret: refused.
     let identify = &DEMO_BOOKING_SCRIPT[0];
-    let no_call = roundtrip(
-        &server,
-        &tool_request("POST", identify.path, "", identify.body, None, TOOLS_TOKEN),
-    )
-    .await;
+    let identify_as = |call: Option<&str>, secret: &str| {
+        tool_request("POST", identify.path, "", identify.body, call, secret)
+    };
+    let no_call = roundtrip(&server, &identify_as(None, TOOLS_TOKEN)).await;
     assert!(matches!(no_call.status, 401 | 403), "{}", no_call.status);
-    let wrong = roundtrip(
-        &server,
-        &tool_request(
-            "POST",
-            identify.path,
-            "",
-            identify.body,
-            Some("not-a-call"),
-            TOOLS_TOKEN,
-        ),
-    )
-    .await;
+    let wrong = roundtrip(&server, &identify_as(Some("not-a-call"), TOOLS_TOKEN)).await;
     assert_eq!(wrong.status, 403);
     let no_secret = roundtrip(
         &server,
-        &tool_request(
-            "POST",
-            identify.path,
-            "",
-            identify.body,
-            Some(&token),
-            "wrong-secret-0123456789",
-        ),
+        &identify_as(Some(&token), "wrong-secret-0123456789"),
     )
     .await;
     assert!(matches!(no_secret.status, 401 | 403));
