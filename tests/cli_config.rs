@@ -1,11 +1,15 @@
 //! The binary: `--help`, configuration errors (one line naming the variable, exit 2), `.env`
 //! loading with the real environment winning, and the loud insecure flag.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::free_port;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
@@ -23,12 +27,13 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// Runs the `healthcheck` subcommand against `port`.
+fn healthcheck(port: u16) -> std::process::Output {
+    bin()
+        .env("PORT", port.to_string())
+        .arg("healthcheck")
+        .output()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits for the "ignis listening" log line, then returns the child.
@@ -268,11 +273,7 @@ fn dotenv_is_loaded_and_the_environment_wins() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_FORMAT"));
     // Nothing listens any more: the healthcheck fails.
-    let hc = bin()
-        .env("PORT", port.to_string())
-        .arg("healthcheck")
-        .output()
-        .unwrap();
+    let hc = healthcheck(port);
     assert!(!hc.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -350,11 +351,7 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
 
     // SIGTERM: graceful exit with status 0.
     // The healthcheck subcommand (Docker HEALTHCHECK) sees a healthy server.
-    let hc = bin()
-        .env("PORT", port.to_string())
-        .arg("healthcheck")
-        .output()
-        .unwrap();
+    let hc = healthcheck(port);
     assert!(
         hc.status.success(),
         "{}",
@@ -377,11 +374,7 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Nothing listens any more: the healthcheck fails.
-    let hc = bin()
-        .env("PORT", port.to_string())
-        .arg("healthcheck")
-        .output()
-        .unwrap();
+    let hc = healthcheck(port);
     assert!(!hc.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }

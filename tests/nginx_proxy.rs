@@ -12,7 +12,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -187,14 +187,6 @@ fn test_nginx_conf(
         .count();
     assert_eq!(listens, 2, "a listen line the test does not rewrite");
     conf
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running nginx (master and workers, in the foreground); stopped on drop.
