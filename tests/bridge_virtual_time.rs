@@ -32,6 +32,21 @@ fn twilio(b: &mut Bridge, now: Instant, text: &str) {
     b.handle_twilio(now, media_stream::parse(text).unwrap());
 }
 
+/// A bridge whose Twilio stream has started.
+fn started(config: BridgeConfig, t0: Instant) -> Bridge {
+    let mut b = Bridge::new(config);
+    twilio(&mut b, t0, START);
+    b
+}
+
+/// A started bridge whose agent is connected and has sent its metadata (`format` both ways).
+fn connected(t0: Instant, format: &str) -> Bridge {
+    let mut b = started(BridgeConfig::default(), t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata(format, format));
+    b
+}
+
 fn drain(b: &mut Bridge) -> (Vec<String>, Vec<String>) {
     let (mut to_twilio, mut to_agent) = (Vec::new(), Vec::new());
     while let Some(o) = b.poll_transmit() {
@@ -74,8 +89,7 @@ fn ulaw_b64(ms: usize) -> String {
 #[test]
 fn setup_buffering_loses_no_caller_frame() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
+    let mut b = started(BridgeConfig::default(), t0);
     for chunk in 1..=40 {
         twilio(
             &mut b,
@@ -132,10 +146,7 @@ fn agent_audio_before_start_is_held_and_played() {
 #[test]
 fn interruption_clears_and_drops_stale_audio_keeps_new_turn() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected(t0, "ulaw_8000");
     b.handle_agent_text(t0, &agent_audio(5, &ulaw_b64(2000)));
     let sent_before = drain(&mut b).0.len();
     assert!(sent_before > 0);
@@ -171,10 +182,7 @@ fn interruption_clears_and_drops_stale_audio_keeps_new_turn() {
 #[test]
 fn end_call_waits_for_the_last_mark_then_closes_completed() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected(t0, "ulaw_8000");
     b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(500)));
     b.handle_agent_text(
         t0,
@@ -210,21 +218,16 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
 #[test]
 fn agent_failures_close_at_once_for_the_fallback() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
+    let mut b = started(BridgeConfig::default(), t0);
     b.handle_agent_failed();
     assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
 
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected(t0, "ulaw_8000");
     b.handle_agent_closed(t0, Some(1011));
     assert!(events(&mut b).contains(&BridgeEvent::CloseTwilio(Outcome::AgentFailed)));
 
     // A silent agent is declared dead by the watchdog.
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
+    let mut b = started(BridgeConfig::default(), t0);
     b.handle_agent_connected(t0);
     let _ = run_until(&mut b, t0, t0 + Duration::from_secs(60));
     assert!(events(&mut b).contains(&BridgeEvent::CloseTwilio(Outcome::AgentFailed)));
@@ -233,11 +236,11 @@ fn agent_failures_close_at_once_for_the_fallback() {
 #[test]
 fn ping_dtmf_unknown_tool_and_caller_hangup() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig {
+    let config = BridgeConfig {
         dtmf: DtmfMode::UserMessage,
         ..BridgeConfig::default()
-    });
-    twilio(&mut b, t0, START);
+    };
+    let mut b = started(config, t0);
     b.handle_agent_connected(t0);
     b.handle_agent_text(t0, &metadata("pcm_16000", "pcm_16000"));
     b.handle_agent_text(
@@ -282,10 +285,7 @@ fn ping_dtmf_unknown_tool_and_caller_hangup() {
 #[test]
 fn transcoding_mode_sends_pcm16_chunks_to_the_agent() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("pcm_16000", "pcm_16000"));
+    let mut b = connected(t0, "pcm_16000");
     for chunk in 1..=10 {
         twilio(
             &mut b,
@@ -314,10 +314,7 @@ fn transcoding_mode_sends_pcm16_chunks_to_the_agent() {
 #[test]
 fn a_closed_bridge_is_inert_and_metadata_counts_once() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    twilio(&mut b, t0, START);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected(t0, "ulaw_8000");
     b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(2000)));
     let _ = drain(&mut b);
     // A repeated metadata message does not rebuild the paths (held audio keeps playing).
