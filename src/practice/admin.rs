@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::calendar;
 use super::config::PracticeConfig;
-use super::store::{AppointmentStatus, StaffEmergency, StaffRequest, Store, StoreError};
+use super::store::{StaffAppointmentDetails, StaffEmergency, StaffRequest, Store, StoreError};
 use super::tools::{Secrets, ToolError, ToolReply, ToolRequest, parse_query};
 
 /// Seconds in a day.
@@ -159,18 +159,9 @@ pub struct AppointmentRow {
     pub label: String,
     /// Practitioner's display name.
     pub with: String,
-    /// Visit type code.
-    pub visit_type: String,
-    /// Reason.
-    pub reason_short: String,
-    /// Status.
-    pub status: AppointmentStatus,
-    /// Patient name.
-    pub patient: String,
-    /// Patient birth date.
-    pub birth_date: String,
-    /// Phone on file.
-    pub phone: Option<String>,
+    /// Visit type, reason, status and patient, as stored.
+    #[serde(flatten)]
+    pub details: StaffAppointmentDetails,
 }
 
 /// A stored row with its creation time as local ISO 8601 (`created`).
@@ -203,12 +194,7 @@ fn run(
                     with: config
                         .practitioner(&a.practitioner)
                         .map_or(a.practitioner.clone(), |p| p.display.clone()),
-                    visit_type: a.visit_type,
-                    reason_short: a.reason_short,
-                    status: a.status,
-                    patient: a.patient,
-                    birth_date: a.birth_date,
-                    phone: a.phone,
+                    details: a.details,
                 })
                 .collect();
             AdminOutcome::Appointments {

@@ -429,8 +429,9 @@ pub struct CallRecord {
     pub state: CallState,
 }
 
-/// An appointment row for staff.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// An appointment row for staff: when and with whom as stored (the admin API renders them for
+/// people), and the rest as shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaffAppointment {
     /// Internal id.
     pub id: i64,
@@ -438,6 +439,13 @@ pub struct StaffAppointment {
     pub start: i64,
     /// Practitioner id.
     pub practitioner: String,
+    /// What the staff see as stored.
+    pub details: StaffAppointmentDetails,
+}
+
+/// The part of a staff appointment row shown as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StaffAppointmentDetails {
     /// Visit type.
     pub visit_type: String,
     /// Reason.

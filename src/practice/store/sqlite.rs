@@ -813,12 +813,14 @@ impl Store for SqliteStore {
                 id: r.get(0)?,
                 start: r.get(1)?,
                 practitioner: r.get(2)?,
-                visit_type: r.get(3)?,
-                reason_short: r.get(4)?,
-                status: r.get(5)?,
-                patient: r.get(6)?,
-                birth_date: r.get(7)?,
-                phone: r.get(8)?,
+                details: StaffAppointmentDetails {
+                    visit_type: r.get(3)?,
+                    reason_short: r.get(4)?,
+                    status: r.get(5)?,
+                    patient: r.get(6)?,
+                    birth_date: r.get(7)?,
+                    phone: r.get(8)?,
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
