@@ -16,7 +16,7 @@ use ignis::audio::jitter::{JitterConfig, JitterStage};
 use ignis::audio::resample::{Engine, Resampler};
 use ignis::audio::{
     AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath, Pipeline,
-    PipelineConfig, PipelineOutput, mulaw,
+    PipelineOutput, mulaw,
 };
 
 const FRAME: usize = 160;
@@ -229,14 +229,7 @@ fn bench_handoff(c: &mut Criterion) {
         ("transcode_pcm_16000", AgentFormat::Pcm16000),
     ] {
         let me = thread::current();
-        let p = Pipeline::spawn(
-            format,
-            InboundConfig::default(),
-            OutboundConfig::default(),
-            PipelineConfig::default(),
-            move || me.unpark(),
-        )
-        .expect("pipeline");
+        let p = Pipeline::spawn_default(format, move || me.unpark()).expect("pipeline");
         let t0 = Instant::now();
         let mut i = 0u64;
         g.bench_function(format!("pipeline_inbound_50_frames_{mode}"), |b| {

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ignis::audio::{
     AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath, Pipeline,
-    PipelineConfig, PipelineOutput, Transmit,
+    PipelineOutput, Transmit,
 };
 
 fn ms(t0: Instant, ms: u64) -> Instant {
@@ -117,14 +117,7 @@ fn outbound_path_does_not_allocate_per_frame() {
 
 #[test]
 fn pipeline_bridge_side_calls_do_not_allocate() {
-    let p = Pipeline::spawn(
-        AgentFormat::Pcm16000,
-        InboundConfig::default(),
-        OutboundConfig::default(),
-        PipelineConfig::default(),
-        || {},
-    )
-    .unwrap();
+    let p = Pipeline::spawn_default(AgentFormat::Pcm16000, || {}).unwrap();
     let t0 = Instant::now();
     let frame = STANDARD.encode([0x11u8; 160]);
     let agent = STANDARD.encode([0u8; 640]);

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ignis::audio::{
-    AgentFormat, InboundConfig, OutboundConfig, Pipeline, PipelineConfig, PipelineOutput,
-};
+use ignis::audio::{AgentFormat, Pipeline, PipelineOutput};
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -52,16 +50,10 @@ fn both_directions_through_the_worker() {
     let wakeups = Arc::new(AtomicUsize::new(0));
     let me = thread::current();
     let w = Arc::clone(&wakeups);
-    let p = Pipeline::spawn(
-        AgentFormat::Pcm16000,
-        InboundConfig::default(),
-        OutboundConfig::default(),
-        PipelineConfig::default(),
-        move || {
-            w.fetch_add(1, Ordering::Relaxed);
-            me.unpark();
-        },
-    )
+    let p = Pipeline::spawn_default(AgentFormat::Pcm16000, move || {
+        w.fetch_add(1, Ordering::Relaxed);
+        me.unpark();
+    })
     .unwrap();
     let t0 = Instant::now();
     let frame = STANDARD.encode([0xFFu8; 160]);

@@ -196,6 +196,15 @@ impl Pipeline {
         Self::spawn_with_clock(format, inbound, outbound, config, notify, Instant::now)
     }
 
+    /// As [`Pipeline::spawn`], with the default inbound, outbound and pipeline configuration.
+    pub fn spawn_default(
+        format: AgentFormat,
+        notify: impl Fn() + Send + 'static,
+    ) -> Result<Self, SpawnError> {
+        let (inbound, outbound) = (InboundConfig::default(), OutboundConfig::default());
+        Self::spawn(format, inbound, outbound, PipelineConfig::default(), notify)
+    }
+
     /// As [`Pipeline::spawn`], with the clock the worker paces by (tests, simulations).
     pub fn spawn_with_clock(
         format: AgentFormat,
@@ -568,14 +577,7 @@ mod tests {
 
     #[test]
     fn frames_in_payloads_out_through_the_worker() {
-        let p = Pipeline::spawn(
-            AgentFormat::Pcm16000,
-            InboundConfig::default(),
-            OutboundConfig::default(),
-            PipelineConfig::default(),
-            || {},
-        )
-        .unwrap();
+        let p = Pipeline::spawn_default(AgentFormat::Pcm16000, || {}).unwrap();
         let t0 = Instant::now();
         let frame = STANDARD.encode([0x55u8; 160]);
         for i in 0..10 {
