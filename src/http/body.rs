@@ -4,8 +4,6 @@
 //! that could let a proxy and this server disagree about where a request ends is refused with
 //! 400 and a closed connection (request smuggling, RFC 9112 §6.3 and §11.2).
 
-use std::fmt;
-
 use super::request_head::{RequestHead, Version};
 
 /// Largest request body accepted, framed either way; past it → 413.
@@ -52,21 +50,13 @@ impl FramingError {
     }
 }
 
-impl fmt::Display for FramingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FramingError::LengthAndTransferEncoding => {
-                "both Content-Length and Transfer-Encoding present"
-            }
-            FramingError::InvalidContentLength => "invalid Content-Length",
-            FramingError::TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
-            FramingError::UnsupportedTransferCoding => "unsupported transfer coding",
-            FramingError::BodyTooLarge => "request body too large",
-        })
-    }
-}
-
-impl std::error::Error for FramingError {}
+error_text!(FramingError {
+    LengthAndTransferEncoding => "both Content-Length and Transfer-Encoding present",
+    InvalidContentLength => "invalid Content-Length",
+    TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+    UnsupportedTransferCoding => "unsupported transfer coding",
+    BodyTooLarge => "request body too large",
+});
 
 /// Decides how the request body is framed.
 pub fn framing(head: &RequestHead) -> Result<Framing, FramingError> {
@@ -147,17 +137,11 @@ impl ChunkedError {
     }
 }
 
-impl fmt::Display for ChunkedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ChunkedError::Malformed => "malformed chunked body",
-            ChunkedError::LineTooLong => "chunk line or trailer too long",
-            ChunkedError::BodyTooLarge => "request body too large",
-        })
-    }
-}
-
-impl std::error::Error for ChunkedError {}
+error_text!(ChunkedError {
+    Malformed => "malformed chunked body",
+    LineTooLong => "chunk line or trailer too long",
+    BodyTooLarge => "request body too large",
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {

@@ -2,8 +2,6 @@
 //! URL and Twilio's call update). Sans-IO: the driver feeds the bytes read so far and whether
 //! the peer has closed; "not enough bytes" is `Ok(None)`.
 
-use std::fmt;
-
 use super::body::ChunkedDecoder;
 
 /// Most response headers read; services answer with a dozen or two.
@@ -35,20 +33,14 @@ pub enum ResponseError {
     BadContentLength,
 }
 
-impl fmt::Display for ResponseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ResponseError::TooLarge => "response too large",
-            ResponseError::TruncatedHead => "truncated response head",
-            ResponseError::MalformedHead => "malformed response head",
-            ResponseError::BadChunkedBody => "bad chunked response body",
-            ResponseError::TruncatedBody => "truncated response body",
-            ResponseError::BadContentLength => "bad Content-Length",
-        })
-    }
-}
-
-impl std::error::Error for ResponseError {}
+error_text!(ResponseError {
+    TooLarge => "response too large",
+    TruncatedHead => "truncated response head",
+    MalformedHead => "malformed response head",
+    BadChunkedBody => "bad chunked response body",
+    TruncatedBody => "truncated response body",
+    BadContentLength => "bad Content-Length",
+});
 
 /// The status once the head is complete (the body is not needed).
 pub fn parse_status(buf: &[u8], eof: bool) -> Result<Option<u16>, ResponseError> {

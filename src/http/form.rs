@@ -1,8 +1,6 @@
 //! `application/x-www-form-urlencoded` decoding (WHATWG URL §5.1), used for Twilio webhook
 //! bodies and GET query strings.
 
-use std::fmt;
-
 /// Most fields accepted in one form; Twilio sends a few dozen (docs/twilio.md §3.1).
 pub const MAX_FORM_FIELDS: usize = 512;
 
@@ -31,17 +29,11 @@ pub enum Escapes {
     Strict,
 }
 
-impl fmt::Display for FormError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FormError::TooManyFields => "too many form fields",
-            FormError::NotUtf8 => "form field is not UTF-8",
-            FormError::BadEscape => "malformed percent escape",
-        })
-    }
-}
-
-impl std::error::Error for FormError {}
+error_text!(FormError {
+    TooManyFields => "too many form fields",
+    NotUtf8 => "form field is not UTF-8",
+    BadEscape => "malformed percent escape",
+});
 
 /// Decodes `input` into name/value pairs. `+` is a space; `%XX` is a byte; a `%` not followed by
 /// two hex digits is kept literally (WHATWG behaviour, tolerant of sloppy clients).

@@ -4,8 +4,6 @@
 //! incomplete and consumes nothing; once complete it returns the head and how many bytes it used,
 //! so the caller can hand any bytes after it to the body reader or the WebSocket layer.
 
-use std::fmt;
-
 /// Largest request head (request line + headers + blank line) accepted; past it → 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields accepted in one request; past it → 431.
@@ -148,18 +146,12 @@ impl HeadError {
     }
 }
 
-impl fmt::Display for HeadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HeadError::HeadTooLarge => "request head too large",
-            HeadError::TooManyHeaders => "too many header fields",
-            HeadError::TargetTooLong => "request-target too long",
-            HeadError::Malformed => "malformed request head",
-        })
-    }
-}
-
-impl std::error::Error for HeadError {}
+error_text!(HeadError {
+    HeadTooLarge => "request head too large",
+    TooManyHeaders => "too many header fields",
+    TargetTooLong => "request-target too long",
+    Malformed => "malformed request head",
+});
 
 /// Parses a request head from the start of `buf`.
 ///

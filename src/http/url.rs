@@ -2,8 +2,6 @@
 //! ElevenLabs API and conversation socket, Twilio's REST API), split into what a client needs:
 //! TLS or not, host, port and request target.
 
-use std::fmt;
-
 /// A parsed `ws://`, `wss://`, `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -30,18 +28,12 @@ pub enum UrlError {
     BadPort,
 }
 
-impl fmt::Display for UrlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            UrlError::NotAbsolute => "not an absolute URL",
-            UrlError::UnsupportedScheme => "not a ws, wss, http or https URL",
-            UrlError::BadAuthority => "bad host in URL",
-            UrlError::BadPort => "bad port in URL",
-        })
-    }
-}
-
-impl std::error::Error for UrlError {}
+error_text!(UrlError {
+    NotAbsolute => "not an absolute URL",
+    UnsupportedScheme => "not a ws, wss, http or https URL",
+    BadAuthority => "bad host in URL",
+    BadPort => "bad port in URL",
+});
 
 impl Endpoint {
     /// Parses an absolute URL.

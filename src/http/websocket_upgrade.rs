@@ -3,8 +3,6 @@
 //! The server validates the upgrade itself, writes the 101, and hands the socket (plus any bytes
 //! that arrived after the head) to tokio-tungstenite with `from_partially_read`.
 
-use std::fmt;
-
 use base64::Engine as _;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -77,17 +75,11 @@ impl UpgradeError {
     }
 }
 
-impl fmt::Display for UpgradeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            UpgradeError::WrongMethodOrVersion => "WebSocket upgrade needs GET over HTTP/1.1",
-            UpgradeError::UnsupportedVersion => "unsupported Sec-WebSocket-Version",
-            UpgradeError::BadHandshake => "malformed WebSocket handshake",
-        })
-    }
-}
-
-impl std::error::Error for UpgradeError {}
+error_text!(UpgradeError {
+    WrongMethodOrVersion => "WebSocket upgrade needs GET over HTTP/1.1",
+    UnsupportedVersion => "unsupported Sec-WebSocket-Version",
+    BadHandshake => "malformed WebSocket handshake",
+});
 
 /// Checks a request for a WebSocket upgrade.
 pub fn check(head: &RequestHead) -> UpgradeCheck {
