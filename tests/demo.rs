@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::fake_agent::AgentBehaviour;
 use common::*;
 use ignis::audio::format::AgentFormat;
-use ignis::driver::demo::{DemoOptions, run};
+use ignis::driver::demo::{DemoOptions, DemoSummary, run};
 
 /// Seconds of the recording whose 20 ms windows carry speech energy.
 fn speech_seconds(heard: &[i16]) -> f64 {
@@ -22,15 +22,19 @@ fn speech_seconds(heard: &[i16]) -> f64 {
         * 0.02
 }
 
+/// `ignis demo` with the bundled clips.
+async fn demo(format: AgentFormat, barge_in: bool) -> DemoSummary {
+    let options = DemoOptions {
+        format,
+        wav: None,
+        barge_in,
+    };
+    run(options).await.unwrap()
+}
+
 #[tokio::test]
 async fn demo_call_in_pass_through_mode() {
-    let s = run(DemoOptions {
-        format: AgentFormat::Ulaw8000,
-        wav: None,
-        barge_in: false,
-    })
-    .await
-    .unwrap();
+    let s = demo(AgentFormat::Ulaw8000, false).await;
     // The bundled clips hold 2.5 s (greeting) and 2.66 s (caller) of speech by this measure
     // (20 ms windows over RMS 500). Both must be heard, nearly whole: the greeting in the
     // first 5 s, the caller's echo after it.
@@ -48,13 +52,7 @@ async fn demo_call_in_pass_through_mode() {
 
 #[tokio::test]
 async fn demo_call_transcoding_with_barge_in() {
-    let s = run(DemoOptions {
-        format: AgentFormat::Pcm16000,
-        wav: None,
-        barge_in: true,
-    })
-    .await
-    .unwrap();
+    let s = demo(AgentFormat::Pcm16000, true).await;
     assert!(s.interruptions >= 1, "the caller talked over the greeting");
     assert!(s.clears >= 1, "and Twilio was told to clear");
     // The caller spoke 1.5 s into the greeting: the greeting was cut there (its 2.5 s of speech

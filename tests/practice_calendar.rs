@@ -33,6 +33,13 @@ fn advice(c: &PracticeConfig, local: &str) -> (Advice, Option<String>) {
     (d.advice, d.covering.map(|c| c.name))
 }
 
+/// At `local` the advice is the covering practice, and it is `name`'s.
+fn assert_covered_by(c: &PracticeConfig, local: &str, name: &str) {
+    let (a, who) = advice(c, local);
+    assert_eq!(a, Advice::CallVertretung, "{local}");
+    assert!(who.unwrap().contains(name), "{local}");
+}
+
 #[test]
 fn open_practice_transfers_urgent_calls() {
     let c = demo();
@@ -47,9 +54,7 @@ fn open_practice_transfers_urgent_calls() {
 #[test]
 fn lunch_break_goes_to_the_covering_practice_or_same_day() {
     let c = demo();
-    let (a, who) = advice(&c, "2026-11-23T13:00");
-    assert_eq!(a, Advice::CallVertretung);
-    assert!(who.unwrap().contains("Dr. Lange"));
+    assert_covered_by(&c, "2026-11-23T13:00", "Dr. Lange");
     let c = with(&[("during_breaks = true", "during_breaks = false")]);
     assert_eq!(advice(&c, "2026-11-23T13:00").0, Advice::SameDay);
 }
@@ -73,13 +78,9 @@ fn nights_weekends_and_public_holidays_are_116117() {
 #[test]
 fn practice_holidays_name_the_covering_practice() {
     let c = demo();
-    let (a, who) = advice(&c, "2026-12-29T10:00");
-    assert_eq!(a, Advice::CallVertretung);
-    assert!(who.unwrap().contains("Dr. Lange"));
+    assert_covered_by(&c, "2026-12-29T10:00", "Dr. Lange");
     // A closure with its own covering practice (and summer time).
-    let (a, who) = advice(&c, "2027-04-13T10:00");
-    assert_eq!(a, Advice::CallVertretung);
-    assert!(who.unwrap().contains("Özdemir"));
+    assert_covered_by(&c, "2027-04-13T10:00", "Özdemir");
 }
 
 #[test]
