@@ -93,19 +93,6 @@ fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
         dir.join("privkey.pem"),
         dir.join("cert.der"),
     );
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run openssl ({e}): run `.ci/test`, or `apt-get install -y openssl`")
-            });
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let s = |p: &Path| p.to_str().unwrap().to_owned();
     openssl(&[
         "req",

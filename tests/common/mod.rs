@@ -399,3 +399,18 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs the openssl CLI (test certificates); panics with how to install it, or with its stderr.
+pub fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): run `.ci/test`, or `apt-get install -y openssl`")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
