@@ -23,32 +23,14 @@ fn throwaway_cert(name: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     // A leaf (CA:FALSE) that is its own trust anchor: webpki refuses a CA used as end entity.
-    let cnf = dir.join("cert.cnf");
-    std::fs::write(
-        &cnf,
+    self_signed(
+        &dir,
         "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = leaf\n[dn]\nCN = 127.0.0.1\n\
          [leaf]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n\
          extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost\n",
-    )
-    .unwrap();
-    let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-config",
-        &s(&cnf),
-        "-keyout",
-        &s(&key),
-        "-out",
-        &s(&cert),
-    ]);
+        &cert,
+        &key,
+    );
     (cert, key)
 }
 

@@ -78,39 +78,22 @@ fn nginx_binary() -> PathBuf {
 
 /// A throwaway self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM, cert DER).
 fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
-    let cnf = dir.join("cert.cnf");
-    std::fs::write(
-        &cnf,
-        "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = leaf\n\
-         [dn]\nCN = localhost\n\
-         [leaf]\nbasicConstraints = critical, CA:FALSE\n\
-         keyUsage = critical, digitalSignature, keyEncipherment\n\
-         extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n",
-    )
-    .unwrap();
     let (cert, key, der) = (
         dir.join("fullchain.pem"),
         dir.join("privkey.pem"),
         dir.join("cert.der"),
     );
+    self_signed(
+        dir,
+        "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = leaf\n\
+         [dn]\nCN = localhost\n\
+         [leaf]\nbasicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n",
+        &cert,
+        &key,
+    );
     let s = |p: &Path| p.to_str().unwrap().to_owned();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-config",
-        &s(&cnf),
-        "-keyout",
-        &s(&key),
-        "-out",
-        &s(&cert),
-    ]);
     openssl(&[
         "x509",
         "-in",

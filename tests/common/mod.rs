@@ -414,3 +414,33 @@ pub fn openssl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A self-signed P-256 certificate (`cert`) and its key (`key`), made by the openssl CLI from the
+/// request `config` (written into `dir`).
+pub fn self_signed(
+    dir: &std::path::Path,
+    config: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) {
+    let cnf = dir.join("cert.cnf");
+    std::fs::write(&cnf, config).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-config",
+        &s(&cnf),
+        "-keyout",
+        &s(key),
+        "-out",
+        &s(cert),
+    ]);
+}
