@@ -30,6 +30,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod error_text;
+
 pub mod audio;
 pub mod bridge;
 pub mod calls;

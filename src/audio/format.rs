@@ -29,13 +29,7 @@ pub enum AgentFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownFormat;
 
-impl fmt::Display for UnknownFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown ElevenLabs audio format")
-    }
-}
-
-impl std::error::Error for UnknownFormat {}
+error_text!(UnknownFormat => "unknown ElevenLabs audio format");
 
 impl AgentFormat {
     /// Every format, in the order of docs/elevenlabs.md §4.1.

@@ -79,13 +79,7 @@ impl Default for PipelineConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped;
 
-impl fmt::Display for Dropped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("audio pipeline queue full; command dropped")
-    }
-}
-
-impl std::error::Error for Dropped {}
+error_text!(Dropped => "audio pipeline queue full; command dropped");
 
 /// Why the pipeline could not start.
 #[derive(Debug)]

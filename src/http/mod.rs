@@ -3,21 +3,6 @@
 //!
 //! Nothing here touches a socket or reads the clock; the driver feeds bytes and a wall time in.
 
-/// `Display` (one fixed text per variant) and `Error` for a field-less error enum.
-macro_rules! error_text {
-    ($name:ident { $($variant:ident => $text:literal,)+ }) => {
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(match self {
-                    $($name::$variant => $text,)+
-                })
-            }
-        }
-
-        impl std::error::Error for $name {}
-    };
-}
-
 pub mod body;
 pub mod client;
 pub mod date;
