@@ -41,12 +41,9 @@ fn rms(samples: &[i16]) -> f32 {
 }
 
 async fn stream_ended(server: &Server, call_sid: &str) -> String {
-    roundtrip(
-        server,
-        &signed_post("/api/twilio/stream-ended", &call_params(call_sid), TOKEN),
-    )
-    .await
-    .text()
+    call_webhook(server, "/api/twilio/stream-ended", call_sid)
+        .await
+        .text()
 }
 
 #[tokio::test]
@@ -176,11 +173,7 @@ async fn preconnect_is_adopted_and_an_unadopted_one_expires() {
     let server = Server::start_config(test_config(&[("PRECONNECT_TIMEOUT_MS", "800")])).await;
     let sid = "CA000000000000000000000000000000e5";
     // The voice webhook alone opens the agent conversation, before any stream exists.
-    let r = roundtrip(
-        &server,
-        &signed_post("/api/twilio/voice", &call_params(sid), TOKEN),
-    )
-    .await;
+    let r = call_webhook(&server, "/api/twilio/voice", sid).await;
     assert_eq!(r.status, 200);
     let mut agent = server.agent.next_conn(T).await;
     // The stream arrives and adopts that same conversation: greeting audio flows through it.
@@ -200,11 +193,7 @@ async fn preconnect_is_adopted_and_an_unadopted_one_expires() {
 
     // A webhook whose stream never comes: the pre-connected socket closes after the timeout.
     let sid2 = "CA000000000000000000000000000000e6";
-    let _ = roundtrip(
-        &server,
-        &signed_post("/api/twilio/voice", &call_params(sid2), TOKEN),
-    )
-    .await;
+    let _ = call_webhook(&server, "/api/twilio/voice", sid2).await;
     let mut orphan = server.agent.next_conn(T).await;
     let t0 = std::time::Instant::now();
     assert!(orphan.closed_within(T).await);
@@ -581,13 +570,10 @@ async fn calls_over_max_calls_get_the_fallback_not_an_overloaded_bridge() {
     let _agent = server.agent.next_conn(T).await;
     eventually("first call live", || server.app.calls.live_count() == 1).await;
     // The second call is answered with the fallback TwiML straight away: no stream, no agent.
-    let r = roundtrip(
+    let r = call_webhook(
         &server,
-        &signed_post(
-            "/api/twilio/voice",
-            &call_params("CA000000000000000000000000000000fe"),
-            TOKEN,
-        ),
+        "/api/twilio/voice",
+        "CA000000000000000000000000000000fe",
     )
     .await;
     assert_eq!(r.status, 200);
@@ -608,13 +594,10 @@ async fn calls_over_max_calls_get_the_fallback_not_an_overloaded_bridge() {
     caller.hang_up();
     // Capacity frees up again.
     eventually("first call ended", || server.app.calls.live_count() == 0).await;
-    let r = roundtrip(
+    let r = call_webhook(
         &server,
-        &signed_post(
-            "/api/twilio/voice",
-            &call_params("CA000000000000000000000000000000ff"),
-            TOKEN,
-        ),
+        "/api/twilio/voice",
+        "CA000000000000000000000000000000ff",
     )
     .await;
     assert!(r.text().contains("<Stream"));

@@ -120,11 +120,7 @@ async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
 
     // A second call's token cannot reach the first call's refs (P1/A1 belong to call one).
     let sid2 = "CA0000000000000000000000000000p002";
-    let _ = roundtrip(
-        &server,
-        &signed_post("/api/twilio/voice", &call_params(sid2), TOKEN),
-    )
-    .await;
+    let _ = call_webhook(&server, "/api/twilio/voice", sid2).await;
     let agent2 = server.agent.next_conn(T).await;
     let token2 = agent2.initiation["dynamic_variables"]["secret__ignis_call"]
         .as_str()

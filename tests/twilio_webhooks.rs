@@ -209,13 +209,10 @@ async fn bad_parameters_get_400() {
 async fn stream_ended_falls_back_unless_the_call_finished_normally() {
     // Unknown call, no fallback number: apology and hang-up.
     let server = Server::start().await;
-    let r = roundtrip(
+    let r = call_webhook(
         &server,
-        &signed_post(
-            "/api/twilio/stream-ended",
-            &call_params("CA00000000000000000000000000000u01"),
-            TOKEN,
-        ),
+        "/api/twilio/stream-ended",
+        "CA00000000000000000000000000000u01",
     )
     .await;
     assert_eq!(r.status, 200);
@@ -228,13 +225,10 @@ async fn stream_ended_falls_back_unless_the_call_finished_normally() {
 
     // Unknown call with a fallback number: dial the human.
     let server = Server::start_config(test_config(&[("FALLBACK_NUMBER", "+493012345678")])).await;
-    let r = roundtrip(
+    let r = call_webhook(
         &server,
-        &signed_post(
-            "/api/twilio/stream-ended",
-            &call_params("CA00000000000000000000000000000u02"),
-            TOKEN,
-        ),
+        "/api/twilio/stream-ended",
+        "CA00000000000000000000000000000u02",
     )
     .await;
     assert!(
@@ -258,11 +252,7 @@ async fn stream_ended_falls_back_unless_the_call_finished_normally() {
         server.app.calls.outcome(sid).is_some()
     })
     .await;
-    let r = roundtrip(
-        &server,
-        &signed_post("/api/twilio/stream-ended", &call_params(sid), TOKEN),
-    )
-    .await;
+    let r = call_webhook(&server, "/api/twilio/stream-ended", sid).await;
     assert_eq!(
         r.text(),
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Hangup/></Response>"
