@@ -493,13 +493,18 @@ mod tests {
         (frames, marks)
     }
 
+    /// A buffer that marks only the end of a turn.
+    fn without_periodic_marks() -> PlayoutBuffer {
+        PlayoutBuffer::new(PlayoutConfig {
+            mark_interval_ms: 0,
+            ..PlayoutConfig::default()
+        })
+    }
+
     #[test]
     fn burst_is_paced_to_the_lead_on_an_absolute_clock() {
         let t0 = Instant::now();
-        let mut p = PlayoutBuffer::new(PlayoutConfig {
-            mark_interval_ms: 0,
-            ..PlayoutConfig::default()
-        });
+        let mut p = without_periodic_marks();
         for _ in 0..50 {
             assert!(p.push_frame(1, &[0x55; 160]));
         }
@@ -514,10 +519,7 @@ mod tests {
     #[test]
     fn marks_after_an_interruption_follow_their_own_audio() {
         let t0 = Instant::now();
-        let mut p = PlayoutBuffer::new(PlayoutConfig {
-            mark_interval_ms: 0,
-            ..PlayoutConfig::default()
-        });
+        let mut p = without_periodic_marks();
         for _ in 0..50 {
             p.push_frame(1, &[1; 160]);
         }

@@ -77,10 +77,7 @@ impl AgentConn {
     }
     /// Next message from ignis, or `None` when the socket closed (or after `within`).
     pub async fn recv(&mut self, within: Duration) -> Option<String> {
-        tokio::time::timeout(within, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        super::recv_within(&mut self.rx, within).await
     }
     /// Receives until `pred` matches, returning everything seen (including the match).
     pub async fn recv_until(

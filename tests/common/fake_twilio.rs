@@ -105,10 +105,7 @@ impl TwilioCall {
     }
 
     pub async fn next(&mut self, within: Duration) -> Option<Seen> {
-        tokio::time::timeout(within, self.seen.recv())
-            .await
-            .ok()
-            .flatten()
+        super::recv_within(&mut self.seen, within).await
     }
 
     /// Collects outbound audio until `n` bytes arrived (or panics after `within`).

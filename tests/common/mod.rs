@@ -449,3 +449,11 @@ pub fn self_signed(
         &s(cert),
     ]);
 }
+
+/// The next message on `rx`, or `None` when it closed or nothing came `within`.
+pub async fn recv_within<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    within: Duration,
+) -> Option<T> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}
