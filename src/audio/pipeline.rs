@@ -270,15 +270,17 @@ impl Pipeline {
         }
     }
 
-    /// A free input buffer holding `text`, or `None` (counted) if none is free / it is too long.
-    fn buffer(&self, text: &str) -> Option<String> {
+    /// A free input buffer holding `text`, or a (counted) drop if none is free / it is too long.
+    fn buffer(&self, text: &str) -> Result<String, Dropped> {
         if text.len() > self.max_text {
-            return None;
+            return Err(self.dropped());
         }
-        let mut buf = self.in_pool.try_recv().ok()?;
+        let Ok(mut buf) = self.in_pool.try_recv() else {
+            return Err(self.dropped());
+        };
         buf.clear();
         buf.push_str(text);
-        Some(buf)
+        Ok(buf)
     }
 
     /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]). Never blocks.
@@ -289,9 +291,7 @@ impl Pipeline {
         timestamp_ms: u64,
         payload_b64: &str,
     ) -> Result<(), Dropped> {
-        let Some(text) = self.buffer(payload_b64) else {
-            return Err(self.dropped());
-        };
+        let text = self.buffer(payload_b64)?;
         self.send(Cmd::TwilioMedia {
             now,
             chunk,
@@ -317,9 +317,7 @@ impl Pipeline {
                 (Some(p), Some(t)) => (p, t),
                 _ => (rest, ""),
             };
-            let Some(text) = self.buffer(piece) else {
-                return Err(self.dropped());
-            };
+            let text = self.buffer(piece)?;
             self.send(Cmd::AgentAudio {
                 now,
                 event_id,
@@ -343,10 +341,7 @@ impl Pipeline {
 
     /// Queues a Twilio mark echo; a [`PipelineOutput::MarkEcho`] follows if it was ours.
     pub fn handle_mark_echo(&self, name: &str) -> Result<(), Dropped> {
-        let Some(text) = self.buffer(name) else {
-            return Err(self.dropped());
-        };
-        self.send(Cmd::MarkEcho(text))
+        self.send(Cmd::MarkEcho(self.buffer(name)?))
     }
 
     /// Asks for a [`PipelineOutput::Stats`] snapshot.
