@@ -355,9 +355,9 @@ mod tests {
 
     #[test]
     fn numbers_normalise_and_mask() {
-        assert_eq!(normalize_number("+49 170 1234567"), "491701234567");
-        assert_eq!(normalize_number("0170 1234567"), "491701234567");
-        assert_eq!(normalize_number("0049 170 1234567"), "491701234567");
+        for number in ["+49 170 1234567", "0170 1234567", "0049 170 1234567"] {
+            assert_eq!(normalize_number(number), "491701234567", "{number}");
+        }
         assert_eq!(mask_number("+491701234567"), "…567");
     }
 }
