@@ -147,18 +147,13 @@ async fn metrics_parse_and_count_real_traffic() {
 #[tokio::test]
 async fn metrics_token_is_enforced_when_set() {
     let server = Server::start_config(test_config(&[("METRICS_TOKEN", "scrape-me")])).await;
-    let r = roundtrip(&server, b"GET /metrics HTTP/1.1\r\n\r\n").await;
-    assert_eq!(r.status, 401);
-    let r = roundtrip(
-        &server,
-        b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n",
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    let r = roundtrip(
-        &server,
-        b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer scrape-me\r\n\r\n",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    for (authorization, status) in [
+        ("", 401),
+        ("Authorization: Bearer wrong\r\n", 401),
+        ("Authorization: Bearer scrape-me\r\n", 200),
+    ] {
+        let request = format!("GET /metrics HTTP/1.1\r\n{authorization}\r\n");
+        let r = roundtrip(&server, request.as_bytes()).await;
+        assert_eq!(r.status, status, "{authorization:?}");
+    }
 }
