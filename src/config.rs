@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::bridge::DtmfMode;
 use crate::elevenlabs::session::DEFAULT_SILENCE_TIMEOUT;
 use crate::practice::{MIN_SECRET_LEN, PracticeError};
+use crate::secret::token_strength;
 use crate::twilio::signature::{AuthToken, SigningKeys};
 
 /// Default HTTP port.
@@ -244,8 +245,9 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ADMIN_TOKEN",
         Unset::Off,
-        "Staff admin API (/api/admin/…) Bearer token of at least 16 characters. Without it the \
-         admin API is disabled.",
+        "Staff admin API (/api/admin/…) Bearer token worth 32 random bytes (64 hex or 43+ base64 \
+         characters, not repetitive; openssl rand -base64 32). A weak one stops start-up. Without \
+         it the admin API is disabled.",
     ),
     var(
         "IGNIS_DB",
@@ -431,7 +433,8 @@ pub struct PracticeVars {
 
 impl PracticeVars {
     /// Parses the practice's variables through `get`. Empty values count as unset; a secret
-    /// shorter than [`MIN_SECRET_LEN`] is refused, naming its variable.
+    /// shorter than [`MIN_SECRET_LEN`], or an `ADMIN_TOKEN` that fails [`token_strength`], is
+    /// refused, naming its variable.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<PracticeVars, PracticeError> {
         let get = |k: &str| {
             get(k)
@@ -442,10 +445,18 @@ impl PracticeVars {
             Some(t) if t.len() < MIN_SECRET_LEN => Err(PracticeError::Secret(k)),
             t => Ok(t.map(AuthToken::new)),
         };
+        // The admin token unlocks every patient's data from wherever the admin API is reachable:
+        // it must be worth 32 random bytes (issue 12). The tools token also needs the call's own
+        // token, so its length rule stays.
+        let admin_token = secret("ADMIN_TOKEN")?;
+        if let Some(t) = &admin_token {
+            token_strength(t.expose())
+                .map_err(|why| PracticeError::WeakSecret("ADMIN_TOKEN", why))?;
+        }
         let config_path = get("PRACTICE_CONFIG").map(PathBuf::from);
         Ok(PracticeVars {
             tools_token: secret("TOOLS_TOKEN")?,
-            admin_token: secret("ADMIN_TOKEN")?,
+            admin_token,
             demo_patients: match get("IGNIS_DEMO_PATIENTS").as_deref() {
                 Some("1") | Some("true") => true,
                 Some("0") | Some("false") => false,
@@ -633,6 +644,7 @@ impl<'a> Vars<'a> {
             PracticeError::Secret(k) => {
                 err(k, format!("must be at least {MIN_SECRET_LEN} characters"))
             }
+            PracticeError::WeakSecret(k, why) => err(k, why.to_string()),
             other => err("practice", other.to_string()),
         })
     }
@@ -783,6 +795,32 @@ mod tests {
     }
 
     #[test]
+    fn a_weak_admin_token_is_refused_naming_it() {
+        let mut v = vars(MIN);
+        // Long enough for the old 16-character rule, far from 32 random bytes.
+        v.insert("ADMIN_TOKEN".into(), "admin-secret-for-tests-4567".into());
+        let e = Config::from_vars(&v, false).unwrap_err();
+        assert_eq!(e.variable, "ADMIN_TOKEN");
+        assert!(
+            e.reason.contains("256") && e.reason.contains("openssl rand"),
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains("admin-secret"),
+            "never echo the token: {e}"
+        );
+        v.insert("ADMIN_TOKEN".into(), "Ab1-".repeat(16));
+        assert_eq!(
+            Config::from_vars(&v, false).unwrap_err().variable,
+            "ADMIN_TOKEN"
+        );
+        let strong = "QcxnDkwjTMZi+i6H4+FczVfQmZcziAos72nDCyyNgjc=";
+        v.insert("ADMIN_TOKEN".into(), strong.into());
+        let c = Config::from_vars(&v, false).unwrap();
+        assert_eq!(c.practice.admin_token.unwrap().expose(), strong);
+    }
+
+    #[test]
     fn defaults_are_the_named_constants_and_the_table_shows_them() {
         let c = Config::from_vars(&vars(MIN), false).unwrap();
         // One default agent silence timeout: the session's, also the bridge's.
@@ -805,9 +843,11 @@ mod tests {
         assert_eq!(shown("BIND"), "0.0.0.0");
         assert_eq!(shown("DTMF_MODE"), "user_message");
         assert_eq!(shown("PUBLIC_URL"), "required");
-        for name in ["TOOLS_TOKEN", "ADMIN_TOKEN"] {
-            let v = VARIABLES.iter().find(|v| v.name == name).unwrap();
-            assert!(v.meaning.contains(&format!("{MIN_SECRET_LEN} characters")));
+        let meaning = |name: &str| VARIABLES.iter().find(|v| v.name == name).unwrap().meaning;
+        assert!(meaning("TOOLS_TOKEN").contains(&format!("{MIN_SECRET_LEN} characters")));
+        // ADMIN_TOKEN's bar is higher than the tools token's, and says how to meet it.
+        for words in ["32 random bytes", "openssl rand -base64 32"] {
+            assert!(meaning("ADMIN_TOKEN").contains(words), "{words}");
         }
         let help = environment_help();
         assert_eq!(help.lines().count(), VARIABLES.len() + 1);

@@ -224,6 +224,15 @@ fn missing_or_malformed_values_exit_2_naming_the_variable() {
             ],
             "TOOLS_TOKEN",
         ),
+        // 27 characters: fine for the old 16-character rule, far from 32 random bytes.
+        (
+            &[
+                ("PUBLIC_URL", "https://h"),
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("ADMIN_TOKEN", "staff-password-2026-praxis"),
+            ],
+            "ADMIN_TOKEN",
+        ),
     ];
     for (vars, name) in cases {
         let out = bin()
@@ -236,6 +245,10 @@ fn missing_or_malformed_values_exit_2_naming_the_variable() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.contains(name), "{err} should name {name}");
+        assert!(
+            !err.contains("staff-password"),
+            "the token is never echoed: {err}"
+        );
     }
     let out = bin().arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));

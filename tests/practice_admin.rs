@@ -142,6 +142,15 @@ fn settings_come_from_the_environment() {
     })
     .unwrap_err();
     assert!(matches!(err, PracticeError::Secret("ADMIN_TOKEN")));
+    // Long enough, but not worth 32 random bytes.
+    let err = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+        "ADMIN_TOKEN" => Some("admin-secret-for-tests-4567".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(matches!(err, PracticeError::WeakSecret("ADMIN_TOKEN", _)));
+    assert!(err.to_string().starts_with("ADMIN_TOKEN "), "{err}");
     let s = PracticeSettings::from_lookup(|k| (k == "TOOLS_TOKEN").then(|| TOOLS_TOKEN.into()))
         .unwrap();
     assert_eq!(s.db_path, std::path::PathBuf::from("./ignis.db"));

@@ -63,8 +63,9 @@
 //! - Fuzzing: `fuzz/fuzz_targets/practice_tool_request.rs` needs a `[[bin]]` entry in
 //!   `fuzz/Cargo.toml`.
 //!
-//! Environment: `TOOLS_TOKEN` (required, ≥ 16 characters), `ADMIN_TOKEN` (optional; the admin
-//! API answers 403 `admin_disabled` without it), `IGNIS_DB` (default `./ignis.db`),
+//! Environment: `TOOLS_TOKEN` (required, ≥ 16 characters), `ADMIN_TOKEN` (optional, worth 32
+//! random bytes by [`crate::secret::token_strength`]; the admin API answers 403 `admin_disabled`
+//! without it), `IGNIS_DB` (default `./ignis.db`),
 //! `PRACTICE_CONFIG` (default: the shipped Demo Praxis `practice.toml`), `IGNIS_DEMO_PATIENTS`
 //! (`1`/`0`; default on with the shipped config, off with an own config).
 
@@ -127,6 +128,8 @@ pub enum PracticeError {
     Store(StoreError),
     /// A secret is missing or shorter than [`MIN_SECRET_LEN`].
     Secret(&'static str),
+    /// A secret that must be strong (`ADMIN_TOKEN`) is not worth 32 random bytes.
+    WeakSecret(&'static str, crate::secret::Weakness),
     /// The store thread could not be started.
     Io(std::io::Error),
 }
@@ -142,6 +145,7 @@ impl std::fmt::Display for PracticeError {
                     "{name} must be set to at least {MIN_SECRET_LEN} characters"
                 )
             }
+            PracticeError::WeakSecret(name, why) => write!(f, "{name} {why}"),
             PracticeError::Io(e) => write!(f, "cannot start the store thread: {e}"),
         }
     }

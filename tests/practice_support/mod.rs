@@ -13,7 +13,8 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 pub const TOOLS_TOKEN: &str = "tools-secret-for-tests-0123";
-pub const ADMIN_TOKEN: &str = "admin-secret-for-tests-4567";
+/// Worth 32 random bytes (`openssl rand -base64 32`): weaker ones stop start-up.
+pub const ADMIN_TOKEN: &str = "QcxnDkwjTMZi+i6H4+FczVfQmZcziAos72nDCyyNgjc=";
 /// Maria Weber's number (demo patient with a seeded appointment).
 pub const WEBER_PHONE: &str = "+491701234567";
 pub const OTHER_PHONE: &str = "+491609999999";
