@@ -42,7 +42,10 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ignis-{name}-{}", std::process::id()));
+        // Unique per test too: several deployments run at once in this process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ignis-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -518,6 +521,22 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(logged(), "{:#?}", d.nginx.lines());
+    // The GET webhook's query carried both numbers: no log line holds either, even in part.
+    for digits in ["15112345123", "6175551881", "2345123"] {
+        assert!(
+            !d.nginx.lines().iter().any(|l| l.contains(digits)),
+            "{digits} in nginx's log: {:#?}",
+            d.nginx.lines()
+        );
+    }
+    assert!(
+        d.nginx
+            .lines()
+            .iter()
+            .any(|l| l.contains("\"GET /api/twilio/voice HTTP/1.1\" 200")),
+        "the GET webhook is logged by its path: {:#?}",
+        d.nginx.lines()
+    );
     let errors: Vec<String> = d
         .nginx
         .lines()
@@ -531,6 +550,100 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         })
         .collect();
     assert!(errors.is_empty(), "nginx errors: {errors:#?}");
+}
+
+/// Sends `raw` `n` times at once (one TLS connection each) and counts the answers by status.
+async fn flood(
+    caller: &TlsCaller,
+    raw: Vec<u8>,
+    n: usize,
+) -> std::collections::BTreeMap<u16, usize> {
+    let caller = Arc::new(caller.clone());
+    let raw = Arc::new(raw);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (caller, raw) = (caller.clone(), raw.clone());
+            tokio::spawn(async move { caller.roundtrip(&raw).await.status })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for t in tasks {
+        *counts.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn nginx_rate_limits_floods_but_never_a_burst_a_call_makes() {
+    let d = Deployment::start().await;
+    let authority = d.caller.authority();
+    // Unsigned status callbacks (ignis answers 403): the first 100 at once all reach ignis,
+    // then the webhooks zone (20/s per address) answers 429.
+    let raw = format!(
+        "POST /api/twilio/status HTTP/1.1\r\nHost: {authority}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n"
+    );
+    let counts = flood(&d.caller, raw.into_bytes(), 160).await;
+    assert!(counts.get(&403).copied().unwrap_or(0) >= 100, "{counts:?}");
+    assert!(counts.get(&429).copied().unwrap_or(0) >= 1, "{counts:?}");
+    // One call's tool requests (same X-Ignis-Call): a burst of 20, then 429 (30 a minute).
+    let raw = format!(
+        "POST /api/patients/identify HTTP/1.1\r\nHost: {authority}\r\n\
+         Authorization: Bearer x\r\nX-Ignis-Call: call-token-1\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let counts = flood(&d.caller, raw.into_bytes(), 40).await;
+    assert!(counts.get(&429).copied().unwrap_or(0) >= 1, "{counts:?}");
+    assert!(counts.get(&503).copied().unwrap_or(0) >= 20, "{counts:?}");
+}
+
+#[tokio::test]
+async fn admin_api_and_metrics_only_from_the_allow_listed_networks() {
+    let d = Deployment::start().await;
+    let authority = d.caller.authority();
+    let get = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let staff_only = "staff networks only";
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    // 127.0.0.2 stands for any address outside the list (the list has 127.0.0.1, not 127/8).
+    let outsider = std::net::IpAddr::from([127, 0, 0, 2]);
+    for target in [
+        "/api/admin/requests",
+        "/api/admin/appointments?date=2026-12-02",
+        // nginx normalises this to /metrics... and ignis routes the raw target as admin.
+        "/api/admin/requests/%2e%2e%2f%2e%2e%2f%2e%2e%2fmetrics",
+    ] {
+        let r = d
+            .caller
+            .roundtrip_from(outsider, get(target).as_bytes())
+            .await;
+        assert_eq!(r.status, 403, "{target}: {}", r.text());
+        assert!(r.text().contains(staff_only), "{target}: {}", r.text());
+    }
+    // From loopback nginx passes it on: ignis answers (no practice in this deployment).
+    let r = d
+        .caller
+        .roundtrip_from(loopback, get("/api/admin/requests").as_bytes())
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("tools_disabled"), "{}", r.text());
+    // /metrics: loopback only, through nginx.
+    let r = d
+        .caller
+        .roundtrip_from(outsider, get("/metrics").as_bytes())
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = d
+        .caller
+        .roundtrip_from(loopback, get("/metrics").as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("ignis_active_calls"), "{}", r.text());
+    // Webhooks and /health stay open to everyone.
+    let r = d
+        .caller
+        .roundtrip_from(outsider, get("/health").as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// The static promises of the kit that a live test cannot reach in reasonable time.
@@ -573,6 +686,69 @@ fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
             assert_eq!(line, "proxy_pass http://ignis;");
         }
         assert!(!line.starts_with("rewrite"), "{line}");
+    }
+
+    // The staff networks: loopback and the private ranges the comments document, never
+    // Docker's 172.16.0.0/12 (a bridge gateway stands for the whole internet behind Docker's
+    // userland proxy); /metrics from loopback only.
+    let geo = &SHIPPED_NGINX_CONF[SHIPPED_NGINX_CONF
+        .find("geo $ignis_staff_network {")
+        .expect("the staff networks")..];
+    let geo = &geo[..geo.find('}').unwrap()];
+    let listed: Vec<&str> = geo
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('#').next())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "default",
+            "127.0.0.1",
+            "::1",
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+            "fc00::/7"
+        ]
+    );
+    assert!(geo.contains("default         0;"));
+    let metrics = &SHIPPED_NGINX_CONF[SHIPPED_NGINX_CONF.find("location = /metrics {").unwrap()..];
+    let metrics = &metrics[..metrics.find('}').unwrap()];
+    let rules: Vec<&str> = metrics
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("allow ") || l.starts_with("deny "))
+        .collect();
+    assert_eq!(rules, ["allow 127.0.0.1;", "allow ::1;", "deny all;"]);
+    assert!(!SHIPPED_NGINX_CONF.contains("allow 172.16.0.0/12"));
+    // The access log has the path, never the query (phone numbers of GET webhooks).
+    let format = &SHIPPED_NGINX_CONF[SHIPPED_NGINX_CONF.find("log_format").unwrap()..];
+    let format = &format[..format.find(';').unwrap()];
+    for leak in [
+        "$request ",
+        "$request\"",
+        "$request_uri",
+        "$args",
+        "$query_string",
+        "$arg_",
+    ] {
+        assert!(!format.contains(leak), "{leak} in the log format");
+    }
+
+    // Compose: ignis runs read-only, without capabilities and without privilege escalation.
+    let ignis = &SHIPPED_COMPOSE[SHIPPED_COMPOSE.find("  ignis:").unwrap()..];
+    let ignis = &ignis[..ignis.find("\n  nginx:").unwrap()];
+    for line in [
+        "read_only: true",
+        "cap_drop: [ALL]",
+        "- no-new-privileges:true",
+        "- ignis-data:/var/lib/ignis",
+    ] {
+        assert!(
+            ignis.contains(line),
+            "{line} missing for ignis in the compose file"
+        );
     }
 
     // Compose: the stop grace period outlasts the drain, for both services.

@@ -18,6 +18,7 @@ use super::fake_twilio::{TwilioCall, start_json};
 use super::{Resp, TOKEN, read_response, upgrade, urlencode};
 
 /// A TLS endpoint that trusts exactly one certificate (DER), as Twilio trusts a real one.
+#[derive(Clone)]
 pub struct TlsCaller {
     /// Where to connect.
     pub addr: SocketAddr,
@@ -63,6 +64,24 @@ impl TlsCaller {
         .await
         .expect("TLS handshake timed out")
         .expect("TLS handshake failed")
+    }
+
+    /// Like [`TlsCaller::roundtrip`], from the loopback address `from` (e.g. 127.0.0.2: any
+    /// 127/8 address works on Linux), to test address-based rules.
+    pub async fn roundtrip_from(&self, from: std::net::IpAddr, raw: &[u8]) -> Resp {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let tcp = socket.connect(self.addr).await.unwrap();
+        let mut s = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake failed");
+        s.write_all(raw).await.unwrap();
+        let mut buf = Vec::new();
+        read_response(&mut s, &mut buf, false).await
     }
 
     /// Writes `raw` on a new TLS connection and reads one response.
