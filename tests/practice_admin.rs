@@ -411,6 +411,71 @@ fn admin_api_needs_the_admin_token() {
 }
 
 #[test]
+fn admin_requests_are_audited_with_who_what_and_when() {
+    let dir = temp_dir("admin-audit");
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    assert_eq!(
+        admin(&p, "GET", "/api/admin/appointments", "date=2026-12-02").0,
+        200
+    );
+    assert_eq!(admin(&p, "GET", "/api/admin/requests", "").0, 200);
+    assert_eq!(admin(&p, "GET", "/api/admin/emergencies", "days=3").0, 200);
+    assert_eq!(
+        admin(&p, "POST", "/api/admin/requests/R-999/done", "").0,
+        404
+    );
+    // Refused before the store (no or a wrong token): not an admin request, not audited here.
+    let anonymous = Req {
+        method: "GET",
+        path: "/api/admin/requests",
+        query: "",
+        auth: None,
+        call: None,
+        body: "",
+    };
+    assert_eq!(send(&p, true, anonymous, wed_morning()).0, 401);
+    drop(p);
+    thread.join().unwrap();
+
+    let db = rusqlite::Connection::open(dir.join("ignis.db")).unwrap();
+    let mut st = db
+        .prepare("SELECT at, call_id, tool, outcome, who FROM tool_audit ORDER BY id")
+        .unwrap();
+    type Row = (i64, Option<i64>, String, String, Option<String>);
+    let rows: Vec<Row> = st
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Who: the first 4 bytes of the token's SHA-256, never the token.
+    let digest = ignis::practice::calls::hash_token(ADMIN_TOKEN.as_bytes());
+    let who = format!("admin:{}", ignis::secret::hex_lower(&digest[..4]));
+    let at = wed_morning().as_second();
+    let expected: Vec<Row> = [
+        ("admin:appointments date=2026-12-02", "ok"),
+        ("admin:requests", "ok"),
+        ("admin:emergencies days=3", "ok"),
+        ("admin:request_done ref=R-999", "not_found"),
+    ]
+    .iter()
+    .map(|(what, outcome)| {
+        (
+            at,
+            None,
+            what.to_string(),
+            outcome.to_string(),
+            Some(who.clone()),
+        )
+    })
+    .collect();
+    assert_eq!(rows, expected);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn practice_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync::<Practice>();

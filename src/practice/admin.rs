@@ -6,6 +6,9 @@
 //! - `POST /api/admin/requests/{ref}/done` — marks a request done.
 //!
 //! Staff see names, birth dates and numbers (they are the practice); the tool API never does.
+//! Every authenticated admin request is audited like a tool call ([`execute`]): a `tool_audit`
+//! row with who (the admin token's id, never the token), what (route and parameters), when and
+//! the outcome, kept as long as the tool audit (90 days).
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -33,6 +36,20 @@ pub enum AdminCall {
     Emergencies(i64),
     /// Mark a request done.
     RequestDone(String),
+}
+
+impl AdminCall {
+    /// What was asked, for the audit: the route and its parameters (dates, day counts and
+    /// request refs; never personal data).
+    pub fn describe(&self) -> String {
+        match self {
+            AdminCall::Appointments(Some(d)) => format!("admin:appointments date={d}"),
+            AdminCall::Appointments(None) => "admin:appointments date=today".to_owned(),
+            AdminCall::Requests => "admin:requests".to_owned(),
+            AdminCall::Emergencies(days) => format!("admin:emergencies days={days}"),
+            AdminCall::RequestDone(r) => format!("admin:request_done ref={r}"),
+        }
+    }
 }
 
 /// Whether `path` belongs to the admin API.
@@ -86,19 +103,31 @@ pub fn prepare(req: &ToolRequest<'_>, secrets: &Secrets) -> Result<AdminCall, To
     }
 }
 
-/// Runs an admin call against the store.
+/// Runs an admin call against the store and audits it like a tool call: who asked (`who`, the
+/// admin token's id from [`Secrets::admin_id`]), what, when and the outcome.
 pub fn execute(
     store: &mut dyn Store,
     config: &PracticeConfig,
     call: AdminCall,
+    who: &str,
     now: Timestamp,
 ) -> ToolReply {
-    match run(store, config, call, now) {
+    let what = call.describe();
+    let result = match run(store, config, call, now) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "admin request failed in the store");
-            ToolError::Internal.reply()
+            Err(ToolError::Internal)
         }
+    };
+    let outcome = result.as_ref().map_or_else(ToolError::code, |_| "ok");
+    tracing::info!(who, what, outcome, "admin request");
+    if let Err(e) = store.admin_audit(now.as_second(), who, &what, outcome) {
+        tracing::error!(error = %e, "admin audit row not written");
+    }
+    match result {
+        Ok(o) => ToolReply::ok(&o),
+        Err(e) => e.reply(),
     }
 }
 
@@ -111,7 +140,13 @@ pub fn handle_admin(
     now: Timestamp,
 ) -> ToolReply {
     match prepare(req, secrets) {
-        Ok(c) => execute(store, config, c, now),
+        Ok(c) => execute(
+            store,
+            config,
+            c,
+            &secrets.admin_id().unwrap_or_default(),
+            now,
+        ),
         Err(e) => e.reply(),
     }
 }
@@ -179,7 +214,7 @@ fn run(
     config: &PracticeConfig,
     call: AdminCall,
     now: Timestamp,
-) -> Result<ToolReply, StoreError> {
+) -> Result<Result<AdminOutcome, ToolError>, StoreError> {
     let outcome = match call {
         AdminCall::Appointments(date) => {
             let date = date.unwrap_or_else(|| calendar::local(config, now).date);
@@ -224,7 +259,7 @@ fn run(
         },
         AdminCall::RequestDone(r) => {
             if !store.mark_request_done(&r, now.as_second())? {
-                return Ok(ToolError::UnknownRequest.reply());
+                return Ok(Err(ToolError::UnknownRequest));
             }
             AdminOutcome::RequestDone {
                 request_ref: r,
@@ -232,5 +267,5 @@ fn run(
             }
         }
     };
-    Ok(ToolReply::ok(&outcome))
+    Ok(Ok(outcome))
 }

@@ -260,8 +260,10 @@ impl Practice {
             Err(e) => reply(e.reply()),
             Ok(call) => {
                 let config = Arc::clone(&self.config);
+                // prepare succeeded, so there is an admin token.
+                let who = self.secrets.admin_id().unwrap_or_default();
                 self.submit(reply, move |store| {
-                    admin::execute(store, &config, call, now)
+                    admin::execute(store, &config, call, &who, now)
                 });
             }
         }

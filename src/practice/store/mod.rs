@@ -140,6 +140,9 @@ pub trait Store: Send {
         tool: &str,
         outcome: &str,
     ) -> StoreResult<()>;
+    /// Appends an admin audit row: `who` (the admin token's fingerprint), `what` was asked (the
+    /// route and its parameters; no personal data) and the outcome code.
+    fn admin_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
     /// Appointments starting in `[from, to)`, for staff.
     fn staff_appointments(&mut self, from: i64, to: i64) -> StoreResult<Vec<StaffAppointment>>;
     /// Open requests, urgent first then oldest first.

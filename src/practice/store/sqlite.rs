@@ -66,7 +66,8 @@ fn decode_list(text: &str) -> Vec<String> {
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Embedded migrations, applied in order; index + 1 is the schema version.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE patient (
     id INTEGER PRIMARY KEY,
     family TEXT NOT NULL,
@@ -170,7 +171,14 @@ CREATE TABLE tool_audit (
     outcome TEXT NOT NULL
 );
 CREATE INDEX tool_audit_at ON tool_audit (at);
-"#];
+"#,
+    // 2: admin requests are audited in the same table (call_id NULL, tool = what was asked,
+    // e.g. `admin:appointments date=2026-12-02`), with who asked: a prefix of the admin token's
+    // SHA-256, never the token.
+    r#"
+ALTER TABLE tool_audit ADD COLUMN who TEXT;
+"#,
+];
 
 /// The embedded SQLite store (one connection; see [`worker`] for the writer thread).
 pub struct SqliteStore {
@@ -797,6 +805,14 @@ impl Store for SqliteStore {
         self.conn.execute(
             "INSERT INTO tool_audit (at, call_id, tool, outcome) VALUES (?1, ?2, ?3, ?4)",
             params![at, call_id, tool, outcome],
+        )?;
+        Ok(())
+    }
+
+    fn admin_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT INTO tool_audit (at, call_id, tool, outcome, who) VALUES (?1, NULL, ?2, ?3, ?4)",
+            params![at, what, outcome, who],
         )?;
         Ok(())
     }

@@ -4,6 +4,9 @@ use super::error::ToolError;
 use crate::practice::calls::hash_token;
 use crate::secret::constant_time_eq;
 
+/// Bytes of the admin token's digest that name it in the audit ([`Secrets::admin_id`]).
+const ADMIN_ID_BYTES: usize = 4;
+
 /// The agent and admin secrets, kept as SHA-256 so comparisons are constant-time and length-blind.
 #[derive(Clone)]
 pub struct Secrets {
@@ -31,6 +34,14 @@ impl Secrets {
     /// Checks an `Authorization` header against the tools secret.
     pub fn check_tools(&self, authorization: Option<&[u8]>) -> Result<(), ToolError> {
         check_bearer(&self.tools, authorization)
+    }
+
+    /// Who holds the admin secret, for the audit: the first 4 bytes of its SHA-256 in hex (a
+    /// token worth 256 bits gives nothing away by them; a rotated token shows as a new id).
+    pub fn admin_id(&self) -> Option<String> {
+        self.admin
+            .as_ref()
+            .map(|h| format!("admin:{}", crate::secret::hex_lower(&h[..ADMIN_ID_BYTES])))
     }
 
     /// Checks an `Authorization` header against the admin secret.
