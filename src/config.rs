@@ -135,7 +135,8 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ELEVENLABS_API_KEY",
         Unset::Off,
-        "Private agents, through a signed URL.",
+        "Private agents, through a signed URL. Recommended: anyone with a public agent's id can \
+         start conversations billed to the practice.",
     ),
     var(
         "ELEVENLABS_API_BASE",
