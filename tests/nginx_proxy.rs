@@ -577,15 +577,28 @@ async fn flood(
 async fn nginx_rate_limits_floods_but_never_a_burst_a_call_makes() {
     let d = Deployment::start().await;
     let authority = d.caller.authority();
-    // Unsigned status callbacks (ignis answers 403): the first 100 at once all reach ignis,
-    // then the webhooks zone (20/s per address) answers 429.
+    // Unsigned status callbacks (ignis answers 403): 100 at once all reach ignis...
     let raw = format!(
         "POST /api/twilio/status HTTP/1.1\r\nHost: {authority}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n"
-    );
-    let counts = flood(&d.caller, raw.into_bytes(), 160).await;
-    assert!(counts.get(&403).copied().unwrap_or(0) >= 100, "{counts:?}");
-    assert!(counts.get(&429).copied().unwrap_or(0) >= 1, "{counts:?}");
+    )
+    .into_bytes();
+    let counts = flood(&d.caller, raw.clone(), 100).await;
+    assert_eq!(counts.get(&403), Some(&100), "{counts:?}");
+    // ... then, faster than 20/s per address, the webhooks zone answers 429. In waves, so that
+    // a slow machine (which refills the bucket as it goes) gets there too.
+    let mut refused = 0;
+    for _ in 0..20 {
+        refused += flood(&d.caller, raw.clone(), 50)
+            .await
+            .get(&429)
+            .copied()
+            .unwrap_or(0);
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no 429 from the webhooks zone");
     // One call's tool requests (same X-Ignis-Call): a burst of 20, then 429 (30 a minute).
     let raw = format!(
         "POST /api/patients/identify HTTP/1.1\r\nHost: {authority}\r\n\
