@@ -258,6 +258,12 @@ pub const VARIABLES: &[Variable] = &[
         "Path to a practice.toml. Errors at start-up name the line.",
     ),
     var(
+        "PREMIUM_RATE_PREFIXES",
+        Unset::Text("premium-rate ranges"),
+        "Comma-separated call-back prefixes the practice tools refuse (premium-rate, shared-cost). \
+         Default: 0900,0137,0138,+49900,+49137,+49138,+881,+882,+883,+808,+979.",
+    ),
+    var(
         "IGNIS_DEMO_PATIENTS",
         Unset::Text("on with the demo config"),
         "1/0: seed the demo patients into an empty database.",
@@ -427,6 +433,8 @@ pub struct PracticeVars {
     pub admin_token: Option<AuthToken>,
     /// Seed demo patients into an empty database.
     pub demo_patients: bool,
+    /// Refused call-back prefixes, normalised; None = the defaults.
+    pub premium_rate_prefixes: Option<Vec<String>>,
 }
 
 impl PracticeVars {
@@ -453,6 +461,13 @@ impl PracticeVars {
             },
             db_path: PathBuf::from(get("IGNIS_DB").as_deref().unwrap_or(DEFAULT_DB_PATH)),
             config_path,
+            premium_rate_prefixes: match get("PREMIUM_RATE_PREFIXES") {
+                None => None,
+                Some(t) => Some(
+                    crate::practice::premium::parse_prefixes(&t)
+                        .ok_or(PracticeError::Invalid("PREMIUM_RATE_PREFIXES"))?,
+                ),
+            },
         })
     }
 }
@@ -633,6 +648,10 @@ impl<'a> Vars<'a> {
             PracticeError::Secret(k) => {
                 err(k, format!("must be at least {MIN_SECRET_LEN} characters"))
             }
+            PracticeError::Invalid(k) => err(
+                k,
+                "must be comma-separated prefixes of + and digits (at most 64)",
+            ),
             other => err("practice", other.to_string()),
         })
     }

@@ -209,6 +209,9 @@ pub struct PracticeConfig {
     pub visit_types: Vec<VisitType>,
     /// Weekly slot templates.
     pub slot_templates: Vec<SlotTemplate>,
+    /// Call-back prefixes refused as premium-rate, normalised (`PREMIUM_RATE_PREFIXES`, not
+    /// `practice.toml`: it is a deployment's safety setting, not the practice's data).
+    pub premium_rate_prefixes: Vec<String>,
 }
 
 impl PracticeConfig {
@@ -535,6 +538,7 @@ impl Validator<'_> {
             practitioners,
             visit_types,
             slot_templates,
+            premium_rate_prefixes: super::premium::default_prefixes(),
         })
     }
 

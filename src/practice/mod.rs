@@ -73,6 +73,7 @@ pub mod calendar;
 pub mod calls;
 pub mod config;
 pub mod demo;
+pub mod premium;
 pub mod retention;
 pub mod store;
 pub mod tools;
@@ -106,6 +107,8 @@ pub struct PracticeSettings {
     pub admin_token: Option<String>,
     /// Seed demo patients into an empty database (`IGNIS_DEMO_PATIENTS`).
     pub demo_patients: bool,
+    /// Refused call-back prefixes (`PREMIUM_RATE_PREFIXES`); None = the defaults.
+    pub premium_rate_prefixes: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for PracticeSettings {
@@ -129,6 +132,8 @@ pub enum PracticeError {
     Secret(&'static str),
     /// The store thread could not be started.
     Io(std::io::Error),
+    /// A variable's value is malformed (`PREMIUM_RATE_PREFIXES`).
+    Invalid(&'static str),
 }
 
 impl std::fmt::Display for PracticeError {
@@ -143,6 +148,7 @@ impl std::fmt::Display for PracticeError {
                 )
             }
             PracticeError::Io(e) => write!(f, "cannot start the store thread: {e}"),
+            PracticeError::Invalid(name) => write!(f, "{name} is malformed"),
         }
     }
 }
@@ -159,6 +165,7 @@ impl PracticeSettings {
             tools_token,
             admin_token: vars.admin_token.as_ref().map(|t| t.expose().to_owned()),
             demo_patients: vars.demo_patients,
+            premium_rate_prefixes: vars.premium_rate_prefixes.clone(),
         }
     }
 
@@ -187,9 +194,12 @@ impl Practice {
     /// validated `practice.toml` the driver read, or [`PracticeConfig::demo`].
     pub fn open(
         settings: &PracticeSettings,
-        config: PracticeConfig,
+        mut config: PracticeConfig,
         now: Timestamp,
     ) -> Result<(Practice, StoreThread), PracticeError> {
+        if let Some(p) = &settings.premium_rate_prefixes {
+            config.premium_rate_prefixes = p.clone();
+        }
         let mut store = SqliteStore::open(&settings.db_path).map_err(PracticeError::Store)?;
         if settings.demo_patients {
             demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;
