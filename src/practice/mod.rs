@@ -17,8 +17,9 @@
 //!   [`calls::CallState`]. A ref from another call, a slot never offered, or an appointment of a
 //!   person not identified in this call does not resolve, so it cannot be used.
 //! - **Identification** (docs/practice-tools.md §6.3). Name + birth date identify; the caller number must equal the
-//!   stored one before appointments are read back, cancelled or moved; three failed tries lock
-//!   identification for the call.
+//!   stored one before appointments are read back, cancelled or moved (below that a hit answers the
+//!   ref alone); failures are budgeted per call, per number, for all withheld numbers together and
+//!   per hour over all callers, and identify calls per call are capped.
 //! - **No double booking.** Booking and rescheduling are one `BEGIN IMMEDIATE` transaction with a
 //!   conditional slot claim (`… WHERE status = 'free'`) and a partial unique index on booked
 //!   appointments per slot as a backstop; identical retries return the same appointment
