@@ -178,6 +178,9 @@ impl Ctx<'_> {
         if !exists {
             return Ok(());
         }
+        // The review is a request: it counts against the caller's request caps, so retries
+        // cannot flood the staff with reviews.
+        self.check_request_caps()?;
         let created = self.store.create_request(&NewRequest {
             category: RequestCategory::Callback,
             patient_id: None,
@@ -193,9 +196,10 @@ impl Ctx<'_> {
             note: Some(DUPLICATE_REVIEW_NOTE.to_string()),
             call_sid: self.call.call_sid.clone(),
             assurance: None,
-            caller_number: self.call.caller_number.clone(),
+            caller_number: self.call.caller_number.trim().to_string(),
             now: self.now.as_second(),
         })?;
+        self.state().requests += 1;
         Err(ToolError::StaffReview {
             request_ref: created.ref_code,
         }

@@ -81,12 +81,7 @@ impl Ctx<'_> {
             return Err(ToolError::CallbackNumberNeeded.into());
         }
         // The caps come last, so that a request the rules refuse anyway is answered as such.
-        let (_, requests_today) = self.caller_activity()?;
-        if self.call.state.requests >= MAX_REQUESTS_PER_CALL
-            || requests_today >= MAX_REQUESTS_PER_NUMBER_PER_DAY
-        {
-            return Err(ToolError::RequestLimit.into());
-        }
+        self.check_request_caps()?;
         let created = self.store.create_request(&NewRequest {
             category: i.category,
             patient_id: patient.as_ref().map(|p| p.id),
@@ -98,7 +93,7 @@ impl Ctx<'_> {
             note: i.note,
             call_sid: self.call.call_sid.clone(),
             assurance,
-            caller_number: self.call.caller_number.clone(),
+            caller_number: self.call.caller_number.trim().to_string(),
             now: self.now.as_second(),
         })?;
         self.state().requests += 1;
@@ -211,6 +206,17 @@ impl Ctx<'_> {
             }
         };
         Ok(decision)
+    }
+
+    /// Refuses with `request_limit` once this call or this number made its requests (§6.5).
+    pub(super) fn check_request_caps(&mut self) -> Out<()> {
+        let (_, requests_today) = self.caller_activity()?;
+        if self.call.state.requests >= MAX_REQUESTS_PER_CALL
+            || requests_today >= MAX_REQUESTS_PER_NUMBER_PER_DAY
+        {
+            return Err(ToolError::RequestLimit.into());
+        }
+        Ok(())
     }
 
     fn next_working_day_label(&self) -> String {
