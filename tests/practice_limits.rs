@@ -439,3 +439,34 @@ fn the_request_columns_migrate_onto_an_existing_database() {
     assert!(SqliteStore::open(&path).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_global_budget_is_configurable() {
+    let vars = |v: &'static str| {
+        ignis::config::PracticeVars::parse(move |k| {
+            (k == "IDENTIFICATION_FAILURES_PER_HOUR").then(|| v.to_owned())
+        })
+    };
+    assert_eq!(
+        vars("50").unwrap().identification_failures_per_hour,
+        Some(50)
+    );
+    for bad in ["0", "-1", "many", "10001"] {
+        assert!(
+            matches!(
+                vars(bad),
+                Err(PracticeError::Invalid("IDENTIFICATION_FAILURES_PER_HOUR"))
+            ),
+            "{bad}"
+        );
+    }
+    let mut e = Env::new("lim-budget-config", now());
+    e.config.identification_failures_per_hour = 2;
+    let t = e.call("CA1", OTHER_PHONE, now());
+    for _ in 0..2 {
+        assert_eq!(fail_identify(&mut e, &t)["match"], "none");
+    }
+    let t = e.call("CA2", WEBER_PHONE, now());
+    let v = e.identify(&t, WEBER.0, None, WEBER.1, now());
+    assert_eq!(v["error"], "identification_paused", "{v}");
+}

@@ -38,8 +38,9 @@ pub const MAX_IDENTIFY_CALLS_PER_CALL: u32 = 6;
 /// is withheld or too short to be a number: one strict bucket, since such callers cannot be told
 /// apart (docs/practice-tools.md §6.3).
 pub const MAX_FAILED_IDENTIFICATIONS_WITHHELD: u32 = 6;
-/// Failed identifications per [`FAILURE_BUDGET_WINDOW_SECS`] over all callers; beyond it
-/// identification pauses for everyone (an attack from many numbers), with a metric and a WARN.
+/// Failed identifications per [`FAILURE_BUDGET_WINDOW_SECS`] over all callers, by default
+/// (`IDENTIFICATION_FAILURES_PER_HOUR`); beyond it identification pauses for everyone (an attack
+/// from many numbers), with a metric and a WARN.
 pub const MAX_FAILED_IDENTIFICATIONS_PER_HOUR: u32 = 30;
 /// The window of the withheld bucket and the global budget, in seconds.
 pub const FAILURE_BUDGET_WINDOW_SECS: i64 = 3600;

@@ -110,6 +110,9 @@ pub struct PracticeSettings {
     pub demo_patients: bool,
     /// Refused call-back prefixes (`PREMIUM_RATE_PREFIXES`); None = the defaults.
     pub premium_rate_prefixes: Option<Vec<String>>,
+    /// Hourly budget of failed identifications (`IDENTIFICATION_FAILURES_PER_HOUR`); None = the
+    /// default.
+    pub identification_failures_per_hour: Option<u32>,
 }
 
 impl std::fmt::Debug for PracticeSettings {
@@ -133,7 +136,8 @@ pub enum PracticeError {
     Secret(&'static str),
     /// The store thread could not be started.
     Io(std::io::Error),
-    /// A variable's value is malformed (`PREMIUM_RATE_PREFIXES`).
+    /// A variable's value is malformed (`PREMIUM_RATE_PREFIXES`,
+    /// `IDENTIFICATION_FAILURES_PER_HOUR`).
     Invalid(&'static str),
 }
 
@@ -167,6 +171,7 @@ impl PracticeSettings {
             admin_token: vars.admin_token.as_ref().map(|t| t.expose().to_owned()),
             demo_patients: vars.demo_patients,
             premium_rate_prefixes: vars.premium_rate_prefixes.clone(),
+            identification_failures_per_hour: vars.identification_failures_per_hour,
         }
     }
 
@@ -200,6 +205,9 @@ impl Practice {
     ) -> Result<(Practice, StoreThread), PracticeError> {
         if let Some(p) = &settings.premium_rate_prefixes {
             config.premium_rate_prefixes = p.clone();
+        }
+        if let Some(n) = settings.identification_failures_per_hour {
+            config.identification_failures_per_hour = n;
         }
         let mut store = SqliteStore::open(&settings.db_path).map_err(PracticeError::Store)?;
         if settings.demo_patients {

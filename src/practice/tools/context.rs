@@ -10,9 +10,8 @@ use crate::metrics::{Metrics, PRACTICE};
 use crate::practice::calendar;
 use crate::practice::calls::{
     CALLER_DAY_SECS, CallState, FAILURE_BUDGET_WINDOW_SECS, IDENTIFICATION_WINDOW_SECS,
-    MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_HOUR,
-    MAX_FAILED_IDENTIFICATIONS_PER_NUMBER, MAX_FAILED_IDENTIFICATIONS_WITHHELD,
-    MAX_IDENTIFY_CALLS_PER_CALL, normalize_number,
+    MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER,
+    MAX_FAILED_IDENTIFICATIONS_WITHHELD, MAX_IDENTIFY_CALLS_PER_CALL, normalize_number,
 };
 use crate::practice::config::PracticeConfig;
 use crate::practice::store::{AppointmentRecord, CallRecord, PatientRecord, SlotRecord, Store};
@@ -119,12 +118,13 @@ impl Ctx<'_> {
             .store
             .identification_failures_since(self.now.as_second() - FAILURE_BUDGET_WINDOW_SECS)?;
         let total: u32 = recent.iter().map(|(_, n)| *n).sum();
-        if total >= MAX_FAILED_IDENTIFICATIONS_PER_HOUR {
+        let budget = self.config.identification_failures_per_hour;
+        if total >= budget {
             Metrics::add(&PRACTICE.identification_budget_refusals, 1);
             tracing::warn!(
                 caller = %mask_phone(self.call.caller_number.trim()),
                 failures = total,
-                limit = MAX_FAILED_IDENTIFICATIONS_PER_HOUR,
+                limit = budget,
                 "identification paused: hourly budget of failed identifications spent"
             );
             return Ok(Some(ToolError::IdentificationPaused));
