@@ -1,5 +1,6 @@
 //! `identify_patient`: name + birth date identify; the caller number adds phone assurance
-//! (docs/practice-tools.md §6.3); failed attempts lock identification per call and per caller number.
+//! (docs/practice-tools.md §6.3); failures and calls are budgeted (`Ctx::identification_refusal`),
+//! and below phone assurance a hit answers the opaque ref alone.
 
 use super::context::{Ctx, Out};
 use super::input::IdentifyInput;
