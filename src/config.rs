@@ -261,11 +261,26 @@ pub const VARIABLES: &[Variable] = &[
         "Path to a practice.toml. Errors at start-up name the line.",
     ),
     var(
+        "IDENTIFICATION_FAILURES_PER_HOUR",
+        Unset::Text("30"),
+        "Failed patient identifications per hour over all callers (1 to 10000); beyond it \
+         identification pauses for everyone, with a metric and a warning.",
+    ),
+    var(
+        "PREMIUM_RATE_PREFIXES",
+        Unset::Text("premium-rate ranges"),
+        "Comma-separated call-back prefixes the practice tools refuse (premium-rate, shared-cost). \
+         Default: 0900,0137,0138,+49900,+49137,+49138,+881,+882,+883,+808,+979.",
+    ),
+    var(
         "IGNIS_DEMO_PATIENTS",
         Unset::Text("on with the demo config"),
         "1/0: seed the demo patients into an empty database.",
     ),
 ];
+
+/// Largest accepted `IDENTIFICATION_FAILURES_PER_HOUR`.
+pub const MAX_IDENTIFICATION_BUDGET: u32 = 10_000;
 
 /// Width of the name column in [`environment_help`].
 const HELP_NAME_WIDTH: usize = 33;
@@ -430,6 +445,10 @@ pub struct PracticeVars {
     pub admin_token: Option<AuthToken>,
     /// Seed demo patients into an empty database.
     pub demo_patients: bool,
+    /// Refused call-back prefixes, normalised; None = the defaults.
+    pub premium_rate_prefixes: Option<Vec<String>>,
+    /// The hourly budget of failed identifications; None = the default.
+    pub identification_failures_per_hour: Option<u32>,
 }
 
 impl PracticeVars {
@@ -465,6 +484,22 @@ impl PracticeVars {
             },
             db_path: PathBuf::from(get("IGNIS_DB").as_deref().unwrap_or(DEFAULT_DB_PATH)),
             config_path,
+            identification_failures_per_hour: match get("IDENTIFICATION_FAILURES_PER_HOUR") {
+                None => None,
+                Some(t) => Some(
+                    t.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_IDENTIFICATION_BUDGET).contains(n))
+                        .ok_or(PracticeError::Invalid("IDENTIFICATION_FAILURES_PER_HOUR"))?,
+                ),
+            },
+            premium_rate_prefixes: match get("PREMIUM_RATE_PREFIXES") {
+                None => None,
+                Some(t) => Some(
+                    crate::practice::premium::parse_prefixes(&t)
+                        .ok_or(PracticeError::Invalid("PREMIUM_RATE_PREFIXES"))?,
+                ),
+            },
         })
     }
 }
@@ -646,6 +681,14 @@ impl<'a> Vars<'a> {
                 err(k, format!("must be at least {MIN_SECRET_LEN} characters"))
             }
             PracticeError::WeakSecret(k, why) => err(k, why.to_string()),
+            PracticeError::Invalid(k @ "IDENTIFICATION_FAILURES_PER_HOUR") => err(
+                k,
+                format!("must be a number from 1 to {MAX_IDENTIFICATION_BUDGET}"),
+            ),
+            PracticeError::Invalid(k) => err(
+                k,
+                "must be comma-separated prefixes of + and digits (at most 64)",
+            ),
             other => err("practice", other.to_string()),
         })
     }

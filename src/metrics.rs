@@ -13,6 +13,23 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The practice's counters. They are process-wide statics, not [`Metrics`] fields, because the
+/// practice's tools run on the store thread with no handle to the front end's state; one process
+/// serves one practice, so one set is right.
+#[derive(Debug, Default)]
+pub struct PracticeCounters {
+    /// `identify_patient` answers that matched nobody.
+    pub identification_failures: AtomicU64,
+    /// `identify_patient` calls refused because the global budget of failures was spent.
+    pub identification_budget_refusals: AtomicU64,
+}
+
+/// The process's [`PracticeCounters`].
+pub static PRACTICE: PracticeCounters = PracticeCounters {
+    identification_failures: AtomicU64::new(0),
+    identification_budget_refusals: AtomicU64::new(0),
+};
+
 /// A histogram over [`LATENCY_BUCKETS`].
 pub struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -274,6 +291,19 @@ impl Metrics {
     }
 
     fn render_http(&self, out: &mut String) {
+        counter(
+            out,
+            "ignis_identification_failures_total",
+            "identify_patient answers that matched nobody.",
+            &PRACTICE.identification_failures,
+        );
+        counter(
+            out,
+            "ignis_identification_budget_refusals_total",
+            "identify_patient calls refused because the hourly budget of failures over all \
+             callers was spent.",
+            &PRACTICE.identification_budget_refusals,
+        );
         counter(
             out,
             "ignis_signature_rejections_total",

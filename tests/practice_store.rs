@@ -346,6 +346,8 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
         callback_window: None,
         note: None,
         call_sid: "CA".into(),
+        assurance: None,
+        caller_number: "anonymous".into(),
         now,
     };
     let done = s.create_request(&req(now - 40 * DAY)).unwrap();

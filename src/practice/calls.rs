@@ -31,6 +31,29 @@ pub const MAX_FAILED_IDENTIFICATIONS: u32 = 3;
 pub const MAX_FAILED_IDENTIFICATIONS_PER_NUMBER: u32 = 6;
 /// The window for [`MAX_FAILED_IDENTIFICATIONS_PER_NUMBER`], in seconds.
 pub const IDENTIFICATION_WINDOW_SECS: i64 = 24 * 3600;
+/// `identify_patient` calls one call may make, successes included: a hit confirms a name and
+/// birth date, so successes must not be free either (docs/practice-tools.md §6.3).
+pub const MAX_IDENTIFY_CALLS_PER_CALL: u32 = 6;
+/// Failed identifications per [`FAILURE_BUDGET_WINDOW_SECS`] shared by ALL callers whose number
+/// is withheld or too short to be a number: one strict bucket, since such callers cannot be told
+/// apart (docs/practice-tools.md §6.3).
+pub const MAX_FAILED_IDENTIFICATIONS_WITHHELD: u32 = 6;
+/// Failed identifications per [`FAILURE_BUDGET_WINDOW_SECS`] over all callers, by default
+/// (`IDENTIFICATION_FAILURES_PER_HOUR`); beyond it identification pauses for everyone (an attack
+/// from many numbers), with a metric and a WARN.
+pub const MAX_FAILED_IDENTIFICATIONS_PER_HOUR: u32 = 30;
+/// The window of the withheld bucket and the global budget, in seconds.
+pub const FAILURE_BUDGET_WINDOW_SECS: i64 = 3600;
+/// Bookings (new, not retries) one call may make.
+pub const MAX_BOOKINGS_PER_CALL: u32 = 3;
+/// Requests one call may create.
+pub const MAX_REQUESTS_PER_CALL: u32 = 10;
+/// Bookings from one caller number per [`CALLER_DAY_SECS`], over all its calls.
+pub const MAX_BOOKINGS_PER_NUMBER_PER_DAY: u32 = 6;
+/// Requests from one caller number per [`CALLER_DAY_SECS`], over all its calls.
+pub const MAX_REQUESTS_PER_NUMBER_PER_DAY: u32 = 20;
+/// The window of the per-number daily caps, in seconds.
+pub const CALLER_DAY_SECS: i64 = 24 * 3600;
 /// Most refs of one kind a call may hold (bounds the stored state).
 pub const MAX_REFS_PER_KIND: usize = 60;
 /// Length of the token's entropy in bytes (128 bits).
@@ -140,6 +163,15 @@ pub struct CallState {
     /// Failed identification attempts.
     #[serde(default)]
     pub failed_identifications: u32,
+    /// `identify_patient` calls answered (successes included).
+    #[serde(default)]
+    pub identify_calls: u32,
+    /// Bookings made (retries not counted).
+    #[serde(default)]
+    pub bookings: u32,
+    /// Requests created.
+    #[serde(default)]
+    pub requests: u32,
 }
 
 fn parse_ref(s: &str, prefix: char) -> Option<u32> {

@@ -209,6 +209,12 @@ pub struct PracticeConfig {
     pub visit_types: Vec<VisitType>,
     /// Weekly slot templates.
     pub slot_templates: Vec<SlotTemplate>,
+    /// Call-back prefixes refused as premium-rate, normalised (`PREMIUM_RATE_PREFIXES`, not
+    /// `practice.toml`: it is a deployment's safety setting, not the practice's data).
+    pub premium_rate_prefixes: Vec<String>,
+    /// Failed identifications per hour over all callers before identification pauses
+    /// (`IDENTIFICATION_FAILURES_PER_HOUR`, default [`super::calls::MAX_FAILED_IDENTIFICATIONS_PER_HOUR`]).
+    pub identification_failures_per_hour: u32,
 }
 
 impl PracticeConfig {
@@ -535,6 +541,8 @@ impl Validator<'_> {
             practitioners,
             visit_types,
             slot_templates,
+            premium_rate_prefixes: super::premium::default_prefixes(),
+            identification_failures_per_hour: super::calls::MAX_FAILED_IDENTIFICATIONS_PER_HOUR,
         })
     }
 

@@ -17,8 +17,9 @@
 //!   [`calls::CallState`]. A ref from another call, a slot never offered, or an appointment of a
 //!   person not identified in this call does not resolve, so it cannot be used.
 //! - **Identification** (docs/practice-tools.md §6.3). Name + birth date identify; the caller number must equal the
-//!   stored one before appointments are read back, cancelled or moved; three failed tries lock
-//!   identification for the call.
+//!   stored one before appointments are read back, cancelled or moved (below that a hit answers the
+//!   ref alone); failures are budgeted per call, per number, for all withheld numbers together and
+//!   per hour over all callers, and identify calls per call are capped.
 //! - **No double booking.** Booking and rescheduling are one `BEGIN IMMEDIATE` transaction with a
 //!   conditional slot claim (`… WHERE status = 'free'`) and a partial unique index on booked
 //!   appointments per slot as a backstop; identical retries return the same appointment
@@ -74,6 +75,7 @@ pub mod calendar;
 pub mod calls;
 pub mod config;
 pub mod demo;
+pub mod premium;
 pub mod retention;
 pub mod store;
 pub mod tools;
@@ -107,6 +109,11 @@ pub struct PracticeSettings {
     pub admin_token: Option<String>,
     /// Seed demo patients into an empty database (`IGNIS_DEMO_PATIENTS`).
     pub demo_patients: bool,
+    /// Refused call-back prefixes (`PREMIUM_RATE_PREFIXES`); None = the defaults.
+    pub premium_rate_prefixes: Option<Vec<String>>,
+    /// Hourly budget of failed identifications (`IDENTIFICATION_FAILURES_PER_HOUR`); None = the
+    /// default.
+    pub identification_failures_per_hour: Option<u32>,
 }
 
 impl std::fmt::Debug for PracticeSettings {
@@ -132,6 +139,9 @@ pub enum PracticeError {
     WeakSecret(&'static str, crate::secret::Weakness),
     /// The store thread could not be started.
     Io(std::io::Error),
+    /// A variable's value is malformed (`PREMIUM_RATE_PREFIXES`,
+    /// `IDENTIFICATION_FAILURES_PER_HOUR`).
+    Invalid(&'static str),
 }
 
 impl std::fmt::Display for PracticeError {
@@ -147,6 +157,7 @@ impl std::fmt::Display for PracticeError {
             }
             PracticeError::WeakSecret(name, why) => write!(f, "{name} {why}"),
             PracticeError::Io(e) => write!(f, "cannot start the store thread: {e}"),
+            PracticeError::Invalid(name) => write!(f, "{name} is malformed"),
         }
     }
 }
@@ -163,6 +174,8 @@ impl PracticeSettings {
             tools_token,
             admin_token: vars.admin_token.as_ref().map(|t| t.expose().to_owned()),
             demo_patients: vars.demo_patients,
+            premium_rate_prefixes: vars.premium_rate_prefixes.clone(),
+            identification_failures_per_hour: vars.identification_failures_per_hour,
         }
     }
 
@@ -191,9 +204,15 @@ impl Practice {
     /// validated `practice.toml` the driver read, or [`PracticeConfig::demo`].
     pub fn open(
         settings: &PracticeSettings,
-        config: PracticeConfig,
+        mut config: PracticeConfig,
         now: Timestamp,
     ) -> Result<(Practice, StoreThread), PracticeError> {
+        if let Some(p) = &settings.premium_rate_prefixes {
+            config.premium_rate_prefixes = p.clone();
+        }
+        if let Some(n) = settings.identification_failures_per_hour {
+            config.identification_failures_per_hour = n;
+        }
         let mut store = SqliteStore::open(&settings.db_path).map_err(PracticeError::Store)?;
         if settings.demo_patients {
             demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;

@@ -97,6 +97,11 @@ pub trait Store: Send {
         caller_number: &str,
         since: i64,
     ) -> StoreResult<u32>;
+    /// Failed identifications per caller number (as stored, `anonymous` included) over the calls
+    /// started since `since`; only numbers with failures (docs/practice-tools.md §6.3).
+    fn identification_failures_since(&mut self, since: i64) -> StoreResult<Vec<(String, u32)>>;
+    /// Bookings and requests made since `since` in calls from `caller_number`.
+    fn activity_by_number(&mut self, caller_number: &str, since: i64) -> StoreResult<(u32, u32)>;
     /// Patients with this birth date.
     fn patients_by_birth_date(&mut self, birth_date: &str) -> StoreResult<Vec<PatientRecord>>;
     /// A patient by id.

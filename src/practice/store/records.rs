@@ -341,6 +341,10 @@ pub struct NewRequest {
     pub note: Option<String>,
     /// Call SID.
     pub call_sid: String,
+    /// How well the caller was identified (`None`: not at all).
+    pub assurance: Option<crate::practice::calls::Assurance>,
+    /// The calling number, as the call has it (`anonymous` included).
+    pub caller_number: String,
     /// Now, UTC seconds.
     pub now: i64,
 }
@@ -483,6 +487,12 @@ pub struct StaffRequest {
     pub note: Option<String>,
     /// Created, UTC seconds.
     pub created_at: i64,
+    /// Assurance of the caller (`name_dob_phone`, `name_dob`, `none`; null before issue 12).
+    pub assurance: Option<String>,
+    /// The calling number (null before issue 12).
+    pub caller_number: Option<String>,
+    /// Whether the caller was verified (`name_dob_phone`); staff check other requests first.
+    pub verified: bool,
 }
 
 /// An emergency event row for staff.

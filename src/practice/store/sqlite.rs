@@ -11,7 +11,7 @@ use super::names::normalize_name;
 use super::*;
 use crate::practice::calendar::Advice;
 use crate::practice::calendar::SlotCandidate;
-use crate::practice::calls::{CALL_GRACE_SECS, CallState, MAX_CALL_SECS};
+use crate::practice::calls::{Assurance, CALL_GRACE_SECS, CallState, MAX_CALL_SECS};
 use crate::secret::constant_time_eq;
 
 /// The text enums are stored as their wire spelling (the schema's `CHECK`s list the same words).
@@ -177,6 +177,14 @@ CREATE INDEX tool_audit_at ON tool_audit (at);
     // SHA-256, never the token.
     r#"
 ALTER TABLE tool_audit ADD COLUMN who TEXT;
+"#,
+    // 3 (issue 12): who asked for a request and how well they were identified; indexes for the
+    // per-number daily caps. Additive: old rows keep NULLs (shown as not verified).
+    r#"
+ALTER TABLE request ADD COLUMN assurance TEXT;
+ALTER TABLE request ADD COLUMN caller_number TEXT;
+CREATE INDEX request_caller ON request (caller_number, created_at);
+CREATE INDEX appointment_call ON appointment (call_sid);
 "#,
 ];
 
@@ -547,6 +555,34 @@ impl Store for SqliteStore {
         Ok(n.clamp(0, u32::MAX as i64) as u32)
     }
 
+    fn identification_failures_since(&mut self, since: i64) -> StoreResult<Vec<(String, u32)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT caller_number, SUM(failed_identifications) FROM call
+             WHERE started_at >= ?1 AND failed_identifications > 0 GROUP BY caller_number",
+        )?;
+        let rows = st.query_map([since], |r| {
+            let n: i64 = r.get(1)?;
+            Ok((r.get(0)?, n.clamp(0, u32::MAX as i64) as u32))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn activity_by_number(&mut self, caller_number: &str, since: i64) -> StoreResult<(u32, u32)> {
+        let count = |n: i64| n.clamp(0, u32::MAX as i64) as u32;
+        let bookings: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM appointment a JOIN call c ON c.call_sid = a.call_sid
+             WHERE c.caller_number = ?1 AND a.created_at >= ?2",
+            params![caller_number, since],
+            |r| r.get(0),
+        )?;
+        let requests: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM request WHERE caller_number = ?1 AND created_at >= ?2",
+            params![caller_number, since],
+            |r| r.get(0),
+        )?;
+        Ok((count(bookings), count(requests)))
+    }
+
     fn patients_by_birth_date(&mut self, birth_date: &str) -> StoreResult<Vec<PatientRecord>> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {PATIENT_COLS} FROM patient WHERE birth_date = ?1"
@@ -744,8 +780,9 @@ impl Store for SqliteStore {
         };
         tx.execute(
             "INSERT INTO request (id, ref_code, category, patient_id, caller_json, details_json,
-                 urgency, callback_number, callback_window, note, created_at, call_sid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 urgency, callback_number, callback_window, note, created_at, call_sid,
+                 assurance, caller_number)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 next,
                 ref_code,
@@ -758,7 +795,9 @@ impl Store for SqliteStore {
                 r.callback_window,
                 r.note,
                 r.now,
-                r.call_sid
+                r.call_sid,
+                r.assurance.map_or("none", Assurance::as_str),
+                r.caller_number
             ],
         )?;
         let queue_position = if r.urgency == Urgency::Urgent {
@@ -845,7 +884,8 @@ impl Store for SqliteStore {
     fn open_requests(&mut self) -> StoreResult<Vec<StaffRequest>> {
         let mut st = self.conn.prepare_cached(
             "SELECT r.ref_code, r.category, r.urgency, p.given || ' ' || p.family || ' (' || p.birth_date || ')',
-                    r.caller_json, r.details_json, r.callback_number, r.callback_window, r.note, r.created_at
+                    r.caller_json, r.details_json, r.callback_number, r.callback_window, r.note, r.created_at,
+                    r.assurance, r.caller_number
              FROM request r LEFT JOIN patient p ON p.id = r.patient_id
              WHERE r.status = 'open'
              ORDER BY CASE r.urgency WHEN 'urgent' THEN 0 ELSE 1 END, r.created_at, r.id",
@@ -864,6 +904,10 @@ impl Store for SqliteStore {
                 callback_window: r.get(7)?,
                 note: r.get(8)?,
                 created_at: r.get(9)?,
+                verified: r.get::<_, Option<String>>(10)?.as_deref()
+                    == Some(Assurance::NameDobPhone.as_str()),
+                assurance: r.get(10)?,
+                caller_number: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -7,12 +7,16 @@ use super::context::{Ctx, Out};
 use super::error::ToolError;
 use super::input::{BookInput, CancelInput};
 use super::outcome::{Booked, Cancelled, ReplacedView};
-use crate::practice::calls::Assurance;
+use crate::practice::calls::{Assurance, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY};
 use crate::practice::config::VisitType;
 use crate::practice::store::{
-    AppointmentStatus, BookOutcome, Booking, BookingPatient, CancelOutcome, SlotRecord,
-    normalize_name,
+    AppointmentStatus, BookOutcome, Booking, BookingPatient, CallerDetails, CancelOutcome,
+    NewPatient, NewRequest, RequestCategory, SlotRecord, Urgency, name_key, normalize_name,
 };
+
+/// The staff's note on a review request for a "new patient" who matches a stored one.
+pub const DUPLICATE_REVIEW_NOTE: &str = "Neupatient passt zu einem vorhandenen Eintrag (Name und \
+     Geburtsdatum): keine zweite Akte angelegt, kein Termin gebucht. Bitte prüfen und zurückrufen.";
 use crate::secret::hex_lower;
 
 /// The patient a booking is for, resolved against this call.
@@ -63,6 +67,12 @@ impl Ctx<'_> {
         let Some(slot) = self.call.state.slot(&i.slot_ref).cloned() else {
             return Err(ToolError::NotOffered.into());
         };
+        let (bookings_today, _) = self.caller_activity()?;
+        if self.call.state.bookings >= MAX_BOOKINGS_PER_CALL
+            || bookings_today >= MAX_BOOKINGS_PER_NUMBER_PER_DAY
+        {
+            return Err(ToolError::BookingLimit.into());
+        }
         let patient = self.booking_patient(&i, &vt)?;
         let replaces = match &i.replaces_appointment_ref {
             None => None,
@@ -84,6 +94,9 @@ impl Ctx<'_> {
                 replaced,
                 repeated,
             } => {
+                if !repeated {
+                    self.state().bookings += 1;
+                }
                 let patient_ref = self.state().add_patient(
                     appointment.patient_id,
                     patient.assurance.unwrap_or(Assurance::NameDob),
@@ -121,7 +134,7 @@ impl Ctx<'_> {
 
     /// Who the booking is for: a patient identified in this call, or a new patient (with the
     /// caller's number) where the practice and the visit type take new patients.
-    fn booking_patient(&self, i: &BookInput, vt: &VisitType) -> Out<Patient> {
+    fn booking_patient(&mut self, i: &BookInput, vt: &VisitType) -> Out<Patient> {
         match (&i.patient_ref, &i.new_patient) {
             (Some(r), _) => {
                 let Some(p) = self.call.state.patient(r) else {
@@ -141,6 +154,7 @@ impl Ctx<'_> {
                 }
                 let mut np = np.clone();
                 np.phone = self.caller_number();
+                self.refuse_duplicate(&np)?;
                 Ok(Patient {
                     booking: BookingPatient::New(np),
                     assurance: None,
@@ -148,6 +162,48 @@ impl Ctx<'_> {
             }
             (None, None) => Err(ToolError::NotIdentified.into()),
         }
+    }
+
+    /// A "new patient" whose name and birth date match a stored one is not created a second
+    /// time (that would make the real patient's identification `ambiguous`): the staff get a
+    /// review request instead and the booking is not made.
+    fn refuse_duplicate(&mut self, np: &NewPatient) -> Out<()> {
+        let family = name_key(&normalize_name(&np.family));
+        let given = name_key(&normalize_name(&np.given));
+        let exists = self
+            .store
+            .patients_by_birth_date(&np.birth_date)?
+            .iter()
+            .any(|p| name_key(&p.family_norm) == family && name_key(&p.given_norm) == given);
+        if !exists {
+            return Ok(());
+        }
+        // The review is a request: it counts against the caller's request caps, so retries
+        // cannot flood the staff with reviews.
+        self.check_request_caps()?;
+        let created = self.store.create_request(&NewRequest {
+            category: RequestCategory::Callback,
+            patient_id: None,
+            caller: Some(CallerDetails {
+                family_name: np.family.clone(),
+                given_name: Some(np.given.clone()),
+                birth_date: Some(np.birth_date.clone()),
+            }),
+            details: None,
+            urgency: Urgency::Routine,
+            callback_number: self.caller_number(),
+            callback_window: None,
+            note: Some(DUPLICATE_REVIEW_NOTE.to_string()),
+            call_sid: self.call.call_sid.clone(),
+            assurance: None,
+            caller_number: self.call.caller_number.trim().to_string(),
+            now: self.now.as_second(),
+        })?;
+        self.state().requests += 1;
+        Err(ToolError::StaffReview {
+            request_ref: created.ref_code,
+        }
+        .into())
     }
 
     /// The appointment a reschedule replaces: the same patient's, known in this call, with

@@ -4,13 +4,18 @@
 use jiff::Timestamp;
 
 use super::error::Stop;
+use super::error::ToolError;
 use super::outcome::{AppointmentView, SlotView};
+use crate::metrics::{Metrics, PRACTICE};
 use crate::practice::calendar;
 use crate::practice::calls::{
-    CallState, IDENTIFICATION_WINDOW_SECS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER, normalize_number,
+    CALLER_DAY_SECS, CallState, FAILURE_BUDGET_WINDOW_SECS, IDENTIFICATION_WINDOW_SECS,
+    MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER,
+    MAX_FAILED_IDENTIFICATIONS_WITHHELD, MAX_IDENTIFY_CALLS_PER_CALL, normalize_number,
 };
 use crate::practice::config::PracticeConfig;
 use crate::practice::store::{AppointmentRecord, CallRecord, PatientRecord, SlotRecord, Store};
+use crate::privacy::mask_phone;
 use crate::secret::constant_time_eq;
 
 /// Fewest digits a caller number needs to count as a number (not `anonymous`).
@@ -98,16 +103,58 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether the caller number used up its identification attempts across recent calls.
-    pub(super) fn number_locked(&mut self) -> Out<bool> {
+    /// Why identification is refused now, if it is (docs/practice-tools.md §6.3): the call's own
+    /// failures and calls, the hourly budget over all callers, the shared bucket of withheld
+    /// numbers, and the caller number's failures across its calls.
+    pub(super) fn identification_refusal(&mut self) -> Out<Option<ToolError>> {
+        let st = &self.call.state;
+        if st.failed_identifications >= MAX_FAILED_IDENTIFICATIONS {
+            return Ok(Some(ToolError::Locked));
+        }
+        if st.identify_calls >= MAX_IDENTIFY_CALLS_PER_CALL {
+            return Ok(Some(ToolError::IdentifyLimit));
+        }
+        let recent = self
+            .store
+            .identification_failures_since(self.now.as_second() - FAILURE_BUDGET_WINDOW_SECS)?;
+        let total: u32 = recent.iter().map(|(_, n)| *n).sum();
+        let budget = self.config.identification_failures_per_hour;
+        if total >= budget {
+            Metrics::add(&PRACTICE.identification_budget_refusals, 1);
+            tracing::warn!(
+                caller = %mask_phone(self.call.caller_number.trim()),
+                failures = total,
+                limit = budget,
+                "identification paused: hourly budget of failed identifications spent"
+            );
+            return Ok(Some(ToolError::IdentificationPaused));
+        }
         let Some(caller) = self.caller_number() else {
-            return Ok(false); // anonymous: the per-call limit applies
+            // Withheld or short numbers cannot be told apart: they share one strict bucket.
+            let withheld: u32 = recent
+                .iter()
+                .filter(|(number, _)| normalize_number(number).len() < MIN_NUMBER_DIGITS)
+                .map(|(_, n)| *n)
+                .sum();
+            return Ok(
+                (withheld >= MAX_FAILED_IDENTIFICATIONS_WITHHELD).then_some(ToolError::Locked)
+            );
         };
         let since = self.now.as_second() - IDENTIFICATION_WINDOW_SECS;
         let n = self
             .store
             .failed_identifications_by_number(&caller, since)?;
-        Ok(n >= MAX_FAILED_IDENTIFICATIONS_PER_NUMBER)
+        Ok((n >= MAX_FAILED_IDENTIFICATIONS_PER_NUMBER).then_some(ToolError::Locked))
+    }
+
+    /// Bookings and requests from the caller's number over the last [`CALLER_DAY_SECS`]; zero
+    /// for a withheld number (its calls are held by the per-call caps).
+    pub(super) fn caller_activity(&mut self) -> Out<(u32, u32)> {
+        let Some(caller) = self.caller_number() else {
+            return Ok((0, 0));
+        };
+        let since = self.now.as_second() - CALLER_DAY_SECS;
+        Ok(self.store.activity_by_number(&caller, since)?)
     }
 
     /// Whether an appointment starting at `start` is inside the practice's notice period.

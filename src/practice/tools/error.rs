@@ -86,6 +86,25 @@ pub enum ToolError {
     NoNumberOnFile,
     /// `callback_number_needed`: an anonymous caller must give a number.
     CallbackNumberNeeded,
+    /// `identify_limit`: this call used its [`crate::practice::calls::MAX_IDENTIFY_CALLS_PER_CALL`]
+    /// identifications (successes included); offer a request instead.
+    IdentifyLimit,
+    /// `identification_paused`: the hourly budget of failed identifications over all callers
+    /// is spent; nobody is identified until it refills (offer a request).
+    IdentificationPaused,
+    /// `booking_limit`: this call or this caller number booked as often as allowed.
+    BookingLimit,
+    /// `request_limit`: this call or this caller number created as many requests as allowed.
+    RequestLimit,
+    /// `staff_review`: the "new patient" matches an existing record by name and birth date; no
+    /// second record was created, the staff review the request named here and call back.
+    StaffReview {
+        /// The review request's code (`R-…`), for the caller to quote.
+        request_ref: String,
+    },
+    /// `premium_rate_number`: the call-back number has a premium-rate or shared-cost prefix
+    /// (`PREMIUM_RATE_PREFIXES`); ask for another number.
+    PremiumRateNumber,
 }
 
 impl ToolError {
@@ -128,6 +147,12 @@ impl ToolError {
             NeedsAppointment => "needs_appointment",
             NoNumberOnFile => "no_number_on_file",
             CallbackNumberNeeded => "callback_number_needed",
+            IdentifyLimit => "identify_limit",
+            IdentificationPaused => "identification_paused",
+            BookingLimit => "booking_limit",
+            RequestLimit => "request_limit",
+            StaffReview { .. } => "staff_review",
+            PremiumRateNumber => "premium_rate_number",
         }
     }
 
@@ -159,6 +184,8 @@ impl ToolError {
             attempts_left: Option<u32>,
             #[serde(skip_serializing_if = "Option::is_none")]
             alternatives: Option<&'a [SlotView]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            request_ref: Option<&'a str>,
         }
         let wire = Wire {
             ok: false,
@@ -170,6 +197,10 @@ impl ToolError {
             attempts_left: matches!(self, ToolError::Locked).then_some(0),
             alternatives: match self {
                 ToolError::SlotTaken { alternatives } => Some(alternatives),
+                _ => None,
+            },
+            request_ref: match self {
+                ToolError::StaffReview { request_ref } => Some(request_ref),
                 _ => None,
             },
         };

@@ -1,10 +1,11 @@
 //! `identify_patient`: name + birth date identify; the caller number adds phone assurance
-//! (docs/practice-tools.md §6.3); failed attempts lock identification per call and per caller number.
+//! (docs/practice-tools.md §6.3); failures and calls are budgeted (`Ctx::identification_refusal`),
+//! and below phone assurance a hit answers the opaque ref alone.
 
 use super::context::{Ctx, Out};
-use super::error::ToolError;
 use super::input::IdentifyInput;
 use super::outcome::{IdentifyOutcome, PatientFlags, UniqueMatch};
+use crate::metrics::{Metrics, PRACTICE};
 use crate::practice::calendar;
 use crate::practice::calls::Assurance;
 use crate::practice::store::{Gender, PatientRecord, name_key, normalize_name, quarter};
@@ -14,9 +15,10 @@ pub const MAX_UPCOMING: usize = 3;
 
 impl Ctx<'_> {
     pub(super) fn identify(&mut self, i: IdentifyInput) -> Out<IdentifyOutcome> {
-        if self.call.state.locked() || self.number_locked()? {
-            return Err(ToolError::Locked.into());
+        if let Some(refusal) = self.identification_refusal()? {
+            return Err(refusal.into());
         }
+        self.state().identify_calls += 1;
         let family = name_key(&normalize_name(&i.family_name));
         let mut found: Vec<PatientRecord> = self
             .store
@@ -37,6 +39,7 @@ impl Ctx<'_> {
         }
         match found.len() {
             0 => {
+                Metrics::add(&PRACTICE.identification_failures, 1);
                 let st = self.state();
                 st.failed_identifications += 1;
                 Ok(IdentifyOutcome::None {
@@ -70,11 +73,14 @@ impl Ctx<'_> {
                 upcoming.push(self.appointment_view(&a, false));
             }
         }
-        let salutation = match p.gender {
+        // Below phone assurance the answer is the ref alone: a hit then confirms nothing the
+        // caller did not already say (docs/practice-tools.md §6.3).
+        let verified = assurance == Assurance::NameDobPhone;
+        let salutation = verified.then(|| match p.gender {
             Gender::Female => format!("Frau {}", p.family),
             Gender::Male => format!("Herr {}", p.family),
             Gender::Other | Gender::Unknown => format!("{} {}", p.given, p.family),
-        };
+        });
         let this_quarter = quarter(calendar::local(self.config, self.now).date);
         Ok(UniqueMatch {
             patient_ref,
@@ -82,10 +88,10 @@ impl Ctx<'_> {
             assurance,
             upcoming,
             flags: PatientFlags {
-                known_patient: p.known,
-                card_read_this_quarter: p.card_read_quarter.as_deref()
-                    == Some(this_quarter.as_str()),
-                appointments_readable: assurance == Assurance::NameDobPhone,
+                known_patient: verified.then_some(p.known),
+                card_read_this_quarter: verified
+                    .then(|| p.card_read_quarter.as_deref() == Some(this_quarter.as_str())),
+                appointments_readable: verified,
             },
             attempts_left: self.call.state.attempts_left(),
         })

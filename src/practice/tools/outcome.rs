@@ -78,8 +78,9 @@ pub enum IdentifyOutcome {
 pub struct UniqueMatch {
     /// Per-call ref (`P1`).
     pub patient_ref: String,
-    /// "Frau Weber".
-    pub salutation: String,
+    /// "Frau Weber" (only with phone assurance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub salutation: Option<String>,
     /// How well the person is established.
     pub assurance: Assurance,
     /// Upcoming appointments (only with phone assurance).
@@ -93,10 +94,13 @@ pub struct UniqueMatch {
 /// Facts about an identified patient the agent needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PatientFlags {
-    /// Treated here before (not only created by phone).
-    pub known_patient: bool,
-    /// Insurance card read this quarter (e-prescriptions go straight to the card).
-    pub card_read_this_quarter: bool,
+    /// Treated here before (not only created by phone); only with phone assurance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_patient: Option<bool>,
+    /// Insurance card read this quarter (e-prescriptions go straight to the card); only with
+    /// phone assurance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_read_this_quarter: Option<bool>,
     /// Appointments may be read back, moved and cancelled.
     pub appointments_readable: bool,
 }

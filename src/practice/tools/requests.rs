@@ -6,6 +6,8 @@ use super::error::ToolError;
 use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
 use crate::practice::calendar;
+use crate::practice::calls::{Assurance, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY};
+use crate::practice::premium::is_premium;
 use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
 
 /// How many days ahead the next working day is searched for.
@@ -37,23 +39,37 @@ impl Decision {
 
 impl Ctx<'_> {
     pub(super) fn request(&mut self, i: RequestInput) -> Out<RequestCreated> {
-        let patient = match &i.patient_ref {
+        let (patient, assurance) = match &i.patient_ref {
             Some(r) => {
                 let Some(p) = self.call.state.patient(r).cloned() else {
                     return Err(ToolError::NotIdentified.into());
                 };
-                self.store.patient(p.id)?
+                (self.store.patient(p.id)?, Some(p.assurance))
             }
-            None => None,
+            None => (None, None),
         };
         if patient.is_none() && i.caller.is_none() {
             return Err(ToolError::NotIdentified.into());
         }
         let decision = self.decide(&i, patient.as_ref())?;
+        // Below phone assurance the practice calls back the number on file, never one the caller
+        // just named; without a number on file the request is stored as unverified (its
+        // assurance), for the staff to check first (docs/practice-tools.md §6.3).
+        let on_file = patient
+            .as_ref()
+            .filter(|_| assurance != Some(Assurance::NameDobPhone))
+            .and_then(|p| p.phone.clone());
         let callback_number = decision
             .callback_number
+            .or(on_file)
             .or_else(|| i.callback_number.clone())
             .or_else(|| self.caller_number());
+        if callback_number
+            .as_deref()
+            .is_some_and(|n| is_premium(n, &self.config.premium_rate_prefixes))
+        {
+            return Err(ToolError::PremiumRateNumber.into());
+        }
         let needs_number = !matches!(
             i.category,
             RequestCategory::PrescriptionRefill
@@ -64,6 +80,8 @@ impl Ctx<'_> {
         if callback_number.is_none() && needs_number {
             return Err(ToolError::CallbackNumberNeeded.into());
         }
+        // The caps come last, so that a request the rules refuse anyway is answered as such.
+        self.check_request_caps()?;
         let created = self.store.create_request(&NewRequest {
             category: i.category,
             patient_id: patient.as_ref().map(|p| p.id),
@@ -74,8 +92,11 @@ impl Ctx<'_> {
             callback_window: i.callback_window,
             note: i.note,
             call_sid: self.call.call_sid.clone(),
+            assurance,
+            caller_number: self.call.caller_number.trim().to_string(),
             now: self.now.as_second(),
         })?;
+        self.state().requests += 1;
         Ok(RequestCreated {
             request_ref: created.ref_code,
             category: i.category,
@@ -185,6 +206,17 @@ impl Ctx<'_> {
             }
         };
         Ok(decision)
+    }
+
+    /// Refuses with `request_limit` once this call or this number made its requests (§6.5).
+    pub(super) fn check_request_caps(&mut self) -> Out<()> {
+        let (_, requests_today) = self.caller_activity()?;
+        if self.call.state.requests >= MAX_REQUESTS_PER_CALL
+            || requests_today >= MAX_REQUESTS_PER_NUMBER_PER_DAY
+        {
+            return Err(ToolError::RequestLimit.into());
+        }
+        Ok(())
     }
 
     fn next_working_day_label(&self) -> String {

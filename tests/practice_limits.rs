@@ -1,0 +1,472 @@
+//! Issue 12, points 3 to 5: what one caller (or many) can do with the practice tools.
+//! Identification cannot be brute-forced (per-call cap, one bucket for withheld numbers, an
+//! hourly budget over all callers with its metric), a `name_dob` hit answers the ref alone,
+//! requests from unverified callers say so, bookings and requests are capped per call and per
+//! number, a "new patient" who already exists goes to staff review, and premium-rate call-back
+//! numbers are refused. Through `tools::handle_tool` / `admin::handle_admin` against a seeded demo
+//! database, like `practice_tools.rs`.
+
+mod practice_support;
+
+use std::sync::atomic::Ordering;
+
+use ignis::metrics::{Metrics, PRACTICE};
+use ignis::practice::calls::{
+    MAX_BOOKINGS_PER_CALL, MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_HOUR,
+    MAX_IDENTIFY_CALLS_PER_CALL, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY,
+};
+use ignis::practice::premium::parse_prefixes;
+use ignis::practice::store::Store;
+use ignis::practice::tools::ToolRequest;
+use ignis::practice::{PracticeError, admin};
+use jiff::{SignedDuration, Timestamp};
+use practice_support::{ADMIN_TOKEN, Env, OTHER_PHONE, WEBER_PHONE, wed_morning};
+use serde_json::Value;
+
+const REQUESTS: &str = "/api/requests";
+/// Maria Weber, demo patient with `WEBER_PHONE` on file.
+const WEBER: (&str, &str) = ("Weber", "1972-08-22");
+
+fn now() -> Timestamp {
+    wed_morning()
+}
+
+fn request(e: &mut Env, t: &str, body: &str) -> Value {
+    let (s, v) = e.post(t, REQUESTS, body, now());
+    assert_eq!(s, 200, "{body}: {v}");
+    v
+}
+
+/// The open requests as the staff see them, by ref.
+fn staff_request(e: &mut Env, request_ref: &str) -> Value {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let req = ToolRequest {
+        method: "GET",
+        path: "/api/admin/requests",
+        query: "",
+        authorization: Some(auth.as_bytes()),
+        ignis_call: None,
+        body: b"",
+    };
+    let r = admin::handle_admin(&mut e.store, &e.config, &e.secrets, &req, now());
+    assert_eq!(r.status, 200);
+    let all = r.body_json();
+    all["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ref_code"] == request_ref)
+        .cloned()
+        .unwrap_or_else(|| panic!("{request_ref} not in {all}"))
+}
+
+fn fail_identify(e: &mut Env, t: &str) -> Value {
+    e.identify(t, "Weber", None, "1980-01-01", now())
+}
+
+// --- identification ------------------------------------------------------------------------------
+
+#[test]
+fn identify_calls_are_capped_per_call_successes_included() {
+    let mut e = Env::new("lim-id-cap", now());
+    let t = e.call("CA1", WEBER_PHONE, now());
+    for _ in 0..MAX_IDENTIFY_CALLS_PER_CALL {
+        assert_eq!(
+            e.identify(&t, WEBER.0, None, WEBER.1, now())["match"],
+            "unique"
+        );
+    }
+    let v = e.identify(&t, WEBER.0, None, WEBER.1, now());
+    assert_eq!(
+        (v["ok"].clone(), v["error"].clone()),
+        (false.into(), "identify_limit".into())
+    );
+    // The cap is the call's: the next call from the number identifies again.
+    let t2 = e.call("CA2", WEBER_PHONE, now());
+    assert_eq!(
+        e.identify(&t2, WEBER.0, None, WEBER.1, now())["match"],
+        "unique"
+    );
+}
+
+#[test]
+fn withheld_numbers_share_one_strict_bucket() {
+    let mut e = Env::new("lim-withheld", now());
+    // Each call stays under its own lock (3), but all withheld callers draw on one bucket.
+    for (sid, caller) in [("CA1", "anonymous"), ("CA2", ""), ("CA3", "restricted")] {
+        let t = e.call(sid, caller, now());
+        for _ in 0..MAX_FAILED_IDENTIFICATIONS - 1 {
+            assert_eq!(fail_identify(&mut e, &t)["match"], "none");
+        }
+    }
+    // A fourth withheld caller, with a fresh call and the right name and date, is refused.
+    let t = e.call("CA4", "private", now());
+    let v = e.identify(&t, WEBER.0, None, WEBER.1, now());
+    assert_eq!(v["error"], "locked", "{v}");
+    // A short "number" is withheld too.
+    let t = e.call("CA5", "+1234", now());
+    assert_eq!(
+        e.identify(&t, WEBER.0, None, WEBER.1, now())["error"],
+        "locked"
+    );
+    // A real number is not in that bucket.
+    let t = e.call("CA6", OTHER_PHONE, now());
+    assert_eq!(
+        e.identify(&t, WEBER.0, None, WEBER.1, now())["match"],
+        "unique"
+    );
+    // The bucket refills after its hour.
+    let later = now() + SignedDuration::from_secs(3601);
+    let t = e.call("CA7", "anonymous", later);
+    assert_eq!(
+        e.identify(&t, WEBER.0, None, WEBER.1, later)["match"],
+        "unique"
+    );
+}
+
+#[test]
+fn a_global_budget_of_failures_pauses_identification_with_a_metric() {
+    let mut e = Env::new("lim-global", now());
+    let before = PRACTICE
+        .identification_budget_refusals
+        .load(Ordering::Relaxed);
+    let failures_before = PRACTICE.identification_failures.load(Ordering::Relaxed);
+    // Many numbers, each under its own limits, together spend the hourly budget.
+    let mut spent = 0;
+    let mut n = 0;
+    while spent < MAX_FAILED_IDENTIFICATIONS_PER_HOUR {
+        n += 1;
+        let t = e.call(&format!("CA{n}"), &format!("+4915100000{n:03}"), now());
+        for _ in 0..MAX_FAILED_IDENTIFICATIONS.min(MAX_FAILED_IDENTIFICATIONS_PER_HOUR - spent) {
+            assert_eq!(fail_identify(&mut e, &t)["match"], "none");
+            spent += 1;
+        }
+    }
+    // Now even the real patient from her own number is refused, and it is counted.
+    let t = e.call("CA-real", WEBER_PHONE, now());
+    let v = e.identify(&t, WEBER.0, None, WEBER.1, now());
+    assert_eq!(v["error"], "identification_paused", "{v}");
+    assert!(
+        PRACTICE
+            .identification_budget_refusals
+            .load(Ordering::Relaxed)
+            > before
+    );
+    assert!(
+        PRACTICE.identification_failures.load(Ordering::Relaxed)
+            >= failures_before + u64::from(MAX_FAILED_IDENTIFICATIONS_PER_HOUR)
+    );
+    let text = Metrics::default().render(0);
+    assert!(text.contains("# TYPE ignis_identification_budget_refusals_total counter\n"));
+    assert!(text.contains("# TYPE ignis_identification_failures_total counter\n"));
+    // An hour later the budget has refilled.
+    let later = now() + SignedDuration::from_secs(3601);
+    let t = e.call("CA-later", WEBER_PHONE, later);
+    assert_eq!(
+        e.identify(&t, WEBER.0, None, WEBER.1, later)["match"],
+        "unique"
+    );
+}
+
+#[test]
+fn a_name_dob_hit_carries_only_the_ref() {
+    let mut e = Env::new("lim-ref-only", now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let v = e.identify(&t, WEBER.0, Some("Maria"), WEBER.1, now());
+    assert_eq!(v["assurance"], "name_dob");
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "assurance",
+            "attempts_left",
+            "flags",
+            "match",
+            "ok",
+            "patient_ref",
+            "upcoming"
+        ],
+        "{v}"
+    );
+    assert_eq!(
+        v["flags"],
+        serde_json::json!({"appointments_readable": false})
+    );
+    assert_eq!(v["upcoming"], serde_json::json!([]));
+    let text = v.to_string();
+    assert!(!text.contains("Frau") && !text.contains("Maria"), "{text}");
+    // With the number on file the full answer stays.
+    let t = e.call("CA2", WEBER_PHONE, now());
+    let v = e.identify(&t, WEBER.0, None, WEBER.1, now());
+    assert_eq!(v["salutation"], "Frau Weber");
+    assert_eq!(v["flags"]["known_patient"], true);
+    assert_eq!(v["flags"]["card_read_this_quarter"], true);
+}
+
+// --- requests from callers who are not verified --------------------------------------------------
+
+#[test]
+fn unverified_requests_store_their_level_and_number_and_staff_see_them() {
+    let mut e = Env::new("lim-unverified", now());
+    // Someone who knows Maria Weber's name and birth date, calling from another number, asks for
+    // a call-back on a number of their choosing: the practice calls the number on file instead.
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let p = e.identify(&t, WEBER.0, None, WEBER.1, now())["patient_ref"].clone();
+    let v = request(
+        &mut e,
+        &t,
+        &format!(r#"{{"category":"callback","patient_ref":{p},"callback_number":"0301111111"}}"#),
+    );
+    let r = staff_request(&mut e, v["request_ref"].as_str().unwrap());
+    assert_eq!(r["assurance"], "name_dob", "{r}");
+    assert_eq!(r["caller_number"], OTHER_PHONE);
+    assert_eq!(r["verified"], false);
+    assert_eq!(r["callback_number"], WEBER_PHONE);
+
+    // An unidentified caller: no level, the named number kept, marked unverified.
+    let t = e.call("CA2", "anonymous", now());
+    let v = request(
+        &mut e,
+        &t,
+        r#"{"category":"callback","caller":{"family_name":"Fremd"},"callback_number":"0301111111"}"#,
+    );
+    let r = staff_request(&mut e, v["request_ref"].as_str().unwrap());
+    assert_eq!(
+        (&r["assurance"], &r["caller_number"], &r["verified"]),
+        (&"none".into(), &"anonymous".into(), &false.into()),
+        "{r}"
+    );
+    assert_eq!(r["callback_number"], "0301111111");
+
+    // The patient herself, from her number: verified.
+    let t = e.call("CA3", WEBER_PHONE, now());
+    let p = e.identify(&t, WEBER.0, None, WEBER.1, now())["patient_ref"].clone();
+    let v = request(
+        &mut e,
+        &t,
+        &format!(r#"{{"category":"callback","patient_ref":{p}}}"#),
+    );
+    let r = staff_request(&mut e, v["request_ref"].as_str().unwrap());
+    assert_eq!(
+        (&r["assurance"], &r["verified"]),
+        (&"name_dob_phone".into(), &true.into())
+    );
+}
+
+// --- limits on what one caller can do ------------------------------------------------------------
+
+fn book_next(e: &mut Env, t: &str, p: &Value) -> Value {
+    let s = e.slots(t, "visit_type=kontrolle", now())["slots"][0]["slot_ref"].clone();
+    e.book(
+        t,
+        &format!(
+            r#"{{"slot_ref":{s},"patient_ref":{p},"visit_type":"kontrolle","reason_short":"Kontrolle"}}"#
+        ),
+        now(),
+    )
+}
+
+#[test]
+fn bookings_are_capped_per_call_and_per_number_per_day() {
+    let mut e = Env::new("lim-bookings", now());
+    for sid in ["CA1", "CA2"] {
+        let t = e.call(sid, OTHER_PHONE, now());
+        let p = e.identify(&t, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
+        for _ in 0..MAX_BOOKINGS_PER_CALL {
+            assert_eq!(book_next(&mut e, &t, &p)["ok"], true);
+        }
+        assert_eq!(book_next(&mut e, &t, &p)["error"], "booking_limit");
+    }
+    // Two calls used the number's day (6): a third call from it books nothing.
+    let t = e.call("CA3", OTHER_PHONE, now());
+    let p = e.identify(&t, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
+    assert_eq!(book_next(&mut e, &t, &p)["error"], "booking_limit");
+    // Another number is not affected.
+    let t = e.call("CA4", WEBER_PHONE, now());
+    let p = e.identify(&t, WEBER.0, None, WEBER.1, now())["patient_ref"].clone();
+    assert_eq!(book_next(&mut e, &t, &p)["ok"], true);
+}
+
+#[test]
+fn requests_are_capped_per_call_and_per_number_per_day() {
+    let mut e = Env::new("lim-requests", now());
+    let body = r#"{"category":"message","caller":{"family_name":"Fremd"},"note":"Hallo"}"#;
+    let mut made = 0;
+    let mut n = 0;
+    while made < MAX_REQUESTS_PER_NUMBER_PER_DAY {
+        n += 1;
+        let t = e.call(&format!("CA{n}"), OTHER_PHONE, now());
+        for _ in 0..MAX_REQUESTS_PER_CALL.min(MAX_REQUESTS_PER_NUMBER_PER_DAY - made) {
+            assert_eq!(request(&mut e, &t, body)["ok"], true);
+            made += 1;
+        }
+        if made < MAX_REQUESTS_PER_NUMBER_PER_DAY {
+            assert_eq!(request(&mut e, &t, body)["error"], "request_limit");
+        }
+    }
+    let t = e.call("CA-next", OTHER_PHONE, now());
+    assert_eq!(request(&mut e, &t, body)["error"], "request_limit");
+    // The next day the number may leave requests again.
+    let tomorrow = now() + SignedDuration::from_hours(25);
+    let t = e.call("CA-tomorrow", OTHER_PHONE, tomorrow);
+    let (s, v) = e.post(&t, REQUESTS, body, tomorrow);
+    assert_eq!((s, v["ok"].clone()), (200, true.into()), "{v}");
+}
+
+#[test]
+fn a_new_patient_who_already_exists_goes_to_staff_review() {
+    let mut e = Env::new("lim-duplicate", now());
+    let before = e.store.patients_by_birth_date(WEBER.1).unwrap().len();
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    let np = r#"{"family_name":"WEBER","given_name":"Maria","birth_date":"1972-08-22","insurance":"gkv"}"#;
+    let v = e.book(
+        &t,
+        &format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#),
+        now(),
+    );
+    assert_eq!(v["error"], "staff_review", "{v}");
+    let review = v["request_ref"].as_str().unwrap().to_owned();
+    // No second record: the real patient still identifies uniquely.
+    assert_eq!(
+        e.store.patients_by_birth_date(WEBER.1).unwrap().len(),
+        before
+    );
+    let t2 = e.call("CA2", WEBER_PHONE, now());
+    assert_eq!(
+        e.identify(&t2, WEBER.0, None, WEBER.1, now())["match"],
+        "unique"
+    );
+    // The staff see the review with who called.
+    let r = staff_request(&mut e, &review);
+    assert_eq!(r["caller"]["family_name"], "WEBER", "{r}");
+    assert_eq!(r["caller_number"], OTHER_PHONE);
+    assert!(
+        r["note"].as_str().unwrap().contains("vorhandenen Eintrag"),
+        "{r}"
+    );
+    // Retrying cannot flood the staff: each review counts as one of the call's requests.
+    let dup = format!(
+        r#"{{"slot_ref":{s},"new_patient":{{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}},"visit_type":"akut"}}"#
+    );
+    for _ in 1..MAX_REQUESTS_PER_CALL {
+        assert_eq!(e.book(&t, &dup, now())["error"], "staff_review");
+    }
+    assert_eq!(e.book(&t, &dup, now())["error"], "request_limit");
+    // A genuinely new patient still books.
+    let np = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02"}"#;
+    let v = e.book(
+        &t,
+        &format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#),
+        now(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn premium_rate_call_back_numbers_are_refused() {
+    let mut e = Env::new("lim-premium", now());
+    let t = e.call("CA1", "anonymous", now());
+    for number in [
+        "0900 1234567",
+        "+49 900 1234567",
+        "0049 137 1234567",
+        "01381234567",
+        "+881 612345678",
+        "+882 1234567",
+        "+883 1234567",
+        "+979 1234567",
+    ] {
+        let body = format!(
+            r#"{{"category":"callback","caller":{{"family_name":"Fremd"}},"callback_number":"{number}"}}"#
+        );
+        assert_eq!(
+            request(&mut e, &t, &body)["error"],
+            "premium_rate_number",
+            "{number}"
+        );
+    }
+    let ok = r#"{"category":"callback","caller":{"family_name":"Fremd"},"callback_number":"030 1234567"}"#;
+    assert_eq!(request(&mut e, &t, ok)["ok"], true);
+    // The list is configurable (PREMIUM_RATE_PREFIXES).
+    e.config.premium_rate_prefixes = parse_prefixes("+4930").unwrap();
+    assert_eq!(request(&mut e, &t, ok)["error"], "premium_rate_number");
+    let vars = ignis::config::PracticeVars::parse(|k| {
+        (k == "PREMIUM_RATE_PREFIXES").then(|| "0900, +4930".to_owned())
+    })
+    .unwrap();
+    assert_eq!(
+        vars.premium_rate_prefixes,
+        Some(vec!["49900".to_owned(), "4930".to_owned()])
+    );
+    let bad = ignis::config::PracticeVars::parse(|k| {
+        (k == "PREMIUM_RATE_PREFIXES").then(|| "0900,premium".to_owned())
+    });
+    assert!(matches!(
+        bad,
+        Err(PracticeError::Invalid("PREMIUM_RATE_PREFIXES"))
+    ));
+}
+
+#[test]
+fn the_request_columns_migrate_onto_an_existing_database() {
+    use ignis::practice::store::{MIGRATIONS, SqliteStore};
+    let dir = practice_support::temp_dir("lim-migrate");
+    let path = dir.join("ignis.db");
+    {
+        // A database as the previous release left it: schema 1 and an open request.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO request (ref_code, category, details_json, urgency, created_at)
+             VALUES ('R-1001', 'callback', '{}', 'routine', 0);",
+        )
+        .unwrap();
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    let open = s.open_requests().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (&open[0].assurance, &open[0].caller_number, open[0].verified),
+        (&None, &None, false)
+    );
+    drop(s);
+    // Reopening applies nothing twice.
+    assert!(SqliteStore::open(&path).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_global_budget_is_configurable() {
+    let vars = |v: &'static str| {
+        ignis::config::PracticeVars::parse(move |k| {
+            (k == "IDENTIFICATION_FAILURES_PER_HOUR").then(|| v.to_owned())
+        })
+    };
+    assert_eq!(
+        vars("50").unwrap().identification_failures_per_hour,
+        Some(50)
+    );
+    for bad in ["0", "-1", "many", "10001"] {
+        assert!(
+            matches!(
+                vars(bad),
+                Err(PracticeError::Invalid("IDENTIFICATION_FAILURES_PER_HOUR"))
+            ),
+            "{bad}"
+        );
+    }
+    let mut e = Env::new("lim-budget-config", now());
+    e.config.identification_failures_per_hour = 2;
+    let t = e.call("CA1", OTHER_PHONE, now());
+    for _ in 0..2 {
+        assert_eq!(fail_identify(&mut e, &t)["match"], "none");
+    }
+    let t = e.call("CA2", WEBER_PHONE, now());
+    let v = e.identify(&t, WEBER.0, None, WEBER.1, now());
+    assert_eq!(v["error"], "identification_paused", "{v}");
+}
