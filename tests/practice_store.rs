@@ -13,7 +13,7 @@ use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CancelOutcome, CancelReason,
     DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest, RequestCategory,
-    RetentionPolicy, Severity, SlotStatus, SqliteStore, Store, Urgency,
+    RetentionPolicy, Severity, SlotStatus, SqliteStore, Store, StoreError, Urgency,
 };
 use practice_support::{temp_dir, wed_morning};
 
@@ -441,4 +441,27 @@ fn the_writer_thread_survives_a_panicking_job_and_backups_work() {
     let mut b = SqliteStore::open(&copy).unwrap();
     assert_eq!(booked_on_slot(&mut b, slot), 1);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A replayed voice webhook must not reset a call: `start_call` inserts or refuses, and the
+/// existing row (token, caller, end) is unchanged.
+#[test]
+fn start_call_never_resets_an_existing_call() {
+    let dir = temp_dir("start-call-once");
+    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+    let now = wed_morning().as_second();
+    s.start_call("CA1", &[1; 32], "+4917011111", "+4930", now)
+        .unwrap();
+    assert!(s.live_call(&[1; 32], now + 1).unwrap().is_some());
+    s.end_call("CA1", now + 60).unwrap();
+    let again = s.start_call("CA1", &[2; 32], "+4917099999", "+4930", now + 120);
+    assert!(matches!(again, Err(StoreError::CallExists)), "{again:?}");
+    // The replay's token opens nothing; the original row keeps its caller and its end.
+    assert!(s.live_call(&[2; 32], now + 121).unwrap().is_none());
+    let row = s
+        .live_call(&[1; 32], now + 61)
+        .unwrap()
+        .expect("original token");
+    assert_eq!(row.caller_number, "+4917011111");
+    assert!(!s.end_call("CA1", now + 130).unwrap(), "still ended");
 }

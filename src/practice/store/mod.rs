@@ -47,6 +47,8 @@ pub enum StoreError {
     Closed,
     /// The store's queue is full (`MAX_QUEUED_JOBS`).
     Busy,
+    /// `start_call` for a CallSid that already has a row (refused, the row is unchanged).
+    CallExists,
 }
 
 impl std::fmt::Display for StoreError {
@@ -56,6 +58,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Corrupt(what) => write!(f, "corrupt stored data: {what}"),
             StoreError::Closed => f.write_str("store thread is gone"),
             StoreError::Busy => f.write_str("store queue is full"),
+            StoreError::CallExists => f.write_str("the call is already registered"),
         }
     }
 }
@@ -76,7 +79,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Implementations: [`SqliteStore`] (embedded default). A PostgreSQL implementation can follow
 /// with the same schema; its `book` uses the same conditional `UPDATE` under READ COMMITTED.
 pub trait Store: Send {
-    /// Registers a call with the hash of its token.
+    /// Registers a call with the hash of its token; [`StoreError::CallExists`] (and no change)
+    /// when the CallSid already has a row.
     fn start_call(
         &mut self,
         call_sid: &str,

@@ -476,14 +476,17 @@ impl Store for SqliteStore {
         called_number: &str,
         now: i64,
     ) -> StoreResult<()> {
-        // A restarted stream for the same call SID replaces the token (and the state).
-        self.conn.execute(
+        // Insert or refuse: an existing call's row (its token, state and end) is never reset,
+        // whatever replays its voice webhook (issue 12; docs/twilio.md §"Replays").
+        let inserted = self.conn.execute(
             "INSERT INTO call (call_sid, token_hash, caller_number, called_number, started_at)
              VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (call_sid) DO UPDATE SET token_hash = excluded.token_hash,
-                 started_at = excluded.started_at, ended_at = NULL, state_json = '{}'",
+             ON CONFLICT (call_sid) DO NOTHING",
             params![call_sid, &token_hash[..], caller_number, called_number, now],
         )?;
+        if inserted == 0 {
+            return Err(StoreError::CallExists);
+        }
         Ok(())
     }
 
