@@ -34,6 +34,9 @@ use crate::twilio::media_stream::{self, TwilioEvent};
 /// Caller frames held while the agent is not ready (500 × 20 ms = 10 s, longer than any
 /// connect timeout); older frames beyond it are dropped and counted.
 pub const MAX_SETUP_HELD_FRAMES: usize = 500;
+/// Base64 payload bytes held while the agent is not ready: 500 Twilio frames (216 bytes each)
+/// and some slack. A peer sending 64 KiB payloads cannot make the frame cap hold 32 MiB.
+pub const MAX_SETUP_HELD_BYTES: usize = 128 * 1024;
 /// Agent audio events held before Twilio's `start`.
 pub const MAX_EARLY_AGENT_EVENTS: usize = 256;
 /// Name of the client tool that ends the call after the last sentence (issue 4).
@@ -177,6 +180,8 @@ pub struct Bridge {
     stream_sid: Option<String>,
     started_at: Option<Instant>,
     held_caller: VecDeque<(u64, u64, String)>,
+    /// Payload bytes in `held_caller` (capped at [`MAX_SETUP_HELD_BYTES`]).
+    held_bytes: usize,
     early_agent: VecDeque<(u64, String)>,
     last_agent_audio: Option<Instant>,
     turn_open: bool,
@@ -189,6 +194,26 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// Holds a caller frame until the agent is ready; the oldest go first past
+    /// [`MAX_SETUP_HELD_FRAMES`] frames or [`MAX_SETUP_HELD_BYTES`] bytes.
+    fn hold_caller_frame(&mut self, chunk: u64, timestamp_ms: u64, payload: String) {
+        if payload.len() > MAX_SETUP_HELD_BYTES {
+            self.stats.setup_frames_dropped += 1;
+            return;
+        }
+        while self.held_caller.len() >= MAX_SETUP_HELD_FRAMES
+            || self.held_bytes + payload.len() > MAX_SETUP_HELD_BYTES
+        {
+            let Some((_, _, old)) = self.held_caller.pop_front() else {
+                break;
+            };
+            self.held_bytes -= old.len();
+            self.stats.setup_frames_dropped += 1;
+        }
+        self.held_bytes += payload.len();
+        self.held_caller.push_back((chunk, timestamp_ms, payload));
+    }
+
     /// A bridge for a call whose agent socket is still connecting.
     pub fn new(config: BridgeConfig) -> Bridge {
         Bridge {
@@ -200,6 +225,7 @@ impl Bridge {
             stream_sid: None,
             started_at: None,
             held_caller: VecDeque::new(),
+            held_bytes: 0,
             early_agent: VecDeque::new(),
             last_agent_audio: None,
             turn_open: false,
@@ -315,17 +341,7 @@ impl Bridge {
                         }
                         self.pump_inbound();
                     }
-                    None => {
-                        if self.held_caller.len() == MAX_SETUP_HELD_FRAMES {
-                            self.held_caller.pop_front();
-                            self.stats.setup_frames_dropped += 1;
-                        }
-                        self.held_caller.push_back((
-                            m.chunk,
-                            m.timestamp_ms,
-                            m.payload.into_owned(),
-                        ));
-                    }
+                    None => self.hold_caller_frame(m.chunk, m.timestamp_ms, m.payload.into_owned()),
                 }
             }
             TwilioEvent::Dtmf { digit } => {
@@ -533,6 +549,7 @@ impl Bridge {
         self.inbound = Some(inbound);
         self.outbound = Some(outbound);
         // Caller audio held during set-up goes out first, in order.
+        self.held_bytes = 0;
         while let Some((chunk, ts, payload)) = self.held_caller.pop_front() {
             if let Some(inbound) = self.inbound.as_mut()
                 && inbound.push_twilio_media(now, chunk, ts, &payload).is_err()

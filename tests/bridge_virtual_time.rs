@@ -422,3 +422,25 @@ fn agent_messages_report_their_kind() {
     assert_eq!(summary.bad_agent_messages, 1);
     assert_eq!(summary.outcome, Outcome::Completed);
 }
+
+/// Audio held before the agent is ready is capped in bytes, not only in frames: large payloads
+/// (up to the 64 KiB message limit each) cannot make a connecting call hold megabytes.
+#[test]
+fn setup_buffering_is_capped_in_bytes() {
+    use ignis::bridge::{MAX_SETUP_HELD_BYTES, MAX_SETUP_HELD_FRAMES};
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    twilio(&mut b, t0, START);
+    let big = "/".repeat(60 * 1024);
+    let frames = 20u64;
+    for chunk in 1..=frames {
+        let m = format!(
+            r#"{{"event":"media","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{big}"}}}}"#,
+            (chunk - 1) * 20
+        );
+        twilio(&mut b, t0, &m);
+    }
+    let held = (MAX_SETUP_HELD_BYTES / big.len()) as u64;
+    assert!(held < MAX_SETUP_HELD_FRAMES as u64);
+    assert_eq!(b.stats().setup_frames_dropped, frames - held);
+}
