@@ -127,7 +127,8 @@ pub struct SimulateArgs {
     /// Where to write what the caller heard.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SIMULATE_OUT)]
     pub out: PathBuf,
-    /// Skip the voice webhook; open the stream only.
+    /// Skip the voice webhook; open the stream only (ignis refuses a stream without its
+    /// webhook: this checks that it does).
     #[arg(long)]
     pub no_webhook: bool,
     /// The caller's number.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::calls::Outcome;
+use crate::calls::{Outcome, StreamRefusal};
 
 /// Latency buckets in seconds: fine below 20 ms (where the bridge's own work lives), coarse
 /// above (where set-up times live).
@@ -140,6 +140,9 @@ pub struct Metrics {
     calls: [AtomicU64; OUTCOMES.len()],
     /// Calls answered with the fallback because `MAX_CALLS` was reached.
     pub calls_over_capacity: AtomicU64,
+    /// Voice webhooks for a CallSid already answered (Twilio retries or replays).
+    pub webhook_replays: AtomicU64,
+    stream_refusals: [AtomicU64; StreamRefusal::ALL.len()],
     /// Caller frames received.
     pub frames_from_caller: AtomicU64,
     /// 20 ms frames sent to the caller.
@@ -204,6 +207,13 @@ impl Metrics {
         }
     }
 
+    /// Counts one stream refused for not being bound to its voice webhook.
+    pub fn stream_refused(&self, reason: StreamRefusal) {
+        if let Some(i) = StreamRefusal::ALL.iter().position(|&r| r == reason) {
+            self.stream_refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -240,6 +250,21 @@ impl Metrics {
             "ignis_calls_over_capacity_total",
             "Calls answered with the fallback at MAX_CALLS.",
             &self.calls_over_capacity,
+        );
+        counter(
+            out,
+            "ignis_webhook_replays_total",
+            "Voice webhooks for a call already answered (no second pre-connect).",
+            &self.webhook_replays,
+        );
+        let by_reason: [(&str, &AtomicU64); StreamRefusal::ALL.len()] =
+            std::array::from_fn(|i| (StreamRefusal::ALL[i].as_str(), &self.stream_refusals[i]));
+        family(
+            out,
+            "ignis_stream_refusals_total",
+            "Media streams refused before any agent or audio: not bound to a voice webhook.",
+            "reason",
+            &by_reason,
         );
     }
 

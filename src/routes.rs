@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use crate::calls::CallRegistry;
+use crate::calls::{Bound, CallRegistry, Claim, NONCE_BYTES, Nonce, StreamRefusal};
 use crate::config::Config;
 use crate::http::date;
 use crate::http::form::{self, Fields};
@@ -16,8 +16,10 @@ use crate::twilio::{twiml, webhook};
 
 /// Path of the voice webhook.
 pub const VOICE_PATH: &str = "/api/twilio/voice";
-/// Path of the Media Streams WebSocket.
+/// Path of the Media Streams WebSocket; each call's stream URL adds `/<nonce>` to it.
 pub const STREAM_PATH: &str = "/api/twilio/stream";
+/// [`STREAM_PATH`] with the separator of the per-call nonce segment.
+const STREAM_PREFIX: &str = "/api/twilio/stream/";
 /// Path Twilio requests when the stream ends (`<Connect action>`).
 pub const STREAM_ENDED_PATH: &str = "/api/twilio/stream-ended";
 /// Path of the call status callback.
@@ -41,8 +43,13 @@ pub struct Now {
 pub enum Action {
     /// Send this response.
     Respond(Response),
-    /// Switch to the Media Streams WebSocket.
-    Upgrade(Accept),
+    /// Switch to the Media Streams WebSocket of the claimed call.
+    Upgrade {
+        /// The handshake's answer.
+        accept: Accept,
+        /// The voice webhook's record of the call, claimed by this stream.
+        claim: Claim,
+    },
     /// A practice tool (`admin: false`) or staff admin request: the driver hands it to the
     /// practice store and answers with its JSON reply.
     Practice {
@@ -90,8 +97,15 @@ impl App {
         }
     }
 
-    /// Routes one request.
-    pub fn handle(&self, head: &RequestHead, body: &[u8], now: Now) -> Action {
+    /// Routes one request. `entropy` reads the OS random source; only the voice webhook calls
+    /// it (for the call's stream nonce), and `None` means the source failed.
+    pub fn handle(
+        &self,
+        head: &RequestHead,
+        body: &[u8],
+        now: Now,
+        entropy: &dyn Fn() -> Option<[u8; NONCE_BYTES]>,
+    ) -> Action {
         let path = head.path();
         let method = &head.method;
         let respond = Action::Respond;
@@ -105,7 +119,7 @@ impl App {
                 _ => respond(method_not_allowed("GET, HEAD")),
             },
             VOICE_PATH => match method {
-                Method::Get | Method::Head | Method::Post => self.voice(head, body),
+                Method::Get | Method::Head | Method::Post => self.voice(head, body, now, entropy),
                 _ => respond(method_not_allowed("GET, HEAD, POST")),
             },
             STREAM_ENDED_PATH => match method {
@@ -116,8 +130,8 @@ impl App {
                 Method::Post => respond(self.status(head, body, now)),
                 _ => respond(method_not_allowed("POST")),
             },
-            STREAM_PATH => match method {
-                Method::Get | Method::Head => self.stream(head),
+            p if p == STREAM_PATH || p.starts_with(STREAM_PREFIX) => match method {
+                Method::Get | Method::Head => self.stream(head, now),
                 _ => respond(method_not_allowed("GET, HEAD")),
             },
             p if crate::practice::tools::is_tool_path(p) => Action::Practice { admin: false },
@@ -218,49 +232,104 @@ impl App {
         parse(&fields).map_err(|e| Response::text(400, &e.to_string()))
     }
 
-    fn voice(&self, head: &RequestHead, body: &[u8]) -> Action {
+    fn voice(
+        &self,
+        head: &RequestHead,
+        body: &[u8],
+        now: Now,
+        entropy: &dyn Fn() -> Option<[u8; NONCE_BYTES]>,
+    ) -> Action {
         let call = match self.verified_webhook(head, body, webhook::incoming_call) {
             Ok(c) => c,
             Err(resp) => return Action::Respond(resp),
         };
+        if let Some(account) = &self.config.twilio_account_sid
+            && call.account_sid.as_str() != account
+        {
+            warn!(call_sid = %call.call_sid, "[Twilio] Voice webhook for another account: refused");
+            return Action::Respond(Response::text(403, "AccountSid is not TWILIO_ACCOUNT_SID"));
+        }
         info!(
             call_sid = %call.call_sid,
             "[Twilio] Incoming call: {} from {} to {}",
             call.call_sid,
-            mask_phone(&call.from),
-            mask_phone(&call.to)
+            mask_phone(call.from.as_str()),
+            mask_phone(call.to.as_str())
         );
-        let live = self.calls.live_count();
-        if live >= self.config.max_calls {
-            warn!(
-                call_sid = %call.call_sid,
-                live_calls = live,
-                max_calls = self.config.max_calls,
-                "[Twilio] At the call cap: answering with the fallback"
-            );
-            crate::metrics::Metrics::add(&self.metrics.calls_over_capacity, 1);
-            let xml = twiml::fallback(self.config.fallback_number.as_deref());
-            return Action::Respond(Response::xml(200, xml));
+        let Some(entropy) = entropy() else {
+            warn!(call_sid = %call.call_sid, "[Twilio] No OS randomness for the stream nonce: answering with the fallback");
+            return Action::Respond(self.fallback());
+        };
+        let bound = self.calls.bind(
+            &call,
+            Nonce::from_entropy(entropy),
+            self.config.max_calls,
+            now.instant,
+        );
+        let nonce = match bound {
+            Bound::New(n) => n,
+            Bound::Repeat(n) => {
+                // docs/twilio.md §"Replays": the same TwiML, so a Twilio retry still reaches its
+                // stream, but no second pre-connect; the nonce stays single-use.
+                self.count_replay(&call, "same TwiML, no pre-connect");
+                return Action::Respond(self.connect_twiml(&call, n));
+            }
+            Bound::Answered => {
+                self.count_replay(&call, "fallback");
+                return Action::Respond(self.fallback());
+            }
+            Bound::AtCapacity(_) | Bound::Full => {
+                warn!(
+                    call_sid = %call.call_sid,
+                    max_calls = self.config.max_calls,
+                    full = bound == Bound::Full,
+                    "[Twilio] At the call cap: answering with the fallback"
+                );
+                crate::metrics::Metrics::add(&self.metrics.calls_over_capacity, 1);
+                return Action::Respond(self.fallback());
+            }
+        };
+        let response = self.connect_twiml(&call, nonce);
+        info!(call_sid = %call.call_sid, "[Twilio] Returning TwiML with the call's stream URL");
+        if head.method == Method::Head {
+            return Action::Respond(response);
         }
-        let stream_url = self.config.public_url.ws_url(STREAM_PATH);
+        Action::Preconnect { response, call }
+    }
+
+    /// The TwiML connecting `call` to its stream, `wss://<host>/api/twilio/stream/<nonce>`. The
+    /// nonce is a path segment, not a `<Parameter>`: Twilio signs the handshake over the full
+    /// URL (a query string is not allowed, docs/twilio.md §1.1), so the handshake signature itself is
+    /// per call and single-use (docs/twilio.md §"Binding a stream to its call").
+    fn connect_twiml(&self, call: &webhook::IncomingCall, nonce: Nonce) -> Response {
+        let stream_url = self
+            .config
+            .public_url
+            .ws_url(&format!("{STREAM_PREFIX}{}", nonce.to_hex()));
         let action_url = self.config.public_url.http_url(STREAM_ENDED_PATH);
+        // Informational only: the bridge takes the call's identity from the binding.
         let xml = twiml::connect_stream(
             &stream_url,
             &action_url,
             &[
-                ("caller", &call.from),
-                ("called", &call.to),
-                ("callSid", &call.call_sid),
+                ("caller", call.from.as_str()),
+                ("called", call.to.as_str()),
+                ("callSid", call.call_sid.as_str()),
             ],
         );
-        info!(call_sid = %call.call_sid, "[Twilio] Returning TwiML with stream URL: {stream_url}");
-        if head.method == Method::Head {
-            return Action::Respond(Response::xml(200, xml));
-        }
-        Action::Preconnect {
-            response: Response::xml(200, xml),
-            call,
-        }
+        Response::xml(200, xml)
+    }
+
+    fn fallback(&self) -> Response {
+        Response::xml(200, twiml::fallback(self.config.fallback_number.as_deref()))
+    }
+
+    fn count_replay(&self, call: &webhook::IncomingCall, answer: &str) {
+        crate::metrics::Metrics::add(&self.metrics.webhook_replays, 1);
+        warn!(
+            call_sid = %call.call_sid,
+            "[Twilio] Voice webhook for a call already answered: {answer}"
+        );
     }
 
     fn stream_ended(&self, head: &RequestHead, body: &[u8]) -> Response {
@@ -268,7 +337,7 @@ impl App {
             Ok(c) => c,
             Err(resp) => return resp,
         };
-        let outcome = self.calls.outcome(&call_sid);
+        let outcome = self.calls.outcome(call_sid.as_str());
         let xml = match outcome {
             Some(o) if o.finished_normally() => twiml::hangup(),
             _ => twiml::fallback(self.config.fallback_number.as_deref()),
@@ -288,7 +357,7 @@ impl App {
             Err(resp) => return resp,
         };
         let effect = self.calls.handle_status(
-            &status.call_sid,
+            status.call_sid.as_str(),
             status.status,
             status.sequence,
             now.instant,
@@ -303,7 +372,7 @@ impl App {
         Response::new(204)
     }
 
-    fn stream(&self, head: &RequestHead) -> Action {
+    fn stream(&self, head: &RequestHead, now: Now) -> Action {
         match websocket_upgrade::check(head) {
             UpgradeCheck::NotUpgrade => Action::Respond(
                 Response::text(426, "this endpoint only speaks WebSocket")
@@ -318,6 +387,7 @@ impl App {
                 Action::Respond(resp)
             }
             UpgradeCheck::Accept(accept) => {
+                // The signature first: only Twilio's own handshake may spend a nonce.
                 if !self.config.insecure_skip_signature {
                     let url = self.config.public_url.ws_url(&head.target);
                     let valid = head
@@ -328,9 +398,27 @@ impl App {
                         return Action::Respond(self.forbidden());
                     }
                 }
-                Action::Upgrade(accept)
+                let nonce = head
+                    .path()
+                    .strip_prefix(STREAM_PREFIX)
+                    .map(|n| n.strip_suffix('/').unwrap_or(n));
+                match self.calls.claim(nonce, now.instant) {
+                    Ok(claim) => Action::Upgrade { accept, claim },
+                    Err(reason) => Action::Respond(self.refuse_stream(reason, None)),
+                }
             }
         }
+    }
+
+    /// Counts and logs a refused stream; the 403 for a refused handshake.
+    pub fn refuse_stream(&self, reason: StreamRefusal, call_sid: Option<&str>) -> Response {
+        self.metrics.stream_refused(reason);
+        warn!(
+            reason = reason.as_str(),
+            call_sid = call_sid.unwrap_or(""),
+            "[Twilio] Stream refused: not bound to a voice webhook"
+        );
+        Response::text(403, "stream not bound to a voice webhook")
     }
 }
 

@@ -93,7 +93,7 @@ async fn signed_url_and_conversation_over_tls() {
     config.elevenlabs_api_base = format!("https://127.0.0.1:{}", front.port());
     let tls_server = Server::start_with_agent(config, server.agent).await;
 
-    let sid = "CA000000000000000000000000000000t1";
+    let sid = "CA00000000000000000000000000000041";
     let mut caller = TwilioCall::dial(&tls_server, sid).await;
     let agent = tls_server.agent.next_conn(Duration::from_secs(10)).await;
     assert!(
@@ -123,7 +123,7 @@ async fn an_untrusted_certificate_is_refused_and_the_caller_falls_back() {
     let mut config = (*server.app.config).clone();
     config.elevenlabs_api_base = format!("https://127.0.0.1:{}", front.port());
     let tls_server = Server::start_with_agent(config, server.agent).await;
-    let sid = "CA000000000000000000000000000000t2";
+    let sid = "CA00000000000000000000000000000042";
     let mut caller = TwilioCall::dial(&tls_server, sid).await;
     let _ = caller.closed(Duration::from_secs(10)).await;
     assert_eq!(

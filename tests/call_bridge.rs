@@ -211,8 +211,8 @@ async fn no_caller_audio_is_lost_while_the_agent_sets_up() {
     };
     let server = Server::start_full(test_config(&[]), behaviour).await;
     let sid = "CA000000000000000000000000000000e7";
-    // No voice webhook: the stream connects the agent itself, and the caller talks at once.
-    let mut caller = TwilioCall::stream_only(&server, sid).await;
+    // No pre-connect: the stream connects the agent itself, and the caller talks at once.
+    let mut caller = TwilioCall::without_preconnect(&server, sid).await;
     let speech = pattern(160 * 30, 17);
     caller.send_audio(&speech);
     let mut agent = server.agent.next_conn(T).await;

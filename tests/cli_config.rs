@@ -334,7 +334,7 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
     // Unsigned webhook accepted in this mode.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let body = "CallSid=CA1&From=%2B4915112345123&To=%2B16175551881";
+    let body = "AccountSid=AC00000000000000000000000000000001&CallSid=CA00000000000000000000000000000001&From=%2B4915112345123&To=%2B16175551881";
     write!(
         s,
         "POST /api/twilio/voice HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
@@ -344,7 +344,7 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(out.contains("ws://127.0.0.1/api/twilio/stream"));
+    assert!(out.contains("ws://127.0.0.1/api/twilio/stream/"));
     // Phone numbers are masked in the log.
     std::thread::sleep(Duration::from_millis(100));
     while let Ok(l) = rx.try_recv() {
@@ -360,7 +360,10 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
     );
     // LOG_FORMAT=json: one object per line, with the call SID as a field.
     let parsed: serde_json::Value = serde_json::from_str(incoming).expect("JSON log line");
-    assert_eq!(parsed["call_sid"], "CA1", "{incoming}");
+    assert_eq!(
+        parsed["call_sid"], "CA00000000000000000000000000000001",
+        "{incoming}"
+    );
 
     // SIGTERM: graceful exit with status 0.
     // The healthcheck subcommand (Docker HEALTHCHECK) sees a healthy server.

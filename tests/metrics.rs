@@ -37,7 +37,7 @@ async fn metrics_parse_and_count_real_traffic() {
     )
     .await;
     let _ = roundtrip(&server, b"GET /nope HTTP/1.1\r\n\r\n").await;
-    let sid = "CA0000000000000000000000000000m001";
+    let sid = "CA0000000000000000000000000000d001";
     let mut caller = TwilioCall::dial(&server, sid).await;
     let agent = server.agent.next_conn(Duration::from_secs(10)).await;
     agent.send_audio(1, &[0x55u8; 1600]);

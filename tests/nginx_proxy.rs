@@ -380,9 +380,10 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         "{:?}",
         r.headers
     );
-    let stream_url = format!("wss://{authority}/api/twilio/stream");
+    // The stream URL ends in the call's nonce (docs/twilio.md §"Binding a stream to its call").
+    let stream_url = format!("wss://{authority}/api/twilio/stream/");
     assert!(
-        r.text().contains(&format!("<Stream url=\"{stream_url}\"")),
+        r.text().contains(&format!("<Stream url=\"{stream_url}")),
         "{}",
         r.text()
     );
@@ -441,19 +442,20 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
     assert_eq!(r.status, 204, "{}", r.text());
 
     // (4) The stream: an unsigned upgrade is refused by ignis behind nginx...
+    let probe = "/api/twilio/stream/0123456789abcdef0123456789abcdef";
     let r = caller
-        .roundtrip(&caller.stream_handshake("/api/twilio/stream", None))
+        .roundtrip(&caller.stream_handshake(probe, None))
         .await;
     assert_eq!(r.status, 403, "{}", r.text());
     // ... and one signed over https:// instead of wss:// too.
-    let https_sig =
-        ignis::twilio::signature::sign(TOKEN, &format!("{https}/api/twilio/stream"), &[]);
+    let https_sig = ignis::twilio::signature::sign(TOKEN, &format!("{https}{probe}"), &[]);
     let r = caller
-        .roundtrip(&caller.stream_handshake("/api/twilio/stream", Some(&https_sig)))
+        .roundtrip(&caller.stream_handshake(probe, Some(&https_sig)))
         .await;
     assert_eq!(r.status, 403, "{}", r.text());
 
-    // ... while Twilio's, signed over wss://<public host>/api/twilio/stream, is upgraded, and a
+    // ... while Twilio's, signed over wss://<public host>/api/twilio/stream/<nonce> (the call's
+    // stream URL from a retried voice webhook: the same TwiML, no second pre-connect), is upgraded, and a
     // whole call runs through nginx. The voice webhook above pre-connected the agent.
     let mut call = caller.open_stream(sid).await;
     let mut agent = d.server.agent.next_conn(T).await;
@@ -512,7 +514,7 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         d.nginx
             .lines()
             .iter()
-            .any(|l| l.contains("\"GET /api/twilio/stream HTTP/1.1\" 101"))
+            .any(|l| l.contains("\"GET /api/twilio/stream/") && l.contains(" HTTP/1.1\" 101"))
     };
     for _ in 0..250 {
         if logged() {
@@ -664,7 +666,7 @@ async fn admin_api_and_metrics_only_from_the_allow_listed_networks() {
 fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
     // nginx's stream route: upgrade headers, hour-long idle timeouts, no buffering.
     let start = SHIPPED_NGINX_CONF
-        .find("location = /api/twilio/stream {")
+        .find("location /api/twilio/stream/ {")
         .expect("the stream location");
     let block = &SHIPPED_NGINX_CONF[start..];
     let block = &block[..block.find('}').unwrap()];

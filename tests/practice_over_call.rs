@@ -59,7 +59,7 @@ fn tool_request(
 #[tokio::test]
 async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
     let server = server_with_practice("call").await;
-    let sid = "CA0000000000000000000000000000p001";
+    let sid = "CA00000000000000000000000000000001";
     // The demo patient calls from her stored number.
     let mut params = call_params(sid);
     for (k, v) in params.iter_mut() {
@@ -119,7 +119,7 @@ async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
     assert!(matches!(no_secret.status, 401 | 403));
 
     // A second call's token cannot reach the first call's refs (P1/A1 belong to call one).
-    let sid2 = "CA0000000000000000000000000000p002";
+    let sid2 = "CA00000000000000000000000000000002";
     let _ = call_webhook(&server, "/api/twilio/voice", sid2).await;
     let agent2 = server.agent.next_conn(T).await;
     let token2 = agent2.initiation["dynamic_variables"]["secret__ignis_call"]

@@ -18,7 +18,7 @@ const SDK_WSS_SLASH_SIG: &str = "0ML5J5osmx5AkvH0Xeq9so7aaLk=";
 #[tokio::test]
 async fn signed_upgrade_with_first_frames_in_the_same_segment() {
     let server = Server::start().await;
-    let sid = "CA00000000000000000000000000000w01";
+    let sid = "CA00000000000000000000000000001701";
     // open_stream writes head + `connected` + `start` in a single write.
     let mut ws = open_stream(&server, sid).await;
     eventually("start read from the bytes after the head", || {
@@ -46,13 +46,31 @@ async fn signed_upgrade_with_first_frames_in_the_same_segment() {
 #[tokio::test]
 async fn sdk_signatures_with_and_without_trailing_slash() {
     let server = Server::start().await;
+    // Twilio's SDK signatures over the bare stream URL still validate ...
+    let keys = &server.app.config.twilio_keys;
     for sig in [SDK_WSS_SIG, SDK_WSS_SLASH_SIG] {
+        assert!(
+            keys.validate_websocket("wss://ignis.example.com/api/twilio/stream", sig.as_bytes()),
+            "{sig}"
+        );
+        // ... but a stream without its call's nonce is refused (docs/twilio.md §"Binding").
         let r = roundtrip(
             &server,
             stream_handshake("/api/twilio/stream", Some(sig), "").as_bytes(),
         )
         .await;
-        assert_eq!(r.status, 101, "{sig}");
+        assert_eq!(r.status, 403, "{sig}");
+    }
+    // The call's own stream URL, signed with and without the trailing slash, is upgraded.
+    for (i, slash) in ["", "/"].into_iter().enumerate() {
+        let path = answer_call(&server, &format!("CA{:032x}", 0x5106 + i)).await;
+        let sig = ignis::twilio::signature::sign(
+            TOKEN,
+            &format!("wss://ignis.example.com{path}{slash}"),
+            &[],
+        );
+        let r = roundtrip(&server, stream_handshake(&path, Some(&sig), "").as_bytes()).await;
+        assert_eq!(r.status, 101, "{slash:?}");
         assert_eq!(
             r.header("sec-websocket-accept"),
             Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
@@ -67,11 +85,12 @@ async fn sdk_signatures_with_and_without_trailing_slash() {
 #[tokio::test]
 async fn subprotocol_is_echoed_only_when_offered() {
     let server = Server::start().await;
+    let path = answer_call(&server, "CA00000000000000000000000000005ab0").await;
     let r = roundtrip(
         &server,
         stream_handshake(
-            "/api/twilio/stream",
-            Some(SDK_WSS_SIG),
+            &path,
+            Some(&stream_signature(&path)),
             "Sec-WebSocket-Protocol: audio.twilio.com\r\n",
         )
         .as_bytes(),
@@ -129,8 +148,8 @@ async fn rejected_handshakes() {
 #[tokio::test]
 async fn bad_frames_are_counted_and_never_drop_a_live_call() {
     let server = Server::start().await;
-    let good = "CA00000000000000000000000000000g01";
-    let noisy = "CA00000000000000000000000000000n01";
+    let good = "CA00000000000000000000000000000701";
+    let noisy = "CA00000000000000000000000000001e01";
     let mut a = open_stream(&server, good).await;
     let mut b = open_stream(&server, noisy).await;
     eventually("both live", || server.app.calls.live_count() == 2).await;
@@ -158,7 +177,8 @@ async fn bad_frames_are_counted_and_never_drop_a_live_call() {
 
     // A frame over the message limit ends only the sender's stream.
     let mut raw = server.connect().await;
-    let mut bytes = stream_handshake("/api/twilio/stream", Some(SDK_WSS_SIG), "").into_bytes();
+    let path = answer_call(&server, "CA00000000000000000000000000000b1f").await;
+    let mut bytes = stream_handshake(&path, Some(&stream_signature(&path)), "").into_bytes();
     bytes.extend(client_text_frame(CONNECTED));
     bytes.extend(client_frame(0x1, &vec![b'a'; 70 * 1024]));
     let _ = raw.write_all(&bytes).await;

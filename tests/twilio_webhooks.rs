@@ -10,7 +10,10 @@ use ignis::twilio::signature;
 /// `RequestValidator("ignis-test-token").compute_signature(url, params)`), so these tests check
 /// ignis against Twilio's implementation, not against itself.
 const SDK_VOICE_SIG: &str = "PRK5RD3zeVvjtaILPrdflaYKzvE=";
-const SDK_VOICE_GET_SIG: &str = "IbHyEWwQUunuYzB8ORL/DsOa4yk=";
+/// The GET vector with `AccountSid` added (Twilio always sends it, and ignis now requires it):
+/// recomputed with Python's `hmac`/`hashlib`, the SDK's algorithm, which reproduces the SDK's
+/// vector for the query without it (`IbHyEWwQUunuYzB8ORL/DsOa4yk=`).
+const SDK_VOICE_GET_SIG: &str = "fWNZOrtOco3MMZpcmg0iGCG9gYQ=";
 
 fn sdk_voice_params() -> Vec<(String, String)> {
     fields(&[
@@ -53,7 +56,14 @@ async fn voice_webhook_signed_by_twilio_sdk_gets_twiml() {
     assert!(xml.contains(
         "<Connect action=\"https://ignis.example.com/api/twilio/stream-ended\" method=\"POST\">"
     ));
-    assert!(xml.contains("<Stream url=\"wss://ignis.example.com/api/twilio/stream\">"));
+    // The stream URL carries the call's nonce as a path segment (docs/twilio.md §"Binding").
+    let path = stream_path_of(&xml);
+    let nonce = path.strip_prefix("/api/twilio/stream/").unwrap();
+    assert!(
+        nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{path}"
+    );
+    assert!(xml.contains(&format!("<Stream url=\"wss://ignis.example.com{path}\">")));
     assert!(xml.contains("<Parameter name=\"caller\" value=\"+4915112345123\"/>"));
     assert!(xml.contains("<Parameter name=\"called\" value=\"+16175551881\"/>"));
     assert!(
@@ -69,7 +79,7 @@ async fn voice_webhook_signed_by_twilio_sdk_gets_twiml() {
 #[tokio::test]
 async fn voice_webhook_get_form_is_signed_over_the_query() {
     let server = Server::start().await;
-    let target = "/api/twilio/voice?CallSid=CAbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb&From=%2B4930123456789&To=%2B16175551881";
+    let target = "/api/twilio/voice?AccountSid=AC11111111111111111111111111111111&CallSid=CAbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb&From=%2B4930123456789&To=%2B16175551881";
     let ok = roundtrip(
         &server,
         format!(
@@ -143,7 +153,7 @@ async fn unsigned_tampered_or_wrongly_signed_webhooks_get_403() {
 async fn secondary_token_and_port_variant_accepted() {
     let server =
         Server::start_config(test_config(&[("TWILIO_AUTH_TOKEN_SECONDARY", "old-token")])).await;
-    let params = call_params("CA00000000000000000000000000000r01");
+    let params = call_params("CA00000000000000000000000000000201");
     let r = roundtrip(
         &server,
         &signed_post("/api/twilio/voice", &params, "old-token"),
@@ -171,7 +181,9 @@ async fn json_body_with_body_sha256_is_validated() {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let target = format!("/api/twilio/status?CallSid=CA1&CallStatus=completed&bodySHA256={hash}");
+    let target = format!(
+        "/api/twilio/status?CallSid=CA00000000000000000000000000000001&CallStatus=completed&bodySHA256={hash}"
+    );
     let sig = signature::sign(TOKEN, &format!("{PUBLIC}{target}"), &[]);
     let req = |b: &[u8]| {
         let mut v = format!(
@@ -212,7 +224,7 @@ async fn stream_ended_falls_back_unless_the_call_finished_normally() {
     let r = call_webhook(
         &server,
         "/api/twilio/stream-ended",
-        "CA00000000000000000000000000000u01",
+        "CA00000000000000000000000000000501",
     )
     .await;
     assert_eq!(r.status, 200);
@@ -228,7 +240,7 @@ async fn stream_ended_falls_back_unless_the_call_finished_normally() {
     let r = call_webhook(
         &server,
         "/api/twilio/stream-ended",
-        "CA00000000000000000000000000000u02",
+        "CA00000000000000000000000000000502",
     )
     .await;
     assert!(
@@ -240,7 +252,7 @@ async fn stream_ended_falls_back_unless_the_call_finished_normally() {
 
     // A call whose caller hung up normally: plain hang-up.
     use futures_util::SinkExt;
-    let sid = "CA00000000000000000000000000000u03";
+    let sid = "CA00000000000000000000000000000503";
     let mut ws = open_stream(&server, sid).await;
     eventually("stream registered", || server.app.calls.is_live(sid)).await;
     ws.send(tokio_tungstenite::tungstenite::Message::text(
@@ -263,7 +275,7 @@ async fn stream_ended_falls_back_unless_the_call_finished_normally() {
 async fn status_callback_tears_down_the_live_stream_idempotently() {
     use futures_util::StreamExt;
     let server = Server::start().await;
-    let sid = "CA00000000000000000000000000000s01";
+    let sid = "CA00000000000000000000000000000301";
     let mut ws = open_stream(&server, sid).await;
     eventually("stream registered", || server.app.calls.is_live(sid)).await;
 
@@ -309,7 +321,7 @@ async fn status_callback_tears_down_the_live_stream_idempotently() {
     let unknown = signed_post(
         "/api/twilio/status",
         &fields(&[
-            ("CallSid", "CA00000000000000000000000000000zzz"),
+            ("CallSid", "CA00000000000000000000000000000aaa"),
             ("CallStatus", "completed"),
         ]),
         TOKEN,

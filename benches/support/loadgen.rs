@@ -27,9 +27,9 @@ use base64::engine::general_purpose::STANDARD;
 use ignis::audio::format::AgentFormat;
 use ignis::driver::sim::SimError;
 use ignis::driver::sim::agent::{AgentService, AgentServiceOptions, Conversation};
-use ignis::driver::sim::twilio::{StreamEvent, TwilioStream};
+use ignis::driver::sim::twilio::{StreamEvent, TwilioStream, voice_webhook};
 use ignis::sim::agent::{self as agent_rules, ClientMessage};
-use ignis::sim::twilio::{CallIds, Messages};
+use ignis::sim::twilio::{CallIds, voice_url_of};
 
 use ignis::audio::mulaw;
 
@@ -649,15 +649,20 @@ async fn run_call(
     link: &Link,
 ) -> Result<(), String> {
     let ids = CallIds::new(&opts.call_sid, "+4915100000000", "+493000000000");
-    let parameters = Messages::new(ids.clone()).default_parameters();
-    let mut stream = TwilioStream::connect(
-        &opts.stream_url,
-        &opts.auth_token,
-        ids,
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    // As Twilio: the signed voice webhook first, then the stream its TwiML names (the URL
+    // carries the call's nonce; docs/twilio.md §"Binding a stream to its call").
+    let timeout = Duration::from_secs(10);
+    let webhook = voice_url_of(&opts.stream_url);
+    let answer = voice_webhook(&webhook, &opts.auth_token, &ids, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let twiml = answer
+        .stream
+        .ok_or_else(|| format!("voice webhook {}: no stream in the TwiML", answer.status))?;
+    let mut stream = TwilioStream::connect(&twiml.url, &opts.auth_token, ids, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let parameters = twiml.parameters;
     stream.start(&parameters).await.map_err(|e| e.to_string())?;
 
     let t0 = tokio::time::Instant::now() + opts.phase;

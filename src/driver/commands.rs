@@ -12,6 +12,7 @@ use super::demo::{self, DemoOptions};
 use super::startup::{StartError, load_vars_lenient, runtime};
 use crate::cli::{DemoArgs, SimulateArgs};
 use crate::config::{self, LogFormat};
+use crate::sim::twilio::voice_url_of as webhook_url;
 
 /// Log filter of `ignis demo` when `RUST_LOG` is unset: quiet, so the summary stands out.
 const DEMO_LOG_FILTER: &str = "warn,ignis::practice=error";
@@ -53,14 +54,6 @@ pub fn demo(args: &DemoArgs) -> Result<(), StartError> {
     write_wav(&args.out, &summary.heard)?;
     println!("  recording  what the caller heard: {}", args.out.display());
     Ok(())
-}
-
-/// `wss://host/api/twilio/stream` -> `https://host/api/twilio/voice`.
-fn webhook_url(stream_url: &str) -> String {
-    stream_url
-        .replacen("wss://", "https://", 1)
-        .replacen("ws://", "http://", 1)
-        .replacen("/api/twilio/stream", "/api/twilio/voice", 1)
 }
 
 /// `ignis simulate`: the simulated caller ([`caller::run`]) against a running ignis. `--token`

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use super::{Phase, Shared, TaskToken, http_date, now, twilio_socket};
+use crate::calls::{Claim, Outcome};
 use crate::http::RequestHead;
 use crate::http::Response;
 use crate::http::body::{self, ChunkedDecoder, Framing};
@@ -68,7 +69,7 @@ pub(super) async fn run(
                     return;
                 }
             }
-            Action::Upgrade(accept) => {
+            Action::Upgrade { accept, claim } => {
                 if framing != Framing::Empty {
                     return respond_and_close(
                         &app.metrics,
@@ -77,7 +78,12 @@ pub(super) async fn run(
                     )
                     .await;
                 }
-                return upgrade(stream, buf, &accept, shared, phase, token).await;
+                let socket = twilio_socket::Socket {
+                    shared,
+                    phase,
+                    token,
+                };
+                return upgrade(stream, buf, &accept, claim, socket).await;
             }
             Action::Preconnect { .. } | Action::Practice { .. } => return,
         }
@@ -191,14 +197,15 @@ async fn read_request(
 /// run on the store thread, both ending in a response.
 async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8]) -> Action {
     let app = &shared.app;
-    match app.handle(head, body, now()) {
+    // The voice webhook's stream nonce: OS randomness, read only when a call is answered.
+    match app.handle(head, body, now(), &super::os_entropy) {
         Action::Preconnect { response, call } => {
             shared.preconnects.start(
                 app.clone(),
                 shared.tls.clone(),
-                call.call_sid,
-                call.from,
-                call.to,
+                call.call_sid.as_str().to_owned(),
+                call.from.as_str().to_owned(),
+                call.to.as_str().to_owned(),
             );
             Action::Respond(response)
         }
@@ -232,15 +239,15 @@ async fn respond(
     true
 }
 
-/// Answers 101 and runs the Media Streams socket on the connection.
+/// Answers 101 and runs the Media Streams socket of `claim` on the connection.
 async fn upgrade(
     mut stream: TcpStream,
     buf: BytesMut,
     accept: &Accept,
-    shared: Arc<Shared>,
-    phase: watch::Receiver<Phase>,
-    token: TaskToken,
+    claim: Claim,
+    socket: twilio_socket::Socket,
 ) {
+    let shared = &socket.shared;
     shared.app.metrics.http_response(101);
     if write_all(
         &mut stream,
@@ -250,6 +257,15 @@ async fn upgrade(
     .await
     .is_err()
     {
+        // The claim dies with the connection: no stream for this call.
+        let now = super::instant();
+        let calls = &shared.app.calls;
+        calls.finish(
+            claim.call.call_sid.as_str(),
+            claim.stream_id,
+            Outcome::StreamLost,
+            now,
+        );
         return;
     }
     // Bytes after the head (a first frame in the same segment) belong to the WebSocket layer.
@@ -262,7 +278,7 @@ async fn upgrade(
         Some(twilio_socket::websocket_config()),
     )
     .await;
-    twilio_socket::run(ws, shared, phase, token).await;
+    twilio_socket::run(ws, claim, socket).await;
 }
 
 /// Runs a practice tool or admin request on the store thread and waits for its JSON reply.

@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -26,7 +25,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
 use super::{Phase, Shared, TaskToken, transfer};
 use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output, TransferNumbers};
-use crate::calls::{Outcome, RegisterError, TeardownReason};
+use crate::calls::{Claim, Outcome, RegisterError, StreamRefusal, TeardownReason};
 use crate::elevenlabs::messages::AgentEventKind;
 use crate::metrics::{CallSummary, Metrics};
 use crate::routes::App;
@@ -49,8 +48,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Transfer results waiting to be read; a call has at most a few transfers in flight.
 const TRANSFER_RESULTS: usize = 4;
 
-static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
-
 /// WebSocket limits for the stream socket: small buffers, bounded messages, and eager writes
 /// (a write buffer of 0 sends each message at once: latency over batching).
 pub(super) fn websocket_config() -> WebSocketConfig {
@@ -62,16 +59,40 @@ pub(super) fn websocket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-/// Runs one Media Streams socket to its end.
-pub(super) async fn run(
-    ws: WebSocketStream<TcpStream>,
-    shared: Arc<Shared>,
-    phase: watch::Receiver<Phase>,
-    token: TaskToken,
-) {
-    let span = tracing::info_span!("call", call_sid = tracing::field::Empty);
-    call(ws, shared, phase, span.clone()).instrument(span).await;
+/// What a stream task holds besides its socket and claim.
+pub(super) struct Socket {
+    pub shared: Arc<Shared>,
+    pub phase: watch::Receiver<Phase>,
+    pub token: TaskToken,
+}
+
+/// Runs the Media Streams socket of `claim` (the voice webhook's call) to its end.
+pub(super) async fn run(ws: WebSocketStream<TcpStream>, claim: Claim, socket: Socket) {
+    let span = tracing::info_span!("call", call_sid = %claim.call.call_sid);
+    let Socket {
+        shared,
+        phase,
+        token,
+    } = socket;
+    call(ws, claim, shared, phase).instrument(span).await;
     drop(token);
+}
+
+/// Checks `start` against the voice webhook's record: the same CallSid, and an AccountSid that
+/// is well formed, the webhook's, and `TWILIO_ACCOUNT_SID` when configured
+/// (docs/twilio.md §"Binding a stream to its call").
+fn check_start(start: &Start, claim: &Claim, app: &App) -> Result<(), StreamRefusal> {
+    if start.call_sid != claim.call.call_sid.as_str() {
+        return Err(StreamRefusal::CallSidMismatch);
+    }
+    let account = crate::twilio::webhook::AccountSid::parse(&start.account_sid);
+    let configured = app.config.twilio_account_sid.as_deref();
+    match account {
+        Some(a) if a == claim.call.account_sid && configured.is_none_or(|c| c == a.as_str()) => {
+            Ok(())
+        }
+        _ => Err(StreamRefusal::AccountMismatch),
+    }
 }
 
 fn now() -> Instant {
@@ -133,22 +154,25 @@ async fn wait_for_start(
     }
 }
 
-/// The call from Twilio's `start` to its end: registers the stream, starts the agent link,
-/// runs the loop, then records the summary.
+/// The call from Twilio's `start` to its end: checks `start` against the claim, registers the
+/// stream, starts the agent link with the webhook's numbers, runs the loop, then records the
+/// summary. A refused stream ends before any agent link, tool token or bridge (audio) exists.
 async fn call(
     mut twilio: WebSocketStream<TcpStream>,
+    claim: Claim,
     shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
-    span: tracing::Span,
 ) {
     let app = shared.app.clone();
-    let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+    let stream_id = claim.stream_id;
+    let call_sid = claim.call.call_sid.as_str().to_owned();
     let started = tokio::time::Instant::now();
     let mut counters = Counters::default();
 
     let start = match wait_for_start(&mut twilio, &mut counters, &mut phase).await {
         Ok(s) => s,
         Err(outcome) => {
+            app.calls.finish(&call_sid, stream_id, outcome, now());
             close_twilio(&mut twilio, outcome).await;
             info!(
                 outcome = outcome.as_str(),
@@ -157,8 +181,13 @@ async fn call(
             return;
         }
     };
-    let call_sid = start.call_sid.clone();
-    span.record("call_sid", call_sid.as_str());
+    if let Err(reason) = check_start(&start, &claim, &app) {
+        app.refuse_stream(reason, Some(&call_sid));
+        app.calls
+            .finish(&call_sid, stream_id, Outcome::Refused, now());
+        close_twilio(&mut twilio, Outcome::Refused).await;
+        return;
+    }
     let (teardown_tx, teardown_rx) = watch::channel::<Option<TeardownReason>>(None);
     let teardown = Arc::new(move |reason| {
         let _ = teardown_tx.send(Some(reason));
@@ -169,6 +198,7 @@ async fn call(
             _ => Outcome::Refused,
         };
         warn!(error = ?e, "[Twilio] Stream refused");
+        app.calls.finish(&call_sid, stream_id, outcome, now());
         close_twilio(&mut twilio, outcome).await;
         return;
     }
@@ -179,15 +209,9 @@ async fn call(
         "[Twilio] Stream started"
     );
 
-    let param = |name: &str| {
-        start
-            .custom_parameters
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let link = agent::link(&shared, &call_sid, param("caller"), param("called"));
+    // The numbers are the signed webhook's, never `start.customParameters` (unsigned).
+    let (from, to) = (claim.call.from, claim.call.to);
+    let link = agent::link(&shared, &call_sid, from.as_str().into(), to.as_str().into());
     let mut bridge = Bridge::new(bridge_config(&app));
     bridge.handle_twilio(now(), TwilioEvent::Start(start));
     let mut call = Call::new(twilio, bridge, shared, call_sid, stream_id, counters);

@@ -399,6 +399,15 @@ pub struct WebhookAnswer {
     pub stream: Option<StreamTwiml>,
 }
 
+/// The voice webhook of an ignis whose stream endpoint is `stream_url`:
+/// `wss://host/api/twilio/stream` → `https://host/api/twilio/voice` (`ws://` → `http://`).
+pub fn voice_url_of(stream_url: &str) -> String {
+    stream_url
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1)
+        .replacen("/api/twilio/stream", "/api/twilio/voice", 1)
+}
+
 /// Reads the webhook's answer from the bytes so far (`eof`: the peer closed): `None` until the
 /// whole response is in.
 pub fn parse_webhook_answer(buf: &[u8], eof: bool) -> Result<Option<WebhookAnswer>, ResponseError> {

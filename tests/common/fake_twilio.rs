@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{Server, TOKEN, call_params, signed_post};
+use super::Server;
 
 /// What the fake Twilio saw from ignis.
 #[derive(Debug, Clone)]
@@ -55,22 +55,30 @@ pub fn test_ids(call_sid: &str) -> CallIds {
 }
 
 impl TwilioCall {
-    /// The voice webhook (which pre-connects the agent), then the stream.
+    /// The voice webhook (which pre-connects the agent), then the stream its TwiML names.
     pub async fn dial(server: &Server, call_sid: &str) -> TwilioCall {
-        let r = super::roundtrip(
-            server,
-            &signed_post("/api/twilio/voice", &call_params(call_sid), TOKEN),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.text().contains("<Stream"), "{}", r.text());
-        TwilioCall::stream_only(server, call_sid).await
+        let path = super::answer_call(server, call_sid).await;
+        TwilioCall::at(server, &path, call_sid).await
     }
 
-    /// Opens the stream without the voice webhook (no pre-connect).
+    /// The stream of a call whose voice webhook the test sent already: Twilio's retry of that
+    /// webhook gets the same TwiML (no second pre-connect), then the stream opens. Sent first,
+    /// the webhook answers the call (and pre-connects).
     pub async fn stream_only(server: &Server, call_sid: &str) -> TwilioCall {
+        let path = super::answer_call(server, call_sid).await;
+        TwilioCall::at(server, &path, call_sid).await
+    }
+
+    /// A stream bound without a pre-connect: the stream connects the agent itself.
+    pub async fn without_preconnect(server: &Server, call_sid: &str) -> TwilioCall {
+        let path = super::bind_without_preconnect(server, call_sid);
+        TwilioCall::at(server, &path, call_sid).await
+    }
+
+    /// Opens the stream at `path` (from the call's TwiML).
+    pub async fn at(server: &Server, path: &str, call_sid: &str) -> TwilioCall {
         let start = start_json(call_sid).to_string();
-        TwilioCall::over(super::open_stream_with(server, &start).await, call_sid)
+        TwilioCall::over(super::open_stream_at(server, path, &start).await, call_sid)
     }
 
     /// Drives a stream socket that is already open (101 read, `connected` + `start` sent), over

@@ -353,19 +353,73 @@ pub fn media_message(chunk: u64) -> String {
 
 pub const CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
 
-/// Opens a signed stream socket, sending `connected` + `start` in the same segment as the head.
-/// Returns the WebSocket after the 101.
+/// The path of the stream URL a TwiML names (`/api/twilio/stream/<nonce>`).
+pub fn stream_path_of(twiml: &str) -> String {
+    let url = twiml
+        .split("<Stream url=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no <Stream> in {twiml}"));
+    let after_scheme = url.split("://").nth(1).expect("absolute stream URL");
+    let path = &after_scheme[after_scheme.find('/').expect("stream URL path")..];
+    assert!(path.starts_with("/api/twilio/stream/"), "{url}");
+    path.to_owned()
+}
+
+/// What Twilio does before it opens a stream: the signed voice webhook for `call_sid`. Returns
+/// the stream path its TwiML names. For a call already answered whose stream has not come, the
+/// webhook answers the same TwiML again (without a second pre-connect).
+pub async fn answer_call(server: &Server, call_sid: &str) -> String {
+    let r = roundtrip(
+        server,
+        &signed_post("/api/twilio/voice", &call_params(call_sid), TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    stream_path_of(&r.text())
+}
+
+/// A stream path bound to `call_sid` as the voice webhook binds it, but without its pre-connect
+/// (as when the pre-connect table is full), so the stream connects the agent itself.
+pub fn bind_without_preconnect(server: &Server, call_sid: &str) -> String {
+    use ignis::calls::{Bound, NONCE_BYTES, Nonce};
+    use ignis::twilio::webhook::incoming_call;
+    let call = incoming_call(&call_params(call_sid)).expect("valid test call");
+    let mut entropy = [0u8; NONCE_BYTES];
+    entropy[..call_sid.len().min(NONCE_BYTES)]
+        .copy_from_slice(&call_sid.as_bytes()[call_sid.len().saturating_sub(NONCE_BYTES)..]);
+    let nonce = Nonce::from_entropy(entropy);
+    let bound = server
+        .app
+        .calls
+        .bind(&call, nonce, usize::MAX, std::time::Instant::now());
+    assert_eq!(bound, Bound::New(nonce));
+    format!("/api/twilio/stream/{}", nonce.to_hex())
+}
+
+/// Opens a signed stream socket after the call's voice webhook, sending `connected` + `start`
+/// in the same segment as the head. Returns the WebSocket after the 101.
 pub async fn open_stream(server: &Server, call_sid: &str) -> WebSocketStream<TcpStream> {
-    open_stream_with(server, &start_message(call_sid)).await
+    open_stream_with(server, call_sid, &start_message(call_sid)).await
 }
 
 /// [`open_stream`] with the given `start` message.
-pub async fn open_stream_with(server: &Server, start: &str) -> WebSocketStream<TcpStream> {
-    let head = stream_handshake(
-        "/api/twilio/stream",
-        Some(&stream_signature("/api/twilio/stream")),
-        "",
-    );
+pub async fn open_stream_with(
+    server: &Server,
+    call_sid: &str,
+    start: &str,
+) -> WebSocketStream<TcpStream> {
+    let path = answer_call(server, call_sid).await;
+    open_stream_at(server, &path, start).await
+}
+
+/// Opens the signed stream at `path` (a nonce path from a voice webhook) with `start`.
+pub async fn open_stream_at(
+    server: &Server,
+    path: &str,
+    start: &str,
+) -> WebSocketStream<TcpStream> {
+    let head = stream_handshake(path, Some(&stream_signature(path)), "");
     upgrade(server.connect().await, head.into_bytes(), start).await
 }
 

@@ -15,7 +15,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::fake_twilio::{TwilioCall, start_json};
-use super::{Resp, TOKEN, read_response, upgrade, urlencode};
+use super::{Resp, TOKEN, call_params, read_response, stream_path_of, upgrade, urlencode};
 
 /// A TLS endpoint that trusts exactly one certificate (DER), as Twilio trusts a real one.
 #[derive(Clone)]
@@ -142,11 +142,16 @@ impl TlsCaller {
         .into_bytes()
     }
 
-    /// Opens the signed stream over `wss://`, sending `connected` + `start` right behind the
-    /// upgrade request as Twilio does, and returns the simulated caller after the 101.
+    /// The voice webhook over `https://`, then the signed stream its TwiML names over
+    /// `wss://`, sending `connected` + `start` right behind the upgrade request as Twilio does;
+    /// returns the simulated caller after the 101.
     pub async fn open_stream(&self, call_sid: &str) -> TwilioCall {
-        let path = "/api/twilio/stream";
-        let head = self.stream_handshake(path, Some(&self.stream_signature(path)));
+        let r = self
+            .roundtrip(&self.signed_post("/api/twilio/voice", &call_params(call_sid)))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let path = stream_path_of(&r.text());
+        let head = self.stream_handshake(&path, Some(&self.stream_signature(&path)));
         let start = start_json(call_sid).to_string();
         TwilioCall::over(upgrade(self.connect().await, head, &start).await, call_sid)
     }
