@@ -1,0 +1,337 @@
+//! Issue 12, points 1 and 2, attacked over real loopback sockets: every Media Stream is bound to
+//! its signed voice webhook by a single-use nonce in the stream URL (docs/twilio.md §"Binding a
+//! stream to its call"), and a replayed webhook starts nothing. Each attack is refused (or its
+//! claim ignored) with no agent conversation, no tool token and nothing in the store.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::fake_twilio::{TwilioCall, start_json};
+use common::*;
+use futures_util::StreamExt;
+use ignis::calls::{BINDING_TTL, Bound, NONCE_BYTES, Nonce};
+use ignis::practice::demo::DEMO_CALLER_NUMBER;
+use ignis::practice::{Practice, PracticeSettings};
+use ignis::twilio::signature;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(10);
+/// Long enough for a wrongly started agent connection to show up at the stand-in.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A server with the practice tools, and its database file.
+async fn practice_server(name: &str, extra: &[(&str, &str)]) -> (Server, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ignis-bind-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("ignis.db");
+    let db_text = db.to_string_lossy().into_owned();
+    let settings = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some("tools-secret-0123456789".into()),
+        "IGNIS_DB" => Some(db_text.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let (practice, _thread) = Practice::open(
+        &settings,
+        ignis::practice::config::PracticeConfig::demo(),
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    let config = test_config(extra);
+    let server = Server::start_with_practice(config, Default::default(), Some(practice)).await;
+    (server, db)
+}
+
+/// The store's call rows: (call_sid, token_hash, caller_number, started_at, ended_at).
+type CallRow = (String, Vec<u8>, String, i64, Option<i64>);
+
+fn call_rows(db: &PathBuf) -> Vec<CallRow> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT call_sid, token_hash, caller_number, started_at, ended_at FROM call
+             ORDER BY call_sid",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn refusals(server: &Server, reason: &str) -> u64 {
+    let text = server.app.metrics.render(0);
+    let prefix = format!("ignis_stream_refusals_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
+}
+
+/// The signed handshake for `path`, as Twilio would sign it (a valid signature).
+fn signed_handshake(path: &str) -> Vec<u8> {
+    stream_handshake(path, Some(&stream_signature(path)), "").into_bytes()
+}
+
+/// Nothing reached the agent, and nothing was registered in the store.
+async fn no_conversation_no_token_no_row(server: &Server, db: &PathBuf) {
+    assert!(
+        server.agent.try_next_conn(QUIET).await.is_none(),
+        "the stand-in agent saw a conversation"
+    );
+    assert!(call_rows(db).is_empty(), "the store has a call row");
+    assert_eq!(server.app.calls.live_count(), 0);
+}
+
+/// Waits for ignis to close a stream it accepted at the handshake but refused at `start`.
+async fn refused_after_start(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+    let end = tokio::time::timeout(T, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the refused stream was not closed");
+}
+
+#[tokio::test]
+async fn a_signed_stream_without_a_voice_webhook_is_refused_at_the_handshake() {
+    let (server, db) = practice_server("no-webhook", &[]).await;
+    // The old fixed URL with its (valid) signature: the leaked-signature attack of issue 12.
+    let r = roundtrip(&server, &signed_handshake("/api/twilio/stream")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(refusals(&server, "no_nonce"), 1);
+    // A nonce no webhook issued, validly signed: refused too.
+    let made_up = format!("/api/twilio/stream/{}", "ab".repeat(NONCE_BYTES));
+    let r = roundtrip(&server, &signed_handshake(&made_up)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(refusals(&server, "unknown_nonce"), 1);
+    let r = roundtrip(&server, &signed_handshake("/api/twilio/stream/not-a-nonce")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(refusals(&server, "malformed_nonce"), 1);
+    no_conversation_no_token_no_row(&server, &db).await;
+}
+
+#[tokio::test]
+async fn a_used_nonce_is_refused_at_the_handshake() {
+    let (server, db) = practice_server("used", &[]).await;
+    let sid = "CA0000000000000000000000000000b001";
+    let path = bind_without_preconnect(&server, sid);
+    let start = start_json(sid).to_string();
+    let mut caller = TwilioCall::over(open_stream_at(&server, &path, &start).await, sid);
+    let mut agent = server.agent.next_conn(T).await;
+    eventually("the call is live", || server.app.calls.is_live(sid)).await;
+    let rows = call_rows(&db);
+    assert_eq!(rows.len(), 1);
+
+    // The same handshake again (signature and all), while the call runs and after it ended.
+    let r = roundtrip(&server, &signed_handshake(&path)).await;
+    assert_eq!(r.status, 403);
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+    assert!(agent.closed_within(T).await);
+    eventually("ended", || server.app.calls.outcome(sid).is_some()).await;
+    let r = roundtrip(&server, &signed_handshake(&path)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(refusals(&server, "used_nonce"), 2);
+    assert!(
+        server.agent.try_next_conn(QUIET).await.is_none(),
+        "one conversation only"
+    );
+    let after = call_rows(&db);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].1, rows[0].1, "the token is unchanged");
+}
+
+#[tokio::test]
+async fn another_calls_nonce_is_refused_before_any_agent() {
+    let (server, db) = practice_server("other-call", &[]).await;
+    let victim = "CA0000000000000000000000000000b002";
+    let attacker = "CA0000000000000000000000000000b003";
+    // The victim's call was answered; a stream on its nonce claims to be another call.
+    let path = bind_without_preconnect(&server, victim);
+    let mut ws = open_stream_at(&server, &path, &start_json(attacker).to_string()).await;
+    refused_after_start(&mut ws).await;
+    assert_eq!(refusals(&server, "call_sid_mismatch"), 1);
+    no_conversation_no_token_no_row(&server, &db).await;
+    // The nonce is spent: no second try with the right CallSid either.
+    let r = roundtrip(&server, &signed_handshake(&path)).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn an_expired_nonce_is_refused_at_the_handshake() {
+    let (server, db) = practice_server("expired", &[]).await;
+    let sid = "CA0000000000000000000000000000b004";
+    // The voice webhook was answered BINDING_TTL ago (no pre-connect: nothing else runs).
+    let call = ignis::twilio::webhook::incoming_call(&call_params(sid)).unwrap();
+    let nonce = Nonce::from_entropy([0x5a; NONCE_BYTES]);
+    let then = Instant::now() - BINDING_TTL;
+    assert_eq!(
+        server.app.calls.bind(&call, nonce, usize::MAX, then),
+        Bound::New(nonce)
+    );
+    let path = format!("/api/twilio/stream/{}", nonce.to_hex());
+    let r = roundtrip(&server, &signed_handshake(&path)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(refusals(&server, "expired_nonce"), 1);
+    no_conversation_no_token_no_row(&server, &db).await;
+}
+
+#[tokio::test]
+async fn a_caller_number_claimed_in_custom_parameters_is_ignored() {
+    let (server, db) = practice_server("claimed-number", &[]).await;
+    let sid = "CA0000000000000000000000000000b005";
+    // The webhook says +4915112345123; the unsigned start claims the demo patient's number.
+    let path = bind_without_preconnect(&server, sid);
+    let mut start = start_json(sid);
+    start["start"]["customParameters"]["caller"] = DEMO_CALLER_NUMBER.into();
+    start["start"]["customParameters"]["called"] = "+4930000000".into();
+    let mut caller = TwilioCall::over(
+        open_stream_at(&server, &path, &start.to_string()).await,
+        sid,
+    );
+    let agent = server.agent.next_conn(T).await;
+    let vars = &agent.initiation["dynamic_variables"];
+    assert_eq!(
+        vars["caller_number"], "+4915112345123",
+        "the webhook's number"
+    );
+    assert_eq!(vars["called_number"], "+16175551881");
+    eventually("registered", || !call_rows(&db).is_empty()).await;
+    let rows = call_rows(&db);
+    assert_eq!(
+        rows[0].2, "+4915112345123",
+        "the store has the webhook's number"
+    );
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+}
+
+#[tokio::test]
+async fn a_replayed_voice_webhook_starts_no_second_conversation() {
+    let (server, db) = practice_server("replay", &[("PRECONNECT_TIMEOUT_MS", "300")]).await;
+    let sid = "CA0000000000000000000000000000b006";
+    let webhook = signed_post("/api/twilio/voice", &call_params(sid), TOKEN);
+    let first = roundtrip(&server, &webhook).await;
+    assert_eq!(first.status, 200);
+    let mut preconnect = server.agent.next_conn(T).await;
+    // The pre-connect times out (no stream came) ...
+    assert!(preconnect.closed_within(T).await);
+    eventually("registered", || call_rows(&db).len() == 1).await;
+    let rows = call_rows(&db);
+    // ... and the same signed request, byte for byte, comes again: the same TwiML (a Twilio
+    // retry still reaches its stream), no second pre-connect, the row unchanged.
+    let replay = roundtrip(&server, &webhook).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(
+        stream_path_of(&replay.text()),
+        stream_path_of(&first.text())
+    );
+    assert!(
+        server.agent.try_next_conn(QUIET).await.is_none(),
+        "a second conversation"
+    );
+    assert_eq!(call_rows(&db), rows);
+
+    // Once the stream has used the nonce and the call ended, a replay gets the fallback.
+    let start = start_json(sid).to_string();
+    let path = stream_path_of(&first.text());
+    let mut caller = TwilioCall::over(open_stream_at(&server, &path, &start).await, sid);
+    let mut agent = server.agent.next_conn(T).await;
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+    assert!(agent.closed_within(T).await);
+    eventually("ended", || server.app.calls.outcome(sid).is_some()).await;
+    eventually("end stored", || call_rows(&db)[0].4.is_some()).await;
+    let ended = call_rows(&db);
+    let late = roundtrip(&server, &webhook).await;
+    assert_eq!(late.status, 200);
+    assert!(!late.text().contains("<Stream"), "{}", late.text());
+    assert!(
+        server.agent.try_next_conn(QUIET).await.is_none(),
+        "a second conversation"
+    );
+    assert_eq!(call_rows(&db), ended, "the row is never reset");
+    let replays = server.app.metrics.render(0);
+    assert!(
+        replays.contains("ignis_webhook_replays_total 2"),
+        "{replays}"
+    );
+}
+
+#[tokio::test]
+async fn pending_pre_connects_count_against_max_calls() {
+    let server = Server::start_config(test_config(&[("MAX_CALLS", "1")])).await;
+    let one = answer_call(&server, "CA0000000000000000000000000000b007").await;
+    let _preconnect = server.agent.next_conn(T).await;
+    // No stream yet, but the answered call holds the only slot.
+    let r = roundtrip(
+        &server,
+        &signed_post(
+            "/api/twilio/voice",
+            &call_params("CA0000000000000000000000000000b008"),
+            TOKEN,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("<Stream"), "{}", r.text());
+    assert!(server.agent.try_next_conn(QUIET).await.is_none());
+    assert!(one.starts_with("/api/twilio/stream/"));
+}
+
+#[tokio::test]
+async fn bad_call_and_account_sids_are_refused() {
+    let account = "AC11111111111111111111111111111111";
+    let (server, db) = practice_server("sids", &[("TWILIO_ACCOUNT_SID", account)]).await;
+    let sid = "CA0000000000000000000000000000b009";
+    let with = |name: &str, value: &str| {
+        let mut p = call_params(sid);
+        for (k, v) in p.iter_mut() {
+            if k == name {
+                *v = value.into();
+            }
+        }
+        signed_post("/api/twilio/voice", &p, TOKEN)
+    };
+    for (name, value, status) in [
+        ("CallSid", "CA1", 400),
+        ("CallSid", "CA0000000000000000000000000000b00z", 400),
+        ("AccountSid", "AC1", 400),
+        ("From", "+4915112345123FromCityBERLIN", 400),
+        ("AccountSid", "AC22222222222222222222222222222222", 403),
+    ] {
+        let r = roundtrip(&server, &with(name, value)).await;
+        assert_eq!(r.status, status, "{name}={value}: {}", r.text());
+    }
+    no_conversation_no_token_no_row(&server, &db).await;
+
+    // The start message's AccountSid must be the webhook's (and the configured one).
+    let path = bind_without_preconnect(&server, sid);
+    let mut start = start_json(sid);
+    start["start"]["accountSid"] = "AC22222222222222222222222222222222".into();
+    let mut ws = open_stream_at(&server, &path, &start.to_string()).await;
+    refused_after_start(&mut ws).await;
+    assert_eq!(refusals(&server, "account_mismatch"), 1);
+    no_conversation_no_token_no_row(&server, &db).await;
+    // The handshake signature alone never reaches the claim for a wrong signature.
+    let wrong = signature::sign(
+        "another-token",
+        &format!("wss://ignis.example.com{path}"),
+        &[],
+    );
+    let r = roundtrip(
+        &server,
+        stream_handshake(&path, Some(&wrong), "").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
