@@ -5,7 +5,7 @@
 //! A call's life: `Pending` (the voice webhook recorded CallSid, From, To and a single-use nonce
 //! that the TwiML puts into the stream URL) → `Claimed` (a signed handshake presented the nonce)
 //! → `Live` (its `start` named the same CallSid) → `Ended`. A stream can only exist for a signed
-//! voice webhook, once, within [`BINDING_TTL`] (docs/twilio.md §"Binding a stream to its call").
+//! voice webhook, once, within [`BINDING_TTL`] (docs/twilio.md §8).
 //!
 //! It holds no sockets: a live entry carries a teardown callback supplied by the driver, so the
 //! status webhook can end a session without knowing how sessions are run. Time and the nonce's

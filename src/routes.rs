@@ -269,7 +269,7 @@ impl App {
         let nonce = match bound {
             Bound::New(n) => n,
             Bound::Repeat(n) => {
-                // docs/twilio.md §"Replays": the same TwiML, so a Twilio retry still reaches its
+                // docs/twilio.md §8.3: the same TwiML, so a Twilio retry still reaches its
                 // stream, but no second pre-connect; the nonce stays single-use.
                 self.count_replay(&call, "same TwiML, no pre-connect");
                 return Action::Respond(self.connect_twiml(&call, n));
@@ -300,7 +300,7 @@ impl App {
     /// The TwiML connecting `call` to its stream, `wss://<host>/api/twilio/stream/<nonce>`. The
     /// nonce is a path segment, not a `<Parameter>`: Twilio signs the handshake over the full
     /// URL (a query string is not allowed, docs/twilio.md §1.1), so the handshake signature itself is
-    /// per call and single-use (docs/twilio.md §"Binding a stream to its call").
+    /// per call and single-use (docs/twilio.md §8).
     fn connect_twiml(&self, call: &webhook::IncomingCall, nonce: Nonce) -> Response {
         let stream_url = self
             .config

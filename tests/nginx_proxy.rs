@@ -380,7 +380,7 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         "{:?}",
         r.headers
     );
-    // The stream URL ends in the call's nonce (docs/twilio.md §"Binding a stream to its call").
+    // The stream URL ends in the call's nonce (docs/twilio.md §8).
     let stream_url = format!("wss://{authority}/api/twilio/stream/");
     assert!(
         r.text().contains(&format!("<Stream url=\"{stream_url}")),

@@ -1,6 +1,6 @@
 //! Issue 12, points 1 and 2, attacked over real loopback sockets: every Media Stream is bound to
-//! its signed voice webhook by a single-use nonce in the stream URL (docs/twilio.md §"Binding a
-//! stream to its call"), and a replayed webhook starts nothing. Each attack is refused (or its
+//! its signed voice webhook by a single-use nonce in the stream URL (docs/twilio.md §8), and a
+//! replayed webhook starts nothing. Each attack is refused (or its
 //! claim ignored) with no agent conversation, no tool token and nothing in the store.
 
 mod common;

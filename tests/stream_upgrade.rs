@@ -53,7 +53,7 @@ async fn sdk_signatures_with_and_without_trailing_slash() {
             keys.validate_websocket("wss://ignis.example.com/api/twilio/stream", sig.as_bytes()),
             "{sig}"
         );
-        // ... but a stream without its call's nonce is refused (docs/twilio.md §"Binding").
+        // ... but a stream without its call's nonce is refused (docs/twilio.md §8).
         let r = roundtrip(
             &server,
             stream_handshake("/api/twilio/stream", Some(sig), "").as_bytes(),

@@ -56,7 +56,7 @@ async fn voice_webhook_signed_by_twilio_sdk_gets_twiml() {
     assert!(xml.contains(
         "<Connect action=\"https://ignis.example.com/api/twilio/stream-ended\" method=\"POST\">"
     ));
-    // The stream URL carries the call's nonce as a path segment (docs/twilio.md §"Binding").
+    // The stream URL carries the call's nonce as a path segment (docs/twilio.md §8).
     let path = stream_path_of(&xml);
     let nonce = path.strip_prefix("/api/twilio/stream/").unwrap();
     assert!(

@@ -650,7 +650,7 @@ async fn run_call(
 ) -> Result<(), String> {
     let ids = CallIds::new(&opts.call_sid, "+4915100000000", "+493000000000");
     // As Twilio: the signed voice webhook first, then the stream its TwiML names (the URL
-    // carries the call's nonce; docs/twilio.md §"Binding a stream to its call").
+    // carries the call's nonce; docs/twilio.md §8).
     let timeout = Duration::from_secs(10);
     let webhook = voice_url_of(&opts.stream_url);
     let answer = voice_webhook(&webhook, &opts.auth_token, &ids, timeout)

@@ -80,7 +80,7 @@ pub(super) async fn run(ws: WebSocketStream<TcpStream>, claim: Claim, socket: So
 
 /// Checks `start` against the voice webhook's record: the same CallSid, and an AccountSid that
 /// is well formed, the webhook's, and `TWILIO_ACCOUNT_SID` when configured
-/// (docs/twilio.md §"Binding a stream to its call").
+/// (docs/twilio.md §8).
 fn check_start(start: &Start, claim: &Claim, app: &App) -> Result<(), StreamRefusal> {
     if start.call_sid != claim.call.call_sid.as_str() {
         return Err(StreamRefusal::CallSidMismatch);

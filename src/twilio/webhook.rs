@@ -5,7 +5,7 @@
 //! without a separator (docs/twilio.md §4.1), so a signed request can be re-cut, e.g.
 //! `From=+4915…&FromCity=X` sent as one `From=+4915…FromCityX`, without changing its signature:
 //! a value that must be `CA` + 32 hex digits or an E.164 number cannot absorb a neighbour
-//! (docs/twilio.md §"Binding a stream to its call").
+//! (docs/twilio.md §8).
 
 use std::fmt;
 

@@ -477,7 +477,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         // Insert or refuse: an existing call's row (its token, state and end) is never reset,
-        // whatever replays its voice webhook (issue 12; docs/twilio.md §"Replays").
+        // whatever replays its voice webhook (issue 12; docs/twilio.md §8.3).
         let inserted = self.conn.execute(
             "INSERT INTO call (call_sid, token_hash, caller_number, called_number, started_at)
              VALUES (?1, ?2, ?3, ?4, ?5)
