@@ -71,6 +71,10 @@ pub(super) async fn run(
             }
             Action::Upgrade { accept, claim } => {
                 if framing != Framing::Empty {
+                    // The claim ends here: its slot against MAX_CALLS is freed.
+                    let sid = claim.call.call_sid.as_str();
+                    app.calls
+                        .finish(sid, claim.stream_id, Outcome::Refused, super::instant());
                     return respond_and_close(
                         &app.metrics,
                         &mut stream,
