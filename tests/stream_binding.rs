@@ -27,6 +27,12 @@ async fn practice_server(name: &str, extra: &[(&str, &str)]) -> (Server, PathBuf
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("ignis.db");
+    let server = practice_server_on(&db, extra).await;
+    (server, db)
+}
+
+/// A server with the practice tools on an existing (or new) database file.
+async fn practice_server_on(db: &std::path::Path, extra: &[(&str, &str)]) -> Server {
     let db_text = db.to_string_lossy().into_owned();
     let settings = PracticeSettings::from_lookup(|k| match k {
         "TOOLS_TOKEN" => Some("tools-secret-0123456789".into()),
@@ -41,8 +47,7 @@ async fn practice_server(name: &str, extra: &[(&str, &str)]) -> (Server, PathBuf
     )
     .unwrap();
     let config = test_config(extra);
-    let server = Server::start_with_practice(config, Default::default(), Some(practice)).await;
-    (server, db)
+    Server::start_with_practice(config, Default::default(), Some(practice)).await
 }
 
 /// The store's call rows: (call_sid, token_hash, caller_number, started_at, ended_at).
@@ -266,6 +271,32 @@ async fn a_replayed_voice_webhook_starts_no_second_conversation() {
         replays.contains("ignis_webhook_replays_total 2"),
         "{replays}"
     );
+}
+
+#[tokio::test]
+async fn a_webhook_replayed_after_its_call_was_forgotten_holds_no_agent() {
+    // The registry forgets ended calls after ENDED_RETENTION (and on a restart); the store does
+    // not. A replay then looks new to the front end, but the store refuses the row, and the
+    // pre-connect drops its agent at once instead of holding it for PRECONNECT_TIMEOUT_MS.
+    let (first, db) = practice_server("forgotten", &[]).await;
+    let sid = "CA0000000000000000000000000000b00f";
+    let webhook = signed_post("/api/twilio/voice", &call_params(sid), TOKEN);
+    assert_eq!(roundtrip(&first, &webhook).await.status, 200);
+    let _preconnect = first.agent.next_conn(T).await;
+    eventually("registered", || call_rows(&db).len() == 1).await;
+    let rows = call_rows(&db);
+
+    let second = practice_server_on(&db, &[("PRECONNECT_TIMEOUT_MS", "60000")]).await;
+    assert_eq!(roundtrip(&second, &webhook).await.status, 200);
+    let started = Instant::now();
+    if let Some(mut agent) = second.agent.try_next_conn(QUIET).await {
+        assert!(
+            agent.closed_within(T).await,
+            "the replay's agent was held open"
+        );
+        assert!(started.elapsed() < T, "held until the pre-connect timeout");
+    }
+    assert_eq!(call_rows(&db), rows, "the row is never reset");
 }
 
 #[tokio::test]

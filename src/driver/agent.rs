@@ -26,6 +26,7 @@ use crate::elevenlabs::endpoint::{self, MAX_SIGNED_URL_RESPONSE_BYTES, SignedUrl
 use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
 use crate::http::url::{Endpoint, UrlError};
 use crate::practice::calls::CallInfo;
+use crate::practice::store::StoreError;
 use crate::privacy::mask_phone;
 use crate::routes::App;
 use tokio_rustls::rustls::ClientConfig;
@@ -118,11 +119,16 @@ pub(crate) fn dynamic_variables(call_sid: &str, caller: &str, called: &str) -> M
 /// The dynamic variables for a call: with the practice, all eleven (docs/elevenlabs.md §2.1; a
 /// referenced variable that is missing ends the conversation), including the per-call tool token
 /// whose hash the store keeps; without it, the call's three facts.
+///
+/// `refused` fires if the store already holds this CallSid ([`StoreError::CallExists`]): a
+/// webhook replayed after the registry forgot its call (docs/twilio.md §8.5). The pre-connect
+/// then drops its agent socket instead of holding a conversation nobody will adopt.
 pub(crate) fn call_variables(
     app: &App,
     call_sid: &str,
     caller: &str,
     called: &str,
+    refused: Option<oneshot::Sender<()>>,
 ) -> Map<String, Value> {
     let base = dynamic_variables(call_sid, caller, called);
     let Some(practice) = &app.practice else {
@@ -140,10 +146,17 @@ pub(crate) fn call_variables(
     // The agent connects without waiting for the registration's commit: it is queued ahead of
     // any tool request the agent can make (see `Practice::start_call`).
     let sid = call_sid.to_owned();
-    let queued = practice.start_call(info, entropy, super::practice_now(), move |r| {
-        if let Err(e) = r {
+    let queued = practice.start_call(info, entropy, super::practice_now(), move |r| match r {
+        Err(StoreError::CallExists) => {
+            warn!(call_sid = %sid, "[Practice] Call already registered: a replayed webhook; its agent is dropped");
+            if let Some(tx) = refused {
+                let _ = tx.send(());
+            }
+        }
+        Err(e) => {
             warn!(call_sid = %sid, error = %e, "[Practice] Cannot register the call; its tools will be refused");
         }
+        Ok(()) => {}
     });
     match queued {
         Ok(vars) => vars,
@@ -180,7 +193,7 @@ pub(crate) fn link(
     let tls = shared.tls.clone();
     let sid = call_sid.to_owned();
     Box::pin(async move {
-        let vars = call_variables(&app, &sid, &caller, &called);
+        let vars = call_variables(&app, &sid, &caller, &called, None);
         let t0 = Instant::now();
         match tokio::time::timeout(limit, connect(&app.config, &tls, &vars)).await {
             Ok(Ok(ws)) => Ok(AgentLink {
@@ -276,8 +289,9 @@ impl Preconnects {
         tokio::spawn(
             async move {
                 debug!(caller = %mask_phone(&caller), "[ElevenLabs] Pre-connecting");
-                let vars = call_variables(&app, &call_sid, &caller, &called);
-                preconnect(&app.config, tls, &vars, rx).await;
+                let (refused_tx, refused_rx) = oneshot::channel();
+                let vars = call_variables(&app, &call_sid, &caller, &called, Some(refused_tx));
+                preconnect(&app.config, tls, &vars, rx, refused_rx).await;
                 this.lock().remove(&call_sid);
             }
             .instrument(span),
@@ -302,11 +316,20 @@ async fn preconnect(
     tls: Arc<ClientConfig>,
     vars: &Map<String, Value>,
     mut ticket_rx: oneshot::Receiver<Ticket>,
+    refused_rx: oneshot::Receiver<()>,
 ) {
     let started = Instant::now();
     let deadline = started + config.preconnect_timeout;
     let connecting = connect(config, &tls, vars);
     tokio::pin!(connecting);
+    // Resolves only when the store refused the call; a registration that went through drops
+    // the sender, and then this never resolves.
+    let refused = async move {
+        if refused_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(refused);
 
     // Phase 1: connecting, while the stream may already be asking for the socket.
     let (mut ws, mut ticket) = tokio::select! {
@@ -325,6 +348,7 @@ async fn preconnect(
             },
             Err(_) => return,
         },
+        () = &mut refused => return,
         () = tokio::time::sleep_until(deadline) => {
             info!("[ElevenLabs] Pre-connect not adopted in time; dropped");
             return;
@@ -365,6 +389,10 @@ async fn preconnect(
                 }
                 Some(Ok(_)) => {}
             },
+            () = &mut refused => {
+                let _ = ws.close(None).await;
+                return;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 info!("[ElevenLabs] Pre-connected agent not adopted in time; closing");
                 let _ = ws.close(None).await;
