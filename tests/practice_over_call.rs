@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::fake_twilio::TwilioCall;
 use common::*;
 use ignis::practice::demo::{DEMO_BOOKING_SCRIPT, DEMO_CALLER_NUMBER};
-use ignis::practice::{Practice, PracticeSettings};
 
 const TOOLS_TOKEN: &str = "tools-secret-0123456789";
 const T: Duration = Duration::from_secs(10);
@@ -18,20 +17,7 @@ async fn server_with_practice(name: &str) -> Server {
     let dir = std::env::temp_dir().join(format!("ignis-practice-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("ignis.db").to_string_lossy().into_owned();
-    let settings = PracticeSettings::from_lookup(|k| match k {
-        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
-        "IGNIS_DB" => Some(db.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let (practice, _thread) = Practice::open(
-        &settings,
-        ignis::practice::config::PracticeConfig::demo(),
-        jiff::Timestamp::now(),
-    )
-    .unwrap();
-    Server::start_with_practice(test_config(&[]), Default::default(), Some(practice)).await
+    Server::start_with_practice_db(&dir.join("ignis.db"), TOOLS_TOKEN, &[]).await
 }
 
 fn tool_request(

@@ -13,7 +13,6 @@ use common::*;
 use futures_util::StreamExt;
 use ignis::calls::{BINDING_TTL, Bound, NONCE_BYTES, Nonce};
 use ignis::practice::demo::DEMO_CALLER_NUMBER;
-use ignis::practice::{Practice, PracticeSettings};
 use ignis::twilio::signature;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,21 +32,7 @@ async fn practice_server(name: &str, extra: &[(&str, &str)]) -> (Server, PathBuf
 
 /// A server with the practice tools on an existing (or new) database file.
 async fn practice_server_on(db: &std::path::Path, extra: &[(&str, &str)]) -> Server {
-    let db_text = db.to_string_lossy().into_owned();
-    let settings = PracticeSettings::from_lookup(|k| match k {
-        "TOOLS_TOKEN" => Some("tools-secret-0123456789".into()),
-        "IGNIS_DB" => Some(db_text.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let (practice, _thread) = Practice::open(
-        &settings,
-        ignis::practice::config::PracticeConfig::demo(),
-        jiff::Timestamp::now(),
-    )
-    .unwrap();
-    let config = test_config(extra);
-    Server::start_with_practice(config, Default::default(), Some(practice)).await
+    Server::start_with_practice_db(db, "tools-secret-0123456789", extra).await
 }
 
 /// The store's call rows: (call_sid, token_hash, caller_number, started_at, ended_at).

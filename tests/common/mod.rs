@@ -77,6 +77,30 @@ impl Server {
         Server::start_inner(None, config, behaviour, practice).await
     }
 
+    /// A server with the demo practice's tools on the SQLite file `db` (created if new), whose
+    /// tools secret is `tools_token`.
+    pub async fn start_with_practice_db(
+        db: &std::path::Path,
+        tools_token: &str,
+        extra: &[(&str, &str)],
+    ) -> Server {
+        let db_text = db.to_string_lossy().into_owned();
+        let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
+            "TOOLS_TOKEN" => Some(tools_token.into()),
+            "IGNIS_DB" => Some(db_text.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let (practice, _thread) = ignis::practice::Practice::open(
+            &settings,
+            ignis::practice::config::PracticeConfig::demo(),
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        let config = test_config(extra);
+        Server::start_with_practice(config, Default::default(), Some(practice)).await
+    }
+
     async fn start_inner(
         listener: Option<tokio::net::TcpListener>,
         mut config: Config,
