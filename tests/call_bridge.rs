@@ -10,6 +10,7 @@ use common::fake_twilio::{Seen, TwilioCall};
 use common::*;
 use ignis::audio::mulaw;
 use ignis::calls::Outcome;
+use ignis::practice::calls::{DYNAMIC_VARIABLE_NAMES, NO_CALL_TOKEN};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
@@ -58,6 +59,12 @@ async fn ulaw_call_passes_audio_through_untouched_both_ways() {
     assert_eq!(vars["caller_number"], "+4915112345123");
     assert_eq!(vars["called_number"], "+16175551881");
     assert_eq!(vars["call_sid"], sid);
+    // Without a practice, still all eleven (a missing one ends the conversation), with the
+    // placeholder token the tools refuse.
+    let names = DYNAMIC_VARIABLE_NAMES.iter();
+    assert!(names.clone().all(|n| vars[*n].is_string()), "{vars}");
+    assert_eq!(vars.as_object().map(|m| m.len()), Some(names.len()));
+    assert_eq!(vars["secret__ignis_call"], NO_CALL_TOKEN);
 
     // Agent → caller: 480 ms of audio arrives byte for byte.
     let greeting = pattern(3840, 3);

@@ -1,7 +1,9 @@
 //! Emergency advice across the practice calendar, and the dynamic variables for the bridge.
 
 use ignis::practice::calendar::{self, Advice};
-use ignis::practice::calls::{CallInfo, CallToken, DYNAMIC_VARIABLE_NAMES, dynamic_variables};
+use ignis::practice::calls::{
+    CallInfo, CallToken, DYNAMIC_VARIABLE_NAMES, NO_CALL_TOKEN, dynamic_variables,
+};
 use ignis::practice::config::{DEMO_PRACTICE_TOML, PracticeConfig};
 use jiff::Timestamp;
 
@@ -104,6 +106,28 @@ fn opening_state_and_next_opening() {
     assert!(!calendar::is_open(&c, at("2026-12-29T09:00:00Z"))); // holidays
     let next = calendar::next_opening(&c, at("2026-12-24T18:30:00Z")).unwrap();
     assert_eq!(calendar::label(&c, next), "Montag, 4. Januar, 8:00 Uhr");
+}
+
+#[test]
+fn a_call_without_a_token_still_gets_all_eleven_practice_facts() {
+    let info = CallInfo {
+        call_sid: "CA123",
+        caller_number: "+4915112345123",
+        called_number: "+4930123456",
+    };
+    let v = dynamic_variables(
+        &CallToken::unregistered(),
+        &info,
+        &demo(),
+        at("2026-11-25T09:00:00Z"),
+    );
+    assert_eq!(v.len(), 11);
+    for k in DYNAMIC_VARIABLE_NAMES {
+        assert!(v[k].as_str().is_some_and(|s| !s.trim().is_empty()), "{k}");
+    }
+    assert_eq!(v["secret__ignis_call"], NO_CALL_TOKEN);
+    assert_eq!(v["practice_name"], "Demo Praxis");
+    assert_eq!(v["caller_number"], "+4915112345123");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod practice_support;
 
+use ignis::practice::calls::NO_CALL_TOKEN;
 use ignis::practice::store::Store;
 use jiff::Timestamp;
 use practice_support::{Env, OTHER_PHONE, TOOLS_TOKEN, WEBER_PHONE, at, wed_morning};
@@ -754,6 +755,44 @@ fn credentials_are_required() {
     // Credentials are checked before the input.
     let (s, _) = e.raw(None, Some(&t), "POST", IDENTIFY, "", "garbage", now());
     assert_eq!(s, 401);
+}
+
+#[test]
+fn the_placeholder_token_of_an_unregistered_call_is_refused_by_every_tool() {
+    // Sent when a call could not be registered (docs/elevenlabs.md §2.1): live calls exist, yet
+    // the placeholder opens none of them.
+    let mut e = Env::new("no-call-token", now());
+    let live = e.call("CA1", WEBER_PHONE, now());
+    let _ = e.call("CA2", OTHER_PHONE, now());
+    for (method, path, query, body) in [
+        (
+            "POST",
+            IDENTIFY,
+            "",
+            r#"{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}"#,
+        ),
+        ("GET", SLOTS, "visit_type=akut", ""),
+        ("POST", BOOK, "", r#"{"visit_type":"akut"}"#),
+        ("POST", "/api/appointments/A1/cancel", "", "{}"),
+        ("POST", REQUESTS, "", "{}"),
+        ("POST", EMERGENCIES, "", "{}"),
+    ] {
+        let (s, v) = e.raw(
+            Some(TOOLS_TOKEN),
+            Some(NO_CALL_TOKEN),
+            method,
+            path,
+            query,
+            body,
+            now(),
+        );
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (403, Some("call_not_active")),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(e.get(&live, SLOTS, "visit_type=akut", now()).0, 200);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::elevenlabs::endpoint::{self, MAX_SIGNED_URL_RESPONSE_BYTES, SignedUrlError};
 use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
 use crate::http::url::{Endpoint, UrlError};
-use crate::practice::calls::CallInfo;
+use crate::practice::calls::{self, CallInfo, CallToken};
 use crate::practice::store::StoreError;
 use crate::privacy::mask_phone;
 use crate::routes::App;
@@ -107,18 +107,12 @@ fn agent_ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_AGENT_MESSAGE_BYTES))
 }
 
-/// The call's facts for the agent, under the documented names (README, "Dynamic variables").
-pub(crate) fn dynamic_variables(call_sid: &str, caller: &str, called: &str) -> Map<String, Value> {
-    let mut vars = Map::new();
-    vars.insert("caller_number".into(), Value::String(caller.to_owned()));
-    vars.insert("called_number".into(), Value::String(called.to_owned()));
-    vars.insert("call_sid".into(), Value::String(call_sid.to_owned()));
-    vars
-}
-
-/// The dynamic variables for a call: with the practice, all eleven (docs/elevenlabs.md §2.1; a
-/// referenced variable that is missing ends the conversation), including the per-call tool token
-/// whose hash the store keeps; without it, the call's three facts.
+/// The dynamic variables for a call: always all eleven (docs/elevenlabs.md §2.1: a referenced
+/// variable that is missing ends the conversation with `missing_dynamic_variable`, and the caller
+/// would land on the fallback for a reason that has nothing to do with the agent). With the
+/// practice they carry the per-call tool token whose hash the store keeps. On every fallback path
+/// (no practice, no OS randomness, the store's queue refused the registration) the token is
+/// [`calls::NO_CALL_TOKEN`], which every tool refuses, and without a practice its facts are empty.
 ///
 /// `refused` fires if the store already holds this CallSid ([`StoreError::CallExists`]): a
 /// webhook replayed after the registry forgot its call (docs/twilio.md §8.5). The pre-connect
@@ -130,23 +124,26 @@ pub(crate) fn call_variables(
     called: &str,
     refused: Option<oneshot::Sender<()>>,
 ) -> Map<String, Value> {
-    let base = dynamic_variables(call_sid, caller, called);
-    let Some(practice) = &app.practice else {
-        return base;
-    };
-    let Some(entropy) = super::os_entropy() else {
-        warn!("[Practice] No OS randomness: the call gets no tool token");
-        return base;
-    };
     let info = CallInfo {
         call_sid,
         caller_number: caller,
         called_number: called,
     };
+    let Some(practice) = &app.practice else {
+        return calls::dynamic_variables_without_practice(&info);
+    };
+    let now = super::practice_now();
+    let unregistered = |info: &CallInfo<'_>| {
+        calls::dynamic_variables(&CallToken::unregistered(), info, practice.config(), now)
+    };
+    let Some(entropy) = super::os_entropy() else {
+        warn!("[Practice] No OS randomness: the call gets no tool token");
+        return unregistered(&info);
+    };
     // The agent connects without waiting for the registration's commit: it is queued ahead of
     // any tool request the agent can make (see `Practice::start_call`).
     let sid = call_sid.to_owned();
-    let queued = practice.start_call(info, entropy, super::practice_now(), move |r| match r {
+    let queued = practice.start_call(info.clone(), entropy, now, move |r| match r {
         Err(StoreError::CallExists) => {
             warn!(call_sid = %sid, "[Practice] Call already registered: a replayed webhook; its agent is dropped");
             if let Some(tx) = refused {
@@ -162,7 +159,7 @@ pub(crate) fn call_variables(
         Ok(vars) => vars,
         Err(e) => {
             warn!(error = %e, "[Practice] Cannot register the call; its tools will be refused");
-            base
+            unregistered(&info)
         }
     }
 }

@@ -59,6 +59,13 @@ pub const MAX_REFS_PER_KIND: usize = 60;
 /// Length of the token's entropy in bytes (128 bits).
 pub const TOKEN_BYTES: usize = 16;
 
+/// The `secret__ignis_call` of a call without a registered token: no practice configured, no OS
+/// randomness, or the store refused the registration. The variable is still sent, because
+/// ElevenLabs ends a conversation that lacks a referenced one (docs/elevenlabs.md §2.1). Minted
+/// tokens are 32 lowercase hex digits and only their hashes are stored, so this value matches no
+/// call and every tool refuses it (`call_not_active`).
+pub const NO_CALL_TOKEN: &str = "ignis-no-call-token";
+
 /// A freshly minted per-call token. Only [`CallToken::hash`] is ever stored.
 #[derive(Clone)]
 pub struct CallToken(String);
@@ -74,6 +81,12 @@ impl CallToken {
     /// operating system's random source, e.g. `/dev/urandom`).
     pub fn from_entropy(entropy: [u8; TOKEN_BYTES]) -> CallToken {
         CallToken(hex_lower(&entropy))
+    }
+
+    /// The placeholder token of a call whose registration failed ([`NO_CALL_TOKEN`]): sent so
+    /// that the conversation starts; its hash is never stored.
+    pub fn unregistered() -> CallToken {
+        CallToken(NO_CALL_TOKEN.to_owned())
     }
 
     /// The token text to send as `secret__ignis_call`.
@@ -317,22 +330,12 @@ pub fn dynamic_variables(
     config: &PracticeConfig,
     now: Timestamp,
 ) -> Map<String, Value> {
-    let non_empty = |s: &str, fallback: &str| {
-        if s.trim().is_empty() {
-            fallback.to_string()
-        } else {
-            s.trim().to_string()
-        }
-    };
     let l = calendar::local(config, now);
     let mut m = Map::new();
     let mut put = |k: &str, v: String| {
         m.insert(k.to_string(), Value::String(v));
     };
     put("secret__ignis_call", token.as_str().to_string());
-    put("caller_number", non_empty(call.caller_number, "anonymous"));
-    put("called_number", non_empty(call.called_number, "unbekannt"));
-    put("call_sid", non_empty(call.call_sid, "unbekannt"));
     put("today_local", calendar::date_label(l.date));
     put("now_local", calendar::time_label(config, now));
     put("practice_name", config.name.clone());
@@ -351,7 +354,42 @@ pub fn dynamic_variables(
         "after_hours_advice",
         calendar::after_hours_advice(config, now),
     );
+    m.extend(call_facts(call));
     m
+}
+
+/// The eleven dynamic variables without a practice: [`NO_CALL_TOKEN`], the call's three facts,
+/// and an empty string for each practice fact (there is no practice to take them from). An empty
+/// value still counts as supplied: ElevenLabs ends the conversation only for a variable that is
+/// missing altogether (`missing_dynamic_variable`, docs/elevenlabs.md §2.1), and substitutes ""
+/// into the prompt.
+pub fn dynamic_variables_without_practice(call: &CallInfo<'_>) -> Map<String, Value> {
+    let mut m: Map<String, Value> = DYNAMIC_VARIABLE_NAMES
+        .iter()
+        .map(|name| ((*name).to_owned(), Value::String(String::new())))
+        .collect();
+    m.insert("secret__ignis_call".into(), NO_CALL_TOKEN.into());
+    m.extend(call_facts(call));
+    m
+}
+
+/// `caller_number`, `called_number` and `call_sid`, each non-empty.
+fn call_facts(call: &CallInfo<'_>) -> [(String, Value); 3] {
+    let non_empty = |s: &str, fallback: &str| {
+        let s = s.trim();
+        Value::String(if s.is_empty() { fallback } else { s }.to_owned())
+    };
+    [
+        (
+            "caller_number".into(),
+            non_empty(call.caller_number, "anonymous"),
+        ),
+        (
+            "called_number".into(),
+            non_empty(call.called_number, "unbekannt"),
+        ),
+        ("call_sid".into(), non_empty(call.call_sid, "unbekannt")),
+    ]
 }
 
 #[cfg(test)]
@@ -383,6 +421,31 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert!(!format!("{t:?}").contains(t.as_str()));
+    }
+
+    #[test]
+    fn without_a_practice_all_eleven_go_out_with_the_refused_token() {
+        let info = CallInfo {
+            call_sid: "CA1",
+            caller_number: " ",
+            called_number: "+4930",
+        };
+        let v = dynamic_variables_without_practice(&info);
+        let mut names: Vec<&str> = v.keys().map(String::as_str).collect();
+        let mut expected = DYNAMIC_VARIABLE_NAMES.to_vec();
+        names.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+        assert_eq!(v["secret__ignis_call"], NO_CALL_TOKEN);
+        assert_eq!(v["caller_number"], "anonymous");
+        assert_eq!(v["called_number"], "+4930");
+        assert_eq!(v["call_sid"], "CA1");
+        assert_eq!(v["practice_name"], "");
+        assert!(v.values().all(Value::is_string));
+        // Never the shape of a minted token, so never the preimage of a stored hash.
+        assert_eq!(CallToken::unregistered().as_str(), NO_CALL_TOKEN);
+        assert!(!NO_CALL_TOKEN.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(NO_CALL_TOKEN.len(), 2 * TOKEN_BYTES);
     }
 
     #[test]
