@@ -347,7 +347,8 @@ pub fn user_message(text: &str) -> String {
 }
 
 /// `conversation_initiation_client_data` with dynamic variables and optional overrides.
-/// Overrides are omitted entirely when empty (§2.1: empty fields can be rejected).
+/// Overrides are omitted entirely when empty (§2.1: empty fields can be rejected), and so is
+/// `source_info`.
 pub fn initiation_client_data(
     dynamic_variables: &Map<String, Value>,
     config_override: Option<&Value>,
@@ -364,10 +365,8 @@ pub fn initiation_client_data(
     if let Some(o) = config_override {
         msg.insert("conversation_config_override".into(), o.clone());
     }
-    msg.insert(
-        "source_info".into(),
-        serde_json::json!({"source": "twilio", "version": concat!("ignis/", env!("CARGO_PKG_VERSION"))}),
-    );
+    // No `source_info`: it names the client, and none of its values is ignis. `twilio` is
+    // ElevenLabs' own Twilio integration; the SDKs send their own names (docs/elevenlabs.md §2.1).
     Value::Object(msg).to_string()
 }
 
@@ -503,5 +502,13 @@ mod tests {
         assert_eq!(init["type"], "conversation_initiation_client_data");
         assert_eq!(init["dynamic_variables"]["caller_number"], "+49");
         assert!(init.get("conversation_config_override").is_none());
+        assert!(
+            init.get("source_info").is_none(),
+            "ignis is not a source ElevenLabs names"
+        );
+        let o = serde_json::json!({"agent": {"first_message": "Hallo"}});
+        let init: Value = serde_json::from_str(&initiation_client_data(&vars, Some(&o))).unwrap();
+        assert_eq!(init["conversation_config_override"], o);
+        assert!(init.get("source_info").is_none());
     }
 }
