@@ -45,6 +45,10 @@ fn six_tools_with_both_headers_and_known_routes() {
     for (name, t) in &tools {
         assert_eq!(t["name"], name.as_str());
         assert_eq!(t["type"], "webhook");
+        // ElevenLabs' `auto` hides a webhook tool's error from the model; `passthrough` gives it the
+        // raw body, so a 422 `invalid_input` naming its `field` lets the agent correct itself
+        // (docs/elevenlabs.md §5.1).
+        assert_eq!(t["tool_error_handling_mode"], "passthrough", "{name}");
         let timeout = t["response_timeout_secs"].as_u64().unwrap();
         assert!((5..=20).contains(&timeout), "{name}");
         let api = &t["api_schema"];
