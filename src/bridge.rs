@@ -13,7 +13,8 @@
 //!   interruption's (docs/elevenlabs.md §4.4).
 //! - Endings never leave the caller in dead air: an agent failure closes the stream at once so
 //!   `stream-ended` can hand the caller to a person; a normal agent ending lets the queued audio
-//!   play (until its end-of-turn mark comes back) before closing.
+//!   play (until its end-of-turn mark comes back) before closing, and so does the agent's
+//!   maximum duration, which then hands the caller to a person too.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -300,6 +301,13 @@ impl Bridge {
             } => self.tool_call(now, &tool_name, &tool_call_id, &parameters),
             SessionEvent::Error { code, error_type } => {
                 warn!(code, error_type = %error_type, "[ElevenLabs] Agent error");
+                if error_type == messages::ERROR_MAX_DURATION_EXCEEDED {
+                    // The agent's time ran out, not the caller's matter: the 1000 close that
+                    // follows would hang up, so a person takes over instead, once the queued
+                    // audio (the agent's closing words) has played (docs/elevenlabs.md §3.2).
+                    info!("[ElevenLabs] Maximum duration reached; handing the caller to a person");
+                    self.finish_after_audio(now, Outcome::AgentFailed);
+                }
             }
         }
     }
@@ -310,8 +318,9 @@ impl Bridge {
             return;
         }
         if code == Some(1000) {
-            // The agent ended the conversation (end_call, max duration): let the queued audio
-            // play, then close so stream-ended hangs up (docs/elevenlabs.md §3.2, pitfall 4).
+            // The agent ended the conversation (end_call): let the queued audio play, then close
+            // so stream-ended hangs up (docs/elevenlabs.md §3.2, pitfall 4). After a
+            // max_duration_exceeded error the ending is already set, for a person.
             info!("[ElevenLabs] Agent ended the conversation");
             self.finish_after_audio(now, Outcome::Completed);
         } else {

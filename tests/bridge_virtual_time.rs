@@ -215,6 +215,57 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
     assert_eq!(events(&mut b), closed(Outcome::Completed));
 }
 
+const MAX_DURATION_ERROR: &str = r#"{"type":"error","error_event":{"code":1000,"error_type":"max_duration_exceeded","message":"Conversation has exceeded maximum duration"}}"#;
+
+#[test]
+fn max_duration_plays_the_last_words_then_goes_to_a_person() {
+    let t0 = Instant::now();
+    let mut b = connected(t0, "ulaw_8000");
+    b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(500)));
+    assert_eq!(
+        b.handle_agent_text(t0, MAX_DURATION_ERROR),
+        Some(AgentEventKind::Error)
+    );
+    // The 1000 close that follows must not turn it into a hang-up.
+    b.handle_agent_closed(t0, Some(1000));
+    let out = run_until(&mut b, t0, t0 + Duration::from_secs(2));
+    let last_mark = out
+        .iter()
+        .filter_map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m).ok()?;
+            v["mark"]["name"].as_str().map(str::to_owned)
+        })
+        .next_back()
+        .expect("an end-of-turn mark");
+    assert!(
+        events(&mut b).is_empty(),
+        "must not close before the last audio was heard"
+    );
+    twilio(
+        &mut b,
+        t0 + Duration::from_secs(2),
+        &format!(r#"{{"event":"mark","mark":{{"name":"{last_mark}"}}}}"#),
+    );
+    assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
+
+    // Nothing queued: straight to the fallback, whenever the close comes.
+    let mut b = connected(t0, "ulaw_8000");
+    b.handle_agent_text(t0, MAX_DURATION_ERROR);
+    b.handle_agent_closed(t0, Some(1000));
+    let _ = run_until(&mut b, t0, t0 + Duration::from_secs(1));
+    assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
+
+    // Any other error before a 1000 close is still a normal ending.
+    let mut b = connected(t0, "ulaw_8000");
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"error","error_event":{"code":1000,"error_type":"unknown"}}"#,
+    );
+    b.handle_agent_closed(t0, Some(1000));
+    let _ = run_until(&mut b, t0, t0 + Duration::from_secs(1));
+    assert_eq!(events(&mut b), closed(Outcome::Completed));
+}
+
 #[test]
 fn agent_failures_close_at_once_for_the_fallback() {
     let t0 = Instant::now();

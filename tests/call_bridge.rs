@@ -471,6 +471,25 @@ async fn agent_endings_and_failures() {
 }
 
 #[tokio::test]
+async fn max_duration_plays_the_last_words_then_sends_the_caller_to_a_person() {
+    let server = Server::start_config(test_config(&[("FALLBACK_NUMBER", "+493012345678")])).await;
+    let sid = "CA000000000000000000000000000000d1";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    agent.send_audio(1, &pattern(1600, 8));
+    agent.send(json!({"type":"error","error_event":{"code":1000,"error_type":"max_duration_exceeded","message":"Conversation has exceeded maximum duration"}}));
+    agent.close(1000);
+    let (code, seen) = caller.closed(T).await;
+    assert_eq!(code, Some(1000));
+    assert!(
+        seen.iter().any(|s| matches!(s, Seen::Media(..))),
+        "the last words play"
+    );
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::AgentFailed));
+    assert!(stream_ended(&server, sid).await.contains("<Dial>"));
+}
+
+#[tokio::test]
 async fn unreachable_agent_falls_back_without_dead_air() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_base = format!("http://{}", dead.local_addr().unwrap());

@@ -346,6 +346,10 @@ pub fn user_message(text: &str) -> String {
     serde_json::json!({"type": "user_message", "text": text}).to_string()
 }
 
+/// The `error_type` of an `error` event sent when the agent's `max_duration_seconds` ran out;
+/// a close with 1000 follows (docs/elevenlabs.md §3.2).
+pub const ERROR_MAX_DURATION_EXCEEDED: &str = "max_duration_exceeded";
+
 /// `conversation_initiation_client_data` with dynamic variables and optional overrides.
 /// Overrides are omitted entirely when empty (§2.1: empty fields can be rejected), and so is
 /// `source_info`.
