@@ -194,7 +194,14 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
             .iter()
             .any(|m| m.contains("client_tool_result") && m.contains("\"t1\""))
     );
-    let out = run_until(&mut b, t0, t0 + Duration::from_secs(2));
+    play_to_last_mark(&mut b, t0);
+    assert_eq!(events(&mut b), closed(Outcome::Completed));
+}
+
+/// Plays the queued audio for 2 s, checks that the bridge does not close before the caller
+/// heard it, then echoes the last mark as Twilio does when that audio has played.
+fn play_to_last_mark(b: &mut Bridge, t0: Instant) {
+    let out = run_until(b, t0, t0 + Duration::from_secs(2));
     let last_mark = out
         .iter()
         .filter_map(|m| {
@@ -204,15 +211,14 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
         .next_back()
         .expect("an end-of-turn mark");
     assert!(
-        events(&mut b).is_empty(),
+        events(b).is_empty(),
         "must not close before the last audio was heard"
     );
     twilio(
-        &mut b,
+        b,
         t0 + Duration::from_secs(2),
         &format!(r#"{{"event":"mark","mark":{{"name":"{last_mark}"}}}}"#),
     );
-    assert_eq!(events(&mut b), closed(Outcome::Completed));
 }
 
 const MAX_DURATION_ERROR: &str = r#"{"type":"error","error_event":{"code":1000,"error_type":"max_duration_exceeded","message":"Conversation has exceeded maximum duration"}}"#;
@@ -228,24 +234,7 @@ fn max_duration_plays_the_last_words_then_goes_to_a_person() {
     );
     // The 1000 close that follows must not turn it into a hang-up.
     b.handle_agent_closed(t0, Some(1000));
-    let out = run_until(&mut b, t0, t0 + Duration::from_secs(2));
-    let last_mark = out
-        .iter()
-        .filter_map(|m| {
-            let v: serde_json::Value = serde_json::from_str(m).ok()?;
-            v["mark"]["name"].as_str().map(str::to_owned)
-        })
-        .next_back()
-        .expect("an end-of-turn mark");
-    assert!(
-        events(&mut b).is_empty(),
-        "must not close before the last audio was heard"
-    );
-    twilio(
-        &mut b,
-        t0 + Duration::from_secs(2),
-        &format!(r#"{{"event":"mark","mark":{{"name":"{last_mark}"}}}}"#),
-    );
+    play_to_last_mark(&mut b, t0);
     assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
 
     // Nothing queued: straight to the fallback, whenever the close comes.
