@@ -82,6 +82,72 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// GET http://127.0.0.1:$PORT/health; exit 0 if healthy (for Docker).
     Healthcheck,
+    /// Set up the practice's Twilio number
+    #[command(subcommand)]
+    Twilio(TwilioCommand),
+    /// Set up the ElevenLabs agent
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Check every hop of a call from outside, in the order a call travels
+    ///
+    /// Configuration, DNS, TLS, /health, the signed voice webhook and the stream upgrade through
+    /// the public URL, /metrics exposure, the Twilio number and its recent alerts, the
+    /// ElevenLabs agent and the tool endpoint. One line per check, with the fix for each
+    /// failure; exit code 1 when any check fails.
+    Doctor(DoctorArgs),
+}
+
+/// `ignis twilio …`.
+#[derive(Debug, Subcommand)]
+pub enum TwilioCommand {
+    /// Point the number's voice webhook and status callback at this ignis
+    ///
+    /// Finds the number (--number, else TWILIO_PHONE_NUMBER) through Twilio's REST API, shows
+    /// its voice settings beside the wanted ones and sets VoiceUrl, VoiceMethod, StatusCallback
+    /// and StatusCallbackMethod (and VoiceFallbackUrl with TWILIO_VOICE_FALLBACK_URL). Safe to
+    /// run again. Exit codes: 0 done or nothing to do, 1 a check failed, 2 bad configuration.
+    Configure(TwilioConfigureArgs),
+}
+
+/// `ignis twilio configure`.
+#[derive(Debug, Clone, Args)]
+pub struct TwilioConfigureArgs {
+    /// The number to configure [default: TWILIO_PHONE_NUMBER].
+    #[arg(long, value_name = "+E164")]
+    pub number: Option<String>,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `ignis agent …`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Make the ElevenLabs agent match agent/ and this configuration
+    ///
+    /// The workspace secret carrying TOOLS_TOKEN, the practice tools and transfer_to_staff, and
+    /// the agent's prompt, greeting, formats, client events, placeholders and privacy settings.
+    /// Prints what it changes (secrets masked); a second run writes nothing.
+    Sync(AgentSyncArgs),
+}
+
+/// `ignis agent sync`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentSyncArgs {
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `ignis doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// One JSON object per check, one per line (for monitoring).
+    #[arg(long)]
+    pub json: bool,
+    /// Also make one whole simulated call through the public URL to the real agent.
+    #[arg(long)]
+    pub call: bool,
 }
 
 /// `ignis serve`.

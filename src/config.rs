@@ -49,6 +49,13 @@ pub const DEFAULT_PRECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DTMF_MODE: DtmfMode = DtmfMode::UserMessage;
 /// Default Twilio REST origin.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+/// Default Twilio Monitor (alerts) origin.
+pub const DEFAULT_TWILIO_MONITOR_API_BASE: &str = "https://monitor.twilio.com";
+/// Default days ElevenLabs keeps a conversation's transcript and audio (`agent sync`): long
+/// enough to look into a complaint about a call, finite as GDPR's storage limitation asks.
+pub const DEFAULT_ELEVENLABS_RETENTION_DAYS: u32 = 30;
+/// Longest accepted `ELEVENLABS_RETENTION_DAYS` (ten years; unlimited is not offered).
+pub const MAX_ELEVENLABS_RETENTION_DAYS: u32 = 3650;
 /// Default SQLite file of the practice.
 pub const DEFAULT_DB_PATH: &str = "./ignis.db";
 /// Largest `.env` file read.
@@ -129,7 +136,25 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "TWILIO_ACCOUNT_SID",
         Unset::Off,
-        "AC…, for REST calls (transfer to staff).",
+        "AC…, for REST calls (transfer to staff, twilio configure, doctor).",
+    ),
+    var(
+        "TWILIO_API_KEY_SID",
+        Unset::Off,
+        "SK…: with TWILIO_API_KEY_SECRET, the REST credentials (Twilio's recommendation); else \
+         the account SID and auth token are used.",
+    ),
+    var("TWILIO_API_KEY_SECRET", Unset::Off, "The API key's secret."),
+    var(
+        "TWILIO_PHONE_NUMBER",
+        Unset::Off,
+        "The practice's Twilio number (E.164) that twilio configure sets up and doctor checks.",
+    ),
+    var(
+        "TWILIO_VOICE_FALLBACK_URL",
+        Unset::Off,
+        "https URL twilio configure sets as the number's VoiceFallbackUrl: the TwiML Twilio \
+         fetches when ignis cannot be reached (e.g. a TwiML Bin that dials the practice).",
     ),
     var("ELEVENLABS_AGENT_ID", Unset::Off, "The agent that answers."),
     var(
@@ -141,7 +166,8 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ELEVENLABS_API_BASE",
         Unset::Text(DEFAULT_ELEVENLABS_API_BASE),
-        "ElevenLabs API origin; tests point it at a loopback stand-in.",
+        "ElevenLabs API origin: https://api.eu.residency.elevenlabs.io for EU data residency; \
+         http:// only on loopback (tests).",
     ),
     var(
         "FALLBACK_NUMBER",
@@ -223,7 +249,23 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "TWILIO_API_BASE",
         Unset::Text(DEFAULT_TWILIO_API_BASE),
-        "Twilio REST origin, for transfer_to_staff.",
+        "Twilio REST origin (http:// only on loopback, for tests).",
+    ),
+    var(
+        "TWILIO_MONITOR_API_BASE",
+        Unset::Text(DEFAULT_TWILIO_MONITOR_API_BASE),
+        "Twilio Monitor origin, where doctor reads the alerts (http:// only on loopback).",
+    ),
+    var(
+        "ELEVENLABS_RETENTION_DAYS",
+        Unset::Number(DEFAULT_ELEVENLABS_RETENTION_DAYS as u64),
+        "Days ElevenLabs keeps each conversation (agent sync), 1 to 3650.",
+    ),
+    var(
+        "ELEVENLABS_RECORD_VOICE",
+        Unset::Text("0"),
+        "1 lets agent sync turn on the agent's voice recording: only with the callers' consent \
+         (§ 201 StGB).",
     ),
     var(
         "METRICS_TOKEN",
@@ -422,6 +464,18 @@ pub struct Config {
     pub dtmf_mode: crate::bridge::DtmfMode,
     /// Twilio REST origin.
     pub twilio_api_base: String,
+    /// Twilio Monitor origin.
+    pub twilio_monitor_api_base: String,
+    /// REST API key (`SK…`, secret), preferred over the auth token for REST calls.
+    pub twilio_api_key: Option<(String, AuthToken)>,
+    /// The practice's Twilio number (E.164).
+    pub twilio_phone_number: Option<String>,
+    /// The number's `VoiceFallbackUrl` to set.
+    pub twilio_voice_fallback_url: Option<String>,
+    /// Days ElevenLabs keeps a conversation.
+    pub elevenlabs_retention_days: u32,
+    /// Whether `agent sync` turns on voice recording (operator's explicit opt-in).
+    pub elevenlabs_record_voice: bool,
     /// Bearer token protecting `/metrics` (open when unset).
     pub metrics_token: Option<AuthToken>,
     /// Extra PEM roots for outbound TLS (agent, signed URL, Twilio REST).
@@ -570,6 +624,18 @@ pub fn merge(
     merged
 }
 
+/// Whether `n` is an E.164 number: `+` and 8 to 15 digits.
+pub fn is_e164(n: &str) -> bool {
+    let digits = n.strip_prefix('+').unwrap_or("");
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `host` (as in a URL, brackets removed) is this machine: `localhost`, 127.0.0.0/8, ::1.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Typed reads of the merged variables; every error names its variable.
 struct Vars<'a>(&'a HashMap<String, String>);
 
@@ -599,13 +665,73 @@ impl<'a> Vars<'a> {
             .map(Duration::from_millis)
     }
 
-    /// An `http(s)://` origin without its trailing `/`.
+    /// An `https://` origin (or `http://` on a loopback host, for the stand-ins in tests)
+    /// without its trailing `/`. Plain HTTP elsewhere would send API keys in the clear.
     fn origin(&self, k: &str, default: &str) -> Result<String, ConfigError> {
         let v = self.get(k).unwrap_or(default);
-        if !(v.starts_with("https://") || v.starts_with("http://")) {
-            return Err(err(k, "must start with https:// or http://"));
+        let ep = crate::http::url::Endpoint::parse(v)
+            .ok()
+            .filter(|_| v.starts_with("https://") || v.starts_with("http://"))
+            .ok_or_else(|| err(k, "must be an https:// origin"))?;
+        if !ep.tls && !is_loopback_host(&ep.host) {
+            return Err(err(
+                k,
+                "must be https:// (plain http:// only on a loopback address)",
+            ));
         }
         Ok(v.trim_end_matches('/').to_owned())
+    }
+
+    /// An optional E.164 number.
+    fn e164(&self, k: &str) -> Result<Option<String>, ConfigError> {
+        let n = self.get(k);
+        if let Some(n) = n
+            && !is_e164(n)
+        {
+            return Err(err(k, "must be an E.164 number such as +493012345678"));
+        }
+        Ok(n.map(str::to_owned))
+    }
+
+    /// An optional absolute `https://` URL.
+    fn https_url(&self, k: &str) -> Result<Option<String>, ConfigError> {
+        let u = self.get(k);
+        if let Some(u) = u
+            && !(u.starts_with("https://") && crate::http::url::Endpoint::parse(u).is_ok())
+        {
+            return Err(err(k, "must be an https:// URL"));
+        }
+        Ok(u.map(str::to_owned))
+    }
+
+    /// `TWILIO_API_KEY_SID` and `TWILIO_API_KEY_SECRET`: both or neither.
+    fn api_key(&self) -> Result<Option<(String, AuthToken)>, ConfigError> {
+        match (
+            self.get("TWILIO_API_KEY_SID"),
+            self.get("TWILIO_API_KEY_SECRET"),
+        ) {
+            (None, None) => Ok(None),
+            (Some(sid), Some(secret)) => {
+                if !(sid.starts_with("SK")
+                    && sid.len() == 34
+                    && sid.bytes().all(|b| b.is_ascii_alphanumeric()))
+                {
+                    return Err(err(
+                        "TWILIO_API_KEY_SID",
+                        "must be SK followed by 32 characters",
+                    ));
+                }
+                Ok(Some((sid.to_owned(), AuthToken::new(secret))))
+            }
+            (Some(_), None) => Err(err(
+                "TWILIO_API_KEY_SECRET",
+                "is required with TWILIO_API_KEY_SID",
+            )),
+            (None, Some(_)) => Err(err(
+                "TWILIO_API_KEY_SID",
+                "is required with TWILIO_API_KEY_SECRET",
+            )),
+        }
     }
 
     /// One of `choices` (value, meaning); unset gives `default`.
@@ -644,17 +770,7 @@ impl<'a> Vars<'a> {
     }
 
     fn fallback_number(&self) -> Result<Option<String>, ConfigError> {
-        let n = self.get("FALLBACK_NUMBER");
-        if let Some(n) = n {
-            let digits = n.strip_prefix('+').unwrap_or("");
-            if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(err(
-                    "FALLBACK_NUMBER",
-                    "must be an E.164 number such as +493012345678",
-                ));
-            }
-        }
-        Ok(n.map(str::to_owned))
+        self.e164("FALLBACK_NUMBER")
     }
 
     fn bind(&self) -> Result<IpAddr, ConfigError> {
@@ -750,6 +866,22 @@ impl Config {
             agent_silence_timeout: v.millis("AGENT_SILENCE_TIMEOUT_MS", DEFAULT_SILENCE_TIMEOUT)?,
             dtmf_mode: v.choice("DTMF_MODE", DEFAULT_DTMF_MODE, &dtmf_modes)?,
             twilio_api_base: v.origin("TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE)?,
+            twilio_monitor_api_base: v
+                .origin("TWILIO_MONITOR_API_BASE", DEFAULT_TWILIO_MONITOR_API_BASE)?,
+            twilio_api_key: v.api_key()?,
+            twilio_phone_number: v.e164("TWILIO_PHONE_NUMBER")?,
+            twilio_voice_fallback_url: v.https_url("TWILIO_VOICE_FALLBACK_URL")?,
+            elevenlabs_retention_days: v.number(
+                "ELEVENLABS_RETENTION_DAYS",
+                u64::from(DEFAULT_ELEVENLABS_RETENTION_DAYS),
+                1,
+                u64::from(MAX_ELEVENLABS_RETENTION_DAYS),
+            )? as u32,
+            elevenlabs_record_voice: v.choice(
+                "ELEVENLABS_RECORD_VOICE",
+                false,
+                &[("0", false), ("1", true)],
+            )?,
             metrics_token: v.get("METRICS_TOKEN").map(AuthToken::new),
             extra_ca_file: v.get("EXTRA_CA_FILE").map(PathBuf::from),
             practice: v.practice()?,

@@ -49,6 +49,7 @@ pub mod practice;
 pub mod privacy;
 pub mod routes;
 pub mod secret;
+pub mod setup;
 pub mod sim;
 pub mod telemetry;
 pub mod twilio;

@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ignis::cli::{Cli, Command};
-use ignis::driver::{commands, startup};
+use ignis::cli::{AgentCommand, Cli, Command, TwilioCommand};
+use ignis::driver::{commands, setup, startup};
 
 fn main() -> ExitCode {
     // Usage errors exit 2 and --help/--version exit 0, both through clap.
@@ -16,6 +16,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => ("ignis demo", commands::demo(args)),
         Command::Simulate(args) => ("ignis simulate", commands::simulate(args)),
         Command::Healthcheck => ("ignis healthcheck", commands::healthcheck()),
+        Command::Twilio(TwilioCommand::Configure(args)) => {
+            ("ignis twilio configure", setup::twilio::configure(args))
+        }
+        Command::Agent(AgentCommand::Sync(args)) => ("ignis agent sync", setup::agent::sync(args)),
+        Command::Doctor(args) => ("ignis doctor", setup::doctor::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@ mod connection;
 pub mod demo;
 pub mod local_agent;
 mod net;
+pub mod setup;
 pub mod sim;
 pub mod startup;
 mod transfer;

@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
 
+use crate::http::client::{self, ClientResponse, ResponseError};
 use crate::http::url::Endpoint;
 
 /// A TCP stream, with or without TLS.
@@ -163,6 +164,22 @@ pub(crate) async fn request<T, E>(
     tokio::time::timeout(timeout, fut).await.map_err(|_| {
         RequestError::Io(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))
     })?
+}
+
+/// Sends `request` and reads the whole response (any status), at most `max_bytes`, all within
+/// `timeout`: the exchange of the setup commands and the doctor's probes.
+#[allow(dead_code)] // its users (the set-up commands) land next
+pub(crate) async fn exchange(
+    ep: &Endpoint,
+    tls: &Arc<ClientConfig>,
+    request_bytes: &[u8],
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<ClientResponse, RequestError<ResponseError>> {
+    request(ep, tls, request_bytes, timeout, max_bytes, |buf, eof| {
+        client::parse_response(buf, eof, max_bytes)
+    })
+    .await
 }
 
 /// Why an outbound request failed.

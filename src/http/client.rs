@@ -1,8 +1,56 @@
-//! The response side of the two HTTPS requests ignis makes as a client (the ElevenLabs signed
-//! URL and Twilio's call update). Sans-IO: the driver feeds the bytes read so far and whether
-//! the peer has closed; "not enough bytes" is `Ok(None)`.
+//! The HTTP/1.1 client side of the requests ignis makes (the ElevenLabs signed URL and API,
+//! Twilio's REST and Monitor APIs, the doctor's probes): one request encoded to bytes, and the
+//! response read back. Sans-IO: the driver feeds the bytes read so far and whether the peer has
+//! closed; "not enough bytes" is `Ok(None)`.
 
 use super::body::ChunkedDecoder;
+use super::url::Endpoint;
+
+/// A header name or value that would break the request head (CR, LF or another control
+/// character): refused rather than sent, so a secret with a stray newline cannot inject headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadHeader;
+
+error_text!(BadHeader => "header holds a control character");
+
+/// Encodes one `Connection: close` request to `ep` (its `target` is the request target):
+/// `Host`, `User-Agent`, the given headers and, with a body, its `Content-Type` and
+/// `Content-Length`.
+pub fn encode_request(
+    method: &str,
+    ep: &Endpoint,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Result<Vec<u8>, BadHeader> {
+    let clean = |s: &str| !s.bytes().any(|b| b.is_ascii_control() && b != b'\t');
+    if !headers.iter().all(|(n, v)| clean(n) && clean(v)) || !clean(method) {
+        return Err(BadHeader);
+    }
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ignis/{}\r\nConnection: close\r\n",
+        ep.target,
+        ep.host_header(),
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some((content_type, bytes)) = body {
+        if !clean(content_type) {
+            return Err(BadHeader);
+        }
+        head.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            bytes.len()
+        ));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    if let Some((_, bytes)) = body {
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
 
 /// Most response headers read; services answer with a dozen or two.
 const MAX_RESPONSE_HEADERS: usize = 64;
@@ -116,6 +164,26 @@ pub fn parse_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_requests_and_refuses_header_injection() {
+        let ep = Endpoint::parse("https://api.example.com:8443/v1/x?y=1").unwrap();
+        let req = encode_request(
+            "PATCH",
+            &ep,
+            &[("xi-api-key", "k")],
+            Some(("application/json", b"{}")),
+        )
+        .unwrap();
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.starts_with("PATCH /v1/x?y=1 HTTP/1.1\r\nHost: api.example.com:8443\r\n"));
+        assert!(req.contains("xi-api-key: k\r\n"));
+        assert!(req.ends_with("Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"));
+        assert_eq!(
+            encode_request("GET", &ep, &[("a", "b\r\nEvil: 1")], None),
+            Err(BadHeader)
+        );
+    }
 
     #[test]
     fn reads_statuses_and_framed_bodies() {
