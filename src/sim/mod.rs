@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod twilio;
+pub mod twilio_api;
 
 use crate::audio::mulaw;
 

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod twilio;
+pub mod twilio_api;
 
 use std::fmt;
 
