@@ -162,3 +162,97 @@ async fn alerts_check(
     }
     core::alerts_check(&all, &host, truncated)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::driver::sim::twilio_api::TwilioApiServer;
+    use crate::setup::Status;
+    use crate::sim::twilio_api::{Alert, PhoneNumber, TwilioApi};
+
+    const AC: &str = "AC0123456789abcdef0123456789abcdef";
+
+    fn config(base: &str, token: &str) -> Config {
+        let vars: HashMap<String, String> = [
+            ("PUBLIC_URL", "https://ignis.example.com"),
+            ("TWILIO_AUTH_TOKEN", token),
+            ("TWILIO_ACCOUNT_SID", AC),
+            ("TWILIO_PHONE_NUMBER", "+493012345678"),
+            ("TWILIO_API_BASE", base),
+            ("TWILIO_MONITOR_API_BASE", base),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Config::from_vars(&vars, false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn doctor_checks_the_number_and_this_deployments_alerts() {
+        let now = SystemTime::now();
+        let t = now.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let mut api = TwilioApi::new(AC, "the-auth-token-1");
+        let mut n = PhoneNumber::new("PN1", "+493012345678");
+        n.voice_url = Some("https://ignis.example.com/api/twilio/voice".into());
+        n.status_callback = Some("https://ignis.example.com/api/twilio/status".into());
+        n.voice_method = "GET".into();
+        api.numbers.push(n);
+        let url = "wss://ignis.example.com/api/twilio/stream";
+        api.alerts = vec![
+            Alert::new("NO1", "31920", "error", url, "CA1", t - 600),
+            Alert::new(
+                "NO2",
+                "11200",
+                "error",
+                "https://elsewhere.example/v",
+                "CA2",
+                t - 60,
+            ),
+            Alert::new("NO3", "31930", "warning", url, "CA3", t - 2 * 86_400),
+        ];
+        let server = TwilioApiServer::start(api).await.unwrap();
+        let tls = net::tls_config(None).unwrap();
+
+        let checks = doctor_checks(&config(&server.base(), "the-auth-token-1"), &tls, now).await;
+        let (number, alerts) = (&checks[0], &checks[1]);
+        assert_eq!((number.id, number.status), ("twilio_number", Status::Fail));
+        assert!(number.detail.contains("VoiceMethod is GET"), "{number}");
+        assert!(
+            number
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("ignis twilio configure")
+        );
+        assert_eq!((alerts.id, alerts.status), ("twilio_alerts", Status::Fail));
+        assert!(alerts.detail.starts_with("1 alert(s)"), "{alerts}");
+        assert!(
+            alerts.fix.as_deref().unwrap().contains("Upgrade"),
+            "{alerts}"
+        );
+
+        server.state().numbers[0].voice_method = "POST".into();
+        server.state().alerts.clear();
+        let checks = doctor_checks(&config(&server.base(), "the-auth-token-1"), &tls, now).await;
+        assert!(
+            checks.iter().all(|c| c.status == Status::Pass),
+            "{checks:?}"
+        );
+
+        let checks = doctor_checks(&config(&server.base(), "a-wrong-token-1"), &tls, now).await;
+        for c in &checks {
+            assert_eq!(c.status, Status::Fail);
+            assert!(
+                c.fix.as_deref().unwrap().starts_with("credentials refused"),
+                "{c}"
+            );
+        }
+
+        let mut cfg = config(&server.base(), "the-auth-token-1");
+        cfg.twilio_account_sid = None;
+        let checks = doctor_checks(&cfg, &tls, now).await;
+        assert!(checks.iter().all(|c| c.status == Status::Skip));
+    }
+}
