@@ -524,7 +524,7 @@ pub enum Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // docs/twilio.md §9.2: an application or a trunk takes precedence over voice_url.
+        // docs/twilio.md §10: an application or a trunk takes precedence over voice_url.
         match self {
             Refusal::Application(sid) => write!(
                 f,
