@@ -140,6 +140,8 @@ pub enum SetupError {
     BadBase,
     /// A credential holds a control character.
     BadCredentialCharacters,
+    /// Twilio could not be reached, or its answer not read (host, why).
+    Unreachable(String, String),
     /// Twilio answered with an error.
     Api(ApiError),
     /// Twilio's answer could not be read.
@@ -192,6 +194,7 @@ impl fmt::Display for SetupError {
             SetupError::BadCredentialCharacters => {
                 f.write_str("a Twilio credential holds a control character")
             }
+            SetupError::Unreachable(host, why) => write!(f, "Twilio ({host}) unreachable: {why}"),
             SetupError::Api(e) => e.fmt(f),
             SetupError::BadResponse(what) => write!(f, "unreadable answer from Twilio: {what}"),
             SetupError::NotFound { number } => write!(
@@ -290,6 +293,19 @@ impl fmt::Display for ApiError {
         }
         Ok(())
     }
+}
+
+/// Longest value from Twilio shown in a report (a URL, a SID, a date).
+pub const MAX_SHOWN_VALUE_CHARS: usize = 200;
+
+/// A value from Twilio as it may be printed: no control characters (no terminal escapes),
+/// at most [`MAX_SHOWN_VALUE_CHARS`].
+pub fn shown(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_SHOWN_VALUE_CHARS)
+        .collect()
 }
 
 /// An answer's body as `T` when 2xx, else the error.
@@ -590,10 +606,10 @@ pub struct Plan {
 /// The plan for `n`, or why it cannot be pointed at ignis.
 pub fn plan(n: &IncomingNumber, desired: &Desired) -> Result<Plan, Refusal> {
     if let Some(sid) = &n.voice_application_sid {
-        return Err(Refusal::Application(sid.clone()));
+        return Err(Refusal::Application(shown(sid)));
     }
     if let Some(sid) = &n.trunk_sid {
-        return Err(Refusal::Trunk(sid.clone()));
+        return Err(Refusal::Trunk(shown(sid)));
     }
     if n.capabilities.as_ref().and_then(|c| c.voice) == Some(false) {
         return Err(Refusal::NoVoice);
@@ -612,7 +628,7 @@ pub fn plan(n: &IncomingNumber, desired: &Desired) -> Result<Plan, Refusal> {
         .collect();
     Ok(Plan {
         number: n.phone_number.clone(),
-        sid: n.sid.clone(),
+        sid: shown(&n.sid),
         rows,
     })
 }
@@ -642,7 +658,7 @@ impl Plan {
         let width = |f: &dyn Fn(&PlanRow) -> usize, min: usize| {
             self.rows.iter().map(f).max().unwrap_or(0).max(min)
         };
-        let now_text = |r: &PlanRow| r.now.clone().unwrap_or_else(|| "(unset)".into());
+        let now_text = |r: &PlanRow| r.now.as_deref().map_or("(unset)".into(), shown);
         let w1 = width(&|r| r.field.param().len(), "field".len());
         let w2 = width(&|r| now_text(r).chars().count(), "now".len());
         let mut out = format!("    {:<w1$} | {:<w2$} | wanted\n", "field", "now");
@@ -701,7 +717,7 @@ pub fn number_check(n: &IncomingNumber, desired: &Desired) -> Check {
                     format!(
                         "{} is {}",
                         r.field.param(),
-                        r.now.as_deref().unwrap_or("unset")
+                        r.now.as_deref().map_or("unset".into(), shown)
                     )
                 })
                 .collect();
@@ -724,6 +740,10 @@ pub fn number_check(n: &IncomingNumber, desired: &Desired) -> Check {
     }
 }
 
+/// What to do when Twilio cannot be reached from here.
+const UNREACHABLE_FIX: &str = "check this machine's outbound HTTPS (firewall, proxy), \
+     TWILIO_API_BASE / TWILIO_MONITOR_API_BASE and EXTRA_CA_FILE";
+
 /// The doctor's `twilio_number` check when the search failed.
 pub fn number_error_check(e: &SetupError) -> Check {
     const ID: &str = "twilio_number";
@@ -734,6 +754,7 @@ pub fn number_error_check(e: &SetupError) -> Check {
             "PUBLIC_URL is not https://",
             "set PUBLIC_URL to the https:// origin Twilio reaches",
         ),
+        SetupError::Unreachable(..) => Check::fail(ID, e.to_string(), UNREACHABLE_FIX),
         other => Check::fail(
             ID,
             other.to_string(),
@@ -747,6 +768,7 @@ pub fn alerts_error_check(e: &SetupError) -> Check {
     const ID: &str = "twilio_alerts";
     match e {
         SetupError::Api(api) => Check::fail(ID, api.to_string(), api.fix()),
+        SetupError::Unreachable(..) => Check::fail(ID, e.to_string(), UNREACHABLE_FIX),
         other => Check::fail(ID, other.to_string(), "check TWILIO_MONITOR_API_BASE"),
     }
 }
@@ -932,14 +954,14 @@ pub fn alerts_check(alerts: &[Alert], public_host: &str, truncated: bool) -> Che
     }
     let mut fix = String::new();
     for a in ours.iter().take(MAX_ALERTS_SHOWN) {
-        let code = a.error_code.as_deref().unwrap_or("?");
-        let (meaning, cause) = explain(code).unwrap_or(("see the error page", "unknown"));
+        let code = shown(a.error_code.as_deref().unwrap_or("?"));
+        let (meaning, cause) = explain(&code).unwrap_or(("see the error page", "unknown"));
         fix.push_str(&format!(
             "\n      {code} {} at {} ({}): {meaning}; likely {cause} \
              (https://www.twilio.com/docs/api/errors/{code})",
-            a.log_level.as_deref().unwrap_or("?"),
-            a.date_created.as_deref().unwrap_or("?"),
-            a.resource_sid.as_deref().unwrap_or("no call"),
+            shown(a.log_level.as_deref().unwrap_or("?")),
+            shown(a.date_created.as_deref().unwrap_or("?")),
+            shown(a.resource_sid.as_deref().unwrap_or("no call")),
         ));
     }
     if ours.len() > MAX_ALERTS_SHOWN {

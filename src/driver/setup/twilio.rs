@@ -38,13 +38,7 @@ async fn send(req: &ApiRequest, tls: &Arc<ClientConfig>) -> Result<ClientRespons
         MAX_API_RESPONSE_BYTES,
     )
     .await
-    .map_err(|e| {
-        SetupError::Api(core::ApiError {
-            status: 0,
-            code: None,
-            message: format!("{} unreachable: {e}", req.endpoint.host_header()),
-        })
-    })
+    .map_err(|e| SetupError::Unreachable(req.endpoint.host_header(), e.to_string()))
 }
 
 /// Finds `number` page by page.
@@ -248,6 +242,16 @@ mod tests {
                 c.fix.as_deref().unwrap().starts_with("credentials refused"),
                 "{c}"
             );
+        }
+
+        // Nothing listens: both checks fail with the network fix.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_base = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let checks = doctor_checks(&config(&closed_base, "the-auth-token-1"), &tls, now).await;
+        for c in &checks {
+            assert_eq!(c.status, Status::Fail);
+            assert!(c.detail.contains("unreachable"), "{c}");
         }
 
         let mut cfg = config(&server.base(), "the-auth-token-1");

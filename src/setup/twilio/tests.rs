@@ -323,3 +323,22 @@ fn every_code_of_the_table_is_explained() {
     }
     assert_eq!(explain("99999"), None);
 }
+
+#[test]
+fn values_from_twilio_are_shown_without_control_characters() {
+    let d = Desired::from_config(&config(&[])).unwrap();
+    let mut n = good();
+    n.voice_url = Some("https://x.example/\u{1b}[2Jv".into());
+    let table = plan(&n, &d).unwrap().render();
+    assert!(
+        !table.contains('\u{1b}') && table.contains("https://x.example/[2Jv"),
+        "{table}"
+    );
+    n.trunk_sid = Some("TK\u{7}1".into());
+    assert_eq!(plan(&n, &d), Err(Refusal::Trunk("TK1".into())));
+    assert_eq!(shown(&"x".repeat(1000)).len(), MAX_SHOWN_VALUE_CHARS);
+    let e = SetupError::Unreachable("api.twilio.com".into(), "connection refused".into());
+    let c = number_error_check(&e);
+    assert!(c.detail.contains("api.twilio.com") && c.fix.unwrap().contains("TWILIO_API_BASE"));
+    assert!(!e.is_configuration());
+}
