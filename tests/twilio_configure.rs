@@ -32,8 +32,12 @@ impl Twilio {
         Twilio { server, _rt: rt }
     }
 
+    /// The accepted writes; also checks that nothing else was even attempted.
     fn writes(&self) -> Vec<Write> {
-        self.server.state().writes.clone()
+        let state = self.server.state();
+        let posts = state.requests.iter().filter(|(m, _)| m != "GET").count();
+        assert_eq!(posts, state.writes.len(), "{:?}", state.requests);
+        state.writes.clone()
     }
 }
 
@@ -263,6 +267,14 @@ fn the_number_is_found_on_a_later_page_among_partial_matches() {
     assert!(out.contains(PN), "{out}");
     assert_eq!(number_writes(&t).len(), 1);
     let state = t.server.state();
+    let lists: Vec<&str> = state
+        .requests
+        .iter()
+        .filter(|(m, target)| m == "GET" && target.contains("IncomingPhoneNumbers.json?"))
+        .map(|(_, target)| target.as_str())
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    assert!(lists[1].contains("&Page=1&PageToken="), "{lists:?}");
     assert_eq!(state.number(NUMBER).unwrap().voice_method, "POST");
     assert_eq!(
         state.number(&format!("{NUMBER}00")).unwrap().voice_url,

@@ -248,6 +248,8 @@ pub struct TwilioApi {
     pub alerts: Vec<Alert>,
     /// Every accepted write.
     pub writes: Vec<Write>,
+    /// Every request, as method and target, in order.
+    pub requests: Vec<(String, String)>,
     /// The origin Monitor's absolute URLs start with (the server's own).
     pub base: String,
 }
@@ -265,6 +267,7 @@ impl TwilioApi {
             calls: Vec::new(),
             alerts: Vec::new(),
             writes: Vec::new(),
+            requests: Vec::new(),
             base: "https://monitor.twilio.com".to_owned(),
         }
     }
@@ -276,6 +279,8 @@ impl TwilioApi {
 
     /// Answers one request at `now` (unix seconds).
     pub fn handle(&mut self, head: &RequestHead, body: &[u8], now: i64) -> Response {
+        self.requests
+            .push((head.method.as_str().to_owned(), head.target.clone()));
         let answer = match self.authenticate(head) {
             None => Err(auth_error()),
             Some(()) => self.route(head, body, now),
