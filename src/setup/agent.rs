@@ -161,6 +161,80 @@ pub struct SyncSettings {
     pub retention_days: u32,
 }
 
+/// Why the configuration cannot sync the agent (exit code 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsError {
+    /// `ELEVENLABS_API_KEY` is unset.
+    NoApiKey,
+    /// `ELEVENLABS_AGENT_ID` is unset.
+    NoAgentId,
+    /// `TOOLS_TOKEN` is unset: ignis would run with a random one no agent can know.
+    NoToolsToken,
+    /// `PUBLIC_URL` is not `https://`: ElevenLabs would send the tools token in the clear.
+    NotHttps,
+}
+
+error_text!(SettingsError {
+    NoApiKey => "ELEVENLABS_API_KEY is not set: the sync needs an API key of the agent's workspace",
+    NoAgentId => "ELEVENLABS_AGENT_ID is not set: which agent should be synced?",
+    NoToolsToken => "TOOLS_TOKEN is not set: without it ignis draws a random token at start \
+        that no agent can know; set it (e.g. `openssl rand -hex 32`) in .env and run again",
+    NotHttps => "PUBLIC_URL must be https://: the tools send TOOLS_TOKEN to it",
+});
+
+/// The sync's settings from the configuration, or why it cannot run.
+pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, SettingsError> {
+    if config.elevenlabs_api_key.is_none() {
+        return Err(SettingsError::NoApiKey);
+    }
+    let agent_id = config
+        .elevenlabs_agent_id
+        .clone()
+        .ok_or(SettingsError::NoAgentId)?;
+    let tools_token = config
+        .practice
+        .tools_token
+        .clone()
+        .ok_or(SettingsError::NoToolsToken)?;
+    let origin = config.public_url.http_url("");
+    if !origin.starts_with("https://") {
+        return Err(SettingsError::NotHttps);
+    }
+    Ok(SyncSettings {
+        agent_id,
+        origin,
+        tools_token,
+        record_voice: config.elevenlabs_record_voice,
+        retention_days: config.elevenlabs_retention_days,
+    })
+}
+
+/// The target of one page of a list endpoint (`/v1/convai/tools`, `/v1/convai/secrets`).
+pub fn list_target(path: &str, cursor: Option<&str>) -> String {
+    let mut target = format!("{path}?page_size={PAGE_SIZE}");
+    if let Some(c) = cursor {
+        target.push_str(&format!("&cursor={}", encode_query_value(c)));
+    }
+    target
+}
+
+/// One page's items under `key` and the cursor of the next page (`None` on the last);
+/// `None` when the answer has no such list.
+pub fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
+    let items = v[key].as_array()?.clone();
+    // `has_more` is absent from older answers: a cursor alone means more.
+    let next = v["next_cursor"]
+        .as_str()
+        .filter(|_| v["has_more"] != false)
+        .map(str::to_owned);
+    Some((items, next))
+}
+
+/// The path of the agent `id`.
+pub fn agent_target(id: &str) -> String {
+    format!("/v1/convai/agents/{}", encode_query_value(id))
+}
+
 /// One API request: method, path with query, JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiCall {
@@ -291,13 +365,7 @@ impl AgentSync {
     /// The request to send now, or the report once done. Call again after each
     /// [`AgentSync::handle_response`].
     pub fn poll(&self) -> Step {
-        let list = |path: &str, cursor: &Option<String>| {
-            let mut target = format!("{path}?page_size={PAGE_SIZE}");
-            if let Some(c) = cursor {
-                target.push_str(&format!("&cursor={}", encode_query_value(c)));
-            }
-            target
-        };
+        let list = |path: &str, cursor: &Option<String>| list_target(path, cursor.as_deref());
         let call = |method, target: String, body| {
             Step::Call(ApiCall {
                 method,
@@ -305,10 +373,7 @@ impl AgentSync {
                 body,
             })
         };
-        let agent_path = format!(
-            "/v1/convai/agents/{}",
-            encode_query_value(&self.settings.agent_id)
-        );
+        let agent_path = agent_target(&self.settings.agent_id);
         match &self.phase {
             Phase::Secrets(cursor) => call("GET", list("/v1/convai/secrets", cursor), None),
             Phase::CreateSecret => {
@@ -381,16 +446,21 @@ impl AgentSync {
     }
 
     fn next_page(&mut self, v: &Value, what: &'static str) -> Result<Option<String>, SyncError> {
-        let next = v["next_cursor"].as_str().map(str::to_owned);
-        // `has_more` is absent from older answers: a cursor alone means more.
-        if next.is_none() || v["has_more"] == false {
+        let Some((_, Some(next))) = list_page(
+            v,
+            if what.contains("tools") {
+                "tools"
+            } else {
+                "secrets"
+            },
+        ) else {
             return Ok(None);
-        }
+        };
         self.pages += 1;
         if self.pages >= MAX_PAGES {
             return Err(SyncError::TooManyPages(what));
         }
-        Ok(next)
+        Ok(Some(next))
     }
 
     fn on_secrets(&mut self, v: &Value) -> Result<(), SyncError> {
@@ -530,7 +600,8 @@ impl AgentSync {
         };
     }
 
-    fn report(&self) -> Report {
+    /// The report so far (also after an error: what was already done).
+    pub fn report(&self) -> Report {
         let mut lines = self.lines.clone();
         lines.push(if self.changes == 0 {
             "in sync: nothing to change".into()
@@ -704,7 +775,7 @@ fn grouped(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);
@@ -778,8 +849,31 @@ fn plan_agent(
             json!(MAX_DURATION_SECONDS),
         ),
     ];
+    let old_ids = attached_ids(agent);
     for (path, new) in edits {
         set(&mut conv, "conversation_config", path, new, &mut diff);
+    }
+    // The attached tools by name: ids alone say nothing to the operator.
+    let tool_line = "conversation_config.agent.prompt.tool_ids:";
+    if let Some(line) = diff.iter_mut().find(|l| l.starts_with(tool_line)) {
+        let added: Vec<String> = tool_ids
+            .iter()
+            .filter(|i| !old_ids.contains(i))
+            .map(|i| tool_label(i, ids, tools))
+            .collect();
+        let dropped: Vec<String> = old_ids
+            .iter()
+            .filter(|i| !tool_ids.contains(i))
+            .map(|i| tool_label(i, ids, tools))
+            .collect();
+        let mut parts = Vec::new();
+        if !added.is_empty() {
+            parts.push(format!("+ {}", added.join(", ")));
+        }
+        if !dropped.is_empty() {
+            parts.push(format!("- {}", dropped.join(", ")));
+        }
+        *line = format!("{tool_line} {}", parts.join("; "));
     }
     let conv_changed = !diff.is_empty();
     let privacy: [(&[&str], Value); 2] = [
@@ -802,6 +896,20 @@ fn plan_agent(
         diff,
         notes,
     }
+}
+
+/// A tool's name for the report (its id when it has none).
+fn tool_label(id: &str, ids: &[(String, String)], tools: &[Value]) -> String {
+    ids.iter()
+        .find(|(_, i)| i == id)
+        .map(|(n, _)| n.clone())
+        .or_else(|| {
+            tools
+                .iter()
+                .find(|t| t["id"] == id)
+                .and_then(|t| t["tool_config"]["name"].as_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| id.to_owned())
 }
 
 /// Sets `path` under `root` to `new` and records `root.path: old → new` when it changes.
@@ -865,7 +973,8 @@ fn merged_tool_ids(
     let system_end_call =
         &agent["conversation_config"]["agent"]["prompt"]["built_in_tools"]["end_call"];
     if system_end_call.is_null() {
-        // Report only: the system tools' configuration shape is not verified (§10.4).
+        // `agent.prompt.built_in_tools.end_call` (SDK `built_in_tools_output.py`). Reported,
+        // not set: the write shape of system tools is not verified (docs/elevenlabs.md §11).
         notes.push(
             "! the system tool end_call looks disabled: enable it in the agent's tools \
              (the prompt ends calls with it)"
@@ -1162,7 +1271,17 @@ mod tests {
             shown.contains("prompt.prompt: \"You are a helpful assistant.\" → 5"),
             "{shown}"
         );
-        assert!(shown.contains("tool_ids: + tool_f\n"), "{shown}");
+        assert!(shown.contains("tool_ids: + find_slots\n"), "{shown}");
+        assert!(!plan.notes.iter().any(|n| n.contains("end_call")));
+        let mut bare = agent.clone();
+        bare["conversation_config"]["agent"]["prompt"]["built_in_tools"] = json!({});
+        let no_end_call = plan_agent(&bare, &ids, &tools, &settings());
+        assert!(
+            no_end_call
+                .notes
+                .iter()
+                .any(|n| n.contains("system tool end_call"))
+        );
         // Applied, the plan is empty.
         agent["conversation_config"] = conv.clone();
         agent["platform_settings"] = body["platform_settings"].clone();

@@ -759,7 +759,9 @@ pub fn sample_agent(agent_id: &str) -> Value {
                       "disable_first_message_interruptions": false,
                       "dynamic_variables": {"dynamic_variable_placeholders": {}},
                       "prompt": {"prompt": "You are a helpful assistant.", "llm": "gemini-2.0-flash",
-                                 "temperature": 0.0, "tool_ids": [], "built_in_tools": {}}}
+                                 "temperature": 0.0, "tool_ids": [],
+                                 "built_in_tools": {"end_call": {"type": "system", "name": "end_call",
+                                     "description": "", "params": {"system_tool_type": "end_call"}}}}}
         },
         "platform_settings": {
             "privacy": {"record_voice": true, "retention_days": -1, "delete_transcript_and_pii": false,
