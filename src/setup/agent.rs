@@ -209,9 +209,13 @@ pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, Set
     })
 }
 
-/// The target of one page of a list endpoint (`/v1/convai/tools`, `/v1/convai/secrets`).
-pub fn list_target(path: &str, cursor: Option<&str>) -> String {
+/// The target of one page of a list endpoint (`/v1/convai/tools`, `/v1/convai/secrets`), with
+/// an optional `search` (names starting with it; the answer is still checked name by name).
+pub fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> String {
     let mut target = format!("{path}?page_size={PAGE_SIZE}");
+    if let Some(s) = search {
+        target.push_str(&format!("&search={}", encode_query_value(s)));
+    }
     if let Some(c) = cursor {
         target.push_str(&format!("&cursor={}", encode_query_value(c)));
     }
@@ -365,7 +369,7 @@ impl AgentSync {
     /// The request to send now, or the report once done. Call again after each
     /// [`AgentSync::handle_response`].
     pub fn poll(&self) -> Step {
-        let list = |path: &str, cursor: &Option<String>| list_target(path, cursor.as_deref());
+        let list = |path: &str, cursor: &Option<String>| list_target(path, None, cursor.as_deref());
         let call = |method, target: String, body| {
             Step::Call(ApiCall {
                 method,
@@ -375,7 +379,11 @@ impl AgentSync {
         };
         let agent_path = agent_target(&self.settings.agent_id);
         match &self.phase {
-            Phase::Secrets(cursor) => call("GET", list("/v1/convai/secrets", cursor), None),
+            Phase::Secrets(cursor) => {
+                let name = secret_name(self.settings.tools_token.expose());
+                let target = list_target("/v1/convai/secrets", Some(&name), cursor.as_deref());
+                call("GET", target, None)
+            }
             Phase::CreateSecret => {
                 let token = self.settings.tools_token.expose();
                 let body = json!({"name": secret_name(token), "value": secret_value(token),
@@ -1329,7 +1337,11 @@ mod tests {
     fn a_refusal_names_the_request_and_never_the_body_sent() {
         let mut s = AgentSync::new(settings(), false);
         let Step::Call(c) = s.poll() else { panic!() };
-        assert_eq!(c.target, "/v1/convai/secrets?page_size=100");
+        let name = secret_name(TOKEN);
+        assert_eq!(
+            c.target,
+            format!("/v1/convai/secrets?page_size=100&search={name}")
+        );
         let e = s
             .handle_response(
                 401,
@@ -1338,7 +1350,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "ElevenLabs refused GET /v1/convai/secrets?page_size=100: 401 Invalid API key"
+            format!("ElevenLabs refused GET {}: 401 Invalid API key", c.target)
         );
     }
 }

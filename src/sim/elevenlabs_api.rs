@@ -313,6 +313,8 @@ impl Workspace {
     }
 
     fn list_secrets(&self, query: &[(String, String)]) -> ApiResponse {
+        // `search`: "only secrets whose names start with this string" (SDK docstring).
+        let search = param(query, "search").unwrap_or_default();
         let all: Vec<Value> = self
             .secrets
             .iter()
@@ -321,12 +323,17 @@ impl Workspace {
                     .tools
                     .iter()
                     .filter(|t| uses_secret(&t["tool_config"], &s.id))
-                    .map(|t| json!({"id": t["id"], "name": t["tool_config"]["name"]}))
+                    .map(|t| {
+                        json!({"type": "available", "id": t["id"], "name": t["tool_config"]["name"],
+                               "created_at_unix_secs": 0, "access_level": "admin"})
+                    })
                     .collect();
-                // `used_by`'s inner shape is [unverified]; ignis does not read it.
+                // SDK `conv_ai_stored_secret_dependencies.py`; ignis does not read it.
                 json!({"type": "stored", "secret_id": s.id, "name": s.name,
-                       "used_by": {"tools": tools, "agents": [], "others": [], "phone_numbers": []}})
+                       "used_by": {"tools": tools, "tools_has_more": false, "agents": [],
+                                   "agents_has_more": false, "phone_numbers": [], "others": []}})
             })
+            .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(search)))
             .collect();
         // Without page_size the service returns all secrets (SDK docstring).
         match page(&all, query, all.len().max(1)) {
@@ -839,6 +846,8 @@ mod tests {
         let path = format!("/v1/convai/secrets/{id}");
         assert_eq!(w.handle(&req("PATCH", &path, Some(upd))).status, 200);
         assert_eq!(w.secrets[0].value, "v2");
+        let none = w.handle(&req("GET", "/v1/convai/secrets?search=other_", None));
+        assert_eq!(none.body["secrets"], json!([]));
         let big = "/v1/convai/secrets?page_size=101";
         assert_eq!(w.handle(&req("GET", big, None)).status, 422);
     }

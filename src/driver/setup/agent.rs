@@ -114,11 +114,17 @@ async fn list_all(
     tls: &Arc<ClientConfig>,
     path: &str,
     key: &str,
+    search: Option<&str>,
 ) -> Result<Vec<Value>, String> {
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let v = get_json(config, tls, core::list_target(path, cursor.as_deref())).await?;
+        let v = get_json(
+            config,
+            tls,
+            core::list_target(path, search, cursor.as_deref()),
+        )
+        .await?;
         let (items, next) =
             core::list_page(&v, key).ok_or_else(|| format!("GET {path}: no {key}"))?;
         all.extend(items);
@@ -167,11 +173,11 @@ pub(crate) async fn doctor_checks(config: &Config, tls: &Arc<ClientConfig>) -> V
         }
     };
     let origin = config.public_url.http_url("");
-    let tools = list_all(config, tls, "/v1/convai/tools", "tools").await;
+    let tools = list_all(config, tls, "/v1/convai/tools", "tools", None).await;
     let secret = match &config.practice.tools_token {
         Some(token) => {
             let name = core::secret_name(token.expose());
-            list_all(config, tls, "/v1/convai/secrets", "secrets")
+            list_all(config, tls, "/v1/convai/secrets", "secrets", Some(&name))
                 .await
                 .map(|s| {
                     let found = s.iter().find(|s| s["name"] == name.as_str());
