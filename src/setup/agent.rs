@@ -1333,6 +1333,59 @@ mod tests {
         assert!(other.detail.contains("another secret"), "{}", other.detail);
     }
 
+    /// Runs a sync against the sans-IO stand-in to its end.
+    fn drive(w: &mut crate::sim::elevenlabs_api::Workspace, dry_run: bool) -> Report {
+        let mut sync = AgentSync::new(settings(), dry_run);
+        loop {
+            let call = match sync.poll() {
+                Step::Call(c) => c,
+                Step::Done(r) => return r,
+            };
+            let req = crate::sim::elevenlabs_api::ApiRequest {
+                method: call.method.into(),
+                target: call.target,
+                api_key: Some("k".into()),
+                body: call
+                    .body
+                    .map(|b| b.to_string().into_bytes())
+                    .unwrap_or_default(),
+            };
+            let resp = w.handle(&req);
+            sync.handle_response(resp.status, resp.body.to_string().as_bytes())
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_sync_pages_through_a_busy_workspace_and_is_idempotent() {
+        let mut w = crate::sim::elevenlabs_api::Workspace::new("k");
+        w.seed_agent(crate::sim::elevenlabs_api::sample_agent("agent_1"));
+        for i in 0..230 {
+            let config =
+                json!({"type": "client", "name": format!("other_{i}"), "description": "x"});
+            w.seed_tool(config).unwrap();
+        }
+        let dry = drive(&mut w, true);
+        assert!(
+            dry.changes > 0 && dry.writes == 0 && w.writes.is_empty(),
+            "{dry:?}"
+        );
+        let first = drive(&mut w, false);
+        assert_eq!((first.writes, w.writes.len()), (9, 9), "{first:?}");
+        // Each of ignis's tools exists once, though 230 others came first in three pages.
+        for (name, _) in TOOL_FILES {
+            let n = w
+                .tools
+                .iter()
+                .filter(|t| t["tool_config"]["name"] == name)
+                .count();
+            assert_eq!(n, 1, "{name}");
+        }
+        let second = drive(&mut w, false);
+        assert_eq!((second.changes, second.writes), (0, 0), "{second:?}");
+        assert_eq!(second.lines.last().unwrap(), "in sync: nothing to change");
+    }
+
     #[test]
     fn a_refusal_names_the_request_and_never_the_body_sent() {
         let mut s = AgentSync::new(settings(), false);
