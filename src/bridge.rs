@@ -40,7 +40,10 @@ pub const MAX_SETUP_HELD_FRAMES: usize = 500;
 pub const MAX_SETUP_HELD_BYTES: usize = 128 * 1024;
 /// Agent audio events held before Twilio's `start`.
 pub const MAX_EARLY_AGENT_EVENTS: usize = 256;
-/// Name of the client tool that ends the call after the last sentence (issue 4).
+/// A client tool named `end_call`, still answered (the last sentence plays, then the call ends)
+/// for agents set up by hand before issue 13, but no longer shipped: it would shadow ElevenLabs'
+/// built-in system tool `end_call`, which closes the socket with 1000 (handled in
+/// `handle_agent_closed`; docs/elevenlabs.md §5.3). `ignis agent sync` reports one attached.
 pub const TOOL_END_CALL: &str = "end_call";
 /// Name of the client tool that transfers the caller to the practice's staff.
 pub const TOOL_TRANSFER: &str = "transfer_to_staff";

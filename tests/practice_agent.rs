@@ -29,7 +29,16 @@ fn tools() -> Vec<(String, Value)> {
 
 #[test]
 fn six_tools_with_both_headers_and_known_routes() {
-    let tools = tools();
+    let mut tools = tools();
+    // The seventh file is the client tool the bridge answers (agent/README.md).
+    let at = tools
+        .iter()
+        .position(|(n, _)| n == ignis::bridge::TOOL_TRANSFER)
+        .expect("transfer_to_staff.json");
+    let (_, transfer) = tools.remove(at);
+    assert_eq!(transfer["type"], "client");
+    assert_eq!(transfer["name"], ignis::bridge::TOOL_TRANSFER);
+    assert_eq!(transfer["expects_response"], true);
     let names: Vec<&str> = tools.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,

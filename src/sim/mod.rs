@@ -6,6 +6,7 @@
 //! The sockets that carry them are in `driver::sim` (the driver owns all I/O).
 
 pub mod agent;
+pub mod elevenlabs_api;
 pub mod twilio;
 pub mod twilio_api;
 

@@ -1,6 +1,7 @@
-//! An ElevenLabs conversation service on loopback: the signed-URL endpoint (§1.3) and the
-//! conversation socket (§1.7). It checks what ElevenLabs checks (the agent id, the initiation
-//! data first) and hands each conversation to a handler that plays the agent's part.
+//! An ElevenLabs service on loopback, the project's one ElevenLabs stand-in: the signed-URL
+//! endpoint (§1.3), the conversation socket (§1.7) and the agents/tools/secrets API (§10, rules in
+//! `sim::elevenlabs_api`). It checks what ElevenLabs checks (the API key, the agent id, the
+//! initiation data first) and hands each conversation to a handler that plays the agent's part.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{SimError, ws_config};
 use crate::sim::agent as rules;
+use crate::sim::elevenlabs_api::{self as api, Workspace};
 
 /// Largest signed-URL request head read.
 const MAX_REQUEST_HEAD: usize = 4096;
@@ -44,6 +46,8 @@ pub struct AgentService {
     pub signed_url_requests: Arc<Mutex<u32>>,
     /// Origin signed URLs point at (default `ws://<addr>`), e.g. a TLS front.
     pub signed_url_origin: Arc<Mutex<Option<String>>>,
+    /// The workspace the agents/tools/secrets API serves (empty at start: tests seed it).
+    workspace: Arc<Mutex<Workspace>>,
 }
 
 impl AgentService {
@@ -59,10 +63,12 @@ impl AgentService {
             addr,
             signed_url_requests: Arc::default(),
             signed_url_origin: Arc::default(),
+            workspace: Arc::new(Mutex::new(Workspace::new(&opts.api_key))),
         };
-        let (count, origin) = (
+        let (count, origin, workspace) = (
             service.signed_url_requests.clone(),
             service.signed_url_origin.clone(),
+            service.workspace.clone(),
         );
         let (opts, handler) = (Arc::new(opts), Arc::new(handler));
         tokio::spawn(async move {
@@ -70,8 +76,15 @@ impl AgentService {
                 let _ = stream.set_nodelay(true);
                 let origin = lock(&origin).clone().unwrap_or(format!("ws://{addr}"));
                 let (opts, handler, count) = (opts.clone(), handler.clone(), count.clone());
+                let workspace = workspace.clone();
                 tokio::spawn(async move {
-                    if let Some(conv) = accept(stream, &opts, &origin, &count).await {
+                    let peers = Peers {
+                        opts: &opts,
+                        origin: &origin,
+                        count: &count,
+                        workspace: &workspace,
+                    };
+                    if let Some(conv) = accept(stream, peers).await {
                         handler(conv).await;
                     }
                 });
@@ -84,6 +97,21 @@ impl AgentService {
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// The API's workspace, to seed agents and tools or read the state and the write log
+    /// (hold the guard briefly: requests wait for it).
+    pub fn workspace(&self) -> std::sync::MutexGuard<'_, Workspace> {
+        lock(&self.workspace)
+    }
+}
+
+/// What one accepted connection may use.
+#[derive(Clone, Copy)]
+struct Peers<'a> {
+    opts: &'a AgentServiceOptions,
+    origin: &'a str,
+    count: &'a Mutex<u32>,
+    workspace: &'a Mutex<Workspace>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,16 +119,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Answers a signed-URL request, or accepts a conversation (`None` when it was refused).
-async fn accept(
-    mut stream: TcpStream,
-    opts: &AgentServiceOptions,
-    origin: &str,
-    count: &Mutex<u32>,
-) -> Option<Result<Conversation, SimError>> {
-    // Peek at the request line to tell the signed-URL GET from the WebSocket upgrade.
+async fn accept(mut stream: TcpStream, peers: Peers<'_>) -> Option<Result<Conversation, SimError>> {
+    let Peers {
+        opts,
+        origin,
+        count,
+        workspace,
+    } = peers;
+    // Peek at the request line to tell the signed-URL GET and the API from the upgrade.
     let mut head = [0u8; MAX_REQUEST_HEAD];
     let n = stream.peek(&mut head).await.ok()?;
     let text = String::from_utf8_lossy(&head[..n]).into_owned();
+    let path = text
+        .split(' ')
+        .nth(1)
+        .map(|t| t.split('?').next().unwrap_or(t))
+        .unwrap_or("");
+    if path.starts_with("/v1/")
+        && path != rules::SIGNED_URL_PATH
+        && path != rules::CONVERSATION_PATH
+    {
+        serve_api(stream, workspace).await;
+        return None;
+    }
     if text.starts_with(&format!("GET {}", rules::SIGNED_URL_PATH)) {
         let _ = stream.read(&mut head).await;
         *lock(count) += 1;
@@ -148,6 +189,27 @@ async fn accept(
         target,
         initiation,
     }))
+}
+
+/// Reads one API request whole, answers it from the workspace and closes.
+async fn serve_api(mut stream: TcpStream, workspace: &Mutex<Workspace>) {
+    let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
+    let request = loop {
+        let mut chunk = [0u8; MAX_REQUEST_HEAD];
+        let n = match tokio::time::timeout(INITIATION_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match api::parse_request(&buf) {
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    };
+    let response = lock(workspace).handle(&request).to_http();
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
 }
 
 fn policy(reason: &str) -> CloseFrame {
