@@ -77,6 +77,7 @@ pub mod config;
 pub mod demo;
 pub mod premium;
 pub mod retention;
+pub mod staff;
 pub mod store;
 pub mod tools;
 
