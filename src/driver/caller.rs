@@ -4,10 +4,13 @@
 //! `clear` handled by Twilio's playback rules, `stop` at the end. It records what the caller
 //! heard on a timeline, so a `clear` cuts the recording as it would cut the sound.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_rustls::rustls::ClientConfig;
+
 use super::sim::SimError;
-use super::sim::twilio::{StreamEvent, TwilioStream, voice_webhook};
+use super::sim::twilio::{StreamEvent, TwilioStream, voice_webhook_with};
 use crate::audio::mulaw;
 use crate::sim::twilio::{CallIds, FRAME, FRAME_MS, Heard, Messages, Playback};
 
@@ -20,6 +23,9 @@ pub enum SpeakAt {
     AfterGreeting,
     /// This long after the stream started (talking over the agent: a barge-in).
     After(Duration),
+    /// After the greeting as [`SpeakAt::AfterGreeting`]; or, when no agent audio came by this
+    /// long after the start (an agent that waits for the caller), then.
+    AfterGreetingOr(Duration),
 }
 
 /// Quiet after the greeting before [`SpeakAt::AfterGreeting`] talks.
@@ -116,6 +122,10 @@ impl<'a> Speaker<'a> {
                 SpeakAt::AfterGreeting => playback
                     .play_end()
                     .is_some_and(|end| now >= end + AFTER_GREETING),
+                SpeakAt::AfterGreetingOr(d) => match playback.play_end() {
+                    Some(end) => now >= end + AFTER_GREETING,
+                    None => now.duration_since(self.t0) >= d,
+                },
             };
             if start {
                 self.pos = Some(0);
@@ -144,18 +154,30 @@ impl<'a> Speaker<'a> {
 /// Runs one call to its end.
 pub async fn run(opts: CallerOptions) -> Result<CallerReport, SimError> {
     let ids = CallIds::new(&opts.call_sid, &opts.from, &opts.to);
+    let tls = super::net::default_tls().map_err(SimError::Connect)?;
+    run_with(opts, ids, &tls).await
+}
+
+/// [`run`] with the call's `ids` given (e.g. the deployment's own account SID, which ignis
+/// requires when `TWILIO_ACCOUNT_SID` is set) and TLS trusting the roots of `tls` (`ignis
+/// doctor --call`, with `EXTRA_CA_FILE`).
+pub async fn run_with(
+    opts: CallerOptions,
+    ids: CallIds,
+    tls: &Arc<ClientConfig>,
+) -> Result<CallerReport, SimError> {
     let mut report = CallerReport::default();
     let mut stream_url = opts.stream_url.clone();
     let mut parameters = Messages::new(ids.clone()).default_parameters();
     if let Some(url) = &opts.webhook_url {
-        let answer = voice_webhook(url, &opts.auth_token, &ids, opts.timeout).await?;
+        let answer = voice_webhook_with(url, &opts.auth_token, &ids, opts.timeout, tls).await?;
         report.webhook_status = Some(answer.status);
         if let Some(twiml) = answer.stream {
             (stream_url, parameters) = (twiml.url, twiml.parameters);
         }
     }
     let mut stream =
-        TwilioStream::connect(&stream_url, &opts.auth_token, ids, opts.timeout).await?;
+        TwilioStream::connect_with(&stream_url, &opts.auth_token, ids, opts.timeout, tls).await?;
     stream.start(&parameters).await?;
     let t0 = Instant::now();
     report.started_at = Some(t0);
