@@ -23,8 +23,9 @@ pub enum SpeakAt {
     AfterGreeting,
     /// This long after the stream started (talking over the agent: a barge-in).
     After(Duration),
-    /// After the greeting as [`SpeakAt::AfterGreeting`]; or, when no agent audio came by this
-    /// long after the start (an agent that waits for the caller), then.
+    /// Once the agent's speech has ended and 500 ms of quiet followed; or, when no agent
+    /// speech came by this long after the start (an agent that waits for the caller, or one
+    /// that sends only quiet), then. Speech, not any audio: quiet frames do not delay it.
     AfterGreetingOr(Duration),
 }
 
@@ -92,6 +93,8 @@ struct Speaker<'a> {
     t0: Instant,
     /// Next speech byte to send, once talking.
     pos: Option<usize>,
+    /// When the agent's speech heard so far ends playing.
+    agent_speech_end: Option<Instant>,
     done_at: Option<Instant>,
 }
 
@@ -122,7 +125,7 @@ impl<'a> Speaker<'a> {
                 SpeakAt::AfterGreeting => playback
                     .play_end()
                     .is_some_and(|end| now >= end + AFTER_GREETING),
-                SpeakAt::AfterGreetingOr(d) => match playback.play_end() {
+                SpeakAt::AfterGreetingOr(d) => match self.agent_speech_end {
                     Some(end) => now >= end + AFTER_GREETING,
                     None => now.duration_since(self.t0) >= d,
                 },
@@ -186,6 +189,7 @@ pub async fn run_with(
         opts: &opts,
         t0,
         pos: None,
+        agent_speech_end: None,
         done_at: None,
     };
     let mut audio = Vec::new();
@@ -213,6 +217,10 @@ pub async fn run_with(
                     report.first_audio_at.get_or_insert(at);
                     report.audio_arrivals.push(at);
                     report.frames_received += (audio.len() / FRAME) as u64;
+                    if is_speech(&audio) {
+                        let played = Duration::from_micros(audio.len() as u64 * 125);
+                        speaker.agent_speech_end = Some(plays_at + played);
+                    }
                     heard.play(plays_at, &audio);
                 }
                 Ok(StreamEvent::Mark(_)) => report.marks += 1,

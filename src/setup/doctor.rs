@@ -97,6 +97,12 @@ impl Report {
         self.checks.push(check);
     }
 
+    /// Records a failed check that blocks nothing: what needs it still works (a certificate
+    /// valid today but expiring soon).
+    pub fn record_warning(&mut self, check: Check) {
+        self.checks.push(check);
+    }
+
     /// How many checks failed.
     pub fn failures(&self) -> usize {
         self.checks
@@ -281,6 +287,15 @@ pub enum TlsObservation {
         /// The leaf's notAfter (Unix seconds), when readable.
         not_after: Option<i64>,
     },
+}
+
+/// Whether connections to the public URL work with this certificate today (a failure that
+/// only looks ahead, "expires within 14 days", skips nothing after it).
+pub fn tls_usable(obs: &TlsObservation) -> bool {
+    matches!(
+        obs,
+        TlsObservation::NotTls | TlsObservation::Chain { now: Ok(()), .. }
+    )
 }
 
 /// Judges the certificate (docs/doctor.md §tls): valid chain, matching name, > 14 days left.
@@ -1006,6 +1021,11 @@ mod tests {
         assert_eq!(r.gate("twilio_number"), None);
         assert_eq!(r.failures(), 1);
         assert_eq!(r.summary(), "1 passed, 1 failed, 3 skipped");
+        // A warning (a certificate expiring soon) counts as a failure but blocks nothing.
+        let mut r = Report::new();
+        r.record(Check::pass("dns", "ok"));
+        r.record_warning(Check::fail("tls", "expires within 14 days", "renew"));
+        assert_eq!((r.gate("health"), r.failures()), (None, 1));
         // A skip for another reason (http:// PUBLIC_URL) blocks nothing.
         let mut r = Report::new();
         r.record(Check::pass("dns", "ok"));

@@ -32,7 +32,7 @@ use crate::setup::doctor::{self as core, CertProblem, Reply, Report, TlsObservat
 /// Limit of each probe: connect, TLS, request and answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--call`: an agent that has not greeted by then is spoken to anyway.
-const CALL_SPEAK_BY: Duration = Duration::from_secs(3);
+const CALL_SPEAK_BY: Duration = Duration::from_secs(4);
 /// `--call`: quiet time after the caller's speech, for the agent's answer.
 const CALL_TAIL: Duration = Duration::from_secs(5);
 /// `--call`: the longest simulated call.
@@ -87,6 +87,12 @@ impl Session<'_> {
         self.report.record(check);
     }
 
+    /// Records `check` as a failure that skips nothing after it (or a pass).
+    fn put_warning(&mut self, check: Check) {
+        (self.emit)(&check);
+        self.report.record_warning(check);
+    }
+
     /// Whether `id` runs; if a hop it needs failed, its skip is recorded instead.
     fn runs(&mut self, id: &'static str) -> bool {
         match self.report.gate(id) {
@@ -124,7 +130,12 @@ async fn diagnose(
         } else {
             TlsObservation::NotTls
         };
-        s.put(core::evaluate_tls(&public.host, &obs, unix(now)));
+        let check = core::evaluate_tls(&public.host, &obs, unix(now));
+        if core::tls_usable(&obs) {
+            s.put_warning(check);
+        } else {
+            s.put(check);
+        }
     }
     if s.runs("health") {
         let reply = probe(&public, tls, get(&public, crate::routes::HEALTH_PATH)).await;
