@@ -315,7 +315,7 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
     for id in LOCAL_CHECKS {
         assert_eq!(r.mark(id), '✓', "{id}:\n{r}");
     }
-    assert!(r.line("tls").contains("days)"), "the expiry date: {r}");
+    assert!(r.line("tls").contains("days left)"), "the expiry date: {r}");
     assert!(r.line("voice_webhook").contains(&format!(
         "wss://127.0.0.1:{}/api/twilio/stream/<call nonce>",
         d.https_port
@@ -506,7 +506,7 @@ async fn an_expired_or_expiring_certificate_is_named() {
         "{detail}"
     );
     assert!(
-        detail.contains(", 4 days)") || detail.contains(", 5 days)"),
+        detail.contains(", 4 days left)") || detail.contains(", 5 days left)"),
         "{detail}"
     );
     // Still valid today: the hops behind it were checked, and work.

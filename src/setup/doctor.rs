@@ -303,7 +303,12 @@ pub fn evaluate_tls(host: &str, obs: &TlsObservation, now_unix: i64) -> Check {
     let until = |na: Option<i64>| {
         na.map_or(String::new(), |t| {
             let days = (t - now_unix).div_euclid(86_400);
-            format!(" (notAfter {}, {days} days)", crate::http::date::rfc3339(t))
+            let left = if days < 0 {
+                format!("{} days ago", -days)
+            } else {
+                format!("{days} days left")
+            };
+            format!(" (notAfter {}, {left})", crate::http::date::rfc3339(t))
         })
     };
     let renew =
@@ -681,9 +686,9 @@ pub fn evaluate_unsigned_webhook(reply: &Reply) -> Check {
 // ---- 6. the stream upgrade ----
 
 /// The nginx lines a WebSocket route needs (deploy/nginx.conf, `location /api/twilio/stream/`).
-pub const NGINX_UPGRADE_FIX: &str = "the proxy does not forward Upgrade/Connection (nginx: \
-    proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; \
-    proxy_set_header Connection $connection_upgrade; as in deploy/nginx.conf)";
+pub const NGINX_UPGRADE_FIX: &str = "nginx: proxy_http_version 1.1; \
+    proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade; \
+    in location /api/twilio/stream/, as in deploy/nginx.conf";
 
 /// The upgrade request Twilio sends for `stream_url`, signed over it (docs/twilio.md §1.1).
 /// `None` when the URL is not a ws(s) URL.
@@ -747,8 +752,11 @@ pub fn evaluate_upgrade(reply: &Reply) -> Check {
             };
             Check::fail(
                 id,
-                format!("signed handshake → {status}{seen}: {NGINX_UPGRADE_FIX}"),
-                format!("{NGINX_UPGRADE_FIX}; Twilio reports this as 31920"),
+                format!(
+                    "signed handshake → {status}{seen}: the proxy does not forward \
+                     Upgrade/Connection"
+                ),
+                format!("{NGINX_UPGRADE_FIX} (Twilio reports this as 31920)"),
             )
         }
         403 if body.contains("not bound") => Check::fail(
