@@ -13,6 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::fake_agent::{self, AgentBehaviour};
 use common::nginx::{Nginx, SHIPPED_NGINX_CONF, TempDir, test_nginx_conf_of};
@@ -294,6 +295,22 @@ async fn run_doctor(dir: &Path, args: &[&str], env: Vec<(String, String)>) -> Do
     doctor
 }
 
+/// The probe call's voice webhook pre-connected the agent; its status callback
+/// (`CallStatus=completed`) made ignis let it go at once, not after `PRECONNECT_TIMEOUT_MS`
+/// (30 s here), and nothing stays live.
+async fn assert_probe_call_released(d: &Deployment) {
+    assert_eq!(
+        d.server.app.config.preconnect_timeout,
+        Duration::from_secs(30)
+    );
+    let mut agent = d.server.agent.next_conn(Duration::from_secs(5)).await;
+    assert!(
+        agent.closed_within(Duration::from_secs(5)).await,
+        "the pre-connected agent outlived the probe call"
+    );
+    assert_eq!(d.server.app.calls.live_count(), 0);
+}
+
 /// The checks the doctor makes of the deployment itself, in the order a call travels.
 const LOCAL_CHECKS: [&str; 8] = [
     "config",
@@ -352,11 +369,7 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
         r.stdout.lines().last(),
         Some("8 passed, 0 failed, 7 skipped")
     );
-    // The probe call was ended by its status callback: nothing stays live.
-    eventually("the probe call released", || {
-        d.server.app.calls.live_count() == 0
-    })
-    .await;
+    assert_probe_call_released(&d).await;
 
     // --json: one object per check per line, for monitoring.
     let r = d.doctor(&["--json"], &[]).await;
@@ -462,10 +475,8 @@ async fn a_proxy_without_the_upgrade_headers_is_named() {
         line.contains("proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade;"),
         "{r}"
     );
-    eventually("the probe call released", || {
-        d.server.app.calls.live_count() == 0
-    })
-    .await;
+    // No stream took the probe call: its status callback alone released the agent.
+    assert_probe_call_released(&d).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
