@@ -389,6 +389,18 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
         assert!(o["fix"].is_null(), "{o}");
     }
 
+    // Without EXTRA_CA_FILE the throwaway CA is unknown, as a self-signed certificate or a
+    // missing intermediate would be to Twilio.
+    let r = d.doctor(&[], &[("EXTRA_CA_FILE", "")]).await;
+    assert_eq!(r.code, Some(1), "{r}");
+    let line = r.line("tls");
+    assert!(
+        line.starts_with("✗ tls: certificate chain not trusted (unknown issuer)"),
+        "{r}"
+    );
+    assert!(line.contains("fix: serve the full chain"), "{r}");
+    assert_eq!(r.line("health"), "- health: needs tls");
+
     // The operator's PUBLIC_URL names the host differently from the server's (localhost, not
     // 127.0.0.1): the same certificate and proxy, but Twilio's signature no longer matches.
     let localhost = format!("https://localhost:{}", d.https_port);

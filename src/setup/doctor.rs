@@ -50,7 +50,8 @@ const NEEDS: [(&str, &[&str]); 8] = [
 pub const MIN_CERT_DAYS: u64 = 14;
 /// Most bytes read of any probe's answer (TwiML is at most 64 KiB, /metrics a few KiB).
 pub const MAX_REPLY_BYTES: usize = 256 * 1024;
-/// The caller number the probes use: Twilio's documented magic test number, clearly no patient.
+/// The caller number the probes use: the "valid From" magic number of Twilio's test
+/// credentials (docs/doctor.md, "What the doctor sends"), clearly no patient.
 pub const PROBE_FROM: &str = "+15005550006";
 /// The tool the probe asks without a token (any tool path answers 401 the same way).
 pub const TOOL_PROBE_PATH: &str = "/api/patients/identify";
@@ -501,7 +502,8 @@ fn short(body: &str) -> String {
 
 // ---- 5. the voice webhook ----
 
-/// The voice webhook's form parameters for the probe call `ids` (as Twilio sends them).
+/// The probe call's ids: a fake `From` ([`PROBE_FROM`]), `To` the practice's number when
+/// known, and the deployment's own account SID (ignis refuses webhooks of another account).
 pub fn probe_ids(call_sid: &str, account_sid: Option<&str>, to: Option<&str>) -> CallIds {
     let mut ids = CallIds::new(call_sid, PROBE_FROM, to.unwrap_or(PROBE_FROM));
     if let Some(a) = account_sid {
