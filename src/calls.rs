@@ -266,6 +266,9 @@ pub enum StatusEffect {
     TornDown,
     /// Nothing live; the terminal status was remembered (idempotent, order-safe).
     Recorded,
+    /// The call was answered but its stream had not started (the caller hung up during the
+    /// set-up, or a probe call): the driver lets go of its pre-connected agent now.
+    EndedBeforeStream,
     /// Non-terminal or stale (older sequence number) status: nothing to do.
     Ignored,
 }
@@ -482,7 +485,10 @@ impl CallRegistry {
                         outcome: Outcome::CallerHungUp,
                         at: now,
                     };
-                    teardown
+                    match teardown {
+                        Some(t) => t,
+                        None => return StatusEffect::EndedBeforeStream,
+                    }
                 }
                 None => {
                     if inner.calls.len() >= MAX_ENTRIES {
@@ -497,11 +503,8 @@ impl CallRegistry {
             }
         };
         // Run the callback outside the lock: it may call back into the registry.
-        if let Some(t) = teardown {
-            t(TeardownReason::CallEnded);
-            return StatusEffect::TornDown;
-        }
-        StatusEffect::Recorded
+        teardown(TeardownReason::CallEnded);
+        StatusEffect::TornDown
     }
 
     /// Tells every live session to stop (shutdown after the drain deadline).
@@ -612,6 +615,28 @@ mod tests {
         assert_eq!(n.load(Ordering::SeqCst), 1);
         assert_eq!(r.live_count(), 0);
         assert_eq!(r.outcome(&sid(1)), Some(Outcome::CallerHungUp));
+    }
+
+    #[test]
+    fn a_call_ended_before_its_stream_says_so_once() {
+        let r = CallRegistry::new();
+        let now = Instant::now();
+        assert_eq!(r.bind(&call(2), nonce(2), 100, now), Bound::New(nonce(2)));
+        assert_eq!(
+            r.handle_status(&sid(2), CallStatus::Completed, None, now),
+            StatusEffect::EndedBeforeStream
+        );
+        assert_eq!(
+            r.handle_status(&sid(2), CallStatus::Completed, None, now),
+            StatusEffect::Recorded
+        );
+        assert_eq!(r.outcome(&sid(2)), Some(Outcome::CallerHungUp));
+        answered(&r, 3, now);
+        assert_eq!(
+            r.handle_status(&sid(3), CallStatus::Canceled, None, now),
+            StatusEffect::EndedBeforeStream
+        );
+        assert_eq!(r.live_count(), 0);
     }
 
     #[test]

@@ -64,6 +64,14 @@ pub enum Action {
         /// The call.
         call: webhook::IncomingCall,
     },
+    /// Send this response: the call ended before its stream started, so the driver lets go
+    /// of its pre-connected agent now rather than after `PRECONNECT_TIMEOUT_MS`.
+    CallEnded {
+        /// The status callback's answer.
+        response: Response,
+        /// The call.
+        call_sid: String,
+    },
 }
 
 /// Shared application state the routes read.
@@ -127,7 +135,7 @@ impl App {
                 _ => respond(method_not_allowed("POST")),
             },
             STATUS_PATH => match method {
-                Method::Post => respond(self.status(head, body, now)),
+                Method::Post => self.status(head, body, now),
                 _ => respond(method_not_allowed("POST")),
             },
             p if p == STREAM_PATH || p.starts_with(STREAM_PREFIX) => match method {
@@ -351,10 +359,10 @@ impl App {
         Response::xml(200, xml)
     }
 
-    fn status(&self, head: &RequestHead, body: &[u8], now: Now) -> Response {
+    fn status(&self, head: &RequestHead, body: &[u8], now: Now) -> Action {
         let status = match self.verified_webhook(head, body, webhook::status_callback) {
             Ok(s) => s,
-            Err(resp) => return resp,
+            Err(resp) => return Action::Respond(resp),
         };
         let effect = self.calls.handle_status(
             status.call_sid.as_str(),
@@ -369,7 +377,13 @@ impl App {
             effect = ?effect,
             "[Twilio] Call status"
         );
-        Response::new(204)
+        if effect == crate::calls::StatusEffect::EndedBeforeStream {
+            return Action::CallEnded {
+                response: Response::new(204),
+                call_sid: status.call_sid.as_str().to_owned(),
+            };
+        }
+        Action::Respond(Response::new(204))
     }
 
     fn stream(&self, head: &RequestHead, now: Now) -> Action {

@@ -352,3 +352,41 @@ async fn bad_call_and_account_sids_are_refused() {
     .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test]
+async fn a_call_that_ends_before_its_stream_lets_its_agent_go_at_once() {
+    // The default PRECONNECT_TIMEOUT_MS (30 s): anything released within seconds was let go.
+    let server = Server::start().await;
+    let released = Duration::from_secs(5);
+
+    // The caller hangs up while the stream is being set up: Twilio's status callback.
+    let sid = "CA0000000000000000000000000000b101";
+    answer_call(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    let mut params = call_params(sid);
+    params.retain(|(k, _)| k != "CallStatus");
+    params.push(("CallStatus".into(), "completed".into()));
+    let r = roundtrip(&server, &signed_post("/api/twilio/status", &params, TOKEN)).await;
+    assert_eq!(r.status, 204);
+    assert!(
+        agent.closed_within(released).await,
+        "the agent outlived the call"
+    );
+
+    // The stream opens (its nonce spent) and closes before `start`: no stream can adopt it now.
+    let sid = "CA0000000000000000000000000000b102";
+    let path = answer_call(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    let mut s = server.connect().await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, &signed_handshake(&path))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf, true).await.status, 101);
+    drop(s);
+    assert!(
+        agent.closed_within(released).await,
+        "the agent outlived the stream"
+    );
+    eventually("ended", || server.app.calls.outcome(sid).is_some()).await;
+}

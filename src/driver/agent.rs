@@ -295,6 +295,12 @@ impl Preconnects {
         );
     }
 
+    /// Lets go of the pre-connect for `call_sid`, if any (the call ended before its stream):
+    /// its task sees the dropped sender, closes the agent socket and ends.
+    pub(crate) fn cancel(&self, call_sid: &str) {
+        self.lock().remove(call_sid);
+    }
+
     /// Takes the pre-connect for `call_sid`, if there is one; the receiver yields the socket
     /// once connected.
     pub(crate) fn adopt(

@@ -4,10 +4,13 @@
 //! `clear` handled by Twilio's playback rules, `stop` at the end. It records what the caller
 //! heard on a timeline, so a `clear` cuts the recording as it would cut the sound.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_rustls::rustls::ClientConfig;
+
 use super::sim::SimError;
-use super::sim::twilio::{StreamEvent, TwilioStream, voice_webhook};
+use super::sim::twilio::{StreamEvent, TwilioStream, voice_webhook_with};
 use crate::audio::mulaw;
 use crate::sim::twilio::{CallIds, FRAME, FRAME_MS, Heard, Messages, Playback};
 
@@ -20,6 +23,10 @@ pub enum SpeakAt {
     AfterGreeting,
     /// This long after the stream started (talking over the agent: a barge-in).
     After(Duration),
+    /// Once the agent's speech has ended and 500 ms of quiet followed; or, when no agent
+    /// speech came by this long after the start (an agent that waits for the caller, or one
+    /// that sends only quiet), then. Speech, not any audio: quiet frames do not delay it.
+    AfterGreetingOr(Duration),
 }
 
 /// Quiet after the greeting before [`SpeakAt::AfterGreeting`] talks.
@@ -86,6 +93,8 @@ struct Speaker<'a> {
     t0: Instant,
     /// Next speech byte to send, once talking.
     pos: Option<usize>,
+    /// When the agent's speech heard so far ends playing.
+    agent_speech_end: Option<Instant>,
     done_at: Option<Instant>,
 }
 
@@ -116,6 +125,10 @@ impl<'a> Speaker<'a> {
                 SpeakAt::AfterGreeting => playback
                     .play_end()
                     .is_some_and(|end| now >= end + AFTER_GREETING),
+                SpeakAt::AfterGreetingOr(d) => match self.agent_speech_end {
+                    Some(end) => now >= end + AFTER_GREETING,
+                    None => now.duration_since(self.t0) >= d,
+                },
             };
             if start {
                 self.pos = Some(0);
@@ -144,18 +157,30 @@ impl<'a> Speaker<'a> {
 /// Runs one call to its end.
 pub async fn run(opts: CallerOptions) -> Result<CallerReport, SimError> {
     let ids = CallIds::new(&opts.call_sid, &opts.from, &opts.to);
+    let tls = super::net::default_tls().map_err(SimError::Connect)?;
+    run_with(opts, ids, &tls).await
+}
+
+/// [`run`] with the call's `ids` given (e.g. the deployment's own account SID, which ignis
+/// requires when `TWILIO_ACCOUNT_SID` is set) and TLS trusting the roots of `tls` (`ignis
+/// doctor --call`, with `EXTRA_CA_FILE`).
+pub async fn run_with(
+    opts: CallerOptions,
+    ids: CallIds,
+    tls: &Arc<ClientConfig>,
+) -> Result<CallerReport, SimError> {
     let mut report = CallerReport::default();
     let mut stream_url = opts.stream_url.clone();
     let mut parameters = Messages::new(ids.clone()).default_parameters();
     if let Some(url) = &opts.webhook_url {
-        let answer = voice_webhook(url, &opts.auth_token, &ids, opts.timeout).await?;
+        let answer = voice_webhook_with(url, &opts.auth_token, &ids, opts.timeout, tls).await?;
         report.webhook_status = Some(answer.status);
         if let Some(twiml) = answer.stream {
             (stream_url, parameters) = (twiml.url, twiml.parameters);
         }
     }
     let mut stream =
-        TwilioStream::connect(&stream_url, &opts.auth_token, ids, opts.timeout).await?;
+        TwilioStream::connect_with(&stream_url, &opts.auth_token, ids, opts.timeout, tls).await?;
     stream.start(&parameters).await?;
     let t0 = Instant::now();
     report.started_at = Some(t0);
@@ -164,6 +189,7 @@ pub async fn run(opts: CallerOptions) -> Result<CallerReport, SimError> {
         opts: &opts,
         t0,
         pos: None,
+        agent_speech_end: None,
         done_at: None,
     };
     let mut audio = Vec::new();
@@ -191,6 +217,10 @@ pub async fn run(opts: CallerOptions) -> Result<CallerReport, SimError> {
                     report.first_audio_at.get_or_insert(at);
                     report.audio_arrivals.push(at);
                     report.frames_received += (audio.len() / FRAME) as u64;
+                    if is_speech(&audio) {
+                        let played = Duration::from_micros(audio.len() as u64 * 125);
+                        speaker.agent_speech_end = Some(plays_at + played);
+                    }
                     heard.play(plays_at, &audio);
                 }
                 Ok(StreamEvent::Mark(_)) => report.marks += 1,

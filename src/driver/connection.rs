@@ -89,7 +89,9 @@ pub(super) async fn run(
                 };
                 return upgrade(stream, buf, &accept, claim, socket).await;
             }
-            Action::Preconnect { .. } | Action::Practice { .. } => return,
+            Action::Preconnect { .. } | Action::Practice { .. } | Action::CallEnded { .. } => {
+                return;
+            }
         }
     }
 }
@@ -211,6 +213,10 @@ async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8]) -> Action 
                 call.from.as_str().to_owned(),
                 call.to.as_str().to_owned(),
             );
+            Action::Respond(response)
+        }
+        Action::CallEnded { response, call_sid } => {
+            shared.preconnects.cancel(&call_sid);
             Action::Respond(response)
         }
         Action::Practice { admin } => Action::Respond(practice_reply(app, head, body, admin).await),

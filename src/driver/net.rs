@@ -67,6 +67,19 @@ impl AsyncWrite for NetStream {
 /// A TLS client configuration: Mozilla's roots (compiled in) plus, optionally, the PEM
 /// certificates in `extra_ca` (`EXTRA_CA_FILE`: a private CA or a TLS-inspecting proxy).
 pub(crate) fn tls_config(extra_ca: Option<&std::path::Path>) -> io::Result<Arc<ClientConfig>> {
+    let roots = root_store(extra_ca)?;
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The roots [`tls_config`] trusts: Mozilla's, plus the PEM certificates in `extra_ca` (the
+/// doctor verifies certificates against the same set).
+pub(crate) fn root_store(extra_ca: Option<&std::path::Path>) -> io::Result<RootCertStore> {
     use tokio_rustls::rustls::pki_types::CertificateDer;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore {
@@ -90,13 +103,7 @@ pub(crate) fn tls_config(extra_ca: Option<&std::path::Path>) -> io::Result<Arc<C
             )));
         }
     }
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(roots)
 }
 
 /// The default configuration (Mozilla's roots only), built once.
@@ -168,7 +175,6 @@ pub(crate) async fn request<T, E>(
 
 /// Sends `request` and reads the whole response (any status), at most `max_bytes`, all within
 /// `timeout`: the exchange of the setup commands and the doctor's probes.
-#[allow(dead_code)] // its users (the set-up commands) land next
 pub(crate) async fn exchange(
     ep: &Endpoint,
     tls: &Arc<ClientConfig>,

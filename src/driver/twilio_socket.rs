@@ -172,6 +172,8 @@ async fn call(
     let start = match wait_for_start(&mut twilio, &mut counters, &mut phase).await {
         Ok(s) => s,
         Err(outcome) => {
+            // The nonce is spent, so no stream will ever adopt the pre-connected agent.
+            shared.preconnects.cancel(&call_sid);
             app.calls.finish(&call_sid, stream_id, outcome, now());
             close_twilio(&mut twilio, outcome).await;
             info!(
@@ -183,6 +185,7 @@ async fn call(
     };
     if let Err(reason) = check_start(&start, &claim, &app) {
         app.refuse_stream(reason, Some(&call_sid));
+        shared.preconnects.cancel(&call_sid);
         app.calls
             .finish(&call_sid, stream_id, Outcome::Refused, now());
         close_twilio(&mut twilio, Outcome::Refused).await;
@@ -198,6 +201,7 @@ async fn call(
             _ => Outcome::Refused,
         };
         warn!(error = ?e, "[Twilio] Stream refused");
+        shared.preconnects.cancel(&call_sid);
         app.calls.finish(&call_sid, stream_id, outcome, now());
         close_twilio(&mut twilio, outcome).await;
         return;

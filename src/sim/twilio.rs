@@ -362,20 +362,7 @@ pub fn voice_webhook_request(
     auth_token: &str,
     ids: &CallIds,
 ) -> String {
-    let params: Vec<(String, String)> = [
-        ("AccountSid", ids.account_sid.as_str()),
-        ("ApiVersion", "2010-04-01"),
-        ("CallSid", ids.call_sid.as_str()),
-        ("CallStatus", "ringing"),
-        ("Called", ids.to.as_str()),
-        ("Caller", ids.from.as_str()),
-        ("Direction", "inbound"),
-        ("From", ids.from.as_str()),
-        ("To", ids.to.as_str()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let params = voice_webhook_params(ids);
     let sig = signature::sign(auth_token, url, &params);
     let body = params
         .iter()
@@ -388,6 +375,24 @@ pub fn voice_webhook_request(
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// The form parameters of the voice webhook for the call `ids`, as Twilio posts them (§2).
+pub fn voice_webhook_params(ids: &CallIds) -> Vec<(String, String)> {
+    [
+        ("AccountSid", ids.account_sid.as_str()),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", ids.call_sid.as_str()),
+        ("CallStatus", "ringing"),
+        ("Called", ids.to.as_str()),
+        ("Caller", ids.from.as_str()),
+        ("Direction", "inbound"),
+        ("From", ids.from.as_str()),
+        ("To", ids.to.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// What a voice webhook answered.

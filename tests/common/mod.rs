@@ -4,6 +4,7 @@
 
 pub mod fake_agent;
 pub mod fake_twilio;
+pub mod nginx;
 pub mod tls_caller;
 
 use std::collections::HashMap;

@@ -289,3 +289,14 @@ mod tests {
         assert_eq!(moved[1].fix.as_deref(), Some("run `ignis agent sync`"));
     }
 }
+
+/// Not built in this branch: the doctor's agent checks, skipped.
+pub(crate) async fn doctor_checks(
+    _config: &crate::config::Config,
+    _tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Vec<crate::setup::Check> {
+    ["agent_signed_url", "agent_tools", "agent_settings"]
+        .into_iter()
+        .map(|id| crate::setup::Check::skip(id, "not built in this branch"))
+        .collect()
+}

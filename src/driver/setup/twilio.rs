@@ -260,3 +260,15 @@ mod tests {
         assert!(checks.iter().all(|c| c.status == Status::Skip));
     }
 }
+
+/// Not built in this branch: the doctor's Twilio checks, skipped.
+pub(crate) async fn doctor_checks(
+    _config: &crate::config::Config,
+    _tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    _now: std::time::SystemTime,
+) -> Vec<crate::setup::Check> {
+    ["twilio_number", "twilio_alerts"]
+        .into_iter()
+        .map(|id| crate::setup::Check::skip(id, "not built in this branch"))
+        .collect()
+}

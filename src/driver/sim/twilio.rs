@@ -9,9 +9,11 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -32,13 +34,24 @@ pub async fn voice_webhook(
     ids: &CallIds,
     timeout: Duration,
 ) -> Result<WebhookAnswer, SimError> {
+    let tls = net::default_tls().map_err(SimError::Connect)?;
+    voice_webhook_with(url, auth_token, ids, timeout, &tls).await
+}
+
+/// [`voice_webhook`] trusting the roots of `tls` (e.g. with `EXTRA_CA_FILE`).
+pub async fn voice_webhook_with(
+    url: &str,
+    auth_token: &str,
+    ids: &CallIds,
+    timeout: Duration,
+    tls: &Arc<ClientConfig>,
+) -> Result<WebhookAnswer, SimError> {
     let mut ep = Endpoint::parse(url).map_err(SimError::Url)?;
     let target = std::mem::take(&mut ep.target);
     let req = rules::voice_webhook_request(url, &ep.host_header(), &target, auth_token, ids);
-    let tls = net::default_tls().map_err(SimError::Connect)?;
     net::request(
         &ep,
-        &tls,
+        tls,
         req.as_bytes(),
         timeout,
         rules::MAX_TWIML_BYTES,
@@ -88,9 +101,20 @@ impl TwilioStream<Socket> {
         ids: CallIds,
         timeout: Duration,
     ) -> Result<TwilioStream<Socket>, SimError> {
-        let ep = Endpoint::parse(stream_url).map_err(SimError::Url)?;
         let tls = net::default_tls().map_err(SimError::Connect)?;
-        let stream = net::connect(&ep, &tls, timeout)
+        Self::connect_with(stream_url, auth_token, ids, timeout, &tls).await
+    }
+
+    /// [`TwilioStream::connect`] trusting the roots of `tls` (e.g. with `EXTRA_CA_FILE`).
+    pub async fn connect_with(
+        stream_url: &str,
+        auth_token: &str,
+        ids: CallIds,
+        timeout: Duration,
+        tls: &Arc<ClientConfig>,
+    ) -> Result<TwilioStream<Socket>, SimError> {
+        let ep = Endpoint::parse(stream_url).map_err(SimError::Url)?;
+        let stream = net::connect(&ep, tls, timeout)
             .await
             .map_err(SimError::Connect)?;
         let mut request = stream_url.into_client_request()?;
