@@ -2,9 +2,13 @@
 //! stand-in agent that echoes the caller) behind the shipped `deploy/nginx.conf` in a real nginx,
 //! with a throwaway certificate from a throwaway CA that the doctor trusts through
 //! `EXTRA_CA_FILE`. The real binary runs with the deployment's variables; its report is read
-//! line by line. The healthy deployment passes every check the doctor can make from here, and
-//! each broken variant is reported with its cause: a PUBLIC_URL other than the server's, a
-//! proxy without the upgrade headers, an expired certificate, one that expires within 14 days.
+//! line by line. Beside it run the Twilio REST/Monitor and ElevenLabs API stand-ins, set up by
+//! the real `ignis twilio configure` and `ignis agent sync` (the README's quick start). The
+//! healthy deployment passes every check the doctor can make from here, and each broken variant
+//! is reported with its cause: a PUBLIC_URL other than the server's, a proxy without the
+//! upgrade headers, an expired certificate, one that expires within 14 days, a number
+//! configured with GET, a Monitor alert for this host, a tool pointing at another host, a
+//! wrong Twilio token.
 //!
 //! nginx and openssl must be installed (`.ci/test` installs them).
 
@@ -23,6 +27,9 @@ const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
 const TOOLS_TOKEN: &str = "doctor-tools-token-0123456789";
 const FALLBACK: &str = "+4930123456789";
 const PRACTICE_NUMBER: &str = "+4930987654321";
+const PRACTICE_NUMBER_SID: &str = "PN0123456789abcdef0123456789abcdef";
+/// A Twilio auth token that is not the account's.
+const WRONG_TOKEN: &str = "not-the-account-token-5c1e";
 
 /// How long the leaf certificate is valid.
 #[derive(Clone, Copy)]
@@ -123,14 +130,34 @@ struct Deployment {
     // Field order is drop order: nginx stops before its temp directory goes.
     _nginx: Nginx,
     server: Server,
+    /// Twilio's REST and Monitor APIs (the stand-in) with the practice's number.
+    twilio: ignis::driver::sim::twilio_api::TwilioApiServer,
     https_port: u16,
     ca: PathBuf,
     dir: TempDir,
 }
 
 impl Deployment {
-    /// The shipped conf, edited by `edit`, with a certificate of `validity`.
+    /// [`Deployment::start_unconfigured`], then the README's quick start: `ignis twilio
+    /// configure` and `ignis agent sync` against the stand-ins.
     async fn start(name: &str, validity: Validity, edit: impl Fn(&str) -> String) -> Deployment {
+        let d = Deployment::start_unconfigured(name, validity, edit).await;
+        for command in [&["twilio", "configure"][..], &["agent", "sync"]] {
+            let r = run_ignis(&d.dir.0, command, d.env()).await;
+            assert_eq!(r.code, Some(0), "{r}");
+        }
+        d
+    }
+
+    /// The shipped conf, edited by `edit`, with a certificate of `validity`; the practice's
+    /// Twilio number still points at Twilio's demo and the agent is as the dashboard made it.
+    async fn start_unconfigured(
+        name: &str,
+        validity: Validity,
+        edit: impl Fn(&str) -> String,
+    ) -> Deployment {
+        use ignis::driver::sim::twilio_api::TwilioApiServer;
+        use ignis::sim::twilio_api::{PhoneNumber, TwilioApi};
         let dir = TempDir::new(name);
         let (ca, chain, key) = ca_signed_cert(&dir.0, validity);
         let (http_port, https_port) = (free_port(), free_port());
@@ -171,9 +198,21 @@ impl Deployment {
         );
         let https = SocketAddr::from(([127, 0, 0, 1], https_port));
         let nginx = Nginx::start(&dir.0, &conf, https);
+        let mut api = TwilioApi::new(ACCOUNT_SID, TOKEN);
+        let mut number = PhoneNumber::new(PRACTICE_NUMBER_SID, PRACTICE_NUMBER);
+        number.voice_url = Some("https://demo.twilio.com/welcome/voice/".into());
+        api.numbers = vec![number];
+        let twilio = TwilioApiServer::start(api).await.unwrap();
+        server
+            .agent
+            .workspace()
+            .seed_agent(ignis::sim::elevenlabs_api::sample_agent(
+                fake_agent::AGENT_ID,
+            ));
         Deployment {
             _nginx: nginx,
             server,
+            twilio,
             https_port,
             ca,
             dir,
@@ -196,6 +235,8 @@ impl Deployment {
             ("TOOLS_TOKEN", TOOLS_TOKEN.into()),
             ("FALLBACK_NUMBER", FALLBACK.into()),
             ("EXTRA_CA_FILE", self.ca.display().to_string()),
+            ("TWILIO_API_BASE", self.twilio.base()),
+            ("TWILIO_MONITOR_API_BASE", self.twilio.base()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -235,6 +276,14 @@ impl Doctor {
         if let Some(fix) = lines.get(at + 1).filter(|l| l.starts_with("    fix: ")) {
             text.push('\n');
             text.push_str(fix);
+            // A fix of several lines (the alerts, one each) goes on indented further.
+            for more in lines[at + 2..]
+                .iter()
+                .take_while(|l| l.starts_with("      "))
+            {
+                text.push('\n');
+                text.push_str(more);
+            }
         }
         text
     }
@@ -256,14 +305,21 @@ impl std::fmt::Display for Doctor {
     }
 }
 
-/// Runs the real binary (off the runtime: the server under test runs on it) in `dir`, which
-/// has no `.env`, with exactly `env`.
+/// Runs `ignis doctor args…` (off the runtime: the server under test runs on it) in `dir`,
+/// which has no `.env`, with exactly `env`.
 async fn run_doctor(dir: &Path, args: &[&str], env: Vec<(String, String)>) -> Doctor {
+    let mut all = vec!["doctor"];
+    all.extend_from_slice(args);
+    run_ignis(dir, &all, env).await
+}
+
+/// Runs `ignis args…` like [`run_doctor`], and checks its output holds no secret.
+async fn run_ignis(dir: &Path, args: &[&str], env: Vec<(String, String)>) -> Doctor {
+    let is_doctor = args.first() == Some(&"doctor");
     let dir = dir.to_owned();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let out: Output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_ignis"))
-            .arg("doctor")
             .args(&args)
             .env_clear()
             .envs(env)
@@ -285,10 +341,18 @@ async fn run_doctor(dir: &Path, args: &[&str], env: Vec<(String, String)>) -> Do
         TOOLS_TOKEN,
         fake_agent::API_KEY,
         "X-Twilio-Signature",
+        WRONG_TOKEN,
     ] {
         assert!(!all.contains(secret), "{secret} in the output:\n{doctor}");
     }
-    for number in [FALLBACK, PRACTICE_NUMBER, "15005550006"] {
+    // The doctor's report may end up in monitoring: no phone number at all. (`twilio
+    // configure` names the practice's own number: that is what it configures.)
+    let numbers: &[&str] = if is_doctor {
+        &[FALLBACK, PRACTICE_NUMBER, "15005550006"]
+    } else {
+        &[FALLBACK, "15005550006"]
+    };
+    for number in numbers {
         assert!(!all.contains(number), "{number} in the output:\n{doctor}");
     }
     println!("{doctor}");
@@ -310,6 +374,15 @@ async fn assert_probe_call_released(d: &Deployment) {
     );
     assert_eq!(d.server.app.calls.live_count(), 0);
 }
+
+/// The checks of Twilio's and ElevenLabs' side, in the doctor's order.
+const REMOTE_CHECKS: [&str; 5] = [
+    "twilio_number",
+    "twilio_alerts",
+    "agent_signed_url",
+    "agent_tools",
+    "agent_settings",
+];
 
 /// The checks the doctor makes of the deployment itself, in the order a call travels.
 const LOCAL_CHECKS: [&str; 8] = [
@@ -342,18 +415,10 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
         r.line("metrics_exposure")
             .starts_with("- metrics_exposure: reached over loopback")
     );
-    // TODO(issue 13, after the merge with twilio configure and agent sync): these run against
-    // the Twilio and ElevenLabs stand-ins; add the remote broken variants here — a wrong
-    // TWILIO_AUTH_TOKEN for the REST API, tools pointing at another host, a number whose voice
-    // webhook is configured with GET — each reported with its cause.
-    for id in [
-        "twilio_number",
-        "twilio_alerts",
-        "agent_signed_url",
-        "agent_tools",
-        "agent_settings",
-    ] {
-        assert_eq!(r.mark(id), '-', "{id}:\n{r}");
+    // Against the Twilio and ElevenLabs stand-ins, after configure and sync (the quick-start
+    // test below breaks them one by one).
+    for id in REMOTE_CHECKS {
+        assert_eq!(r.mark(id), '✓', "{id}:\n{r}");
     }
     assert!(r.line("call").contains("run with --call"), "{r}");
     // The lines come in the order a call travels, then the summary.
@@ -367,7 +432,7 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
     assert_eq!(ids, ignis::setup::doctor::ORDER);
     assert_eq!(
         r.stdout.lines().last(),
-        Some("8 passed, 0 failed, 7 skipped")
+        Some("13 passed, 0 failed, 2 skipped")
     );
     assert_probe_call_released(&d).await;
 
@@ -406,7 +471,9 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
     let localhost = format!("https://localhost:{}", d.https_port);
     let r = d.doctor(&[], &[("PUBLIC_URL", &localhost)]).await;
     assert_eq!(r.code, Some(1), "{r}");
-    assert!(r.stderr.contains("1 check failed"), "{r}");
+    // The number and the tools point at the server's origin, not this one: three causes.
+    assert!(r.stderr.contains("3 checks failed"), "{r}");
+    r.assert_marks(&[("twilio_number", '✗'), ("agent_tools", '✗')]);
     r.assert_marks(&[
         ("dns", '✓'),
         ("tls", '✓'),
@@ -424,6 +491,115 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
         "- stream_upgrade: needs voice_webhook"
     );
     r.assert_marks(&[("webhook_signature_check", '✓'), ("tools_endpoint", '✓')]);
+}
+
+/// The README's quick start on the local deployment: `ignis twilio configure`, `ignis agent
+/// sync`, then `ignis doctor` passes every check it can make from here, the remote ones
+/// included (against the Twilio and ElevenLabs stand-ins). Then each remote fault is named
+/// with its cause: a number configured with GET, a Monitor alert for this host, a tool that
+/// points at another host, a wrong Twilio token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_then_doctor_names_each_remote_fault() {
+    use ignis::sim::twilio_api::Alert;
+
+    let d = Deployment::start_unconfigured("doctor-remote", Validity::Healthy, str::to_owned).await;
+    let twilio = &d.twilio;
+    let env = |overrides: &[(&str, &str)]| {
+        let mut env = d.env();
+        for (k, v) in overrides {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        env
+    };
+
+    // Before the quick start the doctor names what is left to do.
+    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(
+        r.line("twilio_number").contains("ignis twilio configure"),
+        "{r}"
+    );
+    assert!(r.line("agent_tools").contains("ignis agent sync"), "{r}");
+
+    let r = run_ignis(&d.dir.0, &["twilio", "configure"], env(&[])).await;
+    assert_eq!(r.code, Some(0), "{r}");
+    let r = run_ignis(&d.dir.0, &["agent", "sync"], env(&[])).await;
+    assert_eq!(r.code, Some(0), "{r}");
+    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    assert_eq!(r.code, Some(0), "{r}");
+    for id in LOCAL_CHECKS.iter().chain(&REMOTE_CHECKS) {
+        assert_eq!(r.mark(id), '✓', "{id}:\n{r}");
+    }
+    assert_eq!(
+        r.stdout.lines().last(),
+        Some("13 passed, 0 failed, 2 skipped")
+    );
+
+    // The number's voice webhook set to GET in the console.
+    twilio.state().numbers[0].voice_method = "GET".into();
+    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    assert_eq!(r.code, Some(1), "{r}");
+    let line = r.line("twilio_number");
+    assert!(
+        line.starts_with("✗ twilio_number:") && line.contains("GET"),
+        "{r}"
+    );
+    assert!(line.contains("ignis twilio configure"), "{r}");
+    twilio.state().numbers[0].voice_method = "POST".into();
+
+    // Twilio reported an 11200 for this deployment an hour ago: explained, with its cause.
+    let an_hour_ago = jiff::Timestamp::now().as_second() - 3600;
+    let url = format!("https://127.0.0.1:{}/api/twilio/voice", d.https_port);
+    twilio.state().alerts.push(Alert::new(
+        "NO0123456789abcdef0123456789abcdef",
+        "11200",
+        "error",
+        &url,
+        "CA0123456789abcdef0123456789abcdef",
+        an_hour_ago,
+    ));
+    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    assert_eq!(r.code, Some(1), "{r}");
+    let line = r.line("twilio_alerts");
+    assert!(
+        line.starts_with("✗ twilio_alerts:") && line.contains("11200"),
+        "{r}"
+    );
+    assert!(line.contains("PUBLIC_URL"), "the likely cause: {r}");
+    twilio.state().alerts.clear();
+
+    // A tool that points at another host (edited in the dashboard, or an old deployment's).
+    {
+        let mut w = d.server.agent.workspace();
+        let id = w.tool_named("find_slots").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        w.tool_mut(&id).unwrap()["tool_config"]["api_schema"]["url"] =
+            serde_json::json!("https://old-host.example.net/api/appointments/slots");
+    }
+    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    assert_eq!(r.code, Some(1), "{r}");
+    let line = r.line("agent_tools");
+    assert!(line.contains("old-host.example.net"), "{r}");
+    assert!(line.contains("ignis agent sync"), "{r}");
+    let r = run_ignis(&d.dir.0, &["agent", "sync"], env(&[])).await;
+    assert_eq!(r.code, Some(0), "{r}");
+
+    // A wrong Twilio token: the REST API refuses it, and Twilio's signature would not match.
+    let r = run_doctor(&d.dir.0, &[], env(&[("TWILIO_AUTH_TOKEN", WRONG_TOKEN)])).await;
+    assert_eq!(r.code, Some(1), "{r}");
+    let line = r.line("twilio_number");
+    assert!(line.starts_with("✗ twilio_number:"), "{r}");
+    assert!(
+        line.contains("TWILIO_AUTH_TOKEN"),
+        "the credential fix: {r}"
+    );
+    assert!(
+        r.line("voice_webhook").contains("signature mismatch"),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,7 +625,7 @@ async fn doctor_call_reports_audio_both_ways() {
     assert!(line.contains("caller hung up"), "{line}");
     assert_eq!(
         r.stdout.lines().last(),
-        Some("9 passed, 0 failed, 6 skipped")
+        Some("14 passed, 0 failed, 1 skipped")
     );
 }
 

@@ -702,10 +702,12 @@ pub fn on_update_response(
 /// The doctor's `twilio_number` check of a found number.
 pub fn number_check(n: &IncomingNumber, desired: &Desired) -> Check {
     const ID: &str = "twilio_number";
+    // The report may end up in monitoring: numbers masked like everywhere else in ignis.
+    let number = crate::privacy::mask_phone(&n.phone_number);
     match plan(n, desired) {
         Err(refusal) => Check::fail(
             ID,
-            format!("{}: not routed to ignis", n.phone_number),
+            format!("{number}: not routed to ignis"),
             refusal.to_string(),
         ),
         Ok(p) => {
@@ -724,15 +726,12 @@ pub fn number_check(n: &IncomingNumber, desired: &Desired) -> Check {
             if wrong.is_empty() {
                 Check::pass(
                     ID,
-                    format!(
-                        "{}: voice and status webhooks point at ignis (POST)",
-                        n.phone_number
-                    ),
+                    format!("{number}: voice and status webhooks point at ignis (POST)"),
                 )
             } else {
                 Check::fail(
                     ID,
-                    format!("{}: {}", n.phone_number, wrong.join(", ")),
+                    format!("{number}: {}", wrong.join(", ")),
                     "run `ignis twilio configure` (it shows the changes first with --dry-run)",
                 )
             }

@@ -145,6 +145,8 @@ pub struct FakeAgent {
     pub signed_url_requests: Arc<Mutex<u32>>,
     /// Origin the signed URL points at (default `ws://<own address>`), e.g. a TLS front.
     pub signed_url_origin: Arc<Mutex<Option<String>>>,
+    /// The service itself, for its agents/tools/secrets API.
+    service: AgentService,
 }
 
 impl FakeAgent {
@@ -173,9 +175,15 @@ impl FakeAgent {
             addr: service.addr,
             behaviour,
             conns: tokio::sync::Mutex::new(conn_rx),
-            signed_url_requests: service.signed_url_requests,
-            signed_url_origin: service.signed_url_origin,
+            signed_url_requests: service.signed_url_requests.clone(),
+            signed_url_origin: service.signed_url_origin.clone(),
+            service,
         }
+    }
+
+    /// The agents/tools/secrets API's workspace (seed it, read it; hold the guard briefly).
+    pub fn workspace(&self) -> std::sync::MutexGuard<'_, ignis::sim::elevenlabs_api::Workspace> {
+        self.service.workspace()
     }
 
     pub fn base(&self) -> String {

@@ -138,7 +138,6 @@ async fn list_all(
 
 /// The agent checks of `ignis doctor`: `agent_signed_url`, `agent_tools`, `agent_settings`;
 /// skipped when `ELEVENLABS_API_KEY` or `ELEVENLABS_AGENT_ID` is unset.
-#[allow(dead_code)] // its caller, `ignis doctor` (driver/setup/doctor.rs), lands in its own change
 pub(crate) async fn doctor_checks(config: &Config, tls: &Arc<ClientConfig>) -> Vec<Check> {
     const IDS: [&str; 3] = ["agent_signed_url", "agent_tools", "agent_settings"];
     let (Some(key), Some(agent_id)) = (&config.elevenlabs_api_key, &config.elevenlabs_agent_id)
@@ -288,15 +287,4 @@ mod tests {
         );
         assert_eq!(moved[1].fix.as_deref(), Some("run `ignis agent sync`"));
     }
-}
-
-/// Not built in this branch: the doctor's agent checks, skipped.
-pub(crate) async fn doctor_checks(
-    _config: &crate::config::Config,
-    _tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
-) -> Vec<crate::setup::Check> {
-    ["agent_signed_url", "agent_tools", "agent_settings"]
-        .into_iter()
-        .map(|id| crate::setup::Check::skip(id, "not built in this branch"))
-        .collect()
 }

@@ -103,7 +103,6 @@ pub fn configure(args: &TwilioConfigureArgs) -> Result<(), StartError> {
 }
 
 /// The doctor's `twilio_number` and `twilio_alerts` checks.
-#[allow(dead_code)] // called by `ignis doctor` (its own change)
 pub(crate) async fn doctor_checks(
     config: &Config,
     tls: &Arc<ClientConfig>,
@@ -259,16 +258,4 @@ mod tests {
         let checks = doctor_checks(&cfg, &tls, now).await;
         assert!(checks.iter().all(|c| c.status == Status::Skip));
     }
-}
-
-/// Not built in this branch: the doctor's Twilio checks, skipped.
-pub(crate) async fn doctor_checks(
-    _config: &crate::config::Config,
-    _tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
-    _now: std::time::SystemTime,
-) -> Vec<crate::setup::Check> {
-    ["twilio_number", "twilio_alerts"]
-        .into_iter()
-        .map(|id| crate::setup::Check::skip(id, "not built in this branch"))
-        .collect()
 }
