@@ -108,14 +108,14 @@ pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> St
         .text(&config.name)
         .raw("</h1>");
     nav(&mut h, data);
-    h.raw("<p class=\"who\">Angemeldet: ")
+    h.raw("<div class=\"who\">Angemeldet: ")
         .text(&viewer.name)
         .raw(" · <form class=\"logout\" method=\"post\" action=\"/staff/logout\">")
         .fmt(format_args!(
             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
             html_escape(&viewer.csrf)
         ))
-        .raw("<button type=\"submit\">Abmelden</button></form></p></header>")
+        .raw("<button type=\"submit\">Abmelden</button></form></div></header>")
         .raw("<main id=\"live\">")
         .raw(&fragment)
         .raw("</main></body></html>\n");
@@ -202,6 +202,14 @@ pub fn duration(secs: i64) -> String {
     }
 }
 
+/// A stored `YYYY-MM-DD` as `DD.MM.YYYY` (anything else as stored).
+pub fn german_date(text: &str) -> String {
+    match text.parse::<Date>() {
+        Ok(d) if text.len() == 10 => format!("{:02}.{:02}.{}", d.day(), d.month(), d.year()),
+        _ => text.to_owned(),
+    }
+}
+
 /// Text cut to [`MAX_CELL_CHARS`] characters.
 fn cut(text: &str) -> String {
     match text.char_indices().nth(MAX_CELL_CHARS) {
@@ -274,6 +282,14 @@ fn emergencies(h: &mut Html, config: &PracticeConfig, data: &DayData) {
     h.raw("</tbody></table>");
     more_line(h, n.min(MAX_ROWS_PER_SECTION), n);
     h.raw("</section>");
+}
+
+/// A caller number as shown: Twilio's `anonymous` (and an empty one) as "unterdrückt".
+fn caller(number: &str) -> &str {
+    match number {
+        "" | "anonymous" => "unterdrückt",
+        n => n,
+    }
 }
 
 fn phone_cell(h: &mut Html, number: Option<&str>) {
@@ -412,7 +428,7 @@ fn patient_cell(h: &mut Html, r: &StaffDayRequest) {
             h.text(name);
             if let Some(b) = birth {
                 h.raw("<br><span class=\"dob\">geb. ")
-                    .text(b)
+                    .text(&german_date(b))
                     .raw("</span>");
             }
         }
@@ -423,7 +439,7 @@ fn patient_cell(h: &mut Html, r: &StaffDayRequest) {
                 let said = format!("{} {}", s("given_name"), s("family_name"));
                 h.raw("<br>Angabe: ").text(&cut(said.trim()));
                 if !s("birth_date").is_empty() {
-                    h.raw(", geb. ").text(&cut(s("birth_date")));
+                    h.raw(", geb. ").text(&cut(&german_date(s("birth_date"))));
                 }
             }
         }
@@ -534,7 +550,7 @@ fn calls(h: &mut Html, config: &PracticeConfig, data: &DayData) {
             h.raw("<li>")
                 .text(&duration(data.now - c.started_at))
                 .raw(" – ")
-                .text(&c.caller_number)
+                .text(caller(&c.caller_number))
                 .raw("</li>");
         }
         h.raw("</ul>");
@@ -573,7 +589,7 @@ fn call_row(h: &mut Html, config: &PracticeConfig, data: &DayData, c: &StaffCall
     });
     h.fmt(format_args!("<tr class=\"call {class}\">"))
         .el("td", "time", &time(config, c.started_at))
-        .el("td", "phone", &c.caller_number)
+        .el("td", "phone", caller(&c.caller_number))
         .el("td", "num", &dur)
         .el("td", "outcome", result)
         .el("td", "num", &ttfa)

@@ -288,7 +288,8 @@ fn page_shows_sections_in_order_with_counts_in_the_title() {
     // The urgent request comes before the routine one although it is newer.
     assert!(at("Dringender Rückruf") < at(">Rezept<"));
     assert!(b.contains("verifiziert (Name, Geburtsdatum, Rufnummer)"));
-    assert!(b.contains("geb. 1980-05-06"));
+    assert!(b.contains("geb. 06.05.1980"));
+    assert!(b.contains("class=\"now\""), "the timeline marks now");
     assert!(b.contains("tel:+491701234567"));
     assert!(b.contains("von der KI gebucht"));
     assert!(b.contains("class=\"slot free\""));

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use super::MAX_ROWS_PER_SECTION;
 use super::html::Html;
-use super::page::{DayData, time};
+use super::page::{DayData, german_date, time};
 use crate::practice::calendar;
 use crate::practice::config::PracticeConfig;
 use crate::practice::demo::SEED_CALL_SID;
@@ -98,7 +98,7 @@ pub fn section(h: &mut Html, config: &PracticeConfig, data: &DayData) {
             .el("td", "time", &time(config, a.row.start))
             .el("td", "", &practitioner_name(config, &a.row.practitioner))
             .el("td", "", &d.patient)
-            .el("td", "", &d.birth_date)
+            .el("td", "", &german_date(&d.birth_date))
             .el("td", "", &visit_label(config, &d.visit_type))
             .el("td", "", &d.reason_short)
             .el("td", "change", label)
@@ -191,6 +191,13 @@ fn svg(h: &mut Html, config: &PracticeConfig, data: &DayData) {
             (hour / 60.0) as u32
         ));
         hour += 60.0;
+    }
+    let now = minute(config, data, data.now);
+    if data.today && (lo..=hi).contains(&now) {
+        h.fmt(format_args!(
+            "<line class=\"now\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{AXIS}\" y2=\"{height}\"><title>jetzt</title></line>",
+            x(now)
+        ));
     }
     for (i, id) in ids.iter().enumerate() {
         let y = AXIS + i as f64 * (ROW + GAP);
