@@ -498,3 +498,57 @@ fn assets_are_small_and_served() {
     assert_eq!(ViewError::NotFound.reply().status, 404);
     assert_eq!(ViewError::BadRequest.reply().status, 400);
 }
+
+#[test]
+fn route_never_panics_on_odd_input() {
+    let long = "x".repeat(10_000);
+    let paths = [
+        "",
+        "/",
+        "/staff",
+        "/staff//",
+        "/staff/requests/",
+        "/staff/requests/ä/done",
+        "/staff/requests/R-1/done/",
+        "/staff/assets/",
+        "/staff/live/x",
+        &long,
+    ];
+    let queries = [
+        "",
+        "day",
+        "day=",
+        "day=ä",
+        "day=2026-02-30",
+        "%",
+        "day=%FF%FE",
+        &long,
+    ];
+    let forms = [
+        vec![],
+        vec![("day".to_owned(), "ää-ää-ääää".to_owned())],
+        vec![("reply".to_owned(), long.clone())],
+    ];
+    for method in ["GET", "POST", "PUT", ""] {
+        for p in paths {
+            for q in queries {
+                for f in &forms {
+                    let _ = route(method, p, q, f);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        route("GET", "/staff", &long, &[]),
+        Err(ViewError::BadRequest)
+    );
+    assert_eq!(
+        route("GET", "/staff", "day=2026-02-30", &[]),
+        Err(ViewError::BadRequest)
+    );
+    let f = vec![("day".to_owned(), "ää-ää-ääää".to_owned())];
+    assert_eq!(
+        route("POST", "/staff/requests/R-1/done", "", &f),
+        Err(ViewError::BadRequest)
+    );
+}
