@@ -681,3 +681,33 @@ fn call_end_folds_bridge_outcomes() {
     let end = CallEnd::from_bridge(Outcome::Completed, false, Some(Duration::from_millis(987)));
     assert_eq!(end.first_audio_ms, Some(987));
 }
+
+/// The staff page's emergencies of a day: only that day, newest first, limited, with the total.
+#[test]
+fn staff_emergencies_of_a_day() {
+    let dir = temp_dir("staff-emergencies");
+    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+    let now = wed_morning().as_second();
+    for (i, at) in [now - DAY, now, now + 60, now + 120].iter().enumerate() {
+        s.record_emergency(&NewEmergency {
+            severity: Severity::Urgent,
+            keywords: format!("k{i}"),
+            patient_id: (i == 2).then_some(1),
+            callback_number: None,
+            advice: Advice::Transfer,
+            call_sid: "CA1".into(),
+            now: *at,
+        })
+        .unwrap();
+    }
+    let (rows, total) = s.staff_emergencies(now - 10, now + 3600, 2).unwrap();
+    assert_eq!(total, 3);
+    let kw: Vec<&str> = rows.iter().map(|e| e.keywords.as_str()).collect();
+    assert_eq!(kw, ["k3", "k2"]);
+    assert_eq!(rows[1].patient.as_deref(), Some("Eva Test0"));
+    assert_eq!(
+        s.staff_emergencies(now + 3600, now + DAY, 10).unwrap(),
+        (vec![], 0)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

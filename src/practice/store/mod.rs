@@ -207,4 +207,12 @@ pub trait Store: Send {
         to: i64,
         limit: usize,
     ) -> StoreResult<Vec<StaffDayAppointment>>;
+    /// Emergency events created in `[from, to)`, newest first, at most `limit`, with the total
+    /// count.
+    fn staff_emergencies(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffEmergency>, u32)>;
 }

@@ -522,6 +522,18 @@ fn day_request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffDayRequest> {
     })
 }
 
+fn staff_emergency_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffEmergency> {
+    Ok(StaffEmergency {
+        event_ref: format!("E-{}", r.get::<_, i64>(0)?),
+        severity: r.get(1)?,
+        keywords: r.get(2)?,
+        patient: r.get(3)?,
+        callback_number: r.get(4)?,
+        advice: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
 /// A row limit as SQLite's `LIMIT` takes it.
 fn sql_limit(limit: usize) -> i64 {
     limit.min(i64::MAX as usize) as i64
@@ -1008,17 +1020,7 @@ impl Store for SqliteStore {
              FROM emergency_event e LEFT JOIN patient p ON p.id = e.patient_id
              WHERE e.created_at >= ?1 ORDER BY e.created_at DESC, e.id DESC",
         )?;
-        let rows = st.query_map([since], |r| {
-            Ok(StaffEmergency {
-                event_ref: format!("E-{}", r.get::<_, i64>(0)?),
-                severity: r.get(1)?,
-                keywords: r.get(2)?,
-                patient: r.get(3)?,
-                callback_number: r.get(4)?,
-                advice: r.get(5)?,
-                created_at: r.get(6)?,
-            })
-        })?;
+        let rows = st.query_map([since], staff_emergency_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1223,6 +1225,30 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn staff_emergencies(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffEmergency>, u32)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT e.id, e.severity, e.keywords, p.given || ' ' || p.family, e.callback_number,
+                    e.advice, e.created_at
+             FROM emergency_event e LEFT JOIN patient p ON p.id = e.patient_id
+             WHERE e.created_at >= ?1 AND e.created_at < ?2
+             ORDER BY e.created_at DESC, e.id DESC LIMIT ?3",
+        )?;
+        let rows = st
+            .query_map(params![from, to, sql_limit(limit)], staff_emergency_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM emergency_event WHERE created_at >= ?1 AND created_at < ?2",
+            params![from, to],
+            |r| r.get(0),
+        )?;
+        Ok((rows, count_u32(total)))
     }
 }
 

@@ -30,8 +30,8 @@ pub struct DayData {
     pub today: bool,
     /// Now, UTC seconds.
     pub now: i64,
-    /// The day's emergencies, newest first (all of them; the view cuts).
-    pub emergencies: Vec<StaffEmergency>,
+    /// The day's emergencies, newest first, and their total.
+    pub emergencies: (Vec<StaffEmergency>, u32),
     /// The day's requests (open first) and their total.
     pub requests: (Vec<StaffDayRequest>, u32),
     /// Requests still open from earlier days (today only) and their total.
@@ -58,8 +58,6 @@ impl DayData {
         let to = calendar::instant(config, calendar::next_day(day), 0).as_second();
         let now_s = now.as_second();
         let today = calendar::local(config, now).date == day;
-        let mut emergencies = store.emergencies_since(from)?;
-        emergencies.retain(|e| e.created_at < to);
         let older_open = if today {
             store.open_requests_before(from, MAX_ROWS_PER_SECTION)?
         } else {
@@ -69,7 +67,7 @@ impl DayData {
             day,
             today,
             now: now_s,
-            emergencies,
+            emergencies: store.staff_emergencies(from, to, MAX_ROWS_PER_SECTION)?,
             requests: store.staff_day_requests(from, to, MAX_ROWS_PER_SECTION)?,
             older_open,
             open_total: store.open_requests_before(to, 0)?.1,
@@ -81,7 +79,7 @@ impl DayData {
 
     /// The page title with the counts: `(2 Notfälle, 5 offen) Praxis – ignis`.
     pub fn title(&self, config: &PracticeConfig) -> String {
-        let n = self.emergencies.len();
+        let n = self.emergencies.1;
         let word = if n == 1 { "Notfall" } else { "Notfälle" };
         format!(
             "({n} {word}, {} offen) {} – ignis",
@@ -248,7 +246,8 @@ pub fn advice_label(a: Advice) -> &'static str {
 }
 
 fn emergencies(h: &mut Html, config: &PracticeConfig, data: &DayData) {
-    let n = data.emergencies.len();
+    let (rows, total) = &data.emergencies;
+    let n = *total as usize;
     let class = if n > 0 {
         "emergencies alert"
     } else {
@@ -261,7 +260,7 @@ fn emergencies(h: &mut Html, config: &PracticeConfig, data: &DayData) {
     }
     h.raw("<table><thead><tr><th>Zeit</th><th>Schwere</th><th>Gemeldet</th><th>Rat</th>")
         .raw("<th>Patient</th><th>Rückrufnummer</th></tr></thead><tbody>");
-    for e in data.emergencies.iter().take(MAX_ROWS_PER_SECTION) {
+    for e in rows {
         let severity = match e.severity {
             Severity::LifeThreatening => "lebensbedrohlich",
             Severity::Urgent => "dringend",
