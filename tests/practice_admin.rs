@@ -8,6 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, bounded};
 use ignis::practice::calls::CallInfo;
 use ignis::practice::config::PracticeConfig;
+use ignis::practice::store::{CallEnd, CallOutcome};
 use ignis::practice::tools::{ToolReply, ToolRequest};
 use ignis::practice::{Practice, PracticeError, PracticeSettings};
 use jiff::Timestamp;
@@ -291,7 +292,11 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
     );
 
     // End of call: tools die after the grace period.
-    p.end_call("CAfacade", wed_morning());
+    let end = CallEnd {
+        outcome: CallOutcome::Completed,
+        first_audio_ms: Some(850),
+    };
+    p.end_call("CAfacade", end, wed_morning());
     let later = Timestamp::from_second(wed_morning().as_second() + 3600).unwrap();
     assert_eq!(slots_status(&p, TOOLS_TOKEN, &t, later), 403);
 

@@ -11,9 +11,10 @@ use ignis::practice::config::PracticeConfig;
 use ignis::practice::retention;
 use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
-    AppointmentStatus, BookOutcome, Booking, BookingPatient, CancelOutcome, CancelReason,
-    DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest, RequestCategory,
-    RetentionPolicy, Severity, SlotStatus, SqliteStore, Store, StoreError, Urgency,
+    AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
+    CancelReason, DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest,
+    RequestCategory, RequestChange, RetentionPolicy, Severity, SlotStatus, SqliteStore, Store,
+    StoreError, Urgency,
 };
 use practice_support::{temp_dir, wed_morning};
 
@@ -464,4 +465,249 @@ fn start_call_never_resets_an_existing_call() {
         .expect("original token");
     assert_eq!(row.caller_number, "+4917011111");
     assert!(!s.end_call("CA1", now + 130).unwrap(), "still ended");
+}
+
+/// The staff page's call rows (issue 14): the bridge's outcome and time to first audio are
+/// stored once with the end; a call without an end is listed as running until the caller's
+/// cut-off; the day's calls come newest first within the day only.
+#[test]
+fn call_outcome_and_first_audio_are_stored_with_the_end() {
+    let dir = temp_dir("call-outcome");
+    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+    let now = wed_morning().as_second();
+    for (i, sid) in ["CA1", "CA2", "CA3"].iter().enumerate() {
+        s.start_call(
+            sid,
+            &[i as u8; 32],
+            "+4917011111",
+            "+4930",
+            now + i as i64 * 60,
+        )
+        .unwrap();
+    }
+    s.start_call("CAyday", &[9; 32], "+4917011111", "+4930", now - DAY)
+        .unwrap();
+    let end = CallEnd {
+        outcome: CallOutcome::Transferred,
+        first_audio_ms: Some(1234),
+    };
+    assert!(s.finish_call("CA1", &end, now + 100).unwrap());
+    // Stored once: a second end changes nothing; an unknown call is reported.
+    let other = CallEnd {
+        outcome: CallOutcome::AgentFailed,
+        first_audio_ms: None,
+    };
+    assert!(!s.finish_call("CA1", &other, now + 200).unwrap());
+    assert!(!s.finish_call("CAnope", &other, now).unwrap());
+    // A call ended the old way (tool token expiry) still gets its outcome, keeping its end.
+    s.end_call("CA2", now + 90).unwrap();
+    assert!(s.finish_call("CA2", &other, now + 300).unwrap());
+
+    let calls = s.staff_calls(now - 10, now + DAY, 10).unwrap();
+    let sids: Vec<i64> = calls.iter().map(|c| c.started_at - now).collect();
+    assert_eq!(
+        sids,
+        [120, 60, 0],
+        "newest first, yesterday's call not included"
+    );
+    let ca1 = &calls[2];
+    assert_eq!(ca1.outcome, Some(CallOutcome::Transferred));
+    assert_eq!(
+        (ca1.ended_at, ca1.first_audio_ms),
+        (Some(now + 100), Some(1234))
+    );
+    let ca2 = &calls[1];
+    assert_eq!(
+        (ca2.outcome, ca2.ended_at),
+        (Some(CallOutcome::AgentFailed), Some(now + 90))
+    );
+    assert_eq!(
+        s.staff_calls(now - 10, now + DAY, 1).unwrap().len(),
+        1,
+        "limit"
+    );
+
+    // Running: CA3 and yesterday's orphan, unless the cut-off excludes the orphan.
+    let running = s.running_calls(now - 2 * DAY, 10).unwrap();
+    assert_eq!(running.len(), 2);
+    assert_eq!(running[0].started_at, now + 120);
+    assert_eq!(s.running_calls(now - 3600, 10).unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn staff_request(patient: Option<i64>, urgency: Urgency, at: i64) -> NewRequest {
+    NewRequest {
+        category: RequestCategory::Callback,
+        patient_id: patient,
+        caller: None,
+        details: None,
+        urgency,
+        callback_number: Some("+4917011111".into()),
+        callback_window: None,
+        note: None,
+        call_sid: "CA1".into(),
+        assurance: None,
+        caller_number: "+4917011111".into(),
+        now: at,
+    }
+}
+
+/// Requests of a day for the staff page: open ones first (urgent first, then newest), done
+/// ones after with who and when; undo reopens; older open ones are listed apart.
+#[test]
+fn day_requests_done_by_and_undo() {
+    let dir = temp_dir("day-requests");
+    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+    let now = wed_morning().as_second();
+    let r1 = s
+        .create_request(&staff_request(Some(1), Urgency::Routine, now))
+        .unwrap();
+    let r2 = s
+        .create_request(&staff_request(None, Urgency::Routine, now + 10))
+        .unwrap();
+    let r3 = s
+        .create_request(&staff_request(None, Urgency::Urgent, now + 5))
+        .unwrap();
+    let old = s
+        .create_request(&staff_request(None, Urgency::Routine, now - DAY))
+        .unwrap();
+
+    let (rows, total) = s.staff_day_requests(now - 60, now + 3600, 10).unwrap();
+    let refs: Vec<&str> = rows.iter().map(|r| r.row.ref_code.as_str()).collect();
+    assert_eq!(refs, [&r3.ref_code, &r2.ref_code, &r1.ref_code]);
+    assert_eq!(total, 3);
+    assert_eq!(rows[2].birth_date.as_deref(), Some("1980-01-01"));
+    assert_eq!(rows[2].row.patient.as_deref(), Some("Eva Test0"));
+
+    let done = s
+        .mark_request_done_by(&r3.ref_code, "anna", now + 60)
+        .unwrap();
+    assert_eq!(done, RequestChange::Changed);
+    assert_eq!(
+        s.mark_request_done_by(&r3.ref_code, "ben", now + 61)
+            .unwrap(),
+        RequestChange::Unchanged
+    );
+    assert_eq!(
+        s.mark_request_done_by("R-9999", "ben", now).unwrap(),
+        RequestChange::NotFound
+    );
+    let (rows, _) = s.staff_day_requests(now - 60, now + 3600, 10).unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(
+        last.row.ref_code, r3.ref_code,
+        "done ones after the open ones"
+    );
+    assert_eq!(
+        (last.done_by.as_deref(), last.done_at),
+        (Some("anna"), Some(now + 60))
+    );
+    assert_eq!(
+        s.staff_day_requests(now - 60, now + 3600, 1).unwrap().1,
+        3,
+        "total beyond the limit"
+    );
+
+    assert_eq!(
+        s.reopen_request(&r3.ref_code).unwrap(),
+        RequestChange::Changed
+    );
+    assert_eq!(
+        s.reopen_request(&r3.ref_code).unwrap(),
+        RequestChange::Unchanged
+    );
+    assert_eq!(s.reopen_request("R-9999").unwrap(), RequestChange::NotFound);
+    let (rows, _) = s.staff_day_requests(now - 60, now + 3600, 10).unwrap();
+    assert_eq!(rows[0].row.ref_code, r3.ref_code);
+    assert_eq!((rows[0].done_by.as_deref(), rows[0].done_at), (None, None));
+
+    let (older, n) = s.open_requests_before(now - 60, 10).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(older[0].row.ref_code, old.ref_code);
+    assert_eq!(s.open_requests_before(now + 3600, 0).unwrap(), (vec![], 4));
+    // The admin API's done has no staff name.
+    assert!(s.mark_request_done(&old.ref_code, now).unwrap());
+    assert_eq!(s.open_requests_before(now - 60, 10).unwrap().1, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The timeline's rows: any status, with the call that booked it and whether a reschedule moved
+/// it here.
+#[test]
+fn day_appointments_show_what_calls_changed() {
+    let dir = temp_dir("day-appointments");
+    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+    let first = match s.book(&booking(slots[0], 1, "a")).unwrap() {
+        BookOutcome::Booked { appointment, .. } => appointment.id,
+        other => panic!("{other:?}"),
+    };
+    let mut moved = booking(slots[1], 1, "b");
+    moved.replaces = Some(first);
+    assert!(matches!(
+        s.book(&moved).unwrap(),
+        BookOutcome::Booked { .. }
+    ));
+    let rows = s.staff_day_appointments(0, i64::MAX, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    let (old, new) = (&rows[0], &rows[1]);
+    assert_eq!(old.row.details.status, AppointmentStatus::Cancelled);
+    assert_eq!(old.cancel_reason.as_deref(), Some("rescheduled"));
+    assert!(!old.moved_here && new.moved_here);
+    assert_eq!(new.call_sid.as_deref(), Some("CAb"));
+    assert!(new.end > new.row.start);
+    assert_eq!(s.staff_day_appointments(0, i64::MAX, 1).unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The driver folds the bridge's outcome into the staff page's four (a successful transfer
+/// wins whatever the stream did next).
+#[test]
+fn call_end_folds_bridge_outcomes() {
+    use ignis::calls::Outcome;
+    use std::time::Duration;
+    let fold = |o, t| CallEnd::from_bridge(o, t, None).outcome;
+    assert_eq!(fold(Outcome::Completed, false), CallOutcome::Completed);
+    assert_eq!(fold(Outcome::CallerHungUp, false), CallOutcome::Completed);
+    assert_eq!(fold(Outcome::CallerHungUp, true), CallOutcome::Transferred);
+    assert_eq!(fold(Outcome::StreamLost, true), CallOutcome::Transferred);
+    assert_eq!(fold(Outcome::AgentFailed, false), CallOutcome::AgentFailed);
+    for o in [
+        Outcome::ServerShutdown,
+        Outcome::StreamLost,
+        Outcome::Refused,
+    ] {
+        assert_eq!(fold(o, false), CallOutcome::Fallback);
+    }
+    let end = CallEnd::from_bridge(Outcome::Completed, false, Some(Duration::from_millis(987)));
+    assert_eq!(end.first_audio_ms, Some(987));
+}
+
+/// The staff page's emergencies of a day: only that day, newest first, limited, with the total.
+#[test]
+fn staff_emergencies_of_a_day() {
+    let dir = temp_dir("staff-emergencies");
+    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+    let now = wed_morning().as_second();
+    for (i, at) in [now - DAY, now, now + 60, now + 120].iter().enumerate() {
+        s.record_emergency(&NewEmergency {
+            severity: Severity::Urgent,
+            keywords: format!("k{i}"),
+            patient_id: (i == 2).then_some(1),
+            callback_number: None,
+            advice: Advice::Transfer,
+            call_sid: "CA1".into(),
+            now: *at,
+        })
+        .unwrap();
+    }
+    let (rows, total) = s.staff_emergencies(now - 10, now + 3600, 2).unwrap();
+    assert_eq!(total, 3);
+    let kw: Vec<&str> = rows.iter().map(|e| e.keywords.as_str()).collect();
+    assert_eq!(kw, ["k3", "k2"]);
+    assert_eq!(rows[1].patient.as_deref(), Some("Eva Test0"));
+    assert_eq!(
+        s.staff_emergencies(now + 3600, now + DAY, 10).unwrap(),
+        (vec![], 0)
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -28,6 +28,7 @@ use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output, TransferNumbers};
 use crate::calls::{Claim, Outcome, RegisterError, StreamRefusal, TeardownReason};
 use crate::elevenlabs::messages::AgentEventKind;
 use crate::metrics::{CallSummary, Metrics};
+use crate::practice::store::CallEnd;
 use crate::routes::App;
 use crate::twilio::media_stream::{self, MAX_MESSAGE_BYTES, Start, TwilioEvent};
 
@@ -283,6 +284,9 @@ struct Call {
     transfer_tx: mpsc::Sender<(String, bool)>,
     transfer_rx: mpsc::Receiver<(String, bool)>,
     transfers_in_flight: usize,
+    /// Whether a transfer to the staff line succeeded (the staff page shows the call as
+    /// transferred).
+    transferred: bool,
     /// When Twilio last sent anything (the silence timer is re-armed from it).
     last_twilio: tokio::time::Instant,
     agent_connect_ms: Option<u64>,
@@ -311,6 +315,7 @@ impl Call {
             transfer_tx,
             transfer_rx,
             transfers_in_flight: 0,
+            transferred: false,
             last_twilio: tokio::time::Instant::now(),
             agent_connect_ms: None,
         }
@@ -359,6 +364,7 @@ impl Call {
                 }
                 Some((id, ok)) = self.transfer_rx.recv(), if self.transfers_in_flight > 0 => {
                     self.transfers_in_flight -= 1;
+                    self.transferred |= ok;
                     self.bridge.transfer_done(&id, ok);
                     None
                 }
@@ -566,7 +572,9 @@ impl Call {
             .finish(&self.call_sid, self.stream_id, outcome, now());
         if let Some(p) = &app.practice {
             // The call's tool token dies with the call (plus a short grace).
-            p.end_call(&self.call_sid, super::practice_now());
+            let first_audio = self.bridge.call_summary(outcome).first_audio;
+            let end = CallEnd::from_bridge(outcome, self.transferred, first_audio);
+            p.end_call(&self.call_sid, end, super::practice_now());
         }
         close_agent(&mut self.agent).await;
         close_twilio(&mut self.twilio, outcome).await;

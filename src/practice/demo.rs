@@ -57,7 +57,7 @@ pub fn seed(
             visit_type: "kontrolle".into(),
             reason_short: "Blutdruckkontrolle".into(),
             replaces: None,
-            call_sid: "seed".into(),
+            call_sid: SEED_CALL_SID.into(),
             idempotency_key: "seed-demo-appointment".into(),
             now: now.as_second(),
         })?;
@@ -66,6 +66,10 @@ pub fn seed(
     tracing::info!(patients = n, "seeded demo patients");
     Ok(n)
 }
+
+/// The `call_sid` of the seeded demo appointment (no call booked it: the staff page does not
+/// mark it as booked by the phone agent).
+pub const SEED_CALL_SID: &str = "seed";
 
 /// The caller number of the demo call (Maria Weber's number on file).
 pub const DEMO_CALLER_NUMBER: &str = "+491701234567";

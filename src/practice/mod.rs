@@ -346,11 +346,12 @@ impl Practice {
         Ok(vars)
     }
 
-    /// Marks a call ended (its token stays valid for the grace period). Fire and forget.
-    pub fn end_call(&self, call_sid: &str, now: Timestamp) {
+    /// Marks a call ended with how it ended and its time to first audio, for the staff page
+    /// (its token stays valid for the grace period). Fire and forget.
+    pub fn end_call(&self, call_sid: &str, end: store::CallEnd, now: Timestamp) {
         let sid = call_sid.to_string();
         let queued = self.store.submit(move |store| {
-            if let Err(e) = store.end_call(&sid, now.as_second()) {
+            if let Err(e) = store.finish_call(&sid, &end, now.as_second()) {
                 tracing::error!(error = %e, "end_call failed");
             }
         });

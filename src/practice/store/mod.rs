@@ -164,4 +164,55 @@ pub trait Store: Send {
     fn retention(&mut self, policy: &RetentionPolicy, now: i64) -> StoreResult<RetentionReport>;
     /// Inserts demo patients when the patient table is empty; returns how many were inserted.
     fn seed_patients(&mut self, patients: &[DemoPatient], now: i64) -> StoreResult<usize>;
+
+    // The staff page (issue 14).
+
+    /// Ends a call with what the bridge knows: `ended_at` (unless already set), the outcome and
+    /// the time to first audio. False if the CallSid is unknown or its outcome already stored.
+    fn finish_call(&mut self, call_sid: &str, end: &CallEnd, now: i64) -> StoreResult<bool>;
+    /// Calls started in `[from, to)`, newest first, at most `limit`.
+    fn staff_calls(&mut self, from: i64, to: i64, limit: usize) -> StoreResult<Vec<StaffCall>>;
+    /// Calls without a stored end that started at or after `since`, newest first, at most
+    /// `limit` (the caller picks `since` so that a call orphaned by a crash stops counting).
+    fn running_calls(&mut self, since: i64, limit: usize) -> StoreResult<Vec<StaffCall>>;
+    /// Requests created in `[from, to)`: open ones first (urgent first), then done ones; newest
+    /// first within each; at most `limit`, with the total count.
+    fn staff_day_requests(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffDayRequest>, u32)>;
+    /// Open requests created before `before`, urgent first then newest first, at most `limit`,
+    /// with the total count.
+    fn open_requests_before(
+        &mut self,
+        before: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffDayRequest>, u32)>;
+    /// Marks a request done by the staff account `who`.
+    fn mark_request_done_by(
+        &mut self,
+        ref_code: &str,
+        who: &str,
+        now: i64,
+    ) -> StoreResult<RequestChange>;
+    /// Undoes "done": the request is open again (who and when are cleared).
+    fn reopen_request(&mut self, ref_code: &str) -> StoreResult<RequestChange>;
+    /// Appointments (any status) starting in `[from, to)`, in start order, at most `limit`, with
+    /// what the phone agent changed.
+    fn staff_day_appointments(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StaffDayAppointment>>;
+    /// Emergency events created in `[from, to)`, newest first, at most `limit`, with the total
+    /// count.
+    fn staff_emergencies(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffEmergency>, u32)>;
 }

@@ -589,3 +589,114 @@ pub struct DemoPatient {
 pub fn quarter(date: Date) -> String {
     format!("{}Q{}", date.year(), (date.month() - 1) / 3 + 1)
 }
+
+text_enum! {
+    /// How a call ended, as the staff page shows it (issue 14). The bridge's finer
+    /// [`crate::calls::Outcome`] is folded into these four by the driver.
+    pub enum CallOutcome {
+        /// The agent or the caller ended the conversation normally.
+        Completed = "completed",
+        /// The agent handed the caller to the practice's staff line (`transfer_to_staff`).
+        Transferred = "transferred",
+        /// The caller was sent to the fallback (capacity, shutdown, lost stream).
+        Fallback = "fallback",
+        /// The agent failed (connect error, error close, dead socket).
+        AgentFailed = "agent_failed",
+    }
+}
+
+/// What the bridge knows when a call ends, stored with the call for the staff page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallEnd {
+    /// How it ended.
+    pub outcome: CallOutcome,
+    /// Time from the stream's start to the first agent audio, ms (`None`: no audio).
+    pub first_audio_ms: Option<u64>,
+}
+
+impl CallEnd {
+    /// The staff page's view of a bridge outcome: a call the agent handed to the staff line is
+    /// `Transferred` however its stream then ended; a normal end (agent or caller) is
+    /// `Completed`; an agent failure is `AgentFailed`; everything else sent the caller to the
+    /// fallback (docs/twilio.md §2.3: the TwiML after `<Connect>`; §5.2 for the transfer).
+    pub fn from_bridge(
+        outcome: crate::calls::Outcome,
+        transferred: bool,
+        first_audio: Option<std::time::Duration>,
+    ) -> CallEnd {
+        use crate::calls::Outcome;
+        let outcome = match outcome {
+            _ if transferred => CallOutcome::Transferred,
+            Outcome::Completed | Outcome::CallerHungUp => CallOutcome::Completed,
+            Outcome::AgentFailed => CallOutcome::AgentFailed,
+            Outcome::ServerShutdown | Outcome::StreamLost | Outcome::Refused => {
+                CallOutcome::Fallback
+            }
+        };
+        CallEnd {
+            outcome,
+            first_audio_ms: first_audio.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+        }
+    }
+}
+
+/// A call row for staff (started in a day, or still running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffCall {
+    /// Internal id.
+    pub id: i64,
+    /// Caller number as stored (`anonymous` included).
+    pub caller_number: String,
+    /// Started, UTC seconds.
+    pub started_at: i64,
+    /// Ended, UTC seconds (`None`: running, or the process died before the end was stored).
+    pub ended_at: Option<i64>,
+    /// How it ended (`None`: running, or ended before issue 14).
+    pub outcome: Option<CallOutcome>,
+    /// Time to first audio, ms.
+    pub first_audio_ms: Option<i64>,
+}
+
+/// A request of a day for staff, open or done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffDayRequest {
+    /// The request as the admin API shows it (`patient` without the birth date here).
+    pub row: StaffRequest,
+    /// Identified patient's birth date.
+    pub birth_date: Option<String>,
+    /// When it was marked done, UTC seconds (`None`: open).
+    pub done_at: Option<i64>,
+    /// Who marked it done (a staff account; `None` when open or done through the admin API).
+    pub done_by: Option<String>,
+}
+
+/// What marking a request done (or undoing that) changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestChange {
+    /// The request changed state.
+    Changed,
+    /// It was already in that state (someone else was quicker).
+    Unchanged,
+    /// No request has this ref.
+    NotFound,
+}
+
+/// An appointment row for the staff page's timeline: the staff row plus what the phone agent
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffDayAppointment {
+    /// The row as the admin API has it.
+    pub row: StaffAppointment,
+    /// End, UTC seconds.
+    pub end: i64,
+    /// The call that booked it (`None`: entered by the practice).
+    pub call_sid: Option<String>,
+    /// Created, UTC seconds.
+    pub created_at: i64,
+    /// Cancelled, UTC seconds.
+    pub cancelled_at: Option<i64>,
+    /// Stored cancel reason (`rescheduled` when a reschedule replaced it).
+    pub cancel_reason: Option<String>,
+    /// Whether a reschedule moved it here (it replaced an earlier appointment).
+    pub moved_here: bool,
+}

@@ -43,7 +43,8 @@ sql_text_enum!(
     RequestCategory,
     Urgency,
     Severity,
-    Advice
+    Advice,
+    CallOutcome
 );
 
 /// Separator of a list stored in one `TEXT` column (visit type codes, which are `[a-z0-9_-]`).
@@ -185,6 +186,17 @@ ALTER TABLE request ADD COLUMN assurance TEXT;
 ALTER TABLE request ADD COLUMN caller_number TEXT;
 CREATE INDEX request_caller ON request (caller_number, created_at);
 CREATE INDEX appointment_call ON appointment (call_sid);
+"#,
+    // 4 (issue 14): the staff page. How a call ended and its time to first audio (from the
+    // bridge's summary), who marked a request done (a staff account; NULL through the admin
+    // API), and indexes for the page's per-day lists.
+    r#"
+ALTER TABLE call ADD COLUMN outcome TEXT
+    CHECK (outcome IN ('completed','transferred','fallback','agent_failed'));
+ALTER TABLE call ADD COLUMN first_audio_ms INTEGER;
+ALTER TABLE request ADD COLUMN done_by TEXT;
+CREATE INDEX call_started ON call (started_at);
+CREATE INDEX request_created ON request (created_at);
 "#,
 ];
 
@@ -465,6 +477,91 @@ fn cancel_booked(
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+const CALL_COLS: &str = "id, caller_number, started_at, ended_at, outcome, first_audio_ms";
+
+fn staff_call_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffCall> {
+    Ok(StaffCall {
+        id: r.get(0)?,
+        caller_number: r.get(1)?,
+        started_at: r.get(2)?,
+        ended_at: r.get(3)?,
+        outcome: r.get(4)?,
+        first_audio_ms: r.get(5)?,
+    })
+}
+
+const DAY_REQUEST_COLS: &str = "r.ref_code, r.category, r.urgency, p.given || ' ' || p.family,
+    r.caller_json, r.details_json, r.callback_number, r.callback_window, r.note, r.created_at,
+    r.assurance, r.caller_number, p.birth_date, r.done_at, r.done_by";
+
+fn day_request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffDayRequest> {
+    let caller: Option<String> = r.get(4)?;
+    let details: String = r.get(5)?;
+    let assurance: Option<String> = r.get(10)?;
+    Ok(StaffDayRequest {
+        row: StaffRequest {
+            ref_code: r.get(0)?,
+            category: r.get(1)?,
+            urgency: r.get(2)?,
+            patient: r.get(3)?,
+            caller: caller.and_then(|c| serde_json::from_str(&c).ok()),
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+            callback_number: r.get(6)?,
+            callback_window: r.get(7)?,
+            note: r.get(8)?,
+            created_at: r.get(9)?,
+            verified: assurance.as_deref() == Some(Assurance::NameDobPhone.as_str()),
+            assurance,
+            caller_number: r.get(11)?,
+        },
+        birth_date: r.get(12)?,
+        done_at: r.get(13)?,
+        done_by: r.get(14)?,
+    })
+}
+
+fn staff_emergency_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffEmergency> {
+    Ok(StaffEmergency {
+        event_ref: format!("E-{}", r.get::<_, i64>(0)?),
+        severity: r.get(1)?,
+        keywords: r.get(2)?,
+        patient: r.get(3)?,
+        callback_number: r.get(4)?,
+        advice: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+/// A row limit as SQLite's `LIMIT` takes it.
+fn sql_limit(limit: usize) -> i64 {
+    limit.min(i64::MAX as usize) as i64
+}
+
+fn count_u32(n: i64) -> u32 {
+    n.clamp(0, u32::MAX as i64) as u32
+}
+
+impl SqliteStore {
+    /// What an `UPDATE` of `n` rows on a request by ref changed.
+    fn request_change(&self, ref_code: &str, n: usize) -> StoreResult<RequestChange> {
+        if n == 1 {
+            return Ok(RequestChange::Changed);
+        }
+        let exists: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM request WHERE ref_code = ?1",
+                [ref_code],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match exists {
+            Some(_) => RequestChange::Unchanged,
+            None => RequestChange::NotFound,
+        })
+    }
 }
 
 impl Store for SqliteStore {
@@ -923,17 +1020,7 @@ impl Store for SqliteStore {
              FROM emergency_event e LEFT JOIN patient p ON p.id = e.patient_id
              WHERE e.created_at >= ?1 ORDER BY e.created_at DESC, e.id DESC",
         )?;
-        let rows = st.query_map([since], |r| {
-            Ok(StaffEmergency {
-                event_ref: format!("E-{}", r.get::<_, i64>(0)?),
-                severity: r.get(1)?,
-                keywords: r.get(2)?,
-                patient: r.get(3)?,
-                callback_number: r.get(4)?,
-                advice: r.get(5)?,
-                created_at: r.get(6)?,
-            })
-        })?;
+        let rows = st.query_map([since], staff_emergency_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1001,6 +1088,167 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(patients.len())
+    }
+
+    fn finish_call(&mut self, call_sid: &str, end: &CallEnd, now: i64) -> StoreResult<bool> {
+        let ttfa = end.first_audio_ms.map(|ms| ms.min(i64::MAX as u64) as i64);
+        let n = self.conn.execute(
+            "UPDATE call SET ended_at = COALESCE(ended_at, ?2), outcome = ?3, first_audio_ms = ?4
+             WHERE call_sid = ?1 AND outcome IS NULL",
+            params![call_sid, now, end.outcome, ttfa],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn staff_calls(&mut self, from: i64, to: i64, limit: usize) -> StoreResult<Vec<StaffCall>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CALL_COLS} FROM call WHERE started_at >= ?1 AND started_at < ?2
+             ORDER BY started_at DESC, id DESC LIMIT ?3"
+        ))?;
+        let rows = st.query_map(params![from, to, sql_limit(limit)], staff_call_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn running_calls(&mut self, since: i64, limit: usize) -> StoreResult<Vec<StaffCall>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CALL_COLS} FROM call WHERE ended_at IS NULL AND started_at >= ?1
+             ORDER BY started_at DESC, id DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![since, sql_limit(limit)], staff_call_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn staff_day_requests(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffDayRequest>, u32)> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {DAY_REQUEST_COLS} FROM request r LEFT JOIN patient p ON p.id = r.patient_id
+             WHERE r.created_at >= ?1 AND r.created_at < ?2
+             ORDER BY CASE r.status WHEN 'open' THEN 0 ELSE 1 END,
+                      CASE r.urgency WHEN 'urgent' THEN 0 ELSE 1 END, r.created_at DESC, r.id DESC
+             LIMIT ?3"
+        ))?;
+        let rows = st
+            .query_map(params![from, to, sql_limit(limit)], day_request_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM request WHERE created_at >= ?1 AND created_at < ?2",
+            params![from, to],
+            |r| r.get(0),
+        )?;
+        Ok((rows, count_u32(total)))
+    }
+
+    fn open_requests_before(
+        &mut self,
+        before: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffDayRequest>, u32)> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {DAY_REQUEST_COLS} FROM request r LEFT JOIN patient p ON p.id = r.patient_id
+             WHERE r.status = 'open' AND r.created_at < ?1
+             ORDER BY CASE r.urgency WHEN 'urgent' THEN 0 ELSE 1 END, r.created_at DESC, r.id DESC
+             LIMIT ?2"
+        ))?;
+        let rows = st
+            .query_map(params![before, sql_limit(limit)], day_request_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM request WHERE status = 'open' AND created_at < ?1",
+            [before],
+            |r| r.get(0),
+        )?;
+        Ok((rows, count_u32(total)))
+    }
+
+    fn mark_request_done_by(
+        &mut self,
+        ref_code: &str,
+        who: &str,
+        now: i64,
+    ) -> StoreResult<RequestChange> {
+        let n = self.conn.execute(
+            "UPDATE request SET status = 'done', done_at = ?2, done_by = ?3
+             WHERE ref_code = ?1 AND status = 'open'",
+            params![ref_code, now, who],
+        )?;
+        self.request_change(ref_code, n)
+    }
+
+    fn reopen_request(&mut self, ref_code: &str) -> StoreResult<RequestChange> {
+        let n = self.conn.execute(
+            "UPDATE request SET status = 'open', done_at = NULL, done_by = NULL
+             WHERE ref_code = ?1 AND status = 'done'",
+            [ref_code],
+        )?;
+        self.request_change(ref_code, n)
+    }
+
+    fn staff_day_appointments(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StaffDayAppointment>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT a.id, a.start_utc, a.practitioner_id, a.visit_type, a.reason_short, a.status,
+                    p.given || ' ' || p.family, p.birth_date, p.phone_e164,
+                    a.end_utc, a.call_sid, a.created_at, a.cancelled_at, a.cancel_reason,
+                    EXISTS (SELECT 1 FROM appointment o WHERE o.replaced_by = a.id)
+             FROM appointment a JOIN patient p ON p.id = a.patient_id
+             WHERE a.start_utc >= ?1 AND a.start_utc < ?2 ORDER BY a.start_utc, a.id LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![from, to, sql_limit(limit)], |r| {
+            Ok(StaffDayAppointment {
+                row: StaffAppointment {
+                    id: r.get(0)?,
+                    start: r.get(1)?,
+                    practitioner: r.get(2)?,
+                    details: StaffAppointmentDetails {
+                        visit_type: r.get(3)?,
+                        reason_short: r.get(4)?,
+                        status: r.get(5)?,
+                        patient: r.get(6)?,
+                        birth_date: r.get(7)?,
+                        phone: r.get(8)?,
+                    },
+                },
+                end: r.get(9)?,
+                call_sid: r.get(10)?,
+                created_at: r.get(11)?,
+                cancelled_at: r.get(12)?,
+                cancel_reason: r.get(13)?,
+                moved_here: r.get::<_, i64>(14)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn staff_emergencies(
+        &mut self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StaffEmergency>, u32)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT e.id, e.severity, e.keywords, p.given || ' ' || p.family, e.callback_number,
+                    e.advice, e.created_at
+             FROM emergency_event e LEFT JOIN patient p ON p.id = e.patient_id
+             WHERE e.created_at >= ?1 AND e.created_at < ?2
+             ORDER BY e.created_at DESC, e.id DESC LIMIT ?3",
+        )?;
+        let rows = st
+            .query_map(params![from, to, sql_limit(limit)], staff_emergency_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM emergency_event WHERE created_at >= ?1 AND created_at < ?2",
+            params![from, to],
+            |r| r.get(0),
+        )?;
+        Ok((rows, count_u32(total)))
     }
 }
 

@@ -1,63 +1,391 @@
-//! What staff see and do (skeleton: the views' own change fills this in).
+//! What staff see and do once logged in (issue 14, point 2): one German page per day with the
+//! emergencies, the call-backs and requests, the appointments as a timeline, the calls and a
+//! chart of calls per hour; its live fragment for polling; mark done and undo; the two assets.
+//!
+//! Everything here is sans-IO: [`route`] validates a request (no store), [`execute`] runs it
+//! against a [`Store`] with `now` passed in and answers a [`StaffReply`]. Authentication, CSRF,
+//! the audit rows and the security headers are the routing layer's ([`super`]).
+//!
+//! Routes (all below `/staff`, `day` is `YYYY-MM-DD` in the practice's time zone, default today):
+//! - `GET /staff[?day=]`: the page (audited: `staff:view day=…`).
+//! - `GET /staff/live[?day=]`: the page's `<main>` content alone, with an `ETag` of its bytes;
+//!   `staff.js` polls it every second with `If-None-Match` (not audited).
+//! - `POST /staff/requests/{ref}/done` and `…/undo`: form fields `csrf`, optional `day` (the day
+//!   to return to) and optional `reply=fragment` (from `staff.js`: answer 200 with the fresh
+//!   fragment instead of a 303 back to the page).
+//! - `GET /staff/assets/staff.css`, `…/staff.js`.
+
+mod chart;
+pub mod html;
+mod page;
+mod timeline;
 
 use jiff::Timestamp;
+use jiff::civil::Date;
+use sha2::{Digest, Sha256};
 
 use super::{StaffReply, Viewer};
 use crate::practice::config::PracticeConfig;
-use crate::practice::store::Store;
+use crate::practice::store::{RequestChange, Store, StoreError};
+use crate::practice::tools::parse_query;
+
+pub use html::html_escape;
+
+/// Most rows one section lists; the rest are summed up in a "… weitere" line.
+pub const MAX_ROWS_PER_SECTION: usize = 50;
+/// Most appointments of one day placed on the timeline.
+pub const MAX_TIMELINE_APPOINTMENTS: usize = 600;
+/// Most calls of one day counted in the chart (a practice takes a few hundred).
+pub const MAX_CHART_CALLS: usize = 5_000;
+/// A call without a stored end is "live" for at most this long after its start: a crash can
+/// leave a call row without an end, and it must not count as live for ever.
+pub const MAX_LIVE_CALL_SECS: i64 = 3_600;
+/// Longest request ref accepted in a path (`R-1001`).
+pub const MAX_REF_LEN: usize = 16;
+/// Longest query string or form value looked at.
+pub const MAX_PARAM_LEN: usize = 256;
+
+/// `Content-Type` of the HTML replies.
+const HTML: &str = "text/html; charset=utf-8";
 
 /// A validated request below `/staff` (after login).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewCall {
-    /// The main page.
-    Page,
+    /// The main page of a day (None: today).
+    Page {
+        /// The day shown.
+        day: Option<Date>,
+    },
+    /// The live fragment of a day's page (polled; not audited).
+    Live {
+        /// The day shown.
+        day: Option<Date>,
+    },
+    /// Mark a request done.
+    RequestDone {
+        /// Its ref (`R-1001`).
+        ref_code: String,
+        /// The day to show afterwards.
+        day: Option<Date>,
+        /// Answer with the fragment (200) instead of a 303 to the page.
+        fragment: bool,
+    },
+    /// Undo "done".
+    RequestUndo {
+        /// Its ref.
+        ref_code: String,
+        /// The day to show afterwards.
+        day: Option<Date>,
+        /// Answer with the fragment (200) instead of a 303 to the page.
+        fragment: bool,
+    },
+    /// A static asset ([`asset`]).
+    Asset(&'static str),
 }
 
 impl ViewCall {
     /// The audit line for this call (what was viewed or changed; refs and dates, never
     /// personal data), or None when it is not audited (polls, assets).
     pub fn audit(&self) -> Option<String> {
-        None
+        let day = |d: &Option<Date>| d.map_or_else(|| "today".to_owned(), |d| d.to_string());
+        match self {
+            ViewCall::Page { day: d } => Some(format!("staff:view day={}", day(d))),
+            ViewCall::RequestDone { ref_code, .. } => {
+                Some(format!("staff:request_done ref={ref_code}"))
+            }
+            ViewCall::RequestUndo { ref_code, .. } => {
+                Some(format!("staff:request_undo ref={ref_code}"))
+            }
+            ViewCall::Live { .. } | ViewCall::Asset(_) => None,
+        }
+    }
+
+    /// Whether the call changes data (a POST: the routing layer checks CSRF and `Origin`).
+    pub fn changes_data(&self) -> bool {
+        matches!(
+            self,
+            ViewCall::RequestDone { .. } | ViewCall::RequestUndo { .. }
+        )
     }
 }
 
 /// Why a request below `/staff` was refused before it reached the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewError {
-    /// No such page.
+    /// No such page (404).
     NotFound,
+    /// The page exists but not with this method (405).
+    MethodNotAllowed,
+    /// A parameter is malformed, e.g. `day` (400).
+    BadRequest,
 }
 
-/// Routes a request below `/staff` (`path` includes `/staff`).
+impl ViewError {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            ViewError::NotFound => 404,
+            ViewError::MethodNotAllowed => 405,
+            ViewError::BadRequest => 400,
+        }
+    }
+
+    /// A short German error page.
+    pub fn reply(self) -> StaffReply {
+        let text = match self {
+            ViewError::NotFound => "Diese Seite gibt es nicht.",
+            ViewError::MethodNotAllowed => "Diese Aktion ist hier nicht möglich.",
+            ViewError::BadRequest => "Die Anfrage ist ungültig (z. B. ein falsches Datum).",
+        };
+        page::message(self.status(), text)
+    }
+}
+
+/// Routes a request below `/staff` (`path` includes `/staff`; `query` without `?`; `form` the
+/// decoded body of a POST).
 pub fn route(
-    _method: &str,
-    _path: &str,
-    _query: &str,
-    _form: &[(String, String)],
+    method: &str,
+    path: &str,
+    query: &str,
+    form: &[(String, String)],
 ) -> Result<ViewCall, ViewError> {
-    Err(ViewError::NotFound)
+    let path = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    };
+    let get = |call: ViewCall| match method {
+        "GET" | "HEAD" => Ok(call),
+        _ => Err(ViewError::MethodNotAllowed),
+    };
+    match path {
+        "/staff" => {
+            return get(ViewCall::Page {
+                day: query_day(query)?,
+            });
+        }
+        "/staff/live" => {
+            return get(ViewCall::Live {
+                day: query_day(query)?,
+            });
+        }
+        _ => {}
+    }
+    if let Some(name) = path.strip_prefix("/staff/assets/") {
+        let name = ASSETS
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .map(|(n, ..)| *n)
+            .ok_or(ViewError::NotFound)?;
+        return get(ViewCall::Asset(name));
+    }
+    let Some(rest) = path.strip_prefix("/staff/requests/") else {
+        return Err(ViewError::NotFound);
+    };
+    let (ref_code, action) = rest.split_once('/').ok_or(ViewError::NotFound)?;
+    if !valid_ref(ref_code) || !matches!(action, "done" | "undo") {
+        return Err(ViewError::NotFound);
+    }
+    if method != "POST" {
+        return Err(ViewError::MethodNotAllowed);
+    }
+    let field = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim());
+    let day = match field("day").filter(|d| !d.is_empty()) {
+        Some(d) => Some(parse_day(d)?),
+        None => None,
+    };
+    let fragment = field("reply") == Some("fragment");
+    let ref_code = ref_code.to_owned();
+    Ok(if action == "done" {
+        ViewCall::RequestDone {
+            ref_code,
+            day,
+            fragment,
+        }
+    } else {
+        ViewCall::RequestUndo {
+            ref_code,
+            day,
+            fragment,
+        }
+    })
+}
+
+/// A request ref as the store makes them (`R-1001`): short, letters, digits and `-` only (so it
+/// is safe in a path, an audit line and a `Location`).
+fn valid_ref(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= MAX_REF_LEN
+        && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn query_day(query: &str) -> Result<Option<Date>, ViewError> {
+    if query.len() > MAX_PARAM_LEN {
+        return Err(ViewError::BadRequest);
+    }
+    let q = parse_query(query).ok_or(ViewError::BadRequest)?;
+    match q.iter().find(|(k, _)| k == "day").map(|(_, v)| v.trim()) {
+        Some(d) if !d.is_empty() => parse_day(d).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// A day `YYYY-MM-DD` (exactly that form; jiff checks the calendar).
+fn parse_day(d: &str) -> Result<Date, ViewError> {
+    if d.len() != 10 {
+        return Err(ViewError::BadRequest);
+    }
+    d.parse::<Date>().map_err(|_| ViewError::BadRequest)
 }
 
 /// Runs a call against the store.
 pub fn execute(
-    _store: &mut dyn Store,
-    _config: &PracticeConfig,
-    _call: ViewCall,
-    _viewer: &Viewer,
-    _now: Timestamp,
+    store: &mut dyn Store,
+    config: &PracticeConfig,
+    call: ViewCall,
+    viewer: &Viewer,
+    now: Timestamp,
 ) -> StaffReply {
-    StaffReply {
-        status: 404,
-        content_type: "text/plain; charset=utf-8",
-        body: b"not found".to_vec(),
-        location: None,
-        set_cookie: None,
-        patient_data: false,
-        etag: None,
+    match run(store, config, call, viewer, now) {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::error!(error = %e, "staff page failed in the store");
+            page::message(
+                500,
+                "Interner Fehler: die Daten konnten nicht gelesen werden.",
+            )
+        }
     }
 }
 
-/// A static asset below `/staff/assets/`: content type and bytes (shipped in the binary).
-pub fn asset(_name: &str) -> Option<(&'static str, &'static [u8])> {
-    None
+fn run(
+    store: &mut dyn Store,
+    config: &PracticeConfig,
+    call: ViewCall,
+    viewer: &Viewer,
+    now: Timestamp,
+) -> Result<StaffReply, StoreError> {
+    let today = || crate::practice::calendar::local(config, now).date;
+    match call {
+        ViewCall::Page { day } => {
+            let data = page::DayData::load(store, config, day.unwrap_or_else(today), now)?;
+            Ok(page::full_page(config, &data, viewer))
+        }
+        ViewCall::Live { day } => {
+            let data = page::DayData::load(store, config, day.unwrap_or_else(today), now)?;
+            Ok(fragment_reply(page::fragment(config, &data, viewer)))
+        }
+        ViewCall::RequestDone {
+            ref_code,
+            day,
+            fragment,
+        } => {
+            let change = store.mark_request_done_by(&ref_code, &viewer.name, now.as_second())?;
+            changed(store, config, change, day, fragment, viewer, now)
+        }
+        ViewCall::RequestUndo {
+            ref_code,
+            day,
+            fragment,
+        } => {
+            let change = store.reopen_request(&ref_code)?;
+            changed(store, config, change, day, fragment, viewer, now)
+        }
+        ViewCall::Asset(name) => Ok(asset_reply(name)),
+    }
 }
+
+/// The answer to done/undo: an unknown ref is a 404; otherwise (changed, or someone else was
+/// quicker and it is already so) the fresh fragment for `staff.js`, or a 303 back to the day's
+/// page for a plain form (POST/redirect/GET, so a reload does not post again).
+fn changed(
+    store: &mut dyn Store,
+    config: &PracticeConfig,
+    change: RequestChange,
+    day: Option<Date>,
+    fragment: bool,
+    viewer: &Viewer,
+    now: Timestamp,
+) -> Result<StaffReply, StoreError> {
+    if change == RequestChange::NotFound {
+        return Ok(ViewError::NotFound.reply());
+    }
+    if fragment {
+        let today = crate::practice::calendar::local(config, now).date;
+        let data = page::DayData::load(store, config, day.unwrap_or(today), now)?;
+        return Ok(fragment_reply(page::fragment(config, &data, viewer)));
+    }
+    let location = match day {
+        Some(d) => format!("/staff?day={d}#anliegen"),
+        None => "/staff#anliegen".to_owned(),
+    };
+    Ok(StaffReply {
+        status: 303,
+        content_type: "text/plain; charset=utf-8",
+        body: Vec::new(),
+        location: Some(location),
+        set_cookie: None,
+        patient_data: false,
+        etag: None,
+    })
+}
+
+/// A live fragment with the ETag of its bytes.
+fn fragment_reply(body: String) -> StaffReply {
+    let etag = etag_of(body.as_bytes());
+    StaffReply {
+        status: 200,
+        content_type: HTML,
+        body: body.into_bytes(),
+        location: None,
+        set_cookie: None,
+        patient_data: true,
+        etag: Some(etag),
+    }
+}
+
+/// A strong ETag (RFC 9110 §8.8.3): the first 16 bytes of the body's SHA-256, quoted. Equal
+/// bodies give equal tags, so a poll of an unchanged view is answered 304.
+pub fn etag_of(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("\"{}\"", crate::secret::hex_lower(&digest[..16]))
+}
+
+/// The assets: name, content type, bytes (shipped in the binary; no build step).
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "staff.css",
+        "text/css; charset=utf-8",
+        include_bytes!("assets/staff.css"),
+    ),
+    (
+        "staff.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/staff.js"),
+    ),
+];
+
+/// A static asset below `/staff/assets/`: content type and bytes (shipped in the binary).
+pub fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
+    ASSETS
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map(|(_, ct, bytes)| (*ct, *bytes))
+}
+
+fn asset_reply(name: &str) -> StaffReply {
+    match asset(name) {
+        Some((content_type, bytes)) => StaffReply {
+            status: 200,
+            content_type,
+            body: bytes.to_vec(),
+            location: None,
+            set_cookie: None,
+            patient_data: false,
+            etag: Some(etag_of(bytes)),
+        },
+        None => ViewError::NotFound.reply(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,64 @@
+// ignis staff page (issue 14): live updates by short polling, and done/undo without a reload.
+// Progressive enhancement only: without this file the page works with plain links and forms.
+(function () {
+  'use strict';
+  var main = document.getElementById('live');
+  if (!main || !window.fetch || !window.URLSearchParams) { return; }
+  var meta = document.querySelector('meta[name="staff-etag"]');
+  var etag = meta ? meta.getAttribute('content') : null;
+  var busy = false;
+  var POLL_MS = 1000;
+
+  // A reply without our ETag is not the fragment (e.g. the login page after the session
+  // expired): load the page properly instead of pasting it in.
+  function apply(r) {
+    var tag = r.headers.get('ETag');
+    if (!tag) { window.location.reload(); return null; }
+    etag = tag;
+    return r.text().then(function (html) {
+      main.innerHTML = html;
+      var view = main.firstElementChild;
+      var title = view && view.getAttribute('data-title');
+      if (title) { document.title = title; }
+    });
+  }
+
+  function poll() {
+    if (busy || document.hidden) { return; }
+    busy = true;
+    var headers = {};
+    if (etag) { headers['If-None-Match'] = etag; }
+    fetch('/staff/live' + window.location.search, {
+      headers: headers, credentials: 'same-origin', cache: 'no-store'
+    }).then(function (r) {
+      document.body.classList.remove('stale');
+      if (r.status === 200) { return apply(r); }
+      if (r.status !== 304) { window.location.reload(); }
+      return null;
+    }).catch(function () {
+      document.body.classList.add('stale');
+    }).then(function () { busy = false; });
+  }
+
+  main.addEventListener('submit', function (ev) {
+    var form = ev.target;
+    if (!form.classList || !form.classList.contains('act')) { return; }
+    ev.preventDefault();
+    var body = new URLSearchParams(new FormData(form));
+    body.set('reply', 'fragment');
+    var token = form.elements.csrf ? form.elements.csrf.value : '';
+    busy = true;
+    fetch(form.action, {
+      method: 'POST', body: body, credentials: 'same-origin',
+      headers: { 'X-CSRF-Token': token }
+    }).then(function (r) {
+      if (r.status === 200) { return apply(r); }
+      window.location.reload();
+      return null;
+    }).catch(function () {
+      form.submit();
+    }).then(function () { busy = false; });
+  });
+
+  window.setInterval(poll, POLL_MS);
+}());
