@@ -391,6 +391,22 @@ async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
     );
     let ok = login(&server, "ben", PASSWORD, "192.0.2.100").await;
     session_cookie(&ok);
+
+    // The audit names existing accounts only; refused attempts are there too.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |who: &str, outcome: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM staff_audit WHERE who = ?1 AND what = 'login' AND outcome = ?2",
+            [who, outcome],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count("anna", "failed"), 5);
+    assert_eq!(count("anna", "rate_limited"), 2);
+    assert_eq!(count("ben", "ok"), 1);
+    assert_eq!(count("niemand", "failed"), 0);
+    assert_eq!(count("-", "failed"), 10);
 }
 
 fn practice(dir: &Path) -> (Practice, ignis::practice::store::StoreThread) {
@@ -506,4 +522,105 @@ async fn assets_and_unknown_paths_carry_the_headers_too() {
             assert_eq!(r.status, status, "{method} {path}");
         }
     }
+}
+
+/// One raw HTTP/1.1 exchange with the real binary (`Connection: close`).
+fn raw_exchange(port: u16, request: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn real_binary_logs_never_show_the_password_and_http_cookies_lack_secure() {
+    use std::io::BufRead;
+    let dir = temp_dir("staff-binary");
+    assert!(
+        ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
+            .status
+            .success()
+    );
+    let port = common::free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .env_clear()
+        .current_dir(&dir)
+        .envs([
+            ("PUBLIC_URL", origin.as_str()),
+            ("TWILIO_AUTH_TOKEN", common::TOKEN),
+            ("PORT", &port.to_string()),
+            ("BIND", "127.0.0.1"),
+            ("TOOLS_TOKEN", TOOLS_TOKEN),
+            ("LOG_FORMAT", "text"),
+            ("RUST_LOG", "debug"),
+        ])
+        .env("IGNIS_DB", dir.join("ignis.db"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("ignis did not start");
+        let up = line.contains("ignis listening");
+        log.push(line);
+        if up {
+            break;
+        }
+    }
+    let post = |password: &str| {
+        let body = format!("name=anna&password={password}");
+        raw_exchange(
+            port,
+            &format!(
+                "POST /staff/login HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let wrong = post("Falsches-Passwort-99");
+    assert!(wrong.starts_with("HTTP/1.1 403"), "{wrong}");
+    let ok = post(PASSWORD);
+    assert!(ok.starts_with("HTTP/1.1 303"), "{ok}");
+    let cookie = ok
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains("Secure"), "PUBLIC_URL is http: {cookie}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    log.extend(rx.try_iter());
+    let log = log.join("\n");
+    assert!(log.contains("staff login"), "{log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("Falsches-Passwort-99"));
+    assert!(
+        !log.contains(
+            cookie
+                .split(';')
+                .next()
+                .unwrap()
+                .trim_start_matches("Set-Cookie: ")
+        )
+    );
 }

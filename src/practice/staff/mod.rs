@@ -446,6 +446,21 @@ impl Practice {
             Ok(Prepared::Login { name, password }) => {
                 self.start_login(req, name, password, now, reply)
             }
+            Ok(Prepared::Limited { name }) => {
+                let at = now.as_second();
+                self.staff_job(
+                    move |r| reply(StaffOutcome::Reply(r)),
+                    move |store| {
+                        let known = auth::validate_name(&name).is_ok()
+                            && matches!(store.staff_user_hash(&name), Ok(Some(_)));
+                        let who = audit_name(&name, known);
+                        if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
+                            tracing::error!(error = %e, "staff audit write failed");
+                        }
+                        login_page(429, LoginNote::Limited)
+                    },
+                );
+            }
             Ok(Prepared::Session(job)) => {
                 let config = Arc::clone(&self.config);
                 self.staff_job(
@@ -526,7 +541,7 @@ impl Practice {
         };
         if limited {
             tracing::warn!("staff login refused: rate limit");
-            return Ok(Prepared::Reply(login_page(429, LoginNote::Limited)));
+            return Ok(Prepared::Limited { name });
         }
         Ok(Prepared::Login { name, password })
     }
@@ -653,7 +668,14 @@ impl Practice {
 
 enum Prepared {
     Reply(StaffReply),
-    Login { name: String, password: String },
+    Login {
+        name: String,
+        password: String,
+    },
+    /// A login refused by the rate limit (audited, then the 429 page).
+    Limited {
+        name: String,
+    },
     Session(SessionJob),
 }
 
