@@ -13,8 +13,8 @@ use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CancelOutcome, CancelReason,
     DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest, RequestCategory,
-    RetentionPolicy, STAFF_SESSION_IDLE_SECS, Severity, SlotStatus, SqliteStore, Store, StoreError,
-    Urgency,
+    RetentionPolicy, STAFF_SESSION_IDLE_SECS, STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus,
+    SqliteStore, Store, StoreError, Urgency,
 };
 use practice_support::{temp_dir, wed_morning};
 
@@ -541,4 +541,30 @@ fn staff_accounts_sessions_and_audit() {
             .unwrap()
             .is_some()
     );
+}
+
+#[test]
+fn staff_session_use_is_written_at_most_once_a_minute() {
+    let dir = temp_dir("store-staff-touch");
+    let mut s = SqliteStore::open(&dir.join("staff.db")).unwrap();
+    let t0 = wed_morning().as_second();
+    assert!(s.add_staff_user("anna", "$argon2id$phc-a", t0).unwrap());
+    assert!(s.create_staff_session(&[4; 32], "anna", "c", t0).unwrap());
+    let seen = |s: &mut SqliteStore| -> i64 {
+        s.connection()
+            .query_row("SELECT last_seen_at FROM staff_session", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(
+        s.touch_staff_session(&[4; 32], t0 + STAFF_SESSION_TOUCH_SECS - 1)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(seen(&mut s), t0);
+    assert!(
+        s.touch_staff_session(&[4; 32], t0 + STAFF_SESSION_TOUCH_SECS)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(seen(&mut s), t0 + STAFF_SESSION_TOUCH_SECS);
 }

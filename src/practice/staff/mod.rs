@@ -444,7 +444,7 @@ impl Practice {
         match self.prepare_staff(req, site, now) {
             Ok(Prepared::Reply(r)) => reply(StaffOutcome::Reply(r)),
             Ok(Prepared::Login { name, password }) => {
-                self.start_login(req, name, password, now, reply)
+                self.start_login(req.client, name, password, reply)
             }
             Ok(Prepared::Limited { name }) => {
                 let at = now.as_second();
@@ -548,13 +548,11 @@ impl Practice {
 
     fn start_login(
         &self,
-        req: &StaffRequest<'_>,
+        client: IpAddr,
         name: String,
         password: String,
-        _now: Timestamp,
         reply: impl FnOnce(StaffOutcome) + Send + 'static,
     ) {
-        let client = req.client;
         let slot = Arc::new(Mutex::new(Some(reply)));
         let in_job = Arc::clone(&slot);
         let queued = self.store.submit(move |store| {

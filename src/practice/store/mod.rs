@@ -183,7 +183,8 @@ pub trait Store: Send {
         now: i64,
     ) -> StoreResult<bool>;
     /// The session whose token hashes to `token_hash` if it was used within
-    /// [`STAFF_SESSION_IDLE_SECS`] before `now`; marks it used at `now`.
+    /// [`STAFF_SESSION_IDLE_SECS`] before `now`; marks it used at `now` (at most once per
+    /// [`STAFF_SESSION_TOUCH_SECS`]).
     fn touch_staff_session(
         &mut self,
         token_hash: &[u8; 32],

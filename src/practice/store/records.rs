@@ -578,6 +578,11 @@ pub struct RetentionReport {
 /// A staff session ends after this long without a request (issue 14: 8 h idle expiry).
 pub const STAFF_SESSION_IDLE_SECS: i64 = 8 * 3600;
 
+/// A session's `last_seen_at` is rewritten only when it is at least this old: an open page polls
+/// every second, and a write per poll would be an fsync per poll on the store's single writer.
+/// The idle expiry is exact to within this much.
+pub const STAFF_SESSION_TOUCH_SECS: i64 = 60;
+
 /// A staff account as listed (never its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaffUser {

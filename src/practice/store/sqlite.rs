@@ -1112,8 +1112,8 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         self.conn.execute(
-            "UPDATE staff_session SET last_seen_at = MAX(last_seen_at, ?2) WHERE id = ?1",
-            params![id, now],
+            "UPDATE staff_session SET last_seen_at = ?2 WHERE id = ?1 AND last_seen_at <= ?3",
+            params![id, now, now - STAFF_SESSION_TOUCH_SECS],
         )?;
         Ok(Some(StaffSession { user, csrf }))
     }
