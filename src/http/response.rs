@@ -151,4 +151,18 @@ mod tests {
             "HTTP/1.1 204 No Content\r\nDate: D\r\n\r\n"
         );
     }
+
+    #[test]
+    fn not_modified_keeps_its_headers_and_has_no_length_or_body() {
+        let mut out = Vec::new();
+        Response::new(304)
+            .header("ETag", "\"abc\"")
+            .header("Set-Cookie", "a=b")
+            .body(b"ignored".to_vec())
+            .encode_into(&mut out, "D", false, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 304 Not Modified\r\nDate: D\r\nETag: \"abc\"\r\nSet-Cookie: a=b\r\n\r\n"
+        );
+    }
 }

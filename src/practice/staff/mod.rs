@@ -722,3 +722,61 @@ pub struct StaffReply {
     /// `ETag` of the body, for polling with `If-None-Match`.
     pub etag: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fragment() -> StaffReply {
+        StaffReply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: b"<ul></ul>".to_vec(),
+            location: None,
+            set_cookie: None,
+            patient_data: true,
+            etag: Some("\"abc\"".into()),
+        }
+    }
+
+    fn header<'r>(r: &'r StaffResponse, name: &str) -> Option<&'r str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn finish_adds_the_security_headers_and_answers_304() {
+        let full = finish(fragment(), Some(b"\"old\""));
+        assert_eq!(full.status, 200);
+        assert_eq!(header(&full, "ETag"), Some("\"abc\""));
+        assert_eq!(header(&full, "Cache-Control"), Some("no-store"));
+        assert_eq!(header(&full, "Content-Security-Policy"), Some(CSP));
+        assert_eq!(header(&full, "X-Frame-Options"), Some("DENY"));
+        assert_eq!(header(&full, "X-Content-Type-Options"), Some("nosniff"));
+        assert_eq!(header(&full, "Referrer-Policy"), Some("no-referrer"));
+        let same = finish(fragment(), Some(b"\"old\", \"abc\""));
+        assert_eq!(same.status, 304);
+        assert!(same.body.is_empty());
+        assert_eq!(header(&same, "ETag"), Some("\"abc\""));
+        assert_eq!(header(&same, "X-Frame-Options"), Some("DENY"));
+        assert_eq!(header(&same, "Content-Type"), None);
+        // Only a 200 becomes a 304.
+        let refused = StaffReply {
+            status: 403,
+            ..fragment()
+        };
+        assert_eq!(finish(refused, Some(b"\"abc\"")).status, 403);
+    }
+
+    #[test]
+    fn redirects_and_cookies_pass_through() {
+        let r = finish(redirect(HOME_PATH, Some("ignis_staff=x".into())), None);
+        assert_eq!(r.status, 303);
+        assert_eq!(header(&r, "Location"), Some(HOME_PATH));
+        assert_eq!(header(&r, "Set-Cookie"), Some("ignis_staff=x"));
+        assert!(is_staff_path("/staff") && is_staff_path("/staff/login"));
+        assert!(!is_staff_path("/staffing") && !is_staff_path("/api/staff"));
+    }
+}
