@@ -95,6 +95,29 @@ pub enum Command {
     /// ElevenLabs agent and the tool endpoint. One line per check, with the fix for each
     /// failure; exit code 1 when any check fails.
     Doctor(DoctorArgs),
+    /// Manage the staff page's accounts (docs/staff.md)
+    #[command(subcommand)]
+    Staff(StaffCommand),
+}
+
+/// `ignis staff …`: accounts of the staff page, in the same database as `serve` (IGNIS_DB).
+/// Exit codes: 0 done, 1 refused (name taken, unknown account) or failed, 2 bad input or
+/// configuration.
+#[derive(Debug, Subcommand)]
+pub enum StaffCommand {
+    /// Add an account; the password is asked twice without echo on a terminal, else read from
+    /// the first line of standard input (at least 12 characters)
+    Add {
+        /// Account name: 1 to 64 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+    },
+    /// List the accounts
+    List,
+    /// Remove an account and end its sessions
+    Remove {
+        /// Account name.
+        name: String,
+    },
 }
 
 /// `ignis twilio …`.

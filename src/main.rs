@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ignis::cli::{AgentCommand, Cli, Command, TwilioCommand};
-use ignis::driver::{commands, setup, startup};
+use ignis::driver::{commands, setup, staff, startup};
 
 fn main() -> ExitCode {
     // Usage errors exit 2 and --help/--version exit 0, both through clap.
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         }
         Command::Agent(AgentCommand::Sync(args)) => ("ignis agent sync", setup::agent::sync(args)),
         Command::Doctor(args) => ("ignis doctor", setup::doctor::run(args)),
+        Command::Staff(cmd) => ("ignis staff", staff::command(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

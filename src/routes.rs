@@ -56,6 +56,9 @@ pub enum Action {
         /// Whether it is the admin API.
         admin: bool,
     },
+    /// A staff page request (below `/staff`): the driver hands it to
+    /// [`crate::practice::Practice::handle_staff`] and answers with its reply.
+    Staff,
     /// Send this response and start connecting the call's agent now, so it is ready when the
     /// stream arrives (hides the upstream handshake from the caller).
     Preconnect {
@@ -144,6 +147,7 @@ impl App {
             },
             p if crate::practice::tools::is_tool_path(p) => Action::Practice { admin: false },
             p if crate::practice::admin::is_admin_path(p) => Action::Practice { admin: true },
+            p if crate::practice::staff::is_staff_path(p) => Action::Staff,
             _ => respond(Response::text(404, "not found")),
         }
     }

@@ -13,8 +13,8 @@ use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
     CancelReason, DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest,
-    RequestCategory, RequestChange, RetentionPolicy, Severity, SlotStatus, SqliteStore, Store,
-    StoreError, Urgency,
+    RequestCategory, RequestChange, RetentionPolicy, STAFF_SESSION_IDLE_SECS,
+    STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store, StoreError, Urgency,
 };
 use practice_support::{temp_dir, wed_morning};
 
@@ -710,4 +710,106 @@ fn staff_emergencies_of_a_day() {
         (vec![], 0)
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn staff_accounts_sessions_and_audit() {
+    let dir = temp_dir("store-staff");
+    let mut s = SqliteStore::open(&dir.join("staff.db")).unwrap();
+    let t0 = wed_morning().as_second();
+    assert!(s.add_staff_user("anna", "$argon2id$phc-a", t0).unwrap());
+    assert!(!s.add_staff_user("anna", "$argon2id$other", t0).unwrap());
+    assert!(s.add_staff_user("ben", "$argon2id$phc-b", t0).unwrap());
+    let names: Vec<_> = s
+        .staff_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["anna", "ben"]);
+    assert_eq!(
+        s.staff_user_hash("anna").unwrap().as_deref(),
+        Some("$argon2id$phc-a")
+    );
+    assert_eq!(s.staff_user_hash("carla").unwrap(), None);
+
+    let token = [7u8; 32];
+    assert!(
+        s.create_staff_session(&token, "anna", "csrf-a", t0)
+            .unwrap()
+    );
+    assert!(!s.create_staff_session(&[8; 32], "carla", "x", t0).unwrap());
+    // Idle expiry: each use moves the 8 h window.
+    let idle = STAFF_SESSION_IDLE_SECS;
+    let seen = s.touch_staff_session(&token, t0 + idle).unwrap().unwrap();
+    assert_eq!((seen.user.as_str(), seen.csrf.as_str()), ("anna", "csrf-a"));
+    assert!(
+        s.touch_staff_session(&token, t0 + 2 * idle)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.touch_staff_session(&token, t0 + 3 * idle + 1)
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.touch_staff_session(&[9; 32], t0).unwrap().is_none());
+
+    // Logout deletes; removing an account deletes its sessions.
+    assert!(s.create_staff_session(&[1; 32], "anna", "c1", t0).unwrap());
+    assert!(s.delete_staff_session(&[1; 32]).unwrap());
+    assert!(!s.delete_staff_session(&[1; 32]).unwrap());
+    assert!(s.touch_staff_session(&[1; 32], t0).unwrap().is_none());
+    assert!(s.create_staff_session(&[2; 32], "ben", "c2", t0).unwrap());
+    assert!(s.remove_staff_user("ben").unwrap());
+    assert!(!s.remove_staff_user("ben").unwrap());
+    assert!(s.touch_staff_session(&[2; 32], t0).unwrap().is_none());
+
+    // Retention: idle sessions and audit rows past the policy go, the rest stays.
+    s.staff_audit(t0, "anna", "login", "ok").unwrap();
+    let policy = RetentionPolicy::default();
+    s.staff_audit(t0 + policy.staff_audit, "anna", "view day=2026-11-26", "ok")
+        .unwrap();
+    assert!(
+        s.create_staff_session(&[3; 32], "anna", "c3", t0 + policy.staff_audit)
+            .unwrap()
+    );
+    let rep = s.retention(&policy, t0 + policy.staff_audit + 1).unwrap();
+    assert_eq!((rep.staff_sessions, rep.staff_audit), (1, 1));
+    let left: i64 = s
+        .connection()
+        .query_row("SELECT COUNT(*) FROM staff_audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1);
+    assert!(
+        s.touch_staff_session(&[3; 32], t0 + policy.staff_audit + 2)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn staff_session_use_is_written_at_most_once_a_minute() {
+    let dir = temp_dir("store-staff-touch");
+    let mut s = SqliteStore::open(&dir.join("staff.db")).unwrap();
+    let t0 = wed_morning().as_second();
+    assert!(s.add_staff_user("anna", "$argon2id$phc-a", t0).unwrap());
+    assert!(s.create_staff_session(&[4; 32], "anna", "c", t0).unwrap());
+    let seen = |s: &mut SqliteStore| -> i64 {
+        s.connection()
+            .query_row("SELECT last_seen_at FROM staff_session", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(
+        s.touch_staff_session(&[4; 32], t0 + STAFF_SESSION_TOUCH_SECS - 1)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(seen(&mut s), t0);
+    assert!(
+        s.touch_staff_session(&[4; 32], t0 + STAFF_SESSION_TOUCH_SECS)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(seen(&mut s), t0 + STAFF_SESSION_TOUCH_SECS);
 }

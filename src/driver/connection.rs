@@ -63,7 +63,7 @@ pub(super) async fn run(
         else {
             return;
         };
-        match route(&shared, &head, &body).await {
+        match route(&shared, &head, &body, peer).await {
             Action::Respond(resp) => {
                 if !respond(&mut stream, &app, &head, resp, &phase).await {
                     return;
@@ -89,9 +89,10 @@ pub(super) async fn run(
                 };
                 return upgrade(stream, buf, &accept, claim, socket).await;
             }
-            Action::Preconnect { .. } | Action::Practice { .. } | Action::CallEnded { .. } => {
-                return;
-            }
+            Action::Preconnect { .. }
+            | Action::Practice { .. }
+            | Action::CallEnded { .. }
+            | Action::Staff => return,
         }
     }
 }
@@ -201,7 +202,7 @@ async fn read_request(
 
 /// What to do with a request: the app decides; pre-connects start here and practice requests
 /// run on the store thread, both ending in a response.
-async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8]) -> Action {
+async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8], peer: SocketAddr) -> Action {
     let app = &shared.app;
     // The voice webhook's stream nonce: OS randomness, read only when a call is answered.
     match app.handle(head, body, now(), &super::os_entropy) {
@@ -220,6 +221,7 @@ async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8]) -> Action 
             Action::Respond(response)
         }
         Action::Practice { admin } => Action::Respond(practice_reply(app, head, body, admin).await),
+        Action::Staff => Action::Respond(super::staff::reply(app, head, body, peer).await),
         other => other,
     }
 }

@@ -14,6 +14,7 @@ pub mod local_agent;
 mod net;
 pub mod setup;
 pub mod sim;
+pub mod staff;
 pub mod startup;
 mod transfer;
 mod twilio_socket;

@@ -97,6 +97,8 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
+        303 => "See Other",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -110,6 +112,7 @@ pub fn reason(status: u16) -> &'static str {
         417 => "Expectation Failed",
         422 => "Unprocessable Content",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -146,6 +149,20 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 204 No Content\r\nDate: D\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn not_modified_keeps_its_headers_and_has_no_length_or_body() {
+        let mut out = Vec::new();
+        Response::new(304)
+            .header("ETag", "\"abc\"")
+            .header("Set-Cookie", "a=b")
+            .body(b"ignored".to_vec())
+            .encode_into(&mut out, "D", false, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 304 Not Modified\r\nDate: D\r\nETag: \"abc\"\r\nSet-Cookie: a=b\r\n\r\n"
         );
     }
 }

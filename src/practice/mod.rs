@@ -198,6 +198,7 @@ pub struct Practice {
     config: Arc<PracticeConfig>,
     secrets: Arc<Secrets>,
     store: StoreHandle,
+    staff: Arc<staff::StaffState>,
 }
 
 impl Practice {
@@ -234,6 +235,7 @@ impl Practice {
                 config: Arc::new(config),
                 secrets: Arc::new(secrets),
                 store: handle,
+                staff: Arc::default(),
             },
             thread,
         ))

@@ -1,7 +1,8 @@
 //! The retention job (docs/practice-tools.md §6.4 defaults, to be confirmed with the practice's DPO):
 //! call state 24 h after the call ended, tool audit 90 days, requests 30 days after they were done,
 //! appointments 12 months after their date, phone-created patients without any appointment or
-//! request after 6 months, emergency events 1 year; past slots without appointments after a day.
+//! request after 6 months, emergency events 1 year; past slots without appointments after a day; staff sessions 8 h after
+//! their last use, the staff page's audit 1 year (as long as the longest-kept patient data).
 
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub fn run_retention_with(
         patients = report.patients,
         emergency_events = report.emergency_events,
         slots = report.slots,
+        staff_sessions = report.staff_sessions,
+        staff_audit = report.staff_audit,
         "retention run"
     );
     Ok(report)

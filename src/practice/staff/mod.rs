@@ -8,9 +8,690 @@
 //! - this module and `auth`: accounts, login, sessions, CSRF, rate limits, the audit of
 //!   every [`views::ViewCall::audit`] line, and the security headers on every reply.
 //!
-//! (This file is the skeleton both halves build on; each fills in its own part.)
+//! # Routing (this file)
+//! - `GET /staff/login`: the German login form; `POST /staff/login` (`name`, `password`): with a
+//!   same-origin `Origin` (or none) and within the rate limit, the password is verified by the
+//!   driver on a blocking thread ([`StaffOutcome::Verify`], then [`Practice::finish_login`]);
+//!   success opens a session (303 to `/staff` with the cookie), any failure gets one answer.
+//! - `GET /staff/assets/{name}`: [`views::asset`], no session needed.
+//! - Everything else needs a live session (else 303 to the login for GET/HEAD, 403 otherwise);
+//!   a POST also its CSRF token and a same-origin `Origin` (403 otherwise). `POST
+//!   /staff/logout` ends the session; the rest goes to [`views::route`] and
+//!   [`views::execute`], and every [`views::ViewCall::audit`] line is written with who.
+//! - [`finish`] adds the security headers to every reply and answers 304 to a matching
+//!   `If-None-Match`.
 
+pub mod auth;
 pub mod views;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+
+use super::Practice;
+use super::store::{STAFF_SESSION_IDLE_SECS, Store, SubmitError};
+use auth::{LoginLimiter, SESSION_ENTROPY_BYTES, SessionSecrets};
+
+/// The staff page's root.
+pub const HOME_PATH: &str = "/staff";
+/// The login form and its POST.
+pub const LOGIN_PATH: &str = "/staff/login";
+/// Logout (POST).
+pub const LOGOUT_PATH: &str = "/staff/logout";
+/// Static assets below it.
+pub const ASSETS_PREFIX: &str = "/staff/assets/";
+/// Largest request body below `/staff` (forms are a few fields).
+pub const MAX_STAFF_BODY_BYTES: usize = 16 * 1024;
+
+/// `Content-Security-Policy` of every reply (no inline script or style, nothing foreign).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Whether `path` belongs to the staff page.
+pub fn is_staff_path(path: &str) -> bool {
+    path == HOME_PATH || path.starts_with("/staff/")
+}
+
+/// Where the page is served from, from PUBLIC_URL: the origin POSTs must come from and whether
+/// cookies get `Secure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// `scheme://host[:port]`.
+    pub origin: String,
+    /// PUBLIC_URL is https.
+    pub secure: bool,
+}
+
+impl Site {
+    /// The site of `public` (PUBLIC_URL).
+    pub fn from_public_url(public: &crate::config::PublicUrl) -> Site {
+        let origin = public.http_url("");
+        Site {
+            secure: origin.starts_with("https://"),
+            origin,
+        }
+    }
+}
+
+/// A request below `/staff`, as the driver read it.
+#[derive(Debug, Clone)]
+pub struct StaffRequest<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Raw query.
+    pub query: &'a str,
+    /// Every `Cookie` header value.
+    pub cookies: Vec<&'a [u8]>,
+    /// `Origin`.
+    pub origin: Option<&'a [u8]>,
+    /// `X-CSRF-Token`.
+    pub csrf_header: Option<&'a [u8]>,
+    /// Body.
+    pub body: &'a [u8],
+    /// The client's address ([`auth::client_address`]), for the login rate limit.
+    pub client: IpAddr,
+}
+
+/// What the driver does next with a staff request.
+#[derive(Debug)]
+pub enum StaffOutcome {
+    /// Answer with this (through [`finish`]).
+    Reply(StaffReply),
+    /// Verify the password on a blocking thread ([`PendingLogin::verify`]) with
+    /// [`SESSION_ENTROPY_BYTES`] of OS randomness, then call [`Practice::finish_login`].
+    Verify(PendingLogin),
+}
+
+/// A login attempt waiting for its password check.
+pub struct PendingLogin {
+    name: String,
+    password: String,
+    phc: Option<String>,
+    client: IpAddr,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingLogin(<redacted>)")
+    }
+}
+
+impl PendingLogin {
+    /// Checks the password (argon2id; against the dummy hash for an unknown account). Slow:
+    /// call it on a blocking thread.
+    pub fn verify(&self) -> bool {
+        auth::verify_password(&self.password, self.phc.as_deref())
+    }
+}
+
+/// The staff page's in-memory state (the login rate limit).
+#[derive(Debug, Default)]
+pub struct StaffState {
+    limiter: Mutex<LoginLimiter>,
+}
+
+/// A finished staff response: status, every header, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffResponse {
+    /// Status.
+    pub status: u16,
+    /// Header fields, the security headers included.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// Adds the security headers (CSP, frame denial, nosniff, no referrer, `Cache-Control`) and
+/// answers 304 when `if_none_match` names the reply's ETag.
+pub fn finish(reply: StaffReply, if_none_match: Option<&[u8]>) -> StaffResponse {
+    let not_modified = reply.status == 200
+        && reply.etag.as_deref().is_some_and(|tag| {
+            if_none_match.is_some_and(|given| {
+                given
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii() == tag.as_bytes() || t.trim_ascii() == b"*")
+            })
+        });
+    let mut headers = vec![("Content-Type", reply.content_type.to_owned())];
+    if let Some(l) = reply.location {
+        headers.push(("Location", l));
+    }
+    if let Some(c) = reply.set_cookie {
+        headers.push(("Set-Cookie", c));
+    }
+    // Assets (ETag, no patient data) may be kept and revalidated; everything else never.
+    let cache = if reply.patient_data || reply.etag.is_none() {
+        "no-store"
+    } else {
+        "no-cache"
+    };
+    if let Some(e) = reply.etag {
+        headers.push(("ETag", e));
+    }
+    headers.extend([
+        ("Cache-Control", cache.to_owned()),
+        ("Content-Security-Policy", CSP.to_owned()),
+        ("X-Frame-Options", "DENY".to_owned()),
+        ("X-Content-Type-Options", "nosniff".to_owned()),
+        ("Referrer-Policy", "no-referrer".to_owned()),
+    ]);
+    if not_modified {
+        headers.retain(|(n, _)| *n != "Content-Type");
+        return StaffResponse {
+            status: 304,
+            headers,
+            body: Vec::new(),
+        };
+    }
+    StaffResponse {
+        status: reply.status,
+        headers,
+        body: reply.body,
+    }
+}
+
+fn text_reply(status: u16, text: &str) -> StaffReply {
+    StaffReply {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("{text}\n").into_bytes(),
+        location: None,
+        set_cookie: None,
+        patient_data: false,
+        etag: None,
+    }
+}
+
+fn redirect(to: &str, set_cookie: Option<String>) -> StaffReply {
+    StaffReply {
+        location: Some(to.to_owned()),
+        set_cookie,
+        ..text_reply(303, "see other")
+    }
+}
+
+/// The reply when the store cannot be reached (queue full or gone).
+pub fn unavailable() -> StaffReply {
+    text_reply(
+        503,
+        "Der Dienst ist gerade nicht erreichbar. Bitte gleich erneut versuchen.",
+    )
+}
+
+/// What a login attempt's answer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginNote {
+    None,
+    Failed,
+    Limited,
+    LoggedOut,
+}
+
+/// The German login form; `note` says why it is shown again.
+fn login_page(status: u16, note: LoginNote) -> StaffReply {
+    let note = match note {
+        LoginNote::None => "",
+        LoginNote::Failed => {
+            "<p class=\"note error\" role=\"alert\">Anmeldung fehlgeschlagen: Name oder Passwort \
+             ist falsch.</p>"
+        }
+        LoginNote::Limited => {
+            "<p class=\"note error\" role=\"alert\">Zu viele Fehlversuche. Bitte in 15 Minuten \
+             erneut versuchen.</p>"
+        }
+        LoginNote::LoggedOut => "<p class=\"note\">Sie sind abgemeldet.</p>",
+    };
+    let body = format!(
+        "<!DOCTYPE html>\n<html lang=\"de\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Anmeldung – Praxis-Übersicht</title>\
+         <link rel=\"stylesheet\" href=\"/staff/assets/staff.css\"></head>\
+         <body class=\"login\"><main><h1>Anmeldung</h1>{note}\
+         <form method=\"post\" action=\"{LOGIN_PATH}\">\
+         <label>Benutzername <input name=\"name\" autocomplete=\"username\" required \
+         maxlength=\"64\" autofocus></label>\
+         <label>Passwort <input type=\"password\" name=\"password\" \
+         autocomplete=\"current-password\" required></label>\
+         <button type=\"submit\">Anmelden</button></form></main></body></html>\n"
+    );
+    StaffReply {
+        status,
+        content_type: "text/html; charset=utf-8",
+        body: body.into_bytes(),
+        location: None,
+        set_cookie: None,
+        patient_data: false,
+        etag: None,
+    }
+}
+
+/// Why a request was refused before it reached a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaffError {
+    /// POST from a foreign `Origin`.
+    ForeignOrigin,
+    /// POST without a live session.
+    NoSession,
+    /// POST without the session's CSRF token.
+    Csrf,
+    /// The body is over [`MAX_STAFF_BODY_BYTES`].
+    TooLarge,
+    /// The form body does not decode.
+    BadForm,
+    /// The method is not allowed here.
+    Method,
+    /// No such page.
+    NotFound,
+    /// The view refused the request.
+    BadRequest,
+}
+
+error_text!(StaffError {
+    ForeignOrigin => "Anfrage von fremder Herkunft abgelehnt.",
+    NoSession => "Nicht angemeldet.",
+    Csrf => "Sicherheitstoken fehlt oder ist ungültig. Bitte die Seite neu laden.",
+    TooLarge => "Anfrage zu groß.",
+    BadForm => "Formular unlesbar.",
+    Method => "Methode nicht erlaubt.",
+    NotFound => "Seite nicht gefunden.",
+    BadRequest => "Ungültige Anfrage.",
+});
+
+impl StaffError {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            StaffError::ForeignOrigin | StaffError::NoSession | StaffError::Csrf => 403,
+            StaffError::TooLarge => 413,
+            StaffError::BadForm | StaffError::BadRequest => 400,
+            StaffError::Method => 405,
+            StaffError::NotFound => 404,
+        }
+    }
+
+    /// The reply.
+    pub fn reply(self) -> StaffReply {
+        text_reply(self.status(), &self.to_string())
+    }
+}
+
+impl From<views::ViewError> for StaffError {
+    fn from(e: views::ViewError) -> StaffError {
+        #[allow(unreachable_patterns)]
+        match e {
+            views::ViewError::NotFound => StaffError::NotFound,
+            _ => StaffError::BadRequest,
+        }
+    }
+}
+
+fn form_of(req: &StaffRequest<'_>) -> Result<Vec<(String, String)>, StaffError> {
+    if req.method != "POST" {
+        return Ok(Vec::new());
+    }
+    if req.body.len() > MAX_STAFF_BODY_BYTES {
+        return Err(StaffError::TooLarge);
+    }
+    crate::http::form::decode(req.body).map_err(|_| StaffError::BadForm)
+}
+
+fn field<'f>(form: &'f [(String, String)], name: &str) -> &'f str {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// The audit's name for an account: the name when it is a valid account name, else `-` (a
+/// mistyped password in the name field must not end up in the audit).
+fn audit_name(name: &str, known: bool) -> &str {
+    if known && auth::validate_name(name).is_ok() {
+        name
+    } else {
+        "-"
+    }
+}
+
+/// A session request after the store found (or did not find) its session.
+struct SessionJob {
+    method: String,
+    path: String,
+    query: String,
+    form: Vec<(String, String)>,
+    token_hash: [u8; 32],
+    csrf_header: Option<Vec<u8>>,
+    secure: bool,
+}
+
+impl SessionJob {
+    fn run(
+        self,
+        store: &mut dyn Store,
+        config: &super::config::PracticeConfig,
+        now: Timestamp,
+    ) -> StaffReply {
+        let at = now.as_second();
+        let session = match store.touch_staff_session(&self.token_hash, at) {
+            Ok(Some(s)) => s,
+            Ok(None) if self.method == "POST" => return StaffError::NoSession.reply(),
+            Ok(None) => return redirect(LOGIN_PATH, Some(auth::clear_cookie(self.secure))),
+            Err(e) => {
+                tracing::error!(error = %e, "staff session lookup failed");
+                return unavailable();
+            }
+        };
+        if self.method == "POST"
+            && !auth::csrf_ok(&session.csrf, &self.form, self.csrf_header.as_deref())
+        {
+            return StaffError::Csrf.reply();
+        }
+        if self.path == LOGOUT_PATH {
+            return self.logout(store, &session.user, at);
+        }
+        let call = match views::route(&self.method, &self.path, &self.query, &self.form) {
+            Ok(c) => c,
+            Err(e) => return StaffError::from(e).reply(),
+        };
+        let line = call.audit();
+        let viewer = Viewer {
+            name: session.user,
+            csrf: session.csrf,
+        };
+        let reply = views::execute(store, config, call, &viewer, now);
+        if let Some(what) = line {
+            let outcome = if reply.status < 400 {
+                "ok".to_owned()
+            } else {
+                reply.status.to_string()
+            };
+            if let Err(e) = store.staff_audit(at, &viewer.name, &what, &outcome) {
+                tracing::error!(error = %e, "staff audit write failed");
+            }
+        }
+        reply
+    }
+
+    fn logout(&self, store: &mut dyn Store, user: &str, at: i64) -> StaffReply {
+        if let Err(e) = store
+            .delete_staff_session(&self.token_hash)
+            .and_then(|_| store.staff_audit(at, user, "logout", "ok"))
+        {
+            tracing::error!(error = %e, "staff logout failed");
+            return unavailable();
+        }
+        tracing::info!("staff logout");
+        redirect(
+            &format!("{LOGIN_PATH}?abgemeldet"),
+            Some(auth::clear_cookie(self.secure)),
+        )
+    }
+}
+
+impl Practice {
+    /// Handles a request below `/staff`; `reply` is called exactly once, on this thread when no
+    /// store is needed, on the store thread otherwise. A login answers
+    /// [`StaffOutcome::Verify`]: the driver checks the password on a blocking thread and calls
+    /// [`Practice::finish_login`].
+    pub fn handle_staff(
+        &self,
+        req: &StaffRequest<'_>,
+        site: &Site,
+        now: Timestamp,
+        reply: impl FnOnce(StaffOutcome) + Send + 'static,
+    ) {
+        match self.prepare_staff(req, site, now) {
+            Ok(Prepared::Reply(r)) => reply(StaffOutcome::Reply(r)),
+            Ok(Prepared::Login { name, password }) => {
+                self.start_login(req.client, name, password, reply)
+            }
+            Ok(Prepared::Limited { name }) => {
+                let at = now.as_second();
+                self.staff_job(
+                    move |r| reply(StaffOutcome::Reply(r)),
+                    move |store| {
+                        let known = auth::validate_name(&name).is_ok()
+                            && matches!(store.staff_user_hash(&name), Ok(Some(_)));
+                        let who = audit_name(&name, known);
+                        if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
+                            tracing::error!(error = %e, "staff audit write failed");
+                        }
+                        login_page(429, LoginNote::Limited)
+                    },
+                );
+            }
+            Ok(Prepared::Session(job)) => {
+                let config = Arc::clone(&self.config);
+                self.staff_job(
+                    move |r| reply(StaffOutcome::Reply(r)),
+                    move |store| job.run(store, &config, now),
+                );
+            }
+            Err(e) => reply(StaffOutcome::Reply(e.reply())),
+        }
+    }
+
+    fn prepare_staff(
+        &self,
+        req: &StaffRequest<'_>,
+        site: &Site,
+        now: Timestamp,
+    ) -> Result<Prepared, StaffError> {
+        let method = match req.method {
+            "HEAD" => "GET",
+            m => m,
+        };
+        if method == "POST" && !auth::origin_ok(req.origin, &site.origin) {
+            return Err(StaffError::ForeignOrigin);
+        }
+        if let Some(name) = req.path.strip_prefix(ASSETS_PREFIX) {
+            if method != "GET" {
+                return Err(StaffError::Method);
+            }
+            let (content_type, bytes) = views::asset(name).ok_or(StaffError::NotFound)?;
+            return Ok(Prepared::Reply(asset_reply(content_type, bytes)));
+        }
+        let form = form_of(req)?;
+        if req.path == LOGIN_PATH {
+            return match method {
+                "GET" => {
+                    let note = if req.query == "abgemeldet" {
+                        LoginNote::LoggedOut
+                    } else {
+                        LoginNote::None
+                    };
+                    Ok(Prepared::Reply(login_page(200, note)))
+                }
+                "POST" => self.check_login_limit(&form, req.client, now),
+                _ => Err(StaffError::Method),
+            };
+        }
+        if req.path == LOGOUT_PATH && method != "POST" {
+            return Err(StaffError::Method);
+        }
+        let Some(token) = auth::session_token(req.cookies.iter().copied()) else {
+            return match method {
+                "POST" => Err(StaffError::NoSession),
+                _ => Ok(Prepared::Reply(redirect(LOGIN_PATH, None))),
+            };
+        };
+        Ok(Prepared::Session(SessionJob {
+            method: method.to_owned(),
+            path: req.path.to_owned(),
+            query: req.query.to_owned(),
+            form,
+            token_hash: auth::session_hash(&token),
+            csrf_header: req.csrf_header.map(<[u8]>::to_vec),
+            secure: site.secure,
+        }))
+    }
+
+    fn check_login_limit(
+        &self,
+        form: &[(String, String)],
+        client: IpAddr,
+        now: Timestamp,
+    ) -> Result<Prepared, StaffError> {
+        let name = field(form, "name").to_owned();
+        let password = field(form, "password").to_owned();
+        let limited = match self.staff.limiter.lock() {
+            Ok(l) => l.check(&name, client, now.as_second()).is_err(),
+            Err(_) => true,
+        };
+        if limited {
+            tracing::warn!("staff login refused: rate limit");
+            return Ok(Prepared::Limited { name });
+        }
+        Ok(Prepared::Login { name, password })
+    }
+
+    fn start_login(
+        &self,
+        client: IpAddr,
+        name: String,
+        password: String,
+        reply: impl FnOnce(StaffOutcome) + Send + 'static,
+    ) {
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let in_job = Arc::clone(&slot);
+        let queued = self.store.submit(move |store| {
+            let phc = if auth::validate_name(&name).is_ok() {
+                store.staff_user_hash(&name)
+            } else {
+                Ok(None)
+            };
+            let outcome = match phc {
+                Ok(phc) => StaffOutcome::Verify(PendingLogin {
+                    name,
+                    password,
+                    phc,
+                    client,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "staff account lookup failed");
+                    StaffOutcome::Reply(unavailable())
+                }
+            };
+            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
+                f(outcome);
+            }
+        });
+        if queued.is_err()
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(StaffOutcome::Reply(unavailable()));
+        }
+    }
+
+    /// Ends a login after [`PendingLogin::verify`]: `verified` is its answer, `entropy`
+    /// [`SESSION_ENTROPY_BYTES`] from the OS (None: the source failed, the login fails with 503).
+    /// Success opens a session (303 to `/staff` with the cookie); any failure, unknown name or
+    /// wrong password alike, gets the same 403 login page and counts against the rate limit.
+    pub fn finish_login(
+        &self,
+        pending: PendingLogin,
+        verified: bool,
+        entropy: Option<[u8; SESSION_ENTROPY_BYTES]>,
+        site: &Site,
+        now: Timestamp,
+        reply: impl FnOnce(StaffReply) + Send + 'static,
+    ) {
+        let at = now.as_second();
+        let known = pending.phc.is_some();
+        let secure = site.secure;
+        if let Ok(mut l) = self.staff.limiter.lock() {
+            if verified {
+                l.record_success(&pending.name);
+            } else {
+                l.record_failure(&pending.name, pending.client, at);
+            }
+        }
+        let name = pending.name;
+        let job = move |store: &mut dyn Store| -> StaffReply {
+            let who = audit_name(&name, known).to_owned();
+            let opened = match (verified, entropy) {
+                (true, Some(e)) => {
+                    let secrets = SessionSecrets::from_entropy(e);
+                    match store.create_staff_session(
+                        &secrets.token_hash(),
+                        &name,
+                        &secrets.csrf,
+                        at,
+                    ) {
+                        Ok(true) => Some(secrets),
+                        Ok(false) => None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "staff session not stored");
+                            return unavailable();
+                        }
+                    }
+                }
+                (true, None) => return unavailable(),
+                (false, _) => None,
+            };
+            let outcome = if opened.is_some() { "ok" } else { "failed" };
+            if let Err(e) = store.staff_audit(at, &who, "login", outcome) {
+                tracing::error!(error = %e, "staff audit write failed");
+            }
+            tracing::info!(outcome, "staff login");
+            match opened {
+                Some(s) => redirect(HOME_PATH, Some(auth::session_cookie(&s.token, secure))),
+                None => login_page(403, LoginNote::Failed),
+            }
+        };
+        self.staff_job(reply, job);
+    }
+
+    fn staff_job(
+        &self,
+        reply: impl FnOnce(StaffReply) + Send + 'static,
+        job: impl FnOnce(&mut dyn Store) -> StaffReply + Send + 'static,
+    ) {
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let in_job = Arc::clone(&slot);
+        let result = self.store.submit(move |store| {
+            let r = job(store);
+            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
+                f(r);
+            }
+        });
+        if let Err(SubmitError::Busy | SubmitError::Closed) = result
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(unavailable());
+        }
+    }
+}
+
+enum Prepared {
+    Reply(StaffReply),
+    Login {
+        name: String,
+        password: String,
+    },
+    /// A login refused by the rate limit (audited, then the 429 page).
+    Limited {
+        name: String,
+    },
+    Session(SessionJob),
+}
+
+fn asset_reply(content_type: &'static str, bytes: &'static [u8]) -> StaffReply {
+    let digest = crate::practice::calls::hash_token(bytes);
+    StaffReply {
+        status: 200,
+        content_type,
+        body: bytes.to_vec(),
+        location: None,
+        set_cookie: None,
+        patient_data: false,
+        etag: Some(format!("\"{}\"", crate::secret::hex_lower(&digest[..8]))),
+    }
+}
+
+/// How long a session lives without use (re-exported for the docs and tests).
+pub const SESSION_IDLE_SECS: i64 = STAFF_SESSION_IDLE_SECS;
 
 /// Who is looking, as the views need it: the logged-in staff member's name, and the CSRF token
 /// every state-changing form and request must carry.
@@ -40,4 +721,62 @@ pub struct StaffReply {
     pub patient_data: bool,
     /// `ETag` of the body, for polling with `If-None-Match`.
     pub etag: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fragment() -> StaffReply {
+        StaffReply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: b"<ul></ul>".to_vec(),
+            location: None,
+            set_cookie: None,
+            patient_data: true,
+            etag: Some("\"abc\"".into()),
+        }
+    }
+
+    fn header<'r>(r: &'r StaffResponse, name: &str) -> Option<&'r str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn finish_adds_the_security_headers_and_answers_304() {
+        let full = finish(fragment(), Some(b"\"old\""));
+        assert_eq!(full.status, 200);
+        assert_eq!(header(&full, "ETag"), Some("\"abc\""));
+        assert_eq!(header(&full, "Cache-Control"), Some("no-store"));
+        assert_eq!(header(&full, "Content-Security-Policy"), Some(CSP));
+        assert_eq!(header(&full, "X-Frame-Options"), Some("DENY"));
+        assert_eq!(header(&full, "X-Content-Type-Options"), Some("nosniff"));
+        assert_eq!(header(&full, "Referrer-Policy"), Some("no-referrer"));
+        let same = finish(fragment(), Some(b"\"old\", \"abc\""));
+        assert_eq!(same.status, 304);
+        assert!(same.body.is_empty());
+        assert_eq!(header(&same, "ETag"), Some("\"abc\""));
+        assert_eq!(header(&same, "X-Frame-Options"), Some("DENY"));
+        assert_eq!(header(&same, "Content-Type"), None);
+        // Only a 200 becomes a 304.
+        let refused = StaffReply {
+            status: 403,
+            ..fragment()
+        };
+        assert_eq!(finish(refused, Some(b"\"abc\"")).status, 403);
+    }
+
+    #[test]
+    fn redirects_and_cookies_pass_through() {
+        let r = finish(redirect(HOME_PATH, Some("ignis_staff=x".into())), None);
+        assert_eq!(r.status, 303);
+        assert_eq!(header(&r, "Location"), Some(HOME_PATH));
+        assert_eq!(header(&r, "Set-Cookie"), Some("ignis_staff=x"));
+        assert!(is_staff_path("/staff") && is_staff_path("/staff/login"));
+        assert!(!is_staff_path("/staffing") && !is_staff_path("/api/staff"));
+    }
 }

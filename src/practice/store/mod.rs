@@ -215,4 +215,35 @@ pub trait Store: Send {
         to: i64,
         limit: usize,
     ) -> StoreResult<(Vec<StaffEmergency>, u32)>;
+    /// Adds a staff account with its argon2id PHC hash; false (and no change) when the name is
+    /// taken.
+    fn add_staff_user(&mut self, name: &str, phc: &str, now: i64) -> StoreResult<bool>;
+    /// The staff accounts by name.
+    fn staff_users(&mut self) -> StoreResult<Vec<StaffUser>>;
+    /// Removes a staff account and its sessions; false if unknown.
+    fn remove_staff_user(&mut self, name: &str) -> StoreResult<bool>;
+    /// A staff account's PHC hash.
+    fn staff_user_hash(&mut self, name: &str) -> StoreResult<Option<String>>;
+    /// Opens a session for `user` (its token's SHA-256 and its CSRF token); false when the
+    /// account is gone.
+    fn create_staff_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        user: &str,
+        csrf: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// The session whose token hashes to `token_hash` if it was used within
+    /// [`STAFF_SESSION_IDLE_SECS`] before `now`; marks it used at `now` (at most once per
+    /// [`STAFF_SESSION_TOUCH_SECS`]).
+    fn touch_staff_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Option<StaffSession>>;
+    /// Ends a session (logout); false if unknown.
+    fn delete_staff_session(&mut self, token_hash: &[u8; 32]) -> StoreResult<bool>;
+    /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
+    /// personal data), the outcome.
+    fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
 }

@@ -529,6 +529,10 @@ pub struct RetentionPolicy {
     pub orphan_patient: i64,
     /// Emergency events.
     pub emergency_event: i64,
+    /// Staff audit rows (who viewed or changed what on the staff page): as long as the longest
+    /// lived patient data ([`RetentionPolicy::appointment_after_start`]), so every view of data
+    /// still held can be answered for (issue 14).
+    pub staff_audit: i64,
 }
 
 /// Seconds in a day.
@@ -543,6 +547,7 @@ impl Default for RetentionPolicy {
             appointment_after_start: 365 * DAY,
             orphan_patient: 182 * DAY,
             emergency_event: 365 * DAY,
+            staff_audit: 365 * DAY,
         }
     }
 }
@@ -564,6 +569,36 @@ pub struct RetentionReport {
     pub emergency_events: usize,
     /// Past slots without appointments.
     pub slots: usize,
+    /// Staff sessions idle past [`STAFF_SESSION_IDLE_SECS`].
+    pub staff_sessions: usize,
+    /// Staff audit rows.
+    pub staff_audit: usize,
+}
+
+/// A staff session ends after this long without a request (issue 14: 8 h idle expiry).
+pub const STAFF_SESSION_IDLE_SECS: i64 = 8 * 3600;
+
+/// A session's `last_seen_at` is rewritten only when it is at least this old: an open page polls
+/// every second, and a write per poll would be an fsync per poll on the store's single writer.
+/// The idle expiry is exact to within this much.
+pub const STAFF_SESSION_TOUCH_SECS: i64 = 60;
+
+/// A staff account as listed (never its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffUser {
+    /// Account name.
+    pub name: String,
+    /// Created, UTC seconds.
+    pub created_at: i64,
+}
+
+/// A live staff session, as found by its token's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffSession {
+    /// The account's name.
+    pub user: String,
+    /// The session's CSRF token.
+    pub csrf: String,
 }
 
 /// A demo patient for the seed.

@@ -198,6 +198,34 @@ ALTER TABLE request ADD COLUMN done_by TEXT;
 CREATE INDEX call_started ON call (started_at);
 CREATE INDEX request_created ON request (created_at);
 "#,
+    // 5 (issue 14): staff accounts (argon2id PHC strings), sessions (only the SHA-256 of the
+    // cookie's token; 8 h idle expiry on last_seen_at) and the staff page's audit.
+    r#"
+CREATE TABLE staff_user (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    phc TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE staff_session (
+    id INTEGER PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL REFERENCES staff_user (id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+);
+CREATE INDEX staff_session_seen ON staff_session (last_seen_at);
+CREATE INDEX staff_session_user ON staff_session (user_id);
+CREATE TABLE staff_audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    what TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX staff_audit_at ON staff_audit (at);
+"#,
 ];
 
 /// The embedded SQLite store (one connection; see [`worker`] for the writer thread).
@@ -1073,6 +1101,14 @@ impl Store for SqliteStore {
                AND NOT EXISTS (SELECT 1 FROM appointment a WHERE a.slot_id = slot.id)",
             [now - records::DAY],
         )?;
+        rep.staff_sessions = tx.execute(
+            "DELETE FROM staff_session WHERE last_seen_at < ?1",
+            [now - STAFF_SESSION_IDLE_SECS],
+        )?;
+        rep.staff_audit = tx.execute(
+            "DELETE FROM staff_audit WHERE at < ?1",
+            [now - p.staff_audit],
+        )?;
         tx.commit()?;
         Ok(rep)
     }
@@ -1249,6 +1285,101 @@ impl Store for SqliteStore {
             |r| r.get(0),
         )?;
         Ok((rows, count_u32(total)))
+    }
+
+    fn add_staff_user(&mut self, name: &str, phc: &str, now: i64) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "INSERT INTO staff_user (name, phc, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO NOTHING",
+            params![name, phc, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn staff_users(&mut self) -> StoreResult<Vec<StaffUser>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, created_at FROM staff_user ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(StaffUser {
+                name: r.get(0)?,
+                created_at: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remove_staff_user(&mut self, name: &str) -> StoreResult<bool> {
+        // The sessions go with it (ON DELETE CASCADE, foreign_keys=ON).
+        let n = self
+            .conn
+            .execute("DELETE FROM staff_user WHERE name = ?1", [name])?;
+        Ok(n == 1)
+    }
+
+    fn staff_user_hash(&mut self, name: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT phc FROM staff_user WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn create_staff_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        user: &str,
+        csrf: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "INSERT INTO staff_session (token_hash, user_id, csrf, created_at, last_seen_at)
+             SELECT ?1, id, ?3, ?4, ?4 FROM staff_user WHERE name = ?2",
+            params![&token_hash[..], user, csrf, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn touch_staff_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Option<StaffSession>> {
+        let found = self
+            .conn
+            .query_row(
+                "SELECT s.id, u.name, s.csrf FROM staff_session s
+                 JOIN staff_user u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.last_seen_at >= ?2",
+                params![&token_hash[..], now - STAFF_SESSION_IDLE_SECS],
+                |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((id, user, csrf)) = found else {
+            return Ok(None);
+        };
+        self.conn.execute(
+            "UPDATE staff_session SET last_seen_at = ?2 WHERE id = ?1 AND last_seen_at <= ?3",
+            params![id, now, now - STAFF_SESSION_TOUCH_SECS],
+        )?;
+        Ok(Some(StaffSession { user, csrf }))
+    }
+
+    fn delete_staff_session(&mut self, token_hash: &[u8; 32]) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM staff_session WHERE token_hash = ?1",
+            [&token_hash[..]],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT INTO staff_audit (at, who, what, outcome) VALUES (?1, ?2, ?3, ?4)",
+            params![at, who, what, outcome],
+        )?;
+        Ok(())
     }
 }
 

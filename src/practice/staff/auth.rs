@@ -1,0 +1,497 @@
+//! Staff accounts, sessions, CSRF and the login rate limit (issue 14, docs/staff.md "Accounts and
+//! sessions"). Sans-IO: salts and session tokens come from entropy the driver reads, time is an
+//! argument, and nothing here touches a socket, a file or the clock.
+//!
+//! Hashing and verifying a password is deliberately slow (argon2id, ~50-100 ms of CPU): the
+//! driver runs [`hash_password`] and [`verify_password`] on a blocking thread, never on the
+//! store's writer thread or an async worker.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+
+use crate::practice::calls::hash_token;
+use crate::secret::{constant_time_eq, hex_lower};
+
+/// Longest account name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Shortest password, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Longest password, in bytes: bounds the hashing work a login form can ask for.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Bytes of salt per hash (the PHC string format's recommendation).
+pub const SALT_BYTES: usize = 16;
+/// Random bytes of a session token.
+pub const SESSION_TOKEN_BYTES: usize = 32;
+/// Random bytes of a session's CSRF token.
+pub const CSRF_BYTES: usize = 32;
+/// Entropy the driver supplies for one new session: the token, then the CSRF token.
+pub const SESSION_ENTROPY_BYTES: usize = SESSION_TOKEN_BYTES + CSRF_BYTES;
+/// The session cookie's name.
+pub const COOKIE_NAME: &str = "ignis_staff";
+/// Longest `Cookie` header looked at (longer ones count as no session).
+pub const MAX_COOKIE_HEADER_BYTES: usize = 8 * 1024;
+/// Most `name=value` pairs looked at in the `Cookie` headers.
+pub const MAX_COOKIE_PAIRS: usize = 64;
+/// Failed logins per account and per client address within [`LOGIN_WINDOW_SECS`] before
+/// further attempts are refused unseen.
+pub const LOGIN_MAX_FAILURES: u32 = 5;
+/// The rate limit's window, in seconds.
+pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
+/// Most accounts and addresses the limiter tracks at once (bounded memory whatever names and
+/// addresses an attacker tries); beyond it, expired entries go first, then the oldest.
+pub const MAX_LIMITER_ENTRIES: usize = 10_000;
+
+/// A fixed argon2id PHC string with the default parameters of every stored hash, whose output
+/// is arbitrary bytes (no known password produces it). An unknown account is verified against it, so a wrong name costs the same time as a
+/// wrong password and gets the same answer.
+pub const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$aWduaXMtc3RhZmYtZHVtbXk$g0Fx8mvCGVYzY7uZ1bTi5Xg2ok4x6GNxs5o3ByZ1z3M";
+
+/// Why an account name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    /// Empty or longer than [`MAX_NAME_CHARS`].
+    Length,
+    /// A character outside `a-z 0-9 . _ -`.
+    Characters,
+}
+
+error_text!(NameError {
+    Length => "the name must have 1 to 64 characters",
+    Characters => "the name may contain only a-z, 0-9, '.', '_' and '-'",
+});
+
+/// Why a new password is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordError {
+    /// Shorter than [`MIN_PASSWORD_CHARS`].
+    TooShort,
+    /// Longer than [`MAX_PASSWORD_BYTES`].
+    TooLong,
+    /// The two entries differ.
+    Mismatch,
+    /// Hashing failed (parameters or salt rejected by argon2).
+    Hashing,
+}
+
+error_text!(PasswordError {
+    TooShort => "the password must have at least 12 characters",
+    TooLong => "the password must have at most 1024 bytes",
+    Mismatch => "the passwords do not match",
+    Hashing => "the password could not be hashed",
+});
+
+/// Checks an account name: 1..=[`MAX_NAME_CHARS`] of `a-z 0-9 . _ -`.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(NameError::Length);
+    }
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+    if !name.chars().all(ok) {
+        return Err(NameError::Characters);
+    }
+    Ok(())
+}
+
+/// Checks a new password: at least [`MIN_PASSWORD_CHARS`] characters, at most
+/// [`MAX_PASSWORD_BYTES`] bytes.
+pub fn validate_password(password: &str) -> Result<(), PasswordError> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(PasswordError::TooLong);
+    }
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(PasswordError::TooShort);
+    }
+    Ok(())
+}
+
+/// The argon2id PHC string of `password` (argon2's default parameters: 19 MiB, 2 passes, one
+/// lane, OWASP's recommendation) with `salt` from the driver's random source. Slow: run it on a
+/// blocking thread.
+pub fn hash_password(password: &str, salt: [u8; SALT_BYTES]) -> Result<String, PasswordError> {
+    validate_password(password)?;
+    Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| PasswordError::Hashing)
+}
+
+/// Whether `password` matches `phc`; with `None` (no such account) the password is checked
+/// against [`DUMMY_PHC`] for the same cost and the answer is false. Over-long passwords are
+/// refused before hashing. Slow: run it on a blocking thread.
+pub fn verify_password(password: &str, phc: Option<&str>) -> bool {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return false;
+    }
+    let ok = Argon2::default()
+        .verify_password(password.as_bytes(), phc.unwrap_or(DUMMY_PHC))
+        .is_ok();
+    ok && phc.is_some()
+}
+
+/// A new session's secrets: the cookie's token and the CSRF token, both hex.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionSecrets {
+    /// The cookie value (only its SHA-256 is stored).
+    pub token: String,
+    /// The CSRF token (stored with the session, put into every form).
+    pub csrf: String,
+}
+
+impl std::fmt::Debug for SessionSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSecrets(<redacted>)")
+    }
+}
+
+impl SessionSecrets {
+    /// Both tokens from [`SESSION_ENTROPY_BYTES`] the driver read from the OS random source.
+    pub fn from_entropy(entropy: [u8; SESSION_ENTROPY_BYTES]) -> SessionSecrets {
+        let (token, csrf) = entropy.split_at(SESSION_TOKEN_BYTES);
+        SessionSecrets {
+            token: hex_lower(token),
+            csrf: hex_lower(csrf),
+        }
+    }
+
+    /// What the store keeps of the token.
+    pub fn token_hash(&self) -> [u8; 32] {
+        session_hash(&self.token)
+    }
+}
+
+/// SHA-256 of a session token's text.
+pub fn session_hash(token: &str) -> [u8; 32] {
+    hash_token(token.as_bytes())
+}
+
+/// The `Set-Cookie` value for a new session: `HttpOnly`, `SameSite=Strict`, scoped to
+/// `/staff`, living as long as the idle expiry, `Secure` when PUBLIC_URL is https.
+pub fn session_cookie(token: &str, secure: bool) -> String {
+    let max_age = crate::practice::store::STAFF_SESSION_IDLE_SECS;
+    let secure = if secure { "; Secure" } else { "" };
+    format!(
+        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/staff; Max-Age={max_age}{secure}"
+    )
+}
+
+/// The `Set-Cookie` value that removes the session cookie (logout, expired session).
+pub fn clear_cookie(secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/staff; Max-Age=0{secure}")
+}
+
+/// The session token in the request's `Cookie` headers, if one is there and well-formed (64
+/// lower-case hex digits). Headers over [`MAX_COOKIE_HEADER_BYTES`] and pairs past
+/// [`MAX_COOKIE_PAIRS`] are not looked at.
+pub fn session_token<'a>(cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Option<String> {
+    let mut pairs = 0;
+    for header in cookie_headers {
+        if header.len() > MAX_COOKIE_HEADER_BYTES {
+            return None;
+        }
+        let text = std::str::from_utf8(header).ok()?;
+        for pair in text.split(';') {
+            pairs += 1;
+            if pairs > MAX_COOKIE_PAIRS {
+                return None;
+            }
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if name == COOKIE_NAME {
+                let value = value.trim_matches('"');
+                let well_formed = value.len() == SESSION_TOKEN_BYTES * 2
+                    && value
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                return well_formed.then(|| value.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Whether a POST carries the session's CSRF token, as form field `csrf` or header
+/// `X-CSRF-Token` (either suffices), compared in constant time.
+pub fn csrf_ok(expected: &str, form: &[(String, String)], header: Option<&[u8]>) -> bool {
+    let field = form
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_bytes());
+    [header, field]
+        .into_iter()
+        .flatten()
+        .any(|given| constant_time_eq(given, expected.as_bytes()))
+}
+
+/// Whether a POST's `Origin` is absent or PUBLIC_URL's origin (`scheme://host[:port]`). A
+/// browser sends `Origin` on every cross-site POST, so a foreign or `null` one is refused.
+pub fn origin_ok(origin: Option<&[u8]>, public_origin: &str) -> bool {
+    match origin {
+        None => true,
+        Some(o) => o.eq_ignore_ascii_case(public_origin.as_bytes()),
+    }
+}
+
+/// The client's address for the rate limiter. Behind the shipped nginx (deploy/nginx.conf sets
+/// `X-Real-IP $remote_addr`, replacing whatever the client sent) ignis's peer is nginx on
+/// loopback or the private compose network, so `X-Real-IP` is taken from such a peer only;
+/// from any other peer the header could be forged and the peer's own address counts.
+pub fn client_address(peer: IpAddr, x_real_ip: Option<&[u8]>) -> IpAddr {
+    let trusted = match peer {
+        IpAddr::V4(a) => a.is_loopback() || a.is_private(),
+        IpAddr::V6(a) => a.is_loopback() || (a.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    if !trusted {
+        return peer;
+    }
+    x_real_ip
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// What the limiter counts failures against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum LimitKey {
+    Account(String),
+    /// IPv4 address, or an IPv6 /64 (one host usually has the whole prefix).
+    Address(IpAddr),
+}
+
+fn address_key(addr: IpAddr) -> LimitKey {
+    let addr = match addr {
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = a.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    };
+    LimitKey::Address(addr)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: i64,
+    failures: u32,
+}
+
+/// A login attempt refused by the rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// Seconds until the window ends.
+    pub retry_after: i64,
+}
+
+/// Failed logins per account and per client address: [`LOGIN_MAX_FAILURES`] within
+/// [`LOGIN_WINDOW_SECS`] lock both out until the window ends. Unknown names count like known
+/// ones, so the limit says nothing about which accounts exist. At most
+/// [`MAX_LIMITER_ENTRIES`] entries.
+#[derive(Debug, Default)]
+pub struct LoginLimiter {
+    windows: HashMap<LimitKey, Window>,
+}
+
+impl LoginLimiter {
+    /// An empty limiter.
+    pub fn new() -> LoginLimiter {
+        LoginLimiter::default()
+    }
+
+    /// Whether an attempt for `account` from `client` may be checked at `now` (UTC seconds).
+    pub fn check(&self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
+        let keys = [LimitKey::Account(account.to_owned()), address_key(client)];
+        let retry_after = keys
+            .iter()
+            .filter_map(|k| self.windows.get(k))
+            .filter(|w| w.failures >= LOGIN_MAX_FAILURES && now < w.started + LOGIN_WINDOW_SECS)
+            .map(|w| w.started + LOGIN_WINDOW_SECS - now)
+            .max();
+        match retry_after {
+            Some(retry_after) => Err(Limited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt against the account and the address.
+    pub fn record_failure(&mut self, account: &str, client: IpAddr, now: i64) {
+        for key in [LimitKey::Account(account.to_owned()), address_key(client)] {
+            if !self.windows.contains_key(&key) {
+                self.make_room(now);
+            }
+            let w = self.windows.entry(key).or_insert(Window {
+                started: now,
+                failures: 0,
+            });
+            if now >= w.started + LOGIN_WINDOW_SECS {
+                *w = Window {
+                    started: now,
+                    failures: 0,
+                };
+            }
+            w.failures = w.failures.saturating_add(1);
+        }
+    }
+
+    /// A successful login clears its account's failures (the address keeps its count).
+    pub fn record_success(&mut self, account: &str) {
+        self.windows.remove(&LimitKey::Account(account.to_owned()));
+    }
+
+    /// Entries tracked (tests).
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    fn make_room(&mut self, now: i64) {
+        if self.windows.len() < MAX_LIMITER_ENTRIES {
+            return;
+        }
+        self.windows
+            .retain(|_, w| now < w.started + LOGIN_WINDOW_SECS);
+        if self.windows.len() >= MAX_LIMITER_ENTRIES
+            && let Some(oldest) = self
+                .windows
+                .iter()
+                .min_by_key(|(_, w)| w.started)
+                .map(|(k, _)| k.clone())
+        {
+            self.windows.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PW: &str = "correct horse battery";
+
+    #[test]
+    fn names_and_passwords_follow_the_rules() {
+        assert!(validate_name("anna.m-2_b").is_ok());
+        assert_eq!(validate_name(""), Err(NameError::Length));
+        assert_eq!(validate_name(&"a".repeat(65)), Err(NameError::Length));
+        assert!(validate_name(&"a".repeat(64)).is_ok());
+        assert_eq!(validate_name("Anna"), Err(NameError::Characters));
+        assert_eq!(validate_name("an na"), Err(NameError::Characters));
+        assert_eq!(
+            validate_password("elf zeichen"),
+            Err(PasswordError::TooShort)
+        );
+        assert!(validate_password("zwölf zeiche").is_ok());
+        assert_eq!(
+            validate_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)),
+            Err(PasswordError::TooLong)
+        );
+    }
+
+    #[test]
+    fn hash_then_verify_and_the_dummy_never_matches() {
+        let phc = hash_password(PW, [9; SALT_BYTES]).unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(!phc.contains(PW));
+        assert!(verify_password(PW, Some(&phc)));
+        assert!(!verify_password("correct horse battery!", Some(&phc)));
+        assert!(!verify_password(PW, None));
+        assert!(!verify_password(
+            &"x".repeat(MAX_PASSWORD_BYTES + 1),
+            Some(&phc)
+        ));
+        // The dummy has the same parameters as a real hash, so it costs the same.
+        assert_eq!(DUMMY_PHC[..31], phc[..31]);
+        assert!(argon2::PasswordHash::new(DUMMY_PHC).is_ok());
+    }
+
+    #[test]
+    fn cookie_attributes_and_parsing() {
+        let s = SessionSecrets::from_entropy([0xab; SESSION_ENTROPY_BYTES]);
+        assert_eq!(s.token.len(), 64);
+        let c = session_cookie(&s.token, true);
+        assert!(c.starts_with("ignis_staff="));
+        for attr in [
+            "; HttpOnly",
+            "; SameSite=Strict",
+            "; Path=/staff",
+            "; Max-Age=28800",
+            "; Secure",
+        ] {
+            assert!(c.contains(attr), "{attr} in {c}");
+        }
+        assert!(!session_cookie(&s.token, false).contains("Secure"));
+        let header = format!("theme=dark; {COOKIE_NAME}={}; x=y", s.token);
+        assert_eq!(session_token([header.as_bytes()]), Some(s.token.clone()));
+        assert_eq!(session_token([&b"ignis_staff=short"[..]]), None);
+        assert_eq!(session_token([&b"other=1"[..]]), None);
+        let many = format!(
+            "{}{COOKIE_NAME}={}",
+            "a=b; ".repeat(MAX_COOKIE_PAIRS),
+            s.token
+        );
+        assert_eq!(session_token([many.as_bytes()]), None);
+    }
+
+    #[test]
+    fn csrf_and_origin() {
+        let form = vec![("csrf".to_owned(), "abc".to_owned())];
+        assert!(csrf_ok("abc", &form, None));
+        assert!(csrf_ok("abc", &[], Some(b"abc")));
+        assert!(!csrf_ok("abc", &[], None));
+        assert!(!csrf_ok("abc", &[], Some(b"abd")));
+        assert!(origin_ok(None, "https://x.example"));
+        assert!(origin_ok(Some(b"https://x.example"), "https://x.example"));
+        assert!(!origin_ok(
+            Some(b"https://evil.example"),
+            "https://x.example"
+        ));
+        assert!(!origin_ok(Some(b"null"), "https://x.example"));
+    }
+
+    #[test]
+    fn forwarded_address_only_from_a_trusted_peer() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let public: IpAddr = "203.0.113.9".parse().unwrap();
+        let real: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(client_address(lo, Some(b"198.51.100.7")), real);
+        assert_eq!(client_address(public, Some(b"198.51.100.7")), public);
+        assert_eq!(client_address(lo, Some(b"garbage")), lo);
+    }
+
+    #[test]
+    fn limiter_per_account_and_per_address() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut l = LoginLimiter::new();
+        for i in 0..LOGIN_MAX_FAILURES {
+            assert!(l.check("anna", a, 100).is_ok());
+            l.record_failure("anna", a, 100 + i64::from(i));
+        }
+        // The account is locked from anywhere, the address for any account.
+        assert!(l.check("anna", b, 110).is_err());
+        assert!(l.check("ben", a, 110).is_err());
+        assert!(l.check("ben", b, 110).is_ok());
+        let until = l.check("anna", b, 110).unwrap_err().retry_after;
+        assert_eq!(until, 100 + LOGIN_WINDOW_SECS - 110);
+        assert!(l.check("anna", b, 100 + LOGIN_WINDOW_SECS).is_ok());
+    }
+
+    #[test]
+    fn limiter_memory_is_bounded() {
+        let mut l = LoginLimiter::new();
+        for i in 0..(MAX_LIMITER_ENTRIES as u32 + 50) {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            l.record_failure(&format!("u{i}"), addr, 0);
+        }
+        assert!(l.len() <= MAX_LIMITER_ENTRIES);
+    }
+}

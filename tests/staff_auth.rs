@@ -1,0 +1,626 @@
+//! The staff page's accounts and sessions (issue 14 point 3): `ignis staff add/list/remove`
+//! through the real binary, then login, rate limits, CSRF, Origin, logout and the security
+//! headers through the real server on loopback; the 8 h idle expiry through the core with a
+//! time input.
+
+mod common;
+mod practice_support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{Resp, Server, roundtrip};
+use ignis::practice::Practice;
+use ignis::practice::config::PracticeConfig;
+use ignis::practice::staff::auth::SESSION_ENTROPY_BYTES;
+use ignis::practice::staff::{Site, StaffOutcome, StaffReply, StaffRequest};
+use ignis::practice::store::{STAFF_SESSION_IDLE_SECS, SqliteStore, Store};
+use ignis::practice::tools::Secrets;
+use practice_support::{TOOLS_TOKEN, temp_dir, wed_morning};
+
+const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
+const ORIGIN: &str = common::PUBLIC;
+
+fn ignis(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .args(args)
+        .env_clear()
+        .env("IGNIS_DB", dir.join("ignis.db"))
+        .env("TOOLS_TOKEN", TOOLS_TOKEN)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts the headers every /staff reply carries (BRIEF-14, issue 14 point 3).
+fn assert_security_headers(r: &Resp) {
+    let csp = r.header("content-security-policy").expect("CSP");
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(part), "{part} in {csp}");
+    }
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert!(r.header("cache-control").is_some());
+}
+
+async fn request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nHost: ignis.example.com\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        raw.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body);
+    let r = roundtrip(server, raw.as_bytes()).await;
+    assert_security_headers(&r);
+    r
+}
+
+async fn login(server: &Server, name: &str, password: &str, from: &str) -> Resp {
+    let body = common::urlencode(&common::fields(&[("name", name), ("password", password)]));
+    request(
+        server,
+        "POST",
+        "/staff/login",
+        &[("Origin", ORIGIN), ("X-Real-IP", from)],
+        &body,
+    )
+    .await
+}
+
+/// The cookie pair (`ignis_staff=…`) of a successful login.
+fn session_cookie(r: &Resp) -> String {
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/staff"));
+    let c = r.header("set-cookie").expect("Set-Cookie");
+    c.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token of the only session (the views put it into their forms; read here from
+/// the database so these tests do not depend on the views' markup).
+fn csrf_of_session(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT csrf FROM staff_session ORDER BY id DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Status, body and header names+values except `Date`: what a client can compare.
+fn answer(r: &Resp) -> (u16, Vec<u8>, Vec<(String, String)>) {
+    let mut h: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+        .cloned()
+        .collect();
+    h.sort();
+    (r.status, r.body.clone(), h)
+}
+
+#[tokio::test]
+async fn add_login_logout_csrf_and_origin() {
+    let dir = temp_dir("staff-auth");
+    let db = dir.join("ignis.db");
+    let added = ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"));
+    assert!(added.status.success(), "{}", output_text(&added));
+    let listed = ignis(&dir, &["staff", "list"], "");
+    assert_eq!(listed.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("anna"));
+    for o in [&added, &listed] {
+        assert!(!output_text(o).contains(PASSWORD));
+    }
+    let server = Server::start_with_practice_db(&db, TOOLS_TOKEN, &[]).await;
+
+    // Without a session: GET → login, POST → 403.
+    let r = request(&server, "GET", "/staff", &[], "").await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/staff/login"))
+    );
+    let r = request(
+        &server,
+        "POST",
+        "/staff/irgendwas",
+        &[("Origin", ORIGIN)],
+        "csrf=x",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let form = request(&server, "GET", "/staff/login", &[], "").await;
+    assert_eq!(form.status, 200);
+    assert!(
+        form.text()
+            .contains("<form method=\"post\" action=\"/staff/login\"")
+    );
+    assert!(form.text().contains("Passwort"));
+
+    // A login from a foreign origin is refused before the password is looked at.
+    let body = common::urlencode(&common::fields(&[("name", "anna"), ("password", PASSWORD)]));
+    let r = request(
+        &server,
+        "POST",
+        "/staff/login",
+        &[("Origin", "https://evil.example")],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+
+    let ok = login(&server, "anna", PASSWORD, "192.0.2.10").await;
+    let set_cookie = ok.header("set-cookie").unwrap().to_owned();
+    for attr in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/staff",
+        "Secure",
+        "Max-Age=28800",
+    ] {
+        assert!(
+            set_cookie.split("; ").any(|a| a == attr),
+            "{attr} in {set_cookie}"
+        );
+    }
+    let cookie = session_cookie(&ok);
+    let csrf = csrf_of_session(&db);
+
+    // With the session: GET reaches the views (no redirect to the login).
+    let r = request(&server, "GET", "/staff", &[("Cookie", &cookie)], "").await;
+    assert_ne!(r.header("location"), Some("/staff/login"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // POSTs need the CSRF token and a same-origin (or no) Origin.
+    let path = "/staff/requests/R-1/done";
+    let r = request(
+        &server,
+        "POST",
+        path,
+        &[("Cookie", &cookie), ("Origin", ORIGIN)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403, "no CSRF token");
+    let wrong = format!("csrf={}", "0".repeat(64));
+    let r = request(&server, "POST", path, &[("Cookie", &cookie)], &wrong).await;
+    assert_eq!(r.status, 403, "wrong CSRF token");
+    let r = request(
+        &server,
+        "POST",
+        path,
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "https://evil.example"),
+            ("X-CSRF-Token", &csrf),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403, "foreign Origin");
+    let r = request(
+        &server,
+        "POST",
+        path,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        "",
+    )
+    .await;
+    assert_ne!(
+        r.status, 403,
+        "header token and no Origin pass to the views"
+    );
+    let r = request(
+        &server,
+        "POST",
+        path,
+        &[("Cookie", &cookie)],
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_ne!(r.status, 403, "form token passes to the views");
+
+    // Logout needs CSRF too, then the cookie is dead.
+    let r = request(&server, "POST", "/staff/logout", &[("Cookie", &cookie)], "").await;
+    assert_eq!(r.status, 403);
+    let r = request(
+        &server,
+        "POST",
+        "/staff/logout",
+        &[("Cookie", &cookie)],
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(r.header("location").unwrap().starts_with("/staff/login"));
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = request(&server, "GET", "/staff", &[("Cookie", &cookie)], "").await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/staff/login"))
+    );
+
+    // The audit has the login and the logout, and nothing anywhere holds the password.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let audit: Vec<(String, String, String)> = conn
+        .prepare("SELECT who, what, outcome FROM staff_audit ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(audit.contains(&("anna".into(), "login".into(), "ok".into())));
+    assert!(audit.contains(&("anna".into(), "logout".into(), "ok".into())));
+    drop(conn);
+    for file in ["ignis.db", "ignis.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.join(file)) {
+            assert!(
+                !bytes
+                    .windows(PASSWORD.len())
+                    .any(|w| w == PASSWORD.as_bytes())
+            );
+        }
+    }
+
+    // staff remove ends the account; a second remove is refused.
+    let removed = ignis(&dir, &["staff", "remove", "anna"], "");
+    assert_eq!(removed.status.code(), Some(0), "{}", output_text(&removed));
+    let again = ignis(&dir, &["staff", "remove", "anna"], "");
+    assert_eq!(again.status.code(), Some(1));
+    let listed = ignis(&dir, &["staff", "list"], "");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("anna"));
+}
+
+#[tokio::test]
+async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
+    let dir = temp_dir("staff-limit");
+    let db = dir.join("ignis.db");
+    assert!(
+        ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
+            .status
+            .success()
+    );
+    assert!(
+        ignis(&dir, &["staff", "add", "ben"], &format!("{PASSWORD}\n"))
+            .status
+            .success()
+    );
+    // Bad input exits 2 and adds nothing.
+    let short = ignis(&dir, &["staff", "add", "carla"], "kurz\n");
+    assert_eq!(short.status.code(), Some(2));
+    assert_eq!(
+        ignis(&dir, &["staff", "add", "Carla"], &format!("{PASSWORD}\n"))
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
+            .status
+            .code(),
+        Some(1)
+    );
+    let server = Server::start_with_practice_db(&db, TOOLS_TOKEN, &[]).await;
+
+    let wrong_password = login(&server, "anna", "falsch-falsch-falsch", "192.0.2.1").await;
+    let unknown_user = login(&server, "niemand", "falsch-falsch-falsch", "192.0.2.2").await;
+    assert_eq!(wrong_password.status, 403);
+    assert_eq!(answer(&wrong_password), answer(&unknown_user));
+    assert!(wrong_password.header("set-cookie").is_none());
+
+    // Per account: anna has 1 failure; 4 more from other addresses lock her out everywhere,
+    // even with the right password, and the refusal does not depend on the password.
+    for i in 0..4 {
+        let r = login(
+            &server,
+            "anna",
+            "falsch-falsch-falsch",
+            &format!("198.51.100.{i}"),
+        )
+        .await;
+        assert_eq!(r.status, 403);
+    }
+    let locked = login(&server, "anna", PASSWORD, "203.0.113.50").await;
+    assert_eq!(locked.status, 429);
+    assert!(locked.header("set-cookie").is_none());
+    let locked_wrong = login(&server, "anna", "falsch-falsch-falsch", "203.0.113.51").await;
+    assert_eq!(answer(&locked), answer(&locked_wrong));
+    // Unknown names are limited the same way (nothing tells which accounts exist).
+    for i in 0..4 {
+        login(
+            &server,
+            "niemand",
+            "falsch-falsch-falsch",
+            &format!("198.51.100.{}", 10 + i),
+        )
+        .await;
+    }
+    let locked_unknown = login(&server, "niemand", PASSWORD, "203.0.113.52").await;
+    assert_eq!(answer(&locked), answer(&locked_unknown));
+
+    // Per address: five failures from one address on different names lock that address, not
+    // the others.
+    for i in 0..5 {
+        let r = login(
+            &server,
+            &format!("gast{i}"),
+            "falsch-falsch-falsch",
+            "192.0.2.99",
+        )
+        .await;
+        assert_eq!(r.status, 403);
+    }
+    assert_eq!(
+        login(&server, "ben", PASSWORD, "192.0.2.99").await.status,
+        429
+    );
+    let ok = login(&server, "ben", PASSWORD, "192.0.2.100").await;
+    session_cookie(&ok);
+
+    // The audit names existing accounts only; refused attempts are there too.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |who: &str, outcome: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM staff_audit WHERE who = ?1 AND what = 'login' AND outcome = ?2",
+            [who, outcome],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count("anna", "failed"), 5);
+    assert_eq!(count("anna", "rate_limited"), 2);
+    assert_eq!(count("ben", "ok"), 1);
+    assert_eq!(count("niemand", "failed"), 0);
+    assert_eq!(count("-", "failed"), 10);
+}
+
+fn practice(dir: &Path) -> (Practice, ignis::practice::store::StoreThread) {
+    let mut store = SqliteStore::open(&dir.join("core.db")).unwrap();
+    let phc = ignis::practice::staff::auth::hash_password(PASSWORD, [5; 16]).unwrap();
+    store.add_staff_user("anna", &phc, 0).unwrap();
+    Practice::with_store(
+        PracticeConfig::demo(),
+        Secrets::new(TOOLS_TOKEN, None),
+        Box::new(store),
+    )
+    .unwrap()
+}
+
+fn site() -> Site {
+    Site {
+        origin: ORIGIN.into(),
+        secure: true,
+    }
+}
+
+fn staff_call(p: &Practice, req: &StaffRequest<'_>, now: jiff::Timestamp) -> StaffOutcome {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    p.handle_staff(req, &site(), now, move |o| {
+        let _ = tx.send(o);
+    });
+    rx.recv().unwrap()
+}
+
+fn get(p: &Practice, cookie: &str, now: jiff::Timestamp) -> StaffReply {
+    let req = StaffRequest {
+        method: "GET",
+        path: "/staff",
+        query: "",
+        cookies: vec![cookie.as_bytes()],
+        origin: None,
+        csrf_header: None,
+        body: b"",
+        client: "127.0.0.1".parse().unwrap(),
+    };
+    match staff_call(p, &req, now) {
+        StaffOutcome::Reply(r) => r,
+        StaffOutcome::Verify(_) => panic!("GET asked for a password check"),
+    }
+}
+
+#[test]
+fn session_expires_after_eight_idle_hours() {
+    let dir = temp_dir("staff-idle");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let body = format!("name=anna&password={PASSWORD}");
+    let req = StaffRequest {
+        method: "POST",
+        path: "/staff/login",
+        query: "",
+        cookies: vec![],
+        origin: Some(ORIGIN.as_bytes()),
+        csrf_header: None,
+        body: body.as_bytes(),
+        client: "127.0.0.1".parse().unwrap(),
+    };
+    let StaffOutcome::Verify(pending) = staff_call(&p, &req, t0) else {
+        panic!("login did not ask for the password check");
+    };
+    let ok = pending.verify();
+    assert!(ok);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    p.finish_login(
+        pending,
+        ok,
+        Some([3; SESSION_ENTROPY_BYTES]),
+        &site(),
+        t0,
+        move |r| {
+            let _ = tx.send(r);
+        },
+    );
+    let reply = rx.recv().unwrap();
+    assert_eq!(reply.status, 303);
+    let cookie = reply.set_cookie.unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+
+    let idle = jiff::SignedDuration::from_secs(STAFF_SESSION_IDLE_SECS);
+    let second = jiff::SignedDuration::from_secs(1);
+    let to_login =
+        |r: &StaffReply| r.status == 303 && r.location.as_deref() == Some("/staff/login");
+    // Used just before the 8 h are up: still in, and the window starts again.
+    let t1 = t0 + idle - second;
+    assert!(!to_login(&get(&p, &cookie, t1)));
+    assert!(!to_login(&get(&p, &cookie, t1 + idle)));
+    // 8 h and a second without use: out, and the cookie is cleared.
+    let expired = get(&p, &cookie, t1 + idle + idle + second);
+    assert!(to_login(&expired));
+    assert!(expired.set_cookie.unwrap().contains("Max-Age=0"));
+}
+
+#[tokio::test]
+async fn assets_and_unknown_paths_carry_the_headers_too() {
+    let dir = temp_dir("staff-headers");
+    let server = Server::start_with_practice_db(&dir.join("ignis.db"), TOOLS_TOKEN, &[]).await;
+    for (method, path, status) in [
+        ("GET", "/staff/assets/nope.js", Some(404)),
+        ("GET", "/staff/login", Some(200)),
+        ("HEAD", "/staff", Some(303)),
+        ("GET", "/staff/logout", Some(405)),
+        ("PUT", "/staff/login", Some(405)),
+        // Served by the views half (404 until it ships the file).
+        ("GET", "/staff/assets/staff.css", None),
+    ] {
+        let r = request(&server, method, path, &[], "").await;
+        if let Some(status) = status {
+            assert_eq!(r.status, status, "{method} {path}");
+        }
+    }
+}
+
+/// One raw HTTP/1.1 exchange with the real binary (`Connection: close`).
+fn raw_exchange(port: u16, request: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn real_binary_logs_never_show_the_password_and_http_cookies_lack_secure() {
+    use std::io::BufRead;
+    let dir = temp_dir("staff-binary");
+    assert!(
+        ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
+            .status
+            .success()
+    );
+    let port = common::free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .env_clear()
+        .current_dir(&dir)
+        .envs([
+            ("PUBLIC_URL", origin.as_str()),
+            ("TWILIO_AUTH_TOKEN", common::TOKEN),
+            ("PORT", &port.to_string()),
+            ("BIND", "127.0.0.1"),
+            ("TOOLS_TOKEN", TOOLS_TOKEN),
+            ("LOG_FORMAT", "text"),
+            ("RUST_LOG", "debug"),
+        ])
+        .env("IGNIS_DB", dir.join("ignis.db"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("ignis did not start");
+        let up = line.contains("ignis listening");
+        log.push(line);
+        if up {
+            break;
+        }
+    }
+    let post = |password: &str| {
+        let body = format!("name=anna&password={password}");
+        raw_exchange(
+            port,
+            &format!(
+                "POST /staff/login HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let wrong = post("Falsches-Passwort-99");
+    assert!(wrong.starts_with("HTTP/1.1 403"), "{wrong}");
+    let ok = post(PASSWORD);
+    assert!(ok.starts_with("HTTP/1.1 303"), "{ok}");
+    let cookie = ok
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains("Secure"), "PUBLIC_URL is http: {cookie}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    log.extend(rx.try_iter());
+    let log = log.join("\n");
+    assert!(log.contains("staff login"), "{log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("Falsches-Passwort-99"));
+    assert!(
+        !log.contains(
+            cookie
+                .split(';')
+                .next()
+                .unwrap()
+                .trim_start_matches("Set-Cookie: ")
+        )
+    );
+}
