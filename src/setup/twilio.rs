@@ -279,15 +279,24 @@ impl ApiError {
     }
 }
 
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Twilio answered {}", self.status)?;
+impl ApiError {
+    /// What Twilio answered, without the fix (the doctor prints the fix on its own line).
+    pub fn summary(&self) -> String {
+        let mut s = format!("Twilio answered {}", self.status);
         if let Some(code) = self.code {
-            write!(f, " (error {code})")?;
+            s.push_str(&format!(" (error {code})"));
         }
         if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
+            s.push_str(&format!(": {}", self.message));
         }
+        s
+    }
+}
+
+impl fmt::Display for ApiError {
+    /// The summary, and for refused credentials the fix (`twilio configure` prints one line).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())?;
         if self.is_auth() {
             write!(f, "; {}", self.fix())?;
         }
@@ -747,7 +756,7 @@ const UNREACHABLE_FIX: &str = "check this machine's outbound HTTPS (firewall, pr
 pub fn number_error_check(e: &SetupError) -> Check {
     const ID: &str = "twilio_number";
     match e {
-        SetupError::Api(api) => Check::fail(ID, api.to_string(), api.fix()),
+        SetupError::Api(api) => Check::fail(ID, api.summary(), api.fix()),
         SetupError::PublicUrlNotHttps => Check::fail(
             ID,
             "PUBLIC_URL is not https://",
@@ -766,7 +775,7 @@ pub fn number_error_check(e: &SetupError) -> Check {
 pub fn alerts_error_check(e: &SetupError) -> Check {
     const ID: &str = "twilio_alerts";
     match e {
-        SetupError::Api(api) => Check::fail(ID, api.to_string(), api.fix()),
+        SetupError::Api(api) => Check::fail(ID, api.summary(), api.fix()),
         SetupError::Unreachable(..) => Check::fail(ID, e.to_string(), UNREACHABLE_FIX),
         other => Check::fail(ID, other.to_string(), "check TWILIO_MONITOR_API_BASE"),
     }
