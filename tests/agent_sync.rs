@@ -226,6 +226,59 @@ async fn a_foreign_tool_is_reported_and_kept() {
     assert!(w.tool(&foreign).is_some());
 }
 
+/// Two deployments share a workspace: staging's tools (same names, its own host, attached to
+/// its own agent) are never taken over by production's sync, which makes its own; and an
+/// unattached tool already on production's host (from a run that stopped before the agent was
+/// changed) is reused, not duplicated.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_deployments_tools_are_left_alone_and_ours_are_reused() {
+    let svc = service().await;
+    let staging = svc
+        .workspace()
+        .seed_tool(json!({"type": "webhook", "name": "find_slots", "description": "Staging",
+                          "api_schema": {"url": "https://staging.example.net/api/appointments/slots",
+                                         "method": "GET"}}))
+        .unwrap();
+    let leftover = svc
+        .workspace()
+        .seed_tool(
+            json!({"type": "webhook", "name": "book_appointment", "description": "old",
+                          "api_schema": {"url": format!("{PUBLIC}/api/appointments"),
+                                         "method": "POST"}}),
+        )
+        .unwrap();
+    ok(&sync(&svc.base(), &[], &[]).await);
+    let w = svc.workspace();
+    let untouched = &w.tool(&staging).unwrap()["tool_config"];
+    assert_eq!(
+        untouched["api_schema"]["url"],
+        "https://staging.example.net/api/appointments/slots"
+    );
+    assert_eq!(untouched["description"], "Staging");
+    let ids = w.agent(AGENT).unwrap()["conversation_config"]["agent"]["prompt"]["tool_ids"].clone();
+    let ids: Vec<&str> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!ids.contains(&staging.as_str()), "{ids:?}");
+    assert!(ids.contains(&leftover.as_str()), "{ids:?}");
+    let named = |n: &str| {
+        w.tools
+            .iter()
+            .filter(|t| t["tool_config"]["name"] == n)
+            .count()
+    };
+    assert_eq!((named("find_slots"), named("book_appointment")), (2, 1));
+    // The inline `prompt.tools` the GET returned was not sent back.
+    assert!(
+        w.agent(AGENT).unwrap()["conversation_config"]["agent"]["prompt"]
+            .get("tools")
+            .is_none()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_writes_nothing() {
     let svc = service().await;

@@ -527,7 +527,7 @@ impl AgentSync {
         let mut unchanged = 0;
         for config in desired {
             let name = config["name"].as_str().unwrap_or_default().to_owned();
-            match pick_tool(&self.tools, &name, &attached) {
+            match pick_tool(&self.tools, &name, &attached, &self.settings.origin) {
                 Some((id, current)) => {
                     let diffs = differences(&current["tool_config"], &config);
                     if diffs.is_empty() {
@@ -626,7 +626,12 @@ impl AgentSync {
     }
 }
 
-/// The service's error message, shortened (its bodies never carry our secrets back).
+/// Most characters of a service's error message shown.
+const MAX_ERROR_DETAIL_CHARS: usize = 300;
+
+/// The service's error message, shortened and without control characters. A validation error
+/// (FastAPI's `detail: [{loc, msg, input, …}]`) is shown as `loc: msg` only: its `input` echoes
+/// what was sent, which for a secret is `Bearer <TOOLS_TOKEN>`.
 fn error_detail(body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = match &v["detail"] {
@@ -635,10 +640,30 @@ fn error_detail(body: &[u8]) -> String {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                let loc: Vec<String> = i["loc"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_owned))
+                    .collect();
+                format!(
+                    "{}: {}",
+                    loc.join("."),
+                    i["msg"].as_str().unwrap_or("invalid")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
         Value::Null => String::from_utf8_lossy(body).into_owned(),
         other => other.to_string(),
     };
-    text.chars().take(300).collect()
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_DETAIL_CHARS)
+        .collect()
 }
 
 /// The ids in the agent's `conversation_config.agent.prompt.tool_ids`.
@@ -651,12 +676,31 @@ fn attached_ids(agent: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The workspace's tool named `name` (the attached one when several share it): id and tool.
-fn pick_tool(tools: &[Value], name: &str, attached: &[String]) -> Option<(String, Value)> {
+/// This deployment's tool named `name`: the one attached to this agent, else a webhook tool of
+/// that name that already points at `origin` (left by an earlier run that stopped before the
+/// agent was changed, or made by hand for this host), else a client tool of that name (its
+/// config names no host). A same-named webhook tool on another host belongs to another
+/// deployment sharing the workspace (staging beside production): never taken, so a sync cannot
+/// repoint another deployment's tools. Returns its id and the tool.
+fn pick_tool(
+    tools: &[Value],
+    name: &str,
+    attached: &[String],
+    origin: &str,
+) -> Option<(String, Value)> {
     let named = || tools.iter().filter(|t| t["tool_config"]["name"] == name);
+    let ours = |t: &&Value| {
+        let c = &t["tool_config"];
+        match c["type"].as_str() {
+            Some("webhook") => c["api_schema"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with(&format!("{origin}/"))),
+            _ => true,
+        }
+    };
     let chosen = named()
         .find(|t| attached.iter().any(|a| t["id"] == a.as_str()))
-        .or_else(|| named().next())?;
+        .or_else(|| named().find(ours))?;
     Some((chosen["id"].as_str()?.to_owned(), chosen.clone()))
 }
 
@@ -861,6 +905,15 @@ fn plan_agent(
     for (path, new) in edits {
         set(&mut conv, "conversation_config", path, new, &mut diff);
     }
+    // The deprecated inline `agent.prompt.tools` comes back with the GET; sent beside
+    // `tool_ids` it could be refused or win (docs/elevenlabs.md §11). Tools attach by id only.
+    if let Some(prompt) = conv
+        .get_mut("agent")
+        .and_then(|a| a.get_mut("prompt"))
+        .and_then(Value::as_object_mut)
+    {
+        prompt.remove("tools");
+    }
     // The attached tools by name: ids alone say nothing to the operator.
     let tool_line = "conversation_config.agent.prompt.tool_ids:";
     if let Some(line) = diff.iter_mut().find(|l| l.starts_with(tool_line)) {
@@ -1050,7 +1103,7 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Opti
     let attached = attached_ids(agent);
     let mut problems = Vec::new();
     for (name, _) in TOOL_FILES {
-        let Some((id, tool)) = pick_tool(tools, name, &attached) else {
+        let Some((id, tool)) = pick_tool(tools, name, &attached, origin) else {
             problems.push(format!("{name} missing"));
             continue;
         };
@@ -1188,6 +1241,15 @@ pub fn discloses_ai(greeting: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validation_errors_show_where_and_why_never_the_input() {
+        let body = br#"{"detail":[{"type":"string_too_long","loc":["body","value"],
+            "msg":"String too long","input":"Bearer secret-tools-token-0123456789"}]}"#;
+        assert_eq!(error_detail(body), "body.value: String too long");
+        let body = br#"{"detail":{"status":"invalid_api_key","message":"Invalid \u001b[2J key"}}"#;
+        assert_eq!(error_detail(body), "Invalid [2J key");
+    }
 
     const ORIGIN: &str = "https://ignis.example.com";
     const TOKEN: &str = "tools-token-0123456789abcdef";

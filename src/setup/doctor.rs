@@ -38,7 +38,9 @@ const NEEDS: [(&str, &[&str]); 8] = [
     ("tls", &["dns"]),
     ("health", &["dns", "tls"]),
     ("voice_webhook", &["health"]),
-    ("webhook_signature_check", &["health"]),
+    // A 403 to the unsigned webhook proves the check only once the signed one got through:
+    // a proxy refusing everything, or a wrong PUBLIC_URL, would also answer 403.
+    ("webhook_signature_check", &["voice_webhook"]),
     ("stream_upgrade", &["voice_webhook"]),
     ("metrics_exposure", &["health"]),
     ("tools_endpoint", &["health"]),

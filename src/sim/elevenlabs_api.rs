@@ -766,7 +766,7 @@ pub fn sample_agent(agent_id: &str) -> Value {
                       "disable_first_message_interruptions": false,
                       "dynamic_variables": {"dynamic_variable_placeholders": {}},
                       "prompt": {"prompt": "You are a helpful assistant.", "llm": "gemini-2.0-flash",
-                                 "temperature": 0.0, "tool_ids": [],
+                                 "temperature": 0.0, "tool_ids": [], "tools": [],
                                  "built_in_tools": {"end_call": {"type": "system", "name": "end_call",
                                      "description": "", "params": {"system_tool_type": "end_call"}}}}}
         },

@@ -606,7 +606,17 @@ fn paging(query: &[(String, String)]) -> Result<(usize, usize), (u16, u32, Strin
     if !(1..=MAX_PAGE_SIZE).contains(&size) {
         return Err(invalid("PageSize", &size.to_string()));
     }
-    Ok((num("Page", 0)?, size))
+    let page = num("Page", 0)?;
+    // Page × PageSize (and the next page's start) must stay a valid offset: a huge `Page` is a
+    // 400, not an overflow.
+    if page
+        .checked_add(1)
+        .and_then(|p| p.checked_mul(size))
+        .is_none()
+    {
+        return Err(invalid("Page", &page.to_string()));
+    }
+    Ok((page, size))
 }
 
 /// `YYYY-MM-DD` or `YYYY-MM-DDThh:mm:ssZ` (GMT) as unix seconds.
