@@ -169,7 +169,7 @@ pub fn test_config(extra: &[(&str, &str)]) -> Config {
 }
 
 /// The demo practice on the SQLite file `db` (created if new), tools secret `tools_token`.
-fn open_practice_db(db: &std::path::Path, tools_token: &str) -> ignis::practice::Practice {
+pub fn open_practice_db(db: &std::path::Path, tools_token: &str) -> ignis::practice::Practice {
     let db_text = db.to_string_lossy().into_owned();
     let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
         "TOOLS_TOKEN" => Some(tools_token.into()),
