@@ -110,6 +110,13 @@ async function run(browser) {
     }
   });
   current = page;
+  // The live fragment's polls (fetch, so no navigation response): keep one full answer.
+  let liveReply = null;
+  page.on('response', (r) => {
+    if (!liveReply && r.status() === 200 && new URL(r.url()).pathname === '/staff/live') {
+      liveReply = r;
+    }
+  });
 
   // Not logged in: /staff leads to the login form.
   const first = await page.goto(`${base}/staff`);
@@ -159,6 +166,7 @@ async function run(browser) {
   check((await page.title()).startsWith('(1 Notfall, 1 offen)'), `title: ${await page.title()}`);
   say(`APPEARED ms=${ms} (emergency, prescription request, booking; no reload)`);
   await shot(page, 'day-page');
+  await checkHeaders(liveReply, 'live fragment (poll)', true);
   await shot(dayPage, 'appointments');
 
   // Mark the prescription request done; after a reload it is still done and says who.
