@@ -199,6 +199,10 @@ pub struct DemoArgs {
     /// The caller speaks into the agent's greeting (interrupts it).
     #[arg(long)]
     pub barge_in: bool,
+    /// Keep the server running after the call, with a demo staff login (name `demo`, a random
+    /// password printed once), so the staff page at /staff shows the call; Ctrl-C ends it.
+    #[arg(long)]
+    pub staff: bool,
 }
 
 /// `ignis simulate`.

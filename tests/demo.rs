@@ -110,3 +110,125 @@ async fn simulate_binary_against_a_running_server() {
     );
     let _ = std::fs::remove_file(&out);
 }
+
+/// A raw HTTP/1.1 exchange with the demo server (`Connection: close`): status, head, body.
+fn http(addr: &str, request: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `ignis demo --staff`: after the call the server keeps running with a demo login; over
+/// plain HTTP on loopback (no `Secure` cookie there) the staff page shows the call's booking
+/// and its requests; Ctrl-C (SIGINT) ends it cleanly.
+#[test]
+fn demo_with_staff_page() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("ignis-demo-staff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Killed if this test fails before its Ctrl-C (the demo would wait for one forever).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .args(["demo", "--staff", "--out"])
+        .arg(dir.join("heard.wav"))
+        .env_clear()
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let (mut url, mut booking, mut password) = (None, None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        println!("demo: {line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["staff", "page", u] => url = Some(u.to_string()),
+            ["the", "call's", "booking:", u] => booking = Some(u.to_string()),
+            ["login", "name", "demo,", "password", p] => password = Some(p.to_string()),
+            _ if line.contains("Ctrl-C") => break,
+            _ => {}
+        }
+    }
+    let url = url.expect("the staff page's URL");
+    let booking = booking.expect("the booking day's URL");
+    let password = password.expect("the demo password");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix("/staff"))
+        .expect("http://127.0.0.1:PORT/staff")
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let form = format!("name=demo&password={password}");
+    let (status, head, _) = http(
+        &addr,
+        &format!(
+            "POST /staff/login HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 303, "{head}");
+    let set_cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .expect("a session cookie");
+    assert!(!set_cookie.contains("Secure"), "http demo: {set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap();
+    let get = |target: &str| {
+        http(
+            &addr,
+            &format!(
+                "GET {target} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    let target = booking.strip_prefix(&format!("http://{addr}")).unwrap();
+    let (status, _, page) = get(target);
+    assert_eq!(status, 200);
+    // The demo script books S1, moves the seeded A1 to S2 and cancels S1 again.
+    assert!(page.contains("von der KI hierher verlegt"), "{page}");
+    assert!(page.contains("Weber"));
+    let (status, _, today) = get("/staff");
+    assert_eq!(status, 200);
+    assert!(
+        today.contains("hohes Fieber") && today.contains("Ramipril"),
+        "{today}"
+    );
+
+    // Ctrl-C.
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "after Ctrl-C: {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -516,3 +516,138 @@ fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
         );
     }
 }
+
+/// The staff page through the shipped nginx (issue 14 point 4): /staff/login with ignis's
+/// security headers (and nginx's HSTS), a login over TLS whose `Secure` cookie opens the
+/// page, and X-Real-IP: nginx replaces what the client sent, so ignis's per-address login
+/// limit counts the real client, and one locked-out address does not lock out the others.
+#[tokio::test]
+async fn staff_page_through_nginx() {
+    const TOOLS: &str = "tools-secret-nginx-staff-01";
+    const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
+    let db_dir = common::nginx::TempDir::new("nginx-staff-db");
+    let db = db_dir.0.join("ignis.db");
+    let d = Deployment::start_with_practice(&db, TOOLS).await;
+    // The real binary adds the account on the database the running server uses.
+    let (db2, dir2) = (db.clone(), db_dir.0.clone());
+    let added = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
+            .args(["staff", "add", "anna"])
+            .env_clear()
+            .env("IGNIS_DB", &db2)
+            .env("TOOLS_TOKEN", TOOLS)
+            .current_dir(&dir2)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+        drop(input);
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(added.success());
+
+    let authority = d.caller.authority();
+    let origin = format!("https://{authority}");
+    let staff_headers = |r: &Resp, what: &str| {
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("default-src 'none'"), "{what}: CSP {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: CSP {csp}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{what}");
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{what}"
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+        assert!(
+            r.header("strict-transport-security").is_some(),
+            "{what}: HSTS"
+        );
+    };
+    let form = d
+        .caller
+        .roundtrip(format!("GET /staff/login HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(form.status, 200, "{}", form.text());
+    assert!(form.text().contains("Passwort"));
+    staff_headers(&form, "login form");
+
+    let login = |name: &str, password: &str, spoofed: &str| {
+        let body = urlencode(&fields(&[("name", name), ("password", password)]));
+        format!(
+            "POST /staff/login HTTP/1.1\r\nHost: {authority}\r\nOrigin: {origin}\r\n\
+             X-Real-IP: {spoofed}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    // Five failures from 127.0.0.2, each claiming another X-Real-IP: nginx overwrites it, so
+    // ignis counts them all against 127.0.0.2, which is then refused even the right password.
+    let outsider = std::net::IpAddr::from([127, 0, 0, 2]);
+    for i in 0..5 {
+        let r = d
+            .caller
+            .roundtrip_from(
+                outsider,
+                &login(
+                    &format!("gast{i}"),
+                    "falsch-falsch-1",
+                    &format!("198.51.100.{i}"),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let r = d
+        .caller
+        .roundtrip_from(outsider, &login("anna", PASSWORD, "198.51.100.9"))
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    // From another address the login goes through nginx and sets the session cookie.
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let ok = d
+        .caller
+        .roundtrip_from(loopback, &login("anna", PASSWORD, "198.51.100.2"))
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.text());
+    assert_eq!(ok.header("location"), Some("/staff"));
+    let set_cookie = ok.header("set-cookie").expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/staff", "Secure"] {
+        assert!(
+            set_cookie.split("; ").any(|a| a == attr),
+            "{attr}: {set_cookie}"
+        );
+    }
+    let cookie = set_cookie.split(';').next().unwrap();
+    let page = d
+        .caller
+        .roundtrip(
+            format!("GET /staff HTTP/1.1\r\nHost: {authority}\r\nCookie: {cookie}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("Angemeldet: anna"), "{}", page.text());
+    staff_headers(&page, "day page");
+    // `location /` would proxy /staff too; the shipped file has its own locations (no cache,
+    // no temp files) and the commented allow-list.
+    for line in [
+        "location = /staff {",
+        "location /staff/ {",
+        "proxy_cache off;",
+        "# if ($ignis_staff_network = 0) {",
+    ] {
+        assert!(
+            SHIPPED_NGINX_CONF.contains(line),
+            "deploy/nginx.conf: {line}"
+        );
+    }
+}

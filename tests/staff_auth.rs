@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use common::{Resp, Server, roundtrip};
 use ignis::practice::Practice;
 use ignis::practice::config::PracticeConfig;
-use ignis::practice::staff::auth::SESSION_ENTROPY_BYTES;
+use ignis::practice::staff::auth::{LOGIN_WINDOW_SECS, SESSION_ENTROPY_BYTES};
 use ignis::practice::staff::{Site, StaffOutcome, StaffReply, StaffRequest};
 use ignis::practice::store::{STAFF_SESSION_IDLE_SECS, SqliteStore, Store};
 use ignis::practice::tools::Secrets;
@@ -62,7 +62,7 @@ fn assert_security_headers(r: &Resp) {
     }
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(r.header("referrer-policy"), Some("same-origin"));
     assert!(r.header("cache-control").is_some());
 }
 
@@ -123,12 +123,13 @@ fn csrf_of_session(db: &Path) -> String {
     .unwrap()
 }
 
-/// Status, body and header names+values except `Date`: what a client can compare.
+/// Status, body and header names+values except `Date` and `Retry-After` (seconds left of a
+/// window, which tick): what a client can compare.
 fn answer(r: &Resp) -> (u16, Vec<u8>, Vec<(String, String)>) {
     let mut h: Vec<_> = r
         .headers
         .iter()
-        .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("date") && !n.eq_ignore_ascii_case("retry-after"))
         .cloned()
         .collect();
     h.sort();
@@ -358,6 +359,16 @@ async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
     let locked = login(&server, "anna", PASSWORD, "203.0.113.50").await;
     assert_eq!(locked.status, 429);
     assert!(locked.header("set-cookie").is_none());
+    // RFC 9110 §10.2.3: how long until the window ends, in whole seconds.
+    let wait: i64 = locked
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=LOGIN_WINDOW_SECS).contains(&wait),
+        "Retry-After: {wait}"
+    );
     let locked_wrong = login(&server, "anna", "falsch-falsch-falsch", "203.0.113.51").await;
     assert_eq!(answer(&locked), answer(&locked_wrong));
     // Unknown names are limited the same way (nothing tells which accounts exist).
@@ -437,9 +448,13 @@ fn staff_call(p: &Practice, req: &StaffRequest<'_>, now: jiff::Timestamp) -> Sta
 }
 
 fn get(p: &Practice, cookie: &str, now: jiff::Timestamp) -> StaffReply {
+    get_path(p, "/staff", cookie, now)
+}
+
+fn get_path(p: &Practice, path: &str, cookie: &str, now: jiff::Timestamp) -> StaffReply {
     let req = StaffRequest {
         method: "GET",
-        path: "/staff",
+        path,
         query: "",
         cookies: vec![cookie.as_bytes()],
         origin: None,
@@ -453,11 +468,9 @@ fn get(p: &Practice, cookie: &str, now: jiff::Timestamp) -> StaffReply {
     }
 }
 
-#[test]
-fn session_expires_after_eight_idle_hours() {
-    let dir = temp_dir("staff-idle");
-    let (p, _thread) = practice(&dir);
-    let t0 = wed_morning();
+/// Logs anna in through the core at `t0` (the session token made from `entropy`); the
+/// session cookie pair.
+fn core_login(p: &Practice, t0: jiff::Timestamp, entropy: u8) -> String {
     let body = format!("name=anna&password={PASSWORD}");
     let req = StaffRequest {
         method: "POST",
@@ -469,7 +482,7 @@ fn session_expires_after_eight_idle_hours() {
         body: body.as_bytes(),
         client: "127.0.0.1".parse().unwrap(),
     };
-    let StaffOutcome::Verify(pending) = staff_call(&p, &req, t0) else {
+    let StaffOutcome::Verify(pending) = staff_call(p, &req, t0) else {
         panic!("login did not ask for the password check");
     };
     let ok = pending.verify();
@@ -478,7 +491,7 @@ fn session_expires_after_eight_idle_hours() {
     p.finish_login(
         pending,
         ok,
-        Some([3; SESSION_ENTROPY_BYTES]),
+        Some([entropy; SESSION_ENTROPY_BYTES]),
         &site(),
         t0,
         move |r| {
@@ -488,7 +501,15 @@ fn session_expires_after_eight_idle_hours() {
     let reply = rx.recv().unwrap();
     assert_eq!(reply.status, 303);
     let cookie = reply.set_cookie.unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[test]
+fn session_expires_after_eight_idle_hours() {
+    let dir = temp_dir("staff-idle");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let cookie = core_login(&p, t0, 3);
 
     let idle = jiff::SignedDuration::from_secs(STAFF_SESSION_IDLE_SECS);
     let second = jiff::SignedDuration::from_secs(1);
@@ -502,6 +523,38 @@ fn session_expires_after_eight_idle_hours() {
     let expired = get(&p, &cookie, t1 + idle + idle + second);
     assert!(to_login(&expired));
     assert!(expired.set_cookie.unwrap().contains("Max-Age=0"));
+}
+
+/// The open page polls /staff/live every second; that is not use, so an unattended page is
+/// still logged out after 8 h (issue 14 point 3), while a real page view does count.
+#[test]
+fn polls_do_not_keep_a_session_alive() {
+    let dir = temp_dir("staff-idle-polls");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let cookie = core_login(&p, t0, 4);
+    let idle = jiff::SignedDuration::from_secs(STAFF_SESSION_IDLE_SECS);
+    let hour = jiff::SignedDuration::from_hours(1);
+    // Polls through the 8 h are answered (the session is alive)...
+    for h in 1..8 {
+        let r = get_path(&p, "/staff/live", &cookie, t0 + hour * h);
+        assert_eq!(r.status, 200, "poll after {h} h");
+    }
+    // ...but did not move the window: just past 8 h since the login, a poll is turned away.
+    let late = get_path(
+        &p,
+        "/staff/live",
+        &cookie,
+        t0 + idle + jiff::SignedDuration::from_secs(1),
+    );
+    assert_eq!(late.status, 303);
+    assert_eq!(late.location.as_deref(), Some("/staff/login"));
+
+    // A page view is use: the window moves with it, and polls afterwards ride on it.
+    let cookie = core_login(&p, t0, 5);
+    assert_eq!(get(&p, &cookie, t0 + hour * 7).status, 200);
+    let r = get_path(&p, "/staff/live", &cookie, t0 + hour * 14);
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]

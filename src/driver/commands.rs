@@ -43,13 +43,42 @@ pub fn demo(args: &DemoArgs) -> Result<(), StartError> {
     let wav = read_wav(args.wav.as_deref())?;
     // RUST_LOG=info shows the server's own lines.
     crate::telemetry::init_with_default(LogFormat::Text, DEMO_LOG_FILTER);
-    let summary = runtime()?
-        .block_on(demo::run(DemoOptions {
-            format: args.format,
-            wav,
-            barge_in: args.barge_in,
-        }))
-        .map_err(StartError::Failed)?;
+    let options = DemoOptions {
+        format: args.format,
+        wav,
+        barge_in: args.barge_in,
+    };
+    let rt = runtime()?;
+    if !args.staff {
+        let summary = rt
+            .block_on(demo::run(options))
+            .map_err(StartError::Failed)?;
+        return finish_demo(args, &summary);
+    }
+    rt.block_on(async {
+        let (summary, staff) = demo::run_with_staff(options)
+            .await
+            .map_err(StartError::Failed)?;
+        finish_demo(args, &summary)?;
+        // The password is the demo's own throwaway (its database goes when the demo ends), so
+        // it is printed once, for the person at this terminal to log in with.
+        println!("  staff page {}", staff.url);
+        if let Some(day) = &staff.booking_url {
+            println!("             the call's booking: {day}");
+        }
+        println!(
+            "  login      name {}, password {}",
+            staff.name, staff.password
+        );
+        println!("  (the server keeps running; Ctrl-C ends the demo)");
+        let _ = std::io::stdout().flush();
+        let _ = tokio::signal::ctrl_c().await;
+        staff.stop().await;
+        Ok(())
+    })
+}
+
+fn finish_demo(args: &DemoArgs, summary: &demo::DemoSummary) -> Result<(), StartError> {
     print!("{}", summary.text);
     write_wav(&args.out, &summary.heard)?;
     println!("  recording  what the caller heard: {}", args.out.display());

@@ -74,6 +74,8 @@ struct Stage {
     app: Arc<App>,
     agent: LocalAgent,
     dir: std::path::PathBuf,
+    /// The demo call's SID (set once it is placed).
+    call_sid: String,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -143,6 +145,7 @@ async fn stage(format: AgentFormat) -> Result<Stage, String> {
         app,
         agent,
         dir,
+        call_sid: String::new(),
         stop,
         server,
     })
@@ -150,6 +153,103 @@ async fn stage(format: AgentFormat) -> Result<Stage, String> {
 
 /// Runs the demo call.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
+    let (stage, summary) = call(opts).await?;
+    stage.stop().await;
+    Ok(summary)
+}
+
+/// The name of `ignis demo --staff`'s staff account.
+pub const DEMO_STAFF_NAME: &str = "demo";
+/// Random bytes of the demo staff password (printed once, as hex).
+const DEMO_PASSWORD_BYTES: usize = 12;
+
+/// `ignis demo --staff`: the server still running after the call, with a staff login.
+pub struct StaffDemo {
+    /// The staff page: `http://127.0.0.1:PORT/staff`.
+    pub url: String,
+    /// The staff page on the day of the demo call's booking (`…/staff?day=YYYY-MM-DD`).
+    pub booking_url: Option<String>,
+    /// The account's name ([`DEMO_STAFF_NAME`]).
+    pub name: &'static str,
+    /// Its random password.
+    pub password: String,
+    stage: Stage,
+}
+
+impl StaffDemo {
+    /// Stops the server and removes the demo's database.
+    pub async fn stop(self) {
+        self.stage.stop().await;
+    }
+}
+
+/// Runs the demo call, then leaves the server running with the demo staff account.
+pub async fn run_with_staff(opts: DemoOptions) -> Result<(DemoSummary, StaffDemo), String> {
+    let (stage, summary) = call(opts).await?;
+    let password = super::random_hex(DEMO_PASSWORD_BYTES).map_err(randomness)?;
+    let mut salt = [0u8; crate::practice::staff::auth::SALT_BYTES];
+    super::os_random(&mut salt).map_err(randomness)?;
+    let app = Arc::clone(&stage.app);
+    let (pw, sid) = (password.clone(), stage.call_sid.clone());
+    // argon2id and the store's blocking call: not on the async workers.
+    let day = tokio::task::spawn_blocking(move || add_demo_staff(&app, &pw, salt, &sid))
+        .await
+        .map_err(|e| e.to_string())??;
+    let url = format!("http://{}/staff", stage.addr);
+    Ok((
+        summary,
+        StaffDemo {
+            booking_url: day.map(|d| format!("{url}?day={d}")),
+            url,
+            name: DEMO_STAFF_NAME,
+            password,
+            stage,
+        },
+    ))
+}
+
+/// Adds the demo staff account; the local day of the appointment the call booked, if any.
+fn add_demo_staff(
+    app: &App,
+    password: &str,
+    salt: [u8; crate::practice::staff::auth::SALT_BYTES],
+    call_sid: &str,
+) -> Result<Option<jiff::civil::Date>, String> {
+    let practice = app.practice.as_ref().ok_or("the demo has no practice")?;
+    let phc =
+        crate::practice::staff::auth::hash_password(password, salt).map_err(|e| e.to_string())?;
+    let now = super::practice_now().as_second();
+    let sid = call_sid.to_owned();
+    let booked = practice
+        .store()
+        .call_blocking(move |s| {
+            s.add_staff_user(DEMO_STAFF_NAME, &phc, now)?;
+            let all = s.staff_day_appointments(0, i64::MAX, 100)?;
+            Ok(all
+                .into_iter()
+                .filter(|a| a.call_sid.as_deref() == Some(sid.as_str()))
+                .map(|a| a.row.start)
+                .max())
+        })
+        .map_err(|e| format!("store: {e:?}"))?
+        .map_err(|e: crate::practice::store::StoreError| e.to_string())?;
+    Ok(booked.and_then(|start| {
+        let at = jiff::Timestamp::from_second(start).ok()?;
+        Some(crate::practice::calendar::local(practice.config(), at).date)
+    }))
+}
+
+impl Stage {
+    /// Stops the server, waits for it, removes the demo's database.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the demo call on a new stage; the stage keeps running.
+async fn call(opts: DemoOptions) -> Result<(Stage, DemoSummary), String> {
     let speech = caller_speech(opts.wav.as_deref())?;
     let stage = stage(opts.format).await?;
     let addr = stage.addr;
@@ -174,10 +274,15 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     .await;
     // Let the call's end reach the registry and the metrics.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = stage.stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), stage.server).await;
-    let _ = std::fs::remove_dir_all(&stage.dir);
-    let report = report.map_err(|e| e.to_string())?;
+    let mut stage = stage;
+    stage.call_sid = call_sid.clone();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            stage.stop().await;
+            return Err(e.to_string());
+        }
+    };
     let log = stage
         .agent
         .log
@@ -189,7 +294,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         .calls
         .outcome(&call_sid)
         .map_or("unknown", |o| o.as_str());
-    Ok(summarize(opts.format, report, &log, outcome))
+    let summary = summarize(opts.format, report, &log, outcome);
+    Ok((stage, summary))
 }
 
 /// The demo's figures, and their printable summary.

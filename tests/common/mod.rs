@@ -85,21 +85,22 @@ impl Server {
         tools_token: &str,
         extra: &[(&str, &str)],
     ) -> Server {
-        let db_text = db.to_string_lossy().into_owned();
-        let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
-            "TOOLS_TOKEN" => Some(tools_token.into()),
-            "IGNIS_DB" => Some(db_text.clone()),
-            _ => None,
-        })
-        .unwrap();
-        let (practice, _thread) = ignis::practice::Practice::open(
-            &settings,
-            ignis::practice::config::PracticeConfig::demo(),
-            jiff::Timestamp::now(),
-        )
-        .unwrap();
+        let practice = open_practice_db(db, tools_token);
         let config = test_config(extra);
         Server::start_with_practice(config, Default::default(), Some(practice)).await
+    }
+
+    /// Like [`Server::start_with_practice_db`], with PUBLIC_URL its own loopback address
+    /// (`http://127.0.0.1:port`), as a browser on this machine reaches it (`ignis demo` too).
+    pub async fn start_public_loopback_with_practice_db(
+        db: &std::path::Path,
+        tools_token: &str,
+    ) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = format!("http://{}", listener.local_addr().unwrap());
+        let config = test_config(&[("PUBLIC_URL", &public)]);
+        let practice = open_practice_db(db, tools_token);
+        Server::start_inner(Some(listener), config, Default::default(), Some(practice)).await
     }
 
     async fn start_inner(
@@ -165,6 +166,24 @@ pub fn test_config(extra: &[(&str, &str)]) -> Config {
     c.idle_timeout = Duration::from_millis(800);
     c.drain = Duration::from_secs(5);
     c
+}
+
+/// The demo practice on the SQLite file `db` (created if new), tools secret `tools_token`.
+pub fn open_practice_db(db: &std::path::Path, tools_token: &str) -> ignis::practice::Practice {
+    let db_text = db.to_string_lossy().into_owned();
+    let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(tools_token.into()),
+        "IGNIS_DB" => Some(db_text.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let (practice, _thread) = ignis::practice::Practice::open(
+        &settings,
+        ignis::practice::config::PracticeConfig::demo(),
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    practice
 }
 
 /// A parsed response.

@@ -303,16 +303,23 @@ pub struct Deployment {
 
 impl Deployment {
     pub async fn start() -> Deployment {
+        Deployment::start_inner(None).await
+    }
+
+    /// With the demo practice on the SQLite file `db` (tools secret `tools_token`): the tools,
+    /// the admin API and the staff page are served.
+    pub async fn start_with_practice(db: &Path, tools_token: &str) -> Deployment {
+        Deployment::start_inner(Some(super::open_practice_db(db, tools_token))).await
+    }
+
+    async fn start_inner(practice: Option<ignis::practice::Practice>) -> Deployment {
         let dir = TempDir::new("nginx-proxy");
         let (cert, key, der) = self_signed_cert(&dir.0);
         let (http_port, https_port) = (free_port(), free_port());
         let https = SocketAddr::from(([127, 0, 0, 1], https_port));
         // PUBLIC_URL is what Twilio calls: nginx's TLS port, not ignis's own address.
-        let server = Server::start_config(test_config(&[(
-            "PUBLIC_URL",
-            &format!("https://127.0.0.1:{https_port}"),
-        )]))
-        .await;
+        let config = test_config(&[("PUBLIC_URL", &format!("https://127.0.0.1:{https_port}"))]);
+        let server = Server::start_with_practice(config, Default::default(), practice).await;
         let conf = test_nginx_conf(server.addr, http_port, https_port, &cert, &key, &dir.0);
         let nginx = Nginx::start(&dir.0, &conf, https);
         Deployment {

@@ -162,6 +162,9 @@ pub fn finish(reply: StaffReply, if_none_match: Option<&[u8]>) -> StaffResponse 
     if let Some(c) = reply.set_cookie {
         headers.push(("Set-Cookie", c));
     }
+    if let Some(secs) = reply.retry_after {
+        headers.push(("Retry-After", secs.to_string()));
+    }
     // Assets (ETag, no patient data) may be kept and revalidated; everything else never.
     let cache = if reply.patient_data || reply.etag.is_none() {
         "no-store"
@@ -176,7 +179,11 @@ pub fn finish(reply: StaffReply, if_none_match: Option<&[u8]>) -> StaffResponse 
         ("Content-Security-Policy", CSP.to_owned()),
         ("X-Frame-Options", "DENY".to_owned()),
         ("X-Content-Type-Options", "nosniff".to_owned()),
-        ("Referrer-Policy", "no-referrer".to_owned()),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on form POSTs (Fetch
+        // standard, "append a request `Origin` header"), which the Origin check must refuse,
+        // so nobody could log in. `same-origin` sends the real origin to this site and no
+        // referrer at all to any other (docs/staff.md, Headers).
+        ("Referrer-Policy", "same-origin".to_owned()),
     ]);
     if not_modified {
         headers.retain(|(n, _)| *n != "Content-Type");
@@ -202,6 +209,7 @@ fn text_reply(status: u16, text: &str) -> StaffReply {
         set_cookie: None,
         patient_data: false,
         etag: None,
+        retry_after: None,
     }
 }
 
@@ -265,6 +273,7 @@ fn login_page(status: u16, note: LoginNote) -> StaffReply {
         set_cookie: None,
         patient_data: false,
         etag: None,
+        retry_after: None,
     }
 }
 
@@ -373,7 +382,15 @@ impl SessionJob {
         now: Timestamp,
     ) -> StaffReply {
         let at = now.as_second();
-        let session = match store.touch_staff_session(&self.token_hash, at) {
+        // A poll of the live fragment is not use: an open, unattended page must still expire
+        // after 8 h idle (docs/staff.md).
+        let routed = views::route(&self.method, &self.path, &self.query, &self.form);
+        let found = if matches!(routed, Ok(views::ViewCall::Live { .. })) {
+            store.peek_staff_session(&self.token_hash, at)
+        } else {
+            store.touch_staff_session(&self.token_hash, at)
+        };
+        let session = match found {
             Ok(Some(s)) => s,
             Ok(None) if self.method == "POST" => return StaffError::NoSession.reply(),
             Ok(None) => return redirect(LOGIN_PATH, Some(auth::clear_cookie(self.secure))),
@@ -390,7 +407,7 @@ impl SessionJob {
         if self.path == LOGOUT_PATH {
             return self.logout(store, &session.user, at);
         }
-        let call = match views::route(&self.method, &self.path, &self.query, &self.form) {
+        let call = match routed {
             Ok(c) => c,
             Err(e) => return StaffError::from(e).reply(),
         };
@@ -446,7 +463,7 @@ impl Practice {
             Ok(Prepared::Login { name, password }) => {
                 self.start_login(req.client, name, password, reply)
             }
-            Ok(Prepared::Limited { name }) => {
+            Ok(Prepared::Limited { name, retry_after }) => {
                 let at = now.as_second();
                 self.staff_job(
                     move |r| reply(StaffOutcome::Reply(r)),
@@ -457,7 +474,10 @@ impl Practice {
                         if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
                             tracing::error!(error = %e, "staff audit write failed");
                         }
-                        login_page(429, LoginNote::Limited)
+                        StaffReply {
+                            retry_after: Some(retry_after.max(1)),
+                            ..login_page(429, LoginNote::Limited)
+                        }
                     },
                 );
             }
@@ -536,12 +556,17 @@ impl Practice {
         let name = field(form, "name").to_owned();
         let password = field(form, "password").to_owned();
         let limited = match self.staff.limiter.lock() {
-            Ok(l) => l.check(&name, client, now.as_second()).is_err(),
-            Err(_) => true,
+            Ok(l) => l.check(&name, client, now.as_second()).err(),
+            Err(_) => Some(auth::Limited {
+                retry_after: auth::LOGIN_WINDOW_SECS,
+            }),
         };
-        if limited {
+        if let Some(l) = limited {
             tracing::warn!("staff login refused: rate limit");
-            return Ok(Prepared::Limited { name });
+            return Ok(Prepared::Limited {
+                name,
+                retry_after: l.retry_after,
+            });
         }
         Ok(Prepared::Login { name, password })
     }
@@ -673,6 +698,8 @@ enum Prepared {
     /// A login refused by the rate limit (audited, then the 429 page).
     Limited {
         name: String,
+        /// Seconds until the limit's window ends (`Retry-After`).
+        retry_after: i64,
     },
     Session(SessionJob),
 }
@@ -687,6 +714,7 @@ fn asset_reply(content_type: &'static str, bytes: &'static [u8]) -> StaffReply {
         set_cookie: None,
         patient_data: false,
         etag: Some(format!("\"{}\"", crate::secret::hex_lower(&digest[..8]))),
+        retry_after: None,
     }
 }
 
@@ -721,6 +749,8 @@ pub struct StaffReply {
     pub patient_data: bool,
     /// `ETag` of the body, for polling with `If-None-Match`.
     pub etag: Option<String>,
+    /// `Retry-After` in seconds (a 429 from the login rate limit).
+    pub retry_after: Option<i64>,
 }
 
 #[cfg(test)]
@@ -736,6 +766,7 @@ mod tests {
             set_cookie: None,
             patient_data: true,
             etag: Some("\"abc\"".into()),
+            retry_after: None,
         }
     }
 
@@ -755,7 +786,7 @@ mod tests {
         assert_eq!(header(&full, "Content-Security-Policy"), Some(CSP));
         assert_eq!(header(&full, "X-Frame-Options"), Some("DENY"));
         assert_eq!(header(&full, "X-Content-Type-Options"), Some("nosniff"));
-        assert_eq!(header(&full, "Referrer-Policy"), Some("no-referrer"));
+        assert_eq!(header(&full, "Referrer-Policy"), Some("same-origin"));
         let same = finish(fragment(), Some(b"\"old\", \"abc\""));
         assert_eq!(same.status, 304);
         assert!(same.body.is_empty());

@@ -246,4 +246,12 @@ pub trait Store: Send {
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
+    /// The session whose token hashes to `token_hash` if it was used within
+    /// [`STAFF_SESSION_IDLE_SECS`] before `now`, WITHOUT marking it used: the page's 1 s polls
+    /// must not keep an unattended page logged in forever (docs/staff.md, idle expiry).
+    fn peek_staff_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Option<StaffSession>>;
 }

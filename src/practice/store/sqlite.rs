@@ -1346,17 +1346,7 @@ impl Store for SqliteStore {
         token_hash: &[u8; 32],
         now: i64,
     ) -> StoreResult<Option<StaffSession>> {
-        let found = self
-            .conn
-            .query_row(
-                "SELECT s.id, u.name, s.csrf FROM staff_session s
-                 JOIN staff_user u ON u.id = s.user_id
-                 WHERE s.token_hash = ?1 AND s.last_seen_at >= ?2",
-                params![&token_hash[..], now - STAFF_SESSION_IDLE_SECS],
-                |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((id, user, csrf)) = found else {
+        let Some((id, user, csrf)) = self.live_staff_session(token_hash, now)? else {
             return Ok(None);
         };
         self.conn.execute(
@@ -1380,6 +1370,36 @@ impl Store for SqliteStore {
             params![at, who, what, outcome],
         )?;
         Ok(())
+    }
+
+    fn peek_staff_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Option<StaffSession>> {
+        Ok(self
+            .live_staff_session(token_hash, now)?
+            .map(|(_, user, csrf)| StaffSession { user, csrf }))
+    }
+}
+
+impl SqliteStore {
+    /// The id, account name and CSRF token of the session if it is not idle-expired at `now`.
+    fn live_staff_session(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Option<(i64, String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT s.id, u.name, s.csrf FROM staff_session s
+                 JOIN staff_user u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.last_seen_at >= ?2",
+                params![&token_hash[..], now - STAFF_SESSION_IDLE_SECS],
+                |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 }
 

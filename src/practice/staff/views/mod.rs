@@ -326,6 +326,7 @@ fn changed(
         set_cookie: None,
         patient_data: false,
         etag: None,
+        retry_after: None,
     })
 }
 
@@ -340,6 +341,7 @@ fn fragment_reply(body: String) -> StaffReply {
         set_cookie: None,
         patient_data: true,
         etag: Some(etag),
+        retry_after: None,
     }
 }
 
@@ -382,6 +384,7 @@ fn asset_reply(name: &str) -> StaffReply {
             set_cookie: None,
             patient_data: false,
             etag: Some(etag_of(bytes)),
+            retry_after: None,
         },
         None => ViewError::NotFound.reply(),
     }

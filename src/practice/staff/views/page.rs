@@ -125,6 +125,7 @@ pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> St
         set_cookie: None,
         patient_data: true,
         etag: None,
+        retry_after: None,
     }
 }
 
@@ -178,6 +179,7 @@ pub fn message(status: u16, text: &str) -> StaffReply {
         set_cookie: None,
         patient_data: false,
         etag: None,
+        retry_after: None,
     }
 }
 

@@ -222,8 +222,14 @@ fn svg(h: &mut Html, config: &PracticeConfig, data: &DayData) {
                 x(minute(config, data, c.start)),
                 x(minute(config, data, c.end)),
             );
+            // A slot that has begun can no longer be offered: drawn faded, not as free.
+            let (class, what) = if c.start <= data.now {
+                ("slot past", "vorbei")
+            } else {
+                ("slot free", "frei")
+            };
             h.fmt(format_args!(
-                "<rect class=\"slot free\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{ROW}\" rx=\"3\"><title>frei {}</title></rect>",
+                "<rect class=\"{class}\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{ROW}\" rx=\"3\"><title>{what} {}</title></rect>",
                 x0 + 1.0,
                 (x1 - x0 - 2.0).max(1.0),
                 time(config, c.start)
