@@ -13,8 +13,10 @@ use std::process::{Command, Output, Stdio};
 use common::{Resp, Server, roundtrip};
 use ignis::practice::Practice;
 use ignis::practice::config::PracticeConfig;
-use ignis::practice::staff::auth::{LOGIN_WINDOW_SECS, SESSION_ENTROPY_BYTES};
-use ignis::practice::staff::{Site, StaffOutcome, StaffReply, StaffRequest};
+use ignis::practice::staff::auth::{LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS, SESSION_ENTROPY_BYTES};
+use ignis::practice::staff::{
+    LOGIN_BUSY_RETRY_SECS, MAX_CONCURRENT_LOGINS, Site, StaffOutcome, StaffReply, StaffRequest,
+};
 use ignis::practice::store::{STAFF_SESSION_IDLE_SECS, SqliteStore, Store};
 use ignis::practice::tools::Secrets;
 use practice_support::{TOOLS_TOKEN, temp_dir, wed_morning};
@@ -468,6 +470,27 @@ fn get_path(p: &Practice, path: &str, cookie: &str, now: jiff::Timestamp) -> Sta
     }
 }
 
+/// Starts a login through the core: the password check it asks for, or the reply.
+fn core_start_login(
+    p: &Practice,
+    password: &str,
+    client: &str,
+    now: jiff::Timestamp,
+) -> StaffOutcome {
+    let body = format!("name=anna&password={password}");
+    let req = StaffRequest {
+        method: "POST",
+        path: "/staff/login",
+        query: "",
+        cookies: vec![],
+        origin: Some(ORIGIN.as_bytes()),
+        csrf_header: None,
+        body: body.as_bytes(),
+        client: client.parse().unwrap(),
+    };
+    staff_call(p, &req, now)
+}
+
 /// Logs anna in through the core at `t0` (the session token made from `entropy`); the
 /// session cookie pair.
 fn core_login(p: &Practice, t0: jiff::Timestamp, entropy: u8) -> String {
@@ -502,6 +525,51 @@ fn core_login(p: &Practice, t0: jiff::Timestamp, entropy: u8) -> String {
     assert_eq!(reply.status, 303);
     let cookie = reply.set_cookie.unwrap();
     cookie.split(';').next().unwrap().to_owned()
+}
+
+/// Parallel logins (issue 14 review, point 1): at most MAX_CONCURRENT_LOGINS checks run at
+/// once, the next is answered 503 without a check; each attempt counts as a failure when its
+/// check starts, so attempts whose checks never finish still reach the limit.
+#[test]
+fn parallel_logins_are_capped_and_counted_when_they_start() {
+    let dir = temp_dir("staff-parallel");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let running: Vec<_> = (0..MAX_CONCURRENT_LOGINS)
+        .map(
+            |_| match core_start_login(&p, "falsch-falsch-falsch", "192.0.2.7", t0) {
+                StaffOutcome::Verify(pending) => pending,
+                StaffOutcome::Reply(r) => panic!("no check started: {}", r.status),
+            },
+        )
+        .collect();
+    let StaffOutcome::Reply(busy) = core_start_login(&p, PASSWORD, "192.0.2.8", t0) else {
+        panic!("a check beyond the cap was started");
+    };
+    assert_eq!(busy.status, 503);
+    assert_eq!(busy.retry_after, Some(LOGIN_BUSY_RETRY_SECS));
+    // The checks end without finish_login (say, the client went away): their slots are free
+    // again, and their failures stay counted.
+    drop(running);
+    let fifth = core_start_login(&p, "falsch-falsch-falsch", "192.0.2.7", t0);
+    assert!(matches!(fifth, StaffOutcome::Verify(_)));
+    drop(fifth);
+    let StaffOutcome::Reply(limited) = core_start_login(&p, PASSWORD, "192.0.2.9", t0) else {
+        panic!("the account's five failures did not lock it");
+    };
+    assert_eq!(limited.status, 429);
+}
+
+/// A successful login takes back the failure counted when its check started: logging in
+/// more often than the limit from one address never locks it.
+#[test]
+fn successful_logins_do_not_count_against_the_limit() {
+    let dir = temp_dir("staff-success");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    for i in 0..=LOGIN_MAX_FAILURES {
+        core_login(&p, t0, 10 + i as u8);
+    }
 }
 
 #[test]

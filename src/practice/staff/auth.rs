@@ -338,9 +338,13 @@ impl LoginLimiter {
         }
     }
 
-    /// A successful login clears its account's failures (the address keeps its count).
-    pub fn record_success(&mut self, account: &str) {
+    /// A successful login clears its account's failures and takes back the one failure its
+    /// attempt counted against the address when its check started (the address keeps the rest).
+    pub fn record_success(&mut self, account: &str, client: IpAddr) {
         self.windows.remove(&LimitKey::Account(account.to_owned()));
+        if let Some(w) = self.windows.get_mut(&address_key(client)) {
+            w.failures = w.failures.saturating_sub(1);
+        }
     }
 
     /// Entries tracked (tests).

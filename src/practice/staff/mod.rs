@@ -25,6 +25,7 @@ pub mod auth;
 pub mod views;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
@@ -111,6 +112,8 @@ pub struct PendingLogin {
     password: String,
     phc: Option<String>,
     client: IpAddr,
+    /// Held until the check is over (dropped with the attempt on any path).
+    _slot: LoginSlot,
 }
 
 impl std::fmt::Debug for PendingLogin {
@@ -127,10 +130,41 @@ impl PendingLogin {
     }
 }
 
-/// The staff page's in-memory state (the login rate limit).
+/// Most password checks running at once. Each argon2id check takes ~19 MiB and ~50-100 ms
+/// of CPU on a blocking thread; without a cap, parallel attempts would all be checked before
+/// any failure counted and could exhaust memory (issue 14 review, point 1). Beyond it a login
+/// is answered 503 with `Retry-After` without hashing.
+pub const MAX_CONCURRENT_LOGINS: usize = 4;
+/// `Retry-After` of a login refused because [`MAX_CONCURRENT_LOGINS`] checks are running.
+pub const LOGIN_BUSY_RETRY_SECS: i64 = 1;
+
+/// The staff page's in-memory state (the login rate limit, the running password checks).
 #[derive(Debug, Default)]
 pub struct StaffState {
     limiter: Mutex<LoginLimiter>,
+    logins: Arc<AtomicUsize>,
+}
+
+impl StaffState {
+    /// A slot for one password check, if fewer than [`MAX_CONCURRENT_LOGINS`] are running.
+    fn login_slot(&self) -> Option<LoginSlot> {
+        self.logins
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CONCURRENT_LOGINS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LoginSlot(Arc::clone(&self.logins)))
+    }
+}
+
+/// One running password check; dropping it frees the slot.
+#[derive(Debug)]
+struct LoginSlot(Arc<AtomicUsize>);
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A finished staff response: status, every header, body.
@@ -460,9 +494,11 @@ impl Practice {
     ) {
         match self.prepare_staff(req, site, now) {
             Ok(Prepared::Reply(r)) => reply(StaffOutcome::Reply(r)),
-            Ok(Prepared::Login { name, password }) => {
-                self.start_login(req.client, name, password, reply)
-            }
+            Ok(Prepared::Login {
+                name,
+                password,
+                slot,
+            }) => self.start_login(req.client, (name, password, slot), reply),
             Ok(Prepared::Limited { name, retry_after }) => {
                 let at = now.as_second();
                 self.staff_job(
@@ -547,6 +583,9 @@ impl Practice {
         }))
     }
 
+    /// Under one lock: refuses a login over the rate limit, else takes a check slot and counts
+    /// the attempt as a failure now (taken back on success in [`Practice::finish_login`]), so
+    /// parallel attempts cannot all pass the limit before the first one fails.
     fn check_login_limit(
         &self,
         form: &[(String, String)],
@@ -555,27 +594,39 @@ impl Practice {
     ) -> Result<Prepared, StaffError> {
         let name = field(form, "name").to_owned();
         let password = field(form, "password").to_owned();
-        let limited = match self.staff.limiter.lock() {
-            Ok(l) => l.check(&name, client, now.as_second()).err(),
-            Err(_) => Some(auth::Limited {
+        let at = now.as_second();
+        let Ok(mut limiter) = self.staff.limiter.lock() else {
+            return Ok(Prepared::Limited {
+                name,
                 retry_after: auth::LOGIN_WINDOW_SECS,
-            }),
+            });
         };
-        if let Some(l) = limited {
+        if let Err(l) = limiter.check(&name, client, at) {
             tracing::warn!("staff login refused: rate limit");
             return Ok(Prepared::Limited {
                 name,
                 retry_after: l.retry_after,
             });
         }
-        Ok(Prepared::Login { name, password })
+        let Some(slot) = self.staff.login_slot() else {
+            tracing::warn!("staff login refused: too many password checks running");
+            return Ok(Prepared::Reply(StaffReply {
+                retry_after: Some(LOGIN_BUSY_RETRY_SECS),
+                ..unavailable()
+            }));
+        };
+        limiter.record_failure(&name, client, at);
+        Ok(Prepared::Login {
+            name,
+            password,
+            slot,
+        })
     }
 
     fn start_login(
         &self,
         client: IpAddr,
-        name: String,
-        password: String,
+        (name, password, check): (String, String, LoginSlot),
         reply: impl FnOnce(StaffOutcome) + Send + 'static,
     ) {
         let slot = Arc::new(Mutex::new(Some(reply)));
@@ -592,6 +643,7 @@ impl Practice {
                     password,
                     phc,
                     client,
+                    _slot: check,
                 }),
                 Err(e) => {
                     tracing::error!(error = %e, "staff account lookup failed");
@@ -611,8 +663,9 @@ impl Practice {
 
     /// Ends a login after [`PendingLogin::verify`]: `verified` is its answer, `entropy`
     /// [`SESSION_ENTROPY_BYTES`] from the OS (None: the source failed, the login fails with 503).
-    /// Success opens a session (303 to `/staff` with the cookie); any failure, unknown name or
-    /// wrong password alike, gets the same 403 login page and counts against the rate limit.
+    /// Success opens a session (303 to `/staff` with the cookie) and takes back the failure
+    /// counted when the check started; any failure, unknown name or wrong password alike, gets
+    /// the same 403 login page (its failure stays counted).
     pub fn finish_login(
         &self,
         pending: PendingLogin,
@@ -625,13 +678,10 @@ impl Practice {
         let at = now.as_second();
         let known = pending.phc.is_some();
         let secure = site.secure;
-        if let Ok(mut l) = self.staff.limiter.lock() {
-            if verified {
-                l.record_success(&pending.name);
-            } else {
-                l.record_failure(&pending.name, pending.client, at);
-            }
+        if verified && let Ok(mut l) = self.staff.limiter.lock() {
+            l.record_success(&pending.name, pending.client);
         }
+        // Dropping the rest frees the check's slot.
         let name = pending.name;
         let job = move |store: &mut dyn Store| -> StaffReply {
             let who = audit_name(&name, known).to_owned();
@@ -694,6 +744,7 @@ enum Prepared {
     Login {
         name: String,
         password: String,
+        slot: LoginSlot,
     },
     /// A login refused by the rate limit (audited, then the 429 page).
     Limited {
@@ -749,7 +800,8 @@ pub struct StaffReply {
     pub patient_data: bool,
     /// `ETag` of the body, for polling with `If-None-Match`.
     pub etag: Option<String>,
-    /// `Retry-After` in seconds (a 429 from the login rate limit).
+    /// `Retry-After` in seconds (a 429 from the login rate limit, a 503 when too many
+    /// password checks run).
     pub retry_after: Option<i64>,
 }
 
