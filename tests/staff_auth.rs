@@ -454,10 +454,20 @@ fn get(p: &Practice, cookie: &str, now: jiff::Timestamp) -> StaffReply {
 }
 
 fn get_path(p: &Practice, path: &str, cookie: &str, now: jiff::Timestamp) -> StaffReply {
+    get_query(p, path, "", cookie, now)
+}
+
+fn get_query(
+    p: &Practice,
+    path: &str,
+    query: &str,
+    cookie: &str,
+    now: jiff::Timestamp,
+) -> StaffReply {
     let req = StaffRequest {
         method: "GET",
         path,
-        query: "",
+        query,
         cookies: vec![cookie.as_bytes()],
         origin: None,
         csrf_header: None,
@@ -570,6 +580,44 @@ fn successful_logins_do_not_count_against_the_limit() {
     for i in 0..=LOGIN_MAX_FAILURES {
         core_login(&p, t0, 10 + i as u8);
     }
+}
+
+/// The audit's view lines, oldest first.
+fn audited_views(dir: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(dir.join("core.db")).unwrap();
+    let mut q = conn
+        .prepare("SELECT what FROM staff_audit WHERE what LIKE 'staff:%' ORDER BY id")
+        .unwrap();
+    q.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A poll shows a day's patient lists too (issue 14 review, point 2): it is audited when its
+/// day differs from the day last audited for the session, with the resolved date.
+#[test]
+fn polls_of_another_day_are_audited_with_the_date() {
+    let dir = temp_dir("staff-live-audit");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let cookie = core_login(&p, t0, 6);
+    let poll =
+        |query: &str| assert_eq!(get_query(&p, "/staff/live", query, &cookie, t0).status, 200);
+    assert_eq!(get(&p, &cookie, t0).status, 200);
+    poll("");
+    poll("day=2026-11-25");
+    poll("day=2026-12-02");
+    poll("day=2026-12-02");
+    poll("");
+    assert_eq!(
+        audited_views(&dir),
+        [
+            "staff:view day=2026-11-25",
+            "staff:live day=2026-12-02",
+            "staff:live day=2026-11-25",
+        ]
+    );
 }
 
 #[test]

@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod views;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,14 +139,45 @@ pub const MAX_CONCURRENT_LOGINS: usize = 4;
 /// `Retry-After` of a login refused because [`MAX_CONCURRENT_LOGINS`] checks are running.
 pub const LOGIN_BUSY_RETRY_SECS: i64 = 1;
 
-/// The staff page's in-memory state (the login rate limit, the running password checks).
+/// Most sessions whose last audited day is remembered ([`StaffState`]). When full the map is
+/// emptied: each session's next poll is then audited once more (more audit, never less).
+pub const MAX_AUDITED_DAY_SESSIONS: usize = 1_024;
+
+/// The staff page's in-memory state (the login rate limit, the running password checks, the
+/// day last audited per session).
 #[derive(Debug, Default)]
 pub struct StaffState {
     limiter: Mutex<LoginLimiter>,
     logins: Arc<AtomicUsize>,
+    /// Session token hash → the day whose lists were last audited for it. In memory: after a
+    /// restart the first poll of each open page is audited again.
+    audited_days: Mutex<HashMap<[u8; 32], jiff::civil::Date>>,
 }
 
 impl StaffState {
+    /// Records that `session` was shown `day`; true when that is a different day from the one
+    /// last audited for it (so the view must be audited).
+    fn day_needs_audit(&self, session: &[u8; 32], day: jiff::civil::Date) -> bool {
+        let Ok(mut days) = self.audited_days.lock() else {
+            return true;
+        };
+        if days.get(session) == Some(&day) {
+            return false;
+        }
+        if days.len() >= MAX_AUDITED_DAY_SESSIONS && !days.contains_key(session) {
+            days.clear();
+        }
+        days.insert(*session, day);
+        true
+    }
+
+    /// Forgets a session's audited day (logout).
+    fn forget_session(&self, session: &[u8; 32]) {
+        if let Ok(mut days) = self.audited_days.lock() {
+            days.remove(session);
+        }
+    }
+
     /// A slot for one password check, if fewer than [`MAX_CONCURRENT_LOGINS`] are running.
     fn login_slot(&self) -> Option<LoginSlot> {
         self.logins
@@ -406,6 +438,7 @@ struct SessionJob {
     token_hash: [u8; 32],
     csrf_header: Option<Vec<u8>>,
     secure: bool,
+    state: Arc<StaffState>,
 }
 
 impl SessionJob {
@@ -442,10 +475,10 @@ impl SessionJob {
             return self.logout(store, &session.user, at);
         }
         let call = match routed {
-            Ok(c) => c,
+            Ok(c) => c.with_day_resolved(super::calendar::local(config, now).date),
             Err(e) => return StaffError::from(e).reply(),
         };
-        let line = call.audit();
+        let line = self.audit_line(&call);
         let viewer = Viewer {
             name: session.user,
             csrf: session.csrf,
@@ -464,7 +497,23 @@ impl SessionJob {
         reply
     }
 
+    /// The call's audit line. A poll of the live fragment shows a day's patient lists too: it
+    /// is audited when its day differs from the day last audited for this session (a page
+    /// load, or the first poll after midnight or after another tab switched days).
+    fn audit_line(&self, call: &views::ViewCall) -> Option<String> {
+        let line = call.audit();
+        let Some(day) = call.shown_day() else {
+            return line;
+        };
+        let changed = self.state.day_needs_audit(&self.token_hash, day);
+        match call {
+            views::ViewCall::Live { .. } if changed => Some(format!("staff:live day={day}")),
+            _ => line,
+        }
+    }
+
     fn logout(&self, store: &mut dyn Store, user: &str, at: i64) -> StaffReply {
+        self.state.forget_session(&self.token_hash);
         if let Err(e) = store
             .delete_staff_session(&self.token_hash)
             .and_then(|_| store.staff_audit(at, user, "logout", "ok"))
@@ -580,6 +629,7 @@ impl Practice {
             token_hash: auth::session_hash(&token),
             csrf_header: req.csrf_header.map(<[u8]>::to_vec),
             secure: site.secure,
+            state: Arc::clone(&self.staff),
         }))
     }
 

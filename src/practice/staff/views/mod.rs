@@ -9,7 +9,8 @@
 //! Routes (all below `/staff`, `day` is `YYYY-MM-DD` in the practice's time zone, default today):
 //! - `GET /staff[?day=]`: the page (audited: `staff:view day=…`).
 //! - `GET /staff/live[?day=]`: the page's `<main>` content alone, with an `ETag` of its bytes;
-//!   `staff.js` polls it every second with `If-None-Match` (not audited).
+//!   `staff.js` polls it every second with `If-None-Match` ([`ViewCall::audit`] gives no line;
+//!   the routing layer audits a poll whose day differs from the session's last audited day).
 //! - `POST /staff/requests/{ref}/done` and `…/undo`: form fields `csrf`, optional `day` (the day
 //!   to return to) and optional `reply=fragment` (from `staff.js`: answer 200 with the fresh
 //!   fragment instead of a 303 back to the page).
@@ -97,6 +98,28 @@ impl ViewCall {
                 Some(format!("staff:request_undo ref={ref_code}"))
             }
             ViewCall::Live { .. } | ViewCall::Asset(_) => None,
+        }
+    }
+
+    /// The call with its day resolved (None → `today`), so the audit records the date that
+    /// was shown (`day=2026-12-02`), not `day=today`.
+    pub fn with_day_resolved(self, today: Date) -> ViewCall {
+        match self {
+            ViewCall::Page { day } => ViewCall::Page {
+                day: Some(day.unwrap_or(today)),
+            },
+            ViewCall::Live { day } => ViewCall::Live {
+                day: Some(day.unwrap_or(today)),
+            },
+            other => other,
+        }
+    }
+
+    /// The day whose patient lists the call shows (page and live fragment), once resolved.
+    pub fn shown_day(&self) -> Option<Date> {
+        match self {
+            ViewCall::Page { day } | ViewCall::Live { day } => *day,
+            _ => None,
         }
     }
 
