@@ -167,13 +167,13 @@ pub fn session_hash(token: &str) -> [u8; 32] {
 }
 
 /// The `Set-Cookie` value for a new session: `HttpOnly`, `SameSite=Strict`, scoped to
-/// `/staff`, living as long as the idle expiry, `Secure` when PUBLIC_URL is https.
+/// `/staff`, `Secure` when PUBLIC_URL is https. No `Max-Age`: it is set once at login, so it
+/// would end an active session 8 h after the login; as a browser-session cookie it lives while
+/// the browser runs and the server's 8 h idle expiry ends the session (docs/staff.md,
+/// Sessions).
 pub fn session_cookie(token: &str, secure: bool) -> String {
-    let max_age = crate::practice::store::STAFF_SESSION_IDLE_SECS;
     let secure = if secure { "; Secure" } else { "" };
-    format!(
-        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/staff; Max-Age={max_age}{secure}"
-    )
+    format!("{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/staff{secure}")
 }
 
 /// The `Set-Cookie` value that removes the session cookie (logout, expired session).
@@ -427,11 +427,11 @@ mod tests {
             "; HttpOnly",
             "; SameSite=Strict",
             "; Path=/staff",
-            "; Max-Age=28800",
             "; Secure",
         ] {
             assert!(c.contains(attr), "{attr} in {c}");
         }
+        assert!(!c.contains("Max-Age") && !c.contains("Expires"), "{c}");
         assert!(!session_cookie(&s.token, false).contains("Secure"));
         let header = format!("theme=dark; {COOKIE_NAME}={}; x=y", s.token);
         assert_eq!(session_token([header.as_bytes()]), Some(s.token.clone()));
