@@ -256,9 +256,21 @@ pub fn client_address(peer: IpAddr, x_real_ip: Option<&[u8]>) -> IpAddr {
 /// What the limiter counts failures against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum LimitKey {
+    /// A valid account name (known or not).
     Account(String),
+    /// Every name that fails [`validate_name`], shared: such a name can never log in, and
+    /// keying on it as typed (up to the form's 16 KiB) would let junk names fill the limiter
+    /// with large keys.
+    InvalidName,
     /// IPv4 address, or an IPv6 /64 (one host usually has the whole prefix).
     Address(IpAddr),
+}
+
+fn account_key(account: &str) -> LimitKey {
+    match validate_name(account) {
+        Ok(()) => LimitKey::Account(account.to_owned()),
+        Err(_) => LimitKey::InvalidName,
+    }
 }
 
 fn address_key(addr: IpAddr) -> LimitKey {
@@ -279,6 +291,22 @@ fn address_key(addr: IpAddr) -> LimitKey {
 struct Window {
     started: i64,
     failures: u32,
+    /// The lock-out of this window was reported (audited) already.
+    reported: bool,
+}
+
+impl Window {
+    fn new(started: i64) -> Window {
+        Window {
+            started,
+            failures: 0,
+            reported: false,
+        }
+    }
+
+    fn locked(&self, now: i64) -> bool {
+        self.failures >= LOGIN_MAX_FAILURES && now < self.started + LOGIN_WINDOW_SECS
+    }
 }
 
 /// A login attempt refused by the rate limit.
@@ -286,6 +314,9 @@ struct Window {
 pub struct Limited {
     /// Seconds until the window ends.
     pub retry_after: i64,
+    /// This is the first attempt refused by a window's lock-out (audit it; later refusals in
+    /// the same window are not audited, each audit row being an fsync on the store's writer).
+    pub first: bool,
 }
 
 /// Failed logins per account and per client address: [`LOGIN_MAX_FAILURES`] within
@@ -304,35 +335,35 @@ impl LoginLimiter {
     }
 
     /// Whether an attempt for `account` from `client` may be checked at `now` (UTC seconds).
-    pub fn check(&self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
-        let keys = [LimitKey::Account(account.to_owned()), address_key(client)];
-        let retry_after = keys
-            .iter()
-            .filter_map(|k| self.windows.get(k))
-            .filter(|w| w.failures >= LOGIN_MAX_FAILURES && now < w.started + LOGIN_WINDOW_SECS)
-            .map(|w| w.started + LOGIN_WINDOW_SECS - now)
-            .max();
-        match retry_after {
-            Some(retry_after) => Err(Limited { retry_after }),
-            None => Ok(()),
+    /// A refusal notes that its lock-out was reported ([`Limited::first`] once per window).
+    pub fn check(&mut self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
+        let mut refused: Option<Limited> = None;
+        for key in [account_key(account), address_key(client)] {
+            let Some(w) = self.windows.get_mut(&key).filter(|w| w.locked(now)) else {
+                continue;
+            };
+            let first = !std::mem::replace(&mut w.reported, true);
+            let retry_after = w.started + LOGIN_WINDOW_SECS - now;
+            refused = Some(match refused {
+                Some(r) => Limited {
+                    retry_after: r.retry_after.max(retry_after),
+                    first: r.first || first,
+                },
+                None => Limited { retry_after, first },
+            });
         }
+        refused.map_or(Ok(()), Err)
     }
 
     /// Counts a failed attempt against the account and the address.
     pub fn record_failure(&mut self, account: &str, client: IpAddr, now: i64) {
-        for key in [LimitKey::Account(account.to_owned()), address_key(client)] {
+        for key in [account_key(account), address_key(client)] {
             if !self.windows.contains_key(&key) {
                 self.make_room(now);
             }
-            let w = self.windows.entry(key).or_insert(Window {
-                started: now,
-                failures: 0,
-            });
+            let w = self.windows.entry(key).or_insert(Window::new(now));
             if now >= w.started + LOGIN_WINDOW_SECS {
-                *w = Window {
-                    started: now,
-                    failures: 0,
-                };
+                *w = Window::new(now);
             }
             w.failures = w.failures.saturating_add(1);
         }
@@ -341,7 +372,7 @@ impl LoginLimiter {
     /// A successful login clears its account's failures and takes back the one failure its
     /// attempt counted against the address when its check started (the address keeps the rest).
     pub fn record_success(&mut self, account: &str, client: IpAddr) {
-        self.windows.remove(&LimitKey::Account(account.to_owned()));
+        self.windows.remove(&account_key(account));
         if let Some(w) = self.windows.get_mut(&address_key(client)) {
             w.failures = w.failures.saturating_sub(1);
         }
@@ -487,6 +518,32 @@ mod tests {
         let until = l.check("anna", b, 110).unwrap_err().retry_after;
         assert_eq!(until, 100 + LOGIN_WINDOW_SECS - 110);
         assert!(l.check("anna", b, 100 + LOGIN_WINDOW_SECS).is_ok());
+    }
+
+    #[test]
+    fn invalid_names_share_one_key_and_a_lock_out_is_first_once() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut l = LoginLimiter::new();
+        let long = "Ä".repeat(8 * 1024);
+        for i in 0..100 {
+            l.record_failure(&format!("{long}{i}"), a, 100);
+        }
+        // One shared key for every invalid name, one for the address.
+        assert_eq!(l.len(), 2);
+        assert!(
+            l.check("Nobody Valid", "192.0.2.2".parse().unwrap(), 101)
+                .is_err()
+        );
+        let mut l = LoginLimiter::new();
+        for _ in 0..LOGIN_MAX_FAILURES {
+            l.record_failure("anna", a, 100);
+        }
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(l.check("anna", b, 101).unwrap_err().first);
+        assert!(!l.check("anna", b, 102).unwrap_err().first);
+        // The address's own lock-out is news once too.
+        assert!(l.check("ben", a, 103).unwrap_err().first);
+        assert!(!l.check("anna", a, 104).unwrap_err().first);
     }
 
     #[test]

@@ -343,6 +343,14 @@ fn login_page(status: u16, note: LoginNote) -> StaffReply {
     }
 }
 
+/// The 429 login page of a rate-limited attempt, `Retry-After` the window's rest.
+fn limited_page(retry_after: i64) -> StaffReply {
+    StaffReply {
+        retry_after: Some(retry_after.max(1)),
+        ..login_page(429, LoginNote::Limited)
+    }
+}
+
 /// Why a request was refused before it reached a view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StaffError {
@@ -559,10 +567,7 @@ impl Practice {
                         if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
                             tracing::error!(error = %e, "staff audit write failed");
                         }
-                        StaffReply {
-                            retry_after: Some(retry_after.max(1)),
-                            ..login_page(429, LoginNote::Limited)
-                        }
+                        limited_page(retry_after)
                     },
                 );
             }
@@ -646,13 +651,15 @@ impl Practice {
         let password = field(form, "password").to_owned();
         let at = now.as_second();
         let Ok(mut limiter) = self.staff.limiter.lock() else {
-            return Ok(Prepared::Limited {
-                name,
-                retry_after: auth::LOGIN_WINDOW_SECS,
-            });
+            return Ok(Prepared::Reply(limited_page(auth::LOGIN_WINDOW_SECS)));
         };
         if let Err(l) = limiter.check(&name, client, at) {
             tracing::warn!("staff login refused: rate limit");
+            if !l.first {
+                // Audited when the limit tripped; each further row would be an fsync on the
+                // store's single writer, competing with live calls.
+                return Ok(Prepared::Reply(limited_page(l.retry_after)));
+            }
             return Ok(Prepared::Limited {
                 name,
                 retry_after: l.retry_after,
@@ -796,7 +803,8 @@ enum Prepared {
         password: String,
         slot: LoginSlot,
     },
-    /// A login refused by the rate limit (audited, then the 429 page).
+    /// A login refused by the rate limit, the first since the limit tripped (audited, then
+    /// the 429 page).
     Limited {
         name: String,
         /// Seconds until the limit's window ends (`Retry-After`).
