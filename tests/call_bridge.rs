@@ -2,6 +2,7 @@
 //! ElevenLabs stand-in, and both sides check the audio they get.
 
 mod common;
+mod practice_support;
 
 use std::time::Duration;
 
@@ -493,6 +494,38 @@ async fn unreachable_agent_falls_back_without_dead_air() {
         twiml.contains("<Say language=\"de-DE\">") && twiml.contains("<Hangup/>"),
         "{twiml}"
     );
+}
+
+/// The practice's outcome of `sid`'s call row: None while there is no row, Some(None) while
+/// it is open.
+fn stored_outcome(db: &std::path::Path, sid: &str) -> Option<Option<String>> {
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row("SELECT outcome FROM call WHERE call_sid = ?1", [sid], |r| {
+        r.get(0)
+    })
+    .ok()
+}
+
+/// A call that ends before its stream (the caller hangs up while the agent pre-connects) is
+/// ended in the practice's store too (`completed`), not left live on the staff page (issue
+/// 14 review, point 5).
+#[tokio::test]
+async fn a_call_ended_before_its_stream_ends_its_practice_row() {
+    let dir = practice_support::temp_dir("ended-before-stream");
+    let db = dir.join("ignis.db");
+    let server = Server::start_with_practice_db(&db, practice_support::TOOLS_TOKEN, &[]).await;
+    let sid = "CA000000000000000000000000000000f1";
+    let r = call_webhook(&server, "/api/twilio/voice", sid).await;
+    assert_eq!(r.status, 200);
+    eventually("call row stored", || stored_outcome(&db, sid).is_some()).await;
+    assert_eq!(stored_outcome(&db, sid), Some(None));
+    let mut p = call_params(sid);
+    p.retain(|(k, _)| k != "CallStatus");
+    p.push(("CallStatus".into(), "completed".into()));
+    let r = roundtrip(&server, &signed_post("/api/twilio/status", &p, TOKEN)).await;
+    assert_eq!(r.status, 204);
+    eventually("call row ended", || stored_outcome(&db, sid) != Some(None)).await;
+    assert_eq!(stored_outcome(&db, sid), Some(Some("completed".into())));
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use crate::http::Response;
 use crate::http::body::{self, ChunkedDecoder, Framing};
 use crate::http::request_head::{self, Method};
 use crate::http::websocket_upgrade::Accept;
+use crate::practice::store::CallEnd;
 use crate::practice::tools::{ToolReply, ToolRequest};
 use crate::routes::{Action, App};
 
@@ -75,6 +76,7 @@ pub(super) async fn run(
                     let sid = claim.call.call_sid.as_str();
                     app.calls
                         .finish(sid, claim.stream_id, Outcome::Refused, super::instant());
+                    end_practice_call(&app, sid, Outcome::Refused);
                     return respond_and_close(
                         &app.metrics,
                         &mut stream,
@@ -218,6 +220,9 @@ async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8], peer: Sock
         }
         Action::CallEnded { response, call_sid } => {
             shared.preconnects.cancel(&call_sid);
+            // The caller hung up before the stream started: no socket will end this call's
+            // row, so it ends here (`completed`), else the staff page shows it live for an hour.
+            end_practice_call(app, &call_sid, Outcome::CallerHungUp);
             Action::Respond(response)
         }
         Action::Practice { admin } => Action::Respond(practice_reply(app, head, body, admin).await),
@@ -278,6 +283,11 @@ async fn upgrade(
             Outcome::StreamLost,
             now,
         );
+        end_practice_call(
+            &shared.app,
+            claim.call.call_sid.as_str(),
+            Outcome::StreamLost,
+        );
         return;
     }
     // Bytes after the head (a first frame in the same segment) belong to the WebSocket layer.
@@ -291,6 +301,16 @@ async fn upgrade(
     )
     .await;
     twilio_socket::run(ws, claim, socket).await;
+}
+
+/// Ends the practice's row of a call that never got (or lost) its stream, with the staff
+/// page's outcome for `outcome` ([`CallEnd::from_bridge`]: a caller hang-up is `completed`, a
+/// refused or lost stream `fallback`). A row already ended is left as it is.
+fn end_practice_call(app: &App, call_sid: &str, outcome: Outcome) {
+    if let Some(p) = &app.practice {
+        let end = CallEnd::from_bridge(outcome, false, None);
+        p.end_call(call_sid, end, super::practice_now());
+    }
 }
 
 /// Runs a practice tool or admin request on the store thread and waits for its JSON reply.
