@@ -548,11 +548,9 @@ fn calls(h: &mut Html, config: &PracticeConfig, data: &DayData) {
             data.live.len()
         ));
         for c in &data.live {
-            h.raw("<li>")
-                .text(&duration(data.now - c.started_at))
-                .raw(" – ")
-                .text(caller(&c.caller_number))
-                .raw("</li>");
+            h.raw("<li>");
+            running_since(h, config, c.started_at);
+            h.raw(" – ").text(caller(&c.caller_number)).raw("</li>");
         }
         h.raw("</ul>");
     }
@@ -576,12 +574,24 @@ fn calls(h: &mut Html, config: &PracticeConfig, data: &DayData) {
     h.raw("</section>");
 }
 
+/// A running call's duration as the fragment carries it: its start ("seit 16:11") with the
+/// start in `data-start` (UTC seconds), which `staff.js` turns into a ticking `m:ss`. The
+/// fragment holds no seconds clock, so its ETag stays put during a call and polls get 304
+/// (a per-second duration would replace `<main>` every second, losing text selection).
+fn running_since(h: &mut Html, config: &PracticeConfig, started_at: i64) {
+    h.fmt(format_args!(
+        "<span class=\"since\" data-start=\"{started_at}\">seit "
+    ))
+    .text(&time(config, started_at))
+    .raw("</span>");
+}
+
 fn call_row(h: &mut Html, config: &PracticeConfig, data: &DayData, c: &StaffCall) {
     let (class, result, dur) = match (c.ended_at, c.outcome) {
         (Some(end), Some(o)) => (o.as_str(), outcome_label(o), duration(end - c.started_at)),
         (Some(end), None) => ("ended", "beendet", duration(end - c.started_at)),
         (None, _) if data.now - c.started_at < MAX_LIVE_CALL_SECS => {
-            ("live", "läuft", duration(data.now - c.started_at))
+            ("live", "läuft", String::new())
         }
         (None, _) => ("lost", "ohne Ende (abgebrochen)", "–".to_owned()),
     };
@@ -590,9 +600,15 @@ fn call_row(h: &mut Html, config: &PracticeConfig, data: &DayData, c: &StaffCall
     });
     h.fmt(format_args!("<tr class=\"call {class}\">"))
         .el("td", "time", &time(config, c.started_at))
-        .el("td", "phone", caller(&c.caller_number))
-        .el("td", "num", &dur)
-        .el("td", "outcome", result)
+        .el("td", "phone", caller(&c.caller_number));
+    if class == "live" {
+        h.raw("<td class=\"num\">");
+        running_since(h, config, c.started_at);
+        h.raw("</td>");
+    } else {
+        h.el("td", "num", &dur);
+    }
+    h.el("td", "outcome", result)
         .el("td", "num", &ttfa)
         .raw("</tr>");
 }

@@ -483,6 +483,31 @@ fn calls_without_an_end_stop_being_live_after_the_limit() {
     assert!(b.contains("ohne Ende (abgebrochen)"));
 }
 
+/// Review point 6: with a running call the fragment's bytes, and so its ETag, do not change
+/// from one second to the next (the durations tick in staff.js), so polls get 304.
+#[test]
+fn the_fragment_is_stable_while_a_call_runs() {
+    let mut s = store();
+    let t = now();
+    let live = |s: &mut SqliteStore, at: Timestamp| {
+        let r = execute(
+            s,
+            &PracticeConfig::demo(),
+            ViewCall::Live { day: None },
+            &viewer(),
+            at,
+        );
+        (r.etag.clone().unwrap(), body(&r))
+    };
+    let (tag, b) = live(&mut s, t);
+    assert!(b.contains("Jetzt im Gespräch: <strong>1</strong>"), "{b}");
+    assert!(b.contains("data-start=\""), "{b}");
+    for secs in [1, 5, 29] {
+        let later = t + jiff::SignedDuration::from_secs(secs);
+        assert_eq!(live(&mut s, later).0, tag, "{secs} s later");
+    }
+}
+
 #[test]
 fn assets_are_small_and_served() {
     let (css_type, css) = asset("staff.css").unwrap();

@@ -17,10 +17,24 @@
     etag = tag;
     return r.text().then(function (html) {
       main.innerHTML = html;
+      tick();
       var view = main.firstElementChild;
       var title = view && view.getAttribute('data-title');
       if (title) { document.title = title; }
     });
+  }
+
+  // Running calls carry their start (`data-start`, UTC seconds) instead of a duration, so
+  // the fragment does not change every second; the durations tick here.
+  function pad(n) { return (n < 10 ? '0' : '') + n; }
+  function tick() {
+    var now = Math.floor(Date.now() / 1000);
+    var spans = main.querySelectorAll('[data-start]');
+    for (var i = 0; i < spans.length; i++) {
+      var s = Math.max(0, now - parseInt(spans[i].getAttribute('data-start'), 10));
+      var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+      spans[i].textContent = (h ? h + ':' + pad(m) : m) + ':' + pad(s % 60);
+    }
   }
 
   function poll() {
@@ -60,5 +74,6 @@
     }).then(function () { busy = false; });
   });
 
-  window.setInterval(poll, POLL_MS);
+  tick();
+  window.setInterval(function () { tick(); poll(); }, POLL_MS);
 }());
