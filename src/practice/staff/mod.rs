@@ -210,16 +210,35 @@ pub struct StaffResponse {
     pub body: Vec<u8>,
 }
 
+/// Whether `If-None-Match` matches `etag` (RFC 9110 §13.1.2): `*`, or a comma-separated list
+/// of entity tags compared weakly (a `W/` prefix on either side is ignored).
+pub fn if_none_match_matches(if_none_match: &[u8], etag: &str) -> bool {
+    let opaque = |t: &[u8]| -> Vec<u8> {
+        let t = t.trim_ascii();
+        t.strip_prefix(b"W/").unwrap_or(t).to_vec()
+    };
+    let ours = opaque(etag.as_bytes());
+    if if_none_match.trim_ascii() == b"*" {
+        return true;
+    }
+    // An entity tag may contain `,` between its quotes (etagc, RFC 9110 §8.8.3): split outside.
+    let mut in_quotes = false;
+    if_none_match
+        .split(|&b| {
+            if b == b'"' {
+                in_quotes = !in_quotes;
+            }
+            b == b',' && !in_quotes
+        })
+        .any(|t| !t.trim_ascii().is_empty() && opaque(t) == ours)
+}
+
 /// Adds the security headers (CSP, frame denial, nosniff, no referrer, `Cache-Control`) and
-/// answers 304 when `if_none_match` names the reply's ETag.
+/// answers 304 when `if_none_match` matches the reply's ETag ([`if_none_match_matches`]).
 pub fn finish(reply: StaffReply, if_none_match: Option<&[u8]>) -> StaffResponse {
     let not_modified = reply.status == 200
         && reply.etag.as_deref().is_some_and(|tag| {
-            if_none_match.is_some_and(|given| {
-                given
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii() == tag.as_bytes() || t.trim_ascii() == b"*")
-            })
+            if_none_match.is_some_and(|given| if_none_match_matches(given, tag))
         });
     let mut headers = vec![("Content-Type", reply.content_type.to_owned())];
     if let Some(l) = reply.location {
@@ -403,10 +422,10 @@ impl StaffError {
 
 impl From<views::ViewError> for StaffError {
     fn from(e: views::ViewError) -> StaffError {
-        #[allow(unreachable_patterns)]
         match e {
             views::ViewError::NotFound => StaffError::NotFound,
-            _ => StaffError::BadRequest,
+            views::ViewError::MethodNotAllowed => StaffError::Method,
+            views::ViewError::BadRequest => StaffError::BadRequest,
         }
     }
 }
@@ -909,6 +928,36 @@ mod tests {
             ..fragment()
         };
         assert_eq!(finish(refused, Some(b"\"abc\"")).status, 403);
+    }
+
+    /// Review point 8: RFC 9110 §13.1.2 weak comparison, lists and `*`.
+    #[test]
+    fn if_none_match_compares_weakly_and_reads_lists() {
+        assert!(if_none_match_matches(b"\"abc\"", "\"abc\""));
+        assert!(if_none_match_matches(b"W/\"abc\"", "\"abc\""));
+        assert!(if_none_match_matches(b"\"abc\"", "W/\"abc\""));
+        assert!(if_none_match_matches(b"\"x\", W/\"abc\" ,\"y\"", "\"abc\""));
+        assert!(if_none_match_matches(b"\"a,b\", \"abc\"", "\"abc\""));
+        assert!(if_none_match_matches(b" * ", "\"abc\""));
+        assert!(!if_none_match_matches(b"\"abd\"", "\"abc\""));
+        assert!(!if_none_match_matches(b"abc", "\"abc\""));
+        assert!(!if_none_match_matches(b"", "\"abc\""));
+        assert_eq!(finish(fragment(), Some(b"W/\"abc\"")).status, 304);
+    }
+
+    #[test]
+    fn view_errors_keep_their_status() {
+        for e in [
+            views::ViewError::NotFound,
+            views::ViewError::MethodNotAllowed,
+            views::ViewError::BadRequest,
+        ] {
+            assert_eq!(StaffError::from(e).status(), e.status());
+        }
+        assert_eq!(
+            StaffError::from(views::ViewError::MethodNotAllowed).status(),
+            405
+        );
     }
 
     #[test]
