@@ -169,10 +169,43 @@ async function run(browser) {
   await checkHeaders(liveReply, 'live fragment (poll)', true);
   await shot(dayPage, 'appointments');
 
-  // Mark the prescription request done; after a reload it is still done and says who.
+  // Mark the prescription request done while a poll that started before it is held back with
+  // the old state (a full 200, no If-None-Match), released only after the POST's answer is
+  // shown: staff.js must not paste the old state back (review point 7).
+  let held = false;
+  let fetched;
+  const heldFetched = new Promise((r) => { fetched = r; });
+  let release;
+  const released = new Promise((r) => { release = r; });
+  await page.route('**/staff/live*', async (route) => {
+    if (held) { await route.continue(); return; }
+    held = true;
+    const headers = { ...route.request().headers() };
+    delete headers['if-none-match'];
+    const old = await route.fetch({ headers });
+    fetched();
+    await released;
+    await route.fulfill({ response: old });
+  });
+  await heldFetched;
   const row = live.locator('tr', { hasText: 'Ramipril' }).first();
   await row.locator('form.act button').first().click();
   await shows(page, [`Erledigt von ${user}`, 'Ramipril'], '#live tr', 'done by');
+  await page.evaluate(() => {
+    window.__sawOld = false;
+    const old = () => [...document.querySelectorAll('#live tr')]
+      .some((tr) => tr.innerText.includes('Ramipril') && !tr.innerText.includes('Erledigt von'));
+    new MutationObserver(() => { if (old()) { window.__sawOld = true; } })
+      .observe(document.getElementById('live'), { childList: true, subtree: true });
+  });
+  release();
+  // Two later polls: the held answer has long been handled by then.
+  for (let i = 0; i < 2; i++) {
+    await page.waitForRequest((r) => new URL(r.url()).pathname === '/staff/live', { timeout: APPEAR_TIMEOUT_MS });
+  }
+  await page.unroute('**/staff/live*');
+  check(!(await page.evaluate(() => window.__sawOld)), 'a poll from before the POST pasted back the old state');
+  say('STALE poll answer ignored');
   const again = await page.reload();
   await checkHeaders(again, 'day page after done', true);
   await shows(page, [`Erledigt von ${user}`, 'Ramipril'], '#live tr', 'done after reload');

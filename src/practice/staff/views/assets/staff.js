@@ -6,7 +6,13 @@
   if (!main || !window.fetch || !window.URLSearchParams) { return; }
   var meta = document.querySelector('meta[name="staff-etag"]');
   var etag = meta ? meta.getAttribute('content') : null;
-  var busy = false;
+  // A poll that started before a done/undo POST may carry the state from before it and
+  // arrive after the POST's answer: polls are numbered, and one older than the last submit
+  // is dropped (and none starts while a submit is under way).
+  var polling = false;
+  var submitting = 0;
+  var seq = 0;
+  var lastSubmit = 0;
   var POLL_MS = 1000;
 
   // A reply without our ETag is not the fragment (e.g. the login page after the session
@@ -38,20 +44,22 @@
   }
 
   function poll() {
-    if (busy || document.hidden) { return; }
-    busy = true;
+    if (polling || submitting || document.hidden) { return; }
+    polling = true;
+    var mine = ++seq;
     var headers = {};
     if (etag) { headers['If-None-Match'] = etag; }
     fetch('/staff/live' + window.location.search, {
       headers: headers, credentials: 'same-origin', cache: 'no-store'
     }).then(function (r) {
       document.body.classList.remove('stale');
+      if (mine < lastSubmit) { return null; }
       if (r.status === 200) { return apply(r); }
       if (r.status !== 304) { window.location.reload(); }
       return null;
     }).catch(function () {
       document.body.classList.add('stale');
-    }).then(function () { busy = false; });
+    }).then(function () { polling = false; });
   }
 
   main.addEventListener('submit', function (ev) {
@@ -61,7 +69,8 @@
     var body = new URLSearchParams(new FormData(form));
     body.set('reply', 'fragment');
     var token = form.elements.csrf ? form.elements.csrf.value : '';
-    busy = true;
+    submitting += 1;
+    lastSubmit = ++seq;
     fetch(form.action, {
       method: 'POST', body: body, credentials: 'same-origin',
       headers: { 'X-CSRF-Token': token }
@@ -71,7 +80,7 @@
       return null;
     }).catch(function () {
       form.submit();
-    }).then(function () { busy = false; });
+    }).then(function () { submitting -= 1; });
   });
 
   tick();
