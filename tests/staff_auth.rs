@@ -646,6 +646,21 @@ fn polls_of_another_day_are_audited_with_the_date() {
     );
 }
 
+/// A method a route does not take is 405 with `Allow` (review point 8; RFC 9110 §15.5.6),
+/// also when the view's router refuses it after the session check.
+#[test]
+fn wrong_methods_are_405_with_allow() {
+    let dir = temp_dir("staff-405");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let cookie = core_login(&p, t0, 7);
+    let done = get_path(&p, "/staff/requests/R-1/done", &cookie, t0);
+    assert_eq!((done.status, done.allow), (405, Some("POST")));
+    let logout = get_path(&p, "/staff/logout", &cookie, t0);
+    assert_eq!((logout.status, logout.allow), (405, Some("POST")));
+    assert_eq!(get(&p, &cookie, t0).allow, None);
+}
+
 #[test]
 fn session_expires_after_eight_idle_hours() {
     let dir = temp_dir("staff-idle");

@@ -250,6 +250,9 @@ pub fn finish(reply: StaffReply, if_none_match: Option<&[u8]>) -> StaffResponse 
     if let Some(secs) = reply.retry_after {
         headers.push(("Retry-After", secs.to_string()));
     }
+    if let Some(methods) = reply.allow {
+        headers.push(("Allow", methods.to_owned()));
+    }
     // Assets (ETag, no patient data) may be kept and revalidated; everything else never.
     let cache = if reply.patient_data || reply.etag.is_none() {
         "no-store"
@@ -295,6 +298,7 @@ fn text_reply(status: u16, text: &str) -> StaffReply {
         patient_data: false,
         etag: None,
         retry_after: None,
+        allow: None,
     }
 }
 
@@ -303,6 +307,17 @@ fn redirect(to: &str, set_cookie: Option<String>) -> StaffReply {
         location: Some(to.to_owned()),
         set_cookie,
         ..text_reply(303, "see other")
+    }
+}
+
+/// The methods a path below `/staff` takes (the `Allow` of a 405).
+fn allowed_methods(path: &str) -> &'static str {
+    if path == LOGIN_PATH {
+        "GET, HEAD, POST"
+    } else if path == LOGOUT_PATH || path.starts_with("/staff/requests/") {
+        "POST"
+    } else {
+        "GET, HEAD"
     }
 }
 
@@ -359,6 +374,7 @@ fn login_page(status: u16, note: LoginNote) -> StaffReply {
         patient_data: false,
         etag: None,
         retry_after: None,
+        allow: None,
     }
 }
 
@@ -568,6 +584,17 @@ impl Practice {
         now: Timestamp,
         reply: impl FnOnce(StaffOutcome) + Send + 'static,
     ) {
+        // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
+        let allow = allowed_methods(req.path);
+        let reply = move |o: StaffOutcome| {
+            reply(match o {
+                StaffOutcome::Reply(r) if r.status == 405 => StaffOutcome::Reply(StaffReply {
+                    allow: Some(allow),
+                    ..r
+                }),
+                o => o,
+            })
+        };
         match self.prepare_staff(req, site, now) {
             Ok(Prepared::Reply(r)) => reply(StaffOutcome::Reply(r)),
             Ok(Prepared::Login {
@@ -843,6 +870,7 @@ fn asset_reply(content_type: &'static str, bytes: &'static [u8]) -> StaffReply {
         patient_data: false,
         etag: Some(format!("\"{}\"", crate::secret::hex_lower(&digest[..8]))),
         retry_after: None,
+        allow: None,
     }
 }
 
@@ -880,6 +908,8 @@ pub struct StaffReply {
     /// `Retry-After` in seconds (a 429 from the login rate limit, a 503 when too many
     /// password checks run).
     pub retry_after: Option<i64>,
+    /// `Allow` (a 405: the methods the path takes; set by the routing layer).
+    pub allow: Option<&'static str>,
 }
 
 #[cfg(test)]
@@ -896,6 +926,7 @@ mod tests {
             patient_data: true,
             etag: Some("\"abc\"".into()),
             retry_after: None,
+            allow: None,
         }
     }
 

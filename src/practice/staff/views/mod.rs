@@ -350,6 +350,7 @@ fn changed(
         patient_data: false,
         etag: None,
         retry_after: None,
+        allow: None,
     })
 }
 
@@ -365,6 +366,7 @@ fn fragment_reply(body: String) -> StaffReply {
         patient_data: true,
         etag: Some(etag),
         retry_after: None,
+        allow: None,
     }
 }
 
@@ -408,6 +410,7 @@ fn asset_reply(name: &str) -> StaffReply {
             patient_data: false,
             etag: Some(etag_of(bytes)),
             retry_after: None,
+            allow: None,
         },
         None => ViewError::NotFound.reply(),
     }

@@ -126,6 +126,7 @@ pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> St
         patient_data: true,
         etag: None,
         retry_after: None,
+        allow: None,
     }
 }
 
@@ -180,6 +181,7 @@ pub fn message(status: u16, text: &str) -> StaffReply {
         patient_data: false,
         etag: None,
         retry_after: None,
+        allow: None,
     }
 }
 
