@@ -337,44 +337,54 @@ fn remove_ends_the_account(dir: &Path) {
 async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
     let dir = temp_dir("staff-limit");
     let db = dir.join("ignis.db");
-    assert!(
-        ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
-            .status
-            .success()
-    );
-    assert!(
-        ignis(&dir, &["staff", "add", "ben"], &format!("{PASSWORD}\n"))
-            .status
-            .success()
-    );
-    // Bad input exits 2 and adds nothing.
-    let short = ignis(&dir, &["staff", "add", "carla"], "kurz\n");
-    assert_eq!(short.status.code(), Some(2));
-    assert_eq!(
-        ignis(&dir, &["staff", "add", "Carla"], &format!("{PASSWORD}\n"))
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(
-        ignis(&dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
-            .status
-            .code(),
-        Some(1)
-    );
+    add_accounts_and_refuse_bad_input(&dir);
     let server = Server::start_with_practice_db(&db, TOOLS_TOKEN, &[]).await;
-
     let wrong_password = login(&server, "anna", "falsch-falsch-falsch", "192.0.2.1").await;
     let unknown_user = login(&server, "niemand", "falsch-falsch-falsch", "192.0.2.2").await;
     assert_eq!(wrong_password.status, 403);
     assert_eq!(answer(&wrong_password), answer(&unknown_user));
     assert!(wrong_password.header("set-cookie").is_none());
+    per_account_limit(&server).await;
+    per_address_limit(&server).await;
+    audit_of_logins(&db);
+}
 
+/// `staff add` for anna and ben; bad input exits 2 and adds nothing, a taken name exits 1.
+fn add_accounts_and_refuse_bad_input(dir: &Path) {
+    assert!(
+        ignis(dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
+            .status
+            .success()
+    );
+    assert!(
+        ignis(dir, &["staff", "add", "ben"], &format!("{PASSWORD}\n"))
+            .status
+            .success()
+    );
+    // Bad input exits 2 and adds nothing.
+    let short = ignis(dir, &["staff", "add", "carla"], "kurz\n");
+    assert_eq!(short.status.code(), Some(2));
+    assert_eq!(
+        ignis(dir, &["staff", "add", "Carla"], &format!("{PASSWORD}\n"))
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        ignis(dir, &["staff", "add", "anna"], &format!("{PASSWORD}\n"))
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+/// Per account: anna has 1 failure; 4 more lock her out everywhere; unknown names alike.
+async fn per_account_limit(server: &Server) {
     // Per account: anna has 1 failure; 4 more from other addresses lock her out everywhere,
     // even with the right password, and the refusal does not depend on the password.
     for i in 0..4 {
         let r = login(
-            &server,
+            server,
             "anna",
             "falsch-falsch-falsch",
             &format!("198.51.100.{i}"),
@@ -382,7 +392,7 @@ async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
         .await;
         assert_eq!(r.status, 403);
     }
-    let locked = login(&server, "anna", PASSWORD, "203.0.113.50").await;
+    let locked = login(server, "anna", PASSWORD, "203.0.113.50").await;
     assert_eq!(locked.status, 429);
     assert!(locked.header("set-cookie").is_none());
     // RFC 9110 §10.2.3: how long until the window ends, in whole seconds.
@@ -395,26 +405,29 @@ async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
         (1..=LOGIN_WINDOW_SECS).contains(&wait),
         "Retry-After: {wait}"
     );
-    let locked_wrong = login(&server, "anna", "falsch-falsch-falsch", "203.0.113.51").await;
+    let locked_wrong = login(server, "anna", "falsch-falsch-falsch", "203.0.113.51").await;
     assert_eq!(answer(&locked), answer(&locked_wrong));
     // Unknown names are limited the same way (nothing tells which accounts exist).
     for i in 0..4 {
         login(
-            &server,
+            server,
             "niemand",
             "falsch-falsch-falsch",
             &format!("198.51.100.{}", 10 + i),
         )
         .await;
     }
-    let locked_unknown = login(&server, "niemand", PASSWORD, "203.0.113.52").await;
+    let locked_unknown = login(server, "niemand", PASSWORD, "203.0.113.52").await;
     assert_eq!(answer(&locked), answer(&locked_unknown));
+}
 
+/// Per address: five failures from one address lock it, not the others.
+async fn per_address_limit(server: &Server) {
     // Per address: five failures from one address on different names lock that address, not
     // the others.
     for i in 0..5 {
         let r = login(
-            &server,
+            server,
             &format!("gast{i}"),
             "falsch-falsch-falsch",
             "192.0.2.99",
@@ -423,14 +436,16 @@ async fn same_answer_for_unknown_user_and_wrong_password_then_rate_limits() {
         assert_eq!(r.status, 403);
     }
     assert_eq!(
-        login(&server, "ben", PASSWORD, "192.0.2.99").await.status,
+        login(server, "ben", PASSWORD, "192.0.2.99").await.status,
         429
     );
-    let ok = login(&server, "ben", PASSWORD, "192.0.2.100").await;
+    let ok = login(server, "ben", PASSWORD, "192.0.2.100").await;
     session_cookie(&ok);
+}
 
-    // The audit names existing accounts only; refused attempts are there too.
-    let conn = rusqlite::Connection::open(&db).unwrap();
+/// The audit names existing accounts only; refused attempts are there too.
+fn audit_of_logins(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
     let count = |who: &str, outcome: &str| -> i64 {
         conn.query_row(
             "SELECT COUNT(*) FROM staff_audit WHERE who = ?1 AND what = 'login' AND outcome = ?2",
