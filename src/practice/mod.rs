@@ -296,24 +296,13 @@ impl Practice {
         reply: impl FnOnce(ToolReply) + Send + 'static,
         job: impl FnOnce(&mut dyn Store) -> ToolReply + Send + 'static,
     ) {
-        // The callback is shared with the job so it can still be answered if the queue refuses it.
-        let slot = Arc::new(Mutex::new(Some(reply)));
-        let in_job = Arc::clone(&slot);
-        let result = self.store.submit(move |store| {
-            let r = job(store);
-            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
-                f(r);
-            }
-        });
-        if let Err(e) = result {
-            let refusal = match e {
+        self.store.submit_with_reply(reply, job, |e| {
+            match e {
                 SubmitError::Busy => ToolError::Busy,
                 SubmitError::Closed => ToolError::Unavailable,
-            };
-            if let Some(f) = slot.lock().ok().and_then(|mut s| s.take()) {
-                f(refusal.reply());
             }
-        }
+            .reply()
+        });
     }
 
     /// Registers a call: mints its token from `entropy` (16 bytes the driver reads from the

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use super::Practice;
-use super::store::{STAFF_SESSION_IDLE_SECS, Store, SubmitError};
+use super::store::{STAFF_SESSION_IDLE_SECS, Store};
 use auth::{LoginLimiter, SESSION_ENTROPY_BYTES, SessionSecrets};
 
 /// The staff page's root.
@@ -826,19 +826,7 @@ impl Practice {
         reply: impl FnOnce(StaffReply) + Send + 'static,
         job: impl FnOnce(&mut dyn Store) -> StaffReply + Send + 'static,
     ) {
-        let slot = Arc::new(Mutex::new(Some(reply)));
-        let in_job = Arc::clone(&slot);
-        let result = self.store.submit(move |store| {
-            let r = job(store);
-            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
-                f(r);
-            }
-        });
-        if let Err(SubmitError::Busy | SubmitError::Closed) = result
-            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
-        {
-            f(unavailable());
-        }
+        self.store.submit_with_reply(reply, job, |_| unavailable());
     }
 }
 

@@ -524,26 +524,32 @@ const DAY_REQUEST_COLS: &str = "r.ref_code, r.category, r.urgency, p.given || ' 
     r.caller_json, r.details_json, r.callback_number, r.callback_window, r.note, r.created_at,
     r.assurance, r.caller_number, p.birth_date, r.done_at, r.done_by";
 
-fn day_request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffDayRequest> {
+/// The first twelve columns of [`DAY_REQUEST_COLS`] (the admin API's open requests select the
+/// same ones) as a [`StaffRequest`].
+fn staff_request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffRequest> {
     let caller: Option<String> = r.get(4)?;
     let details: String = r.get(5)?;
     let assurance: Option<String> = r.get(10)?;
+    Ok(StaffRequest {
+        ref_code: r.get(0)?,
+        category: r.get(1)?,
+        urgency: r.get(2)?,
+        patient: r.get(3)?,
+        caller: caller.and_then(|c| serde_json::from_str(&c).ok()),
+        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+        callback_number: r.get(6)?,
+        callback_window: r.get(7)?,
+        note: r.get(8)?,
+        created_at: r.get(9)?,
+        verified: assurance.as_deref() == Some(Assurance::NameDobPhone.as_str()),
+        assurance,
+        caller_number: r.get(11)?,
+    })
+}
+
+fn day_request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffDayRequest> {
     Ok(StaffDayRequest {
-        row: StaffRequest {
-            ref_code: r.get(0)?,
-            category: r.get(1)?,
-            urgency: r.get(2)?,
-            patient: r.get(3)?,
-            caller: caller.and_then(|c| serde_json::from_str(&c).ok()),
-            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-            callback_number: r.get(6)?,
-            callback_window: r.get(7)?,
-            note: r.get(8)?,
-            created_at: r.get(9)?,
-            verified: assurance.as_deref() == Some(Assurance::NameDobPhone.as_str()),
-            assurance,
-            caller_number: r.get(11)?,
-        },
+        row: staff_request_row(r)?,
         birth_date: r.get(12)?,
         done_at: r.get(13)?,
         done_by: r.get(14)?,
@@ -1018,26 +1024,7 @@ impl Store for SqliteStore {
              WHERE r.status = 'open'
              ORDER BY CASE r.urgency WHEN 'urgent' THEN 0 ELSE 1 END, r.created_at, r.id",
         )?;
-        let rows = st.query_map([], |r| {
-            let caller: Option<String> = r.get(4)?;
-            let details: String = r.get(5)?;
-            Ok(StaffRequest {
-                ref_code: r.get(0)?,
-                category: r.get(1)?,
-                urgency: r.get(2)?,
-                patient: r.get(3)?,
-                caller: caller.and_then(|c| serde_json::from_str(&c).ok()),
-                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-                callback_number: r.get(6)?,
-                callback_window: r.get(7)?,
-                note: r.get(8)?,
-                created_at: r.get(9)?,
-                verified: r.get::<_, Option<String>>(10)?.as_deref()
-                    == Some(Assurance::NameDobPhone.as_str()),
-                assurance: r.get(10)?,
-                caller_number: r.get(11)?,
-            })
-        })?;
+        let rows = st.query_map([], staff_request_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

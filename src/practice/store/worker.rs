@@ -84,6 +84,31 @@ impl StoreHandle {
         }
     }
 
+    /// Queues `job` and hands its result to `reply`; when the queue refuses the job, `reply`
+    /// gets `refused(why)` at once instead. Either way `reply` is called exactly once (unless
+    /// the job panics), so an HTTP request always gets its answer.
+    pub fn submit_with_reply<R: 'static>(
+        &self,
+        reply: impl FnOnce(R) + Send + 'static,
+        job: impl FnOnce(&mut dyn Store) -> R + Send + 'static,
+        refused: impl FnOnce(SubmitError) -> R,
+    ) {
+        // The callback is shared with the job so it can still be answered if the queue refuses it.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(reply)));
+        let in_job = std::sync::Arc::clone(&slot);
+        let result = self.submit(move |store| {
+            let r = job(store);
+            if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
+                f(r);
+            }
+        });
+        if let Err(e) = result
+            && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
+        {
+            f(refused(e));
+        }
+    }
+
     /// Queues `f` and returns a receiver for its result (blocking callers: tests, CLI, start-up).
     pub fn call<T: Send + 'static>(
         &self,
