@@ -234,6 +234,132 @@ pub fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
     Some((items, next))
 }
 
+/// Every item of one list endpoint, page by page (the doctor's reads; the sync pages inside
+/// [`AgentSync`]): [`Listing::poll`] names the next page, [`Listing::handle`] takes it.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    path: &'static str,
+    key: &'static str,
+    search: Option<String>,
+    cursor: Option<String>,
+    pages: usize,
+    items: Vec<Value>,
+    done: bool,
+}
+
+/// A list endpoint's next step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListStep {
+    /// GET this target and pass its 2xx JSON answer to [`Listing::handle`].
+    Get(String),
+    /// The last page was read: all items.
+    Done(Vec<Value>),
+}
+
+impl Listing {
+    /// Every tool of the workspace.
+    pub fn tools() -> Self {
+        Self::new("/v1/convai/tools", "tools", None)
+    }
+
+    /// The workspace secrets whose name starts with TOOLS_TOKEN's secret name.
+    pub fn secrets(tools_token: &str) -> Self {
+        Self::new(
+            "/v1/convai/secrets",
+            "secrets",
+            Some(secret_name(tools_token)),
+        )
+    }
+
+    fn new(path: &'static str, key: &'static str, search: Option<String>) -> Self {
+        Listing {
+            path,
+            key,
+            search,
+            cursor: None,
+            pages: 0,
+            items: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The page to GET next, or all items once the last was read.
+    pub fn poll(&self) -> ListStep {
+        if self.done {
+            ListStep::Done(self.items.clone())
+        } else {
+            ListStep::Get(list_target(
+                self.path,
+                self.search.as_deref(),
+                self.cursor.as_deref(),
+            ))
+        }
+    }
+
+    /// Takes one page (a 2xx JSON answer).
+    pub fn handle(&mut self, page: &Value) -> Result<(), ListError> {
+        let (items, next) =
+            list_page(page, self.key).ok_or(ListError::NoList(self.path, self.key))?;
+        self.items.extend(items);
+        self.pages += 1;
+        match next {
+            None => self.done = true,
+            Some(_) if self.pages >= MAX_PAGES => return Err(ListError::TooManyPages(self.path)),
+            Some(c) => self.cursor = Some(c),
+        }
+        Ok(())
+    }
+}
+
+/// Why a listing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListError {
+    /// A 2xx answer without the list (path, key).
+    NoList(&'static str, &'static str),
+    /// More than [`MAX_PAGES`] pages (path).
+    TooManyPages(&'static str),
+}
+
+impl std::fmt::Display for ListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListError::NoList(path, key) => write!(f, "GET {path}: no {key}"),
+            ListError::TooManyPages(path) => write!(f, "GET {path}: more than {MAX_PAGES} pages"),
+        }
+    }
+}
+
+impl std::error::Error for ListError {}
+
+/// Which workspace secret the tools' `Authorization` must name, for `agent_tools`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedSecret {
+    /// TOOLS_TOKEN is unset: any workspace secret passes.
+    Any,
+    /// The secret named for TOOLS_TOKEN (its id).
+    Id(String),
+    /// TOOLS_TOKEN is set but no secret carries its name: whatever secret the tools use, it
+    /// is not TOOLS_TOKEN's.
+    Missing,
+}
+
+impl ExpectedSecret {
+    /// For `tools_token` (`None`: unset), from the secrets a [`Listing::secrets`] read.
+    pub fn find(tools_token: Option<&str>, secrets: &[Value]) -> Self {
+        let Some(token) = tools_token else {
+            return ExpectedSecret::Any;
+        };
+        let name = secret_name(token);
+        secrets
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .and_then(|s| s["secret_id"].as_str())
+            .map_or(ExpectedSecret::Missing, |id| {
+                ExpectedSecret::Id(id.to_owned())
+            })
+    }
+}
+
 /// The path of the agent `id`.
 pub fn agent_target(id: &str) -> String {
     format!("/v1/convai/agents/{}", encode_query_value(id))
@@ -1097,9 +1223,9 @@ pub fn check_signed_url(result: Result<(), String>) -> Check {
 }
 
 /// `agent_tools`: each of ignis's tools exists, is attached, and (webhooks) points at
-/// `origin/api/…` with the workspace secret as `Authorization` (`secret_id` when known: the one
-/// for the current TOOLS_TOKEN) and the call token as `X-Ignis-Call`.
-pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Option<&str>) -> Check {
+/// `origin/api/…` with the workspace secret as `Authorization` (the one `secret` expects:
+/// TOOLS_TOKEN's when it is set) and the call token as `X-Ignis-Call`.
+pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret: &ExpectedSecret) -> Check {
     let attached = attached_ids(agent);
     let mut problems = Vec::new();
     for (name, _) in TOOL_FILES {
@@ -1117,7 +1243,7 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Opti
             }
             continue;
         }
-        problems.extend(webhook_problems(name, c, origin, secret_id));
+        problems.extend(webhook_problems(name, c, origin, secret));
     }
     if problems.is_empty() {
         Check::pass(
@@ -1132,7 +1258,7 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Opti
     }
 }
 
-fn webhook_problems(name: &str, c: &Value, origin: &str, secret_id: Option<&str>) -> Vec<String> {
+fn webhook_problems(name: &str, c: &Value, origin: &str, secret: &ExpectedSecret) -> Vec<String> {
     let mut problems = Vec::new();
     let url = c["api_schema"]["url"].as_str().unwrap_or_default();
     if !url.starts_with(&format!("{origin}/api/")) {
@@ -1142,12 +1268,13 @@ fn webhook_problems(name: &str, c: &Value, origin: &str, secret_id: Option<&str>
         problems.push(format!("{name} points at {host}, not {origin}/api"));
     }
     let headers = &c["api_schema"]["request_headers"];
-    match (headers["Authorization"]["secret_id"].as_str(), secret_id) {
+    match (headers["Authorization"]["secret_id"].as_str(), secret) {
         (None, _) => problems.push(format!("{name}: Authorization is not a workspace secret")),
-        (Some(have), Some(want)) if have != want => problems.push(format!(
+        (Some(_), ExpectedSecret::Any) => {}
+        (Some(have), ExpectedSecret::Id(want)) if have == want => {}
+        (Some(_), _) => problems.push(format!(
             "{name}: Authorization uses another secret than TOOLS_TOKEN's"
         )),
-        _ => {}
     }
     if headers["X-Ignis-Call"]["variable_name"] != CALL_TOKEN_VARIABLE {
         problems.push(format!(
@@ -1377,7 +1504,7 @@ mod tests {
             .collect();
         let agent = json!({"conversation_config": {"agent": {"prompt": {
             "tool_ids": (0..7).map(|i| format!("t{i}")).collect::<Vec<_>>()}}}});
-        let c = check_tools(&agent, &tools, ORIGIN, Some("sec_1"));
+        let c = check_tools(&agent, &tools, ORIGIN, &ExpectedSecret::Id("sec_1".into()));
         assert_eq!(c.status, super::super::Status::Fail);
         assert!(c.detail.contains("old.example.net"), "{}", c.detail);
         assert!(c.fix.unwrap().contains("ignis agent sync"));
@@ -1388,11 +1515,48 @@ mod tests {
             .map(|(i, c)| json!({"id": format!("t{i}"), "tool_config": c}))
             .collect();
         assert_eq!(
-            check_tools(&agent, &good, ORIGIN, Some("sec_1")).status,
+            check_tools(&agent, &good, ORIGIN, &ExpectedSecret::Id("sec_1".into())).status,
             super::super::Status::Pass
         );
-        let other = check_tools(&agent, &good, ORIGIN, Some("sec_2"));
+        let other = check_tools(&agent, &good, ORIGIN, &ExpectedSecret::Id("sec_2".into()));
         assert!(other.detail.contains("another secret"), "{}", other.detail);
+    }
+
+    #[test]
+    fn a_listing_pages_to_the_end_and_the_secret_is_found_by_name() {
+        let mut l = Listing::secrets(TOKEN);
+        let ListStep::Get(first) = l.poll() else {
+            panic!()
+        };
+        assert!(first.contains("&search=ignis_tools_"), "{first}");
+        let page = json!({"secrets": [{"name": "other", "secret_id": "s0"}],
+                          "next_cursor": "c1", "has_more": true});
+        l.handle(&page).unwrap();
+        assert!(matches!(l.poll(), ListStep::Get(t) if t.ends_with("&cursor=c1")));
+        let name = secret_name(TOKEN);
+        l.handle(&json!({"secrets": [{"name": name, "secret_id": "s1"}], "has_more": false}))
+            .unwrap();
+        let ListStep::Done(all) = l.poll() else {
+            panic!()
+        };
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            ExpectedSecret::find(Some(TOKEN), &all),
+            ExpectedSecret::Id("s1".into())
+        );
+        assert_eq!(
+            ExpectedSecret::find(Some(TOKEN), &all[..1]),
+            ExpectedSecret::Missing
+        );
+        assert_eq!(ExpectedSecret::find(None, &all[..1]), ExpectedSecret::Any);
+        let mut endless = Listing::tools();
+        let more = json!({"tools": [], "next_cursor": "c", "has_more": true});
+        let stopped = (0..MAX_PAGES).find_map(|_| endless.handle(&more).err());
+        assert_eq!(stopped, Some(ListError::TooManyPages("/v1/convai/tools")));
+        assert_eq!(
+            Listing::tools().handle(&json!({})).unwrap_err().to_string(),
+            "GET /v1/convai/tools: no tools"
+        );
     }
 
     /// Runs a sync against the sans-IO stand-in to its end.

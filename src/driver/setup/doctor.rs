@@ -421,23 +421,19 @@ async fn simulated_call(
     let report = caller::run_with(opts, ids, tls)
         .await
         .map_err(|e| e.to_string())?;
-    if report.webhook_status != Some(200) {
-        let status = report
-            .webhook_status
-            .map_or("none".into(), |s| s.to_string());
-        return Err(format!("the voice webhook answered {status}"));
-    }
-    let (Some(start), first_audio) = (report.started_at, report.first_audio_at) else {
-        return Err("the stream never started".into());
-    };
-    let spoke_at = report
-        .first_speech_sent_at
-        .map(|t| t.saturating_duration_since(start));
+    let start = report.started_at;
+    let since_start =
+        |t: Option<std::time::Instant>| t.zip(start).map(|(t, s)| t.saturating_duration_since(s));
     Ok(core::CallObservation {
-        setup_ms: first_audio.map(|a| a.saturating_duration_since(start).as_millis() as u64),
+        webhook_status: report.webhook_status,
+        stream_started: start.is_some(),
+        setup_ms: since_start(report.first_audio_at).map(|d| d.as_millis() as u64),
         sent_bytes: report.frames_sent * crate::sim::twilio::FRAME as u64,
         heard_bytes: report.frames_received * crate::sim::twilio::FRAME as u64,
-        answered_bytes: core::answered_bytes(&report.heard, spoke_at),
+        answered_bytes: core::answered_bytes(
+            &report.heard,
+            since_start(report.first_speech_sent_at),
+        ),
         ended_by: report.ended_by,
     })
 }
