@@ -748,6 +748,57 @@ pub fn number_check(n: &IncomingNumber, desired: &Desired) -> Check {
     }
 }
 
+/// What `ignis twilio configure` works on: the number (`--number`, else TWILIO_PHONE_NUMBER),
+/// the credentials and the wanted settings, or why the configuration cannot (exit 2).
+pub fn configure_target(
+    config: &Config,
+    number_arg: Option<&str>,
+) -> Result<(String, TwilioAuth, Desired), SetupError> {
+    let number = number_arg
+        .map(str::to_owned)
+        .or_else(|| config.twilio_phone_number.clone())
+        .ok_or(SetupError::NoNumber)?;
+    let auth = TwilioAuth::from_config(config).ok_or(SetupError::NoAccountSid)?;
+    let desired = Desired::from_config(config)?;
+    Ok((number, auth, desired))
+}
+
+/// What the doctor's Twilio checks ask of Twilio, decided from the configuration alone.
+#[derive(Debug)]
+pub enum DoctorPlan {
+    /// Nothing: both checks are these skips (TWILIO_ACCOUNT_SID is unset).
+    Skip(Vec<Check>),
+    /// The alerts, and the number when `number` is `Ok` (else that check as it stands).
+    Ask {
+        /// The credentials.
+        auth: TwilioAuth,
+        /// The number to find and what it should look like, or its check without asking.
+        number: Result<(String, Desired), Check>,
+    },
+}
+
+/// The doctor's Twilio plan: skipped without TWILIO_ACCOUNT_SID; `twilio_number` skipped
+/// without TWILIO_PHONE_NUMBER, failed at once when the wanted settings cannot be built.
+pub fn doctor_plan(config: &Config) -> DoctorPlan {
+    let Some(auth) = TwilioAuth::from_config(config) else {
+        let why = "TWILIO_ACCOUNT_SID is not set";
+        return DoctorPlan::Skip(vec![
+            Check::skip("twilio_number", why),
+            Check::skip("twilio_alerts", why),
+        ]);
+    };
+    let number = match &config.twilio_phone_number {
+        None => Err(Check::skip(
+            "twilio_number",
+            "TWILIO_PHONE_NUMBER is not set",
+        )),
+        Some(n) => Desired::from_config(config)
+            .map(|d| (n.clone(), d))
+            .map_err(|e| number_error_check(&e)),
+    };
+    DoctorPlan::Ask { auth, number }
+}
+
 /// What to do when Twilio cannot be reached from here.
 const UNREACHABLE_FIX: &str = "check this machine's outbound HTTPS (firewall, proxy), \
      TWILIO_API_BASE / TWILIO_MONITOR_API_BASE and EXTRA_CA_FILE";
