@@ -335,6 +335,11 @@ async fn bad_configuration_exits_2_and_a_refusal_exits_1() {
     assert!(err.contains("TOOLS_TOKEN is not set"), "{err}");
     let o = sync(&svc.base(), &[("ELEVENLABS_API_KEY", "")], &[]).await;
     assert_eq!(o.status.code(), Some(2));
+    let bad_ca = [("EXTRA_CA_FILE", "/nonexistent/ignis-ca.pem")];
+    let o = sync(&svc.base(), &bad_ca, &[]).await;
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("EXTRA_CA_FILE: "), "{err}");
     let o = sync(
         &svc.base(),
         &[("ELEVENLABS_API_KEY", "sk_wrong_key_000000")],

@@ -93,8 +93,6 @@ pub const FIRST_MESSAGE: &str = "Guten Tag, Sie sprechen mit der KI-Telefonassis
      {{practice_name}}. Ich bin eine künstliche Intelligenz. Wie kann ich Ihnen helfen?";
 /// Most pages read from a list endpoint (100 items each).
 pub const MAX_PAGES: usize = 50;
-/// Largest API response read (an agent with a long prompt and workflow is tens of KiB).
-pub const MAX_API_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Page size asked of the list endpoints (their maximum, §10.1).
 const PAGE_SIZE: usize = 100;
 /// Texts longer than this are shown by their length in the diff.
@@ -786,10 +784,7 @@ fn error_detail(body: &[u8]) -> String {
         Value::Null => String::from_utf8_lossy(body).into_owned(),
         other => other.to_string(),
     };
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_ERROR_DETAIL_CHARS)
-        .collect()
+    super::shown(&text, MAX_ERROR_DETAIL_CHARS)
 }
 
 /// The ids in the agent's `conversation_config.agent.prompt.tool_ids`.
@@ -928,10 +923,11 @@ fn change(old: &Value, new: &Value) -> String {
             return parts.join("; ");
         }
     }
-    format!("{} → {}", shown(old), shown(new))
+    format!("{} → {}", diff_value(old), diff_value(new))
 }
 
-fn shown(v: &Value) -> String {
+/// A JSON value for the diff: long texts by their length, never cut (the diff compares them).
+fn diff_value(v: &Value) -> String {
     match v {
         Value::Null => "(unset)".into(),
         Value::String(s) if s.chars().count() > LONG_TEXT => {
@@ -1300,7 +1296,7 @@ pub fn check_settings(agent: &Value, record_voice: bool, retention_days: u32) ->
         ),
     ] {
         if v != AUDIO_FORMAT {
-            problems.push(format!("{path} is {}, not {AUDIO_FORMAT}", shown(v)));
+            problems.push(format!("{path} is {}, not {AUDIO_FORMAT}", diff_value(v)));
         }
     }
     let events = &conv["conversation"]["client_events"];
@@ -1329,13 +1325,13 @@ pub fn check_settings(agent: &Value, record_voice: bool, retention_days: u32) ->
     if privacy["record_voice"] != record_voice {
         problems.push(format!(
             "record_voice is {}, ELEVENLABS_RECORD_VOICE says {record_voice}",
-            shown(&privacy["record_voice"])
+            diff_value(&privacy["record_voice"])
         ));
     }
     if privacy["retention_days"] != retention_days {
         problems.push(format!(
             "retention_days is {}, ELEVENLABS_RETENTION_DAYS says {retention_days}",
-            shown(&privacy["retention_days"])
+            diff_value(&privacy["retention_days"])
         ));
     }
     if problems.is_empty() {
@@ -1436,7 +1432,7 @@ mod tests {
         assert_eq!(d[0].0, "api_schema.url");
         assert_eq!(grouped(5210), "5 210");
         assert_eq!(grouped(123), "123");
-        assert_eq!(shown(&json!("x".repeat(5210))), "5 210 chars");
+        assert_eq!(diff_value(&json!("x".repeat(5210))), "5 210 chars");
     }
 
     #[test]

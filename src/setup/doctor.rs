@@ -492,14 +492,16 @@ fn upstream_fix(status: u16) -> String {
     }
 }
 
-/// At most 80 characters of a body, for a report line.
+/// Most characters of a body's first line quoted in a report line.
+const MAX_BODY_EXCERPT_CHARS: usize = 80;
+
+/// `: <first line of body>`, shortened (see [`super::shown`]), or nothing for an empty body.
 fn short(body: &str) -> String {
     let line = body.lines().next().unwrap_or("").trim();
     if line.is_empty() {
         return String::new();
     }
-    let cut: String = line.chars().take(80).collect();
-    format!(": {cut}")
+    format!(": {}", super::shown(line, MAX_BODY_EXCERPT_CHARS))
 }
 
 // ---- 5. the voice webhook ----

@@ -25,8 +25,6 @@ pub const LIST_PAGE_SIZE: u32 = 50;
 /// Most list pages followed: partial matches past 1000 numbers mean a wrong number, not a
 /// slow account.
 pub const MAX_LIST_PAGES: usize = 20;
-/// Largest REST or Monitor answer read: a page of 50 numbers is about 100 KB.
-pub const MAX_API_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 /// Longest Twilio error message shown (it is the peer's text).
 pub const MAX_ERROR_MESSAGE_CHARS: usize = 300;
 /// How far back the doctor reads Monitor alerts.
@@ -245,14 +243,12 @@ impl ApiError {
             message: Option<String>,
         }
         let body: Option<Body> = serde_json::from_slice(&resp.body).ok();
-        let message = body
-            .as_ref()
-            .and_then(|b| b.message.as_deref())
-            .unwrap_or("")
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_ERROR_MESSAGE_CHARS)
-            .collect();
+        let message = super::shown(
+            body.as_ref()
+                .and_then(|b| b.message.as_deref())
+                .unwrap_or(""),
+            MAX_ERROR_MESSAGE_CHARS,
+        );
         ApiError {
             status: resp.status,
             code: body.and_then(|b| b.code),
@@ -304,17 +300,9 @@ impl fmt::Display for ApiError {
     }
 }
 
-/// Longest value from Twilio shown in a report (a URL, a SID, a date).
-pub const MAX_SHOWN_VALUE_CHARS: usize = 200;
-
-/// A value from Twilio as it may be printed: no control characters (no terminal escapes),
-/// at most [`MAX_SHOWN_VALUE_CHARS`].
-pub fn shown(value: &str) -> String {
-    value
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_SHOWN_VALUE_CHARS)
-        .collect()
+/// A value from Twilio as it may be printed (see [`super::shown`]).
+fn shown(value: &str) -> String {
+    super::shown(value, super::MAX_SHOWN_CHARS)
 }
 
 /// An answer's body as `T` when 2xx, else the error.

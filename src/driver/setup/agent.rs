@@ -2,11 +2,11 @@
 //! requests the core in [`crate::setup::agent`] asks for, print its report. No decisions here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use tokio_rustls::rustls::ClientConfig;
 
+use super::API_TIMEOUT;
 use crate::cli::AgentSyncArgs;
 use crate::config::Config;
 use crate::driver::net;
@@ -14,23 +14,16 @@ use crate::driver::startup::{self, StartError};
 use crate::elevenlabs::endpoint;
 use crate::http::client::encode_request;
 use crate::http::url::Endpoint;
-use crate::setup::Check;
 use crate::setup::agent::{
-    self as core, AgentSync, ApiCall, ExpectedSecret, ListStep, Listing, MAX_API_RESPONSE_BYTES,
-    Step,
+    self as core, AgentSync, ApiCall, ExpectedSecret, ListStep, Listing, Step,
 };
-
-/// Longest wait for one API request (connect, send, whole answer).
-const API_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 
 /// `ignis agent sync [--dry-run]`: exit 0 done or in sync, 1 the service refused or failed,
 /// 2 bad configuration.
 pub fn sync(args: &AgentSyncArgs) -> Result<(), StartError> {
-    let vars = startup::load_vars().map_err(StartError::Config)?;
-    let config = Config::from_vars(&vars, false).map_err(StartError::Config)?;
+    let (config, tls) = super::load()?;
     let settings = core::sync_settings(&config).map_err(|e| StartError::Usage(e.to_string()))?;
-    let tls = net::tls_config(config.extra_ca_file.as_deref())
-        .map_err(|e| StartError::Usage(format!("EXTRA_CA_FILE: {e}")))?;
     println!(
         "agent {} on {}{}",
         settings.agent_id,

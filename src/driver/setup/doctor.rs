@@ -20,9 +20,9 @@ use tokio_rustls::rustls::{
 
 use super::super::caller::{self, CallerOptions, SpeakAt};
 use super::super::net;
-use super::super::startup::{StartError, load_vars, runtime};
+use super::super::startup::{StartError, runtime};
 use crate::cli::DoctorArgs;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::http::client;
 use crate::http::url::Endpoint;
 use crate::routes::{STREAM_PATH, VOICE_PATH};
@@ -41,17 +41,8 @@ const CALL_MAX: Duration = Duration::from_secs(60);
 /// `ignis doctor [--json] [--call]`: exit 0 when no check failed, 1 when one did, 2 for a bad
 /// configuration.
 pub fn run(args: &DoctorArgs) -> Result<(), StartError> {
-    let vars = load_vars().map_err(StartError::Config)?;
-    let config = Config::from_vars(&vars, false).map_err(StartError::Config)?;
-    let bad_ca = |e: std::io::Error| {
-        StartError::Config(ConfigError {
-            variable: "EXTRA_CA_FILE".into(),
-            reason: e.to_string(),
-        })
-    };
-    let extra_ca = config.extra_ca_file.as_deref();
-    let tls = net::tls_config(extra_ca).map_err(bad_ca)?;
-    let roots = net::root_store(extra_ca).map_err(bad_ca)?;
+    let (config, tls) = super::load()?;
+    let roots = net::root_store(config.extra_ca_file.as_deref()).map_err(super::bad_extra_ca)?;
     let json = args.json;
     let emit = move |c: &Check| {
         if json {

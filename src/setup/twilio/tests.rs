@@ -336,7 +336,10 @@ fn values_from_twilio_are_shown_without_control_characters() {
     );
     n.trunk_sid = Some("TK\u{7}1".into());
     assert_eq!(plan(&n, &d), Err(Refusal::Trunk("TK1".into())));
-    assert_eq!(shown(&"x".repeat(1000)).len(), MAX_SHOWN_VALUE_CHARS);
+    assert_eq!(
+        shown(&"x".repeat(1000)).len(),
+        crate::setup::MAX_SHOWN_CHARS
+    );
     let e = SetupError::Unreachable("api.twilio.com".into(), "connection refused".into());
     let c = number_error_check(&e);
     assert!(c.detail.contains("api.twilio.com") && c.fix.unwrap().contains("TWILIO_API_BASE"));
