@@ -392,6 +392,9 @@ pub enum SyncError {
     TooManyPages(&'static str),
     /// A compiled-in tool file is broken.
     BadToolFile(&'static str),
+    /// The agent PATCH was accepted but the agent it answered still differs in these fields
+    /// (the service dropped or normalised them): another run would only write them again.
+    NotApplied(Vec<String>),
 }
 
 impl std::fmt::Display for SyncError {
@@ -407,6 +410,11 @@ impl std::fmt::Display for SyncError {
                 write!(f, "{what}: more than {MAX_PAGES} pages, stopped")
             }
             SyncError::BadToolFile(name) => write!(f, "agent/tools/{name}.json is broken"),
+            SyncError::NotApplied(fields) => write!(
+                f,
+                "ElevenLabs accepted the agent update but still shows other values for {}",
+                fields.join(", ")
+            ),
         }
     }
 }
@@ -571,7 +579,7 @@ impl AgentSync {
             Phase::ToolWrites => self.on_tool_written(&v),
             Phase::PatchAgent(_) => {
                 self.writes += 1;
-                Ok(())
+                self.check_patched(&v)
             }
             Phase::Done => Ok(()),
         }
@@ -730,6 +738,28 @@ impl AgentSync {
             Some(body) if !self.dry_run => Phase::PatchAgent(body),
             _ => Phase::Done,
         };
+    }
+
+    /// The agent the PATCH answered, compared as the GOT one was: ignis's settings must have
+    /// taken, or the sync fails naming the fields (as `twilio configure` does, docs/twilio.md §9).
+    fn check_patched(&self, agent: &Value) -> Result<(), SyncError> {
+        const WHAT: &str = "PATCH /v1/convai/agents/{id}";
+        if !agent["conversation_config"].is_object() {
+            return Err(SyncError::BadResponse(WHAT));
+        }
+        let left = plan_agent(agent, &self.ids, &self.tools, &self.settings).diff;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let fields = left
+            .iter()
+            .map(|d| {
+                d.split_once(": ")
+                    .map_or(d.as_str(), |(path, _)| path)
+                    .to_owned()
+            })
+            .collect();
+        Err(SyncError::NotApplied(fields))
     }
 
     /// The report so far (also after an error: what was already done).
@@ -1606,6 +1636,42 @@ mod tests {
         let second = drive(&mut w, false);
         assert_eq!((second.changes, second.writes), (0, 0), "{second:?}");
         assert_eq!(second.lines.last().unwrap(), "in sync: nothing to change");
+    }
+
+    #[test]
+    fn an_agent_field_the_patch_drops_fails_the_sync() {
+        let mut w = crate::sim::elevenlabs_api::Workspace::new("k");
+        w.seed_agent(crate::sim::elevenlabs_api::sample_agent("agent_1"));
+        let field = "conversation_config.conversation.max_duration_seconds";
+        w.ignored_on_patch.push(field.into());
+        let mut sync = AgentSync::new(settings(), false);
+        let err = loop {
+            let Step::Call(call) = sync.poll() else {
+                panic!("the sync ended without noticing: {:?}", sync.report())
+            };
+            let req = crate::sim::elevenlabs_api::ApiRequest {
+                method: call.method.into(),
+                target: call.target,
+                api_key: Some("k".into()),
+                body: call
+                    .body
+                    .map(|b| b.to_string().into_bytes())
+                    .unwrap_or_default(),
+            };
+            let resp = w.handle(&req);
+            if let Err(e) = sync.handle_response(resp.status, resp.body.to_string().as_bytes()) {
+                break e;
+            }
+        };
+        assert_eq!(err, SyncError::NotApplied(vec![field.to_owned()]));
+        assert_eq!(w.writes.last().unwrap().method, "PATCH");
+        let reply = json!({"detail": "ok"}).to_string();
+        let mut other = AgentSync::new(settings(), false);
+        other.phase = Phase::PatchAgent(json!({}));
+        assert_eq!(
+            other.handle_response(200, reply.as_bytes()),
+            Err(SyncError::BadResponse("PATCH /v1/convai/agents/{id}"))
+        );
     }
 
     #[test]
