@@ -209,7 +209,7 @@ pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, Set
 
 /// The target of one page of a list endpoint (`/v1/convai/tools`, `/v1/convai/secrets`), with
 /// an optional `search` (names starting with it; the answer is still checked name by name).
-pub fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> String {
+fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> String {
     let mut target = format!("{path}?page_size={PAGE_SIZE}");
     if let Some(s) = search {
         target.push_str(&format!("&search={}", encode_query_value(s)));
@@ -222,7 +222,7 @@ pub fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> St
 
 /// One page's items under `key` and the cursor of the next page (`None` on the last);
 /// `None` when the answer has no such list.
-pub fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
+fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
     let items = v[key].as_array()?.clone();
     // `has_more` is absent from older answers: a cursor alone means more.
     let next = v["next_cursor"]
@@ -232,9 +232,9 @@ pub fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
     Some((items, next))
 }
 
-/// Every item of one list endpoint, page by page (the doctor's reads; the sync pages inside
-/// [`AgentSync`]): [`Listing::poll`] names the next page, [`Listing::handle`] takes it.
-#[derive(Debug, Clone)]
+/// Every item of one list endpoint, page by page (the sync's reads and the doctor's):
+/// [`Listing::poll`] names the next page, [`Listing::handle`] takes it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listing {
     path: &'static str,
     key: &'static str,
@@ -388,8 +388,8 @@ pub enum SyncError {
     },
     /// A 2xx answer without the expected fields.
     BadResponse(&'static str),
-    /// A list endpoint did not end within [`MAX_PAGES`].
-    TooManyPages(&'static str),
+    /// A list endpoint's pages did not read (no list, or more than [`MAX_PAGES`]).
+    List(ListError),
     /// A compiled-in tool file is broken.
     BadToolFile(&'static str),
     /// The agent PATCH was accepted but the agent it answered still differs in these fields
@@ -406,9 +406,7 @@ impl std::fmt::Display for SyncError {
                 detail,
             } => write!(f, "ElevenLabs refused {what}: {status} {detail}"),
             SyncError::BadResponse(what) => write!(f, "unexpected ElevenLabs answer to {what}"),
-            SyncError::TooManyPages(what) => {
-                write!(f, "{what}: more than {MAX_PAGES} pages, stopped")
-            }
+            SyncError::List(e) => write!(f, "{e}, stopped"),
             SyncError::BadToolFile(name) => write!(f, "agent/tools/{name}.json is broken"),
             SyncError::NotApplied(fields) => write!(
                 f,
@@ -443,9 +441,9 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
-    Secrets(Option<String>),
+    Secrets(Listing),
     CreateSecret,
-    Tools(Option<String>),
+    Tools(Listing),
     Agent,
     ToolWrites,
     PatchAgent(Value),
@@ -467,7 +465,6 @@ pub struct AgentSync {
     settings: SyncSettings,
     dry_run: bool,
     phase: Phase,
-    pages: usize,
     secret_id: Option<String>,
     tools: Vec<Value>,
     agent: Value,
@@ -483,10 +480,9 @@ impl AgentSync {
     /// A sync of `settings`' agent; `dry_run` writes nothing.
     pub fn new(settings: SyncSettings, dry_run: bool) -> Self {
         AgentSync {
+            phase: Phase::Secrets(Listing::secrets(settings.tools_token.expose())),
             settings,
             dry_run,
-            phase: Phase::Secrets(None),
-            pages: 0,
             secret_id: None,
             tools: Vec::new(),
             agent: Value::Null,
@@ -501,7 +497,6 @@ impl AgentSync {
     /// The request to send now, or the report once done. Call again after each
     /// [`AgentSync::handle_response`].
     pub fn poll(&self) -> Step {
-        let list = |path: &str, cursor: &Option<String>| list_target(path, None, cursor.as_deref());
         let call = |method, target: String, body| {
             Step::Call(ApiCall {
                 method,
@@ -511,18 +506,17 @@ impl AgentSync {
         };
         let agent_path = agent_target(&self.settings.agent_id);
         match &self.phase {
-            Phase::Secrets(cursor) => {
-                let name = secret_name(self.settings.tools_token.expose());
-                let target = list_target("/v1/convai/secrets", Some(&name), cursor.as_deref());
-                call("GET", target, None)
-            }
+            // A finished listing never stays in the phase: `Done` cannot come.
+            Phase::Secrets(listing) | Phase::Tools(listing) => match listing.poll() {
+                ListStep::Get(target) => call("GET", target, None),
+                ListStep::Done(_) => Step::Done(self.report()),
+            },
             Phase::CreateSecret => {
                 let token = self.settings.tools_token.expose();
                 let body = json!({"name": secret_name(token), "value": secret_value(token),
                                   "type": "new"});
                 call("POST", "/v1/convai/secrets".into(), Some(body))
             }
-            Phase::Tools(cursor) => call("GET", list("/v1/convai/tools", cursor), None),
             Phase::Agent => call("GET", agent_path, None),
             Phase::ToolWrites => match self.pending.front() {
                 Some(w) => {
@@ -558,17 +552,17 @@ impl AgentSync {
         }
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Secrets(_) => self.on_secrets(&v),
+            Phase::Secrets(listing) => self.on_secrets(listing, &v),
             Phase::CreateSecret => {
                 let id = v["secret_id"]
                     .as_str()
                     .ok_or(SyncError::BadResponse("POST /v1/convai/secrets"))?;
                 self.secret_id = Some(id.to_owned());
                 self.writes += 1;
-                self.phase = Phase::Tools(None);
+                self.phase = Phase::Tools(Listing::tools());
                 Ok(())
             }
-            Phase::Tools(_) => self.on_tools(&v),
+            Phase::Tools(listing) => self.on_tools(listing, &v),
             Phase::Agent => {
                 if !v["conversation_config"].is_object() {
                     return Err(SyncError::BadResponse("GET /v1/convai/agents/{id}"));
@@ -585,25 +579,7 @@ impl AgentSync {
         }
     }
 
-    fn next_page(&mut self, v: &Value, what: &'static str) -> Result<Option<String>, SyncError> {
-        let Some((_, Some(next))) = list_page(
-            v,
-            if what.contains("tools") {
-                "tools"
-            } else {
-                "secrets"
-            },
-        ) else {
-            return Ok(None);
-        };
-        self.pages += 1;
-        if self.pages >= MAX_PAGES {
-            return Err(SyncError::TooManyPages(what));
-        }
-        Ok(Some(next))
-    }
-
-    fn on_secrets(&mut self, v: &Value) -> Result<(), SyncError> {
+    fn on_secrets(&mut self, mut listing: Listing, v: &Value) -> Result<(), SyncError> {
         let secrets = v["secrets"]
             .as_array()
             .ok_or(SyncError::BadResponse("GET /v1/convai/secrets"))?;
@@ -614,12 +590,12 @@ impl AgentSync {
                 .ok_or(SyncError::BadResponse("GET /v1/convai/secrets"))?;
             self.secret_id = Some(id.to_owned());
             self.lines.push(format!("  secret {name}: present ({id})"));
-            self.pages = 0;
-            self.phase = Phase::Tools(None);
+            self.phase = Phase::Tools(Listing::tools());
             return Ok(());
         }
-        if let Some(cursor) = self.next_page(v, "GET /v1/convai/secrets")? {
-            self.phase = Phase::Secrets(Some(cursor));
+        listing.handle(v).map_err(SyncError::List)?;
+        if let ListStep::Get(_) = listing.poll() {
+            self.phase = Phase::Secrets(listing);
             return Ok(());
         }
         let value = secret_value(self.settings.tools_token.expose());
@@ -628,24 +604,23 @@ impl AgentSync {
             masked(&value)
         ));
         self.changes += 1;
-        self.pages = 0;
         self.phase = if self.dry_run {
             self.secret_id = Some(format!("<new {name}>"));
-            Phase::Tools(None)
+            Phase::Tools(Listing::tools())
         } else {
             Phase::CreateSecret
         };
         Ok(())
     }
 
-    fn on_tools(&mut self, v: &Value) -> Result<(), SyncError> {
-        let tools = v["tools"]
-            .as_array()
-            .ok_or(SyncError::BadResponse("GET /v1/convai/tools"))?;
-        self.tools.extend(tools.iter().cloned());
-        self.phase = match self.next_page(v, "GET /v1/convai/tools")? {
-            Some(cursor) => Phase::Tools(Some(cursor)),
-            None => Phase::Agent,
+    fn on_tools(&mut self, mut listing: Listing, v: &Value) -> Result<(), SyncError> {
+        listing.handle(v).map_err(SyncError::List)?;
+        self.phase = match listing.poll() {
+            ListStep::Get(_) => Phase::Tools(listing),
+            ListStep::Done(tools) => {
+                self.tools = tools;
+                Phase::Agent
+            }
         };
         Ok(())
     }
