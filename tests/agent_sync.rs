@@ -335,6 +335,11 @@ async fn bad_configuration_exits_2_and_a_refusal_exits_1() {
     assert!(err.contains("TOOLS_TOKEN is not set"), "{err}");
     let o = sync(&svc.base(), &[("ELEVENLABS_API_KEY", "")], &[]).await;
     assert_eq!(o.status.code(), Some(2));
+    let bad_ca = [("EXTRA_CA_FILE", "/nonexistent/ignis-ca.pem")];
+    let o = sync(&svc.base(), &bad_ca, &[]).await;
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("EXTRA_CA_FILE: "), "{err}");
     let o = sync(
         &svc.base(),
         &[("ELEVENLABS_API_KEY", "sk_wrong_key_000000")],
@@ -345,4 +350,27 @@ async fn bad_configuration_exits_2_and_a_refusal_exits_1() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("401 Invalid API key"), "{err}");
     assert!(writes(&svc).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setting_the_service_drops_fails_the_sync_naming_it() {
+    let svc = service().await;
+    let field = "conversation_config.conversation.max_duration_seconds";
+    svc.workspace().ignored_on_patch.push(field.into());
+    let o = sync(&svc.base(), &[], &[]).await;
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains("accepted the agent update but still shows other values for")
+            && err.contains(field),
+        "{err}"
+    );
+    // Only the dropped field: the rest took.
+    assert!(!err.contains("asr."), "{err}");
+    assert!(!err.contains(TOKEN) && !out.contains(TOKEN));
+    // Without the knob the same sync goes through and the next one finds nothing to do.
+    svc.workspace().ignored_on_patch.clear();
+    ok(&sync(&svc.base(), &[], &[]).await);
+    let again = ok(&sync(&svc.base(), &[], &[]).await);
+    assert!(again.contains("in sync: nothing to change"), "{again}");
 }

@@ -465,6 +465,12 @@ async fn a_healthy_deployment_passes_and_a_wrong_public_url_is_named() {
     );
     assert!(line.contains("fix: serve the full chain"), "{r}");
     assert_eq!(r.line("health"), "- health: needs tls");
+    // An unreadable EXTRA_CA_FILE is a bad setting, as for the other set-up commands: exit 2.
+    let r = d
+        .doctor(&[], &[("EXTRA_CA_FILE", "/nonexistent/ignis-ca.pem")])
+        .await;
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("EXTRA_CA_FILE: "), "{r}");
 
     // The operator's PUBLIC_URL names the host differently from the server's (localhost, not
     // 127.0.0.1): the same certificate and proxy, but Twilio's signature no longer matches.

@@ -93,8 +93,6 @@ pub const FIRST_MESSAGE: &str = "Guten Tag, Sie sprechen mit der KI-Telefonassis
      {{practice_name}}. Ich bin eine künstliche Intelligenz. Wie kann ich Ihnen helfen?";
 /// Most pages read from a list endpoint (100 items each).
 pub const MAX_PAGES: usize = 50;
-/// Largest API response read (an agent with a long prompt and workflow is tens of KiB).
-pub const MAX_API_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Page size asked of the list endpoints (their maximum, §10.1).
 const PAGE_SIZE: usize = 100;
 /// Texts longer than this are shown by their length in the diff.
@@ -211,7 +209,7 @@ pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, Set
 
 /// The target of one page of a list endpoint (`/v1/convai/tools`, `/v1/convai/secrets`), with
 /// an optional `search` (names starting with it; the answer is still checked name by name).
-pub fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> String {
+fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> String {
     let mut target = format!("{path}?page_size={PAGE_SIZE}");
     if let Some(s) = search {
         target.push_str(&format!("&search={}", encode_query_value(s)));
@@ -224,7 +222,7 @@ pub fn list_target(path: &str, search: Option<&str>, cursor: Option<&str>) -> St
 
 /// One page's items under `key` and the cursor of the next page (`None` on the last);
 /// `None` when the answer has no such list.
-pub fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
+fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
     let items = v[key].as_array()?.clone();
     // `has_more` is absent from older answers: a cursor alone means more.
     let next = v["next_cursor"]
@@ -232,6 +230,132 @@ pub fn list_page(v: &Value, key: &str) -> Option<(Vec<Value>, Option<String>)> {
         .filter(|_| v["has_more"] != false)
         .map(str::to_owned);
     Some((items, next))
+}
+
+/// Every item of one list endpoint, page by page (the sync's reads and the doctor's):
+/// [`Listing::poll`] names the next page, [`Listing::handle`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    path: &'static str,
+    key: &'static str,
+    search: Option<String>,
+    cursor: Option<String>,
+    pages: usize,
+    items: Vec<Value>,
+    done: bool,
+}
+
+/// A list endpoint's next step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListStep {
+    /// GET this target and pass its 2xx JSON answer to [`Listing::handle`].
+    Get(String),
+    /// The last page was read: all items.
+    Done(Vec<Value>),
+}
+
+impl Listing {
+    /// Every tool of the workspace.
+    pub fn tools() -> Self {
+        Self::new("/v1/convai/tools", "tools", None)
+    }
+
+    /// The workspace secrets whose name starts with TOOLS_TOKEN's secret name.
+    pub fn secrets(tools_token: &str) -> Self {
+        Self::new(
+            "/v1/convai/secrets",
+            "secrets",
+            Some(secret_name(tools_token)),
+        )
+    }
+
+    fn new(path: &'static str, key: &'static str, search: Option<String>) -> Self {
+        Listing {
+            path,
+            key,
+            search,
+            cursor: None,
+            pages: 0,
+            items: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The page to GET next, or all items once the last was read.
+    pub fn poll(&self) -> ListStep {
+        if self.done {
+            ListStep::Done(self.items.clone())
+        } else {
+            ListStep::Get(list_target(
+                self.path,
+                self.search.as_deref(),
+                self.cursor.as_deref(),
+            ))
+        }
+    }
+
+    /// Takes one page (a 2xx JSON answer).
+    pub fn handle(&mut self, page: &Value) -> Result<(), ListError> {
+        let (items, next) =
+            list_page(page, self.key).ok_or(ListError::NoList(self.path, self.key))?;
+        self.items.extend(items);
+        self.pages += 1;
+        match next {
+            None => self.done = true,
+            Some(_) if self.pages >= MAX_PAGES => return Err(ListError::TooManyPages(self.path)),
+            Some(c) => self.cursor = Some(c),
+        }
+        Ok(())
+    }
+}
+
+/// Why a listing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListError {
+    /// A 2xx answer without the list (path, key).
+    NoList(&'static str, &'static str),
+    /// More than [`MAX_PAGES`] pages (path).
+    TooManyPages(&'static str),
+}
+
+impl std::fmt::Display for ListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListError::NoList(path, key) => write!(f, "GET {path}: no {key}"),
+            ListError::TooManyPages(path) => write!(f, "GET {path}: more than {MAX_PAGES} pages"),
+        }
+    }
+}
+
+impl std::error::Error for ListError {}
+
+/// Which workspace secret the tools' `Authorization` must name, for `agent_tools`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedSecret {
+    /// TOOLS_TOKEN is unset: any workspace secret passes.
+    Any,
+    /// The secret named for TOOLS_TOKEN (its id).
+    Id(String),
+    /// TOOLS_TOKEN is set but no secret carries its name: whatever secret the tools use, it
+    /// is not TOOLS_TOKEN's.
+    Missing,
+}
+
+impl ExpectedSecret {
+    /// For `tools_token` (`None`: unset), from the secrets a [`Listing::secrets`] read.
+    pub fn find(tools_token: Option<&str>, secrets: &[Value]) -> Self {
+        let Some(token) = tools_token else {
+            return ExpectedSecret::Any;
+        };
+        let name = secret_name(token);
+        secrets
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .and_then(|s| s["secret_id"].as_str())
+            .map_or(ExpectedSecret::Missing, |id| {
+                ExpectedSecret::Id(id.to_owned())
+            })
+    }
 }
 
 /// The path of the agent `id`.
@@ -264,10 +388,13 @@ pub enum SyncError {
     },
     /// A 2xx answer without the expected fields.
     BadResponse(&'static str),
-    /// A list endpoint did not end within [`MAX_PAGES`].
-    TooManyPages(&'static str),
+    /// A list endpoint's pages did not read (no list, or more than [`MAX_PAGES`]).
+    List(ListError),
     /// A compiled-in tool file is broken.
     BadToolFile(&'static str),
+    /// The agent PATCH was accepted but the agent it answered still differs in these fields
+    /// (the service dropped or normalised them): another run would only write them again.
+    NotApplied(Vec<String>),
 }
 
 impl std::fmt::Display for SyncError {
@@ -279,10 +406,13 @@ impl std::fmt::Display for SyncError {
                 detail,
             } => write!(f, "ElevenLabs refused {what}: {status} {detail}"),
             SyncError::BadResponse(what) => write!(f, "unexpected ElevenLabs answer to {what}"),
-            SyncError::TooManyPages(what) => {
-                write!(f, "{what}: more than {MAX_PAGES} pages, stopped")
-            }
+            SyncError::List(e) => write!(f, "{e}, stopped"),
             SyncError::BadToolFile(name) => write!(f, "agent/tools/{name}.json is broken"),
+            SyncError::NotApplied(fields) => write!(
+                f,
+                "ElevenLabs accepted the agent update but still shows other values for {}",
+                fields.join(", ")
+            ),
         }
     }
 }
@@ -311,9 +441,9 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
-    Secrets(Option<String>),
+    Secrets(Listing),
     CreateSecret,
-    Tools(Option<String>),
+    Tools(Listing),
     Agent,
     ToolWrites,
     PatchAgent(Value),
@@ -335,7 +465,6 @@ pub struct AgentSync {
     settings: SyncSettings,
     dry_run: bool,
     phase: Phase,
-    pages: usize,
     secret_id: Option<String>,
     tools: Vec<Value>,
     agent: Value,
@@ -351,10 +480,9 @@ impl AgentSync {
     /// A sync of `settings`' agent; `dry_run` writes nothing.
     pub fn new(settings: SyncSettings, dry_run: bool) -> Self {
         AgentSync {
+            phase: Phase::Secrets(Listing::secrets(settings.tools_token.expose())),
             settings,
             dry_run,
-            phase: Phase::Secrets(None),
-            pages: 0,
             secret_id: None,
             tools: Vec::new(),
             agent: Value::Null,
@@ -369,7 +497,6 @@ impl AgentSync {
     /// The request to send now, or the report once done. Call again after each
     /// [`AgentSync::handle_response`].
     pub fn poll(&self) -> Step {
-        let list = |path: &str, cursor: &Option<String>| list_target(path, None, cursor.as_deref());
         let call = |method, target: String, body| {
             Step::Call(ApiCall {
                 method,
@@ -379,18 +506,17 @@ impl AgentSync {
         };
         let agent_path = agent_target(&self.settings.agent_id);
         match &self.phase {
-            Phase::Secrets(cursor) => {
-                let name = secret_name(self.settings.tools_token.expose());
-                let target = list_target("/v1/convai/secrets", Some(&name), cursor.as_deref());
-                call("GET", target, None)
-            }
+            // A finished listing never stays in the phase: `Done` cannot come.
+            Phase::Secrets(listing) | Phase::Tools(listing) => match listing.poll() {
+                ListStep::Get(target) => call("GET", target, None),
+                ListStep::Done(_) => Step::Done(self.report()),
+            },
             Phase::CreateSecret => {
                 let token = self.settings.tools_token.expose();
                 let body = json!({"name": secret_name(token), "value": secret_value(token),
                                   "type": "new"});
                 call("POST", "/v1/convai/secrets".into(), Some(body))
             }
-            Phase::Tools(cursor) => call("GET", list("/v1/convai/tools", cursor), None),
             Phase::Agent => call("GET", agent_path, None),
             Phase::ToolWrites => match self.pending.front() {
                 Some(w) => {
@@ -426,17 +552,17 @@ impl AgentSync {
         }
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Secrets(_) => self.on_secrets(&v),
+            Phase::Secrets(listing) => self.on_secrets(listing, &v),
             Phase::CreateSecret => {
                 let id = v["secret_id"]
                     .as_str()
                     .ok_or(SyncError::BadResponse("POST /v1/convai/secrets"))?;
                 self.secret_id = Some(id.to_owned());
                 self.writes += 1;
-                self.phase = Phase::Tools(None);
+                self.phase = Phase::Tools(Listing::tools());
                 Ok(())
             }
-            Phase::Tools(_) => self.on_tools(&v),
+            Phase::Tools(listing) => self.on_tools(listing, &v),
             Phase::Agent => {
                 if !v["conversation_config"].is_object() {
                     return Err(SyncError::BadResponse("GET /v1/convai/agents/{id}"));
@@ -447,31 +573,13 @@ impl AgentSync {
             Phase::ToolWrites => self.on_tool_written(&v),
             Phase::PatchAgent(_) => {
                 self.writes += 1;
-                Ok(())
+                self.check_patched(&v)
             }
             Phase::Done => Ok(()),
         }
     }
 
-    fn next_page(&mut self, v: &Value, what: &'static str) -> Result<Option<String>, SyncError> {
-        let Some((_, Some(next))) = list_page(
-            v,
-            if what.contains("tools") {
-                "tools"
-            } else {
-                "secrets"
-            },
-        ) else {
-            return Ok(None);
-        };
-        self.pages += 1;
-        if self.pages >= MAX_PAGES {
-            return Err(SyncError::TooManyPages(what));
-        }
-        Ok(Some(next))
-    }
-
-    fn on_secrets(&mut self, v: &Value) -> Result<(), SyncError> {
+    fn on_secrets(&mut self, mut listing: Listing, v: &Value) -> Result<(), SyncError> {
         let secrets = v["secrets"]
             .as_array()
             .ok_or(SyncError::BadResponse("GET /v1/convai/secrets"))?;
@@ -482,12 +590,12 @@ impl AgentSync {
                 .ok_or(SyncError::BadResponse("GET /v1/convai/secrets"))?;
             self.secret_id = Some(id.to_owned());
             self.lines.push(format!("  secret {name}: present ({id})"));
-            self.pages = 0;
-            self.phase = Phase::Tools(None);
+            self.phase = Phase::Tools(Listing::tools());
             return Ok(());
         }
-        if let Some(cursor) = self.next_page(v, "GET /v1/convai/secrets")? {
-            self.phase = Phase::Secrets(Some(cursor));
+        listing.handle(v).map_err(SyncError::List)?;
+        if let ListStep::Get(_) = listing.poll() {
+            self.phase = Phase::Secrets(listing);
             return Ok(());
         }
         let value = secret_value(self.settings.tools_token.expose());
@@ -496,24 +604,23 @@ impl AgentSync {
             masked(&value)
         ));
         self.changes += 1;
-        self.pages = 0;
         self.phase = if self.dry_run {
             self.secret_id = Some(format!("<new {name}>"));
-            Phase::Tools(None)
+            Phase::Tools(Listing::tools())
         } else {
             Phase::CreateSecret
         };
         Ok(())
     }
 
-    fn on_tools(&mut self, v: &Value) -> Result<(), SyncError> {
-        let tools = v["tools"]
-            .as_array()
-            .ok_or(SyncError::BadResponse("GET /v1/convai/tools"))?;
-        self.tools.extend(tools.iter().cloned());
-        self.phase = match self.next_page(v, "GET /v1/convai/tools")? {
-            Some(cursor) => Phase::Tools(Some(cursor)),
-            None => Phase::Agent,
+    fn on_tools(&mut self, mut listing: Listing, v: &Value) -> Result<(), SyncError> {
+        listing.handle(v).map_err(SyncError::List)?;
+        self.phase = match listing.poll() {
+            ListStep::Get(_) => Phase::Tools(listing),
+            ListStep::Done(tools) => {
+                self.tools = tools;
+                Phase::Agent
+            }
         };
         Ok(())
     }
@@ -608,6 +715,28 @@ impl AgentSync {
         };
     }
 
+    /// The agent the PATCH answered, compared as the GOT one was: ignis's settings must have
+    /// taken, or the sync fails naming the fields (as `twilio configure` does, docs/twilio.md §9).
+    fn check_patched(&self, agent: &Value) -> Result<(), SyncError> {
+        const WHAT: &str = "PATCH /v1/convai/agents/{id}";
+        if !agent["conversation_config"].is_object() {
+            return Err(SyncError::BadResponse(WHAT));
+        }
+        let left = plan_agent(agent, &self.ids, &self.tools, &self.settings).diff;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let fields = left
+            .iter()
+            .map(|d| {
+                d.split_once(": ")
+                    .map_or(d.as_str(), |(path, _)| path)
+                    .to_owned()
+            })
+            .collect();
+        Err(SyncError::NotApplied(fields))
+    }
+
     /// The report so far (also after an error: what was already done).
     pub fn report(&self) -> Report {
         let mut lines = self.lines.clone();
@@ -660,10 +789,7 @@ fn error_detail(body: &[u8]) -> String {
         Value::Null => String::from_utf8_lossy(body).into_owned(),
         other => other.to_string(),
     };
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_ERROR_DETAIL_CHARS)
-        .collect()
+    super::shown(&text, MAX_ERROR_DETAIL_CHARS)
 }
 
 /// The ids in the agent's `conversation_config.agent.prompt.tool_ids`.
@@ -802,10 +928,11 @@ fn change(old: &Value, new: &Value) -> String {
             return parts.join("; ");
         }
     }
-    format!("{} → {}", shown(old), shown(new))
+    format!("{} → {}", diff_value(old), diff_value(new))
 }
 
-fn shown(v: &Value) -> String {
+/// A JSON value for the diff: long texts by their length, never cut (the diff compares them).
+fn diff_value(v: &Value) -> String {
     match v {
         Value::Null => "(unset)".into(),
         Value::String(s) if s.chars().count() > LONG_TEXT => {
@@ -1097,9 +1224,9 @@ pub fn check_signed_url(result: Result<(), String>) -> Check {
 }
 
 /// `agent_tools`: each of ignis's tools exists, is attached, and (webhooks) points at
-/// `origin/api/…` with the workspace secret as `Authorization` (`secret_id` when known: the one
-/// for the current TOOLS_TOKEN) and the call token as `X-Ignis-Call`.
-pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Option<&str>) -> Check {
+/// `origin/api/…` with the workspace secret as `Authorization` (the one `secret` expects:
+/// TOOLS_TOKEN's when it is set) and the call token as `X-Ignis-Call`.
+pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret: &ExpectedSecret) -> Check {
     let attached = attached_ids(agent);
     let mut problems = Vec::new();
     for (name, _) in TOOL_FILES {
@@ -1117,7 +1244,7 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Opti
             }
             continue;
         }
-        problems.extend(webhook_problems(name, c, origin, secret_id));
+        problems.extend(webhook_problems(name, c, origin, secret));
     }
     if problems.is_empty() {
         Check::pass(
@@ -1132,7 +1259,7 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret_id: Opti
     }
 }
 
-fn webhook_problems(name: &str, c: &Value, origin: &str, secret_id: Option<&str>) -> Vec<String> {
+fn webhook_problems(name: &str, c: &Value, origin: &str, secret: &ExpectedSecret) -> Vec<String> {
     let mut problems = Vec::new();
     let url = c["api_schema"]["url"].as_str().unwrap_or_default();
     if !url.starts_with(&format!("{origin}/api/")) {
@@ -1142,12 +1269,13 @@ fn webhook_problems(name: &str, c: &Value, origin: &str, secret_id: Option<&str>
         problems.push(format!("{name} points at {host}, not {origin}/api"));
     }
     let headers = &c["api_schema"]["request_headers"];
-    match (headers["Authorization"]["secret_id"].as_str(), secret_id) {
+    match (headers["Authorization"]["secret_id"].as_str(), secret) {
         (None, _) => problems.push(format!("{name}: Authorization is not a workspace secret")),
-        (Some(have), Some(want)) if have != want => problems.push(format!(
+        (Some(_), ExpectedSecret::Any) => {}
+        (Some(have), ExpectedSecret::Id(want)) if have == want => {}
+        (Some(_), _) => problems.push(format!(
             "{name}: Authorization uses another secret than TOOLS_TOKEN's"
         )),
-        _ => {}
     }
     if headers["X-Ignis-Call"]["variable_name"] != CALL_TOKEN_VARIABLE {
         problems.push(format!(
@@ -1173,7 +1301,7 @@ pub fn check_settings(agent: &Value, record_voice: bool, retention_days: u32) ->
         ),
     ] {
         if v != AUDIO_FORMAT {
-            problems.push(format!("{path} is {}, not {AUDIO_FORMAT}", shown(v)));
+            problems.push(format!("{path} is {}, not {AUDIO_FORMAT}", diff_value(v)));
         }
     }
     let events = &conv["conversation"]["client_events"];
@@ -1202,13 +1330,13 @@ pub fn check_settings(agent: &Value, record_voice: bool, retention_days: u32) ->
     if privacy["record_voice"] != record_voice {
         problems.push(format!(
             "record_voice is {}, ELEVENLABS_RECORD_VOICE says {record_voice}",
-            shown(&privacy["record_voice"])
+            diff_value(&privacy["record_voice"])
         ));
     }
     if privacy["retention_days"] != retention_days {
         problems.push(format!(
             "retention_days is {}, ELEVENLABS_RETENTION_DAYS says {retention_days}",
-            shown(&privacy["retention_days"])
+            diff_value(&privacy["retention_days"])
         ));
     }
     if problems.is_empty() {
@@ -1309,7 +1437,7 @@ mod tests {
         assert_eq!(d[0].0, "api_schema.url");
         assert_eq!(grouped(5210), "5 210");
         assert_eq!(grouped(123), "123");
-        assert_eq!(shown(&json!("x".repeat(5210))), "5 210 chars");
+        assert_eq!(diff_value(&json!("x".repeat(5210))), "5 210 chars");
     }
 
     #[test]
@@ -1377,7 +1505,7 @@ mod tests {
             .collect();
         let agent = json!({"conversation_config": {"agent": {"prompt": {
             "tool_ids": (0..7).map(|i| format!("t{i}")).collect::<Vec<_>>()}}}});
-        let c = check_tools(&agent, &tools, ORIGIN, Some("sec_1"));
+        let c = check_tools(&agent, &tools, ORIGIN, &ExpectedSecret::Id("sec_1".into()));
         assert_eq!(c.status, super::super::Status::Fail);
         assert!(c.detail.contains("old.example.net"), "{}", c.detail);
         assert!(c.fix.unwrap().contains("ignis agent sync"));
@@ -1388,11 +1516,48 @@ mod tests {
             .map(|(i, c)| json!({"id": format!("t{i}"), "tool_config": c}))
             .collect();
         assert_eq!(
-            check_tools(&agent, &good, ORIGIN, Some("sec_1")).status,
+            check_tools(&agent, &good, ORIGIN, &ExpectedSecret::Id("sec_1".into())).status,
             super::super::Status::Pass
         );
-        let other = check_tools(&agent, &good, ORIGIN, Some("sec_2"));
+        let other = check_tools(&agent, &good, ORIGIN, &ExpectedSecret::Id("sec_2".into()));
         assert!(other.detail.contains("another secret"), "{}", other.detail);
+    }
+
+    #[test]
+    fn a_listing_pages_to_the_end_and_the_secret_is_found_by_name() {
+        let mut l = Listing::secrets(TOKEN);
+        let ListStep::Get(first) = l.poll() else {
+            panic!()
+        };
+        assert!(first.contains("&search=ignis_tools_"), "{first}");
+        let page = json!({"secrets": [{"name": "other", "secret_id": "s0"}],
+                          "next_cursor": "c1", "has_more": true});
+        l.handle(&page).unwrap();
+        assert!(matches!(l.poll(), ListStep::Get(t) if t.ends_with("&cursor=c1")));
+        let name = secret_name(TOKEN);
+        l.handle(&json!({"secrets": [{"name": name, "secret_id": "s1"}], "has_more": false}))
+            .unwrap();
+        let ListStep::Done(all) = l.poll() else {
+            panic!()
+        };
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            ExpectedSecret::find(Some(TOKEN), &all),
+            ExpectedSecret::Id("s1".into())
+        );
+        assert_eq!(
+            ExpectedSecret::find(Some(TOKEN), &all[..1]),
+            ExpectedSecret::Missing
+        );
+        assert_eq!(ExpectedSecret::find(None, &all[..1]), ExpectedSecret::Any);
+        let mut endless = Listing::tools();
+        let more = json!({"tools": [], "next_cursor": "c", "has_more": true});
+        let stopped = (0..MAX_PAGES).find_map(|_| endless.handle(&more).err());
+        assert_eq!(stopped, Some(ListError::TooManyPages("/v1/convai/tools")));
+        assert_eq!(
+            Listing::tools().handle(&json!({})).unwrap_err().to_string(),
+            "GET /v1/convai/tools: no tools"
+        );
     }
 
     /// Runs a sync against the sans-IO stand-in to its end.
@@ -1446,6 +1611,42 @@ mod tests {
         let second = drive(&mut w, false);
         assert_eq!((second.changes, second.writes), (0, 0), "{second:?}");
         assert_eq!(second.lines.last().unwrap(), "in sync: nothing to change");
+    }
+
+    #[test]
+    fn an_agent_field_the_patch_drops_fails_the_sync() {
+        let mut w = crate::sim::elevenlabs_api::Workspace::new("k");
+        w.seed_agent(crate::sim::elevenlabs_api::sample_agent("agent_1"));
+        let field = "conversation_config.conversation.max_duration_seconds";
+        w.ignored_on_patch.push(field.into());
+        let mut sync = AgentSync::new(settings(), false);
+        let err = loop {
+            let Step::Call(call) = sync.poll() else {
+                panic!("the sync ended without noticing: {:?}", sync.report())
+            };
+            let req = crate::sim::elevenlabs_api::ApiRequest {
+                method: call.method.into(),
+                target: call.target,
+                api_key: Some("k".into()),
+                body: call
+                    .body
+                    .map(|b| b.to_string().into_bytes())
+                    .unwrap_or_default(),
+            };
+            let resp = w.handle(&req);
+            if let Err(e) = sync.handle_response(resp.status, resp.body.to_string().as_bytes()) {
+                break e;
+            }
+        };
+        assert_eq!(err, SyncError::NotApplied(vec![field.to_owned()]));
+        assert_eq!(w.writes.last().unwrap().method, "PATCH");
+        let reply = json!({"detail": "ok"}).to_string();
+        let mut other = AgentSync::new(settings(), false);
+        other.phase = Phase::PatchAgent(json!({}));
+        assert_eq!(
+            other.handle_response(200, reply.as_bytes()),
+            Err(SyncError::BadResponse("PATCH /v1/convai/agents/{id}"))
+        );
     }
 
     #[test]

@@ -492,14 +492,16 @@ fn upstream_fix(status: u16) -> String {
     }
 }
 
-/// At most 80 characters of a body, for a report line.
+/// Most characters of a body's first line quoted in a report line.
+const MAX_BODY_EXCERPT_CHARS: usize = 80;
+
+/// `: <first line of body>`, shortened (see [`super::shown`]), or nothing for an empty body.
 fn short(body: &str) -> String {
     let line = body.lines().next().unwrap_or("").trim();
     if line.is_empty() {
         return String::new();
     }
-    let cut: String = line.chars().take(80).collect();
-    format!(": {cut}")
+    format!(": {}", super::shown(line, MAX_BODY_EXCERPT_CHARS))
 }
 
 // ---- 5. the voice webhook ----
@@ -881,6 +883,10 @@ pub fn evaluate_tools(reply: &Reply) -> Check {
 /// What the simulated call measured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallObservation {
+    /// The voice webhook's status (`None`: no answer).
+    pub webhook_status: Option<u16>,
+    /// Whether the media stream started.
+    pub stream_started: bool,
     /// Stream start → first agent audio, ms.
     pub setup_ms: Option<u64>,
     /// Caller audio sent: bytes of 8 kHz μ-law (8 bytes a millisecond).
@@ -915,16 +921,24 @@ pub fn evaluate_call(requested: bool, result: Result<&CallObservation, &str>) ->
     if !requested {
         return Check::skip(id, "run with --call for a whole simulated call");
     }
+    let failed = |why: String| {
+        Check::fail(
+            id,
+            format!("the simulated call failed: {why}"),
+            "see the checks above and ignis's log for this call",
+        )
+    };
     let obs = match result {
         Ok(o) => o,
-        Err(e) => {
-            return Check::fail(
-                id,
-                format!("the simulated call failed: {e}"),
-                "see the checks above and ignis's log for this call",
-            );
-        }
+        Err(e) => return failed(e.to_owned()),
     };
+    if obs.webhook_status != Some(200) {
+        let status = obs.webhook_status.map_or("none".into(), |s| s.to_string());
+        return failed(format!("the voice webhook answered {status}"));
+    }
+    if !obs.stream_started {
+        return failed("the stream never started".into());
+    }
     let ms = |bytes: u64| bytes / 8;
     let setup = obs
         .setup_ms
@@ -1272,6 +1286,8 @@ mod tests {
     fn the_call_needs_audio_both_ways() {
         assert_eq!(evaluate_call(false, Err("x")).status, Status::Skip);
         let mut obs = CallObservation {
+            webhook_status: Some(200),
+            stream_started: true,
             setup_ms: Some(120),
             sent_bytes: 16_000,
             heard_bytes: 8_000,
@@ -1285,6 +1301,21 @@ mod tests {
                 .contains("set-up 120 ms; sent 16000 bytes (2000 ms), heard 8000 bytes (1000 ms)"),
             "{c}"
         );
+        obs.webhook_status = Some(502);
+        let c = evaluate_call(true, Ok(&obs));
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.ends_with("the voice webhook answered 502"), "{c}");
+        obs.webhook_status = None;
+        assert!(
+            evaluate_call(true, Ok(&obs))
+                .detail
+                .ends_with("answered none")
+        );
+        obs.webhook_status = Some(200);
+        obs.stream_started = false;
+        let c = evaluate_call(true, Ok(&obs));
+        assert!(c.detail.ends_with("the stream never started"), "{c}");
+        obs.stream_started = true;
         obs.answered_bytes = 0;
         assert_eq!(evaluate_call(true, Ok(&obs)).status, Status::Fail);
         obs.heard_bytes = 0;

@@ -99,6 +99,24 @@ impl fmt::Display for Check {
     }
 }
 
+/// Largest answer read from a set-up API (Twilio REST and Monitor, ElevenLabs). The largest
+/// expected: an ElevenLabs agent with a long prompt, its workflow and many tools (tens of KiB),
+/// or a Twilio list page at its maximum of 1000 numbers (about 2 KB each, ~2 MB;
+/// docs/twilio.md §9.1). 4 MiB holds both with room and still bounds a misbehaving peer.
+pub const MAX_API_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest value from a peer shown in a report line (a URL, a SID, a date).
+pub const MAX_SHOWN_CHARS: usize = 200;
+
+/// A peer's text as it may be printed: no control characters (no terminal escapes), at most
+/// `max_chars` characters (usually [`MAX_SHOWN_CHARS`]).
+pub fn shown(text: &str, max_chars: usize) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(max_chars)
+        .collect()
+}
+
 /// A secret as it may be shown: its length and last two characters at most, never the value.
 pub fn masked(secret: &str) -> String {
     let n = secret.chars().count();
@@ -124,5 +142,10 @@ mod tests {
         assert_eq!(masked("short"), "****");
         let m = masked("Bearer abcdefghijklmnop");
         assert!(!m.contains("abcdef"), "{m}");
+        assert_eq!(shown("a\u{1b}[2Jb\nc", MAX_SHOWN_CHARS), "a[2Jbc");
+        assert_eq!(
+            shown(&"x".repeat(1000), MAX_SHOWN_CHARS).len(),
+            MAX_SHOWN_CHARS
+        );
     }
 }

@@ -25,8 +25,6 @@ pub const LIST_PAGE_SIZE: u32 = 50;
 /// Most list pages followed: partial matches past 1000 numbers mean a wrong number, not a
 /// slow account.
 pub const MAX_LIST_PAGES: usize = 20;
-/// Largest REST or Monitor answer read: a page of 50 numbers is about 100 KB.
-pub const MAX_API_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 /// Longest Twilio error message shown (it is the peer's text).
 pub const MAX_ERROR_MESSAGE_CHARS: usize = 300;
 /// How far back the doctor reads Monitor alerts.
@@ -245,14 +243,12 @@ impl ApiError {
             message: Option<String>,
         }
         let body: Option<Body> = serde_json::from_slice(&resp.body).ok();
-        let message = body
-            .as_ref()
-            .and_then(|b| b.message.as_deref())
-            .unwrap_or("")
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_ERROR_MESSAGE_CHARS)
-            .collect();
+        let message = super::shown(
+            body.as_ref()
+                .and_then(|b| b.message.as_deref())
+                .unwrap_or(""),
+            MAX_ERROR_MESSAGE_CHARS,
+        );
         ApiError {
             status: resp.status,
             code: body.and_then(|b| b.code),
@@ -304,17 +300,9 @@ impl fmt::Display for ApiError {
     }
 }
 
-/// Longest value from Twilio shown in a report (a URL, a SID, a date).
-pub const MAX_SHOWN_VALUE_CHARS: usize = 200;
-
-/// A value from Twilio as it may be printed: no control characters (no terminal escapes),
-/// at most [`MAX_SHOWN_VALUE_CHARS`].
-pub fn shown(value: &str) -> String {
-    value
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_SHOWN_VALUE_CHARS)
-        .collect()
+/// A value from Twilio as it may be printed (see [`super::shown`]).
+fn shown(value: &str) -> String {
+    super::shown(value, super::MAX_SHOWN_CHARS)
 }
 
 /// An answer's body as `T` when 2xx, else the error.
@@ -746,6 +734,57 @@ pub fn number_check(n: &IncomingNumber, desired: &Desired) -> Check {
             }
         }
     }
+}
+
+/// What `ignis twilio configure` works on: the number (`--number`, else TWILIO_PHONE_NUMBER),
+/// the credentials and the wanted settings, or why the configuration cannot (exit 2).
+pub fn configure_target(
+    config: &Config,
+    number_arg: Option<&str>,
+) -> Result<(String, TwilioAuth, Desired), SetupError> {
+    let number = number_arg
+        .map(str::to_owned)
+        .or_else(|| config.twilio_phone_number.clone())
+        .ok_or(SetupError::NoNumber)?;
+    let auth = TwilioAuth::from_config(config).ok_or(SetupError::NoAccountSid)?;
+    let desired = Desired::from_config(config)?;
+    Ok((number, auth, desired))
+}
+
+/// What the doctor's Twilio checks ask of Twilio, decided from the configuration alone.
+#[derive(Debug)]
+pub enum DoctorPlan {
+    /// Nothing: both checks are these skips (TWILIO_ACCOUNT_SID is unset).
+    Skip(Vec<Check>),
+    /// The alerts, and the number when `number` is `Ok` (else that check as it stands).
+    Ask {
+        /// The credentials.
+        auth: TwilioAuth,
+        /// The number to find and what it should look like, or its check without asking.
+        number: Result<(String, Desired), Check>,
+    },
+}
+
+/// The doctor's Twilio plan: skipped without TWILIO_ACCOUNT_SID; `twilio_number` skipped
+/// without TWILIO_PHONE_NUMBER, failed at once when the wanted settings cannot be built.
+pub fn doctor_plan(config: &Config) -> DoctorPlan {
+    let Some(auth) = TwilioAuth::from_config(config) else {
+        let why = "TWILIO_ACCOUNT_SID is not set";
+        return DoctorPlan::Skip(vec![
+            Check::skip("twilio_number", why),
+            Check::skip("twilio_alerts", why),
+        ]);
+    };
+    let number = match &config.twilio_phone_number {
+        None => Err(Check::skip(
+            "twilio_number",
+            "TWILIO_PHONE_NUMBER is not set",
+        )),
+        Some(n) => Desired::from_config(config)
+            .map(|d| (n.clone(), d))
+            .map_err(|e| number_error_check(&e)),
+    };
+    DoctorPlan::Ask { auth, number }
 }
 
 /// What to do when Twilio cannot be reached from here.

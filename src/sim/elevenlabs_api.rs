@@ -187,6 +187,10 @@ pub struct Workspace {
     pub agents: Vec<Value>,
     /// The writes accepted, in order.
     pub writes: Vec<Write>,
+    /// Test knob: dotted agent paths (`conversation_config.conversation.max_duration_seconds`)
+    /// an agent PATCH leaves as they were, as a service that drops or normalises a field would;
+    /// the answer shows the stored value. Empty by default.
+    pub ignored_on_patch: Vec<String>,
     next_id: u64,
 }
 
@@ -199,6 +203,7 @@ impl Workspace {
             tools: Vec::new(),
             agents: Vec::new(),
             writes: Vec::new(),
+            ignored_on_patch: Vec::new(),
             next_id: 1,
         }
     }
@@ -503,12 +508,41 @@ impl Workspace {
         let Some(agent) = self.agents.iter_mut().find(|a| a["agent_id"] == id) else {
             return not_found("agent", id);
         };
+        let kept: Vec<(&str, Value)> = self
+            .ignored_on_patch
+            .iter()
+            .map(|p| (p.as_str(), at_path(agent, p).clone()))
+            .collect();
         for key in AGENT_PATCH_FIELDS {
             if let Some(v) = fields.get(key) {
                 agent[key] = v.clone();
             }
         }
+        for (path, old) in kept {
+            set_path(agent, path, old);
+        }
         ApiResponse::ok(agent.clone())
+    }
+}
+
+/// The value at a dotted path (`Null` when absent).
+fn at_path<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |at, key| &at[key])
+}
+
+/// Sets the value at a dotted path (objects made on the way; `Null` removes the last key).
+fn set_path(v: &mut Value, path: &str, new: Value) {
+    let mut keys: Vec<&str> = path.split('.').collect();
+    let Some(last) = keys.pop() else { return };
+    let mut at = v;
+    for key in keys {
+        at = &mut at[key];
+    }
+    match (new, at.as_object_mut()) {
+        (Value::Null, Some(m)) => {
+            m.remove(last);
+        }
+        (new, _) => at[last] = new,
     }
 }
 

@@ -2,11 +2,11 @@
 //! requests the core in [`crate::setup::agent`] asks for, print its report. No decisions here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use tokio_rustls::rustls::ClientConfig;
 
+use super::API_TIMEOUT;
 use crate::cli::AgentSyncArgs;
 use crate::config::Config;
 use crate::driver::net;
@@ -14,22 +14,16 @@ use crate::driver::startup::{self, StartError};
 use crate::elevenlabs::endpoint;
 use crate::http::client::encode_request;
 use crate::http::url::Endpoint;
-use crate::setup::Check;
 use crate::setup::agent::{
-    self as core, AgentSync, ApiCall, MAX_API_RESPONSE_BYTES, MAX_PAGES, Step,
+    self as core, AgentSync, ApiCall, ExpectedSecret, ListStep, Listing, Step,
 };
-
-/// Longest wait for one API request (connect, send, whole answer).
-const API_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 
 /// `ignis agent sync [--dry-run]`: exit 0 done or in sync, 1 the service refused or failed,
 /// 2 bad configuration.
 pub fn sync(args: &AgentSyncArgs) -> Result<(), StartError> {
-    let vars = startup::load_vars().map_err(StartError::Config)?;
-    let config = Config::from_vars(&vars, false).map_err(StartError::Config)?;
+    let (config, tls) = super::load()?;
     let settings = core::sync_settings(&config).map_err(|e| StartError::Usage(e.to_string()))?;
-    let tls = net::tls_config(config.extra_ca_file.as_deref())
-        .map_err(|e| StartError::Usage(format!("EXTRA_CA_FILE: {e}")))?;
     println!(
         "agent {} on {}{}",
         settings.agent_id,
@@ -108,32 +102,21 @@ async fn get_json(
     serde_json::from_slice(&body).map_err(|_| format!("GET {}: not JSON", path_only(&call.target)))
 }
 
-/// Every item of a list endpoint, page by page (at most [`MAX_PAGES`]).
+/// Every item of a list endpoint: the pages the core's [`Listing`] asks for.
 async fn list_all(
     config: &Config,
     tls: &Arc<ClientConfig>,
-    path: &str,
-    key: &str,
-    search: Option<&str>,
+    mut listing: Listing,
 ) -> Result<Vec<Value>, String> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let v = get_json(
-            config,
-            tls,
-            core::list_target(path, search, cursor.as_deref()),
-        )
-        .await?;
-        let (items, next) =
-            core::list_page(&v, key).ok_or_else(|| format!("GET {path}: no {key}"))?;
-        all.extend(items);
-        match next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(all),
+    loop {
+        match listing.poll() {
+            ListStep::Get(target) => {
+                let page = get_json(config, tls, target).await?;
+                listing.handle(&page).map_err(|e| e.to_string())?;
+            }
+            ListStep::Done(items) => return Ok(items),
         }
     }
-    Err(format!("GET {path}: more than {MAX_PAGES} pages"))
 }
 
 /// The agent checks of `ignis doctor`: `agent_signed_url`, `agent_tools`, `agent_settings`;
@@ -172,26 +155,15 @@ pub(crate) async fn doctor_checks(config: &Config, tls: &Arc<ClientConfig>) -> V
         }
     };
     let origin = config.public_url.http_url("");
-    let tools = list_all(config, tls, "/v1/convai/tools", "tools", None).await;
-    let secret = match &config.practice.tools_token {
-        Some(token) => {
-            let name = core::secret_name(token.expose());
-            list_all(config, tls, "/v1/convai/secrets", "secrets", Some(&name))
-                .await
-                .map(|s| {
-                    let found = s.iter().find(|s| s["name"] == name.as_str());
-                    Some(
-                        found
-                            .and_then(|s| s["secret_id"].as_str())
-                            .unwrap_or("")
-                            .to_owned(),
-                    )
-                })
-        }
-        None => Ok(None),
-    };
+    let tools = list_all(config, tls, Listing::tools()).await;
+    let token = config.practice.tools_token.as_ref().map(|t| t.expose());
+    let secret = match token {
+        Some(t) => list_all(config, tls, Listing::secrets(t)).await,
+        None => Ok(Vec::new()),
+    }
+    .map(|secrets| ExpectedSecret::find(token, &secrets));
     checks.push(match (tools, secret) {
-        (Ok(tools), Ok(secret)) => core::check_tools(&agent, &tools, &origin, secret.as_deref()),
+        (Ok(tools), Ok(secret)) => core::check_tools(&agent, &tools, &origin, &secret),
         (Err(why), _) | (_, Err(why)) => Check::fail(IDS[1], why, "check ELEVENLABS_API_KEY"),
     });
     checks.push(core::check_settings(

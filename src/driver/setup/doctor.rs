@@ -20,9 +20,9 @@ use tokio_rustls::rustls::{
 
 use super::super::caller::{self, CallerOptions, SpeakAt};
 use super::super::net;
-use super::super::startup::{StartError, load_vars, runtime};
+use super::super::startup::{StartError, runtime};
 use crate::cli::DoctorArgs;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::http::client;
 use crate::http::url::Endpoint;
 use crate::routes::{STREAM_PATH, VOICE_PATH};
@@ -41,17 +41,8 @@ const CALL_MAX: Duration = Duration::from_secs(60);
 /// `ignis doctor [--json] [--call]`: exit 0 when no check failed, 1 when one did, 2 for a bad
 /// configuration.
 pub fn run(args: &DoctorArgs) -> Result<(), StartError> {
-    let vars = load_vars().map_err(StartError::Config)?;
-    let config = Config::from_vars(&vars, false).map_err(StartError::Config)?;
-    let bad_ca = |e: std::io::Error| {
-        StartError::Config(ConfigError {
-            variable: "EXTRA_CA_FILE".into(),
-            reason: e.to_string(),
-        })
-    };
-    let extra_ca = config.extra_ca_file.as_deref();
-    let tls = net::tls_config(extra_ca).map_err(bad_ca)?;
-    let roots = net::root_store(extra_ca).map_err(bad_ca)?;
+    let (config, tls) = super::load()?;
+    let roots = net::root_store(config.extra_ca_file.as_deref()).map_err(super::bad_extra_ca)?;
     let json = args.json;
     let emit = move |c: &Check| {
         if json {
@@ -421,23 +412,19 @@ async fn simulated_call(
     let report = caller::run_with(opts, ids, tls)
         .await
         .map_err(|e| e.to_string())?;
-    if report.webhook_status != Some(200) {
-        let status = report
-            .webhook_status
-            .map_or("none".into(), |s| s.to_string());
-        return Err(format!("the voice webhook answered {status}"));
-    }
-    let (Some(start), first_audio) = (report.started_at, report.first_audio_at) else {
-        return Err("the stream never started".into());
-    };
-    let spoke_at = report
-        .first_speech_sent_at
-        .map(|t| t.saturating_duration_since(start));
+    let start = report.started_at;
+    let since_start =
+        |t: Option<std::time::Instant>| t.zip(start).map(|(t, s)| t.saturating_duration_since(s));
     Ok(core::CallObservation {
-        setup_ms: first_audio.map(|a| a.saturating_duration_since(start).as_millis() as u64),
+        webhook_status: report.webhook_status,
+        stream_started: start.is_some(),
+        setup_ms: since_start(report.first_audio_at).map(|d| d.as_millis() as u64),
         sent_bytes: report.frames_sent * crate::sim::twilio::FRAME as u64,
         heard_bytes: report.frames_received * crate::sim::twilio::FRAME as u64,
-        answered_bytes: core::answered_bytes(&report.heard, spoke_at),
+        answered_bytes: core::answered_bytes(
+            &report.heard,
+            since_start(report.first_speech_sent_at),
+        ),
         ended_by: report.ended_by,
     })
 }

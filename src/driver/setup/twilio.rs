@@ -2,23 +2,20 @@
 //! [`crate::setup::twilio`] builds and prints its report. Decisions are the core's.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_rustls::rustls::ClientConfig;
 
 use crate::cli::TwilioConfigureArgs;
 use crate::config::Config;
 use crate::driver::net;
-use crate::driver::startup::{StartError, load_vars, runtime};
+use crate::driver::startup::{StartError, runtime};
 use crate::http::client::ClientResponse;
-use crate::setup::Check;
 use crate::setup::twilio::{
-    self as core, ALERT_LEVELS, ApiRequest, Desired, IncomingNumber, MAX_API_RESPONSE_BYTES,
-    NumberSearch, SearchStep, SetupError, TwilioAuth,
+    self as core, ALERT_LEVELS, ApiRequest, DoctorPlan, IncomingNumber, NumberSearch, SearchStep,
+    SetupError, TwilioAuth,
 };
-
-/// Limit of each REST or Monitor exchange (connect, send, read).
-const API_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 
 fn failed(e: SetupError) -> StartError {
     if e.is_configuration() {
@@ -34,7 +31,7 @@ async fn send(req: &ApiRequest, tls: &Arc<ClientConfig>) -> Result<ClientRespons
         &req.endpoint,
         tls,
         &req.bytes,
-        API_TIMEOUT,
+        super::API_TIMEOUT,
         MAX_API_RESPONSE_BYTES,
     )
     .await
@@ -60,17 +57,9 @@ async fn find(
 /// `ignis twilio configure`: exit 0 done or nothing to do, 1 refused or failed, 2 bad
 /// configuration.
 pub fn configure(args: &TwilioConfigureArgs) -> Result<(), StartError> {
-    let vars = load_vars().map_err(StartError::Config)?;
-    let config = Config::from_vars(&vars, false).map_err(StartError::Config)?;
-    let number = args
-        .number
-        .clone()
-        .or_else(|| config.twilio_phone_number.clone())
-        .ok_or_else(|| failed(SetupError::NoNumber))?;
-    let auth = TwilioAuth::from_config(&config).ok_or_else(|| failed(SetupError::NoAccountSid))?;
-    let desired = Desired::from_config(&config).map_err(failed)?;
-    let tls = net::tls_config(config.extra_ca_file.as_deref())
-        .map_err(|e| StartError::Usage(format!("EXTRA_CA_FILE: {e}")))?;
+    let (config, tls) = super::load()?;
+    let (number, auth, desired) =
+        core::configure_target(&config, args.number.as_deref()).map_err(failed)?;
     runtime()?.block_on(async {
         let n = find(auth.clone(), &number, &tls).await.map_err(failed)?;
         let plan = core::plan(&n, &desired).map_err(|r| failed(SetupError::Refused(r)))?;
@@ -108,20 +97,15 @@ pub(crate) async fn doctor_checks(
     tls: &Arc<ClientConfig>,
     now: SystemTime,
 ) -> Vec<Check> {
-    let Some(auth) = TwilioAuth::from_config(config) else {
-        return vec![
-            Check::skip("twilio_number", "TWILIO_ACCOUNT_SID is not set"),
-            Check::skip("twilio_alerts", "TWILIO_ACCOUNT_SID is not set"),
-        ];
+    let (auth, number) = match core::doctor_plan(config) {
+        DoctorPlan::Skip(checks) => return checks,
+        DoctorPlan::Ask { auth, number } => (auth, number),
     };
-    let number = match &config.twilio_phone_number {
-        None => Check::skip("twilio_number", "TWILIO_PHONE_NUMBER is not set"),
-        Some(number) => match Desired::from_config(config) {
+    let number = match number {
+        Err(check) => check,
+        Ok((number, desired)) => match find(auth.clone(), &number, tls).await {
+            Ok(n) => core::number_check(&n, &desired),
             Err(e) => core::number_error_check(&e),
-            Ok(desired) => match find(auth.clone(), number, tls).await {
-                Ok(n) => core::number_check(&n, &desired),
-                Err(e) => core::number_error_check(&e),
-            },
         },
     };
     let now_unix = now

@@ -336,9 +336,53 @@ fn values_from_twilio_are_shown_without_control_characters() {
     );
     n.trunk_sid = Some("TK\u{7}1".into());
     assert_eq!(plan(&n, &d), Err(Refusal::Trunk("TK1".into())));
-    assert_eq!(shown(&"x".repeat(1000)).len(), MAX_SHOWN_VALUE_CHARS);
+    assert_eq!(
+        shown(&"x".repeat(1000)).len(),
+        crate::setup::MAX_SHOWN_CHARS
+    );
     let e = SetupError::Unreachable("api.twilio.com".into(), "connection refused".into());
     let c = number_error_check(&e);
     assert!(c.detail.contains("api.twilio.com") && c.fix.unwrap().contains("TWILIO_API_BASE"));
     assert!(!e.is_configuration());
+}
+
+#[test]
+fn what_configure_and_the_doctor_ask_is_decided_from_the_configuration() {
+    assert!(matches!(
+        configure_target(&config(&[]), None),
+        Err(SetupError::NoNumber)
+    ));
+    let (number, _, _) = configure_target(&config(&[]), Some("+493012345678")).unwrap();
+    assert_eq!(number, "+493012345678");
+    let with_number = config(&[("TWILIO_PHONE_NUMBER", "+493099999999")]);
+    let (number, _, _) = configure_target(&with_number, None).unwrap();
+    assert_eq!(number, "+493099999999");
+    let mut no_sid = with_number.clone();
+    no_sid.twilio_account_sid = None;
+    assert!(matches!(
+        configure_target(&no_sid, None),
+        Err(SetupError::NoAccountSid)
+    ));
+
+    let DoctorPlan::Skip(skips) = doctor_plan(&no_sid) else {
+        panic!("asks without an account SID")
+    };
+    assert!(
+        skips
+            .iter()
+            .all(|c| c.status == Status::Skip && c.detail.contains("TWILIO_ACCOUNT_SID")),
+        "{skips:?}"
+    );
+    let DoctorPlan::Ask { number: Err(c), .. } = doctor_plan(&config(&[])) else {
+        panic!("asks for no number")
+    };
+    assert_eq!((c.id, c.status), ("twilio_number", Status::Skip));
+    assert!(c.detail.contains("TWILIO_PHONE_NUMBER"));
+    let DoctorPlan::Ask {
+        number: Ok((n, _)), ..
+    } = doctor_plan(&with_number)
+    else {
+        panic!("does not ask for the number")
+    };
+    assert_eq!(n, "+493099999999");
 }
