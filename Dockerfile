@@ -7,9 +7,11 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # Cargo.toml declares the benches, so the manifest needs them to load.
 COPY benches ./benches
-# Compiled into the binary (include_str!): the Demo Praxis and its demo patients.
+# Compiled into the binary (include_str!): the Demo Praxis and its demo patients, and the
+# agent's prompt and tools that `ignis agent sync` installs (tests/dockerfile.rs checks the list).
 COPY practice.toml ./
 COPY practice ./practice
+COPY agent ./agent
 RUN cargo build --release --locked --bin ignis
 
 FROM debian:bookworm-slim
