@@ -161,19 +161,7 @@ impl Deployment {
         let dir = TempDir::new(name);
         let (ca, chain, key) = ca_signed_cert(&dir.0, validity);
         let (http_port, https_port) = (free_port(), free_port());
-        let db = dir.0.join("ignis.db").display().to_string();
-        let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
-            "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
-            "IGNIS_DB" => Some(db.clone()),
-            _ => None,
-        })
-        .unwrap();
-        let (practice, _thread) = ignis::practice::Practice::open(
-            &settings,
-            ignis::practice::config::PracticeConfig::demo(),
-            jiff::Timestamp::now(),
-        )
-        .unwrap();
+        let practice = open_practice_db(&dir.0.join("ignis.db"), TOOLS_TOKEN);
         let public = format!("https://127.0.0.1:{https_port}");
         let config = test_config(&[
             ("PUBLIC_URL", &public),

@@ -531,26 +531,12 @@ async fn staff_page_through_nginx() {
     // The real binary adds the account on the database the running server uses.
     let (db2, dir2) = (db.clone(), db_dir.0.clone());
     let added = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
-            .args(["staff", "add", "anna"])
-            .env_clear()
-            .env("IGNIS_DB", &db2)
-            .env("TOOLS_TOKEN", TOOLS)
-            .current_dir(&dir2)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-        drop(input);
-        child.wait().unwrap()
+        let password = format!("{PASSWORD}\n");
+        common::ignis_on_db(&dir2, &db2, TOOLS, &["staff", "add", "anna"], &password)
     })
     .await
     .unwrap();
-    assert!(added.success());
+    assert!(added.status.success());
 
     let authority = d.caller.authority();
     let origin = format!("https://{authority}");

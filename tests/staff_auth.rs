@@ -25,25 +25,7 @@ const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
 const ORIGIN: &str = common::PUBLIC;
 
 fn ignis(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
-        .args(args)
-        .env_clear()
-        .env("IGNIS_DB", dir.join("ignis.db"))
-        .env("TOOLS_TOKEN", TOOLS_TOKEN)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    // A command that refuses its arguments (a bad name) exits before reading the password:
-    // the write then meets a closed pipe, which is that refusal, not a test failure.
-    if let Err(e) = input.write_all(stdin.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    common::ignis_on_db(dir, &dir.join("ignis.db"), TOOLS_TOKEN, args, stdin)
 }
 
 fn output_text(o: &Output) -> String {

@@ -61,23 +61,14 @@ fn require_tools() {
 
 /// `ignis staff add NAME` through the real binary on `db`, the password on stdin.
 fn staff_add(dir: &Path, db: &Path) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
-        .args(["staff", "add", STAFF_USER])
-        .env_clear()
-        .env("IGNIS_DB", db)
-        .env("TOOLS_TOKEN", TOOLS_TOKEN)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(format!("{STAFF_PASSWORD}\n").as_bytes())
-        .unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
+    let password = format!("{STAFF_PASSWORD}\n");
+    let out = ignis_on_db(
+        dir,
+        db,
+        TOOLS_TOKEN,
+        &["staff", "add", STAFF_USER],
+        &password,
+    );
     assert!(
         out.status.success(),
         "ignis staff add: {}{}",

@@ -1560,6 +1560,22 @@ mod tests {
         );
     }
 
+    /// The sans-IO stand-in's answer to one of the sync's calls.
+    fn answer(
+        w: &mut crate::sim::elevenlabs_api::Workspace,
+        call: ApiCall,
+    ) -> crate::sim::elevenlabs_api::ApiResponse {
+        w.handle(&crate::sim::elevenlabs_api::ApiRequest {
+            method: call.method.into(),
+            target: call.target,
+            api_key: Some("k".into()),
+            body: call
+                .body
+                .map(|b| b.to_string().into_bytes())
+                .unwrap_or_default(),
+        })
+    }
+
     /// Runs a sync against the sans-IO stand-in to its end.
     fn drive(w: &mut crate::sim::elevenlabs_api::Workspace, dry_run: bool) -> Report {
         let mut sync = AgentSync::new(settings(), dry_run);
@@ -1568,16 +1584,7 @@ mod tests {
                 Step::Call(c) => c,
                 Step::Done(r) => return r,
             };
-            let req = crate::sim::elevenlabs_api::ApiRequest {
-                method: call.method.into(),
-                target: call.target,
-                api_key: Some("k".into()),
-                body: call
-                    .body
-                    .map(|b| b.to_string().into_bytes())
-                    .unwrap_or_default(),
-            };
-            let resp = w.handle(&req);
+            let resp = answer(w, call);
             sync.handle_response(resp.status, resp.body.to_string().as_bytes())
                 .unwrap();
         }
@@ -1624,16 +1631,7 @@ mod tests {
             let Step::Call(call) = sync.poll() else {
                 panic!("the sync ended without noticing: {:?}", sync.report())
             };
-            let req = crate::sim::elevenlabs_api::ApiRequest {
-                method: call.method.into(),
-                target: call.target,
-                api_key: Some("k".into()),
-                body: call
-                    .body
-                    .map(|b| b.to_string().into_bytes())
-                    .unwrap_or_default(),
-            };
-            let resp = w.handle(&req);
+            let resp = answer(&mut w, call);
             if let Err(e) = sync.handle_response(resp.status, resp.body.to_string().as_bytes()) {
                 break e;
             }

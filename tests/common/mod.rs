@@ -168,6 +168,39 @@ pub fn test_config(extra: &[(&str, &str)]) -> Config {
     c
 }
 
+/// Runs the real `ignis ARGS…` against the practice database `db` (tools secret
+/// `tools_token`) in `dir`, writing `stdin` (e.g. `ignis staff add`'s password) and returning
+/// what it printed and its exit status.
+pub fn ignis_on_db(
+    dir: &std::path::Path,
+    db: &std::path::Path,
+    tools_token: &str,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .args(args)
+        .env_clear()
+        .env("IGNIS_DB", db)
+        .env("TOOLS_TOKEN", tools_token)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // A command that refuses its arguments (a bad name) exits before reading the password:
+    // the write then meets a closed pipe, which is that refusal, not a test failure.
+    if let Err(e) = input.write_all(stdin.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
 /// The demo practice on the SQLite file `db` (created if new), tools secret `tools_token`.
 pub fn open_practice_db(db: &std::path::Path, tools_token: &str) -> ignis::practice::Practice {
     let db_text = db.to_string_lossy().into_owned();

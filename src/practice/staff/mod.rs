@@ -289,17 +289,11 @@ pub fn finish(reply: StaffReply, if_none_match: Option<&[u8]>) -> StaffResponse 
 }
 
 fn text_reply(status: u16, text: &str) -> StaffReply {
-    StaffReply {
+    StaffReply::new(
         status,
-        content_type: "text/plain; charset=utf-8",
-        body: format!("{text}\n").into_bytes(),
-        location: None,
-        set_cookie: None,
-        patient_data: false,
-        etag: None,
-        retry_after: None,
-        allow: None,
-    }
+        "text/plain; charset=utf-8",
+        format!("{text}\n").into_bytes(),
+    )
 }
 
 fn redirect(to: &str, set_cookie: Option<String>) -> StaffReply {
@@ -365,17 +359,7 @@ fn login_page(status: u16, note: LoginNote) -> StaffReply {
          autocomplete=\"current-password\" required></label>\
          <button type=\"submit\">Anmelden</button></form></main></body></html>\n"
     );
-    StaffReply {
-        status,
-        content_type: "text/html; charset=utf-8",
-        body: body.into_bytes(),
-        location: None,
-        set_cookie: None,
-        patient_data: false,
-        etag: None,
-        retry_after: None,
-        allow: None,
-    }
+    StaffReply::new(status, "text/html; charset=utf-8", body.into_bytes())
 }
 
 /// The 429 login page of a rate-limited attempt, `Retry-After` the window's rest.
@@ -645,8 +629,8 @@ impl Practice {
             if method != "GET" {
                 return Err(StaffError::Method);
             }
-            let (content_type, bytes) = views::asset(name).ok_or(StaffError::NotFound)?;
-            return Ok(Prepared::Reply(asset_reply(content_type, bytes)));
+            views::asset(name).ok_or(StaffError::NotFound)?;
+            return Ok(Prepared::Reply(views::asset_reply(name)));
         }
         let form = form_of(req)?;
         if req.path == LOGIN_PATH {
@@ -847,21 +831,6 @@ enum Prepared {
     Session(SessionJob),
 }
 
-fn asset_reply(content_type: &'static str, bytes: &'static [u8]) -> StaffReply {
-    let digest = crate::practice::calls::hash_token(bytes);
-    StaffReply {
-        status: 200,
-        content_type,
-        body: bytes.to_vec(),
-        location: None,
-        set_cookie: None,
-        patient_data: false,
-        etag: Some(format!("\"{}\"", crate::secret::hex_lower(&digest[..8]))),
-        retry_after: None,
-        allow: None,
-    }
-}
-
 /// How long a session lives without use (re-exported for the docs and tests).
 pub const SESSION_IDLE_SECS: i64 = STAFF_SESSION_IDLE_SECS;
 
@@ -898,6 +867,23 @@ pub struct StaffReply {
     pub retry_after: Option<i64>,
     /// `Allow` (a 405: the methods the path takes; set by the routing layer).
     pub allow: Option<&'static str>,
+}
+
+impl StaffReply {
+    /// A reply with nothing else set: no `Location` or cookie, no ETag, not patient data.
+    pub fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> StaffReply {
+        StaffReply {
+            status,
+            content_type,
+            body,
+            location: None,
+            set_cookie: None,
+            patient_data: false,
+            etag: None,
+            retry_after: None,
+            allow: None,
+        }
+    }
 }
 
 #[cfg(test)]

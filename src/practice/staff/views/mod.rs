@@ -342,15 +342,8 @@ fn changed(
         None => "/staff#anliegen".to_owned(),
     };
     Ok(StaffReply {
-        status: 303,
-        content_type: "text/plain; charset=utf-8",
-        body: Vec::new(),
         location: Some(location),
-        set_cookie: None,
-        patient_data: false,
-        etag: None,
-        retry_after: None,
-        allow: None,
+        ..StaffReply::new(303, "text/plain; charset=utf-8", Vec::new())
     })
 }
 
@@ -358,15 +351,9 @@ fn changed(
 fn fragment_reply(body: String) -> StaffReply {
     let etag = etag_of(body.as_bytes());
     StaffReply {
-        status: 200,
-        content_type: HTML,
-        body: body.into_bytes(),
-        location: None,
-        set_cookie: None,
         patient_data: true,
         etag: Some(etag),
-        retry_after: None,
-        allow: None,
+        ..StaffReply::new(200, HTML, body.into_bytes())
     }
 }
 
@@ -399,18 +386,13 @@ pub fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
         .map(|(_, ct, bytes)| (*ct, *bytes))
 }
 
-fn asset_reply(name: &str) -> StaffReply {
+/// A shipped asset with its ETag, or 404 (the routing layer serves `/staff/assets/…` with this
+/// before any session check).
+pub fn asset_reply(name: &str) -> StaffReply {
     match asset(name) {
         Some((content_type, bytes)) => StaffReply {
-            status: 200,
-            content_type,
-            body: bytes.to_vec(),
-            location: None,
-            set_cookie: None,
-            patient_data: false,
             etag: Some(etag_of(bytes)),
-            retry_after: None,
-            allow: None,
+            ..StaffReply::new(200, content_type, bytes.to_vec())
         },
         None => ViewError::NotFound.reply(),
     }

@@ -118,15 +118,8 @@ pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> St
         .raw(&fragment)
         .raw("</main></body></html>\n");
     StaffReply {
-        status: 200,
-        content_type: super::HTML,
-        body: h.finish().into_bytes(),
-        location: None,
-        set_cookie: None,
         patient_data: true,
-        etag: None,
-        retry_after: None,
-        allow: None,
+        ..StaffReply::new(200, super::HTML, h.finish().into_bytes())
     }
 }
 
@@ -172,17 +165,7 @@ pub fn message(status: u16, text: &str) -> StaffReply {
         .raw("<body><main class=\"message\"><p>")
         .text(text)
         .raw("</p><p><a href=\"/staff\">Zur Übersicht</a></p></main></body></html>\n");
-    StaffReply {
-        status,
-        content_type: super::HTML,
-        body: h.finish().into_bytes(),
-        location: None,
-        set_cookie: None,
-        patient_data: false,
-        etag: None,
-        retry_after: None,
-        allow: None,
-    }
+    StaffReply::new(status, super::HTML, h.finish().into_bytes())
 }
 
 fn ts(s: i64) -> Timestamp {
