@@ -39,6 +39,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default cap on concurrent calls.
 pub const DEFAULT_MAX_CALLS: usize = 500;
+/// Longest `REPLICA_ID` (it is a URL path segment and a metric label).
+pub const MAX_REPLICA_ID_LEN: usize = 32;
 /// Default ElevenLabs API origin.
 pub const DEFAULT_ELEVENLABS_API_BASE: &str = "https://api.elevenlabs.io";
 /// Default limit of each agent connect step (signed URL, TCP+TLS, WebSocket handshake).
@@ -295,7 +297,20 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "IGNIS_DB",
         Unset::Text(DEFAULT_DB_PATH),
-        "The SQLite store (WAL, synchronous=FULL).",
+        "The SQLite store (WAL, synchronous=FULL); unused when DATABASE_URL is set.",
+    ),
+    var(
+        "DATABASE_URL",
+        Unset::Text("embedded SQLite (IGNIS_DB), one replica"),
+        "postgres://user:password@host:5432/db: the practice store and the call coordination \
+         on PostgreSQL, so several replicas can run behind a load balancer (no TLS: use a \
+         private network).",
+    ),
+    var(
+        "REPLICA_ID",
+        Unset::Text("<hostname>-<4 random hex>"),
+        "This replica's name in logs, metrics and per-call URLs (a-z, 0-9, -; at most 32), \
+         which the load balancer routes on (deploy/replicas).",
     ),
     var(
         "PRACTICE_CONFIG",
@@ -480,6 +495,8 @@ pub struct Config {
     pub metrics_token: Option<AuthToken>,
     /// Extra PEM roots for outbound TLS (agent, signed URL, Twilio REST).
     pub extra_ca_file: Option<PathBuf>,
+    /// This replica's name (`REPLICA_ID`); None = the driver picks `<hostname>-<random>`.
+    pub replica_id: Option<String>,
     /// The practice's variables.
     pub practice: PracticeVars,
 }
@@ -491,6 +508,8 @@ pub struct Config {
 pub struct PracticeVars {
     /// SQLite file.
     pub db_path: PathBuf,
+    /// PostgreSQL (`DATABASE_URL`); when set it replaces the SQLite file.
+    pub database_url: Option<crate::pg::DatabaseUrl>,
     /// `practice.toml` path; None = the shipped Demo Praxis.
     pub config_path: Option<PathBuf>,
     /// Agent secret; None = unset (the driver then uses a random one, so tools refuse all).
@@ -537,6 +556,13 @@ impl PracticeVars {
                 _ => config_path.is_none(),
             },
             db_path: PathBuf::from(get("IGNIS_DB").as_deref().unwrap_or(DEFAULT_DB_PATH)),
+            database_url: match get("DATABASE_URL") {
+                None => None,
+                Some(t) => Some(
+                    crate::pg::DatabaseUrl::parse(&t)
+                        .map_err(|_| PracticeError::Invalid("DATABASE_URL"))?,
+                ),
+            },
             config_path,
             identification_failures_per_hour: match get("IDENTIFICATION_FAILURES_PER_HOUR") {
                 None => None,
@@ -791,6 +817,24 @@ impl<'a> Vars<'a> {
         }
     }
 
+    /// `REPLICA_ID`: a DNS-label-like name, since it is a URL path segment and a metric label.
+    fn replica_id(&self) -> Result<Option<String>, ConfigError> {
+        let Some(id) = self.get("REPLICA_ID") else {
+            return Ok(None);
+        };
+        let ok = (1..=MAX_REPLICA_ID_LEN).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(err(
+                "REPLICA_ID",
+                format!("must be 1 to {MAX_REPLICA_ID_LEN} characters of a-z, 0-9 and -"),
+            ));
+        }
+        Ok(Some(id.to_owned()))
+    }
+
     fn practice(&self) -> Result<PracticeVars, ConfigError> {
         PracticeVars::parse(|k| self.get(k).map(str::to_owned)).map_err(|e| match e {
             PracticeError::Secret(k) => {
@@ -800,6 +844,13 @@ impl<'a> Vars<'a> {
             PracticeError::Invalid(k @ "IDENTIFICATION_FAILURES_PER_HOUR") => err(
                 k,
                 format!("must be a number from 1 to {MAX_IDENTIFICATION_BUDGET}"),
+            ),
+            PracticeError::Invalid(k @ "DATABASE_URL") => err(
+                k,
+                self.get(k)
+                    .map(crate::pg::DatabaseUrl::parse)
+                    .and_then(Result::err)
+                    .map_or_else(|| "is malformed".to_owned(), |e| e.to_string()),
             ),
             PracticeError::Invalid(k) => err(
                 k,
@@ -884,6 +935,7 @@ impl Config {
             )?,
             metrics_token: v.get("METRICS_TOKEN").map(AuthToken::new),
             extra_ca_file: v.get("EXTRA_CA_FILE").map(PathBuf::from),
+            replica_id: v.replica_id()?,
             practice: v.practice()?,
         })
     }

@@ -45,6 +45,7 @@ pub mod elevenlabs;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod pg;
 pub mod practice;
 pub mod privacy;
 pub mod routes;

@@ -1,0 +1,304 @@
+//! PostgreSQL plumbing shared by the practice store and the call coordination (issue 15):
+//! `DATABASE_URL`, the connection pool, and the embedded migrations.
+//!
+//! ignis talks to PostgreSQL with `tokio-postgres` through a `deadpool-postgres` pool. The
+//! connections' I/O tasks run on whichever tokio runtime first opened them; the synchronous
+//! store workers reach the pool through [`Database::block_on`] on the runtime handle given at
+//! start (docs/replicas.md).
+//!
+//! Migrations are numbered per component (`store`, `fleet`) in the table `ignis_migrations`
+//! and run inside one transaction holding a transaction-scoped advisory lock, so replicas that
+//! start at the same moment apply each step exactly once: the second waits for the first and
+//! then finds nothing left to do.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+/// Advisory lock key held while migrating (any constant unique to ignis; "ignis-mi").
+pub const MIGRATION_LOCK_KEY: i64 = 0x6967_6e69_732d_6d69;
+/// Connections a replica's pool opens at most (store workers + coordination + headroom).
+pub const MAX_POOL_SIZE: usize = 16;
+/// How long a query may wait for a pooled connection before it fails with
+/// [`PgError::Unavailable`] (the tool then answers with a clear error instead of hanging).
+pub const POOL_WAIT: Duration = Duration::from_secs(2);
+/// Longest a new connection (TCP + startup) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A failure talking to PostgreSQL.
+#[derive(Debug)]
+pub enum PgError {
+    /// `DATABASE_URL` is not a usable PostgreSQL URL (the reason names what is wrong; never the
+    /// password).
+    BadUrl(&'static str),
+    /// No connection could be had (the server is down or unreachable, or the pool is exhausted).
+    Unavailable(String),
+    /// The server answered a query with an error.
+    Query(tokio_postgres::Error),
+    /// The schema in the database is newer than this binary knows (a downgrade).
+    SchemaTooNew {
+        /// The component.
+        component: &'static str,
+        /// The version found.
+        found: i64,
+        /// The newest version this binary has.
+        known: i64,
+    },
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgError::BadUrl(why) => write!(f, "DATABASE_URL: {why}"),
+            PgError::Unavailable(why) => write!(f, "database unavailable: {why}"),
+            PgError::Query(e) => write!(f, "database error: {e}"),
+            PgError::SchemaTooNew {
+                component,
+                found,
+                known,
+            } => write!(
+                f,
+                "the database's {component} schema is version {found}, newer than this \
+                 binary's {known}: run the newer ignis"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PgError {}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // A closed connection is the server going away, not a bad query.
+        if e.is_closed() {
+            PgError::Unavailable(e.to_string())
+        } else {
+            PgError::Query(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PgError::Unavailable(e.to_string())
+    }
+}
+
+/// A parsed `DATABASE_URL`. Its `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    config: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    /// Parses `postgres://user:password@host:port/dbname?…` (or `postgresql://`). TLS modes
+    /// that require encryption are refused: this build connects without TLS, so the database
+    /// must be on a private network or a Unix socket (docs/replicas.md).
+    pub fn parse(text: &str) -> Result<DatabaseUrl, PgError> {
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            return Err(PgError::BadUrl(
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let mut config = tokio_postgres::Config::from_str(text)
+            .map_err(|_| PgError::BadUrl("not a valid PostgreSQL connection URL"))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(PgError::BadUrl(
+                "sslmode=require is not supported: this build connects without TLS (use a \
+                 private network or a Unix socket)",
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("ignis");
+        }
+        Ok(DatabaseUrl { config })
+    }
+
+    /// The client configuration.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// `host:port/dbname` for logs (no user, no password).
+    pub fn redacted(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let db = self.config.get_dbname().unwrap_or("");
+        format!("{host}:{port}/{db}")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// The pool plus the runtime handle its connections live on. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+    url: DatabaseUrl,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Database({})", self.url.redacted())
+    }
+}
+
+impl Database {
+    /// A pool of at most `max_size` connections (opened lazily) on `runtime`. Connections are
+    /// checked before reuse, so a restarted server costs one failed query per dead connection
+    /// at most and then the pool reconnects.
+    pub fn new(
+        url: &DatabaseUrl,
+        max_size: usize,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Database, PgError> {
+        let manager = Manager::from_config(
+            url.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|_| PgError::BadUrl("cannot build a connection pool"))?;
+        Ok(Database {
+            pool,
+            runtime,
+            url: url.clone(),
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The URL it was made from.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Client, PgError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs `f` to completion from a thread that is not a tokio worker (the store workers, a
+    /// CLI command). Never call it from async code.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// A dedicated (unpooled) connection and its I/O half, for `LISTEN`: the caller polls the
+    /// connection for notifications.
+    pub async fn dedicated(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        PgError,
+    > {
+        Ok(self.url.config.connect(NoTls).await?)
+    }
+
+    /// Applies `steps` of `component` that the database does not have yet (step `i` is
+    /// version `i + 1`), each as one statement batch, all in one transaction under
+    /// [`MIGRATION_LOCK_KEY`]. Returns the version now in the database.
+    pub async fn migrate(&self, component: &'static str, steps: &[&str]) -> Result<i64, PgError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS ignis_migrations (
+                 component TEXT NOT NULL,
+                 version BIGINT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 PRIMARY KEY (component, version))",
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM ignis_migrations WHERE component = $1",
+                &[&component],
+            )
+            .await?;
+        let found: i64 = row.get(0);
+        let known = steps.len() as i64;
+        if found > known {
+            return Err(PgError::SchemaTooNew {
+                component,
+                found,
+                known,
+            });
+        }
+        for (i, step) in steps.iter().enumerate().skip(found as usize) {
+            tx.batch_execute(step).await?;
+            tx.execute(
+                "INSERT INTO ignis_migrations (component, version) VALUES ($1, $2)",
+                &[&component, &(i as i64 + 1)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(known)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parses_and_hides_the_password() {
+        let url = DatabaseUrl::parse("postgres://ignis:s3cret@db.internal:6543/practice").unwrap();
+        let shown = format!("{url} {url:?}");
+        assert!(shown.contains("db.internal:6543/practice"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(url.config().get_application_name(), Some("ignis"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        for bad in [
+            "mysql://u:p@h/db",
+            "sqlite:ignis.db",
+            "postgres://u:p@h/db?sslmode=require",
+            "postgres://u:p@h:notaport/db",
+        ] {
+            let e = DatabaseUrl::parse(bad).unwrap_err();
+            assert!(matches!(e, PgError::BadUrl(_)), "{bad}: {e:?}");
+            assert!(!e.to_string().contains(":p@"), "{e}");
+        }
+    }
+}

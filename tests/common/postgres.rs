@@ -1,0 +1,234 @@
+//! A real PostgreSQL for one test: `initdb` into a temp directory and `postgres` on a free
+//! loopback port, as an unprivileged user (the `postgres` account when the tests run as root,
+//! since the server refuses to run as root), trust authentication on loopback only. Stopped and
+//! removed on drop. `.ci/test` installs the `postgresql` package and puts its `bin` directory on
+//! PATH; without it a test fails rather than skips.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+use super::nginx::TempDir;
+
+/// How long the server may take to accept connections after a start.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A running test server.
+pub struct TestPostgres {
+    dir: TempDir,
+    bin: PathBuf,
+    /// Its loopback port.
+    pub port: u16,
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`: PATH first, then Debian's
+/// `/usr/lib/postgresql/<version>/bin` (newest).
+pub fn pg_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    debian.sort();
+    dirs.extend(debian.into_iter().rev());
+    dirs.into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL's initdb/pg_ctl not found on PATH or in /usr/lib/postgresql/*/bin: \
+                 install the postgresql package (.ci/test does)"
+            )
+        })
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl TestPostgres {
+    /// initdb + start; panics with the server's log if it does not come up.
+    pub fn start() -> TestPostgres {
+        let dir = TempDir::new("pg");
+        let bin = pg_bin_dir();
+        if running_as_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir.0)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "chown of the PostgreSQL temp dir to postgres failed");
+        }
+        let pg = TestPostgres {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        let data = pg.data_dir();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+        );
+        pg.start_server();
+        pg
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.0.join("server.log")
+    }
+
+    /// Runs a PostgreSQL tool as the unprivileged user; panics with its output on failure.
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(&self.dir.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (again, after [`TestPostgres::stop`]) on the same port and data.
+    pub fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c max_connections=200",
+            self.port,
+            self.dir.0.display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data_dir().display().to_string(),
+                "-l",
+                &self.log_path().display().to_string(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        let deadline = Instant::now() + READY_WITHIN;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not listen on {}: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (`fast`: open connections are closed, as in a restart).
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data_dir().display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Stop, then start again: every client connection is cut.
+    pub fn restart(&self) {
+        self.stop();
+        self.start_server();
+    }
+
+    /// The server log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<db>`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The default database's URL.
+    pub fn default_url(&self) -> String {
+        self.url("postgres")
+    }
+
+    /// Creates database `name` (through `psql`-free SQL over the wire is the caller's job in
+    /// async code; this uses `createdb` so sync tests can call it) and returns its URL.
+    pub fn create_db(&self, name: &str) -> String {
+        self.run(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ],
+        );
+        self.url(name)
+    }
+
+    /// The data directory's parent (the temp dir).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let data = self.data_dir().display().to_string();
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let _ = cmd
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
