@@ -65,13 +65,13 @@ const RULES: &[Rule] = &[
     },
     Rule {
         name: "database",
-        patterns: &["rusqlite"],
-        allowed: &["practice/store/"],
+        patterns: &["rusqlite", "tokio_postgres", "deadpool_postgres"],
+        allowed: &["practice/store/", "pg.rs", "driver/"],
     },
     Rule {
         name: "async runtime",
         patterns: &["tokio", "tokio_rustls", "tokio_tungstenite", "futures_util"],
-        allowed: &EDGE,
+        allowed: &["driver/", "main.rs", "pg.rs"],
     },
     Rule {
         name: "threads",
