@@ -6,6 +6,7 @@ pub mod fake_agent;
 pub mod fake_twilio;
 pub mod nginx;
 pub mod postgres;
+pub mod replicas;
 pub mod tls_caller;
 
 use std::collections::HashMap;

@@ -128,17 +128,7 @@ pub fn test_nginx_conf_of(
     key: &Path,
     dir: &Path,
 ) -> String {
-    let temp = |name: &str| dir.join(name).display().to_string();
-    let temp_paths = format!(
-        "http {{\n    # test only: temp files in the test's directory\n    \
-         client_body_temp_path {};\n    proxy_temp_path {};\n    fastcgi_temp_path {};\n    \
-         uwsgi_temp_path {};\n    scgi_temp_path {};\n",
-        temp("body"),
-        temp("proxy"),
-        temp("fastcgi"),
-        temp("uwsgi"),
-        temp("scgi")
-    );
+    let temp_paths = temp_paths(dir);
     let mut conf = shipped.to_owned();
     for (from, to) in [
         ("server ignis:8080;", format!("server {upstream};")),
@@ -167,6 +157,22 @@ pub fn test_nginx_conf_of(
         .count();
     assert_eq!(listens, 2, "a listen line the test does not rewrite");
     conf
+}
+
+/// The opening of the `http` block with nginx's temp paths moved into the test's directory
+/// (replaces `\nhttp {\n` in a shipped file).
+pub fn temp_paths(dir: &Path) -> String {
+    let temp = |name: &str| dir.join(name).display().to_string();
+    format!(
+        "http {{\n    # test only: temp files in the test's directory\n    \
+         client_body_temp_path {};\n    proxy_temp_path {};\n    fastcgi_temp_path {};\n    \
+         uwsgi_temp_path {};\n    scgi_temp_path {};\n",
+        temp("body"),
+        temp("proxy"),
+        temp("fastcgi"),
+        temp("uwsgi"),
+        temp("scgi")
+    )
 }
 
 /// A running nginx (master and workers, in the foreground); stopped on drop.
