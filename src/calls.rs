@@ -63,6 +63,13 @@ impl Nonce {
     pub fn to_hex(&self) -> String {
         crate::secret::hex_lower(&self.0)
     }
+
+    /// SHA-256 of the nonce: what the shared database keeps (docs/replicas.md §4.2), so a
+    /// database reader cannot open a stream.
+    pub fn hash(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.0).into()
+    }
 }
 
 impl fmt::Debug for Nonce {
@@ -144,6 +151,9 @@ pub struct Claim {
     pub call: IncomingCall,
     /// Identifies this stream in [`CallRegistry::register`] and [`CallRegistry::finish`].
     pub stream_id: u64,
+    /// Whether another replica answered the call and this one took its stream over
+    /// ([`CallRegistry::adopt`], docs/replicas.md §4.2): the tool token is replaced, not made.
+    pub adopted: bool,
 }
 
 /// How a call's conversation ended, as `stream-ended` needs to know.
@@ -359,7 +369,74 @@ impl CallRegistry {
         let stream_id = inner.next_stream_id;
         let call = call.clone();
         entry.state = State::Claimed { stream_id };
-        Ok(Claim { call, stream_id })
+        Ok(Claim {
+            call,
+            stream_id,
+            adopted: false,
+        })
+    }
+
+    /// Claims, for a stream handshake, a call another replica answered (its binding was
+    /// claimed in the shared database, docs/replicas.md §4.2). Refused as used when this
+    /// registry already knows the call.
+    pub fn adopt(&self, call: &IncomingCall, _now: Instant) -> Result<Claim, StreamRefusal> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if inner.calls.contains_key(call.call_sid.as_str()) {
+            return Err(StreamRefusal::Used);
+        }
+        if inner.calls.len() >= MAX_ENTRIES {
+            return Err(StreamRefusal::Unknown);
+        }
+        inner.next_stream_id += 1;
+        let stream_id = inner.next_stream_id;
+        let entry = Entry {
+            state: State::Claimed { stream_id },
+            last_sequence: None,
+            nonce: None,
+        };
+        inner.calls.insert(call.call_sid.as_str().to_owned(), entry);
+        Ok(Claim {
+            call: call.clone(),
+            stream_id,
+            adopted: true,
+        })
+    }
+
+    /// Forgets the claim `stream_id` of `call_sid` without an outcome: the shared database says
+    /// another replica claimed the call first, so this registry must not answer for it.
+    pub fn withdraw_claim(&self, call_sid: &str, stream_id: u64) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let ours = inner.calls.get(call_sid).is_some_and(
+            |e| matches!(e.state, State::Claimed { stream_id: id } if id == stream_id),
+        );
+        if ours
+            && let Some(entry) = inner.calls.remove(call_sid)
+            && let Some(n) = entry.nonce
+        {
+            inner.nonces.remove(&n);
+        }
+    }
+
+    /// Forgets the binding of `call_sid` while it is still pending (with `nonce`, if given):
+    /// the fleet refused the call after the local bind, or another replica adopted its stream.
+    /// Returns whether a binding was forgotten.
+    pub fn forget_pending(&self, call_sid: &str, nonce: Option<Nonce>) -> bool {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let matches = inner.calls.get(call_sid).is_some_and(|e| {
+            matches!(e.state, State::Pending { .. }) && nonce.is_none_or(|n| e.nonce == Some(n))
+        });
+        if !matches {
+            return false;
+        }
+        if let Some(entry) = inner.calls.remove(call_sid)
+            && let Some(n) = entry.nonce
+        {
+            inner.nonces.remove(&n);
+        }
+        true
     }
 
     /// Registers the live stream `stream_id` of `call_sid`, which must hold the call's claim

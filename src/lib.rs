@@ -40,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod elevenlabs;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -87,7 +87,8 @@ impl Histogram {
 const STATUSES: [u16; 19] = [
     101, 200, 204, 400, 401, 403, 404, 405, 408, 411, 413, 414, 417, 422, 426, 431, 501, 503, 505,
 ];
-const OUTCOMES: [Outcome; 6] = [
+/// Every outcome, in metrics order.
+pub const OUTCOMES: [Outcome; 6] = [
     Outcome::Completed,
     Outcome::CallerHungUp,
     Outcome::AgentFailed,

@@ -1,12 +1,15 @@
 //! Request routing and the webhook handlers: a head and body in, an [`Action`] out. Sans-IO: the
 //! driver supplies the time and performs whatever the action says.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tracing::{info, warn};
 
-use crate::calls::{Bound, CallRegistry, Claim, NONCE_BYTES, Nonce, StreamRefusal};
+use crate::calls::{Bound, CallRegistry, Claim, NONCE_BYTES, Nonce, Outcome, StreamRefusal};
 use crate::config::Config;
+use crate::fleet::{AdoptedRow, ClaimCheck, Fleet, LeaseAnswer};
 use crate::http::date;
 use crate::http::form::{self, Fields};
 use crate::http::websocket_upgrade::{self, Accept, UpgradeCheck};
@@ -24,8 +27,12 @@ const STREAM_PREFIX: &str = "/api/twilio/stream/";
 pub const STREAM_ENDED_PATH: &str = "/api/twilio/stream-ended";
 /// Path of the call status callback.
 pub const STATUS_PATH: &str = "/api/twilio/status";
-/// Path of the health check.
+/// [`STREAM_ENDED_PATH`] with the separator of the replica segment (fleet mode).
+const STREAM_ENDED_PREFIX: &str = "/api/twilio/stream-ended/";
+/// Path of the health check (alive).
 pub const HEALTH_PATH: &str = "/health";
+/// Path of the readiness check: 200 while taking calls (docs/replicas.md §5).
+pub const HEALTH_READY_PATH: &str = "/health/ready";
 /// Path of the Prometheus metrics.
 pub const METRICS_PATH: &str = "/metrics";
 
@@ -75,6 +82,51 @@ pub enum Action {
         /// The call.
         call_sid: String,
     },
+    /// Fleet mode, voice webhook bound locally: the driver runs the lease transaction and
+    /// answers with [`App::voice_bound`] (docs/replicas.md §4.1).
+    FleetBind {
+        /// The call.
+        call: webhook::IncomingCall,
+        /// Its stream nonce (bound locally).
+        nonce: Nonce,
+        /// Whether to pre-connect the agent (not for HEAD).
+        preconnect: bool,
+    },
+    /// Fleet mode, stream nonce claimed locally: the driver confirms the claim in the database
+    /// and continues with [`App::stream_confirmed`].
+    FleetClaim {
+        /// The handshake's answer.
+        accept: Accept,
+        /// The local claim.
+        claim: Claim,
+        /// The nonce.
+        nonce: Nonce,
+    },
+    /// Fleet mode, a nonce this replica did not issue: the driver claims it in the database
+    /// and continues with [`App::stream_adopted`] (docs/replicas.md §4.2).
+    FleetAdopt {
+        /// The handshake's answer.
+        accept: Accept,
+        /// The nonce.
+        nonce: Nonce,
+    },
+    /// Fleet mode, terminal status callback: the driver does what [`Action::CallEnded`] does
+    /// when `ended_before_stream`, then ends the shared row and notifies the call's replica
+    /// (docs/replicas.md §4.3), then sends `response`.
+    FleetStatus {
+        /// The status callback's answer.
+        response: Response,
+        /// The call.
+        call_sid: String,
+        /// The local registry had the call pending (its agent is pre-connected here).
+        ended_before_stream: bool,
+    },
+    /// Fleet mode, `stream-ended` for a call this replica does not know the outcome of: the
+    /// driver reads the shared row and answers with [`App::stream_ended_answer`].
+    FleetStreamEnded {
+        /// The call.
+        call_sid: String,
+    },
 }
 
 /// Shared application state the routes read.
@@ -87,6 +139,11 @@ pub struct App {
     pub practice: Option<crate::practice::Practice>,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// This replica in the fleet (`DATABASE_URL` set), else `None`: one process, as before.
+    pub fleet: Option<Arc<Fleet>>,
+    /// Set on the shutdown signal: `/health/ready` answers 503 (and, in fleet mode, new voice
+    /// webhooks do too).
+    draining: AtomicBool,
 }
 
 impl App {
@@ -97,6 +154,34 @@ impl App {
             calls: CallRegistry::new(),
             practice: None,
             metrics: crate::metrics::Metrics::default(),
+            fleet: None,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The same application as one replica of a fleet (docs/replicas.md).
+    pub fn with_fleet(self, fleet: Arc<Fleet>) -> App {
+        App {
+            fleet: Some(fleet),
+            ..self
+        }
+    }
+
+    /// Marks the application draining (the driver, on the shutdown signal).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the shutdown signal came.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// This replica's id: the fleet's, else `REPLICA_ID` if set.
+    pub fn replica(&self) -> Option<&str> {
+        match &self.fleet {
+            Some(f) => Some(&f.replica),
+            None => self.config.replica_id.as_deref(),
         }
     }
 
@@ -125,6 +210,10 @@ impl App {
                 Method::Get | Method::Head => respond(self.health(now)),
                 _ => respond(method_not_allowed("GET, HEAD")),
             },
+            HEALTH_READY_PATH => match method {
+                Method::Get | Method::Head => respond(self.ready(now)),
+                _ => respond(method_not_allowed("GET, HEAD")),
+            },
             METRICS_PATH => match method {
                 Method::Get | Method::Head => respond(self.metrics(head)),
                 _ => respond(method_not_allowed("GET, HEAD")),
@@ -133,8 +222,8 @@ impl App {
                 Method::Get | Method::Head | Method::Post => self.voice(head, body, now, entropy),
                 _ => respond(method_not_allowed("GET, HEAD, POST")),
             },
-            STREAM_ENDED_PATH => match method {
-                Method::Post => respond(self.stream_ended(head, body)),
+            p if p == STREAM_ENDED_PATH || self.is_fleet_stream_ended(p) => match method {
+                Method::Post => self.stream_ended(head, body),
                 _ => respond(method_not_allowed("POST")),
             },
             STATUS_PATH => match method {
@@ -153,14 +242,41 @@ impl App {
     }
 
     fn health(&self, now: Now) -> Response {
+        // Replica ids are a-z, 0-9 and - (checked at start): nothing to escape.
+        let replica = self
+            .replica()
+            .map_or(String::new(), |r| format!(",\"replica\":\"{r}\""));
         Response::json(
             200,
             format!(
-                "{{\"status\":\"ok\",\"timestamp\":\"{}\",\"active_calls\":{}}}",
+                "{{\"status\":\"ok\",\"timestamp\":\"{}\",\"active_calls\":{}{replica}}}",
                 date::rfc3339(now.unix_secs),
                 self.calls.live_count()
             ),
         )
+    }
+
+    /// docs/replicas.md §5: 503 while draining, or in fleet mode while the heartbeat is failing
+    /// or stale (the database cannot count this replica's leases).
+    fn ready(&self, now: Now) -> Response {
+        let draining = self.is_draining();
+        let database = self
+            .fleet
+            .as_ref()
+            .is_none_or(|f| f.heartbeat_fresh(now.instant));
+        let ready = !draining && database;
+        Response::json(
+            if ready { 200 } else { 503 },
+            format!("{{\"ready\":{ready},\"draining\":{draining},\"database\":{database}}}"),
+        )
+        .header("Cache-Control", "no-store")
+    }
+
+    fn is_fleet_stream_ended(&self, path: &str) -> bool {
+        self.fleet.is_some()
+            && path
+                .strip_prefix(STREAM_ENDED_PREFIX)
+                .is_some_and(crate::fleet::is_replica_id)
     }
 
     /// The 403 for a missing or wrong signature; every such rejection is counted here.
@@ -185,9 +301,16 @@ impl App {
                     .header("WWW-Authenticate", "Bearer");
             }
         }
+        let mut text = self.metrics.render(self.calls.live_count());
+        if let Some(replica) = self.replica() {
+            text.push_str(&format!(
+                "# HELP ignis_replica_info This replica's id.\n# TYPE ignis_replica_info gauge\n\
+                 ignis_replica_info{{replica=\"{replica}\"}} 1\n"
+            ));
+        }
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(self.metrics.render(self.calls.live_count()).into_bytes())
+            .body(text.into_bytes())
     }
 
     /// Checks the signature of a form (or GET) webhook and returns its parameters.
@@ -261,6 +384,14 @@ impl App {
             warn!(call_sid = %call.call_sid, "[Twilio] Voice webhook for another account: refused");
             return Action::Respond(Response::text(403, "AccountSid is not TWILIO_ACCOUNT_SID"));
         }
+        if self.fleet.is_some() && self.is_draining() {
+            // docs/replicas.md §5: the load balancer retries it on another replica.
+            info!(call_sid = %call.call_sid, "[Twilio] Draining: voice webhook refused with 503");
+            return Action::Respond(
+                Response::text(503, "draining, retry on another replica")
+                    .header("Retry-After", "1"),
+            );
+        }
         info!(
             call_sid = %call.call_sid,
             "[Twilio] Incoming call: {} from {} to {}",
@@ -301,12 +432,58 @@ impl App {
                 return Action::Respond(self.fallback());
             }
         };
+        let preconnect = head.method != Method::Head;
+        if self.fleet.is_some() {
+            return Action::FleetBind {
+                call,
+                nonce,
+                preconnect,
+            };
+        }
+        self.voice_answer(call, nonce, preconnect)
+    }
+
+    fn voice_answer(&self, call: webhook::IncomingCall, nonce: Nonce, preconnect: bool) -> Action {
         let response = self.connect_twiml(&call, nonce);
         info!(call_sid = %call.call_sid, "[Twilio] Returning TwiML with the call's stream URL");
-        if head.method == Method::Head {
+        if !preconnect {
             return Action::Respond(response);
         }
         Action::Preconnect { response, call }
+    }
+
+    /// The voice webhook after its lease transaction ([`Action::FleetBind`]): the stream TwiML
+    /// when the lease was granted, else the fallback and the local binding undone
+    /// (docs/replicas.md §4.1).
+    pub fn voice_bound(
+        &self,
+        call: webhook::IncomingCall,
+        nonce: Nonce,
+        preconnect: bool,
+        answer: LeaseAnswer,
+    ) -> Action {
+        if answer == LeaseAnswer::Granted {
+            return self.voice_answer(call, nonce, preconnect);
+        }
+        self.calls
+            .forget_pending(call.call_sid.as_str(), Some(nonce));
+        match answer {
+            LeaseAnswer::AtCapacity(active) => {
+                warn!(
+                    call_sid = %call.call_sid,
+                    max_calls = self.config.max_calls,
+                    fleet_active = active,
+                    "[Twilio] At the fleet's call cap: answering with the fallback"
+                );
+                crate::metrics::Metrics::add(&self.metrics.calls_over_capacity, 1);
+            }
+            LeaseAnswer::Answered => self.count_replay(&call, "fallback (answered elsewhere)"),
+            LeaseAnswer::Unavailable | LeaseAnswer::Granted => warn!(
+                call_sid = %call.call_sid,
+                "[Twilio] Shared database unavailable: answering with the fallback"
+            ),
+        }
+        Action::Respond(self.fallback())
     }
 
     /// The TwiML connecting `call` to its stream, `wss://<host>/api/twilio/stream/<nonce>`. The
@@ -314,11 +491,20 @@ impl App {
     /// URL (a query string is not allowed, docs/twilio.md §1.1), so the handshake signature itself is
     /// per call and single-use (docs/twilio.md §8).
     fn connect_twiml(&self, call: &webhook::IncomingCall, nonce: Nonce) -> Response {
-        let stream_url = self
-            .config
-            .public_url
-            .ws_url(&format!("{STREAM_PREFIX}{}", nonce.to_hex()));
-        let action_url = self.config.public_url.http_url(STREAM_ENDED_PATH);
+        // Fleet mode names the owner: a routing hint for the load balancer, the nonce alone
+        // authorises (docs/replicas.md §4.2).
+        let (stream_path, action_path) = match &self.fleet {
+            Some(f) => (
+                format!("{STREAM_PREFIX}{}/{}", f.replica, nonce.to_hex()),
+                format!("{STREAM_ENDED_PREFIX}{}", f.replica),
+            ),
+            None => (
+                format!("{STREAM_PREFIX}{}", nonce.to_hex()),
+                STREAM_ENDED_PATH.to_owned(),
+            ),
+        };
+        let stream_url = self.config.public_url.ws_url(&stream_path);
+        let action_url = self.config.public_url.http_url(&action_path);
         // Informational only: the bridge takes the call's identity from the binding.
         let xml = twiml::connect_stream(
             &stream_url,
@@ -344,12 +530,23 @@ impl App {
         );
     }
 
-    fn stream_ended(&self, head: &RequestHead, body: &[u8]) -> Response {
+    fn stream_ended(&self, head: &RequestHead, body: &[u8]) -> Action {
         let call_sid = match self.verified_webhook(head, body, webhook::call_sid_of) {
             Ok(c) => c,
-            Err(resp) => return resp,
+            Err(resp) => return Action::Respond(resp),
         };
         let outcome = self.calls.outcome(call_sid.as_str());
+        if outcome.is_none() && self.fleet.is_some() {
+            return Action::FleetStreamEnded {
+                call_sid: call_sid.as_str().to_owned(),
+            };
+        }
+        Action::Respond(self.stream_ended_answer(call_sid.as_str(), outcome))
+    }
+
+    /// `stream-ended`'s TwiML for `outcome` (`None`: unknown): hang up after a normal end,
+    /// else the fallback.
+    pub fn stream_ended_answer(&self, call_sid: &str, outcome: Option<Outcome>) -> Response {
         let xml = match outcome {
             Some(o) if o.finished_normally() => twiml::hangup(),
             _ => twiml::fallback(self.config.fallback_number.as_deref()),
@@ -381,7 +578,15 @@ impl App {
             effect = ?effect,
             "[Twilio] Call status"
         );
-        if effect == crate::calls::StatusEffect::EndedBeforeStream {
+        let ended_before_stream = effect == crate::calls::StatusEffect::EndedBeforeStream;
+        if self.fleet.is_some() && status.status.is_terminal() {
+            return Action::FleetStatus {
+                response: Response::new(204),
+                call_sid: status.call_sid.as_str().to_owned(),
+                ended_before_stream,
+            };
+        }
+        if ended_before_stream {
             return Action::CallEnded {
                 response: Response::new(204),
                 call_sid: status.call_sid.as_str().to_owned(),
@@ -420,11 +625,76 @@ impl App {
                     .path()
                     .strip_prefix(STREAM_PREFIX)
                     .map(|n| n.strip_suffix('/').unwrap_or(n));
+                if self.fleet.is_some() {
+                    return self.fleet_stream(accept, nonce, now);
+                }
                 match self.calls.claim(nonce, now.instant) {
                     Ok(claim) => Action::Upgrade { accept, claim },
                     Err(reason) => Action::Respond(self.refuse_stream(reason, None)),
                 }
             }
+        }
+    }
+
+    /// Fleet mode: the stream URL is `<replica>/<nonce>` (any replica's name is accepted, the
+    /// nonce alone authorises); a local binding is confirmed in the database, an unknown nonce
+    /// is claimed there (docs/replicas.md §4.2).
+    fn fleet_stream(&self, accept: Accept, segment: Option<&str>, now: Now) -> Action {
+        let nonce_text = match segment.map(|s| s.split_once('/')) {
+            Some(Some((replica, nonce))) if crate::fleet::is_replica_id(replica) => Some(nonce),
+            Some(Some(_)) => {
+                return Action::Respond(self.refuse_stream(StreamRefusal::Malformed, None));
+            }
+            Some(None) => segment,
+            None => None,
+        };
+        let nonce = match nonce_text.map(Nonce::parse) {
+            None => return Action::Respond(self.refuse_stream(StreamRefusal::NoNonce, None)),
+            Some(None) => {
+                return Action::Respond(self.refuse_stream(StreamRefusal::Malformed, None));
+            }
+            Some(Some(n)) => n,
+        };
+        match self.calls.claim(nonce_text, now.instant) {
+            Ok(claim) => Action::FleetClaim {
+                accept,
+                claim,
+                nonce,
+            },
+            Err(StreamRefusal::Unknown) => Action::FleetAdopt { accept, nonce },
+            Err(reason) => Action::Respond(self.refuse_stream(reason, None)),
+        }
+    }
+
+    /// A local claim after the database's answer ([`Action::FleetClaim`]): claimed by another
+    /// replica first → refused as used (and forgotten here, so this replica does not answer
+    /// for the call); confirmed, or no database → the stream runs.
+    pub fn stream_confirmed(&self, accept: Accept, claim: Claim, check: ClaimCheck) -> Action {
+        if check == ClaimCheck::ClaimedElsewhere {
+            let sid = claim.call.call_sid.as_str();
+            self.calls.withdraw_claim(sid, claim.stream_id);
+            return Action::Respond(self.refuse_stream(StreamRefusal::Used, Some(sid)));
+        }
+        Action::Upgrade { accept, claim }
+    }
+
+    /// An unknown nonce after the database's claim ([`Action::FleetAdopt`]): `row` is the
+    /// call another replica answered, now claimed by this one (`None`: no pending unexpired
+    /// binding has this nonce, or no database).
+    pub fn stream_adopted(&self, accept: Accept, row: Option<&AdoptedRow>, now: Now) -> Action {
+        let Some(row) = row else {
+            return Action::Respond(self.refuse_stream(StreamRefusal::Unknown, None));
+        };
+        let Some(call) = row.call() else {
+            warn!("[Fleet] Claimed call row does not parse; stream refused");
+            return Action::Respond(self.refuse_stream(StreamRefusal::Unknown, None));
+        };
+        match self.calls.adopt(&call, now.instant) {
+            Ok(claim) => {
+                info!(call_sid = %call.call_sid, owner = %row.owner, "[Fleet] Stream adopted from another replica");
+                Action::Upgrade { accept, claim }
+            }
+            Err(reason) => Action::Respond(self.refuse_stream(reason, Some(&row.call_sid))),
         }
     }
 

@@ -77,6 +77,7 @@ pub(super) async fn run(
                     app.calls
                         .finish(sid, claim.stream_id, Outcome::Refused, super::instant());
                     end_practice_call(&app, sid, Outcome::Refused);
+                    super::fleet::spawn_ended(&app, sid, Outcome::Refused);
                     return respond_and_close(
                         &app.metrics,
                         &mut stream,
@@ -91,10 +92,8 @@ pub(super) async fn run(
                 };
                 return upgrade(stream, buf, &accept, claim, socket).await;
             }
-            Action::Preconnect { .. }
-            | Action::Practice { .. }
-            | Action::CallEnded { .. }
-            | Action::Staff => return,
+            // `route` answers these itself.
+            _ => return,
         }
     }
 }
@@ -207,7 +206,8 @@ async fn read_request(
 async fn route(shared: &Arc<Shared>, head: &RequestHead, body: &[u8], peer: SocketAddr) -> Action {
     let app = &shared.app;
     // The voice webhook's stream nonce: OS randomness, read only when a call is answered.
-    match app.handle(head, body, now(), &super::os_entropy) {
+    let action = app.handle(head, body, now(), &super::os_entropy);
+    match super::fleet::route(shared, action).await {
         Action::Preconnect { response, call } => {
             shared.preconnects.start(
                 app.clone(),
@@ -288,6 +288,11 @@ async fn upgrade(
             claim.call.call_sid.as_str(),
             Outcome::StreamLost,
         );
+        super::fleet::spawn_ended(
+            &shared.app,
+            claim.call.call_sid.as_str(),
+            Outcome::StreamLost,
+        );
         return;
     }
     // Bytes after the head (a first frame in the same segment) belong to the WebSocket layer.
@@ -306,7 +311,7 @@ async fn upgrade(
 /// Ends the practice's row of a call that never got (or lost) its stream, with the staff
 /// page's outcome for `outcome` ([`CallEnd::from_bridge`]: a caller hang-up is `completed`, a
 /// refused or lost stream `fallback`). A row already ended is left as it is.
-fn end_practice_call(app: &App, call_sid: &str, outcome: Outcome) {
+pub(super) fn end_practice_call(app: &App, call_sid: &str, outcome: Outcome) {
     if let Some(p) = &app.practice {
         let end = CallEnd::from_bridge(outcome, false, None);
         p.end_call(call_sid, end, super::practice_now());

@@ -10,6 +10,7 @@ pub mod caller;
 pub mod commands;
 mod connection;
 pub mod demo;
+pub mod fleet;
 pub mod local_agent;
 mod net;
 pub mod setup;
@@ -42,6 +43,8 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often ended calls are swept from the registry.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Fleet drain: how often a draining replica checks whether its last call ended.
+const DRAIN_CHECK: Duration = Duration::from_millis(200);
 
 /// Lifecycle phase broadcast to every task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +119,76 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub(crate) struct TaskToken(#[allow(dead_code)] mpsc::Sender<()>);
 
-/// Serves HTTP and Media Streams on `listener` until `shutdown` completes, then drains.
+/// The accept loop's state.
+struct Acceptor {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    phase_rx: watch::Receiver<Phase>,
+    token: TaskToken,
+    connections: Arc<Semaphore>,
+    rejections: Arc<Semaphore>,
+    sweep: tokio::time::Interval,
+    retention: tokio::time::Interval,
+}
+
+impl Acceptor {
+    /// Accepts connections (and runs the periodic sweeps) until `until` completes.
+    async fn run(&mut self, until: impl Future<Output = ()>) {
+        tokio::pin!(until);
+        let app = self.shared.app.clone();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    match self.connections.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = self.shared.clone();
+                            let phase = self.phase_rx.clone();
+                            let token = self.token.clone();
+                            tokio::spawn(async move {
+                                connection::run(stream, peer, shared, phase, token).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => refuse(stream, peer, &self.rejections),
+                    }
+                }
+                _ = self.sweep.tick() => app.calls.sweep(Instant::now()),
+                _ = self.retention.tick(), if app.practice.is_some() => {
+                    if let Some(p) = &app.practice {
+                        p.run_retention(practice_now(), |r| match r {
+                            Ok(report) => info!(?report, "practice retention ran"),
+                            Err(e) => warn!(error = %e, "practice retention failed"),
+                        });
+                    }
+                }
+                () = &mut until => return,
+            }
+        }
+    }
+}
+
+/// Fleet drain (docs/replicas.md §5): resolves when no call of this replica is pending,
+/// claimed or live.
+async fn calls_done(app: &App) {
+    while app.calls.active_count(Instant::now()) > 0 {
+        tokio::time::sleep(DRAIN_CHECK).await;
+    }
+}
+
+/// Serves HTTP and Media Streams on `listener` until `shutdown` completes, then drains. In
+/// fleet mode the listener stays open while draining: new voice webhooks get 503 (the load
+/// balancer retries them elsewhere), everything else is served until this replica's calls
+/// are over or the drain deadline passes (docs/replicas.md §5).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -124,11 +196,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let token = TaskToken(done_tx);
-    let connections = Arc::new(Semaphore::new(app.config.max_connections));
-    let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    let mut retention = tokio::time::interval(crate::practice::retention::RETENTION_INTERVAL);
     let tls = net::tls_config(app.config.extra_ca_file.as_deref())
         .map_err(|e| std::io::Error::new(e.kind(), format!("EXTRA_CA_FILE: {e}")))?;
     let shared = Arc::new(Shared {
@@ -136,47 +203,39 @@ pub async fn serve(
         preconnects: Arc::new(agent::Preconnects::default()),
         tls,
     });
-    tokio::pin!(shutdown);
-
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                match connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        let phase = phase_rx.clone();
-                        let token = token.clone();
-                        tokio::spawn(async move {
-                            connection::run(stream, peer, shared, phase, token).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => refuse(stream, peer, &rejections),
-                }
+    let fleet_tasks = fleet::Tasks::start(&shared);
+    let mut acceptor = Acceptor {
+        listener,
+        shared,
+        phase_rx,
+        token: TaskToken(done_tx),
+        connections: Arc::new(Semaphore::new(app.config.max_connections)),
+        rejections: Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS)),
+        sweep: tokio::time::interval(SWEEP_INTERVAL),
+        retention: tokio::time::interval(crate::practice::retention::RETENTION_INTERVAL),
+    };
+    acceptor.run(shutdown).await;
+    app.set_draining();
+    let deadline = tokio::time::Instant::now() + app.config.drain;
+    if let Some(f) = &app.fleet {
+        info!(
+            active_calls = app.calls.active_count(Instant::now()),
+            drain_secs = app.config.drain.as_secs(),
+            "shutdown: draining; new calls go to other replicas"
+        );
+        // Say so at once rather than at the next beat: the load balancer stops sending calls.
+        fleet::beat(&app, f).await;
+        let until = async {
+            tokio::select! {
+                () = calls_done(&app) => {}
+                () = tokio::time::sleep_until(deadline) => {}
             }
-            _ = sweep.tick() => app.calls.sweep(Instant::now()),
-            _ = retention.tick(), if app.practice.is_some() => {
-                if let Some(p) = &app.practice {
-                    p.run_retention(practice_now(), |r| match r {
-                        Ok(report) => info!(?report, "practice retention ran"),
-                        Err(e) => warn!(error = %e, "practice retention failed"),
-                    });
-                }
-            }
-            () = &mut shutdown => break,
-        }
+        };
+        acceptor.run(until).await;
     }
-
+    let Acceptor {
+        listener, token, ..
+    } = acceptor;
     drop(listener);
     let live = app.calls.live_count();
     info!(
@@ -187,7 +246,7 @@ pub async fn serve(
     let _ = phase_tx.send(Phase::Draining);
     drop(token);
 
-    let drained = tokio::time::timeout(app.config.drain, done_rx.recv()).await;
+    let drained = tokio::time::timeout_at(deadline, done_rx.recv()).await;
     if drained.is_err() {
         let closed = app.calls.teardown_all(TeardownReason::Shutdown);
         info!(
@@ -202,6 +261,7 @@ pub async fn serve(
             warn!("shutdown: some connections did not close in time");
         }
     }
+    fleet_tasks.stop(&app).await;
     info!("shutdown complete");
     Ok(())
 }

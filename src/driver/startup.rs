@@ -152,6 +152,15 @@ pub fn serve(args: &ServeArgs) -> Result<(), StartError> {
     let config =
         Config::from_vars(&vars, args.insecure_skip_signature).map_err(StartError::Config)?;
     crate::telemetry::init(config.log_format);
+    // The runtime first: the database pool's connections live on it (docs/replicas.md §5).
+    let rt = runtime()?;
+    let database = match &config.practice.database_url {
+        Some(url) => Some(
+            crate::pg::Database::new(url, crate::pg::MAX_POOL_SIZE, rt.handle().clone())
+                .map_err(|e| StartError::Failed(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (practice, _store_thread) = open_practice(&config.practice)?;
     if config.insecure_skip_signature {
         tracing::warn!(
@@ -159,12 +168,25 @@ pub fn serve(args: &ServeArgs) -> Result<(), StartError> {
              Never run a public deployment like this."
         );
     }
-    runtime()?
-        .block_on(listen_and_serve(config, practice))
+    let fleet = match database {
+        Some(db) => {
+            let replica = super::fleet::replica_id(config.replica_id.as_deref());
+            let fleet = rt
+                .block_on(super::fleet::open(db, replica))
+                .map_err(|e| StartError::Failed(format!("cannot join the fleet: {e}")))?;
+            Some(fleet)
+        }
+        None => None,
+    };
+    rt.block_on(listen_and_serve(config, practice, fleet))
         .map_err(|e| StartError::Failed(e.to_string()))
 }
 
-async fn listen_and_serve(config: Config, practice: Practice) -> std::io::Result<()> {
+async fn listen_and_serve(
+    config: Config,
+    practice: Practice,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
+) -> std::io::Result<()> {
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -174,7 +196,11 @@ async fn listen_and_serve(config: Config, practice: Practice) -> std::io::Result
         public_url = %config.public_url.http_url(""),
         "ignis listening"
     );
-    let app = Arc::new(App::with_practice(config, practice));
+    let app = App::with_practice(config, practice);
+    let app = Arc::new(match fleet {
+        Some(f) => app.with_fleet(f),
+        None => app,
+    });
     super::serve(listener, app, shutdown_signal()).await
 }
 

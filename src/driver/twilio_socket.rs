@@ -69,7 +69,8 @@ pub(super) struct Socket {
 
 /// Runs the Media Streams socket of `claim` (the voice webhook's call) to its end.
 pub(super) async fn run(ws: WebSocketStream<TcpStream>, claim: Claim, socket: Socket) {
-    let span = tracing::info_span!("call", call_sid = %claim.call.call_sid);
+    let replica = socket.shared.app.replica().unwrap_or("").to_owned();
+    let span = tracing::info_span!("call", call_sid = %claim.call.call_sid, replica = %replica);
     let Socket {
         shared,
         phase,
@@ -176,6 +177,7 @@ async fn call(
             // The nonce is spent, so no stream will ever adopt the pre-connected agent.
             shared.preconnects.cancel(&call_sid);
             app.calls.finish(&call_sid, stream_id, outcome, now());
+            super::fleet::spawn_ended(&app, &call_sid, outcome);
             close_twilio(&mut twilio, outcome).await;
             info!(
                 outcome = outcome.as_str(),
@@ -189,6 +191,7 @@ async fn call(
         shared.preconnects.cancel(&call_sid);
         app.calls
             .finish(&call_sid, stream_id, Outcome::Refused, now());
+        super::fleet::spawn_ended(&app, &call_sid, Outcome::Refused);
         close_twilio(&mut twilio, Outcome::Refused).await;
         return;
     }
@@ -204,9 +207,11 @@ async fn call(
         warn!(error = ?e, "[Twilio] Stream refused");
         shared.preconnects.cancel(&call_sid);
         app.calls.finish(&call_sid, stream_id, outcome, now());
+        super::fleet::spawn_ended(&app, &call_sid, outcome);
         close_twilio(&mut twilio, outcome).await;
         return;
     }
+    super::fleet::spawn_live(&app, &call_sid);
     info!(
         stream_sid = %start.stream_sid,
         encoding = %start.encoding,
@@ -570,6 +575,7 @@ impl Call {
         let app = &self.shared.app;
         app.calls
             .finish(&self.call_sid, self.stream_id, outcome, now());
+        super::fleet::spawn_ended(app, &self.call_sid, outcome);
         if let Some(p) = &app.practice {
             // The call's tool token dies with the call (plus a short grace).
             let first_audio = self.bridge.call_summary(outcome).first_audio;

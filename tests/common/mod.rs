@@ -128,7 +128,11 @@ impl Server {
     }
 
     /// Serves `app` on `listener` until [`Server::shutdown`].
-    fn spawn(listener: tokio::net::TcpListener, app: App, agent: fake_agent::FakeAgent) -> Server {
+    pub fn spawn(
+        listener: tokio::net::TcpListener,
+        app: App,
+        agent: fake_agent::FakeAgent,
+    ) -> Server {
         let addr = listener.local_addr().unwrap();
         let app = Arc::new(app);
         let (tx, rx) = oneshot::channel::<()>();

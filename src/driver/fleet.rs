@@ -1,0 +1,559 @@
+//! The fleet's I/O (docs/replicas.md §3–5): runs the statements of [`crate::fleet::sql`], the
+//! heartbeat and the `LISTEN` task, and carries the fleet actions of [`App::handle`] through
+//! the database and back into the App. What to do with each answer is decided in
+//! `crate::fleet` and `crate::routes`; nothing here waits on the audio path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::AsyncMessage;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use crate::calls::{Nonce, Outcome};
+use crate::fleet::{
+    self, Addressed, AdoptedRow, ClaimCheck, EndedDecision, EndedRow, Fleet, LeaseAnswer, Notice,
+    sql,
+};
+use crate::pg::{Database, PgError};
+use crate::routes::{Action, App};
+use crate::twilio::webhook::IncomingCall;
+
+/// Longest the voice webhook's lease transaction or a handshake's claim may take; past it the
+/// database counts as unavailable (fallback TwiML, or the local claim stands).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Notices waiting for the dispatcher; beyond it they are dropped (and counted as bad).
+const NOTICE_QUEUE: usize = 256;
+/// First and longest pause before the LISTEN connection is opened again.
+const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Random bytes in a default replica id's suffix (4 hex digits).
+const REPLICA_SUFFIX_BYTES: usize = 2;
+
+/// This replica's id: `REPLICA_ID`, else `<hostname>-<4 hex random>`.
+pub fn replica_id(configured: Option<&str>) -> String {
+    if let Some(id) = configured {
+        return id.to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let suffix = super::random_hex(REPLICA_SUFFIX_BYTES).unwrap_or_else(|_| "0000".into());
+    fleet::default_replica_id(&host, &suffix)
+}
+
+/// Joins the fleet: applies the `fleet` migrations, ends the rows a previous process with the
+/// same id left unfinished (their leases must not come back with the new heartbeat), writes
+/// the first heartbeat.
+pub async fn open(db: Database, replica: String) -> Result<Arc<Fleet>, PgError> {
+    db.migrate("fleet", fleet::FLEET_MIGRATIONS).await?;
+    let client = db.client().await?;
+    let left = client
+        .execute(sql::END_OWN, &[&replica, &Outcome::StreamLost.as_str()])
+        .await?;
+    if left > 0 {
+        warn!(
+            rows = left,
+            "[Fleet] Ended calls a previous process of this replica left open"
+        );
+    }
+    client.execute(sql::HEARTBEAT, &[&replica, &false]).await?;
+    drop(client);
+    let fleet = Arc::new(Fleet::new(replica, db));
+    fleet.heartbeat_ok(Instant::now());
+    info!(replica = %fleet.replica, db = %fleet.db.url(), "[Fleet] Joined");
+    Ok(fleet)
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = Result<T, PgError>>) -> Result<T, PgError> {
+    tokio::time::timeout(QUERY_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(PgError::Unavailable("query timed out".into())))
+}
+
+/// The voice webhook's lease transaction (docs/replicas.md §4.1).
+async fn bind(fleet: &Fleet, call: &IncomingCall, nonce: Nonce, max_calls: usize) -> LeaseAnswer {
+    let run = async {
+        let mut client = fleet.db.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(sql::LOCK, &[&fleet::FLEET_LOCK_KEY]).await?;
+        let ttl = fleet::LEASE_TTL.as_secs_f64();
+        let active: i64 = tx.query_one(sql::COUNT_LEASES, &[&ttl]).await?.try_get(0)?;
+        if active >= max_calls as i64 {
+            return Ok(LeaseAnswer::AtCapacity(active));
+        }
+        let hash = nonce.hash().to_vec();
+        let binding = crate::calls::BINDING_TTL.as_secs_f64();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &call.call_sid.as_str(),
+            &fleet.replica,
+            &hash,
+            &call.account_sid.as_str(),
+            &call.from.as_str(),
+            &call.to.as_str(),
+            &binding,
+        ];
+        let inserted = tx.execute(sql::INSERT_CALL, &params).await?;
+        tx.commit().await?;
+        Ok::<_, PgError>(if inserted == 1 {
+            LeaseAnswer::Granted
+        } else {
+            LeaseAnswer::Answered
+        })
+    };
+    match timed(run).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(call_sid = %call.call_sid, error = %e, "[Fleet] Lease transaction failed");
+            LeaseAnswer::Unavailable
+        }
+    }
+}
+
+/// Confirms a local claim in the database (docs/replicas.md §4.2).
+async fn confirm_claim(fleet: &Fleet, nonce: Nonce) -> ClaimCheck {
+    let hash = nonce.hash().to_vec();
+    let run = async {
+        let client = fleet.db.client().await?;
+        let row = client
+            .query_one(sql::CONFIRM_CLAIM, &[&hash, &fleet.replica])
+            .await?;
+        Ok::<_, PgError>(ClaimCheck::from_counts(row.try_get(0)?, row.try_get(1)?))
+    };
+    match timed(run).await {
+        Ok(ClaimCheck::Unconfirmed) => {
+            warn!("[Fleet] Claimed stream has no shared row; running it locally");
+            ClaimCheck::Unconfirmed
+        }
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "[Fleet] Cannot confirm the stream's claim; running it locally");
+            ClaimCheck::Unconfirmed
+        }
+    }
+}
+
+/// Claims a nonce another replica issued; `None` when no pending binding has it (or no
+/// database).
+async fn adopt_claim(fleet: &Fleet, nonce: Nonce) -> Option<AdoptedRow> {
+    let hash = nonce.hash().to_vec();
+    let run = async {
+        let client = fleet.db.client().await?;
+        let Some(row) = client
+            .query_opt(sql::ADOPT_CLAIM, &[&hash, &fleet.replica])
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok::<_, PgError>(Some(AdoptedRow {
+            call_sid: row.try_get(0)?,
+            owner: row.try_get(1)?,
+            account_sid: row.try_get(2)?,
+            caller: row.try_get(3)?,
+            called: row.try_get(4)?,
+        }))
+    };
+    timed(run).await.unwrap_or_else(|e| {
+        warn!(error = %e, "[Fleet] Cannot claim an unknown nonce in the database");
+        None
+    })
+}
+
+/// Sends `notice` to replica `to`.
+async fn notify(fleet: &Fleet, to: String, notice: Notice) -> Result<(), PgError> {
+    let payload = Addressed { to, notice }.render();
+    timed(async {
+        let client = fleet.db.client().await?;
+        client.execute(sql::NOTIFY, &[&payload]).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Fire and forget: `notify`, logged on failure.
+fn spawn_notify(fleet: &Arc<Fleet>, to: String, notice: Notice) {
+    let fleet = fleet.clone();
+    tokio::spawn(async move {
+        if let Err(e) = notify(&fleet, to, notice).await {
+            warn!(error = %e, "[Fleet] Notice not sent");
+        }
+    });
+}
+
+/// Marks the call live on this replica (docs/replicas.md §4.6). Never awaited by the call.
+pub(super) fn spawn_live(app: &App, call_sid: &str) {
+    let Some(fleet) = app.fleet.clone() else {
+        return;
+    };
+    let sid = call_sid.to_owned();
+    tokio::spawn(async move {
+        let run = async {
+            let client = fleet.db.client().await?;
+            client
+                .execute(sql::MARK_LIVE, &[&sid, &fleet.replica])
+                .await?;
+            Ok(())
+        };
+        if let Err(e) = timed(run).await {
+            warn!(call_sid = %sid, error = %e, "[Fleet] Cannot mark the call live");
+        }
+    });
+}
+
+/// Writes the call's outcome and end (docs/replicas.md §4.6). Never awaited by the call.
+pub(super) fn spawn_ended(app: &App, call_sid: &str, outcome: Outcome) {
+    let Some(fleet) = app.fleet.clone() else {
+        return;
+    };
+    let sid = call_sid.to_owned();
+    tokio::spawn(async move {
+        let run = async {
+            let client = fleet.db.client().await?;
+            client
+                .execute(sql::MARK_ENDED, &[&sid, &outcome.as_str()])
+                .await?;
+            Ok(())
+        };
+        if let Err(e) = timed(run).await {
+            warn!(call_sid = %sid, error = %e, "[Fleet] Cannot record the call's end");
+        }
+    });
+}
+
+/// A terminal status callback: ends the row; the replica to notify, if another one.
+async fn status_ended(fleet: &Fleet, call_sid: &str) -> Result<Option<String>, PgError> {
+    timed(async {
+        let client = fleet.db.client().await?;
+        let Some(row) = client.query_opt(sql::STATUS_ENDED, &[&call_sid]).await? else {
+            return Ok(None);
+        };
+        let owner: String = row.try_get(0)?;
+        let stream: Option<String> = row.try_get(1)?;
+        let old: String = row.try_get(2)?;
+        Ok(fleet::end_target(
+            &fleet.replica,
+            &owner,
+            stream.as_deref(),
+            &old,
+        ))
+    })
+    .await
+}
+
+/// `stream-ended` from the shared row, waiting up to [`fleet::STREAM_ENDED_WAIT`] for an
+/// outcome a live replica has not written yet; unknown, stale or unreadable → `None`.
+async fn stream_ended_outcome(fleet: &Fleet, call_sid: &str) -> Option<Outcome> {
+    let deadline = tokio::time::Instant::now() + fleet::STREAM_ENDED_WAIT;
+    let ttl = fleet::LEASE_TTL.as_secs_f64();
+    loop {
+        let read = async {
+            let client = fleet.db.client().await?;
+            let row = client
+                .query_opt(sql::STREAM_ENDED, &[&call_sid, &ttl])
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            Ok::<_, PgError>(Some(EndedRow {
+                outcome: row.try_get(0)?,
+                replica_fresh: row.try_get(2)?,
+            }))
+        };
+        let row = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => {
+                warn!(call_sid, error = %e, "[Fleet] Cannot read the call's outcome");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        match fleet::stream_ended_decision(row.as_ref()) {
+            EndedDecision::Answer(o) => return o,
+            EndedDecision::Wait => {
+                if tokio::time::Instant::now() + fleet::STREAM_ENDED_POLL >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(fleet::STREAM_ENDED_POLL).await;
+            }
+        }
+    }
+}
+
+/// Carries a fleet action through the database and back into the App; any other action is
+/// returned as it is. The result is never a fleet action.
+pub(super) async fn route(shared: &Arc<Shared>, action: Action) -> Action {
+    let app = &shared.app;
+    let Some(fleet) = app.fleet.clone() else {
+        return action;
+    };
+    match action {
+        Action::FleetBind {
+            call,
+            nonce,
+            preconnect,
+        } => {
+            let answer = bind(&fleet, &call, nonce, app.config.max_calls).await;
+            app.voice_bound(call, nonce, preconnect, answer)
+        }
+        Action::FleetClaim {
+            accept,
+            claim,
+            nonce,
+        } => {
+            let check = confirm_claim(&fleet, nonce).await;
+            if check == ClaimCheck::ClaimedElsewhere {
+                shared.preconnects.cancel(claim.call.call_sid.as_str());
+            }
+            app.stream_confirmed(accept, claim, check)
+        }
+        Action::FleetAdopt { accept, nonce } => {
+            let row = adopt_claim(&fleet, nonce).await;
+            let action = app.stream_adopted(accept, row.as_ref(), super::now());
+            if let Some(row) = row {
+                if !matches!(action, Action::Upgrade { .. }) {
+                    spawn_ended(app, &row.call_sid, Outcome::Refused);
+                } else if row.owner != fleet.replica
+                    && let Some(sid) = crate::twilio::webhook::CallSid::parse(&row.call_sid)
+                {
+                    spawn_notify(&fleet, row.owner, Notice::Adopted(sid));
+                }
+            }
+            action
+        }
+        Action::FleetStatus {
+            response,
+            call_sid,
+            ended_before_stream,
+        } => {
+            if ended_before_stream {
+                shared.preconnects.cancel(&call_sid);
+                super::connection::end_practice_call(app, &call_sid, Outcome::CallerHungUp);
+            }
+            match status_ended(&fleet, &call_sid).await {
+                Ok(Some(to)) => {
+                    if let Some(sid) = crate::twilio::webhook::CallSid::parse(&call_sid)
+                        && let Err(e) = notify(&fleet, to, Notice::End(sid)).await
+                    {
+                        warn!(call_sid, error = %e, "[Fleet] Cannot tell the call's replica it ended");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(call_sid, error = %e, "[Fleet] Cannot end the shared call row"),
+            }
+            Action::Respond(response)
+        }
+        Action::FleetStreamEnded { call_sid } => {
+            let outcome = stream_ended_outcome(&fleet, &call_sid).await;
+            Action::Respond(app.stream_ended_answer(&call_sid, outcome))
+        }
+        other => other,
+    }
+}
+
+/// Writes one heartbeat (with the draining flag) and records the result for `/health/ready`.
+pub(super) async fn beat(app: &App, fleet: &Fleet) {
+    let draining = app.is_draining();
+    let run = async {
+        let client = fleet.db.client().await?;
+        client
+            .execute(sql::HEARTBEAT, &[&fleet.replica, &draining])
+            .await?;
+        Ok::<_, PgError>(())
+    };
+    match tokio::time::timeout(fleet::HEARTBEAT_TIMEOUT, run).await {
+        Ok(Ok(())) => {
+            if fleet.heartbeat_ok(Instant::now()) {
+                info!("[Fleet] Database reachable again; heartbeat resumed");
+            }
+        }
+        Ok(Err(e)) => {
+            if fleet.heartbeat_failed() {
+                warn!(error = %e, "[Fleet] Heartbeat failed: not ready until the database is back");
+            }
+        }
+        Err(_) => {
+            if fleet.heartbeat_failed() {
+                warn!("[Fleet] Heartbeat timed out: not ready until the database is back");
+            }
+        }
+    }
+}
+
+/// The heartbeat every [`fleet::HEARTBEAT_INTERVAL`] until `stop`.
+async fn heartbeat(app: Arc<App>, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(fleet::HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => beat(&app, &fleet).await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Acts on a notice addressed to this replica.
+fn dispatch(shared: &Shared, notice: Notice) {
+    let app = &shared.app;
+    match notice {
+        Notice::Adopted(sid) => {
+            // Another replica runs the stream: its agent is the call's, ours goes at once.
+            shared.preconnects.cancel(sid.as_str());
+            app.calls.forget_pending(sid.as_str(), None);
+            info!(call_sid = %sid, "[Fleet] Stream adopted elsewhere: pre-connected agent closed");
+        }
+        Notice::End(sid) => {
+            let effect = app.calls.handle_status(
+                sid.as_str(),
+                crate::twilio::webhook::CallStatus::Completed,
+                None,
+                super::instant(),
+            );
+            if effect == crate::calls::StatusEffect::EndedBeforeStream {
+                shared.preconnects.cancel(sid.as_str());
+                super::connection::end_practice_call(app, sid.as_str(), Outcome::CallerHungUp);
+            }
+            info!(call_sid = %sid, effect = ?effect, "[Fleet] Call ended by a status callback elsewhere");
+        }
+    }
+}
+
+/// One LISTEN session: returns when the connection is lost (or on `stop`: `true`).
+async fn listen_once(
+    shared: &Arc<Shared>,
+    fleet: &Arc<Fleet>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, PgError> {
+    let (client, mut conn) = fleet.db.dedicated().await?;
+    let (tx, mut rx) = mpsc::channel::<Notice>(NOTICE_QUEUE);
+    let me = fleet.replica.clone();
+    let counter = fleet.clone();
+    let pump = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            let Ok(AsyncMessage::Notification(n)) = m else {
+                if m.is_err() {
+                    return;
+                }
+                continue;
+            };
+            match Addressed::parse(n.payload()) {
+                Ok(a) if a.to == me => {
+                    if tx.try_send(a.notice).is_err() {
+                        counter.bad_notice();
+                        warn!("[Fleet] Notice queue full: notice dropped");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let n = counter.bad_notice();
+                    warn!(error = %e, bad_notices = n, "[Fleet] Notice ignored");
+                }
+            }
+        }
+    });
+    let listening = client
+        .batch_execute(&format!("LISTEN {}", fleet::CHANNEL))
+        .await;
+    if let Err(e) = listening {
+        pump.abort();
+        return Err(e.into());
+    }
+    debug!("[Fleet] Listening for notices");
+    loop {
+        tokio::select! {
+            n = rx.recv() => match n {
+                Some(n) => dispatch(shared, n),
+                None => return Ok(false),
+            },
+            _ = stop.changed() => {
+                pump.abort();
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// The LISTEN task: reconnects with backoff while the database is away, logging once per
+/// outage. Notices sent during an outage are lost (their calls end by their own timers).
+async fn listen(shared: Arc<Shared>, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = LISTEN_BACKOFF_MIN;
+    let mut outage = false;
+    loop {
+        match listen_once(&shared, &fleet, &mut stop).await {
+            Ok(true) => return,
+            Ok(false) => {
+                if !outage {
+                    warn!("[Fleet] LISTEN connection lost; reconnecting");
+                }
+                outage = true;
+            }
+            Err(e) => {
+                if !outage {
+                    warn!(error = %e, "[Fleet] Cannot LISTEN; retrying");
+                }
+                outage = true;
+                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        if !outage {
+            backoff = LISTEN_BACKOFF_MIN;
+        }
+    }
+}
+
+/// The fleet's background tasks; [`Tasks::stop`] ends them.
+pub(super) struct Tasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Starts the heartbeat and the LISTEN task of `shared.app`'s fleet (none without one).
+    pub(super) fn start(shared: &Arc<Shared>) -> Tasks {
+        let (stop, rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        if let Some(fleet) = shared.app.fleet.clone() {
+            handles.push(tokio::spawn(heartbeat(
+                shared.app.clone(),
+                fleet.clone(),
+                rx.clone(),
+            )));
+            handles.push(tokio::spawn(listen(shared.clone(), fleet, rx)));
+        }
+        Tasks { stop, handles }
+    }
+
+    /// Stops the tasks, then (fleet mode) releases this replica: its unfinished rows end with
+    /// `server_shutdown` and its heartbeat goes to the epoch, so its leases lapse at once.
+    pub(super) async fn stop(self, app: &App) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+        let Some(fleet) = &app.fleet else {
+            return;
+        };
+        let run = async {
+            let client = fleet.db.client().await?;
+            let outcome = Outcome::ServerShutdown.as_str();
+            client
+                .execute(sql::END_OWN, &[&fleet.replica, &outcome])
+                .await?;
+            client
+                .execute(sql::RELEASE_REPLICA, &[&fleet.replica])
+                .await?;
+            Ok::<_, PgError>(())
+        };
+        match timed(run).await {
+            Ok(()) => info!("[Fleet] Left the fleet: leases released"),
+            Err(e) => warn!(error = %e, "[Fleet] Cannot release leases; they lapse by themselves"),
+        }
+    }
+}

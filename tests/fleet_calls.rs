@@ -1,0 +1,349 @@
+//! Call coordination across replicas (docs/replicas.md §3–5): two servers in this process,
+//! each its own replica with its own stand-in agent, sharing one real PostgreSQL. Every
+//! request is a signed webhook or handshake as Twilio sends it, to the replica a load balancer
+//! might pick.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::postgres::TestPostgres;
+use common::*;
+use ignis::pg::{Database, DatabaseUrl};
+use ignis::routes::App;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A replica `id` on the database at `url`.
+async fn replica(url: &str, id: &str, extra: &[(&str, &str)]) -> Server {
+    let mut vars = vec![("DATABASE_URL", url), ("REPLICA_ID", id)];
+    vars.extend_from_slice(extra);
+    let mut config = test_config(&vars);
+    let agent = fake_agent::FakeAgent::start(Default::default()).await;
+    config.elevenlabs_agent_id = Some(fake_agent::AGENT_ID.into());
+    config.elevenlabs_api_base = agent.base();
+    let db_url = DatabaseUrl::parse(url).unwrap();
+    let db = Database::new(&db_url, 4, tokio::runtime::Handle::current()).unwrap();
+    let fleet = ignis::driver::fleet::open(db, id.to_owned()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Server::spawn(listener, App::new(config).with_fleet(fleet), agent)
+}
+
+fn sid(n: u32) -> String {
+    format!("CA{n:032x}")
+}
+
+async fn status(server: &Server, call_sid: &str, status: &str) -> Resp {
+    let mut p = call_params(call_sid);
+    p.retain(|(k, _)| k != "CallStatus");
+    p.push(("CallStatus".into(), status.into()));
+    roundtrip(server, &signed_post("/api/twilio/status", &p, TOKEN)).await
+}
+
+async fn stream_ended(server: &Server, replica: &str, call_sid: &str) -> Resp {
+    let path = format!("/api/twilio/stream-ended/{replica}");
+    roundtrip(server, &signed_post(&path, &call_params(call_sid), TOKEN)).await
+}
+
+async fn voice(server: &Server, call_sid: &str) -> Resp {
+    call_webhook(server, "/api/twilio/voice", call_sid).await
+}
+
+async fn ready(server: &Server) -> u16 {
+    roundtrip(server, b"GET /health/ready HTTP/1.1\r\n\r\n")
+        .await
+        .status
+}
+
+fn is_stream(r: &Resp) -> bool {
+    r.status == 200 && r.text().contains("<Stream url=")
+}
+
+/// The human fallback (an apology or a `<Dial>`), not a plain hang-up.
+fn is_fallback(r: &Resp) -> bool {
+    r.status == 200 && !r.text().contains("<Stream") && r.text().contains("<Say")
+}
+
+/// The plain hang-up after a conversation that ended normally.
+fn is_hangup(r: &Resp) -> bool {
+    r.status == 200 && r.text().contains("<Response><Hangup/></Response>")
+}
+
+/// A row of `fleet_call`: (state, outcome, stream_replica).
+async fn row(url: &str, call_sid: &str) -> Option<(String, Option<String>, Option<String>)> {
+    let db = Database::new(
+        &DatabaseUrl::parse(url).unwrap(),
+        1,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let client = db.client().await.unwrap();
+    client
+        .query_opt(
+            "SELECT state, outcome, stream_replica FROM fleet_call WHERE call_sid = $1",
+            &[&call_sid],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+/// Polls `cond` (async) until true or panics after `within`.
+async fn until<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_calls_is_fleet_wide_and_a_lease_frees_when_its_call_ends() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[("MAX_CALLS", "2")]).await;
+    let b = replica(&url, "b", &[("MAX_CALLS", "2")]).await;
+
+    let first = voice(&a, &sid(1)).await;
+    assert!(is_stream(&first), "{}", first.text());
+    // The owner is named in the per-call URLs (the load balancer's routing hint).
+    assert!(stream_path_of(&first.text()).starts_with("/api/twilio/stream/a/"));
+    assert!(
+        first
+            .text()
+            .contains("https://ignis.example.com/api/twilio/stream-ended/a"),
+        "{}",
+        first.text()
+    );
+    assert!(is_stream(&voice(&b, &sid(2)).await));
+    // Each replica has one call: only the shared count can refuse these.
+    let third = voice(&a, &sid(3)).await;
+    assert!(is_fallback(&third), "{}", third.text());
+    assert!(is_fallback(&voice(&b, &sid(4)).await));
+    // The same CallSid answered by A cannot get a second conversation on B.
+    assert!(is_fallback(&voice(&b, &sid(1)).await));
+
+    // Call 1 ends (status on the other replica): its lease is free for a new call.
+    assert_eq!(status(&b, &sid(1), "completed").await.status, 204);
+    assert_eq!(
+        row(&url, &sid(1)).await.map(|r| r.0),
+        Some("ended".to_owned())
+    );
+    assert!(is_stream(&voice(&b, &sid(5)).await));
+    assert!(is_fallback(&voice(&a, &sid(6)).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_callback_on_b_tears_down_the_stream_on_a() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[]).await;
+    let b = replica(&url, "b", &[]).await;
+    let call = sid(0x11);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let mut twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let mut agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+    until("row live", T, || async {
+        row(&url, &call).await.map(|r| r.0) == Some("live".into())
+    })
+    .await;
+
+    assert_eq!(status(&b, &call, "completed").await.status, 204);
+    assert!(agent.closed_within(T).await, "A's agent outlived the call");
+    let closed = tokio::time::timeout(T, async {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = twilio.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "A's stream outlived the call");
+    eventually("ended on A", || a.app.calls.outcome(&call).is_some()).await;
+
+    // stream-ended reaching B answers from the shared outcome: a hang-up ends normally.
+    let r = stream_ended(&b, "a", &call).await;
+    assert!(is_hangup(&r), "{}", r.text());
+    // An unknown call gets the human at once.
+    let r = stream_ended(&b, "a", &sid(0x12)).await;
+    assert!(is_fallback(&r), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_ended_on_b_answers_from_the_outcome_written_by_a() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[]).await;
+    let b = replica(&url, "b", &[]).await;
+
+    // The agent fails: the outcome written by A sends the caller to a human, on B too.
+    let call = sid(0x21);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let _twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+    agent.close(1011);
+    eventually("ended on A", || a.app.calls.outcome(&call).is_some()).await;
+    until("outcome shared", T, || async {
+        row(&url, &call).await.and_then(|r| r.1).is_some()
+    })
+    .await;
+    let r = stream_ended(&b, "a", &call).await;
+    assert!(is_fallback(&r), "{}", r.text());
+
+    // The agent ends the call normally: hang up, on B too.
+    let call = sid(0x22);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let _twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+    agent.close(1000);
+    until("outcome shared", T, || async {
+        row(&url, &call).await.and_then(|r| r.1).is_some()
+    })
+    .await;
+    assert_eq!(
+        a.app.calls.outcome(&call).map(|o| o.as_str()),
+        row(&url, &call).await.and_then(|r| r.1).as_deref()
+    );
+    let r = stream_ended(&b, "a", &call).await;
+    let expect_hangup = a.app.calls.outcome(&call).unwrap().finished_normally();
+    assert_eq!(is_hangup(&r), expect_hangup, "{}", r.text());
+    assert!(expect_hangup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_for_as_nonce_is_adopted_by_b_and_as_agent_closes_at_once() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[]).await;
+    let b = replica(&url, "b", &[]).await;
+    let call = sid(0x31);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    // A pre-connects its agent (the default PRECONNECT_TIMEOUT_MS is 30 s).
+    let mut preconnected = a.agent.next_conn(T).await;
+
+    // The load balancer sends the stream to B (A unreachable for it, say).
+    let mut twilio = open_stream_at(&b, &path, &start_message(&call)).await;
+    let mut b_agent = b.agent.next_conn(T).await;
+    assert!(
+        preconnected.closed_within(Duration::from_secs(5)).await,
+        "A's pre-connected agent was not closed"
+    );
+    eventually("live on B", || b.app.calls.is_live(&call)).await;
+    until("row claimed by B", T, || async {
+        row(&url, &call).await.and_then(|r| r.2) == Some("b".into())
+    })
+    .await;
+    // The nonce is spent fleet-wide: A refuses it now.
+    let mut s = a.connect().await;
+    let head = stream_handshake(&path, Some(&stream_signature(&path)), "");
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf, true).await.status, 403);
+
+    // B runs the call: caller audio reaches B's agent.
+    use futures_util::SinkExt;
+    twilio
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            media_message(0),
+        ))
+        .await
+        .unwrap();
+    b_agent.recv_audio(1, T).await;
+    // A status callback at the owner A tears it down on B.
+    assert_eq!(status(&a, &call, "completed").await.status, 204);
+    assert!(
+        b_agent.closed_within(T).await,
+        "B's agent outlived the call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_sends_calls_elsewhere_and_exits_after_its_last_call() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let mut a = replica(&url, "a", &[]).await;
+    let b = replica(&url, "b", &[]).await;
+    assert_eq!(ready(&a).await, 200);
+    let call = sid(0x41);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let _twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let _agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+
+    a.shutdown();
+    eventually("draining", || a.app.is_draining()).await;
+    assert_eq!(ready(&a).await, 503);
+    assert_eq!(ready(&b).await, 200);
+    let r = voice(&a, &sid(0x42)).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    assert!(is_stream(&voice(&b, &sid(0x42)).await));
+    // Its own call keeps running until it ends.
+    assert!(a.app.calls.is_live(&call));
+    assert!(!a.task.is_finished());
+    assert_eq!(status(&b, &call, "completed").await.status, 204);
+    let done = tokio::time::timeout(T, &mut a.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    // Its leases are gone at once (heartbeat at the epoch).
+    let db = Database::new(
+        &DatabaseUrl::parse(&url).unwrap(),
+        1,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let c = db.client().await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT heartbeat_at < now() - interval '1 day', draining FROM fleet_replica WHERE id = 'a'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0) && r.get::<_, bool>(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_a_replica_is_not_ready_and_answers_the_fallback() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[]).await;
+    assert_eq!(ready(&a).await, 200);
+    pg.stop();
+    until("not ready", Duration::from_secs(15), || async {
+        ready(&a).await == 503
+    })
+    .await;
+    let r = voice(&a, &sid(0x51)).await;
+    assert!(is_fallback(&r), "{}", r.text());
+    // The refused call left no binding behind: once the database is back it can be answered.
+    pg.start_server();
+    until("ready again", Duration::from_secs(20), || async {
+        ready(&a).await == 200
+    })
+    .await;
+    let r = voice(&a, &sid(0x51)).await;
+    assert!(is_stream(&r), "{}", r.text());
+    let metrics = roundtrip(&a, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(
+        metrics
+            .text()
+            .contains("ignis_replica_info{replica=\"a\"} 1"),
+        "{}",
+        metrics.text()
+    );
+    let health = roundtrip(&a, b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert!(
+        health.text().contains("\"replica\":\"a\""),
+        "{}",
+        health.text()
+    );
+}
