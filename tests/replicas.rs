@@ -86,15 +86,21 @@ async fn ends_normally(fleet: &Fleet, mut live: Live) {
     );
 }
 
-/// A call answered (through nginx) by replica `n`: calls landing elsewhere are ended by their
-/// status callback (the caller hung up before the stream) and the next one is tried.
+/// A call answered (through nginx) by replica `n`. Voice webhooks are sent one after another
+/// until one lands there (round robin); the others are then ended by their status callback (the
+/// caller hung up before the stream). Sent in between, the callbacks would take every other
+/// turn of the round robin.
 async fn answer_on(fleet: &Fleet, n: usize, sids: &mut impl Iterator<Item = String>) -> Answered {
+    let mut elsewhere = Vec::new();
     for _ in 0..8 {
         let a = fleet.answer(&sids.next().unwrap()).await;
         if a.owner == replica_id(n) {
+            for other in &elsewhere {
+                hang_up_before_stream(fleet, other).await;
+            }
             return a;
         }
-        hang_up_before_stream(fleet, &a).await;
+        elsewhere.push(a);
     }
     panic!("nginx never sent a voice webhook to ignis-{n}");
 }
@@ -132,31 +138,28 @@ async fn heartbeat_released(fleet: &Fleet, id: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn calls_spread_and_any_replica_serves_any_request_of_a_call() {
+async fn calls_spread_and_callbacks_streams_and_stream_ended_work_on_any_replica() {
     let fleet = Fleet::start(2, &[]).await;
     let mut sids = (1..).map(|i| sid(1, i));
 
-    // Voice webhooks through nginx land on both replicas (round robin).
+    // Voice webhooks through nginx land on both replicas (round robin); their status
+    // callbacks end them wherever they land.
     let mut owners = BTreeMap::new();
+    let mut calls = Vec::new();
     for _ in 0..4 {
         let a = fleet.answer(&sids.next().unwrap()).await;
         *owners.entry(a.owner.clone()).or_insert(0) += 1;
-        hang_up_before_stream(&fleet, &a).await;
+        calls.push(a);
     }
     assert_eq!(owners.len(), 2, "{owners:?}");
-
-    // A call on ignis-1: its tool requests work at ignis-2 and through nginx.
-    let live = live_on(&fleet, 1, &mut sids).await;
-    let token = token_of(&live.agent);
-    let identify = fleet.tool("POST", "/api/patients/identify", IDENTIFY, &token);
-    for r in [
-        fleet.replica(2).direct(&identify).await,
-        fleet.via_nginx(&identify).await,
-    ] {
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(json(&r)["ok"], true, "{}", r.text());
+    for a in &calls {
+        hang_up_before_stream(&fleet, a).await;
     }
-    // It ends normally; its stream-ended at the other replica answers from the shared outcome.
+    fleet.wait_leases(0, T).await;
+
+    // A call on ignis-1 ends normally; its stream-ended at ignis-2 answers from the shared
+    // outcome.
+    let live = live_on(&fleet, 1, &mut sids).await;
     let a = live.a.clone();
     ends_normally(&fleet, live).await;
     let r = fleet.replica(2).direct(&fleet.stream_ended(&a)).await;
@@ -181,34 +184,72 @@ async fn calls_spread_and_any_replica_serves_any_request_of_a_call() {
     );
 
     // A call answered by ignis-1 whose stream reaches ignis-2: ignis-2 claims it, ignis-1's
-    // pre-connected agent is closed at once, ignis-2's own agent takes over with a new token,
-    // and the old token stops working.
+    // pre-connected agent is closed at once, and ignis-2's own agent takes the call.
     let a = answer_on(&fleet, 1, &mut sids).await;
     let mut preconnected = fleet.agent_for(&a.sid, T).await;
-    let old_token = token_of(&preconnected);
     let caller = fleet.open_stream_at(&a, 2).await;
     assert!(
         preconnected.closed_within(T).await,
         "ignis-1's pre-connected agent stayed open"
     );
     let agent = fleet.agent_for(&a.sid, T).await;
-    let new_token = token_of(&agent);
-    assert_ne!(new_token, old_token);
     let mut live = Live { a, caller, agent };
     audio_flows(&mut live, 7).await;
-    let r = fleet
-        .via_nginx(&fleet.tool("POST", "/api/patients/identify", IDENTIFY, &new_token))
-        .await;
-    assert_eq!(json(&r)["ok"], true, "{}", r.text());
-    let r = fleet
-        .via_nginx(&fleet.tool("POST", "/api/patients/identify", IDENTIFY, &old_token))
-        .await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(json(&r)["error"], "call_not_active");
     // Its stream-ended goes (by the URL) to ignis-1, which did not run the stream: it answers
     // from the shared outcome.
     ends_normally(&fleet, live).await;
 
+    fleet.wait_leases(0, T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tool_requests_find_their_call_on_any_replica_and_follow_a_taken_over_call() {
+    let fleet = Fleet::start(2, &[]).await;
+    let mut sids = (1..).map(|i| sid(7, i));
+
+    // A call on ignis-1: its tool requests work at ignis-2 and through nginx.
+    let live = live_on(&fleet, 1, &mut sids).await;
+    let token = token_of(&live.agent);
+    let identify = fleet.tool("POST", "/api/patients/identify", IDENTIFY, &token);
+    for r in [
+        fleet.replica(2).direct(&identify).await,
+        fleet.replica(1).direct(&identify).await,
+        fleet.via_nginx(&identify).await,
+    ] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(json(&r)["ok"], true, "{}", r.text());
+    }
+    ends_normally(&fleet, live).await;
+    // Once the call is over, its token opens nothing, on any replica.
+    for n in [1, 2] {
+        let r = fleet.replica(n).direct(&identify).await;
+        assert_eq!(r.status, 403, "ignis-{n}: {}", r.text());
+    }
+
+    // A call answered by ignis-1 whose stream reaches ignis-2: ignis-2's agent gets a new
+    // token that works everywhere, and the pre-connected agent's token stops working.
+    let a = answer_on(&fleet, 1, &mut sids).await;
+    let preconnected = fleet.agent_for(&a.sid, T).await;
+    let old_token = token_of(&preconnected);
+    let caller = fleet.open_stream_at(&a, 2).await;
+    let agent = fleet.agent_for(&a.sid, T).await;
+    let new_token = token_of(&agent);
+    assert_ne!(new_token, old_token);
+    let live = Live { a, caller, agent };
+    for n in [1, 2] {
+        let r = fleet
+            .replica(n)
+            .direct(&fleet.tool("POST", "/api/patients/identify", IDENTIFY, &new_token))
+            .await;
+        assert_eq!(json(&r)["ok"], true, "ignis-{n}: {}", r.text());
+        let r = fleet
+            .replica(n)
+            .direct(&fleet.tool("POST", "/api/patients/identify", IDENTIFY, &old_token))
+            .await;
+        assert_eq!(r.status, 403, "ignis-{n}: {}", r.text());
+        assert_eq!(json(&r)["error"], "call_not_active");
+    }
+    ends_normally(&fleet, live).await;
     fleet.wait_leases(0, T).await;
 }
 
@@ -226,11 +267,24 @@ async fn sigterm_lets_the_replicas_calls_play_to_their_end_and_releases_its_leas
         "ignis-1 quit with a live call"
     );
 
-    // New calls go to ignis-2 (nginx retries ignis-1's 503 there).
+    // New calls go to ignis-2: three voice webhooks in a row, of which nginx's round robin
+    // sends at least one to ignis-1 first; its 503 is retried on ignis-2.
+    let mut new_calls = Vec::new();
     for _ in 0..3 {
         let a = fleet.answer(&sids.next().unwrap()).await;
         assert_eq!(a.owner, "ignis-2", "a draining replica took a new call");
-        hang_up_before_stream(&fleet, &a).await;
+        new_calls.push(a);
+    }
+    assert!(
+        fleet
+            .nginx
+            .lines()
+            .iter()
+            .any(|l| l.contains("POST /api/twilio/voice") && l.contains("upstream=503, 200")),
+        "no voice webhook was retried after ignis-1's 503"
+    );
+    for a in &new_calls {
+        hang_up_before_stream(&fleet, a).await;
     }
 
     // ignis-1's call goes on: audio both ways, its tools, then a normal end.
