@@ -16,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ignis::fleet::LEASE_TTL;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -593,7 +594,7 @@ impl Fleet {
     pub async fn active_leases(&self) -> i64 {
         self.db()
             .await
-            .query_one(ACTIVE_LEASES_SQL, &[])
+            .query_one(ACTIVE_LEASES_SQL, &[&LEASE_TTL.as_secs_f64()])
             .await
             .unwrap()
             .get(0)
@@ -613,6 +614,20 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether replica `id`'s heartbeat is older than `LEASE_TTL`: its leases are released.
+    pub async fn heartbeat_released(&self, id: &str) -> bool {
+        self.db()
+            .await
+            .query_one(
+                "SELECT heartbeat_at < now() - make_interval(secs => $2) \
+                 FROM fleet_replica WHERE id = $1",
+                &[&id, &LEASE_TTL.as_secs_f64()],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// `fleet_call`'s state and outcome of `sid`, if it has a row.
@@ -653,11 +668,12 @@ impl Drop for Fleet {
     }
 }
 
-/// Leases as docs/replicas.md §3 defines them; `LEASE_TTL` from `src/fleet/`.
+/// Leases as docs/replicas.md §3 defines them, written here independently of `src/fleet/`;
+/// `$1` is `LEASE_TTL` in seconds.
 pub const ACTIVE_LEASES_SQL: &str = "SELECT count(*) FROM fleet_call c \
      JOIN fleet_replica r ON r.id = COALESCE(c.stream_replica, c.owner) \
      WHERE (c.state IN ('claimed', 'live') OR (c.state = 'pending' AND c.expires_at > now())) \
-     AND r.heartbeat_at > now() - interval '10 seconds'";
+     AND r.heartbeat_at > now() - make_interval(secs => $1)";
 
 /// The variables of replica `n`: what an operator sets, pointed at the test's loopback setup.
 fn replica_env(
