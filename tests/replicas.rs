@@ -430,15 +430,23 @@ async fn postgres_restart_mid_call_keeps_the_audio_and_tools_say_so_then_recover
     fleet.pg.stop();
     // The audio path never waits for the database.
     audio_flows(&mut live, 51).await;
-    // A tool request fails with an error the agent can say.
-    let r = fleet.via_nginx(&identify).await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    let v = json(&r);
-    assert_eq!(v["ok"], false, "{v}");
-    assert!(
-        v["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "no message for the agent: {v}"
-    );
+    // Tool requests fail with an error the agent can say: ignis's answer every time, on every
+    // replica (nginx does not turn the 503s into its own 502).
+    for target in ["nginx", "nginx again", "ignis-1", "ignis-2"] {
+        let r = match target {
+            "ignis-1" => fleet.replica(1).direct(&identify).await,
+            "ignis-2" => fleet.replica(2).direct(&identify).await,
+            _ => fleet.via_nginx(&identify).await,
+        };
+        assert_eq!(r.status, 503, "{target}: {}", r.text());
+        let v = json(&r);
+        assert_eq!(v["ok"], false, "{target}: {v}");
+        assert_eq!(v["error"], "unavailable", "{target}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{target}: no message for the agent: {v}"
+        );
+    }
     audio_flows(&mut live, 52).await;
 
     fleet.pg.start_server();
@@ -556,7 +564,24 @@ fn shipped_replicas_kit_routes_every_replica_and_keeps_the_stream_settings() {
         }
         assert!(!line.starts_with("rewrite"), "{line}");
     }
-    assert!(conf.contains("proxy_next_upstream error timeout http_502 http_503 non_idempotent;"));
+    // Retries: dead replicas everywhere; draining ones (503) for Twilio's webhooks only.
+    let webhooks = &conf[conf.find("location /api/twilio/ {").unwrap()..];
+    let webhooks = &webhooks[..webhooks.find('}').unwrap()];
+    assert!(
+        webhooks.contains("proxy_next_upstream error timeout http_502 http_503 non_idempotent;")
+    );
+    let retries: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("proxy_next_upstream "))
+        .collect();
+    assert_eq!(
+        retries,
+        [
+            "proxy_next_upstream error timeout non_idempotent;",
+            "proxy_next_upstream error timeout http_502 http_503 non_idempotent;"
+        ]
+    );
     let stream = &conf[conf.find("location /api/twilio/stream/ {").unwrap()..];
     let stream = &stream[..stream.find('}').unwrap()];
     for line in [
