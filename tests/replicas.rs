@@ -448,8 +448,25 @@ async fn postgres_restart_mid_call_keeps_the_audio_and_tools_say_so_then_recover
         );
     }
     audio_flows(&mut live, 52).await;
+    // New calls get the fallback (a person), and the replicas say they are not ready.
+    let r = fleet
+        .via_nginx(&fleet.webhook("/api/twilio/voice", &call_params(&sids.next().unwrap())))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("<Dial>") && !r.text().contains("<Stream"),
+        "{}",
+        r.text()
+    );
+    for n in [1, 2] {
+        fleet.replica(n).wait_ready_status(503, T).await;
+    }
+    audio_flows(&mut live, 54).await;
 
     fleet.pg.start_server();
+    for n in [1, 2] {
+        fleet.replica(n).wait_ready().await;
+    }
     let mut recovered = None;
     for _ in 0..100 {
         let r = fleet.via_nginx(&identify).await;
@@ -463,6 +480,9 @@ async fn postgres_restart_mid_call_keeps_the_audio_and_tools_say_so_then_recover
     assert_eq!(v["ok"], true, "{v}");
     audio_flows(&mut live, 53).await;
     ends_normally(&fleet, live).await;
+    // New calls are taken again.
+    let again = live_on(&fleet, 2, &mut sids).await;
+    ends_normally(&fleet, again).await;
     fleet.wait_leases(0, T).await;
 }
 
