@@ -206,12 +206,8 @@ async fn tool_requests_find_their_call_on_any_replica_and_follow_a_taken_over_ca
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(json(&r)["ok"], true, "{}", r.text());
     }
+    // (After the call, its token lives on for CALL_GRACE_SECS: tests/practice_tools.rs.)
     ends_normally(&fleet, live).await;
-    // Once the call is over, its token opens nothing, on any replica.
-    for n in [1, 2] {
-        let r = fleet.replica(n).direct(&identify).await;
-        assert_eq!(r.status, 403, "ignis-{n}: {}", r.text());
-    }
 
     // A call answered by ignis-1 whose stream reaches ignis-2: ignis-2's agent gets a new
     // token that works everywhere, and the pre-connected agent's token stops working.
