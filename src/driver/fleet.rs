@@ -393,7 +393,7 @@ async fn heartbeat(app: Arc<App>, fleet: Arc<Fleet>, mut stop: watch::Receiver<b
             _ = stop.changed() => return,
         }
         beats += 1;
-        if beats % fleet::PRUNE_EVERY_BEATS == 0 {
+        if beats.is_multiple_of(fleet::PRUNE_EVERY_BEATS) {
             prune(&fleet).await;
         }
     }
