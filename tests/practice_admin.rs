@@ -8,7 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, bounded};
 use ignis::practice::calls::CallInfo;
 use ignis::practice::config::PracticeConfig;
-use ignis::practice::store::{CallEnd, CallOutcome};
+use ignis::practice::store::{CallEnd, CallOutcome, StoreError};
 use ignis::practice::tools::{ToolReply, ToolRequest};
 use ignis::practice::{Practice, PracticeError, PracticeSettings};
 use jiff::Timestamp;
@@ -196,6 +196,76 @@ fn a_tool_request_right_after_start_call_finds_the_call() {
             "call {i}: {v}"
         );
     }
+    drop(p);
+    thread.join().unwrap();
+}
+
+fn adopt(p: &Practice, sid: &str, entropy: [u8; 16]) -> (String, Result<(), StoreError>) {
+    let (tx, rx): (_, Receiver<_>) = bounded(1);
+    let info = CallInfo {
+        call_sid: sid,
+        caller_number: WEBER_PHONE,
+        called_number: "+4930123456",
+    };
+    let vars = p
+        .adopt_call(info, entropy, wed_morning(), move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    assert_eq!(vars.len(), 11);
+    let token = vars["secret__ignis_call"].as_str().unwrap().to_string();
+    (token, rx.recv_timeout(WAIT).unwrap())
+}
+
+/// A stream that takes a call over from another replica (docs/replicas.md §4.2): the old token
+/// stops working, the new one keeps the call's refs; a call with no row yet gets one; an ended
+/// call is not revived.
+#[test]
+fn adopt_call_takes_the_token_over() {
+    let dir = temp_dir("adopt");
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    let old = start(&p, "CAadopt", WEBER_PHONE);
+    let (s, v) = tool(
+        &p,
+        &old,
+        "POST",
+        "/api/patients/identify",
+        "",
+        r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#,
+    );
+    assert_eq!((s, v["match"].as_str()), (200, Some("unique")), "{v}");
+    let (new, done) = adopt(&p, "CAadopt", [0xad; 16]);
+    done.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        slots_status(&p, TOOLS_TOKEN, &old, wed_morning()),
+        403,
+        "the old token is retired"
+    );
+    assert_eq!(slots_status(&p, TOOLS_TOKEN, &new, wed_morning()), 200);
+    // A call whose registration never reached the store gets its row.
+    let (fresh, done) = adopt(&p, "CAnorow", [0xae; 16]);
+    done.unwrap();
+    assert_eq!(slots_status(&p, TOOLS_TOKEN, &fresh, wed_morning()), 200);
+    // An ended call stays ended: its new token opens nothing.
+    let ended = start(&p, "CAended", WEBER_PHONE);
+    let (tx, rx): (_, Receiver<()>) = bounded(1);
+    p.store()
+        .submit(move |st| {
+            st.end_call("CAended", wed_morning().as_second()).unwrap();
+            let _ = tx.send(());
+        })
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+    let (late, done) = adopt(&p, "CAended", [0xaf; 16]);
+    assert!(matches!(done, Err(StoreError::CallExists)), "{done:?}");
+    assert_eq!(slots_status(&p, TOOLS_TOKEN, &late, wed_morning()), 403);
+    assert_eq!(
+        slots_status(&p, TOOLS_TOKEN, &ended, wed_morning()),
+        200,
+        "grace period"
+    );
     drop(p);
     thread.join().unwrap();
 }

@@ -467,6 +467,30 @@ fn start_call_never_resets_an_existing_call() {
     assert!(!s.end_call("CA1", now + 130).unwrap(), "still ended");
 }
 
+/// A stream that took a call over from another replica replaces the call's token: the old one
+/// stops working, the row keeps its state; an ended or unknown call is left alone
+/// (docs/replicas.md §4.2).
+#[test]
+fn replace_call_token_retires_the_old_token() {
+    let dir = temp_dir("replace-token");
+    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+    let now = wed_morning().as_second();
+    s.start_call("CA1", &[1; 32], "+4917011111", "+4930", now)
+        .unwrap();
+    assert!(s.replace_call_token("CA1", &[2; 32], now + 1).unwrap());
+    assert!(s.live_call(&[1; 32], now + 2).unwrap().is_none());
+    let row = s.live_call(&[2; 32], now + 2).unwrap().expect("new token");
+    assert_eq!(row.call_sid, "CA1");
+    assert_eq!(row.caller_number, "+4917011111");
+    assert!(!s.replace_call_token("CAnone", &[3; 32], now).unwrap());
+    assert!(s.live_call(&[3; 32], now + 2).unwrap().is_none());
+    s.end_call("CA1", now + 10).unwrap();
+    assert!(!s.replace_call_token("CA1", &[4; 32], now + 11).unwrap());
+    assert!(s.live_call(&[2; 32], now + 12).unwrap().is_some(), "grace");
+    assert!(s.live_call(&[4; 32], now + 12).unwrap().is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The staff page's call rows (issue 14): the bridge's outcome and time to first audio are
 /// stored once with the end; a call without an end is listed as running until the caller's
 /// cut-off; the day's calls come newest first within the day only.

@@ -337,6 +337,32 @@ impl Practice {
         Ok(vars)
     }
 
+    /// Registers a stream that took a call over from another replica (docs/replicas.md §4.2):
+    /// like [`Practice::start_call`], but the call's existing row keeps its state and gets the
+    /// new token's hash, so the previous agent's token stops working; without a row (the
+    /// answering replica's registration never committed) the row is created. `done` gets
+    /// [`StoreError::CallExists`] when the call has already ended (its row is left alone).
+    pub fn adopt_call(
+        &self,
+        info: CallInfo<'_>,
+        entropy: [u8; TOKEN_BYTES],
+        now: Timestamp,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<Map<String, Value>, StoreError> {
+        let token = CallToken::from_entropy(entropy);
+        let vars = calls::dynamic_variables(&token, &info, &self.config, now);
+        let (sid, caller, called) = (
+            info.call_sid.to_string(),
+            info.caller_number.to_string(),
+            info.called_number.to_string(),
+        );
+        let hash = token.hash();
+        self.store.submit(move |store| {
+            done(adopt(store, &sid, &hash, &caller, &called, now.as_second()));
+        })?;
+        Ok(vars)
+    }
+
     /// Marks a call ended with how it ended and its time to first audio, for the staff page
     /// (its token stays valid for the grace period). Fire and forget.
     pub fn end_call(&self, call_sid: &str, end: store::CallEnd, now: Timestamp) {
@@ -370,5 +396,24 @@ impl Practice {
         {
             f(Err(StoreError::Closed));
         }
+    }
+}
+
+/// Replaces the token of `sid`'s row, or creates the row; a row inserted concurrently (another
+/// replica's late registration) is taken over by a second replace.
+fn adopt(
+    store: &mut dyn Store,
+    sid: &str,
+    hash: &[u8; 32],
+    caller: &str,
+    called: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    if store.replace_call_token(sid, hash, now)? {
+        return Ok(());
+    }
+    match store.start_call(sid, hash, caller, called, now) {
+        Err(StoreError::CallExists) if store.replace_call_token(sid, hash, now)? => Ok(()),
+        other => other,
     }
 }

@@ -89,6 +89,15 @@ pub trait Store: Send {
         called_number: &str,
         now: i64,
     ) -> StoreResult<()>;
+    /// Replaces the token hash of a call that is not ended, so the previous token (the agent of
+    /// the replica that answered the webhook) stops working (docs/replicas.md §4.2). False (and no
+    /// change) when the CallSid has no row or the call has ended.
+    fn replace_call_token(
+        &mut self,
+        call_sid: &str,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<bool>;
     /// Marks a call ended; false if unknown.
     fn end_call(&mut self, call_sid: &str, now: i64) -> StoreResult<bool>;
     /// The call whose token hashes to `token_hash`, if it is live at `now`.

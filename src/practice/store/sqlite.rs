@@ -621,6 +621,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn replace_call_token(
+        &mut self,
+        call_sid: &str,
+        token_hash: &[u8; 32],
+        _now: i64,
+    ) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "UPDATE call SET token_hash = ?2 WHERE call_sid = ?1 AND ended_at IS NULL",
+            params![call_sid, &token_hash[..]],
+        )?;
+        Ok(n == 1)
+    }
+
     fn end_call(&mut self, call_sid: &str, now: i64) -> StoreResult<bool> {
         let n = self.conn.execute(
             "UPDATE call SET ended_at = ?2 WHERE call_sid = ?1 AND ended_at IS NULL",
