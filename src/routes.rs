@@ -308,6 +308,13 @@ impl App {
                  ignis_replica_info{{replica=\"{replica}\"}} 1\n"
             ));
         }
+        if let Some(f) = &self.fleet {
+            text.push_str(&format!(
+                "# HELP ignis_fleet_bad_notices_total Fleet notices dropped: malformed or queue full.\n\
+                 # TYPE ignis_fleet_bad_notices_total counter\nignis_fleet_bad_notices_total {}\n",
+                f.bad_notices()
+            ));
+        }
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             .body(text.into_bytes())

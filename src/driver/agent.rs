@@ -117,12 +117,16 @@ fn agent_ws_config() -> WebSocketConfig {
 /// `refused` fires if the store already holds this CallSid ([`StoreError::CallExists`]): a
 /// webhook replayed after the registry forgot its call (docs/twilio.md §8.5). The pre-connect
 /// then drops its agent socket instead of holding a conversation nobody will adopt.
+///
+/// `adopted`: the stream took the call over from the replica that answered it
+/// (docs/replicas.md §4.2); the call's row gets this token instead (`Practice::adopt_call`).
 pub(crate) fn call_variables(
     app: &App,
     call_sid: &str,
     caller: &str,
     called: &str,
     refused: Option<oneshot::Sender<()>>,
+    adopted: bool,
 ) -> Map<String, Value> {
     let info = CallInfo {
         call_sid,
@@ -143,7 +147,12 @@ pub(crate) fn call_variables(
     // The agent connects without waiting for the registration's commit: it is queued ahead of
     // any tool request the agent can make (see `Practice::start_call`).
     let sid = call_sid.to_owned();
-    let queued = practice.start_call(info.clone(), entropy, now, move |r| match r {
+    let register = if adopted {
+        crate::practice::Practice::adopt_call
+    } else {
+        crate::practice::Practice::start_call
+    };
+    let queued = register(practice, info.clone(), entropy, now, move |r| match r {
         Err(StoreError::CallExists) => {
             warn!(call_sid = %sid, "[Practice] Call already registered: a replayed webhook; its agent is dropped");
             if let Some(tx) = refused {
@@ -174,6 +183,7 @@ pub(crate) fn link(
     call_sid: &str,
     caller: String,
     called: String,
+    adopted: bool,
 ) -> LinkFuture {
     let app = shared.app.clone();
     let limit = app.config.elevenlabs_connect_timeout * LINK_TIMEOUT_IN_CONNECT_TIMEOUTS;
@@ -190,7 +200,7 @@ pub(crate) fn link(
     let tls = shared.tls.clone();
     let sid = call_sid.to_owned();
     Box::pin(async move {
-        let vars = call_variables(&app, &sid, &caller, &called, None);
+        let vars = call_variables(&app, &sid, &caller, &called, None, adopted);
         let t0 = Instant::now();
         match tokio::time::timeout(limit, connect(&app.config, &tls, &vars)).await {
             Ok(Ok(ws)) => Ok(AgentLink {
@@ -287,7 +297,8 @@ impl Preconnects {
             async move {
                 debug!(caller = %mask_phone(&caller), "[ElevenLabs] Pre-connecting");
                 let (refused_tx, refused_rx) = oneshot::channel();
-                let vars = call_variables(&app, &call_sid, &caller, &called, Some(refused_tx));
+                let vars =
+                    call_variables(&app, &call_sid, &caller, &called, Some(refused_tx), false);
                 preconnect(&app.config, tls, &vars, rx, refused_rx).await;
                 this.lock().remove(&call_sid);
             }

@@ -386,11 +386,29 @@ pub(super) async fn beat(app: &App, fleet: &Fleet) {
 async fn heartbeat(app: Arc<App>, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(fleet::HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => beat(&app, &fleet).await,
             _ = stop.changed() => return,
         }
+        beats += 1;
+        if beats.is_multiple_of(fleet::PRUNE_EVERY_BEATS) {
+            prune(&fleet).await;
+        }
+    }
+}
+
+/// Deletes calls and replicas older than [`fleet::FLEET_RETENTION`].
+async fn prune(fleet: &Fleet) {
+    let keep = fleet::FLEET_RETENTION.as_secs_f64();
+    let run = async {
+        let client = fleet.db.client().await?;
+        client.execute(sql::PRUNE, &[&keep]).await?;
+        Ok::<_, PgError>(())
+    };
+    if let Err(e) = timed(run).await {
+        debug!(error = %e, "[Fleet] Pruning old rows failed; next time");
     }
 }
 

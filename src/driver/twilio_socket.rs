@@ -221,7 +221,8 @@ async fn call(
 
     // The numbers are the signed webhook's, never `start.customParameters` (unsigned).
     let (from, to) = (claim.call.from, claim.call.to);
-    let link = agent::link(&shared, &call_sid, from.as_str().into(), to.as_str().into());
+    let (caller, called) = (from.as_str().into(), to.as_str().into());
+    let link = agent::link(&shared, &call_sid, caller, called, claim.adopted);
     let mut bridge = Bridge::new(bridge_config(&app));
     bridge.handle_twilio(now(), TwilioEvent::Start(start));
     let mut call = Call::new(twilio, bridge, shared, call_sid, stream_id, counters);

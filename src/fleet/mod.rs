@@ -33,6 +33,11 @@ pub const MAX_NOTICE_BYTES: usize = 128;
 pub const STREAM_ENDED_WAIT: Duration = Duration::from_millis(500);
 /// Pause between two reads of the outcome while waiting.
 pub const STREAM_ENDED_POLL: Duration = Duration::from_millis(100);
+/// Ended calls (and bindings whose stream never came) stay in `fleet_call` this long, for
+/// `stream-ended` and for inspection, then the heartbeat task deletes them.
+pub const FLEET_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The heartbeat task prunes old rows every this many beats (about every five minutes).
+pub const PRUNE_EVERY_BEATS: u64 = 150;
 /// Longest `REPLICA_ID` (matches the configuration's check).
 pub const MAX_REPLICA_LEN: usize = crate::config::MAX_REPLICA_ID_LEN;
 
@@ -116,6 +121,13 @@ pub mod sql {
     pub const END_OWN: &str = "UPDATE fleet_call SET state = 'ended',
            outcome = COALESCE(outcome, $2), ended_at = now()
          WHERE state <> 'ended' AND COALESCE(stream_replica, owner) = $1";
+    /// `$1` retention seconds (f64): forgets old calls and replicas gone that long. Idempotent,
+    /// so replicas may run it at the same time.
+    pub const PRUNE: &str = "WITH calls AS (
+           DELETE FROM fleet_call
+           WHERE (state = 'ended' AND ended_at < now() - make_interval(secs => $1))
+              OR (state = 'pending' AND expires_at < now() - make_interval(secs => $1)))
+         DELETE FROM fleet_replica WHERE heartbeat_at < now() - make_interval(secs => $1)";
     /// `$1` self: leases released at once (heartbeat at the epoch).
     pub const RELEASE_REPLICA: &str =
         "UPDATE fleet_replica SET heartbeat_at = 'epoch', draining = true WHERE id = $1";
