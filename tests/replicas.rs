@@ -122,6 +122,13 @@ async fn live_on(fleet: &Fleet, n: usize, sids: &mut impl Iterator<Item = String
     let agent = fleet.agent_for(&a.sid, T).await;
     let mut live = Live { a, caller, agent };
     audio_flows(&mut live, n as u8).await;
+    // nginx routed the stream by its replica segment to the replica that answered.
+    assert_eq!(
+        fleet.stream_replica(&live.a.sid).await,
+        Some(replica_id(n)),
+        "{}",
+        live.a.stream_path
+    );
     live
 }
 
@@ -322,6 +329,13 @@ async fn sigkill_sends_the_caller_to_a_person_within_a_second_and_leaks_no_lease
     assert!(
         answered_after < Duration::from_secs(1),
         "fallback after {answered_after:?}"
+    );
+    // nginx tried ignis-1 (the URL's replica), then its backup.
+    let ignis_2 = format!("127.0.0.1:{}", fleet.replica(2).port);
+    let tried = fleet.access_lines("POST /api/twilio/stream-ended/ignis-1");
+    assert!(
+        tried.len() == 1 && tried[0].contains(&format!(", {ignis_2} ")),
+        "{tried:#?}"
     );
 
     // New calls go to ignis-2.

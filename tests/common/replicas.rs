@@ -643,6 +643,28 @@ impl Fleet {
             .map(|r| (r.get(0), r.get(1)))
     }
 
+    /// The replica that claimed `sid`'s stream (`fleet_call.stream_replica`).
+    pub async fn stream_replica(&self, sid: &str) -> Option<String> {
+        self.db()
+            .await
+            .query_opt(
+                "SELECT stream_replica FROM fleet_call WHERE call_sid = $1",
+                &[&sid],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0))
+    }
+
+    /// nginx's access log lines for `path` (method and path as logged).
+    pub fn access_lines(&self, request: &str) -> Vec<String> {
+        self.nginx
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains(&format!("\"{request} ")) && l.contains(" rt="))
+            .collect()
+    }
+
     /// Prints every log (for a failing test; cargo shows it only then).
     pub fn dump_logs(&self) {
         for r in &self.replicas {
