@@ -196,6 +196,14 @@ impl TestDb {
     }
 }
 
+impl crate::practice_support::Env {
+    /// A seeded demo database on `db`'s backend, as a fresh `ignis serve` would have it.
+    pub fn on(db: &TestDb, now: jiff::Timestamp) -> crate::practice_support::Env {
+        let dir = crate::practice_support::temp_dir("env");
+        crate::practice_support::Env::with_store(db.store(), dir, now)
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
