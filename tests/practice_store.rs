@@ -826,3 +826,263 @@ on_both_backends!(
     staff_accounts_sessions_and_audit,
     staff_session_use_is_written_at_most_once_a_minute,
 );
+
+/// What only PostgreSQL has: several replicas (separate pools) on one database.
+mod postgres_only {
+    use super::*;
+    use ignis::pg::PgError;
+    use ignis::practice::demo;
+    use ignis::practice::store::postgres::{CALL_LOCK_CLASS, RETENTION_LOCK_KEY};
+    use ignis::practice::store::{PgStore, RetentionReport};
+
+    /// Issue 15: 40 concurrent bookings of one slot from 40 threads through 3 "replicas"
+    /// (separate pools) → exactly one wins, the rest are told the slot is taken.
+    #[test]
+    fn forty_bookings_of_one_slot_through_three_replicas_book_once() {
+        const N: usize = 40;
+        let db = TestDb::new(Kind::Postgres, "forty-three");
+        let (_s, slots) = setup(&db, N);
+        let slot = slots[5];
+        let replicas: Vec<_> = (0..3).map(|_| db.replica_pool(N / 3 + 1)).collect();
+        let barrier = Barrier::new(N);
+        let outcomes: Vec<BookOutcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let (barrier, pool) = (&barrier, &replicas[i % 3]);
+                    scope.spawn(move || {
+                        let mut own = PgStore::new(pool);
+                        barrier.wait();
+                        own.book(&booking(slot, i as i64 + 1, &format!("r{}-{i}", i % 3)))
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wins = outcomes
+            .iter()
+            .filter(|o| matches!(o, BookOutcome::Booked { .. }))
+            .count();
+        let taken = outcomes
+            .iter()
+            .filter(|o| **o == BookOutcome::SlotTaken)
+            .count();
+        assert_eq!((wins, taken), (1, N - 1), "{outcomes:?}");
+        assert_eq!(booked_on_slot(&db, slot), 1);
+    }
+
+    /// A retry racing its original (same idempotency key, two replicas) is answered with the
+    /// one booking, never with "slot taken".
+    #[test]
+    fn racing_identical_retries_get_the_one_booking() {
+        const N: usize = 10;
+        let db = TestDb::new(Kind::Postgres, "racing-retries");
+        let (_s, slots) = setup(&db, 1);
+        let slot = slots[0];
+        let replicas: Vec<_> = (0..2).map(|_| db.replica_pool(N)).collect();
+        let barrier = Barrier::new(N);
+        let outcomes: Vec<BookOutcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let (barrier, pool) = (&barrier, &replicas[i % 2]);
+                    scope.spawn(move || {
+                        let mut own = PgStore::new(pool);
+                        barrier.wait();
+                        own.book(&booking(slot, 1, "same-key")).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut ids = Vec::new();
+        let mut first = 0;
+        for o in &outcomes {
+            let BookOutcome::Booked {
+                appointment,
+                repeated,
+                ..
+            } = o
+            else {
+                panic!("a retry was refused: {outcomes:?}");
+            };
+            ids.push(appointment.id);
+            first += usize::from(!repeated);
+        }
+        ids.dedup();
+        assert_eq!((ids.len(), first), (1, 1), "{outcomes:?}");
+        assert_eq!(booked_on_slot(&db, slots[0]), 1);
+    }
+
+    /// Data that retention would delete: a call ended two days before `now`.
+    fn due_call(s: &mut dyn Store, sid: &str, hash: u8, now: i64) {
+        s.start_call(sid, &[hash; 32], "+49170", "+4930", now - 3 * DAY)
+            .unwrap();
+        s.end_call(sid, now - 2 * DAY).unwrap();
+    }
+
+    /// Issue 15: retention runs on one replica at a time. While another replica's run holds
+    /// the lock, a run reports nothing and deletes nothing; two runs at once delete the due
+    /// rows once between them.
+    #[test]
+    fn retention_runs_on_one_replica_at_a_time() {
+        let db = TestDb::new(Kind::Postgres, "retention-one");
+        let now = wed_morning().as_second() + 400 * DAY;
+        let mut s = db.store();
+        due_call(s.as_mut(), "CA1", 1, now);
+        let holder = db.replica_pool(1);
+        let policy = RetentionPolicy::default();
+        holder.block_on(async {
+            let mut c = holder.client().await.unwrap();
+            let tx = c.transaction().await.unwrap();
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RETENTION_LOCK_KEY])
+                .await
+                .unwrap();
+            // Another replica is running retention right now.
+            let mut other = PgStore::new(&db.replica_pool(1));
+            let skipped = std::thread::scope(|t| {
+                t.spawn(|| other.retention(&policy, now).unwrap())
+                    .join()
+                    .unwrap()
+            });
+            assert_eq!(skipped, RetentionReport::default());
+            tx.commit().await.unwrap();
+        });
+        assert_eq!(
+            db.value("SELECT COUNT(*) FROM call", &[]),
+            1,
+            "nothing deleted"
+        );
+
+        // Two replicas at once: one deletes, the other finds the lock taken or nothing left.
+        due_call(s.as_mut(), "CA2", 2, now);
+        let barrier = Barrier::new(2);
+        let reports: Vec<RetentionReport> = std::thread::scope(|t| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (barrier, pool) = (&barrier, db.replica_pool(1));
+                    t.spawn(move || {
+                        let mut r = PgStore::new(&pool);
+                        barrier.wait();
+                        r.retention(&policy, now).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let calls: Vec<usize> = reports.iter().map(|r| r.calls).collect();
+        assert!(calls == [2, 0] || calls == [0, 2], "{reports:?}");
+        assert_eq!(db.value("SELECT COUNT(*) FROM call", &[]), 0);
+    }
+
+    /// Issue 15: replicas that start together migrate the schema once and seed the demo data
+    /// once.
+    #[test]
+    fn replicas_starting_together_migrate_and_seed_once() {
+        let db = TestDb::new(Kind::Postgres, "start-together");
+        let config = PracticeConfig::demo();
+        let barrier = Barrier::new(3);
+        let seeded: Vec<usize> = std::thread::scope(|t| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    let (barrier, pool, config) = (&barrier, db.replica_pool(2), &config);
+                    t.spawn(move || {
+                        barrier.wait();
+                        let mut s = PgStore::open(&pool).unwrap();
+                        demo::seed(&mut s, config, wed_morning()).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let demo_count = demo::demo_patients().len();
+        let mut sorted = seeded.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 0, demo_count], "{seeded:?}");
+        assert_eq!(
+            db.value("SELECT COUNT(*) FROM patient", &[]),
+            demo_count as i64
+        );
+        assert_eq!(
+            db.value("SELECT COUNT(*) FROM appointment", &[]),
+            1,
+            "one demo appointment"
+        );
+        let mut s = PgStore::new(db.database());
+        assert_eq!(
+            s.schema_version().unwrap(),
+            ignis::practice::store::postgres::schema::PG_MIGRATIONS.len() as i64
+        );
+        assert_eq!(
+            db.value(
+                "SELECT COUNT(*) FROM ignis_migrations WHERE component = 'store'",
+                &[]
+            ),
+            ignis::practice::store::postgres::schema::PG_MIGRATIONS.len() as i64
+        );
+    }
+
+    /// Issue 15: PostgreSQL restarted → the next operation fails as "unavailable" (not a
+    /// query error, not a hang), and the ones after it work on a fresh connection.
+    #[test]
+    fn a_restarted_database_fails_one_operation_then_works() {
+        let db = TestDb::postgres_alone("restart");
+        let (mut s, slots) = setup(&db, 1);
+        assert!(s.slot(slots[0]).unwrap().is_some());
+        db.server().restart();
+        let err = s.slot(slots[0]).unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(matches!(err, StoreError::Postgres(PgError::Unavailable(_))));
+        assert!(s.slot(slots[0]).unwrap().is_some(), "works again");
+        assert!(matches!(
+            s.book(&booking(slots[0], 1, "after-restart")).unwrap(),
+            BookOutcome::Booked { .. }
+        ));
+        // Stopped: unavailable too (bounded by the pool's wait and connect timeouts).
+        db.server().stop();
+        assert!(s.slot(slots[0]).unwrap_err().is_unavailable());
+        db.server().start_server();
+        assert!(s.slot(slots[0]).unwrap().is_some());
+    }
+
+    /// One call's tool requests serialise across workers and replicas: `live_call` holds the
+    /// call's lock until `end_job` (docs/replicas.md §3).
+    #[test]
+    fn live_call_holds_the_call_lock_until_the_job_ends() {
+        let db = TestDb::new(Kind::Postgres, "call-lock");
+        let mut s = db.store();
+        let now = wed_morning().as_second();
+        s.start_call("CA1", &[1; 32], "+4917011111", "+4930", now)
+            .unwrap();
+        let id = s.live_call(&[1; 32], now).unwrap().expect("live").id;
+        let probe = db.replica_pool(1);
+        let try_lock = || -> bool {
+            probe.block_on(async {
+                let c = probe.client().await.unwrap();
+                let key = (id % i32::MAX as i64) as i32;
+                let got: bool = c
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        &[&CALL_LOCK_CLASS, &key],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if got {
+                    c.execute(
+                        "SELECT pg_advisory_unlock($1, $2)",
+                        &[&CALL_LOCK_CLASS, &key],
+                    )
+                    .await
+                    .unwrap();
+                }
+                got
+            })
+        };
+        assert!(!try_lock(), "held while the job runs");
+        s.end_job();
+        assert!(try_lock(), "released after the job");
+        // An unknown token takes no lock.
+        assert!(s.live_call(&[9; 32], now).unwrap().is_none());
+        assert!(try_lock());
+    }
+}

@@ -5,7 +5,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 
-use super::startup::{StartError, database, load_vars, open_practice, runtime};
+use super::startup::{StartError, database, load_vars, open_practice};
 use crate::cli::StaffCommand;
 use crate::config::PracticeVars;
 use crate::http::{RequestHead, Response};
@@ -13,6 +13,9 @@ use crate::practice::Practice;
 use crate::practice::staff::auth::{self, SALT_BYTES, SESSION_ENTROPY_BYTES};
 use crate::practice::staff::{self, Site, StaffOutcome, StaffReply, StaffRequest};
 use crate::routes::App;
+
+/// Runtime workers of an `ignis staff` command on PostgreSQL (they only drive its connection).
+const COMMAND_RUNTIME_WORKERS: usize = 1;
 
 /// Most `Cookie` header fields handed to the core (it bounds their size itself).
 const MAX_COOKIE_HEADERS: usize = 8;
@@ -95,9 +98,21 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
     let vars = load_vars().map_err(StartError::Config)?;
     let practice_vars =
         PracticeVars::parse(|k| vars.get(k).cloned()).map_err(StartError::Practice)?;
-    // With DATABASE_URL the accounts live in PostgreSQL; its pool needs a runtime.
-    let rt = runtime()?;
-    let db = database(&practice_vars, &rt)?;
+    // With DATABASE_URL the accounts live in PostgreSQL; its pool needs a (small) runtime.
+    let rt = match practice_vars.database_url {
+        Some(_) => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(COMMAND_RUNTIME_WORKERS)
+                .enable_all()
+                .build()
+                .map_err(StartError::Runtime)?,
+        ),
+        None => None,
+    };
+    let db = match &rt {
+        Some(rt) => database(&practice_vars, rt)?,
+        None => None,
+    };
     let open = || open_practice(&practice_vars, db.as_ref());
     match cmd {
         StaffCommand::Add { name } => {

@@ -20,17 +20,19 @@
 //!   stored one before appointments are read back, cancelled or moved (below that a hit answers the
 //!   ref alone); failures are budgeted per call, per number, for all withheld numbers together and
 //!   per hour over all callers, and identify calls per call are capped.
-//! - **No double booking.** Booking and rescheduling are one `BEGIN IMMEDIATE` transaction with a
-//!   conditional slot claim (`… WHERE status = 'free'`) and a partial unique index on booked
-//!   appointments per slot as a backstop; identical retries return the same appointment
-//!   ([`store`] has the details).
+//! - **No double booking.** Booking and rescheduling are one transaction (SQLite: `BEGIN
+//!   IMMEDIATE`; PostgreSQL: READ COMMITTED) with a conditional slot claim (`… WHERE status =
+//!   'free'`) and a partial unique index on booked appointments per slot as a backstop;
+//!   identical retries return the same appointment ([`store`] has the details).
 //! - **Nothing patient-related in logs** at info level: tool name and outcome code only.
 //! - **Time is an input**: every function takes `now`; nothing here reads the clock.
 //!
 //! # Threading
-//! One thread (`ignis-store`, [`store::StoreHandle`]) owns the SQLite connection. [`Practice`]
-//! routes, authenticates and parses on the caller's thread (cheap, no I/O), then queues the rest as
-//! a job on the store thread, which calls the supplied `reply` callback with the [`ToolReply`].
+//! One thread (`ignis-store`, [`store::StoreHandle`]) owns the SQLite connection; on PostgreSQL
+//! [`store::PG_STORE_WORKERS`] threads (`ignis-store-<i>`) share one job queue, each with its own
+//! pooled connection (docs/replicas.md §3). [`Practice`] routes, authenticates and parses on the
+//! caller's thread (cheap, no I/O), then queues the rest as a job on the store, which calls the
+//! supplied `reply` callback with the [`ToolReply`].
 //! The async driver bridges it with a tokio oneshot channel: the callback sends the reply into
 //! the oneshot's sender, and the connection task awaits the receiver (status + JSON body).
 //!
@@ -45,8 +47,9 @@
 //!   [`PracticeConfig::from_toml_str`] (errors name the line; [`ConfigError::unreadable`] words a
 //!   read failure the same way), otherwise [`PracticeConfig::demo`]. Then
 //!   `let (practice, _thread) = Practice::open(&settings, config, now)?;` (opens and migrates the
-//!   database, seeds the demo patients and one demo appointment into a fresh demo database).
-//!   `Practice` is `Clone + Send + Sync`.
+//!   database, seeds the demo patients and one demo appointment into a fresh demo database), or
+//!   with `DATABASE_URL` [`Practice::open_postgres`] with a [`crate::pg::Database`] (built on
+//!   the runtime first; the driver's `open_practice` picks). `Practice` is `Clone + Send + Sync`.
 //! - HTTP: forward requests whose path satisfies [`tools::is_tool_path`] to
 //!   [`Practice::handle_tool`] and [`admin::is_admin_path`] to [`Practice::handle_admin`], as a
 //!   [`tools::ToolRequest`] (method, path without query, raw query, `Authorization` and
@@ -55,7 +58,8 @@
 //!   refused with 413 anyway, so the front end may cap reads there.
 //! - Bridge: at call start [`Practice::start_call`] (given 16 bytes from the OS random source)
 //!   answers the eleven dynamic variables (token included) for `conversation_initiation_client_data`; at call end
-//!   [`Practice::end_call`]. The staff line for `transfer_to_staff` is
+//!   [`Practice::end_call`]. A stream that took a call over from another replica uses
+//!   [`Practice::adopt_call`] instead (the other replica's token stops working). The staff line for `transfer_to_staff` is
 //!   `practice.config().staff_transfer_number`.
 //! - Every [`retention::RETENTION_INTERVAL`]: [`Practice::run_retention`].
 //! - `ignis demo`: [`demo::DEMO_BOOKING_SCRIPT`] is a call (from [`demo::DEMO_CALLER_NUMBER`]) the
@@ -66,7 +70,8 @@
 //!
 //! Environment: `TOOLS_TOKEN` (required, ≥ 16 characters), `ADMIN_TOKEN` (optional, worth 32
 //! random bytes by [`crate::secret::token_strength`]; the admin API answers 403 `admin_disabled`
-//! without it), `IGNIS_DB` (default `./ignis.db`),
+//! without it), `IGNIS_DB` (default `./ignis.db`), `DATABASE_URL` (PostgreSQL instead of the
+//! SQLite file),
 //! `PRACTICE_CONFIG` (default: the shipped Demo Praxis `practice.toml`), `IGNIS_DEMO_PATIENTS`
 //! (`1`/`0`; default on with the shipped config, off with an own config).
 
@@ -353,10 +358,11 @@ impl Practice {
     /// operating system's random source), stores only the token's hash and returns the eleven
     /// dynamic variables for ElevenLabs at once.
     ///
-    /// The registration is queued on the store's single writer, ahead of every tool request the
-    /// call's agent can make (it learns the token from these variables), so nobody needs to wait
-    /// for the commit: with `synchronous=FULL` that is an fsync, which took over a second on a
-    /// busy disk and held up agent connections in the issue-6 churn runs. `done` gets the
+    /// The registration is queued on the store ahead of every tool request the call's agent can
+    /// make (it learns the token from these variables), so nobody needs to wait for the commit:
+    /// with `synchronous=FULL` that is an fsync, which took over a second on a busy disk and held
+    /// up agent connections in the issue-6 churn runs. With several PostgreSQL workers a tool
+    /// request of this token waits for the registration still in flight ([`store::pending`]). `done` gets the
     /// commit's result on the store thread (if it fails, the token is unknown and the call's
     /// tools are refused). An `Err` here means the queue refused the job; the call then gets
     /// no token.

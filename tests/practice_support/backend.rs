@@ -27,6 +27,7 @@ pub struct TestDb {
     dir: PathBuf,
     /// PostgreSQL only: the database's URL, the runtime its pools live on, and a pool.
     url: Option<DatabaseUrl>,
+    url_text: String,
     db: Option<Database>,
     rt: Option<tokio::runtime::Runtime>,
     /// Last, so the server outlives the pools.
@@ -82,6 +83,7 @@ impl TestDb {
             kind: Kind::Sqlite,
             dir: crate::practice_support::temp_dir(name),
             url: None,
+            url_text: String::new(),
             db: None,
             rt: None,
             server: None,
@@ -97,12 +99,15 @@ impl TestDb {
         let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
         let short: String = name.chars().take(40).collect();
         let rt = pool_runtime();
-        let url = create_db(&server, &rt, &format!("t_{short}_{n}"));
+        let name = format!("t_{short}_{n}");
+        let url = create_db(&server, &rt, &name);
         let db = Database::new(&url, 48, rt.handle().clone()).unwrap();
+        let url_text = server.url(&name);
         TestDb {
             kind: Kind::Postgres,
-            dir: crate::practice_support::temp_dir(name),
+            dir: crate::practice_support::temp_dir(&name),
             url: Some(url),
+            url_text,
             db: Some(db),
             rt: Some(rt),
             server: Some(server),
@@ -112,6 +117,11 @@ impl TestDb {
     /// The SQLite file (also set for PostgreSQL, unused there).
     pub fn sqlite_path(&self) -> PathBuf {
         self.dir.join("ignis.db")
+    }
+
+    /// The database's `postgres://` URL (PostgreSQL).
+    pub fn url(&self) -> String {
+        self.url_text.clone()
     }
 
     /// A scratch directory of this test.
@@ -193,6 +203,14 @@ impl TestDb {
                 })
             }
         }
+    }
+}
+
+impl crate::practice_support::Env {
+    /// A seeded demo database on `db`'s backend, as a fresh `ignis serve` would have it.
+    pub fn on(db: &TestDb, now: jiff::Timestamp) -> crate::practice_support::Env {
+        let dir = crate::practice_support::temp_dir("env");
+        crate::practice_support::Env::with_store(db.store(), dir, now)
     }
 }
 

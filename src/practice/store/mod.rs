@@ -1,27 +1,33 @@
-//! The practice store: the operations the tools need, behind [`Store`], and the embedded SQLite
-//! implementation [`SqliteStore`].
+//! The practice store: the operations the tools need, behind [`Store`], with two
+//! implementations — the embedded SQLite [`SqliteStore`] (the default, one replica) and
+//! [`PgStore`] on PostgreSQL (`DATABASE_URL`, several replicas; docs/replicas.md §3). The same
+//! tests run against both (`tests/practice_store.rs`, `tests/practice_tools.rs`).
 //!
 //! # No double booking
-//! [`Store::book`] is one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock up front (so
-//! concurrent writers queue on `busy_timeout` instead of failing to upgrade a read lock), claims the
-//! slot with `UPDATE slot SET status='busy' … WHERE id=? AND status='free'` and rolls back with
-//! [`BookOutcome::SlotTaken`] when no row changed. The partial unique index
+//! [`Store::book`] is one transaction that claims the slot with `UPDATE slot SET status='busy'
+//! … WHERE id=? AND status='free'` and rolls back with [`BookOutcome::SlotTaken`] when no row
+//! changed. SQLite takes its write lock up front (`BEGIN IMMEDIATE`, so concurrent writers queue
+//! on `busy_timeout` instead of failing to upgrade a read lock); PostgreSQL runs it under READ
+//! COMMITTED, where the `UPDATE` row-locks the slot and a concurrent claimant re-checks the
+//! predicate on the committed row and updates nothing. The partial unique index
 //! `appointment_one_booking_per_slot` (one `booked` appointment per slot) is the backstop: a
-//! violation is also answered as `SlotTaken` and rolls everything back. A reschedule cancels the old
-//! appointment and frees its slot in the same transaction, so a failed booking changes nothing.
-//! Retries are idempotent: the caller supplies an idempotency key (call + slot + patient) that is
-//! unique on `appointment`; a repeated key returns the first booking.
+//! violation is also answered as `SlotTaken` and rolls everything back. A reschedule cancels the
+//! old appointment (read `FOR UPDATE` on PostgreSQL) and frees its slot in the same transaction,
+//! so a failed booking changes nothing. Retries are idempotent: the caller supplies an
+//! idempotency key (call + slot + patient) that is unique on `appointment`; a repeated key
+//! returns the first booking, also when the retry raced the original on another replica.
 //!
-//! # Portability (the PostgreSQL store to follow)
-//! Times are UTC seconds (`INTEGER` here, `BIGINT` there), text enums carry `CHECK`s, and the
-//! partial unique index exists in PostgreSQL too. The only spelling changes: `INTEGER PRIMARY
-//! KEY` → `BIGINT GENERATED ALWAYS AS IDENTITY`, `BLOB` → `BYTEA`, `?N` → `$N`. Under READ
-//! COMMITTED the conditional `UPDATE slot … WHERE status = 'free'` row-locks the slot and a
-//! concurrent claimant re-checks the predicate and updates no row, so `book` keeps its guarantee
-//! without SERIALIZABLE. Per-call state lives in the `call` table, so any replica can authorise
-//! a tool request for a call bridged by another; a PostgreSQL `execute` should read the call row
-//! `FOR UPDATE` so two concurrent tool calls of one call serialise their state updates (here the
-//! single writer thread already does).
+//! # One schema, two spellings
+//! Times are UTC seconds (`INTEGER` / `BIGINT`), text enums carry `CHECK`s, and the partial
+//! unique index exists in both. The PostgreSQL schema ([`postgres::schema`]) spells `INTEGER
+//! PRIMARY KEY` as `BIGINT GENERATED ALWAYS AS IDENTITY`, `BLOB` as `BYTEA`, `?N` as `$N`.
+//!
+//! # Per-call state
+//! Per-call state lives in the `call` table, so any replica can authorise a tool request for a
+//! call bridged by another. A tool request reads the state ([`Store::live_call`]), works, and
+//! writes it back ([`Store::save_call_state`]); two requests of one call must not interleave.
+//! SQLite's single writer thread serialises them; [`PgStore`] holds a per-call advisory lock
+//! from `live_call` until the worker's [`Store::end_job`].
 
 pub mod names;
 pub mod pending;
@@ -107,8 +113,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The operations the practice tools need. Each method is atomic on its own.
 ///
-/// Implementations: [`SqliteStore`] (embedded default). A PostgreSQL implementation can follow
-/// with the same schema; its `book` uses the same conditional `UPDATE` under READ COMMITTED.
+/// Implementations: [`SqliteStore`] (embedded default) and [`PgStore`] (PostgreSQL), with the
+/// same results.
 pub trait Store: Send {
     /// Registers a call with the hash of its token; [`StoreError::CallExists`] (and no change)
     /// when the CallSid already has a row.
@@ -131,7 +137,8 @@ pub trait Store: Send {
     ) -> StoreResult<bool>;
     /// Marks a call ended; false if unknown.
     fn end_call(&mut self, call_sid: &str, now: i64) -> StoreResult<bool>;
-    /// The call whose token hashes to `token_hash`, if it is live at `now`.
+    /// The call whose token hashes to `token_hash`, if it is live at `now`. [`PgStore`] then
+    /// holds the call's lock until [`Store::end_job`] (the module docs, "Per-call state").
     fn live_call(&mut self, token_hash: &[u8; 32], now: i64) -> StoreResult<Option<CallRecord>>;
     /// Stores a call's state.
     fn save_call_state(&mut self, call_id: i64, state: &CallState) -> StoreResult<()>;
