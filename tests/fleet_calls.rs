@@ -322,6 +322,7 @@ async fn without_the_database_a_replica_is_not_ready_and_answers_the_fallback() 
     let pg = TestPostgres::start();
     let url = pg.default_url();
     let a = replica(&url, "a", &[]).await;
+    let b = replica(&url, "b", &[]).await;
     assert_eq!(ready(&a).await, 200);
     pg.stop();
     until("not ready", Duration::from_secs(15), || async {
@@ -338,6 +339,16 @@ async fn without_the_database_a_replica_is_not_ready_and_answers_the_fallback() 
     .await;
     let r = voice(&a, &sid(0x51)).await;
     assert!(is_stream(&r), "{}", r.text());
+    // Notices flow again once A's LISTEN connection is back: a status callback on B lets go
+    // of A's pre-connected agent at once.
+    let mut preconnected = a.agent.next_conn(T).await;
+    // (Its reconnect backs off up to 5 s while the database is away.)
+    until("A listens again", Duration::from_secs(15), || async {
+        a.app.fleet.as_ref().is_some_and(|f| f.is_listening())
+    })
+    .await;
+    assert_eq!(status(&b, &sid(0x51), "completed").await.status, 204);
+    assert!(preconnected.closed_within(Duration::from_secs(5)).await);
     let metrics = roundtrip(&a, b"GET /metrics HTTP/1.1\r\n\r\n").await;
     assert!(
         metrics
