@@ -16,9 +16,20 @@ const T: Duration = Duration::from_secs(10);
 
 /// A replica `id` on the database at `url`.
 async fn replica(url: &str, id: &str, extra: &[(&str, &str)]) -> Server {
+    replica_with(url, id, extra, |_| {}).await
+}
+
+/// [`replica`] with its configuration tweaked.
+async fn replica_with(
+    url: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+    tweak: impl FnOnce(&mut ignis::config::Config),
+) -> Server {
     let mut vars = vec![("DATABASE_URL", url), ("REPLICA_ID", id)];
     vars.extend_from_slice(extra);
     let mut config = test_config(&vars);
+    tweak(&mut config);
     let agent = fake_agent::FakeAgent::start(Default::default()).await;
     config.elevenlabs_agent_id = Some(fake_agent::AGENT_ID.into());
     config.elevenlabs_api_base = agent.base();
@@ -315,6 +326,33 @@ async fn a_draining_replica_sends_calls_elsewhere_and_exits_after_its_last_call(
         .await
         .unwrap();
     assert!(r.get::<_, bool>(0) && r.get::<_, bool>(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_deadline_a_replica_closes_its_calls_and_ends_their_rows() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let mut a = replica_with(&url, "a", &[], |c| c.drain = Duration::from_secs(1)).await;
+    let call = sid(0x81);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let mut twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let _agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+    a.shutdown();
+    // The call never ends by itself: the deadline closes it.
+    let closed = tokio::time::timeout(T, async {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = twilio.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the call outlived the drain deadline");
+    let done = tokio::time::timeout(T, &mut a.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    let r = row(&url, &call).await.unwrap();
+    assert_eq!(
+        (r.0.as_str(), r.1.as_deref()),
+        ("ended", Some("server_shutdown"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
