@@ -48,7 +48,7 @@ fn staff_request(e: &mut Env, request_ref: &str) -> Value {
         ignis_call: None,
         body: b"",
     };
-    let r = admin::handle_admin(&mut e.store, &e.config, &e.secrets, &req, now());
+    let r = admin::handle_admin(e.store.as_mut(), &e.config, &e.secrets, &req, now());
     assert_eq!(r.status, 200);
     let all = r.body_json();
     all["requests"]

@@ -1,14 +1,21 @@
 //! The store: no double booking under concurrency, idempotent retries, atomic reschedule,
-//! cancellation, retention and migrations, against a real SQLite file.
+//! cancellation, retention and migrations — the same tests against a real SQLite file
+//! (`sqlite::…`) and a real PostgreSQL (`postgres::…`; docs/replicas.md §3). The tests that
+//! only one backend has are at the end of each section.
 
+#[path = "practice_support/backend.rs"]
+mod backend;
+mod common;
 mod practice_support;
 
 use std::sync::{Arc, Barrier};
 
+use backend::{Kind, TestDb};
 use ignis::practice::calendar;
 use ignis::practice::calendar::Advice;
 use ignis::practice::config::PracticeConfig;
 use ignis::practice::retention;
+use ignis::practice::store::PG_STORE_WORKERS;
 use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
@@ -35,9 +42,9 @@ fn patients(n: usize) -> Vec<DemoPatient> {
 }
 
 /// A store with `n` patients (ids 1..=n) and the slots of Thursday 26 November 2026.
-fn setup(path: &std::path::Path, n: usize) -> (SqliteStore, Vec<i64>) {
+fn setup(db: &TestDb, n: usize) -> (Box<dyn Store>, Vec<i64>) {
     let config = PracticeConfig::demo();
-    let mut s = SqliteStore::open(path).unwrap();
+    let mut s = db.store();
     s.seed_patients(&patients(n), 0).unwrap();
     let d = "2026-11-26".parse().unwrap();
     let cands = calendar::slot_candidates(&config, d, d);
@@ -58,38 +65,41 @@ fn booking(slot: i64, patient: i64, key: &str) -> Booking {
     }
 }
 
-fn booked_on_slot(s: &mut SqliteStore, slot: i64) -> i64 {
-    s.connection()
-        .query_row(
-            "SELECT COUNT(*) FROM appointment WHERE slot_id = ?1 AND status = 'booked'",
-            [slot],
-            |r| r.get(0),
-        )
-        .unwrap()
+fn booked_on_slot(db: &TestDb, slot: i64) -> i64 {
+    db.value(
+        "SELECT COUNT(*) FROM appointment WHERE slot_id = $1 AND status = 'booked'",
+        &[slot],
+    )
 }
 
-#[test]
-fn racing_connections_book_one_slot_exactly_once() {
-    let dir = temp_dir("race-conn");
-    let path = dir.join("ignis.db");
+/// The stores of a practice on `db`: SQLite's single writer, or PostgreSQL's workers.
+fn workers(db: &TestDb) -> Vec<Box<dyn Store>> {
+    match db.kind {
+        Kind::Sqlite => vec![db.store()],
+        Kind::Postgres => (0..PG_STORE_WORKERS).map(|_| db.store()).collect(),
+    }
+}
+
+fn racing_connections_book_one_slot_exactly_once(db: &TestDb) {
     const N: usize = 12;
-    let (mut s, slots) = setup(&path, N);
+    let (_s, slots) = setup(db, N);
     let slot = slots[0];
-    let barrier = Arc::new(Barrier::new(N));
-    let handles: Vec<_> = (0..N)
-        .map(|i| {
-            let path = path.clone();
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
+    let barrier = Barrier::new(N);
+    let outcomes: Vec<BookOutcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let barrier = &barrier;
                 // Each contender has its own connection, as separate processes would.
-                let mut own = SqliteStore::open(&path).unwrap();
-                barrier.wait();
-                own.book(&booking(slot, i as i64 + 1, &format!("race-{i}")))
-                    .unwrap()
+                let mut own = db.store();
+                scope.spawn(move || {
+                    barrier.wait();
+                    own.book(&booking(slot, i as i64 + 1, &format!("race-{i}")))
+                        .unwrap()
+                })
             })
-        })
-        .collect();
-    let outcomes: Vec<BookOutcome> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let wins = outcomes
         .iter()
         .filter(|o| matches!(o, BookOutcome::Booked { .. }))
@@ -99,16 +109,14 @@ fn racing_connections_book_one_slot_exactly_once() {
         .filter(|o| matches!(o, BookOutcome::SlotTaken))
         .count();
     assert_eq!((wins, taken), (1, N - 1), "{outcomes:?}");
-    assert_eq!(booked_on_slot(&mut s, slot), 1);
-    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(booked_on_slot(db, slot), 1);
 }
 
-#[test]
-fn racing_submissions_through_the_writer_thread_book_once() {
-    let dir = temp_dir("race-handle");
-    let (s, slots) = setup(&dir.join("ignis.db"), 40);
+fn racing_submissions_through_the_writer_thread_book_once(db: &TestDb) {
+    let (s, slots) = setup(db, 40);
+    drop(s);
     let slot = slots[1];
-    let (handle, thread) = StoreHandle::spawn(Box::new(s)).unwrap();
+    let (handle, thread) = StoreHandle::spawn_workers(workers(db)).unwrap();
     let barrier = Arc::new(Barrier::new(40));
     let joins: Vec<_> = (0..40)
         .map(|i| {
@@ -131,13 +139,10 @@ fn racing_submissions_through_the_writer_thread_book_once() {
     assert_eq!(wins, 1);
     drop(handle);
     thread.join().unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn identical_retry_returns_the_same_appointment() {
-    let dir = temp_dir("retry");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+fn identical_retry_returns_the_same_appointment(db: &TestDb) {
+    let (mut s, slots) = setup(db, 2);
     let BookOutcome::Booked {
         appointment: first,
         repeated: false,
@@ -160,13 +165,11 @@ fn identical_retry_returns_the_same_appointment() {
         s.book(&booking(slots[0], 2, "other")).unwrap(),
         BookOutcome::SlotTaken
     );
-    assert_eq!(booked_on_slot(&mut s, slots[0]), 1);
+    assert_eq!(booked_on_slot(db, slots[0]), 1);
 }
 
-#[test]
-fn failed_reschedule_leaves_the_old_appointment_intact() {
-    let dir = temp_dir("resched");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+fn failed_reschedule_leaves_the_old_appointment_intact(db: &TestDb) {
+    let (mut s, slots) = setup(db, 2);
     let (x, y) = (slots[0], slots[2]);
     let BookOutcome::Booked {
         appointment: old, ..
@@ -190,9 +193,7 @@ fn failed_reschedule_leaves_the_old_appointment_intact() {
 
     // Backstop: even if y's slot row is (wrongly) free, the unique index refuses a second booked
     // appointment on it, and the whole transaction — including the cancellation — rolls back.
-    s.connection()
-        .execute("UPDATE slot SET status = 'free' WHERE id = ?1", [y])
-        .unwrap();
+    db.exec("UPDATE slot SET status = 'free' WHERE id = $1", &[y]);
     let mut mv = booking(y, 1, "p1-move-2");
     mv.replaces = Some(old.id);
     assert_eq!(s.book(&mv).unwrap(), BookOutcome::SlotTaken);
@@ -201,13 +202,11 @@ fn failed_reschedule_leaves_the_old_appointment_intact() {
         AppointmentStatus::Booked
     );
     assert_eq!(s.slot(x).unwrap().unwrap().status, SlotStatus::Busy);
-    assert_eq!(booked_on_slot(&mut s, y), 1);
+    assert_eq!(booked_on_slot(db, y), 1);
 }
 
-#[test]
-fn successful_reschedule_swaps_atomically() {
-    let dir = temp_dir("resched-ok");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+fn successful_reschedule_swaps_atomically(db: &TestDb) {
+    let (mut s, slots) = setup(db, 1);
     let BookOutcome::Booked {
         appointment: old, ..
     } = s.book(&booking(slots[0], 1, "a")).unwrap()
@@ -234,10 +233,8 @@ fn successful_reschedule_swaps_atomically() {
     assert_eq!(s.book(&other).unwrap(), BookOutcome::ReplacedNotBookable);
 }
 
-#[test]
-fn slot_rules_and_new_patients() {
-    let dir = temp_dir("rules");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+fn slot_rules_and_new_patients(db: &TestDb) {
+    let (mut s, slots) = setup(db, 1);
     let mut b = booking(slots[0], 1, "vt");
     b.visit_type = "vorsorge".into(); // not in the 15-min morning template
     assert_eq!(s.book(&b).unwrap(), BookOutcome::WrongVisitType);
@@ -264,10 +261,8 @@ fn slot_rules_and_new_patients() {
     assert_eq!(p.family_norm, "neu");
 }
 
-#[test]
-fn cancel_frees_the_slot_and_is_reported_once() {
-    let dir = temp_dir("cancel");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+fn cancel_frees_the_slot_and_is_reported_once(db: &TestDb) {
+    let (mut s, slots) = setup(db, 2);
     let BookOutcome::Booked { appointment: a, .. } = s.book(&booking(slots[0], 1, "k")).unwrap()
     else {
         panic!()
@@ -321,10 +316,8 @@ fn migrations_are_embedded_and_reopen_cleanly() {
     assert_eq!(sync, 2, "synchronous=FULL");
 }
 
-#[test]
-fn retention_deletes_what_is_due_and_keeps_the_rest() {
-    let dir = temp_dir("retention");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 2);
+fn retention_deletes_what_is_due_and_keeps_the_rest(db: &TestDb) {
+    let (mut s, slots) = setup(db, 2);
     let now = wed_morning().as_second() + 400 * DAY;
     // Calls: ended two days ago (deleted), ended an hour ago (kept).
     s.start_call("CAold", &[1; 32], "+49170", "+4930", now - 3 * DAY)
@@ -360,13 +353,11 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
         BookOutcome::Booked { .. }
     ));
     // A phone-created patient without anything, 7 months old: deleted.
-    s.connection()
-        .execute(
-            "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, created_via, created_at)
-             VALUES ('X','Y','x','y','1999-09-09','phone', ?1)",
-            [now - 210 * DAY],
-        )
-        .unwrap();
+    db.exec(
+        "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, created_via, created_at)
+         VALUES ('X','Y','x','y','1999-09-09','phone', $1)",
+        &[now - 210 * DAY],
+    );
     // Emergency events: 2 years old (deleted), a week old (kept).
     let em = |now| NewEmergency {
         severity: Severity::Urgent,
@@ -381,7 +372,7 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
     s.record_emergency(&em(now - 7 * DAY)).unwrap();
 
     let report =
-        retention::run_retention(&mut s, jiff::Timestamp::from_second(now).unwrap()).unwrap();
+        retention::run_retention(s.as_mut(), jiff::Timestamp::from_second(now).unwrap()).unwrap();
     assert_eq!(report.calls, 1);
     assert_eq!(report.tool_audit, 1);
     assert_eq!(report.requests, 1);
@@ -400,10 +391,8 @@ fn retention_deletes_what_is_due_and_keeps_the_rest() {
     );
 }
 
-#[test]
-fn a_cancelled_booking_can_be_made_again_with_the_same_key() {
-    let dir = temp_dir("rebook");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+fn a_cancelled_booking_can_be_made_again_with_the_same_key(db: &TestDb) {
+    let (mut s, slots) = setup(db, 1);
     let BookOutcome::Booked { appointment: a, .. } = s.book(&booking(slots[0], 1, "k")).unwrap()
     else {
         panic!()
@@ -419,14 +408,15 @@ fn a_cancelled_booking_can_be_made_again_with_the_same_key() {
         panic!("re-booking after a cancellation must book anew")
     };
     assert_ne!(a.id, b.id);
-    assert_eq!(booked_on_slot(&mut s, slots[0]), 1);
+    assert_eq!(booked_on_slot(db, slots[0]), 1);
 }
 
 #[test]
 fn the_writer_thread_survives_a_panicking_job_and_backups_work() {
-    let dir = temp_dir("panic");
-    let (s, slots) = setup(&dir.join("ignis.db"), 1);
-    let (handle, thread) = StoreHandle::spawn(Box::new(s)).unwrap();
+    let db = TestDb::sqlite("panic");
+    let dir = db.dir().to_owned();
+    let (s, slots) = setup(&db, 1);
+    let (handle, thread) = StoreHandle::spawn(s).unwrap();
     let rx = handle.call(|_| -> i32 { panic!("bug in a job") }).unwrap();
     assert!(rx.recv().is_err(), "the panicking job never answers");
     let slot = slots[0];
@@ -440,16 +430,21 @@ fn the_writer_thread_survives_a_panicking_job_and_backups_work() {
     let copy = dir.join("backup.db");
     s.backup_to(&copy).unwrap();
     let mut b = SqliteStore::open(&copy).unwrap();
-    assert_eq!(booked_on_slot(&mut b, slot), 1);
-    let _ = std::fs::remove_dir_all(dir);
+    let booked: i64 = b
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM appointment WHERE slot_id = ?1 AND status = 'booked'",
+            [slot],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(booked, 1);
 }
 
 /// A replayed voice webhook must not reset a call: `start_call` inserts or refuses, and the
 /// existing row (token, caller, end) is unchanged.
-#[test]
-fn start_call_never_resets_an_existing_call() {
-    let dir = temp_dir("start-call-once");
-    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+fn start_call_never_resets_an_existing_call(db: &TestDb) {
+    let (mut s, _) = setup(db, 1);
     let now = wed_morning().as_second();
     s.start_call("CA1", &[1; 32], "+4917011111", "+4930", now)
         .unwrap();
@@ -470,10 +465,8 @@ fn start_call_never_resets_an_existing_call() {
 /// A stream that took a call over from another replica replaces the call's token: the old one
 /// stops working, the row keeps its state; an ended or unknown call is left alone
 /// (docs/replicas.md §4.2).
-#[test]
-fn replace_call_token_retires_the_old_token() {
-    let dir = temp_dir("replace-token");
-    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+fn replace_call_token_retires_the_old_token(db: &TestDb) {
+    let (mut s, _) = setup(db, 1);
     let now = wed_morning().as_second();
     s.start_call("CA1", &[1; 32], "+4917011111", "+4930", now)
         .unwrap();
@@ -488,16 +481,13 @@ fn replace_call_token_retires_the_old_token() {
     assert!(!s.replace_call_token("CA1", &[4; 32], now + 11).unwrap());
     assert!(s.live_call(&[2; 32], now + 12).unwrap().is_some(), "grace");
     assert!(s.live_call(&[4; 32], now + 12).unwrap().is_none());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The staff page's call rows (issue 14): the bridge's outcome and time to first audio are
 /// stored once with the end; a call without an end is listed as running until the caller's
 /// cut-off; the day's calls come newest first within the day only.
-#[test]
-fn call_outcome_and_first_audio_are_stored_with_the_end() {
-    let dir = temp_dir("call-outcome");
-    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+fn call_outcome_and_first_audio_are_stored_with_the_end(db: &TestDb) {
+    let (mut s, _) = setup(db, 1);
     let now = wed_morning().as_second();
     for (i, sid) in ["CA1", "CA2", "CA3"].iter().enumerate() {
         s.start_call(
@@ -556,7 +546,6 @@ fn call_outcome_and_first_audio_are_stored_with_the_end() {
     assert_eq!(running.len(), 2);
     assert_eq!(running[0].started_at, now + 120);
     assert_eq!(s.running_calls(now - 3600, 10).unwrap().len(), 1);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn staff_request(patient: Option<i64>, urgency: Urgency, at: i64) -> NewRequest {
@@ -578,10 +567,8 @@ fn staff_request(patient: Option<i64>, urgency: Urgency, at: i64) -> NewRequest 
 
 /// Requests of a day for the staff page: open ones first (urgent first, then newest), done
 /// ones after with who and when; undo reopens; older open ones are listed apart.
-#[test]
-fn day_requests_done_by_and_undo() {
-    let dir = temp_dir("day-requests");
-    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+fn day_requests_done_by_and_undo(db: &TestDb) {
+    let (mut s, _) = setup(db, 1);
     let now = wed_morning().as_second();
     let r1 = s
         .create_request(&staff_request(Some(1), Urgency::Routine, now))
@@ -652,15 +639,12 @@ fn day_requests_done_by_and_undo() {
     // The admin API's done has no staff name.
     assert!(s.mark_request_done(&old.ref_code, now).unwrap());
     assert_eq!(s.open_requests_before(now - 60, 10).unwrap().1, 0);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The timeline's rows: any status, with the call that booked it and whether a reschedule moved
 /// it here.
-#[test]
-fn day_appointments_show_what_calls_changed() {
-    let dir = temp_dir("day-appointments");
-    let (mut s, slots) = setup(&dir.join("ignis.db"), 1);
+fn day_appointments_show_what_calls_changed(db: &TestDb) {
+    let (mut s, slots) = setup(db, 1);
     let first = match s.book(&booking(slots[0], 1, "a")).unwrap() {
         BookOutcome::Booked { appointment, .. } => appointment.id,
         other => panic!("{other:?}"),
@@ -680,7 +664,6 @@ fn day_appointments_show_what_calls_changed() {
     assert_eq!(new.call_sid.as_deref(), Some("CAb"));
     assert!(new.end > new.row.start);
     assert_eq!(s.staff_day_appointments(0, i64::MAX, 1).unwrap().len(), 1);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The driver folds the bridge's outcome into the staff page's four (a successful transfer
@@ -707,10 +690,8 @@ fn call_end_folds_bridge_outcomes() {
 }
 
 /// The staff page's emergencies of a day: only that day, newest first, limited, with the total.
-#[test]
-fn staff_emergencies_of_a_day() {
-    let dir = temp_dir("staff-emergencies");
-    let (mut s, _) = setup(&dir.join("ignis.db"), 1);
+fn staff_emergencies_of_a_day(db: &TestDb) {
+    let (mut s, _) = setup(db, 1);
     let now = wed_morning().as_second();
     for (i, at) in [now - DAY, now, now + 60, now + 120].iter().enumerate() {
         s.record_emergency(&NewEmergency {
@@ -733,13 +714,10 @@ fn staff_emergencies_of_a_day() {
         s.staff_emergencies(now + 3600, now + DAY, 10).unwrap(),
         (vec![], 0)
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn staff_accounts_sessions_and_audit() {
-    let dir = temp_dir("store-staff");
-    let mut s = SqliteStore::open(&dir.join("staff.db")).unwrap();
+fn staff_accounts_sessions_and_audit(db: &TestDb) {
+    let mut s = db.store();
     let t0 = wed_morning().as_second();
     assert!(s.add_staff_user("anna", "$argon2id$phc-a", t0).unwrap());
     assert!(!s.add_staff_user("anna", "$argon2id$other", t0).unwrap());
@@ -800,10 +778,7 @@ fn staff_accounts_sessions_and_audit() {
     );
     let rep = s.retention(&policy, t0 + policy.staff_audit + 1).unwrap();
     assert_eq!((rep.staff_sessions, rep.staff_audit), (1, 1));
-    let left: i64 = s
-        .connection()
-        .query_row("SELECT COUNT(*) FROM staff_audit", [], |r| r.get(0))
-        .unwrap();
+    let left = db.value("SELECT COUNT(*) FROM staff_audit", &[]);
     assert_eq!(left, 1);
     assert!(
         s.touch_staff_session(&[3; 32], t0 + policy.staff_audit + 2)
@@ -812,18 +787,12 @@ fn staff_accounts_sessions_and_audit() {
     );
 }
 
-#[test]
-fn staff_session_use_is_written_at_most_once_a_minute() {
-    let dir = temp_dir("store-staff-touch");
-    let mut s = SqliteStore::open(&dir.join("staff.db")).unwrap();
+fn staff_session_use_is_written_at_most_once_a_minute(db: &TestDb) {
+    let mut s = db.store();
     let t0 = wed_morning().as_second();
     assert!(s.add_staff_user("anna", "$argon2id$phc-a", t0).unwrap());
     assert!(s.create_staff_session(&[4; 32], "anna", "c", t0).unwrap());
-    let seen = |s: &mut SqliteStore| -> i64 {
-        s.connection()
-            .query_row("SELECT last_seen_at FROM staff_session", [], |r| r.get(0))
-            .unwrap()
-    };
+    let seen = |_: &mut Box<dyn Store>| db.value("SELECT last_seen_at FROM staff_session", &[]);
     assert!(
         s.touch_staff_session(&[4; 32], t0 + STAFF_SESSION_TOUCH_SECS - 1)
             .unwrap()
@@ -836,4 +805,284 @@ fn staff_session_use_is_written_at_most_once_a_minute() {
             .is_some()
     );
     assert_eq!(seen(&mut s), t0 + STAFF_SESSION_TOUCH_SECS);
+}
+
+on_both_backends!(
+    racing_connections_book_one_slot_exactly_once,
+    racing_submissions_through_the_writer_thread_book_once,
+    identical_retry_returns_the_same_appointment,
+    failed_reschedule_leaves_the_old_appointment_intact,
+    successful_reschedule_swaps_atomically,
+    slot_rules_and_new_patients,
+    cancel_frees_the_slot_and_is_reported_once,
+    retention_deletes_what_is_due_and_keeps_the_rest,
+    a_cancelled_booking_can_be_made_again_with_the_same_key,
+    start_call_never_resets_an_existing_call,
+    replace_call_token_retires_the_old_token,
+    call_outcome_and_first_audio_are_stored_with_the_end,
+    day_requests_done_by_and_undo,
+    day_appointments_show_what_calls_changed,
+    staff_emergencies_of_a_day,
+    staff_accounts_sessions_and_audit,
+    staff_session_use_is_written_at_most_once_a_minute,
+);
+
+/// What only PostgreSQL has: several replicas (separate pools) on one database.
+mod postgres_only {
+    use super::*;
+    use ignis::pg::PgError;
+    use ignis::practice::demo;
+    use ignis::practice::store::postgres::{CALL_LOCK_CLASS, RETENTION_LOCK_KEY};
+    use ignis::practice::store::{PgStore, RetentionReport};
+
+    /// Issue 15: 40 concurrent bookings of one slot from 40 threads through 3 "replicas"
+    /// (separate pools) → exactly one wins, the rest are told the slot is taken.
+    #[test]
+    fn forty_bookings_of_one_slot_through_three_replicas_book_once() {
+        const N: usize = 40;
+        let db = TestDb::new(Kind::Postgres, "forty-three");
+        let (_s, slots) = setup(&db, N);
+        let slot = slots[5];
+        let replicas: Vec<_> = (0..3).map(|_| db.replica_pool(N / 3 + 1)).collect();
+        let barrier = Barrier::new(N);
+        let outcomes: Vec<BookOutcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let (barrier, pool) = (&barrier, &replicas[i % 3]);
+                    scope.spawn(move || {
+                        let mut own = PgStore::new(pool);
+                        barrier.wait();
+                        own.book(&booking(slot, i as i64 + 1, &format!("r{}-{i}", i % 3)))
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wins = outcomes
+            .iter()
+            .filter(|o| matches!(o, BookOutcome::Booked { .. }))
+            .count();
+        let taken = outcomes
+            .iter()
+            .filter(|o| **o == BookOutcome::SlotTaken)
+            .count();
+        assert_eq!((wins, taken), (1, N - 1), "{outcomes:?}");
+        assert_eq!(booked_on_slot(&db, slot), 1);
+    }
+
+    /// A retry racing its original (same idempotency key, two replicas) is answered with the
+    /// one booking, never with "slot taken".
+    #[test]
+    fn racing_identical_retries_get_the_one_booking() {
+        const N: usize = 10;
+        let db = TestDb::new(Kind::Postgres, "racing-retries");
+        let (_s, slots) = setup(&db, 1);
+        let slot = slots[0];
+        let replicas: Vec<_> = (0..2).map(|_| db.replica_pool(N)).collect();
+        let barrier = Barrier::new(N);
+        let outcomes: Vec<BookOutcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let (barrier, pool) = (&barrier, &replicas[i % 2]);
+                    scope.spawn(move || {
+                        let mut own = PgStore::new(pool);
+                        barrier.wait();
+                        own.book(&booking(slot, 1, "same-key")).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut ids = Vec::new();
+        let mut first = 0;
+        for o in &outcomes {
+            let BookOutcome::Booked {
+                appointment,
+                repeated,
+                ..
+            } = o
+            else {
+                panic!("a retry was refused: {outcomes:?}");
+            };
+            ids.push(appointment.id);
+            first += usize::from(!repeated);
+        }
+        ids.dedup();
+        assert_eq!((ids.len(), first), (1, 1), "{outcomes:?}");
+        assert_eq!(booked_on_slot(&db, slots[0]), 1);
+    }
+
+    /// Data that retention would delete: a call ended two days before `now`.
+    fn due_call(s: &mut dyn Store, sid: &str, hash: u8, now: i64) {
+        s.start_call(sid, &[hash; 32], "+49170", "+4930", now - 3 * DAY)
+            .unwrap();
+        s.end_call(sid, now - 2 * DAY).unwrap();
+    }
+
+    /// Issue 15: retention runs on one replica at a time. While another replica's run holds
+    /// the lock, a run reports nothing and deletes nothing; two runs at once delete the due
+    /// rows once between them.
+    #[test]
+    fn retention_runs_on_one_replica_at_a_time() {
+        let db = TestDb::new(Kind::Postgres, "retention-one");
+        let now = wed_morning().as_second() + 400 * DAY;
+        let mut s = db.store();
+        due_call(s.as_mut(), "CA1", 1, now);
+        let holder = db.replica_pool(1);
+        let policy = RetentionPolicy::default();
+        holder.block_on(async {
+            let mut c = holder.client().await.unwrap();
+            let tx = c.transaction().await.unwrap();
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RETENTION_LOCK_KEY])
+                .await
+                .unwrap();
+            // Another replica is running retention right now.
+            let mut other = PgStore::new(&db.replica_pool(1));
+            let skipped = std::thread::scope(|t| {
+                t.spawn(|| other.retention(&policy, now).unwrap())
+                    .join()
+                    .unwrap()
+            });
+            assert_eq!(skipped, RetentionReport::default());
+            tx.commit().await.unwrap();
+        });
+        assert_eq!(
+            db.value("SELECT COUNT(*) FROM call", &[]),
+            1,
+            "nothing deleted"
+        );
+
+        // Two replicas at once: one deletes, the other finds the lock taken or nothing left.
+        due_call(s.as_mut(), "CA2", 2, now);
+        let barrier = Barrier::new(2);
+        let reports: Vec<RetentionReport> = std::thread::scope(|t| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (barrier, pool) = (&barrier, db.replica_pool(1));
+                    t.spawn(move || {
+                        let mut r = PgStore::new(&pool);
+                        barrier.wait();
+                        r.retention(&policy, now).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let calls: Vec<usize> = reports.iter().map(|r| r.calls).collect();
+        assert!(calls == [2, 0] || calls == [0, 2], "{reports:?}");
+        assert_eq!(db.value("SELECT COUNT(*) FROM call", &[]), 0);
+    }
+
+    /// Issue 15: replicas that start together migrate the schema once and seed the demo data
+    /// once.
+    #[test]
+    fn replicas_starting_together_migrate_and_seed_once() {
+        let db = TestDb::new(Kind::Postgres, "start-together");
+        let config = PracticeConfig::demo();
+        let barrier = Barrier::new(3);
+        let seeded: Vec<usize> = std::thread::scope(|t| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    let (barrier, pool, config) = (&barrier, db.replica_pool(2), &config);
+                    t.spawn(move || {
+                        barrier.wait();
+                        let mut s = PgStore::open(&pool).unwrap();
+                        demo::seed(&mut s, config, wed_morning()).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let demo_count = demo::demo_patients().len();
+        let mut sorted = seeded.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 0, demo_count], "{seeded:?}");
+        assert_eq!(
+            db.value("SELECT COUNT(*) FROM patient", &[]),
+            demo_count as i64
+        );
+        assert_eq!(
+            db.value("SELECT COUNT(*) FROM appointment", &[]),
+            1,
+            "one demo appointment"
+        );
+        let mut s = PgStore::new(db.database());
+        assert_eq!(
+            s.schema_version().unwrap(),
+            ignis::practice::store::postgres::schema::PG_MIGRATIONS.len() as i64
+        );
+        assert_eq!(
+            db.value(
+                "SELECT COUNT(*) FROM ignis_migrations WHERE component = 'store'",
+                &[]
+            ),
+            ignis::practice::store::postgres::schema::PG_MIGRATIONS.len() as i64
+        );
+    }
+
+    /// Issue 15: PostgreSQL restarted → the next operation fails as "unavailable" (not a
+    /// query error, not a hang), and the ones after it work on a fresh connection.
+    #[test]
+    fn a_restarted_database_fails_one_operation_then_works() {
+        let db = TestDb::postgres_alone("restart");
+        let (mut s, slots) = setup(&db, 1);
+        assert!(s.slot(slots[0]).unwrap().is_some());
+        db.server().restart();
+        let err = s.slot(slots[0]).unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(matches!(err, StoreError::Postgres(PgError::Unavailable(_))));
+        assert!(s.slot(slots[0]).unwrap().is_some(), "works again");
+        assert!(matches!(
+            s.book(&booking(slots[0], 1, "after-restart")).unwrap(),
+            BookOutcome::Booked { .. }
+        ));
+        // Stopped: unavailable too (bounded by the pool's wait and connect timeouts).
+        db.server().stop();
+        assert!(s.slot(slots[0]).unwrap_err().is_unavailable());
+        db.server().start_server();
+        assert!(s.slot(slots[0]).unwrap().is_some());
+    }
+
+    /// One call's tool requests serialise across workers and replicas: `live_call` holds the
+    /// call's lock until `end_job` (docs/replicas.md §3).
+    #[test]
+    fn live_call_holds_the_call_lock_until_the_job_ends() {
+        let db = TestDb::new(Kind::Postgres, "call-lock");
+        let mut s = db.store();
+        let now = wed_morning().as_second();
+        s.start_call("CA1", &[1; 32], "+4917011111", "+4930", now)
+            .unwrap();
+        let id = s.live_call(&[1; 32], now).unwrap().expect("live").id;
+        let probe = db.replica_pool(1);
+        let try_lock = || -> bool {
+            probe.block_on(async {
+                let c = probe.client().await.unwrap();
+                let key = (id % i32::MAX as i64) as i32;
+                let got: bool = c
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        &[&CALL_LOCK_CLASS, &key],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if got {
+                    c.execute(
+                        "SELECT pg_advisory_unlock($1, $2)",
+                        &[&CALL_LOCK_CLASS, &key],
+                    )
+                    .await
+                    .unwrap();
+                }
+                got
+            })
+        };
+        assert!(!try_lock(), "held while the job runs");
+        s.end_job();
+        assert!(try_lock(), "released after the job");
+        // An unknown token takes no lock.
+        assert!(s.live_call(&[9; 32], now).unwrap().is_none());
+        assert!(try_lock());
+    }
 }

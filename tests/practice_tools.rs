@@ -1,10 +1,15 @@
 //! The six tools' contracts, every error code, and the authorisation rules, through
-//! `tools::handle_tool` against a seeded demo database in a temp file.
+//! `tools::handle_tool` against a seeded demo database: each test on a SQLite file
+//! (`sqlite::…`) and on a real PostgreSQL (`postgres::…`; docs/replicas.md §3), except the two
+//! at the end that read SQLite or install a global logger.
 
+#[path = "practice_support/backend.rs"]
+mod backend;
+mod common;
 mod practice_support;
 
+use backend::TestDb;
 use ignis::practice::calls::NO_CALL_TOKEN;
-use ignis::practice::store::Store;
 use jiff::Timestamp;
 use practice_support::{Env, OTHER_PHONE, TOOLS_TOKEN, WEBER_PHONE, at, wed_morning};
 use serde_json::Value;
@@ -31,9 +36,8 @@ fn hour_of(iso: &Value) -> u32 {
 
 // --- identify_patient ----------------------------------------------------------------------------
 
-#[test]
-fn identify_with_matching_number_reads_back_appointments() {
-    let mut e = Env::new("id-phone", now());
+fn identify_with_matching_number_reads_back_appointments(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let v = e.identify(&t, "Weber", Some("Maria"), "1972-08-22", now());
     assert_eq!(v["ok"], true);
@@ -54,9 +58,8 @@ fn identify_with_matching_number_reads_back_appointments() {
     );
 }
 
-#[test]
-fn identify_from_another_number_gets_no_appointments() {
-    let mut e = Env::new("id-other", now());
+fn identify_from_another_number_gets_no_appointments(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let v = e.identify(&t, "weber", None, "1972-08-22", now());
     assert_eq!(v["match"], "unique");
@@ -65,9 +68,8 @@ fn identify_from_another_number_gets_no_appointments() {
     assert_eq!(v["flags"]["appointments_readable"], false);
 }
 
-#[test]
-fn identify_normalises_umlauts_and_resolves_ambiguity() {
-    let mut e = Env::new("id-norm", now());
+fn identify_normalises_umlauts_and_resolves_ambiguity(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     assert_eq!(
         e.identify(&t, "Mueller", None, "1958-03-14", now())["match"],
@@ -89,9 +91,8 @@ fn identify_normalises_umlauts_and_resolves_ambiguity() {
     assert_eq!(v["attempts_left"], 3);
 }
 
-#[test]
-fn three_failed_identifications_lock_the_call() {
-    let mut e = Env::new("id-lock", now());
+fn three_failed_identifications_lock_the_call(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     for left in [2, 1, 0] {
         let v = e.identify(&t, "Weber", None, "1972-08-23", now());
@@ -109,9 +110,8 @@ fn three_failed_identifications_lock_the_call() {
     );
 }
 
-#[test]
-fn repeated_failures_from_one_number_lock_it_across_calls() {
-    let mut e = Env::new("id-number-lock", now());
+fn repeated_failures_from_one_number_lock_it_across_calls(db: &TestDb) {
+    let mut e = Env::on(db, now());
     for sid in ["CA1", "CA2"] {
         let t = e.call(sid, OTHER_PHONE, now());
         for _ in 0..3 {
@@ -140,9 +140,8 @@ fn repeated_failures_from_one_number_lock_it_across_calls() {
     );
 }
 
-#[test]
-fn identify_rejects_malformed_input_with_422() {
-    let mut e = Env::new("id-422", now());
+fn identify_rejects_malformed_input_with_422(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     for body in [
         r#"{"family_name":"Weber","birth_date":"22.08.1972"}"#,
@@ -160,9 +159,8 @@ fn identify_rejects_malformed_input_with_422() {
 
 // --- find_slots ---------------------------------------------------------------------------------
 
-#[test]
-fn find_slots_offers_refs_with_german_labels() {
-    let mut e = Env::new("slots", now());
+fn find_slots_offers_refs_with_german_labels(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let v = e.slots(&t, "visit_type=kontrolle", now());
     let slots = v["slots"].as_array().unwrap();
@@ -205,9 +203,8 @@ fn find_slots_offers_refs_with_german_labels() {
     );
 }
 
-#[test]
-fn find_slots_error_codes() {
-    let mut e = Env::new("slots-err", now());
+fn find_slots_error_codes(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let v = e.slots(&t, "visit_type=hausbesuch", now());
     assert_eq!(v["error"], "not_phone_bookable");
@@ -255,9 +252,8 @@ fn find_slots_error_codes() {
 
 // --- book_appointment ---------------------------------------------------------------------------
 
-#[test]
-fn book_known_patient_and_retry_is_idempotent() {
-    let mut e = Env::new("book", now());
+fn book_known_patient_and_retry_is_idempotent(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let p = e.identify(&t, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
     let s = e.slots(&t, "visit_type=kontrolle", now())["slots"][0]["slot_ref"].clone();
@@ -272,9 +268,8 @@ fn book_known_patient_and_retry_is_idempotent() {
     assert_eq!(again["label"], v["label"]);
 }
 
-#[test]
-fn concurrent_callers_cannot_double_book_a_slot() {
-    let mut e = Env::new("book-two", now());
+fn concurrent_callers_cannot_double_book_a_slot(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t1 = e.call("CA1", OTHER_PHONE, now());
     let t2 = e.call("CA2", WEBER_PHONE, now());
     let p1 = e.identify(&t1, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
@@ -306,9 +301,8 @@ fn concurrent_callers_cannot_double_book_a_slot() {
     );
 }
 
-#[test]
-fn book_error_codes() {
-    let mut e = Env::new("book-err", now());
+fn book_error_codes(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let s = e.slots(&t, "visit_type=kontrolle", now())["slots"][0]["slot_ref"].clone();
     let p = e.identify(&t, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
@@ -357,9 +351,8 @@ fn book_error_codes() {
     }
 }
 
-#[test]
-fn new_patient_books_with_the_caller_number() {
-    let mut e = Env::new("book-new", now());
+fn new_patient_books_with_the_caller_number(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", "+491705550001", now());
     let s = e.slots(&t, "visit_type=erstvorstellung", now())["slots"][0]["slot_ref"].clone();
     let np = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02","insurance":"pkv"}"#;
@@ -378,9 +371,8 @@ fn new_patient_books_with_the_caller_number() {
     assert_eq!(id["upcoming"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn reschedule_needs_phone_assurance_and_is_atomic() {
-    let mut e = Env::new("resched", now());
+fn reschedule_needs_phone_assurance_and_is_atomic(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let id = e.identify(&t, "Weber", None, "1972-08-22", now());
     let (p, a1) = (id["patient_ref"].clone(), id["upcoming"][0].clone());
@@ -411,9 +403,8 @@ fn reschedule_needs_phone_assurance_and_is_atomic() {
     assert_eq!(e.book(&t2, &body, now())["error"], "not_found");
 }
 
-#[test]
-fn reschedule_onto_a_taken_slot_keeps_the_old_appointment() {
-    let mut e = Env::new("resched-fail", now());
+fn reschedule_onto_a_taken_slot_keeps_the_old_appointment(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let tw = e.call("CA1", WEBER_PHONE, now());
     let tm = e.call("CA2", OTHER_PHONE, now());
     let id = e.identify(&tw, "Weber", None, "1972-08-22", now());
@@ -436,10 +427,9 @@ fn reschedule_onto_a_taken_slot_keeps_the_old_appointment() {
     );
 }
 
-#[test]
-fn changes_inside_the_notice_period_go_to_staff() {
+fn changes_inside_the_notice_period_go_to_staff(db: &TestDb) {
     // The seeded appointment is on Monday 30 November; on Sunday evening it is too late.
-    let mut e = Env::new("notice", now());
+    let mut e = Env::on(db, now());
     let sunday = at("2026-11-29T19:00:00Z");
     let t = e.call("CA1", WEBER_PHONE, sunday);
     let id = e.identify(&t, "Weber", None, "1972-08-22", sunday);
@@ -450,9 +440,8 @@ fn changes_inside_the_notice_period_go_to_staff() {
 
 // --- cancel_appointment -------------------------------------------------------------------------
 
-#[test]
-fn cancel_contract_and_error_codes() {
-    let mut e = Env::new("cancel", now());
+fn cancel_contract_and_error_codes(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let id = e.identify(&t, "Weber", None, "1972-08-22", now());
     let label = id["upcoming"][0]["label"].clone();
@@ -484,9 +473,8 @@ fn cancel_contract_and_error_codes() {
     assert_eq!(v["upcoming"], serde_json::json!([]));
 }
 
-#[test]
-fn cancel_needs_phone_assurance_unless_booked_in_this_call() {
-    let mut e = Env::new("cancel-assurance", now());
+fn cancel_needs_phone_assurance_unless_booked_in_this_call(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let p = e.identify(&t, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
     let s = e.slots(&t, "visit_type=kontrolle", now())["slots"][0]["slot_ref"].clone();
@@ -527,9 +515,8 @@ fn request(e: &mut Env, t: &str, body: &str) -> Value {
     v
 }
 
-#[test]
-fn each_request_category() {
-    let mut e = Env::new("requests", now());
+fn each_request_category(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     e.identify(&t, "Weber", None, "1972-08-22", now()); // P1, card read this quarter
     e.identify(&t, "Müller", None, "1958-03-14", now()); // P2, card not read this quarter
@@ -639,9 +626,8 @@ fn each_request_category() {
     );
 }
 
-#[test]
-fn anonymous_callers_must_give_a_number_for_call_backs() {
-    let mut e = Env::new("req-anon", now());
+fn anonymous_callers_must_give_a_number_for_call_backs(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", "anonymous", now());
     let body = r#"{"category":"callback","caller":{"family_name":"Anonym"}}"#;
     assert_eq!(request(&mut e, &t, body)["error"], "callback_number_needed");
@@ -649,9 +635,8 @@ fn anonymous_callers_must_give_a_number_for_call_backs() {
     assert_eq!(request(&mut e, &t, body)["ok"], true);
 }
 
-#[test]
-fn request_input_is_bounded() {
-    let mut e = Env::new("req-422", now());
+fn request_input_is_bounded(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     for body in [
         r#"{"category":"gossip","patient_ref":"P1"}"#.to_string(),
@@ -671,9 +656,8 @@ fn request_input_is_bounded() {
 
 // --- report_emergency ---------------------------------------------------------------------------
 
-#[test]
-fn emergency_contract() {
-    let mut e = Env::new("emergency", now());
+fn emergency_contract(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let (s, v) = e.post(
         &t,
@@ -709,9 +693,8 @@ fn emergency_contract() {
 
 // --- authorisation ------------------------------------------------------------------------------
 
-#[test]
-fn credentials_are_required() {
-    let mut e = Env::new("auth", now());
+fn credentials_are_required(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let body = r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#;
     let (s, _) = e.raw(None, Some(&t), "POST", IDENTIFY, "", body, now());
@@ -757,11 +740,10 @@ fn credentials_are_required() {
     assert_eq!(s, 401);
 }
 
-#[test]
-fn the_placeholder_token_of_an_unregistered_call_is_refused_by_every_tool() {
+fn the_placeholder_token_of_an_unregistered_call_is_refused_by_every_tool(db: &TestDb) {
     // Sent when a call could not be registered (docs/elevenlabs.md §2.1): live calls exist, yet
     // the placeholder opens none of them.
-    let mut e = Env::new("no-call-token", now());
+    let mut e = Env::on(db, now());
     let live = e.call("CA1", WEBER_PHONE, now());
     let _ = e.call("CA2", OTHER_PHONE, now());
     for (method, path, query, body) in [
@@ -795,9 +777,8 @@ fn the_placeholder_token_of_an_unregistered_call_is_refused_by_every_tool() {
     assert_eq!(e.get(&live, SLOTS, "visit_type=akut", now()).0, 200);
 }
 
-#[test]
-fn an_ended_call_dies_after_the_grace_period() {
-    let mut e = Env::new("ended", now());
+fn an_ended_call_dies_after_the_grace_period(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let end = now().as_second() + 120;
     e.store.end_call("CA1", end).unwrap();
@@ -808,9 +789,8 @@ fn an_ended_call_dies_after_the_grace_period() {
     assert_eq!((s, v["error"].as_str()), (403, Some("call_not_active")));
 }
 
-#[test]
-fn a_dead_call_is_refused_whatever_its_body_says() {
-    let mut e = Env::new("dead-call-body", now());
+fn a_dead_call_is_refused_whatever_its_body_says(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let end = now().as_second() + 120;
     e.store.end_call("CA1", end).unwrap();
@@ -861,9 +841,8 @@ fn a_dead_call_is_refused_whatever_its_body_says() {
     assert_eq!((s, v["error"].as_str()), (422, Some("invalid_input")));
 }
 
-#[test]
-fn refs_from_another_call_do_not_resolve() {
-    let mut e = Env::new("cross-call", now());
+fn refs_from_another_call_do_not_resolve(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t1 = e.call("CA1", WEBER_PHONE, now());
     let t2 = e.call("CA2", OTHER_PHONE, now());
     // Call 1 identifies Weber (P1, with A1) and is offered slots S1..S3.
@@ -905,9 +884,8 @@ fn refs_from_another_call_do_not_resolve() {
     );
 }
 
-#[test]
-fn oversized_bodies_are_refused() {
-    let mut e = Env::new("big", now());
+fn oversized_bodies_are_refused(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
     let body = format!(
         r#"{{"family_name":"{}","birth_date":"1972-08-22"}}"#,
@@ -923,7 +901,7 @@ fn tool_audit_records_outcomes_without_personal_data() {
     e.identify(&t, "Weber", None, "1972-08-22", now());
     e.slots(&t, "visit_type=akut", now());
     let rows: Vec<(String, String)> = {
-        let c = e.store.connection();
+        let c = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
         let mut st = c
             .prepare("SELECT tool, outcome FROM tool_audit ORDER BY id")
             .unwrap();
@@ -943,9 +921,8 @@ fn tool_audit_records_outcomes_without_personal_data() {
 
 // --- robustness and the demo script ---------------------------------------------------------------
 
-#[test]
-fn spelling_variants_and_agent_quirks_are_tolerated() {
-    let mut e = Env::new("quirks", now());
+fn spelling_variants_and_agent_quirks_are_tolerated(db: &TestDb) {
+    let mut e = Env::on(db, now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let v = e.identify(&t, "Meyer", Some("Tomas"), "1965-07-04", now());
     assert_eq!(v["match"], "unique", "{v}");
@@ -1063,3 +1040,34 @@ fn info_logs_carry_nothing_patient_related() {
         );
     }
 }
+
+on_both_backends!(
+    identify_with_matching_number_reads_back_appointments,
+    identify_from_another_number_gets_no_appointments,
+    identify_normalises_umlauts_and_resolves_ambiguity,
+    three_failed_identifications_lock_the_call,
+    repeated_failures_from_one_number_lock_it_across_calls,
+    identify_rejects_malformed_input_with_422,
+    find_slots_offers_refs_with_german_labels,
+    find_slots_error_codes,
+    book_known_patient_and_retry_is_idempotent,
+    concurrent_callers_cannot_double_book_a_slot,
+    book_error_codes,
+    new_patient_books_with_the_caller_number,
+    reschedule_needs_phone_assurance_and_is_atomic,
+    reschedule_onto_a_taken_slot_keeps_the_old_appointment,
+    changes_inside_the_notice_period_go_to_staff,
+    cancel_contract_and_error_codes,
+    cancel_needs_phone_assurance_unless_booked_in_this_call,
+    each_request_category,
+    anonymous_callers_must_give_a_number_for_call_backs,
+    request_input_is_bounded,
+    emergency_contract,
+    credentials_are_required,
+    the_placeholder_token_of_an_unregistered_call_is_refused_by_every_tool,
+    an_ended_call_dies_after_the_grace_period,
+    a_dead_call_is_refused_whatever_its_body_says,
+    refs_from_another_call_do_not_resolve,
+    oversized_bodies_are_refused,
+    spelling_variants_and_agent_quirks_are_tolerated,
+);

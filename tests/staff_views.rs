@@ -8,7 +8,6 @@ mod practice_support;
 use ignis::practice::calendar;
 use ignis::practice::staff::views::{self, ViewCall};
 use ignis::practice::staff::{StaffReply, Viewer};
-use ignis::practice::store::Store;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use practice_support::{Env, WEBER_PHONE, wed_morning};
@@ -21,7 +20,7 @@ fn viewer() -> Viewer {
 }
 
 fn view(e: &mut Env, call: ViewCall, now: Timestamp) -> (StaffReply, String) {
-    let r = views::execute(&mut e.store, &e.config, call, &viewer(), now);
+    let r = views::execute(e.store.as_mut(), &e.config, call, &viewer(), now);
     let body = String::from_utf8(r.body.clone()).unwrap();
     (r, body)
 }

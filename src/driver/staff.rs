@@ -5,7 +5,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 
-use super::startup::{StartError, load_vars, open_practice};
+use super::startup::{StartError, database, load_vars, open_practice, runtime};
 use crate::cli::StaffCommand;
 use crate::config::PracticeVars;
 use crate::http::{RequestHead, Response};
@@ -95,6 +95,10 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
     let vars = load_vars().map_err(StartError::Config)?;
     let practice_vars =
         PracticeVars::parse(|k| vars.get(k).cloned()).map_err(StartError::Practice)?;
+    // With DATABASE_URL the accounts live in PostgreSQL; its pool needs a runtime.
+    let rt = runtime()?;
+    let db = database(&practice_vars, &rt)?;
+    let open = || open_practice(&practice_vars, db.as_ref());
     match cmd {
         StaffCommand::Add { name } => {
             auth::validate_name(name).map_err(|e| StartError::Usage(format!("{name}: {e}")))?;
@@ -103,7 +107,7 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
             super::os_random(&mut salt).map_err(StartError::NoRandomness)?;
             let phc = auth::hash_password(&password, salt)
                 .map_err(|e| StartError::Usage(e.to_string()))?;
-            let (practice, _thread) = open_practice(&practice_vars)?;
+            let (practice, _thread) = open()?;
             let (n, now) = (name.clone(), super::practice_now().as_second());
             let added = on_store(&practice, move |s| s.add_staff_user(&n, &phc, now))?;
             if !added {
@@ -112,7 +116,7 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
             println!("staff account {name} added");
         }
         StaffCommand::List => {
-            let (practice, _thread) = open_practice(&practice_vars)?;
+            let (practice, _thread) = open()?;
             let users = on_store(&practice, |s| s.staff_users())?;
             if users.is_empty() {
                 println!("no staff accounts (add one with `ignis staff add NAME`)");
@@ -124,7 +128,7 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
             }
         }
         StaffCommand::Remove { name } => {
-            let (practice, _thread) = open_practice(&practice_vars)?;
+            let (practice, _thread) = open()?;
             let n = name.clone();
             if !on_store(&practice, move |s| s.remove_staff_user(&n))? {
                 return Err(StartError::Failed(format!("no staff account {name}")));

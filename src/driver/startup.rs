@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::cli::ServeArgs;
 use crate::config::{self, Config, ConfigError, PracticeVars};
+use crate::pg::Database;
 use crate::practice::config::{ConfigError as PracticeConfigError, PracticeConfig};
 use crate::practice::store::StoreThread;
 use crate::practice::{Practice, PracticeError, PracticeSettings};
@@ -113,9 +114,28 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, StartError> {
         .map_err(StartError::Runtime)
 }
 
-/// Opens the practice store and tools. Without `TOOLS_TOKEN` a random secret is used, so the
-/// tool endpoints refuse every request (fail closed) until the operator sets one.
-pub fn open_practice(vars: &PracticeVars) -> Result<(Practice, StoreThread), StartError> {
+/// The pool for `DATABASE_URL` on `rt`, if it is set (docs/replicas.md). Connections open
+/// lazily, so an unreachable server shows up at the first query.
+pub fn database(
+    vars: &PracticeVars,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Option<Database>, StartError> {
+    let Some(url) = &vars.database_url else {
+        return Ok(None);
+    };
+    Database::new(url, crate::pg::MAX_POOL_SIZE, rt.handle().clone())
+        .map(Some)
+        .map_err(|e| StartError::Failed(e.to_string()))
+}
+
+/// Opens the practice store and tools: on PostgreSQL when `db` is given (`DATABASE_URL`, see
+/// [`database`]), else the SQLite file. Without `TOOLS_TOKEN` a random secret is used, so the
+/// tool endpoints refuse every request (fail closed) until the operator sets one. Call it from
+/// a plain thread, not from async code.
+pub fn open_practice(
+    vars: &PracticeVars,
+    db: Option<&Database>,
+) -> Result<(Practice, StoreThread), StartError> {
     let tools_token = match &vars.tools_token {
         Some(t) => t.expose().to_owned(),
         None => {
@@ -136,13 +156,24 @@ pub fn open_practice(vars: &PracticeVars) -> Result<(Practice, StoreThread), Sta
         }
         None => PracticeConfig::demo(),
     };
-    let (practice, thread) = Practice::open(&settings, practice_config, super::practice_now())
-        .map_err(StartError::Practice)?;
-    tracing::info!(
-        practice = %practice.config().name,
-        db = %settings.db_path.display(),
-        "practice tools ready"
-    );
+    let now = super::practice_now();
+    let (practice, thread) = match db {
+        Some(db) => Practice::open_postgres(&settings, practice_config, db, now),
+        None => Practice::open(&settings, practice_config, now),
+    }
+    .map_err(StartError::Practice)?;
+    match db {
+        Some(db) => tracing::info!(
+            practice = %practice.config().name,
+            db = %db.url().redacted(),
+            "practice tools ready on PostgreSQL"
+        ),
+        None => tracing::info!(
+            practice = %practice.config().name,
+            db = %settings.db_path.display(),
+            "practice tools ready"
+        ),
+    }
     Ok((practice, thread))
 }
 
@@ -152,23 +183,17 @@ pub fn serve(args: &ServeArgs) -> Result<(), StartError> {
     let config =
         Config::from_vars(&vars, args.insecure_skip_signature).map_err(StartError::Config)?;
     crate::telemetry::init(config.log_format);
-    // The runtime first: the database pool's connections live on it (docs/replicas.md §5).
+    // The runtime first: a PostgreSQL pool's connections live on it (docs/replicas.md §5).
     let rt = runtime()?;
-    let database = match &config.practice.database_url {
-        Some(url) => Some(
-            crate::pg::Database::new(url, crate::pg::MAX_POOL_SIZE, rt.handle().clone())
-                .map_err(|e| StartError::Failed(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let (practice, _store_thread) = open_practice(&config.practice)?;
+    let db = database(&config.practice, &rt)?;
+    let (practice, _store_thread) = open_practice(&config.practice, db.as_ref())?;
     if config.insecure_skip_signature {
         tracing::warn!(
             "INSECURE: --insecure-skip-signature is set; Twilio signatures are NOT checked. \
              Never run a public deployment like this."
         );
     }
-    let fleet = match database {
+    let fleet = match db {
         Some(db) => {
             let replica = super::fleet::replica_id(config.replica_id.as_deref());
             let fleet = rt

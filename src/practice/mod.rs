@@ -89,8 +89,10 @@ use serde_json::{Map, Value};
 
 use calls::{CallInfo, CallToken, TOKEN_BYTES};
 use config::{ConfigError, PracticeConfig};
+use store::pending::Registrations;
 use store::{
-    RetentionReport, SqliteStore, Store, StoreError, StoreHandle, StoreThread, SubmitError,
+    PG_STORE_WORKERS, PgStore, RetentionReport, SqliteStore, Store, StoreError, StoreHandle,
+    StoreThread, SubmitError,
 };
 use tools::{Secrets, ToolError, ToolReply, ToolRequest};
 
@@ -166,6 +168,17 @@ impl std::fmt::Display for PracticeError {
 impl std::error::Error for PracticeError {}
 
 impl PracticeSettings {
+    /// `config` with the variables that override `practice.toml`.
+    fn apply(&self, mut config: PracticeConfig) -> PracticeConfig {
+        if let Some(p) = &self.premium_rate_prefixes {
+            config.premium_rate_prefixes = p.clone();
+        }
+        if let Some(n) = self.identification_failures_per_hour {
+            config.identification_failures_per_hour = n;
+        }
+        config
+    }
+
     /// The settings from the parsed configuration ([`crate::config::Config::practice`]);
     /// `tools_token` is its `tools_token`, or a random secret when that is unset.
     pub fn new(vars: &crate::config::PracticeVars, tools_token: String) -> Self {
@@ -199,6 +212,8 @@ pub struct Practice {
     secrets: Arc<Secrets>,
     store: StoreHandle,
     staff: Arc<staff::StaffState>,
+    /// Registrations queued but not committed (several PostgreSQL workers; [`store::pending`]).
+    registrations: Arc<Registrations>,
 }
 
 impl Practice {
@@ -206,15 +221,10 @@ impl Practice {
     /// validated `practice.toml` the driver read, or [`PracticeConfig::demo`].
     pub fn open(
         settings: &PracticeSettings,
-        mut config: PracticeConfig,
+        config: PracticeConfig,
         now: Timestamp,
     ) -> Result<(Practice, StoreThread), PracticeError> {
-        if let Some(p) = &settings.premium_rate_prefixes {
-            config.premium_rate_prefixes = p.clone();
-        }
-        if let Some(n) = settings.identification_failures_per_hour {
-            config.identification_failures_per_hour = n;
-        }
+        let config = settings.apply(config);
         let mut store = SqliteStore::open(&settings.db_path).map_err(PracticeError::Store)?;
         if settings.demo_patients {
             demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;
@@ -223,19 +233,51 @@ impl Practice {
         Practice::with_store(config, secrets, Box::new(store)).map_err(PracticeError::Io)
     }
 
+    /// Like [`Practice::open`] on PostgreSQL (`DATABASE_URL`, docs/replicas.md §3): migrates
+    /// the `store` schema (safe when replicas start together), seeds an empty database like
+    /// SQLite, and starts [`PG_STORE_WORKERS`] store workers on `db`'s pool. Call it from a
+    /// plain thread, not from async code (the store blocks on `db`'s runtime).
+    pub fn open_postgres(
+        settings: &PracticeSettings,
+        config: PracticeConfig,
+        db: &crate::pg::Database,
+        now: Timestamp,
+    ) -> Result<(Practice, StoreThread), PracticeError> {
+        let config = settings.apply(config);
+        let mut store = PgStore::open(db).map_err(PracticeError::Store)?;
+        if settings.demo_patients {
+            demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;
+        }
+        let mut stores: Vec<Box<dyn Store>> = vec![Box::new(store)];
+        stores.extend((1..PG_STORE_WORKERS).map(|_| Box::new(PgStore::new(db)) as Box<dyn Store>));
+        let secrets = Secrets::new(&settings.tools_token, settings.admin_token.as_deref());
+        Practice::with_stores(config, secrets, stores).map_err(PracticeError::Io)
+    }
+
     /// Starts the store thread over any [`Store`].
     pub fn with_store(
         config: PracticeConfig,
         secrets: Secrets,
         store: Box<dyn Store>,
     ) -> std::io::Result<(Practice, StoreThread)> {
-        let (handle, thread) = StoreHandle::spawn(store)?;
+        Practice::with_stores(config, secrets, vec![store])
+    }
+
+    /// Starts one store worker per store, all on one queue ([`StoreHandle::spawn_workers`]):
+    /// only for stores that share their database safely (PostgreSQL).
+    pub fn with_stores(
+        config: PracticeConfig,
+        secrets: Secrets,
+        stores: Vec<Box<dyn Store>>,
+    ) -> std::io::Result<(Practice, StoreThread)> {
+        let (handle, thread) = StoreHandle::spawn_workers(stores)?;
         Ok((
             Practice {
                 config: Arc::new(config),
                 secrets: Arc::new(secrets),
                 store: handle,
                 staff: Arc::default(),
+                registrations: Arc::default(),
             },
             thread,
         ))
@@ -264,7 +306,9 @@ impl Practice {
             Err(e) => reply(e.reply()),
             Ok(call) => {
                 let config = Arc::clone(&self.config);
+                let registrations = Arc::clone(&self.registrations);
                 self.submit(reply, move |store| {
+                    registrations.wait_for(&call.call_token_hash);
                     tools::execute(store, &config, call, now)
                 });
             }
@@ -331,8 +375,11 @@ impl Practice {
             info.called_number.to_string(),
         );
         let hash = token.hash();
+        let pending = self.registrations.begin(hash);
         self.store.submit(move |store| {
-            done(store.start_call(&sid, &hash, &caller, &called, now.as_second()));
+            let result = store.start_call(&sid, &hash, &caller, &called, now.as_second());
+            drop(pending);
+            done(result);
         })?;
         Ok(vars)
     }
@@ -357,8 +404,11 @@ impl Practice {
             info.called_number.to_string(),
         );
         let hash = token.hash();
+        let pending = self.registrations.begin(hash);
         self.store.submit(move |store| {
-            done(adopt(store, &sid, &hash, &caller, &called, now.as_second()));
+            let result = adopt(store, &sid, &hash, &caller, &called, now.as_second());
+            drop(pending);
+            done(result);
         })?;
         Ok(vars)
     }

@@ -40,7 +40,7 @@ pub fn wed_morning() -> Timestamp {
 }
 
 pub struct Env {
-    pub store: SqliteStore,
+    pub store: Box<dyn Store>,
     pub config: PracticeConfig,
     pub secrets: Secrets,
     pub dir: PathBuf,
@@ -50,9 +50,14 @@ impl Env {
     /// A seeded demo database in a temp file, as a fresh `ignis serve` would have it at `now`.
     pub fn new(name: &str, now: Timestamp) -> Env {
         let dir = temp_dir(name);
+        let store = SqliteStore::open(&dir.join("ignis.db")).unwrap();
+        Env::with_store(Box::new(store), dir, now)
+    }
+
+    /// The same over any store (e.g. PostgreSQL, `backend.rs`); `dir` is removed on drop.
+    pub fn with_store(mut store: Box<dyn Store>, dir: PathBuf, now: Timestamp) -> Env {
         let config = PracticeConfig::demo();
-        let mut store = SqliteStore::open(&dir.join("ignis.db")).unwrap();
-        demo::seed(&mut store, &config, now).unwrap();
+        demo::seed(store.as_mut(), &config, now).unwrap();
         Env {
             store,
             config,
@@ -95,7 +100,7 @@ impl Env {
             ignis_call: call.map(str::as_bytes),
             body: body.as_bytes(),
         };
-        let r = tools::handle_tool(&mut self.store, &self.config, &self.secrets, &req, now);
+        let r = tools::handle_tool(self.store.as_mut(), &self.config, &self.secrets, &req, now);
         (r.status, r.body_json())
     }
 

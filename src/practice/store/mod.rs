@@ -24,14 +24,17 @@
 //! single writer thread already does).
 
 pub mod names;
+pub mod pending;
+pub mod postgres;
 pub mod records;
 pub mod sqlite;
 pub mod worker;
 
 pub use names::{name_key, normalize_name};
+pub use postgres::PgStore;
 pub use records::*;
 pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, STORE_CACHE_KIB, SqliteStore};
-pub use worker::{StoreHandle, StoreThread, SubmitError};
+pub use worker::{PG_STORE_WORKERS, StoreHandle, StoreThread, SubmitError};
 
 use super::calendar::SlotCandidate;
 use super::calls::CallState;
@@ -41,6 +44,10 @@ use super::calls::CallState;
 pub enum StoreError {
     /// The database failed.
     Sqlite(rusqlite::Error),
+    /// PostgreSQL failed: [`crate::pg::PgError::Unavailable`] when it cannot be reached (the
+    /// tools answer 503 with words the agent can say, [`StoreError::is_unavailable`]), a query
+    /// error otherwise.
+    Postgres(crate::pg::PgError),
     /// Stored data could not be decoded (e.g. call state JSON).
     Corrupt(&'static str),
     /// The store's writer thread is gone.
@@ -55,6 +62,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Postgres(e) => e.fmt(f),
             StoreError::Corrupt(what) => write!(f, "corrupt stored data: {what}"),
             StoreError::Closed => f.write_str("store thread is gone"),
             StoreError::Busy => f.write_str("store queue is full"),
@@ -68,6 +76,29 @@ impl std::error::Error for StoreError {}
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(e)
+    }
+}
+
+impl From<crate::pg::PgError> for StoreError {
+    fn from(e: crate::pg::PgError) -> Self {
+        StoreError::Postgres(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(postgres::pg_error(e))
+    }
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (a later attempt may work): the tools answer
+    /// 503 `unavailable` instead of 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Postgres(crate::pg::PgError::Unavailable(_))
+        )
     }
 }
 
@@ -173,6 +204,10 @@ pub trait Store: Send {
     fn retention(&mut self, policy: &RetentionPolicy, now: i64) -> StoreResult<RetentionReport>;
     /// Inserts demo patients when the patient table is empty; returns how many were inserted.
     fn seed_patients(&mut self, patients: &[DemoPatient], now: i64) -> StoreResult<usize>;
+    /// Called by the store worker after every job: [`PgStore`] releases the call lock
+    /// [`Store::live_call`] took (docs/replicas.md §3). Nothing to do for SQLite, whose single
+    /// writer already serialises a call's requests.
+    fn end_job(&mut self) {}
 
     // The staff page (issue 14).
 

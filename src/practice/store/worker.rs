@@ -1,10 +1,12 @@
-//! The store's writer thread.
+//! The store's worker threads.
 //!
-//! One thread owns the [`Store`] (and so the SQLite connection); every operation is a job sent
-//! over a bounded crossbeam channel and run in arrival order. This keeps blocking database work
-//! off the async runtime's workers and makes SQLite's single-writer rule explicit. Results go back
-//! through whatever the job captures: a callback (the async driver wraps a tokio oneshot sender),
-//! or the crossbeam receiver returned by [`StoreHandle::call`].
+//! With SQLite one thread owns the [`Store`] (and so the connection); every operation is a job
+//! sent over a bounded crossbeam channel and run in arrival order. This keeps blocking database
+//! work off the async runtime's workers and makes SQLite's single-writer rule explicit. With
+//! PostgreSQL, [`PG_STORE_WORKERS`] threads, each with its own [`super::PgStore`] on the shared
+//! pool, take jobs from the same channel (docs/replicas.md §3): jobs start in arrival order but
+//! may overlap. Results go back through whatever the job captures: a callback (the async driver
+//! wraps a tokio oneshot sender), or the crossbeam receiver returned by [`StoreHandle::call`].
 
 use std::thread::JoinHandle;
 
@@ -15,8 +17,31 @@ use super::{Store, StoreError};
 /// Jobs that may wait for the writer thread before submissions are refused.
 pub const STORE_QUEUE_CAPACITY: usize = 256;
 
-/// The writer thread's join handle (returned at start-up; it ends when every handle is dropped).
-pub type StoreThread = JoinHandle<()>;
+/// Worker threads of a PostgreSQL store: tool requests of different calls run in parallel, each
+/// worker holding at most one pooled connection (well under [`crate::pg::MAX_POOL_SIZE`]).
+pub const PG_STORE_WORKERS: usize = 4;
+
+/// The store's worker threads (returned at start-up; they end when every handle is dropped).
+/// Dropping this detaches them.
+#[derive(Debug)]
+pub struct StoreThread {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl StoreThread {
+    /// Waits for every worker to end; `Err` with the first panic's payload if one panicked.
+    pub fn join(self) -> std::thread::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            if let Err(e) = t.join()
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
 
 /// A unit of work run on the writer thread.
 pub type Job = Box<dyn FnOnce(&mut dyn Store) + Send + 'static>;
@@ -51,25 +76,52 @@ impl std::fmt::Debug for StoreHandle {
     }
 }
 
+/// A worker's loop: runs jobs until every handle is dropped.
+fn work(mut store: Box<dyn Store>, rx: Receiver<Job>) {
+    for job in rx {
+        // A panicking job is a bug; it must not take the phone line's store down with it. Its
+        // open transaction rolls back while unwinding, and its reply callback is dropped
+        // uncalled (the waiting side sees a closed channel).
+        let run = std::panic::AssertUnwindSafe(|| job(store.as_mut()));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("store job panicked; the store thread continues");
+        }
+        // Released after the reply went out: the job's writes are committed already.
+        store.end_job();
+    }
+}
+
 impl StoreHandle {
     /// Moves `store` onto a new thread named `ignis-store` and returns the handle and the thread.
     pub fn spawn(store: Box<dyn Store>) -> std::io::Result<(StoreHandle, StoreThread)> {
+        Self::spawn_workers(vec![store])
+    }
+
+    /// One worker thread per store (`ignis-store-<i>`), all taking jobs from one queue: for
+    /// stores that share a database safely (PostgreSQL). `stores` must not be empty.
+    pub fn spawn_workers(
+        stores: Vec<Box<dyn Store>>,
+    ) -> std::io::Result<(StoreHandle, StoreThread)> {
         let (tx, rx) = bounded::<Job>(STORE_QUEUE_CAPACITY);
-        let thread = std::thread::Builder::new()
-            .name("ignis-store".into())
-            .spawn(move || {
-                let mut store = store;
-                for job in rx {
-                    // A panicking job is a bug; it must not take the phone line's store down with
-                    // it. Its open transaction rolls back while unwinding, and its reply callback
-                    // is dropped uncalled (the waiting side sees a closed channel).
-                    let run = std::panic::AssertUnwindSafe(|| job(store.as_mut()));
-                    if std::panic::catch_unwind(run).is_err() {
-                        tracing::error!("store job panicked; the store thread continues");
-                    }
-                }
-            })?;
-        Ok((StoreHandle { tx }, thread))
+        let single = stores.len() == 1;
+        let mut threads = Vec::with_capacity(stores.len());
+        for (i, store) in stores.into_iter().enumerate() {
+            let rx = rx.clone();
+            let name = if single {
+                "ignis-store".to_owned()
+            } else {
+                format!("ignis-store-{i}")
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || work(store, rx))?,
+            );
+        }
+        if threads.is_empty() {
+            return Err(std::io::Error::other("a store needs at least one worker"));
+        }
+        Ok((StoreHandle { tx }, StoreThread { threads }))
     }
 
     /// Queues a job without blocking.

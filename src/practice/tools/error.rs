@@ -13,6 +13,13 @@ use super::ToolReply;
 use super::outcome::SlotView;
 use crate::practice::store::StoreError;
 
+/// What the agent is told to say when the store cannot answer (503 `busy`/`unavailable`): the
+/// appointment system is briefly unreachable; apologise, try once more in a moment, or offer
+/// the practice team (transfer or call back). German, like the agent's prompt.
+pub const UNAVAILABLE_MESSAGE: &str = "Das Terminsystem ist gerade kurz nicht erreichbar. \
+    Entschuldigen Sie sich dafür, versuchen Sie es in einem Moment noch einmal oder bieten Sie \
+    an, den Anrufer mit dem Praxisteam zu verbinden oder ihn zurückrufen zu lassen.";
+
 /// A tool or admin outcome other than success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolError {
@@ -43,7 +50,8 @@ pub enum ToolError {
     Internal,
     /// 503 `busy`: the store's queue is full; the client may retry.
     Busy,
-    /// 503 `unavailable`: the store thread is gone.
+    /// 503 `unavailable`: the store thread is gone or the database cannot be reached right now
+    /// (PostgreSQL restarting); the reply's `message` tells the agent what to say.
     Unavailable,
     /// `locked`: identification is locked for this call or caller number.
     Locked,
@@ -186,6 +194,8 @@ impl ToolError {
             alternatives: Option<&'a [SlotView]>,
             #[serde(skip_serializing_if = "Option::is_none")]
             request_ref: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            message: Option<&'static str>,
         }
         let wire = Wire {
             ok: false,
@@ -203,6 +213,8 @@ impl ToolError {
                 ToolError::StaffReview { request_ref } => Some(request_ref),
                 _ => None,
             },
+            message: matches!(self, ToolError::Busy | ToolError::Unavailable)
+                .then_some(UNAVAILABLE_MESSAGE),
         };
         ToolReply::render(self.status(), &wire)
     }

@@ -327,7 +327,13 @@ pub fn handle_tool(
     }
 }
 
+/// A store failure as the agent gets it: 503 `unavailable` (with words it can say) when the
+/// database cannot be reached right now, 500 `internal` otherwise.
 fn internal(tool: &str, e: &StoreError) -> ToolReply {
+    if e.is_unavailable() {
+        tracing::warn!(tool, error = %e, "tool refused: database unavailable");
+        return ToolError::Unavailable.reply();
+    }
     tracing::error!(tool, error = %e, "tool failed in the store");
     ToolError::Internal.reply()
 }

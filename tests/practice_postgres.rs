@@ -1,0 +1,264 @@
+//! The practice on PostgreSQL as the server runs it (`Practice::open_postgres`: several store
+//! workers on one pool; docs/replicas.md §3): a call's first tool request right after its
+//! registration, one call's concurrent requests serialised, the database restarted under the
+//! tools, a stream adopted from another replica, and `ignis staff` with `DATABASE_URL`.
+
+#[path = "practice_support/backend.rs"]
+mod backend;
+mod common;
+mod practice_support;
+
+use std::time::Duration;
+
+use backend::{Kind, TestDb};
+use crossbeam_channel::{Receiver, bounded};
+use ignis::practice::calls::CallInfo;
+use ignis::practice::config::PracticeConfig;
+use ignis::practice::store::{PG_STORE_WORKERS, StoreThread};
+use ignis::practice::tools::error::UNAVAILABLE_MESSAGE;
+use ignis::practice::tools::{ToolReply, ToolRequest};
+use ignis::practice::{Practice, PracticeSettings};
+use practice_support::{TOOLS_TOKEN, WEBER_PHONE, wed_morning};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+const IDENTIFY: &str = "/api/patients/identify";
+const SLOTS: &str = "/api/appointments/slots";
+
+fn open(db: &TestDb) -> (Practice, StoreThread) {
+    let settings = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+        _ => None,
+    })
+    .unwrap();
+    Practice::open_postgres(
+        &settings,
+        PracticeConfig::demo(),
+        db.database(),
+        wed_morning(),
+    )
+    .unwrap()
+}
+
+/// Queues a tool request; the receiver gets the reply.
+fn submit(p: &Practice, token: &str, method: &str, path: &str, body: &str) -> Receiver<ToolReply> {
+    let auth = format!("Bearer {TOOLS_TOKEN}");
+    let (query, path) = match path.split_once('?') {
+        Some((path, query)) => (query, path),
+        None => ("", path),
+    };
+    let req = ToolRequest {
+        method,
+        path,
+        query,
+        authorization: Some(auth.as_bytes()),
+        ignis_call: Some(token.as_bytes()),
+        body: body.as_bytes(),
+    };
+    let (tx, rx) = bounded(1);
+    p.handle_tool(req, wed_morning(), move |r| {
+        let _ = tx.send(r);
+    });
+    rx
+}
+
+fn tool(p: &Practice, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let r = submit(p, token, method, path, body)
+        .recv_timeout(WAIT)
+        .expect("a reply");
+    (r.status, r.body_json())
+}
+
+fn info(sid: &str) -> CallInfo<'_> {
+    CallInfo {
+        call_sid: sid,
+        caller_number: WEBER_PHONE,
+        called_number: "+4930123456",
+    }
+}
+
+/// Registers a call and waits for the commit; returns its token.
+fn start(p: &Practice, sid: &str, seed: u8) -> String {
+    let (tx, rx) = bounded(1);
+    let vars = p
+        .start_call(info(sid), [seed; 16], wed_morning(), move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap().unwrap();
+    vars["secret__ignis_call"].as_str().unwrap().to_owned()
+}
+
+const WEBER: &str = r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#;
+const WRONG_DOB: &str = r#"{"family_name":"Weber","birth_date":"1972-08-23"}"#;
+
+/// The token goes to the agent before the registration commits, and several workers take
+/// jobs: a tool request made at once still finds its call (it waits for the registration).
+#[test]
+fn a_tool_request_right_after_start_call_finds_the_call() {
+    let db = TestDb::new(Kind::Postgres, "pg-start-order");
+    let (p, thread) = open(&db);
+    for i in 0..20u8 {
+        let sid = format!("CAorder{i:02}");
+        let vars = p
+            .start_call(info(&sid), [i; 16], wed_morning(), |r| r.unwrap())
+            .unwrap();
+        let token = vars["secret__ignis_call"].as_str().unwrap();
+        let (s, v) = tool(&p, token, "POST", IDENTIFY, WEBER);
+        assert_eq!((s, v["match"].as_str()), (200, Some("unique")), "{i}: {v}");
+    }
+    drop(p);
+    thread.join().unwrap();
+}
+
+/// One call's requests run one at a time whichever worker takes them (docs/replicas.md §3):
+/// eight failed identifications sent at once are counted one by one, so exactly three are
+/// answered before the call locks (a lost update would answer more).
+#[test]
+fn one_calls_concurrent_requests_serialise() {
+    let db = TestDb::new(Kind::Postgres, "pg-serialise");
+    let (p, thread) = open(&db);
+    // Every worker connected first, so the eight run side by side.
+    let warm = start(&p, "CAwarm", 9);
+    let warming: Vec<_> = (0..4 * PG_STORE_WORKERS)
+        .map(|_| submit(&p, &warm, "GET", &format!("{SLOTS}?visit_type=akut"), ""))
+        .collect();
+    for rx in warming {
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().status, 200);
+    }
+    let t = start(&p, "CAser", 1);
+    let pending: Vec<_> = (0..8)
+        .map(|_| submit(&p, &t, "POST", IDENTIFY, WRONG_DOB))
+        .collect();
+    let mut left: Vec<u64> = Vec::new();
+    for rx in pending {
+        let v = rx.recv_timeout(WAIT).unwrap().body_json();
+        if v["match"] == "none" {
+            left.push(v["attempts_left"].as_u64().unwrap());
+        } else {
+            assert_eq!(v["error"], "locked", "{v}");
+        }
+    }
+    left.sort_unstable();
+    assert_eq!(left, [0, 1, 2]);
+    drop(p);
+    thread.join().unwrap();
+}
+
+/// Issue 15: PostgreSQL down → tool requests answer 503 `unavailable` with words the agent
+/// can say; once it is back they work again (each worker's dead connection fails at most
+/// once, then the pool reconnects).
+#[test]
+fn tools_say_unavailable_while_the_database_is_down_and_recover() {
+    let db = TestDb::postgres_alone("pg-down");
+    let (p, thread) = open(&db);
+    let t = start(&p, "CAdown", 2);
+    assert_eq!(
+        tool(&p, &t, "GET", &format!("{SLOTS}?visit_type=akut"), "").0,
+        200
+    );
+    db.server().stop();
+    let (s, v) = tool(&p, &t, "POST", IDENTIFY, WEBER);
+    assert_eq!((s, v["error"].as_str()), (503, Some("unavailable")), "{v}");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["message"], UNAVAILABLE_MESSAGE);
+    db.server().start_server();
+    let mut failures = 0;
+    let mut ok = 0;
+    for _ in 0..(2 * PG_STORE_WORKERS + 4) {
+        let (s, v) = tool(&p, &t, "GET", &format!("{SLOTS}?visit_type=akut"), "");
+        match s {
+            200 => ok += 1,
+            _ => {
+                assert_eq!((s, v["error"].as_str()), (503, Some("unavailable")), "{v}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(
+        failures <= PG_STORE_WORKERS,
+        "{failures} failures after the restart"
+    );
+    assert!(ok >= PG_STORE_WORKERS, "works again");
+    drop(p);
+    thread.join().unwrap();
+}
+
+/// A stream that takes a call over from another replica (docs/replicas.md §4.2): the old
+/// agent's token stops working at once on every replica, the call keeps its refs.
+#[test]
+fn adopt_call_retires_the_other_replicas_token() {
+    let db = TestDb::new(Kind::Postgres, "pg-adopt");
+    let (owner, owner_thread) = open(&db);
+    let old = start(&owner, "CAadopt", 3);
+    let (s, v) = tool(&owner, &old, "POST", IDENTIFY, WEBER);
+    assert_eq!((s, v["patient_ref"].as_str()), (200, Some("P1")), "{v}");
+    // The replica whose stream took the call.
+    let (other, other_thread) = open(&db);
+    let (tx, rx) = bounded(1);
+    let vars = other
+        .adopt_call(info("CAadopt"), [4; 16], wed_morning(), move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap().unwrap();
+    let new = vars["secret__ignis_call"].as_str().unwrap();
+    for p in [&owner, &other] {
+        let (s, v) = tool(p, &old, "GET", &format!("{SLOTS}?visit_type=akut"), "");
+        assert_eq!((s, v["error"].as_str()), (403, Some("call_not_active")));
+    }
+    // The refs minted before the takeover still resolve for the new agent.
+    let body = r#"{"category":"callback","patient_ref":"P1","callback_number":"+491701234567"}"#;
+    let (s, v) = tool(&owner, new, "POST", "/api/requests", body);
+    assert_eq!((s, v["ok"].as_bool()), (200, Some(true)), "{v}");
+    drop((owner, other));
+    owner_thread.join().unwrap();
+    other_thread.join().unwrap();
+}
+
+/// `ignis staff add/list/remove` with `DATABASE_URL` keep the accounts in PostgreSQL.
+#[test]
+fn staff_commands_work_on_postgres() {
+    let db = TestDb::new(Kind::Postgres, "pg-staff-cli");
+    let url = db.url();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("TOOLS_TOKEN", TOOLS_TOKEN)
+            .current_dir(db.dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let added = run(&["staff", "add", "anna"], "Korrekt-Pferd-Batterie-7\n");
+    assert!(added.status.success(), "{}", text(&added));
+    assert!(!text(&added).contains("postgres@"), "no URL in the output");
+    let listed = run(&["staff", "list"], "");
+    assert!(text(&listed).contains("anna"), "{}", text(&listed));
+    // It is in the database, not in a SQLite file.
+    assert_eq!(
+        db.value("SELECT COUNT(*) FROM staff_user WHERE name = 'anna'", &[]),
+        1
+    );
+    assert!(!db.dir().join("ignis.db").exists());
+    let removed = run(&["staff", "remove", "anna"], "");
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_user", &[]), 0);
+}
