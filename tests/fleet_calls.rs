@@ -26,6 +26,43 @@ async fn replica_with(
     extra: &[(&str, &str)],
     tweak: impl FnOnce(&mut ignis::config::Config),
 ) -> Server {
+    replica_full(url, id, extra, tweak, None).await
+}
+
+const TOOLS_TOKEN: &str = "tools-secret-0123456789";
+
+/// The demo practice on the shared PostgreSQL (as `ignis serve` opens it with DATABASE_URL).
+async fn shared_practice(url: &str) -> ignis::practice::Practice {
+    let url = url.to_owned();
+    let handle = tokio::runtime::Handle::current();
+    // `open_postgres` waits on the pool from a plain thread (`Database::block_on`).
+    tokio::task::spawn_blocking(move || {
+        let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
+            "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+            _ => None,
+        })
+        .unwrap();
+        let db = Database::new(&DatabaseUrl::parse(&url).unwrap(), 4, handle).unwrap();
+        let (practice, _thread) = ignis::practice::Practice::open_postgres(
+            &settings,
+            ignis::practice::config::PracticeConfig::demo(),
+            &db,
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        practice
+    })
+    .await
+    .unwrap()
+}
+
+async fn replica_full(
+    url: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+    tweak: impl FnOnce(&mut ignis::config::Config),
+    practice: Option<ignis::practice::Practice>,
+) -> Server {
     let mut vars = vec![("DATABASE_URL", url), ("REPLICA_ID", id)];
     vars.extend_from_slice(extra);
     let mut config = test_config(&vars);
@@ -37,7 +74,11 @@ async fn replica_with(
     let db = Database::new(&db_url, 4, tokio::runtime::Handle::current()).unwrap();
     let fleet = ignis::driver::fleet::open(db, id.to_owned()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Server::spawn(listener, App::new(config).with_fleet(fleet), agent)
+    let app = match practice {
+        Some(p) => App::with_practice(config, p),
+        None => App::new(config),
+    };
+    Server::spawn(listener, app.with_fleet(fleet), agent)
 }
 
 fn sid(n: u32) -> String {
@@ -499,4 +540,66 @@ async fn malformed_notices_are_counted_and_change_nothing() {
     )
     .await;
     assert!(preconnected.closed_within(T).await);
+}
+
+/// The identify tool's answer for the call holding `call_token`, on `server`.
+async fn identify(server: &Server, call_token: &str) -> Resp {
+    let step = &ignis::practice::demo::DEMO_BOOKING_SCRIPT[0];
+    let raw = format!(
+        "{} {} HTTP/1.1\r\nHost: ignis\r\nAuthorization: Bearer {TOOLS_TOKEN}\r\n\
+         X-Ignis-Call: {call_token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        step.method,
+        step.path,
+        step.body.len(),
+        step.body
+    );
+    roundtrip(server, raw.as_bytes()).await
+}
+
+fn call_token(agent: &fake_agent::AgentConn) -> String {
+    agent.initiation["dynamic_variables"]["secret__ignis_call"]
+        .as_str()
+        .expect("a call token")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_stream_takes_the_tool_token_over_in_the_shared_practice() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica_full(&url, "a", &[], |_| {}, Some(shared_practice(&url).await)).await;
+    let b = replica_full(&url, "b", &[], |_| {}, Some(shared_practice(&url).await)).await;
+    let call = sid(0x91);
+    let mut params = call_params(&call);
+    for (k, v) in params.iter_mut() {
+        if k == "From" {
+            *v = ignis::practice::demo::DEMO_CALLER_NUMBER.into();
+        }
+    }
+    let r = roundtrip(&a, &signed_post("/api/twilio/voice", &params, TOKEN)).await;
+    let path = stream_path_of(&r.text());
+    let mut preconnected = a.agent.next_conn(T).await;
+    let old = call_token(&preconnected);
+    until("A's token works", T, || async {
+        identify(&a, &old).await.status == 200
+    })
+    .await;
+
+    // The stream lands on B: B's agent gets a new token, A's agent and token are retired.
+    let _twilio = open_stream_at(&b, &path, &start_message(&call)).await;
+    let b_agent = b.agent.next_conn(T).await;
+    let new = call_token(&b_agent);
+    assert_ne!(new, old);
+    assert!(preconnected.closed_within(Duration::from_secs(5)).await);
+    // Any replica finds the call by the new token's hash; the old one is refused everywhere.
+    until("B's token works", T, || async {
+        identify(&a, &new).await.status == 200
+    })
+    .await;
+    assert_eq!(identify(&b, &new).await.status, 200);
+    for server in [&a, &b] {
+        let r = identify(server, &old).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
 }
