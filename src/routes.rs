@@ -265,9 +265,14 @@ impl App {
             .as_ref()
             .is_none_or(|f| f.heartbeat_fresh(now.instant));
         let ready = !draining && database;
+        let listening = self.fleet.as_ref().map_or(String::new(), |f| {
+            format!(",\"listening\":{}", f.is_listening())
+        });
         Response::json(
             if ready { 200 } else { 503 },
-            format!("{{\"ready\":{ready},\"draining\":{draining},\"database\":{database}}}"),
+            format!(
+                "{{\"ready\":{ready},\"draining\":{draining},\"database\":{database}{listening}}}"
+            ),
         )
         .header("Cache-Control", "no-store")
     }

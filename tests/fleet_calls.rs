@@ -16,9 +16,57 @@ const T: Duration = Duration::from_secs(10);
 
 /// A replica `id` on the database at `url`.
 async fn replica(url: &str, id: &str, extra: &[(&str, &str)]) -> Server {
+    replica_with(url, id, extra, |_| {}).await
+}
+
+/// [`replica`] with its configuration tweaked.
+async fn replica_with(
+    url: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+    tweak: impl FnOnce(&mut ignis::config::Config),
+) -> Server {
+    replica_full(url, id, extra, tweak, None).await
+}
+
+const TOOLS_TOKEN: &str = "tools-secret-0123456789";
+
+/// The demo practice on the shared PostgreSQL (as `ignis serve` opens it with DATABASE_URL).
+async fn shared_practice(url: &str) -> ignis::practice::Practice {
+    let url = url.to_owned();
+    let handle = tokio::runtime::Handle::current();
+    // `open_postgres` waits on the pool from a plain thread (`Database::block_on`).
+    tokio::task::spawn_blocking(move || {
+        let settings = ignis::practice::PracticeSettings::from_lookup(|k| match k {
+            "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+            _ => None,
+        })
+        .unwrap();
+        let db = Database::new(&DatabaseUrl::parse(&url).unwrap(), 4, handle).unwrap();
+        let (practice, _thread) = ignis::practice::Practice::open_postgres(
+            &settings,
+            ignis::practice::config::PracticeConfig::demo(),
+            &db,
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        practice
+    })
+    .await
+    .unwrap()
+}
+
+async fn replica_full(
+    url: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+    tweak: impl FnOnce(&mut ignis::config::Config),
+    practice: Option<ignis::practice::Practice>,
+) -> Server {
     let mut vars = vec![("DATABASE_URL", url), ("REPLICA_ID", id)];
     vars.extend_from_slice(extra);
     let mut config = test_config(&vars);
+    tweak(&mut config);
     let agent = fake_agent::FakeAgent::start(Default::default()).await;
     config.elevenlabs_agent_id = Some(fake_agent::AGENT_ID.into());
     config.elevenlabs_api_base = agent.base();
@@ -26,7 +74,11 @@ async fn replica(url: &str, id: &str, extra: &[(&str, &str)]) -> Server {
     let db = Database::new(&db_url, 4, tokio::runtime::Handle::current()).unwrap();
     let fleet = ignis::driver::fleet::open(db, id.to_owned()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Server::spawn(listener, App::new(config).with_fleet(fleet), agent)
+    let app = match practice {
+        Some(p) => App::with_practice(config, p),
+        None => App::new(config),
+    };
+    Server::spawn(listener, app.with_fleet(fleet), agent)
 }
 
 fn sid(n: u32) -> String {
@@ -318,10 +370,38 @@ async fn a_draining_replica_sends_calls_elsewhere_and_exits_after_its_last_call(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_deadline_a_replica_closes_its_calls_and_ends_their_rows() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let mut a = replica_with(&url, "a", &[], |c| c.drain = Duration::from_secs(1)).await;
+    let call = sid(0x81);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let mut twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let _agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+    a.shutdown();
+    // The call never ends by itself: the deadline closes it.
+    let closed = tokio::time::timeout(T, async {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = twilio.next().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the call outlived the drain deadline");
+    let done = tokio::time::timeout(T, &mut a.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    let r = row(&url, &call).await.unwrap();
+    assert_eq!(
+        (r.0.as_str(), r.1.as_deref()),
+        ("ended", Some("server_shutdown"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_database_a_replica_is_not_ready_and_answers_the_fallback() {
     let pg = TestPostgres::start();
     let url = pg.default_url();
     let a = replica(&url, "a", &[]).await;
+    let b = replica(&url, "b", &[]).await;
     assert_eq!(ready(&a).await, 200);
     pg.stop();
     until("not ready", Duration::from_secs(15), || async {
@@ -338,6 +418,16 @@ async fn without_the_database_a_replica_is_not_ready_and_answers_the_fallback() 
     .await;
     let r = voice(&a, &sid(0x51)).await;
     assert!(is_stream(&r), "{}", r.text());
+    // Notices flow again once A's LISTEN connection is back: a status callback on B lets go
+    // of A's pre-connected agent at once.
+    let mut preconnected = a.agent.next_conn(T).await;
+    // (Its reconnect backs off up to 5 s while the database is away.)
+    until("A listens again", Duration::from_secs(15), || async {
+        a.app.fleet.as_ref().is_some_and(|f| f.is_listening())
+    })
+    .await;
+    assert_eq!(status(&b, &sid(0x51), "completed").await.status, 204);
+    assert!(preconnected.closed_within(Duration::from_secs(5)).await);
     let metrics = roundtrip(&a, b"GET /metrics HTTP/1.1\r\n\r\n").await;
     assert!(
         metrics
@@ -450,4 +540,66 @@ async fn malformed_notices_are_counted_and_change_nothing() {
     )
     .await;
     assert!(preconnected.closed_within(T).await);
+}
+
+/// The identify tool's answer for the call holding `call_token`, on `server`.
+async fn identify(server: &Server, call_token: &str) -> Resp {
+    let step = &ignis::practice::demo::DEMO_BOOKING_SCRIPT[0];
+    let raw = format!(
+        "{} {} HTTP/1.1\r\nHost: ignis\r\nAuthorization: Bearer {TOOLS_TOKEN}\r\n\
+         X-Ignis-Call: {call_token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        step.method,
+        step.path,
+        step.body.len(),
+        step.body
+    );
+    roundtrip(server, raw.as_bytes()).await
+}
+
+fn call_token(agent: &fake_agent::AgentConn) -> String {
+    agent.initiation["dynamic_variables"]["secret__ignis_call"]
+        .as_str()
+        .expect("a call token")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_stream_takes_the_tool_token_over_in_the_shared_practice() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica_full(&url, "a", &[], |_| {}, Some(shared_practice(&url).await)).await;
+    let b = replica_full(&url, "b", &[], |_| {}, Some(shared_practice(&url).await)).await;
+    let call = sid(0x91);
+    let mut params = call_params(&call);
+    for (k, v) in params.iter_mut() {
+        if k == "From" {
+            *v = ignis::practice::demo::DEMO_CALLER_NUMBER.into();
+        }
+    }
+    let r = roundtrip(&a, &signed_post("/api/twilio/voice", &params, TOKEN)).await;
+    let path = stream_path_of(&r.text());
+    let mut preconnected = a.agent.next_conn(T).await;
+    let old = call_token(&preconnected);
+    until("A's token works", T, || async {
+        identify(&a, &old).await.status == 200
+    })
+    .await;
+
+    // The stream lands on B: B's agent gets a new token, A's agent and token are retired.
+    let _twilio = open_stream_at(&b, &path, &start_message(&call)).await;
+    let b_agent = b.agent.next_conn(T).await;
+    let new = call_token(&b_agent);
+    assert_ne!(new, old);
+    assert!(preconnected.closed_within(Duration::from_secs(5)).await);
+    // Any replica finds the call by the new token's hash; the old one is refused everywhere.
+    until("B's token works", T, || async {
+        identify(&a, &new).await.status == 200
+    })
+    .await;
+    assert_eq!(identify(&b, &new).await.status, 200);
+    for server in [&a, &b] {
+        let r = identify(server, &old).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
 }

@@ -438,11 +438,19 @@ fn dispatch(shared: &Shared, notice: Notice) {
     }
 }
 
+/// State of the LISTEN connection across sessions.
+struct Reconnect {
+    backoff: Duration,
+    /// The connection is down (logged once until it is back).
+    outage: bool,
+}
+
 /// One LISTEN session: returns when the connection is lost (or on `stop`: `true`).
 async fn listen_once(
     shared: &Arc<Shared>,
     fleet: &Arc<Fleet>,
     stop: &mut watch::Receiver<bool>,
+    state: &mut Reconnect,
 ) -> Result<bool, PgError> {
     let (client, mut conn) = fleet.db.dedicated().await?;
     let (tx, mut rx) = mpsc::channel::<Notice>(NOTICE_QUEUE);
@@ -479,6 +487,11 @@ async fn listen_once(
         pump.abort();
         return Err(e.into());
     }
+    state.backoff = LISTEN_BACKOFF_MIN;
+    fleet.set_listening(true);
+    if std::mem::take(&mut state.outage) {
+        info!("[Fleet] LISTEN connection back");
+    }
     debug!("[Fleet] Listening for notices");
     loop {
         tokio::select! {
@@ -497,31 +510,30 @@ async fn listen_once(
 /// The LISTEN task: reconnects with backoff while the database is away, logging once per
 /// outage. Notices sent during an outage are lost (their calls end by their own timers).
 async fn listen(shared: Arc<Shared>, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = LISTEN_BACKOFF_MIN;
-    let mut outage = false;
+    let mut state = Reconnect {
+        backoff: LISTEN_BACKOFF_MIN,
+        outage: false,
+    };
     loop {
-        match listen_once(&shared, &fleet, &mut stop).await {
+        let session = listen_once(&shared, &fleet, &mut stop, &mut state).await;
+        fleet.set_listening(false);
+        match session {
             Ok(true) => return,
             Ok(false) => {
-                if !outage {
-                    warn!("[Fleet] LISTEN connection lost; reconnecting");
-                }
-                outage = true;
+                warn!("[Fleet] LISTEN connection lost; reconnecting");
+                state.outage = true;
             }
             Err(e) => {
-                if !outage {
+                if !state.outage {
                     warn!(error = %e, "[Fleet] Cannot LISTEN; retrying");
                 }
-                outage = true;
-                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+                state.outage = true;
+                state.backoff = (state.backoff * 2).min(LISTEN_BACKOFF_MAX);
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(state.backoff) => {}
             _ = stop.changed() => return,
-        }
-        if !outage {
-            backoff = LISTEN_BACKOFF_MIN;
         }
     }
 }

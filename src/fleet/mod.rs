@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::calls::Outcome;
@@ -372,6 +372,7 @@ pub struct Fleet {
     pub db: crate::pg::Database,
     beat: Mutex<Beat>,
     bad_notices: AtomicU64,
+    listening: AtomicBool,
 }
 
 impl fmt::Debug for Fleet {
@@ -388,6 +389,7 @@ impl Fleet {
             db,
             beat: Mutex::new(Beat::default()),
             bad_notices: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
         }
     }
 
@@ -405,6 +407,17 @@ impl Fleet {
     /// Counts a notice that did not parse; returns the count so far.
     pub fn bad_notice(&self) -> u64 {
         self.bad_notices.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records whether the `LISTEN` connection is up.
+    pub fn set_listening(&self, up: bool) {
+        self.listening.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether notices reach this replica now (`/health/ready` shows it; it does not decide
+    /// readiness: a replica without notices still serves its calls).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
     }
 
     /// Notices that did not parse (`ignis_fleet_bad_notices_total`).
