@@ -425,6 +425,19 @@ async fn forty_concurrent_bookings_of_one_slot_through_three_replicas_one_wins()
         results,
         BTreeMap::from([("booked".to_owned(), 1), ("slot_taken".to_owned(), 39)])
     );
+    // ... and the bookings did run on all three replicas.
+    let booked_at: std::collections::BTreeSet<String> = fleet
+        .access_lines("POST /api/appointments")
+        .iter()
+        .filter_map(|l| {
+            l.split(" via=")
+                .nth(1)?
+                .split(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(booked_at.len(), 3, "{booked_at:?}");
 
     for mut live in lives {
         live.caller.hang_up();
