@@ -831,6 +831,45 @@ mod tests {
     }
 
     #[test]
+    fn fleet_bookkeeping_adopts_forgets_and_withdraws() {
+        let r = CallRegistry::new();
+        let now = Instant::now();
+        // Another replica's call, claimed here through the database.
+        let c = r.adopt(&call(1), now).unwrap();
+        assert!(c.adopted);
+        let (_, t) = counter();
+        r.register(&sid(1), c.stream_id, t, now).unwrap();
+        assert_eq!(r.adopt(&call(1), now), Err(StreamRefusal::Used));
+        // A binding the fleet refused is forgotten with its nonce, and only with its nonce.
+        assert_eq!(r.bind(&call(2), nonce(2), 100, now), Bound::New(nonce(2)));
+        assert!(!r.forget_pending(&sid(2), Some(nonce(3))));
+        assert!(r.forget_pending(&sid(2), Some(nonce(2))));
+        assert_eq!(
+            r.claim(Some(&nonce(2).to_hex()), now),
+            Err(StreamRefusal::Unknown)
+        );
+        assert_eq!(r.bind(&call(2), nonce(4), 100, now), Bound::New(nonce(4)));
+        // A claimed call is not "pending": adoption elsewhere cannot forget it.
+        let c3 = answered(&r, 3, now);
+        assert!(!r.forget_pending(&sid(3), None));
+        // Claimed elsewhere first: the local claim is withdrawn without an outcome.
+        r.withdraw_claim(&sid(3), c3.stream_id + 1);
+        assert_eq!(r.active_count(now), 3);
+        r.withdraw_claim(&sid(3), c3.stream_id);
+        assert_eq!(r.outcome(&sid(3)), None);
+        assert_eq!(r.active_count(now), 2);
+    }
+
+    #[test]
+    fn nonce_hash_is_sha256_of_its_bytes() {
+        // SHA-256 of 16 zero bytes.
+        assert_eq!(
+            crate::secret::hex_lower(&Nonce::from_entropy([0; NONCE_BYTES]).hash()),
+            "374708fff7719dd5979ec875d56cd2286f6d3cf7ec317a3b25632aab28ec37bb"
+        );
+    }
+
+    #[test]
     fn nonce_hex_round_trips_and_hides_in_debug() {
         let n = Nonce::from_entropy([0xab; NONCE_BYTES]);
         assert_eq!(n.to_hex().len(), 2 * NONCE_BYTES);

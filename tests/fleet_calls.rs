@@ -603,3 +603,25 @@ async fn an_adopted_stream_takes_the_tool_token_over_in_the_shared_practice() {
         assert_eq!(r.status, 403, "{}", r.text());
     }
 }
+
+#[tokio::test]
+async fn without_database_url_the_urls_and_readiness_are_as_before() {
+    let mut server = Server::start().await;
+    assert!(server.app.fleet.is_none());
+    let r = voice(&server, &sid(0xa1)).await;
+    let path = stream_path_of(&r.text());
+    let nonce = path.strip_prefix("/api/twilio/stream/").unwrap();
+    assert_eq!(nonce.len(), 32, "{path}");
+    assert!(
+        r.text().contains("/api/twilio/stream-ended\""),
+        "{}",
+        r.text()
+    );
+    // The fleet's per-replica paths do not exist here.
+    assert_eq!(stream_ended(&server, "a", &sid(0xa1)).await.status, 404);
+    let health = roundtrip(&server, b"GET /health HTTP/1.1\r\n\r\n").await;
+    assert!(!health.text().contains("replica"), "{}", health.text());
+    assert_eq!(ready(&server).await, 200);
+    server.shutdown();
+    eventually("draining", || server.app.is_draining()).await;
+}
