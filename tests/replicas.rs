@@ -270,13 +270,13 @@ async fn sigterm_lets_the_replicas_calls_play_to_their_end_and_releases_its_leas
         assert_eq!(a.owner, "ignis-2", "a draining replica took a new call");
         new_calls.push(a);
     }
+    let retried = |l: &[String]| l.iter().any(|l| l.contains("upstream=503, 200"));
+    let voice = fleet
+        .access_lines_until("POST /api/twilio/voice", retried)
+        .await;
     assert!(
-        fleet
-            .nginx
-            .lines()
-            .iter()
-            .any(|l| l.contains("POST /api/twilio/voice") && l.contains("upstream=503, 200")),
-        "no voice webhook was retried after ignis-1's 503"
+        retried(&voice),
+        "no voice webhook was retried after ignis-1's 503: {voice:#?}"
     );
     for a in &new_calls {
         hang_up_before_stream(&fleet, a).await;
@@ -332,7 +332,9 @@ async fn sigkill_sends_the_caller_to_a_person_within_a_second_and_leaks_no_lease
     );
     // nginx tried ignis-1 (the URL's replica), then its backup.
     let ignis_2 = format!("127.0.0.1:{}", fleet.replica(2).port);
-    let tried = fleet.access_lines("POST /api/twilio/stream-ended/ignis-1");
+    let tried = fleet
+        .access_lines_until("POST /api/twilio/stream-ended/ignis-1", |l| !l.is_empty())
+        .await;
     assert!(
         tried.len() == 1 && tried[0].contains(&format!(", {ignis_2} ")),
         "{tried:#?}"
@@ -427,7 +429,8 @@ async fn forty_concurrent_bookings_of_one_slot_through_three_replicas_one_wins()
     );
     // ... and the bookings did run on all three replicas.
     let booked_at: std::collections::BTreeSet<String> = fleet
-        .access_lines("POST /api/appointments")
+        .access_lines_until("POST /api/appointments", |l| l.len() >= CALLS as usize)
+        .await
         .iter()
         .filter_map(|l| {
             l.split(" via=")

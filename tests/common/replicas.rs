@@ -665,6 +665,23 @@ impl Fleet {
             .collect()
     }
 
+    /// [`Fleet::access_lines`] once `done` holds for them (nginx writes a line after its
+    /// answer, and the test reads it from nginx's stdout): bounded by [`T`], then what there is.
+    pub async fn access_lines_until(
+        &self,
+        request: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let lines = self.access_lines(request);
+            if done(&lines) || tokio::time::Instant::now() >= deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Prints every log (for a failing test; cargo shows it only then).
     pub fn dump_logs(&self) {
         for r in &self.replicas {
