@@ -3,11 +3,12 @@
 //! durability), and `--calls` concurrent "calls" (100) each making the requests an agent makes
 //! (identify, find slots, book, find slots again, a request for the team, identify again) over
 //! HTTP keep-alive on loopback, one at a time per call, for `--waves` rounds (4; the first is a
-//! warm-up and not counted). Prints p50/p90/p99/max per backend, overall and per tool, side by
-//! side.
+//! warm-up and not counted). Between two requests a call "talks" for `--think-ms` (1000,
+//! ±50 %, as an agent's turns are seconds apart; 0 = back to back, a saturation test). Prints
+//! p50/p90/p99/max per backend, overall and per tool, side by side.
 //!
 //! ```text
-//! cargo bench --bench tools_db -- --calls 100 --waves 4
+//! cargo bench --bench tools_db -- --calls 100 --waves 4 --think-ms 1000
 //! ```
 
 #[path = "support/pg.rs"]
@@ -33,12 +34,14 @@ const TOOLS_TOKEN: &str = "bench-tools-secret-0123456789";
 struct Args {
     calls: usize,
     waves: usize,
+    think_ms: u64,
 }
 
 fn args() -> Args {
     let mut a = Args {
         calls: 100,
         waves: 4,
+        think_ms: 1000,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,6 +50,7 @@ fn args() -> Args {
         match (argv[i].as_str(), v) {
             ("--calls", Some(n)) => a.calls = n.max(1),
             ("--waves", Some(n)) => a.waves = n.max(2),
+            ("--think-ms", Some(n)) => a.think_ms = n as u64,
             _ => {
                 i += 1; // `--bench` and friends from cargo
                 continue;
@@ -152,9 +156,18 @@ fn field(body: &str, name: &str) -> Option<String> {
 async fn one_call(
     practice: Practice,
     addr: std::net::SocketAddr,
-    n: usize,
-    wave: usize,
+    (n, wave, think_ms): (usize, usize, u64),
 ) -> Vec<Sample> {
+    // Calls start spread over one think time, and pause 50–150 % of it between requests
+    // (a fixed pseudo-random sequence per call, so both backends see the same pacing).
+    let mut seed = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ wave as u64;
+    let mut pause = move |scale: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(think_ms * scale / 100 + seed % (think_ms + 1))
+    };
+    tokio::time::sleep(pause(0)).await;
     let sid = format!("CAbench{wave:02}{n:05}");
     let number = format!("+49170{wave:02}{n:05}");
     let mut entropy = [0u8; 16];
@@ -183,6 +196,7 @@ async fn one_call(
     let slots_path = format!("/api/appointments/slots?visit_type=kontrolle&earliest={earliest}");
     let mut out = Vec::new();
     let mut timed = async |tool: &'static str, method: &str, path: &str, body: &str| {
+        tokio::time::sleep(pause(50)).await;
         let started = Instant::now();
         let (status, reply) = request(&mut conn, method, path, &token, body).await;
         out.push((tool, status, started.elapsed().as_micros() as u64));
@@ -236,7 +250,7 @@ fn run(backend: Backend, a: &Args) -> Vec<Sample> {
     let mut samples = Vec::new();
     for wave in 0..a.waves {
         let tasks: Vec<_> = (0..a.calls)
-            .map(|n| client_rt.spawn(one_call(practice.clone(), addr, n, wave)))
+            .map(|n| client_rt.spawn(one_call(practice.clone(), addr, (n, wave, a.think_ms))))
             .collect();
         let got: Vec<Sample> = client_rt.block_on(async {
             let mut all = Vec::new();
@@ -303,9 +317,11 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "tool request latency, ms ({} concurrent calls, {} measured waves, loopback HTTP keep-alive)",
+        "tool request latency, ms ({} concurrent calls, {} measured waves, {} ms ±50 % between \
+         a call's requests, loopback HTTP keep-alive)",
         a.calls,
-        a.waves - 1
+        a.waves - 1,
+        a.think_ms
     );
     println!(
         "{:<15} {:<10} {:>6} {:>6} {:>7} {:>7} {:>7} {:>7}",

@@ -1021,25 +1021,33 @@ mod postgres_only {
         );
     }
 
-    /// Issue 15: PostgreSQL restarted → the next operation fails as "unavailable" (not a
-    /// query error, not a hang), and the ones after it work on a fresh connection.
+    /// Issue 15: PostgreSQL restarted → at most the next operation fails, as "unavailable"
+    /// (not a query error, not a hang), and the ones after it work on a fresh connection;
+    /// while the server is down every operation is "unavailable".
     #[test]
     fn a_restarted_database_fails_one_operation_then_works() {
         let db = TestDb::postgres_alone("restart");
         let (mut s, slots) = setup(&db, 1);
         assert!(s.slot(slots[0]).unwrap().is_some());
         db.server().restart();
-        let err = s.slot(slots[0]).unwrap_err();
-        assert!(err.is_unavailable(), "{err:?}");
-        assert!(matches!(err, StoreError::Postgres(PgError::Unavailable(_))));
+        // The store may already have seen its connection close (then it takes a fresh one).
+        if let Err(e) = s.slot(slots[0]) {
+            assert!(e.is_unavailable(), "{e:?}");
+        }
         assert!(s.slot(slots[0]).unwrap().is_some(), "works again");
         assert!(matches!(
             s.book(&booking(slots[0], 1, "after-restart")).unwrap(),
             BookOutcome::Booked { .. }
         ));
-        // Stopped: unavailable too (bounded by the pool's wait and connect timeouts).
+        // Stopped: unavailable (bounded by the pool's wait and connect timeouts), twice.
         db.server().stop();
-        assert!(s.slot(slots[0]).unwrap_err().is_unavailable());
+        for _ in 0..2 {
+            let err = s.slot(slots[0]).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Postgres(PgError::Unavailable(_))),
+                "{err:?}"
+            );
+        }
         db.server().start_server();
         assert!(s.slot(slots[0]).unwrap().is_some());
     }

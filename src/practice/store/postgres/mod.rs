@@ -109,7 +109,7 @@ async fn scalar(c: &impl GenericClient, sql: &str, p: Params<'_>) -> StoreResult
     Ok(query_one(c, sql, p).await?.try_get(0)?)
 }
 
-/// The second key of a call's advisory lock: ids beyond `i32::MAX` share keys, which only
+/// The second key of a call's advisory lock (as `lock_live_call` computes it in SQL): ids beyond `i32::MAX` share keys, which only
 /// serialises two unrelated calls now and then.
 fn call_lock_key(call_id: i64) -> i32 {
     (call_id.rem_euclid(i32::MAX as i64)) as i32
@@ -146,8 +146,13 @@ impl PgStore {
     }
 
     /// Runs `f` on this store's connection (taken from the pool when there is none); a lost
-    /// connection is dropped so the next operation gets a fresh one.
+    /// connection is dropped so the next operation gets a fresh one. A connection already
+    /// known to be closed (the server restarted while this store was idle) is replaced before
+    /// use, so only an operation in flight at the moment of the loss fails.
     fn run<T>(&mut self, f: impl AsyncFnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.drop_client();
+        }
         let PgStore { db, client, .. } = self;
         let result = db.block_on(async {
             let c = match client {
@@ -192,18 +197,30 @@ impl PgStore {
         }
     }
 
-    /// The id of the call whose token hashes to `hash` if it is live at `now`.
-    fn live_call_id(&mut self, hash: &[u8], now: i64) -> StoreResult<Option<i64>> {
-        self.run(async |c| {
+    /// The id of the call whose token hashes to `hash` if it is live at `now`, with the call's
+    /// lock taken in the same round trip (recorded in `call_lock` for `end_job`).
+    fn lock_live_call(&mut self, hash: &[u8], now: i64) -> StoreResult<Option<i64>> {
+        let row = self.run(async |c| {
             let row = query_opt(
                 c,
-                "SELECT id FROM call WHERE token_hash = $1
+                "SELECT id, pg_advisory_lock($5, (id % 2147483647)::int4) FROM call
+                 WHERE token_hash = $1
                    AND started_at + $3 > $2 AND (ended_at IS NULL OR ended_at + $4 > $2)",
-                &[&hash, &now, &MAX_CALL_SECS, &CALL_GRACE_SECS],
+                &[
+                    &hash,
+                    &now,
+                    &MAX_CALL_SECS,
+                    &CALL_GRACE_SECS,
+                    &CALL_LOCK_CLASS,
+                ],
             )
             .await?;
             Ok(row.map(|r| r.try_get::<_, i64>(0)).transpose()?)
-        })
+        })?;
+        if let Some(id) = row {
+            self.call_lock = Some(call_lock_key(id));
+        }
+        Ok(row)
     }
 
     /// What an `UPDATE` of `n` rows on a request by ref changed.
@@ -334,14 +351,11 @@ impl Store for PgStore {
     fn live_call(&mut self, token_hash: &[u8; 32], now: i64) -> StoreResult<Option<CallRecord>> {
         self.release_call_lock();
         let hash: &[u8] = token_hash;
-        let Some(id) = self.live_call_id(hash, now)? else {
+        // Serialise this call's requests (module docs); the state is read by the next
+        // statement, after the lock, so it includes the previous request's save.
+        let Some(id) = self.lock_live_call(hash, now)? else {
             return Ok(None);
         };
-        // Serialise this call's requests (module docs); the state is read after the lock, so
-        // it includes the previous request's save.
-        let key = call_lock_key(id);
-        self.call_lock = Some(key);
-        self.exec("SELECT pg_advisory_lock($1, $2)", &[&CALL_LOCK_CLASS, &key])?;
         let row = self.run(async |c| {
             let p: Params<'_> = &[&id, &hash, &now, &MAX_CALL_SECS, &CALL_GRACE_SECS];
             let Some(r) = query_opt(c, LIVE_CALL_ROW, p).await? else {
