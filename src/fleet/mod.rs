@@ -3,6 +3,7 @@
 //! Plain code: the driver (`driver/fleet.rs`) executes the statements, reads the clock and runs
 //! the LISTEN and heartbeat tasks; everything here takes values and returns values.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +39,10 @@ pub const STREAM_ENDED_POLL: Duration = Duration::from_millis(100);
 pub const FLEET_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The heartbeat task prunes old rows every this many beats (about every five minutes).
 pub const PRUNE_EVERY_BEATS: u64 = 150;
+/// Call ends whose write failed (the database was away), kept to be written again after the
+/// next successful heartbeat so their leases do not outlive the calls; past it the oldest is
+/// dropped (its lease then lapses only when the replica stops).
+pub const MAX_UNWRITTEN_ENDS: usize = 10_000;
 /// Longest `REPLICA_ID` (matches the configuration's check).
 pub const MAX_REPLICA_LEN: usize = crate::config::MAX_REPLICA_ID_LEN;
 
@@ -373,6 +378,7 @@ pub struct Fleet {
     beat: Mutex<Beat>,
     bad_notices: AtomicU64,
     listening: AtomicBool,
+    unwritten_ends: Mutex<VecDeque<(String, Outcome)>>,
 }
 
 impl fmt::Debug for Fleet {
@@ -390,6 +396,7 @@ impl Fleet {
             beat: Mutex::new(Beat::default()),
             bad_notices: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            unwritten_ends: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -407,6 +414,27 @@ impl Fleet {
     /// Counts a notice that did not parse; returns the count so far.
     pub fn bad_notice(&self) -> u64 {
         self.bad_notices.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Keeps a call end whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]).
+    pub fn defer_end(&self, call_sid: String, outcome: Outcome) {
+        let mut q = self
+            .unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_UNWRITTEN_ENDS {
+            q.pop_front();
+        }
+        q.push_back((call_sid, outcome));
+    }
+
+    /// Takes the call ends waiting to be written.
+    pub fn take_unwritten_ends(&self) -> Vec<(String, Outcome)> {
+        let mut q = self
+            .unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        q.drain(..).collect()
     }
 
     /// Records whether the `LISTEN` connection is up.
