@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::Shared;
 use crate::calls::{Nonce, Outcome};
@@ -284,6 +284,7 @@ async fn stream_ended_outcome(fleet: &Fleet, call_sid: &str) -> Option<Outcome> 
             };
             Ok::<_, PgError>(Some(EndedRow {
                 outcome: row.try_get(0)?,
+                state: row.try_get(1)?,
                 replica_fresh: row.try_get(2)?,
             }))
         };
@@ -578,12 +579,12 @@ impl Tasks {
         let (stop, rx) = watch::channel(false);
         let mut handles = Vec::new();
         if let Some(fleet) = shared.app.fleet.clone() {
-            handles.push(tokio::spawn(heartbeat(
-                shared.app.clone(),
-                fleet.clone(),
-                rx.clone(),
-            )));
-            handles.push(tokio::spawn(listen(shared.clone(), fleet, rx)));
+            let span = super::replica_span(&shared.app);
+            let beat = heartbeat(shared.app.clone(), fleet.clone(), rx.clone());
+            handles.push(tokio::spawn(beat.instrument(span.clone())));
+            handles.push(tokio::spawn(
+                listen(shared.clone(), fleet, rx).instrument(span),
+            ));
         }
         Tasks { stop, handles }
     }

@@ -325,6 +325,8 @@ pub fn end_target(
 pub struct EndedRow {
     /// `outcome`, as written.
     pub outcome: Option<String>,
+    /// `state`: only a claimed or live call has a stream whose outcome may still come.
+    pub state: String,
     /// Whether the replica running (or owning) the call has a fresh heartbeat.
     pub replica_fresh: bool,
 }
@@ -338,8 +340,9 @@ pub enum EndedDecision {
     Wait,
 }
 
-/// docs/replicas.md §4.4: an outcome answers; no row or a stale replica gets the fallback at
-/// once; a live replica's call is waited for (bounded by the caller with [`STREAM_ENDED_WAIT`]).
+/// docs/replicas.md §4.4: an outcome answers; no row, a call whose stream never started, or a
+/// stale replica gets the fallback at once; a stream on a live replica is waited for (bounded
+/// by the caller with [`STREAM_ENDED_WAIT`]).
 pub fn stream_ended_decision(row: Option<&EndedRow>) -> EndedDecision {
     match row {
         None => EndedDecision::Answer(None),
@@ -349,7 +352,8 @@ pub fn stream_ended_decision(row: Option<&EndedRow>) -> EndedDecision {
         Some(EndedRow {
             outcome: None,
             replica_fresh: true,
-        }) => EndedDecision::Wait,
+            state,
+        }) if state == "claimed" || state == "live" => EndedDecision::Wait,
         Some(_) => EndedDecision::Answer(None),
     }
 }
@@ -516,6 +520,7 @@ mod tests {
     fn stream_ended_answers_waits_or_falls_back() {
         let row = |o: Option<&str>, fresh| EndedRow {
             outcome: o.map(str::to_owned),
+            state: "live".into(),
             replica_fresh: fresh,
         };
         assert_eq!(stream_ended_decision(None), EndedDecision::Answer(None));
@@ -529,6 +534,15 @@ mod tests {
         );
         assert_eq!(
             stream_ended_decision(Some(&row(None, false))),
+            EndedDecision::Answer(None)
+        );
+        // No stream ever claimed the call: nothing to wait for.
+        let pending = EndedRow {
+            state: "pending".into(),
+            ..row(None, true)
+        };
+        assert_eq!(
+            stream_ended_decision(Some(&pending)),
             EndedDecision::Answer(None)
         );
         // An unknown label is not "finished normally".
