@@ -625,3 +625,41 @@ async fn without_database_url_the_urls_and_readiness_are_as_before() {
     server.shutdown();
     eventually("draining", || server.app.is_draining()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_call_keeps_its_audio_while_the_database_is_down() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[]).await;
+    let call = sid(0xb1);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    let mut twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let mut agent = a.agent.next_conn(T).await;
+    twilio.send(Message::text(media_message(0))).await.unwrap();
+    agent.recv_audio(1, T).await;
+    pg.stop();
+    // Caller audio still reaches the agent, the whole time the database is away.
+    for chunk in 1..50 {
+        twilio
+            .send(Message::text(media_message(chunk)))
+            .await
+            .unwrap();
+    }
+    agent.recv_audio(49 * 160, T).await;
+    assert!(a.app.calls.is_live(&call));
+    // The call ends while the database is away: its end is written once it is back, so its
+    // lease does not outlive it.
+    agent.close(1000);
+    eventually("ended on A", || a.app.calls.outcome(&call).is_some()).await;
+    pg.start_server();
+    until("row ended", Duration::from_secs(20), || async {
+        row(&url, &call).await.map(|r| r.0) == Some("ended".into())
+    })
+    .await;
+    assert_eq!(
+        row(&url, &call).await.and_then(|r| r.1).as_deref(),
+        Some("completed")
+    );
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::Shared;
 use crate::calls::{Nonce, Outcome};
@@ -203,24 +203,49 @@ pub(super) fn spawn_live(app: &App, call_sid: &str) {
     });
 }
 
-/// Writes the call's outcome and end (docs/replicas.md §4.6). Never awaited by the call.
+/// Writes the call's outcome and end (docs/replicas.md §4.6). Never awaited by the call. A
+/// failed write is kept and written again after the next successful heartbeat.
 pub(super) fn spawn_ended(app: &App, call_sid: &str, outcome: Outcome) {
     let Some(fleet) = app.fleet.clone() else {
         return;
     };
     let sid = call_sid.to_owned();
     tokio::spawn(async move {
-        let run = async {
-            let client = fleet.db.client().await?;
-            client
-                .execute(sql::MARK_ENDED, &[&sid, &outcome.as_str()])
-                .await?;
-            Ok(())
-        };
-        if let Err(e) = timed(run).await {
-            warn!(call_sid = %sid, error = %e, "[Fleet] Cannot record the call's end");
+        if let Err(e) = write_end(&fleet, &sid, outcome).await {
+            warn!(call_sid = %sid, error = %e, "[Fleet] Cannot record the call's end yet; will retry");
+            fleet.defer_end(sid, outcome);
         }
     });
+}
+
+async fn write_end(fleet: &Fleet, call_sid: &str, outcome: Outcome) -> Result<(), PgError> {
+    timed(async {
+        let client = fleet.db.client().await?;
+        client
+            .execute(sql::MARK_ENDED, &[&call_sid, &outcome.as_str()])
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Writes the call ends that failed before (after a successful heartbeat).
+async fn flush_ends(fleet: &Fleet) {
+    let ends = fleet.take_unwritten_ends();
+    if ends.is_empty() {
+        return;
+    }
+    let mut written = 0;
+    for (sid, outcome) in ends {
+        match write_end(fleet, &sid, outcome).await {
+            Ok(()) => written += 1,
+            Err(_) => fleet.defer_end(sid, outcome),
+        }
+    }
+    info!(
+        written,
+        "[Fleet] Wrote call ends deferred during a database outage"
+    );
 }
 
 /// A terminal status callback: ends the row; the replica to notify, if another one.
@@ -259,6 +284,7 @@ async fn stream_ended_outcome(fleet: &Fleet, call_sid: &str) -> Option<Outcome> 
             };
             Ok::<_, PgError>(Some(EndedRow {
                 outcome: row.try_get(0)?,
+                state: row.try_get(1)?,
                 replica_fresh: row.try_get(2)?,
             }))
         };
@@ -391,6 +417,9 @@ async fn heartbeat(app: Arc<App>, fleet: Arc<Fleet>, mut stop: watch::Receiver<b
         tokio::select! {
             _ = tick.tick() => beat(&app, &fleet).await,
             _ = stop.changed() => return,
+        }
+        if fleet.heartbeat_fresh(Instant::now()) {
+            flush_ends(&fleet).await;
         }
         beats += 1;
         if beats.is_multiple_of(fleet::PRUNE_EVERY_BEATS) {
@@ -550,12 +579,12 @@ impl Tasks {
         let (stop, rx) = watch::channel(false);
         let mut handles = Vec::new();
         if let Some(fleet) = shared.app.fleet.clone() {
-            handles.push(tokio::spawn(heartbeat(
-                shared.app.clone(),
-                fleet.clone(),
-                rx.clone(),
-            )));
-            handles.push(tokio::spawn(listen(shared.clone(), fleet, rx)));
+            let span = super::replica_span(&shared.app);
+            let beat = heartbeat(shared.app.clone(), fleet.clone(), rx.clone());
+            handles.push(tokio::spawn(beat.instrument(span.clone())));
+            handles.push(tokio::spawn(
+                listen(shared.clone(), fleet, rx).instrument(span),
+            ));
         }
         Tasks { stop, handles }
     }

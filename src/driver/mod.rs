@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::calls::TeardownReason;
 use crate::http::{Response, date};
@@ -154,10 +154,11 @@ impl Acceptor {
                             let shared = self.shared.clone();
                             let phase = self.phase_rx.clone();
                             let token = self.token.clone();
+                            let span = replica_span(&app);
                             tokio::spawn(async move {
                                 connection::run(stream, peer, shared, phase, token).await;
                                 drop(permit);
-                            });
+                            }.instrument(span));
                         }
                         Err(_) => refuse(stream, peer, &self.rejections),
                     }
@@ -174,6 +175,15 @@ impl Acceptor {
                 () = &mut until => return,
             }
         }
+    }
+}
+
+/// A span naming this replica (`replica` field) for a task's logs, when it has an id
+/// (docs/replicas.md §5); none otherwise.
+pub(crate) fn replica_span(app: &App) -> tracing::Span {
+    match app.replica() {
+        Some(r) => tracing::info_span!("replica", replica = %r),
+        None => tracing::Span::none(),
     }
 }
 

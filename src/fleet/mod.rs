@@ -3,6 +3,7 @@
 //! Plain code: the driver (`driver/fleet.rs`) executes the statements, reads the clock and runs
 //! the LISTEN and heartbeat tasks; everything here takes values and returns values.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +39,10 @@ pub const STREAM_ENDED_POLL: Duration = Duration::from_millis(100);
 pub const FLEET_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The heartbeat task prunes old rows every this many beats (about every five minutes).
 pub const PRUNE_EVERY_BEATS: u64 = 150;
+/// Call ends whose write failed (the database was away), kept to be written again after the
+/// next successful heartbeat so their leases do not outlive the calls; past it the oldest is
+/// dropped (its lease then lapses only when the replica stops).
+pub const MAX_UNWRITTEN_ENDS: usize = 10_000;
 /// Longest `REPLICA_ID` (matches the configuration's check).
 pub const MAX_REPLICA_LEN: usize = crate::config::MAX_REPLICA_ID_LEN;
 
@@ -320,6 +325,8 @@ pub fn end_target(
 pub struct EndedRow {
     /// `outcome`, as written.
     pub outcome: Option<String>,
+    /// `state`: only a claimed or live call has a stream whose outcome may still come.
+    pub state: String,
     /// Whether the replica running (or owning) the call has a fresh heartbeat.
     pub replica_fresh: bool,
 }
@@ -333,8 +340,9 @@ pub enum EndedDecision {
     Wait,
 }
 
-/// docs/replicas.md §4.4: an outcome answers; no row or a stale replica gets the fallback at
-/// once; a live replica's call is waited for (bounded by the caller with [`STREAM_ENDED_WAIT`]).
+/// docs/replicas.md §4.4: an outcome answers; no row, a call whose stream never started, or a
+/// stale replica gets the fallback at once; a stream on a live replica is waited for (bounded
+/// by the caller with [`STREAM_ENDED_WAIT`]).
 pub fn stream_ended_decision(row: Option<&EndedRow>) -> EndedDecision {
     match row {
         None => EndedDecision::Answer(None),
@@ -344,7 +352,8 @@ pub fn stream_ended_decision(row: Option<&EndedRow>) -> EndedDecision {
         Some(EndedRow {
             outcome: None,
             replica_fresh: true,
-        }) => EndedDecision::Wait,
+            state,
+        }) if state == "claimed" || state == "live" => EndedDecision::Wait,
         Some(_) => EndedDecision::Answer(None),
     }
 }
@@ -373,6 +382,7 @@ pub struct Fleet {
     beat: Mutex<Beat>,
     bad_notices: AtomicU64,
     listening: AtomicBool,
+    unwritten_ends: Mutex<VecDeque<(String, Outcome)>>,
 }
 
 impl fmt::Debug for Fleet {
@@ -390,6 +400,7 @@ impl Fleet {
             beat: Mutex::new(Beat::default()),
             bad_notices: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            unwritten_ends: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -407,6 +418,27 @@ impl Fleet {
     /// Counts a notice that did not parse; returns the count so far.
     pub fn bad_notice(&self) -> u64 {
         self.bad_notices.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Keeps a call end whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]).
+    pub fn defer_end(&self, call_sid: String, outcome: Outcome) {
+        let mut q = self
+            .unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_UNWRITTEN_ENDS {
+            q.pop_front();
+        }
+        q.push_back((call_sid, outcome));
+    }
+
+    /// Takes the call ends waiting to be written.
+    pub fn take_unwritten_ends(&self) -> Vec<(String, Outcome)> {
+        let mut q = self
+            .unwritten_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        q.drain(..).collect()
     }
 
     /// Records whether the `LISTEN` connection is up.
@@ -488,6 +520,7 @@ mod tests {
     fn stream_ended_answers_waits_or_falls_back() {
         let row = |o: Option<&str>, fresh| EndedRow {
             outcome: o.map(str::to_owned),
+            state: "live".into(),
             replica_fresh: fresh,
         };
         assert_eq!(stream_ended_decision(None), EndedDecision::Answer(None));
@@ -501,6 +534,15 @@ mod tests {
         );
         assert_eq!(
             stream_ended_decision(Some(&row(None, false))),
+            EndedDecision::Answer(None)
+        );
+        // No stream ever claimed the call: nothing to wait for.
+        let pending = EndedRow {
+            state: "pending".into(),
+            ..row(None, true)
+        };
+        assert_eq!(
+            stream_ended_decision(Some(&pending)),
             EndedDecision::Answer(None)
         );
         // An unknown label is not "finished normally".
