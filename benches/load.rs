@@ -13,7 +13,10 @@
 //! window (30), `--warmup` (5), `--ramp` calls started per second (100), `--probe-ms` (2000),
 //! `--ignis-cpu` core for ignis (1; `none` = no taskset), `--soak-call-secs S` (calls end after
 //! a random 0.5·S–1.5·S and are replaced, so calls start and end continuously), `--ignis-prefix
-//! "CMD ARGS"` runs ignis under a profiler (e.g. `valgrind --tool=massif`; after `taskset`).
+//! "CMD ARGS"` runs ignis under a profiler (e.g. `valgrind --tool=massif`; after `taskset`),
+//! `--backends sqlite[,postgres]` runs each call count once per store backend, side by side in
+//! one run (`postgres` needs `--database-url postgres://…`: ignis then runs as a replica with
+//! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md).
 
 #[path = "support/loadgen.rs"]
 mod loadgen;
@@ -38,6 +41,25 @@ struct Args {
     soak_call_secs: Option<u64>,
     /// Words run before the ignis binary (a profiler), after `taskset`.
     ignis_prefix: Vec<String>,
+    /// Store backends to run, in order.
+    backends: Vec<Backend>,
+    /// `DATABASE_URL` for the `postgres` backend.
+    database_url: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
 }
 
 fn args() -> Args {
@@ -51,6 +73,8 @@ fn args() -> Args {
         ignis_cpu: Some("1".into()),
         soak_call_secs: None,
         ignis_prefix: Vec::new(),
+        backends: vec![Backend::Sqlite],
+        database_url: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -72,6 +96,17 @@ fn args() -> Args {
             "--ignis-cpu" => a.ignis_cpu = (v != "none").then_some(v),
             "--soak-call-secs" => a.soak_call_secs = Some(num(&v)),
             "--ignis-prefix" => a.ignis_prefix = v.split_whitespace().map(String::from).collect(),
+            "--backends" => {
+                a.backends = v
+                    .split(',')
+                    .map(|b| match b {
+                        "sqlite" => Backend::Sqlite,
+                        "postgres" | "pg" => Backend::Postgres,
+                        other => panic!("--backends sqlite,postgres, not {other}"),
+                    })
+                    .collect()
+            }
+            "--database-url" => a.database_url = Some(v),
             _ => {
                 i += 1; // `--bench` and friends from cargo
                 continue;
@@ -114,14 +149,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    assert!(
+        !a.backends.contains(&Backend::Postgres) || a.database_url.is_some(),
+        "--backends postgres needs --database-url postgres://…"
+    );
     for &n in &a.calls {
-        rt.block_on(run(&a, n));
+        for &backend in &a.backends {
+            rt.block_on(run(&a, n, backend));
+        }
     }
 }
 
 fn spawn_ignis(
     a: &Args,
     n: usize,
+    backend: Backend,
     port: u16,
     agent_base: &str,
     token: &str,
@@ -150,11 +192,19 @@ fn spawn_ignis(
         .env("MAX_CONNECTIONS", (2 * n + 200).to_string())
         .env("LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("ignis.log")).expect("log file"),
-        ));
+        .current_dir(dir);
+    if backend == Backend::Postgres
+        && let Some(url) = &a.database_url
+    {
+        // A fresh replica name per run, so the leases of an earlier run's process never count.
+        cmd.env("DATABASE_URL", url).env(
+            "REPLICA_ID",
+            format!("bench-{}-{n}", std::process::id() % 100_000),
+        );
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::from(
+        std::fs::File::create(dir.join("ignis.log")).expect("log file"),
+    ));
     cmd.spawn().expect("spawn ignis")
 }
 
@@ -162,6 +212,7 @@ fn spawn_ignis(
 async fn launch(
     a: &Args,
     n: usize,
+    backend: Backend,
     stats: &Arc<Stats>,
     token: &str,
 ) -> (Child, u16, std::path::PathBuf) {
@@ -182,7 +233,7 @@ async fn launch(
         .port();
     let dir = std::env::temp_dir().join(format!("ignis-load-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let child = spawn_ignis(a, n, port, &agent_base, token, &dir);
+    let child = spawn_ignis(a, n, backend, port, &agent_base, token, &dir);
     let t = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -198,11 +249,11 @@ async fn launch(
     (child, port, dir)
 }
 
-async fn run(a: &Args, n: usize) {
+async fn run(a: &Args, n: usize, backend: Backend) {
     let stats = Arc::new(Stats::default());
     let probe_every = Duration::from_millis(a.probe_ms);
     let token = "load-generator-auth-token-0123456789";
-    let (mut child, port, dir) = launch(a, n, &stats, token).await;
+    let (mut child, port, dir) = launch(a, n, backend, &stats, token).await;
     // ignis the process; with taskset it execs, so the pid is the same.
     let pid = child.id();
     let (_, rss_idle) = proc_sample(pid);
@@ -297,6 +348,7 @@ async fn run(a: &Args, n: usize) {
     report(
         a,
         n,
+        backend,
         &stats,
         &Figures {
             window,
@@ -360,7 +412,7 @@ struct Figures<'a> {
 }
 
 /// Prints one run's results.
-fn report(a: &Args, n: usize, stats: &Stats, f: &Figures<'_>) {
+fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) {
     let Figures {
         window,
         cpu,
@@ -380,8 +432,9 @@ fn report(a: &Args, n: usize, stats: &Stats, f: &Figures<'_>) {
         .map(|&x| x as i64)
         .collect();
     println!(
-        "\n== {n} calls, {} agent, window {window:.0} s, loadavg {load}, ignis on cpu {}",
+        "\n== {n} calls, {} agent, {} store, window {window:.0} s, loadavg {load}, ignis on cpu {}",
         a.format.as_str(),
+        backend.as_str(),
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
     println!(

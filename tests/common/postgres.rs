@@ -190,24 +190,6 @@ impl TestPostgres {
         self.url("postgres")
     }
 
-    /// Creates database `name` (through `psql`-free SQL over the wire is the caller's job in
-    /// async code; this uses `createdb` so sync tests can call it) and returns its URL.
-    pub fn create_db(&self, name: &str) -> String {
-        self.run(
-            "createdb",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                name,
-            ],
-        );
-        self.url(name)
-    }
-
     /// The data directory's parent (the temp dir).
     pub fn dir(&self) -> &Path {
         &self.dir.0
