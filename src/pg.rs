@@ -27,6 +27,16 @@ pub const MAX_POOL_SIZE: usize = 16;
 pub const POOL_WAIT: Duration = Duration::from_secs(2);
 /// Longest a new connection (TCP + startup) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest one statement may run on the server (`statement_timeout`): a database that goes
+/// silent (a failover leaving the old address unanswered, a frozen host) costs a tool request
+/// this much, then a clear "unavailable", never a hung store worker.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Longest a statement waits for a lock (`lock_timeout`; advisory locks included): a call's
+/// lock held by a session that went silent must not block the call's tools on every replica.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive idle time, so a peer that vanished without a FIN is noticed in about a minute
+/// rather than the kernel's two hours.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// A failure talking to PostgreSQL.
 #[derive(Debug)]
@@ -117,6 +127,15 @@ impl DatabaseUrl {
         if config.get_application_name().is_none() {
             config.application_name("ignis");
         }
+        if config.get_options().is_none() {
+            // Session defaults for every connection, unless the operator set `options`.
+            config.options(format!(
+                "-c statement_timeout={} -c lock_timeout={}",
+                STATEMENT_TIMEOUT.as_millis(),
+                LOCK_TIMEOUT.as_millis()
+            ));
+        }
+        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
         Ok(DatabaseUrl { config })
     }
 
@@ -253,7 +272,7 @@ impl Database {
                 &[&component],
             )
             .await?;
-        let found: i64 = row.get(0);
+        let found: i64 = row.try_get(0)?;
         let known = steps.len() as i64;
         if found > known {
             return Err(PgError::SchemaTooNew {
@@ -286,6 +305,9 @@ mod tests {
         assert!(shown.contains("db.internal:6543/practice"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert_eq!(url.config().get_application_name(), Some("ignis"));
+        let options = url.config().get_options().unwrap_or("");
+        assert!(options.contains("statement_timeout=8000"), "{options}");
+        assert!(options.contains("lock_timeout=5000"), "{options}");
     }
 
     #[test]

@@ -33,6 +33,10 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes drained during a lingering close.
 const MAX_LINGER_BYTES: usize = 256 * 1024;
+/// Longest a tool or admin request waits for the store's answer before it answers 503
+/// `unavailable`: under the agent's tool timeout (docs/elevenlabs.md) and nginx's
+/// `proxy_read_timeout` (30 s), so the agent gets words it can say, not a timeout.
+const TOOL_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 enum ReadError {
     /// The peer closed or the socket failed: nothing to answer.
@@ -341,12 +345,20 @@ async fn practice_reply(app: &App, head: &RequestHead, body: &[u8], admin: bool)
     } else {
         practice.handle_tool(req, now, reply);
     }
-    match rx.await {
-        Ok(r) => Response::new(r.status)
+    // Bounded: the database's own timeouts (src/pg.rs) end a slow job, this ends the wait for
+    // one queued behind it. The agent hears the same "briefly unavailable" either way.
+    match tokio::time::timeout(TOOL_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(r)) => Response::new(r.status)
             .header("Content-Type", "application/json")
             .header("Cache-Control", "no-store")
             .body(r.body),
-        Err(_) => Response::json(503, r#"{"ok":false,"error":"unavailable"}"#.to_owned()),
+        Ok(Err(_)) | Err(_) => {
+            let r = crate::practice::tools::error::ToolError::Unavailable.reply();
+            Response::new(r.status)
+                .header("Content-Type", "application/json")
+                .header("Cache-Control", "no-store")
+                .body(r.body)
+        }
     }
 }
 

@@ -31,6 +31,8 @@ const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Random bytes in a default replica id's suffix (4 hex digits).
 const REPLICA_SUFFIX_BYTES: usize = 2;
+/// Deferred call ends written per heartbeat at most (the rest wait for the next beats).
+const FLUSH_ENDS_PER_BEAT: usize = 100;
 
 /// This replica's id: `REPLICA_ID`, else `<hostname>-<4 hex random>`.
 pub fn replica_id(configured: Option<&str>) -> String {
@@ -236,11 +238,20 @@ async fn flush_ends(fleet: &Fleet) {
         return;
     }
     let mut written = 0;
-    for (sid, outcome) in ends {
-        match write_end(fleet, &sid, outcome).await {
-            Ok(()) => written += 1,
-            Err(_) => fleet.defer_end(sid, outcome),
+    let mut ends = ends.into_iter();
+    // At most FLUSH_ENDS_PER_BEAT per beat, and none after the first failure: a database that
+    // flaps mid-flush must not hold the heartbeat (or the shutdown waiting for it) for one
+    // QUERY_TIMEOUT per deferred end.
+    for (sid, outcome) in ends.by_ref().take(FLUSH_ENDS_PER_BEAT) {
+        if write_end(fleet, &sid, outcome).await.is_ok() {
+            written += 1;
+        } else {
+            fleet.defer_end(sid, outcome);
+            break;
         }
+    }
+    for (sid, outcome) in ends {
+        fleet.defer_end(sid, outcome);
     }
     info!(
         written,
@@ -599,6 +610,10 @@ impl Tasks {
         let Some(fleet) = &app.fleet else {
             return;
         };
+        // Ends deferred during an outage first: a call that completed normally must not be
+        // stored as `server_shutdown` by END_OWN (stream-ended elsewhere would send its caller
+        // to the fallback).
+        flush_ends(fleet).await;
         let run = async {
             let client = fleet.db.client().await?;
             let outcome = Outcome::ServerShutdown.as_str();

@@ -31,7 +31,10 @@ pub const CHANNEL: &str = "ignis_fleet";
 pub const MAX_NOTICE_BYTES: usize = 128;
 /// `stream-ended` for a call whose stream runs on a live replica that has not written the
 /// outcome yet waits at most this long for it, then answers the fallback (docs/replicas.md §4.4).
-pub const STREAM_ENDED_WAIT: Duration = Duration::from_millis(500);
+/// The owner writes its outcome in the moment its stream closes (one UPDATE), so this only
+/// covers that write; it is short because a crashed replica's heartbeat stays fresh for up to
+/// `LEASE_TTL`, and its caller must get the fallback within a second.
+pub const STREAM_ENDED_WAIT: Duration = Duration::from_millis(300);
 /// Pause between two reads of the outcome while waiting.
 pub const STREAM_ENDED_POLL: Duration = Duration::from_millis(100);
 /// Ended calls (and bindings whose stream never came) stay in `fleet_call` this long, for
@@ -99,9 +102,12 @@ pub mod sql {
     pub const ADOPT_CLAIM: &str = "UPDATE fleet_call SET state = 'claimed', stream_replica = $2
          WHERE nonce_hash = $1 AND state = 'pending' AND expires_at > now()
          RETURNING call_sid, owner, account_sid, caller, called";
-    /// `$1` call_sid, `$2` self.
-    pub const MARK_LIVE: &str = "UPDATE fleet_call SET state = 'live'
-         WHERE call_sid = $1 AND state = 'claimed' AND stream_replica = $2";
+    /// `$1` call_sid, `$2` self. Also a row still `pending` on its owner: the claim could not
+    /// be confirmed (database away at the handshake) and the call runs here anyway, so it
+    /// must hold its lease and its nonce must not be claimable elsewhere.
+    pub const MARK_LIVE: &str = "UPDATE fleet_call SET state = 'live', stream_replica = $2
+         WHERE call_sid = $1 AND ((state = 'claimed' AND stream_replica = $2)
+           OR (state = 'pending' AND owner = $2 AND stream_replica IS NULL))";
     /// `$1` call_sid, `$2` outcome: the first outcome written stays.
     pub const MARK_ENDED: &str = "UPDATE fleet_call SET state = 'ended',
            outcome = COALESCE(outcome, $2), ended_at = COALESCE(ended_at, now())

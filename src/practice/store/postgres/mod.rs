@@ -72,7 +72,11 @@ impl std::fmt::Debug for PgStore {
 pub fn pg_error(e: tokio_postgres::Error) -> PgError {
     let code = e.code().map(SqlState::code).unwrap_or_default();
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io || code.starts_with("08") || code.starts_with("57P") {
+    // 08: connection exceptions; 57P: the server shutting down or refusing; 57014 and 55P03: a
+    // statement or lock wait that ran into `statement_timeout`/`lock_timeout` (src/pg.rs): the
+    // database is too slow to answer, which the agent hears as "briefly unavailable" too.
+    let timed_out = code == "57014" || code == "55P03";
+    if e.is_closed() || io || timed_out || code.starts_with("08") || code.starts_with("57P") {
         PgError::Unavailable(e.to_string())
     } else {
         PgError::from(e)
