@@ -382,7 +382,7 @@ impl Practice {
         );
         let hash = token.hash();
         let pending = self.registrations.begin(hash);
-        self.store.submit(move |store| {
+        self.store.submit_record(move |store| {
             let result = store.start_call(&sid, &hash, &caller, &called, now.as_second());
             drop(pending);
             done(result);
@@ -411,7 +411,7 @@ impl Practice {
         );
         let hash = token.hash();
         let pending = self.registrations.begin(hash);
-        self.store.submit(move |store| {
+        self.store.submit_record(move |store| {
             let result = adopt(store, &sid, &hash, &caller, &called, now.as_second());
             drop(pending);
             done(result);
@@ -423,13 +423,13 @@ impl Practice {
     /// (its token stays valid for the grace period). Fire and forget.
     pub fn end_call(&self, call_sid: &str, end: store::CallEnd, now: Timestamp) {
         let sid = call_sid.to_string();
-        let queued = self.store.submit(move |store| {
+        let queued = self.store.submit_record(move |store| {
             if let Err(e) = store.finish_call(&sid, &end, now.as_second()) {
                 tracing::error!(error = %e, "end_call failed");
             }
         });
         if queued.is_err() {
-            tracing::error!("end_call not queued: store unavailable");
+            tracing::error!("end_call not queued: the store queue is full or closed");
         }
     }
 

@@ -14,8 +14,14 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use super::{Store, StoreError};
 
-/// Jobs that may wait for the writer thread before submissions are refused.
-pub const STORE_QUEUE_CAPACITY: usize = 256;
+/// Jobs that may wait for the workers before requests (tools, staff, admin) are refused with
+/// 503 `busy`: a bounded backlog rather than an ever-later answer.
+pub const REQUEST_QUEUE_LIMIT: usize = 256;
+/// The queue's hard bound. Above [`REQUEST_QUEUE_LIMIT`] only a call's own records (its start
+/// and end, [`StoreHandle::submit_record`]) are still taken: a burst of hang-ups (a drain, a
+/// network blip ending many calls at once) must not lose their ends while the requests that a
+/// caller could retry are refused.
+pub const STORE_QUEUE_CAPACITY: usize = 4096;
 
 /// Worker threads of a PostgreSQL store: tool requests of different calls run in parallel, each
 /// worker holding at most one pooled connection (well under [`crate::pg::MAX_POOL_SIZE`]).
@@ -124,8 +130,21 @@ impl StoreHandle {
         Ok((StoreHandle { tx }, StoreThread { threads }))
     }
 
-    /// Queues a job without blocking.
+    /// Queues a job without blocking; refused ([`SubmitError::Busy`]) once
+    /// [`REQUEST_QUEUE_LIMIT`] jobs wait.
     pub fn submit(
+        &self,
+        job: impl FnOnce(&mut dyn Store) + Send + 'static,
+    ) -> Result<(), SubmitError> {
+        if self.tx.len() >= REQUEST_QUEUE_LIMIT {
+            return Err(SubmitError::Busy);
+        }
+        self.submit_record(job)
+    }
+
+    /// Queues a call's own record (start, end) without blocking, up to the queue's hard bound
+    /// [`STORE_QUEUE_CAPACITY`].
+    pub fn submit_record(
         &self,
         job: impl FnOnce(&mut dyn Store) + Send + 'static,
     ) -> Result<(), SubmitError> {
@@ -180,5 +199,37 @@ impl StoreHandle {
         f: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
     ) -> Result<T, SubmitError> {
         self.call(f)?.recv().map_err(|_| SubmitError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::practice::store::SqliteStore;
+
+    #[test]
+    fn requests_are_refused_at_their_limit_but_call_records_still_queue() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let (handle, _thread) = StoreHandle::spawn(Box::new(store)).unwrap();
+        // Hold the one worker until the queue has been filled.
+        let (release_tx, release_rx) = bounded::<()>(0);
+        let (started_tx, started_rx) = bounded::<()>(0);
+        handle
+            .submit(move |_| {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            })
+            .unwrap();
+        started_rx.recv().unwrap();
+        for _ in 0..REQUEST_QUEUE_LIMIT {
+            handle.submit(|_| {}).unwrap();
+        }
+        assert_eq!(handle.submit(|_| {}), Err(SubmitError::Busy));
+        let (done_tx, done_rx) = bounded::<()>(1);
+        handle
+            .submit_record(move |_| done_tx.send(()).unwrap())
+            .unwrap();
+        release_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
     }
 }
