@@ -186,7 +186,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), StartError> {
     // The runtime first: a PostgreSQL pool's connections live on it (docs/replicas.md §5).
     let rt = runtime()?;
     let db = database(&config.practice, &rt)?;
-    let (practice, _store_thread) = open_practice(&config.practice, db.as_ref())?;
+    let (practice, store_thread) = open_practice(&config.practice, db.as_ref())?;
     if config.insecure_skip_signature {
         tracing::warn!(
             "INSECURE: --insecure-skip-signature is set; Twilio signatures are NOT checked. \
@@ -203,8 +203,30 @@ pub fn serve(args: &ServeArgs) -> Result<(), StartError> {
         }
         None => None,
     };
-    rt.block_on(listen_and_serve(config, practice, fleet))
-        .map_err(|e| StartError::Failed(e.to_string()))
+    let served = rt.block_on(listen_and_serve(config, practice, fleet));
+    // The store's queue may still hold the last calls' ends (a burst of hang-ups at the end of
+    // a drain): let the workers finish it while the runtime that hosts the PostgreSQL
+    // connections is still alive, bounded in case a handle is still held somewhere.
+    finish_store(store_thread);
+    served.map_err(|e| StartError::Failed(e.to_string()))
+}
+
+/// How long `serve` waits, after it stopped serving, for the store to finish its queued jobs.
+const STORE_FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn finish_store(thread: StoreThread) {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let joiner = std::thread::Builder::new()
+        .name("ignis-store-join".into())
+        .spawn(move || {
+            if thread.join().is_err() {
+                tracing::error!("a store worker panicked");
+            }
+            let _ = done_tx.send(());
+        });
+    if joiner.is_err() || done_rx.recv_timeout(STORE_FINISH_TIMEOUT).is_err() {
+        tracing::warn!("the store did not finish its queued jobs in time");
+    }
 }
 
 async fn listen_and_serve(
