@@ -373,21 +373,7 @@ impl Practice {
         now: Timestamp,
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<Map<String, Value>, StoreError> {
-        let token = CallToken::from_entropy(entropy);
-        let vars = calls::dynamic_variables(&token, &info, &self.config, now);
-        let (sid, caller, called) = (
-            info.call_sid.to_string(),
-            info.caller_number.to_string(),
-            info.called_number.to_string(),
-        );
-        let hash = token.hash();
-        let pending = self.registrations.begin(hash);
-        self.store.submit_record(move |store| {
-            let result = store.start_call(&sid, &hash, &caller, &called, now.as_second());
-            drop(pending);
-            done(result);
-        })?;
-        Ok(vars)
+        self.register_call(info, entropy, now, Registration::Start, done)
     }
 
     /// Registers a stream that took a call over from another replica (docs/replicas.md §4.2):
@@ -402,6 +388,19 @@ impl Practice {
         now: Timestamp,
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<Map<String, Value>, StoreError> {
+        self.register_call(info, entropy, now, Registration::Adopt, done)
+    }
+
+    /// The token and variables of [`Practice::start_call`] / [`Practice::adopt_call`], and
+    /// their registration queued as a call record (never dropped for a busy queue).
+    fn register_call(
+        &self,
+        info: CallInfo<'_>,
+        entropy: [u8; TOKEN_BYTES],
+        now: Timestamp,
+        how: Registration,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<Map<String, Value>, StoreError> {
         let token = CallToken::from_entropy(entropy);
         let vars = calls::dynamic_variables(&token, &info, &self.config, now);
         let (sid, caller, called) = (
@@ -412,7 +411,11 @@ impl Practice {
         let hash = token.hash();
         let pending = self.registrations.begin(hash);
         self.store.submit_record(move |store| {
-            let result = adopt(store, &sid, &hash, &caller, &called, now.as_second());
+            let at = now.as_second();
+            let result = match how {
+                Registration::Start => store.start_call(&sid, &hash, &caller, &called, at),
+                Registration::Adopt => adopt(store, &sid, &hash, &caller, &called, at),
+            };
             drop(pending);
             done(result);
         })?;
@@ -453,6 +456,15 @@ impl Practice {
             f(Err(StoreError::Closed));
         }
     }
+}
+
+/// How a call's token is registered.
+#[derive(Clone, Copy)]
+enum Registration {
+    /// The replica that answered the call.
+    Start,
+    /// A stream that took the call over from another replica.
+    Adopt,
 }
 
 /// Replaces the token of `sid`'s row, or creates the row; a row inserted concurrently (another
