@@ -91,7 +91,8 @@ pub struct BridgeConfig {
     /// Agent silence after which its socket counts as dead.
     pub agent_silence_timeout: Duration,
     /// Time without agent audio after which its turn is over (flush the resampler tail, pad the
-    /// last frame, place the end-of-turn mark). ElevenLabs sends no explicit end of audio.
+    /// last frame, place the end-of-turn mark), once the caller is about to run dry too.
+    /// ElevenLabs sends no explicit end of audio.
     pub turn_idle: Duration,
     /// Longest wait for the final audio to play out before closing after the agent ended.
     pub final_audio_timeout: Duration,
@@ -415,17 +416,24 @@ impl Bridge {
                 self.close(Outcome::AgentFailed);
             }
         }
-        if self.turn_open
-            && self
-                .last_agent_audio
-                .is_some_and(|t| now >= t + self.config.turn_idle)
-        {
+        if self.turn_open && self.turn_over_at(now).is_some_and(|t| now >= t) {
             self.turn_open = false;
             if let Some(o) = self.outbound.as_mut() {
                 o.end_of_turn();
             }
         }
         self.pump_outbound(now);
+    }
+
+    /// When the agent's turn counts as over: `turn_idle` after its last audio, and not before
+    /// the caller is about to run dry, so a slow chunk of ongoing speech never gets its partial
+    /// frame padded (docs/dsp.md §3.8). `None` while whole frames are still held.
+    fn turn_over_at(&self, now: Instant) -> Option<Instant> {
+        let idle = self.last_agent_audio? + self.config.turn_idle;
+        match self.outbound.as_ref() {
+            Some(o) => o.starves_at(now).map(|t| t.max(idle)),
+            None => Some(idle),
+        }
     }
 
     /// Reports the REST transfer's result to the agent.
@@ -463,8 +471,10 @@ impl Bridge {
         };
         consider(self.session.as_ref().and_then(AgentSession::poll_timeout));
         consider(self.outbound.as_ref().and_then(OutboundPath::poll_timeout));
-        if self.turn_open {
-            consider(self.last_agent_audio.map(|t| t + self.config.turn_idle));
+        if self.turn_open
+            && let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll())
+        {
+            consider(self.turn_over_at(now));
         }
         if let Some(Ending::Draining { deadline, .. }) = &self.ending {
             consider(Some(*deadline));

@@ -484,3 +484,46 @@ fn setup_buffering_is_capped_in_bytes() {
     assert!(held < MAX_SETUP_HELD_FRAMES as u64);
     assert_eq!(b.stats().setup_frames_dropped, frames - held);
 }
+
+#[test]
+fn agent_chunks_with_new_event_ids_reach_the_caller_without_inserted_silence() {
+    use base64::Engine;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let t0 = Instant::now();
+    let mut b = connected(t0, "ulaw_8000");
+    // 1 s of 440 Hz tone in 250 ms chunks, each with a new event_id, one every 200 ms.
+    let tone: Vec<u8> = (0..8000)
+        .map(|n| {
+            let v = 8000.0 * (2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / 8000.0).sin();
+            ignis::audio::mulaw::encode_sample(v as i16)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut now = t0;
+    for (i, part) in tone.chunks(2000).enumerate() {
+        b.handle_agent_text(now, &agent_audio(i as u64 + 1, &b64.encode(part)));
+        out.extend(drain(&mut b).0);
+        let next = t0 + Duration::from_millis(200 * (i as u64 + 1));
+        out.extend(run_until(&mut b, now, next));
+        now = next;
+    }
+    out.extend(run_until(&mut b, now, t0 + Duration::from_secs(3)));
+    let mut heard = Vec::new();
+    let mut last_is_mark = false;
+    for m in &out {
+        let v: serde_json::Value = serde_json::from_str(m).unwrap();
+        if let Some(p) = v["media"]["payload"].as_str() {
+            heard.extend(b64.decode(p).unwrap());
+        }
+        last_is_mark = v["event"] == "mark";
+    }
+    assert_eq!(heard.len(), tone.len(), "no frame of silence inserted");
+    assert_eq!(heard, tone);
+    assert!(
+        last_is_mark,
+        "the end-of-turn mark follows the turn's audio"
+    );
+    let (_, outbound) = b.audio_stats();
+    let s = outbound.unwrap();
+    assert_eq!((s.turns, s.pause_pads, s.playout.underruns), (1, 0, 0));
+}

@@ -6,10 +6,13 @@
 //! `ulaw_8000` skips straight to the re-framer.
 //!
 //! Turns and interruptions (docs/elevenlabs.md §4.4): audio of an `event_id` older than the last
-//! interruption's is dropped ("strictly older", as the JS SDK and the pending Python fix do);
-//! a new `event_id` implicitly ends the previous turn; [`OutboundPath::end_of_turn`] flushes the
-//! resampler tail and pads the last partial frame with μ-law silence so the last word is not
-//! clipped; [`OutboundPath::interrupt`] resets the resampler and drops everything held.
+//! interruption's is dropped ("strictly older", as the JS SDK and the pending Python fix do).
+//! A new `event_id` does not end anything: the partial frame and the resampler state carry
+//! over, so audio that is continuous at the agent stays continuous at the caller (issue 16).
+//! The partial frame is completed with μ-law silence only when the caller would otherwise run
+//! dry (nothing whole held, Twilio down to its last frame: [`PlayoutBuffer::starves_at`]), or at
+//! an explicit [`OutboundPath::end_of_turn`], which also places the end-of-turn mark
+//! (docs/dsp.md §3.8). [`OutboundPath::interrupt`] resets the resampler and drops everything held.
 //!
 //! Sans-IO: `now` is an argument; nothing allocates after [`OutboundPath::new`].
 
@@ -77,8 +80,11 @@ pub struct OutboundStats {
     pub stale_event_bytes: u64,
     /// Chunks rejected with [`BadAgentAudio`].
     pub bad_chunks: u64,
-    /// Agent turns ended (explicitly or by a new `event_id`).
+    /// Agent turns ended ([`OutboundPath::end_of_turn`]; a new `event_id` does not end one).
     pub turns: u64,
+    /// Partial frames completed with silence because the agent's audio paused mid-turn
+    /// (the caller would otherwise have run dry).
+    pub pause_pads: u64,
 }
 
 /// The agent → caller path (see the module docs).
@@ -87,6 +93,8 @@ pub struct OutboundPath {
     resampler: Option<Resampler>,
     decoded: Vec<u8>,
     carry: Option<u8>,
+    /// The resampler holds input whose tail has not been flushed yet.
+    resampler_dirty: bool,
     pcm: Vec<f32>,
     resampled: Vec<f32>,
     ulaw: Vec<u8>,
@@ -123,6 +131,7 @@ impl OutboundPath {
             resampler,
             decoded: vec![0; DECODE_BLOCK_BYTES],
             carry: None,
+            resampler_dirty: false,
             pcm: vec![0.0; max_samples],
             resampled: vec![0.0; resampled_cap],
             ulaw: vec![0; resampled_cap],
@@ -199,9 +208,7 @@ impl OutboundPath {
             self.stats.stale_event_bytes += len as u64;
             return false;
         }
-        if self.current_event.is_some_and(|e| e != event_id) {
-            self.end_of_turn();
-        }
+        // A new id carries on where the last chunk stopped: no flush, no padding (§3.8).
         self.current_event = Some(event_id);
         self.stats.agent_bytes += len as u64;
         true
@@ -253,6 +260,7 @@ impl OutboundPath {
             *dst = f32::from(i16::from_le_bytes([p[0], p[1]])) / mulaw::I16_SCALE;
             samples += 1;
         }
+        self.resampler_dirty |= samples > 0;
         let written = match self.resampler.as_mut() {
             Some(r) => r
                 .process_into(&self.pcm[..samples], &mut self.resampled)
@@ -283,25 +291,51 @@ impl OutboundPath {
         }
     }
 
-    /// The agent turn is over (ElevenLabs `agent_response` / no more audio): pushes out the
-    /// resampler tail, pads the last partial frame with silence and places an end-of-turn mark.
-    pub fn end_of_turn(&mut self) {
-        let Some(event_id) = self.current_event.take() else {
-            return;
+    /// Whether agent audio is held short of a whole frame (a partial frame or a resampler tail).
+    fn holds_partial(&self) -> bool {
+        self.frame_fill > 0 || self.resampler_dirty
+    }
+
+    /// Pushes out the resampler tail and pads the last partial frame with silence. Returns
+    /// whether a padded frame was queued.
+    fn complete_partial(&mut self) -> bool {
+        let Some(event_id) = self.current_event else {
+            return false;
         };
+        if self.resampler_dirty {
+            self.resampler_dirty = false;
+            if let Some(r) = self.resampler.as_mut() {
+                let n = r.flush_into(&mut self.resampled).unwrap_or(0);
+                self.encode_and_reframe(event_id, n);
+            }
+        }
+        if self.frame_fill == 0 {
+            return false;
+        }
+        self.frame[self.frame_fill..].fill(SILENCE);
+        self.frame_fill = 0;
+        self.playout.push_frame(event_id, &self.frame);
+        true
+    }
+
+    /// The agent turn is over (agent ending, `end_call`, or the bridge's idle timer once the
+    /// caller is about to run dry): pushes out the resampler tail, pads the last partial frame
+    /// with silence and places an end-of-turn mark after it.
+    pub fn end_of_turn(&mut self) {
+        if self.current_event.is_none() {
+            return;
+        }
+        self.complete_partial();
+        self.current_event = None;
         self.carry = None;
-        if let Some(r) = self.resampler.as_mut() {
-            let n = r.flush_into(&mut self.resampled).unwrap_or(0);
-            self.encode_and_reframe(event_id, n);
-        }
-        if self.frame_fill > 0 {
-            self.frame[self.frame_fill..].fill(SILENCE);
-            self.frame_fill = FRAME_SAMPLES;
-            self.playout.push_frame(event_id, &self.frame);
-            self.frame_fill = 0;
-        }
         self.playout.end_turn();
         self.stats.turns += 1;
+    }
+
+    /// When the caller would run dry with nothing more held (see
+    /// [`PlayoutBuffer::starves_at`]); `None` while whole frames are still held.
+    pub fn starves_at(&self, now: Instant) -> Option<Instant> {
+        self.playout.starves_at(now)
     }
 
     /// Barge-in (ElevenLabs `interruption` with its `event_id`, or a local decision with
@@ -315,19 +349,38 @@ impl OutboundPath {
             r.reset();
         }
         self.carry = None;
+        self.resampler_dirty = false;
         self.frame_fill = 0;
         self.current_event = None;
         self.playout.interrupt(now)
     }
 
-    /// The next message for Twilio at `now` (see [`PlayoutBuffer::poll_transmit`]).
+    /// The next message for Twilio at `now` (see [`PlayoutBuffer::poll_transmit`]). A partial
+    /// frame goes out, padded, only once the caller would otherwise run dry (§3.8).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
+        if self.holds_partial()
+            && self.playout.starves_at(now).is_some_and(|t| now >= t)
+            && self.complete_partial()
+        {
+            self.stats.pause_pads += 1;
+        }
         self.playout.poll_transmit(now)
     }
 
     /// When to call [`OutboundPath::poll_transmit`] next, or `None` if nothing is held.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.playout.poll_timeout()
+        let next = self.playout.poll_timeout();
+        if !self.holds_partial() {
+            return next;
+        }
+        let starve = self
+            .playout
+            .last_poll()
+            .and_then(|now| self.playout.starves_at(now));
+        match (next, starve) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Handles a Twilio `mark` echo (see [`PlayoutBuffer::handle_mark_echo`]).

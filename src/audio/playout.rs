@@ -393,6 +393,27 @@ impl PlayoutBuffer {
         Some(at)
     }
 
+    /// When the caller would run dry with nothing more held: Twilio's estimated queue down to one
+    /// frame (to none with a 20 ms lead, where whole frames only go out then). A partial frame
+    /// held upstream must go out by then, padded, or the caller hears a gap (docs/dsp.md §3.8).
+    /// `now` if nothing is queued at Twilio; `None` while whole frames are held.
+    pub fn starves_at(&self, now: Instant) -> Option<Instant> {
+        if self.count > 0 {
+            return None;
+        }
+        let Some(anchor) = self.anchor else {
+            return Some(now);
+        };
+        let margin = FRAME.min(self.lead.saturating_sub(FRAME));
+        let due = self.sent_total.saturating_sub(margin);
+        Some(anchor + samples_to_duration(due.saturating_sub(self.anchor_sent)))
+    }
+
+    /// The `now` of the last [`PlayoutBuffer::poll_transmit`] or interruption.
+    pub fn last_poll(&self) -> Option<Instant> {
+        self.last_now
+    }
+
     /// Handles a Twilio `mark` echo. Returns what it tells, or `None` for names this buffer
     /// did not send (or has forgotten).
     pub fn handle_mark_echo(&mut self, name: &str) -> Option<MarkEcho> {
