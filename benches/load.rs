@@ -448,14 +448,25 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         backend.as_str(),
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
+    let up_by = match a.workload {
+        Workload::Light => "",
+        Workload::Conversation => " (by arrival)",
+    };
     println!(
-        "  caller -> agent added latency: {}",
+        "  caller -> agent added latency{up_by}: {}",
         loadgen::fmt_ms(&mut up)
     );
     println!(
         "  agent -> caller added latency: {}",
         loadgen::fmt_ms(&mut down)
     );
+    if a.workload == Workload::Conversation {
+        let mut mapped = stats.up_mapped_us.lock().unwrap().clone();
+        println!(
+            "  caller -> agent, sample-mapped: {}",
+            loadgen::fmt_ms(&mut mapped)
+        );
+    }
     println!(
         "  generator send lateness:       {}",
         loadgen::fmt_ms(&mut late)
