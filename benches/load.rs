@@ -14,6 +14,9 @@
 //! `--ignis-cpu` core for ignis (1; `none` = no taskset), `--soak-call-secs S` (calls end after
 //! a random 0.5·S–1.5·S and are replaced, so calls start and end continuously), `--ignis-prefix
 //! "CMD ARGS"` runs ignis under a profiler (e.g. `valgrind --tool=massif`; after `taskset`),
+//! `--workload light|conversation` (light: a 200 ms agent burst per probe period, a silent caller
+//! with tone probes; conversation: agent turns of 1–5 s, the caller speaking in between, onsets at
+//! every position of the frame; `support/loadgen.rs`),
 //! `--backends sqlite[,postgres]` runs each call count once per store backend, side by side in
 //! one run (`postgres` needs `--database-url postgres://…`: ignis then runs as a replica with
 //! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md).
@@ -28,11 +31,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ignis::audio::format::AgentFormat;
-use loadgen::{AgentOptions, CallOptions, CallerFrames, Stats};
+use loadgen::{AgentOptions, CallOptions, CallerFrames, Stats, Workload};
 
 struct Args {
     calls: Vec<usize>,
     format: AgentFormat,
+    workload: Workload,
     secs: u64,
     warmup: u64,
     ramp: u64,
@@ -66,6 +70,7 @@ fn args() -> Args {
     let mut a = Args {
         calls: vec![100],
         format: AgentFormat::Ulaw8000,
+        workload: Workload::Light,
         secs: 30,
         warmup: 5,
         ramp: 100,
@@ -88,6 +93,9 @@ fn args() -> Args {
             "--calls" => a.calls = v.split(',').map(|n| num(n) as usize).collect(),
             "--format" => {
                 a.format = loadgen::parse_format(&v).expect("--format ulaw_8000|pcm_16000|…")
+            }
+            "--workload" => {
+                a.workload = Workload::parse(&v).expect("--workload light|conversation")
             }
             "--secs" => a.secs = num(&v),
             "--warmup" => a.warmup = num(&v),
@@ -216,13 +224,14 @@ async fn launch(
     stats: &Arc<Stats>,
     token: &str,
 ) -> (Child, u16, std::path::PathBuf) {
-    let agent_base = loadgen::start_agent(
+    let agent_base = loadgen::start_agent_workload(
         AgentOptions {
             format: a.format,
             probe_every: Duration::from_millis(a.probe_ms),
             interrupt_every: 5,
             ping_every: Duration::from_secs(2),
         },
+        a.workload,
         stats.clone(),
     )
     .await
@@ -258,7 +267,7 @@ async fn run(a: &Args, n: usize, backend: Backend) {
     let pid = child.id();
     let (_, rss_idle) = proc_sample(pid);
 
-    let frames = Arc::new(CallerFrames::new());
+    let frames = Arc::new(CallerFrames::for_workload(a.workload));
     let stop = Arc::new(AtomicBool::new(false));
     let stream_url = format!("ws://127.0.0.1:{port}/api/twilio/stream");
     let mut handles = Vec::new();
@@ -288,8 +297,9 @@ async fn run(a: &Args, n: usize, backend: Backend) {
         tokio::time::sleep_until(due.into()).await;
     }
     eprintln!(
-        "[load] {n} calls ({}) started in {:.1} s; warm-up {} s, window {} s; ignis pid {pid}",
+        "[load] {n} calls ({}, {} workload) started in {:.1} s; warm-up {} s, window {} s; ignis pid {pid}",
         a.format.as_str(),
+        a.workload.as_str(),
         t_start.elapsed().as_secs_f64(),
         a.warmup,
         a.secs
@@ -432,19 +442,31 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         .map(|&x| x as i64)
         .collect();
     println!(
-        "\n== {n} calls, {} agent, {} store, window {window:.0} s, loadavg {load}, ignis on cpu {}",
+        "\n== {n} calls, {} workload, {} agent, {} store, window {window:.0} s, loadavg {load}, ignis on cpu {}",
+        a.workload.as_str(),
         a.format.as_str(),
         backend.as_str(),
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
+    let up_by = match a.workload {
+        Workload::Light => "",
+        Workload::Conversation => " (by arrival)",
+    };
     println!(
-        "  caller -> agent added latency: {}",
+        "  caller -> agent added latency{up_by}: {}",
         loadgen::fmt_ms(&mut up)
     );
     println!(
         "  agent -> caller added latency: {}",
         loadgen::fmt_ms(&mut down)
     );
+    if a.workload == Workload::Conversation {
+        let mut mapped = stats.up_mapped_us.lock().unwrap().clone();
+        println!(
+            "  caller -> agent, sample-mapped: {}",
+            loadgen::fmt_ms(&mut mapped)
+        );
+    }
     println!(
         "  generator send lateness:       {}",
         loadgen::fmt_ms(&mut late)
@@ -471,6 +493,14 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         stats.down_dup.load(Relaxed) / 8,
         stats.calls_ok.load(Relaxed)
     );
+    if a.workload == Workload::Conversation {
+        let (cut, turns) = (stats.down_cut.load(Relaxed) / 8, stats.turns.load(Relaxed));
+        let interruptions = stats.interruptions.load(Relaxed).max(1);
+        println!(
+            "  agent turns {turns}; audio cut by interruptions (held by ignis, dropped by design, not in lost): {cut} ms, {} ms per interruption",
+            cut / interruptions
+        );
+    }
     println!(
         "  probes sent up {} down {}; pings {} pongs {}; interruptions {} clears {}; marks {}",
         stats.probes_up_sent.load(Relaxed),

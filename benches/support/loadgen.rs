@@ -14,6 +14,23 @@
 //!   burst. An ideal pacer with ignis's lead `L` (100 ms) releases that frame at
 //!   `send time + max(0, 20·(f+1) ms − L)`. Added latency = arrival time at the caller of the
 //!   `media` message whose audio contains the onset − that ideal release time.
+//!
+//! Two workloads (`Workload`, issue 16 point 1). **light**: the agent sends a 200 ms burst per
+//! probe period and the caller is silent but for its tone probes. **conversation**: the agent
+//! speaks in turns of 1–5 s (250 ms chunks, 2× real time, one `event_id` per turn), the caller
+//! speaks in between (a speech-like signal), every 5th turn is interrupted while ignis still holds
+//! audio of it. Each caller utterance's first sample is a caller → agent onset, at a uniformly
+//! random position 0..160 in its 20 ms frame (so delays that cross a frame boundary show, as the
+//! resampler's did); each agent turn's first loud sample is an agent → caller onset (same
+//! definition as the bursts'). Audio an interruption cut (never sent by ignis, by design) is
+//! counted apart from "lost".
+//!
+//! In the conversation workload **caller → agent** is measured by arrival: added latency = time
+//! the agent receives the chunk holding the onset − time the caller sent the frame holding it
+//! (the earliest the agent could act on it; pass-through measures the transit). The
+//! sample-mapped definition above charges a delay that pushes the onset into the next frame only
+//! with the delay itself (2.19 ms for the resampler), while the agent gets the onset a whole frame
+//! later (issue 16: p90 19.5 ms); it is reported too, as "sample-mapped".
 
 #![allow(dead_code)]
 
@@ -83,6 +100,8 @@ fn now_ns() -> u64 {
 struct Link {
     /// Caller-side time of the pending caller → agent onset (0: none).
     up_onset_ns: AtomicU64,
+    /// Conversation workload: send time of the frame holding that onset (0: none).
+    up_frame_ns: AtomicU64,
     /// Ideal release time of the pending agent → caller onset (0: none).
     down_due_ns: AtomicU64,
     /// Caller is ending: no new bursts.
@@ -95,6 +114,37 @@ struct Link {
     /// Audio the agent sent / the caller received, in 8 kHz samples.
     down_sent: AtomicU64,
     down_recv: AtomicU64,
+    /// Conversation workload: the caller's next utterance window, ns (published by the agent).
+    talk_from_ns: AtomicU64,
+    talk_until_ns: AtomicU64,
+    /// Conversation workload: `down_recv` when the agent's current turn began, what it has sent
+    /// of that turn (8 kHz samples), whether it interrupted it, and the audio interruptions cut.
+    turn_recv0: AtomicU64,
+    turn_sent: AtomicU64,
+    turn_interrupted: AtomicBool,
+    down_cut: AtomicU64,
+}
+
+impl Link {
+    /// Counts the part of an interrupted turn the caller never received as cut. Called when the
+    /// next turn begins (the previous one has long played out: the caller spoke in between) and
+    /// when the call ends (the caller waits for the agent's audio to stop before hanging up).
+    fn settle_turn(&self) {
+        if self.turn_interrupted.swap(false, Relaxed) {
+            let got = self
+                .down_recv
+                .load(Relaxed)
+                .saturating_sub(self.turn_recv0.load(Relaxed));
+            let cut = self.turn_sent.load(Relaxed).saturating_sub(got);
+            self.down_cut.fetch_add(cut, Relaxed);
+        }
+    }
+
+    fn begin_turn(&self) {
+        self.settle_turn();
+        self.turn_recv0.store(self.down_recv.load(Relaxed), Relaxed);
+        self.turn_sent.store(0, Relaxed);
+    }
 }
 
 /// Everything measured, across calls.
@@ -106,6 +156,8 @@ pub struct Stats {
     /// Added latency, µs, per direction.
     pub up_us: Mutex<Vec<i64>>,
     pub down_us: Mutex<Vec<i64>>,
+    /// Conversation workload: caller → agent by the sample-mapped definition (module doc), µs.
+    pub up_mapped_us: Mutex<Vec<i64>>,
     /// Caller send lateness behind its absolute schedule, µs, per frame.
     pub late_us: Mutex<Vec<u32>>,
     pub probes_up_sent: AtomicU64,
@@ -125,6 +177,10 @@ pub struct Stats {
     pub up_dup: AtomicU64,
     pub down_lost: AtomicU64,
     pub down_dup: AtomicU64,
+    /// Agent audio that interruptions cut (held by ignis when the agent interrupted its turn,
+    /// dropped by design; not in `down_lost`), 8 kHz samples, and the turns it came from.
+    pub down_cut: AtomicU64,
+    pub turns: AtomicU64,
     pub first_error: Mutex<Option<String>>,
     /// Calls that ended before ignis opened their agent conversation, and how long they ran
     /// (ms): their caller audio had nowhere to go, so it is reported apart from "lost".
@@ -166,6 +222,90 @@ pub fn fmt_ms(v: &mut [i64]) -> String {
 
 fn tone(n: usize, rate: u64) -> i16 {
     (TONE_AMP * (2.0 * std::f64::consts::PI * 1000.0 * n as f64 / rate as f64).cos()) as i16
+}
+
+/// What the stand-in agent and the callers do (`--workload`; module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workload {
+    #[default]
+    Light,
+    Conversation,
+}
+
+impl Workload {
+    pub fn parse(s: &str) -> Option<Workload> {
+        match s {
+            "light" => Some(Workload::Light),
+            "conversation" | "conv" => Some(Workload::Conversation),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Light => "light",
+            Workload::Conversation => "conversation",
+        }
+    }
+}
+
+/// Conversation workload: an agent turn is this many 250 ms chunks (1–5 s), inclusive.
+const TURN_CHUNKS: (u64, u64) = (4, 20);
+/// One ElevenLabs audio chunk, ms.
+const CHUNK_MS: u64 = 250;
+/// A turn's chunks leave at 2× real time, one every 125 ms from the turn's start. ElevenLabs
+/// synthesises a turn incrementally and sends each chunk as it is ready, faster than real time
+/// but not a whole turn at once; at 2× ignis holds up to half a turn, so an interruption finds
+/// audio queued (the case barge-in is about) and the generator's sends stay spread out.
+const CHUNK_GAP: Duration = Duration::from_millis(CHUNK_MS / 2);
+/// The caller's utterances, ms (inclusive range).
+const UTTERANCE_MS: (u64, u64) = (1000, 3000);
+/// Pause between one speaker's end and the other's start, ms (inclusive range).
+const PAUSE_MS: (u64, u64) = (300, 700);
+/// The caller starts talking over an interrupted turn this long before the agent's
+/// `interruption` (the time the agent needs to notice the barge-in).
+const BARGE_IN: Duration = Duration::from_millis(300);
+/// Pre-encoded agent turn openings (onset frame and position cycled over them).
+const TURN_VARIANTS: usize = 15;
+/// A hanging-up caller waits for the agent's audio to stop, but at most this many frames (10 s).
+const ENDING_MAX_FRAMES: u64 = 500;
+/// Peak of one harmonic of the speech-like signal (six harmonics, 1/h amplitudes: peak ~12 250).
+const SPEECH_AMP: f64 = 5000.0;
+
+/// xorshift64: seeded, so runs are repeatable.
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Uniform in `lo..=hi`.
+fn between(rng: &mut u64, (lo, hi): (u64, u64)) -> u64 {
+    lo + xorshift(rng) % (hi - lo + 1)
+}
+
+/// Speech-like test signal at `rate`: harmonics 1–6 of 125 Hz (1/h amplitudes, all at their peak
+/// at sample 0, so an utterance's first sample is its onset) under a 4 Hz syllable envelope
+/// between 0.35 and 1 (never quiet for 50 ms, so no onset inside an utterance). Periodic in 1 s.
+fn speech(n: usize, rate: u64) -> i16 {
+    use std::f64::consts::PI;
+    let t = n as f64 / rate as f64;
+    let env = 0.675 + 0.325 * (2.0 * PI * 4.0 * t).cos();
+    let sum: f64 = (1..=6)
+        .map(|h| (2.0 * PI * 125.0 * f64::from(h) * t).cos() / f64::from(h))
+        .sum();
+    (SPEECH_AMP * env * sum) as i16
+}
+
+/// Samples in the agent's wire format, base64.
+fn encode(format: AgentFormat, samples: &[i16]) -> String {
+    let bytes: Vec<u8> = if format.is_ulaw() {
+        samples.iter().map(|&s| mulaw::encode_sample(s)).collect()
+    } else {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    };
+    STANDARD.encode(bytes)
 }
 
 /// Onset detector over a decoded stream.
@@ -214,7 +354,20 @@ pub struct AgentOptions {
 
 /// Starts the agent on loopback; returns its `http://` base for `ELEVENLABS_API_BASE`.
 pub async fn start_agent(opts: AgentOptions, stats: Arc<Stats>) -> std::io::Result<String> {
+    start_agent_workload(opts, Workload::Light, stats).await
+}
+
+/// [`start_agent`] with a workload (module doc).
+pub async fn start_agent_workload(
+    opts: AgentOptions,
+    workload: Workload,
+    stats: Arc<Stats>,
+) -> std::io::Result<String> {
     let bursts = Arc::new(bursts(opts.format));
+    let turns = Arc::new(match workload {
+        Workload::Light => Vec::new(),
+        Workload::Conversation => turn_audio(opts.format),
+    });
     let order = Arc::new(AtomicU64::new(0));
     let service = AgentService::start(
         AgentServiceOptions {
@@ -224,11 +377,16 @@ pub async fn start_agent(opts: AgentOptions, stats: Arc<Stats>) -> std::io::Resu
         },
         move |conv| {
             let (stats, bursts, order) = (stats.clone(), bursts.clone(), order.clone());
+            let turns = turns.clone();
             async move {
                 let k = order.fetch_add(1, Relaxed);
                 match conv {
                     Ok(conv) => {
-                        if let Err(e) = conversation(conv, opts, &stats, &bursts, k).await {
+                        let audio = Audio {
+                            bursts: &bursts,
+                            turns: &turns,
+                        };
+                        if let Err(e) = conversation(conv, opts, &stats, audio, k).await {
                             stats.error(format!("agent: {e}"));
                         }
                     }
@@ -264,11 +422,175 @@ fn bursts(format: AgentFormat) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// The agent's pre-encoded audio: light bursts; conversation turn openings (empty: light).
+#[derive(Clone, Copy)]
+struct Audio<'a> {
+    bursts: &'a [(usize, String)],
+    turns: &'a [TurnVariant],
+}
+
+/// A conversation turn's audio: its first chunk (silence, then speech from the onset, which lies
+/// in 20 ms frame `frame`) and the chunks after it (chunk `j` is `cont[j % 4]`: the speech loop is
+/// 1 s, four chunks).
+struct TurnVariant {
+    frame: usize,
+    first: String,
+    cont: [String; 4],
+}
+
+fn turn_audio(format: AgentFormat) -> Vec<TurnVariant> {
+    let rate = rate(format);
+    let spf = (rate / 50) as usize;
+    let (chunk, period) = ((rate * CHUNK_MS / 1000) as usize, rate as usize);
+    (0..TURN_VARIANTS)
+        .map(|k| {
+            let frame = DOWN_FRAMES[k % DOWN_FRAMES.len()];
+            // As the bursts': the onset in the middle half of its frame.
+            let q = frame * spf + spf / 4 + k * spf / 2 / TURN_VARIANTS;
+            let first: Vec<i16> = (0..chunk)
+                .map(|i| if i < q { 0 } else { speech(i - q, rate) })
+                .collect();
+            let cont = std::array::from_fn(|m| {
+                let start = (if m == 0 { 4 } else { m }) * chunk - q;
+                let samples: Vec<i16> = (0..chunk)
+                    .map(|i| speech((start + i) % period, rate))
+                    .collect();
+                encode(format, &samples)
+            });
+            TurnVariant {
+                frame,
+                first: encode(format, &first),
+                cont,
+            }
+        })
+        .collect()
+}
+
+/// One agent turn under way.
+struct Turn {
+    variant: usize,
+    chunks: u64,
+    sent: u64,
+    start: tokio::time::Instant,
+    interrupt_at: Option<tokio::time::Instant>,
+}
+
+/// The conversation workload's turn-taking, for one conversation.
+struct Talk<'a> {
+    audio: &'a [TurnVariant],
+    rng: u64,
+    turns: u64,
+    /// Shifts which turns are interrupted, per conversation, so that a short run (a few turns
+    /// per call) still interrupts every `interrupt_every`-th turn overall.
+    shift: u64,
+    turn: Option<Turn>,
+    next_turn: tokio::time::Instant,
+}
+
+impl Talk<'_> {
+    fn wake(&self) -> tokio::time::Instant {
+        match &self.turn {
+            Some(t) if t.sent < t.chunks => t.start + CHUNK_GAP * t.sent as u32,
+            Some(t) => t.interrupt_at.unwrap_or(t.start),
+            None => self.next_turn,
+        }
+    }
+
+    /// The turn's chunks and interruption due at `now`, or a new turn.
+    fn due(&mut self, now: tokio::time::Instant, agent: &mut AgentCtx<'_>, out: &mut Vec<String>) {
+        let link = agent.link;
+        if link.ending.load(Relaxed) {
+            // What was sent plays out; the caller waits for it before hanging up.
+            self.turn = None;
+            self.next_turn = now + Duration::from_secs(3600);
+            return;
+        }
+        let Some(t) = &mut self.turn else {
+            if now >= self.next_turn {
+                self.begin(now, agent);
+                self.due(now, agent, out);
+            }
+            return;
+        };
+        while t.sent < t.chunks && now >= t.start + CHUNK_GAP * t.sent as u32 {
+            let v = &self.audio[t.variant];
+            let b64 = match t.sent {
+                0 => &v.first,
+                j => &v.cont[(j % 4) as usize],
+            };
+            link.down_sent.fetch_add(CHUNK_MS * 8, Relaxed);
+            link.turn_sent.fetch_add(CHUNK_MS * 8, Relaxed);
+            out.push(agent_rules::audio_b64(*agent.event_id, b64));
+            t.sent += 1;
+        }
+        if t.interrupt_at.is_some_and(|at| now >= at) {
+            agent.stats.interruptions.fetch_add(1, Relaxed);
+            link.turn_interrupted.store(true, Relaxed);
+            out.push(agent_rules::interruption(*agent.event_id));
+            self.turn = None;
+        } else if t.sent == t.chunks && t.interrupt_at.is_none() {
+            self.turn = None;
+        }
+    }
+
+    /// Plans a turn (length, interruption) and the caller's next utterance, publishes the
+    /// utterance window and the turn's onset probe.
+    fn begin(&mut self, now: tokio::time::Instant, agent: &mut AgentCtx<'_>) {
+        let (link, stats) = (agent.link, agent.stats);
+        link.begin_turn();
+        self.turns += 1;
+        stats.turns.fetch_add(1, Relaxed);
+        *agent.event_id += 1;
+        let chunks = between(&mut self.rng, TURN_CHUNKS);
+        let variant = (self.turns as usize - 1) % self.audio.len();
+        let length = Duration::from_millis(chunks * CHUNK_MS);
+        let every = agent.interrupt_every;
+        // Interrupted at half its length: all chunks sent (2× real time), half of it held.
+        let interrupt_at = (every > 0 && (self.turns + self.shift).is_multiple_of(every))
+            .then(|| now + length / 2);
+        let pause = |rng: &mut u64| Duration::from_millis(between(rng, PAUSE_MS));
+        let talk_from = match interrupt_at {
+            Some(at) => at - BARGE_IN,
+            None => now + length + pause(&mut self.rng),
+        };
+        let talk_until = talk_from + Duration::from_millis(between(&mut self.rng, UTTERANCE_MS));
+        self.next_turn = talk_until + pause(&mut self.rng);
+        // `from` first: a caller reading between the stores sees a window not yet open.
+        link.talk_from_ns
+            .store(ns_of(talk_from.into_std()), Relaxed);
+        link.talk_until_ns
+            .store(ns_of(talk_until.into_std()), Relaxed);
+        let f = self.audio[variant].frame as u64;
+        let release = ((f + 1) * 20).saturating_sub(LEAD_MS) * 1_000_000;
+        link.down_due_ns.store(now_ns() + release, Relaxed);
+        if stats.recording.load(Relaxed) {
+            stats.probes_down_sent.fetch_add(1, Relaxed);
+        }
+        self.turn = Some(Turn {
+            variant,
+            chunks,
+            sent: 0,
+            start: now,
+            interrupt_at,
+        });
+    }
+}
+
+/// What [`Talk`] needs of its [`Agent`].
+struct AgentCtx<'a> {
+    stats: &'a Stats,
+    link: &'a Link,
+    event_id: &'a mut u64,
+    interrupt_every: u64,
+}
+
 /// One conversation's schedule (bursts, pings, interruptions) and probe detection.
 struct Agent<'a> {
     opts: AgentOptions,
     stats: &'a Stats,
     bursts: &'a [(usize, String)],
+    /// Conversation workload (`None`: light).
+    talk: Option<Talk<'a>>,
     link: Arc<Link>,
     sid: String,
     onset: Onset,
@@ -284,12 +606,15 @@ struct Agent<'a> {
 
 impl Agent<'_> {
     fn wake(&self) -> tokio::time::Instant {
+        if let Some(talk) = &self.talk {
+            return talk.wake().min(self.next_ping);
+        }
         self.next_burst
             .min(self.next_ping)
             .min(self.interrupt_at.unwrap_or(self.next_ping))
     }
 
-    /// The messages due at `now`: a ping, an interruption, a burst.
+    /// The messages due at `now`: a ping, an interruption, a burst (or the conversation's turn).
     fn due(&mut self, now: tokio::time::Instant) -> Vec<String> {
         let (stats, link) = (self.stats, &self.link);
         let mut out = Vec::new();
@@ -301,6 +626,16 @@ impl Agent<'_> {
             self.ping_id += 1;
             stats.pings.fetch_add(1, Relaxed);
             out.push(agent_rules::ping(self.ping_id));
+        }
+        if let Some(talk) = &mut self.talk {
+            let mut ctx = AgentCtx {
+                stats,
+                link,
+                event_id: &mut self.event_id,
+                interrupt_every: self.opts.interrupt_every,
+            };
+            talk.due(now, &mut ctx, &mut out);
+            return out;
         }
         if self.interrupt_at.is_some_and(|t| now >= t) {
             self.interrupt_at = None;
@@ -370,10 +705,18 @@ impl Agent<'_> {
         };
         if let Some(i) = hit {
             let sent = link.up_onset_ns.swap(0, Relaxed);
+            let frame_sent = link.up_frame_ns.swap(0, Relaxed);
             if sent != 0 && self.stats.recording.load(Relaxed) {
                 let at = now + i as u64 * 1_000_000_000 / rate(self.opts.format);
                 let us = (at as i64 - sent as i64) / 1000;
-                self.stats.up_us.lock().unwrap().push(us);
+                if frame_sent == 0 {
+                    self.stats.up_us.lock().unwrap().push(us);
+                } else {
+                    // Conversation: when the onset could first be acted on (module doc).
+                    let arrival = (now as i64 - frame_sent as i64) / 1000;
+                    self.stats.up_us.lock().unwrap().push(arrival);
+                    self.stats.up_mapped_us.lock().unwrap().push(us);
+                }
             }
         }
     }
@@ -383,7 +726,7 @@ async fn conversation(
     mut conv: Conversation,
     opts: AgentOptions,
     stats: &Stats,
-    bursts: &[(usize, String)],
+    audio: Audio<'_>,
     k: u64,
 ) -> Result<(), String> {
     let sid = conv.variable("call_sid").ok_or("no call_sid")?.to_owned();
@@ -407,7 +750,15 @@ async fn conversation(
     let mut agent = Agent {
         opts,
         stats,
-        bursts,
+        bursts: audio.bursts,
+        talk: (!audio.turns.is_empty()).then(|| Talk {
+            audio: audio.turns,
+            rng: 0x2545_f491_4f6c_dd1d ^ (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            turns: 0,
+            shift: k,
+            turn: None,
+            next_turn: start + opts.probe_every / 4 + phase,
+        }),
         link,
         sid,
         onset: Onset::new(rate(opts.format)),
@@ -447,6 +798,51 @@ pub struct CallerFrames {
     silence: String,
     /// Per onset offset: the onset frame and the tone frames after it.
     probes: Vec<Vec<String>>,
+    /// Conversation workload: the caller's speech (`None`: light).
+    speech: Option<Speech>,
+}
+
+/// The caller's speech, pre-encoded: a 1 s loop of the speech-like signal.
+struct Speech {
+    /// The 20 ms frame that starts at each sample of the loop.
+    frames: Vec<String>,
+    /// Per onset offset `o` (0..160): `o` samples of silence, then the loop from its start.
+    onsets: Vec<String>,
+}
+
+impl Speech {
+    fn new() -> Speech {
+        let period = 8000;
+        let samples: Vec<u8> = (0..period)
+            .map(|n| mulaw::encode_sample(speech(n, 8000)))
+            .collect();
+        let frames = (0..period)
+            .map(|p| {
+                let bytes: Vec<u8> = (0..FRAME).map(|j| samples[(p + j) % period]).collect();
+                STANDARD.encode(bytes)
+            })
+            .collect();
+        let onsets = (0..FRAME)
+            .map(|o| {
+                let bytes: Vec<u8> = (0..FRAME)
+                    .map(|j| {
+                        if j < o {
+                            mulaw::SILENCE
+                        } else {
+                            samples[j - o]
+                        }
+                    })
+                    .collect();
+                STANDARD.encode(bytes)
+            })
+            .collect();
+        Speech { frames, onsets }
+    }
+
+    /// Frame `j` (≥ 1) of an utterance whose onset lay at offset `o` of its frame 0.
+    fn frame(&self, j: u64, o: usize) -> &str {
+        &self.frames[(j as usize * FRAME - o) % self.frames.len()]
+    }
 }
 
 impl CallerFrames {
@@ -475,7 +871,19 @@ impl CallerFrames {
                     .collect()
             })
             .collect();
-        CallerFrames { silence, probes }
+        CallerFrames {
+            silence,
+            probes,
+            speech: None,
+        }
+    }
+
+    /// For a workload: the conversation's callers speak (module doc).
+    pub fn for_workload(workload: Workload) -> CallerFrames {
+        CallerFrames {
+            speech: (workload == Workload::Conversation).then(Speech::new),
+            ..CallerFrames::new()
+        }
     }
 }
 
@@ -519,6 +927,10 @@ pub async fn call(
     let result = run_call(&opts, &frames, &stats, &stop, &link).await;
     stats.links.lock().unwrap().remove(&opts.call_sid);
     stats.active.fetch_sub(1, Relaxed);
+    link.settle_turn();
+    let cut = link.down_cut.load(Relaxed);
+    // What interruptions cut was never meant to arrive.
+    link.down_sent.fetch_sub(cut, Relaxed);
     // Audio accounting over the whole call.
     let diff = |sent: &AtomicU64, recv: &AtomicU64, lost: &AtomicU64, dup: &AtomicU64| {
         let (s, r) = (sent.load(Relaxed), recv.load(Relaxed));
@@ -533,6 +945,7 @@ pub async fn call(
         }
         Ok(()) => {
             stats.calls_ok.fetch_add(1, Relaxed);
+            stats.down_cut.fetch_add(cut, Relaxed);
             diff(&link.up_sent, &link.up_recv, &stats.up_lost, &stats.up_dup);
             diff(
                 &link.down_sent,
@@ -563,6 +976,11 @@ struct Caller<'a> {
     onset: Onset,
     /// When the audio heard so far ends.
     heard_until: Option<Instant>,
+    /// Conversation workload: the utterance under way (onset offset, next frame), the window of
+    /// the last one begun (ns), and the onset offsets' generator.
+    utterance: Option<(usize, u64)>,
+    last_talk: u64,
+    rng: u64,
 }
 
 impl<'a> Caller<'a> {
@@ -573,15 +991,21 @@ impl<'a> Caller<'a> {
             link.ending.store(true, Relaxed);
             self.ending_since = Some(self.chunk);
         }
-        // Stop sending 600 ms after ending began (bursts in flight play out), then hang up.
-        if self
-            .ending_since
-            .is_some_and(|c| self.chunk >= c + 30 && self.probe.is_none())
-        {
+        // Stop sending 600 ms after ending began (bursts in flight play out), then hang up. A
+        // conversation's turn may hold seconds of audio in ignis: wait until it has played.
+        let played = |end: Instant| now.into_std() >= end + Duration::from_millis(300);
+        let quiet = frames.speech.is_none() || self.heard_until.is_none_or(played);
+        if self.ending_since.is_some_and(|c| {
+            self.chunk >= c + 30 && self.probe.is_none() && quiet
+                || self.chunk >= c + ENDING_MAX_FRAMES
+        }) {
             return None;
         }
         self.chunk += 1;
         link.up_sent.fetch_add(FRAME as u64, Relaxed);
+        if let Some(speech) = &frames.speech {
+            return Some(self.speak(ns_of(now.into_std()), speech));
+        }
         Some(match self.probe {
             Some((oi, fi)) => {
                 let list = &frames.probes[oi];
@@ -604,6 +1028,35 @@ impl<'a> Caller<'a> {
             }
             None => &frames.silence,
         })
+    }
+
+    /// Conversation workload: the next frame, speech inside the window the agent published.
+    /// An utterance's onset lies at a uniformly random offset of its first frame.
+    fn speak(&mut self, now: u64, speech: &'a Speech) -> &'a str {
+        let (link, stats, frames) = (self.link, self.stats, self.frames);
+        let talking = self.ending_since.is_none();
+        let (from, until) = (
+            link.talk_from_ns.load(Relaxed),
+            link.talk_until_ns.load(Relaxed),
+        );
+        if let Some((o, j)) = self.utterance {
+            if talking && now < until {
+                self.utterance = Some((o, j + 1));
+                return speech.frame(j, o);
+            }
+            self.utterance = None;
+        } else if talking && from != self.last_talk && from <= now && now < until {
+            self.last_talk = from;
+            let o = (xorshift(&mut self.rng) % FRAME as u64) as usize;
+            self.utterance = Some((o, 1));
+            link.up_frame_ns.store(now, Relaxed);
+            link.up_onset_ns.store(now + o as u64 * 125_000, Relaxed);
+            if stats.recording.load(Relaxed) {
+                stats.probes_up_sent.fetch_add(1, Relaxed);
+            }
+            return &speech.onsets[o];
+        }
+        &frames.silence
     }
 
     /// What ignis did on the stream (`audio`: the media's bytes).
@@ -681,6 +1134,14 @@ async fn run_call(
         ending_since: None,
         onset: Onset::new(8000),
         heard_until: None,
+        utterance: None,
+        last_talk: 0,
+        // Seeded by the call's number (the SID's last 16 digits), not the process id.
+        rng: opts.call_sid[opts.call_sid.len().saturating_sub(16)..]
+            .bytes()
+            .fold(0x9e37_79b9_7f4a_7c15, |h: u64, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            }),
     };
     let mut audio: Vec<u8> = Vec::with_capacity(1024);
     loop {
