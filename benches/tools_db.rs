@@ -11,7 +11,8 @@
 //! cargo bench --bench tools_db -- --calls 100 --waves 4 --think-ms 1000
 //! ```
 
-#[path = "support/pg.rs"]
+// The tests' PostgreSQL harness, started with a production server's durability.
+#[path = "../tests/common/postgres.rs"]
 mod pg;
 
 use std::collections::BTreeMap;
@@ -310,9 +311,9 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     eprintln!("SQLite: {} calls × {} waves …", a.calls, a.waves);
     let sqlite = run(Backend::Sqlite(dir.join("ignis.db")), &a);
-    let server = pg::BenchPostgres::start();
+    let server = pg::TestPostgres::start_durable();
     eprintln!("PostgreSQL: {} calls × {} waves …", a.calls, a.waves);
-    let postgres = run(Backend::Postgres(server.url()), &a);
+    let postgres = run(Backend::Postgres(server.default_url()), &a);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -221,25 +221,8 @@ fn adopt_call_retires_the_other_replicas_token() {
 fn staff_commands_work_on_postgres() {
     let db = TestDb::new(Kind::Postgres, "pg-staff-cli");
     let url = db.url();
-    let run = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
-            .args(args)
-            .env_clear()
-            .env("DATABASE_URL", &url)
-            .env("TOOLS_TOKEN", TOOLS_TOKEN)
-            .current_dir(db.dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        let _ = input.write_all(stdin.as_bytes());
-        drop(input);
-        child.wait_with_output().unwrap()
-    };
+    let env = [("DATABASE_URL", url.as_str()), ("TOOLS_TOKEN", TOOLS_TOKEN)];
+    let run = |args: &[&str], stdin: &str| common::ignis_with_env(db.dir(), &env, args, stdin);
     let text = |o: &std::process::Output| {
         format!(
             "{}{}",

@@ -184,13 +184,29 @@ pub fn ignis_on_db(
     args: &[&str],
     stdin: &str,
 ) -> std::process::Output {
+    let db = db.to_string_lossy();
+    ignis_with_env(
+        dir,
+        &[("IGNIS_DB", &db), ("TOOLS_TOKEN", tools_token)],
+        args,
+        stdin,
+    )
+}
+
+/// Runs the real `ignis ARGS…` in `dir` with only the variables `env`, writing `stdin` and
+/// returning what it printed and its exit status.
+pub fn ignis_with_env(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ignis"))
         .args(args)
         .env_clear()
-        .env("IGNIS_DB", db)
-        .env("TOOLS_TOKEN", tools_token)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

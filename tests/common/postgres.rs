@@ -2,23 +2,24 @@
 //! loopback port, as an unprivileged user (the `postgres` account when the tests run as root,
 //! since the server refuses to run as root), trust authentication on loopback only. Stopped and
 //! removed on drop. `.ci/test` installs the `postgresql` package and puts its `bin` directory on
-//! PATH; without it a test fails rather than skips.
+//! PATH; without it a test fails rather than skips. Self-contained, so `benches/tools_db.rs`
+//! includes this file too (with [`TestPostgres::start_durable`]).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
-use super::nginx::TempDir;
-
 /// How long the server may take to accept connections after a start.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// A running test server.
 pub struct TestPostgres {
-    dir: TempDir,
+    dir: PathBuf,
     bin: PathBuf,
+    /// Whether commits are flushed to disk (`fsync`, `synchronous_commit`): off for tests
+    /// (speed), on for benches (a production server's cost).
+    durable: bool,
     /// Its loopback port.
     pub port: u16,
 }
@@ -55,12 +56,26 @@ fn running_as_root() -> bool {
 impl TestPostgres {
     /// initdb + start; panics with the server's log if it does not come up.
     pub fn start() -> TestPostgres {
-        let dir = TempDir::new("pg");
+        Self::start_with(false)
+    }
+
+    /// [`TestPostgres::start`] with default durability (`fsync` and `synchronous_commit` on).
+    pub fn start_durable() -> TestPostgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> TestPostgres {
+        // Unique per process and per server: several run at once in one test binary.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ignis-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let bin = pg_bin_dir();
         if running_as_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
-                .arg(&dir.0)
+                .arg(&dir)
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
@@ -69,7 +84,12 @@ impl TestPostgres {
         let pg = TestPostgres {
             dir,
             bin,
-            port: free_port(),
+            durable,
+            port: std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
         };
         let data = pg.data_dir();
         pg.run(
@@ -88,11 +108,11 @@ impl TestPostgres {
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.dir.0.join("data")
+        self.dir.join("data")
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.0.join("server.log")
+        self.dir.join("server.log")
     }
 
     /// Runs a PostgreSQL tool as the unprivileged user; panics with its output on failure.
@@ -107,7 +127,7 @@ impl TestPostgres {
         };
         let out = cmd
             .args(args)
-            .current_dir(&self.dir.0)
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
@@ -121,11 +141,15 @@ impl TestPostgres {
 
     /// Starts the server (again, after [`TestPostgres::stop`]) on the same port and data.
     pub fn start_server(&self) {
+        let fast = if self.durable {
+            ""
+        } else {
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{fast}",
             self.port,
-            self.dir.0.display()
+            self.dir.display()
         );
         self.run(
             "pg_ctl",
@@ -192,7 +216,7 @@ impl TestPostgres {
 
     /// The data directory's parent (the temp dir).
     pub fn dir(&self) -> &Path {
-        &self.dir.0
+        &self.dir
     }
 }
 
@@ -212,5 +236,6 @@ impl Drop for TestPostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
