@@ -76,6 +76,7 @@ async fn run(format: AgentFormat) {
             duration: None,
             probe_every: PROBE_EVERY,
             phase: Duration::ZERO,
+            direct: false,
         },
         Arc::new(CallerFrames::new()),
         stats.clone(),

@@ -19,8 +19,17 @@
 //! every position of the frame; `support/loadgen.rs`),
 //! `--backends sqlite[,postgres]` runs each call count once per store backend, side by side in
 //! one run (`postgres` needs `--database-url postgres://…`: ignis then runs as a replica with
-//! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md).
+//! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md),
+//! `--bridges ignis[,node][,floor]` runs each call count once per bridge, side by side in one
+//! run, each pinned to `--ignis-cpu` (issue 16 point 6; BENCHMARKS.md "Side by side with the Node
+//! example and the floor"): `node` is ElevenLabs' official Twilio example, prepared outside the
+//! repository by `benches/peer/node-example.sh` and given with `--node-dir DIR`; `floor` is
+//! `support/floor.rs`, this binary re-executed with `--serve-floor PORT AGENT_WS_URL`. Their
+//! callers connect straight to `/media-stream` (no webhook); ignis's go through the signed
+//! webhook as before.
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "support/loadgen.rs"]
 mod loadgen;
 
@@ -49,6 +58,39 @@ struct Args {
     backends: Vec<Backend>,
     /// `DATABASE_URL` for the `postgres` backend.
     database_url: Option<String>,
+    /// Bridges to run, in order.
+    bridges: Vec<Bridge>,
+    /// The Node example's scratch directory (`benches/peer/node-example.sh`).
+    node_dir: Option<std::path::PathBuf>,
+}
+
+/// The bridge under load (issue 16 point 6).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bridge {
+    Ignis,
+    /// ElevenLabs' official Twilio Node example.
+    Node,
+    /// Parse and forward, nothing else (`support/floor.rs`).
+    Floor,
+}
+
+impl Bridge {
+    fn parse(s: &str) -> Option<Bridge> {
+        match s {
+            "ignis" => Some(Bridge::Ignis),
+            "node" => Some(Bridge::Node),
+            "floor" => Some(Bridge::Floor),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Bridge::Ignis => "ignis",
+            Bridge::Node => "node",
+            Bridge::Floor => "floor",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -80,6 +122,8 @@ fn args() -> Args {
         ignis_prefix: Vec::new(),
         backends: vec![Backend::Sqlite],
         database_url: None,
+        bridges: vec![Bridge::Ignis],
+        node_dir: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -115,6 +159,13 @@ fn args() -> Args {
                     .collect()
             }
             "--database-url" => a.database_url = Some(v),
+            "--bridges" => {
+                a.bridges = v
+                    .split(',')
+                    .map(|b| Bridge::parse(b).expect("--bridges ignis,node,floor"))
+                    .collect()
+            }
+            "--node-dir" => a.node_dir = Some(v.into()),
             _ => {
                 i += 1; // `--bench` and friends from cargo
                 continue;
@@ -152,6 +203,9 @@ fn loadavg() -> String {
 }
 
 fn main() {
+    if floor::serve_if_asked() {
+        return;
+    }
     let a = args();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,11 +215,75 @@ fn main() {
         !a.backends.contains(&Backend::Postgres) || a.database_url.is_some(),
         "--backends postgres needs --database-url postgres://…"
     );
+    assert!(
+        !a.bridges.contains(&Bridge::Node)
+            || a.node_dir
+                .as_ref()
+                .is_some_and(|d| d.join("index.js").is_file()),
+        "--bridges node needs --node-dir DIR prepared by benches/peer/node-example.sh"
+    );
+    let mut rows = Vec::new();
     for &n in &a.calls {
-        for &backend in &a.backends {
-            rt.block_on(run(&a, n, backend));
+        for &bridge in &a.bridges {
+            // The store backend is ignis's; the other bridges run once.
+            let backends = if bridge == Bridge::Ignis {
+                &a.backends[..]
+            } else {
+                &[Backend::Sqlite][..]
+            };
+            for &backend in backends {
+                rows.push(rt.block_on(run(&a, n, bridge, backend)));
+            }
         }
     }
+    summary(&a, &rows);
+}
+
+/// Spawns the Node example or the floor (`bridge`), pinned like ignis, logging to `log`.
+fn spawn_peer(
+    a: &Args,
+    bridge: Bridge,
+    port: u16,
+    agent_base: &str,
+    log: &std::path::Path,
+) -> Child {
+    let mut cmd = match &a.ignis_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu]);
+            c
+        }
+        None => Command::new("env"),
+    };
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    match bridge {
+        Bridge::Node => {
+            let dir = a.node_dir.clone().unwrap_or_default();
+            cmd.arg("node")
+                .arg("index.js")
+                .current_dir(dir)
+                .env("ELEVENLABS_API_BASE", agent_base)
+                .env("ELEVENLABS_AGENT_ID", loadgen::AGENT_ID)
+                .env("ELEVENLABS_API_KEY", loadgen::API_KEY)
+                .env("PORT", port.to_string());
+        }
+        Bridge::Floor | Bridge::Ignis => {
+            let exe = std::env::current_exe().expect("bench executable");
+            let ws = agent_base.replacen("http", "ws", 1);
+            cmd.arg(exe)
+                .arg(floor::SERVE_FLOOR)
+                .arg(port.to_string())
+                .arg(format!(
+                    "{ws}/v1/convai/conversation?agent_id={}",
+                    loadgen::AGENT_ID
+                ));
+        }
+    }
+    let log = std::fs::File::create(log).expect("log file");
+    cmd.stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log));
+    cmd.spawn().expect("spawn the bridge")
 }
 
 fn spawn_ignis(
@@ -220,7 +338,7 @@ fn spawn_ignis(
 async fn launch(
     a: &Args,
     n: usize,
-    backend: Backend,
+    (bridge, backend): (Bridge, Backend),
     stats: &Arc<Stats>,
     token: &str,
 ) -> (Child, u16, std::path::PathBuf) {
@@ -242,7 +360,10 @@ async fn launch(
         .port();
     let dir = std::env::temp_dir().join(format!("ignis-load-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let child = spawn_ignis(a, n, backend, port, &agent_base, token, &dir);
+    let child = match bridge {
+        Bridge::Ignis => spawn_ignis(a, n, backend, port, &agent_base, token, &dir),
+        _ => spawn_peer(a, bridge, port, &agent_base, &dir.join("ignis.log")),
+    };
     let t = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -250,7 +371,8 @@ async fn launch(
     {
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "ignis did not start, see {dir:?}"
+            "{} did not start, see {dir:?}",
+            bridge.as_str()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -258,18 +380,22 @@ async fn launch(
     (child, port, dir)
 }
 
-async fn run(a: &Args, n: usize, backend: Backend) {
+async fn run(a: &Args, n: usize, bridge: Bridge, backend: Backend) -> Row {
     let stats = Arc::new(Stats::default());
     let probe_every = Duration::from_millis(a.probe_ms);
     let token = "load-generator-auth-token-0123456789";
-    let (mut child, port, dir) = launch(a, n, backend, &stats, token).await;
+    let (mut child, port, dir) = launch(a, n, (bridge, backend), &stats, token).await;
     // ignis the process; with taskset it execs, so the pid is the same.
     let pid = child.id();
     let (_, rss_idle) = proc_sample(pid);
 
     let frames = Arc::new(CallerFrames::for_workload(a.workload));
     let stop = Arc::new(AtomicBool::new(false));
-    let stream_url = format!("ws://127.0.0.1:{port}/api/twilio/stream");
+    let direct = bridge != Bridge::Ignis;
+    let stream_url = match bridge {
+        Bridge::Ignis => format!("ws://127.0.0.1:{port}/api/twilio/stream"),
+        _ => format!("ws://127.0.0.1:{port}/media-stream"),
+    };
     let mut handles = Vec::new();
     let mut next_sid = 0u64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -284,6 +410,7 @@ async fn run(a: &Args, n: usize, backend: Backend) {
                 duration,
                 probe_every,
                 phase: Duration::from_micros((i as u64 * 20_000 / n.max(1) as u64) % 20_000),
+                direct,
             },
             frames.clone(),
             stats.clone(),
@@ -297,12 +424,13 @@ async fn run(a: &Args, n: usize, backend: Backend) {
         tokio::time::sleep_until(due.into()).await;
     }
     eprintln!(
-        "[load] {n} calls ({}, {} workload) started in {:.1} s; warm-up {} s, window {} s; ignis pid {pid}",
+        "[load] {n} calls ({}, {} workload) started in {:.1} s; warm-up {} s, window {} s; {} pid {pid}",
         a.format.as_str(),
         a.workload.as_str(),
         t_start.elapsed().as_secs_f64(),
         a.warmup,
-        a.secs
+        a.secs,
+        bridge.as_str()
     );
     tokio::time::sleep(Duration::from_secs(a.warmup)).await;
     let (cpu0, _) = proc_sample(pid);
@@ -346,19 +474,21 @@ async fn run(a: &Args, n: usize, backend: Backend) {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
     }
     let (_, rss_after) = proc_sample(pid);
-    let outcomes = ignis_outcomes(port).await;
+    let outcomes = match bridge {
+        Bridge::Ignis => ignis_outcomes(port).await,
+        _ => "n/a".into(),
+    };
     stop_ignis(&mut child);
     let log = std::fs::read_to_string(dir.join("ignis.log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     let warnings: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("Error"))
         .collect();
 
     report(
         a,
-        n,
-        backend,
+        (n, bridge, backend),
         &stats,
         &Figures {
             window,
@@ -370,7 +500,7 @@ async fn run(a: &Args, n: usize, backend: Backend) {
             warnings: &warnings,
             rss_timeline,
         },
-    );
+    )
 }
 
 /// A soak call's random length (0.5–1.5 × `--soak-call-secs`), or `None` without a soak.
@@ -399,7 +529,7 @@ fn progress(
     );
     *seen = (n_up, n_down, n_late);
     eprint!(
-        "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  last 5 s: p99 up {p_up:.2} down {p_down:.2} ms, send-late p99 {late:.2} ms  ignis cpu {cpu_pct:.1} %  rss {} MiB  failed {}   ",
+        "\r[load] {el:4.0}/{secs} s  active {active}  probes up {n_up} down {n_down}  last 5 s: p99 up {p_up:.2} down {p_down:.2} ms, send-late p99 {late:.2} ms  bridge cpu {cpu_pct:.1} %  rss {} MiB  failed {}   ",
         rss / 1024,
         stats.calls_failed.load(Relaxed),
         secs = a.secs,
@@ -421,8 +551,9 @@ struct Figures<'a> {
     rss_timeline: Vec<(u64, u64)>,
 }
 
-/// Prints one run's results.
-fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) {
+/// Prints one run's results; returns its summary row.
+fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_>) -> Row {
+    let (n, bridge, backend) = run;
     let Figures {
         window,
         cpu,
@@ -441,8 +572,10 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         .iter()
         .map(|&x| x as i64)
         .collect();
+    let row = Row::new((n, bridge, backend), stats, f, (&mut up, &mut down));
     println!(
-        "\n== {n} calls, {} workload, {} agent, {} store, window {window:.0} s, loadavg {load}, ignis on cpu {}",
+        "\n== {} bridge, {n} calls, {} workload, {} agent, {} store, window {window:.0} s, loadavg {load}, bridge on cpu {}",
+        bridge.as_str(),
         a.workload.as_str(),
         a.format.as_str(),
         backend.as_str(),
@@ -472,13 +605,15 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         loadgen::fmt_ms(&mut late)
     );
     println!(
-        "  ignis CPU: {:.1} % of a core, {:.4} % of a core per call ({:.1} µs CPU per call-second)",
+        "  {} CPU: {:.1} % of a core, {:.4} % of a core per call ({:.1} µs CPU per call-second)",
+        bridge.as_str(),
         cpu / window * 100.0,
         cpu / (n as f64 * window) * 100.0,
         cpu / (n as f64 * window) * 1e6
     );
     println!(
-        "  ignis RSS: idle {} KiB, end of window {} KiB, max {} KiB, after hang-up {} KiB; per call {:.1} KiB",
+        "  {} RSS: idle {} KiB, end of window {} KiB, max {} KiB, after hang-up {} KiB; per call {:.1} KiB",
+        bridge.as_str(),
         rss_idle,
         rss_end,
         rss_max,
@@ -501,6 +636,7 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
             cut / interruptions
         );
     }
+    interruption_lines(stats, n, window);
     println!(
         "  probes sent up {} down {}; pings {} pongs {}; interruptions {} clears {}; marks {}",
         stats.probes_up_sent.load(Relaxed),
@@ -524,7 +660,7 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         }
     );
     println!("  ignis call outcomes (/metrics): {outcomes}");
-    println!("  ignis warnings and errors logged: {}", warnings.len());
+    println!("  bridge warnings and errors logged: {}", warnings.len());
     for w in warnings.iter().take(5) {
         println!("    {w}");
     }
@@ -545,6 +681,117 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
     }
     if let Some(e) = stats.first_error.lock().unwrap().as_ref() {
         println!("  first error: {e}");
+    }
+    row
+}
+
+/// Barge-in and message-rate lines of a run's report.
+fn interruption_lines(stats: &Stats, n: usize, window: f64) {
+    let mut after = stats.clear_after_us.lock().unwrap().clone();
+    let mut queued = stats.clear_queued_us.lock().unwrap().clone();
+    println!(
+        "  agent interruption -> clear at the caller: {}",
+        loadgen::fmt_ms(&mut after)
+    );
+    println!(
+        "  audio queued at Twilio when the clear landed (sent, unplayed, dropped): {}",
+        loadgen::fmt_ms(&mut queued)
+    );
+    println!(
+        "  media messages to the caller: {:.1} per call-second",
+        stats.media_to_caller.load(Relaxed) as f64 / (n as f64 * window)
+    );
+}
+
+/// One line of the side-by-side table.
+struct Row {
+    bridge: Bridge,
+    backend: Backend,
+    calls: usize,
+    /// % of a core per call.
+    cpu: f64,
+    /// p50 and p99, ms, caller -> agent and agent -> caller.
+    up: (f64, f64),
+    down: (f64, f64),
+    /// Lost audio, ms, up and down.
+    lost: (u64, u64),
+    rss_per_call_kib: f64,
+    media_per_call_s: f64,
+    /// Audio queued at Twilio when a clear landed, ms: p50 and max.
+    queued: (f64, f64),
+    failed: u64,
+}
+
+impl Row {
+    fn new(
+        run: (usize, Bridge, Backend),
+        stats: &Stats,
+        f: &Figures<'_>,
+        (up, down): (&mut [i64], &mut [i64]),
+    ) -> Row {
+        let (calls, bridge, backend) = run;
+        let p50_p99 = |v: &mut [i64]| {
+            loadgen::percentiles(v).map_or((f64::NAN, f64::NAN), |p| {
+                (p.1 as f64 / 1e3, p.3 as f64 / 1e3)
+            })
+        };
+        let mut queued = stats.clear_queued_us.lock().unwrap().clone();
+        let queued = loadgen::percentiles(&mut queued).map_or((f64::NAN, f64::NAN), |p| {
+            (p.1 as f64 / 1e3, p.4 as f64 / 1e3)
+        });
+        let call_secs = calls as f64 * f.window;
+        Row {
+            bridge,
+            backend,
+            calls,
+            cpu: f.cpu / call_secs * 100.0,
+            up: p50_p99(up),
+            down: p50_p99(down),
+            lost: (
+                stats.up_lost.load(Relaxed) / 8,
+                stats.down_lost.load(Relaxed) / 8,
+            ),
+            rss_per_call_kib: (f.rss[1] as f64 - f.rss[0] as f64) / calls as f64,
+            media_per_call_s: stats.media_to_caller.load(Relaxed) as f64 / call_secs,
+            queued,
+            failed: stats.calls_failed.load(Relaxed),
+        }
+    }
+}
+
+/// The side-by-side table of every run (Markdown, for BENCHMARKS.md).
+fn summary(a: &Args, rows: &[Row]) {
+    println!(
+        "\n== side by side: {} workload, {} agent, each bridge on cpu {}\n",
+        a.workload.as_str(),
+        a.format.as_str(),
+        a.ignis_cpu.as_deref().unwrap_or("any")
+    );
+    println!(
+        "| bridge | calls | CPU % per call | up p50 / p99 ms | down p50 / p99 ms | lost up / down ms | RSS per call KiB | media msgs/s per call | queued at clear p50 / max ms | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let name = match (r.bridge, r.backend) {
+            (Bridge::Ignis, Backend::Postgres) => "ignis (postgres)",
+            (b, _) => b.as_str(),
+        };
+        println!(
+            "| {name} | {} | {:.4} | {:.2} / {:.2} | {:.2} / {:.2} | {} / {} | {:.1} | {:.1} | {:.0} / {:.0} | {} |",
+            r.calls,
+            r.cpu,
+            r.up.0,
+            r.up.1,
+            r.down.0,
+            r.down.1,
+            r.lost.0,
+            r.lost.1,
+            r.rss_per_call_kib,
+            r.media_per_call_s,
+            r.queued.0,
+            r.queued.1,
+            r.failed
+        );
     }
 }
 

@@ -54,6 +54,14 @@ use ignis::audio::mulaw;
 pub const FRAME: usize = ignis::sim::twilio::FRAME;
 /// The agent id the stand-in answers to (`ELEVENLABS_AGENT_ID` of the ignis under test).
 pub const AGENT_ID: &str = "bench_agent";
+/// The API key the stand-in's signed-URL endpoint wants (`ELEVENLABS_API_KEY` of the Node
+/// example, which fetches a signed URL per call; docs/elevenlabs.md §1.3).
+pub const API_KEY: &str = "bench-api-key";
+/// A bridge that sends no initiation data (the Node example, the floor) cannot name its call to
+/// the agent (docs/elevenlabs.md §1.7), so its caller says who it is in the audio: until its
+/// agent conversation has begun it sends frames of these bytes and its call SID (padded with
+/// μ-law silence), which the agent reads and then ignores. Not counted as audio either way.
+const ID_MAGIC: &[u8] = b"ignis-loadgen-call ";
 /// ignis's default playout lead (`PlayoutConfig::lead_ms`).
 pub const LEAD_MS: u64 = 100;
 /// Probe tone: 1 kHz cosine (starts at its peak, so the onset is the first sample).
@@ -123,6 +131,8 @@ struct Link {
     turn_sent: AtomicU64,
     turn_interrupted: AtomicBool,
     down_cut: AtomicU64,
+    /// When the agent sent its last `interruption`, ns (0: none pending).
+    interrupted_ns: AtomicU64,
 }
 
 impl Link {
@@ -181,6 +191,13 @@ pub struct Stats {
     /// dropped by design; not in `down_lost`), 8 kHz samples, and the turns it came from.
     pub down_cut: AtomicU64,
     pub turns: AtomicU64,
+    /// Per interruption: agent `interruption` → `clear` at the caller, µs; and the audio still
+    /// queued at Twilio for the caller when the clear landed (sent before the interruption, not
+    /// yet played, so dropped there), µs of audio.
+    pub clear_after_us: Mutex<Vec<i64>>,
+    pub clear_queued_us: Mutex<Vec<i64>>,
+    /// `media` messages the callers received while recording.
+    pub media_to_caller: AtomicU64,
     pub first_error: Mutex<Option<String>>,
     /// Calls that ended before ignis opened their agent conversation, and how long they ran
     /// (ms): their caller audio had nowhere to go, so it is reported apart from "lost".
@@ -372,8 +389,8 @@ pub async fn start_agent_workload(
     let service = AgentService::start(
         AgentServiceOptions {
             agent_id: AGENT_ID.to_owned(),
-            api_key: String::new(),
-            signature: String::new(),
+            api_key: API_KEY.to_owned(),
+            signature: "bench-signature".to_owned(),
         },
         move |conv| {
             let (stats, bursts, order) = (stats.clone(), bursts.clone(), order.clone());
@@ -526,6 +543,7 @@ impl Talk<'_> {
         if t.interrupt_at.is_some_and(|at| now >= at) {
             agent.stats.interruptions.fetch_add(1, Relaxed);
             link.turn_interrupted.store(true, Relaxed);
+            link.interrupted_ns.store(now_ns(), Relaxed);
             out.push(agent_rules::interruption(*agent.event_id));
             self.turn = None;
         } else if t.sent == t.chunks && t.interrupt_at.is_none() {
@@ -640,6 +658,7 @@ impl Agent<'_> {
         if self.interrupt_at.is_some_and(|t| now >= t) {
             self.interrupt_at = None;
             stats.interruptions.fetch_add(1, Relaxed);
+            link.interrupted_ns.store(now_ns(), Relaxed);
             out.push(agent_rules::interruption(self.event_id));
         }
         if now >= self.next_burst {
@@ -690,6 +709,9 @@ impl Agent<'_> {
             return;
         }
         let (buf, link) = (&self.buf, &self.link);
+        if buf.starts_with(ID_MAGIC) {
+            return;
+        }
         let format = self.opts.format;
         let samples = buf.len() / format.bytes_per_sample();
         link.up_recv
@@ -722,6 +744,50 @@ impl Agent<'_> {
     }
 }
 
+/// The call SID of a conversation without initiation data: from the caller's first identifying
+/// frame ([`ID_MAGIC`]).
+async fn identify(conv: &mut Conversation) -> Result<String, String> {
+    let mut buf = Vec::new();
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, async {
+        while let Some(text) = conv.recv().await.map_err(|e| e.to_string())? {
+            let Some(ClientMessage::UserAudio(chunk)) = agent_rules::parse_client(text.as_str())
+            else {
+                continue;
+            };
+            buf.clear();
+            if STANDARD.decode_vec(chunk.as_bytes(), &mut buf).is_ok()
+                && let Some(sid) = sid_of_id_frame(&buf)
+            {
+                return Ok(sid);
+            }
+        }
+        Err("closed before the caller named its call".to_owned())
+    })
+    .await
+    .map_err(|_| "no identifying frame from the caller".to_owned())?
+}
+
+/// The identifying frame of call `sid` ([`ID_MAGIC`]), base64.
+fn id_frame(sid: &str) -> String {
+    let mut bytes = [mulaw::SILENCE; FRAME];
+    for (b, s) in bytes.iter_mut().zip(ID_MAGIC.iter().chain(sid.as_bytes())) {
+        *b = *s;
+    }
+    STANDARD.encode(bytes)
+}
+
+/// The call SID an identifying frame carries.
+fn sid_of_id_frame(bytes: &[u8]) -> Option<String> {
+    let rest = bytes.strip_prefix(ID_MAGIC)?;
+    let sid: Vec<u8> = rest
+        .iter()
+        .copied()
+        .take_while(|&b| b != mulaw::SILENCE)
+        .collect();
+    String::from_utf8(sid).ok()
+}
+
 async fn conversation(
     mut conv: Conversation,
     opts: AgentOptions,
@@ -729,7 +795,10 @@ async fn conversation(
     audio: Audio<'_>,
     k: u64,
 ) -> Result<(), String> {
-    let sid = conv.variable("call_sid").ok_or("no call_sid")?.to_owned();
+    let sid = match conv.variable("call_sid") {
+        Some(sid) => sid.to_owned(),
+        None => identify(&mut conv).await?,
+    };
     let link = stats
         .links
         .lock()
@@ -906,6 +975,10 @@ pub struct CallOptions {
     pub probe_every: Duration,
     /// Offsets the frame clock (spreads calls over the 20 ms period).
     pub phase: Duration,
+    /// `stream_url` is a bridge's own Twilio socket (the Node example's or the floor's
+    /// `/media-stream`): connect to it straight away, no voice webhook, no parameters, and name
+    /// the call in the audio ([`ID_MAGIC`]). Otherwise it is ignis's, reached as Twilio does.
+    pub direct: bool,
 }
 
 /// Runs one call; failures go to `stats`.
@@ -1065,6 +1138,9 @@ impl<'a> Caller<'a> {
         match event {
             StreamEvent::Media { at, plays_at } => {
                 link.down_recv.fetch_add(audio.len() as u64, Relaxed);
+                if stats.recording.load(Relaxed) {
+                    stats.media_to_caller.fetch_add(1, Relaxed);
+                }
                 // Between bursts ignis sends nothing and the caller hears silence.
                 let quiet = Duration::from_millis(u64::from(QUIET_MS));
                 if self.heard_until.is_none_or(|end| at >= end + quiet) {
@@ -1085,6 +1161,15 @@ impl<'a> Caller<'a> {
             }
             StreamEvent::Clear(at) => {
                 stats.clears.fetch_add(1, Relaxed);
+                let interrupted = link.interrupted_ns.swap(0, Relaxed);
+                if interrupted != 0 && stats.recording.load(Relaxed) {
+                    let after = (ns_of(at) as i64 - interrupted as i64) / 1000;
+                    stats.clear_after_us.lock().unwrap().push(after);
+                    let queued = self.heard_until.map_or(0, |end| {
+                        end.saturating_duration_since(at).as_micros() as i64
+                    });
+                    stats.clear_queued_us.lock().unwrap().push(queued);
+                }
                 self.heard_until = Some(at);
             }
             StreamEvent::Closed(code) => return Err(format!("ignis closed the stream: {code:?}")),
@@ -1101,22 +1186,8 @@ async fn run_call(
     stop: &AtomicBool,
     link: &Link,
 ) -> Result<(), String> {
-    let ids = CallIds::new(&opts.call_sid, "+4915100000000", "+493000000000");
-    // As Twilio: the signed voice webhook first, then the stream its TwiML names (the URL
-    // carries the call's nonce; docs/twilio.md §8).
-    let timeout = Duration::from_secs(10);
-    let webhook = voice_url_of(&opts.stream_url);
-    let answer = voice_webhook(&webhook, &opts.auth_token, &ids, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let twiml = answer
-        .stream
-        .ok_or_else(|| format!("voice webhook {}: no stream in the TwiML", answer.status))?;
-    let mut stream = TwilioStream::connect(&twiml.url, &opts.auth_token, ids, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let parameters = twiml.parameters;
-    stream.start(&parameters).await.map_err(|e| e.to_string())?;
+    let mut stream = open_stream(opts).await?;
+    let id_frame = opts.direct.then(|| id_frame(&opts.call_sid));
 
     let t0 = tokio::time::Instant::now() + opts.phase;
     let mut ticker = tokio::time::interval_at(t0, Duration::from_millis(20));
@@ -1153,7 +1224,13 @@ async fn run_call(
                 }
                 let done = stop.load(Relaxed)
                     || opts.duration.is_some_and(|d| now.duration_since(t0) >= d);
-                let Some(payload) = caller.next_frame(now, done) else { break };
+                let payload = match &id_frame {
+                    Some(f) if !done && !link.agent_seen.load(Relaxed) => f.as_str(),
+                    _ => match caller.next_frame(now, done) {
+                        Some(p) => p,
+                        None => break,
+                    },
+                };
                 stream.send_media_b64(payload).await.map_err(|e| format!("send: {e}"))?;
             }
             event = stream.recv(&mut audio) => {
@@ -1170,6 +1247,31 @@ async fn run_call(
     Ok(())
 }
 
+/// Opens the call's stream and sends `connected` and `start` (`CallOptions::direct`).
+async fn open_stream(opts: &CallOptions) -> Result<TwilioStream, String> {
+    let ids = CallIds::new(&opts.call_sid, "+4915100000000", "+493000000000");
+    let timeout = Duration::from_secs(10);
+    let (url, parameters) = if opts.direct {
+        (opts.stream_url.clone(), Vec::new())
+    } else {
+        // As Twilio: the signed voice webhook first, then the stream its TwiML names (the URL
+        // carries the call's nonce; docs/twilio.md §8).
+        let webhook = voice_url_of(&opts.stream_url);
+        let answer = voice_webhook(&webhook, &opts.auth_token, &ids, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let twiml = answer
+            .stream
+            .ok_or_else(|| format!("voice webhook {}: no stream in the TwiML", answer.status))?;
+        (twiml.url, twiml.parameters)
+    };
+    let mut stream = TwilioStream::connect(&url, &opts.auth_token, ids, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.start(&parameters).await.map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
 /// A fresh call SID.
 pub fn call_sid(n: u64) -> String {
     format!("CA{:016x}{:016x}", std::process::id(), n)
@@ -1180,4 +1282,6 @@ pub fn clear(stats: &Stats) {
     stats.up_us.lock().unwrap().clear();
     stats.down_us.lock().unwrap().clear();
     stats.late_us.lock().unwrap().clear();
+    stats.clear_after_us.lock().unwrap().clear();
+    stats.clear_queued_us.lock().unwrap().clear();
 }

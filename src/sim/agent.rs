@@ -14,6 +14,14 @@ use crate::audio::{mulaw, wav};
 
 /// The signed-URL endpoint's path (§1.3).
 pub const SIGNED_URL_PATH: &str = "/v1/convai/conversation/get-signed-url";
+/// Its older underscore spelling, deprecated but still served (§1.3); ElevenLabs' own Twilio
+/// example uses it.
+pub const SIGNED_URL_PATH_DEPRECATED: &str = "/v1/convai/conversation/get_signed_url";
+
+/// Whether `path` (without its query) is the signed-URL endpoint, in either spelling (§1.3).
+pub fn is_signed_url_path(path: &str) -> bool {
+    path == SIGNED_URL_PATH || path == SIGNED_URL_PATH_DEPRECATED
+}
 /// The conversation socket's path (§1.7).
 pub const CONVERSATION_PATH: &str = "/v1/convai/conversation";
 
@@ -76,6 +84,30 @@ pub fn parse_client(text: &str) -> Option<ClientMessage<'_>> {
 /// Whether the first message is the initiation data the client must send first (§1.7).
 pub fn is_initiation(first: &serde_json::Value) -> bool {
     first["type"] == "conversation_initiation_client_data"
+}
+
+/// How a conversation's first client message opens it (§1.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The initiation data, as both SDKs send it first.
+    Initiation,
+    /// Another client message: the conversation starts without initiation data (§1.7, open
+    /// question: ElevenLabs' own Twilio example never sends it and still gets metadata), and
+    /// this message is the conversation's first.
+    Without,
+    /// Not a JSON object: refused.
+    Invalid,
+}
+
+/// Classifies the first client message (§1.7).
+pub fn opening(first: &serde_json::Value) -> Opening {
+    if is_initiation(first) {
+        Opening::Initiation
+    } else if first.is_object() {
+        Opening::Without
+    } else {
+        Opening::Invalid
+    }
 }
 
 /// The signed-URL endpoint's answer to `head` (the raw request): 200 with a URL on `origin`
@@ -163,5 +195,25 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("ws://h/v1/convai/conversation?agent_id=a1&conversation_signature=s"));
         assert!(signed_url_response(head, "x", "a1", "ws://h", "s").starts_with("HTTP/1.1 401"));
+    }
+
+    #[test]
+    fn both_spellings_of_the_signed_url_path_are_served() {
+        assert!(is_signed_url_path("/v1/convai/conversation/get-signed-url"));
+        assert!(is_signed_url_path("/v1/convai/conversation/get_signed_url"));
+        assert!(!is_signed_url_path("/v1/convai/conversation"));
+    }
+
+    #[test]
+    fn a_conversation_may_open_without_initiation_data() {
+        let v = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or_default();
+        let init = v(r#"{"type":"conversation_initiation_client_data"}"#);
+        assert_eq!(opening(&init), Opening::Initiation);
+        assert_eq!(
+            opening(&v(r#"{"user_audio_chunk":"/w=="}"#)),
+            Opening::Without
+        );
+        assert_eq!(opening(&v("7")), Opening::Invalid);
+        assert_eq!(opening(&serde_json::Value::Null), Opening::Invalid);
     }
 }

@@ -1,7 +1,8 @@
 //! An ElevenLabs service on loopback, the project's one ElevenLabs stand-in: the signed-URL
 //! endpoint (§1.3), the conversation socket (§1.7) and the agents/tools/secrets API (§10, rules in
-//! `sim::elevenlabs_api`). It checks what ElevenLabs checks (the API key, the agent id, the
-//! initiation data first) and hands each conversation to a handler that plays the agent's part.
+//! `sim::elevenlabs_api`). It checks what ElevenLabs checks (the API key, the agent id, a JSON
+//! first message: the initiation data, or another message from a client that sends none, §1.7)
+//! and hands each conversation to a handler that plays the agent's part.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -136,13 +137,13 @@ async fn accept(mut stream: TcpStream, peers: Peers<'_>) -> Option<Result<Conver
         .map(|t| t.split('?').next().unwrap_or(t))
         .unwrap_or("");
     if path.starts_with("/v1/")
-        && path != rules::SIGNED_URL_PATH
+        && !rules::is_signed_url_path(path)
         && path != rules::CONVERSATION_PATH
     {
         serve_api(stream, workspace).await;
         return None;
     }
-    if text.starts_with(&format!("GET {}", rules::SIGNED_URL_PATH)) {
+    if text.starts_with("GET ") && rules::is_signed_url_path(path) {
         let _ = stream.read(&mut head).await;
         *lock(count) += 1;
         let resp = rules::signed_url_response(
@@ -174,20 +175,26 @@ async fn accept(mut stream: TcpStream, peers: Peers<'_>) -> Option<Result<Conver
         let _ = ws.close(Some(policy("unknown agent"))).await;
         return None;
     }
-    // §1.7: the client sends conversation_initiation_client_data first.
+    // §1.7: the client sends conversation_initiation_client_data first, or (as ElevenLabs'
+    // own Twilio example) starts with another message, which is then kept for `recv`.
     let first = match tokio::time::timeout(INITIATION_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => t,
         _ => return None,
     };
-    let initiation: Value = serde_json::from_str(first.as_str()).unwrap_or(Value::Null);
-    if !rules::is_initiation(&initiation) {
-        let _ = ws.close(Some(policy("invalid_message"))).await;
-        return None;
-    }
+    let value: Value = serde_json::from_str(first.as_str()).unwrap_or(Value::Null);
+    let (initiation, pending) = match rules::opening(&value) {
+        rules::Opening::Initiation => (value, None),
+        rules::Opening::Without => (Value::Null, Some(first)),
+        rules::Opening::Invalid => {
+            let _ = ws.close(Some(policy("invalid_message"))).await;
+            return None;
+        }
+    };
     Some(Ok(Conversation {
         ws,
         target,
         initiation,
+        pending,
     }))
 }
 
@@ -224,8 +231,10 @@ pub struct Conversation {
     ws: WebSocketStream<TcpStream>,
     /// The request path and query the client used.
     pub target: String,
-    /// The client's initiation data.
+    /// The client's initiation data (`Null` when it opened without, §1.7).
     pub initiation: Value,
+    /// The first client message when it was not the initiation data, not yet read.
+    pending: Option<Utf8Bytes>,
 }
 
 impl Conversation {
@@ -252,6 +261,9 @@ impl Conversation {
 
     /// The next text message from the client; `None` once the socket closed.
     pub async fn recv(&mut self) -> Result<Option<Utf8Bytes>, SimError> {
+        if let Some(first) = self.pending.take() {
+            return Ok(Some(first));
+        }
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => return Ok(Some(t)),
