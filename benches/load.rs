@@ -776,20 +776,28 @@ fn summary(a: &Args, rows: &[Row]) {
             (Bridge::Ignis, Backend::Postgres) => "ignis (postgres)",
             (b, _) => b.as_str(),
         };
+        // "–": no samples (no interruption in the window, say).
+        let ms = |x: f64, digits: usize| {
+            if x.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{x:.digits$}")
+            }
+        };
         println!(
-            "| {name} | {} | {:.4} | {:.2} / {:.2} | {:.2} / {:.2} | {} / {} | {:.1} | {:.1} | {:.0} / {:.0} | {} |",
+            "| {name} | {} | {:.4} | {} / {} | {} / {} | {} / {} | {:.1} | {:.1} | {} / {} | {} |",
             r.calls,
             r.cpu,
-            r.up.0,
-            r.up.1,
-            r.down.0,
-            r.down.1,
+            ms(r.up.0, 2),
+            ms(r.up.1, 2),
+            ms(r.down.0, 2),
+            ms(r.down.1, 2),
             r.lost.0,
             r.lost.1,
             r.rss_per_call_kib,
             r.media_per_call_s,
-            r.queued.0,
-            r.queued.1,
+            ms(r.queued.0, 0),
+            ms(r.queued.1, 0),
             r.failed
         );
     }
