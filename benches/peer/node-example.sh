@@ -24,14 +24,14 @@ EXAMPLE=examples/conversational-ai/twilio/javascript
 FILES=(index.js package.json package-lock.json)
 
 repo=$(cd "$(dirname "$0")/../.." && pwd -P)
-mkdir -p "$DIR"
-dir=$(cd "$DIR" && pwd -P)
+dir=$(realpath -m "$DIR")
 case "$dir/" in
 "$repo"/*)
     echo "refusing: $dir is inside the repository ($repo); never commit the example's code" >&2
     exit 2
     ;;
 esac
+mkdir -p "$dir"
 
 for f in "${FILES[@]}"; do
     case "$SOURCE" in

@@ -31,6 +31,12 @@
 //! sample-mapped definition above charges a delay that pushes the onset into the next frame only
 //! with the delay itself (2.19 ms for the resampler), while the agent gets the onset a whole frame
 //! later (issue 16: p90 19.5 ms); it is reported too, as "sample-mapped".
+//!
+//! Barge-in (issue 16 point 6): per agent `interruption`, the time until the caller sees the
+//! `clear`, and the audio still queued at Twilio for the caller when it lands (what Twilio drops:
+//! a bridge that forwards each 250 ms chunk at once leaves the rest of the turn there). Targets
+//! (`CallOptions::direct`): ignis through its signed webhook, or a bridge's own `/media-stream`
+//! (the Node example, the floor), whose callers name their call in the audio ([`ID_MAGIC`]).
 
 #![allow(dead_code)]
 
