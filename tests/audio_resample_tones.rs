@@ -182,8 +182,9 @@ fn iir_halfband_meets_every_telephone_target_with_sub_ms_delay() {
              {:.3} / {:.3} / {:.3} ms",
             delays[0], delays[1], delays[2]
         );
-        assert!(worst_gain <= 0.1, "{a}->{b}: {worst_gain}");
-        assert!(worst_reject <= -80.0, "{a}->{b}: {worst_reject}");
+        // Targets 0.1 dB and 80 dB; the design gives 3e-9 dB and 92.5 dB, and f64 keeps them.
+        assert!(worst_gain <= 0.001, "{a}->{b}: {worst_gain}");
+        assert!(worst_reject <= -90.0, "{a}->{b}: {worst_reject}");
         for (hz, d) in [300, 1000, 3000].iter().zip(&delays) {
             assert!(*d > 0.0 && *d < 1.0, "{a}->{b} at {hz} Hz: {d} ms");
         }

@@ -595,7 +595,8 @@ impl AllpassPath {
     #[inline(always)]
     fn step(&mut self, coeffs: &[f64; IIR_SECTIONS], mut x: f64) -> f64 {
         for ((a, x1), y1) in coeffs.iter().zip(&mut self.x1).zip(&mut self.y1) {
-            let y = a * (x - *y1) + *x1;
+            // a·x + x1 first: only a·y1 and one subtraction stay on the recursion.
+            let y = (a * x + *x1) - a * *y1;
             *x1 = x;
             *y1 = y;
             x = y;
@@ -624,13 +625,16 @@ struct IirUp {
 
 impl IirUp {
     fn process(&mut self, input: &[f32], output: &mut [f32]) -> usize {
+        // State in locals so that it stays in registers across samples.
+        let (mut p0, mut p1) = (self.p0, self.p1);
         for (&x, pair) in input.iter().zip(output.chunks_exact_mut(2)) {
             let x = f64::from(x);
-            pair[0] = self.p0.step(&IIR_HALFBAND_PATH0, x) as f32;
-            pair[1] = self.p1.step(&IIR_HALFBAND_PATH1, x) as f32;
+            pair[0] = p0.step(&IIR_HALFBAND_PATH0, x) as f32;
+            pair[1] = p1.step(&IIR_HALFBAND_PATH1, x) as f32;
         }
-        self.p0.settle();
-        self.p1.settle();
+        p0.settle();
+        p1.settle();
+        (self.p0, self.p1) = (p0, p1);
         2 * input.len()
     }
 }
@@ -653,7 +657,7 @@ impl IirDown {
                 return 0;
             };
             self.carry = None;
-            output[0] = self.pair(first, second);
+            output[0] = Self::pair(&mut self.p0, &mut self.p1, first, second);
             written = 1;
             input = rest;
         }
@@ -661,19 +665,22 @@ impl IirDown {
         if let [last] = pairs.remainder() {
             self.carry = Some(*last);
         }
+        // State in locals so that it stays in registers across samples.
+        let (mut p0, mut p1) = (self.p0, self.p1);
         for (pair, y) in pairs.zip(&mut output[written..]) {
-            *y = self.pair(pair[0], pair[1]);
+            *y = Self::pair(&mut p0, &mut p1, pair[0], pair[1]);
             written += 1;
         }
-        self.p0.settle();
-        self.p1.settle();
+        p0.settle();
+        p1.settle();
+        (self.p0, self.p1) = (p0, p1);
         written
     }
 
     #[inline(always)]
-    fn pair(&mut self, even: f32, odd: f32) -> f32 {
-        let a0 = self.p0.step(&IIR_HALFBAND_PATH0, f64::from(odd));
-        let a1 = self.p1.step(&IIR_HALFBAND_PATH1, f64::from(even));
+    fn pair(p0: &mut AllpassPath, p1: &mut AllpassPath, even: f32, odd: f32) -> f32 {
+        let a0 = p0.step(&IIR_HALFBAND_PATH0, f64::from(odd));
+        let a1 = p1.step(&IIR_HALFBAND_PATH1, f64::from(even));
         (0.5 * (a0 + a1)) as f32
     }
 }
