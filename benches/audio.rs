@@ -82,6 +82,8 @@ fn bench_resample(c: &mut Criterion) {
     let cases: &[(&str, u32, u32, Engine)] = &[
         ("halfband_8k_to_16k", 8000, 16000, Engine::Halfband),
         ("halfband_16k_to_8k", 16000, 8000, Engine::Halfband),
+        ("halfband_iir_8k_to_16k", 8000, 16000, Engine::HalfbandIir),
+        ("halfband_iir_16k_to_8k", 16000, 8000, Engine::HalfbandIir),
         ("rubato_fft_8k_to_16k", 8000, 16000, Engine::Rubato),
         ("rubato_fft_16k_to_8k", 16000, 8000, Engine::Rubato),
         ("rubato_fft_8k_to_24k", 8000, 24000, Engine::Rubato),

@@ -149,17 +149,24 @@ fn batching_and_finish() {
     assert_eq!(payloads, 2);
     p.finish();
     let tail = drain(&mut p);
-    // 20 ms left over plus the 35-sample halfband tail.
-    assert_eq!(tail.concat().len(), (320 + 35) * 2);
+    // 20 ms left over plus the resampler's tail (3 samples: the IIR halfband's nominal delay,
+    // docs/dsp.md §5.5).
+    use ignis::audio::resample::{Engine, Resampler};
+    let delay = Resampler::new(8000, 16000, Engine::Auto, false)
+        .unwrap()
+        .delay_frames();
+    assert_eq!(delay, 3);
+    assert_eq!(tail.concat().len(), (320 + delay) * 2);
 }
 
-#[test]
-fn round_trip_8k_16k_8k_keeps_a_tone_clean() {
+/// 8 → 16 → 8 kHz of a 440 Hz tone with `up` as the upsampler and the FIR down (what
+/// `Engine::Auto` picks on the way down); returns input and output, both 8000 samples.
+fn round_trip(up: ignis::audio::resample::Engine) -> (Vec<f32>, Vec<f32>) {
     use ignis::audio::resample::{Engine, Resampler};
     let x: Vec<f32> = (0..8000)
         .map(|n| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * n as f32 / 8000.0).sin())
         .collect();
-    let mut up = Resampler::new(8000, 16000, Engine::Auto, true).unwrap();
+    let mut up = Resampler::new(8000, 16000, up, true).unwrap();
     let mut down = Resampler::new(16000, 8000, Engine::Auto, true).unwrap();
     let mut mid = vec![0.0; 16000 + up.flush_frames_max()];
     let mut n = up.process_into(&x, &mut mid).unwrap();
@@ -168,11 +175,47 @@ fn round_trip_8k_16k_8k_keeps_a_tone_clean() {
     let mut m = down.process_into(&mid[..n], &mut y).unwrap();
     m += down.flush_into(&mut y[m..]).unwrap();
     assert_eq!(m, 8000);
+    y.truncate(m);
+    (x, y)
+}
+
+#[test]
+fn round_trip_8k_16k_8k_keeps_a_tone_clean() {
+    // The FIR both ways: linear phase, its delay trimmed exactly, so sample-by-sample equal.
+    let (x, y) = round_trip(ignis::audio::resample::Engine::Halfband);
     let (mut sig, mut err) = (0.0f64, 0.0f64);
     for i in 1000..7000 {
         sig += (x[i] as f64).powi(2);
         err += (x[i] as f64 - y[i] as f64).powi(2);
     }
     let snr = 10.0 * (sig / err).log10();
+    assert!(snr > 60.0, "round-trip SNR {snr:.1} dB");
+}
+
+/// The IIR halfband up (`Engine::Auto` for caller audio): not linear phase, so the tone comes
+/// back shifted by the group delay at 440 Hz left after the 3-sample trim. Measured as the
+/// residual of a least-squares sine fit at 440 Hz (docs/dsp.md §4.2): clean, and the right
+/// amplitude.
+#[test]
+fn round_trip_with_the_iir_up_keeps_a_tone_clean() {
+    let (_, y) = round_trip(ignis::audio::resample::Engine::HalfbandIir);
+    let w = 2.0 * std::f64::consts::PI * 440.0 / 8000.0;
+    let span = 1000..7000;
+    let (mut c, mut s) = (0.0f64, 0.0f64);
+    for i in span.clone() {
+        c += y[i] as f64 * (w * i as f64).cos();
+        s += y[i] as f64 * (w * i as f64).sin();
+    }
+    let len = span.len() as f64;
+    let (c, s) = (2.0 * c / len, 2.0 * s / len);
+    let amp = (c * c + s * s).sqrt();
+    let (mut sig, mut err) = (0.0f64, 0.0f64);
+    for i in span {
+        let fit = c * (w * i as f64).cos() + s * (w * i as f64).sin();
+        sig += fit * fit;
+        err += (y[i] as f64 - fit).powi(2);
+    }
+    let snr = 10.0 * (sig / err).log10();
+    assert!((amp - 0.5).abs() < 0.001, "amplitude {amp}");
     assert!(snr > 60.0, "round-trip SNR {snr:.1} dB");
 }

@@ -1,14 +1,20 @@
 //! Streaming sample-rate conversion between 8 kHz (Twilio) and every agent rate.
 //!
-//! Two engines (docs/dsp.md §2.3, §5.3; figures in BENCHMARKS.md):
+//! Three engines (docs/dsp.md §2.3, §5.3, §5.5; figures in BENCHMARKS.md):
+//! - [`Engine::HalfbandIir`]: a 13th-order elliptic halfband as two parallel allpass chains
+//!   (polyphase IIR) for the exact 2:1 / 1:2 pair. 0.2–0.45 ms group delay in the voice band,
+//!   flat to 3.4 kHz, ≥ 90 dB rejection from 4.6 kHz, and every input sample's outputs at once:
+//!   a caller's onset leaves with its own 20 ms frame (docs/dsp.md §5.5).
 //! - [`Engine::Halfband`]: a 71-tap Kaiser halfband polyphase FIR for the exact 2:1 / 1:2 pair
-//!   (8 kHz ↔ 16 kHz). 2.19 ms (up) / 2.13 ms (down) delay, flat to 3.4 kHz, ≥ 80 dB rejection
-//!   from 4.6 kHz. The only option that meets the ≤ 2.5 ms delay target.
+//!   (8 kHz ↔ 16 kHz). 2.19 ms (up) / 2.13 ms (down) linear-phase delay, flat to 3.4 kHz,
+//!   ≥ 80 dB rejection from 4.6 kHz. Its pure delay trims exactly, so it stays on the way down,
+//!   where the input runs ahead of real time and the delay costs nothing.
 //! - [`Engine::Rubato`]: rubato 5 `Fft` with `FixedSync::Both` and a 20 ms chunk, for every other
 //!   ratio (22.05/24/44.1/48 kHz). Textbook quality and cheap, but half an FFT block (10 ms) of
 //!   delay. No rubato configuration reaches 2.5 ms without cutting into the voice band (§2.3).
 //!
-//! [`Engine::Auto`] picks identity for equal rates, the halfband for 2:1 / 1:2, rubato otherwise.
+//! [`Engine::Auto`] picks identity for equal rates, the IIR halfband for 1:2 (caller audio, where
+//! delay is latency), the FIR halfband for 2:1, rubato otherwise (docs/dsp.md §5.5).
 //!
 //! Streaming contract: state is kept across calls, so feeding a signal in any chunking gives
 //! exactly the output of one call over the whole signal. [`Resampler::flush_into`] pushes out what
@@ -34,14 +40,45 @@ const CENTRE: usize = (HALFBAND_TAPS - 1) / 2; // 35
 /// Samples processed per inner block (bounds the history buffers).
 const BLOCK: usize = 256;
 
+/// Allpass coefficients of the two-path elliptic halfband, H(z) = ½[A0(z²) + z⁻¹·A1(z²)],
+/// each Ai a cascade of sections (a + z⁻²)/(1 + a·z⁻²). From `docs/halfband_iir_design.py`:
+/// the closed-form elliptic halfband of Valenzuela & Constantinides (1983) for a transition of
+/// 1.2 kHz at 16 kHz (3.4 → 4.6 kHz) and ≥ 80 dB, which needs order 13 (six coefficients,
+/// alternating between the paths) and gives 92.5 dB (docs/dsp.md §5.5).
+pub const IIR_HALFBAND_PATH0: [f64; IIR_SECTIONS] = [
+    0.047_267_509_684_947_87,
+    0.347_345_969_757_530_74,
+    0.717_454_447_932_491_7,
+];
+/// Path 1 (the odd-phase path, z⁻¹·A1(z²)) of [`IIR_HALFBAND_PATH0`]'s filter.
+pub const IIR_HALFBAND_PATH1: [f64; IIR_SECTIONS] = [
+    0.174_345_022_681_705_3,
+    0.533_874_410_531_109,
+    0.901_404_443_585_987_3,
+];
+/// First-order allpass sections per path.
+pub const IIR_SECTIONS: usize = 3;
+/// Nominal delay of the IIR interpolator in 16 kHz samples: its group delay at 1 kHz (3.34)
+/// rounded. What [`Resampler::delay_frames`] reports for it (docs/dsp.md §5.5).
+const IIR_UP_DELAY: usize = 3;
+/// Nominal delay of the IIR decimator in 8 kHz samples: (3.34 − 1) / 2 rounded (the output is
+/// taken at the odd input sample, one 16 kHz sample later than the even one).
+const IIR_DOWN_DELAY: usize = 1;
+/// Allpass state below this is set to zero after each call, so that a decaying state never
+/// reaches subnormal numbers (slow on x86) during long silences. −400 dB: inaudible.
+const IIR_STATE_FLOOR: f64 = 1e-20;
+
 /// Which implementation converts the rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
-    /// Identity for equal rates, halfband for 2:1 and 1:2, rubato `Fft` otherwise.
+    /// Identity for equal rates, the IIR halfband for 1:2, the FIR halfband for 2:1, rubato
+    /// `Fft` otherwise.
     #[default]
     Auto,
     /// The 71-tap halfband FIR; only valid for an exact 2:1 or 1:2 ratio.
     Halfband,
+    /// The two-path allpass (polyphase IIR) halfband; only valid for an exact 2:1 or 1:2 ratio.
+    HalfbandIir,
     /// rubato 5 `Fft`, `FixedSync::Both`, 20 ms chunks; any ratio.
     Rubato,
 }
@@ -54,7 +91,8 @@ pub enum ResampleSetupError {
         /// The offending rate in Hz.
         rate: u32,
     },
-    /// [`Engine::Halfband`] was asked for a ratio other than 2:1 or 1:2.
+    /// [`Engine::Halfband`] or [`Engine::HalfbandIir`] was asked for a ratio other than 2:1 or
+    /// 1:2.
     NotHalfbandRatio,
     /// rubato refused the configuration.
     Rubato,
@@ -120,6 +158,8 @@ enum Kind {
     Identity,
     Up2(Box<HalfbandUp>),
     Down2(Box<HalfbandDown>),
+    IirUp(IirUp),
+    IirDown(IirDown),
     Fft(Box<RubatoFft>),
 }
 
@@ -142,16 +182,26 @@ impl Resampler {
             }
         }
         let halfband_ok = rate_out == 2 * rate_in || rate_in == 2 * rate_out;
+        let up = rate_out > rate_in;
         let kind = match engine {
             Engine::Auto if rate_in == rate_out => Kind::Identity,
+            // Up (caller audio, real time): the IIR, whose delay fits inside the frame. Down
+            // (agent audio, faster than real time): the FIR, whose delay is trimmed for free
+            // (docs/dsp.md §5.5).
+            Engine::Auto | Engine::HalfbandIir if halfband_ok && up => {
+                Kind::IirUp(IirUp::default())
+            }
+            Engine::HalfbandIir if halfband_ok => Kind::IirDown(IirDown::default()),
             Engine::Auto | Engine::Halfband if halfband_ok => {
-                if rate_out > rate_in {
+                if up {
                     Kind::Up2(Box::new(HalfbandUp::new()))
                 } else {
                     Kind::Down2(Box::new(HalfbandDown::new()))
                 }
             }
-            Engine::Halfband => return Err(ResampleSetupError::NotHalfbandRatio),
+            Engine::Halfband | Engine::HalfbandIir => {
+                return Err(ResampleSetupError::NotHalfbandRatio);
+            }
             Engine::Auto | Engine::Rubato => {
                 Kind::Fft(Box::new(RubatoFft::new(rate_in, rate_out)?))
             }
@@ -185,16 +235,23 @@ impl Resampler {
         match self.kind {
             Kind::Identity => "identity",
             Kind::Up2(_) | Kind::Down2(_) => "halfband71",
+            Kind::IirUp(_) | Kind::IirDown(_) => "halfband-iir13",
             Kind::Fft(_) => "rubato-fft",
         }
     }
 
-    /// Algorithmic delay in output samples (what [`Resampler::flush_into`] pushes out).
+    /// Algorithmic delay in output samples: what `trim_leading` drops and what
+    /// [`Resampler::flush_into`] pushes out. The FIRs have a pure delay. The IIR halfband's group
+    /// delay varies with frequency (0.2 ms at 300 Hz to 0.6 ms at 3.4 kHz); for it this is the
+    /// group delay at 1 kHz, rounded, and its ringing beyond that is dropped by the flush's reset
+    /// (docs/dsp.md §5.5).
     pub fn delay_frames(&self) -> usize {
         match &self.kind {
             Kind::Identity => 0,
             Kind::Up2(_) => CENTRE,
             Kind::Down2(_) => HalfbandDown::DELAY,
+            Kind::IirUp(_) => IIR_UP_DELAY,
+            Kind::IirDown(_) => IIR_DOWN_DELAY,
             Kind::Fft(f) => f.inner.output_delay(),
         }
     }
@@ -204,8 +261,9 @@ impl Resampler {
     pub fn output_frames_max(&self, input_len: usize) -> usize {
         match &self.kind {
             Kind::Identity => input_len,
-            Kind::Up2(_) => 2 * input_len,
+            Kind::Up2(_) | Kind::IirUp(_) => 2 * input_len,
             Kind::Down2(d) => (input_len + usize::from(d.carry.is_some())) / 2,
+            Kind::IirDown(d) => (input_len + usize::from(d.carry.is_some())) / 2,
             Kind::Fft(f) => (f.fill + input_len) / f.chunk_in * f.chunk_out,
         }
     }
@@ -240,6 +298,8 @@ impl Resampler {
             }
             Kind::Up2(u) => u.process(input, output),
             Kind::Down2(d) => d.process(input, output),
+            Kind::IirUp(u) => u.process(input, output),
+            Kind::IirDown(d) => d.process(input, output),
             Kind::Fft(f) => f.process(input, output)?,
         };
         self.in_total += input.len() as u64;
@@ -279,8 +339,8 @@ impl Resampler {
             let owed = (target - self.out_total) as usize;
             let z = match &self.kind {
                 Kind::Identity => 0,
-                Kind::Up2(_) => owed.div_ceil(2),
-                Kind::Down2(_) => 2 * owed,
+                Kind::Up2(_) | Kind::IirUp(_) => owed.div_ceil(2),
+                Kind::Down2(_) | Kind::IirDown(_) => 2 * owed,
                 Kind::Fft(f) => f.chunk_in - f.fill,
             }
             .clamp(1, zeros.len());
@@ -288,6 +348,8 @@ impl Resampler {
                 Kind::Identity => 0,
                 Kind::Up2(u) => u.process(&zeros[..z], &mut output[written..]),
                 Kind::Down2(d) => d.process(&zeros[..z], &mut output[written..]),
+                Kind::IirUp(u) => u.process(&zeros[..z], &mut output[written..]),
+                Kind::IirDown(d) => d.process(&zeros[..z], &mut output[written..]),
                 Kind::Fft(f) => match f.process(&zeros[..z], &mut output[written..]) {
                     Ok(n) => n,
                     Err(e) => {
@@ -317,6 +379,8 @@ impl Resampler {
             Kind::Identity => {}
             Kind::Up2(u) => u.reset(),
             Kind::Down2(d) => d.reset(),
+            Kind::IirUp(u) => *u = IirUp::default(),
+            Kind::IirDown(d) => *d = IirDown::default(),
             Kind::Fft(f) => f.reset(),
         }
         self.in_total = 0;
@@ -517,6 +581,110 @@ impl HalfbandDown {
     }
 }
 
+/// One path of the IIR halfband: [`IIR_SECTIONS`] first-order allpass sections in series, each
+/// y[n] = a·(x[n] − y[n−1]) + x[n−1] at the low rate (= (a + z⁻²)/(1 + a·z⁻²) at the high
+/// rate). Computed in f64: a recursive chain gains nothing from SIMD, so f64 costs the same as
+/// f32 and leaves no rounding floor to argue about (docs/dsp.md §5.5).
+#[derive(Debug, Clone, Copy, Default)]
+struct AllpassPath {
+    x1: [f64; IIR_SECTIONS],
+    y1: [f64; IIR_SECTIONS],
+}
+
+impl AllpassPath {
+    #[inline(always)]
+    fn step(&mut self, coeffs: &[f64; IIR_SECTIONS], mut x: f64) -> f64 {
+        for ((a, x1), y1) in coeffs.iter().zip(&mut self.x1).zip(&mut self.y1) {
+            // a·x + x1 first: only a·y1 and one subtraction stay on the recursion.
+            let y = (a * x + *x1) - a * *y1;
+            *x1 = x;
+            *y1 = y;
+            x = y;
+        }
+        x
+    }
+
+    /// Zeroes state that has decayed below [`IIR_STATE_FLOOR`] (no subnormals in silence).
+    fn settle(&mut self) {
+        for v in self.x1.iter_mut().chain(self.y1.iter_mut()) {
+            if v.abs() < IIR_STATE_FLOOR {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+/// 1:2 IIR halfband interpolator: per input x[m], y[2m] = A0(x)[m] and y[2m+1] = A1(x)[m]
+/// (the polyphase form of ½[A0(z²) + z⁻¹·A1(z²)] with the interpolation gain of 2). Both
+/// outputs exist as soon as x[m] does: nothing waits for later input.
+#[derive(Debug, Clone, Copy, Default)]
+struct IirUp {
+    p0: AllpassPath,
+    p1: AllpassPath,
+}
+
+impl IirUp {
+    fn process(&mut self, input: &[f32], output: &mut [f32]) -> usize {
+        // State in locals so that it stays in registers across samples.
+        let (mut p0, mut p1) = (self.p0, self.p1);
+        for (&x, pair) in input.iter().zip(output.chunks_exact_mut(2)) {
+            let x = f64::from(x);
+            pair[0] = p0.step(&IIR_HALFBAND_PATH0, x) as f32;
+            pair[1] = p1.step(&IIR_HALFBAND_PATH1, x) as f32;
+        }
+        p0.settle();
+        p1.settle();
+        (self.p0, self.p1) = (p0, p1);
+        2 * input.len()
+    }
+}
+
+/// 2:1 IIR halfband decimator: per input pair (x[2m], x[2m+1]) it emits
+/// y[m] = ½[A0(x[2m+1]) + A1(x[2m])], the filter's output at the odd sample 2m+1.
+#[derive(Debug, Clone, Copy, Default)]
+struct IirDown {
+    p0: AllpassPath,
+    p1: AllpassPath,
+    /// First sample of an incomplete pair.
+    carry: Option<f32>,
+}
+
+impl IirDown {
+    fn process(&mut self, mut input: &[f32], output: &mut [f32]) -> usize {
+        let mut written = 0;
+        if let Some(first) = self.carry {
+            let Some((&second, rest)) = input.split_first() else {
+                return 0;
+            };
+            self.carry = None;
+            output[0] = Self::pair(&mut self.p0, &mut self.p1, first, second);
+            written = 1;
+            input = rest;
+        }
+        let pairs = input.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            self.carry = Some(*last);
+        }
+        // State in locals so that it stays in registers across samples.
+        let (mut p0, mut p1) = (self.p0, self.p1);
+        for (pair, y) in pairs.zip(&mut output[written..]) {
+            *y = Self::pair(&mut p0, &mut p1, pair[0], pair[1]);
+            written += 1;
+        }
+        p0.settle();
+        p1.settle();
+        (self.p0, self.p1) = (p0, p1);
+        written
+    }
+
+    #[inline(always)]
+    fn pair(p0: &mut AllpassPath, p1: &mut AllpassPath, even: f32, odd: f32) -> f32 {
+        let a0 = p0.step(&IIR_HALFBAND_PATH0, f64::from(odd));
+        let a1 = p1.step(&IIR_HALFBAND_PATH1, f64::from(even));
+        (0.5 * (a0 + a1)) as f32
+    }
+}
+
 /// rubato `Fft` with `FixedSync::Both` and 20 ms chunks, fed from an accumulator so callers may
 /// pass any length.
 struct RubatoFft {
@@ -636,6 +804,53 @@ mod tests {
     }
 
     #[test]
+    fn explicit_halfband_engines_stream_exactly_too() {
+        for engine in [Engine::Halfband, Engine::HalfbandIir] {
+            for (a, b) in [(8000, 16000), (16000, 8000)] {
+                for trim in [false, true] {
+                    let x = signal(1607);
+                    let mut r = Resampler::new(a, b, engine, trim).unwrap();
+                    let one = run_chunked(&mut r, &x, &[x.len()]);
+                    let chunked = run_chunked(&mut r, &x, &[1, 160, 7, 333, 2]);
+                    assert_eq!(one, chunked, "{engine:?} {a}->{b} trim {trim}");
+                    let signal_len = (x.len() as u64 * b as u64).div_ceil(a as u64) as usize;
+                    let expect = signal_len + if trim { 0 } else { r.delay_frames() };
+                    assert_eq!(one.len(), expect, "{engine:?} {a}->{b} trim {trim}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn iir_state_settles_to_zero_in_silence() {
+        for (a, b) in [(8000, 16000), (16000, 8000)] {
+            let mut r = Resampler::new(a, b, Engine::HalfbandIir, false).unwrap();
+            let mut out = vec![0.0f32; 640];
+            r.process_into(&signal(320), &mut out).unwrap();
+            let paths = |r: &Resampler| match &r.kind {
+                Kind::IirUp(u) => [u.p0, u.p1],
+                Kind::IirDown(d) => [d.p0, d.p1],
+                _ => unreachable!(),
+            };
+            let state = |r: &Resampler| {
+                paths(r)
+                    .iter()
+                    .flat_map(|p| p.x1.iter().chain(&p.y1).copied().collect::<Vec<_>>())
+                    .collect::<Vec<f64>>()
+            };
+            assert!(state(&r).iter().any(|&v| v != 0.0));
+            // 1600 silent samples: the state decays (poles at most 0.90 per step of a section)
+            // below the floor within ~450 steps, is then set to exactly zero, and never passes
+            // through subnormal numbers.
+            for _ in 0..5 {
+                r.process_into(&[0.0; 320], &mut out).unwrap();
+                assert!(state(&r).iter().all(|&v| v == 0.0 || v.is_normal()));
+            }
+            assert!(state(&r).iter().all(|&v| v == 0.0), "{a}->{b}");
+        }
+    }
+
+    #[test]
     fn empty_and_odd_inputs() {
         let mut r = Resampler::new(16000, 8000, Engine::Auto, false).unwrap();
         let mut out = [0.0f32; 64];
@@ -659,7 +874,14 @@ mod tests {
     fn engine_selection() {
         let r = |a, b, e| Resampler::new(a, b, e, false).map(|r| r.engine_name());
         assert_eq!(r(8000, 8000, Engine::Auto), Ok("identity"));
-        assert_eq!(r(8000, 16000, Engine::Auto), Ok("halfband71"));
+        assert_eq!(r(8000, 16000, Engine::Auto), Ok("halfband-iir13"));
+        assert_eq!(r(16000, 8000, Engine::Auto), Ok("halfband71"));
+        assert_eq!(r(8000, 16000, Engine::Halfband), Ok("halfband71"));
+        assert_eq!(r(16000, 8000, Engine::HalfbandIir), Ok("halfband-iir13"));
+        assert_eq!(
+            r(8000, 22050, Engine::HalfbandIir).unwrap_err(),
+            ResampleSetupError::NotHalfbandRatio
+        );
         assert_eq!(r(16000, 8000, Engine::Rubato), Ok("rubato-fft"));
         assert_eq!(r(8000, 44100, Engine::Auto), Ok("rubato-fft"));
         assert_eq!(
@@ -682,6 +904,52 @@ mod tests {
             im -= t * (w * n as f64).sin();
         }
         20.0 * (re * re + im * im).sqrt().log10()
+    }
+
+    /// Complex response of the IIR halfband ½[A0(z²) + z⁻¹·A1(z²)] at `f` Hz (fs = 16 kHz),
+    /// from the product's constants.
+    fn iir_response(f: f64) -> (f64, f64) {
+        let w = 2.0 * std::f64::consts::PI * f / 16000.0;
+        let mul = |(a, b): (f64, f64), (c, d): (f64, f64)| (a * c - b * d, a * d + b * c);
+        let z2 = ((2.0 * w).cos(), -(2.0 * w).sin());
+        let path = |coeffs: &[f64; IIR_SECTIONS]| {
+            coeffs.iter().fold((1.0, 0.0), |acc, &a| {
+                let (nr, ni) = (a + z2.0, z2.1);
+                let (dr, di) = (1.0 + a * z2.0, a * z2.1);
+                let den = dr * dr + di * di;
+                let q = ((nr * dr + ni * di) / den, (ni * dr - nr * di) / den);
+                mul(acc, q)
+            })
+        };
+        let a0 = path(&IIR_HALFBAND_PATH0);
+        let a1 = mul(path(&IIR_HALFBAND_PATH1), (w.cos(), -w.sin()));
+        (0.5 * (a0.0 + a1.0), 0.5 * (a0.1 + a1.1))
+    }
+
+    #[test]
+    fn iir_halfband_design_meets_the_mask() {
+        let db = |f: f64| {
+            let (re, im) = iir_response(f);
+            10.0 * (re * re + im * im).log10()
+        };
+        for f in (0..=3400).step_by(10) {
+            assert!(db(f as f64).abs() <= 1e-6, "{f} Hz: {}", db(f as f64));
+        }
+        for f in (4600..=8000).step_by(10) {
+            assert!(db(f as f64) <= -90.0, "{f} Hz: {}", db(f as f64));
+        }
+        // Group delay (−dφ/dω) under 1 ms (16 samples) across the voice band.
+        let phase = |f: f64| {
+            let (re, im) = iir_response(f);
+            im.atan2(re)
+        };
+        for f in [300.0, 1000.0, 2000.0, 3000.0] {
+            let d = phase(f - 0.5) - phase(f + 0.5);
+            let d = (d + std::f64::consts::PI).rem_euclid(2.0 * std::f64::consts::PI)
+                - std::f64::consts::PI;
+            let samples = d / (2.0 * std::f64::consts::PI / 16000.0);
+            assert!(samples > 2.0 && samples < 8.0, "{f} Hz: {samples}");
+        }
     }
 
     #[test]
