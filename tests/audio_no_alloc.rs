@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ignis::audio::{
     AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath, Pipeline,
-    PipelineOutput, Transmit,
+    PipelineOutput, PlayoutConfig, Transmit,
 };
 
 fn ms(t0: Instant, ms: u64) -> Instant {
@@ -68,7 +68,15 @@ fn outbound_path_does_not_allocate_per_frame() {
             rate / 50 * 2 + 1
         };
         let chunk = STANDARD.encode(vec![0x42u8; bytes]);
-        let mut p = OutboundPath::new(format, OutboundConfig::default()).unwrap();
+        // Marks every 100 ms of audio (the default is one per second) so echoes are exercised.
+        let config = OutboundConfig {
+            playout: PlayoutConfig {
+                mark_interval_ms: 100,
+                ..PlayoutConfig::default()
+            },
+            ..OutboundConfig::default()
+        };
+        let mut p = OutboundPath::new(format, config).unwrap();
         // Twilio echoes each mark once played: here one step (20 ms) after it was sent. The
         // mark queues grow on demand to their high-water mark, so the first pass through the
         // pattern warms them up and the second, measured pass must not allocate.
