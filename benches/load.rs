@@ -511,6 +511,13 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         stats.clears.load(Relaxed),
         stats.marks.load(Relaxed),
     );
+    let per_call_second =
+        |v: &std::sync::atomic::AtomicU64| v.load(Relaxed) as f64 / (n as f64 * window);
+    println!(
+        "  to the caller: {:.1} media msgs/s and {:.2} marks/s per call",
+        per_call_second(&stats.window_media_msgs),
+        per_call_second(&stats.window_marks),
+    );
     println!(
         "  calls: started {} ok {} failed {}; agent conversations {}; min active in window {}",
         stats.calls_started.load(Relaxed),

@@ -167,6 +167,10 @@ pub struct Stats {
     pub interruptions: AtomicU64,
     pub clears: AtomicU64,
     pub marks: AtomicU64,
+    /// `media` and `mark` messages ignis sent to the callers during the window (issue 16
+    /// point 2: messages per second per call on the way down).
+    pub window_media_msgs: AtomicU64,
+    pub window_marks: AtomicU64,
     pub calls_started: AtomicU64,
     pub calls_ok: AtomicU64,
     pub calls_failed: AtomicU64,
@@ -1065,6 +1069,9 @@ impl<'a> Caller<'a> {
         match event {
             StreamEvent::Media { at, plays_at } => {
                 link.down_recv.fetch_add(audio.len() as u64, Relaxed);
+                if stats.recording.load(Relaxed) {
+                    stats.window_media_msgs.fetch_add(1, Relaxed);
+                }
                 // Between bursts ignis sends nothing and the caller hears silence.
                 let quiet = Duration::from_millis(u64::from(QUIET_MS));
                 if self.heard_until.is_none_or(|end| at >= end + quiet) {
@@ -1082,6 +1089,9 @@ impl<'a> Caller<'a> {
             }
             StreamEvent::Mark(_) => {
                 stats.marks.fetch_add(1, Relaxed);
+                if stats.recording.load(Relaxed) {
+                    stats.window_marks.fetch_add(1, Relaxed);
+                }
             }
             StreamEvent::Clear(at) => {
                 stats.clears.fetch_add(1, Relaxed);
