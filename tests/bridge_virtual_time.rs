@@ -578,11 +578,11 @@ impl TwilioQueue {
     }
 }
 
-/// 3 s of agent audio (a byte ramp, so order is checked) in 250 ms chunks sent at twice real
-/// time from `t0 + 5 ms`, as ElevenLabs does.
-fn agent_turn() -> (Vec<u8>, Vec<(Duration, String)>) {
+/// `samples` of agent audio (a byte ramp, so order is checked) in 250 ms chunks sent at twice
+/// real time from `t0 + 5 ms`, as ElevenLabs does.
+fn agent_turn(samples: u32) -> (Vec<u8>, Vec<(Duration, String)>) {
     use base64::Engine;
-    let audio: Vec<u8> = (0..24_000u32).map(|i| (i / 7) as u8).collect();
+    let audio: Vec<u8> = (0..samples).map(|i| (i / 7) as u8).collect();
     let chunks = audio
         .chunks(2000)
         .enumerate()
@@ -601,11 +601,12 @@ fn agent_turn() -> (Vec<u8>, Vec<(Duration, String)>) {
 fn play_turn(
     b: &mut Bridge,
     t0: Instant,
+    samples: u32,
     frames_until: Duration,
     until: Duration,
     mut each_step: impl FnMut(&mut Bridge, Instant, &TwilioQueue),
 ) -> (TwilioQueue, usize) {
-    let (_, mut chunks) = agent_turn();
+    let (_, mut chunks) = agent_turn(samples);
     chunks.reverse();
     let mut tw = TwilioQueue::default();
     let mut wakeups = 0;
@@ -645,10 +646,13 @@ fn play_turn(
 fn caller_frames_pace_the_agent_turn_and_the_timer_never_fires() {
     let t0 = Instant::now();
     let mut b = connected(t0, "ulaw_8000");
-    let (audio, _) = agent_turn();
+    // 2.875 s: the turn ends on a partial frame, padded at a caller frame too.
+    let (mut audio, _) = agent_turn(23_000);
+    audio.extend([ignis::audio::mulaw::SILENCE; 40]);
     let (tw, wakeups) = play_turn(
         &mut b,
         t0,
+        23_000,
         Duration::from_secs(4),
         Duration::from_secs(4),
         |b, now, _| {
@@ -668,7 +672,7 @@ fn caller_frames_pace_the_agent_turn_and_the_timer_never_fires() {
     assert_eq!(wakeups, 0);
     assert_eq!(tw.audio, audio, "all audio, in order");
     assert_eq!(tw.gaps, 0, "no gap at Twilio");
-    // 3 s of audio in ~80 ms messages; a mark per second of audio and one ending the turn.
+    // ~3 s of audio in ~80 ms messages; a mark per second of audio and one ending the turn.
     assert!(tw.media_msgs <= 45, "{} media messages", tw.media_msgs);
     assert!((1..=4).contains(&tw.marks), "{} marks", tw.marks);
     let s = b.audio_stats().1.unwrap();
@@ -679,11 +683,12 @@ fn caller_frames_pace_the_agent_turn_and_the_timer_never_fires() {
 fn when_caller_frames_stop_the_timer_plays_the_rest_without_underrun() {
     let t0 = Instant::now();
     let mut b = connected(t0, "ulaw_8000");
-    let (audio, _) = agent_turn();
+    let (audio, _) = agent_turn(24_000);
     // Caller frames stop after 1 s (Twilio muted, or a network stall), mid-turn.
     let (tw, wakeups) = play_turn(
         &mut b,
         t0,
+        24_000,
         Duration::from_secs(1),
         Duration::from_secs(5),
         |_, _, _| {},
@@ -699,7 +704,7 @@ fn when_caller_frames_stop_the_timer_plays_the_rest_without_underrun() {
 
 #[test]
 fn barge_in_clears_in_the_same_step_with_at_most_150_ms_queued() {
-    let (_, chunks) = agent_turn();
+    let (_, chunks) = agent_turn(24_000);
     for at_ms in [7u64, 130, 333, 801, 1250, 1999, 2710] {
         let t0 = Instant::now();
         let mut b = connected(t0, "ulaw_8000");
@@ -707,6 +712,7 @@ fn barge_in_clears_in_the_same_step_with_at_most_150_ms_queued() {
         let (tw, _) = play_turn(
             &mut b,
             t0,
+            24_000,
             Duration::from_secs(4),
             Duration::from_millis(at_ms),
             |_, _, _| {},
