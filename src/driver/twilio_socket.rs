@@ -343,6 +343,9 @@ impl Call {
         let silence = tokio::time::sleep_until(self.last_twilio + SILENCE_TIMEOUT);
         tokio::pin!(silence);
         // The bridge's next deadline; `armed` is what the timer is set to (`None`: disarmed).
+        // While the caller's frames flow they pace the playout and this timer does not fire;
+        // its deadline moves only when a top-up is sent (~12 times a second while the agent
+        // speaks), so re-arming on a change is cheap (docs/dsp.md §3.7).
         let bridge_timer = tokio::time::sleep_until(self.last_twilio);
         tokio::pin!(bridge_timer);
         let mut armed: Option<tokio::time::Instant> = None;
