@@ -647,6 +647,13 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
         stats.clears.load(Relaxed),
         stats.marks.load(Relaxed),
     );
+    let per_call_second =
+        |v: &std::sync::atomic::AtomicU64| v.load(Relaxed) as f64 / (n as f64 * window);
+    println!(
+        "  to the caller: {:.1} media msgs/s and {:.2} marks/s per call",
+        per_call_second(&stats.media_to_caller),
+        per_call_second(&stats.window_marks),
+    );
     println!(
         "  calls: started {} ok {} failed {}; agent conversations {}; min active in window {}",
         stats.calls_started.load(Relaxed),
@@ -696,10 +703,6 @@ fn interruption_lines(stats: &Stats, n: usize, window: f64) {
     println!(
         "  audio queued at Twilio when the clear landed (sent, unplayed, dropped): {}",
         loadgen::fmt_ms(&mut queued)
-    );
-    println!(
-        "  media messages to the caller: {:.1} per call-second",
-        stats.media_to_caller.load(Relaxed) as f64 / (n as f64 * window)
     );
 }
 

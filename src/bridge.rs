@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
 
@@ -31,6 +32,14 @@ use crate::elevenlabs::messages::{self, AgentEventKind};
 use crate::elevenlabs::session::{AgentSession, SessionEvent, SessionStats};
 use crate::metrics::CallSummary;
 use crate::twilio::media_stream::{self, TwilioEvent};
+
+/// Room reserved at a time in a call's wire buffer, in which outgoing messages are written back
+/// to back: a step's few messages (≤ ~1.2 KiB each) fit, and once they are written and dropped
+/// the next reserve reclaims the same storage, so steady state allocates nothing.
+const WIRE_RESERVE_BYTES: usize = 4096;
+/// The period of Twilio's caller frames, which pace the outbound path (docs/dsp.md §3.7): a
+/// deadline due before the next one is acted on at this one.
+const CALLER_FRAME: Duration = Duration::from_millis(20);
 
 /// Caller frames held while the agent is not ready (500 × 20 ms = 10 s, longer than any
 /// connect timeout); older frames beyond it are dropped and counted.
@@ -114,13 +123,44 @@ impl Default for BridgeConfig {
     }
 }
 
-/// A message to write.
+/// A message to write: the UTF-8 JSON text of one WebSocket text frame. Media and audio
+/// chunks are views into the call's wire buffer ([`Bytes`]): writing them allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// A text frame for the Twilio stream socket.
-    ToTwilio(String),
+    ToTwilio(Bytes),
     /// A text frame for the agent socket.
-    ToAgent(String),
+    ToAgent(Bytes),
+}
+
+impl Output {
+    /// The message text (the bridge only writes UTF-8 JSON; anything else reads as "").
+    pub fn text(&self) -> &str {
+        match self {
+            Output::ToTwilio(b) | Output::ToAgent(b) => std::str::from_utf8(b).unwrap_or_default(),
+        }
+    }
+
+    /// The message bytes, whichever socket they are for.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Output::ToTwilio(b) | Output::ToAgent(b) => b,
+        }
+    }
+}
+
+/// Copies `text` into `wire` and splits it off as one message (see [`WIRE_RESERVE_BYTES`]).
+fn wire_message(wire: &mut BytesMut, text: &str) -> Bytes {
+    // Once the messages of the last step are written and dropped the buffer is ours alone
+    // again: take all of it back (cheap, never allocates) so this step's messages fit.
+    if wire.capacity() < WIRE_RESERVE_BYTES {
+        let _ = wire.try_reclaim(WIRE_RESERVE_BYTES);
+    }
+    if wire.capacity() < text.len() {
+        wire.reserve(WIRE_RESERVE_BYTES.max(text.len()));
+    }
+    wire.extend_from_slice(text.as_bytes());
+    wire.split().freeze()
 }
 
 /// A decision for the driver.
@@ -195,6 +235,8 @@ pub struct Bridge {
     out: VecDeque<Output>,
     events: VecDeque<BridgeEvent>,
     scratch: String,
+    /// Where outgoing messages are written ([`wire_message`]).
+    wire: BytesMut,
     stats: BridgeStats,
 }
 
@@ -239,6 +281,7 @@ impl Bridge {
             out: VecDeque::new(),
             events: VecDeque::new(),
             scratch: String::with_capacity(512),
+            wire: BytesMut::new(),
             stats: BridgeStats::default(),
         }
     }
@@ -368,7 +411,7 @@ impl Bridge {
                     };
                     match self.session.as_mut() {
                         Some(s) => s.send_control(msg),
-                        None => self.out.push_back(Output::ToAgent(msg)),
+                        None => self.out.push_back(Output::ToAgent(Bytes::from(msg))),
                     }
                 }
             }
@@ -416,12 +459,6 @@ impl Bridge {
                 self.close(Outcome::AgentFailed);
             }
         }
-        if self.turn_open && self.turn_over_at(now).is_some_and(|t| now >= t) {
-            self.turn_open = false;
-            if let Some(o) = self.outbound.as_mut() {
-                o.end_of_turn();
-            }
-        }
         self.pump_outbound(now);
     }
 
@@ -447,7 +484,7 @@ impl Bridge {
     /// The next message to write.
     pub fn poll_transmit(&mut self) -> Option<Output> {
         if let Some(msg) = self.session.as_mut().and_then(AgentSession::poll_transmit) {
-            return Some(Output::ToAgent(msg));
+            return Some(Output::ToAgent(Bytes::from(msg)));
         }
         self.out.pop_front()
     }
@@ -619,7 +656,8 @@ impl Bridge {
         {
             let mut msg = String::new();
             media_stream::write_clear(&mut msg, sid);
-            self.out.push_back(Output::ToTwilio(msg));
+            self.out
+                .push_back(Output::ToTwilio(wire_message(&mut self.wire, &msg)));
             self.stats.clears += 1;
         }
         debug!(
@@ -688,14 +726,28 @@ impl Bridge {
         };
         while let Some(chunk) = inbound.poll_user_audio_chunk() {
             messages::write_user_audio_chunk(&mut self.scratch, chunk);
-            self.out.push_back(Output::ToAgent(self.scratch.clone()));
+            let bytes = wire_message(&mut self.wire, &self.scratch);
+            self.out.push_back(Output::ToAgent(bytes));
             self.stats.agent_chunks_sent += 1;
         }
     }
 
+    /// Sends what the outbound path has due. Called on every input, so the caller's 20 ms
+    /// frames pace it and the timer is only a fallback (docs/dsp.md §3.7): the end of a turn
+    /// due before the next caller frame is taken now, not left to a wake-up of its own.
     fn pump_outbound(&mut self, now: Instant) {
         if self.closed {
             return;
+        }
+        if self.turn_open
+            && self
+                .turn_over_at(now)
+                .is_some_and(|t| now + CALLER_FRAME >= t)
+        {
+            self.turn_open = false;
+            if let Some(o) = self.outbound.as_mut() {
+                o.end_of_turn();
+            }
         }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
@@ -714,7 +766,8 @@ impl Bridge {
                         }
                     }
                 }
-                self.out.push_back(Output::ToTwilio(self.scratch.clone()));
+                let bytes = wire_message(&mut self.wire, &self.scratch);
+                self.out.push_back(Output::ToTwilio(bytes));
             }
         }
         if let Some(Ending::Draining {

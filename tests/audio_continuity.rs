@@ -116,10 +116,11 @@ fn a_real_pause_pads_exactly_one_frame_when_the_caller_would_run_dry() {
     p.push_agent_audio(now, 1, &STANDARD.encode(&a)).unwrap();
     drive(&mut p, &mut now, at(t0, 600), &mut out);
     assert_eq!(out.len(), 13 * 160, "the partial frame went out, padded");
-    // Not before Twilio was down to its last frame: the 12th frame left at 140 ms and plays
-    // until 240 ms, so the padded 13th leaves at 220 ms.
+    // Not before Twilio was down to its last frame: the 12th frame left at 200 ms (in the
+    // timer's top-up at the 20 ms floor, docs/dsp.md §3.7) and plays until 240 ms, so the
+    // padded 13th leaves at 220 ms.
     assert_eq!(out[12 * 160].0, at(t0, 220));
-    assert_eq!(out[11 * 160].0, at(t0, 140));
+    assert_eq!(out[11 * 160].0, at(t0, 200));
     p.push_agent_audio(now, 2, &STANDARD.encode(&b)).unwrap();
     p.end_of_turn();
     drive(&mut p, &mut now, at(t0, 60_000), &mut out);

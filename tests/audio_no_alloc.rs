@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ignis::audio::{
     AgentFormat, InboundConfig, InboundPath, OutboundConfig, OutboundPath, Pipeline,
-    PipelineOutput, Transmit,
+    PipelineOutput, PlayoutConfig, Transmit,
 };
 
 fn ms(t0: Instant, ms: u64) -> Instant {
@@ -68,7 +68,15 @@ fn outbound_path_does_not_allocate_per_frame() {
             rate / 50 * 2 + 1
         };
         let chunk = STANDARD.encode(vec![0x42u8; bytes]);
-        let mut p = OutboundPath::new(format, OutboundConfig::default()).unwrap();
+        // Marks every 100 ms of audio (the default is one per second) so echoes are exercised.
+        let config = OutboundConfig {
+            playout: PlayoutConfig {
+                mark_interval_ms: 100,
+                ..PlayoutConfig::default()
+            },
+            ..OutboundConfig::default()
+        };
+        let mut p = OutboundPath::new(format, config).unwrap();
         // Twilio echoes each mark once played: here one step (20 ms) after it was sent. The
         // mark queues grow on demand to their high-water mark, so the first pass through the
         // pattern warms them up and the second, measured pass must not allocate.
@@ -136,4 +144,134 @@ fn pipeline_bridge_side_calls_do_not_allocate() {
     });
     assert_eq!(info.count_total, 0, "{info:?}");
     p.shutdown();
+}
+
+/// A caller frame parses without allocating: counters, `streamSid` and `track` are borrowed
+/// from the text (counters as strings, the documented form, or as numbers).
+#[test]
+fn twilio_media_parses_without_allocating() {
+    use ignis::twilio::media_stream::{self, TwilioEvent};
+    let payload = STANDARD.encode([0x7eu8; 160]);
+    let texts = [
+        format!(
+            r#"{{"event":"media","sequenceNumber":"3","streamSid":"MZ1","media":{{"track":"inbound","chunk":"2","timestamp":"20","payload":"{payload}"}}}}"#
+        ),
+        format!(
+            r#"{{"event":"media","streamSid":"MZ1","media":{{"chunk":2,"timestamp":20.0,"payload":"{payload}"}}}}"#
+        ),
+    ];
+    for text in &texts {
+        let mut chunks = 0;
+        let info = measure(|| {
+            if let Ok(TwilioEvent::Media(m)) = media_stream::parse(text) {
+                chunks += m.chunk + m.timestamp_ms;
+            }
+        });
+        assert_eq!(chunks, 22, "{text}");
+        assert_eq!(info.count_total, 0, "{text}: {info:?}");
+    }
+}
+
+/// The whole bridge, without sockets: caller frames in (→ `user_audio_chunk` out) and agent
+/// audio in (→ paced `media` and `mark` out), every output written to the call's wire buffer
+/// and dropped after each step as the driver does once it has written it. After a warm-up the
+/// steady state allocates nothing per message, in either direction, for every agent format.
+#[test]
+fn bridge_steady_state_does_not_allocate_per_message() {
+    use ignis::bridge::{Bridge, BridgeConfig, Output};
+    use ignis::twilio::media_stream;
+    for format in AgentFormat::ALL {
+        let t0 = Instant::now();
+        let mut b = Bridge::new(BridgeConfig::default());
+        let start = r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1","callSid":"CA1","accountSid":"AC1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
+        b.handle_twilio(t0, media_stream::parse(start).unwrap());
+        b.handle_agent_connected(t0);
+        b.handle_agent_text(
+            t0,
+            &format!(
+                r#"{{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{{"conversation_id":"c","agent_output_audio_format":"{format}","user_input_audio_format":"{format}"}}}}"#
+            ),
+        );
+        // Caller frames (20 ms each) and agent audio (250 ms chunks at twice real time, one
+        // every 125 ms), built up front: the test measures the bridge, not its fixtures.
+        let payload = STANDARD.encode([0x7eu8; 160]);
+        let frames: Vec<String> = (1..=1000u64)
+            .map(|c| {
+                format!(
+                    r#"{{"event":"media","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{c}","timestamp":"{}","payload":"{payload}"}}}}"#,
+                    (c - 1) * 20
+                )
+            })
+            .collect();
+        let chunk_bytes = format.sample_rate() as usize / 4 * if format.is_ulaw() { 1 } else { 2 };
+        let chunk = STANDARD.encode(vec![0x21u8; chunk_bytes]);
+        let agent = format!(
+            r#"{{"type":"audio","audio_event":{{"audio_base_64":"{chunk}","event_id":1}}}}"#
+        );
+        // Twilio echoes each mark (here at the next step); the echoes are built up front and
+        // handed over by value, as the driver's parser would.
+        let mut echoes: Vec<Option<media_stream::TwilioEvent<'static>>> = (0..200)
+            .map(|seq| {
+                Some(media_stream::TwilioEvent::Mark {
+                    name: format!("ignis-{seq}"),
+                })
+            })
+            .collect();
+        let mut due_echoes: Vec<usize> = Vec::with_capacity(16);
+        // Returns the (Twilio, agent) messages written.
+        let mut step = |b: &mut Bridge, i: usize| {
+            let (mut to_twilio, mut to_agent) = (0, 0);
+            for seq in due_echoes.drain(..) {
+                if let Some(echo) = echoes.get_mut(seq).and_then(Option::take) {
+                    b.handle_twilio(ms(t0, 20 * i as u64 + 20), echo);
+                }
+            }
+            let now = ms(t0, 20 * i as u64 + 20);
+            // Agent audio for the first 0.8 s of every 2 s (a 1.6 s turn), then silence.
+            if i % 100 < 40 && matches!(i % 25, 0 | 12) {
+                b.handle_agent_text(now, &agent);
+            }
+            // Parsed here, as the driver does: that allocates nothing either.
+            if let Ok(event) = media_stream::parse(&frames[i]) {
+                b.handle_twilio(now, event);
+            }
+            if b.poll_timeout().is_some_and(|t| t <= now) {
+                b.handle_timeout(now);
+            }
+            while let Some(o) = b.poll_transmit() {
+                if let Some(seq) = o
+                    .text()
+                    .split_once("\"name\":\"ignis-")
+                    .and_then(|(_, rest)| rest.split('"').next()?.parse().ok())
+                {
+                    due_echoes.push(seq);
+                }
+                match o {
+                    Output::ToTwilio(m) => to_twilio += usize::from(!m.is_empty()),
+                    Output::ToAgent(m) => to_agent += usize::from(!m.is_empty()),
+                }
+            }
+            (to_twilio, to_agent)
+        };
+        for i in 0..400 {
+            step(&mut b, i);
+        }
+        let (mut to_twilio, mut to_agent) = (0, 0);
+        let info = measure(|| {
+            for i in 400..1000 {
+                let (t, a) = step(&mut b, i);
+                to_twilio += t;
+                to_agent += a;
+            }
+        });
+        assert_eq!(info.count_total, 0, "{format}: {info:?}");
+        // 12 s: three 1.6 s turns to the caller, 600 caller frames to the agent.
+        assert!(to_twilio > 40, "{format}: {to_twilio} messages to Twilio");
+        assert!(
+            to_agent >= 300,
+            "{format}: {to_agent} messages to the agent"
+        );
+        let playout = b.audio_stats().1.unwrap().playout;
+        assert!(playout.marks_echoed >= 6, "{format}: {playout:?}");
+    }
 }

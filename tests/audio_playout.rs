@@ -7,6 +7,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ignis::audio::{AgentFormat, OutboundConfig, OutboundPath, PlayoutConfig, Transmit, mulaw};
 
+/// The default lead target (`PlayoutConfig::lead_ms`).
+const LEAD_MS: u64 = 130;
+
 fn at(t0: Instant, ms: u64) -> Instant {
     t0 + Duration::from_millis(ms)
 }
@@ -79,7 +82,7 @@ fn burst_is_sent_ahead_by_at_most_the_lead_then_paced() {
     let pcm = pcm_tone(16000, 1000.0, 16000, 8000.0);
     p.push_agent_audio(t0, 7, &STANDARD.encode(&pcm)).unwrap();
     p.end_of_turn();
-    let sent = drive(&mut p, t0, at(t0, 5000), 100);
+    let sent = drive(&mut p, t0, at(t0, 5000), LEAD_MS);
     let first: Vec<_> = sent
         .iter()
         .filter_map(|s| match s {
@@ -87,17 +90,22 @@ fn burst_is_sent_ahead_by_at_most_the_lead_then_paced() {
             _ => None,
         })
         .collect();
-    // The lead (5 frames) goes at once, then one frame per 20 ms on the absolute clock.
-    assert_eq!(first[0], (t0, 800));
-    assert_eq!(first[1], (at(t0, 20), 160));
-    assert_eq!(first.last().unwrap().0, at(t0, 900));
+    // One frame at once, a top-up to the target (5 frames: 120 ms of whole frames), then, driven
+    // by the fallback timer alone, a 100 ms top-up whenever the lead is down to 20 ms
+    // (docs/dsp.md §3.7). Changed with issue 16: it was one frame per 20 ms.
+    assert_eq!(first[0], (t0, 160));
+    assert_eq!(first[1], (t0, 800));
+    assert_eq!(first[2], (at(t0, 100), 800));
+    assert_eq!(first[3], (at(t0, 200), 800));
+    assert_eq!(first.len(), 11);
+    assert_eq!(first.last().unwrap(), &(at(t0, 900), 640));
     assert_eq!(media_bytes(&sent).len(), 8000);
     let s = p.stats().playout;
     assert_eq!((s.frames_sent, s.underruns, s.buffered_ms), (50, 0, 0));
-    // A mark every 200 ms of audio, the last one closing the turn.
+    // A mark per second of audio, merged here with the one closing the turn.
     let marks = mark_names(&sent);
-    assert_eq!(marks.len(), 5);
-    let echo = p.handle_mark_echo(&marks[4]).unwrap();
+    assert_eq!(marks.len(), 1);
+    let echo = p.handle_mark_echo(&marks[0]).unwrap();
     assert!(echo.end_of_turn && !echo.cleared);
     assert_eq!((echo.event_id, echo.stream_ms), (7, 1000));
     assert_eq!(p.stats().playout.heard_ms, 1000);
@@ -114,7 +122,7 @@ fn end_of_turn_flushes_the_tail_without_clipping_the_last_word() {
         p.push_agent_audio(t0, 1, &STANDARD.encode(part)).unwrap();
     }
     p.end_of_turn();
-    let out = media_bytes(&drive(&mut p, t0, at(t0, 5000), 100));
+    let out = media_bytes(&drive(&mut p, t0, at(t0, 5000), LEAD_MS));
     assert_eq!(out.len(), 26 * 160);
     let pcm8: Vec<i16> = out.iter().map(|&c| mulaw::decode_sample(c)).collect();
     // The signal lasts to its very end (sample 4050) and only the padding is silent.
@@ -127,15 +135,23 @@ fn end_of_turn_flushes_the_tail_without_clipping_the_last_word() {
 #[test]
 fn interruption_drops_everything_held_and_ignores_older_events() {
     let t0 = Instant::now();
-    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, OutboundConfig::default()).unwrap();
+    // A periodic mark every 100 ms of audio, so one is sent before the interruption.
+    let config = OutboundConfig {
+        playout: PlayoutConfig {
+            mark_interval_ms: 100,
+            ..PlayoutConfig::default()
+        },
+        ..OutboundConfig::default()
+    };
+    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, config).unwrap();
     p.push_agent_audio(t0, 3, &STANDARD.encode(vec![0x55u8; 16000]))
         .unwrap();
-    let sent = drive(&mut p, t0, at(t0, 200), 100);
+    let sent = drive(&mut p, t0, at(t0, 200), LEAD_MS);
     assert!(media_bytes(&sent).len() >= 160 * 14);
     let marks = mark_names(&sent);
     let i = p.interrupt(at(t0, 200), Some(4));
     assert!(i.send_clear);
-    assert!(i.unplayed_ms <= 100 && i.unplayed_ms >= 80, "{i:?}");
+    assert!(i.unplayed_ms <= LEAD_MS && i.unplayed_ms >= 20, "{i:?}");
     assert!(i.dropped_ms >= 1600, "{i:?}");
     assert_eq!(p.poll_transmit(at(t0, 201)), None);
     assert_eq!(p.poll_timeout(), None);
@@ -147,7 +163,7 @@ fn interruption_drops_everything_held_and_ignores_older_events() {
     assert_eq!(p.stats().stale_event_bytes, 800);
     p.push_agent_audio(at(t0, 220), 4, &STANDARD.encode([0x66u8; 800]))
         .unwrap();
-    let again = media_bytes(&drive(&mut p, at(t0, 220), at(t0, 220), 100));
+    let again = media_bytes(&drive(&mut p, at(t0, 220), at(t0, 220), LEAD_MS));
     assert_eq!(again, vec![0x66u8; 800]);
     assert_eq!(p.stats().playout.interruptions, 1);
 }
@@ -158,21 +174,21 @@ fn underrun_is_counted_and_nothing_is_synthesised() {
     let mut p = OutboundPath::new(AgentFormat::Ulaw8000, OutboundConfig::default()).unwrap();
     p.push_agent_audio(t0, 1, &STANDARD.encode([1u8; 1600]))
         .unwrap();
-    let a = drive(&mut p, t0, at(t0, 1000), 100);
+    let a = drive(&mut p, t0, at(t0, 1000), LEAD_MS);
     assert_eq!(media_bytes(&a).len(), 1600);
     // Twilio runs dry at 200 ms; the agent resumes the same turn at 350 ms.
     p.push_agent_audio(at(t0, 350), 1, &STANDARD.encode([2u8; 320]))
         .unwrap();
-    let b = drive(&mut p, at(t0, 350), at(t0, 1000), 100);
+    let b = drive(&mut p, at(t0, 350), at(t0, 1000), LEAD_MS);
     assert_eq!(media_bytes(&b), vec![2u8; 320]);
     let s = p.stats().playout;
     assert_eq!((s.underruns, s.underrun_ms), (1, 150));
     // Between turns a dry buffer is not an underrun.
     p.end_of_turn();
-    drive(&mut p, at(t0, 350), at(t0, 2000), 100);
+    drive(&mut p, at(t0, 350), at(t0, 2000), LEAD_MS);
     p.push_agent_audio(at(t0, 3000), 2, &STANDARD.encode([3u8; 160]))
         .unwrap();
-    drive(&mut p, at(t0, 3000), at(t0, 4000), 100);
+    drive(&mut p, at(t0, 3000), at(t0, 4000), LEAD_MS);
     assert_eq!(p.stats().playout.underruns, 1);
 }
 
@@ -214,7 +230,7 @@ fn every_agent_format_yields_whole_frames_of_the_right_length_and_level() {
             p.push_agent_audio(t0, 1, &STANDARD.encode(part)).unwrap();
         }
         p.end_of_turn();
-        let out = media_bytes(&drive(&mut p, t0, at(t0, 5000), 100));
+        let out = media_bytes(&drive(&mut p, t0, at(t0, 5000), LEAD_MS));
         assert_eq!(out.len(), 8000, "{format}");
         let pcm8: Vec<f64> = out[2000..6000]
             .iter()
@@ -248,7 +264,7 @@ fn chunked_agent_audio_equals_one_shot_for_every_format() {
                 i += 1;
             }
             p.end_of_turn();
-            media_bytes(&drive(&mut p, t0, at(t0, 5000), 100))
+            media_bytes(&drive(&mut p, t0, at(t0, 5000), LEAD_MS))
         };
         let one = run(&[bytes.len()]);
         assert_eq!(one, run(&[1, 2, 3, 333, 4097]), "{format}");

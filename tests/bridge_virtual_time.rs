@@ -50,9 +50,10 @@ fn connected(t0: Instant, format: &str) -> Bridge {
 fn drain(b: &mut Bridge) -> (Vec<String>, Vec<String>) {
     let (mut to_twilio, mut to_agent) = (Vec::new(), Vec::new());
     while let Some(o) = b.poll_transmit() {
+        let text = o.text().to_owned();
         match o {
-            Output::ToTwilio(t) => to_twilio.push(t),
-            Output::ToAgent(t) => to_agent.push(t),
+            Output::ToTwilio(_) => to_twilio.push(text),
+            Output::ToAgent(_) => to_agent.push(text),
         }
     }
     (to_twilio, to_agent)
@@ -526,4 +527,224 @@ fn agent_chunks_with_new_event_ids_reach_the_caller_without_inserted_silence() {
     let (_, outbound) = b.audio_stats();
     let s = outbound.unwrap();
     assert_eq!((s.turns, s.pause_pads, s.playout.underruns), (1, 0, 0));
+}
+
+/// Twilio's side of the outbound audio: its queue plays in real time from each `media`'s
+/// arrival, and a gap is the queue running dry before the turn's audio is all in.
+#[derive(Default)]
+struct TwilioQueue {
+    /// When the audio queued so far will have played (`None` before the first media).
+    end: Option<Instant>,
+    audio: Vec<u8>,
+    media_msgs: usize,
+    marks: usize,
+    gaps: usize,
+}
+
+impl TwilioQueue {
+    fn receive(&mut self, now: Instant, msgs: &[String]) {
+        use base64::Engine;
+        for m in msgs {
+            let v: serde_json::Value = serde_json::from_str(m).unwrap();
+            match v["event"].as_str() {
+                Some("media") => {
+                    let payload = v["media"]["payload"].as_str().unwrap();
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(payload)
+                        .unwrap();
+                    let start = match self.end {
+                        Some(end) if end >= now => end,
+                        Some(_) => {
+                            self.gaps += 1;
+                            now
+                        }
+                        None => now,
+                    };
+                    self.end = Some(start + Duration::from_micros(bytes.len() as u64 * 125));
+                    self.audio.extend(bytes);
+                    self.media_msgs += 1;
+                }
+                Some("mark") => self.marks += 1,
+                Some("clear") => self.end = Some(now),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Audio queued at Twilio and not yet played at `now`.
+    fn queued(&self, now: Instant) -> Duration {
+        self.end
+            .map_or(Duration::ZERO, |e| e.saturating_duration_since(now))
+    }
+}
+
+/// `samples` of agent audio (a byte ramp, so order is checked) in 250 ms chunks sent at twice
+/// real time from `t0 + 5 ms`, as ElevenLabs does.
+fn agent_turn(samples: u32) -> (Vec<u8>, Vec<(Duration, String)>) {
+    use base64::Engine;
+    let audio: Vec<u8> = (0..samples).map(|i| (i / 7) as u8).collect();
+    let chunks = audio
+        .chunks(2000)
+        .enumerate()
+        .map(|(i, c)| {
+            let at = Duration::from_millis(5 + 125 * i as u64);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+            (at, agent_audio(1, &b64))
+        })
+        .collect();
+    (audio, chunks)
+}
+
+/// Drives a connected bridge through the agent turn with a caller frame every 20 ms until
+/// `frames_until`, then (if audio is still due) on its timer alone until `until`. Calls
+/// `each_step` after every input. Returns Twilio's view and the number of timer wake-ups.
+fn play_turn(
+    b: &mut Bridge,
+    t0: Instant,
+    samples: u32,
+    frames_until: Duration,
+    until: Duration,
+    mut each_step: impl FnMut(&mut Bridge, Instant, &TwilioQueue),
+) -> (TwilioQueue, usize) {
+    let (_, mut chunks) = agent_turn(samples);
+    chunks.reverse();
+    let mut tw = TwilioQueue::default();
+    let mut wakeups = 0;
+    let mut frame = 1u64;
+    let mut now = t0;
+    loop {
+        let next_frame = Duration::from_millis(20 * frame);
+        let next_frame = (next_frame <= frames_until).then_some(t0 + next_frame);
+        let next_chunk = chunks.last().map(|(at, _)| t0 + *at);
+        let next_timer = b.poll_timeout();
+        let Some(t) = [next_frame, next_chunk, next_timer]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|&t| t <= t0 + until)
+        else {
+            break;
+        };
+        now = now.max(t);
+        if next_timer == Some(t) && next_frame != Some(t) && next_chunk != Some(t) {
+            wakeups += 1;
+            b.handle_timeout(now);
+        } else if next_frame == Some(t) {
+            twilio(b, now, &media(frame));
+            frame += 1;
+        } else if let Some((_, text)) = chunks.pop() {
+            b.handle_agent_text(now, &text);
+        }
+        let out = drain(b).0;
+        tw.receive(now, &out);
+        each_step(b, now, &tw);
+    }
+    (tw, wakeups)
+}
+
+#[test]
+fn caller_frames_pace_the_agent_turn_and_the_timer_never_fires() {
+    let t0 = Instant::now();
+    let mut b = connected(t0, "ulaw_8000");
+    // 2.875 s: the turn ends on a partial frame, padded at a caller frame too.
+    let (mut audio, _) = agent_turn(23_000);
+    audio.extend([ignis::audio::mulaw::SILENCE; 40]);
+    let (tw, wakeups) = play_turn(
+        &mut b,
+        t0,
+        23_000,
+        Duration::from_secs(4),
+        Duration::from_secs(4),
+        |b, now, _| {
+            // The next caller frame is at most 20 ms away: the bridge's deadline must lie
+            // beyond it, so the driver's timer never wakes the call.
+            let next_frame = now + Duration::from_millis(20);
+            if let Some(d) = b.poll_timeout() {
+                assert!(
+                    d > next_frame,
+                    "deadline {:?} after the step at {:?}",
+                    d.saturating_duration_since(now),
+                    now.saturating_duration_since(t0)
+                );
+            }
+        },
+    );
+    assert_eq!(wakeups, 0);
+    assert_eq!(tw.audio, audio, "all audio, in order");
+    assert_eq!(tw.gaps, 0, "no gap at Twilio");
+    // ~3 s of audio in ~80 ms messages; a mark per second of audio and one ending the turn.
+    assert!(tw.media_msgs <= 45, "{} media messages", tw.media_msgs);
+    assert!((1..=4).contains(&tw.marks), "{} marks", tw.marks);
+    let s = b.audio_stats().1.unwrap();
+    assert_eq!((s.turns, s.playout.underruns), (1, 0));
+}
+
+#[test]
+fn when_caller_frames_stop_the_timer_plays_the_rest_without_underrun() {
+    let t0 = Instant::now();
+    let mut b = connected(t0, "ulaw_8000");
+    let (audio, _) = agent_turn(24_000);
+    // Caller frames stop after 1 s (Twilio muted, or a network stall), mid-turn.
+    let (tw, wakeups) = play_turn(
+        &mut b,
+        t0,
+        24_000,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        |_, _, _| {},
+    );
+    assert_eq!(tw.audio, audio, "all audio, in order");
+    assert_eq!(tw.gaps, 0, "no gap at Twilio");
+    let s = b.audio_stats().1.unwrap();
+    assert_eq!((s.turns, s.playout.underruns), (1, 0));
+    // About one wake-up per 100 ms top-up for the last 2 s (plus the end of turn), not one per
+    // 20 ms frame.
+    assert!((15..=25).contains(&wakeups), "{wakeups} timer wake-ups");
+}
+
+#[test]
+fn barge_in_clears_in_the_same_step_with_at_most_150_ms_queued() {
+    let (_, chunks) = agent_turn(24_000);
+    for at_ms in [7u64, 130, 333, 801, 1250, 1999, 2710] {
+        let t0 = Instant::now();
+        let mut b = connected(t0, "ulaw_8000");
+        let mut interrupted = false;
+        let (tw, _) = play_turn(
+            &mut b,
+            t0,
+            24_000,
+            Duration::from_secs(4),
+            Duration::from_millis(at_ms),
+            |_, _, _| {},
+        );
+        // Chunks of the turn not yet sent by then are sent at once, before the interruption.
+        let now = t0 + Duration::from_millis(at_ms);
+        let mut tw = tw;
+        for (at, text) in &chunks {
+            if t0 + *at > now {
+                b.handle_agent_text(now, text);
+            }
+        }
+        let out = drain(&mut b).0;
+        tw.receive(now, &out);
+        let queued = tw.queued(now);
+        assert!(queued > Duration::ZERO, "at {at_ms} ms: audio is playing");
+        b.handle_agent_text(
+            now,
+            r#"{"type":"interruption","interruption_event":{"event_id":2}}"#,
+        );
+        let out = drain(&mut b).0;
+        if out == vec![r#"{"event":"clear","streamSid":"MZ1"}"#.to_string()] {
+            interrupted = true;
+        }
+        assert!(
+            interrupted,
+            "at {at_ms} ms: clear in the same step: {out:?}"
+        );
+        assert!(
+            queued <= Duration::from_millis(150),
+            "at {at_ms} ms: {queued:?} queued at Twilio when the clear lands"
+        );
+        assert_eq!(b.stats().clears, 1);
+    }
 }

@@ -183,6 +183,9 @@ pub struct Stats {
     pub interruptions: AtomicU64,
     pub clears: AtomicU64,
     pub marks: AtomicU64,
+    /// `mark` messages the bridge sent to the callers during the window (issue 16 point 2;
+    /// media messages are `media_to_caller`).
+    pub window_marks: AtomicU64,
     pub calls_started: AtomicU64,
     pub calls_ok: AtomicU64,
     pub calls_failed: AtomicU64,
@@ -1164,6 +1167,9 @@ impl<'a> Caller<'a> {
             }
             StreamEvent::Mark(_) => {
                 stats.marks.fetch_add(1, Relaxed);
+                if stats.recording.load(Relaxed) {
+                    stats.window_marks.fetch_add(1, Relaxed);
+                }
             }
             StreamEvent::Clear(at) => {
                 stats.clears.fetch_add(1, Relaxed);

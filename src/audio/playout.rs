@@ -2,20 +2,31 @@
 //!
 //! Agent audio arrives in bursts, much faster than real time. Sending it all at once would leave
 //! seconds of speech in Twilio's buffer that only `clear` can stop, and would hide what the
-//! caller has actually heard. Instead (docs/dsp.md §3.7, option b/hybrid) this buffer sends ahead of
-//! Twilio's estimated playout position by at most [`PlayoutConfig::lead_ms`] and holds the rest:
+//! caller has actually heard. Instead (docs/dsp.md §3.7) this buffer keeps the audio sent ahead
+//! of Twilio's estimated playout position (the *lead*) between a refill threshold and a target,
+//! in few, larger messages, and holds the rest:
+//! - the first audio while Twilio's queue is empty (start of a turn, after running dry, after a
+//!   `clear`) goes out at once as one 20 ms message; after that, when polled with a lead of at
+//!   most [`PlayoutConfig::refill_ms`], one message tops the lead back up to at most
+//!   [`PlayoutConfig::lead_ms`] (80–100 ms per message with the defaults);
+//! - the bridge polls on every caller frame (every 20 ms), which is the pacing clock;
+//!   [`PlayoutBuffer::poll_timeout`] is only a fallback for when those frames stop: it comes due
+//!   when the lead would fall to [`PlayoutConfig::floor_ms`];
 //! - the position is computed on an absolute clock (`anchor + samples sent`), so pacing never
 //!   drifts however late the driver wakes up;
 //! - on interruption everything held is dropped at once: the `clear` the bridge then sends to
-//!   Twilio only has to discard the lead;
-//! - `mark`s are placed every [`PlayoutConfig::mark_interval_ms`] of audio and at each end of
-//!   turn; their echoes say what the caller has really heard (docs/twilio.md §1.4);
+//!   Twilio only has to discard the lead (≤ `lead_ms`);
+//! - `mark`s: one at each end of turn (a message never runs past it), and at most one per
+//!   [`PlayoutConfig::mark_interval_ms`] of audio, sent after the message that covers its
+//!   position (never splitting one); their echoes say what the caller has really heard
+//!   (docs/twilio.md §1.4);
 //! - underrun (Twilio ran dry mid-turn): nothing is synthesised, it is counted;
 //!   overrun (more than [`PlayoutConfig::max_buffer_ms`] held): the newest audio is dropped and
 //!   counted. Neither is an error.
 //!
-//! Driving it: after any input, call [`PlayoutBuffer::poll_transmit`] until `None`, then sleep
-//! until [`PlayoutBuffer::poll_timeout`] and poll again.
+//! Driving it: after any input (and on every caller frame), call
+//! [`PlayoutBuffer::poll_transmit`] until `None`; if no input comes, poll again at
+//! [`PlayoutBuffer::poll_timeout`].
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -44,28 +55,38 @@ const MAX_PENDING_MARKS: usize = 4096;
 /// Mark-queue slots allocated up front; the queues double as needed up to their limits.
 const INITIAL_MARKS: usize = 16;
 
-/// Playout settings.
+/// Playout settings (docs/dsp.md §3.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlayoutConfig {
-    /// How far ahead of the caller's ear audio is sent, ms. Default 100 (five frames):
-    /// interruption latency ≤ lead, while a late timer wake-up of < lead does not underrun.
+    /// Lead target: the most audio sent ahead of Twilio's estimated playout, ms. Default 130.
+    /// It bounds what a `clear` has to discard: ≤ 150 ms with 20 ms to spare for the network.
     pub lead_ms: u32,
+    /// Refill threshold, ms: a poll tops the lead up only once it is at most this (clamped to
+    /// `lead_ms − 20`). Default 50: polled every 20 ms, a top-up then carries 80 ms whatever the
+    /// phase of the polls, and the lead stays above 30 ms.
+    pub refill_ms: u32,
+    /// Timer floor, ms: [`PlayoutBuffer::poll_timeout`] comes due only when the lead would fall
+    /// to this, i.e. when the caller's frames (the usual pacing clock) stopped. Default 20
+    /// (clamped to at most `refill_ms`); then a top-up carries 100 ms.
+    pub floor_ms: u32,
     /// Most audio held, ms; beyond it new audio is dropped and counted. Default 60 000.
     pub max_buffer_ms: u32,
-    /// Most frames in one `media` message. Default 5 (the whole lead in one message at the
-    /// start of a turn, then one frame per 20 ms).
+    /// Most frames in one `media` message. Default 5 (100 ms).
     pub max_frames_per_message: usize,
-    /// A mark every this many ms of audio (0: only at end of turn). Default 200.
+    /// At most one periodic mark per this many ms of audio (0: only at end of turn).
+    /// Default 1000: they only feed the `heard_ms` statistics.
     pub mark_interval_ms: u32,
 }
 
 impl Default for PlayoutConfig {
     fn default() -> Self {
         Self {
-            lead_ms: 100,
+            lead_ms: 130,
+            refill_ms: 50,
+            floor_ms: 20,
             max_buffer_ms: 60_000,
             max_frames_per_message: 5,
-            mark_interval_ms: 200,
+            mark_interval_ms: 1000,
         }
     }
 }
@@ -152,7 +173,10 @@ struct SentMark {
 #[derive(Debug)]
 pub struct PlayoutBuffer {
     config: PlayoutConfig,
+    /// Lead target, refill threshold and timer floor, in samples (see [`PlayoutConfig`]).
     lead: u64,
+    refill: u64,
+    floor: u64,
     mark_interval: u64,
     /// Ring of held frames (`head`, `count`), sized once from `max_buffer_ms`.
     /// Grows on demand (doubling, rotated so `head` is 0) up to `cap_frames`: allocating the
@@ -186,8 +210,14 @@ impl PlayoutBuffer {
         let lead_ms = config.lead_ms.clamp(20, MAX_LEAD_MS);
         let max_ms = config.max_buffer_ms.clamp(20, MAX_PLAYOUT_BUFFER_MS);
         let per_msg = config.max_frames_per_message.clamp(1, 50);
+        // A top-up must have room for at least one frame, and the timer must not come due
+        // before the lead is down to where a poll would top it up.
+        let refill_ms = config.refill_ms.min(lead_ms - 20);
+        let floor_ms = config.floor_ms.min(refill_ms);
         let config = PlayoutConfig {
             lead_ms,
+            refill_ms,
+            floor_ms,
             max_buffer_ms: max_ms,
             max_frames_per_message: per_msg,
             mark_interval_ms: config.mark_interval_ms,
@@ -196,6 +226,8 @@ impl PlayoutBuffer {
         Self {
             config,
             lead: u64::from(lead_ms) * 8,
+            refill: u64::from(refill_ms) * 8,
+            floor: u64::from(floor_ms) * 8,
             mark_interval: u64::from(config.mark_interval_ms) * 8,
             ring: vec![[0; FRAME_SAMPLES]; cap_frames.min(INITIAL_RING_FRAMES)],
             cap_frames,
@@ -297,18 +329,17 @@ impl PlayoutBuffer {
     /// until the next call.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
         self.last_now = Some(now);
-        if let Some(m) = self.pending_marks.front().copied()
-            && m.at <= self.sent_total
-        {
-            self.pending_marks.pop_front();
+        if let Some(m) = self.pop_due_mark() {
             return Some(self.send_mark(m));
         }
         if self.count == 0 {
             return None;
         }
         let played = self.played(now);
-        if self.anchor.is_none() || played >= self.sent_total {
-            // Twilio's queue is (estimated) empty: restart the clock here.
+        let empty = self.anchor.is_none() || played >= self.sent_total;
+        let room = if empty {
+            // Twilio's queue is (estimated) empty: restart the clock here, and send the first
+            // frame alone so the caller hears it as soon as possible (docs/dsp.md §3.7).
             if let Some(a) = self.anchor
                 && self.in_turn
                 && self.turn_sent
@@ -322,16 +353,24 @@ impl PlayoutBuffer {
             }
             self.anchor = Some(now);
             self.anchor_sent = self.sent_total;
-        }
-        let allowed = (played + self.lead).saturating_sub(self.sent_total) / FRAME;
-        let until_mark = self
+            FRAME
+        } else {
+            let lead = self.sent_total - played;
+            if lead > self.refill {
+                return None;
+            }
+            self.lead - lead
+        };
+        // A message never runs past an end-of-turn mark: its echo marks the turn's last sample.
+        let until_turn_end = self
             .pending_marks
-            .front()
+            .iter()
+            .find(|m| m.end_of_turn)
             .map_or(u64::MAX, |m| (m.at - self.sent_total) / FRAME);
-        let frames = allowed
+        let frames = (room / FRAME)
             .min(self.count as u64)
             .min(self.config.max_frames_per_message as u64)
-            .min(until_mark) as usize;
+            .min(until_turn_end) as usize;
         if frames == 0 {
             return None;
         }
@@ -350,15 +389,37 @@ impl PlayoutBuffer {
         Some(Transmit::Media(&self.text))
     }
 
+    /// The next mark whose position has been sent. Of several due periodic marks only the last
+    /// goes out (its echo implies the others'): at most one per message, so the rate stays
+    /// bounded whatever `mark_interval_ms` is.
+    fn pop_due_mark(&mut self) -> Option<PendingMark> {
+        loop {
+            let m = *self.pending_marks.front()?;
+            if m.at > self.sent_total {
+                return None;
+            }
+            self.pending_marks.pop_front();
+            let next_due = self
+                .pending_marks
+                .front()
+                .is_some_and(|n| n.at <= self.sent_total);
+            if m.end_of_turn || !next_due {
+                return Some(m);
+            }
+        }
+    }
+
     fn send_mark(&mut self, m: PendingMark) -> Transmit<'_> {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.sent_marks.len() >= MAX_OUTSTANDING_MARKS {
             self.sent_marks.pop_front();
         }
+        // A periodic mark follows the message that covers its position, so its echo proves
+        // everything sent so far was heard.
         self.sent_marks.push_back(SentMark {
             seq,
-            at: m.at,
+            at: self.sent_total.max(m.at),
             event_id: m.event_id,
             end_of_turn: m.end_of_turn,
             cleared: false,
@@ -370,8 +431,11 @@ impl PlayoutBuffer {
         Transmit::Mark(&self.text)
     }
 
-    /// When [`PlayoutBuffer::poll_transmit`] should next be called, or `None` if nothing is
-    /// held (push more audio first).
+    /// When [`PlayoutBuffer::poll_transmit`] must next be called if nothing else polls it
+    /// first, or `None` if nothing is held (push more audio first). A fallback for when the
+    /// caller's frames stop: it comes due only once the lead would fall to
+    /// [`PlayoutConfig::floor_ms`], below the refill threshold that a poll on every caller frame
+    /// reaches first (docs/dsp.md §3.7).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let now = self.last_now?;
         if self
@@ -387,10 +451,9 @@ impl PlayoutBuffer {
         let Some(anchor) = self.anchor else {
             return Some(now);
         };
-        // The next frame may go once sent_total + FRAME ≤ played + lead.
-        let due = (self.sent_total + FRAME).saturating_sub(self.lead);
-        let at = anchor + samples_to_duration(due.saturating_sub(self.anchor_sent));
-        Some(at)
+        // The lead falls to the floor once Twilio has played up to `sent_total − floor`.
+        let due = self.sent_total.saturating_sub(self.floor);
+        Some(anchor + samples_to_duration(due.saturating_sub(self.anchor_sent)))
     }
 
     /// When the caller would run dry with nothing more held: Twilio's estimated queue down to one
@@ -523,18 +586,131 @@ mod tests {
     }
 
     #[test]
-    fn burst_is_paced_to_the_lead_on_an_absolute_clock() {
+    fn burst_starts_with_one_frame_then_tops_up_on_an_absolute_clock() {
         let t0 = Instant::now();
         let mut p = without_periodic_marks();
         for _ in 0..50 {
             assert!(p.push_frame(1, &[0x55; 160]));
         }
+        // One frame at once, then a top-up to the 130 ms target (whole frames): 120 ms.
+        assert_eq!(p.poll_transmit(t0).map(frames_of), Some(1));
         assert_eq!(drain(&mut p, t0), (5, 0));
-        assert_eq!(p.poll_timeout(), Some(at(t0, 20)));
-        // A late wake-up sends the backlog at once; timing does not drift.
-        assert_eq!(drain(&mut p, at(t0, 65)), (3, 0));
-        assert_eq!(p.poll_timeout(), Some(at(t0, 80)));
-        assert!(p.lead_ms_at(at(t0, 65)) <= 100);
+        // Not polled: the fallback comes due when the lead is down to the 20 ms floor.
+        assert_eq!(p.poll_timeout(), Some(at(t0, 100)));
+        // Polled above the refill threshold (50 ms): nothing.
+        assert_eq!(drain(&mut p, at(t0, 60)), (0, 0));
+        // A late wake-up tops up at once; timing does not drift.
+        assert_eq!(drain(&mut p, at(t0, 105)), (5, 0));
+        assert_eq!(p.lead_ms_at(at(t0, 105)), 115);
+        assert_eq!(p.poll_timeout(), Some(at(t0, 200)));
+    }
+
+    fn frames_of(t: Transmit<'_>) -> usize {
+        match t {
+            Transmit::Media(s) => STANDARD.decode(s).unwrap().len() / 160,
+            Transmit::Mark(_) => 0,
+        }
+    }
+
+    /// What a turn driven like the bridge did: every message (time, frames; 0 for a mark) and
+    /// every deadline seen after a poll.
+    struct Run {
+        sent: Vec<(Instant, usize)>,
+        deadlines: Vec<(Instant, Option<Instant>)>,
+    }
+
+    /// Plays a turn of `frames` frames pushed at `t0`, polled at `t0` and then at every caller
+    /// frame (`phase_ms` + 20·k) and nowhere else, up to `until_ms`. Checks the lead target on
+    /// every message and the interruption bound at every poll.
+    fn caller_paced(frames: usize, phase_ms: u64, until_ms: u64) -> (PlayoutBuffer, Run) {
+        let t0 = Instant::now();
+        let mut p = PlayoutBuffer::new(PlayoutConfig::default());
+        for _ in 0..frames {
+            p.push_frame(1, &[7; 160]);
+        }
+        p.end_turn();
+        let mut run = Run {
+            sent: Vec::new(),
+            deadlines: Vec::new(),
+        };
+        let polls = std::iter::once(t0).chain((0..).map(|k| at(t0, phase_ms + 20 * k)));
+        for now in polls.take_while(|&t| t <= at(t0, until_ms)) {
+            while let Some(t) = p.poll_transmit(now) {
+                run.sent.push((now, frames_of(t)));
+                assert!(p.lead_ms_at(now) <= 130, "lead above target");
+            }
+            run.deadlines.push((now, p.poll_timeout()));
+        }
+        (p, run)
+    }
+
+    #[test]
+    fn caller_frames_pace_a_turn_in_few_messages_and_marks() {
+        for phase in [0, 1, 7, 13, 19] {
+            let (p, run) = caller_paced(250, phase, 6000);
+            let media: Vec<usize> = run.sent.iter().map(|s| s.1).filter(|&f| f > 0).collect();
+            assert_eq!(media.iter().sum::<usize>(), 250, "phase {phase}");
+            assert_eq!(media[0], 1, "first message of the turn is one frame");
+            // After it, 40–100 ms per message; only the turn's tail may be shorter.
+            let (tail, body) = media[1..].split_last().unwrap();
+            assert!(body.iter().all(|&f| (2..=5).contains(&f)), "{media:?}");
+            assert!((1..=5).contains(tail));
+            // 5 s of audio: at most ~15 messages and ~1 mark per second.
+            assert!(media.len() <= 75, "phase {phase}: {} messages", media.len());
+            let marks = run.sent.iter().filter(|s| s.1 == 0).count();
+            assert!((1..=5).contains(&marks), "phase {phase}: {marks} marks");
+            assert_eq!(p.stats().marks_sent as usize, marks);
+            // The fallback timer never comes due before the next caller frame.
+            for (now, deadline) in &run.deadlines {
+                if let Some(d) = deadline {
+                    assert!(
+                        *d > *now + Duration::from_millis(20),
+                        "phase {phase}: timer due {:?} after a poll",
+                        d.saturating_duration_since(*now)
+                    );
+                }
+            }
+            assert_eq!(p.stats().underruns, 0);
+        }
+    }
+
+    #[test]
+    fn the_timer_alone_plays_a_turn_without_underrun() {
+        let t0 = Instant::now();
+        let mut p = PlayoutBuffer::new(PlayoutConfig::default());
+        for _ in 0..250 {
+            p.push_frame(1, &[7; 160]);
+        }
+        let mut now = t0;
+        let mut wakeups = 0;
+        while let Some(t) = p.poll_timeout().or(Some(t0)).filter(|_| p.held_bytes() > 0) {
+            now = now.max(t);
+            wakeups += 1;
+            drain(&mut p, now);
+            let lead = p.lead_ms_at(now);
+            assert!(lead > 0 && lead <= 130, "lead {lead} at a timer wake-up");
+            assert!(wakeups < 1000);
+        }
+        assert_eq!(p.stats().frames_sent, 250);
+        assert_eq!(p.stats().underruns, 0);
+        // One wake-up per ~100 ms top-up, not one per frame.
+        assert!(wakeups <= 55, "{wakeups} wake-ups for 5 s");
+    }
+
+    #[test]
+    fn an_interruption_leaves_at_most_150_ms_queued_at_any_moment() {
+        for ms in (0..5200).step_by(7) {
+            let (mut p, _) = caller_paced(250, 3, ms);
+            let now = p.last_poll().unwrap() + Duration::from_millis(ms % 20);
+            let i = p.interrupt(now);
+            assert!(i.unplayed_ms <= 150, "at {ms} ms: {i:?}");
+            assert!(i.unplayed_ms <= 130, "at {ms} ms: {i:?}");
+            assert_eq!(p.held_bytes(), 0);
+            assert_eq!(p.poll_timeout(), None);
+            if ms < 4800 {
+                assert!(i.send_clear && i.dropped_ms > 0, "at {ms} ms: {i:?}");
+            }
+        }
     }
 
     #[test]
@@ -555,6 +731,7 @@ mod tests {
         assert_eq!(out, vec![false, true]);
         let echo = p.handle_mark_echo("ignis-1").unwrap();
         assert!(echo.end_of_turn && !echo.cleared && echo.event_id == 2);
-        assert_eq!(echo.stream_ms, 120);
+        // 1 + 5 frames sent before the interruption, then the new turn's one frame.
+        assert_eq!(echo.stream_ms, 140);
     }
 }

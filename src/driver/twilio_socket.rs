@@ -17,9 +17,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{Instrument, debug, info, warn};
 
 use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
@@ -286,7 +286,7 @@ struct Call {
     /// Whether the agent link is still being established.
     link_pending: bool,
     /// Control messages for the agent written while its link is pending.
-    pending_to_agent: VecDeque<String>,
+    pending_to_agent: VecDeque<bytes::Bytes>,
     transfer_tx: mpsc::Sender<(String, bool)>,
     transfer_rx: mpsc::Receiver<(String, bool)>,
     transfers_in_flight: usize,
@@ -343,6 +343,9 @@ impl Call {
         let silence = tokio::time::sleep_until(self.last_twilio + SILENCE_TIMEOUT);
         tokio::pin!(silence);
         // The bridge's next deadline; `armed` is what the timer is set to (`None`: disarmed).
+        // While the caller's frames flow they pace the playout and this timer does not fire;
+        // its deadline moves only when a top-up is sent (~12 times a second while the agent
+        // speaks), so re-arming on a change is cheap (docs/dsp.md §3.7).
         let bridge_timer = tokio::time::sleep_until(self.last_twilio);
         tokio::pin!(bridge_timer);
         let mut armed: Option<tokio::time::Instant> = None;
@@ -502,10 +505,15 @@ impl Call {
                 Output::ToAgent(text) => match self.agent.as_mut() {
                     Some(a) => {
                         while let Some(p) = self.pending_to_agent.pop_front() {
-                            let _ = a.feed(Message::text(p)).await;
+                            if let Some(m) = text_message(p) {
+                                let _ = a.feed(m).await;
+                            }
                         }
                         let len = text.len() as u64;
-                        if a.feed(Message::text(text)).await.is_ok() {
+                        let Some(m) = text_message(text) else {
+                            continue;
+                        };
+                        if a.feed(m).await.is_ok() {
                             wrote_agent = true;
                             Metrics::add(&metrics.bytes_to_agent, len);
                         }
@@ -518,7 +526,10 @@ impl Call {
                     None => {}
                 },
                 Output::ToTwilio(text) => {
-                    if self.twilio.feed(Message::text(text)).await.is_ok() {
+                    let Some(m) = text_message(text) else {
+                        continue;
+                    };
+                    if self.twilio.feed(m).await.is_ok() {
                         wrote_twilio = true;
                     }
                 }
@@ -595,6 +606,18 @@ impl Call {
         summary.agent_connect_ms = self.agent_connect_ms;
         self.shared.app.metrics.record_call(&summary);
         log_summary(&summary, duration, self.bridge.conversation_id());
+    }
+}
+
+/// A text frame of the bridge's bytes, sharing them (no copy, no allocation). The bridge writes
+/// only UTF-8 JSON; the check (a fast scan) keeps `unsafe` out, and anything else is dropped.
+fn text_message(bytes: bytes::Bytes) -> Option<Message> {
+    match Utf8Bytes::try_from(bytes) {
+        Ok(text) => Some(Message::Text(text)),
+        Err(_) => {
+            warn!("[Bridge] Non-UTF-8 output dropped");
+            None
+        }
     }
 }
 

@@ -407,9 +407,11 @@ impl Call {
     /// Drains outputs and events as the driver does, checking each.
     fn drain(&mut self) {
         while let Some(out) = self.bridge.poll_transmit() {
-            match out {
-                Output::ToTwilio(text) => self.check_to_twilio(&text),
-                Output::ToAgent(text) => self.check_to_agent(&text),
+            let (Output::ToTwilio(bytes) | Output::ToAgent(bytes)) = &out;
+            let text = std::str::from_utf8(bytes).expect("output is UTF-8");
+            match &out {
+                Output::ToTwilio(_) => self.check_to_twilio(text),
+                Output::ToAgent(_) => self.check_to_agent(text),
             }
         }
         while let Some(event) = self.bridge.poll_event() {

@@ -94,8 +94,15 @@ impl std::error::Error for MessageError {}
 struct Envelope<'a> {
     #[serde(borrow)]
     event: Cow<'a, str>,
-    #[serde(rename = "streamSid", default)]
-    stream_sid: Option<String>,
+    // Borrowed, like `track` and the counters below: parsing a caller frame allocates nothing
+    // (issue 16; `tests/audio_no_alloc.rs`).
+    #[serde(
+        rename = "streamSid",
+        borrow,
+        default,
+        deserialize_with = "borrowed_str"
+    )]
+    stream_sid: Option<Cow<'a, str>>,
     #[serde(default)]
     start: Option<StartBody>,
     #[serde(borrow, default)]
@@ -136,8 +143,8 @@ struct MediaBody<'a> {
     timestamp: Option<u64>,
     #[serde(borrow, default, deserialize_with = "borrowed_str")]
     payload: Option<Cow<'a, str>>,
-    #[serde(default)]
-    track: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
+    track: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -161,23 +168,40 @@ fn borrowed_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a
 }
 
 /// Counters arrive as JSON strings (`"1"`) per the docs but numbers are accepted too (§1.2).
+/// A visitor rather than an untagged enum, which would buffer every value (allocating).
 fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum StrOrNum<'a> {
-        Num(u64),
-        Str(&'a str),
-        Owned(String),
-        Float(f64),
+    struct Counter;
+    impl<'de> de::Visitor<'de> for Counter {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a counter (number or string)")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(Counter)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            u64::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom("negative counter"))
+        }
+        fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
+            if f >= 0.0 && f.is_finite() {
+                Ok(Some(f as u64))
+            } else {
+                Err(E::custom("negative counter"))
+            }
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(s.trim().parse().ok())
+        }
     }
-    Ok(match Option::<StrOrNum>::deserialize(d)? {
-        None => None,
-        Some(StrOrNum::Num(n)) => Some(n),
-        Some(StrOrNum::Str(s)) => s.trim().parse().ok(),
-        Some(StrOrNum::Owned(s)) => s.trim().parse().ok(),
-        Some(StrOrNum::Float(f)) if f >= 0.0 && f.is_finite() => Some(f as u64),
-        Some(StrOrNum::Float(_)) => return Err(de::Error::custom("negative counter")),
-    })
+    d.deserialize_option(Counter)
 }
 
 /// Parses one text message from Twilio.
@@ -196,7 +220,7 @@ pub fn parse(text: &str) -> Result<TwilioEvent<'_>, MessageError> {
                 .ok_or(MessageError::MissingField("start.callSid"))?;
             let stream_sid = s
                 .stream_sid
-                .or(env.stream_sid)
+                .or(env.stream_sid.map(Cow::into_owned))
                 .ok_or(MessageError::MissingField("streamSid"))?;
             let format = s.media_format;
             TwilioEvent::Start(Start {
