@@ -636,7 +636,7 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
             cut / interruptions
         );
     }
-    interruption_lines(stats, n, window);
+    interruption_lines(stats);
     println!(
         "  probes sent up {} down {}; pings {} pongs {}; interruptions {} clears {}; marks {}",
         stats.probes_up_sent.load(Relaxed),
@@ -693,7 +693,7 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
 }
 
 /// Barge-in and message-rate lines of a run's report.
-fn interruption_lines(stats: &Stats, n: usize, window: f64) {
+fn interruption_lines(stats: &Stats) {
     let mut after = stats.clear_after_us.lock().unwrap().clone();
     let mut queued = stats.clear_queued_us.lock().unwrap().clone();
     println!(
