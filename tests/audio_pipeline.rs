@@ -94,7 +94,7 @@ fn both_directions_through_the_worker() {
 use std::sync::Mutex;
 use std::sync::mpsc;
 
-use ignis::audio::pipeline::{CALL_INPUT_BUFFERS, Wake};
+use ignis::audio::pipeline::{CALL_QUEUE_DEPTH, Wake};
 use ignis::audio::{
     DspPool, InboundConfig, InboundPath, OutboundConfig, OutboundPath, PoolCall, PoolOutput,
     Transmit,
@@ -243,7 +243,7 @@ fn pool_matches_inline(format: AgentFormat) {
     let mut got: Vec<CallOut> = (0..CALLS).map(|_| CallOut::default()).collect();
     let mut turns = [0; CALLS];
     // Rounds of 10 frames per call, each call's frames interleaved with the others'; the test
-    // keeps within the queues (CALL_INPUT_BUFFERS) as a paced caller does, so nothing drops.
+    // keeps within the queues (CALL_QUEUE_DEPTH) as a paced caller does, so nothing drops.
     for round in (0..FRAMES).step_by(10) {
         for i in round..round + 10 {
             for (c, input) in calls.iter().zip(&inputs) {
@@ -353,10 +353,14 @@ fn a_full_queue_counts_drops_and_never_blocks() {
             wake,
         )
         .unwrap();
-    let frames = caller_frames(1, 101);
+    let frames = caller_frames(1, CALL_QUEUE_DEPTH + 41);
     call.push_twilio_media(t0, 1, 0, &frames[0]).unwrap();
-    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
-    // The worker is stalled: the call's buffers run out after CALL_INPUT_BUFFERS commands,
+    let mut n = 0;
+    wait_until(|| {
+        call.drain(|_| n += 1);
+        n == 1 && wakes.load(Ordering::Relaxed) == 1
+    });
+    // The worker is stalled: the call's buffers run out after CALL_QUEUE_DEPTH commands,
     // and every push after that returns at once as a counted drop.
     let mut refused = 0;
     for (i, f) in frames.iter().enumerate().skip(1) {
@@ -367,21 +371,21 @@ fn a_full_queue_counts_drops_and_never_blocks() {
             refused += 1;
         }
     }
-    assert_eq!(refused, 100 - CALL_INPUT_BUFFERS);
+    assert_eq!(refused, 40);
     assert_eq!(call.stats().drops, refused as u64);
     assert_eq!(pool.drops_total(), refused as u64);
     release.send(()).unwrap();
-    // What was queued still comes through (the first frame's payload, then the rest).
-    let mut n = 0;
+    // What was queued still comes through, none of it dropped on the way back.
     wait_until(|| {
         call.drain(|o| {
             if let PoolOutput::UserAudioChunk(_) = o {
                 n += 1;
             }
         });
-        n > CALL_INPUT_BUFFERS
+        n > CALL_QUEUE_DEPTH
     });
-    assert_eq!(n, 1 + CALL_INPUT_BUFFERS);
+    assert_eq!(n, 1 + CALL_QUEUE_DEPTH);
+    assert_eq!(call.stats().drops, 40);
 }
 
 #[test]

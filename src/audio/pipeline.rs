@@ -31,6 +31,7 @@
 //!   (BENCHMARKS.md), less than a channel hop, so the bridge may call [`InboundPath`] and
 //!   [`OutboundPath`] inline and drive the playout timer itself. Both modes are benchmarked.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -552,13 +553,14 @@ fn emit(tx: &Sender<Out>, counters: &Counters, out: Out) {
 /// Most DSP workers in the pool, whatever the core count: DSP is a small share of a call's
 /// cost, and the call tasks need the cores too.
 pub const MAX_POOL_WORKERS: usize = 8;
-/// Input buffers per call: the most commands one call may have queued on its worker (32 ×
-/// 20 ms = 640 ms of caller frames behind). Every command takes one, so a worker's queue holds
-/// at most `calls × CALL_INPUT_BUFFERS` commands: the bound of the (unbounded) command channel.
-pub const CALL_INPUT_BUFFERS: usize = 32;
-/// Results waiting for one call task (and its output buffers): twice the input buffers, as a
-/// command yields one result and occasionally two (a payload and a flushed tail).
-pub const CALL_OUTPUT_DEPTH: usize = 2 * CALL_INPUT_BUFFERS;
+/// Commands one call may have queued on its worker: 128 × 20 ms = 2.56 s of caller frames, room
+/// for a burst after a network stall (Twilio then delivers a second of frames at once). Every
+/// command carries one of the call's input buffers, at most this many, so a worker's queue
+/// holds at most `calls × CALL_QUEUE_DEPTH` commands: the bound of its command channel.
+pub const CALL_QUEUE_DEPTH: usize = 128;
+/// Results waiting for one call task (and its output buffers). A command yields one result,
+/// rarely two (an end of turn); the call task drains them at every wake-up.
+pub const CALL_OUTPUT_DEPTH: usize = CALL_QUEUE_DEPTH;
 /// Agent base64 per command; longer chunks are split (a multiple of 4: valid base64 each).
 pub const AGENT_PIECE_CHARS: usize = 4096;
 /// Commands a worker handles before it wakes the calls they touched, so a flooded worker still
@@ -664,7 +666,7 @@ pub enum PoolOutput<'a> {
 /// Counters of one call on the pool, readable from the call's task at any time.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PoolCallStats {
-    /// Commands refused because the call had [`CALL_INPUT_BUFFERS`] queued, plus results the
+    /// Commands refused because the call had [`CALL_QUEUE_DEPTH`] queued, plus results the
     /// worker could not queue because the call task was [`CALL_OUTPUT_DEPTH`] behind. Audio
     /// lost, counted, never a wait.
     pub drops: u64,
@@ -694,6 +696,8 @@ struct CallDsp {
     in_pool: Sender<String>,
     out_tx: Sender<PoolOut>,
     out_pool: Receiver<Vec<u8>>,
+    /// Output buffers made so far (at most [`CALL_OUTPUT_DEPTH`]).
+    out_made: usize,
     shared: Arc<CallShared>,
     wake: Wake,
     touched: bool,
@@ -787,15 +791,11 @@ impl DspPool {
         };
         worker.calls.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (in_pool_tx, in_pool) = bounded(CALL_INPUT_BUFFERS);
+        // Buffers are made on demand up to the depths, then circulate: a call's memory follows
+        // its largest burst, and the steady state allocates nothing.
+        let (in_pool_tx, in_pool) = bounded(CALL_QUEUE_DEPTH);
         let (out_tx, out_rx) = bounded(CALL_OUTPUT_DEPTH);
         let (out_pool, out_pool_rx) = bounded(CALL_OUTPUT_DEPTH);
-        for _ in 0..CALL_INPUT_BUFFERS {
-            let _ = in_pool_tx.try_send(String::with_capacity(INITIAL_BUFFER_BYTES));
-        }
-        for _ in 0..CALL_OUTPUT_DEPTH {
-            let _ = out_pool.try_send(Vec::with_capacity(INITIAL_BUFFER_BYTES));
-        }
         let shared = Arc::new(CallShared::default());
         let dsp = CallDsp {
             id,
@@ -804,6 +804,7 @@ impl DspPool {
             in_pool: in_pool_tx,
             out_tx,
             out_pool: out_pool_rx,
+            out_made: 0,
             shared: Arc::clone(&shared),
             wake,
             touched: false,
@@ -820,6 +821,7 @@ impl DspPool {
             tx: worker.tx.clone(),
             calls: Arc::clone(&worker.calls),
             in_pool,
+            in_made: Cell::new(0),
             out_rx,
             out_pool,
             shared,
@@ -837,6 +839,8 @@ pub struct PoolCall {
     tx: Sender<PoolCmd>,
     calls: Arc<AtomicUsize>,
     in_pool: Receiver<String>,
+    /// Input buffers made so far (at most [`CALL_QUEUE_DEPTH`]).
+    in_made: Cell<usize>,
     out_rx: Receiver<PoolOut>,
     out_pool: Sender<Vec<u8>>,
     shared: Arc<CallShared>,
@@ -863,10 +867,15 @@ impl PoolCall {
     }
 
     /// Queues `job` with `text` in a circulating buffer; a counted drop if the call already
-    /// has [`CALL_INPUT_BUFFERS`] commands queued.
+    /// has [`CALL_QUEUE_DEPTH`] commands queued.
     fn send(&self, now: Instant, job: Job, text: &str) -> Result<(), Dropped> {
-        let Ok(mut buf) = self.in_pool.try_recv() else {
-            return Err(self.dropped());
+        let mut buf = match self.in_pool.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.in_made.get() < CALL_QUEUE_DEPTH => {
+                self.in_made.set(self.in_made.get() + 1);
+                String::with_capacity(INITIAL_BUFFER_BYTES.max(text.len()))
+            }
+            Err(_) => return Err(self.dropped()),
         };
         buf.clear();
         buf.push_str(text);
@@ -1104,7 +1113,7 @@ impl CallDsp {
 
     fn user_audio(&mut self) {
         while let Some(p) = self.inbound.poll_user_audio_chunk() {
-            let Ok(mut buf) = self.out_pool.try_recv() else {
+            let Some(mut buf) = Self::out_buffer(&self.out_pool, &mut self.out_made) else {
                 self.drop_output();
                 continue;
             };
@@ -1118,7 +1127,7 @@ impl CallDsp {
         if !self.outbound.has_frames() {
             return;
         }
-        let Ok(mut buf) = self.out_pool.try_recv() else {
+        let Some(mut buf) = Self::out_buffer(&self.out_pool, &mut self.out_made) else {
             self.outbound.discard_frames();
             self.drop_output();
             return;
@@ -1130,6 +1139,19 @@ impl CallDsp {
             event_id,
             ulaw: buf,
         });
+    }
+
+    /// A free output buffer, made on demand up to [`CALL_OUTPUT_DEPTH`]; `None`: the call task
+    /// is that far behind.
+    fn out_buffer(pool: &Receiver<Vec<u8>>, made: &mut usize) -> Option<Vec<u8>> {
+        if let Ok(b) = pool.try_recv() {
+            return Some(b);
+        }
+        if *made < CALL_OUTPUT_DEPTH {
+            *made += 1;
+            return Some(Vec::with_capacity(INITIAL_BUFFER_BYTES));
+        }
+        None
     }
 
     fn emit(&mut self, out: PoolOut) {
