@@ -19,7 +19,10 @@
 //! every position of the frame; `support/loadgen.rs`),
 //! `--backends sqlite[,postgres]` runs each call count once per store backend, side by side in
 //! one run (`postgres` needs `--database-url postgres://…`: ignis then runs as a replica with
-//! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md).
+//! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md),
+//! `--audio-stages inline[,pipeline]` runs each call count once per `AUDIO_STAGES` mode, side by
+//! side in one run (pipeline: the shared DSP pool, one worker per core ignis may use, so one
+//! with `--ignis-cpu 1`; pool drops are logged as warnings).
 
 #[path = "support/loadgen.rs"]
 mod loadgen;
@@ -30,9 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use ignis::audio::AudioStages;
 use ignis::audio::format::AgentFormat;
 use loadgen::{AgentOptions, CallOptions, CallerFrames, Stats, Workload};
 
+#[derive(Clone)]
 struct Args {
     calls: Vec<usize>,
     format: AgentFormat,
@@ -49,6 +54,10 @@ struct Args {
     backends: Vec<Backend>,
     /// `DATABASE_URL` for the `postgres` backend.
     database_url: Option<String>,
+    /// `AUDIO_STAGES` modes to run, in order (`--audio-stages`).
+    audio_stages: Vec<AudioStages>,
+    /// The mode of the run in progress (passed to ignis as `AUDIO_STAGES`).
+    stages: AudioStages,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -80,6 +89,8 @@ fn args() -> Args {
         ignis_prefix: Vec::new(),
         backends: vec![Backend::Sqlite],
         database_url: None,
+        audio_stages: vec![AudioStages::Inline],
+        stages: AudioStages::Inline,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -115,6 +126,7 @@ fn args() -> Args {
                     .collect()
             }
             "--database-url" => a.database_url = Some(v),
+            "--audio-stages" => a.audio_stages = parse_audio_stages(&v),
             _ => {
                 i += 1; // `--bench` and friends from cargo
                 continue;
@@ -123,6 +135,18 @@ fn args() -> Args {
         i += 2;
     }
     a
+}
+
+/// `--audio-stages inline,pipeline`.
+fn parse_audio_stages(v: &str) -> Vec<AudioStages> {
+    v.split(',')
+        .map(|m| {
+            AudioStages::ALL
+                .into_iter()
+                .find(|s| s.name() == m)
+                .unwrap_or_else(|| panic!("--audio-stages inline,pipeline, not {m}"))
+        })
+        .collect()
 }
 
 /// utime + stime in seconds, and VmRSS in KiB, of a process.
@@ -163,7 +187,13 @@ fn main() {
     );
     for &n in &a.calls {
         for &backend in &a.backends {
-            rt.block_on(run(&a, n, backend));
+            for &stages in &a.audio_stages {
+                let a = Args {
+                    stages,
+                    ..a.clone()
+                };
+                rt.block_on(run(&a, n, backend));
+            }
         }
     }
 }
@@ -200,6 +230,7 @@ fn spawn_ignis(
         .env("MAX_CONNECTIONS", (2 * n + 200).to_string())
         .env("LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
+        .env("AUDIO_STAGES", a.stages.name())
         .current_dir(dir);
     if backend == Backend::Postgres
         && let Some(url) = &a.database_url
@@ -442,10 +473,11 @@ fn report(a: &Args, n: usize, backend: Backend, stats: &Stats, f: &Figures<'_>) 
         .map(|&x| x as i64)
         .collect();
     println!(
-        "\n== {n} calls, {} workload, {} agent, {} store, window {window:.0} s, loadavg {load}, ignis on cpu {}",
+        "\n== {n} calls, {} workload, {} agent, {} store, {} audio stages, window {window:.0} s, loadavg {load}, ignis on cpu {}",
         a.workload.as_str(),
         a.format.as_str(),
         backend.as_str(),
+        a.stages.name(),
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
     let up_by = match a.workload {
