@@ -563,6 +563,9 @@ pub const CALL_QUEUE_DEPTH: usize = 128;
 pub const CALL_OUTPUT_DEPTH: usize = CALL_QUEUE_DEPTH;
 /// Agent base64 per command; longer chunks are split (a multiple of 4: valid base64 each).
 pub const AGENT_PIECE_CHARS: usize = 4096;
+/// Commands queued for one worker over all its calls (about 80 bytes each, allocated when the
+/// pool starts): 8192 is 0.4 s of every frame of 400 calls. A full queue is a counted drop.
+pub const WORKER_QUEUE_DEPTH: usize = 8192;
 /// Commands a worker handles before it wakes the calls they touched, so a flooded worker still
 /// signals (most batches are far smaller: whatever queued while the last one ran).
 pub const MAX_BATCH_COMMANDS: usize = 512;
@@ -622,14 +625,18 @@ enum Job {
     Finish,
 }
 
-enum PoolCmd {
+/// A call's command for its worker, carrying one of the call's circulating input buffers.
+struct Work {
+    call: u64,
+    now: Instant,
+    job: Job,
+    text: String,
+}
+
+/// Opening and closing a call: on their own unbounded channel, so a full work queue can never
+/// refuse a call or leak one's state (one message per call, not per frame).
+enum Control {
     Open(Box<CallDsp>),
-    Work {
-        call: u64,
-        now: Instant,
-        job: Job,
-        text: String,
-    },
     Close(u64),
 }
 
@@ -704,7 +711,8 @@ struct CallDsp {
 }
 
 struct PoolWorker {
-    tx: Sender<PoolCmd>,
+    work: Sender<Work>,
+    control: Sender<Control>,
     /// Calls assigned to this worker (least loaded wins).
     calls: Arc<AtomicUsize>,
 }
@@ -736,9 +744,11 @@ impl DspPool {
     pub fn new(workers: usize) -> Result<Arc<Self>, SpawnError> {
         let mut list = Vec::new();
         for i in 0..workers.clamp(1, MAX_POOL_WORKERS) {
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let (work, work_rx) = bounded(WORKER_QUEUE_DEPTH);
+            let (control, control_rx) = crossbeam_channel::unbounded();
             let worker = PoolThread {
-                rx,
+                work: work_rx,
+                control: control_rx,
                 calls: std::collections::HashMap::new(),
                 touched: Vec::new(),
             };
@@ -748,7 +758,8 @@ impl DspPool {
                 .spawn(move || worker.run())
                 .map_err(SpawnError::Thread)?;
             list.push(PoolWorker {
-                tx,
+                work,
+                control,
                 calls: Arc::new(AtomicUsize::new(0)),
             });
         }
@@ -809,16 +820,16 @@ impl DspPool {
             wake,
             touched: false,
         };
-        // The channel is unbounded (bounded per call by the input buffers), so this never
-        // waits; it fails only if the worker is gone.
-        if worker.tx.send(PoolCmd::Open(Box::new(dsp))).is_err() {
+        // Unbounded: never waits; fails only if the worker is gone.
+        if worker.control.send(Control::Open(Box::new(dsp))).is_err() {
             worker.calls.fetch_sub(1, Ordering::Relaxed);
             let e = std::io::Error::other("DSP worker gone");
             return Err(SpawnError::Thread(e));
         }
         Ok(PoolCall {
             id,
-            tx: worker.tx.clone(),
+            work: worker.work.clone(),
+            control: worker.control.clone(),
             calls: Arc::clone(&worker.calls),
             in_pool,
             in_made: Cell::new(0),
@@ -836,7 +847,8 @@ impl DspPool {
 /// Dropping it closes the call on its worker.
 pub struct PoolCall {
     id: u64,
-    tx: Sender<PoolCmd>,
+    work: Sender<Work>,
+    control: Sender<Control>,
     calls: Arc<AtomicUsize>,
     in_pool: Receiver<String>,
     /// Input buffers made so far (at most [`CALL_QUEUE_DEPTH`]).
@@ -879,13 +891,20 @@ impl PoolCall {
         };
         buf.clear();
         buf.push_str(text);
-        let cmd = PoolCmd::Work {
+        let work = Work {
             call: self.id,
             now,
             job,
             text: buf,
         };
-        self.tx.send(cmd).map_err(|_| self.dropped())
+        match self.work.try_send(work) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // The buffer went with the refused command; one may be made again.
+                self.in_made.set(self.in_made.get().saturating_sub(1));
+                Err(self.dropped())
+            }
+        }
     }
 
     /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]).
@@ -1008,30 +1027,40 @@ impl PoolCall {
 impl Drop for PoolCall {
     fn drop(&mut self) {
         // Unbounded: never waits, and the worker frees the call's state.
-        let _ = self.tx.send(PoolCmd::Close(self.id));
+        let _ = self.control.send(Control::Close(self.id));
         self.calls.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// One pool worker thread: the calls it owns and the ones the current batch touched.
 struct PoolThread {
-    rx: Receiver<PoolCmd>,
+    work: Receiver<Work>,
+    control: Receiver<Control>,
     calls: std::collections::HashMap<u64, Box<CallDsp>>,
     touched: Vec<u64>,
 }
 
 impl PoolThread {
     fn run(mut self) {
-        while let Ok(cmd) = self.rx.recv() {
-            self.handle(cmd);
+        loop {
+            crossbeam_channel::select! {
+                recv(self.control) -> c => match c {
+                    Ok(c) => self.control(c),
+                    Err(_) => return,
+                },
+                recv(self.work) -> w => match w {
+                    Ok(w) => self.handle(w),
+                    Err(_) => return,
+                },
+            }
             // Batched hand-off: everything already queued is handled before any wake-up, so
             // one wake-up serves every frame of a call that is ready.
             let mut batch = 1;
             while batch < MAX_BATCH_COMMANDS {
-                let Ok(cmd) = self.rx.try_recv() else {
+                let Ok(w) = self.work.try_recv() else {
                     break;
                 };
-                self.handle(cmd);
+                self.handle(w);
                 batch += 1;
             }
             for id in self.touched.drain(..) {
@@ -1044,30 +1073,33 @@ impl PoolThread {
         }
     }
 
-    fn handle(&mut self, cmd: PoolCmd) {
-        match cmd {
-            PoolCmd::Open(dsp) => {
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Open(dsp) => {
                 self.calls.insert(dsp.id, dsp);
             }
-            PoolCmd::Close(id) => {
+            Control::Close(id) => {
                 self.calls.remove(&id);
             }
-            PoolCmd::Work {
-                call,
-                now,
-                job,
-                text,
-            } => {
-                let Some(c) = self.calls.get_mut(&call) else {
-                    return;
-                };
-                c.work(now, job, &text);
-                let _ = c.in_pool.try_send(text);
-                if !c.touched {
-                    c.touched = true;
-                    self.touched.push(call);
-                }
+        }
+    }
+
+    fn handle(&mut self, w: Work) {
+        if !self.calls.contains_key(&w.call) {
+            // A call's `Open` is queued before its first command, on the other channel.
+            while let Ok(c) = self.control.try_recv() {
+                self.control(c);
             }
+        }
+        // Absent now: the call was closed (its last commands are moot).
+        let Some(c) = self.calls.get_mut(&w.call) else {
+            return;
+        };
+        c.work(w.now, w.job, &w.text);
+        let _ = c.in_pool.try_send(w.text);
+        if !c.touched {
+            c.touched = true;
+            self.touched.push(w.call);
         }
     }
 }
