@@ -1,8 +1,48 @@
-//! The only audio module that knows threads and channels: runs an [`InboundPath`] and an
-//! [`OutboundPath`] on a DSP worker thread, joined to the async bridge by bounded
-//! `crossbeam-channel`s.
+//! The only audio module that knows threads and channels. Two ways to run the audio paths off
+//! the call's task, both joined to it by `crossbeam-channel`s and a wake-up callback:
 //!
-//! # Threading model, and why
+//! - [`DspPool`] (`AUDIO_STAGES=pipeline`, issue 16 point 3): a process-wide pool of DSP
+//!   workers shared by all calls. What the server uses in that mode.
+//! - [`Pipeline`]: one worker thread per call running both paths *and* the pacing. Kept for the
+//!   audio benches and `tests/audio_no_alloc.rs`, which measure the bare hand-off; the server
+//!   never uses it (a thread per call costs more than the DSP it moves).
+//!
+//! # The pool
+//!
+//! ```text
+//!  call task (tokio)                             DSP worker i (one per core, ≤ MAX_POOL_WORKERS)
+//!  ─────────────────                             ──────────────────────────────────────────────
+//!  open ───────── Control::Open ─► [unbounded control] ─┐  owns CallDsp of each of its calls:
+//!  push_* ─ try_send(Work+buf) ─► [bounded work queue] ─┴► InboundPath + detached OutboundPath
+//!         ◄─ input buffers back ◄─ [per call, ≤ CALL_QUEUE_DEPTH] ◄┘   (no lock: one owner)
+//!  drain ◄── try_recv(result) ◄── [per call, ≤ CALL_OUTPUT_DEPTH] ◄── batch done: wake() once
+//!        ──► output buffers back ──►┘                                   per touched call
+//!  pacer (OutboundPath for ulaw_8000) ◄─ 160-byte μ-law frames; PlayoutBuffer, marks, `clear`
+//! ```
+//!
+//! - **Who owns what.** A call is assigned to the least-loaded worker for its life; that worker
+//!   owns the call's [`InboundPath`] (base64, jitter verdict, μ-law decode, resample,
+//!   `user_audio_chunk` payload) and a detached [`OutboundPath`] (base64, resample, μ-law,
+//!   re-framing into 160-byte frames). Pacing stays in the call task, in an `OutboundPath` for
+//!   `ulaw_8000` fed with those frames: the playout is the call's clock, its output the call's
+//!   socket (docs/dsp.md §3.8, docs/twilio.md §1.4).
+//! - **Never block a tokio worker.** The call side only `try_send`s and `try_recv`s; opening
+//!   and closing go through an unbounded channel (one message per call, never per frame).
+//! - **Drops are counted, never hidden.** A call with [`CALL_QUEUE_DEPTH`] commands queued, a
+//!   worker with [`WORKER_QUEUE_DEPTH`], or a call task [`CALL_OUTPUT_DEPTH`] results behind:
+//!   the audio is dropped and counted ([`PoolCallStats::drops`], the call summary,
+//!   `ignis_audio_pipeline_drops_total`); the bridge logs it (rate-limited). A drop loses
+//!   20 ms of caller audio or an agent chunk; the call goes on.
+//! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
+//!   before it wakes the calls it touched, once each; the call task drains all their results.
+//! - **Interruptions.** [`PoolCall::interrupt`] bumps the call's generation: results of agent
+//!   audio queued before it are discarded when drained, so the call task drops its held audio
+//!   and sends `clear` in the same step (docs/elevenlabs.md §4.4); the worker then resets its
+//!   resampler and ignores older turns.
+//! - **No allocation per frame.** Buffers are made on demand up to the per-call depths and then
+//!   circulate; the paths allocate nothing after set-up.
+//!
+//! # The per-call pipeline
 //!
 //! ```text
 //!  bridge task (tokio)                         DSP worker thread (one per call)
@@ -13,23 +53,9 @@
 //!        ──► buffers back ──► [output pool] ─────────►┘
 //! ```
 //!
-//! - **Never block a tokio worker.** Every call the bridge makes is `try_send`/`try_recv`.
-//!   A full queue or an empty buffer pool is a counted drop ([`PipelineCounters`]), never a wait.
-//! - **No allocation per frame.** Text buffers (`String`s with fixed capacity) are allocated at
-//!   spawn time and circulate through two pool channels; messages carry them by value. The paths
-//!   themselves do not allocate after set-up.
-//! - **Timers live on the worker.** The playout buffer's deadline ([`OutboundPath::poll_timeout`])
-//!   becomes the worker's `recv_deadline`, so pacing costs the async side nothing. The worker
-//!   reads the clock through the `clock` function given at spawn (default `Instant::now`), the
-//!   one clock read in `audio`; commands carry the caller's `now` for arrival-time statistics.
-//! - **Wake-up without tokio.** After producing output the worker calls the `notify` callback
-//!   (e.g. a `tokio::sync::Notify::notify_one`), so this module does not depend on tokio.
-//! - **One thread per call** (small stack): isolation (a slow call cannot delay another's
-//!   pacing) and no cross-call scheduling. A pool sharing threads across calls is the next step
-//!   if thread count ever matters; the command/output protocol would not change.
-//! - **Pass-through needs no thread.** With `ulaw_8000` the paths cost nanoseconds per frame
-//!   (BENCHMARKS.md), less than a channel hop, so the bridge may call [`InboundPath`] and
-//!   [`OutboundPath`] inline and drive the playout timer itself. Both modes are benchmarked.
+//! Same rules (try-only calls, counted drops, circulating buffers); the playout buffer's
+//! deadline becomes the worker's `recv_deadline`, read through the `clock` function given at
+//! spawn (default `Instant::now`, the one clock read in `audio`).
 
 use std::cell::Cell;
 use std::fmt;
