@@ -303,6 +303,8 @@ async fn stopped(
 struct ReadAt {
     caller_frame: Option<Instant>,
     agent_audio: Option<Instant>,
+    /// This turn handled the DSP pool's results for reads of earlier turns.
+    pool_results: bool,
 }
 
 /// One running call: its two sockets, its bridge, and the little state the I/O needs.
@@ -330,6 +332,9 @@ struct Call {
     agent_connect_ms: Option<u64>,
     /// Woken by the DSP pool when it has results for this call (`AUDIO_STAGES=pipeline`).
     audio_ready: Arc<Notify>,
+    /// With the DSP pool, reads whose audio has not been written yet: it is written in a later
+    /// turn of the loop (after the pool's wake-up), where the added latency is observed.
+    unsent: ReadAt,
 }
 
 impl Call {
@@ -359,6 +364,7 @@ impl Call {
             last_twilio: tokio::time::Instant::now(),
             agent_connect_ms: None,
             audio_ready: Arc::new(Notify::new()),
+            unsent: ReadAt::default(),
         }
     }
 
@@ -421,6 +427,8 @@ impl Call {
                 }
                 // One wake-up per pool batch; `notify_one` keeps a permit, so none is lost.
                 () = self.audio_ready.notified() => {
+                    read = std::mem::take(&mut self.unsent);
+                    read.pool_results = true;
                     self.bridge.handle_audio_ready(now());
                     None
                 }
@@ -562,6 +570,16 @@ impl Call {
                         wrote_twilio = true;
                     }
                 }
+            }
+        }
+        // With the pool, audio read now is written at its wake-up: keep the oldest such read
+        // for that turn (only from the turn that read it, so audio held for pacing never is).
+        if !read.pool_results {
+            if !wrote_agent && let Some(t) = read.caller_frame {
+                self.unsent.caller_frame.get_or_insert(t);
+            }
+            if !wrote_twilio && let Some(t) = read.agent_audio {
+                self.unsent.agent_audio.get_or_insert(t);
             }
         }
         if wrote_agent && let Some(a) = self.agent.as_mut() {
