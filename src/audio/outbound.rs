@@ -153,11 +153,13 @@ impl OutboundPath {
     /// worker; pacing stays with the call (an [`OutboundPath`] for `ulaw_8000` fed with
     /// [`OutboundPath::push_agent_bytes`]). `end_of_turn` flushes and pads but places no mark.
     pub fn new_detached(format: AgentFormat, engine: Engine) -> Result<Self, ResampleSetupError> {
-        let config = OutboundConfig {
-            engine,
-            ..OutboundConfig::default()
+        // The playout buffer is never used here: the smallest one (a frame), not 10 KiB of ring.
+        let playout = PlayoutConfig {
+            max_buffer_ms: 20,
+            max_frames_per_message: 1,
+            ..PlayoutConfig::default()
         };
-        let mut path = Self::new(format, config)?;
+        let mut path = Self::new(format, OutboundConfig { playout, engine })?;
         path.detached = Some(Vec::new());
         Ok(path)
     }
