@@ -27,6 +27,9 @@
 //! `support/floor.rs`, this binary re-executed with `--serve-floor PORT AGENT_WS_URL`. Their
 //! callers connect straight to `/media-stream` (no webhook); ignis's go through the signed
 //! webhook as before.
+//! `--audio-stages inline[,pipeline]` runs each call count once per `AUDIO_STAGES` mode, side by
+//! side in one run (pipeline: the shared DSP pool, one worker per core ignis may use, so one
+//! with `--ignis-cpu 1`; pool drops are logged as warnings).
 
 #[path = "support/floor.rs"]
 mod floor;
@@ -39,9 +42,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use ignis::audio::AudioStages;
 use ignis::audio::format::AgentFormat;
 use loadgen::{AgentOptions, CallOptions, CallerFrames, Stats, Workload};
 
+#[derive(Clone)]
 struct Args {
     calls: Vec<usize>,
     format: AgentFormat,
@@ -58,6 +63,10 @@ struct Args {
     backends: Vec<Backend>,
     /// `DATABASE_URL` for the `postgres` backend.
     database_url: Option<String>,
+    /// `AUDIO_STAGES` modes to run, in order (`--audio-stages`).
+    audio_stages: Vec<AudioStages>,
+    /// The mode of the run in progress (passed to ignis as `AUDIO_STAGES`).
+    stages: AudioStages,
     /// Bridges to run, in order.
     bridges: Vec<Bridge>,
     /// The Node example's scratch directory (`benches/peer/node-example.sh`).
@@ -124,6 +133,8 @@ fn args() -> Args {
         database_url: None,
         bridges: vec![Bridge::Ignis],
         node_dir: None,
+        audio_stages: vec![AudioStages::Inline],
+        stages: AudioStages::Inline,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -166,6 +177,7 @@ fn args() -> Args {
                     .collect()
             }
             "--node-dir" => a.node_dir = Some(v.into()),
+            "--audio-stages" => a.audio_stages = parse_audio_stages(&v),
             _ => {
                 i += 1; // `--bench` and friends from cargo
                 continue;
@@ -174,6 +186,18 @@ fn args() -> Args {
         i += 2;
     }
     a
+}
+
+/// `--audio-stages inline,pipeline`.
+fn parse_audio_stages(v: &str) -> Vec<AudioStages> {
+    v.split(',')
+        .map(|m| {
+            AudioStages::ALL
+                .into_iter()
+                .find(|s| s.name() == m)
+                .unwrap_or_else(|| panic!("--audio-stages inline,pipeline, not {m}"))
+        })
+        .collect()
 }
 
 /// utime + stime in seconds, and VmRSS in KiB, of a process.
@@ -225,14 +249,20 @@ fn main() {
     let mut rows = Vec::new();
     for &n in &a.calls {
         for &bridge in &a.bridges {
-            // The store backend is ignis's; the other bridges run once.
-            let backends = if bridge == Bridge::Ignis {
-                &a.backends[..]
+            // The store backend and the audio stages are ignis's; the other bridges run once.
+            let (backends, stages) = if bridge == Bridge::Ignis {
+                (&a.backends[..], &a.audio_stages[..])
             } else {
-                &[Backend::Sqlite][..]
+                (&[Backend::Sqlite][..], &[AudioStages::Inline][..])
             };
             for &backend in backends {
-                rows.push(rt.block_on(run(&a, n, bridge, backend)));
+                for &stages in stages {
+                    let a = Args {
+                        stages,
+                        ..a.clone()
+                    };
+                    rows.push(rt.block_on(run(&a, n, bridge, backend)));
+                }
             }
         }
     }
@@ -318,6 +348,7 @@ fn spawn_ignis(
         .env("MAX_CONNECTIONS", (2 * n + 200).to_string())
         .env("LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
+        .env("AUDIO_STAGES", a.stages.name())
         .current_dir(dir);
     if backend == Backend::Postgres
         && let Some(url) = &a.database_url
@@ -572,13 +603,15 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
         .iter()
         .map(|&x| x as i64)
         .collect();
-    let row = Row::new((n, bridge, backend), stats, f, (&mut up, &mut down));
+    let mut row = Row::new((n, bridge, backend), stats, f, (&mut up, &mut down));
+    row.stages = a.stages;
     println!(
-        "\n== {} bridge, {n} calls, {} workload, {} agent, {} store, window {window:.0} s, loadavg {load}, bridge on cpu {}",
+        "\n== {} bridge, {n} calls, {} workload, {} agent, {} store, {} audio stages, window {window:.0} s, loadavg {load}, bridge on cpu {}",
         bridge.as_str(),
         a.workload.as_str(),
         a.format.as_str(),
         backend.as_str(),
+        a.stages.name(),
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
     let up_by = match a.workload {
@@ -710,6 +743,7 @@ fn interruption_lines(stats: &Stats) {
 struct Row {
     bridge: Bridge,
     backend: Backend,
+    stages: AudioStages,
     calls: usize,
     /// % of a core per call.
     cpu: f64,
@@ -746,6 +780,7 @@ impl Row {
         Row {
             bridge,
             backend,
+            stages: AudioStages::Inline,
             calls,
             cpu: f.cpu / call_secs * 100.0,
             up: p50_p99(up),
@@ -775,9 +810,13 @@ fn summary(a: &Args, rows: &[Row]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let name = match (r.bridge, r.backend) {
-            (Bridge::Ignis, Backend::Postgres) => "ignis (postgres)",
-            (b, _) => b.as_str(),
+        let name = match (r.bridge, r.backend, r.stages) {
+            (Bridge::Ignis, Backend::Postgres, AudioStages::Inline) => "ignis (postgres)",
+            (Bridge::Ignis, Backend::Postgres, AudioStages::Pipeline) => {
+                "ignis (postgres, pipeline)"
+            }
+            (Bridge::Ignis, Backend::Sqlite, AudioStages::Pipeline) => "ignis (pipeline)",
+            (b, _, _) => b.as_str(),
         };
         // "–": no samples (no interruption in the window, say).
         let ms = |x: f64, digits: usize| {

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::audio::format::AgentFormat;
 use crate::audio::inbound::{InboundConfig, InboundPath};
 use crate::audio::outbound::{OutboundConfig, OutboundPath};
+use crate::audio::pipeline::{PoolCall, PoolLink, PoolOutput};
 use crate::audio::playout::Transmit;
 use crate::calls::Outcome;
 use crate::elevenlabs::messages::{self, AgentEventKind};
@@ -107,6 +108,9 @@ pub struct BridgeConfig {
     pub final_audio_timeout: Duration,
     /// Where `transfer_to_staff` sends the caller.
     pub transfer: TransferNumbers,
+    /// `AUDIO_STAGES=pipeline`: the DSP pool and this call's wake-up (the driver then calls
+    /// [`Bridge::handle_audio_ready`] on it). `None`: the DSP runs inline.
+    pub pool: Option<PoolLink>,
 }
 
 impl Default for BridgeConfig {
@@ -119,6 +123,7 @@ impl Default for BridgeConfig {
             turn_idle: Duration::from_millis(300),
             final_audio_timeout: Duration::from_secs(20),
             transfer: TransferNumbers::default(),
+            pool: None,
         }
     }
 }
@@ -220,7 +225,13 @@ pub struct Bridge {
     config: BridgeConfig,
     session: Option<AgentSession>,
     inbound: Option<InboundPath>,
+    /// The outbound path; with the DSP pool, a `ulaw_8000` pacer fed with the pool's frames.
     outbound: Option<OutboundPath>,
+    /// The call's DSP on the pool (`AUDIO_STAGES=pipeline`), in place of `inbound` and of
+    /// `outbound`'s transcoding.
+    pool: Option<PoolCall>,
+    /// An end of turn sent to the pool whose frames have not all come back.
+    pool_turn_pending: bool,
     conversation_id: Option<String>,
     stream_sid: Option<String>,
     started_at: Option<Instant>,
@@ -268,6 +279,8 @@ impl Bridge {
             session: None,
             inbound: None,
             outbound: None,
+            pool: None,
+            pool_turn_pending: false,
             conversation_id: None,
             stream_sid: None,
             started_at: None,
@@ -387,17 +400,10 @@ impl Bridge {
             }
             TwilioEvent::Media(m) => {
                 self.stats.caller_frames += 1;
-                match self.inbound.as_mut() {
-                    Some(inbound) => {
-                        if inbound
-                            .push_twilio_media(now, m.chunk, m.timestamp_ms, &m.payload)
-                            .is_err()
-                        {
-                            self.stats.bad_caller_frames += 1;
-                        }
-                        self.pump_inbound();
-                    }
-                    None => self.hold_caller_frame(m.chunk, m.timestamp_ms, m.payload.into_owned()),
+                if self.outbound.is_some() {
+                    self.push_caller_frame(now, m.chunk, m.timestamp_ms, &m.payload);
+                } else {
+                    self.hold_caller_frame(m.chunk, m.timestamp_ms, m.payload.into_owned());
                 }
             }
             TwilioEvent::Dtmf { digit } => {
@@ -442,6 +448,9 @@ impl Bridge {
                 info!("[Twilio] Caller hung up");
                 if let Some(inbound) = self.inbound.as_mut() {
                     inbound.finish();
+                }
+                if let Some(p) = self.pool.as_ref() {
+                    let _ = p.finish(now);
                 }
                 self.pump_inbound();
                 self.close(Outcome::CallerHungUp);
@@ -558,17 +567,19 @@ impl Bridge {
         let stats = self.stats();
         let (inbound, outbound) = self.audio_stats();
         let playout = outbound.map(|o| o.playout).unwrap_or_default();
+        let pool = self.pool.as_ref().map(PoolCall::stats).unwrap_or_default();
         CallSummary {
             outcome,
             caller_frames: stats.caller_frames,
             agent_chunks_sent: stats.agent_chunks_sent,
             frames_to_caller: playout.frames_sent,
-            concealed_ms: inbound.map_or(0.0, |i| i.jitter.concealed_ms),
+            concealed_ms: inbound.map_or(pool.concealed_ms, |i| i.jitter.concealed_ms),
             underruns: playout.underruns,
             interruptions: stats.session.interruptions,
             dtmf: stats.dtmf,
-            bad_caller_frames: stats.bad_caller_frames,
-            bad_agent_chunks: stats.bad_agent_chunks,
+            bad_caller_frames: stats.bad_caller_frames + pool.bad_frames,
+            bad_agent_chunks: stats.bad_agent_chunks + pool.bad_agent_chunks,
+            audio_pipeline_drops: pool.drops,
             bad_agent_messages: stats.session.bad_messages,
             unknown_agent_events: stats.session.unknown_events,
             agent_connect_ms: None,
@@ -579,7 +590,7 @@ impl Bridge {
     fn agent_ready(&mut self, now: Instant, conversation_id: String, input: &str, output: &str) {
         // Metadata comes once (docs/elevenlabs.md §1.7); a repeat must not rebuild the audio paths and
         // silently drop what they hold.
-        if self.inbound.is_some() {
+        if self.outbound.is_some() {
             debug!("[ElevenLabs] Repeated metadata ignored");
             return;
         }
@@ -589,15 +600,11 @@ impl Bridge {
             self.close(Outcome::AgentFailed);
             return;
         };
-        let paths = (
-            InboundPath::new(input_format, self.config.inbound),
-            OutboundPath::new(output_format, self.config.outbound),
-        );
-        let (Ok(inbound), Ok(outbound)) = paths else {
+        if !self.set_up_audio(input_format, output_format) {
             warn!(input, output, "[ElevenLabs] Cannot set up the audio paths");
             self.close(Outcome::AgentFailed);
             return;
-        };
+        }
         info!(
             conversation_id = %conversation_id,
             input_format = input,
@@ -605,19 +612,106 @@ impl Bridge {
             "[ElevenLabs] Started conversation: {conversation_id}"
         );
         self.conversation_id = Some(conversation_id);
-        self.inbound = Some(inbound);
-        self.outbound = Some(outbound);
         // Caller audio held during set-up goes out first, in order.
         self.held_bytes = 0;
         while let Some((chunk, ts, payload)) = self.held_caller.pop_front() {
-            if let Some(inbound) = self.inbound.as_mut()
-                && inbound.push_twilio_media(now, chunk, ts, &payload).is_err()
-            {
-                self.stats.bad_caller_frames += 1;
-            }
-            self.pump_inbound();
+            self.push_caller_frame(now, chunk, ts, &payload);
         }
         self.flush_early_agent_audio(now);
+    }
+
+    /// Builds the audio paths: inline, or on the DSP pool with a `ulaw_8000` pacer here
+    /// (pacing is the call's clock; the pool only transcodes). `false` if they cannot be built.
+    fn set_up_audio(&mut self, input: AgentFormat, output: AgentFormat) -> bool {
+        let (inbound, outbound) = (self.config.inbound, self.config.outbound);
+        match self.config.pool.as_ref() {
+            None => {
+                let paths = (
+                    InboundPath::new(input, inbound),
+                    OutboundPath::new(output, outbound),
+                );
+                let (Ok(i), Ok(o)) = paths else {
+                    return false;
+                };
+                self.inbound = Some(i);
+                self.outbound = Some(o);
+            }
+            Some(link) => {
+                let wake = link.wake.clone();
+                let call = link
+                    .pool
+                    .open(input, output, inbound, outbound.engine, wake);
+                let pacer = OutboundPath::new(AgentFormat::Ulaw8000, outbound);
+                let (Ok(call), Ok(pacer)) = (call, pacer) else {
+                    return false;
+                };
+                self.pool = Some(call);
+                self.outbound = Some(pacer);
+            }
+        }
+        true
+    }
+
+    /// One caller frame into the inbound path (or onto the pool).
+    fn push_caller_frame(&mut self, now: Instant, chunk: u64, timestamp_ms: u64, payload: &str) {
+        if let Some(p) = self.pool.as_ref() {
+            if p.push_twilio_media(now, chunk, timestamp_ms, payload)
+                .is_err()
+            {
+                log_pool_drop(p, "caller frame");
+            }
+            return;
+        }
+        if let Some(inbound) = self.inbound.as_mut()
+            && inbound
+                .push_twilio_media(now, chunk, timestamp_ms, payload)
+                .is_err()
+        {
+            self.stats.bad_caller_frames += 1;
+        }
+        self.pump_inbound();
+    }
+
+    /// Ends the agent's turn: at once inline; through the pool, which flushes the resampler
+    /// tail and pads the last frame, then [`PoolOutput::EndOfTurn`] ends the pacer's turn.
+    fn end_turn(&mut self, now: Instant) {
+        if let Some(p) = self.pool.as_ref() {
+            self.pool_turn_pending |= p.end_of_turn(now).is_ok();
+        } else if let Some(o) = self.outbound.as_mut() {
+            o.end_of_turn();
+        }
+    }
+
+    /// The DSP pool woke the call (`AUDIO_STAGES=pipeline`): hands its results on (payloads to
+    /// the agent, frames to the pacer) and paces. Results from before an interruption are
+    /// discarded by [`PoolCall::drain`].
+    pub fn handle_audio_ready(&mut self, now: Instant) {
+        let Self {
+            pool,
+            outbound,
+            scratch,
+            wire,
+            out,
+            stats,
+            pool_turn_pending,
+            ..
+        } = self;
+        let (Some(pool), Some(pacer)) = (pool.as_mut(), outbound.as_mut()) else {
+            return;
+        };
+        pool.drain(|o| match o {
+            PoolOutput::UserAudioChunk(chunk) => {
+                messages::write_user_audio_chunk(scratch, chunk);
+                out.push_back(Output::ToAgent(wire_message(wire, scratch)));
+                stats.agent_chunks_sent += 1;
+            }
+            PoolOutput::Frames { event_id, ulaw } => pacer.push_agent_bytes(event_id, ulaw),
+            PoolOutput::EndOfTurn => {
+                pacer.end_of_turn();
+                *pool_turn_pending = false;
+            }
+        });
+        self.pump_outbound(now);
     }
 
     fn flush_early_agent_audio(&mut self, now: Instant) {
@@ -633,7 +727,12 @@ impl Bridge {
         let Some(outbound) = self.outbound.as_mut() else {
             return;
         };
-        if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
+        if let Some(p) = self.pool.as_ref() {
+            // Bad audio is counted in the pool's stats, as are drops.
+            if p.push_agent_audio(now, event_id, audio_b64).is_err() {
+                log_pool_drop(p, "agent audio");
+            }
+        } else if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
             self.stats.bad_agent_chunks += 1;
             return;
         }
@@ -649,6 +748,13 @@ impl Bridge {
             return;
         };
         let result = outbound.interrupt(now, Some(event_id));
+        if let Some(p) = self.pool.as_mut() {
+            // Frames in flight from before this point are discarded by tag, so the pacer's
+            // drop and the `clear` below stay in this step; a dropped command only leaves the
+            // worker's resampler state unreset (counted).
+            let _ = p.interrupt(now, Some(event_id));
+            self.pool_turn_pending = false;
+        }
         self.turn_open = false;
         // A pending "finish after audio" is moot: nothing is queued any more.
         if result.send_clear
@@ -698,9 +804,7 @@ impl Bridge {
         if self.ending.is_some() || self.closed {
             return;
         }
-        if let Some(o) = self.outbound.as_mut() {
-            o.end_of_turn();
-        }
+        self.end_turn(now);
         self.turn_open = false;
         self.ending = Some(Ending::Draining {
             outcome,
@@ -745,9 +849,7 @@ impl Bridge {
                 .is_some_and(|t| now + CALLER_FRAME >= t)
         {
             self.turn_open = false;
-            if let Some(o) = self.outbound.as_mut() {
-                o.end_of_turn();
-            }
+            self.end_turn(now);
         }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
@@ -781,11 +883,21 @@ impl Bridge {
                 .outbound
                 .as_ref()
                 .is_none_or(|o| o.playout().stats().buffered_ms == 0 && o.poll_timeout().is_none());
+            let all_sent = all_sent && !self.pool_turn_pending;
             let heard = final_mark.is_none() || *mark_heard;
             if (all_sent && heard) || now >= *deadline {
                 let outcome = *outcome;
                 self.close(outcome);
             }
         }
+    }
+}
+
+/// Logs a DSP pool drop (already counted) at the 1st, 2nd, 4th, 8th … of a call: rate-limited,
+/// so a stalled worker cannot flood the log, yet never silent.
+fn log_pool_drop(pool: &PoolCall, what: &str) {
+    let drops = pool.stats().drops;
+    if drops.is_power_of_two() {
+        warn!(drops, "[Audio] DSP pool queue full; {what} dropped");
     }
 }

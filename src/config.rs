@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::audio::pipeline::AudioStages;
 use crate::bridge::DtmfMode;
 use crate::elevenlabs::session::DEFAULT_SILENCE_TIMEOUT;
 use crate::practice::{MIN_SECRET_LEN, PracticeError};
@@ -49,6 +50,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PRECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default DTMF delivery: menus such as "press 1 for …" need a reply.
 pub const DEFAULT_DTMF_MODE: DtmfMode = DtmfMode::UserMessage;
+/// Default place of the per-call DSP: inline until the load figures say otherwise (issue 16).
+pub const DEFAULT_AUDIO_STAGES: AudioStages = AudioStages::Inline;
 /// Default Twilio REST origin.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 /// Default Twilio Monitor (alerts) origin.
@@ -247,6 +250,12 @@ pub const VARIABLES: &[Variable] = &[
         Unset::Text(dtmf_name(DEFAULT_DTMF_MODE)),
         "How keypad digits reach the agent: user_message (the agent answers, as menus need) or \
          contextual_update (background only).",
+    ),
+    var(
+        "AUDIO_STAGES",
+        Unset::Text(DEFAULT_AUDIO_STAGES.name()),
+        "Where calls' audio DSP runs: inline (in each call's task) or pipeline (a shared pool \
+         of DSP threads, one per core; pacing stays in the call).",
     ),
     var(
         "TWILIO_API_BASE",
@@ -477,6 +486,8 @@ pub struct Config {
     pub agent_silence_timeout: Duration,
     /// How keypad digits reach the agent.
     pub dtmf_mode: crate::bridge::DtmfMode,
+    /// Where calls' audio DSP runs.
+    pub audio_stages: AudioStages,
     /// Twilio REST origin.
     pub twilio_api_base: String,
     /// Twilio Monitor origin.
@@ -882,6 +893,7 @@ impl Config {
         let bind = v.bind()?;
         let dtmf_modes =
             [DtmfMode::UserMessage, DtmfMode::ContextualUpdate].map(|m| (dtmf_name(m), m));
+        let stages = AudioStages::ALL.map(|m| (m.name(), m));
         Ok(Config {
             port: v.number("PORT", u64::from(DEFAULT_PORT), 0, u64::from(u16::MAX))? as u16,
             bind,
@@ -916,6 +928,7 @@ impl Config {
             preconnect_timeout: v.millis("PRECONNECT_TIMEOUT_MS", DEFAULT_PRECONNECT_TIMEOUT)?,
             agent_silence_timeout: v.millis("AGENT_SILENCE_TIMEOUT_MS", DEFAULT_SILENCE_TIMEOUT)?,
             dtmf_mode: v.choice("DTMF_MODE", DEFAULT_DTMF_MODE, &dtmf_modes)?,
+            audio_stages: v.choice("AUDIO_STAGES", DEFAULT_AUDIO_STAGES, &stages)?,
             twilio_api_base: v.origin("TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE)?,
             twilio_monitor_api_base: v
                 .origin("TWILIO_MONITOR_API_BASE", DEFAULT_TWILIO_MONITOR_API_BASE)?,
@@ -1058,6 +1071,7 @@ mod tests {
             DEFAULT_SILENCE_TIMEOUT
         );
         assert_eq!(c.dtmf_mode, DEFAULT_DTMF_MODE);
+        assert_eq!(c.audio_stages, DEFAULT_AUDIO_STAGES);
         assert_eq!(c.log_format, DEFAULT_LOG_FORMAT);
         assert_eq!((c.bind, c.port), (DEFAULT_BIND, DEFAULT_PORT));
         assert_eq!(c.preconnect_timeout, DEFAULT_PRECONNECT_TIMEOUT);
@@ -1070,6 +1084,7 @@ mod tests {
         assert_eq!(shown("AGENT_SILENCE_TIMEOUT_MS"), "20000");
         assert_eq!(shown("BIND"), "0.0.0.0");
         assert_eq!(shown("DTMF_MODE"), "user_message");
+        assert_eq!(shown("AUDIO_STAGES"), "inline");
         assert_eq!(shown("PUBLIC_URL"), "required");
         let meaning = |name: &str| VARIABLES.iter().find(|v| v.name == name).unwrap().meaning;
         assert!(meaning("TOOLS_TOKEN").contains(&format!("{MIN_SECRET_LEN} characters")));

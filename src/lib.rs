@@ -24,7 +24,7 @@
 //! - `fuzzing` (hidden, only with the test-only `fuzzing` feature): the fuzz entry points.
 //!
 //! Everything outside `driver` takes bytes and `now` as arguments and returns values; it never
-//! performs I/O or reads the clock. The exceptions are `audio::pipeline` (a DSP worker thread)
+//! performs I/O or reads the clock. The exceptions are `audio::pipeline` (the DSP threads)
 //! and the practice store (its SQLite file and writer thread). `ARCHITECTURE.md` in the
 //! repository has the details; `docs/` has the protocol notes the code cites.
 #![deny(missing_docs)]

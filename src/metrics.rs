@@ -122,6 +122,9 @@ pub struct CallSummary {
     pub bad_caller_frames: u64,
     /// Bad agent audio chunks.
     pub bad_agent_chunks: u64,
+    /// Audio commands and results the DSP pool dropped because a queue was full
+    /// (`AUDIO_STAGES=pipeline`; see `audio::pipeline::PoolCallStats`).
+    pub audio_pipeline_drops: u64,
     /// Agent messages that did not parse.
     pub bad_agent_messages: u64,
     /// Agent events of unknown or unused types.
@@ -160,6 +163,8 @@ pub struct Metrics {
     pub interruptions: AtomicU64,
     /// Bad frames from either peer (counted, never fatal).
     pub bad_frames: AtomicU64,
+    /// Audio the DSP pool dropped on a full queue (`AUDIO_STAGES=pipeline`).
+    pub audio_pipeline_drops: AtomicU64,
     /// Time to connect the agent socket.
     pub agent_connect: Histogram,
     /// Time from Twilio `start` to the first agent audio written to Twilio.
@@ -196,6 +201,7 @@ impl Metrics {
         Metrics::add(&self.concealed_ms, call.concealed_ms as u64);
         Metrics::add(&self.underruns, call.underruns);
         Metrics::add(&self.interruptions, call.interruptions);
+        Metrics::add(&self.audio_pipeline_drops, call.audio_pipeline_drops);
         Metrics::add(
             &self.bad_frames,
             call.bad_caller_frames + call.bad_agent_chunks + call.bad_agent_messages,
@@ -307,6 +313,13 @@ impl Metrics {
             "ignis_interruptions_total",
             "Barge-ins (agent interruption events; added when a call ends).",
             &self.interruptions,
+        );
+        counter(
+            out,
+            "ignis_audio_pipeline_drops_total",
+            "Audio commands and results the DSP pool dropped on a full queue \
+             (AUDIO_STAGES=pipeline; added when a call ends).",
+            &self.audio_pipeline_drops,
         );
         counter(
             out,
@@ -456,6 +469,7 @@ mod tests {
             dtmf: 1,
             bad_caller_frames: 4,
             bad_agent_chunks: 5,
+            audio_pipeline_drops: 8,
             bad_agent_messages: 6,
             unknown_agent_events: 7,
             agent_connect_ms: Some(150),
@@ -477,6 +491,7 @@ mod tests {
             "ignis_concealed_ms_total 80\n",
             "ignis_playout_underruns_total 4\n",
             "ignis_interruptions_total 6\n",
+            "ignis_audio_pipeline_drops_total 16\n",
             // Both peers' bad frames: (4 + 5 + 6) per call.
             "ignis_bad_frames_total 30\n",
             // Histograms only for what happened.

@@ -275,3 +275,91 @@ fn bridge_steady_state_does_not_allocate_per_message() {
         assert!(playout.marks_echoed >= 6, "{format}: {playout:?}");
     }
 }
+
+/// The call task's side of the DSP pool (`AUDIO_STAGES=pipeline`): queueing frames and agent
+/// audio and draining results allocate nothing once the call's buffers exist. The worker is
+/// stalled once at the start so that the buffers the steps need are made up front (the
+/// counter sees this thread only; the worker's side is the paths, tested above).
+#[test]
+fn pool_call_side_does_not_allocate() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+
+    use ignis::audio::{DspPool, Engine, PoolOutput};
+
+    let t0 = Instant::now();
+    let pool = DspPool::new(1).unwrap();
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let (me, w) = (std::thread::current(), Arc::clone(&wakes));
+    let wake: ignis::audio::pipeline::Wake = Arc::new(move || {
+        if w.fetch_add(1, Ordering::Relaxed) == 0 {
+            let _ = gate.lock().map(|g| g.recv());
+        }
+        me.unpark();
+    });
+    let f = AgentFormat::Pcm16000;
+    let mut call = pool
+        .open(f, f, InboundConfig::default(), Engine::Auto, wake)
+        .unwrap();
+    let frame = STANDARD.encode([0x11u8; 160]);
+    let agent = STANDARD.encode([0u8; 640]);
+    let (mut payloads, mut ulaw) = (0usize, 0usize);
+    let step =
+        |call: &mut ignis::audio::PoolCall, i: u64, payloads: &mut usize, ulaw: &mut usize| {
+            // Chunks and timestamps go on from the 9 set-up frames (the jitter stage drops repeats).
+            let ts = 20 * (i + 9);
+            call.push_twilio_media(ms(t0, ts), i + 10, ts, &frame)
+                .unwrap();
+            call.push_agent_audio(ms(t0, ts), 1, &agent).unwrap();
+            // Wait for this step's results (the resampler holds back up to a frame), so only a
+            // few commands are ever in flight.
+            let limit = Instant::now() + Duration::from_secs(20);
+            while (*payloads as u64) <= i || (*ulaw as u64) < 160 * i {
+                call.drain(|o| match o {
+                    PoolOutput::UserAudioChunk(_) => *payloads += 1,
+                    PoolOutput::Frames { ulaw: u, .. } => *ulaw += u.len(),
+                    PoolOutput::EndOfTurn => {}
+                });
+                assert!(Instant::now() < limit, "no progress");
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+        };
+    // Stall the worker, queue 8 commands (making 8 buffers), release, catch up.
+    call.push_twilio_media(t0, 1, 0, &frame).unwrap();
+    while wakes.load(Ordering::Relaxed) == 0 {
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    for i in 0..8u64 {
+        let ts = 20 * (i + 1);
+        call.push_twilio_media(ms(t0, ts), i + 2, ts, &frame)
+            .unwrap();
+    }
+    release.send(()).unwrap();
+    while payloads < 9 {
+        call.drain(|o| {
+            if let PoolOutput::UserAudioChunk(_) = o {
+                payloads += 1;
+            }
+        });
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    payloads = 0;
+    for i in 0..20 {
+        step(&mut call, i, &mut payloads, &mut ulaw);
+    }
+    let (p0, u0) = (payloads, ulaw);
+    let info = measure(|| {
+        for i in 20..220 {
+            step(&mut call, i, &mut payloads, &mut ulaw);
+        }
+    });
+    assert_eq!(info.count_total, 0, "{info:?}");
+    assert_eq!(payloads - p0, 200);
+    assert!(
+        (199 * 160..=201 * 160).contains(&(ulaw - u0)),
+        "{}",
+        ulaw - u0
+    );
+}

@@ -66,6 +66,9 @@ pub use format::{AgentFormat, UnknownFormat};
 pub use inbound::{BadFrame, InboundConfig, InboundPath, InboundStats};
 pub use jitter::{JitterConfig, JitterStats};
 pub use outbound::{BadAgentAudio, OutboundConfig, OutboundPath, OutboundStats};
-pub use pipeline::{Pipeline, PipelineConfig, PipelineOutput};
+pub use pipeline::{
+    AudioStages, DspPool, Pipeline, PipelineConfig, PipelineOutput, PoolCall, PoolCallStats,
+    PoolLink, PoolOutput,
+};
 pub use playout::{Interruption, MarkEcho, PlayoutConfig, PlayoutStats, Transmit};
 pub use resample::Engine;

@@ -101,6 +101,9 @@ pub struct OutboundPath {
     frame: [u8; FRAME_SAMPLES],
     frame_fill: usize,
     playout: PlayoutBuffer,
+    /// Whole frames collected for another thread's pacer instead of queued in `playout`
+    /// ([`OutboundPath::new_detached`], the DSP pool of `pipeline.rs`).
+    detached: Option<Vec<u8>>,
     current_event: Option<u64>,
     min_event: Option<u64>,
     stats: OutboundStats,
@@ -138,10 +141,62 @@ impl OutboundPath {
             frame: [SILENCE; FRAME_SAMPLES],
             frame_fill: 0,
             playout: PlayoutBuffer::new(config.playout),
+            detached: None,
             current_event: None,
             min_event: None,
             stats: OutboundStats::default(),
         })
+    }
+
+    /// A path that transcodes and re-frames only: whole 160-byte μ-law frames collect for
+    /// [`OutboundPath::take_frames`] instead of being paced here. The DSP pool runs this on a
+    /// worker; pacing stays with the call (an [`OutboundPath`] for `ulaw_8000` fed with
+    /// [`OutboundPath::push_agent_bytes`]). `end_of_turn` flushes and pads but places no mark.
+    pub fn new_detached(format: AgentFormat, engine: Engine) -> Result<Self, ResampleSetupError> {
+        // The playout buffer is never used here: the smallest one (a frame), not 10 KiB of ring.
+        let playout = PlayoutConfig {
+            max_buffer_ms: 20,
+            max_frames_per_message: 1,
+            ..PlayoutConfig::default()
+        };
+        let mut path = Self::new(format, OutboundConfig { playout, engine })?;
+        path.detached = Some(Vec::new());
+        Ok(path)
+    }
+
+    /// Moves the frames collected by a detached path into `out` (appended; whole frames).
+    pub fn take_frames(&mut self, out: &mut Vec<u8>) {
+        if let Some(frames) = self.detached.as_mut() {
+            out.extend_from_slice(frames);
+            frames.clear();
+        }
+    }
+
+    /// Whether a detached path holds frames for [`OutboundPath::take_frames`].
+    pub fn has_frames(&self) -> bool {
+        self.detached.as_ref().is_some_and(|f| !f.is_empty())
+    }
+
+    /// Drops the frames a detached path collected (no room to hand them on: a counted drop).
+    pub fn discard_frames(&mut self) {
+        if let Some(frames) = self.detached.as_mut() {
+            frames.clear();
+        }
+    }
+
+    /// The agent turn whose audio was pushed last, until its end or an interruption.
+    pub fn current_event(&self) -> Option<u64> {
+        self.current_event
+    }
+
+    /// Queues a whole frame: for pacing, or for [`OutboundPath::take_frames`] when detached.
+    fn emit_frame(&mut self, event_id: u64) {
+        match self.detached.as_mut() {
+            Some(frames) => frames.extend_from_slice(&self.frame),
+            None => {
+                self.playout.push_frame(event_id, &self.frame);
+            }
+        }
     }
 
     /// The agent format this path consumes.
@@ -285,7 +340,7 @@ impl OutboundPath {
             self.frame_fill += take;
             bytes = &bytes[take..];
             if self.frame_fill == FRAME_SAMPLES {
-                self.playout.push_frame(event_id, &self.frame);
+                self.emit_frame(event_id);
                 self.frame_fill = 0;
             }
         }
@@ -314,7 +369,7 @@ impl OutboundPath {
         }
         self.frame[self.frame_fill..].fill(SILENCE);
         self.frame_fill = 0;
-        self.playout.push_frame(event_id, &self.frame);
+        self.emit_frame(event_id);
         true
     }
 

@@ -1,8 +1,48 @@
-//! The only audio module that knows threads and channels: runs an [`InboundPath`] and an
-//! [`OutboundPath`] on a DSP worker thread, joined to the async bridge by bounded
-//! `crossbeam-channel`s.
+//! The only audio module that knows threads and channels. Two ways to run the audio paths off
+//! the call's task, both joined to it by `crossbeam-channel`s and a wake-up callback:
 //!
-//! # Threading model, and why
+//! - [`DspPool`] (`AUDIO_STAGES=pipeline`, issue 16 point 3): a process-wide pool of DSP
+//!   workers shared by all calls. What the server uses in that mode.
+//! - [`Pipeline`]: one worker thread per call running both paths *and* the pacing. Kept for the
+//!   audio benches and `tests/audio_no_alloc.rs`, which measure the bare hand-off; the server
+//!   never uses it (a thread per call costs more than the DSP it moves).
+//!
+//! # The pool
+//!
+//! ```text
+//!  call task (tokio)                             DSP worker i (one per core, ≤ MAX_POOL_WORKERS)
+//!  ─────────────────                             ──────────────────────────────────────────────
+//!  open ───────── Control::Open ─► [unbounded control] ─┐  owns CallDsp of each of its calls:
+//!  push_* ─ try_send(Work+buf) ─► [bounded work queue] ─┴► InboundPath + detached OutboundPath
+//!         ◄─ input buffers back ◄─ [per call, ≤ CALL_QUEUE_DEPTH] ◄┘   (no lock: one owner)
+//!  drain ◄── try_recv(result) ◄── [per call, ≤ CALL_OUTPUT_DEPTH] ◄── batch done: wake() once
+//!        ──► output buffers back ──►┘                                   per touched call
+//!  pacer (OutboundPath for ulaw_8000) ◄─ 160-byte μ-law frames; PlayoutBuffer, marks, `clear`
+//! ```
+//!
+//! - **Who owns what.** A call is assigned to the least-loaded worker for its life; that worker
+//!   owns the call's [`InboundPath`] (base64, jitter verdict, μ-law decode, resample,
+//!   `user_audio_chunk` payload) and a detached [`OutboundPath`] (base64, resample, μ-law,
+//!   re-framing into 160-byte frames). Pacing stays in the call task, in an `OutboundPath` for
+//!   `ulaw_8000` fed with those frames: the playout is the call's clock, its output the call's
+//!   socket (docs/dsp.md §3.8, docs/twilio.md §1.4).
+//! - **Never block a tokio worker.** The call side only `try_send`s and `try_recv`s; opening
+//!   and closing go through an unbounded channel (one message per call, never per frame).
+//! - **Drops are counted, never hidden.** A call with [`CALL_QUEUE_DEPTH`] commands queued, a
+//!   worker with [`WORKER_QUEUE_DEPTH`], or a call task [`CALL_OUTPUT_DEPTH`] results behind:
+//!   the audio is dropped and counted ([`PoolCallStats::drops`], the call summary,
+//!   `ignis_audio_pipeline_drops_total`); the bridge logs it (rate-limited). A drop loses
+//!   20 ms of caller audio or an agent chunk; the call goes on.
+//! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
+//!   before it wakes the calls it touched, once each; the call task drains all their results.
+//! - **Interruptions.** [`PoolCall::interrupt`] bumps the call's generation: results of agent
+//!   audio queued before it are discarded when drained, so the call task drops its held audio
+//!   and sends `clear` in the same step (docs/elevenlabs.md §4.4); the worker then resets its
+//!   resampler and ignores older turns.
+//! - **No allocation per frame.** Buffers are made on demand up to the per-call depths and then
+//!   circulate; the paths allocate nothing after set-up.
+//!
+//! # The per-call pipeline
 //!
 //! ```text
 //!  bridge task (tokio)                         DSP worker thread (one per call)
@@ -13,27 +53,14 @@
 //!        ──► buffers back ──► [output pool] ─────────►┘
 //! ```
 //!
-//! - **Never block a tokio worker.** Every call the bridge makes is `try_send`/`try_recv`.
-//!   A full queue or an empty buffer pool is a counted drop ([`PipelineCounters`]), never a wait.
-//! - **No allocation per frame.** Text buffers (`String`s with fixed capacity) are allocated at
-//!   spawn time and circulate through two pool channels; messages carry them by value. The paths
-//!   themselves do not allocate after set-up.
-//! - **Timers live on the worker.** The playout buffer's deadline ([`OutboundPath::poll_timeout`])
-//!   becomes the worker's `recv_deadline`, so pacing costs the async side nothing. The worker
-//!   reads the clock through the `clock` function given at spawn (default `Instant::now`), the
-//!   one clock read in `audio`; commands carry the caller's `now` for arrival-time statistics.
-//! - **Wake-up without tokio.** After producing output the worker calls the `notify` callback
-//!   (e.g. a `tokio::sync::Notify::notify_one`), so this module does not depend on tokio.
-//! - **One thread per call** (small stack): isolation (a slow call cannot delay another's
-//!   pacing) and no cross-call scheduling. A pool sharing threads across calls is the next step
-//!   if thread count ever matters; the command/output protocol would not change.
-//! - **Pass-through needs no thread.** With `ulaw_8000` the paths cost nanoseconds per frame
-//!   (BENCHMARKS.md), less than a channel hop, so the bridge may call [`InboundPath`] and
-//!   [`OutboundPath`] inline and drive the playout timer itself. Both modes are benchmarked.
+//! Same rules (try-only calls, counted drops, circulating buffers); the playout buffer's
+//! deadline becomes the worker's `recv_deadline`, read through the `clock` function given at
+//! spawn (default `Instant::now`, the one clock read in `audio`).
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Instant;
 
@@ -544,6 +571,665 @@ fn fill(pool: &Receiver<String>, text: &str) -> Option<String> {
 fn emit(tx: &Sender<Out>, counters: &Counters, out: Out) {
     if tx.try_send(out).is_err() {
         counters.outputs_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// ─── The shared DSP pool (issue 16 point 3) ──────────────────────────────────────────────────
+
+/// Most DSP workers in the pool, whatever the core count: DSP is a small share of a call's
+/// cost, and the call tasks need the cores too.
+pub const MAX_POOL_WORKERS: usize = 8;
+/// Commands one call may have queued on its worker: 128 × 20 ms = 2.56 s of caller frames, room
+/// for a burst after a network stall (Twilio then delivers a second of frames at once). Every
+/// command carries one of the call's input buffers, at most this many, so a worker's queue
+/// holds at most `calls × CALL_QUEUE_DEPTH` commands: the bound of its command channel.
+pub const CALL_QUEUE_DEPTH: usize = 128;
+/// Results waiting for one call task (and its output buffers). A command yields one result,
+/// rarely two (an end of turn); the call task drains them at every wake-up.
+pub const CALL_OUTPUT_DEPTH: usize = CALL_QUEUE_DEPTH;
+/// Agent base64 per command; longer chunks are split (a multiple of 4: valid base64 each).
+pub const AGENT_PIECE_CHARS: usize = 4096;
+/// Commands queued for one worker over all its calls (about 80 bytes each, allocated when the
+/// pool starts): 8192 is 0.4 s of every frame of 400 calls. A full queue is a counted drop.
+pub const WORKER_QUEUE_DEPTH: usize = 8192;
+/// Commands a worker handles before it wakes the calls they touched, so a flooded worker still
+/// signals (most batches are far smaller: whatever queued while the last one ran).
+pub const MAX_BATCH_COMMANDS: usize = 512;
+/// Starting capacity of a circulating buffer; each grows once to what its call needs
+/// (216 chars for a Twilio frame, up to [`AGENT_PIECE_CHARS`] for agent audio).
+const INITIAL_BUFFER_BYTES: usize = 256;
+
+/// Where a call's DSP runs (`AUDIO_STAGES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AudioStages {
+    /// In the call's task, as each message is handled.
+    #[default]
+    Inline,
+    /// On the process-wide [`DspPool`]; pacing stays in the call's task.
+    Pipeline,
+}
+
+impl AudioStages {
+    /// Both modes, for config parsing and benches.
+    pub const ALL: [AudioStages; 2] = [AudioStages::Inline, AudioStages::Pipeline];
+
+    /// The `AUDIO_STAGES` value of this mode.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AudioStages::Inline => "inline",
+            AudioStages::Pipeline => "pipeline",
+        }
+    }
+}
+
+/// The call's wake-up: called on the worker thread once per batch that produced output for the
+/// call (e.g. `tokio::sync::Notify::notify_one`).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// The pool and the call's wake-up, as the bridge needs them to open a [`PoolCall`].
+#[derive(Clone)]
+pub struct PoolLink {
+    /// The process-wide pool.
+    pub pool: Arc<DspPool>,
+    /// This call's wake-up.
+    pub wake: Wake,
+}
+
+impl fmt::Debug for PoolLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolLink")
+            .field("workers", &self.pool.workers())
+            .finish()
+    }
+}
+
+enum Job {
+    Media { chunk: u64, timestamp_ms: u64 },
+    Agent { generation: u64, event_id: u64 },
+    EndOfTurn { generation: u64 },
+    Interrupt { event_id: Option<u64> },
+    Finish,
+}
+
+/// A call's command for its worker, carrying one of the call's circulating input buffers.
+struct Work {
+    call: u64,
+    now: Instant,
+    job: Job,
+    text: String,
+}
+
+/// Opening and closing a call: on their own unbounded channel, so a full work queue can never
+/// refuse a call or leak one's state (one message per call, not per frame).
+enum Control {
+    Open(Box<CallDsp>),
+    Close(u64),
+}
+
+enum PoolOut {
+    UserAudio(Vec<u8>),
+    Frames {
+        generation: u64,
+        event_id: u64,
+        ulaw: Vec<u8>,
+    },
+    EndOfTurn {
+        generation: u64,
+    },
+}
+
+/// A result of the pool for one call, borrowed for the duration of [`PoolCall::drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolOutput<'a> {
+    /// Send `{"user_audio_chunk": …}` to ElevenLabs with this base64 text.
+    UserAudioChunk(&'a str),
+    /// Whole 160-byte μ-law frames of agent turn `event_id`, for the call's pacer
+    /// ([`OutboundPath::push_agent_bytes`]).
+    Frames {
+        /// The agent turn.
+        event_id: u64,
+        /// The frames.
+        ulaw: &'a [u8],
+    },
+    /// Everything queued before [`PoolCall::end_of_turn`] has been delivered: end the pacer's
+    /// turn ([`OutboundPath::end_of_turn`]).
+    EndOfTurn,
+}
+
+/// Counters of one call on the pool, readable from the call's task at any time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PoolCallStats {
+    /// Commands refused because the call had [`CALL_QUEUE_DEPTH`] queued, plus results the
+    /// worker could not queue because the call task was [`CALL_OUTPUT_DEPTH`] behind. Audio
+    /// lost, counted, never a wait.
+    pub drops: u64,
+    /// Agent results discarded because an interruption came after their command (by tag).
+    pub discarded: u64,
+    /// Inbound counters as last published by the worker.
+    pub bad_frames: u64,
+    /// Agent chunks rejected (bad base64, too large).
+    pub bad_agent_chunks: u64,
+    /// Caller audio concealed, ms.
+    pub concealed_ms: f64,
+}
+
+#[derive(Default)]
+struct CallShared {
+    drops: AtomicU64,
+    bad_frames: AtomicU64,
+    bad_agent_chunks: AtomicU64,
+    concealed_ms_bits: AtomicU64,
+}
+
+/// One call's DSP state, owned by one worker for the call's life (no lock).
+struct CallDsp {
+    id: u64,
+    inbound: InboundPath,
+    outbound: OutboundPath,
+    in_pool: Sender<String>,
+    out_tx: Sender<PoolOut>,
+    out_pool: Receiver<Vec<u8>>,
+    /// Output buffers made so far (at most [`CALL_OUTPUT_DEPTH`]).
+    out_made: usize,
+    shared: Arc<CallShared>,
+    wake: Wake,
+    touched: bool,
+}
+
+struct PoolWorker {
+    work: Sender<Work>,
+    control: Sender<Control>,
+    /// Calls assigned to this worker (least loaded wins).
+    calls: Arc<AtomicUsize>,
+}
+
+/// A process-wide pool of DSP worker threads shared by all calls (see the module docs).
+pub struct DspPool {
+    workers: Vec<PoolWorker>,
+    next_id: AtomicU64,
+    drops: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for DspPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DspPool")
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl DspPool {
+    /// One worker per available core, at most [`MAX_POOL_WORKERS`].
+    pub fn with_default_workers() -> Result<Arc<Self>, SpawnError> {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores)
+    }
+
+    /// A pool of `workers` threads (clamped to 1..=[`MAX_POOL_WORKERS`]). They live as long as
+    /// a handle ([`DspPool`] or [`PoolCall`]) does.
+    pub fn new(workers: usize) -> Result<Arc<Self>, SpawnError> {
+        let mut list = Vec::new();
+        for i in 0..workers.clamp(1, MAX_POOL_WORKERS) {
+            let (work, work_rx) = bounded(WORKER_QUEUE_DEPTH);
+            let (control, control_rx) = crossbeam_channel::unbounded();
+            let worker = PoolThread {
+                work: work_rx,
+                control: control_rx,
+                calls: std::collections::HashMap::new(),
+                touched: Vec::new(),
+            };
+            thread::Builder::new()
+                .name(format!("ignis-dsp-{i}"))
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || worker.run())
+                .map_err(SpawnError::Thread)?;
+            list.push(PoolWorker {
+                work,
+                control,
+                calls: Arc::new(AtomicUsize::new(0)),
+            });
+        }
+        Ok(Arc::new(Self {
+            workers: list,
+            next_id: AtomicU64::new(1),
+            drops: Arc::new(AtomicU64::new(0)),
+        }))
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Drops of every call so far (see [`PoolCallStats::drops`]).
+    pub fn drops_total(&self) -> u64 {
+        self.drops.load(Ordering::Relaxed)
+    }
+
+    /// Opens a call on the least loaded worker: builds its paths (caller audio to `input`,
+    /// agent audio from `output`) there for the call's life. `wake` is called once per batch
+    /// that produced results for it. Never blocks.
+    pub fn open(
+        &self,
+        input: AgentFormat,
+        output: AgentFormat,
+        inbound: InboundConfig,
+        engine: super::resample::Engine,
+        wake: Wake,
+    ) -> Result<PoolCall, SpawnError> {
+        let inbound = InboundPath::new(input, inbound).map_err(SpawnError::Setup)?;
+        let outbound = OutboundPath::new_detached(output, engine).map_err(SpawnError::Setup)?;
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.calls.load(Ordering::Relaxed))
+        else {
+            return Err(SpawnError::Thread(std::io::Error::other("no DSP worker")));
+        };
+        worker.calls.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Buffers are made on demand up to the depths, then circulate: a call's memory follows
+        // its largest burst, and the steady state allocates nothing.
+        let (in_pool_tx, in_pool) = bounded(CALL_QUEUE_DEPTH);
+        let (out_tx, out_rx) = bounded(CALL_OUTPUT_DEPTH);
+        let (out_pool, out_pool_rx) = bounded(CALL_OUTPUT_DEPTH);
+        let shared = Arc::new(CallShared::default());
+        let dsp = CallDsp {
+            id,
+            inbound,
+            outbound,
+            in_pool: in_pool_tx,
+            out_tx,
+            out_pool: out_pool_rx,
+            out_made: 0,
+            shared: Arc::clone(&shared),
+            wake,
+            touched: false,
+        };
+        // Unbounded: never waits; fails only if the worker is gone.
+        if worker.control.send(Control::Open(Box::new(dsp))).is_err() {
+            worker.calls.fetch_sub(1, Ordering::Relaxed);
+            let e = std::io::Error::other("DSP worker gone");
+            return Err(SpawnError::Thread(e));
+        }
+        Ok(PoolCall {
+            id,
+            work: worker.work.clone(),
+            control: worker.control.clone(),
+            calls: Arc::clone(&worker.calls),
+            in_pool,
+            in_made: Cell::new(0),
+            out_rx,
+            out_pool,
+            shared,
+            pool_drops: Arc::clone(&self.drops),
+            generation: 0,
+            discarded: 0,
+        })
+    }
+}
+
+/// The call task's handle of its DSP on the pool. Every call is `try_*`: nothing here waits.
+/// Dropping it closes the call on its worker.
+pub struct PoolCall {
+    id: u64,
+    work: Sender<Work>,
+    control: Sender<Control>,
+    calls: Arc<AtomicUsize>,
+    in_pool: Receiver<String>,
+    /// Input buffers made so far (at most [`CALL_QUEUE_DEPTH`]).
+    in_made: Cell<usize>,
+    out_rx: Receiver<PoolOut>,
+    out_pool: Sender<Vec<u8>>,
+    shared: Arc<CallShared>,
+    pool_drops: Arc<AtomicU64>,
+    /// Bumped by every interruption; agent results of an older generation are discarded.
+    generation: u64,
+    discarded: u64,
+}
+
+impl fmt::Debug for PoolCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolCall")
+            .field("id", &self.id)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl PoolCall {
+    fn dropped(&self) -> Dropped {
+        self.shared.drops.fetch_add(1, Ordering::Relaxed);
+        self.pool_drops.fetch_add(1, Ordering::Relaxed);
+        Dropped
+    }
+
+    /// Queues `job` with `text` in a circulating buffer; a counted drop if the call already
+    /// has [`CALL_QUEUE_DEPTH`] commands queued.
+    fn send(&self, now: Instant, job: Job, text: &str) -> Result<(), Dropped> {
+        let mut buf = match self.in_pool.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.in_made.get() < CALL_QUEUE_DEPTH => {
+                self.in_made.set(self.in_made.get() + 1);
+                String::with_capacity(INITIAL_BUFFER_BYTES.max(text.len()))
+            }
+            Err(_) => return Err(self.dropped()),
+        };
+        buf.clear();
+        buf.push_str(text);
+        let work = Work {
+            call: self.id,
+            now,
+            job,
+            text: buf,
+        };
+        match self.work.try_send(work) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // The buffer went with the refused command; one may be made again.
+                self.in_made.set(self.in_made.get().saturating_sub(1));
+                Err(self.dropped())
+            }
+        }
+    }
+
+    /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]).
+    pub fn push_twilio_media(
+        &self,
+        now: Instant,
+        chunk: u64,
+        timestamp_ms: u64,
+        payload_b64: &str,
+    ) -> Result<(), Dropped> {
+        let job = Job::Media {
+            chunk,
+            timestamp_ms,
+        };
+        self.send(now, job, payload_b64)
+    }
+
+    /// Queues agent audio of turn `event_id` (see [`OutboundPath::push_agent_audio`]), in
+    /// pieces of [`AGENT_PIECE_CHARS`]; on a drop the rest of the chunk is dropped too.
+    pub fn push_agent_audio(
+        &self,
+        now: Instant,
+        event_id: u64,
+        audio_b64: &str,
+    ) -> Result<(), Dropped> {
+        let mut rest = audio_b64;
+        while !rest.is_empty() {
+            let cut = rest.len().min(AGENT_PIECE_CHARS);
+            // A non-ASCII cut point means invalid base64: sent whole, rejected by the worker.
+            let (piece, tail) = match (rest.get(..cut), rest.get(cut..)) {
+                (Some(p), Some(t)) => (p, t),
+                _ => (rest, ""),
+            };
+            let job = Job::Agent {
+                generation: self.generation,
+                event_id,
+            };
+            self.send(now, job, piece)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Queues the end of the agent's turn: the worker flushes the resampler and pads the last
+    /// frame, then [`PoolOutput::EndOfTurn`] follows the frames.
+    pub fn end_of_turn(&self, now: Instant) -> Result<(), Dropped> {
+        let job = Job::EndOfTurn {
+            generation: self.generation,
+        };
+        self.send(now, job, "")
+    }
+
+    /// An interruption: from now on, agent results of commands queued before it are discarded
+    /// by [`PoolCall::drain`] (so the call's pacer can drop its held audio and send `clear` in
+    /// the same step), and the worker resets its resampler and ignores audio of turns older
+    /// than `event_id`.
+    pub fn interrupt(&mut self, now: Instant, event_id: Option<u64>) -> Result<(), Dropped> {
+        self.generation += 1;
+        self.send(now, Job::Interrupt { event_id }, "")
+    }
+
+    /// The caller hung up: the inbound path's last partial payload is flushed.
+    pub fn finish(&self, now: Instant) -> Result<(), Dropped> {
+        self.send(now, Job::Finish, "")
+    }
+
+    /// Hands every ready result to `f`, in order, without blocking; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(PoolOutput<'_>)) -> usize {
+        let mut n = 0;
+        while let Ok(out) = self.out_rx.try_recv() {
+            n += 1;
+            let buf = match out {
+                PoolOut::UserAudio(b) => {
+                    // Base64 from the inbound path: always ASCII.
+                    if let Ok(text) = std::str::from_utf8(&b) {
+                        f(PoolOutput::UserAudioChunk(text));
+                    }
+                    b
+                }
+                PoolOut::Frames {
+                    generation,
+                    event_id,
+                    ulaw,
+                } => {
+                    if generation == self.generation {
+                        f(PoolOutput::Frames {
+                            event_id,
+                            ulaw: &ulaw,
+                        });
+                    } else {
+                        self.discarded += 1;
+                    }
+                    ulaw
+                }
+                PoolOut::EndOfTurn { generation } => {
+                    if generation == self.generation {
+                        f(PoolOutput::EndOfTurn);
+                    }
+                    continue;
+                }
+            };
+            let _ = self.out_pool.try_send(buf);
+        }
+        n
+    }
+
+    /// The call's counters.
+    pub fn stats(&self) -> PoolCallStats {
+        let s = &self.shared;
+        PoolCallStats {
+            drops: s.drops.load(Ordering::Relaxed),
+            discarded: self.discarded,
+            bad_frames: s.bad_frames.load(Ordering::Relaxed),
+            bad_agent_chunks: s.bad_agent_chunks.load(Ordering::Relaxed),
+            concealed_ms: f64::from_bits(s.concealed_ms_bits.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Drop for PoolCall {
+    fn drop(&mut self) {
+        // Unbounded: never waits, and the worker frees the call's state.
+        let _ = self.control.send(Control::Close(self.id));
+        self.calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One pool worker thread: the calls it owns and the ones the current batch touched.
+struct PoolThread {
+    work: Receiver<Work>,
+    control: Receiver<Control>,
+    calls: std::collections::HashMap<u64, Box<CallDsp>>,
+    touched: Vec<u64>,
+}
+
+impl PoolThread {
+    fn run(mut self) {
+        loop {
+            crossbeam_channel::select! {
+                recv(self.control) -> c => match c {
+                    Ok(c) => self.control(c),
+                    Err(_) => return,
+                },
+                recv(self.work) -> w => match w {
+                    Ok(w) => self.handle(w),
+                    Err(_) => return,
+                },
+            }
+            // Batched hand-off: everything already queued is handled before any wake-up, so
+            // one wake-up serves every frame of a call that is ready.
+            let mut batch = 1;
+            while batch < MAX_BATCH_COMMANDS {
+                let Ok(w) = self.work.try_recv() else {
+                    break;
+                };
+                self.handle(w);
+                batch += 1;
+            }
+            for id in self.touched.drain(..) {
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.touched = false;
+                    c.publish();
+                    (c.wake)();
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Open(dsp) => {
+                self.calls.insert(dsp.id, dsp);
+            }
+            Control::Close(id) => {
+                self.calls.remove(&id);
+            }
+        }
+    }
+
+    fn handle(&mut self, w: Work) {
+        if !self.calls.contains_key(&w.call) {
+            // A call's `Open` is queued before its first command, on the other channel.
+            while let Ok(c) = self.control.try_recv() {
+                self.control(c);
+            }
+        }
+        // Absent now: the call was closed (its last commands are moot).
+        let Some(c) = self.calls.get_mut(&w.call) else {
+            return;
+        };
+        c.work(w.now, w.job, &w.text);
+        let _ = c.in_pool.try_send(w.text);
+        if !c.touched {
+            c.touched = true;
+            self.touched.push(w.call);
+        }
+    }
+}
+
+impl CallDsp {
+    fn work(&mut self, now: Instant, job: Job, text: &str) {
+        match job {
+            Job::Media {
+                chunk,
+                timestamp_ms,
+            } => {
+                // Bad frames are counted in the inbound stats (published per batch).
+                let _ = self
+                    .inbound
+                    .push_twilio_media(now, chunk, timestamp_ms, text);
+                self.user_audio();
+            }
+            Job::Finish => {
+                self.inbound.finish();
+                self.user_audio();
+            }
+            Job::Agent {
+                generation,
+                event_id,
+            } => {
+                let _ = self.outbound.push_agent_audio(now, event_id, text);
+                self.frames(generation, event_id);
+            }
+            Job::EndOfTurn { generation } => {
+                let event_id = self.outbound.current_event();
+                self.outbound.end_of_turn();
+                if let Some(event_id) = event_id {
+                    self.frames(generation, event_id);
+                }
+                self.emit(PoolOut::EndOfTurn { generation });
+            }
+            Job::Interrupt { event_id } => {
+                // Drops the partial frame and resampler state; nothing is paced here.
+                let _ = self.outbound.interrupt(now, event_id);
+            }
+        }
+    }
+
+    fn user_audio(&mut self) {
+        while let Some(p) = self.inbound.poll_user_audio_chunk() {
+            let Some(mut buf) = Self::out_buffer(&self.out_pool, &mut self.out_made) else {
+                self.drop_output();
+                continue;
+            };
+            buf.clear();
+            buf.extend_from_slice(p.as_bytes());
+            self.emit(PoolOut::UserAudio(buf));
+        }
+    }
+
+    fn frames(&mut self, generation: u64, event_id: u64) {
+        if !self.outbound.has_frames() {
+            return;
+        }
+        let Some(mut buf) = Self::out_buffer(&self.out_pool, &mut self.out_made) else {
+            self.outbound.discard_frames();
+            self.drop_output();
+            return;
+        };
+        buf.clear();
+        self.outbound.take_frames(&mut buf);
+        self.emit(PoolOut::Frames {
+            generation,
+            event_id,
+            ulaw: buf,
+        });
+    }
+
+    /// A free output buffer, made on demand up to [`CALL_OUTPUT_DEPTH`]; `None`: the call task
+    /// is that far behind.
+    fn out_buffer(pool: &Receiver<Vec<u8>>, made: &mut usize) -> Option<Vec<u8>> {
+        if let Ok(b) = pool.try_recv() {
+            return Some(b);
+        }
+        if *made < CALL_OUTPUT_DEPTH {
+            *made += 1;
+            return Some(Vec::with_capacity(INITIAL_BUFFER_BYTES));
+        }
+        None
+    }
+
+    fn emit(&mut self, out: PoolOut) {
+        if self.out_tx.try_send(out).is_err() {
+            self.drop_output();
+        }
+    }
+
+    fn drop_output(&self) {
+        self.shared.drops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes the paths' counters readable from the call's task.
+    fn publish(&self) {
+        let (i, o) = (self.inbound.stats(), self.outbound.stats());
+        let s = &self.shared;
+        s.bad_frames.store(i.bad_frames, Ordering::Relaxed);
+        s.bad_agent_chunks.store(o.bad_chunks, Ordering::Relaxed);
+        s.concealed_ms_bits
+            .store(i.jitter.concealed_ms.to_bits(), Ordering::Relaxed);
     }
 }
 

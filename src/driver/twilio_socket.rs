@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
 use super::{Phase, Shared, TaskToken, transfer};
+use crate::audio::pipeline::{AudioStages, DspPool, PoolLink};
 use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output, TransferNumbers};
 use crate::calls::{Claim, Outcome, RegisterError, StreamRefusal, TeardownReason};
 use crate::elevenlabs::messages::AgentEventKind;
@@ -223,15 +224,45 @@ async fn call(
     let (from, to) = (claim.call.from, claim.call.to);
     let (caller, called) = (from.as_str().into(), to.as_str().into());
     let link = agent::link(&shared, &call_sid, caller, called, claim.adopted);
-    let mut bridge = Bridge::new(bridge_config(&app));
+    let audio_ready = Arc::new(Notify::new());
+    let mut bridge = Bridge::new(bridge_config(&app, &audio_ready));
     bridge.handle_twilio(now(), TwilioEvent::Start(start));
     let mut call = Call::new(twilio, bridge, shared, call_sid, stream_id, counters);
+    call.audio_ready = audio_ready;
     let outcome = call.run(link, stopped(teardown_rx, phase)).await;
     call.record(outcome, started.elapsed());
 }
 
-/// The bridge's settings for a call of `app`.
-fn bridge_config(app: &App) -> BridgeConfig {
+/// The process-wide DSP pool (`AUDIO_STAGES=pipeline`), started by the first call that needs
+/// it; `None` if its threads could not start (calls then run their DSP inline).
+fn dsp_pool() -> Option<Arc<DspPool>> {
+    static POOL: std::sync::OnceLock<Option<Arc<DspPool>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| match DspPool::with_default_workers() {
+        Ok(p) => {
+            info!(workers = p.workers(), "[Audio] DSP pool started");
+            Some(p)
+        }
+        Err(e) => {
+            warn!(error = %e, "[Audio] DSP pool unavailable; running the DSP inline");
+            None
+        }
+    })
+    .clone()
+}
+
+/// The bridge's settings for a call of `app`; `audio_ready` is the call's wake-up from the DSP
+/// pool.
+fn bridge_config(app: &App, audio_ready: &Arc<Notify>) -> BridgeConfig {
+    let pool = match app.config.audio_stages {
+        AudioStages::Inline => None,
+        AudioStages::Pipeline => dsp_pool().map(|pool| {
+            let n = Arc::clone(audio_ready);
+            PoolLink {
+                pool,
+                wake: Arc::new(move || n.notify_one()),
+            }
+        }),
+    };
     let staff_line = app
         .practice
         .as_ref()
@@ -243,6 +274,7 @@ fn bridge_config(app: &App) -> BridgeConfig {
             fallback: app.config.fallback_number.clone(),
             staff_line,
         },
+        pool,
         ..BridgeConfig::default()
     }
 }
@@ -271,6 +303,8 @@ async fn stopped(
 struct ReadAt {
     caller_frame: Option<Instant>,
     agent_audio: Option<Instant>,
+    /// This turn handled the DSP pool's results for reads of earlier turns.
+    pool_results: bool,
 }
 
 /// One running call: its two sockets, its bridge, and the little state the I/O needs.
@@ -296,6 +330,11 @@ struct Call {
     /// When Twilio last sent anything (the silence timer is re-armed from it).
     last_twilio: tokio::time::Instant,
     agent_connect_ms: Option<u64>,
+    /// Woken by the DSP pool when it has results for this call (`AUDIO_STAGES=pipeline`).
+    audio_ready: Arc<Notify>,
+    /// With the DSP pool, reads whose audio has not been written yet: it is written in a later
+    /// turn of the loop (after the pool's wake-up), where the added latency is observed.
+    unsent: ReadAt,
 }
 
 impl Call {
@@ -324,6 +363,8 @@ impl Call {
             transferred: false,
             last_twilio: tokio::time::Instant::now(),
             agent_connect_ms: None,
+            audio_ready: Arc::new(Notify::new()),
+            unsent: ReadAt::default(),
         }
     }
 
@@ -386,6 +427,13 @@ impl Call {
                         warn!("[Twilio] Stream silent too long; closing");
                         Some(Outcome::StreamLost)
                     }
+                }
+                // One wake-up per pool batch; `notify_one` keeps a permit, so none is lost.
+                () = self.audio_ready.notified() => {
+                    read = std::mem::take(&mut self.unsent);
+                    read.pool_results = true;
+                    self.bridge.handle_audio_ready(now());
+                    None
                 }
                 () = &mut bridge_timer, if armed.is_some() => {
                     armed = None;
@@ -535,6 +583,16 @@ impl Call {
                 }
             }
         }
+        // With the pool, audio read now is written at its wake-up: keep the oldest such read
+        // for that turn (only from the turn that read it, so audio held for pacing never is).
+        if !read.pool_results {
+            if !wrote_agent && let Some(t) = read.caller_frame {
+                self.unsent.caller_frame.get_or_insert(t);
+            }
+            if !wrote_twilio && let Some(t) = read.agent_audio {
+                self.unsent.agent_audio.get_or_insert(t);
+            }
+        }
         if wrote_agent && let Some(a) = self.agent.as_mut() {
             let _ = a.flush().await;
             if let Some(t) = read.caller_frame {
@@ -636,6 +694,7 @@ fn log_summary(s: &CallSummary, duration: Duration, conversation_id: Option<&str
         interruptions = s.interruptions,
         dtmf = s.dtmf,
         bad_frames = s.bad_caller_frames,
+        audio_pipeline_drops = s.audio_pipeline_drops,
         bad_agent_messages = s.bad_agent_messages,
         unknown_agent_events = s.unknown_agent_events,
         "[Call] Summary"
