@@ -863,8 +863,16 @@ impl Bridge {
                     }
                     Transmit::Mark(name) => {
                         media_stream::write_mark(&mut self.scratch, sid, name);
-                        if let Some(Ending::Draining { final_mark, .. }) = self.ending.as_mut() {
+                        // The newest mark is the one to wait for: an echo of an earlier
+                        // (periodic) mark says nothing about the audio sent after it.
+                        if let Some(Ending::Draining {
+                            final_mark,
+                            mark_heard,
+                            ..
+                        }) = self.ending.as_mut()
+                        {
                             *final_mark = Some(name.to_owned());
+                            *mark_heard = false;
                         }
                     }
                 }

@@ -199,6 +199,67 @@ fn end_call_waits_for_the_last_mark_then_closes_completed() {
     assert_eq!(events(&mut b), closed(Outcome::Completed));
 }
 
+/// A goodbye long enough to carry periodic marks: echoes of those (Twilio echoes each mark once
+/// the audio before it has played) must not count as the end-of-turn mark's, or the call closes
+/// before the caller heard the last words (review of issue 16: rarer marks made the periodic one
+/// the usual case during a drain).
+#[test]
+fn end_call_waits_for_the_end_of_turn_mark_not_an_earlier_one() {
+    let t0 = Instant::now();
+    let mut b = connected(t0, "ulaw_8000");
+    b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(2500)));
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"end_call","tool_call_id":"t1","parameters":{}}}"#,
+    );
+    // (name, sent at, media sent after it): Twilio echoes a mark once the audio before it has
+    // played; here 200 ms after it was sent, for every mark with audio after it (so never the
+    // end-of-turn mark, the last thing the turn sends).
+    let mut marks: Vec<(String, Instant, bool)> = Vec::new();
+    let mut echoed = 0;
+    for i in 1..=200u64 {
+        let now = t0 + Duration::from_millis(20 * i);
+        twilio(&mut b, now, &media(i));
+        if b.poll_timeout().is_some_and(|t| t <= now) {
+            b.handle_timeout(now);
+        }
+        for m in drain(&mut b).0 {
+            let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+            match v["mark"]["name"].as_str() {
+                Some(name) => marks.push((name.to_owned(), now, false)),
+                None => {
+                    if let Some(last) = marks.last_mut() {
+                        last.2 = true;
+                    }
+                }
+            }
+        }
+        while let Some((name, _, _)) = marks
+            .get(echoed)
+            .filter(|m| m.2 && now >= m.1 + Duration::from_millis(200))
+        {
+            let echo = format!(r#"{{"event":"mark","mark":{{"name":"{name}"}}}}"#);
+            twilio(&mut b, now, &echo);
+            echoed += 1;
+        }
+        assert!(
+            events(&mut b).is_empty(),
+            "closed at {} ms, marks {marks:?}",
+            20 * i
+        );
+    }
+    assert!(echoed >= 2, "periodic marks echoed: {marks:?}");
+    let marks: Vec<String> = marks.into_iter().map(|m| m.0).collect();
+    assert!(marks.len() >= 3, "{marks:?}");
+    let last = marks.last().unwrap();
+    twilio(
+        &mut b,
+        t0 + Duration::from_secs(4),
+        &format!(r#"{{"event":"mark","mark":{{"name":"{last}"}}}}"#),
+    );
+    assert_eq!(events(&mut b), closed(Outcome::Completed));
+}
+
 /// Plays the queued audio for 2 s, checks that the bridge does not close before the caller
 /// heard it, then echoes the last mark as Twilio does when that audio has played.
 fn play_to_last_mark(b: &mut Bridge, t0: Instant) {
