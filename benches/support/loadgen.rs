@@ -10,10 +10,16 @@
 //!   `receive time of its chunk + position in the chunk / agent rate`. Added latency = agent-side
 //!   time of the first loud sample − caller-side time of the tone onset. Transit, buffering and the
 //!   resampler's delay all count; a pass-through call with zero transit would measure 0.
-//! - **agent → caller**: the agent sends a 200 ms burst whose onset lies in 20 ms frame `f` of the
-//!   burst. An ideal pacer with ignis's lead `L` (100 ms) releases that frame at
-//!   `send time + max(0, 20·(f+1) ms − L)`. Added latency = arrival time at the caller of the
-//!   `media` message whose audio contains the onset − that ideal release time.
+//! - **agent → caller**, by play time (what the caller hears, and when): the agent's audio
+//!   (a 200 ms burst, or a turn) has its onset `q` samples in. A bridge that added nothing would
+//!   have Twilio play the onset at `send time + q / rate`. Added latency = the time Twilio's
+//!   (simulated) playout plays the onset − that: the play time of the `media` message holding
+//!   it (Twilio plays each stream's audio back to back, from its arrival when idle) + the
+//!   onset's position in the message / 8000. Transit, a late first message and any gap
+//!   (underrun) before the onset count; sending ahead of the ear does not, so a pacer that
+//!   tops up in 80 ms messages and one that sends every 20 ms both measure what the caller
+//!   feels (issue 16 point 2: the earlier definition, arrival against an ideal per-frame pacer
+//!   with a 100 ms lead, charged the new top-ups 10–30 ms they do not cost the caller).
 //!
 //! Two workloads (`Workload`, issue 16 point 1). **light**: the agent sends a 200 ms burst per
 //! probe period and the caller is silent but for its tone probes. **conversation**: the agent
@@ -68,8 +74,9 @@ pub const API_KEY: &str = "bench-api-key";
 /// agent conversation has begun it sends frames of these bytes and its call SID (padded with
 /// μ-law silence), which the agent reads and then ignores. Not counted as audio either way.
 const ID_MAGIC: &[u8] = b"ignis-loadgen-call ";
-/// ignis's default playout lead (`PlayoutConfig::lead_ms`).
-pub const LEAD_MS: u64 = 100;
+/// ignis's default playout lead (`PlayoutConfig::lead_ms`): a burst's audio has all left ignis
+/// this long before it ends.
+pub const LEAD_MS: u64 = 130;
 /// Probe tone: 1 kHz cosine (starts at its peak, so the onset is the first sample).
 const TONE_AMP: f64 = 12000.0;
 /// A sample louder than this is "tone".
@@ -425,8 +432,9 @@ pub async fn start_agent_workload(
     Ok(service.base())
 }
 
-/// Pre-encoded bursts: silence, then a tone from the onset frame on; with that frame's index.
-fn bursts(format: AgentFormat) -> Vec<(usize, String)> {
+/// Pre-encoded bursts: silence, then a tone from the onset on; with the onset's time into the
+/// burst (ns).
+fn bursts(format: AgentFormat) -> Vec<(u64, String)> {
     let rate = rate(format);
     let spf = (rate / 50) as usize; // samples per 20 ms frame
     (0..DOWN_FRAMES.len() * 3)
@@ -443,15 +451,20 @@ fn bursts(format: AgentFormat) -> Vec<(usize, String)> {
             } else {
                 samples.iter().flat_map(|s| s.to_le_bytes()).collect()
             };
-            (f, STANDARD.encode(bytes))
+            (onset_ns(q, rate), STANDARD.encode(bytes))
         })
         .collect()
+}
+
+/// Sample `q` of audio at `rate`, as time into it (ns).
+fn onset_ns(q: usize, rate: u64) -> u64 {
+    q as u64 * 1_000_000_000 / rate
 }
 
 /// The agent's pre-encoded audio: light bursts; conversation turn openings (empty: light).
 #[derive(Clone, Copy)]
 struct Audio<'a> {
-    bursts: &'a [(usize, String)],
+    bursts: &'a [(u64, String)],
     turns: &'a [TurnVariant],
 }
 
@@ -459,7 +472,8 @@ struct Audio<'a> {
 /// in 20 ms frame `frame`) and the chunks after it (chunk `j` is `cont[j % 4]`: the speech loop is
 /// 1 s, four chunks).
 struct TurnVariant {
-    frame: usize,
+    /// The onset's time into the turn, ns.
+    onset: u64,
     first: String,
     cont: [String; 4],
 }
@@ -484,7 +498,7 @@ fn turn_audio(format: AgentFormat) -> Vec<TurnVariant> {
                 encode(format, &samples)
             });
             TurnVariant {
-                frame,
+                onset: onset_ns(q, rate),
                 first: encode(format, &first),
                 cont,
             }
@@ -587,9 +601,10 @@ impl Talk<'_> {
             .store(ns_of(talk_from.into_std()), Relaxed);
         link.talk_until_ns
             .store(ns_of(talk_until.into_std()), Relaxed);
-        let f = self.audio[variant].frame as u64;
-        let release = ((f + 1) * 20).saturating_sub(LEAD_MS) * 1_000_000;
-        link.down_due_ns.store(now_ns() + release, Relaxed);
+        // Played back to back from its first sample, the onset is heard this long after the
+        // turn was sent (module doc).
+        link.down_due_ns
+            .store(now_ns() + self.audio[variant].onset, Relaxed);
         if stats.recording.load(Relaxed) {
             stats.probes_down_sent.fetch_add(1, Relaxed);
         }
@@ -615,7 +630,7 @@ struct AgentCtx<'a> {
 struct Agent<'a> {
     opts: AgentOptions,
     stats: &'a Stats,
-    bursts: &'a [(usize, String)],
+    bursts: &'a [(u64, String)],
     /// Conversation workload (`None`: light).
     talk: Option<Talk<'a>>,
     link: Arc<Link>,
@@ -675,12 +690,11 @@ impl Agent<'_> {
             if link.ending.load(Relaxed) {
                 return out;
             }
-            let (f, b64) = &self.bursts[(self.bursts_sent as usize) % self.bursts.len()];
+            let (onset, b64) = &self.bursts[(self.bursts_sent as usize) % self.bursts.len()];
             self.bursts_sent += 1;
             self.event_id += 1;
             let sent = now_ns();
-            let release = ((f + 1) as u64 * 20).saturating_sub(LEAD_MS) * 1_000_000;
-            link.down_due_ns.store(sent + release, Relaxed);
+            link.down_due_ns.store(sent + *onset, Relaxed);
             link.down_sent
                 .fetch_add((TONE_FRAMES * FRAME) as u64, Relaxed);
             if stats.recording.load(Relaxed) {
@@ -1157,10 +1171,11 @@ impl<'a> Caller<'a> {
                 }
                 self.heard_until = Some(plays_at + Duration::from_micros(audio.len() as u64 * 125));
                 let samples = audio.iter().map(|&b| mulaw::decode_sample(b));
-                if self.onset.scan(samples).is_some() {
+                if let Some(i) = self.onset.scan(samples) {
                     let due = link.down_due_ns.swap(0, Relaxed);
                     if due != 0 && stats.recording.load(Relaxed) {
-                        let us = (ns_of(at) as i64 - due as i64) / 1000;
+                        let heard = ns_of(plays_at) + i as u64 * 125_000;
+                        let us = (heard as i64 - due as i64) / 1000;
                         stats.down_us.lock().unwrap().push(us);
                     }
                 }
