@@ -34,10 +34,15 @@ use crate::elevenlabs::session::{AgentSession, SessionEvent, SessionStats};
 use crate::metrics::CallSummary;
 use crate::twilio::media_stream::{self, TwilioEvent};
 
-/// Room reserved at a time in a call's wire buffer, in which outgoing messages are written back
-/// to back: a step's few messages (≤ ~1.2 KiB each) fit, and once they are written and dropped
-/// the next reserve reclaims the same storage, so steady state allocates nothing.
-const WIRE_RESERVE_BYTES: usize = 4096;
+/// Room first reserved in a call's wire buffer, in which outgoing messages are written back to
+/// back. Once a step's messages are written and dropped the next reserve reclaims the same
+/// storage, so steady state allocates nothing. It is held for the whole call, so it starts small
+/// (a `ulaw_8000` step: a top-up of ≤ ~1.2 KiB and a 270-byte `user_audio_chunk`) and doubles
+/// when a step outgrows it (`pcm_16000` settles at 4 KiB); a fixed 4 KiB cost every call
+/// ~2 KiB more RSS (issue 16).
+const WIRE_RESERVE_BYTES: usize = 2048;
+/// Most room the wire buffer's reserve grows to (a message larger than that is reserved alone).
+const MAX_WIRE_RESERVE_BYTES: usize = 64 * 1024;
 /// The period of Twilio's caller frames, which pace the outbound path (docs/dsp.md §3.7): a
 /// deadline due before the next one is acted on at this one.
 const CALLER_FRAME: Duration = Duration::from_millis(20);
@@ -154,15 +159,17 @@ impl Output {
     }
 }
 
-/// Copies `text` into `wire` and splits it off as one message (see [`WIRE_RESERVE_BYTES`]).
-fn wire_message(wire: &mut BytesMut, text: &str) -> Bytes {
+/// Copies `text` into `wire` and splits it off as one message (see [`WIRE_RESERVE_BYTES`]);
+/// `reserve` is the call's current reserve, doubled when a step outgrows it.
+fn wire_message(wire: &mut BytesMut, reserve: &mut usize, text: &str) -> Bytes {
     // Once the messages of the last step are written and dropped the buffer is ours alone
     // again: take all of it back (cheap, never allocates) so this step's messages fit.
-    if wire.capacity() < WIRE_RESERVE_BYTES {
-        let _ = wire.try_reclaim(WIRE_RESERVE_BYTES);
+    if wire.capacity() < *reserve {
+        let _ = wire.try_reclaim(*reserve);
     }
     if wire.capacity() < text.len() {
-        wire.reserve(WIRE_RESERVE_BYTES.max(text.len()));
+        *reserve = (*reserve * 2).min(MAX_WIRE_RESERVE_BYTES);
+        wire.reserve((*reserve).max(text.len()));
     }
     wire.extend_from_slice(text.as_bytes());
     wire.split().freeze()
@@ -246,8 +253,9 @@ pub struct Bridge {
     out: VecDeque<Output>,
     events: VecDeque<BridgeEvent>,
     scratch: String,
-    /// Where outgoing messages are written ([`wire_message`]).
+    /// Where outgoing messages are written ([`wire_message`]), and the room reserved in it.
     wire: BytesMut,
+    wire_reserve: usize,
     stats: BridgeStats,
 }
 
@@ -295,6 +303,7 @@ impl Bridge {
             events: VecDeque::new(),
             scratch: String::with_capacity(512),
             wire: BytesMut::new(),
+            wire_reserve: WIRE_RESERVE_BYTES,
             stats: BridgeStats::default(),
         }
     }
@@ -691,6 +700,7 @@ impl Bridge {
             outbound,
             scratch,
             wire,
+            wire_reserve,
             out,
             stats,
             pool_turn_pending,
@@ -702,7 +712,7 @@ impl Bridge {
         pool.drain(|o| match o {
             PoolOutput::UserAudioChunk(chunk) => {
                 messages::write_user_audio_chunk(scratch, chunk);
-                out.push_back(Output::ToAgent(wire_message(wire, scratch)));
+                out.push_back(Output::ToAgent(wire_message(wire, wire_reserve, scratch)));
                 stats.agent_chunks_sent += 1;
             }
             PoolOutput::Frames { event_id, ulaw } => pacer.push_agent_bytes(event_id, ulaw),
@@ -762,8 +772,11 @@ impl Bridge {
         {
             let mut msg = String::new();
             media_stream::write_clear(&mut msg, sid);
-            self.out
-                .push_back(Output::ToTwilio(wire_message(&mut self.wire, &msg)));
+            self.out.push_back(Output::ToTwilio(wire_message(
+                &mut self.wire,
+                &mut self.wire_reserve,
+                &msg,
+            )));
             self.stats.clears += 1;
         }
         debug!(
@@ -830,7 +843,7 @@ impl Bridge {
         };
         while let Some(chunk) = inbound.poll_user_audio_chunk() {
             messages::write_user_audio_chunk(&mut self.scratch, chunk);
-            let bytes = wire_message(&mut self.wire, &self.scratch);
+            let bytes = wire_message(&mut self.wire, &mut self.wire_reserve, &self.scratch);
             self.out.push_back(Output::ToAgent(bytes));
             self.stats.agent_chunks_sent += 1;
         }
@@ -876,7 +889,7 @@ impl Bridge {
                         }
                     }
                 }
-                let bytes = wire_message(&mut self.wire, &self.scratch);
+                let bytes = wire_message(&mut self.wire, &mut self.wire_reserve, &self.scratch);
                 self.out.push_back(Output::ToTwilio(bytes));
             }
         }

@@ -48,8 +48,10 @@ pub const MAX_OUTSTANDING_MARKS: usize = 1024;
 pub const MARK_PREFIX: &str = "ignis-";
 
 const FRAME: u64 = FRAME_SAMPLES as u64;
-/// Ring frames allocated up front (1.28 s); more are allocated as a turn needs them.
-const INITIAL_RING_FRAMES: usize = 64;
+/// Ring frames allocated up front (640 ms); more are allocated as a turn needs them, and given
+/// back once the turn has left (`give_back`): a call's memory follows the audio it holds now,
+/// not its longest turn (issue 16: RSS per call ≤ 64 KiB).
+const INITIAL_RING_FRAMES: usize = 32;
 /// Marks waiting to be sent; bounded by one per frame of the largest buffer.
 const MAX_PENDING_MARKS: usize = 4096;
 /// Mark-queue slots allocated up front; the queues double as needed up to their limits.
@@ -294,6 +296,17 @@ impl PlayoutBuffer {
         }
         self.in_turn = false;
         self.turn_sent = false;
+        self.give_back();
+    }
+
+    /// Between turns, with nothing held: shrinks a ring that a long turn grew back to its
+    /// initial size. At most one reallocation per turn, never per message.
+    fn give_back(&mut self) {
+        if self.count == 0 && !self.in_turn && self.ring.len() > INITIAL_RING_FRAMES {
+            self.head = 0;
+            self.ring.truncate(INITIAL_RING_FRAMES);
+            self.ring.shrink_to_fit();
+        }
     }
 
     fn add_mark(&mut self, end_of_turn: bool) {
@@ -382,6 +395,7 @@ impl PlayoutBuffer {
         }
         self.sent_total += n as u64;
         self.turn_sent |= self.in_turn;
+        self.give_back();
         self.stats.frames_sent += frames as u64;
         self.stats.messages_sent += 1;
         self.text.clear();
@@ -521,6 +535,7 @@ impl PlayoutBuffer {
         self.turn_sent = false;
         self.since_mark = 0;
         self.last_now = Some(now);
+        self.give_back();
         self.stats.interruptions += 1;
         self.stats.interrupted_dropped_ms += dropped / 8;
         Interruption {

@@ -94,8 +94,9 @@ impl std::fmt::Display for ConnectError {
 /// Bytes tungstenite reserves per read of the agent socket. It is held for the whole call, so
 /// it is sized for a typical `audio` message (~250 ms) rather than the largest: a bigger
 /// message grows the buffer as it arrives (up to `MAX_AGENT_MESSAGE_BYTES`). 16 KiB cost 8 KiB
-/// more RSS per call (issue 6).
-const AGENT_READ_BUFFER_BYTES: usize = 8 * 1024;
+/// more RSS per call (issue 6), 8 KiB 4 KiB more than this (issue 16); a 250 ms `ulaw_8000`
+/// chunk (~2.8 KiB of JSON) still arrives in one read.
+const AGENT_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Limits of the agent socket.
 fn agent_ws_config() -> WebSocketConfig {
