@@ -230,8 +230,6 @@ pub struct Bridge {
     /// The call's DSP on the pool (`AUDIO_STAGES=pipeline`), in place of `inbound` and of
     /// `outbound`'s transcoding.
     pool: Option<PoolCall>,
-    /// An end of turn sent to the pool whose frames have not all come back.
-    pool_turn_pending: bool,
     conversation_id: Option<String>,
     stream_sid: Option<String>,
     started_at: Option<Instant>,
@@ -280,7 +278,6 @@ impl Bridge {
             inbound: None,
             outbound: None,
             pool: None,
-            pool_turn_pending: false,
             conversation_id: None,
             stream_sid: None,
             started_at: None,
@@ -676,7 +673,11 @@ impl Bridge {
     /// tail and pads the last frame, then [`PoolOutput::EndOfTurn`] ends the pacer's turn.
     fn end_turn(&mut self, now: Instant) {
         if let Some(p) = self.pool.as_ref() {
-            self.pool_turn_pending |= p.end_of_turn(now).is_ok();
+            // Refused only with a worker far behind (counted): the turn's tail then stays on
+            // the worker, and the pacer's turn ends with the next one.
+            if p.end_of_turn(now).is_err() {
+                log_pool_drop(p, "end of turn");
+            }
         } else if let Some(o) = self.outbound.as_mut() {
             o.end_of_turn();
         }
@@ -693,7 +694,6 @@ impl Bridge {
             wire,
             out,
             stats,
-            pool_turn_pending,
             ..
         } = self;
         let (Some(pool), Some(pacer)) = (pool.as_mut(), outbound.as_mut()) else {
@@ -708,7 +708,6 @@ impl Bridge {
             PoolOutput::Frames { event_id, ulaw } => pacer.push_agent_bytes(event_id, ulaw),
             PoolOutput::EndOfTurn => {
                 pacer.end_of_turn();
-                *pool_turn_pending = false;
             }
         });
         self.pump_outbound(now);
@@ -753,7 +752,6 @@ impl Bridge {
             // drop and the `clear` below stay in this step; a dropped command only leaves the
             // worker's resampler state unreset (counted).
             let _ = p.interrupt(now, Some(event_id));
-            self.pool_turn_pending = false;
         }
         self.turn_open = false;
         // A pending "finish after audio" is moot: nothing is queued any more.
@@ -883,7 +881,8 @@ impl Bridge {
                 .outbound
                 .as_ref()
                 .is_none_or(|o| o.playout().stats().buffered_ms == 0 && o.poll_timeout().is_none());
-            let all_sent = all_sent && !self.pool_turn_pending;
+            // Every end of turn sent to the pool must have come back (they may overlap).
+            let all_sent = all_sent && !self.pool.as_ref().is_some_and(PoolCall::turn_end_pending);
             let heard = final_mark.is_none() || *mark_heard;
             if (all_sent && heard) || now >= *deadline {
                 let outcome = *outcome;

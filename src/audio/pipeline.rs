@@ -29,10 +29,14 @@
 //! - **Never block a tokio worker.** The call side only `try_send`s and `try_recv`s; opening
 //!   and closing go through an unbounded channel (one message per call, never per frame).
 //! - **Drops are counted, never hidden.** A call with [`CALL_QUEUE_DEPTH`] commands queued, a
-//!   worker with [`WORKER_QUEUE_DEPTH`], or a call task [`CALL_OUTPUT_DEPTH`] results behind:
-//!   the audio is dropped and counted ([`PoolCallStats::drops`], the call summary,
+//!   worker with [`WORKER_QUEUE_DEPTH`] (less [`WORKER_CONTROL_RESERVE`]), or a call task
+//!   [`CALL_OUTPUT_DEPTH`] results behind: the audio is dropped and counted ([`PoolCallStats::drops`], the call summary,
 //!   `ignis_audio_pipeline_drops_total`); the bridge logs it (rate-limited). A drop loses
-//!   20 ms of caller audio or an agent chunk; the call goes on.
+//!   20 ms of caller audio or an agent chunk; the call goes on. Control commands (end of
+//!   turn, interruption, finish) and their results are not audio: they take no input buffer,
+//!   have reserved room in the worker's queue and the call's result queue
+//!   ([`CALL_CONTROL_DEPTH`]), so an end of turn is never lost to a backlog of frames and
+//!   [`PoolCall::turn_end_pending`] counts the ones still out (they may overlap).
 //! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
 //!   before it wakes the calls it touched, once each; the call task drains all their results.
 //! - **Interruptions.** [`PoolCall::interrupt`] bumps the call's generation: results of agent
@@ -584,14 +588,24 @@ pub const MAX_POOL_WORKERS: usize = 8;
 /// command carries one of the call's input buffers, at most this many, so a worker's queue
 /// holds at most `calls × CALL_QUEUE_DEPTH` commands: the bound of its command channel.
 pub const CALL_QUEUE_DEPTH: usize = 128;
-/// Results waiting for one call task (and its output buffers). A command yields one result,
-/// rarely two (an end of turn); the call task drains them at every wake-up.
+/// Audio results waiting for one call task (and its output buffers): a command yields at most
+/// one; the call task drains them at every wake-up. Control results have their own slots
+/// ([`CALL_CONTROL_DEPTH`]).
 pub const CALL_OUTPUT_DEPTH: usize = CALL_QUEUE_DEPTH;
 /// Agent base64 per command; longer chunks are split (a multiple of 4: valid base64 each).
 pub const AGENT_PIECE_CHARS: usize = 4096;
 /// Commands queued for one worker over all its calls (about 80 bytes each, allocated when the
 /// pool starts): 8192 is 0.4 s of every frame of 400 calls. A full queue is a counted drop.
 pub const WORKER_QUEUE_DEPTH: usize = 8192;
+/// Control commands (end of turn, interruption, finish) of one call whose results may be in
+/// flight at once. They are rare (a few per turn) and never compete with audio for room: they
+/// take no input buffer, and the call's result queue keeps this many slots for their results
+/// beyond [`CALL_OUTPUT_DEPTH`], so an end of turn is never lost to a backlog of frames.
+pub const CALL_CONTROL_DEPTH: usize = 16;
+/// Slots of a worker's queue only control commands may take: audio is refused (a counted drop)
+/// once the queue is this close to [`WORKER_QUEUE_DEPTH`]. Concurrent senders may overshoot
+/// the mark by one command each (a handful of call tasks), far less than this.
+pub const WORKER_CONTROL_RESERVE: usize = 1024;
 /// Commands a worker handles before it wakes the calls they touched, so a flooded worker still
 /// signals (most batches are far smaller: whatever queued while the last one ran).
 pub const MAX_BATCH_COMMANDS: usize = 512;
@@ -649,6 +663,17 @@ enum Job {
     EndOfTurn { generation: u64 },
     Interrupt { event_id: Option<u64> },
     Finish,
+}
+
+impl Job {
+    /// Control commands carry no input buffer (an empty `String`, no allocation): they never
+    /// run out of room behind audio.
+    fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Job::EndOfTurn { .. } | Job::Interrupt { .. } | Job::Finish
+        )
+    }
 }
 
 /// A call's command for its worker, carrying one of the call's circulating input buffers.
@@ -831,7 +856,9 @@ impl DspPool {
         // Buffers are made on demand up to the depths, then circulate: a call's memory follows
         // its largest burst, and the steady state allocates nothing.
         let (in_pool_tx, in_pool) = bounded(CALL_QUEUE_DEPTH);
-        let (out_tx, out_rx) = bounded(CALL_OUTPUT_DEPTH);
+        // Data results are bounded by the output buffers (CALL_OUTPUT_DEPTH); control results
+        // by `PoolCall::turn_ends` (CALL_CONTROL_DEPTH): the queue can always take both.
+        let (out_tx, out_rx) = bounded(CALL_OUTPUT_DEPTH + CALL_CONTROL_DEPTH);
         let (out_pool, out_pool_rx) = bounded(CALL_OUTPUT_DEPTH);
         let shared = Arc::new(CallShared::default());
         let dsp = CallDsp {
@@ -865,6 +892,7 @@ impl DspPool {
             pool_drops: Arc::clone(&self.drops),
             generation: 0,
             discarded: 0,
+            turn_ends: Cell::new(0),
         })
     }
 }
@@ -886,6 +914,9 @@ pub struct PoolCall {
     /// Bumped by every interruption; agent results of an older generation are discarded.
     generation: u64,
     discarded: u64,
+    /// Ends of turn queued whose [`PoolOut::EndOfTurn`] has not been drained (they may
+    /// overlap; at most [`CALL_CONTROL_DEPTH`]).
+    turn_ends: Cell<usize>,
 }
 
 impl fmt::Debug for PoolCall {
@@ -907,6 +938,10 @@ impl PoolCall {
     /// Queues `job` with `text` in a circulating buffer; a counted drop if the call already
     /// has [`CALL_QUEUE_DEPTH`] commands queued.
     fn send(&self, now: Instant, job: Job, text: &str) -> Result<(), Dropped> {
+        // The last slots of the worker's queue are kept for control commands.
+        if self.work.len() + WORKER_CONTROL_RESERVE >= WORKER_QUEUE_DEPTH {
+            return Err(self.dropped());
+        }
         let mut buf = match self.in_pool.try_recv() {
             Ok(b) => b,
             Err(_) if self.in_made.get() < CALL_QUEUE_DEPTH => {
@@ -931,6 +966,18 @@ impl PoolCall {
                 Err(self.dropped())
             }
         }
+    }
+
+    /// Queues a control command: no input buffer, the worker queue's reserve; refused only if
+    /// the worker's queue is entirely full or the worker is gone (counted).
+    fn send_control(&self, now: Instant, job: Job) -> Result<(), Dropped> {
+        let work = Work {
+            call: self.id,
+            now,
+            job,
+            text: String::new(),
+        };
+        self.work.try_send(work).map_err(|_| self.dropped())
     }
 
     /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]).
@@ -975,12 +1022,25 @@ impl PoolCall {
     }
 
     /// Queues the end of the agent's turn: the worker flushes the resampler and pads the last
-    /// frame, then [`PoolOutput::EndOfTurn`] follows the frames.
+    /// frame, then [`PoolOutput::EndOfTurn`] follows the frames. A control command: its result
+    /// is never dropped; refused (counted) only with [`CALL_CONTROL_DEPTH`] ends of turn in
+    /// flight or a full worker queue.
     pub fn end_of_turn(&self, now: Instant) -> Result<(), Dropped> {
+        if self.turn_ends.get() >= CALL_CONTROL_DEPTH {
+            return Err(self.dropped());
+        }
         let job = Job::EndOfTurn {
             generation: self.generation,
         };
-        self.send(now, job, "")
+        self.send_control(now, job)?;
+        self.turn_ends.set(self.turn_ends.get() + 1);
+        Ok(())
+    }
+
+    /// Whether an end of turn is queued whose [`PoolOutput::EndOfTurn`] has not been drained
+    /// yet (of any generation: the worker still holds that turn's tail).
+    pub fn turn_end_pending(&self) -> bool {
+        self.turn_ends.get() > 0
     }
 
     /// An interruption: from now on, agent results of commands queued before it are discarded
@@ -989,12 +1049,12 @@ impl PoolCall {
     /// than `event_id`.
     pub fn interrupt(&mut self, now: Instant, event_id: Option<u64>) -> Result<(), Dropped> {
         self.generation += 1;
-        self.send(now, Job::Interrupt { event_id }, "")
+        self.send_control(now, Job::Interrupt { event_id })
     }
 
     /// The caller hung up: the inbound path's last partial payload is flushed.
     pub fn finish(&self, now: Instant) -> Result<(), Dropped> {
-        self.send(now, Job::Finish, "")
+        self.send_control(now, Job::Finish)
     }
 
     /// Hands every ready result to `f`, in order, without blocking; returns how many.
@@ -1026,6 +1086,7 @@ impl PoolCall {
                     ulaw
                 }
                 PoolOut::EndOfTurn { generation } => {
+                    self.turn_ends.set(self.turn_ends.get().saturating_sub(1));
                     if generation == self.generation {
                         f(PoolOutput::EndOfTurn);
                     }
@@ -1121,8 +1182,11 @@ impl PoolThread {
         let Some(c) = self.calls.get_mut(&w.call) else {
             return;
         };
+        let control = w.job.is_control();
         c.work(w.now, w.job, &w.text);
-        let _ = c.in_pool.try_send(w.text);
+        if !control {
+            let _ = c.in_pool.try_send(w.text);
+        }
         if !c.touched {
             c.touched = true;
             self.touched.push(w.call);
