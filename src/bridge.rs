@@ -230,6 +230,9 @@ pub struct Bridge {
     /// The call's DSP on the pool (`AUDIO_STAGES=pipeline`), in place of `inbound` and of
     /// `outbound`'s transcoding.
     pool: Option<PoolCall>,
+    /// Agent audio went to the pool since its last end of turn or pause pad: the worker may
+    /// hold a partial frame (and a resampler tail) the pacer cannot see (docs/dsp.md §3.8).
+    pool_partial: bool,
     conversation_id: Option<String>,
     stream_sid: Option<String>,
     started_at: Option<Instant>,
@@ -278,6 +281,7 @@ impl Bridge {
             inbound: None,
             outbound: None,
             pool: None,
+            pool_partial: false,
             conversation_id: None,
             stream_sid: None,
             started_at: None,
@@ -479,6 +483,25 @@ impl Bridge {
         }
     }
 
+    /// When to have the pool pad the partial frame it may hold: one caller frame before the
+    /// pacer runs dry, so the padded frame is back in time (inline, `poll_transmit` pads at
+    /// that point itself; docs/dsp.md §3.8). `None` while results are still coming from the
+    /// pool (their wake-up re-checks) or nothing may be held.
+    fn pool_pad_at(&self, now: Instant) -> Option<Instant> {
+        if !self.pool_partial || !self.pool.as_ref()?.settled() {
+            return None;
+        }
+        let starves = self.outbound.as_ref()?.starves_at(now)?;
+        Some(starves.checked_sub(CALLER_FRAME).unwrap_or(starves))
+    }
+
+    /// Whether the DSP pool (`AUDIO_STAGES=pipeline`) has handled every command of this call
+    /// and [`Bridge::handle_audio_ready`] has taken all its results; `true` inline. For tests
+    /// and simulations that wait for the worker.
+    pub fn pool_settled(&self) -> bool {
+        self.pool.as_ref().is_none_or(PoolCall::settled)
+    }
+
     /// Reports the REST transfer's result to the agent.
     pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
         let result = if ok { TRANSFER_DONE } else { TRANSFER_FAILED };
@@ -518,6 +541,9 @@ impl Bridge {
             && let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll())
         {
             consider(self.turn_over_at(now));
+        }
+        if let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll()) {
+            consider(self.pool_pad_at(now));
         }
         if let Some(Ending::Draining { deadline, .. }) = &self.ending {
             consider(Some(*deadline));
@@ -672,6 +698,7 @@ impl Bridge {
     /// Ends the agent's turn: at once inline; through the pool, which flushes the resampler
     /// tail and pads the last frame, then [`PoolOutput::EndOfTurn`] ends the pacer's turn.
     fn end_turn(&mut self, now: Instant) {
+        self.pool_partial = false;
         if let Some(p) = self.pool.as_ref() {
             // Refused only with a worker far behind (counted): the turn's tail then stays on
             // the worker, and the pacer's turn ends with the next one.
@@ -731,6 +758,7 @@ impl Bridge {
             if p.push_agent_audio(now, event_id, audio_b64).is_err() {
                 log_pool_drop(p, "agent audio");
             }
+            self.pool_partial = true;
         } else if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
             self.stats.bad_agent_chunks += 1;
             return;
@@ -752,6 +780,7 @@ impl Bridge {
             // drop and the `clear` below stay in this step; a dropped command only leaves the
             // worker's resampler state unreset (counted).
             let _ = p.interrupt(now, Some(event_id));
+            self.pool_partial = false;
         }
         self.turn_open = false;
         // A pending "finish after audio" is moot: nothing is queued any more.
@@ -848,6 +877,14 @@ impl Bridge {
         {
             self.turn_open = false;
             self.end_turn(now);
+        }
+        if self.pool_pad_at(now).is_some_and(|t| now >= t)
+            && let Some(p) = self.pool.as_ref()
+        {
+            match p.complete_partial(now) {
+                Ok(()) => self.pool_partial = false,
+                Err(_) => log_pool_drop(p, "pause pad"),
+            }
         }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {

@@ -39,6 +39,9 @@
 //!   [`PoolCall::turn_end_pending`] counts the ones still out (they may overlap).
 //! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
 //!   before it wakes the calls it touched, once each; the call task drains all their results.
+//! - **Pauses.** The partial frame and resampler tail stay on the worker; the bridge asks for
+//!   them with [`PoolCall::complete_partial`] once the pool is [`PoolCall::settled`] and its
+//!   pacer is about to run dry (docs/dsp.md §3.8).
 //! - **Interruptions.** [`PoolCall::interrupt`] bumps the call's generation: results of agent
 //!   audio queued before it are discarded when drained, so the call task drops its held audio
 //!   and sends `clear` in the same step (docs/elevenlabs.md §4.4); the worker then resets its
@@ -662,6 +665,7 @@ enum Job {
     Agent { generation: u64, event_id: u64 },
     EndOfTurn { generation: u64 },
     Interrupt { event_id: Option<u64> },
+    CompletePartial { generation: u64 },
     Finish,
 }
 
@@ -671,7 +675,10 @@ impl Job {
     fn is_control(&self) -> bool {
         matches!(
             self,
-            Job::EndOfTurn { .. } | Job::Interrupt { .. } | Job::Finish
+            Job::EndOfTurn { .. }
+                | Job::Interrupt { .. }
+                | Job::CompletePartial { .. }
+                | Job::Finish
         )
     }
 }
@@ -736,10 +743,16 @@ pub struct PoolCallStats {
     pub bad_agent_chunks: u64,
     /// Caller audio concealed, ms.
     pub concealed_ms: f64,
+    /// Partial frames padded in a pause of the agent ([`PoolCall::complete_partial`]).
+    pub pause_pads: u64,
 }
 
 #[derive(Default)]
 struct CallShared {
+    /// Commands of the call the worker has handled, their results queued (see
+    /// [`PoolCall::settled`]).
+    done: AtomicU64,
+    pause_pads: AtomicU64,
     drops: AtomicU64,
     bad_frames: AtomicU64,
     bad_agent_chunks: AtomicU64,
@@ -893,6 +906,8 @@ impl DspPool {
             generation: 0,
             discarded: 0,
             turn_ends: Cell::new(0),
+            sent: Cell::new(0),
+            drained_done: 0,
         })
     }
 }
@@ -917,6 +932,10 @@ pub struct PoolCall {
     /// Ends of turn queued whose [`PoolOut::EndOfTurn`] has not been drained (they may
     /// overlap; at most [`CALL_CONTROL_DEPTH`]).
     turn_ends: Cell<usize>,
+    /// Commands queued so far, and how many of them the worker had handled at the last
+    /// [`PoolCall::drain`] (see [`PoolCall::settled`]).
+    sent: Cell<u64>,
+    drained_done: u64,
 }
 
 impl fmt::Debug for PoolCall {
@@ -959,7 +978,10 @@ impl PoolCall {
             text: buf,
         };
         match self.work.try_send(work) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.sent.set(self.sent.get() + 1);
+                Ok(())
+            }
             Err(_) => {
                 // The buffer went with the refused command; one may be made again.
                 self.in_made.set(self.in_made.get().saturating_sub(1));
@@ -977,7 +999,9 @@ impl PoolCall {
             job,
             text: String::new(),
         };
-        self.work.try_send(work).map_err(|_| self.dropped())
+        self.work.try_send(work).map_err(|_| self.dropped())?;
+        self.sent.set(self.sent.get() + 1);
+        Ok(())
     }
 
     /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]).
@@ -1037,6 +1061,23 @@ impl PoolCall {
         Ok(())
     }
 
+    /// The agent paused: the worker pushes out the resampler tail and pads the partial frame
+    /// with silence, so it plays before the pause rather than in front of the next sentence
+    /// (docs/dsp.md §3.8). Its frames come as [`PoolOutput::Frames`]. A control command.
+    pub fn complete_partial(&self, now: Instant) -> Result<(), Dropped> {
+        let job = Job::CompletePartial {
+            generation: self.generation,
+        };
+        self.send_control(now, job)
+    }
+
+    /// Whether every command queued so far has been handled by the worker and its results
+    /// handed out by [`PoolCall::drain`] (as of the last drain): what the call's pacer holds
+    /// is then all the agent audio there is.
+    pub fn settled(&self) -> bool {
+        self.drained_done == self.sent.get()
+    }
+
     /// Whether an end of turn is queued whose [`PoolOutput::EndOfTurn`] has not been drained
     /// yet (of any generation: the worker still holds that turn's tail).
     pub fn turn_end_pending(&self) -> bool {
@@ -1059,6 +1100,8 @@ impl PoolCall {
 
     /// Hands every ready result to `f`, in order, without blocking; returns how many.
     pub fn drain(&mut self, mut f: impl FnMut(PoolOutput<'_>)) -> usize {
+        // Read before draining: the results of every command counted here are queued.
+        self.drained_done = self.shared.done.load(Ordering::Acquire);
         let mut n = 0;
         while let Ok(out) = self.out_rx.try_recv() {
             n += 1;
@@ -1107,6 +1150,7 @@ impl PoolCall {
             bad_frames: s.bad_frames.load(Ordering::Relaxed),
             bad_agent_chunks: s.bad_agent_chunks.load(Ordering::Relaxed),
             concealed_ms: f64::from_bits(s.concealed_ms_bits.load(Ordering::Relaxed)),
+            pause_pads: s.pause_pads.load(Ordering::Relaxed),
         }
     }
 }
@@ -1184,6 +1228,7 @@ impl PoolThread {
         };
         let control = w.job.is_control();
         c.work(w.now, w.job, &w.text);
+        c.shared.done.fetch_add(1, Ordering::Release);
         if !control {
             let _ = c.in_pool.try_send(w.text);
         }
@@ -1225,6 +1270,14 @@ impl CallDsp {
                     self.frames(generation, event_id);
                 }
                 self.emit(PoolOut::EndOfTurn { generation });
+            }
+            Job::CompletePartial { generation } => {
+                if let Some(event_id) = self.outbound.current_event() {
+                    if self.outbound.pad_partial() {
+                        self.shared.pause_pads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.frames(generation, event_id);
+                }
             }
             Job::Interrupt { event_id } => {
                 // Drops the partial frame and resampler state; nothing is paced here.
