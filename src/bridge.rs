@@ -7,7 +7,9 @@
 //! What it guarantees:
 //! - No caller audio is lost during set-up: frames that arrive before the agent's metadata (which
 //!   fixes the audio formats) are held (bounded) and sent in order once it arrives. Agent audio
-//!   that arrives before Twilio's `start` is held too.
+//!   that arrives before Twilio's `start` is held too. With the DSP pool the backlog goes in
+//!   slices the pool can take without a drop ([`PoolCall::room`]), the rest as its results
+//!   drain; audio arriving meanwhile queues behind it.
 //! - Barge-in: an `interruption` drops held audio, resets the outbound resampler, and sends
 //!   Twilio `clear` in the same step; later audio is kept only if its `event_id` is at least the
 //!   interruption's (docs/elevenlabs.md §4.4).
@@ -26,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::audio::format::AgentFormat;
 use crate::audio::inbound::{InboundConfig, InboundPath};
 use crate::audio::outbound::{OutboundConfig, OutboundPath};
-use crate::audio::pipeline::{PoolCall, PoolLink, PoolOutput};
+use crate::audio::pipeline::{AGENT_PIECE_CHARS, CALL_QUEUE_DEPTH, PoolCall, PoolLink, PoolOutput};
 use crate::audio::playout::Transmit;
 use crate::calls::Outcome;
 use crate::elevenlabs::messages::{self, AgentEventKind};
@@ -343,13 +345,18 @@ impl Bridge {
                 event_id,
                 audio_b64,
             } => {
-                if self.stream_sid.is_none() || self.outbound.is_none() {
+                // Behind held audio too, so it keeps its order while the pool takes the backlog.
+                if self.stream_sid.is_none()
+                    || self.outbound.is_none()
+                    || !self.early_agent.is_empty()
+                {
                     if self.early_agent.len() < MAX_EARLY_AGENT_EVENTS {
                         self.early_agent
                             .push_back((event_id, audio_b64.into_owned()));
                     } else {
                         self.stats.bad_agent_chunks += 1;
                     }
+                    self.flush_early_agent_audio(now);
                     return;
                 }
                 self.push_agent_audio(now, event_id, &audio_b64);
@@ -401,10 +408,13 @@ impl Bridge {
             }
             TwilioEvent::Media(m) => {
                 self.stats.caller_frames += 1;
-                if self.outbound.is_some() {
+                if self.outbound.is_some() && self.held_caller.is_empty() && self.pool_room() > 0 {
                     self.push_caller_frame(now, m.chunk, m.timestamp_ms, &m.payload);
                 } else {
+                    // Not ready, or the pool is still full of the set-up backlog: behind it
+                    // (held, bounded), fed on as results drain.
                     self.hold_caller_frame(m.chunk, m.timestamp_ms, m.payload.into_owned());
+                    self.flush_held_caller(now);
                 }
             }
             TwilioEvent::Dtmf { digit } => {
@@ -636,11 +646,30 @@ impl Bridge {
         );
         self.conversation_id = Some(conversation_id);
         // Caller audio held during set-up goes out first, in order.
-        self.held_bytes = 0;
-        while let Some((chunk, ts, payload)) = self.held_caller.pop_front() {
-            self.push_caller_frame(now, chunk, ts, &payload);
-        }
+        self.flush_held_caller(now);
         self.flush_early_agent_audio(now);
+    }
+
+    /// How many audio commands the pool can take now without a drop (unbounded inline).
+    fn pool_room(&self) -> usize {
+        self.pool.as_ref().map_or(usize::MAX, PoolCall::room)
+    }
+
+    /// Sends held caller frames on, in order: all of them inline; with the pool as much as it
+    /// can take without a drop, the rest as its results drain ([`Bridge::handle_audio_ready`]),
+    /// so no caller audio of the set-up is lost (up to 10 s held, 128 commands per call).
+    fn flush_held_caller(&mut self, now: Instant) {
+        if self.outbound.is_none() {
+            return;
+        }
+        let mut room = self.pool_room();
+        while room > 0
+            && let Some((chunk, ts, payload)) = self.held_caller.pop_front()
+        {
+            self.held_bytes -= payload.len();
+            self.push_caller_frame(now, chunk, ts, &payload);
+            room -= 1;
+        }
     }
 
     /// Builds the audio paths: inline, or on the DSP pool with a `ulaw_8000` pacer here
@@ -737,6 +766,8 @@ impl Bridge {
                 pacer.end_of_turn();
             }
         });
+        self.flush_held_caller(now);
+        self.flush_early_agent_audio(now);
         self.pump_outbound(now);
     }
 
@@ -744,8 +775,19 @@ impl Bridge {
         if self.stream_sid.is_none() || self.outbound.is_none() {
             return;
         }
-        while let Some((event_id, audio)) = self.early_agent.pop_front() {
+        // With the pool, as much as it can take without a drop; the rest as results drain.
+        let mut room = self.pool_room();
+        while let Some((_, audio)) = self.early_agent.front() {
+            let pieces = audio.len().div_ceil(AGENT_PIECE_CHARS).max(1);
+            // An event larger than the whole queue goes when the queue is empty.
+            if pieces > room && room < CALL_QUEUE_DEPTH {
+                break;
+            }
+            let Some((event_id, audio)) = self.early_agent.pop_front() else {
+                break;
+            };
             self.push_agent_audio(now, event_id, &audio);
+            room = room.saturating_sub(pieces);
         }
     }
 

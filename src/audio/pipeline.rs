@@ -39,6 +39,9 @@
 //!   [`PoolCall::turn_end_pending`] counts the ones still out (they may overlap).
 //! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
 //!   before it wakes the calls it touched, once each; the call task drains all their results.
+//! - **Backlogs.** Audio held during a call's set-up (up to 10 s) is more than a call may
+//!   queue; the bridge feeds it in slices of [`PoolCall::room`] as results drain, never into a
+//!   drop.
 //! - **Pauses.** The partial frame and resampler tail stay on the worker; the bridge asks for
 //!   them with [`PoolCall::complete_partial`] once the pool is [`PoolCall::settled`] and its
 //!   pacer is about to run dry (docs/dsp.md §3.8).
@@ -1069,6 +1072,14 @@ impl PoolCall {
             generation: self.generation,
         };
         self.send_control(now, job)
+    }
+
+    /// How many more audio commands may be queued now without a drop: [`CALL_QUEUE_DEPTH`]
+    /// less the commands in flight and the results not yet drained (a command yields at most
+    /// one). For a backlog (caller audio held during set-up), fed as results drain.
+    pub fn room(&self) -> usize {
+        let in_flight = self.in_made.get().saturating_sub(self.in_pool.len());
+        CALL_QUEUE_DEPTH.saturating_sub(in_flight + self.out_rx.len())
     }
 
     /// Whether every command queued so far has been handled by the worker and its results
