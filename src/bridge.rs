@@ -512,6 +512,16 @@ impl Bridge {
         self.pool.as_ref().is_none_or(PoolCall::settled)
     }
 
+    /// Whether audio is held for the call's set-up: the agent's formats or Twilio's `start`
+    /// still awaited, or a set-up backlog still being fed to the DSP pool. Audio read now waits
+    /// for the set-up, not for the bridge: the driver takes no added-latency sample of it.
+    pub fn holds_setup_audio(&self) -> bool {
+        self.outbound.is_none()
+            || self.stream_sid.is_none()
+            || !self.held_caller.is_empty()
+            || !self.early_agent.is_empty()
+    }
+
     /// Reports the REST transfer's result to the agent.
     pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
         let result = if ok { TRANSFER_DONE } else { TRANSFER_FAILED };
