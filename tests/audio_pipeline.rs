@@ -449,6 +449,8 @@ fn ends_of_turn_are_delivered_past_a_full_result_queue() {
     let dropped = 201 - CALL_OUTPUT_DEPTH as u64;
     assert_eq!(call.stats().drops, dropped);
     assert_eq!(frames as u64, 200 - dropped);
+    // Drops on the worker's side count in the pool's total too.
+    assert_eq!(pool.drops_total(), dropped);
 }
 
 #[test]

@@ -37,6 +37,9 @@
 //!   have reserved room in the worker's queue and the call's result queue
 //!   ([`CALL_CONTROL_DEPTH`]), so an end of turn is never lost to a backlog of frames and
 //!   [`PoolCall::turn_end_pending`] counts the ones still out (they may overlap).
+//! - **A panic fails one call, not the worker.** Each command runs under `catch_unwind`; a
+//!   call whose DSP panicked is marked failed: its later commands are counted drops, its ends
+//!   of turn still answered, and the worker's other calls go on.
 //! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
 //!   before it wakes the calls it touched, once each; the call task drains all their results.
 //! - **Backlogs.** Audio held during a call's set-up (up to 10 s) is more than a call may
@@ -664,12 +667,27 @@ impl fmt::Debug for PoolLink {
 }
 
 enum Job {
-    Media { chunk: u64, timestamp_ms: u64 },
-    Agent { generation: u64, event_id: u64 },
-    EndOfTurn { generation: u64 },
-    Interrupt { event_id: Option<u64> },
-    CompletePartial { generation: u64 },
+    Media {
+        chunk: u64,
+        timestamp_ms: u64,
+    },
+    Agent {
+        generation: u64,
+        event_id: u64,
+    },
+    EndOfTurn {
+        generation: u64,
+    },
+    Interrupt {
+        event_id: Option<u64>,
+    },
+    CompletePartial {
+        generation: u64,
+    },
     Finish,
+    /// A DSP failure, for the test of [`CallDsp::work_guarded`].
+    #[cfg(test)]
+    Panic,
 }
 
 impl Job {
@@ -736,7 +754,7 @@ pub enum PoolOutput<'a> {
 pub struct PoolCallStats {
     /// Commands refused because the call had [`CALL_QUEUE_DEPTH`] queued, plus results the
     /// worker could not queue because the call task was [`CALL_OUTPUT_DEPTH`] behind. Audio
-    /// lost, counted, never a wait.
+    /// lost, counted, never a wait. Also every command after a panic of the call's DSP.
     pub drops: u64,
     /// Agent results discarded because an interruption came after their command (by tag).
     pub discarded: u64,
@@ -775,6 +793,11 @@ struct CallDsp {
     shared: Arc<CallShared>,
     wake: Wake,
     touched: bool,
+    /// The pool's drop counter ([`DspPool::drops_total`]), for the drops counted here.
+    pool_drops: Arc<AtomicU64>,
+    /// The call's DSP panicked: its state is no longer trusted; every later command is a
+    /// counted drop, and its ends of turn are still answered.
+    failed: bool,
 }
 
 struct PoolWorker {
@@ -842,7 +865,7 @@ impl DspPool {
         self.workers.len()
     }
 
-    /// Drops of every call so far (see [`PoolCallStats::drops`]).
+    /// Drops of every call so far, on either side of the queues (see [`PoolCallStats::drops`]).
     pub fn drops_total(&self) -> u64 {
         self.drops.load(Ordering::Relaxed)
     }
@@ -888,6 +911,8 @@ impl DspPool {
             shared: Arc::clone(&shared),
             wake,
             touched: false,
+            pool_drops: Arc::clone(&self.drops),
+            failed: false,
         };
         // Unbounded: never waits; fails only if the worker is gone.
         if worker.control.send(Control::Open(Box::new(dsp))).is_err() {
@@ -1238,7 +1263,7 @@ impl PoolThread {
             return;
         };
         let control = w.job.is_control();
-        c.work(w.now, w.job, &w.text);
+        c.work_guarded(w.now, w.job, &w.text);
         c.shared.done.fetch_add(1, Ordering::Release);
         if !control {
             let _ = c.in_pool.try_send(w.text);
@@ -1290,6 +1315,8 @@ impl CallDsp {
                     self.frames(generation, event_id);
                 }
             }
+            #[cfg(test)]
+            Job::Panic => panic!("DSP failure (test)"),
             Job::Interrupt { event_id } => {
                 // Drops the partial frame and resampler state; nothing is paced here.
                 let _ = self.outbound.interrupt(now, event_id);
@@ -1348,6 +1375,28 @@ impl CallDsp {
 
     fn drop_output(&self) {
         self.shared.drops.fetch_add(1, Ordering::Relaxed);
+        self.pool_drops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs one command; a panic in the call's DSP fails this call only (the worker and its
+    /// other calls go on): counted as a drop, and an end of turn is still answered so the call
+    /// task never waits for it.
+    fn work_guarded(&mut self, now: Instant, job: Job, text: &str) {
+        let end_of_turn = match job {
+            Job::EndOfTurn { generation } => Some(generation),
+            _ => None,
+        };
+        if !self.failed {
+            let run = std::panic::AssertUnwindSafe(|| self.work(now, job, text));
+            if std::panic::catch_unwind(run).is_ok() {
+                return;
+            }
+            self.failed = true;
+        }
+        self.drop_output();
+        if let Some(generation) = end_of_turn {
+            self.emit(PoolOut::EndOfTurn { generation });
+        }
     }
 
     /// Makes the paths' counters readable from the call's task.
@@ -1434,5 +1483,49 @@ mod tests {
         }
         assert!(p.counters().commands_dropped >= 1);
         p.shutdown();
+    }
+
+    /// A panic in one call's DSP fails that call only: counted, its end of turn still answered,
+    /// and another call on the same worker goes on.
+    #[test]
+    fn a_panic_fails_one_call_not_the_worker() {
+        let pool = DspPool::new(1).unwrap();
+        let f = AgentFormat::Ulaw8000;
+        let open = || {
+            pool.open(
+                f,
+                f,
+                InboundConfig::default(),
+                Default::default(),
+                Arc::new(|| {}),
+            )
+            .unwrap()
+        };
+        let (mut bad, mut good) = (open(), open());
+        let t0 = Instant::now();
+        bad.send(t0, Job::Panic, "").unwrap();
+        bad.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 160]))
+            .unwrap();
+        bad.end_of_turn(t0).unwrap();
+        let mut turns = 0;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while turns == 0 && Instant::now() < limit {
+            bad.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(turns, 1, "the end of turn is answered");
+        assert!(!bad.turn_end_pending());
+        // The panic and the audio after it.
+        assert_eq!(bad.stats().drops, 3);
+        good.push_twilio_media(t0, 1, 0, &STANDARD.encode([0x55u8; 160]))
+            .unwrap();
+        let mut payloads = 0;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while payloads == 0 && Instant::now() < limit {
+            good.drain(|o| payloads += usize::from(matches!(o, PoolOutput::UserAudioChunk(_))));
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(payloads, 1, "the worker still serves its other calls");
+        assert_eq!(pool.drops_total(), 3);
     }
 }
