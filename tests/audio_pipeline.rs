@@ -453,6 +453,43 @@ fn ends_of_turn_are_delivered_past_a_full_result_queue() {
     assert_eq!(pool.drops_total(), dropped);
 }
 
+/// Two ends of turn overlap (the second queued before the first one's result is drained): the
+/// call still counts one pending after draining the first, none after the second.
+#[test]
+fn overlapping_ends_of_turn_are_counted_not_flagged() {
+    let t0 = Instant::now();
+    let pool = DspPool::new(1).unwrap();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let (wake, release) = gated_waker(&wakes);
+    let f = AgentFormat::Ulaw8000;
+    let mut call = pool
+        .open(f, f, InboundConfig::default(), ENGINE, wake)
+        .unwrap();
+    // One frame, so the worker stops in its first wake-up; the first turn queues behind it.
+    call.push_twilio_media(t0, 1, 0, &caller_frames(4, 1)[0])
+        .unwrap();
+    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    call.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 100]))
+        .unwrap();
+    call.end_of_turn(t0).unwrap();
+    release.send(()).unwrap();
+    // The worker handled the first end of turn and waits in its wake-up: queue the second.
+    wait_until(|| wakes.load(Ordering::Relaxed) == 2);
+    call.push_agent_audio(t0, 2, &STANDARD.encode([0x43u8; 100]))
+        .unwrap();
+    call.end_of_turn(t0).unwrap();
+    let mut turns = 0;
+    call.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+    assert_eq!(turns, 1);
+    assert!(call.turn_end_pending(), "the second is still out");
+    drop(release);
+    wait_until(|| {
+        call.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+        turns == 2
+    });
+    assert!(!call.turn_end_pending());
+}
+
 #[test]
 fn a_worker_serves_a_batch_with_one_wake_up_per_call() {
     let t0 = Instant::now();
