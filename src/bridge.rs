@@ -7,7 +7,9 @@
 //! What it guarantees:
 //! - No caller audio is lost during set-up: frames that arrive before the agent's metadata (which
 //!   fixes the audio formats) are held (bounded) and sent in order once it arrives. Agent audio
-//!   that arrives before Twilio's `start` is held too.
+//!   that arrives before Twilio's `start` is held too. With the DSP pool the backlog goes in
+//!   slices the pool can take without a drop ([`PoolCall::room`]), the rest as its results
+//!   drain; audio arriving meanwhile queues behind it.
 //! - Barge-in: an `interruption` drops held audio, resets the outbound resampler, and sends
 //!   Twilio `clear` in the same step; later audio is kept only if its `event_id` is at least the
 //!   interruption's (docs/elevenlabs.md §4.4).
@@ -26,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::audio::format::AgentFormat;
 use crate::audio::inbound::{InboundConfig, InboundPath};
 use crate::audio::outbound::{OutboundConfig, OutboundPath};
-use crate::audio::pipeline::{PoolCall, PoolLink, PoolOutput};
+use crate::audio::pipeline::{AGENT_PIECE_CHARS, CALL_QUEUE_DEPTH, PoolCall, PoolLink, PoolOutput};
 use crate::audio::playout::Transmit;
 use crate::calls::Outcome;
 use crate::elevenlabs::messages::{self, AgentEventKind};
@@ -237,8 +239,9 @@ pub struct Bridge {
     /// The call's DSP on the pool (`AUDIO_STAGES=pipeline`), in place of `inbound` and of
     /// `outbound`'s transcoding.
     pool: Option<PoolCall>,
-    /// An end of turn sent to the pool whose frames have not all come back.
-    pool_turn_pending: bool,
+    /// Agent audio went to the pool since its last end of turn or pause pad: the worker may
+    /// hold a partial frame (and a resampler tail) the pacer cannot see (docs/dsp.md §3.8).
+    pool_partial: bool,
     conversation_id: Option<String>,
     stream_sid: Option<String>,
     started_at: Option<Instant>,
@@ -288,7 +291,7 @@ impl Bridge {
             inbound: None,
             outbound: None,
             pool: None,
-            pool_turn_pending: false,
+            pool_partial: false,
             conversation_id: None,
             stream_sid: None,
             started_at: None,
@@ -351,13 +354,18 @@ impl Bridge {
                 event_id,
                 audio_b64,
             } => {
-                if self.stream_sid.is_none() || self.outbound.is_none() {
+                // Behind held audio too, so it keeps its order while the pool takes the backlog.
+                if self.stream_sid.is_none()
+                    || self.outbound.is_none()
+                    || !self.early_agent.is_empty()
+                {
                     if self.early_agent.len() < MAX_EARLY_AGENT_EVENTS {
                         self.early_agent
                             .push_back((event_id, audio_b64.into_owned()));
                     } else {
                         self.stats.bad_agent_chunks += 1;
                     }
+                    self.flush_early_agent_audio(now);
                     return;
                 }
                 self.push_agent_audio(now, event_id, &audio_b64);
@@ -409,10 +417,13 @@ impl Bridge {
             }
             TwilioEvent::Media(m) => {
                 self.stats.caller_frames += 1;
-                if self.outbound.is_some() {
+                if self.outbound.is_some() && self.held_caller.is_empty() && self.pool_room() > 0 {
                     self.push_caller_frame(now, m.chunk, m.timestamp_ms, &m.payload);
                 } else {
+                    // Not ready, or the pool is still full of the set-up backlog: behind it
+                    // (held, bounded), fed on as results drain.
                     self.hold_caller_frame(m.chunk, m.timestamp_ms, m.payload.into_owned());
+                    self.flush_held_caller(now);
                 }
             }
             TwilioEvent::Dtmf { digit } => {
@@ -491,6 +502,35 @@ impl Bridge {
         }
     }
 
+    /// When to have the pool pad the partial frame it may hold: one caller frame before the
+    /// pacer runs dry, so the padded frame is back in time (inline, `poll_transmit` pads at
+    /// that point itself; docs/dsp.md §3.8). `None` while results are still coming from the
+    /// pool (their wake-up re-checks) or nothing may be held.
+    fn pool_pad_at(&self, now: Instant) -> Option<Instant> {
+        if !self.pool_partial || !self.pool.as_ref()?.settled() {
+            return None;
+        }
+        let starves = self.outbound.as_ref()?.starves_at(now)?;
+        Some(starves.checked_sub(CALLER_FRAME).unwrap_or(starves))
+    }
+
+    /// Whether the DSP pool (`AUDIO_STAGES=pipeline`) has handled every command of this call
+    /// and [`Bridge::handle_audio_ready`] has taken all its results; `true` inline. For tests
+    /// and simulations that wait for the worker.
+    pub fn pool_settled(&self) -> bool {
+        self.pool.as_ref().is_none_or(PoolCall::settled)
+    }
+
+    /// Whether audio is held for the call's set-up: the agent's formats or Twilio's `start`
+    /// still awaited, or a set-up backlog still being fed to the DSP pool. Audio read now waits
+    /// for the set-up, not for the bridge: the driver takes no added-latency sample of it.
+    pub fn holds_setup_audio(&self) -> bool {
+        self.outbound.is_none()
+            || self.stream_sid.is_none()
+            || !self.held_caller.is_empty()
+            || !self.early_agent.is_empty()
+    }
+
     /// Reports the REST transfer's result to the agent.
     pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
         let result = if ok { TRANSFER_DONE } else { TRANSFER_FAILED };
@@ -530,6 +570,9 @@ impl Bridge {
             && let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll())
         {
             consider(self.turn_over_at(now));
+        }
+        if let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll()) {
+            consider(self.pool_pad_at(now));
         }
         if let Some(Ending::Draining { deadline, .. }) = &self.ending {
             consider(Some(*deadline));
@@ -622,11 +665,30 @@ impl Bridge {
         );
         self.conversation_id = Some(conversation_id);
         // Caller audio held during set-up goes out first, in order.
-        self.held_bytes = 0;
-        while let Some((chunk, ts, payload)) = self.held_caller.pop_front() {
-            self.push_caller_frame(now, chunk, ts, &payload);
-        }
+        self.flush_held_caller(now);
         self.flush_early_agent_audio(now);
+    }
+
+    /// How many audio commands the pool can take now without a drop (unbounded inline).
+    fn pool_room(&self) -> usize {
+        self.pool.as_ref().map_or(usize::MAX, PoolCall::room)
+    }
+
+    /// Sends held caller frames on, in order: all of them inline; with the pool as much as it
+    /// can take without a drop, the rest as its results drain ([`Bridge::handle_audio_ready`]),
+    /// so no caller audio of the set-up is lost (up to 10 s held, 128 commands per call).
+    fn flush_held_caller(&mut self, now: Instant) {
+        if self.outbound.is_none() {
+            return;
+        }
+        let mut room = self.pool_room();
+        while room > 0
+            && let Some((chunk, ts, payload)) = self.held_caller.pop_front()
+        {
+            self.held_bytes -= payload.len();
+            self.push_caller_frame(now, chunk, ts, &payload);
+            room -= 1;
+        }
     }
 
     /// Builds the audio paths: inline, or on the DSP pool with a `ulaw_8000` pacer here
@@ -684,8 +746,13 @@ impl Bridge {
     /// Ends the agent's turn: at once inline; through the pool, which flushes the resampler
     /// tail and pads the last frame, then [`PoolOutput::EndOfTurn`] ends the pacer's turn.
     fn end_turn(&mut self, now: Instant) {
+        self.pool_partial = false;
         if let Some(p) = self.pool.as_ref() {
-            self.pool_turn_pending |= p.end_of_turn(now).is_ok();
+            // Refused only with a worker far behind (counted): the turn's tail then stays on
+            // the worker, and the pacer's turn ends with the next one.
+            if p.end_of_turn(now).is_err() {
+                log_pool_drop(p, "end of turn");
+            }
         } else if let Some(o) = self.outbound.as_mut() {
             o.end_of_turn();
         }
@@ -703,7 +770,6 @@ impl Bridge {
             wire_reserve,
             out,
             stats,
-            pool_turn_pending,
             ..
         } = self;
         let (Some(pool), Some(pacer)) = (pool.as_mut(), outbound.as_mut()) else {
@@ -718,9 +784,10 @@ impl Bridge {
             PoolOutput::Frames { event_id, ulaw } => pacer.push_agent_bytes(event_id, ulaw),
             PoolOutput::EndOfTurn => {
                 pacer.end_of_turn();
-                *pool_turn_pending = false;
             }
         });
+        self.flush_held_caller(now);
+        self.flush_early_agent_audio(now);
         self.pump_outbound(now);
     }
 
@@ -728,8 +795,19 @@ impl Bridge {
         if self.stream_sid.is_none() || self.outbound.is_none() {
             return;
         }
-        while let Some((event_id, audio)) = self.early_agent.pop_front() {
+        // With the pool, as much as it can take without a drop; the rest as results drain.
+        let mut room = self.pool_room();
+        while let Some((_, audio)) = self.early_agent.front() {
+            let pieces = audio.len().div_ceil(AGENT_PIECE_CHARS).max(1);
+            // An event larger than the whole queue goes when the queue is empty.
+            if pieces > room && room < CALL_QUEUE_DEPTH {
+                break;
+            }
+            let Some((event_id, audio)) = self.early_agent.pop_front() else {
+                break;
+            };
             self.push_agent_audio(now, event_id, &audio);
+            room = room.saturating_sub(pieces);
         }
     }
 
@@ -742,6 +820,7 @@ impl Bridge {
             if p.push_agent_audio(now, event_id, audio_b64).is_err() {
                 log_pool_drop(p, "agent audio");
             }
+            self.pool_partial = true;
         } else if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
             self.stats.bad_agent_chunks += 1;
             return;
@@ -763,7 +842,7 @@ impl Bridge {
             // drop and the `clear` below stay in this step; a dropped command only leaves the
             // worker's resampler state unreset (counted).
             let _ = p.interrupt(now, Some(event_id));
-            self.pool_turn_pending = false;
+            self.pool_partial = false;
         }
         self.turn_open = false;
         // A pending "finish after audio" is moot: nothing is queued any more.
@@ -864,6 +943,14 @@ impl Bridge {
             self.turn_open = false;
             self.end_turn(now);
         }
+        if self.pool_pad_at(now).is_some_and(|t| now >= t)
+            && let Some(p) = self.pool.as_ref()
+        {
+            match p.complete_partial(now) {
+                Ok(()) => self.pool_partial = false,
+                Err(_) => log_pool_drop(p, "pause pad"),
+            }
+        }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
                 match t {
@@ -904,7 +991,8 @@ impl Bridge {
                 .outbound
                 .as_ref()
                 .is_none_or(|o| o.playout().stats().buffered_ms == 0 && o.poll_timeout().is_none());
-            let all_sent = all_sent && !self.pool_turn_pending;
+            // Every end of turn sent to the pool must have come back (they may overlap).
+            let all_sent = all_sent && !self.pool.as_ref().is_some_and(PoolCall::turn_end_pending);
             let heard = final_mark.is_none() || *mark_heard;
             if (all_sent && heard) || now >= *deadline {
                 let outcome = *outcome;

@@ -94,7 +94,7 @@ fn both_directions_through_the_worker() {
 use std::sync::Mutex;
 use std::sync::mpsc;
 
-use ignis::audio::pipeline::{CALL_QUEUE_DEPTH, Wake};
+use ignis::audio::pipeline::{CALL_OUTPUT_DEPTH, CALL_QUEUE_DEPTH, Wake};
 use ignis::audio::{
     DspPool, InboundConfig, InboundPath, OutboundConfig, OutboundPath, PoolCall, PoolOutput,
     Transmit,
@@ -180,6 +180,20 @@ fn stalling_waker(count: &Arc<AtomicUsize>) -> (Wake, mpsc::Sender<()>) {
             let _ = rx.lock().unwrap().recv();
         }
         me.unpark();
+    });
+    (wake, tx)
+}
+
+/// A wake-up that blocks the worker at every call until `release` is sent to (or dropped):
+/// each batch is then whole before the test looks, with no timing involved.
+fn gated_waker(count: &Arc<AtomicUsize>) -> (Wake, mpsc::Sender<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let (me, count) = (thread::current(), Arc::clone(count));
+    let wake: Wake = Arc::new(move || {
+        count.fetch_add(1, Ordering::Relaxed);
+        me.unpark();
+        let _ = rx.lock().unwrap().recv();
     });
     (wake, tx)
 }
@@ -386,6 +400,94 @@ fn a_full_queue_counts_drops_and_never_blocks() {
     });
     assert_eq!(n, 1 + CALL_QUEUE_DEPTH);
     assert_eq!(call.stats().drops, 40);
+}
+
+/// A call task far behind: its result queue is full of frames, yet both overlapping ends of
+/// turn come back (control results are never dropped) and the call's count of pending ends
+/// follows them.
+#[test]
+fn ends_of_turn_are_delivered_past_a_full_result_queue() {
+    let t0 = Instant::now();
+    let pool = DspPool::new(1).unwrap();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let (wake, release) = gated_waker(&wakes);
+    let f = AgentFormat::Ulaw8000;
+    let mut call = pool
+        .open(f, f, InboundConfig::default(), ENGINE, wake)
+        .unwrap();
+    call.push_twilio_media(t0, 1, 0, &caller_frames(3, 1)[0])
+        .unwrap();
+    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    // One whole frame per command, so one result each; nothing is drained until the end.
+    let frame = STANDARD.encode([0x42u8; 160]);
+    for _ in 0..100 {
+        call.push_agent_audio(t0, 1, &frame).unwrap();
+    }
+    release.send(()).unwrap();
+    wait_until(|| wakes.load(Ordering::Relaxed) == 2);
+    for _ in 0..100 {
+        call.push_agent_audio(t0, 1, &frame).unwrap();
+    }
+    call.end_of_turn(t0).unwrap();
+    call.end_of_turn(t0).unwrap();
+    assert!(call.turn_end_pending());
+    // The worker handles all of it in one batch and stops at its wake-up: then drain.
+    release.send(()).unwrap();
+    wait_until(|| wakes.load(Ordering::Relaxed) == 3);
+    drop(release);
+    let (mut frames, mut turns) = (0, 0);
+    wait_until(|| {
+        call.drain(|o| match o {
+            PoolOutput::Frames { ulaw, .. } => frames += ulaw.len() / 160,
+            PoolOutput::EndOfTurn => turns += 1,
+            PoolOutput::UserAudioChunk(_) => {}
+        });
+        turns == 2
+    });
+    assert!(!call.turn_end_pending());
+    // 201 data results met CALL_OUTPUT_DEPTH slots: the rest were counted drops.
+    let dropped = 201 - CALL_OUTPUT_DEPTH as u64;
+    assert_eq!(call.stats().drops, dropped);
+    assert_eq!(frames as u64, 200 - dropped);
+    // Drops on the worker's side count in the pool's total too.
+    assert_eq!(pool.drops_total(), dropped);
+}
+
+/// Two ends of turn overlap (the second queued before the first one's result is drained): the
+/// call still counts one pending after draining the first, none after the second.
+#[test]
+fn overlapping_ends_of_turn_are_counted_not_flagged() {
+    let t0 = Instant::now();
+    let pool = DspPool::new(1).unwrap();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let (wake, release) = gated_waker(&wakes);
+    let f = AgentFormat::Ulaw8000;
+    let mut call = pool
+        .open(f, f, InboundConfig::default(), ENGINE, wake)
+        .unwrap();
+    // One frame, so the worker stops in its first wake-up; the first turn queues behind it.
+    call.push_twilio_media(t0, 1, 0, &caller_frames(4, 1)[0])
+        .unwrap();
+    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    call.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 100]))
+        .unwrap();
+    call.end_of_turn(t0).unwrap();
+    release.send(()).unwrap();
+    // The worker handled the first end of turn and waits in its wake-up: queue the second.
+    wait_until(|| wakes.load(Ordering::Relaxed) == 2);
+    call.push_agent_audio(t0, 2, &STANDARD.encode([0x43u8; 100]))
+        .unwrap();
+    call.end_of_turn(t0).unwrap();
+    let mut turns = 0;
+    call.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+    assert_eq!(turns, 1);
+    assert!(call.turn_end_pending(), "the second is still out");
+    drop(release);
+    wait_until(|| {
+        call.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+        turns == 2
+    });
+    assert!(!call.turn_end_pending());
 }
 
 #[test]

@@ -809,3 +809,193 @@ fn barge_in_clears_in_the_same_step_with_at_most_150_ms_queued() {
         assert_eq!(b.stats().clears, 1);
     }
 }
+
+// ─── AUDIO_STAGES=pipeline: the DSP on the pool, pacing here ────────────────────────────────
+
+/// A bridge config whose DSP runs on a one-worker pool (the wake-up unparks the test thread).
+fn pool_config() -> BridgeConfig {
+    use ignis::audio::pipeline::{DspPool, PoolLink};
+    let me = std::thread::current();
+    BridgeConfig {
+        pool: Some(PoolLink {
+            pool: DspPool::new(1).unwrap(),
+            wake: std::sync::Arc::new(move || me.unpark()),
+        }),
+        ..BridgeConfig::default()
+    }
+}
+
+/// Waits (a generous real-time limit, not a timing assertion) until the pool has handled every
+/// command of the call and the bridge has taken its results, at virtual time `now`.
+fn settle(b: &mut Bridge, now: Instant) {
+    let limit = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.handle_audio_ready(now);
+        if b.pool_settled() {
+            return;
+        }
+        assert!(Instant::now() < limit, "the DSP pool made no progress");
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+}
+
+/// The agent pauses mid-turn (shorter than `turn_idle`): the partial frame the pool holds is
+/// padded and played before the pause, not held and played in front of the next sentence.
+/// Runs that pause with caller frames until `frames_until`, then on the bridge's timer alone.
+fn pipeline_pause(frames_until: Duration) {
+    use base64::Engine;
+    use ignis::audio::mulaw::SILENCE;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let t0 = Instant::now();
+    let mut b = started(pool_config(), t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    settle(&mut b, t0);
+    // 125 ms (6 frames and 40 bytes), a pause, then 100 ms (5 whole frames).
+    let first: Vec<u8> = (0..1000u32).map(|i| (i % 200) as u8).collect();
+    let second: Vec<u8> = (0..800u32).map(|i| 10 + (i % 100) as u8).collect();
+    let mut chunks = vec![
+        (
+            t0 + Duration::from_millis(250),
+            agent_audio(1, &b64(&second)),
+        ),
+        (t0 + Duration::from_millis(5), agent_audio(1, &b64(&first))),
+    ];
+    let mut tw = TwilioQueue::default();
+    let (mut now, mut frame) = (t0, 1u64);
+    let until = t0 + Duration::from_secs(2);
+    loop {
+        let next_frame = Duration::from_millis(20 * frame);
+        let next_frame = (next_frame <= frames_until).then_some(t0 + next_frame);
+        let next_chunk = chunks.last().map(|(at, _)| *at);
+        let next_timer = b.poll_timeout();
+        let Some(t) = [next_frame, next_chunk, next_timer]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|&t| t <= until)
+        else {
+            break;
+        };
+        now = now.max(t);
+        if next_chunk == Some(t) {
+            let (_, text) = chunks.pop().unwrap();
+            b.handle_agent_text(now, &text);
+        } else if next_frame == Some(t) {
+            twilio(&mut b, now, &media(frame));
+            frame += 1;
+        } else {
+            b.handle_timeout(now);
+        }
+        settle(&mut b, now);
+        let out = drain(&mut b).0;
+        tw.receive(now, &out);
+    }
+    let mut want = first.clone();
+    want.extend([SILENCE; 120]);
+    want.extend(&second);
+    assert_eq!(tw.audio, want, "the first part's tail before the pause");
+    assert!(tw.gaps <= 1, "{} gaps (the pause is one)", tw.gaps);
+    assert_eq!(b.call_summary(Outcome::Completed).audio_pipeline_drops, 0);
+}
+
+#[test]
+fn pipeline_pause_plays_the_partial_frame_before_the_pause() {
+    pipeline_pause(Duration::from_secs(2));
+}
+
+#[test]
+fn pipeline_pause_pads_on_the_timer_when_caller_frames_stop() {
+    pipeline_pause(Duration::from_millis(60));
+}
+
+/// A Twilio frame of 160 bytes of `chunk`'s own value (so order is checked).
+fn media_numbered(chunk: u64) -> String {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD.encode([(chunk % 251) as u8; 160]);
+    format!(
+        r#"{{"event":"media","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}}}}"#,
+        (chunk - 1) * 20
+    )
+}
+
+/// The caller audio in the agent-bound messages, in order.
+fn user_audio_bytes(to_agent: &[String]) -> Vec<u8> {
+    use base64::Engine;
+    to_agent
+        .iter()
+        .filter_map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m).ok()?;
+            let b64 = v["user_audio_chunk"].as_str()?.to_owned();
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .flatten()
+        .collect()
+}
+
+/// The metadata comes 4 s after `start` (200 frames held, more than the pool takes per call at
+/// once): with the pool too, every held frame reaches the agent, in order, none dropped, and
+/// frames arriving meanwhile queue behind them.
+#[test]
+fn pipeline_setup_buffering_loses_no_caller_frame() {
+    let t0 = Instant::now();
+    let mut b = started(pool_config(), t0);
+    for chunk in 1..=200 {
+        twilio(
+            &mut b,
+            t0 + Duration::from_millis(20 * chunk),
+            &media_numbered(chunk),
+        );
+    }
+    let t1 = t0 + Duration::from_secs(4);
+    b.handle_agent_connected(t1);
+    b.handle_agent_text(t1, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut to_agent = drain(&mut b).1;
+    for chunk in 201..=220 {
+        let now = t0 + Duration::from_millis(20 * chunk);
+        twilio(&mut b, now, &media_numbered(chunk));
+        b.handle_audio_ready(now);
+        to_agent.extend(drain(&mut b).1);
+    }
+    let t2 = t0 + Duration::from_millis(20 * 221);
+    settle(&mut b, t2);
+    to_agent.extend(drain(&mut b).1);
+    let want: Vec<u8> = (1..=220u64).flat_map(|c| [(c % 251) as u8; 160]).collect();
+    let got = user_audio_bytes(&to_agent);
+    assert_eq!(got.len(), want.len(), "every frame reached the agent");
+    assert_eq!(got, want, "in order");
+    assert_eq!(b.stats().setup_frames_dropped, 0);
+    assert_eq!(b.call_summary(Outcome::Completed).audio_pipeline_drops, 0);
+}
+
+/// 4 s of agent audio in 200 events before Twilio's `start` (more than the pool takes per call
+/// at once): with the pool too, all of it reaches the caller, in order, none dropped.
+#[test]
+fn pipeline_agent_audio_before_start_is_all_played() {
+    use base64::Engine;
+    let t0 = Instant::now();
+    let mut b = Bridge::new(pool_config());
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let frame = |k: u64| [(k % 251) as u8; 160];
+    for k in 1..=200u64 {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(frame(k));
+        b.handle_agent_text(t0, &agent_audio(1, &b64));
+    }
+    let mut now = t0 + Duration::from_millis(50);
+    twilio(&mut b, now, START);
+    settle(&mut b, now);
+    let mut tw = TwilioQueue::default();
+    tw.receive(now, &drain(&mut b).0);
+    let until = now + Duration::from_secs(10);
+    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
+        now = now.max(t);
+        b.handle_timeout(now);
+        settle(&mut b, now);
+        tw.receive(now, &drain(&mut b).0);
+    }
+    let want: Vec<u8> = (1..=200u64).flat_map(frame).collect();
+    assert_eq!(tw.audio.len(), want.len(), "all early audio played");
+    assert_eq!(tw.audio, want, "in order");
+    assert_eq!(b.call_summary(Outcome::Completed).audio_pipeline_drops, 0);
+}

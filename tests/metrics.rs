@@ -157,3 +157,53 @@ async fn metrics_token_is_enforced_when_set() {
         assert_eq!(r.status, status, "{authorization:?}");
     }
 }
+
+/// With `AUDIO_STAGES=pipeline` and the agent's metadata 1.5 s late, the caller frames held for
+/// the set-up reach the agent at the pool's wake-up: their wait is set-up time, never an
+/// added-latency sample (it was recorded as ~1.5 s). Every sample lies under a bound no local
+/// bridge comes near; the held wait would exceed it.
+#[tokio::test]
+async fn setup_wait_is_no_added_latency_sample_with_the_pool() {
+    use common::fake_agent::AgentBehaviour;
+    let behaviour = AgentBehaviour {
+        metadata_delay: Duration::from_millis(1500),
+        ..AgentBehaviour::default()
+    };
+    let config = test_config(&[("AUDIO_STAGES", "pipeline")]);
+    let server = Server::start_full(config, behaviour).await;
+    let sid = "CA0000000000000000000000000000d002";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    // Sent at once: held until the metadata (the stand-in hands the test its side after it).
+    caller.send_audio(&[0x33u8; 1600]);
+    let mut agent = server.agent.next_conn(Duration::from_secs(10)).await;
+    let _ = agent.recv_audio(1600, Duration::from_secs(10)).await;
+    caller.send_audio(&[0x44u8; 1600]);
+    let _ = agent.recv_audio(1600, Duration::from_secs(10)).await;
+    caller.hang_up();
+    let _ = caller.closed(Duration::from_secs(10)).await;
+    eventually("call counted", || server.app.calls.live_count() == 0).await;
+
+    let r = roundtrip(&server, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    let scrape = parse(&r.text());
+    let buckets = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "ignis_added_latency_seconds"
+                && s.labels.get("direction") == Some("caller_to_agent")
+        })
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.clone(),
+            _ => panic!("not a histogram"),
+        })
+        .expect("caller_to_agent latency");
+    let count_at = |le: f64| {
+        buckets
+            .iter()
+            .find(|b| b.less_than == le)
+            .map_or(-1.0, |b| b.count)
+    };
+    let total = count_at(f64::INFINITY);
+    assert!(total >= 1.0, "samples of the frames after the set-up");
+    assert_eq!(count_at(1.0), total, "no sample of the set-up wait");
+}

@@ -425,6 +425,18 @@ impl OutboundPath {
         self.playout.poll_transmit(now)
     }
 
+    /// Pads the partial frame now (and pushes out the resampler tail), as
+    /// [`OutboundPath::poll_transmit`] does once the caller would run dry: for a detached path,
+    /// whose caller-side pacer decides when (the DSP pool, docs/dsp.md §3.8). Counted as a
+    /// pause pad; `false` if nothing was held short of a frame.
+    pub fn pad_partial(&mut self) -> bool {
+        let padded = self.holds_partial() && self.complete_partial();
+        if padded {
+            self.stats.pause_pads += 1;
+        }
+        padded
+    }
+
     /// When to call [`OutboundPath::poll_transmit`] next, or `None` if nothing is held.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let next = self.playout.poll_timeout();

@@ -29,12 +29,25 @@
 //! - **Never block a tokio worker.** The call side only `try_send`s and `try_recv`s; opening
 //!   and closing go through an unbounded channel (one message per call, never per frame).
 //! - **Drops are counted, never hidden.** A call with [`CALL_QUEUE_DEPTH`] commands queued, a
-//!   worker with [`WORKER_QUEUE_DEPTH`], or a call task [`CALL_OUTPUT_DEPTH`] results behind:
-//!   the audio is dropped and counted ([`PoolCallStats::drops`], the call summary,
+//!   worker with [`WORKER_QUEUE_DEPTH`] (less [`WORKER_CONTROL_RESERVE`]), or a call task
+//!   [`CALL_OUTPUT_DEPTH`] results behind: the audio is dropped and counted ([`PoolCallStats::drops`], the call summary,
 //!   `ignis_audio_pipeline_drops_total`); the bridge logs it (rate-limited). A drop loses
-//!   20 ms of caller audio or an agent chunk; the call goes on.
+//!   20 ms of caller audio or an agent chunk; the call goes on. Control commands (end of
+//!   turn, interruption, finish) and their results are not audio: they take no input buffer,
+//!   have reserved room in the worker's queue and the call's result queue
+//!   ([`CALL_CONTROL_DEPTH`]), so an end of turn is never lost to a backlog of frames and
+//!   [`PoolCall::turn_end_pending`] counts the ones still out (they may overlap).
+//! - **A panic fails one call, not the worker.** Each command runs under `catch_unwind`; a
+//!   call whose DSP panicked is marked failed: its later commands are counted drops, its ends
+//!   of turn still answered, and the worker's other calls go on.
 //! - **Batched hand-off.** A worker handles everything queued (up to [`MAX_BATCH_COMMANDS`])
 //!   before it wakes the calls it touched, once each; the call task drains all their results.
+//! - **Backlogs.** Audio held during a call's set-up (up to 10 s) is more than a call may
+//!   queue; the bridge feeds it in slices of [`PoolCall::room`] as results drain, never into a
+//!   drop.
+//! - **Pauses.** The partial frame and resampler tail stay on the worker; the bridge asks for
+//!   them with [`PoolCall::complete_partial`] once the pool is [`PoolCall::settled`] and its
+//!   pacer is about to run dry (docs/dsp.md §3.8).
 //! - **Interruptions.** [`PoolCall::interrupt`] bumps the call's generation: results of agent
 //!   audio queued before it are discarded when drained, so the call task drops its held audio
 //!   and sends `clear` in the same step (docs/elevenlabs.md §4.4); the worker then resets its
@@ -584,14 +597,24 @@ pub const MAX_POOL_WORKERS: usize = 8;
 /// command carries one of the call's input buffers, at most this many, so a worker's queue
 /// holds at most `calls × CALL_QUEUE_DEPTH` commands: the bound of its command channel.
 pub const CALL_QUEUE_DEPTH: usize = 128;
-/// Results waiting for one call task (and its output buffers). A command yields one result,
-/// rarely two (an end of turn); the call task drains them at every wake-up.
+/// Audio results waiting for one call task (and its output buffers): a command yields at most
+/// one; the call task drains them at every wake-up. Control results have their own slots
+/// ([`CALL_CONTROL_DEPTH`]).
 pub const CALL_OUTPUT_DEPTH: usize = CALL_QUEUE_DEPTH;
 /// Agent base64 per command; longer chunks are split (a multiple of 4: valid base64 each).
 pub const AGENT_PIECE_CHARS: usize = 4096;
 /// Commands queued for one worker over all its calls (about 80 bytes each, allocated when the
 /// pool starts): 8192 is 0.4 s of every frame of 400 calls. A full queue is a counted drop.
 pub const WORKER_QUEUE_DEPTH: usize = 8192;
+/// Control commands (end of turn, interruption, finish) of one call whose results may be in
+/// flight at once. They are rare (a few per turn) and never compete with audio for room: they
+/// take no input buffer, and the call's result queue keeps this many slots for their results
+/// beyond [`CALL_OUTPUT_DEPTH`], so an end of turn is never lost to a backlog of frames.
+pub const CALL_CONTROL_DEPTH: usize = 16;
+/// Slots of a worker's queue only control commands may take: audio is refused (a counted drop)
+/// once the queue is this close to [`WORKER_QUEUE_DEPTH`]. Concurrent senders may overshoot
+/// the mark by one command each (a handful of call tasks), far less than this.
+pub const WORKER_CONTROL_RESERVE: usize = 1024;
 /// Commands a worker handles before it wakes the calls they touched, so a flooded worker still
 /// signals (most batches are far smaller: whatever queued while the last one ran).
 pub const MAX_BATCH_COMMANDS: usize = 512;
@@ -644,11 +667,41 @@ impl fmt::Debug for PoolLink {
 }
 
 enum Job {
-    Media { chunk: u64, timestamp_ms: u64 },
-    Agent { generation: u64, event_id: u64 },
-    EndOfTurn { generation: u64 },
-    Interrupt { event_id: Option<u64> },
+    Media {
+        chunk: u64,
+        timestamp_ms: u64,
+    },
+    Agent {
+        generation: u64,
+        event_id: u64,
+    },
+    EndOfTurn {
+        generation: u64,
+    },
+    Interrupt {
+        event_id: Option<u64>,
+    },
+    CompletePartial {
+        generation: u64,
+    },
     Finish,
+    /// A DSP failure, for the test of [`CallDsp::work_guarded`].
+    #[cfg(test)]
+    Panic,
+}
+
+impl Job {
+    /// Control commands carry no input buffer (an empty `String`, no allocation): they never
+    /// run out of room behind audio.
+    fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Job::EndOfTurn { .. }
+                | Job::Interrupt { .. }
+                | Job::CompletePartial { .. }
+                | Job::Finish
+        )
+    }
 }
 
 /// A call's command for its worker, carrying one of the call's circulating input buffers.
@@ -701,7 +754,7 @@ pub enum PoolOutput<'a> {
 pub struct PoolCallStats {
     /// Commands refused because the call had [`CALL_QUEUE_DEPTH`] queued, plus results the
     /// worker could not queue because the call task was [`CALL_OUTPUT_DEPTH`] behind. Audio
-    /// lost, counted, never a wait.
+    /// lost, counted, never a wait. Also every command after a panic of the call's DSP.
     pub drops: u64,
     /// Agent results discarded because an interruption came after their command (by tag).
     pub discarded: u64,
@@ -711,10 +764,16 @@ pub struct PoolCallStats {
     pub bad_agent_chunks: u64,
     /// Caller audio concealed, ms.
     pub concealed_ms: f64,
+    /// Partial frames padded in a pause of the agent ([`PoolCall::complete_partial`]).
+    pub pause_pads: u64,
 }
 
 #[derive(Default)]
 struct CallShared {
+    /// Commands of the call the worker has handled, their results queued (see
+    /// [`PoolCall::settled`]).
+    done: AtomicU64,
+    pause_pads: AtomicU64,
     drops: AtomicU64,
     bad_frames: AtomicU64,
     bad_agent_chunks: AtomicU64,
@@ -734,6 +793,11 @@ struct CallDsp {
     shared: Arc<CallShared>,
     wake: Wake,
     touched: bool,
+    /// The pool's drop counter ([`DspPool::drops_total`]), for the drops counted here.
+    pool_drops: Arc<AtomicU64>,
+    /// The call's DSP panicked: its state is no longer trusted; every later command is a
+    /// counted drop, and its ends of turn are still answered.
+    failed: bool,
 }
 
 struct PoolWorker {
@@ -801,7 +865,7 @@ impl DspPool {
         self.workers.len()
     }
 
-    /// Drops of every call so far (see [`PoolCallStats::drops`]).
+    /// Drops of every call so far, on either side of the queues (see [`PoolCallStats::drops`]).
     pub fn drops_total(&self) -> u64 {
         self.drops.load(Ordering::Relaxed)
     }
@@ -831,7 +895,9 @@ impl DspPool {
         // Buffers are made on demand up to the depths, then circulate: a call's memory follows
         // its largest burst, and the steady state allocates nothing.
         let (in_pool_tx, in_pool) = bounded(CALL_QUEUE_DEPTH);
-        let (out_tx, out_rx) = bounded(CALL_OUTPUT_DEPTH);
+        // Data results are bounded by the output buffers (CALL_OUTPUT_DEPTH); control results
+        // by `PoolCall::turn_ends` (CALL_CONTROL_DEPTH): the queue can always take both.
+        let (out_tx, out_rx) = bounded(CALL_OUTPUT_DEPTH + CALL_CONTROL_DEPTH);
         let (out_pool, out_pool_rx) = bounded(CALL_OUTPUT_DEPTH);
         let shared = Arc::new(CallShared::default());
         let dsp = CallDsp {
@@ -845,6 +911,8 @@ impl DspPool {
             shared: Arc::clone(&shared),
             wake,
             touched: false,
+            pool_drops: Arc::clone(&self.drops),
+            failed: false,
         };
         // Unbounded: never waits; fails only if the worker is gone.
         if worker.control.send(Control::Open(Box::new(dsp))).is_err() {
@@ -865,6 +933,9 @@ impl DspPool {
             pool_drops: Arc::clone(&self.drops),
             generation: 0,
             discarded: 0,
+            turn_ends: Cell::new(0),
+            sent: Cell::new(0),
+            drained_done: 0,
         })
     }
 }
@@ -886,6 +957,13 @@ pub struct PoolCall {
     /// Bumped by every interruption; agent results of an older generation are discarded.
     generation: u64,
     discarded: u64,
+    /// Ends of turn queued whose [`PoolOut::EndOfTurn`] has not been drained (they may
+    /// overlap; at most [`CALL_CONTROL_DEPTH`]).
+    turn_ends: Cell<usize>,
+    /// Commands queued so far, and how many of them the worker had handled at the last
+    /// [`PoolCall::drain`] (see [`PoolCall::settled`]).
+    sent: Cell<u64>,
+    drained_done: u64,
 }
 
 impl fmt::Debug for PoolCall {
@@ -907,6 +985,10 @@ impl PoolCall {
     /// Queues `job` with `text` in a circulating buffer; a counted drop if the call already
     /// has [`CALL_QUEUE_DEPTH`] commands queued.
     fn send(&self, now: Instant, job: Job, text: &str) -> Result<(), Dropped> {
+        // The last slots of the worker's queue are kept for control commands.
+        if self.work.len() + WORKER_CONTROL_RESERVE >= WORKER_QUEUE_DEPTH {
+            return Err(self.dropped());
+        }
         let mut buf = match self.in_pool.try_recv() {
             Ok(b) => b,
             Err(_) if self.in_made.get() < CALL_QUEUE_DEPTH => {
@@ -924,13 +1006,30 @@ impl PoolCall {
             text: buf,
         };
         match self.work.try_send(work) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.sent.set(self.sent.get() + 1);
+                Ok(())
+            }
             Err(_) => {
                 // The buffer went with the refused command; one may be made again.
                 self.in_made.set(self.in_made.get().saturating_sub(1));
                 Err(self.dropped())
             }
         }
+    }
+
+    /// Queues a control command: no input buffer, the worker queue's reserve; refused only if
+    /// the worker's queue is entirely full or the worker is gone (counted).
+    fn send_control(&self, now: Instant, job: Job) -> Result<(), Dropped> {
+        let work = Work {
+            call: self.id,
+            now,
+            job,
+            text: String::new(),
+        };
+        self.work.try_send(work).map_err(|_| self.dropped())?;
+        self.sent.set(self.sent.get() + 1);
+        Ok(())
     }
 
     /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]).
@@ -975,12 +1074,50 @@ impl PoolCall {
     }
 
     /// Queues the end of the agent's turn: the worker flushes the resampler and pads the last
-    /// frame, then [`PoolOutput::EndOfTurn`] follows the frames.
+    /// frame, then [`PoolOutput::EndOfTurn`] follows the frames. A control command: its result
+    /// is never dropped; refused (counted) only with [`CALL_CONTROL_DEPTH`] ends of turn in
+    /// flight or a full worker queue.
     pub fn end_of_turn(&self, now: Instant) -> Result<(), Dropped> {
+        if self.turn_ends.get() >= CALL_CONTROL_DEPTH {
+            return Err(self.dropped());
+        }
         let job = Job::EndOfTurn {
             generation: self.generation,
         };
-        self.send(now, job, "")
+        self.send_control(now, job)?;
+        self.turn_ends.set(self.turn_ends.get() + 1);
+        Ok(())
+    }
+
+    /// The agent paused: the worker pushes out the resampler tail and pads the partial frame
+    /// with silence, so it plays before the pause rather than in front of the next sentence
+    /// (docs/dsp.md §3.8). Its frames come as [`PoolOutput::Frames`]. A control command.
+    pub fn complete_partial(&self, now: Instant) -> Result<(), Dropped> {
+        let job = Job::CompletePartial {
+            generation: self.generation,
+        };
+        self.send_control(now, job)
+    }
+
+    /// How many more audio commands may be queued now without a drop: [`CALL_QUEUE_DEPTH`]
+    /// less the commands in flight and the results not yet drained (a command yields at most
+    /// one). For a backlog (caller audio held during set-up), fed as results drain.
+    pub fn room(&self) -> usize {
+        let in_flight = self.in_made.get().saturating_sub(self.in_pool.len());
+        CALL_QUEUE_DEPTH.saturating_sub(in_flight + self.out_rx.len())
+    }
+
+    /// Whether every command queued so far has been handled by the worker and its results
+    /// handed out by [`PoolCall::drain`] (as of the last drain): what the call's pacer holds
+    /// is then all the agent audio there is.
+    pub fn settled(&self) -> bool {
+        self.drained_done == self.sent.get()
+    }
+
+    /// Whether an end of turn is queued whose [`PoolOutput::EndOfTurn`] has not been drained
+    /// yet (of any generation: the worker still holds that turn's tail).
+    pub fn turn_end_pending(&self) -> bool {
+        self.turn_ends.get() > 0
     }
 
     /// An interruption: from now on, agent results of commands queued before it are discarded
@@ -989,16 +1126,18 @@ impl PoolCall {
     /// than `event_id`.
     pub fn interrupt(&mut self, now: Instant, event_id: Option<u64>) -> Result<(), Dropped> {
         self.generation += 1;
-        self.send(now, Job::Interrupt { event_id }, "")
+        self.send_control(now, Job::Interrupt { event_id })
     }
 
     /// The caller hung up: the inbound path's last partial payload is flushed.
     pub fn finish(&self, now: Instant) -> Result<(), Dropped> {
-        self.send(now, Job::Finish, "")
+        self.send_control(now, Job::Finish)
     }
 
     /// Hands every ready result to `f`, in order, without blocking; returns how many.
     pub fn drain(&mut self, mut f: impl FnMut(PoolOutput<'_>)) -> usize {
+        // Read before draining: the results of every command counted here are queued.
+        self.drained_done = self.shared.done.load(Ordering::Acquire);
         let mut n = 0;
         while let Ok(out) = self.out_rx.try_recv() {
             n += 1;
@@ -1026,6 +1165,7 @@ impl PoolCall {
                     ulaw
                 }
                 PoolOut::EndOfTurn { generation } => {
+                    self.turn_ends.set(self.turn_ends.get().saturating_sub(1));
                     if generation == self.generation {
                         f(PoolOutput::EndOfTurn);
                     }
@@ -1046,6 +1186,7 @@ impl PoolCall {
             bad_frames: s.bad_frames.load(Ordering::Relaxed),
             bad_agent_chunks: s.bad_agent_chunks.load(Ordering::Relaxed),
             concealed_ms: f64::from_bits(s.concealed_ms_bits.load(Ordering::Relaxed)),
+            pause_pads: s.pause_pads.load(Ordering::Relaxed),
         }
     }
 }
@@ -1121,8 +1262,12 @@ impl PoolThread {
         let Some(c) = self.calls.get_mut(&w.call) else {
             return;
         };
-        c.work(w.now, w.job, &w.text);
-        let _ = c.in_pool.try_send(w.text);
+        let control = w.job.is_control();
+        c.work_guarded(w.now, w.job, &w.text);
+        c.shared.done.fetch_add(1, Ordering::Release);
+        if !control {
+            let _ = c.in_pool.try_send(w.text);
+        }
         if !c.touched {
             c.touched = true;
             self.touched.push(w.call);
@@ -1162,6 +1307,16 @@ impl CallDsp {
                 }
                 self.emit(PoolOut::EndOfTurn { generation });
             }
+            Job::CompletePartial { generation } => {
+                if let Some(event_id) = self.outbound.current_event() {
+                    if self.outbound.pad_partial() {
+                        self.shared.pause_pads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.frames(generation, event_id);
+                }
+            }
+            #[cfg(test)]
+            Job::Panic => panic!("DSP failure (test)"),
             Job::Interrupt { event_id } => {
                 // Drops the partial frame and resampler state; nothing is paced here.
                 let _ = self.outbound.interrupt(now, event_id);
@@ -1220,6 +1375,28 @@ impl CallDsp {
 
     fn drop_output(&self) {
         self.shared.drops.fetch_add(1, Ordering::Relaxed);
+        self.pool_drops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs one command; a panic in the call's DSP fails this call only (the worker and its
+    /// other calls go on): counted as a drop, and an end of turn is still answered so the call
+    /// task never waits for it.
+    fn work_guarded(&mut self, now: Instant, job: Job, text: &str) {
+        let end_of_turn = match job {
+            Job::EndOfTurn { generation } => Some(generation),
+            _ => None,
+        };
+        if !self.failed {
+            let run = std::panic::AssertUnwindSafe(|| self.work(now, job, text));
+            if std::panic::catch_unwind(run).is_ok() {
+                return;
+            }
+            self.failed = true;
+        }
+        self.drop_output();
+        if let Some(generation) = end_of_turn {
+            self.emit(PoolOut::EndOfTurn { generation });
+        }
     }
 
     /// Makes the paths' counters readable from the call's task.
@@ -1306,5 +1483,49 @@ mod tests {
         }
         assert!(p.counters().commands_dropped >= 1);
         p.shutdown();
+    }
+
+    /// A panic in one call's DSP fails that call only: counted, its end of turn still answered,
+    /// and another call on the same worker goes on.
+    #[test]
+    fn a_panic_fails_one_call_not_the_worker() {
+        let pool = DspPool::new(1).unwrap();
+        let f = AgentFormat::Ulaw8000;
+        let open = || {
+            pool.open(
+                f,
+                f,
+                InboundConfig::default(),
+                Default::default(),
+                Arc::new(|| {}),
+            )
+            .unwrap()
+        };
+        let (mut bad, mut good) = (open(), open());
+        let t0 = Instant::now();
+        bad.send(t0, Job::Panic, "").unwrap();
+        bad.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 160]))
+            .unwrap();
+        bad.end_of_turn(t0).unwrap();
+        let mut turns = 0;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while turns == 0 && Instant::now() < limit {
+            bad.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(turns, 1, "the end of turn is answered");
+        assert!(!bad.turn_end_pending());
+        // The panic and the audio after it.
+        assert_eq!(bad.stats().drops, 3);
+        good.push_twilio_media(t0, 1, 0, &STANDARD.encode([0x55u8; 160]))
+            .unwrap();
+        let mut payloads = 0;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while payloads == 0 && Instant::now() < limit {
+            good.drain(|o| payloads += usize::from(matches!(o, PoolOutput::UserAudioChunk(_))));
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(payloads, 1, "the worker still serves its other calls");
+        assert_eq!(pool.drops_total(), 3);
     }
 }

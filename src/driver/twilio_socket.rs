@@ -491,13 +491,18 @@ impl Call {
                     Ok(TwilioEvent::Start(_)) => self.counters.bad_frame("second start"),
                     Ok(event) => {
                         let t = now();
+                        let media = matches!(event, TwilioEvent::Media(_));
                         if let TwilioEvent::Media(m) = &event {
-                            read.caller_frame = Some(t);
                             let metrics = &self.shared.app.metrics;
                             Metrics::add(&metrics.frames_from_caller, 1);
                             Metrics::add(&metrics.bytes_from_caller, m.payload.len() as u64);
                         }
                         self.bridge.handle_twilio(t, event);
+                        // A frame held for the set-up waits for the agent, not for the bridge:
+                        // not an added-latency sample (it would be seconds).
+                        if media && !self.bridge.holds_setup_audio() {
+                            read.caller_frame = Some(t);
+                        }
                     }
                     Err(e) => self.counters.bad_frame(&e.to_string()),
                 }
@@ -521,7 +526,9 @@ impl Call {
         match m {
             Some(Ok(Message::Text(text))) => {
                 let t = now();
-                if self.bridge.handle_agent_text(t, text.as_str()) == Some(AgentEventKind::Audio) {
+                if self.bridge.handle_agent_text(t, text.as_str()) == Some(AgentEventKind::Audio)
+                    && !self.bridge.holds_setup_audio()
+                {
                     read.agent_audio = Some(t);
                 }
             }
