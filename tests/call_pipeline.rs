@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::fake_agent::{AgentBehaviour, user_audio};
 use common::fake_twilio::{Seen, TwilioCall};
+use common::signal::*;
 use common::*;
 use ignis::audio::AudioStages;
 use ignis::audio::mulaw;
@@ -21,27 +22,6 @@ fn pipeline_config() -> ignis::config::Config {
     let c = test_config(&[("AUDIO_STAGES", "pipeline")]);
     assert_eq!(c.audio_stages, AudioStages::Pipeline);
     c
-}
-
-/// A recognisable μ-law byte pattern (avoids 0xFF, the silence code the playout pads with).
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) % 0xF0)
-        .collect()
-}
-
-fn tone_pcm(freq: f32, rate: u32, ms: u32, amp: f32) -> Vec<i16> {
-    let n = (rate * ms / 1000) as usize;
-    (0..n)
-        .map(|i| (amp * (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin()) as i16)
-        .collect()
-}
-
-/// Frequency by zero crossings, skipping the first and last 10 % (filter transients).
-fn frequency(samples: &[i16], rate: u32) -> f32 {
-    let s = &samples[samples.len() / 10..samples.len() * 9 / 10];
-    let crossings = s.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
-    crossings as f32 / 2.0 / (s.len() as f32 / rate as f32)
 }
 
 #[tokio::test]

@@ -787,18 +787,22 @@ mod tests {
         (8000, 8000),
     ];
 
+    /// Any chunking gives the one-shot output, whose length is exact (plus the delay untrimmed).
+    fn streams_exactly(a: u32, b: u32, engine: Engine, trim: bool, x: &[f32]) {
+        let mut r = Resampler::new(a, b, engine, trim).unwrap();
+        let one = run_chunked(&mut r, x, &[x.len()]);
+        let chunked = run_chunked(&mut r, x, &[1, 160, 7, 333, 2]);
+        assert_eq!(one, chunked, "{engine:?} {a}->{b} trim {trim}");
+        let signal_len = (x.len() as u64 * u64::from(b)).div_ceil(u64::from(a)) as usize;
+        let expect = signal_len + if trim { 0 } else { r.delay_frames() };
+        assert_eq!(one.len(), expect, "{engine:?} {a}->{b} trim {trim}");
+    }
+
     #[test]
     fn chunked_equals_one_shot_and_flush_lengths_are_exact() {
         for &(a, b) in PAIRS {
             for trim in [false, true] {
-                let x = signal(a as usize / 10 + 7);
-                let mut r = Resampler::new(a, b, Engine::Auto, trim).unwrap();
-                let one = run_chunked(&mut r, &x, &[x.len()]);
-                let chunked = run_chunked(&mut r, &x, &[1, 160, 7, 333, 2]);
-                assert_eq!(one, chunked, "{a}->{b} trim {trim}");
-                let signal_len = (x.len() as u64 * b as u64).div_ceil(a as u64) as usize;
-                let expect = signal_len + if trim { 0 } else { r.delay_frames() };
-                assert_eq!(one.len(), expect, "{a}->{b} trim {trim}");
+                streams_exactly(a, b, Engine::Auto, trim, &signal(a as usize / 10 + 7));
             }
         }
     }
@@ -808,14 +812,7 @@ mod tests {
         for engine in [Engine::Halfband, Engine::HalfbandIir] {
             for (a, b) in [(8000, 16000), (16000, 8000)] {
                 for trim in [false, true] {
-                    let x = signal(1607);
-                    let mut r = Resampler::new(a, b, engine, trim).unwrap();
-                    let one = run_chunked(&mut r, &x, &[x.len()]);
-                    let chunked = run_chunked(&mut r, &x, &[1, 160, 7, 333, 2]);
-                    assert_eq!(one, chunked, "{engine:?} {a}->{b} trim {trim}");
-                    let signal_len = (x.len() as u64 * b as u64).div_ceil(a as u64) as usize;
-                    let expect = signal_len + if trim { 0 } else { r.delay_frames() };
-                    assert_eq!(one.len(), expect, "{engine:?} {a}->{b} trim {trim}");
+                    streams_exactly(a, b, engine, trim, &signal(1607));
                 }
             }
         }
