@@ -78,7 +78,18 @@ async fn replica_full(
         Some(p) => App::with_practice(config, p),
         None => App::new(config),
     };
-    Server::spawn(listener, app.with_fleet(fleet), agent)
+    let server = Server::spawn(listener, app.with_fleet(fleet), agent);
+    // Notices sent before the replica LISTENs are lost (PostgreSQL keeps none for later
+    // listeners): tests that send them must not race its LISTEN connection, which a busy
+    // machine opens late (CI: malformed_notices… missed all three).
+    until("the replica LISTENs", T, || async {
+        roundtrip(&server, b"GET /health/ready HTTP/1.1\r\n\r\n")
+            .await
+            .text()
+            .contains("\"listening\":true")
+    })
+    .await;
+    server
 }
 
 fn sid(n: u32) -> String {
