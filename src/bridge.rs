@@ -566,12 +566,10 @@ impl Bridge {
         };
         consider(self.session.as_ref().and_then(AgentSession::poll_timeout));
         consider(self.outbound.as_ref().and_then(OutboundPath::poll_timeout));
-        if self.turn_open
-            && let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll())
-        {
-            consider(self.turn_over_at(now));
-        }
         if let Some(now) = self.outbound.as_ref().and_then(|o| o.playout().last_poll()) {
+            if self.turn_open {
+                consider(self.turn_over_at(now));
+            }
             consider(self.pool_pad_at(now));
         }
         if let Some(Ending::Draining { deadline, .. }) = &self.ending {
@@ -849,13 +847,9 @@ impl Bridge {
         if result.send_clear
             && let Some(sid) = &self.stream_sid
         {
-            let mut msg = String::new();
-            media_stream::write_clear(&mut msg, sid);
-            self.out.push_back(Output::ToTwilio(wire_message(
-                &mut self.wire,
-                &mut self.wire_reserve,
-                &msg,
-            )));
+            media_stream::write_clear(&mut self.scratch, sid);
+            let bytes = wire_message(&mut self.wire, &mut self.wire_reserve, &self.scratch);
+            self.out.push_back(Output::ToTwilio(bytes));
             self.stats.clears += 1;
         }
         debug!(

@@ -228,8 +228,15 @@ async fn call(
     // The bridge is built in a plain function, never bound here: a local of this async fn
     // stays in its state machine after it is moved (2.6 KiB more per call, issue 16 RSS).
     let bridge = started_bridge(&app, &audio_ready, start);
-    let mut call = Call::new(twilio, bridge, shared, call_sid, stream_id, counters);
-    call.audio_ready = audio_ready;
+    let mut call = Call::new(
+        twilio,
+        bridge,
+        shared,
+        call_sid,
+        stream_id,
+        counters,
+        audio_ready,
+    );
     let outcome = call.run(link, stopped(teardown_rx, phase)).await;
     call.record(outcome, started.elapsed());
 }
@@ -353,6 +360,7 @@ impl Call {
         call_sid: String,
         stream_id: u64,
         counters: Counters,
+        audio_ready: Arc<Notify>,
     ) -> Call {
         let (transfer_tx, transfer_rx) = mpsc::channel(TRANSFER_RESULTS);
         Call {
@@ -371,7 +379,7 @@ impl Call {
             transferred: false,
             last_twilio: tokio::time::Instant::now(),
             agent_connect_ms: None,
-            audio_ready: Arc::new(Notify::new()),
+            audio_ready,
             unsent: ReadAt::default(),
         }
     }
@@ -501,12 +509,14 @@ impl Call {
                     Ok(TwilioEvent::Start(_)) => self.counters.bad_frame("second start"),
                     Ok(event) => {
                         let t = now();
-                        let media = matches!(event, TwilioEvent::Media(_));
-                        if let TwilioEvent::Media(m) = &event {
+                        let media = if let TwilioEvent::Media(m) = &event {
                             let metrics = &self.shared.app.metrics;
                             Metrics::add(&metrics.frames_from_caller, 1);
                             Metrics::add(&metrics.bytes_from_caller, m.payload.len() as u64);
-                        }
+                            true
+                        } else {
+                            false
+                        };
                         self.bridge.handle_twilio(t, event);
                         // A frame held for the set-up waits for the agent, not for the bridge:
                         // not an added-latency sample (it would be seconds).
