@@ -271,3 +271,33 @@ fn chunked_agent_audio_equals_one_shot_for_every_format() {
         assert_eq!(one.len() % 160, 0);
     }
 }
+
+/// The ring follows the audio a call holds now (issue 16: RSS per call ≤ 64 KiB): 320 ms up
+/// front, grown by half (not doubled) as a turn is held, given back once the turn has left.
+#[test]
+fn ring_grows_by_half_and_is_given_back_after_the_turn() {
+    use ignis::audio::playout::PlayoutBuffer;
+    const F: usize = 160;
+    let t0 = Instant::now();
+    let mut p = PlayoutBuffer::new(PlayoutConfig::default());
+    assert_eq!(p.ring_bytes(), 16 * F);
+    let mut sizes = vec![p.ring_bytes() / F];
+    for _ in 0..100 {
+        assert!(p.push_frame(1, &[0x55; F]));
+        let frames = p.ring_bytes() / F;
+        if sizes.last() != Some(&frames) {
+            sizes.push(frames);
+        }
+    }
+    // Doubling would have reached 128 frames (20 KiB) for 100 held.
+    assert_eq!(sizes, [16, 32, 48, 72, 108]);
+    p.end_turn();
+    let mut ms = 0;
+    while p.held_bytes() > 0 && ms < 10_000 {
+        while p.poll_transmit(at(t0, ms)).is_some() {}
+        ms += 20;
+    }
+    assert_eq!(p.held_bytes(), 0, "the turn never drained");
+    // Given back as the ended turn's last frame leaves.
+    assert_eq!(p.ring_bytes(), 16 * F);
+}

@@ -206,6 +206,27 @@ async fn a_caller_number_claimed_in_custom_parameters_is_ignored() {
     let _ = caller.closed(T).await;
 }
 
+/// The stream socket reads 1 KiB at a time (`WS_READ_BUFFER_BYTES`, sized for `media`): a
+/// `start` several times that size (long `<Parameter>` values) still arrives whole.
+#[tokio::test]
+async fn a_start_larger_than_the_read_buffer_is_read_whole() {
+    let (server, _db) = practice_server("large-start", &[]).await;
+    let sid = "CA0000000000000000000000000000b00a";
+    let path = bind_without_preconnect(&server, sid);
+    let mut start = start_json(sid);
+    start["start"]["customParameters"]["note"] = "x".repeat(6000).into();
+    let text = start.to_string();
+    assert!(text.len() > 6 * 1024);
+    let mut caller = TwilioCall::over(open_stream_at(&server, &path, &text).await, sid);
+    let agent = server.agent.next_conn(T).await;
+    assert_eq!(
+        agent.initiation["dynamic_variables"]["caller_number"],
+        "+4915112345123"
+    );
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+}
+
 #[tokio::test]
 async fn a_replayed_voice_webhook_starts_no_second_conversation() {
     let (server, db) = practice_server("replay", &[("PRECONNECT_TIMEOUT_MS", "300")]).await;

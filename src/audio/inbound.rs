@@ -450,8 +450,8 @@ impl fmt::Debug for InboundPath {
 
 /// Resampler output room for `frame` input samples plus its internal chunking, or a flush.
 fn resampled_len(r: &Resampler, frame: usize) -> usize {
-    r.output_frames_max(frame + 2 * FRAME_SAMPLES)
-        .max(r.flush_frames_max())
+    // Frames are resampled one at a time (a gap fill too, in frame-sized pieces).
+    r.output_frames_bound(frame).max(r.flush_frames_max())
 }
 
 /// Standard padded base64: length a multiple of 4, alphabet `A–Z a–z 0–9 + /`, `=` only as

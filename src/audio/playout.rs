@@ -48,10 +48,10 @@ pub const MAX_OUTSTANDING_MARKS: usize = 1024;
 pub const MARK_PREFIX: &str = "ignis-";
 
 const FRAME: u64 = FRAME_SAMPLES as u64;
-/// Ring frames allocated up front (640 ms); more are allocated as a turn needs them, and given
-/// back once the turn has left (`give_back`): a call's memory follows the audio it holds now,
-/// not its longest turn (issue 16: RSS per call ≤ 64 KiB).
-const INITIAL_RING_FRAMES: usize = 32;
+/// Ring frames allocated up front (320 ms, one 250 ms agent chunk); more are allocated as a turn
+/// needs them, and given back once the turn has left (`give_back`): a call's memory follows the
+/// audio it holds now, not its longest turn (issue 16: RSS per call ≤ 64 KiB).
+const INITIAL_RING_FRAMES: usize = 16;
 /// Marks waiting to be sent; bounded by one per frame of the largest buffer.
 const MAX_PENDING_MARKS: usize = 4096;
 /// Mark-queue slots allocated up front; the queues double as needed up to their limits.
@@ -181,7 +181,7 @@ pub struct PlayoutBuffer {
     floor: u64,
     mark_interval: u64,
     /// Ring of held frames (`head`, `count`), sized once from `max_buffer_ms`.
-    /// Grows on demand (doubling, rotated so `head` is 0) up to `cap_frames`: allocating the
+    /// Grows on demand (by half, rotated so `head` is 0) up to `cap_frames`: allocating the
     /// whole `max_buffer_ms` up front cost ~470 KiB of RSS per call (issue 6 load figures).
     ring: Vec<[u8; FRAME_SAMPLES]>,
     cap_frames: usize,
@@ -274,7 +274,12 @@ impl PlayoutBuffer {
             // Full, so every slot is live: rotating puts the oldest first.
             self.ring.rotate_left(self.head);
             self.head = 0;
-            let grown = (self.ring.len() * 2).min(self.cap_frames);
+            // ×1.5, not ×2: a held turn's slack is a third of it, not half (RSS), while a
+            // minute-long turn still takes only ~10 reallocations.
+            let len = self.ring.len();
+            let grown = (len + (len / 2).max(INITIAL_RING_FRAMES)).min(self.cap_frames);
+            // `reserve_exact`: `resize` alone would let `Vec` double the capacity anyway.
+            self.ring.reserve_exact(grown - len);
             self.ring.resize(grown, [0; FRAME_SAMPLES]);
         }
         let tail = (self.head + self.count) % self.ring.len();
@@ -558,6 +563,11 @@ impl PlayoutBuffer {
     /// Bytes held (always whole frames).
     pub fn held_bytes(&self) -> usize {
         self.count * FRAME_SAMPLES
+    }
+
+    /// Bytes the ring has allocated (held or free): what the call's memory pays for playout.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring.capacity() * FRAME_SAMPLES
     }
 
     /// Counters so far.

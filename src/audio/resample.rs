@@ -39,6 +39,8 @@ const PADDED: usize = PHASE_TAPS.div_ceil(8) * 8; // 40
 const CENTRE: usize = (HALFBAND_TAPS - 1) / 2; // 35
 /// Samples processed per inner block (bounds the history buffers).
 const BLOCK: usize = 256;
+/// The zeros [`Resampler::flush_into`] feeds in: shared, not a kilobyte per resampler (RSS).
+static ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
 /// Allpass coefficients of the two-path elliptic halfband, H(z) = ½[A0(z²) + z⁻¹·A1(z²)],
 /// each Ai a cascade of sections (a + z⁻²)/(1 + a·z⁻²). From `docs/halfband_iir_design.py`:
@@ -150,8 +152,6 @@ pub struct Resampler {
     in_total: u64,
     /// Output samples produced (before trimming) since the last reset.
     out_total: u64,
-    /// Zeros fed in by [`Resampler::flush_into`].
-    zeros: Vec<f32>,
 }
 
 enum Kind {
@@ -214,7 +214,6 @@ impl Resampler {
             to_trim: 0,
             in_total: 0,
             out_total: 0,
-            zeros: vec![0.0; BLOCK],
         };
         r.reset();
         Ok(r)
@@ -265,6 +264,17 @@ impl Resampler {
             Kind::Down2(d) => (input_len + usize::from(d.carry.is_some())) / 2,
             Kind::IirDown(d) => (input_len + usize::from(d.carry.is_some())) / 2,
             Kind::Fft(f) => (f.fill + input_len) / f.chunk_in * f.chunk_out,
+        }
+    }
+
+    /// [`Resampler::output_frames_max`] for `input_len` in any state (a carried sample, a
+    /// partly filled FFT chunk): the room a caller sizes once for inputs of that length.
+    pub fn output_frames_bound(&self, input_len: usize) -> usize {
+        match &self.kind {
+            Kind::Identity => input_len,
+            Kind::Up2(_) | Kind::IirUp(_) => 2 * input_len,
+            Kind::Down2(_) | Kind::IirDown(_) => input_len.div_ceil(2),
+            Kind::Fft(f) => input_len.div_ceil(f.chunk_in) * f.chunk_out,
         }
     }
 
@@ -333,7 +343,7 @@ impl Resampler {
         let signal = (self.in_total * u64::from(self.rate_out)).div_ceil(u64::from(self.rate_in));
         let target = signal + self.delay_frames() as u64;
         let mut written = 0usize;
-        let zeros = std::mem::take(&mut self.zeros);
+        let zeros = &ZEROS;
         while self.out_total < target {
             // Feed just enough zeros to produce the remaining output (rounded up to a chunk).
             let owed = (target - self.out_total) as usize;
@@ -350,13 +360,7 @@ impl Resampler {
                 Kind::Down2(d) => d.process(&zeros[..z], &mut output[written..]),
                 Kind::IirUp(u) => u.process(&zeros[..z], &mut output[written..]),
                 Kind::IirDown(d) => d.process(&zeros[..z], &mut output[written..]),
-                Kind::Fft(f) => match f.process(&zeros[..z], &mut output[written..]) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.zeros = zeros;
-                        return Err(e);
-                    }
-                },
+                Kind::Fft(f) => f.process(&zeros[..z], &mut output[written..])?,
             };
             if n == 0 && matches!(self.kind, Kind::Identity) {
                 break;
@@ -365,7 +369,6 @@ impl Resampler {
             let kept = self.trim(&mut output[written..], n);
             written += kept;
         }
-        self.zeros = zeros;
         // The last chunk may overshoot the signal end: keep only what belongs to the stream.
         let overshoot = (self.out_total.saturating_sub(target)) as usize;
         written = written.saturating_sub(overshoot);
@@ -796,6 +799,42 @@ mod tests {
         let signal_len = (x.len() as u64 * u64::from(b)).div_ceil(u64::from(a)) as usize;
         let expect = signal_len + if trim { 0 } else { r.delay_frames() };
         assert_eq!(one.len(), expect, "{engine:?} {a}->{b} trim {trim}");
+    }
+
+    /// `output_frames_bound` is sized once (the inbound path's buffer): it must cover what any
+    /// state of the stream asks for, for every engine and ratio.
+    #[test]
+    fn output_bound_covers_every_state() {
+        let x = signal(4000);
+        let engines = [
+            Engine::Auto,
+            Engine::Rubato,
+            Engine::Halfband,
+            Engine::HalfbandIir,
+        ];
+        for &(a, b) in PAIRS {
+            for engine in engines {
+                let Ok(mut r) = Resampler::new(a, b, engine, true) else {
+                    continue;
+                };
+                let mut buf = vec![0.0f32; 8192];
+                let mut rest = &x[..];
+                for n in [1, 160, 7, 333, 2, 159, 161, 80].iter().cycle() {
+                    let n = (*n).min(rest.len());
+                    if n == 0 {
+                        break;
+                    }
+                    for len in [1, 7, 160, 161, 320] {
+                        assert!(
+                            r.output_frames_max(len) <= r.output_frames_bound(len),
+                            "{engine:?} {a}->{b} len {len}"
+                        );
+                    }
+                    r.process_into(&rest[..n], &mut buf).unwrap();
+                    rest = &rest[n..];
+                }
+            }
+        }
     }
 
     #[test]
