@@ -514,6 +514,12 @@ impl Bridge {
         Some(starves.checked_sub(CALLER_FRAME).unwrap_or(starves))
     }
 
+    /// Whether this call's DSP runs in the pool (`AUDIO_STAGES=pipeline`), so the driver must
+    /// wait for its wake-up; `false` inline.
+    pub fn uses_pool(&self) -> bool {
+        self.pool.is_some()
+    }
+
     /// Whether the DSP pool (`AUDIO_STAGES=pipeline`) has handled every command of this call
     /// and [`Bridge::handle_audio_ready`] has taken all its results; `true` inline. For tests
     /// and simulations that wait for the worker.

@@ -409,6 +409,7 @@ impl Call {
         let bridge_timer = tokio::time::sleep_until(self.last_twilio);
         tokio::pin!(bridge_timer);
         let mut armed: Option<tokio::time::Instant> = None;
+        let pooled = self.bridge.uses_pool();
         tokio::pin!(stopped);
         loop {
             let deadline = self
@@ -448,7 +449,8 @@ impl Call {
                     }
                 }
                 // One wake-up per pool batch; `notify_one` keeps a permit, so none is lost.
-                () = self.audio_ready.notified() => {
+                // Inline there is no pool to wait for: not polled (a lock per wake-up).
+                () = self.audio_ready.notified(), if pooled => {
                     read = std::mem::take(&mut self.unsent);
                     read.pool_results = true;
                     self.bridge.handle_audio_ready(now());
