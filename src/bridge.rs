@@ -514,10 +514,11 @@ impl Bridge {
         Some(starves.checked_sub(CALLER_FRAME).unwrap_or(starves))
     }
 
-    /// Whether this call's DSP runs in the pool (`AUDIO_STAGES=pipeline`), so the driver must
-    /// wait for its wake-up; `false` inline.
+    /// Whether this call's DSP may run in the pool (`AUDIO_STAGES=pipeline`: it joins the pool
+    /// once the agent's formats are known), so the driver must wait for its wake-up; `false`
+    /// inline.
     pub fn uses_pool(&self) -> bool {
-        self.pool.is_some()
+        self.config.pool.is_some()
     }
 
     /// Whether the DSP pool (`AUDIO_STAGES=pipeline`) has handled every command of this call
