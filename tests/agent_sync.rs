@@ -42,7 +42,8 @@ fn temp_dir() -> PathBuf {
 /// Runs `ignis agent sync` with a clean environment (no `.env`: its own directory).
 async fn sync(base: &str, vars: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
-    c.env_clear().current_dir(temp_dir());
+    let dir = temp_dir();
+    c.env_clear().current_dir(&dir);
     if let Ok(path) = std::env::var("PATH") {
         c.env("PATH", path);
     }
@@ -60,9 +61,11 @@ async fn sync(base: &str, vars: &[(&str, &str)], args: &[&str]) -> Output {
         }
     }
     c.args(["agent", "sync"]).args(args);
-    tokio::task::spawn_blocking(move || c.output().unwrap())
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
-        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
 }
 
 fn text(o: &Output) -> (String, String) {

@@ -63,7 +63,8 @@ fn temp_dir() -> PathBuf {
 /// Runs `ignis twilio configure ARGS` with a clean environment plus `vars` (a value of "" unsets).
 fn configure(t: &Twilio, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
-    c.env_clear().current_dir(temp_dir());
+    let dir = temp_dir();
+    c.env_clear().current_dir(&dir);
     let base = t.server.base();
     let defaults = [
         ("PUBLIC_URL", PUBLIC),
@@ -84,6 +85,7 @@ fn configure(t: &Twilio, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, 
         stdout,
         stderr,
     } = c.args(["twilio", "configure"]).args(args).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     let (out, err) = (
         String::from_utf8(stdout).unwrap(),
         String::from_utf8(stderr).unwrap(),
