@@ -16,7 +16,8 @@
 //! "CMD ARGS"` runs ignis under a profiler (e.g. `valgrind --tool=massif`; after `taskset`),
 //! `--workload light|conversation` (light: a 200 ms agent burst per probe period, a silent caller
 //! with tone probes; conversation: agent turns of 1–5 s, the caller speaking in between, onsets at
-//! every position of the frame; `support/loadgen.rs`),
+//! every position of the frame; steady: the issue-16 report's setup, the agent speaking 750 ms of
+//! every second in real-time 250 ms chunks, light's caller; `support/loadgen.rs`),
 //! `--backends sqlite[,postgres]` runs each call count once per store backend, side by side in
 //! one run (`postgres` needs `--database-url postgres://…`: ignis then runs as a replica with
 //! `DATABASE_URL` set, its call coordination and tools on that database; docs/replicas.md),
@@ -150,7 +151,7 @@ fn args() -> Args {
                 a.format = loadgen::parse_format(&v).expect("--format ulaw_8000|pcm_16000|…")
             }
             "--workload" => {
-                a.workload = Workload::parse(&v).expect("--workload light|conversation")
+                a.workload = Workload::parse(&v).expect("--workload light|conversation|steady")
             }
             "--secs" => a.secs = num(&v),
             "--warmup" => a.warmup = num(&v),
@@ -615,7 +616,7 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
     let up_by = match a.workload {
-        Workload::Light => "",
+        Workload::Light | Workload::Steady => "",
         Workload::Conversation => " (by arrival)",
     };
     println!(

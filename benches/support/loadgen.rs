@@ -263,6 +263,9 @@ pub enum Workload {
     #[default]
     Light,
     Conversation,
+    /// The issue-16 report's measurement: the agent speaks 750 ms of every second as three
+    /// 250 ms chunks sent in real time, the caller is silent but for light's tone probes.
+    Steady,
 }
 
 impl Workload {
@@ -270,6 +273,7 @@ impl Workload {
         match s {
             "light" => Some(Workload::Light),
             "conversation" | "conv" => Some(Workload::Conversation),
+            "steady" => Some(Workload::Steady),
             _ => None,
         }
     }
@@ -278,8 +282,38 @@ impl Workload {
         match self {
             Workload::Light => "light",
             Workload::Conversation => "conversation",
+            Workload::Steady => "steady",
         }
     }
+
+    /// How the agent's turns go (`None`: light's bursts).
+    fn shape(self) -> Option<Shape> {
+        match self {
+            Workload::Light => None,
+            Workload::Conversation => Some(Shape {
+                turn_chunks: TURN_CHUNKS,
+                chunk_gap: CHUNK_GAP,
+                period: None,
+            }),
+            Workload::Steady => Some(Shape {
+                turn_chunks: (3, 3),
+                chunk_gap: Duration::from_millis(CHUNK_MS),
+                period: Some(Duration::from_secs(1)),
+            }),
+        }
+    }
+}
+
+/// The agent's turns in a workload that has them.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    /// Chunks per turn (inclusive range).
+    turn_chunks: (u64, u64),
+    /// Between one chunk's send and the next.
+    chunk_gap: Duration,
+    /// `Some`: a turn starts every `period`, the caller never speaks and nothing is
+    /// interrupted (steady). `None`: turn-taking with the caller (conversation).
+    period: Option<Duration>,
 }
 
 /// Conversation workload: an agent turn is this many 250 ms chunks (1–5 s), inclusive.
@@ -397,10 +431,11 @@ pub async fn start_agent_workload(
     stats: Arc<Stats>,
 ) -> std::io::Result<String> {
     let bursts = Arc::new(bursts(opts.format));
-    let turns = Arc::new(match workload {
-        Workload::Light => Vec::new(),
-        Workload::Conversation => turn_audio(opts.format),
+    let turns = Arc::new(match workload.shape() {
+        None => Vec::new(),
+        Some(_) => turn_audio(opts.format),
     });
+    let shape = workload.shape();
     let order = Arc::new(AtomicU64::new(0));
     let service = AgentService::start(
         AgentServiceOptions {
@@ -418,6 +453,7 @@ pub async fn start_agent_workload(
                         let audio = Audio {
                             bursts: &bursts,
                             turns: &turns,
+                            shape,
                         };
                         if let Err(e) = conversation(conv, opts, &stats, audio, k).await {
                             stats.error(format!("agent: {e}"));
@@ -466,6 +502,7 @@ fn onset_ns(q: usize, rate: u64) -> u64 {
 struct Audio<'a> {
     bursts: &'a [(u64, String)],
     turns: &'a [TurnVariant],
+    shape: Option<Shape>,
 }
 
 /// A conversation turn's audio: its first chunk (silence, then speech from the onset, which lies
@@ -518,6 +555,7 @@ struct Turn {
 /// The conversation workload's turn-taking, for one conversation.
 struct Talk<'a> {
     audio: &'a [TurnVariant],
+    shape: Shape,
     rng: u64,
     turns: u64,
     /// Shifts which turns are interrupted, per conversation, so that a short run (a few turns
@@ -530,7 +568,7 @@ struct Talk<'a> {
 impl Talk<'_> {
     fn wake(&self) -> tokio::time::Instant {
         match &self.turn {
-            Some(t) if t.sent < t.chunks => t.start + CHUNK_GAP * t.sent as u32,
+            Some(t) if t.sent < t.chunks => t.start + self.shape.chunk_gap * t.sent as u32,
             Some(t) => t.interrupt_at.unwrap_or(t.start),
             None => self.next_turn,
         }
@@ -552,7 +590,7 @@ impl Talk<'_> {
             }
             return;
         };
-        while t.sent < t.chunks && now >= t.start + CHUNK_GAP * t.sent as u32 {
+        while t.sent < t.chunks && now >= t.start + self.shape.chunk_gap * t.sent as u32 {
             let v = &self.audio[t.variant];
             let b64 = match t.sent {
                 0 => &v.first,
@@ -582,9 +620,27 @@ impl Talk<'_> {
         self.turns += 1;
         stats.turns.fetch_add(1, Relaxed);
         *agent.event_id += 1;
-        let chunks = between(&mut self.rng, TURN_CHUNKS);
+        let chunks = between(&mut self.rng, self.shape.turn_chunks);
         let variant = (self.turns as usize - 1) % self.audio.len();
         let length = Duration::from_millis(chunks * CHUNK_MS);
+        // Played back to back from its first sample, the onset is heard this long after the
+        // turn was sent (module doc).
+        link.down_due_ns
+            .store(now_ns() + self.audio[variant].onset, Relaxed);
+        if stats.recording.load(Relaxed) {
+            stats.probes_down_sent.fetch_add(1, Relaxed);
+        }
+        if let Some(period) = self.shape.period {
+            self.next_turn = now + period;
+            self.turn = Some(Turn {
+                variant,
+                chunks,
+                sent: 0,
+                start: now,
+                interrupt_at: None,
+            });
+            return;
+        }
         let every = agent.interrupt_every;
         // Interrupted at half its length: all chunks sent (2× real time), half of it held.
         let interrupt_at = (every > 0 && (self.turns + self.shift).is_multiple_of(every))
@@ -601,13 +657,6 @@ impl Talk<'_> {
             .store(ns_of(talk_from.into_std()), Relaxed);
         link.talk_until_ns
             .store(ns_of(talk_until.into_std()), Relaxed);
-        // Played back to back from its first sample, the onset is heard this long after the
-        // turn was sent (module doc).
-        link.down_due_ns
-            .store(now_ns() + self.audio[variant].onset, Relaxed);
-        if stats.recording.load(Relaxed) {
-            stats.probes_down_sent.fetch_add(1, Relaxed);
-        }
         self.turn = Some(Turn {
             variant,
             chunks,
@@ -843,8 +892,9 @@ async fn conversation(
         opts,
         stats,
         bursts: audio.bursts,
-        talk: (!audio.turns.is_empty()).then(|| Talk {
+        talk: audio.shape.map(|shape| Talk {
             audio: audio.turns,
+            shape,
             rng: 0x2545_f491_4f6c_dd1d ^ (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             turns: 0,
             shift: k,
