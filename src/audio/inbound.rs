@@ -158,7 +158,12 @@ impl InboundPath {
             ulaw: vec![0; FRAME_SAMPLES],
             last: Vec::with_capacity(FRAME_SAMPLES),
             last_is_b64: false,
-            last_b64: String::with_capacity(out_cap),
+            // Only pass-through keeps the last frame as base64.
+            last_b64: if format.is_ulaw() {
+                String::with_capacity(out_cap)
+            } else {
+                String::new()
+            },
             pcm: vec![0.0; FRAME_SAMPLES],
             resampled: vec![0.0; resampled_cap],
             pending: Vec::with_capacity(pending_start),

@@ -33,11 +33,11 @@ use super::resample::{Engine, ResampleSetupError, Resampler};
 /// Largest decoded agent audio chunk accepted in one call: 1 MiB (≈ 33 s of `pcm_16000`).
 /// ElevenLabs chunks are far smaller; this only bounds a misbehaving peer.
 pub const MAX_AGENT_BURST_BYTES: usize = 1 << 20;
-/// Base64 characters decoded per block (768 bytes): the only scratch the decoder needs, and it
+/// Base64 characters decoded per block (384 bytes): the only scratch the decoder needs, and it
 /// sizes the transcoding buffers (PCM, resampled, μ-law) too, all held for the whole call. A
-/// 250 ms `ulaw_8000` chunk is three blocks; 4096 cost ~10 KiB more RSS per `pcm_16000` call
-/// for no measurable CPU (issue 16: RSS per call ≤ 64 KiB).
-const DECODE_BLOCK_CHARS: usize = 1024;
+/// 250 ms `ulaw_8000` chunk is six blocks; 4096 cost ~10 KiB more RSS per `pcm_16000` call and
+/// 1024 ~2 KiB, for no measurable CPU (issue 16: RSS per call ≤ 64 KiB).
+const DECODE_BLOCK_CHARS: usize = 512;
 const DECODE_BLOCK_BYTES: usize = DECODE_BLOCK_CHARS / 4 * 3;
 
 /// Outbound path settings.
