@@ -242,6 +242,9 @@ pub struct Bridge {
     /// Agent audio went to the pool since its last end of turn or pause pad: the worker may
     /// hold a partial frame (and a resampler tail) the pacer cannot see (docs/dsp.md §3.8).
     pool_partial: bool,
+    /// A refused pause pad ([`PoolCall::complete_partial`]) is retried no sooner than this,
+    /// so a full worker queue never makes the call's timer refire in a loop.
+    pool_pad_retry: Option<Instant>,
     conversation_id: Option<String>,
     stream_sid: Option<String>,
     started_at: Option<Instant>,
@@ -292,6 +295,7 @@ impl Bridge {
             outbound: None,
             pool: None,
             pool_partial: false,
+            pool_pad_retry: None,
             conversation_id: None,
             stream_sid: None,
             started_at: None,
@@ -504,14 +508,16 @@ impl Bridge {
 
     /// When to have the pool pad the partial frame it may hold: one caller frame before the
     /// pacer runs dry, so the padded frame is back in time (inline, `poll_transmit` pads at
-    /// that point itself; docs/dsp.md §3.8). `None` while results are still coming from the
-    /// pool (their wake-up re-checks) or nothing may be held.
+    /// that point itself; docs/dsp.md §3.8), and after a refused pad no sooner than a caller
+    /// frame later. `None` while results are still coming from the pool (their wake-up
+    /// re-checks) or nothing may be held.
     fn pool_pad_at(&self, now: Instant) -> Option<Instant> {
         if !self.pool_partial || !self.pool.as_ref()?.settled() {
             return None;
         }
         let starves = self.outbound.as_ref()?.starves_at(now)?;
-        Some(starves.checked_sub(CALLER_FRAME).unwrap_or(starves))
+        let pad = starves.checked_sub(CALLER_FRAME).unwrap_or(starves);
+        Some(self.pool_pad_retry.map_or(pad, |retry| pad.max(retry)))
     }
 
     /// Whether the DSP pool (`AUDIO_STAGES=pipeline`) has handled every command of this call
@@ -745,6 +751,7 @@ impl Bridge {
     /// tail and pads the last frame, then [`PoolOutput::EndOfTurn`] ends the pacer's turn.
     fn end_turn(&mut self, now: Instant) {
         self.pool_partial = false;
+        self.pool_pad_retry = None;
         if let Some(p) = self.pool.as_ref() {
             // Refused only with a worker far behind (counted): the turn's tail then stays on
             // the worker, and the pacer's turn ends with the next one.
@@ -841,6 +848,7 @@ impl Bridge {
             // worker's resampler state unreset (counted).
             let _ = p.interrupt(now, Some(event_id));
             self.pool_partial = false;
+            self.pool_pad_retry = None;
         }
         self.turn_open = false;
         // A pending "finish after audio" is moot: nothing is queued any more.
@@ -941,9 +949,23 @@ impl Bridge {
             && let Some(p) = self.pool.as_ref()
         {
             match p.complete_partial(now) {
-                Ok(()) => self.pool_partial = false,
-                Err(_) => log_pool_drop(p, "pause pad"),
+                Ok(()) => {
+                    self.pool_partial = false;
+                    self.pool_pad_retry = None;
+                }
+                // Counted as a drop; retried a caller frame later, not at once: the deadline
+                // stays due, and an immediate retry would spin the call's timer.
+                Err(_) => {
+                    log_pool_drop(p, "pause pad");
+                    self.pool_pad_retry = Some(now + CALLER_FRAME);
+                }
             }
+        }
+        if self.pool.as_ref().is_some_and(PoolCall::worker_gone) {
+            // No audio moves either way any more: a person takes the caller.
+            warn!("[Audio] DSP worker gone; sending the caller to the fallback");
+            self.close(Outcome::AgentFailed);
+            return;
         }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
