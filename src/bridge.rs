@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::audio::format::AgentFormat;
 use crate::audio::inbound::{InboundConfig, InboundPath};
-use crate::audio::outbound::{OutboundConfig, OutboundPath};
+use crate::audio::outbound::{OutboundConfig, OutboundPath, check_agent_audio};
 use crate::audio::pipeline::{AGENT_PIECE_CHARS, CALL_QUEUE_DEPTH, PoolCall, PoolLink, PoolOutput};
 use crate::audio::playout::Transmit;
 use crate::calls::Outcome;
@@ -820,16 +820,23 @@ impl Bridge {
         let Some(outbound) = self.outbound.as_mut() else {
             return;
         };
-        if let Some(p) = self.pool.as_ref() {
-            // Bad audio is counted in the pool's stats, as are drops.
-            if p.push_agent_audio(now, event_id, audio_b64).is_err() {
-                log_pool_drop(p, "agent audio");
-            }
-            self.pool_partial = true;
-        } else if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
+        let pushed = match self.pool.as_ref() {
+            // The whole chunk is checked here, as inline, before any piece goes to the pool: a
+            // chunk bad in its third piece must not have its first two played.
+            Some(p) => check_agent_audio(audio_b64).map(|_| {
+                // Drops are counted in the pool's stats.
+                if p.push_agent_audio(now, event_id, audio_b64).is_err() {
+                    log_pool_drop(p, "agent audio");
+                }
+            }),
+            None => outbound.push_agent_audio(now, event_id, audio_b64),
+        };
+        if let Err(e) = pushed {
             self.stats.bad_agent_chunks += 1;
+            debug!(error = %e, "[ElevenLabs] Bad agent audio ignored");
             return;
         }
+        self.pool_partial |= self.pool.is_some();
         self.last_agent_audio = Some(now);
         self.turn_open = true;
     }

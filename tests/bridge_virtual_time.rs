@@ -1101,3 +1101,60 @@ fn pipeline_gone_worker_fails_the_call() {
     twilio(&mut b, t0 + Duration::from_millis(20), &media(2));
     assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
 }
+
+/// Plays one agent `audio` chunk through a bridge (inline, or on a manual pool) with no caller
+/// frames, for two seconds on the timer; returns the μ-law bytes played and the call's bad-chunk
+/// count.
+fn play_one_chunk(pipeline: bool, audio_b64: &str) -> (usize, u64) {
+    use ignis::audio::pipeline::DspPool;
+    let pool = DspPool::manual(1, 64);
+    let config = if pipeline {
+        manual_pool_config(&pool)
+    } else {
+        BridgeConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut b = started(config, t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut now = t0 + Duration::from_millis(5);
+    b.handle_agent_text(now, &agent_audio(1, audio_b64));
+    pool.run_manual();
+    b.handle_audio_ready(now);
+    let mut played = media_bytes(&drain(&mut b).0);
+    let until = now + Duration::from_secs(2);
+    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
+        now = now.max(t);
+        b.handle_timeout(now);
+        pool.run_manual();
+        b.handle_audio_ready(now);
+        played += media_bytes(&drain(&mut b).0);
+    }
+    let summary = b.call_summary(Outcome::Completed);
+    (played, summary.bad_agent_chunks)
+}
+
+/// An agent chunk of three pool pieces (4096 characters each) that is bad in its third, or
+/// whose last quad has non-zero trailing bits: refused whole in both modes, nothing played,
+/// counted once; a good chunk of the same size plays whole in both.
+#[test]
+fn a_bad_agent_chunk_is_refused_whole_inline_and_pipeline() {
+    let good = ulaw_b64(1140); // 57 frames: 12160 characters, three pool pieces.
+    let mut bad_third = good.clone();
+    bad_third.replace_range(10_000..10_001, "!");
+    let trailing_bits = format!("{good}AB==");
+    for (name, chunk) in [
+        ("bad in its third piece", &bad_third),
+        ("trailing bits", &trailing_bits),
+    ] {
+        for pipeline in [false, true] {
+            assert_eq!(
+                play_one_chunk(pipeline, chunk),
+                (0, 1),
+                "{name}, pipeline {pipeline}: nothing played, one bad chunk"
+            );
+        }
+    }
+    assert_eq!(play_one_chunk(false, &good), (9120, 0));
+    assert_eq!(play_one_chunk(true, &good), (9120, 0));
+}

@@ -1121,7 +1121,9 @@ impl PoolCall {
     }
 
     /// Queues agent audio of turn `event_id` (see [`OutboundPath::push_agent_audio`]), in
-    /// pieces of [`AGENT_PIECE_CHARS`]; on a drop the rest of the chunk is dropped too.
+    /// pieces of [`AGENT_PIECE_CHARS`]; on a drop the rest of the chunk is dropped too. The
+    /// worker checks each piece alone: check the whole chunk first
+    /// ([`super::outbound::check_agent_audio`], as the bridge does) so a bad one is refused whole.
     pub fn push_agent_audio(
         &self,
         now: Instant,
