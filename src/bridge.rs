@@ -636,6 +636,8 @@ impl Bridge {
             bad_caller_frames: stats.bad_caller_frames + pool.bad_frames,
             bad_agent_chunks: stats.bad_agent_chunks + pool.bad_agent_chunks,
             audio_pipeline_drops: pool.drops,
+            // Inline the path pads; with the pool its worker does (the pacer gets whole frames).
+            pause_pads: outbound.map_or(0, |o| o.pause_pads) + pool.pause_pads,
             bad_agent_messages: stats.session.bad_messages,
             unknown_agent_events: stats.session.unknown_events,
             agent_connect_ms: None,
