@@ -954,28 +954,6 @@ impl Bridge {
             self.turn_open = false;
             self.end_turn(now);
         }
-        if self.pool_pad_at(now).is_some_and(|t| now >= t)
-            && let Some(p) = self.pool.as_ref()
-        {
-            match p.complete_partial(now) {
-                Ok(()) => {
-                    self.pool_partial = false;
-                    self.pool_pad_retry = None;
-                }
-                // Counted as a drop; retried a caller frame later, not at once: the deadline
-                // stays due, and an immediate retry would spin the call's timer.
-                Err(_) => {
-                    log_pool_drop(p, "pause pad");
-                    self.pool_pad_retry = Some(now + CALLER_FRAME);
-                }
-            }
-        }
-        if self.pool.as_ref().is_some_and(PoolCall::worker_gone) {
-            // No audio moves either way any more: a person takes the caller.
-            warn!("[Audio] DSP worker gone; sending the caller to the fallback");
-            self.close(Outcome::AgentFailed);
-            return;
-        }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
                 match t {
@@ -1004,6 +982,30 @@ impl Bridge {
                 let bytes = wire_message(&mut self.wire, &mut self.wire_reserve, &self.scratch);
                 self.out.push_back(Output::ToTwilio(bytes));
             }
+        }
+        // After this step's sends: the pacer may only now be about to run dry (found by the
+        // call_session_pipeline fuzz target: a pad due at once, left to another wake-up).
+        if self.pool_pad_at(now).is_some_and(|t| now >= t)
+            && let Some(p) = self.pool.as_ref()
+        {
+            match p.complete_partial(now) {
+                Ok(()) => {
+                    self.pool_partial = false;
+                    self.pool_pad_retry = None;
+                }
+                // Counted as a drop; retried a caller frame later, not at once: the deadline
+                // stays due, and an immediate retry would spin the call's timer.
+                Err(_) => {
+                    log_pool_drop(p, "pause pad");
+                    self.pool_pad_retry = Some(now + CALLER_FRAME);
+                }
+            }
+        }
+        if self.pool.as_ref().is_some_and(PoolCall::worker_gone) {
+            // No audio moves either way any more: a person takes the caller.
+            warn!("[Audio] DSP worker gone; sending the caller to the fallback");
+            self.close(Outcome::AgentFailed);
+            return;
         }
         if let Some(Ending::Draining {
             outcome,
