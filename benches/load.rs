@@ -414,44 +414,32 @@ async fn launch(
 
 async fn run(a: &Args, n: usize, bridge: Bridge, backend: Backend) -> Row {
     let stats = Arc::new(Stats::default());
-    let probe_every = Duration::from_millis(a.probe_ms);
     let token = "load-generator-auth-token-0123456789";
     let (mut child, port, dir) = launch(a, n, (bridge, backend), &stats, token).await;
     // ignis the process; with taskset it execs, so the pid is the same.
     let pid = child.id();
     let (_, rss_idle) = proc_sample(pid);
 
-    let frames = Arc::new(CallerFrames::for_workload(a.workload));
     let stop = Arc::new(AtomicBool::new(false));
-    let direct = bridge != Bridge::Ignis;
-    let stream_url = match bridge {
-        Bridge::Ignis => format!("ws://127.0.0.1:{port}/api/twilio/stream"),
-        _ => format!("ws://127.0.0.1:{port}/media-stream"),
-    };
-    let mut handles = Vec::new();
-    let mut next_sid = 0u64;
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut new_call = |i: usize, next_sid: &mut u64| {
-        *next_sid += 1;
-        let duration = soak_duration(a, &mut rng);
-        tokio::spawn(loadgen::call(
-            CallOptions {
-                stream_url: stream_url.clone(),
-                auth_token: token.to_owned(),
-                call_sid: loadgen::call_sid(*next_sid),
-                duration,
-                probe_every,
-                phase: Duration::from_micros((i as u64 * 20_000 / n.max(1) as u64) % 20_000),
-                direct,
-            },
-            frames.clone(),
-            stats.clone(),
-            stop.clone(),
-        ))
+    let mut calls = Calls {
+        a,
+        n,
+        stream_url: match bridge {
+            Bridge::Ignis => format!("ws://127.0.0.1:{port}/api/twilio/stream"),
+            _ => format!("ws://127.0.0.1:{port}/media-stream"),
+        },
+        token,
+        direct: bridge != Bridge::Ignis,
+        frames: Arc::new(CallerFrames::for_workload(a.workload)),
+        stats: stats.clone(),
+        stop: stop.clone(),
+        next_sid: 0,
+        rng: 0x9e37_79b9_7f4a_7c15u64,
+        handles: Vec::new(),
     };
     let t_start = Instant::now();
     for i in 0..n {
-        handles.push(new_call(i, &mut next_sid));
+        calls.spawn(i);
         let due = t_start + Duration::from_micros((i as u64 + 1) * 1_000_000 / a.ramp);
         tokio::time::sleep_until(due.into()).await;
     }
@@ -465,44 +453,9 @@ async fn run(a: &Args, n: usize, bridge: Bridge, backend: Backend) -> Row {
         bridge.as_str()
     );
     tokio::time::sleep(Duration::from_secs(a.warmup)).await;
-    let (cpu0, _) = proc_sample(pid);
-    let w0 = Instant::now();
-    stats.recording.store(true, Relaxed);
-    let mut rss_max = 0;
-    let mut active_min = usize::MAX;
-    // The RSS timeline proves the soak's "RSS stays flat".
-    let mut seen = (0usize, 0usize, 0usize);
-    let mut rss_timeline: Vec<(u64, u64)> = Vec::new();
-    let rss_every = (a.secs / 10).max(1);
-    while w0.elapsed() < Duration::from_secs(a.secs) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (cpu, rss) = proc_sample(pid);
-        rss_max = rss_max.max(rss);
-        let active = stats.active.load(Relaxed);
-        active_min = active_min.min(active);
-        if a.soak_call_secs.is_some() {
-            // Replace ended calls.
-            handles.retain(|h| !h.is_finished());
-            for i in handles.len()..n {
-                handles.push(new_call(i, &mut next_sid));
-            }
-        }
-        let el = w0.elapsed().as_secs_f64();
-        if (el.round() as u64).is_multiple_of(rss_every) {
-            rss_timeline.push((el.round() as u64, rss));
-        }
-        if (el as u64).is_multiple_of(5) || el as u64 >= a.secs {
-            let cpu_pct = (cpu - cpu0) / el * 100.0;
-            progress(a, &stats, &mut seen, (el, active, cpu_pct, rss));
-        }
-    }
-    let window = w0.elapsed().as_secs_f64();
-    let (cpu1, rss_end) = proc_sample(pid);
-    stats.recording.store(false, Relaxed);
-    let load = loadavg();
-    eprintln!();
+    let w = measure_window(a, pid, &stats, &mut calls).await;
     stop.store(true, Relaxed);
-    for h in handles {
+    for h in calls.handles {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
     }
     let (_, rss_after) = proc_sample(pid);
@@ -523,16 +476,119 @@ async fn run(a: &Args, n: usize, bridge: Bridge, backend: Backend) -> Row {
         (n, bridge, backend),
         &stats,
         &Figures {
-            window,
-            load,
-            cpu: cpu1 - cpu0,
-            rss: [rss_idle, rss_end, rss_max, rss_after],
-            active_min,
+            window: w.window,
+            load: w.load,
+            cpu: w.cpu,
+            rss: [rss_idle, w.rss_end, w.rss_max, rss_after],
+            active_min: w.active_min,
             outcomes,
             warnings: &warnings,
-            rss_timeline,
+            rss_timeline: w.rss_timeline,
         },
     )
+}
+
+/// The simulated calls of a run, and what starting one needs.
+struct Calls<'a> {
+    a: &'a Args,
+    n: usize,
+    stream_url: String,
+    token: &'a str,
+    /// Callers connect straight to the bridge's stream (no webhook): not ignis.
+    direct: bool,
+    frames: Arc<CallerFrames>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    next_sid: u64,
+    rng: u64,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Calls<'_> {
+    /// Starts call `i` of `n` (its caller frames at its own phase of the 20 ms frame).
+    fn spawn(&mut self, i: usize) {
+        self.next_sid += 1;
+        let duration = soak_duration(self.a, &mut self.rng);
+        let n = self.n;
+        self.handles.push(tokio::spawn(loadgen::call(
+            CallOptions {
+                stream_url: self.stream_url.clone(),
+                auth_token: self.token.to_owned(),
+                call_sid: loadgen::call_sid(self.next_sid),
+                duration,
+                probe_every: Duration::from_millis(self.a.probe_ms),
+                phase: Duration::from_micros((i as u64 * 20_000 / n.max(1) as u64) % 20_000),
+                direct: self.direct,
+            },
+            self.frames.clone(),
+            self.stats.clone(),
+            self.stop.clone(),
+        )));
+    }
+}
+
+/// What the steady-state window measured of the bridge process.
+struct Window {
+    /// Seconds.
+    window: f64,
+    load: String,
+    /// CPU seconds over the window.
+    cpu: f64,
+    /// RSS, KiB.
+    rss_end: u64,
+    rss_max: u64,
+    active_min: usize,
+    rss_timeline: Vec<(u64, u64)>,
+}
+
+/// The steady-state window: samples the bridge's CPU and RSS every second, prints progress,
+/// and in a soak replaces ended calls.
+async fn measure_window(a: &Args, pid: u32, stats: &Stats, calls: &mut Calls<'_>) -> Window {
+    let (cpu0, _) = proc_sample(pid);
+    let w0 = Instant::now();
+    stats.recording.store(true, Relaxed);
+    let mut rss_max = 0;
+    let mut active_min = usize::MAX;
+    // The RSS timeline proves the soak's "RSS stays flat".
+    let mut seen = (0usize, 0usize, 0usize);
+    let mut rss_timeline: Vec<(u64, u64)> = Vec::new();
+    let rss_every = (a.secs / 10).max(1);
+    while w0.elapsed() < Duration::from_secs(a.secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (cpu, rss) = proc_sample(pid);
+        rss_max = rss_max.max(rss);
+        let active = stats.active.load(Relaxed);
+        active_min = active_min.min(active);
+        if a.soak_call_secs.is_some() {
+            // Replace ended calls.
+            calls.handles.retain(|h| !h.is_finished());
+            for i in calls.handles.len()..calls.n {
+                calls.spawn(i);
+            }
+        }
+        let el = w0.elapsed().as_secs_f64();
+        if (el.round() as u64).is_multiple_of(rss_every) {
+            rss_timeline.push((el.round() as u64, rss));
+        }
+        if (el as u64).is_multiple_of(5) || el as u64 >= a.secs {
+            let cpu_pct = (cpu - cpu0) / el * 100.0;
+            progress(a, stats, &mut seen, (el, active, cpu_pct, rss));
+        }
+    }
+    let window = w0.elapsed().as_secs_f64();
+    let (cpu1, rss_end) = proc_sample(pid);
+    stats.recording.store(false, Relaxed);
+    let load = loadavg();
+    eprintln!();
+    Window {
+        window,
+        load,
+        cpu: cpu1 - cpu0,
+        rss_end,
+        rss_max,
+        active_min,
+        rss_timeline,
+    }
 }
 
 /// A soak call's random length (0.5–1.5 × `--soak-call-secs`), or `None` without a soak.
@@ -586,47 +642,39 @@ struct Figures<'a> {
 /// Prints one run's results; returns its summary row.
 fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_>) -> Row {
     let (n, bridge, backend) = run;
-    let Figures {
-        window,
-        cpu,
-        active_min,
-        ..
-    } = *f;
-    let [rss_idle, rss_end, rss_max, rss_after] = f.rss;
-    let (load, outcomes, warnings, rss_timeline) =
-        (&f.load, &f.outcomes, f.warnings, &f.rss_timeline);
     let mut up = stats.up_us.lock().unwrap().clone();
     let mut down = stats.down_us.lock().unwrap().clone();
-    let mut late: Vec<i64> = stats
-        .late_us
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|&x| x as i64)
-        .collect();
     let mut row = Row::new((n, bridge, backend), stats, f, (&mut up, &mut down));
     row.stages = a.stages;
     println!(
-        "\n== {} bridge, {n} calls, {} workload, {} agent, {} store, {} audio stages, window {window:.0} s, loadavg {load}, bridge on cpu {}",
+        "\n== {} bridge, {n} calls, {} workload, {} agent, {} store, {} audio stages, window {:.0} s, loadavg {}, bridge on cpu {}",
         bridge.as_str(),
         a.workload.as_str(),
         a.format.as_str(),
         backend.as_str(),
         a.stages.name(),
+        f.window,
+        f.load,
         a.ignis_cpu.as_deref().unwrap_or("any")
     );
+    latency_lines(a, stats, &mut up, &mut down);
+    cost_lines(n, bridge, f);
+    audio_lines(a, n, stats, f.window);
+    call_lines(a, stats, f);
+    row
+}
+
+/// The added-latency lines of a run's report (`up`, `down`: the samples, µs).
+fn latency_lines(a: &Args, stats: &Stats, up: &mut [i64], down: &mut [i64]) {
     let up_by = match a.workload {
         Workload::Light | Workload::Steady => "",
         Workload::Conversation => " (by arrival)",
     };
     println!(
         "  caller -> agent added latency{up_by}: {}",
-        loadgen::fmt_ms(&mut up)
+        loadgen::fmt_ms(up)
     );
-    println!(
-        "  agent -> caller added latency: {}",
-        loadgen::fmt_ms(&mut down)
-    );
+    println!("  agent -> caller added latency: {}", loadgen::fmt_ms(down));
     if a.workload == Workload::Conversation {
         let mut mapped = stats.up_mapped_us.lock().unwrap().clone();
         println!(
@@ -634,10 +682,23 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
             loadgen::fmt_ms(&mut mapped)
         );
     }
+    let mut late: Vec<i64> = stats
+        .late_us
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
     println!(
         "  generator send lateness:       {}",
         loadgen::fmt_ms(&mut late)
     );
+}
+
+/// The bridge's CPU and RSS lines of a run's report.
+fn cost_lines(n: usize, bridge: Bridge, f: &Figures<'_>) {
+    let (cpu, window) = (f.cpu, f.window);
+    let [rss_idle, rss_end, rss_max, rss_after] = f.rss;
     println!(
         "  {} CPU: {:.1} % of a core, {:.4} % of a core per call ({:.1} µs CPU per call-second)",
         bridge.as_str(),
@@ -654,6 +715,11 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
         rss_after,
         (rss_end as f64 - rss_idle as f64) / n as f64
     );
+}
+
+/// The audio-accounting lines of a run's report: lost and duplicated audio, turns,
+/// interruptions, probes and message rates.
+fn audio_lines(a: &Args, n: usize, stats: &Stats, window: f64) {
     println!(
         "  audio lost/duplicated: up {}/{} ms, down {}/{} ms (over {} ended calls)",
         stats.up_lost.load(Relaxed) / 8,
@@ -688,21 +754,25 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
         per_call_second(&stats.media_to_caller),
         per_call_second(&stats.window_marks),
     );
+}
+
+/// The calls, outcomes, warnings and errors lines of a run's report.
+fn call_lines(a: &Args, stats: &Stats, f: &Figures<'_>) {
     println!(
         "  calls: started {} ok {} failed {}; agent conversations {}; min active in window {}",
         stats.calls_started.load(Relaxed),
         stats.calls_ok.load(Relaxed),
         stats.calls_failed.load(Relaxed),
         stats.agent_conversations.load(Relaxed),
-        if active_min == usize::MAX {
+        if f.active_min == usize::MAX {
             0
         } else {
-            active_min
+            f.active_min
         }
     );
-    println!("  ignis call outcomes (/metrics): {outcomes}");
-    println!("  bridge warnings and errors logged: {}", warnings.len());
-    for w in warnings.iter().take(5) {
+    println!("  ignis call outcomes (/metrics): {}", f.outcomes);
+    println!("  bridge warnings and errors logged: {}", f.warnings.len());
+    for w in f.warnings.iter().take(5) {
         println!("    {w}");
     }
     let orphans = stats.calls_without_agent.lock().unwrap().clone();
@@ -714,7 +784,8 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
         );
     }
     if a.soak_call_secs.is_some() {
-        let line: Vec<String> = rss_timeline
+        let line: Vec<String> = f
+            .rss_timeline
             .iter()
             .map(|(t, r)| format!("{t} s {:.1}", *r as f64 / 1024.0))
             .collect();
@@ -723,7 +794,6 @@ fn report(a: &Args, run: (usize, Bridge, Backend), stats: &Stats, f: &Figures<'_
     if let Some(e) = stats.first_error.lock().unwrap().as_ref() {
         println!("  first error: {e}");
     }
-    row
 }
 
 /// Barge-in and message-rate lines of a run's report.

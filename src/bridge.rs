@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::audio::format::AgentFormat;
 use crate::audio::inbound::{InboundConfig, InboundPath};
-use crate::audio::outbound::{OutboundConfig, OutboundPath};
+use crate::audio::outbound::{OutboundConfig, OutboundPath, check_agent_audio};
 use crate::audio::pipeline::{AGENT_PIECE_CHARS, CALL_QUEUE_DEPTH, PoolCall, PoolLink, PoolOutput};
 use crate::audio::playout::Transmit;
 use crate::calls::Outcome;
@@ -242,6 +242,9 @@ pub struct Bridge {
     /// Agent audio went to the pool since its last end of turn or pause pad: the worker may
     /// hold a partial frame (and a resampler tail) the pacer cannot see (docs/dsp.md §3.8).
     pool_partial: bool,
+    /// A refused pause pad ([`PoolCall::complete_partial`]) is retried no sooner than this,
+    /// so a full worker queue never makes the call's timer refire in a loop.
+    pool_pad_retry: Option<Instant>,
     conversation_id: Option<String>,
     stream_sid: Option<String>,
     started_at: Option<Instant>,
@@ -292,6 +295,7 @@ impl Bridge {
             outbound: None,
             pool: None,
             pool_partial: false,
+            pool_pad_retry: None,
             conversation_id: None,
             stream_sid: None,
             started_at: None,
@@ -504,14 +508,16 @@ impl Bridge {
 
     /// When to have the pool pad the partial frame it may hold: one caller frame before the
     /// pacer runs dry, so the padded frame is back in time (inline, `poll_transmit` pads at
-    /// that point itself; docs/dsp.md §3.8). `None` while results are still coming from the
-    /// pool (their wake-up re-checks) or nothing may be held.
+    /// that point itself; docs/dsp.md §3.8), and after a refused pad no sooner than a caller
+    /// frame later. `None` while results are still coming from the pool (their wake-up
+    /// re-checks) or nothing may be held.
     fn pool_pad_at(&self, now: Instant) -> Option<Instant> {
         if !self.pool_partial || !self.pool.as_ref()?.settled() {
             return None;
         }
         let starves = self.outbound.as_ref()?.starves_at(now)?;
-        Some(starves.checked_sub(CALLER_FRAME).unwrap_or(starves))
+        let pad = starves.checked_sub(CALLER_FRAME).unwrap_or(starves);
+        Some(self.pool_pad_retry.map_or(pad, |retry| pad.max(retry)))
     }
 
     /// Whether this call's DSP may run in the pool (`AUDIO_STAGES=pipeline`: it joins the pool
@@ -637,6 +643,8 @@ impl Bridge {
             bad_caller_frames: stats.bad_caller_frames + pool.bad_frames,
             bad_agent_chunks: stats.bad_agent_chunks + pool.bad_agent_chunks,
             audio_pipeline_drops: pool.drops,
+            // Inline the path pads; with the pool its worker does (the pacer gets whole frames).
+            pause_pads: outbound.map_or(0, |o| o.pause_pads) + pool.pause_pads,
             bad_agent_messages: stats.session.bad_messages,
             unknown_agent_events: stats.session.unknown_events,
             agent_connect_ms: None,
@@ -752,6 +760,7 @@ impl Bridge {
     /// tail and pads the last frame, then [`PoolOutput::EndOfTurn`] ends the pacer's turn.
     fn end_turn(&mut self, now: Instant) {
         self.pool_partial = false;
+        self.pool_pad_retry = None;
         if let Some(p) = self.pool.as_ref() {
             // Refused only with a worker far behind (counted): the turn's tail then stays on
             // the worker, and the pacer's turn ends with the next one.
@@ -820,16 +829,23 @@ impl Bridge {
         let Some(outbound) = self.outbound.as_mut() else {
             return;
         };
-        if let Some(p) = self.pool.as_ref() {
-            // Bad audio is counted in the pool's stats, as are drops.
-            if p.push_agent_audio(now, event_id, audio_b64).is_err() {
-                log_pool_drop(p, "agent audio");
-            }
-            self.pool_partial = true;
-        } else if outbound.push_agent_audio(now, event_id, audio_b64).is_err() {
+        let pushed = match self.pool.as_ref() {
+            // The whole chunk is checked here, as inline, before any piece goes to the pool: a
+            // chunk bad in its third piece must not have its first two played.
+            Some(p) => check_agent_audio(audio_b64).map(|_| {
+                // Drops are counted in the pool's stats.
+                if p.push_agent_audio(now, event_id, audio_b64).is_err() {
+                    log_pool_drop(p, "agent audio");
+                }
+            }),
+            None => outbound.push_agent_audio(now, event_id, audio_b64),
+        };
+        if let Err(e) = pushed {
             self.stats.bad_agent_chunks += 1;
+            debug!(error = %e, "[ElevenLabs] Bad agent audio ignored");
             return;
         }
+        self.pool_partial |= self.pool.is_some();
         self.last_agent_audio = Some(now);
         self.turn_open = true;
     }
@@ -848,6 +864,7 @@ impl Bridge {
             // worker's resampler state unreset (counted).
             let _ = p.interrupt(now, Some(event_id));
             self.pool_partial = false;
+            self.pool_pad_retry = None;
         }
         self.turn_open = false;
         // A pending "finish after audio" is moot: nothing is queued any more.
@@ -944,14 +961,6 @@ impl Bridge {
             self.turn_open = false;
             self.end_turn(now);
         }
-        if self.pool_pad_at(now).is_some_and(|t| now >= t)
-            && let Some(p) = self.pool.as_ref()
-        {
-            match p.complete_partial(now) {
-                Ok(()) => self.pool_partial = false,
-                Err(_) => log_pool_drop(p, "pause pad"),
-            }
-        }
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
                 match t {
@@ -980,6 +989,30 @@ impl Bridge {
                 let bytes = wire_message(&mut self.wire, &mut self.wire_reserve, &self.scratch);
                 self.out.push_back(Output::ToTwilio(bytes));
             }
+        }
+        // After this step's sends: the pacer may only now be about to run dry (found by the
+        // call_session_pipeline fuzz target: a pad due at once, left to another wake-up).
+        if self.pool_pad_at(now).is_some_and(|t| now >= t)
+            && let Some(p) = self.pool.as_ref()
+        {
+            match p.complete_partial(now) {
+                Ok(()) => {
+                    self.pool_partial = false;
+                    self.pool_pad_retry = None;
+                }
+                // Counted as a drop; retried a caller frame later, not at once: the deadline
+                // stays due, and an immediate retry would spin the call's timer.
+                Err(_) => {
+                    log_pool_drop(p, "pause pad");
+                    self.pool_pad_retry = Some(now + CALLER_FRAME);
+                }
+            }
+        }
+        if self.pool.as_ref().is_some_and(PoolCall::worker_gone) {
+            // No audio moves either way any more: a person takes the caller.
+            warn!("[Audio] DSP worker gone; sending the caller to the fallback");
+            self.close(Outcome::AgentFailed);
+            return;
         }
         if let Some(Ending::Draining {
             outcome,

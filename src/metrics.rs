@@ -125,6 +125,9 @@ pub struct CallSummary {
     /// Audio commands and results the DSP pool dropped because a queue was full
     /// (`AUDIO_STAGES=pipeline`; see `audio::pipeline::PoolCallStats`).
     pub audio_pipeline_drops: u64,
+    /// Partial agent frames completed with silence because the agent paused mid-turn, inline
+    /// or on the DSP pool (docs/dsp.md §3.8).
+    pub pause_pads: u64,
     /// Agent messages that did not parse.
     pub bad_agent_messages: u64,
     /// Agent events of unknown or unused types.
@@ -165,6 +168,8 @@ pub struct Metrics {
     pub bad_frames: AtomicU64,
     /// Audio the DSP pool dropped on a full queue (`AUDIO_STAGES=pipeline`).
     pub audio_pipeline_drops: AtomicU64,
+    /// Partial agent frames padded in a pause of the agent (docs/dsp.md §3.8).
+    pub pause_pads: AtomicU64,
     /// Time to connect the agent socket.
     pub agent_connect: Histogram,
     /// Time from Twilio `start` to the first agent audio written to Twilio.
@@ -202,6 +207,7 @@ impl Metrics {
         Metrics::add(&self.underruns, call.underruns);
         Metrics::add(&self.interruptions, call.interruptions);
         Metrics::add(&self.audio_pipeline_drops, call.audio_pipeline_drops);
+        Metrics::add(&self.pause_pads, call.pause_pads);
         Metrics::add(
             &self.bad_frames,
             call.bad_caller_frames + call.bad_agent_chunks + call.bad_agent_messages,
@@ -320,6 +326,13 @@ impl Metrics {
             "Audio commands and results the DSP pool dropped on a full queue \
              (AUDIO_STAGES=pipeline; added when a call ends).",
             &self.audio_pipeline_drops,
+        );
+        counter(
+            out,
+            "ignis_audio_pause_pads_total",
+            "Partial agent frames completed with silence because the agent paused mid-turn \
+             (docs/dsp.md §3.8; added when a call ends).",
+            &self.pause_pads,
         );
         counter(
             out,
@@ -470,6 +483,7 @@ mod tests {
             bad_caller_frames: 4,
             bad_agent_chunks: 5,
             audio_pipeline_drops: 8,
+            pause_pads: 9,
             bad_agent_messages: 6,
             unknown_agent_events: 7,
             agent_connect_ms: Some(150),
@@ -492,6 +506,7 @@ mod tests {
             "ignis_playout_underruns_total 4\n",
             "ignis_interruptions_total 6\n",
             "ignis_audio_pipeline_drops_total 16\n",
+            "ignis_audio_pause_pads_total 18\n",
             // Both peers' bad frames: (4 + 5 + 6) per call.
             "ignis_bad_frames_total 30\n",
             // Histograms only for what happened.

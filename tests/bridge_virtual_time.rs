@@ -999,3 +999,162 @@ fn pipeline_agent_audio_before_start_is_all_played() {
     assert_eq!(tw.audio, want, "in order");
     assert_eq!(b.call_summary(Outcome::Completed).audio_pipeline_drops, 0);
 }
+
+/// A bridge config on `pool` (a [`DspPool::manual`] pool: the worker runs when the test says).
+fn manual_pool_config(pool: &std::sync::Arc<ignis::audio::pipeline::DspPool>) -> BridgeConfig {
+    BridgeConfig {
+        pool: Some(ignis::audio::pipeline::PoolLink {
+            pool: std::sync::Arc::clone(pool),
+            wake: std::sync::Arc::new(|| {}),
+        }),
+        ..BridgeConfig::default()
+    }
+}
+
+/// The μ-law bytes of the `media` messages in `to_twilio`.
+fn media_bytes(to_twilio: &[String]) -> usize {
+    use base64::Engine;
+    to_twilio
+        .iter()
+        .filter_map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m).ok()?;
+            let b64 = v["media"]["payload"].as_str()?.to_owned();
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .map(|b| b.len())
+        .sum()
+}
+
+/// The pool refuses the pause pad (another call filled the worker's queue): the refusal is
+/// counted and the pad retried a caller frame later, not at once (the timer must not refire in
+/// a loop), and once the worker has room the padded frame plays.
+#[test]
+fn pipeline_refused_pause_pad_backs_off_a_caller_frame() {
+    use ignis::audio::pipeline::DspPool;
+    use ignis::audio::{AgentFormat, InboundConfig};
+    let pool = DspPool::manual(1, 8);
+    let t0 = Instant::now();
+    let mut b = started(manual_pool_config(&pool), t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    // 125 ms: 6 whole frames, and 40 bytes the worker holds as a partial frame.
+    let mut now = t0 + Duration::from_millis(5);
+    b.handle_agent_text(now, &agent_audio(1, &ulaw_b64(125)));
+    pool.run_manual();
+    b.handle_audio_ready(now);
+    assert!(b.pool_settled());
+    let mut played = media_bytes(&drain(&mut b).0);
+    // Another call on the same worker fills its queue.
+    let f = AgentFormat::Ulaw8000;
+    let wake = std::sync::Arc::new(|| {});
+    let filler = pool
+        .open(f, f, InboundConfig::default(), Default::default(), wake)
+        .unwrap();
+    while filler.push_twilio_media(now, 1, 0, ULAW_FRAME_B64).is_ok() {}
+    let drops = |b: &Bridge| b.call_summary(Outcome::Completed).audio_pipeline_drops;
+    // The caller's frames have stopped: the timer alone, until the pad is due and refused.
+    for _ in 0..100 {
+        if drops(&b) > 0 {
+            break;
+        }
+        now = now.max(b.poll_timeout().expect("a timer is set"));
+        b.handle_timeout(now);
+        played += media_bytes(&drain(&mut b).0);
+    }
+    assert_eq!(drops(&b), 1, "the refused pad is counted");
+    let next = b.poll_timeout().expect("a timer is set");
+    assert!(
+        next >= now + Duration::from_millis(20),
+        "the refused pad refires {:?} after it was refused",
+        next.saturating_duration_since(now)
+    );
+    // The worker catches up; the retry goes through and the padded frame plays.
+    pool.run_manual();
+    let until = now + Duration::from_secs(1);
+    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
+        now = now.max(t);
+        b.handle_timeout(now);
+        pool.run_manual();
+        b.handle_audio_ready(now);
+        played += media_bytes(&drain(&mut b).0);
+    }
+    assert_eq!(played, 7 * 160, "6 whole frames and the padded one");
+    assert_eq!(drops(&b), 1);
+}
+
+/// The call's DSP worker is gone: the refused command fails the call (a person takes the
+/// caller) rather than leaving it without audio either way.
+#[test]
+fn pipeline_gone_worker_fails_the_call() {
+    use ignis::audio::pipeline::DspPool;
+    let pool = DspPool::manual(1, 64);
+    let t0 = Instant::now();
+    let mut b = started(manual_pool_config(&pool), t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    twilio(&mut b, t0, &media(1));
+    pool.run_manual();
+    b.handle_audio_ready(t0);
+    assert_eq!(drain(&mut b).1.len(), 1);
+    assert!(events(&mut b).is_empty());
+    pool.stop_manual();
+    twilio(&mut b, t0 + Duration::from_millis(20), &media(2));
+    assert_eq!(events(&mut b), closed(Outcome::AgentFailed));
+}
+
+/// Plays one agent `audio` chunk through a bridge (inline, or on a manual pool) with no caller
+/// frames, for two seconds on the timer; returns the μ-law bytes played and the call's bad-chunk
+/// count.
+fn play_one_chunk(pipeline: bool, audio_b64: &str) -> (usize, u64) {
+    use ignis::audio::pipeline::DspPool;
+    let pool = DspPool::manual(1, 64);
+    let config = if pipeline {
+        manual_pool_config(&pool)
+    } else {
+        BridgeConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut b = started(config, t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut now = t0 + Duration::from_millis(5);
+    b.handle_agent_text(now, &agent_audio(1, audio_b64));
+    pool.run_manual();
+    b.handle_audio_ready(now);
+    let mut played = media_bytes(&drain(&mut b).0);
+    let until = now + Duration::from_secs(2);
+    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
+        now = now.max(t);
+        b.handle_timeout(now);
+        pool.run_manual();
+        b.handle_audio_ready(now);
+        played += media_bytes(&drain(&mut b).0);
+    }
+    let summary = b.call_summary(Outcome::Completed);
+    (played, summary.bad_agent_chunks)
+}
+
+/// An agent chunk of three pool pieces (4096 characters each) that is bad in its third, or
+/// whose last quad has non-zero trailing bits: refused whole in both modes, nothing played,
+/// counted once; a good chunk of the same size plays whole in both.
+#[test]
+fn a_bad_agent_chunk_is_refused_whole_inline_and_pipeline() {
+    let good = ulaw_b64(1140); // 57 frames: 12160 characters, three pool pieces.
+    let mut bad_third = good.clone();
+    bad_third.replace_range(10_000..10_001, "!");
+    let trailing_bits = format!("{good}AB==");
+    for (name, chunk) in [
+        ("bad in its third piece", &bad_third),
+        ("trailing bits", &trailing_bits),
+    ] {
+        for pipeline in [false, true] {
+            assert_eq!(
+                play_one_chunk(pipeline, chunk),
+                (0, 1),
+                "{name}, pipeline {pipeline}: nothing played, one bad chunk"
+            );
+        }
+    }
+    assert_eq!(play_one_chunk(false, &good), (9120, 0));
+    assert_eq!(play_one_chunk(true, &good), (9120, 0));
+}

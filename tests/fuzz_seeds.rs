@@ -172,6 +172,17 @@ fn call_session_seeds() {
     replay("call_session", 1, |d| call::call_session(start, d));
 }
 
+/// The call seeds again with the DSP on a manual pool (`AUDIO_STAGES=pipeline`); the
+/// pipeline target's own seeds too.
+#[test]
+fn call_session_pipeline_seeds() {
+    let start = Instant::now();
+    replay("call_session", 1, |d| call::call_session_pipeline(start, d));
+    replay("call_session_pipeline", 1, |d| {
+        call::call_session_pipeline(start, d)
+    });
+}
+
 #[test]
 fn https_response_seeds() {
     replay("https_response", 1, agent::https_response);
@@ -197,6 +208,7 @@ fn operation_sequences_pseudo_random() {
     };
     sweep("call_session", inputs, |d| {
         call::call_session(start, d);
+        call::call_session_pipeline(start, d);
         agent::elevenlabs_event(start, d);
     });
 }

@@ -207,3 +207,35 @@ async fn setup_wait_is_no_added_latency_sample_with_the_pool() {
     assert!(total >= 1.0, "samples of the frames after the set-up");
     assert_eq!(count_at(1.0), total, "no sample of the set-up wait");
 }
+
+/// The agent pauses mid-turn: its turn starts with 5 ms of audio (less than a frame), then
+/// nothing for a while. The caller must not wait for the rest of the frame: it is completed
+/// with silence and sent (docs/dsp.md §3.8), and that pad is counted in
+/// `ignis_audio_pause_pads_total`, inline and with the DSP pool.
+#[tokio::test]
+async fn pause_pads_are_counted_inline_and_pipeline() {
+    use ignis::audio::mulaw::SILENCE;
+    let t = Duration::from_secs(10);
+    for (stages, sid) in [
+        ("inline", "CA0000000000000000000000000000d0a1"),
+        ("pipeline", "CA0000000000000000000000000000d0a2"),
+    ] {
+        let server = Server::start_config(test_config(&[("AUDIO_STAGES", stages)])).await;
+        let mut caller = TwilioCall::dial(&server, sid).await;
+        let agent = server.agent.next_conn(t).await;
+        agent.send_audio(1, &[0x55u8; 40]);
+        let heard = caller.audio(160, t).await;
+        assert_eq!(heard[..40], [0x55u8; 40], "{stages}");
+        assert_eq!(heard[40..160], [SILENCE; 120], "{stages}: the frame padded");
+        // The turn goes on after the pause.
+        agent.send_audio(1, &[0x66u8; 800]);
+        assert_eq!(caller.audio(800, t).await, [0x66u8; 800], "{stages}");
+        caller.hang_up();
+        let _ = caller.closed(t).await;
+        eventually("call counted", || server.app.calls.live_count() == 0).await;
+        let r = roundtrip(&server, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        let scrape = parse(&r.text());
+        let pads = value(&scrape, "ignis_audio_pause_pads_total", None);
+        assert!(pads >= 1.0, "{stages}: {pads} pause pads counted");
+    }
+}

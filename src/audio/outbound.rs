@@ -40,6 +40,27 @@ pub const MAX_AGENT_BURST_BYTES: usize = 1 << 20;
 const DECODE_BLOCK_CHARS: usize = 512;
 const DECODE_BLOCK_BYTES: usize = DECODE_BLOCK_CHARS / 4 * 3;
 
+/// Checks a whole agent audio chunk without decoding it (no allocation): standard padded
+/// base64 with canonical trailing bits, at most [`MAX_AGENT_BURST_BYTES`] decoded. Returns the
+/// decoded length. A chunk that passes decodes without error in any 4-character-aligned
+/// pieces: inline decodes it in blocks, the DSP pool in pieces, so a bad chunk is refused
+/// whole before any of it plays (never its first pieces only).
+pub fn check_agent_audio(audio_b64: &str) -> Result<usize, BadAgentAudio> {
+    let b64 = audio_b64.as_bytes();
+    let len = checked_decoded_len(b64).map_err(|_| BadAgentAudio::Base64)?;
+    if len > MAX_AGENT_BURST_BYTES {
+        return Err(BadAgentAudio::TooLarge { len });
+    }
+    // The alphabet and padding are checked; only the last quad can hold non-zero trailing bits.
+    if let Some(last) = b64.len().checked_sub(4).and_then(|at| b64.get(at..)) {
+        let mut out = [0u8; 3];
+        STANDARD
+            .decode_slice(last, &mut out)
+            .map_err(|_| BadAgentAudio::Base64)?;
+    }
+    Ok(len)
+}
+
 /// Outbound path settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboundConfig {
@@ -231,12 +252,7 @@ impl OutboundPath {
             return Ok(());
         }
         // Several blocks: check the whole text first so an error never leaves half a chunk.
-        let len = match checked_decoded_len(audio_b64.as_bytes()) {
-            Ok(n) if n > MAX_AGENT_BURST_BYTES => Err(BadAgentAudio::TooLarge { len: n }),
-            Ok(n) => Ok(n),
-            Err(_) => Err(BadAgentAudio::Base64),
-        };
-        let len = match len {
+        let len = match check_agent_audio(audio_b64) {
             Ok(n) => n,
             Err(e) => {
                 self.stats.bad_chunks += 1;
@@ -250,7 +266,7 @@ impl OutboundPath {
             let n = match STANDARD.decode_slice(block, &mut self.decoded[..]) {
                 Ok(n) => n,
                 Err(_) => {
-                    // Only non-canonical trailing bits get here (the alphabet was checked).
+                    // Unreachable: `check_agent_audio` checked every block.
                     self.stats.bad_chunks += 1;
                     return Err(BadAgentAudio::Base64);
                 }
@@ -485,6 +501,21 @@ impl fmt::Debug for OutboundPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_chunk_check_without_decoding() {
+        assert_eq!(check_agent_audio(""), Ok(0));
+        assert_eq!(check_agent_audio("AA=="), Ok(1));
+        assert_eq!(check_agent_audio("AAAAAA=="), Ok(4));
+        // Non-zero trailing bits in the last quad: a decoder refuses them.
+        assert_eq!(check_agent_audio("AAAAAB=="), Err(BadAgentAudio::Base64));
+        assert_eq!(check_agent_audio("AA!A"), Err(BadAgentAudio::Base64));
+        let huge = "A".repeat((MAX_AGENT_BURST_BYTES / 3 + 1) * 4);
+        assert!(matches!(
+            check_agent_audio(&huge),
+            Err(BadAgentAudio::TooLarge { .. })
+        ));
+    }
 
     #[test]
     fn odd_byte_is_carried_across_chunks() {

@@ -47,7 +47,9 @@
 //!   drop.
 //! - **Pauses.** The partial frame and resampler tail stay on the worker; the bridge asks for
 //!   them with [`PoolCall::complete_partial`] once the pool is [`PoolCall::settled`] and its
-//!   pacer is about to run dry (docs/dsp.md §3.8).
+//!   pacer is about to run dry (docs/dsp.md §3.8); a refused one is retried a caller frame later.
+//! - **Tests and fuzzing.** [`DspPool::manual`] makes a pool whose workers have no thread:
+//!   [`DspPool::run_manual`] runs what is queued on the caller's thread, in virtual time.
 //! - **Interruptions.** [`PoolCall::interrupt`] bumps the call's generation: results of agent
 //!   audio queued before it are discarded when drained, so the call task drops its held audio
 //!   and sends `clear` in the same step (docs/elevenlabs.md §4.4); the worker then resets its
@@ -72,8 +74,8 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
@@ -812,6 +814,9 @@ pub struct DspPool {
     workers: Vec<PoolWorker>,
     next_id: AtomicU64,
     drops: Arc<AtomicU64>,
+    /// Workers with no thread, run on the caller's thread by [`DspPool::run_manual`]
+    /// ([`DspPool::manual`]: tests and fuzzing); `None` once stopped.
+    manual: Vec<Mutex<Option<PoolThread>>>,
 }
 
 impl fmt::Debug for DspPool {
@@ -857,7 +862,62 @@ impl DspPool {
             workers: list,
             next_id: AtomicU64::new(1),
             drops: Arc::new(AtomicU64::new(0)),
+            manual: Vec::new(),
         }))
+    }
+
+    /// A pool whose `workers` (clamped to 1..=[`MAX_POOL_WORKERS`]) have no thread: their
+    /// commands wait, up to `queue_depth` per worker (clamped to 1..=[`WORKER_QUEUE_DEPTH`]),
+    /// until [`DspPool::run_manual`] runs them on the caller's thread. For tests and fuzzing in
+    /// virtual time: the worker runs exactly when the test says so, and a small queue fills.
+    pub fn manual(workers: usize, queue_depth: usize) -> Arc<Self> {
+        let mut list = Vec::new();
+        let mut manual = Vec::new();
+        for _ in 0..workers.clamp(1, MAX_POOL_WORKERS) {
+            let (work, work_rx) = bounded(queue_depth.clamp(1, WORKER_QUEUE_DEPTH));
+            let (control, control_rx) = crossbeam_channel::unbounded();
+            manual.push(Mutex::new(Some(PoolThread {
+                work: work_rx,
+                control: control_rx,
+                calls: std::collections::HashMap::new(),
+                touched: Vec::new(),
+            })));
+            list.push(PoolWorker {
+                work,
+                control,
+                calls: Arc::new(AtomicUsize::new(0)),
+            });
+        }
+        Arc::new(Self {
+            workers: list,
+            next_id: AtomicU64::new(1),
+            drops: Arc::new(AtomicU64::new(0)),
+            manual,
+        })
+    }
+
+    /// Runs everything queued for a [`DspPool::manual`] pool's workers, on this thread, as
+    /// their threads would (batches, then one wake-up per touched call); returns how many
+    /// commands ran. Nothing for a threaded pool.
+    pub fn run_manual(&self) -> usize {
+        let mut ran = 0;
+        for w in &self.manual {
+            let mut w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(w) = w.as_mut() {
+                ran += w.run_pending();
+            }
+        }
+        ran
+    }
+
+    /// Stops a [`DspPool::manual`] pool's workers as if their threads had died: their calls'
+    /// commands are refused from now on ([`PoolCall::worker_gone`]).
+    pub fn stop_manual(&self) {
+        for w in &self.manual {
+            w.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+        }
     }
 
     /// Number of worker threads.
@@ -936,6 +996,7 @@ impl DspPool {
             turn_ends: Cell::new(0),
             sent: Cell::new(0),
             drained_done: 0,
+            gone: Cell::new(false),
         })
     }
 }
@@ -964,6 +1025,8 @@ pub struct PoolCall {
     /// [`PoolCall::drain`] (see [`PoolCall::settled`]).
     sent: Cell<u64>,
     drained_done: u64,
+    /// A command was refused because the worker is gone ([`PoolCall::worker_gone`]).
+    gone: Cell<bool>,
 }
 
 impl fmt::Debug for PoolCall {
@@ -1010,9 +1073,10 @@ impl PoolCall {
                 self.sent.set(self.sent.get() + 1);
                 Ok(())
             }
-            Err(_) => {
+            Err(e) => {
                 // The buffer went with the refused command; one may be made again.
                 self.in_made.set(self.in_made.get().saturating_sub(1));
+                self.gone.set(self.gone.get() || e.is_disconnected());
                 Err(self.dropped())
             }
         }
@@ -1027,9 +1091,18 @@ impl PoolCall {
             job,
             text: String::new(),
         };
-        self.work.try_send(work).map_err(|_| self.dropped())?;
+        if let Err(e) = self.work.try_send(work) {
+            self.gone.set(self.gone.get() || e.is_disconnected());
+            return Err(self.dropped());
+        }
         self.sent.set(self.sent.get() + 1);
         Ok(())
+    }
+
+    /// Whether a command was refused because the call's worker is gone (its thread ended):
+    /// nothing of the call's audio moves any more, and the bridge fails the call.
+    pub fn worker_gone(&self) -> bool {
+        self.gone.get()
     }
 
     /// Queues a Twilio `media` frame (see [`InboundPath::push_twilio_media`]).
@@ -1048,7 +1121,9 @@ impl PoolCall {
     }
 
     /// Queues agent audio of turn `event_id` (see [`OutboundPath::push_agent_audio`]), in
-    /// pieces of [`AGENT_PIECE_CHARS`]; on a drop the rest of the chunk is dropped too.
+    /// pieces of [`AGENT_PIECE_CHARS`]; on a drop the rest of the chunk is dropped too. The
+    /// worker checks each piece alone: check the whole chunk first
+    /// ([`super::outbound::check_agent_audio`], as the bridge does) so a bad one is refused whole.
     pub fn push_agent_audio(
         &self,
         now: Instant,
@@ -1220,23 +1295,44 @@ impl PoolThread {
                     Err(_) => return,
                 },
             }
-            // Batched hand-off: everything already queued is handled before any wake-up, so
-            // one wake-up serves every frame of a call that is ready.
-            let mut batch = 1;
-            while batch < MAX_BATCH_COMMANDS {
-                let Ok(w) = self.work.try_recv() else {
-                    break;
-                };
-                self.handle(w);
-                batch += 1;
+            self.batch(1);
+        }
+    }
+
+    /// Batched hand-off: everything already queued is handled (up to [`MAX_BATCH_COMMANDS`],
+    /// `handled` of them already) before any wake-up, so one wake-up serves every frame of a
+    /// call that is ready. Returns the commands handled here.
+    fn batch(&mut self, handled: usize) -> usize {
+        let mut batch = handled;
+        while batch < MAX_BATCH_COMMANDS {
+            let Ok(w) = self.work.try_recv() else {
+                break;
+            };
+            self.handle(w);
+            batch += 1;
+        }
+        for id in self.touched.drain(..) {
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.touched = false;
+                c.publish();
+                (c.wake)();
             }
-            for id in self.touched.drain(..) {
-                if let Some(c) = self.calls.get_mut(&id) {
-                    c.touched = false;
-                    c.publish();
-                    (c.wake)();
-                }
+        }
+        batch - handled
+    }
+
+    /// [`DspPool::run_manual`]: opens and closes, then batches until the queue is empty.
+    fn run_pending(&mut self) -> usize {
+        while let Ok(c) = self.control.try_recv() {
+            self.control(c);
+        }
+        let mut ran = 0;
+        loop {
+            let n = self.batch(0);
+            if n == 0 {
+                return ran;
             }
+            ran += n;
         }
     }
 

@@ -728,6 +728,7 @@ fn log_summary(s: &CallSummary, duration: Duration, conversation_id: Option<&str
         dtmf = s.dtmf,
         bad_frames = s.bad_caller_frames,
         audio_pipeline_drops = s.audio_pipeline_drops,
+        pause_pads = s.pause_pads,
         bad_agent_messages = s.bad_agent_messages,
         unknown_agent_events = s.unknown_agent_events,
         "[Call] Summary"

@@ -1,6 +1,8 @@
 //! Fuzz entry point for the per-call [`Bridge`], driven by a random sequence of Twilio and agent
 //! events the way `driver::twilio_socket` drives it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -9,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::Bytes;
 use crate::audio::AgentFormat;
+use crate::audio::pipeline::{DspPool, PoolLink, WORKER_QUEUE_DEPTH};
 use crate::audio::playout::MARK_PREFIX;
 use crate::bridge::{
     Bridge, BridgeConfig, BridgeEvent, DtmfMode, Output, TOOL_END_CALL, TOOL_TRANSFER,
@@ -43,6 +46,8 @@ struct Call {
     transfer_asked: u64,
     transfer_events: u64,
     clears: u64,
+    /// `AUDIO_STAGES=pipeline`: the manual DSP pool and whether it woke the call.
+    pool: Option<(Arc<DspPool>, Arc<AtomicBool>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -76,9 +81,104 @@ enum AgentLink {
 /// `start` is the virtual clock's origin (any instant: only differences matter): time is `start`
 /// plus the milliseconds the input advanced.
 pub fn call_session(start: Instant, data: &[u8]) {
+    session(start, data, false);
+}
+
+/// [`call_session`] with the DSP on the pool (`AUDIO_STAGES=pipeline`): a [`DspPool::manual`]
+/// pool whose worker runs the call's `CallDsp` on this thread when the input says "the worker
+/// runs now", with a worker queue of 1–[`WORKER_QUEUE_DEPTH`] commands (the second byte), so
+/// drops, refused control commands, generations and [`Bridge::handle_audio_ready`] (woken or
+/// not) are all reached. Same invariants, and the call summary's pipeline drops are the pool's.
+pub fn call_session_pipeline(start: Instant, data: &[u8]) {
+    session(start, data, true);
+}
+
+fn session(start: Instant, data: &[u8], pipeline: bool) {
     let mut d = Bytes(data);
     let cfg = d.u8();
-    let config = BridgeConfig {
+    // Read only in pipeline mode, so `call_session` inputs keep their meaning.
+    let pool = pipeline.then(|| {
+        let depth = [WORKER_QUEUE_DEPTH, 1, 3, 40][usize::from(d.u8() & 3)];
+        (DspPool::manual(1, depth), Arc::new(AtomicBool::new(false)))
+    });
+    let link = pool.as_ref().map(|(pool, woken)| {
+        let woken = Arc::clone(woken);
+        PoolLink {
+            pool: Arc::clone(pool),
+            wake: Arc::new(move || woken.store(true, Ordering::Relaxed)),
+        }
+    });
+    let config = bridge_config(cfg, link);
+    let mut call = Call {
+        bridge: Bridge::new(config),
+        now: start,
+        stream_sid: None,
+        started: false,
+        agent: AgentLink::Connecting,
+        input_format: None,
+        marks: Vec::new(),
+        transfers: Vec::new(),
+        tool_ids_sent: Vec::new(),
+        close_agent: false,
+        close_twilio: false,
+        transfer_asked: 0,
+        transfer_events: 0,
+        clears: 0,
+        pool,
+    };
+    // The driver hands the bridge Twilio's `start` before anything else.
+    call.twilio_start(&mut d);
+    call.drain();
+
+    let mut ops = 0;
+    // Pipeline mode adds two operations: the worker runs, and a wake-up without one.
+    let kinds = if pipeline { 22 } else { 20 };
+    while !d.is_empty() && ops < MAX_OPS {
+        ops += 1;
+        let before_closed = call.bridge.is_closed();
+        match d.u8() % kinds {
+            0..=3 => call.twilio_media(&mut d),
+            4 => call.twilio_dtmf(&mut d),
+            5 => call.twilio_mark(&mut d),
+            6 => call.twilio_text(stop_or_unknown(&mut d)),
+            7 => call.agent_connect(),
+            8 => call.agent_fail(),
+            9 => call.agent_close(&mut d),
+            10 => call.agent_metadata(&mut d),
+            11..=13 => call.agent_audio(&mut d),
+            14 => call.agent_text(&interruption(&mut d)),
+            15 => call.agent_text(&json!({"type": "ping", "ping_event": {"event_id": d.u64() % 1000, "ping_ms": null}}).to_string()),
+            16 => call.agent_tool_call(&mut d),
+            17 => call.agent_text(&agent_other(&mut d)),
+            18 => call.transfer_done(&mut d),
+            20 => call.worker_runs(),
+            21 => call.audio_ready(),
+            _ => call.advance(&mut d),
+        }
+        call.drain();
+        if before_closed {
+            assert!(call.bridge.is_closed(), "the bridge reopened");
+        }
+    }
+    // Let the clock run out: whatever is queued plays, and every timer eventually settles.
+    for _ in 0..4 {
+        call.worker_runs();
+        call.advance_by(Duration::from_secs(30));
+    }
+    assert_eq!(call.bridge.stats().clears, call.clears);
+    if let Some((pool, _)) = &call.pool {
+        let summary = call.bridge.call_summary(crate::calls::Outcome::Completed);
+        assert_eq!(
+            summary.audio_pipeline_drops,
+            pool.drops_total(),
+            "drops counted"
+        );
+    }
+}
+
+/// The bridge's settings from the input's first byte (`pool`: pipeline mode).
+fn bridge_config(cfg: u8, pool: Option<PoolLink>) -> BridgeConfig {
+    BridgeConfig {
         dtmf: if cfg & 1 == 0 {
             DtmfMode::UserMessage
         } else {
@@ -96,59 +196,9 @@ pub fn call_session(start: Instant, data: &[u8]) {
             fallback: Some("+4930123456".to_owned()),
             staff_line: None,
         },
+        pool,
         ..BridgeConfig::default()
-    };
-    let mut call = Call {
-        bridge: Bridge::new(config),
-        now: start,
-        stream_sid: None,
-        started: false,
-        agent: AgentLink::Connecting,
-        input_format: None,
-        marks: Vec::new(),
-        transfers: Vec::new(),
-        tool_ids_sent: Vec::new(),
-        close_agent: false,
-        close_twilio: false,
-        transfer_asked: 0,
-        transfer_events: 0,
-        clears: 0,
-    };
-    // The driver hands the bridge Twilio's `start` before anything else.
-    call.twilio_start(&mut d);
-    call.drain();
-
-    let mut ops = 0;
-    while !d.is_empty() && ops < MAX_OPS {
-        ops += 1;
-        let before_closed = call.bridge.is_closed();
-        match d.u8() % 20 {
-            0..=3 => call.twilio_media(&mut d),
-            4 => call.twilio_dtmf(&mut d),
-            5 => call.twilio_mark(&mut d),
-            6 => call.twilio_text(stop_or_unknown(&mut d)),
-            7 => call.agent_connect(),
-            8 => call.agent_fail(),
-            9 => call.agent_close(&mut d),
-            10 => call.agent_metadata(&mut d),
-            11..=13 => call.agent_audio(&mut d),
-            14 => call.agent_text(&interruption(&mut d)),
-            15 => call.agent_text(&json!({"type": "ping", "ping_event": {"event_id": d.u64() % 1000, "ping_ms": null}}).to_string()),
-            16 => call.agent_tool_call(&mut d),
-            17 => call.agent_text(&agent_other(&mut d)),
-            18 => call.transfer_done(&mut d),
-            _ => call.advance(&mut d),
-        }
-        call.drain();
-        if before_closed {
-            assert!(call.bridge.is_closed(), "the bridge reopened");
-        }
     }
-    // Let the clock run out: whatever is queued plays, and every timer eventually settles.
-    for _ in 0..4 {
-        call.advance_by(Duration::from_secs(30));
-    }
-    assert_eq!(call.bridge.stats().clears, call.clears);
 }
 
 impl Call {
@@ -244,6 +294,25 @@ impl Call {
                 self.bridge.handle_twilio(self.now, event);
             }
             Err(_) => {}
+        }
+    }
+
+    /// The pool's worker runs what is queued; the driver then hands its results to the bridge
+    /// if it was woken (as `driver::twilio_socket` does on the call's `Notify`).
+    fn worker_runs(&mut self) {
+        let Some((pool, woken)) = &self.pool else {
+            return;
+        };
+        pool.run_manual();
+        if woken.swap(false, Ordering::Relaxed) {
+            self.bridge.handle_audio_ready(self.now);
+        }
+    }
+
+    /// A wake-up with nothing new (a stale `Notify` permit): must change nothing harmful.
+    fn audio_ready(&mut self) {
+        if self.pool.is_some() {
+            self.bridge.handle_audio_ready(self.now);
         }
     }
 
@@ -551,6 +620,15 @@ mod tests {
         super::call_session(
             start,
             &[0, 0, 7, 10, 6, 6, 11, 0, 0x10, 0x10, 7, 19, 0, 100],
+        );
+        super::call_session_pipeline(start, &[]);
+        super::call_session_pipeline(start, &[0, 1]);
+        // Metadata, caller frames and agent audio, the worker running between them.
+        super::call_session_pipeline(
+            start,
+            &[
+                0, 2, 0, 7, 10, 0, 0, 20, 0, 0, 11, 0, 0x10, 0x10, 20, 19, 0, 100, 20, 21,
+            ],
         );
     }
 }
