@@ -1000,6 +1000,35 @@ fn pipeline_agent_audio_before_start_is_all_played() {
     assert_eq!(b.call_summary(Outcome::Completed).audio_pipeline_drops, 0);
 }
 
+/// Runs `b` on its timer alone (no caller frames) from `now` for `span`, the manual `pool`'s
+/// worker running at every step; returns the μ-law bytes played.
+fn run_timer_with_pool(
+    b: &mut Bridge,
+    pool: &ignis::audio::pipeline::DspPool,
+    mut now: Instant,
+    span: Duration,
+) -> usize {
+    let until = now + span;
+    let mut played = 0;
+    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
+        now = now.max(t);
+        b.handle_timeout(now);
+        pool.run_manual();
+        b.handle_audio_ready(now);
+        played += media_bytes(&drain(b).0);
+    }
+    played
+}
+
+/// A bridge with `config`, its Twilio stream started at `t0` and its agent (ulaw both ways)
+/// connected.
+fn connected_ulaw(config: BridgeConfig, t0: Instant) -> Bridge {
+    let mut b = started(config, t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b
+}
+
 /// A bridge config on `pool` (a [`DspPool::manual`] pool: the worker runs when the test says).
 fn manual_pool_config(pool: &std::sync::Arc<ignis::audio::pipeline::DspPool>) -> BridgeConfig {
     BridgeConfig {
@@ -1034,9 +1063,7 @@ fn pipeline_refused_pause_pad_backs_off_a_caller_frame() {
     use ignis::audio::{AgentFormat, InboundConfig};
     let pool = DspPool::manual(1, 8);
     let t0 = Instant::now();
-    let mut b = started(manual_pool_config(&pool), t0);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected_ulaw(manual_pool_config(&pool), t0);
     // 125 ms: 6 whole frames, and 40 bytes the worker holds as a partial frame.
     let mut now = t0 + Duration::from_millis(5);
     b.handle_agent_text(now, &agent_audio(1, &ulaw_b64(125)));
@@ -1070,14 +1097,7 @@ fn pipeline_refused_pause_pad_backs_off_a_caller_frame() {
     );
     // The worker catches up; the retry goes through and the padded frame plays.
     pool.run_manual();
-    let until = now + Duration::from_secs(1);
-    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
-        now = now.max(t);
-        b.handle_timeout(now);
-        pool.run_manual();
-        b.handle_audio_ready(now);
-        played += media_bytes(&drain(&mut b).0);
-    }
+    played += run_timer_with_pool(&mut b, &pool, now, Duration::from_secs(1));
     assert_eq!(played, 7 * 160, "6 whole frames and the padded one");
     assert_eq!(drops(&b), 1);
 }
@@ -1089,9 +1109,7 @@ fn pipeline_gone_worker_fails_the_call() {
     use ignis::audio::pipeline::DspPool;
     let pool = DspPool::manual(1, 64);
     let t0 = Instant::now();
-    let mut b = started(manual_pool_config(&pool), t0);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected_ulaw(manual_pool_config(&pool), t0);
     twilio(&mut b, t0, &media(1));
     pool.run_manual();
     b.handle_audio_ready(t0);
@@ -1114,22 +1132,13 @@ fn play_one_chunk(pipeline: bool, audio_b64: &str) -> (usize, u64) {
         BridgeConfig::default()
     };
     let t0 = Instant::now();
-    let mut b = started(config, t0);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
-    let mut now = t0 + Duration::from_millis(5);
+    let mut b = connected_ulaw(config, t0);
+    let now = t0 + Duration::from_millis(5);
     b.handle_agent_text(now, &agent_audio(1, audio_b64));
     pool.run_manual();
     b.handle_audio_ready(now);
     let mut played = media_bytes(&drain(&mut b).0);
-    let until = now + Duration::from_secs(2);
-    while let Some(t) = b.poll_timeout().filter(|&t| t <= until) {
-        now = now.max(t);
-        b.handle_timeout(now);
-        pool.run_manual();
-        b.handle_audio_ready(now);
-        played += media_bytes(&drain(&mut b).0);
-    }
+    played += run_timer_with_pool(&mut b, &pool, now, Duration::from_secs(2));
     let summary = b.call_summary(Outcome::Completed);
     (played, summary.bad_agent_chunks)
 }
