@@ -198,6 +198,27 @@ fn gated_waker(count: &Arc<AtomicUsize>) -> (Wake, mpsc::Sender<()>) {
     (wake, tx)
 }
 
+/// A call on a one-worker pool whose worker is held in its first wake-up (`waker`: stalled
+/// once, or gated at every wake-up) by one caller frame (`frame` of [`caller_frames`]), so
+/// what the test queues next waits behind it. Sending to (or dropping) the sender lets it go;
+/// the count is the worker's wake-ups of the call so far.
+fn held_call(
+    format: AgentFormat,
+    waker: fn(&Arc<AtomicUsize>) -> (Wake, mpsc::Sender<()>),
+    frame: usize,
+) -> (Arc<DspPool>, PoolCall, mpsc::Sender<()>, Arc<AtomicUsize>) {
+    let pool = DspPool::new(1).unwrap();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let (wake, release) = waker(&wakes);
+    let call = pool
+        .open(format, format, InboundConfig::default(), ENGINE, wake)
+        .unwrap();
+    call.push_twilio_media(Instant::now(), 1, 0, &caller_frames(frame, 1)[0])
+        .unwrap();
+    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    (pool, call, release, wakes)
+}
+
 /// Drains `call` into `out` (frames to `pacer`) until `done`, within a generous limit.
 fn collect(call: &mut PoolCall, pacer: &mut OutboundPath, out: &mut CallOut, turns: &mut usize) {
     call.drain(|o| match o {
@@ -308,17 +329,8 @@ fn pool_output_is_the_inline_output_pcm_16000() {
 #[test]
 fn an_interruption_discards_frames_in_flight() {
     let t0 = Instant::now();
-    let pool = DspPool::new(1).unwrap();
-    let wakes = Arc::new(AtomicUsize::new(0));
-    let (wake, release) = stalling_waker(&wakes);
-    let format = AgentFormat::Pcm16000;
-    let mut call = pool
-        .open(format, format, InboundConfig::default(), ENGINE, wake)
-        .unwrap();
     // One frame, so the worker wakes the call and stalls there.
-    call.push_twilio_media(t0, 1, 0, &caller_frames(0, 1)[0])
-        .unwrap();
-    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    let (_pool, mut call, release, _) = held_call(AgentFormat::Pcm16000, stalling_waker, 0);
     // Queued behind the stall: 200 ms of turn 4, the interruption, then 100 ms of turn 5.
     call.push_agent_audio(t0, 4, &STANDARD.encode(vec![0x11u8; 6400]))
         .unwrap();
@@ -408,16 +420,7 @@ fn a_full_queue_counts_drops_and_never_blocks() {
 #[test]
 fn ends_of_turn_are_delivered_past_a_full_result_queue() {
     let t0 = Instant::now();
-    let pool = DspPool::new(1).unwrap();
-    let wakes = Arc::new(AtomicUsize::new(0));
-    let (wake, release) = gated_waker(&wakes);
-    let f = AgentFormat::Ulaw8000;
-    let mut call = pool
-        .open(f, f, InboundConfig::default(), ENGINE, wake)
-        .unwrap();
-    call.push_twilio_media(t0, 1, 0, &caller_frames(3, 1)[0])
-        .unwrap();
-    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    let (pool, mut call, release, wakes) = held_call(AgentFormat::Ulaw8000, gated_waker, 3);
     // One whole frame per command, so one result each; nothing is drained until the end.
     let frame = STANDARD.encode([0x42u8; 160]);
     for _ in 0..100 {
@@ -458,17 +461,8 @@ fn ends_of_turn_are_delivered_past_a_full_result_queue() {
 #[test]
 fn overlapping_ends_of_turn_are_counted_not_flagged() {
     let t0 = Instant::now();
-    let pool = DspPool::new(1).unwrap();
-    let wakes = Arc::new(AtomicUsize::new(0));
-    let (wake, release) = gated_waker(&wakes);
-    let f = AgentFormat::Ulaw8000;
-    let mut call = pool
-        .open(f, f, InboundConfig::default(), ENGINE, wake)
-        .unwrap();
     // One frame, so the worker stops in its first wake-up; the first turn queues behind it.
-    call.push_twilio_media(t0, 1, 0, &caller_frames(4, 1)[0])
-        .unwrap();
-    wait_until(|| wakes.load(Ordering::Relaxed) == 1);
+    let (_pool, mut call, release, wakes) = held_call(AgentFormat::Ulaw8000, gated_waker, 4);
     call.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 100]))
         .unwrap();
     call.end_of_turn(t0).unwrap();

@@ -630,17 +630,31 @@ impl Talk<'_> {
         if stats.recording.load(Relaxed) {
             stats.probes_down_sent.fetch_add(1, Relaxed);
         }
-        if let Some(period) = self.shape.period {
-            self.next_turn = now + period;
-            self.turn = Some(Turn {
-                variant,
-                chunks,
-                sent: 0,
-                start: now,
-                interrupt_at: None,
-            });
-            return;
-        }
+        let interrupt_at = match self.shape.period {
+            Some(period) => {
+                self.next_turn = now + period;
+                None
+            }
+            None => self.plan_reply(now, length, agent),
+        };
+        self.turn = Some(Turn {
+            variant,
+            chunks,
+            sent: 0,
+            start: now,
+            interrupt_at,
+        });
+    }
+
+    /// Conversation turn-taking for a turn of `length` begun at `now`: whether it is
+    /// interrupted (and when), the caller's utterance window (published to the caller) and the
+    /// next turn's start.
+    fn plan_reply(
+        &mut self,
+        now: tokio::time::Instant,
+        length: Duration,
+        agent: &AgentCtx<'_>,
+    ) -> Option<tokio::time::Instant> {
         let every = agent.interrupt_every;
         // Interrupted at half its length: all chunks sent (2× real time), half of it held.
         let interrupt_at = (every > 0 && (self.turns + self.shift).is_multiple_of(every))
@@ -653,17 +667,15 @@ impl Talk<'_> {
         let talk_until = talk_from + Duration::from_millis(between(&mut self.rng, UTTERANCE_MS));
         self.next_turn = talk_until + pause(&mut self.rng);
         // `from` first: a caller reading between the stores sees a window not yet open.
-        link.talk_from_ns
+        agent
+            .link
+            .talk_from_ns
             .store(ns_of(talk_from.into_std()), Relaxed);
-        link.talk_until_ns
+        agent
+            .link
+            .talk_until_ns
             .store(ns_of(talk_until.into_std()), Relaxed);
-        self.turn = Some(Turn {
-            variant,
-            chunks,
-            sent: 0,
-            start: now,
-            interrupt_at,
-        });
+        interrupt_at
     }
 }
 
