@@ -645,6 +645,7 @@ impl Bridge {
             audio_pipeline_drops: pool.drops,
             // Inline the path pads; with the pool its worker does (the pacer gets whole frames).
             pause_pads: outbound.map_or(0, |o| o.pause_pads) + pool.pause_pads,
+            late_agent_audio: playout.late_arrivals,
             bad_agent_messages: stats.session.bad_messages,
             unknown_agent_events: stats.session.unknown_events,
             agent_connect_ms: None,
@@ -833,6 +834,8 @@ impl Bridge {
             // The whole chunk is checked here, as inline, before any piece goes to the pool: a
             // chunk bad in its third piece must not have its first two played.
             Some(p) => check_agent_audio(audio_b64).map(|_| {
+                // The pacer times the arrival (docs/dsp.md §3.9); its frames follow from the pool.
+                outbound.agent_audio_arrived(now, event_id);
                 // Drops are counted in the pool's stats.
                 if p.push_agent_audio(now, event_id, audio_b64).is_err() {
                     log_pool_drop(p, "agent audio");
@@ -999,6 +1002,10 @@ impl Bridge {
                 Ok(()) => {
                     self.pool_partial = false;
                     self.pool_pad_retry = None;
+                    // The next agent chunk comes late (docs/dsp.md §3.9).
+                    if let Some(o) = self.outbound.as_mut() {
+                        o.note_pause_pad();
+                    }
                 }
                 // Counted as a drop; retried a caller frame later, not at once: the deadline
                 // stays due, and an immediate retry would spin the call's timer.

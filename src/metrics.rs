@@ -128,6 +128,9 @@ pub struct CallSummary {
     /// Partial agent frames completed with silence because the agent paused mid-turn, inline
     /// or on the DSP pool (docs/dsp.md §3.8).
     pub pause_pads: u64,
+    /// Agent audio of a turn under way that came when the caller was about to run dry; each
+    /// raised the call's playout cushion (docs/dsp.md §3.9).
+    pub late_agent_audio: u64,
     /// Agent messages that did not parse.
     pub bad_agent_messages: u64,
     /// Agent events of unknown or unused types.
@@ -170,6 +173,8 @@ pub struct Metrics {
     pub audio_pipeline_drops: AtomicU64,
     /// Partial agent frames padded in a pause of the agent (docs/dsp.md §3.8).
     pub pause_pads: AtomicU64,
+    /// Agent audio that came late mid-turn (docs/dsp.md §3.9).
+    pub late_agent_audio: AtomicU64,
     /// Time to connect the agent socket.
     pub agent_connect: Histogram,
     /// Time from Twilio `start` to the first agent audio written to Twilio.
@@ -208,6 +213,7 @@ impl Metrics {
         Metrics::add(&self.interruptions, call.interruptions);
         Metrics::add(&self.audio_pipeline_drops, call.audio_pipeline_drops);
         Metrics::add(&self.pause_pads, call.pause_pads);
+        Metrics::add(&self.late_agent_audio, call.late_agent_audio);
         Metrics::add(
             &self.bad_frames,
             call.bad_caller_frames + call.bad_agent_chunks + call.bad_agent_messages,
@@ -333,6 +339,13 @@ impl Metrics {
             "Partial agent frames completed with silence because the agent paused mid-turn \
              (docs/dsp.md §3.8; added when a call ends).",
             &self.pause_pads,
+        );
+        counter(
+            out,
+            "ignis_playout_late_agent_audio_total",
+            "Agent audio of a turn under way that came as the caller was about to run dry; each \
+             raised the call's playout cushion (docs/dsp.md §3.9; added when a call ends).",
+            &self.late_agent_audio,
         );
         counter(
             out,
@@ -484,6 +497,7 @@ mod tests {
             bad_agent_chunks: 5,
             audio_pipeline_drops: 8,
             pause_pads: 9,
+            late_agent_audio: 10,
             bad_agent_messages: 6,
             unknown_agent_events: 7,
             agent_connect_ms: Some(150),
@@ -507,6 +521,7 @@ mod tests {
             "ignis_interruptions_total 6\n",
             "ignis_audio_pipeline_drops_total 16\n",
             "ignis_audio_pause_pads_total 18\n",
+            "ignis_playout_late_agent_audio_total 20\n",
             // Both peers' bad frames: (4 + 5 + 6) per call.
             "ignis_bad_frames_total 30\n",
             // Histograms only for what happened.

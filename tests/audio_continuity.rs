@@ -153,3 +153,112 @@ fn a_chunk_arriving_before_the_caller_runs_dry_is_not_padded() {
     assert_eq!(bytes, tone);
     assert_eq!(p.stats().pause_pads, 0);
 }
+
+/// An agent that sends `turns` turns of three 250 ms chunks, one turn per second, the chunks
+/// `interval_ms` apart (250: real time, 125: twice real time), each turn ended 850 ms after it
+/// began, as the bridge's idle rule would. Returns every media byte with its send time.
+fn paced_turns(
+    p: &mut OutboundPath,
+    t0: Instant,
+    tone: &[u8],
+    turns: u64,
+    interval_ms: u64,
+) -> Vec<(Instant, u8)> {
+    let (mut now, mut out) = (t0, Vec::new());
+    for turn in 0..turns {
+        let start = 1000 * turn;
+        for (i, chunk) in tone.chunks(2000).enumerate() {
+            drive(
+                p,
+                &mut now,
+                at(t0, start + interval_ms * i as u64),
+                &mut out,
+            );
+            p.push_agent_audio(now, 1 + turn, &STANDARD.encode(chunk))
+                .unwrap();
+        }
+        drive(p, &mut now, at(t0, start + 850), &mut out);
+        p.end_of_turn();
+    }
+    drive(p, &mut now, at(t0, 1000 * turns + 1000), &mut out);
+    out
+}
+
+/// The bytes sent in `[from, to)` ms after `t0`.
+fn sent_between(out: &[(Instant, u8)], t0: Instant, from: u64, to: u64) -> Vec<u8> {
+    out.iter()
+        .filter(|(t, _)| *t >= at(t0, from) && *t < at(t0, to))
+        .map(|&(_, b)| b)
+        .collect()
+}
+
+fn cushioned(step_ms: u32) -> OutboundConfig {
+    let mut c = OutboundConfig::default();
+    c.playout.cushion_step_ms = step_ms;
+    c
+}
+
+#[test]
+fn a_real_time_agent_gets_a_cushion_after_its_first_late_chunk() {
+    // 750 ms per turn sent exactly in real time (the load bench's steady workload): each chunk
+    // ends mid-frame, and the next one comes just as the caller would run dry (docs/dsp.md §3.9).
+    let tone = tone_ulaw(6000);
+    let mut turn = tone.clone();
+    turn.extend([mulaw::SILENCE; 80]);
+    let t0 = Instant::now();
+    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, cushioned(40)).unwrap();
+    let out = paced_turns(&mut p, t0, &tone, 3, 250);
+    // Turn 1: the second chunk came after the pause pad (and now starts on a fresh frame, 40 ms
+    // after it came); from then on the cushion holds, and 25 frames end the turn exactly.
+    let mut first = tone[..2000].to_vec();
+    first.extend([mulaw::SILENCE; 80]);
+    first.extend(&tone[2000..]);
+    assert!(sent_between(&out, t0, 0, 1000) == first);
+    assert_eq!(out[13 * 160].0, at(t0, 250 + 40));
+    // Turns 2 and 3 start 40 ms after their first chunk and play without a gap.
+    for k in 1..3 {
+        assert!(sent_between(&out, t0, 1000 * k, 1000 * (k + 1)) == turn);
+        let first_sent = out.iter().find(|(t, _)| *t >= at(t0, 1000 * k)).unwrap().0;
+        assert_eq!(first_sent, at(t0, 1000 * k + 40));
+    }
+    let s = p.stats();
+    assert_eq!((s.playout.late_arrivals, s.playout.cushion_ms), (1, 40));
+    assert_eq!(
+        s.pause_pads,
+        1 + 2,
+        "one at the late chunk, one per later turn's end"
+    );
+
+    // Without a cushion every chunk boundary of every turn is padded.
+    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, cushioned(0)).unwrap();
+    let out = paced_turns(&mut p, t0, &tone, 3, 250);
+    assert!(sent_between(&out, t0, 1000, 2000) != turn);
+    assert_eq!(p.stats().pause_pads, 3 * 3);
+}
+
+#[test]
+fn an_agent_ahead_of_the_caller_gets_no_cushion_and_loses_one_it_had() {
+    let tone = tone_ulaw(6000);
+    let t0 = Instant::now();
+    // Twice real time: every chunk finds audio still held, the first frame leaves at once.
+    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, cushioned(40)).unwrap();
+    let out = paced_turns(&mut p, t0, &tone, 3, 125);
+    for k in 0..3 {
+        let first_sent = out.iter().find(|(t, _)| *t >= at(t0, 1000 * k)).unwrap().0;
+        assert_eq!(first_sent, at(t0, 1000 * k));
+    }
+    let s = p.stats();
+    assert_eq!((s.playout.late_arrivals, s.playout.cushion_ms), (0, 0));
+
+    // A real-time turn gives a cushion; a turn the agent stays ahead in takes it back.
+    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, cushioned(40)).unwrap();
+    paced_turns(&mut p, t0, &tone, 1, 250);
+    assert_eq!(p.stats().playout.cushion_ms, 40);
+    let later = at(t0, 5000);
+    let out = paced_turns(&mut p, later, &tone, 2, 125);
+    // The cushioned start, then none once the fast turn has ended.
+    assert_eq!(out[0].0, at(later, 40));
+    let second = out.iter().find(|(t, _)| *t >= at(later, 1000)).unwrap().0;
+    assert_eq!(second, at(later, 1000));
+    assert_eq!(p.stats().playout.cushion_ms, 0);
+}

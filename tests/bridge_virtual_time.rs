@@ -1167,3 +1167,83 @@ fn a_bad_agent_chunk_is_refused_whole_inline_and_pipeline() {
     assert_eq!(play_one_chunk(false, &good), (9120, 0));
     assert_eq!(play_one_chunk(true, &good), (9120, 0));
 }
+
+/// An agent that sends its turns exactly in real time (three 250 ms chunks, one turn a second,
+/// a byte ramp per turn), with a caller frame every 20 ms; the bridge ends each turn on its
+/// idle rule. Returns what Twilio plays, and the call's summary.
+fn real_time_agent(config: BridgeConfig) -> (Vec<u8>, ignis::metrics::CallSummary) {
+    use base64::Engine;
+    let t0 = Instant::now();
+    let mut b = started(config, t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    settle(&mut b, t0);
+    let turn: Vec<u8> = (0..6000u32).map(|i| (i / 7) as u8).collect();
+    let mut chunks: Vec<(Instant, String)> = (0..2u64)
+        .flat_map(|k| {
+            turn.chunks(2000).enumerate().map(move |(i, c)| {
+                let at = t0 + Duration::from_millis(1000 * k + 250 * i as u64);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+                (at, agent_audio(k + 1, &b64))
+            })
+        })
+        .collect();
+    chunks.reverse();
+    let (mut tw, mut now, mut frame) = (TwilioQueue::default(), t0, 1u64);
+    let until = t0 + Duration::from_secs(3);
+    loop {
+        let next_frame = t0 + Duration::from_millis(20 * frame);
+        let next_chunk = chunks.last().map(|(at, _)| *at);
+        let Some(t) = [Some(next_frame), next_chunk, b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|&t| t <= until)
+        else {
+            break;
+        };
+        now = now.max(t);
+        if next_chunk == Some(t) {
+            let (_, text) = chunks.pop().unwrap();
+            b.handle_agent_text(now, &text);
+        } else if next_frame == t {
+            twilio(&mut b, now, &media(frame));
+            frame += 1;
+        } else {
+            b.handle_timeout(now);
+        }
+        settle(&mut b, now);
+        tw.receive(now, &drain(&mut b).0);
+    }
+    (tw.audio, b.call_summary(Outcome::Completed))
+}
+
+/// docs/dsp.md §3.9: a late chunk costs a padded frame and raises the call's cushion; once it
+/// suffices no chunk boundary inserts silence, inline and with the DSP pool (whose pacer times
+/// the arrivals while the worker makes the frames). The pool's pads are asked for a caller
+/// frame early (§3.8), so there the second chunk boundary is late too and the cushion settles
+/// one step higher.
+#[test]
+fn a_real_time_agent_is_padded_until_its_cushion_suffices() {
+    use ignis::audio::mulaw::SILENCE;
+    let turn: Vec<u8> = (0..6000u32).map(|i| (i / 7) as u8).collect();
+    let mut padded_turn = turn.clone();
+    padded_turn.extend([SILENCE; 80]);
+    // Inline turn 1: the first chunk's half frame padded, the rest whole.
+    let mut inline_first = turn[..2000].to_vec();
+    inline_first.extend([SILENCE; 80]);
+    inline_first.extend(&turn[2000..]);
+    for (mode, config, late) in [
+        ("inline", BridgeConfig::default(), 1),
+        ("pipeline", pool_config(), 2),
+    ] {
+        let (heard, summary) = real_time_agent(config);
+        let (first, second) = heard.split_at(heard.len() - padded_turn.len());
+        assert!(second == padded_turn, "{mode}: silence inserted in turn 2");
+        if mode == "inline" {
+            assert!(first == inline_first, "{mode}: turn 1");
+        }
+        assert_eq!(summary.late_agent_audio, late, "{mode}");
+        assert_eq!(summary.audio_pipeline_drops, 0, "{mode}");
+    }
+}

@@ -236,7 +236,6 @@ impl OutboundPath {
         event_id: u64,
         audio_b64: &str,
     ) -> Result<(), BadAgentAudio> {
-        let _ = now; // Pacing is decided at poll time; kept for a uniform driver contract.
         if audio_b64.len() <= DECODE_BLOCK_CHARS {
             // The common case: one block, decoded all-or-nothing before any state changes.
             let n = match STANDARD.decode_slice(audio_b64.as_bytes(), &mut self.decoded[..]) {
@@ -247,6 +246,7 @@ impl OutboundPath {
                 }
             };
             if self.begin_chunk(event_id, n) {
+                self.arrived(now);
                 self.push_decoded(event_id, n);
             }
             return Ok(());
@@ -262,6 +262,7 @@ impl OutboundPath {
         if !self.begin_chunk(event_id, len) {
             return Ok(());
         }
+        self.arrived(now);
         for block in audio_b64.as_bytes().chunks(DECODE_BLOCK_CHARS) {
             let n = match STANDARD.decode_slice(block, &mut self.decoded[..]) {
                 Ok(n) => n,
@@ -299,6 +300,28 @@ impl OutboundPath {
             self.decoded[..n].copy_from_slice(&bytes[..n]);
             self.push_decoded(event_id, n);
             bytes = &bytes[n..];
+        }
+    }
+
+    /// For a pacer fed by [`OutboundPath::push_agent_bytes`] (the DSP pool's frames, pads
+    /// included): agent audio of turn `event_id` has arrived at `now`, before its frames (see
+    /// [`PlayoutBuffer::agent_audio_arrived`]; a turn already interrupted does not count).
+    pub fn agent_audio_arrived(&mut self, now: Instant, event_id: u64) {
+        if self.min_event.is_none_or(|min| event_id >= min) {
+            self.playout.agent_audio_arrived(now);
+        }
+    }
+
+    /// For a pacer whose pause pads the DSP pool makes: one was just asked for (see
+    /// [`PlayoutBuffer::note_pause_pad`]).
+    pub fn note_pause_pad(&mut self) {
+        self.playout.note_pause_pad();
+    }
+
+    /// Times an agent chunk's arrival for the pacer; a detached path paces nothing.
+    fn arrived(&mut self, now: Instant) {
+        if self.detached.is_none() {
+            self.playout.agent_audio_arrived(now);
         }
     }
 
@@ -437,6 +460,7 @@ impl OutboundPath {
             && self.complete_partial()
         {
             self.stats.pause_pads += 1;
+            self.playout.note_pause_pad();
         }
         self.playout.poll_transmit(now)
     }

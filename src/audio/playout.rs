@@ -20,6 +20,11 @@
 //!   [`PlayoutConfig::mark_interval_ms`] of audio, sent after the message that covers its
 //!   position (never splitting one); their echoes say what the caller has really heard
 //!   (docs/twilio.md §1.4);
+//! - an agent that sends no faster than the caller hears (its next chunk comes when Twilio is
+//!   within a frame of running dry) gets a *cushion*: from then on audio that finds Twilio's
+//!   queue (nearly) empty waits [`PlayoutConfig::cushion_step_ms`] before it starts, so later
+//!   chunk boundaries arrive in time instead of each costing a gap; a turn in which the agent
+//!   stayed ahead takes a step off again (docs/dsp.md §3.9);
 //! - underrun (Twilio ran dry mid-turn): nothing is synthesised, it is counted;
 //!   overrun (more than [`PlayoutConfig::max_buffer_ms`] held): the newest audio is dropped and
 //!   counted. Neither is an error.
@@ -44,6 +49,8 @@ pub const MAX_LEAD_MS: u32 = 1000;
 pub const MAX_PLAYOUT_BUFFER_MS: u32 = 600_000;
 /// Sent marks remembered while waiting for their echo; older ones are forgotten.
 pub const MAX_OUTSTANDING_MARKS: usize = 1024;
+/// Cap on [`PlayoutConfig::max_cushion_ms`]: a cushion is start-up latency on every turn.
+pub const MAX_CUSHION_MS: u32 = 500;
 /// Prefix of the mark names this buffer generates (`ignis-<seq>`).
 pub const MARK_PREFIX: &str = "ignis-";
 
@@ -78,6 +85,12 @@ pub struct PlayoutConfig {
     /// At most one periodic mark per this many ms of audio (0: only at end of turn).
     /// Default 1000: they only feed the `heard_ms` statistics.
     pub mark_interval_ms: u32,
+    /// Cushion step, ms: added each time agent audio of a turn under way arrives with Twilio
+    /// within `floor_ms` of running dry, taken off after a turn the agent stayed ahead in
+    /// (docs/dsp.md §3.9). Default 40 (0: never hold audio back).
+    pub cushion_step_ms: u32,
+    /// Largest cushion, ms (clamped to [`MAX_CUSHION_MS`]). Default 120.
+    pub max_cushion_ms: u32,
 }
 
 impl Default for PlayoutConfig {
@@ -89,6 +102,8 @@ impl Default for PlayoutConfig {
             max_buffer_ms: 60_000,
             max_frames_per_message: 5,
             mark_interval_ms: 1000,
+            cushion_step_ms: 40,
+            max_cushion_ms: 120,
         }
     }
 }
@@ -152,6 +167,11 @@ pub struct PlayoutStats {
     pub heard_ms: u64,
     /// Audio currently held, ms.
     pub buffered_ms: u64,
+    /// Agent audio of a turn under way that came with Twilio within `floor_ms` of running dry
+    /// (each raised the cushion, docs/dsp.md §3.9).
+    pub late_arrivals: u64,
+    /// The cushion now, ms.
+    pub cushion_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +216,17 @@ pub struct PlayoutBuffer {
     last_now: Option<Instant>,
     in_turn: bool,
     turn_sent: bool,
+    /// Cushion (samples) and its step and cap; while `hold_until` is ahead, nothing is sent.
+    cushion: u64,
+    cushion_step: u64,
+    max_cushion: u64,
+    hold_until: Option<Instant>,
+    /// Agent chunks of this turn, and whether one found nothing whole held mid-turn (the agent
+    /// was not ahead of the caller).
+    turn_arrivals: u32,
+    turn_waited: bool,
+    /// A pause pad was made (or asked of the DSP pool) since the last agent chunk.
+    padded: bool,
     event_id: u64,
     since_mark: u64,
     pending_marks: VecDeque<PendingMark>,
@@ -216,6 +247,7 @@ impl PlayoutBuffer {
         // before the lead is down to where a poll would top it up.
         let refill_ms = config.refill_ms.min(lead_ms - 20);
         let floor_ms = config.floor_ms.min(refill_ms);
+        let max_cushion_ms = config.max_cushion_ms.min(MAX_CUSHION_MS);
         let config = PlayoutConfig {
             lead_ms,
             refill_ms,
@@ -223,6 +255,8 @@ impl PlayoutBuffer {
             max_buffer_ms: max_ms,
             max_frames_per_message: per_msg,
             mark_interval_ms: config.mark_interval_ms,
+            cushion_step_ms: config.cushion_step_ms.min(max_cushion_ms),
+            max_cushion_ms,
         };
         let cap_frames = (max_ms as usize / 20).max(1);
         Self {
@@ -242,6 +276,13 @@ impl PlayoutBuffer {
             last_now: None,
             in_turn: false,
             turn_sent: false,
+            cushion: 0,
+            cushion_step: u64::from(config.cushion_step_ms) * 8,
+            max_cushion: u64::from(max_cushion_ms) * 8,
+            hold_until: None,
+            turn_arrivals: 0,
+            turn_waited: false,
+            padded: false,
             event_id: 0,
             since_mark: 0,
             // Grown on demand up to their limits, like `ring`: pre-sizing them for the worst case
@@ -299,9 +340,48 @@ impl PlayoutBuffer {
         if self.in_turn {
             self.add_mark(true);
         }
+        // The agent stayed ahead for a whole turn of several chunks: it no longer needs the
+        // cushion it was given (one step per such turn, docs/dsp.md §3.9).
+        if self.turn_arrivals >= 2 && !self.turn_waited {
+            self.cushion = self.cushion.saturating_sub(self.cushion_step);
+        }
+        self.turn_arrivals = 0;
+        self.turn_waited = false;
+        self.padded = false;
         self.in_turn = false;
         self.turn_sent = false;
         self.give_back();
+    }
+
+    /// A partial frame upstream was just completed with silence because the caller was about to
+    /// run dry (docs/dsp.md §3.8): agent audio arriving next comes late.
+    pub fn note_pause_pad(&mut self) {
+        self.padded = true;
+    }
+
+    /// Agent audio has arrived at `now` (call before its frames are pushed; audio of an
+    /// interrupted turn does not count). If it finds nothing whole held and either a pause pad
+    /// made since the last chunk or Twilio within `floor_ms` of running dry, it came late:
+    /// mid-turn that raises the cushion by a step, and with a cushion its first frame waits that
+    /// long (docs/dsp.md §3.9).
+    pub fn agent_audio_arrived(&mut self, now: Instant) {
+        self.turn_arrivals = self.turn_arrivals.saturating_add(1);
+        let padded = std::mem::take(&mut self.padded);
+        if self.count > 0 {
+            return;
+        }
+        let mid_turn = self.in_turn && self.turn_sent;
+        self.turn_waited |= mid_turn;
+        if !padded && self.sent_total - self.played(now) > self.floor {
+            return;
+        }
+        if mid_turn && self.cushion_step > 0 {
+            self.cushion = (self.cushion + self.cushion_step).min(self.max_cushion);
+            self.stats.late_arrivals += 1;
+        }
+        if self.cushion > 0 {
+            self.hold_until = Some(now + samples_to_duration(self.cushion));
+        }
     }
 
     /// Between turns, with nothing held: shrinks a ring that a long turn grew back to its
@@ -352,6 +432,12 @@ impl PlayoutBuffer {
         }
         if self.count == 0 {
             return None;
+        }
+        if let Some(hold) = self.hold_until {
+            if now < hold {
+                return None;
+            }
+            self.hold_until = None;
         }
         let played = self.played(now);
         let empty = self.anchor.is_none() || played >= self.sent_total;
@@ -467,6 +553,9 @@ impl PlayoutBuffer {
         if self.count == 0 {
             return None;
         }
+        if let Some(hold) = self.hold_until {
+            return Some(hold);
+        }
         let Some(anchor) = self.anchor else {
             return Some(now);
         };
@@ -538,6 +627,10 @@ impl PlayoutBuffer {
         self.anchor = None;
         self.in_turn = false;
         self.turn_sent = false;
+        self.hold_until = None;
+        self.turn_arrivals = 0;
+        self.turn_waited = false;
+        self.padded = false;
         self.since_mark = 0;
         self.last_now = Some(now);
         self.give_back();
@@ -574,6 +667,7 @@ impl PlayoutBuffer {
     pub fn stats(&self) -> PlayoutStats {
         PlayoutStats {
             buffered_ms: self.count as u64 * 20,
+            cushion_ms: self.cushion / 8,
             ..self.stats
         }
     }

@@ -729,6 +729,7 @@ fn log_summary(s: &CallSummary, duration: Duration, conversation_id: Option<&str
         bad_frames = s.bad_caller_frames,
         audio_pipeline_drops = s.audio_pipeline_drops,
         pause_pads = s.pause_pads,
+        late_agent_audio = s.late_agent_audio,
         bad_agent_messages = s.bad_agent_messages,
         unknown_agent_events = s.unknown_agent_events,
         "[Call] Summary"
