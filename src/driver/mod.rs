@@ -19,6 +19,7 @@ pub mod staff;
 pub mod startup;
 mod transfer;
 mod twilio_socket;
+mod wake_gate;
 
 use std::future::Future;
 use std::net::SocketAddr;

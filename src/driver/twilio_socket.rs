@@ -9,8 +9,9 @@
 //! decided by the [`Bridge`], the ElevenLabs parser and [`Metrics::record_call`].
 
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{Instrument, debug, info, warn};
 
 use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
+use super::wake_gate::{Gate, GateSet};
 use super::{Phase, Shared, TaskToken, transfer};
 use crate::audio::pipeline::{AudioStages, DspPool, PoolLink};
 use crate::bridge::{Bridge, BridgeConfig, BridgeEvent, Output, TransferNumbers};
@@ -411,6 +413,11 @@ impl Call {
         let mut armed: Option<tokio::time::Instant> = None;
         let pooled = self.bridge.uses_pool();
         tokio::pin!(stopped);
+        // The end signal and the two sockets are polled only once they woke (wake_gate.rs): a
+        // caller frame no longer polls the agent socket and the end signal too.
+        let gates = Arc::new(GateSet::default());
+        let (stop_gate, twilio_gate, agent_gate) =
+            (Gate::new(&gates), Gate::new(&gates), Gate::new(&gates));
         loop {
             let deadline = self
                 .bridge
@@ -427,7 +434,9 @@ impl Call {
                 // Fixed order, rare signals first: a peer flooding its own stream cannot starve
                 // its call's shutdown, and no random number is drawn per wake-up.
                 biased;
-                outcome = &mut stopped => Some(outcome),
+                outcome = poll_fn(|cx| stop_gate.poll(cx, |g| stopped.as_mut().poll(g))) => {
+                    Some(outcome)
+                }
                 r = &mut link, if self.link_pending => {
                     self.on_link(r);
                     None
@@ -461,8 +470,15 @@ impl Call {
                     self.bridge.handle_timeout(now());
                     None
                 }
-                m = self.twilio.next() => self.on_twilio(m, &mut read),
-                m = next_agent(&mut self.agent) => {
+                m = poll_fn(|cx| twilio_gate.poll(cx, |g| self.twilio.poll_next_unpin(g))) => {
+                    self.on_twilio(m, &mut read)
+                }
+                // No agent socket yet (or any more): nothing to poll, and the gate stays open
+                // for the socket the link brings.
+                m = poll_fn(|cx| match self.agent.as_mut() {
+                    Some(a) => agent_gate.poll(cx, |g| a.poll_next_unpin(g)),
+                    None => Poll::Pending,
+                }) => {
                     self.on_agent(m, &mut read);
                     None
                 }
@@ -765,15 +781,6 @@ async fn close_twilio(ws: &mut WebSocketStream<TcpStream>, outcome: Outcome) {
         }
     })
     .await;
-}
-
-async fn next_agent(
-    agent: &mut Option<AgentSocket>,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
-    match agent {
-        Some(a) => a.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Resolves once the server enters [`Phase::Closing`] (never, if the sender is gone).
