@@ -11,9 +11,12 @@
 //! cargo bench --bench tools_db -- --calls 100 --waves 4 --think-ms 1000
 //! ```
 
-// The tests' PostgreSQL harness, started with a production server's durability.
+// The tests' PostgreSQL harness, started with a production server's durability, and the scratch
+// directory it (and this bench) removes on drop.
 #[path = "../tests/common/postgres.rs"]
 mod pg;
+#[path = "../tests/common/scratch.rs"]
+mod scratch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -306,16 +309,14 @@ fn summary(samples: &[Sample], tool: Option<&str>) -> (usize, usize, String) {
 
 fn main() {
     let a = args();
-    let dir = std::env::temp_dir().join(format!("ignis-bench-tools-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::TempDir::new("bench-tools");
     eprintln!("SQLite: {} calls × {} waves …", a.calls, a.waves);
     let sqlite = run(Backend::Sqlite(dir.join("ignis.db")), &a);
     let server = pg::TestPostgres::start_durable();
     eprintln!("PostgreSQL: {} calls × {} waves …", a.calls, a.waves);
     let postgres = run(Backend::Postgres(server.default_url()), &a);
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     println!(
         "tool request latency, ms ({} concurrent calls, {} measured waves, {} ms ±50 % between \

@@ -2,12 +2,15 @@
 //! (`driver::sim::agent::AgentService`) on loopback, through `ELEVENLABS_API_BASE`. The
 //! stand-in's workspace is the ground truth: what the sync created, changed and wrote.
 
-use std::path::PathBuf;
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use std::process::{Command, Output};
 
 use ignis::driver::sim::agent::{AgentService, AgentServiceOptions};
 use ignis::setup::agent::{FIRST_MESSAGE, TOOL_FILES, secret_name};
 use ignis::sim::elevenlabs_api::{Write, sample_agent};
+use scratch::TempDir;
 use serde_json::{Value, json};
 
 const KEY: &str = "sk_sync_test_key_0123456789abcdef";
@@ -27,22 +30,10 @@ async fn service() -> AgentService {
     svc
 }
 
-fn temp_dir() -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ignis-agent-sync-{}-{:?}-{}",
-        std::process::id(),
-        std::thread::current().id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs `ignis agent sync` with a clean environment (no `.env`: its own directory).
 async fn sync(base: &str, vars: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
-    let dir = temp_dir();
+    let dir = TempDir::new("agent-sync");
     c.env_clear().current_dir(&dir);
     if let Ok(path) = std::env::var("PATH") {
         c.env("PATH", path);
@@ -64,7 +55,7 @@ async fn sync(base: &str, vars: &[(&str, &str)], args: &[&str]) -> Output {
     let out = tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     out
 }
 

@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use common::fake_agent::{API_KEY, AgentBehaviour};
 use common::fake_twilio::TwilioCall;
+use common::scratch::TempDir;
 use common::*;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A throwaway certificate for 127.0.0.1, made with the openssl CLI.
-fn throwaway_cert(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("ignis-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A throwaway certificate for 127.0.0.1, made with the openssl CLI, in a directory removed when
+/// the returned guard drops (hold it for the whole test: ignis reads `EXTRA_CA_FILE`).
+fn throwaway_cert(name: &str) -> (TempDir, PathBuf, PathBuf) {
+    let dir = TempDir::new(&format!("tls-{name}"));
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     // A leaf (CA:FALSE) that is its own trust anchor: webpki refuses a CA used as end entity.
     self_signed(
@@ -31,7 +31,7 @@ fn throwaway_cert(name: &str) -> (PathBuf, PathBuf) {
         &cert,
         &key,
     );
-    (cert, key)
+    (dir, cert, key)
 }
 
 /// Terminates TLS on a loopback port and pipes each connection to `backend`.
@@ -75,7 +75,7 @@ async fn tls_front(
 
 #[tokio::test]
 async fn signed_url_and_conversation_over_tls() {
-    let (cert, key) = throwaway_cert("agent");
+    let (_dir, cert, key) = throwaway_cert("agent");
     // Start the stand-in, then put the TLS front before it and point everything at the front.
     let server = Server::start_full(
         test_config(&[
@@ -112,7 +112,7 @@ async fn signed_url_and_conversation_over_tls() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_is_refused_and_the_caller_falls_back() {
-    let (cert, key) = throwaway_cert("untrusted");
+    let (_dir, cert, key) = throwaway_cert("untrusted");
     let server = Server::start_full(
         test_config(&[("FALLBACK_NUMBER", "+493012345678")]),
         AgentBehaviour::default(),
@@ -134,8 +134,7 @@ async fn an_untrusted_certificate_is_refused_and_the_caller_falls_back() {
 
 #[tokio::test]
 async fn a_bad_extra_ca_file_stops_the_server() {
-    let dir = std::env::temp_dir().join(format!("ignis-tls-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tls-bad");
     let bad = dir.join("bad.pem");
     std::fs::write(&bad, "not a certificate").unwrap();
     let mut config = test_config(&[]);

@@ -5,11 +5,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::free_port;
+use common::scratch::TempDir;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
@@ -18,13 +18,6 @@ fn bin() -> Command {
         c.env("PATH", path);
     }
     c
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ignis-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Runs the `healthcheck` subcommand against `port`.
@@ -184,7 +177,7 @@ fn readme_configuration_table_matches_help() {
 
 #[test]
 fn missing_or_malformed_values_exit_2_naming_the_variable() {
-    let dir = temp_dir("errors");
+    let dir = TempDir::new("cli-errors");
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "PUBLIC_URL"),
         (&[("PUBLIC_URL", "https://h.example")], "TWILIO_AUTH_TOKEN"),
@@ -256,7 +249,7 @@ fn missing_or_malformed_values_exit_2_naming_the_variable() {
 
 #[test]
 fn dotenv_is_loaded_and_the_environment_wins() {
-    let dir = temp_dir("dotenv");
+    let dir = TempDir::new("cli-dotenv");
     let port = free_port();
     std::fs::write(
         dir.join(".env"),
@@ -288,12 +281,11 @@ fn dotenv_is_loaded_and_the_environment_wins() {
     // Nothing listens any more: the healthcheck fails.
     let hc = healthcheck(port);
     assert!(!hc.status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn insecure_flag_is_loud_and_sigterm_shuts_down() {
-    let dir = temp_dir("insecure");
+    let dir = TempDir::new("cli-insecure");
     let port = free_port();
     let mut child = bin()
         .current_dir(&dir)
@@ -392,5 +384,4 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
     // Nothing listens any more: the healthcheck fails.
     let hc = healthcheck(port);
     assert!(!hc.status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }

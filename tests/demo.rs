@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::fake_agent::AgentBehaviour;
+use common::scratch::TempDir;
 use common::*;
 use ignis::audio::format::AgentFormat;
 use ignis::driver::demo::{DemoOptions, DemoSummary, run};
@@ -68,7 +69,8 @@ async fn demo_call_transcoding_with_barge_in() {
 async fn simulate_binary_against_a_running_server() {
     let server = Server::start_public_loopback(AgentBehaviour::default()).await;
     let url = format!("ws://{}/api/twilio/stream", server.addr);
-    let out = std::env::temp_dir().join(format!("ignis-simulate-{}.wav", std::process::id()));
+    let dir = TempDir::new("simulate");
+    let out = dir.join("heard.wav");
     let (url2, out2) = (url.clone(), out.clone());
     let child = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ignis"))
@@ -108,7 +110,6 @@ async fn simulate_binary_against_a_running_server() {
         speech_seconds(&heard.samples) >= 0.9,
         "the agent's second of audio was heard"
     );
-    let _ = std::fs::remove_file(&out);
 }
 
 /// A raw HTTP/1.1 exchange with the demo server (`Connection: close`): status, head, body.
@@ -132,9 +133,8 @@ fn http(addr: &str, request: &str) -> (u16, String, String) {
 fn demo_with_staff_page() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let dir = std::env::temp_dir().join(format!("ignis-demo-staff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the child, so removed after it is killed.
+    let dir = TempDir::new("demo-staff");
     // Killed if this test fails before its Ctrl-C (the demo would wait for one forever).
     struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {
@@ -230,5 +230,4 @@ fn demo_with_staff_page() {
     );
     let status = child.0.wait().unwrap();
     assert!(status.success(), "after Ctrl-C: {status}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

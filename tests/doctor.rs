@@ -20,7 +20,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::fake_agent::{self, AgentBehaviour};
-use common::nginx::{Nginx, SHIPPED_NGINX_CONF, TempDir, test_nginx_conf_of};
+use common::nginx::{Nginx, SHIPPED_NGINX_CONF, test_nginx_conf_of};
+use common::scratch::TempDir;
 use common::*;
 
 const ACCOUNT_SID: &str = "AC11111111111111111111111111111111";
@@ -143,7 +144,7 @@ impl Deployment {
     async fn start(name: &str, validity: Validity, edit: impl Fn(&str) -> String) -> Deployment {
         let d = Deployment::start_unconfigured(name, validity, edit).await;
         for command in [&["twilio", "configure"][..], &["agent", "sync"]] {
-            let r = run_ignis(&d.dir.0, command, d.env()).await;
+            let r = run_ignis(&d.dir, command, d.env()).await;
             assert_eq!(r.code, Some(0), "{r}");
         }
         d
@@ -159,9 +160,9 @@ impl Deployment {
         use ignis::driver::sim::twilio_api::TwilioApiServer;
         use ignis::sim::twilio_api::{PhoneNumber, TwilioApi};
         let dir = TempDir::new(name);
-        let (ca, chain, key) = ca_signed_cert(&dir.0, validity);
+        let (ca, chain, key) = ca_signed_cert(&dir, validity);
         let (http_port, https_port) = (free_port(), free_port());
-        let practice = open_practice_db(&dir.0.join("ignis.db"), TOOLS_TOKEN);
+        let practice = open_practice_db(&dir.join("ignis.db"), TOOLS_TOKEN);
         let public = format!("https://127.0.0.1:{https_port}");
         let config = test_config(&[
             ("PUBLIC_URL", &public),
@@ -182,10 +183,10 @@ impl Deployment {
             https_port,
             &chain,
             &key,
-            &dir.0,
+            &dir,
         );
         let https = SocketAddr::from(([127, 0, 0, 1], https_port));
-        let nginx = Nginx::start(&dir.0, &conf, https);
+        let nginx = Nginx::start(&dir, &conf, https);
         let mut api = TwilioApi::new(ACCOUNT_SID, TOKEN);
         let mut number = PhoneNumber::new(PRACTICE_NUMBER_SID, PRACTICE_NUMBER);
         number.voice_url = Some("https://demo.twilio.com/welcome/voice/".into());
@@ -238,7 +239,7 @@ impl Deployment {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
         }
-        run_doctor(&self.dir.0, args, env).await
+        run_doctor(&self.dir, args, env).await
     }
 }
 
@@ -513,7 +514,7 @@ async fn the_quick_start_then_doctor_names_each_remote_fault() {
     };
 
     // Before the quick start the doctor names what is left to do.
-    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    let r = run_doctor(&d.dir, &[], env(&[])).await;
     assert_eq!(r.code, Some(1), "{r}");
     assert!(
         r.line("twilio_number").contains("ignis twilio configure"),
@@ -521,11 +522,11 @@ async fn the_quick_start_then_doctor_names_each_remote_fault() {
     );
     assert!(r.line("agent_tools").contains("ignis agent sync"), "{r}");
 
-    let r = run_ignis(&d.dir.0, &["twilio", "configure"], env(&[])).await;
+    let r = run_ignis(&d.dir, &["twilio", "configure"], env(&[])).await;
     assert_eq!(r.code, Some(0), "{r}");
-    let r = run_ignis(&d.dir.0, &["agent", "sync"], env(&[])).await;
+    let r = run_ignis(&d.dir, &["agent", "sync"], env(&[])).await;
     assert_eq!(r.code, Some(0), "{r}");
-    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    let r = run_doctor(&d.dir, &[], env(&[])).await;
     assert_eq!(r.code, Some(0), "{r}");
     for id in LOCAL_CHECKS.iter().chain(&REMOTE_CHECKS) {
         assert_eq!(r.mark(id), '✓', "{id}:\n{r}");
@@ -537,7 +538,7 @@ async fn the_quick_start_then_doctor_names_each_remote_fault() {
 
     // The number's voice webhook set to GET in the console.
     twilio.state().numbers[0].voice_method = "GET".into();
-    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    let r = run_doctor(&d.dir, &[], env(&[])).await;
     assert_eq!(r.code, Some(1), "{r}");
     let line = r.line("twilio_number");
     assert!(
@@ -558,7 +559,7 @@ async fn the_quick_start_then_doctor_names_each_remote_fault() {
         "CA0123456789abcdef0123456789abcdef",
         an_hour_ago,
     ));
-    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    let r = run_doctor(&d.dir, &[], env(&[])).await;
     assert_eq!(r.code, Some(1), "{r}");
     let line = r.line("twilio_alerts");
     assert!(
@@ -578,16 +579,16 @@ async fn the_quick_start_then_doctor_names_each_remote_fault() {
         w.tool_mut(&id).unwrap()["tool_config"]["api_schema"]["url"] =
             serde_json::json!("https://old-host.example.net/api/appointments/slots");
     }
-    let r = run_doctor(&d.dir.0, &[], env(&[])).await;
+    let r = run_doctor(&d.dir, &[], env(&[])).await;
     assert_eq!(r.code, Some(1), "{r}");
     let line = r.line("agent_tools");
     assert!(line.contains("old-host.example.net"), "{r}");
     assert!(line.contains("ignis agent sync"), "{r}");
-    let r = run_ignis(&d.dir.0, &["agent", "sync"], env(&[])).await;
+    let r = run_ignis(&d.dir, &["agent", "sync"], env(&[])).await;
     assert_eq!(r.code, Some(0), "{r}");
 
     // A wrong Twilio token: the REST API refuses it, and Twilio's signature would not match.
-    let r = run_doctor(&d.dir.0, &[], env(&[("TWILIO_AUTH_TOKEN", WRONG_TOKEN)])).await;
+    let r = run_doctor(&d.dir, &[], env(&[("TWILIO_AUTH_TOKEN", WRONG_TOKEN)])).await;
     assert_eq!(r.code, Some(1), "{r}");
     let line = r.line("twilio_number");
     assert!(line.starts_with("✗ twilio_number:"), "{r}");
@@ -726,12 +727,7 @@ async fn an_expired_or_expiring_certificate_is_named() {
 #[tokio::test]
 async fn a_bad_configuration_exits_2() {
     let dir = TempDir::new("doctor-config");
-    let r = run_doctor(
-        &dir.0,
-        &[],
-        vec![("TWILIO_AUTH_TOKEN".into(), TOKEN.into())],
-    )
-    .await;
+    let r = run_doctor(&dir, &[], vec![("TWILIO_AUTH_TOKEN".into(), TOKEN.into())]).await;
     assert_eq!(r.code, Some(2), "{r}");
     assert!(r.stderr.contains("PUBLIC_URL"), "{r}");
     assert!(r.stdout.is_empty(), "{r}");

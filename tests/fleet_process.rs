@@ -31,7 +31,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 async fn ignis_serve_joins_the_fleet_and_leaves_it_on_sigterm() {
     let pg = TestPostgres::start();
     let url = pg.default_url();
-    let dir = common::nginx::TempDir::new("fleet-process");
+    let dir = common::scratch::TempDir::new("fleet-process");
     let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ignis"))
         .arg("serve")
@@ -42,8 +42,8 @@ async fn ignis_serve_joins_the_fleet_and_leaves_it_on_sigterm() {
         .env("REPLICA_ID", "proc-1")
         .env("BIND", "127.0.0.1")
         .env("PORT", port.to_string())
-        .env("IGNIS_DB", dir.0.join("ignis.db"))
-        .current_dir(&dir.0)
+        .env("IGNIS_DB", dir.join("ignis.db"))
+        .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -525,11 +525,11 @@ fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
 async fn staff_page_through_nginx() {
     const TOOLS: &str = "tools-secret-nginx-staff-01";
     const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
-    let db_dir = common::nginx::TempDir::new("nginx-staff-db");
-    let db = db_dir.0.join("ignis.db");
+    let db_dir = common::scratch::TempDir::new("nginx-staff-db");
+    let db = db_dir.join("ignis.db");
     let d = Deployment::start_with_practice(&db, TOOLS).await;
     // The real binary adds the account on the database the running server uses.
-    let (db2, dir2) = (db.clone(), db_dir.0.clone());
+    let (db2, dir2) = (db.clone(), db_dir.to_path_buf());
     let added = tokio::task::spawn_blocking(move || {
         let password = format!("{PASSWORD}\n");
         common::ignis_on_db(&dir2, &db2, TOOLS, &["staff", "add", "anna"], &password)

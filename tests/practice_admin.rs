@@ -392,7 +392,6 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
     assert_eq!(n, 1);
     drop(p);
     thread.join().unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -547,7 +546,6 @@ fn admin_requests_are_audited_with_who_what_and_when() {
     })
     .collect();
     assert_eq!(rows, expected);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

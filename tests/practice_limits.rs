@@ -437,7 +437,6 @@ fn the_request_columns_migrate_onto_an_existing_database() {
     drop(s);
     // Reopening applies nothing twice.
     assert!(SqliteStore::open(&path).is_ok());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

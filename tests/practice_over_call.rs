@@ -7,17 +7,19 @@ mod common;
 use std::time::Duration;
 
 use common::fake_twilio::TwilioCall;
+use common::scratch::TempDir;
 use common::*;
 use ignis::practice::demo::{DEMO_BOOKING_SCRIPT, DEMO_CALLER_NUMBER};
 
 const TOOLS_TOKEN: &str = "tools-secret-0123456789";
 const T: Duration = Duration::from_secs(10);
 
-async fn server_with_practice(name: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("ignis-practice-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Server::start_with_practice_db(&dir.join("ignis.db"), TOOLS_TOKEN, &[]).await
+/// A server with the practice on a database in a scratch directory; hold the guard (first, so it
+/// drops after the server) for the whole test.
+async fn server_with_practice(name: &str) -> (TempDir, Server) {
+    let dir = TempDir::new(&format!("practice-{name}"));
+    let server = Server::start_with_practice_db(&dir.join("ignis.db"), TOOLS_TOKEN, &[]).await;
+    (dir, server)
 }
 
 fn tool_request(
@@ -44,7 +46,7 @@ fn tool_request(
 
 #[tokio::test]
 async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
-    let server = server_with_practice("call").await;
+    let (_dir, server) = server_with_practice("call").await;
     let sid = "CA00000000000000000000000000000001";
     // The demo patient calls from her stored number.
     let mut params = call_params(sid);

@@ -19,6 +19,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fake_twilio::TwilioCall;
+use common::scratch::TempDir;
 use common::*;
 use ignis::practice::demo::{DEMO_BOOKING_SCRIPT, DEMO_CALLER_NUMBER};
 use ignis::twilio::signature;
@@ -213,13 +214,11 @@ async fn start_call(server: &Server, sid: &str) -> (String, TwilioCall) {
 #[tokio::test]
 async fn staff_page_in_headless_chromium() {
     require_tools();
-    let dir = std::env::temp_dir().join(format!("ignis-staff-browser-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("staff-browser");
     let db = dir.join("ignis.db");
     let server = Server::start_public_loopback_with_practice_db(&db, TOOLS_TOKEN).await;
     // The binary shares the SQLite file with the running server (WAL, busy timeout).
-    let (d, b) = (dir.clone(), db.clone());
+    let (d, b) = (dir.to_path_buf(), db.clone());
     tokio::task::spawn_blocking(move || staff_add(&d, &b))
         .await
         .unwrap();
@@ -301,5 +300,4 @@ async fn staff_page_in_headless_chromium() {
     }
     caller.hang_up();
     let _ = caller.closed(T).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

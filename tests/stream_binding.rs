@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::fake_twilio::{TwilioCall, start_json};
+use common::scratch::TempDir;
 use common::*;
 use futures_util::StreamExt;
 use ignis::calls::{BINDING_TTL, Bound, NONCE_BYTES, Nonce};
@@ -20,14 +21,13 @@ const T: Duration = Duration::from_secs(10);
 /// Long enough for a wrongly started agent connection to show up at the stand-in.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// A server with the practice tools, and its database file.
-async fn practice_server(name: &str, extra: &[(&str, &str)]) -> (Server, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("ignis-bind-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A server with the practice tools, and its database file in the scratch directory (first, so
+/// that a `let (_dir, server, db)` drops it after the server).
+async fn practice_server(name: &str, extra: &[(&str, &str)]) -> (TempDir, Server, PathBuf) {
+    let dir = TempDir::new(&format!("bind-{name}"));
     let db = dir.join("ignis.db");
     let server = practice_server_on(&db, extra).await;
-    (server, db)
+    (dir, server, db)
 }
 
 /// A server with the practice tools on an existing (or new) database file.
@@ -93,7 +93,7 @@ async fn refused_after_start(ws: &mut tokio_tungstenite::WebSocketStream<tokio::
 
 #[tokio::test]
 async fn a_signed_stream_without_a_voice_webhook_is_refused_at_the_handshake() {
-    let (server, db) = practice_server("no-webhook", &[]).await;
+    let (_dir, server, db) = practice_server("no-webhook", &[]).await;
     // The old fixed URL with its (valid) signature: the leaked-signature attack of issue 12.
     let r = roundtrip(&server, &signed_handshake("/api/twilio/stream")).await;
     assert_eq!(r.status, 403, "{}", r.text());
@@ -111,7 +111,7 @@ async fn a_signed_stream_without_a_voice_webhook_is_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn a_used_nonce_is_refused_at_the_handshake() {
-    let (server, db) = practice_server("used", &[]).await;
+    let (_dir, server, db) = practice_server("used", &[]).await;
     let sid = "CA0000000000000000000000000000b001";
     let path = bind_without_preconnect(&server, sid);
     let start = start_json(sid).to_string();
@@ -143,7 +143,7 @@ async fn a_used_nonce_is_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn another_calls_nonce_is_refused_before_any_agent() {
-    let (server, db) = practice_server("other-call", &[]).await;
+    let (_dir, server, db) = practice_server("other-call", &[]).await;
     let victim = "CA0000000000000000000000000000b002";
     let attacker = "CA0000000000000000000000000000b003";
     // The victim's call was answered; a stream on its nonce claims to be another call.
@@ -159,7 +159,7 @@ async fn another_calls_nonce_is_refused_before_any_agent() {
 
 #[tokio::test]
 async fn an_expired_nonce_is_refused_at_the_handshake() {
-    let (server, db) = practice_server("expired", &[]).await;
+    let (_dir, server, db) = practice_server("expired", &[]).await;
     let sid = "CA0000000000000000000000000000b004";
     // The voice webhook was answered BINDING_TTL ago (no pre-connect: nothing else runs).
     let call = ignis::twilio::webhook::incoming_call(&call_params(sid)).unwrap();
@@ -178,7 +178,7 @@ async fn an_expired_nonce_is_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn a_caller_number_claimed_in_custom_parameters_is_ignored() {
-    let (server, db) = practice_server("claimed-number", &[]).await;
+    let (_dir, server, db) = practice_server("claimed-number", &[]).await;
     let sid = "CA0000000000000000000000000000b005";
     // The webhook says +4915112345123; the unsigned start claims the demo patient's number.
     let path = bind_without_preconnect(&server, sid);
@@ -210,7 +210,7 @@ async fn a_caller_number_claimed_in_custom_parameters_is_ignored() {
 /// `start` several times that size (long `<Parameter>` values) still arrives whole.
 #[tokio::test]
 async fn a_start_larger_than_the_read_buffer_is_read_whole() {
-    let (server, _db) = practice_server("large-start", &[]).await;
+    let (_dir, server, _db) = practice_server("large-start", &[]).await;
     let sid = "CA0000000000000000000000000000b00a";
     let path = bind_without_preconnect(&server, sid);
     let mut start = start_json(sid);
@@ -229,7 +229,7 @@ async fn a_start_larger_than_the_read_buffer_is_read_whole() {
 
 #[tokio::test]
 async fn a_replayed_voice_webhook_starts_no_second_conversation() {
-    let (server, db) = practice_server("replay", &[("PRECONNECT_TIMEOUT_MS", "300")]).await;
+    let (_dir, server, db) = practice_server("replay", &[("PRECONNECT_TIMEOUT_MS", "300")]).await;
     let sid = "CA0000000000000000000000000000b006";
     let webhook = signed_post("/api/twilio/voice", &call_params(sid), TOKEN);
     let first = roundtrip(&server, &webhook).await;
@@ -284,7 +284,7 @@ async fn a_webhook_replayed_after_its_call_was_forgotten_holds_no_agent() {
     // The registry forgets ended calls after ENDED_RETENTION (and on a restart); the store does
     // not. A replay then looks new to the front end, but the store refuses the row, and the
     // pre-connect drops its agent at once instead of holding it for PRECONNECT_TIMEOUT_MS.
-    let (first, db) = practice_server("forgotten", &[]).await;
+    let (_dir, first, db) = practice_server("forgotten", &[]).await;
     let sid = "CA0000000000000000000000000000b00f";
     let webhook = signed_post("/api/twilio/voice", &call_params(sid), TOKEN);
     assert_eq!(roundtrip(&first, &webhook).await.status, 200);
@@ -329,7 +329,7 @@ async fn pending_pre_connects_count_against_max_calls() {
 #[tokio::test]
 async fn bad_call_and_account_sids_are_refused() {
     let account = "AC11111111111111111111111111111111";
-    let (server, db) = practice_server("sids", &[("TWILIO_ACCOUNT_SID", account)]).await;
+    let (_dir, server, db) = practice_server("sids", &[("TWILIO_ACCOUNT_SID", account)]).await;
     let sid = "CA0000000000000000000000000000b009";
     let with = |name: &str, value: &str| {
         let mut p = call_params(sid);

@@ -2,11 +2,14 @@
 //! plan, exactly the changed fields written, idempotence, the refusals and their exit codes, and
 //! no secret in the output.
 
-use std::path::PathBuf;
+#[path = "common/scratch.rs"]
+mod scratch;
+
 use std::process::{Command, Output};
 
 use ignis::driver::sim::twilio_api::TwilioApiServer;
 use ignis::sim::twilio_api::{PhoneNumber, TwilioApi, Write};
+use scratch::TempDir;
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "auth-token-secret-3f9a1c77e2";
@@ -48,22 +51,10 @@ fn number() -> PhoneNumber {
     n
 }
 
-fn temp_dir() -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ignis-twilio-configure-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs `ignis twilio configure ARGS` with a clean environment plus `vars` (a value of "" unsets).
 fn configure(t: &Twilio, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
-    let dir = temp_dir();
+    let dir = TempDir::new("twilio-configure");
     c.env_clear().current_dir(&dir);
     let base = t.server.base();
     let defaults = [
@@ -85,7 +76,7 @@ fn configure(t: &Twilio, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, 
         stdout,
         stderr,
     } = c.args(["twilio", "configure"]).args(args).output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let (out, err) = (
         String::from_utf8(stdout).unwrap(),
         String::from_utf8(stderr).unwrap(),

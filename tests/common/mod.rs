@@ -7,6 +7,7 @@ pub mod fake_twilio;
 pub mod nginx;
 pub mod postgres;
 pub mod replicas;
+pub mod scratch;
 pub mod signal;
 pub mod tls_caller;
 

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::scratch::TempDir;
 use super::tls_caller::TlsCaller;
 use super::{Server, free_port, openssl, self_signed, test_config};
 
@@ -22,27 +23,6 @@ const T: Duration = Duration::from_secs(10);
 
 /// `deploy/nginx.conf` as shipped.
 pub const SHIPPED_NGINX_CONF: &str = include_str!("../../deploy/nginx.conf");
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        // Unique per test too: several deployments run at once in this process.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ignis-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub fn nginx_binary() -> PathBuf {
     let mut candidates = vec![
@@ -320,14 +300,14 @@ impl Deployment {
 
     async fn start_inner(practice: Option<ignis::practice::Practice>) -> Deployment {
         let dir = TempDir::new("nginx-proxy");
-        let (cert, key, der) = self_signed_cert(&dir.0);
+        let (cert, key, der) = self_signed_cert(&dir);
         let (http_port, https_port) = (free_port(), free_port());
         let https = SocketAddr::from(([127, 0, 0, 1], https_port));
         // PUBLIC_URL is what Twilio calls: nginx's TLS port, not ignis's own address.
         let config = test_config(&[("PUBLIC_URL", &format!("https://127.0.0.1:{https_port}"))]);
         let server = Server::start_with_practice(config, Default::default(), practice).await;
-        let conf = test_nginx_conf(server.addr, http_port, https_port, &cert, &key, &dir.0);
-        let nginx = Nginx::start(&dir.0, &conf, https);
+        let conf = test_nginx_conf(server.addr, http_port, https_port, &cert, &key, &dir);
+        let nginx = Nginx::start(&dir, &conf, https);
         Deployment {
             nginx,
             server,

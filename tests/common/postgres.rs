@@ -2,20 +2,23 @@
 //! loopback port, as an unprivileged user (the `postgres` account when the tests run as root,
 //! since the server refuses to run as root), trust authentication on loopback only. Stopped and
 //! removed on drop. `.ci/test` installs the `postgresql` package and puts its `bin` directory on
-//! PATH; without it a test fails rather than skips. Self-contained, so `benches/tools_db.rs`
-//! includes this file too (with [`TestPostgres::start_durable`]).
+//! PATH; without it a test fails rather than skips. Needs only `super::scratch`, so `benches/tools_db.rs`
+//! includes this file too, next to `scratch.rs` (with [`TestPostgres::start_durable`]).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::scratch::TempDir;
+
 /// How long the server may take to accept connections after a start.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// A running test server.
 pub struct TestPostgres {
-    dir: PathBuf,
+    /// Removed after the server is stopped ([`Drop`] runs before the fields are dropped).
+    dir: TempDir,
     bin: PathBuf,
     /// Whether commits are flushed to disk (`fsync`, `synchronous_commit`): off for tests
     /// (speed), on for benches (a production server's cost).
@@ -65,17 +68,13 @@ impl TestPostgres {
     }
 
     fn start_with(durable: bool) -> TestPostgres {
-        // Unique per process and per server: several run at once in one test binary.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ignis-pg-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        // Unique per server: several run at once in one test binary.
+        let dir = TempDir::new("pg");
         let bin = pg_bin_dir();
         if running_as_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
-                .arg(&dir)
+                .arg(dir.path())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
@@ -236,6 +235,5 @@ impl Drop for TestPostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 
 use super::fake_agent::{AGENT_ID, AgentBehaviour, AgentConn, FakeAgent};
 use super::fake_twilio::{TwilioCall, start_json};
-use super::nginx::{Nginx, TempDir, self_signed_cert, temp_paths};
+use super::nginx::{Nginx, self_signed_cert, temp_paths};
 use super::postgres::TestPostgres;
+use super::scratch::TempDir;
 use super::tls_caller::TlsCaller;
 use super::{Resp, TOKEN, call_params, free_port, read_response, stream_path_of, upgrade};
 
@@ -389,15 +390,15 @@ impl Fleet {
         // One server per test: its default database is the fleet's.
         let database_url = pg.default_url();
         let agent = FakeAgent::start(AgentBehaviour::default()).await;
-        let (cert, key, der) = self_signed_cert(&dir.0);
+        let (cert, key, der) = self_signed_cert(&dir);
         let (http_port, https_port) = (free_port(), free_port());
         let https = SocketAddr::from(([127, 0, 0, 1], https_port));
         let public = format!("https://{https}");
         let mut replicas: Vec<Replica> = (1..=n)
             .map(|k| {
                 let port = free_port();
-                let env = replica_env(k, port, &public, &database_url, &agent, &dir.0, extra);
-                Replica::new(k, port, env, &dir.0)
+                let env = replica_env(k, port, &public, &database_url, &agent, &dir, extra);
+                Replica::new(k, port, env, &dir)
             })
             .collect();
         for r in &mut replicas {
@@ -418,9 +419,9 @@ impl Fleet {
             https_port,
             &cert,
             &key,
-            &dir.0,
+            &dir,
         );
-        let nginx = Nginx::start(&dir.0, &conf, https);
+        let nginx = Nginx::start(&dir, &conf, https);
         let fleet = Fleet {
             nginx,
             replicas,

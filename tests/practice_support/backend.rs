@@ -24,7 +24,7 @@ pub enum Kind {
 /// A fresh database for one test.
 pub struct TestDb {
     pub kind: Kind,
-    dir: PathBuf,
+    dir: crate::practice_support::TempDir,
     /// PostgreSQL only: the database's URL, the runtime its pools live on, and a pool.
     url: Option<DatabaseUrl>,
     url_text: String,
@@ -211,12 +211,6 @@ impl crate::practice_support::Env {
     pub fn on(db: &TestDb, now: jiff::Timestamp) -> crate::practice_support::Env {
         let dir = crate::practice_support::temp_dir("env");
         crate::practice_support::Env::with_store(db.store(), dir, now)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

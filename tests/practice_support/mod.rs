@@ -1,7 +1,12 @@
 //! Shared helpers for the `practice_*` integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+// The scratch directory of `tests/common`, for the binaries built without `common`. Those with
+// both hold two copies of it, which is harmless: neither copy's directories clash (see there).
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/scratch.rs"]
+pub mod scratch;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ignis::practice::calls::CallToken;
@@ -12,6 +17,8 @@ use ignis::practice::tools::{self, Secrets, ToolRequest};
 use jiff::Timestamp;
 use serde_json::Value;
 
+pub use scratch::TempDir;
+
 pub const TOOLS_TOKEN: &str = "tools-secret-for-tests-0123";
 /// Worth 32 random bytes (`openssl rand -base64 32`): weaker ones stop start-up.
 pub const ADMIN_TOKEN: &str = "QcxnDkwjTMZi+i6H4+FczVfQmZcziAos72nDCyyNgjc=";
@@ -21,13 +28,9 @@ pub const OTHER_PHONE: &str = "+491609999999";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A fresh, unique directory under the system temp dir.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ignis-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, unique directory under the system temp dir, removed when dropped.
+pub fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(name)
 }
 
 pub fn at(s: &str) -> Timestamp {
@@ -43,7 +46,8 @@ pub struct Env {
     pub store: Box<dyn Store>,
     pub config: PracticeConfig,
     pub secrets: Secrets,
-    pub dir: PathBuf,
+    /// Last: removed after the store is closed.
+    pub dir: TempDir,
 }
 
 impl Env {
@@ -55,7 +59,7 @@ impl Env {
     }
 
     /// The same over any store (e.g. PostgreSQL, `backend.rs`); `dir` is removed on drop.
-    pub fn with_store(mut store: Box<dyn Store>, dir: PathBuf, now: Timestamp) -> Env {
+    pub fn with_store(mut store: Box<dyn Store>, dir: TempDir, now: Timestamp) -> Env {
         let config = PracticeConfig::demo();
         demo::seed(store.as_mut(), &config, now).unwrap();
         Env {
@@ -143,11 +147,5 @@ impl Env {
         let (s, v) = self.post(token, "/api/appointments", body, now);
         assert_eq!(s, 200, "{v}");
         v
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
