@@ -839,6 +839,46 @@ fn settle(b: &mut Bridge, now: Instant) {
     }
 }
 
+/// Drives a connected bridge in virtual time until `until`: `chunks` (agent messages, in
+/// order, with their times), a caller frame every 20 ms up to `frames_until`, the bridge's
+/// timer, and the pool's results (settled after every step). Returns Twilio's view.
+fn run_with_chunks(
+    b: &mut Bridge,
+    t0: Instant,
+    mut chunks: Vec<(Instant, String)>,
+    frames_until: Instant,
+    until: Instant,
+) -> TwilioQueue {
+    chunks.reverse();
+    let (mut tw, mut now, mut frame) = (TwilioQueue::default(), t0, 1u64);
+    loop {
+        let next_frame = t0 + Duration::from_millis(20 * frame);
+        let next_frame = (next_frame <= frames_until).then_some(next_frame);
+        let next_chunk = chunks.last().map(|(at, _)| *at);
+        let Some(t) = [next_frame, next_chunk, b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|&t| t <= until)
+        else {
+            break;
+        };
+        now = now.max(t);
+        if next_chunk == Some(t) {
+            let (_, text) = chunks.pop().unwrap();
+            b.handle_agent_text(now, &text);
+        } else if next_frame == Some(t) {
+            twilio(b, now, &media(frame));
+            frame += 1;
+        } else {
+            b.handle_timeout(now);
+        }
+        settle(b, now);
+        tw.receive(now, &drain(b).0);
+    }
+    tw
+}
+
 /// The agent pauses mid-turn (shorter than `turn_idle`): the partial frame the pool holds is
 /// padded and played before the pause, not held and played in front of the next sentence.
 /// Runs that pause with caller frames until `frames_until`, then on the bridge's timer alone.
@@ -854,43 +894,15 @@ fn pipeline_pause(frames_until: Duration) {
     // 125 ms (6 frames and 40 bytes), a pause, then 100 ms (5 whole frames).
     let first: Vec<u8> = (0..1000u32).map(|i| (i % 200) as u8).collect();
     let second: Vec<u8> = (0..800u32).map(|i| 10 + (i % 100) as u8).collect();
-    let mut chunks = vec![
+    let chunks = vec![
+        (t0 + Duration::from_millis(5), agent_audio(1, &b64(&first))),
         (
             t0 + Duration::from_millis(250),
             agent_audio(1, &b64(&second)),
         ),
-        (t0 + Duration::from_millis(5), agent_audio(1, &b64(&first))),
     ];
-    let mut tw = TwilioQueue::default();
-    let (mut now, mut frame) = (t0, 1u64);
     let until = t0 + Duration::from_secs(2);
-    loop {
-        let next_frame = Duration::from_millis(20 * frame);
-        let next_frame = (next_frame <= frames_until).then_some(t0 + next_frame);
-        let next_chunk = chunks.last().map(|(at, _)| *at);
-        let next_timer = b.poll_timeout();
-        let Some(t) = [next_frame, next_chunk, next_timer]
-            .into_iter()
-            .flatten()
-            .min()
-            .filter(|&t| t <= until)
-        else {
-            break;
-        };
-        now = now.max(t);
-        if next_chunk == Some(t) {
-            let (_, text) = chunks.pop().unwrap();
-            b.handle_agent_text(now, &text);
-        } else if next_frame == Some(t) {
-            twilio(&mut b, now, &media(frame));
-            frame += 1;
-        } else {
-            b.handle_timeout(now);
-        }
-        settle(&mut b, now);
-        let out = drain(&mut b).0;
-        tw.receive(now, &out);
-    }
+    let tw = run_with_chunks(&mut b, t0, chunks, t0 + frames_until, until);
     let mut want = first.clone();
     want.extend([SILENCE; 120]);
     want.extend(&second);
@@ -1179,7 +1191,7 @@ fn real_time_agent(config: BridgeConfig) -> (Vec<u8>, ignis::metrics::CallSummar
     b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
     settle(&mut b, t0);
     let turn: Vec<u8> = (0..6000u32).map(|i| (i / 7) as u8).collect();
-    let mut chunks: Vec<(Instant, String)> = (0..2u64)
+    let chunks: Vec<(Instant, String)> = (0..2u64)
         .flat_map(|k| {
             turn.chunks(2000).enumerate().map(move |(i, c)| {
                 let at = t0 + Duration::from_millis(1000 * k + 250 * i as u64);
@@ -1188,33 +1200,8 @@ fn real_time_agent(config: BridgeConfig) -> (Vec<u8>, ignis::metrics::CallSummar
             })
         })
         .collect();
-    chunks.reverse();
-    let (mut tw, mut now, mut frame) = (TwilioQueue::default(), t0, 1u64);
     let until = t0 + Duration::from_secs(3);
-    loop {
-        let next_frame = t0 + Duration::from_millis(20 * frame);
-        let next_chunk = chunks.last().map(|(at, _)| *at);
-        let Some(t) = [Some(next_frame), next_chunk, b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .filter(|&t| t <= until)
-        else {
-            break;
-        };
-        now = now.max(t);
-        if next_chunk == Some(t) {
-            let (_, text) = chunks.pop().unwrap();
-            b.handle_agent_text(now, &text);
-        } else if next_frame == t {
-            twilio(&mut b, now, &media(frame));
-            frame += 1;
-        } else {
-            b.handle_timeout(now);
-        }
-        settle(&mut b, now);
-        tw.receive(now, &drain(&mut b).0);
-    }
+    let tw = run_with_chunks(&mut b, t0, chunks, until, until);
     (tw.audio, b.call_summary(Outcome::Completed))
 }
 
