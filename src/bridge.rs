@@ -956,14 +956,32 @@ impl Bridge {
         if self.closed {
             return;
         }
-        if self.turn_open
+        self.end_turn_if_due(now);
+        self.send_outbound(now);
+        // The sends may have brought the turn's end due at once (its last frame just left with
+        // the idle time already past; found by the call_session fuzz target): take it in this
+        // step, not in another wake-up at the same instant.
+        if self.end_turn_if_due(now) {
+            self.send_outbound(now);
+        }
+        self.after_sends(now);
+    }
+
+    /// Ends the agent's turn if it is over (see [`Bridge::turn_over_at`]); `true` if it did.
+    fn end_turn_if_due(&mut self, now: Instant) -> bool {
+        let due = self.turn_open
             && self
                 .turn_over_at(now)
-                .is_some_and(|t| now + CALLER_FRAME >= t)
-        {
+                .is_some_and(|t| now + CALLER_FRAME >= t);
+        if due {
             self.turn_open = false;
             self.end_turn(now);
         }
+        due
+    }
+
+    /// Writes what the outbound path has due for Twilio.
+    fn send_outbound(&mut self, now: Instant) {
         if let (Some(outbound), Some(sid)) = (self.outbound.as_mut(), self.stream_sid.as_deref()) {
             while let Some(t) = outbound.poll_transmit(now) {
                 match t {
@@ -993,6 +1011,10 @@ impl Bridge {
                 self.out.push_back(Output::ToTwilio(bytes));
             }
         }
+    }
+
+    /// What follows a step's sends: the DSP pool's pad, a gone worker, the ending's drain.
+    fn after_sends(&mut self, now: Instant) {
         // After this step's sends: the pacer may only now be about to run dry (found by the
         // call_session_pipeline fuzz target: a pad due at once, left to another wake-up).
         if self.pool_pad_at(now).is_some_and(|t| now >= t)
