@@ -262,3 +262,35 @@ fn an_agent_ahead_of_the_caller_gets_no_cushion_and_loses_one_it_had() {
     assert_eq!(second, at(later, 1000));
     assert_eq!(p.stats().playout.cushion_ms, 0);
 }
+
+/// A turn that starts with a chunk smaller than one frame while the call has a cushion.
+/// Nothing can leave before the hold ends anyway, so the half frame must not be padded at once:
+/// the next chunk, well within the cushion, completes it.
+#[test]
+fn a_sub_frame_chunk_under_a_hold_is_not_padded_before_the_hold_ends() {
+    let tone = tone_ulaw(6000);
+    let t0 = Instant::now();
+    let mut p = OutboundPath::new(AgentFormat::Ulaw8000, cushioned(40)).unwrap();
+    // Teach the cushion (one real-time turn, as above).
+    paced_turns(&mut p, t0, &tone, 1, 250);
+    assert_eq!(p.stats().playout.cushion_ms, 40);
+    let pads = p.stats().pause_pads;
+    let later = at(t0, 5000);
+    let (mut now, mut out) = (later, Vec::new());
+    // 10 ms, then 10 ms 5 ms later, then the rest: one turn, no gap needed anywhere.
+    p.push_agent_audio(now, 9, &STANDARD.encode(&tone[..80]))
+        .unwrap();
+    drive(&mut p, &mut now, at(later, 5), &mut out);
+    p.push_agent_audio(now, 9, &STANDARD.encode(&tone[80..160]))
+        .unwrap();
+    p.push_agent_audio(now, 9, &STANDARD.encode(&tone[160..1600]))
+        .unwrap();
+    drive(&mut p, &mut now, at(later, 1000), &mut out);
+    let bytes: Vec<u8> = out.iter().map(|&(_, b)| b).collect();
+    assert_eq!(
+        p.stats().pause_pads,
+        pads,
+        "the half frame was padded while the hold kept everything back"
+    );
+    assert!(bytes == tone[..1600], "silence inserted after 10 ms");
+}

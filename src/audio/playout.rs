@@ -372,6 +372,11 @@ impl PlayoutBuffer {
         }
         let mid_turn = self.in_turn && self.turn_sent;
         self.turn_waited |= mid_turn;
+        // Already holding for this gap (an earlier chunk of it found the queue dry, its frames
+        // not whole or, with the DSP pool, not back yet): one gap, one step, one hold.
+        if self.hold_until.is_some_and(|h| now < h) {
+            return;
+        }
         if !padded && self.sent_total - self.played(now) > self.floor {
             return;
         }
@@ -573,11 +578,13 @@ impl PlayoutBuffer {
             return None;
         }
         let Some(anchor) = self.anchor else {
-            return Some(now);
+            return Some(self.hold_until.map_or(now, |h| now.max(h)));
         };
         let margin = FRAME.min(self.lead.saturating_sub(FRAME));
         let due = self.sent_total.saturating_sub(margin);
-        Some(anchor + samples_to_duration(due.saturating_sub(self.anchor_sent)))
+        let dry = anchor + samples_to_duration(due.saturating_sub(self.anchor_sent));
+        // Nothing leaves before a hold ends: a partial frame need not be padded before then.
+        Some(self.hold_until.map_or(dry, |h| dry.max(h)))
     }
 
     /// The `now` of the last [`PlayoutBuffer::poll_transmit`] or interruption.
@@ -852,5 +859,27 @@ mod tests {
         assert!(echo.end_of_turn && !echo.cleared && echo.event_id == 2);
         // 1 + 5 frames sent before the interruption, then the new turn's one frame.
         assert_eq!(echo.stream_ms, 140);
+    }
+
+    /// One gap, two chunks in it (a burst after a stall; with the DSP pool every chunk
+    /// read before the pool hands back the first one's frames finds nothing whole held). The
+    /// gap is one late arrival: the cushion takes one step, and the hold is not pushed back.
+    #[test]
+    fn chunks_arriving_in_one_gap_raise_the_cushion_once() {
+        let t0 = Instant::now();
+        let mut p = without_periodic_marks();
+        p.agent_audio_arrived(t0);
+        for _ in 0..5 {
+            p.push_frame(1, &[7; 160]);
+        }
+        assert_eq!(drain(&mut p, t0), (5, 0));
+        // Twilio dry at 100 ms: a late chunk, then a second one 5 ms later, its frames not
+        // pushed yet.
+        p.agent_audio_arrived(at(t0, 100));
+        p.agent_audio_arrived(at(t0, 105));
+        let s = p.stats();
+        assert_eq!((s.late_arrivals, s.cushion_ms), (1, 40));
+        p.push_frame(1, &[7; 160]);
+        assert_eq!(p.poll_timeout(), Some(at(t0, 140)), "hold pushed back");
     }
 }

@@ -439,6 +439,9 @@ impl Call {
                 }
                 r = &mut link, if self.link_pending => {
                     self.on_link(r);
+                    // Whatever the link brought (a pre-connected socket may hold data already)
+                    // is polled next turn, not only after a wake-up.
+                    agent_gate.open();
                     None
                 }
                 Some((id, ok)) = self.transfer_rx.recv(), if self.transfers_in_flight > 0 => {
