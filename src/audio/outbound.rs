@@ -279,7 +279,7 @@ impl OutboundPath {
 
     /// Turn bookkeeping for a chunk of `len` bytes; `false` if it is stale and must be dropped.
     fn begin_chunk(&mut self, event_id: u64, len: usize) -> bool {
-        if self.min_event.is_some_and(|min| event_id < min) {
+        if self.stale(event_id) {
             self.stats.stale_event_bytes += len as u64;
             return false;
         }
@@ -307,9 +307,14 @@ impl OutboundPath {
     /// included): agent audio of turn `event_id` has arrived at `now`, before its frames (see
     /// [`PlayoutBuffer::agent_audio_arrived`]; a turn already interrupted does not count).
     pub fn agent_audio_arrived(&mut self, now: Instant, event_id: u64) {
-        if self.min_event.is_none_or(|min| event_id >= min) {
-            self.playout.agent_audio_arrived(now);
+        if !self.stale(event_id) {
+            self.arrived(now);
         }
+    }
+
+    /// Audio of a turn older than the last interruption's (ignored, docs/elevenlabs.md §4.4).
+    fn stale(&self, event_id: u64) -> bool {
+        self.min_event.is_some_and(|min| event_id < min)
     }
 
     /// For a pacer whose pause pads the DSP pool makes: one was just asked for (see

@@ -85,9 +85,9 @@ pub struct PlayoutConfig {
     /// At most one periodic mark per this many ms of audio (0: only at end of turn).
     /// Default 1000: they only feed the `heard_ms` statistics.
     pub mark_interval_ms: u32,
-    /// Cushion step, ms: added each time agent audio of a turn under way arrives with Twilio
-    /// within `floor_ms` of running dry, taken off after a turn the agent stayed ahead in
-    /// (docs/dsp.md §3.9). Default 40 (0: never hold audio back).
+    /// Cushion step, ms: added for each gap in which agent audio of a turn under way came late
+    /// (after a pause pad, or with Twilio within `floor_ms` of running dry), taken off after a
+    /// turn the agent stayed ahead in (docs/dsp.md §3.9). Default 40 (0: never hold audio back).
     pub cushion_step_ms: u32,
     /// Largest cushion, ms (clamped to [`MAX_CUSHION_MS`]). Default 120.
     pub max_cushion_ms: u32,
@@ -167,8 +167,8 @@ pub struct PlayoutStats {
     pub heard_ms: u64,
     /// Audio currently held, ms.
     pub buffered_ms: u64,
-    /// Agent audio of a turn under way that came with Twilio within `floor_ms` of running dry
-    /// (each raised the cushion, docs/dsp.md §3.9).
+    /// Gaps in which agent audio of a turn under way came late (each raised the cushion,
+    /// docs/dsp.md §3.9).
     pub late_arrivals: u64,
     /// The cushion now, ms.
     pub cushion_ms: u64,

@@ -130,7 +130,9 @@ mod tests {
         assert!(gate.poll(&cx, |c| source.poll(c, true)).is_pending());
         assert_eq!(source.polls.get(), 1);
         let waker = source.waker.borrow_mut().take();
-        waker.unwrap().wake();
+        waker
+            .expect("the source keeps the waker of its poll")
+            .wake();
         assert_eq!(task.0.load(Ordering::Relaxed), 1, "the task was woken");
         // Ready: polled again next time without a wake-up.
         assert!(gate.poll(&cx, |c| source.poll(c, true)).is_ready());
