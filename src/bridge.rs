@@ -796,7 +796,18 @@ impl Bridge {
                 out.push_back(Output::ToAgent(wire_message(wire, wire_reserve, scratch)));
                 stats.agent_chunks_sent += 1;
             }
-            PoolOutput::Frames { event_id, ulaw } => pacer.push_agent_bytes(event_id, ulaw),
+            PoolOutput::Frames {
+                event_id,
+                ulaw,
+                padded,
+            } => {
+                // Noted when made, not when asked: a pad that found only whole frames inserted
+                // no silence, and the next chunk is not late for it (docs/dsp.md §3.9).
+                if padded {
+                    pacer.note_pause_pad();
+                }
+                pacer.push_agent_bytes(event_id, ulaw);
+            }
             PoolOutput::EndOfTurn => {
                 pacer.end_of_turn();
             }
@@ -835,7 +846,8 @@ impl Bridge {
             // chunk bad in its third piece must not have its first two played.
             Some(p) => check_agent_audio(audio_b64).map(|_| {
                 // The pacer times the arrival (docs/dsp.md §3.9); its frames follow from the pool.
-                outbound.agent_audio_arrived(now, event_id);
+                // With the last turn's end still on its way from the pool, this opens the next.
+                outbound.agent_audio_arrived(now, event_id, p.turn_end_pending());
                 // Drops are counted in the pool's stats.
                 if p.push_agent_audio(now, event_id, audio_b64).is_err() {
                     log_pool_drop(p, "agent audio");
@@ -1021,13 +1033,10 @@ impl Bridge {
             && let Some(p) = self.pool.as_ref()
         {
             match p.complete_partial(now) {
+                // Whether a pad was made comes back with its frames (`PoolOutput::Frames`).
                 Ok(()) => {
                     self.pool_partial = false;
                     self.pool_pad_retry = None;
-                    // The next agent chunk comes late (docs/dsp.md §3.9).
-                    if let Some(o) = self.outbound.as_mut() {
-                        o.note_pause_pad();
-                    }
                 }
                 // Counted as a drop; retried a caller frame later, not at once: the deadline
                 // stays due, and an immediate retry would spin the call's timer.

@@ -223,7 +223,7 @@ fn held_call(
 fn collect(call: &mut PoolCall, pacer: &mut OutboundPath, out: &mut CallOut, turns: &mut usize) {
     call.drain(|o| match o {
         PoolOutput::UserAudioChunk(p) => out.payloads.push(p.to_owned()),
-        PoolOutput::Frames { event_id, ulaw } => pacer.push_agent_bytes(event_id, ulaw),
+        PoolOutput::Frames { event_id, ulaw, .. } => pacer.push_agent_bytes(event_id, ulaw),
         PoolOutput::EndOfTurn => {
             pacer.end_of_turn();
             *turns += 1;
@@ -345,7 +345,7 @@ fn an_interruption_discards_frames_in_flight() {
     wait_until(|| {
         call.drain(|o| match o {
             PoolOutput::UserAudioChunk(p) => got.payloads.push(p.to_owned()),
-            PoolOutput::Frames { event_id, ulaw } => {
+            PoolOutput::Frames { event_id, ulaw, .. } => {
                 events.push(event_id);
                 pacer.push_agent_bytes(event_id, ulaw);
             }

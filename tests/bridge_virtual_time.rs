@@ -1234,3 +1234,65 @@ fn a_real_time_agent_is_padded_until_its_cushion_suffices() {
         assert_eq!(summary.audio_pipeline_drops, 0, "{mode}");
     }
 }
+
+/// An agent turn of whole frames (no pads) whose second chunk comes late enough that Twilio
+/// runs dry before the turn is over, then turn 2's first chunk handed over right after caller
+/// frame `at_frame` was handled, before the pool's results of that step are taken. Returns
+/// how many agent chunks counted as late.
+fn second_turn_after_frame(config: BridgeConfig, at_frame: u64) -> u64 {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let t0 = Instant::now();
+    let mut b = started(config, t0);
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    settle(&mut b, t0);
+    let chunk: Vec<u8> = (0..1600u32).map(|i| (i / 5) as u8).collect();
+    // 200 ms, and 100 ms more at 105 ms: Twilio runs dry before `turn_idle` has passed.
+    let mut turn_one = vec![(105, &chunk[..800]), (5, &chunk[..])];
+    let (mut now, mut frame) = (t0, 1u64);
+    while frame <= at_frame {
+        let next_frame = t0 + Duration::from_millis(20 * frame);
+        let timer = b.poll_timeout().filter(|&t| t < next_frame);
+        let next = timer.unwrap_or(next_frame);
+        if let Some(&(ms, audio)) = turn_one.last()
+            && t0 + Duration::from_millis(ms) < next
+        {
+            now = t0 + Duration::from_millis(ms);
+            b.handle_agent_text(now, &agent_audio(1, &b64(audio)));
+            turn_one.pop();
+        } else if timer.is_some() {
+            now = now.max(next);
+            b.handle_timeout(now);
+        } else {
+            now = now.max(next);
+            twilio(&mut b, now, &media(frame));
+            if frame == at_frame {
+                b.handle_agent_text(now, &agent_audio(2, &b64(&chunk)));
+            }
+            frame += 1;
+        }
+        settle(&mut b, now);
+        drain(&mut b);
+    }
+    b.call_summary(Outcome::Completed).late_agent_audio
+}
+
+/// docs/dsp.md §3.9: the first chunk of a new turn is never a late chunk of the last one. With
+/// the DSP pool the pacer's turn ends only when the pool's end-of-turn result comes back; a
+/// chunk arriving in that window counted as late and raised the cushion (review finding).
+/// Inline, where the turn ends at once, is the oracle: whichever caller frame turn 2 starts
+/// at (over turn 1 and its end), the pool counts a late chunk exactly when inline does: in
+/// the gap between Twilio running dry and the end of turn 1, and never after it.
+#[test]
+fn a_new_turn_is_not_late_while_the_pools_end_of_turn_is_on_its_way() {
+    let mut late_frames = 0;
+    for at_frame in 1..40 {
+        let inline = second_turn_after_frame(BridgeConfig::default(), at_frame);
+        let pooled = second_turn_after_frame(pool_config(), at_frame);
+        assert_eq!(pooled, inline, "turn 2 after caller frame {at_frame}");
+        late_frames += inline;
+    }
+    // Both cases are covered: starts in the gap (late) and after the turn (not late).
+    assert!(late_frames > 0 && late_frames < 39, "{late_frames}");
+}

@@ -306,9 +306,17 @@ impl OutboundPath {
     /// For a pacer fed by [`OutboundPath::push_agent_bytes`] (the DSP pool's frames, pads
     /// included): agent audio of turn `event_id` has arrived at `now`, before its frames (see
     /// [`PlayoutBuffer::agent_audio_arrived`]; a turn already interrupted does not count).
-    pub fn agent_audio_arrived(&mut self, now: Instant, event_id: u64) {
-        if !self.stale(event_id) {
-            self.arrived(now);
+    /// `next_turn`: the pacer's current turn has already ended upstream (the pool's end-of-turn
+    /// result is still on its way), so this audio opens the next one
+    /// ([`PlayoutBuffer::next_turn_audio_arrived`]).
+    pub fn agent_audio_arrived(&mut self, now: Instant, event_id: u64, next_turn: bool) {
+        if self.stale(event_id) || self.detached.is_some() {
+            return;
+        }
+        if next_turn {
+            self.playout.next_turn_audio_arrived(now);
+        } else {
+            self.playout.agent_audio_arrived(now);
         }
     }
 
@@ -317,7 +325,7 @@ impl OutboundPath {
         self.min_event.is_some_and(|min| event_id < min)
     }
 
-    /// For a pacer whose pause pads the DSP pool makes: one was just asked for (see
+    /// For a pacer whose pause pads the DSP pool makes: the pool reports one made (see
     /// [`PlayoutBuffer::note_pause_pad`]).
     pub fn note_pause_pad(&mut self) {
         self.playout.note_pause_pad();

@@ -727,6 +727,7 @@ enum PoolOut {
         generation: u64,
         event_id: u64,
         ulaw: Vec<u8>,
+        padded: bool,
     },
     EndOfTurn {
         generation: u64,
@@ -745,6 +746,10 @@ pub enum PoolOutput<'a> {
         event_id: u64,
         /// The frames.
         ulaw: &'a [u8],
+        /// The last frame was completed with silence by a pause pad
+        /// ([`PoolCall::complete_partial`]): the agent's next chunk comes late
+        /// ([`OutboundPath::note_pause_pad`], docs/dsp.md §3.9).
+        padded: bool,
     },
     /// Everything queued before [`PoolCall::end_of_turn`] has been delivered: end the pacer's
     /// turn ([`OutboundPath::end_of_turn`]).
@@ -1228,11 +1233,13 @@ impl PoolCall {
                     generation,
                     event_id,
                     ulaw,
+                    padded,
                 } => {
                     if generation == self.generation {
                         f(PoolOutput::Frames {
                             event_id,
                             ulaw: &ulaw,
+                            padded,
                         });
                     } else {
                         self.discarded += 1;
@@ -1405,10 +1412,11 @@ impl CallDsp {
             }
             Job::CompletePartial { generation } => {
                 if let Some(event_id) = self.outbound.current_event() {
-                    if self.outbound.pad_partial() {
+                    let padded = self.outbound.pad_partial();
+                    if padded {
                         self.shared.pause_pads.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.frames(generation, event_id);
+                    self.frames_padded(generation, event_id, padded);
                 }
             }
             #[cfg(test)]
@@ -1433,6 +1441,11 @@ impl CallDsp {
     }
 
     fn frames(&mut self, generation: u64, event_id: u64) {
+        self.frames_padded(generation, event_id, false);
+    }
+
+    /// [`Self::frames`], telling whether the last of them was a pause pad.
+    fn frames_padded(&mut self, generation: u64, event_id: u64, padded: bool) {
         if !self.outbound.has_frames() {
             return;
         }
@@ -1447,6 +1460,7 @@ impl CallDsp {
             generation,
             event_id,
             ulaw: buf,
+            padded,
         });
     }
 

@@ -225,7 +225,10 @@ pub struct PlayoutBuffer {
     /// was not ahead of the caller).
     turn_arrivals: u32,
     turn_waited: bool,
-    /// A pause pad was made (or asked of the DSP pool) since the last agent chunk.
+    /// Agent chunks of the next turn that arrived while this one's end was still on its way
+    /// from the DSP pool ([`PlayoutBuffer::next_turn_audio_arrived`]).
+    next_turn_arrivals: u32,
+    /// A pause pad was made (with the DSP pool: reported made) since the last agent chunk.
     padded: bool,
     event_id: u64,
     since_mark: u64,
@@ -282,6 +285,7 @@ impl PlayoutBuffer {
             hold_until: None,
             turn_arrivals: 0,
             turn_waited: false,
+            next_turn_arrivals: 0,
             padded: false,
             event_id: 0,
             since_mark: 0,
@@ -345,7 +349,7 @@ impl PlayoutBuffer {
         if self.turn_arrivals >= 2 && !self.turn_waited {
             self.cushion = self.cushion.saturating_sub(self.cushion_step);
         }
-        self.turn_arrivals = 0;
+        self.turn_arrivals = std::mem::take(&mut self.next_turn_arrivals);
         self.turn_waited = false;
         self.padded = false;
         self.in_turn = false;
@@ -366,11 +370,24 @@ impl PlayoutBuffer {
     /// long (docs/dsp.md §3.9).
     pub fn agent_audio_arrived(&mut self, now: Instant) {
         self.turn_arrivals = self.turn_arrivals.saturating_add(1);
+        self.time_arrival(now, self.in_turn && self.turn_sent);
+    }
+
+    /// For a pacer whose turn ends only when the DSP pool's end-of-turn result comes back:
+    /// agent audio of the next turn has arrived at `now`, while this turn's end is still on its
+    /// way. As in [`PlayoutBuffer::agent_audio_arrived`], except that it is never late for the
+    /// turn still open here (inline that turn would already be over), and it counts toward the
+    /// next one (docs/dsp.md §3.9).
+    pub fn next_turn_audio_arrived(&mut self, now: Instant) {
+        self.next_turn_arrivals = self.next_turn_arrivals.saturating_add(1);
+        self.time_arrival(now, false);
+    }
+
+    fn time_arrival(&mut self, now: Instant, mid_turn: bool) {
         let padded = std::mem::take(&mut self.padded);
         if self.count > 0 {
             return;
         }
-        let mid_turn = self.in_turn && self.turn_sent;
         self.turn_waited |= mid_turn;
         // Already holding for this gap (an earlier chunk of it found the queue dry, its frames
         // not whole or, with the DSP pool, not back yet): one gap, one step, one hold.
@@ -637,6 +654,7 @@ impl PlayoutBuffer {
         self.hold_until = None;
         self.turn_arrivals = 0;
         self.turn_waited = false;
+        self.next_turn_arrivals = 0;
         self.padded = false;
         self.since_mark = 0;
         self.last_now = Some(now);
@@ -861,18 +879,24 @@ mod tests {
         assert_eq!(echo.stream_ms, 140);
     }
 
-    /// One gap, two chunks in it (a burst after a stall; with the DSP pool every chunk
-    /// read before the pool hands back the first one's frames finds nothing whole held). The
-    /// gap is one late arrival: the cushion takes one step, and the hold is not pushed back.
-    #[test]
-    fn chunks_arriving_in_one_gap_raise_the_cushion_once() {
-        let t0 = Instant::now();
+    /// A turn's first chunk (100 ms, on time) sent to Twilio at `t0`: it runs dry at 100 ms.
+    fn turn_of_100_ms_sent(t0: Instant) -> PlayoutBuffer {
         let mut p = without_periodic_marks();
         p.agent_audio_arrived(t0);
         for _ in 0..5 {
             p.push_frame(1, &[7; 160]);
         }
         assert_eq!(drain(&mut p, t0), (5, 0));
+        p
+    }
+
+    /// One gap, two chunks in it (a burst after a stall; with the DSP pool every chunk
+    /// read before the pool hands back the first one's frames finds nothing whole held). The
+    /// gap is one late arrival: the cushion takes one step, and the hold is not pushed back.
+    #[test]
+    fn chunks_arriving_in_one_gap_raise_the_cushion_once() {
+        let t0 = Instant::now();
+        let mut p = turn_of_100_ms_sent(t0);
         // Twilio dry at 100 ms: a late chunk, then a second one 5 ms later, its frames not
         // pushed yet.
         p.agent_audio_arrived(at(t0, 100));
@@ -881,5 +905,33 @@ mod tests {
         assert_eq!((s.late_arrivals, s.cushion_ms), (1, 40));
         p.push_frame(1, &[7; 160]);
         assert_eq!(p.poll_timeout(), Some(at(t0, 140)), "hold pushed back");
+    }
+
+    /// docs/dsp.md §3.9 with the DSP pool: chunks of the next turn that arrive while this
+    /// turn's end is still on its way are not late for it, even with Twilio dry, and they count
+    /// toward the next turn: two of them with the agent ahead take the cushion back.
+    #[test]
+    fn next_turn_chunks_are_not_late_and_count_toward_the_next_turn() {
+        let t0 = Instant::now();
+        let mut p = turn_of_100_ms_sent(t0);
+        // Mid-turn with Twilio dry: late, a cushion of one step.
+        p.agent_audio_arrived(at(t0, 100));
+        p.push_frame(1, &[7; 160]);
+        assert_eq!(drain(&mut p, at(t0, 140)), (1, 0));
+        // Twilio dry again; the turn's end is on its way: two chunks of the next turn.
+        p.next_turn_audio_arrived(at(t0, 400));
+        p.next_turn_audio_arrived(at(t0, 401));
+        let s = p.stats();
+        assert_eq!((s.late_arrivals, s.cushion_ms), (1, 40));
+        p.end_turn();
+        for _ in 0..3 {
+            p.push_frame(2, &[7; 160]);
+        }
+        p.end_turn();
+        assert_eq!(
+            p.stats().cushion_ms,
+            0,
+            "the next turn's arrivals were lost"
+        );
     }
 }
