@@ -847,7 +847,7 @@ impl Bridge {
             Some(p) => check_agent_audio(audio_b64).map(|_| {
                 // The pacer times the arrival (docs/dsp.md §3.9); its frames follow from the pool.
                 // With the last turn's end still on its way from the pool, this opens the next.
-                outbound.agent_audio_arrived(now, event_id, p.turn_end_pending());
+                outbound.agent_audio_arrived(now, event_id, p.turn_end_on_its_way());
                 // Drops are counted in the pool's stats.
                 if p.push_agent_audio(now, event_id, audio_b64).is_err() {
                     log_pool_drop(p, "agent audio");

@@ -999,6 +999,7 @@ impl DspPool {
             generation: 0,
             discarded: 0,
             turn_ends: Cell::new(0),
+            turn_ends_now: Cell::new(0),
             sent: Cell::new(0),
             drained_done: 0,
             gone: Cell::new(false),
@@ -1026,6 +1027,9 @@ pub struct PoolCall {
     /// Ends of turn queued whose [`PoolOut::EndOfTurn`] has not been drained (they may
     /// overlap; at most [`CALL_CONTROL_DEPTH`]).
     turn_ends: Cell<usize>,
+    /// Of those, the ones queued since the last interruption (whose result ends the pacer's
+    /// turn: an older one is discarded).
+    turn_ends_now: Cell<usize>,
     /// Commands queued so far, and how many of them the worker had handled at the last
     /// [`PoolCall::drain`] (see [`PoolCall::settled`]).
     sent: Cell<u64>,
@@ -1166,6 +1170,7 @@ impl PoolCall {
         };
         self.send_control(now, job)?;
         self.turn_ends.set(self.turn_ends.get() + 1);
+        self.turn_ends_now.set(self.turn_ends_now.get() + 1);
         Ok(())
     }
 
@@ -1200,12 +1205,19 @@ impl PoolCall {
         self.turn_ends.get() > 0
     }
 
+    /// Whether an end of turn queued since the last interruption has not been drained yet: the
+    /// pacer's turn is over upstream, and ends when [`PoolOutput::EndOfTurn`] comes back.
+    pub fn turn_end_on_its_way(&self) -> bool {
+        self.turn_ends_now.get() > 0
+    }
+
     /// An interruption: from now on, agent results of commands queued before it are discarded
     /// by [`PoolCall::drain`] (so the call's pacer can drop its held audio and send `clear` in
     /// the same step), and the worker resets its resampler and ignores audio of turns older
     /// than `event_id`.
     pub fn interrupt(&mut self, now: Instant, event_id: Option<u64>) -> Result<(), Dropped> {
         self.generation += 1;
+        self.turn_ends_now.set(0);
         self.send_control(now, Job::Interrupt { event_id })
     }
 
@@ -1249,6 +1261,8 @@ impl PoolCall {
                 PoolOut::EndOfTurn { generation } => {
                     self.turn_ends.set(self.turn_ends.get().saturating_sub(1));
                     if generation == self.generation {
+                        self.turn_ends_now
+                            .set(self.turn_ends_now.get().saturating_sub(1));
                         f(PoolOutput::EndOfTurn);
                     }
                     continue;
@@ -1595,6 +1609,40 @@ mod tests {
         p.shutdown();
     }
 
+    /// An interruption discards the end of turn queued before it (its result never reaches the
+    /// pacer), so that end is no longer on its way, though still pending until drained.
+    #[test]
+    fn an_interruption_takes_the_end_of_turn_off_its_way() {
+        let pool = DspPool::new(1).unwrap();
+        let f = AgentFormat::Ulaw8000;
+        let mut call = pool
+            .open(
+                f,
+                f,
+                InboundConfig::default(),
+                Default::default(),
+                Arc::new(|| {}),
+            )
+            .unwrap();
+        let t0 = Instant::now();
+        call.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 320]))
+            .unwrap();
+        call.end_of_turn(t0).unwrap();
+        assert!(call.turn_end_pending() && call.turn_end_on_its_way());
+        call.interrupt(t0, Some(2)).unwrap();
+        assert!(call.turn_end_pending() && !call.turn_end_on_its_way());
+        let mut turns = 0;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while call.turn_end_pending() && Instant::now() < limit {
+            call.drain(|o| turns += usize::from(o == PoolOutput::EndOfTurn));
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!call.turn_end_pending());
+        assert_eq!(turns, 0, "the discarded end of turn reached the pacer");
+        call.end_of_turn(t0).unwrap();
+        assert!(call.turn_end_on_its_way());
+    }
+
     /// A panic in one call's DSP fails that call only: counted, its end of turn still answered,
     /// and another call on the same worker goes on.
     #[test]
@@ -1624,7 +1672,7 @@ mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(turns, 1, "the end of turn is answered");
-        assert!(!bad.turn_end_pending());
+        assert!(!bad.turn_end_pending() && !bad.turn_end_on_its_way());
         // The panic and the audio after it.
         assert_eq!(bad.stats().drops, 3);
         good.push_twilio_media(t0, 1, 0, &STANDARD.encode([0x55u8; 160]))
