@@ -804,7 +804,7 @@ impl Bridge {
                 // Noted when made, not when asked: a pad that found only whole frames inserted
                 // no silence, and the next chunk is not late for it (docs/dsp.md §3.9).
                 if padded {
-                    pacer.note_pause_pad();
+                    pacer.pause_pad_made();
                 }
                 pacer.push_agent_bytes(event_id, ulaw);
             }
@@ -1037,6 +1037,9 @@ impl Bridge {
                 Ok(()) => {
                     self.pool_partial = false;
                     self.pool_pad_retry = None;
+                    if let Some(o) = self.outbound.as_mut() {
+                        o.pause_pad_asked();
+                    }
                 }
                 // Counted as a drop; retried a caller frame later, not at once: the deadline
                 // stays due, and an immediate retry would spin the call's timer.

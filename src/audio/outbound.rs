@@ -325,10 +325,16 @@ impl OutboundPath {
         self.min_event.is_some_and(|min| event_id < min)
     }
 
-    /// For a pacer whose pause pads the DSP pool makes: the pool reports one made (see
-    /// [`PlayoutBuffer::note_pause_pad`]).
-    pub fn note_pause_pad(&mut self) {
-        self.playout.note_pause_pad();
+    /// For a pacer whose pause pads the DSP pool makes: one was just asked for (see
+    /// [`PlayoutBuffer::pool_pad_asked`]).
+    pub fn pause_pad_asked(&mut self) {
+        self.playout.pool_pad_asked();
+    }
+
+    /// For a pacer whose pause pads the DSP pool makes: the pool reports the one asked for made
+    /// (see [`PlayoutBuffer::pool_pad_made`]).
+    pub fn pause_pad_made(&mut self) {
+        self.playout.pool_pad_made();
     }
 
     /// Times an agent chunk's arrival for the pacer; a detached path paces nothing.
@@ -433,6 +439,7 @@ impl OutboundPath {
     /// with silence and places an end-of-turn mark after it.
     pub fn end_of_turn(&mut self) {
         if self.current_event.is_none() {
+            self.playout.end_turn_without_frames();
             return;
         }
         self.complete_partial();
@@ -552,6 +559,34 @@ mod tests {
             check_agent_audio(&huge),
             Err(BadAgentAudio::TooLarge { .. })
         ));
+    }
+
+    /// docs/dsp.md §3.9 with the DSP pool: an end of turn that comes back to a pacer with no
+    /// turn (its chunks made no frames here) still hands the next turn the chunks timed while
+    /// it was on its way: two of them, the agent ahead, take back the cushion.
+    #[test]
+    fn an_end_of_turn_without_frames_hands_on_the_next_turns_arrivals() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        let mut o = OutboundPath::new(AgentFormat::Ulaw8000, OutboundConfig::default()).unwrap();
+        let drain = |o: &mut OutboundPath, now| while o.poll_transmit(now).is_some() {};
+        o.agent_audio_arrived(t0, 1, false);
+        o.push_agent_bytes(1, &[7; 800]);
+        drain(&mut o, t0);
+        // Twilio dry at 100 ms: a late chunk, a cushion of one step.
+        o.agent_audio_arrived(ms(100), 1, false);
+        o.push_agent_bytes(1, &[7; 160]);
+        drain(&mut o, ms(140));
+        o.end_of_turn();
+        assert_eq!(o.playout().stats().cushion_ms, 40);
+        // A turn whose end is on its way but that made no frames here, and two chunks of the
+        // next turn meanwhile.
+        o.agent_audio_arrived(ms(400), 2, true);
+        o.agent_audio_arrived(ms(401), 2, true);
+        o.end_of_turn();
+        o.push_agent_bytes(2, &[7; 480]);
+        o.end_of_turn();
+        assert_eq!(o.playout().stats().cushion_ms, 0, "the arrivals were lost");
     }
 
     #[test]

@@ -748,7 +748,7 @@ pub enum PoolOutput<'a> {
         ulaw: &'a [u8],
         /// The last frame was completed with silence by a pause pad
         /// ([`PoolCall::complete_partial`]): the agent's next chunk comes late
-        /// ([`OutboundPath::note_pause_pad`], docs/dsp.md §3.9).
+        /// ([`OutboundPath::pause_pad_made`], docs/dsp.md §3.9).
         padded: bool,
     },
     /// Everything queued before [`PoolCall::end_of_turn`] has been delivered: end the pacer's

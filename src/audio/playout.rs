@@ -230,6 +230,9 @@ pub struct PlayoutBuffer {
     next_turn_arrivals: u32,
     /// A pause pad was made (with the DSP pool: reported made) since the last agent chunk.
     padded: bool,
+    /// A pause pad was asked of the DSP pool and no agent chunk has arrived since: only then
+    /// does its result, if it made one, make the next chunk late.
+    pad_asked: bool,
     event_id: u64,
     since_mark: u64,
     pending_marks: VecDeque<PendingMark>,
@@ -286,6 +289,7 @@ impl PlayoutBuffer {
             turn_arrivals: 0,
             turn_waited: false,
             next_turn_arrivals: 0,
+            pad_asked: false,
             padded: false,
             event_id: 0,
             since_mark: 0,
@@ -352,6 +356,7 @@ impl PlayoutBuffer {
         self.turn_arrivals = std::mem::take(&mut self.next_turn_arrivals);
         self.turn_waited = false;
         self.padded = false;
+        self.pad_asked = false;
         self.in_turn = false;
         self.turn_sent = false;
         self.give_back();
@@ -361,6 +366,30 @@ impl PlayoutBuffer {
     /// run dry (docs/dsp.md §3.8): agent audio arriving next comes late.
     pub fn note_pause_pad(&mut self) {
         self.padded = true;
+    }
+
+    /// For a pacer whose pause pads the DSP pool makes: one was just asked for. Whether it made
+    /// one is known only when its frames come back ([`PlayoutBuffer::pool_pad_made`]).
+    pub fn pool_pad_asked(&mut self) {
+        self.pad_asked = true;
+    }
+
+    /// The DSP pool reports the pause pad asked for made: as [`PlayoutBuffer::note_pause_pad`],
+    /// unless an agent chunk arrived after the pad was asked for. That chunk's audio follows
+    /// the pad, but whether it came late could not be told when it was timed; the pad must not
+    /// be charged to the chunk after it instead (docs/dsp.md §3.9).
+    pub fn pool_pad_made(&mut self) {
+        if std::mem::take(&mut self.pad_asked) {
+            self.padded = true;
+        }
+    }
+
+    /// The DSP pool's end of turn came back to a pacer with no turn of its own (the turn's
+    /// chunks made no frames here): chunks of the next turn timed meanwhile still count
+    /// toward it.
+    pub fn end_turn_without_frames(&mut self) {
+        let next = std::mem::take(&mut self.next_turn_arrivals);
+        self.turn_arrivals = self.turn_arrivals.saturating_add(next);
     }
 
     /// Agent audio has arrived at `now` (call before its frames are pushed; audio of an
@@ -385,6 +414,7 @@ impl PlayoutBuffer {
 
     fn time_arrival(&mut self, now: Instant, mid_turn: bool) {
         let padded = std::mem::take(&mut self.padded);
+        self.pad_asked = false;
         if self.count > 0 {
             return;
         }
@@ -656,6 +686,7 @@ impl PlayoutBuffer {
         self.turn_waited = false;
         self.next_turn_arrivals = 0;
         self.padded = false;
+        self.pad_asked = false;
         self.since_mark = 0;
         self.last_now = Some(now);
         self.give_back();
@@ -933,5 +964,24 @@ mod tests {
             0,
             "the next turn's arrivals were lost"
         );
+    }
+
+    /// docs/dsp.md §3.9 with the DSP pool: a pause pad makes the next chunk late only if that
+    /// chunk arrives after the pool reported the pad made. A chunk timed between the request
+    /// and the report takes the pad with it: the one after is not charged for it.
+    #[test]
+    fn a_pool_pad_reported_after_a_chunk_is_not_charged_to_the_next() {
+        for (chunk_before_report, late) in [(false, 1), (true, 0)] {
+            let t0 = Instant::now();
+            let mut p = turn_of_100_ms_sent(t0);
+            // 40 ms left at Twilio: above the floor, so only a pad makes a chunk late.
+            p.pool_pad_asked();
+            if chunk_before_report {
+                p.agent_audio_arrived(at(t0, 61));
+            }
+            p.pool_pad_made();
+            p.agent_audio_arrived(at(t0, 65));
+            assert_eq!(p.stats().late_arrivals, late, "{chunk_before_report}");
+        }
     }
 }
