@@ -887,9 +887,7 @@ fn pipeline_pause(frames_until: Duration) {
     use ignis::audio::mulaw::SILENCE;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let t0 = Instant::now();
-    let mut b = started(pool_config(), t0);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected_ulaw(pool_config(), t0);
     settle(&mut b, t0);
     // 125 ms (6 frames and 40 bytes), a pause, then 100 ms (5 whole frames).
     let first: Vec<u8> = (0..1000u32).map(|i| (i % 200) as u8).collect();
@@ -1186,9 +1184,7 @@ fn a_bad_agent_chunk_is_refused_whole_inline_and_pipeline() {
 fn real_time_agent(config: BridgeConfig) -> (Vec<u8>, ignis::metrics::CallSummary) {
     use base64::Engine;
     let t0 = Instant::now();
-    let mut b = started(config, t0);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected_ulaw(config, t0);
     settle(&mut b, t0);
     let turn: Vec<u8> = (0..6000u32).map(|i| (i / 7) as u8).collect();
     let chunks: Vec<(Instant, String)> = (0..2u64)
@@ -1243,9 +1239,7 @@ fn second_turn_after_frame(config: BridgeConfig, at_frame: u64) -> u64 {
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let t0 = Instant::now();
-    let mut b = started(config, t0);
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = connected_ulaw(config, t0);
     settle(&mut b, t0);
     let chunk: Vec<u8> = (0..1600u32).map(|i| (i / 5) as u8).collect();
     // 200 ms, and 100 ms more at 105 ms: Twilio runs dry before `turn_idle` has passed.

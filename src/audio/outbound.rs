@@ -246,7 +246,7 @@ impl OutboundPath {
                 }
             };
             if self.begin_chunk(event_id, n) {
-                self.arrived(now);
+                self.arrived(now, false);
                 self.push_decoded(event_id, n);
             }
             return Ok(());
@@ -262,7 +262,7 @@ impl OutboundPath {
         if !self.begin_chunk(event_id, len) {
             return Ok(());
         }
-        self.arrived(now);
+        self.arrived(now, false);
         for block in audio_b64.as_bytes().chunks(DECODE_BLOCK_CHARS) {
             let n = match STANDARD.decode_slice(block, &mut self.decoded[..]) {
                 Ok(n) => n,
@@ -310,13 +310,8 @@ impl OutboundPath {
     /// result is still on its way), so this audio opens the next one
     /// ([`PlayoutBuffer::next_turn_audio_arrived`]).
     pub fn agent_audio_arrived(&mut self, now: Instant, event_id: u64, next_turn: bool) {
-        if self.stale(event_id) || self.detached.is_some() {
-            return;
-        }
-        if next_turn {
-            self.playout.next_turn_audio_arrived(now);
-        } else {
-            self.playout.agent_audio_arrived(now);
+        if !self.stale(event_id) {
+            self.arrived(now, next_turn);
         }
     }
 
@@ -337,9 +332,15 @@ impl OutboundPath {
         self.playout.pool_pad_made();
     }
 
-    /// Times an agent chunk's arrival for the pacer; a detached path paces nothing.
-    fn arrived(&mut self, now: Instant) {
-        if self.detached.is_none() {
+    /// Times an agent chunk's arrival for the pacer (`next_turn`: see
+    /// [`OutboundPath::agent_audio_arrived`]); a detached path paces nothing.
+    fn arrived(&mut self, now: Instant, next_turn: bool) {
+        if self.detached.is_some() {
+            return;
+        }
+        if next_turn {
+            self.playout.next_turn_audio_arrived(now);
+        } else {
             self.playout.agent_audio_arrived(now);
         }
     }
@@ -568,7 +569,8 @@ mod tests {
     fn an_end_of_turn_without_frames_hands_on_the_next_turns_arrivals() {
         let t0 = Instant::now();
         let ms = |n| t0 + std::time::Duration::from_millis(n);
-        let mut o = OutboundPath::new(AgentFormat::Ulaw8000, OutboundConfig::default()).unwrap();
+        let mut o = OutboundPath::new(AgentFormat::Ulaw8000, OutboundConfig::default())
+            .expect("pass-through needs no resampler");
         let drain = |o: &mut OutboundPath, now| while o.poll_transmit(now).is_some() {};
         o.agent_audio_arrived(t0, 1, false);
         o.push_agent_bytes(1, &[7; 800]);

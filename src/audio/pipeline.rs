@@ -1613,7 +1613,7 @@ mod tests {
     /// pacer), so that end is no longer on its way, though still pending until drained.
     #[test]
     fn an_interruption_takes_the_end_of_turn_off_its_way() {
-        let pool = DspPool::new(1).unwrap();
+        let pool = DspPool::new(1).expect("one worker thread starts");
         let f = AgentFormat::Ulaw8000;
         let mut call = pool
             .open(
@@ -1623,13 +1623,15 @@ mod tests {
                 Default::default(),
                 Arc::new(|| {}),
             )
-            .unwrap();
+            .expect("a pass-through call opens");
         let t0 = Instant::now();
         call.push_agent_audio(t0, 1, &STANDARD.encode([0x42u8; 320]))
-            .unwrap();
-        call.end_of_turn(t0).unwrap();
+            .expect("an empty call queue takes a command");
+        call.end_of_turn(t0)
+            .expect("control commands have reserved room");
         assert!(call.turn_end_pending() && call.turn_end_on_its_way());
-        call.interrupt(t0, Some(2)).unwrap();
+        call.interrupt(t0, Some(2))
+            .expect("control commands have reserved room");
         assert!(call.turn_end_pending() && !call.turn_end_on_its_way());
         let mut turns = 0;
         let limit = Instant::now() + Duration::from_secs(10);
@@ -1639,7 +1641,8 @@ mod tests {
         }
         assert!(!call.turn_end_pending());
         assert_eq!(turns, 0, "the discarded end of turn reached the pacer");
-        call.end_of_turn(t0).unwrap();
+        call.end_of_turn(t0)
+            .expect("control commands have reserved room");
         assert!(call.turn_end_on_its_way());
     }
 
