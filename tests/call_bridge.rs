@@ -621,3 +621,45 @@ async fn calls_over_max_calls_get_the_fallback_not_an_overloaded_bridge() {
     .await;
     assert!(r.text().contains("<Stream"));
 }
+
+/// The agent socket's own WebSocket framing (docs/elevenlabs.md §1.8) against a real peer, the
+/// stand-in's tungstenite server: WebSocket-level pings get their payload back, a message sent
+/// in fragments with a ping between them is assembled and played, and the agent's close gets a
+/// close reply with its code.
+#[tokio::test]
+async fn the_agent_socket_answers_pings_assembles_fragments_and_replies_to_a_close() {
+    use base64::Engine as _;
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000e7";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    agent.ws_ping(b"are you there");
+    let audio = pattern(1600, 8);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&audio);
+    agent.send_fragmented(
+        json!({"type":"audio","audio_event":{"audio_base_64":b64,"event_id":1}}),
+        3,
+    );
+    agent.close(1000);
+    let (code, seen) = caller.closed(T).await;
+    assert_eq!(code, Some(1000));
+    let played: usize = seen
+        .iter()
+        .map(|s| match s {
+            Seen::Media(bytes, _) => bytes.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(
+        played >= audio.len(),
+        "played {played} of {} bytes",
+        audio.len()
+    );
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::Completed));
+    let wire = agent.wire.lock().unwrap();
+    assert_eq!(
+        wire.pongs,
+        vec![b"are you there".to_vec(), b"between".to_vec()]
+    );
+    assert_eq!(wire.close_reply, Some(Some(1000)));
+}

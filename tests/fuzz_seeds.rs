@@ -189,6 +189,19 @@ fn https_response_seeds() {
 }
 
 #[test]
+fn websocket_frames_seeds() {
+    replay("websocket_frames", 5, agent::websocket_frames);
+    sweep(
+        "websocket_frames",
+        Sweep::Both {
+            count: 3000,
+            up_to: 300,
+        },
+        agent::websocket_frames,
+    );
+}
+
+#[test]
 fn wav_file_seeds() {
     replay("wav_file", 1, files::wav_file);
 }

@@ -11,16 +11,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{Instrument, debug, info, warn};
 
-use super::net::{self, NetStream, RequestError};
+pub(crate) use super::agent_socket::AgentSocket;
+use super::agent_socket::{AgentRead, OpenError};
+use super::net::{self, RequestError};
 use crate::config::Config;
 use crate::elevenlabs::endpoint::{self, MAX_SIGNED_URL_RESPONSE_BYTES, SignedUrlError};
 use crate::elevenlabs::messages::{self, AgentEvent, MAX_AGENT_MESSAGE_BYTES};
@@ -31,6 +29,10 @@ use crate::privacy::mask_phone;
 use crate::routes::App;
 use tokio_rustls::rustls::ClientConfig;
 
+/// How long closing an unadopted pre-connected socket may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// The close code for a normal end (RFC 6455 §7.4.1).
+pub(crate) const CLOSE_NORMAL: u16 = 1000;
 /// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
 const MAX_EARLY_MESSAGES: usize = 512;
 /// Pre-connects in flight at once; beyond it the stream connects when it starts instead.
@@ -39,9 +41,6 @@ const MAX_PRECONNECTS: usize = 4096;
 /// stages of up to one connect timeout each (the signed-URL request, TCP and TLS, the WebSocket
 /// handshake); an adopted pre-connect may still be in any of them.
 const LINK_TIMEOUT_IN_CONNECT_TIMEOUTS: u32 = 3;
-
-/// The agent socket type.
-pub(crate) type AgentSocket = WebSocketStream<NetStream>;
 
 /// A connected agent socket handed to a stream.
 pub(crate) struct AgentLink {
@@ -66,8 +65,10 @@ pub(crate) enum ConnectError {
     SignedUrl(RequestError<SignedUrlError>),
     /// TCP or TLS to the conversation socket failed.
     Connect(std::io::Error),
-    /// The WebSocket handshake or the first write failed.
-    WebSocket(tokio_tungstenite::tungstenite::Error),
+    /// The WebSocket handshake failed.
+    Handshake(OpenError),
+    /// Writing `conversation_initiation_client_data` failed.
+    FirstWrite(std::io::Error),
     /// A stage, or the whole link, took longer than allowed.
     TimedOut,
     /// The socket closed before the stream adopted it.
@@ -84,28 +85,12 @@ impl std::fmt::Display for ConnectError {
             ConnectError::SignedUrl(RequestError::Response(e)) => write!(f, "{e}"),
             ConnectError::SignedUrl(e) => write!(f, "ElevenLabs signed-URL request: {e}"),
             ConnectError::Connect(e) => write!(f, "connect: {e}"),
-            ConnectError::WebSocket(e) => write!(f, "WebSocket: {e}"),
+            ConnectError::Handshake(e) => write!(f, "WebSocket: {e}"),
+            ConnectError::FirstWrite(e) => write!(f, "WebSocket: {e}"),
             ConnectError::TimedOut => f.write_str("timed out"),
             ConnectError::Closed => f.write_str("agent socket closed before the call started"),
         }
     }
-}
-
-/// Bytes tungstenite reserves per read of the agent socket. It is held for the whole call, so
-/// it is sized for a typical `audio` message (~250 ms) rather than the largest: a bigger
-/// message grows the buffer as it arrives (up to `MAX_AGENT_MESSAGE_BYTES`). 16 KiB cost 8 KiB
-/// more RSS per call (issue 6), 8 KiB 4 KiB more than this (issue 16); a 250 ms `ulaw_8000`
-/// chunk (~2.8 KiB of JSON) still arrives in one read.
-const AGENT_READ_BUFFER_BYTES: usize = 4 * 1024;
-
-/// Limits of the agent socket.
-fn agent_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(AGENT_READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(512 * 1024)
-        .max_message_size(Some(MAX_AGENT_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_AGENT_MESSAGE_BYTES))
 }
 
 /// The dynamic variables for a call: always all eleven (docs/elevenlabs.md §2.1: a referenced
@@ -249,16 +234,16 @@ pub(crate) async fn connect(
     let stream = net::connect(&ep, tls, timeout)
         .await
         .map_err(ConnectError::Connect)?;
-    let handshake =
-        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(agent_ws_config()));
-    let (mut ws, _) = tokio::time::timeout(timeout, handshake)
+    let mut ws = AgentSocket::open(stream, &ep, MAX_AGENT_MESSAGE_BYTES, timeout)
         .await
-        .map_err(|_| ConnectError::TimedOut)?
-        .map_err(ConnectError::WebSocket)?;
+        .map_err(|e| match e {
+            OpenError::TimedOut => ConnectError::TimedOut,
+            e => ConnectError::Handshake(e),
+        })?;
     let init = messages::initiation_client_data(vars, config.elevenlabs_override.as_ref());
-    ws.send(Message::text(init))
+    ws.send_text(&init)
         .await
-        .map_err(ConnectError::WebSocket)?;
+        .map_err(ConnectError::FirstWrite)?;
     Ok(ws)
 }
 
@@ -384,35 +369,31 @@ async fn preconnect(
         tokio::select! {
             t = &mut ticket_rx => match t {
                 Ok(t) => break t,
-                Err(_) => {
-                    let _ = ws.close(None).await;
-                    return;
-                }
+                Err(_) => return close(ws).await,
             },
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(text))) => {
-                    if let Ok(AgentEvent::Ping { event_id, .. }) = messages::parse(text.as_str()) {
-                        if ws.send(Message::text(messages::pong(event_id))).await.is_err() {
-                            return fail(ConnectError::Closed, ticket_rx, deadline).await;
-                        }
+            m = ws.read() => match m {
+                AgentRead::Text => {
+                    let text = ws.text();
+                    if let Ok(AgentEvent::Ping { event_id, .. }) = messages::parse(text) {
+                        ws.feed_text(&messages::pong(event_id));
                     } else if early.len() < MAX_EARLY_MESSAGES {
-                        early.push(text.as_str().to_owned());
+                        early.push(text.to_owned());
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                AgentRead::Pinged => {}
+                AgentRead::Closed(_) | AgentRead::Failed(_) => {
                     return fail(ConnectError::Closed, ticket_rx, deadline).await;
                 }
-                Some(Ok(_)) => {}
             },
-            () = &mut refused => {
-                let _ = ws.close(None).await;
-                return;
-            }
+            () = &mut refused => return close(ws).await,
             () = tokio::time::sleep_until(deadline) => {
                 info!("[ElevenLabs] Pre-connected agent not adopted in time; closing");
-                let _ = ws.close(None).await;
-                return;
+                return close(ws).await;
             }
+        }
+        // Pongs, JSON or WebSocket-level, go out at once (docs/elevenlabs.md §3.1).
+        if ws.wants_flush() && ws.flush().await.is_err() {
+            return fail(ConnectError::Closed, ticket_rx, deadline).await;
         }
     };
     let _ = ticket.send(Ok(AgentLink {
@@ -420,6 +401,11 @@ async fn preconnect(
         early,
         connect_time,
     }));
+}
+
+/// Closes an agent socket nobody will adopt, within the connect timeout's order of time.
+async fn close(mut ws: AgentSocket) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(Some(CLOSE_NORMAL))).await;
 }
 
 /// Keeps a failure until the stream asks for it (so it learns at once) or the deadline.

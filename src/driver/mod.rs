@@ -6,6 +6,7 @@
 //! task to end.
 
 mod agent;
+mod agent_socket;
 pub mod caller;
 pub mod commands;
 mod connection;

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{Instrument, debug, info, warn};
 
 use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
+use super::agent_socket::AgentRead;
 use super::wake_gate::{Gate, GateSet};
 use super::{Phase, Shared, TaskToken, transfer};
 use crate::audio::pipeline::{AudioStages, DspPool, PoolLink};
@@ -479,7 +480,7 @@ impl Call {
                 // No agent socket yet (or any more): nothing to poll, and the gate stays open
                 // for the socket the link brings.
                 m = poll_fn(|cx| match self.agent.as_mut() {
-                    Some(a) => agent_gate.poll(cx, |g| a.poll_next_unpin(g)),
+                    Some(a) => agent_gate.poll(cx, |g| a.poll_read(g)),
                     None => Poll::Pending,
                 }) => {
                     self.on_agent(m, &mut read);
@@ -562,32 +563,33 @@ impl Call {
     }
 
     /// One read from the agent.
-    fn on_agent(
-        &mut self,
-        m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-        read: &mut ReadAt,
-    ) {
+    fn on_agent(&mut self, m: AgentRead, read: &mut ReadAt) {
         match m {
-            Some(Ok(Message::Text(text))) => {
+            AgentRead::Text => {
+                let Some(agent) = self.agent.as_ref() else {
+                    return;
+                };
                 let t = now();
-                if self.bridge.handle_agent_text(t, text.as_str()) == Some(AgentEventKind::Audio)
+                if self.bridge.handle_agent_text(t, agent.text()) == Some(AgentEventKind::Audio)
                     && !self.bridge.holds_setup_audio()
                 {
                     read.agent_audio = Some(t);
                 }
             }
-            Some(Ok(Message::Close(frame))) => {
-                let code = frame.map(|f| u16::from(f.code));
-                self.agent = None;
+            // The pong goes out with this turn's writes (`write_out`).
+            AgentRead::Pinged => {}
+            AgentRead::Closed(code) => {
+                // The close reply goes out on its own, not in the call's loop (RFC 6455 §5.5.1).
+                if let Some(a) = self.agent.take() {
+                    tokio::spawn(
+                        tokio::time::timeout(CLOSE_TIMEOUT, a.finish())
+                            .instrument(tracing::Span::current()),
+                    );
+                }
                 self.bridge.handle_agent_closed(now(), code);
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
+            AgentRead::Failed(e) => {
                 debug!(error = %e, "[ElevenLabs] Agent socket error");
-                self.agent = None;
-                self.bridge.handle_agent_closed(now(), None);
-            }
-            None => {
                 self.agent = None;
                 self.bridge.handle_agent_closed(now(), None);
             }
@@ -604,17 +606,14 @@ impl Call {
                 Output::ToAgent(text) => match self.agent.as_mut() {
                     Some(a) => {
                         while let Some(p) = self.pending_to_agent.pop_front() {
-                            if let Some(m) = text_message(p) {
-                                let _ = a.feed(m).await;
+                            if let Some(t) = utf8(&p) {
+                                a.feed_text(t);
                             }
                         }
-                        let len = text.len() as u64;
-                        let Some(m) = text_message(text) else {
-                            continue;
-                        };
-                        if a.feed(m).await.is_ok() {
+                        if let Some(t) = utf8(&text) {
+                            a.feed_text(t);
                             wrote_agent = true;
-                            Metrics::add(&metrics.bytes_to_agent, len);
+                            Metrics::add(&metrics.bytes_to_agent, text.len() as u64);
                         }
                     }
                     None if self.link_pending
@@ -644,13 +643,19 @@ impl Call {
                 self.unsent.agent_audio.get_or_insert(t);
             }
         }
-        if wrote_agent && let Some(a) = self.agent.as_mut() {
+        // Also the pongs a read queued (WebSocket-level pings, docs/elevenlabs.md §1.8).
+        if let Some(a) = self.agent.as_mut()
+            && a.wants_flush()
+        {
             let _ = a.flush().await;
-            if let Some(t) = read.caller_frame {
-                metrics
-                    .added_latency_inbound
-                    .observe(now().saturating_duration_since(t));
-            }
+        }
+        if wrote_agent
+            && self.agent.is_some()
+            && let Some(t) = read.caller_frame
+        {
+            metrics
+                .added_latency_inbound
+                .observe(now().saturating_duration_since(t));
         }
         if wrote_twilio {
             let _ = self.twilio.flush().await;
@@ -719,6 +724,16 @@ impl Call {
     }
 }
 
+/// The bridge's bytes as text for the agent; the bridge writes only UTF-8 JSON, and anything
+/// else is dropped (a text frame must be UTF-8, RFC 6455 §5.6).
+fn utf8(bytes: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(bytes).ok();
+    if text.is_none() {
+        warn!("[Bridge] Non-UTF-8 output dropped");
+    }
+    text
+}
+
 /// A text frame of the bridge's bytes, sharing them (no copy, no allocation). The bridge writes
 /// only UTF-8 JSON; the check (a fast scan) keeps `unsafe` out, and anything else is dropped.
 fn text_message(bytes: bytes::Bytes) -> Option<Message> {
@@ -757,11 +772,7 @@ fn log_summary(s: &CallSummary, duration: Duration, conversation_id: Option<&str
 
 async fn close_agent(agent: &mut Option<AgentSocket>) {
     if let Some(mut a) = agent.take() {
-        let frame = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, a.close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, a.close(Some(agent::CLOSE_NORMAL))).await;
     }
 }
 

@@ -196,3 +196,90 @@ pub fn https_response(data: &[u8]) {
         );
     }
 }
+
+/// Most bytes of buffer a [`websocket_frames`] reader may hold: its largest frame plus a header.
+const FRAMES_MAX_MESSAGE: usize = 64 * 1024;
+
+/// The agent socket's WebSocket client (`http::websocket_client`): the first byte picks a read
+/// size (1..=256, or the whole input when 0), the rest are the server's bytes, fed to one
+/// [`FrameReader`] in reads of that size and to a second in one read. Invariants: never panics;
+/// the reader's output does not depend on how the bytes were split into reads (the same frames
+/// and messages, the same error); its buffer never exceeds the largest frame it accepts plus
+/// one read, and is back to its resident size once everything has been handed out; the
+/// handshake response parser, with and without `eof`, agrees and never claims more than it read.
+pub fn websocket_frames(data: &[u8]) {
+    use crate::http::websocket_client::{
+        self as ws, FrameReader, RESIDENT_READ_BYTES, parse_handshake_response,
+    };
+    let Some((&step, wire)) = data.split_first() else {
+        return;
+    };
+    let step = if step == 0 {
+        wire.len().max(1)
+    } else {
+        usize::from(step)
+    };
+    let whole = frames_of(&mut FrameReader::new(FRAMES_MAX_MESSAGE, wire), &[], 1);
+    let mut split = FrameReader::new(FRAMES_MAX_MESSAGE, &[]);
+    let pieces = frames_of(&mut split, wire, step);
+    assert_eq!(whole, pieces, "read size {step} changed what was read");
+    let bound = (FRAMES_MAX_MESSAGE + 14).max(RESIDENT_READ_BYTES) + step;
+    assert!(split.capacity() <= 2 * bound, "buffer {}", split.capacity());
+    if pieces.last().is_some_and(|l| l == "drained") {
+        let _ = split.space();
+        assert_eq!(split.capacity(), RESIDENT_READ_BYTES, "buffer not shrunk");
+    }
+    let key = ws::handshake_key(&[7; 16]);
+    let more = parse_handshake_response(wire, false, &key);
+    let end = parse_handshake_response(wire, true, &key);
+    if let Ok(Some(n)) = more {
+        assert!(n <= wire.len());
+        assert_eq!(end, Ok(Some(n)), "eof changed the answer");
+    }
+    assert!(!matches!(end, Ok(None)), "eof and still incomplete");
+}
+
+/// What `reader` hands out for `wire` fed in reads of `step` bytes (after any bytes it started
+/// with), ending in "drained", "error: …" or "partial".
+fn frames_of(
+    reader: &mut crate::http::websocket_client::FrameReader,
+    mut wire: &[u8],
+    step: usize,
+) -> Vec<String> {
+    use crate::http::websocket_client::Incoming;
+    let mut out = Vec::new();
+    loop {
+        loop {
+            match reader.next_frame() {
+                Ok(Some(Incoming::Text(t))) => {
+                    let t = t.to_owned();
+                    assert_eq!(reader.text(), Some(t.as_str()), "text() after next_frame()");
+                    out.push(format!("text {t:?}"));
+                }
+                Ok(Some(other)) => out.push(format!("{other:?}")),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(format!("error: {e}"));
+                    return out;
+                }
+            }
+        }
+        if wire.is_empty() {
+            out.push(
+                if reader.is_idle() {
+                    "drained"
+                } else {
+                    "partial"
+                }
+                .into(),
+            );
+            return out;
+        }
+        let space = reader.space();
+        assert!(!space.is_empty(), "no room to read into");
+        let n = step.min(space.len()).min(wire.len());
+        space[..n].copy_from_slice(&wire[..n]);
+        reader.filled(n);
+        wire = &wire[n..];
+    }
+}

@@ -8,6 +8,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::request_head::{Method, RequestHead, Version};
 
+/// The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2): what the server
+/// answers, and what the client checks (`websocket_client`).
+pub fn accept_key(key: &[u8]) -> String {
+    derive_accept_key(key)
+}
+
 /// A subprotocol the community associates with Twilio; preferred when a client offers it.
 const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
 /// Longest `Sec-WebSocket-Protocol` value echoed back.
@@ -104,7 +110,7 @@ pub fn check(head: &RequestHead) -> UpgradeCheck {
         _ => return UpgradeCheck::Reject(UpgradeError::BadHandshake),
     }
     UpgradeCheck::Accept(Accept {
-        accept_key: derive_accept_key(key),
+        accept_key: accept_key(key),
         subprotocol: choose_subprotocol(head),
     })
 }

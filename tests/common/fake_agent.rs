@@ -48,6 +48,20 @@ pub enum Cmd {
     Close(u16),
     /// Drop the TCP connection without a close frame.
     Drop,
+    /// A WebSocket-level ping with this payload.
+    WsPing(Vec<u8>),
+    /// One text message in this many fragments, a ping between the first two.
+    Fragmented(String, usize),
+}
+
+/// What the stand-in saw of ignis's WebSocket frames (not its messages).
+#[derive(Debug, Default)]
+pub struct WireLog {
+    /// Payloads of ignis's pongs to WebSocket-level pings, in order.
+    pub pongs: Vec<Vec<u8>>,
+    /// After the stand-in closed: the code of ignis's close reply (`Some(None)`: a reply without
+    /// a code), or `None` when no reply came.
+    pub close_reply: Option<Option<u16>>,
 }
 
 /// One accepted conversation.
@@ -58,6 +72,8 @@ pub struct AgentConn {
     pub initiation: Value,
     rx: mpsc::UnboundedReceiver<String>,
     tx: mpsc::UnboundedSender<Cmd>,
+    /// Frame-level observations, updated as they happen.
+    pub wire: Arc<Mutex<WireLog>>,
 }
 
 impl AgentConn {
@@ -74,6 +90,12 @@ impl AgentConn {
     }
     pub fn drop_connection(&self) {
         let _ = self.tx.send(Cmd::Drop);
+    }
+    pub fn ws_ping(&self, payload: &[u8]) {
+        let _ = self.tx.send(Cmd::WsPing(payload.to_vec()));
+    }
+    pub fn send_fragmented(&self, msg: Value, pieces: usize) {
+        let _ = self.tx.send(Cmd::Fragmented(msg.to_string(), pieces));
     }
     /// Next message from ignis, or `None` when the socket closed (or after `within`).
     pub async fn recv(&mut self, within: Duration) -> Option<String> {
@@ -228,17 +250,22 @@ async fn serve(
     }
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let wire = Arc::new(Mutex::new(WireLog::default()));
     let _ = conn_tx.send(AgentConn {
         target: conv.target.clone(),
         initiation: conv.initiation.clone(),
         rx: in_rx,
         tx: cmd_tx,
+        wire: wire.clone(),
     });
     let mut scripted = true;
     loop {
         tokio::select! {
             m = conv.recv() => match m {
                 Ok(Some(t)) => {
+                    if !conv.pongs.is_empty() {
+                        wire.lock().unwrap().pongs.append(&mut conv.pongs);
+                    }
                     if b.echo
                         && let Some(ClientMessage::UserAudio(chunk)) = rules::parse_client(t.as_str())
                     {
@@ -252,9 +279,14 @@ async fn serve(
             c = cmd_rx.recv(), if scripted => match c {
                 Some(Cmd::Send(t)) => { let _ = conv.send(t).await; }
                 Some(Cmd::Close(code)) => {
-                    conv.close(code).await;
+                    let reply = conv.close(code).await;
+                    let mut w = wire.lock().unwrap();
+                    w.pongs.append(&mut conv.pongs);
+                    w.close_reply = reply;
                     return;
                 }
+                Some(Cmd::WsPing(p)) => { let _ = conv.send_ws_ping(&p).await; }
+                Some(Cmd::Fragmented(t, n)) => { let _ = conv.send_fragmented(&t, n).await; }
                 Some(Cmd::Drop) => return,
                 // The test dropped its handle: keep serving the socket.
                 None => scripted = false,

@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{SimError, ws_config};
@@ -195,6 +196,7 @@ async fn accept(mut stream: TcpStream, peers: Peers<'_>) -> Option<Result<Conver
         target,
         initiation,
         pending,
+        pongs: Vec::new(),
     }))
 }
 
@@ -235,6 +237,8 @@ pub struct Conversation {
     pub initiation: Value,
     /// The first client message when it was not the initiation data, not yet read.
     pending: Option<Utf8Bytes>,
+    /// Payloads of the WebSocket-level pongs the client sent, in order.
+    pub pongs: Vec<Vec<u8>>,
 }
 
 impl Conversation {
@@ -268,23 +272,53 @@ impl Conversation {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => return Ok(Some(t)),
                 Some(Ok(Message::Close(_))) | None => return Ok(None),
+                Some(Ok(Message::Pong(p))) => self.pongs.push(p.to_vec()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
             }
         }
     }
 
-    /// Closes with `code` and waits for the client's close reply.
-    pub async fn close(&mut self, code: u16) {
+    /// Sends a WebSocket-level ping (RFC 6455 §5.5.2; ElevenLabs' own pings are JSON, §3.1).
+    pub async fn send_ws_ping(&mut self, payload: &[u8]) -> Result<(), SimError> {
+        self.ws.send(Message::Ping(payload.to_vec().into())).await?;
+        Ok(())
+    }
+
+    /// Sends `text` as one message in `pieces` fragments (RFC 6455 §5.4), with a WebSocket
+    /// ping between the first two.
+    pub async fn send_fragmented(&mut self, text: &str, pieces: usize) -> Result<(), SimError> {
+        let bytes = text.as_bytes();
+        let size = bytes.len().div_ceil(pieces.max(1)).max(1);
+        let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+            let frame = Frame::message(chunk.to_vec(), opcode, i + 1 == chunks.len());
+            self.ws.send(Message::Frame(frame)).await?;
+            if i == 0 {
+                self.ws
+                    .send(Message::Ping(b"between".to_vec().into()))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes with `code` and waits for the client's close reply; returns the reply's code
+    /// (`Some(None)`: a close frame without one; `None`: no close frame came back).
+    pub async fn close(&mut self, code: u16) -> Option<Option<u16>> {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: "".into(),
         };
         let _ = self.ws.close(Some(frame)).await;
         while let Some(Ok(m)) = self.ws.next().await {
-            if m.is_close() {
-                break;
+            match m {
+                Message::Close(reply) => return Some(reply.map(|f| u16::from(f.code))),
+                Message::Pong(p) => self.pongs.push(p.to_vec()),
+                _ => {}
             }
         }
+        None
     }
 }
