@@ -26,6 +26,9 @@ pub const RESIDENT_READ_BYTES: usize = 4 * 1024;
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Longest frame header a server sends: 2 bytes, 8 of extended length, no mask (§5.2).
 const MAX_SERVER_HEADER: usize = 10;
+// A header and a control frame always fit the resident buffer: only data frames ever get a
+// buffer of their own.
+const _: () = assert!(RESIDENT_READ_BYTES >= MAX_SERVER_HEADER + MAX_CONTROL_PAYLOAD);
 /// Bytes a written frame's header takes at most: 2, 8 of extended length, 4 of mask.
 const MAX_CLIENT_HEADER: usize = 14;
 
@@ -270,29 +273,45 @@ enum Handed {
     Nothing,
     /// A frame of `n` bytes at the front of the unparsed bytes.
     Frame(usize),
+    /// The frame in `large`.
+    Large,
     /// The assembled fragmented message.
     Assembled,
 }
 
+/// Where a frame's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// At `start` in the resident buffer.
+    Resident,
+    /// Alone in `large`.
+    Large,
+}
+
 /// Reads the server's frames from bytes the driver puts into [`FrameReader::space`].
 ///
-/// The buffer is [`RESIDENT_READ_BYTES`] long between messages; a frame larger than that grows it
-/// to exactly the frame, so the rest of the frame arrives in as few reads as the socket allows,
-/// and it shrinks back once the frame has been handed out and nothing else is waiting.
+/// The resident buffer is [`RESIDENT_READ_BYTES`] long and never reallocated. A frame that does
+/// not fit gets a buffer of exactly its length once its header is in: the rest of the frame is
+/// read straight into it (in as few reads as the socket allows, never past the frame's end), and
+/// it is freed once the frame has been handed out. So between messages a call holds 4 KiB, and
+/// the large buffers of all calls come and go through the same few allocator bins.
 #[derive(Debug)]
 pub struct FrameReader {
-    /// `buf[start..end]` holds bytes read and not yet handed out; `buf.len()` is the capacity
-    /// offered to reads.
-    buf: Vec<u8>,
+    /// `buf[start..end]` holds bytes read and not yet handed out.
+    buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// A frame larger than `buf`, and how much of it has been read.
+    large: Vec<u8>,
+    large_end: usize,
     handed: Handed,
     /// The kind (text or binary) of a fragmented message being assembled, and its payload.
     fragmented: Option<u8>,
     assembled: Vec<u8>,
     /// Longest frame or message accepted.
     max_message: usize,
-    /// Where the text last handed out lies: in `buf`, or `assembled` (for [`FrameReader::text`]).
+    /// Where the text last handed out lies (for [`FrameReader::text`]), in the buffer `handed`
+    /// names.
     last_text: Option<(usize, usize)>,
 }
 
@@ -300,12 +319,14 @@ impl FrameReader {
     /// A reader accepting messages up to `max_message` bytes, starting with `leftover` (the bytes
     /// that followed the handshake response).
     pub fn new(max_message: usize, leftover: &[u8]) -> FrameReader {
-        let mut buf = vec![0; RESIDENT_READ_BYTES.max(leftover.len())];
+        let mut buf = vec![0; RESIDENT_READ_BYTES.max(leftover.len())].into_boxed_slice();
         buf[..leftover.len()].copy_from_slice(leftover);
         FrameReader {
             buf,
             start: 0,
             end: leftover.len(),
+            large: Vec::new(),
+            large_end: 0,
             handed: Handed::Nothing,
             fragmented: None,
             assembled: Vec::new(),
@@ -314,26 +335,32 @@ impl FrameReader {
         }
     }
 
-    /// Bytes of buffer this reader holds (resident and grown), for tests and the RSS reasoning.
+    /// Bytes of buffer this reader holds (resident, large frame and assembly), for tests and the
+    /// RSS reasoning.
     pub fn capacity(&self) -> usize {
-        self.buf.len() + self.assembled.capacity()
+        self.buf.len() + self.large.capacity() + self.assembled.capacity()
     }
 
-    /// Whether nothing is waiting: no unparsed bytes and no fragmented message under way (what
-    /// was handed out last counts as taken).
+    /// Whether nothing is waiting: no unparsed bytes, no large frame and no fragmented message
+    /// under way (what was handed out last counts as taken).
     pub fn is_idle(&self) -> bool {
         let taken = match self.handed {
             Handed::Frame(n) => n,
             _ => 0,
         };
-        self.start + taken == self.end && self.fragmented.is_none()
+        let large_waiting = self.large_end > 0 && self.handed != Handed::Large;
+        self.start + taken == self.end && !large_waiting && self.fragmented.is_none()
     }
 
-    /// Drops what was handed out last; compacts and shrinks the buffer when that frees room.
+    /// Drops what was handed out last.
     fn release(&mut self) {
         match std::mem::replace(&mut self.handed, Handed::Nothing) {
             Handed::Nothing => {}
             Handed::Frame(n) => self.start += n,
+            Handed::Large => {
+                self.large = Vec::new();
+                self.large_end = 0;
+            }
             // A fragmented message is rare: give its memory back at once.
             Handed::Assembled => self.assembled = Vec::new(),
         }
@@ -341,41 +368,48 @@ impl FrameReader {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > RESIDENT_READ_BYTES {
-                self.buf.truncate(RESIDENT_READ_BYTES);
-                self.buf.shrink_to_fit();
-            }
         }
     }
 
-    /// Room for the next read: at least what the frame under way still needs (when its header
-    /// is in), else what is left of the resident buffer. Never empty.
+    /// Room for the next read: the rest of a large frame, exactly; else the free end of the
+    /// resident buffer (its unparsed bytes moved to the front first when that makes room).
+    /// Never empty, unless the bytes already in failed to parse (`next_frame` said so).
     pub fn space(&mut self) -> &mut [u8] {
         self.release();
-        let pending = self.end - self.start;
-        // A header that does not parse yet (or fails: `next` reports that) needs no more than
-        // a header's worth of bytes.
-        let wanted = match parse_header(&self.buf[self.start..self.end], self.max_message) {
-            Ok(Some(h)) => h.header_len + h.payload_len,
-            _ => pending + MAX_SERVER_HEADER,
-        };
-        if self.start + wanted > self.buf.len() || self.end == self.buf.len() {
-            // Move the unparsed bytes to the front, then grow to the frame if it still does
-            // not fit.
-            self.buf.copy_within(self.start..self.end, 0);
-            self.start = 0;
-            self.end = pending;
-            let size = wanted.max(RESIDENT_READ_BYTES).max(pending + 1);
-            if size > self.buf.len() {
-                self.buf.resize(size, 0);
-            }
+        if !self.large.is_empty() {
+            return &mut self.large[self.large_end..];
         }
+        let pending = self.end - self.start;
+        if let Ok(Some(h)) = parse_header(&self.buf[self.start..self.end], self.max_message) {
+            let frame_len = h.header_len + h.payload_len;
+            // `next_frame` found it incomplete, so `pending < frame_len`.
+            if frame_len > self.buf.len() && pending < frame_len {
+                self.large = vec![0; frame_len];
+                self.large[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+                self.large_end = pending;
+                self.start = 0;
+                self.end = 0;
+                return &mut self.large[pending..];
+            }
+            if self.start + frame_len <= self.buf.len() && self.end < self.buf.len() {
+                return &mut self.buf[self.end..];
+            }
+        } else if self.end < self.buf.len() {
+            return &mut self.buf[self.end..];
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.start = 0;
+        self.end = pending;
         &mut self.buf[self.end..]
     }
 
     /// Records that the driver read `n` bytes into [`FrameReader::space`].
     pub fn filled(&mut self, n: usize) {
-        self.end = (self.end + n).min(self.buf.len());
+        if self.large.is_empty() {
+            self.end = (self.end + n).min(self.buf.len());
+        } else {
+            self.large_end = (self.large_end + n).min(self.large.len());
+        }
     }
 
     /// The next frame or whole message, once all its bytes are in; `Ok(None)` means read more.
@@ -383,7 +417,17 @@ impl FrameReader {
     pub fn next_frame(&mut self) -> Result<Option<Incoming<'_>>, FrameError> {
         self.release();
         loop {
-            let bytes = &self.buf[self.start..self.end];
+            let source = if self.large.is_empty() {
+                Source::Resident
+            } else if self.large_end == self.large.len() {
+                Source::Large
+            } else {
+                return Ok(None);
+            };
+            let bytes = match source {
+                Source::Resident => &self.buf[self.start..self.end],
+                Source::Large => &self.large[..],
+            };
             let Some(h) = parse_header(bytes, self.max_message)? else {
                 return Ok(None);
             };
@@ -391,13 +435,21 @@ impl FrameReader {
             if bytes.len() < frame_len {
                 return Ok(None);
             }
-            let at = self.start + h.header_len;
+            let at = h.header_len
+                + match source {
+                    Source::Resident => self.start,
+                    Source::Large => 0,
+                };
+            let handed = match source {
+                Source::Resident => Handed::Frame(frame_len),
+                Source::Large => Handed::Large,
+            };
             match (h.opcode, self.fragmented) {
                 (OP_TEXT | OP_BINARY, Some(_)) => return Err(FrameError::BadFragmentation),
                 (OP_CONTINUATION, None) => return Err(FrameError::BadFragmentation),
                 (OP_TEXT | OP_BINARY, None) if h.fin => {
-                    self.handed = Handed::Frame(frame_len);
-                    return self.whole(h.opcode, at, h.payload_len, false);
+                    self.handed = handed;
+                    return self.whole(h.opcode, at, h.payload_len);
                 }
                 (OP_TEXT | OP_BINARY | OP_CONTINUATION, _) => {
                     // A fragment: assembled in its own buffer (§5.4), within the same limit.
@@ -407,9 +459,18 @@ impl FrameReader {
                     let kind = self.fragmented.unwrap_or(h.opcode);
                     // Exact: the limit bounds the buffer, not twice the limit.
                     self.assembled.reserve_exact(h.payload_len);
-                    self.assembled
-                        .extend_from_slice(&self.buf[at..at + h.payload_len]);
-                    self.start += frame_len;
+                    let payload = at..at + h.payload_len;
+                    match source {
+                        Source::Resident => {
+                            self.assembled.extend_from_slice(&self.buf[payload]);
+                            self.start += frame_len;
+                        }
+                        Source::Large => {
+                            self.assembled.extend_from_slice(&self.large[payload]);
+                            self.large = Vec::new();
+                            self.large_end = 0;
+                        }
+                    }
                     if !h.fin {
                         self.fragmented = Some(kind);
                         continue;
@@ -417,34 +478,42 @@ impl FrameReader {
                     self.fragmented = None;
                     self.handed = Handed::Assembled;
                     let len = self.assembled.len();
-                    return self.whole(kind, 0, len, true);
+                    return self.whole(kind, 0, len);
                 }
                 _ => {
-                    self.handed = Handed::Frame(frame_len);
-                    let payload = &self.buf[at..at + h.payload_len];
+                    self.handed = handed;
+                    let payload = match source {
+                        Source::Resident => &self.buf[at..at + h.payload_len],
+                        Source::Large => &self.large[at..at + h.payload_len],
+                    };
                     return control(h.opcode, payload).map(Some);
                 }
             }
         }
     }
 
-    /// Hands out a whole data message: `len` bytes at `at` of `buf`, or of `assembled`.
+    /// The bytes `len` long at `at` of the buffer `handed` names.
+    fn handed_bytes(&self, at: usize, len: usize) -> Option<&[u8]> {
+        match self.handed {
+            Handed::Frame(_) => self.buf.get(at..at + len),
+            Handed::Large => self.large.get(at..at + len),
+            Handed::Assembled => self.assembled.get(at..at + len),
+            Handed::Nothing => None,
+        }
+    }
+
+    /// Hands out a whole data message: `len` bytes at `at` of the buffer `handed` names.
     fn whole(
         &mut self,
         kind: u8,
         at: usize,
         len: usize,
-        assembled: bool,
     ) -> Result<Option<Incoming<'_>>, FrameError> {
         if kind == OP_BINARY {
             return Ok(Some(Incoming::Binary(len)));
         }
         self.last_text = Some((at, len));
-        let bytes = if assembled {
-            &self.assembled[at..at + len]
-        } else {
-            &self.buf[at..at + len]
-        };
+        let bytes = self.handed_bytes(at, len).unwrap_or_default();
         match std::str::from_utf8(bytes) {
             Ok(text) => Ok(Some(Incoming::Text(text))),
             Err(_) => Err(FrameError::NotUtf8),
@@ -454,12 +523,7 @@ impl FrameReader {
     /// The text message [`FrameReader::next_frame`] handed out last, while it is still valid.
     pub fn text(&self) -> Option<&str> {
         let (at, len) = self.last_text?;
-        let bytes = match self.handed {
-            Handed::Assembled => self.assembled.get(at..at + len)?,
-            Handed::Frame(_) => self.buf.get(at..at + len)?,
-            Handed::Nothing => return None,
-        };
-        std::str::from_utf8(bytes).ok()
+        std::str::from_utf8(self.handed_bytes(at, len)?).ok()
     }
 }
 
@@ -650,13 +714,15 @@ mod tests {
     }
 
     #[test]
-    fn the_buffer_grows_to_a_large_frame_and_shrinks_back() {
+    fn a_large_frame_gets_its_own_buffer_read_to_its_end_and_freed() {
         let big = "y".repeat(10_700);
-        let wire = server_frame(true, OP_TEXT, big.as_bytes());
+        let mut wire = server_frame(true, OP_TEXT, big.as_bytes());
+        let next = server_frame(true, OP_TEXT, b"next");
+        wire.extend_from_slice(&next);
         let mut r = FrameReader::new(1 << 20, &[]);
         assert_eq!(r.capacity(), RESIDENT_READ_BYTES);
         let mut rest = &wire[..];
-        let mut reads = 0;
+        let mut reads = Vec::new();
         let got = loop {
             if let Some(Incoming::Text(t)) = r.next_frame().unwrap() {
                 break t.len();
@@ -666,15 +732,23 @@ mod tests {
             space[..n].copy_from_slice(&rest[..n]);
             r.filled(n);
             rest = &rest[n..];
-            reads += 1;
+            reads.push(n);
         };
         assert_eq!(got, big.len());
-        // One read fills the resident buffer, whose header sizes the buffer for the rest.
-        assert_eq!(reads, 2);
+        // One read fills the resident buffer; the header sizes a buffer for exactly the rest,
+        // so the second read stops at the frame's end and the next frame stays unread.
+        assert_eq!(
+            reads,
+            vec![
+                RESIDENT_READ_BYTES,
+                wire.len() - next.len() - RESIDENT_READ_BYTES
+            ]
+        );
+        assert_eq!(rest, &next[..]);
         assert_eq!(r.text().map(str::len), Some(big.len()));
-        assert!(r.capacity() >= wire.len());
         assert_eq!(r.next_frame().unwrap(), None);
-        assert_eq!(r.capacity(), RESIDENT_READ_BYTES, "back to resident");
+        assert_eq!(r.capacity(), RESIDENT_READ_BYTES, "large buffer freed");
+        assert!(r.is_idle());
     }
 
     #[test]
