@@ -663,3 +663,18 @@ async fn the_agent_socket_answers_pings_assembles_fragments_and_replies_to_a_clo
     );
     assert_eq!(wire.close_reply, Some(Some(1000)));
 }
+
+/// Frames read in one go are all handled: a close right behind an unsolicited pong (both in one
+/// TCP write) ends the call at once with its code, and gets its reply.
+#[tokio::test]
+async fn a_close_behind_a_pong_in_the_same_read_is_not_left_unread() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000e8";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    agent.close_after_pong(1000);
+    let (code, _) = caller.closed(T).await;
+    assert_eq!(code, Some(1000));
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::Completed));
+    assert_eq!(agent.wire.lock().unwrap().close_reply, Some(Some(1000)));
+}

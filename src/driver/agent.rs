@@ -382,6 +382,8 @@ async fn preconnect(
                 }
                 AgentRead::Pinged => {}
                 AgentRead::Closed(_) | AgentRead::Failed(_) => {
+                    // The close frame the read queued goes out now, not at the deadline.
+                    close_queued(ws).await;
                     return fail(ConnectError::Closed, ticket_rx, deadline).await;
                 }
             },
@@ -406,6 +408,12 @@ async fn preconnect(
 /// Closes an agent socket nobody will adopt, within the connect timeout's order of time.
 async fn close(mut ws: AgentSocket) {
     let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(Some(CLOSE_NORMAL))).await;
+}
+
+/// Sends the close frame a read queued (a reply to the server's close, or a protocol error's
+/// close) and lets the socket go.
+async fn close_queued(ws: AgentSocket) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, ws.finish()).await;
 }
 
 /// Keeps a failure until the stream asks for it (so it learns at once) or the deadline.

@@ -142,7 +142,8 @@ impl AgentSocket {
                     self.writer.pong(&mut self.out, payload);
                     return Poll::Ready(AgentRead::Pinged);
                 }
-                Ok(Some(Incoming::Pong | Incoming::Binary(_))) => {}
+                // Skipped; what follows may already be in the buffer.
+                Ok(Some(Incoming::Pong | Incoming::Binary(_))) => continue,
                 Ok(Some(Incoming::Close(code))) => {
                     // §5.5.1: answer with the same code (or none).
                     self.writer.close(&mut self.out, code);

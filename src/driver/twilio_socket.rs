@@ -579,20 +579,26 @@ impl Call {
             // The pong goes out with this turn's writes (`write_out`).
             AgentRead::Pinged => {}
             AgentRead::Closed(code) => {
-                // The close reply goes out on its own, not in the call's loop (RFC 6455 §5.5.1).
-                if let Some(a) = self.agent.take() {
-                    tokio::spawn(
-                        tokio::time::timeout(CLOSE_TIMEOUT, a.finish())
-                            .instrument(tracing::Span::current()),
-                    );
-                }
+                self.finish_agent();
                 self.bridge.handle_agent_closed(now(), code);
             }
             AgentRead::Failed(e) => {
                 debug!(error = %e, "[ElevenLabs] Agent socket error");
-                self.agent = None;
+                self.finish_agent();
                 self.bridge.handle_agent_closed(now(), None);
             }
+        }
+    }
+
+    /// Lets the agent socket go after the server closed it or broke the protocol: the close
+    /// frame the read queued (RFC 6455 §5.5.1, §7.1.7) goes out on its own, bounded, not in the
+    /// call's loop.
+    fn finish_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            tokio::spawn(
+                tokio::time::timeout(CLOSE_TIMEOUT, a.finish())
+                    .instrument(tracing::Span::current()),
+            );
         }
     }
 
@@ -600,7 +606,7 @@ impl Call {
     async fn write_out(&mut self, read: &ReadAt) {
         let metrics = &self.shared.app.metrics;
         let mut wrote_twilio = false;
-        let mut wrote_agent = false;
+        let mut agent_bytes = 0u64;
         while let Some(out) = self.bridge.poll_transmit() {
             match out {
                 Output::ToAgent(text) => match self.agent.as_mut() {
@@ -612,8 +618,7 @@ impl Call {
                         }
                         if let Some(t) = utf8(&text) {
                             a.feed_text(t);
-                            wrote_agent = true;
-                            Metrics::add(&metrics.bytes_to_agent, text.len() as u64);
+                            agent_bytes += text.len() as u64;
                         }
                     }
                     None if self.link_pending
@@ -633,6 +638,7 @@ impl Call {
                 }
             }
         }
+        let wrote_agent = agent_bytes > 0;
         // With the pool, audio read now is written at its wake-up: keep the oldest such read
         // for that turn (only from the turn that read it, so audio held for pacing never is).
         if !read.pool_results {
@@ -644,18 +650,19 @@ impl Call {
             }
         }
         // Also the pongs a read queued (WebSocket-level pings, docs/elevenlabs.md §1.8).
+        let mut flushed = false;
         if let Some(a) = self.agent.as_mut()
             && a.wants_flush()
         {
-            let _ = a.flush().await;
+            flushed = a.flush().await.is_ok();
         }
-        if wrote_agent
-            && self.agent.is_some()
-            && let Some(t) = read.caller_frame
-        {
-            metrics
-                .added_latency_inbound
-                .observe(now().saturating_duration_since(t));
+        if wrote_agent && flushed {
+            Metrics::add(&metrics.bytes_to_agent, agent_bytes);
+            if let Some(t) = read.caller_frame {
+                metrics
+                    .added_latency_inbound
+                    .observe(now().saturating_duration_since(t));
+            }
         }
         if wrote_twilio {
             let _ = self.twilio.flush().await;

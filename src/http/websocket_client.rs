@@ -3,9 +3,10 @@
 //! masked frames written into a buffer the driver sends (§5.3).
 //!
 //! Why ignis frames this socket itself rather than through tungstenite: docs/elevenlabs.md §1.8.
-//! In short, the read buffer goes back to [`RESIDENT_READ_BYTES`] as soon as a large message has
-//! been handled (tungstenite keeps the largest frame's reservation for the whole call), and a
-//! text message is handed out as a `&str` into that buffer, with no allocation per message.
+//! In short, a call keeps only [`RESIDENT_READ_BYTES`] of read buffer between messages (a larger
+//! frame gets a buffer of its own, freed once handled; tungstenite keeps the largest frame's
+//! reservation for the whole call), and a text message is handed out as a `&str` into the buffer
+//! it was read into.
 
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
@@ -18,9 +19,9 @@ use super::websocket_upgrade::accept_key;
 pub const MAX_HANDSHAKE_RESPONSE_BYTES: usize = 8 * 1024;
 /// Most headers read in the handshake response.
 const MAX_HANDSHAKE_HEADERS: usize = 64;
-/// Bytes of read buffer a socket keeps between messages. A 250 ms `ulaw_8000` chunk (~2.8 KiB
-/// of JSON) arrives in one read; a larger frame grows the buffer to fit it, and the buffer comes
-/// back to this size once the frame is handled.
+/// Bytes of read buffer a socket keeps for its whole life. A 250 ms `ulaw_8000` chunk (~2.8 KiB
+/// of JSON) fits and arrives in one read with no allocation; a larger frame (a `pcm_16000` chunk
+/// is ~10.7 KiB) gets one buffer of exactly its length, freed once handled.
 pub const RESIDENT_READ_BYTES: usize = 4 * 1024;
 /// Longest control frame payload (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -108,6 +109,10 @@ pub fn parse_handshake_response(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(HandshakeError::MalformedHead),
     };
+    // §4.1: the answer to an HTTP/1.1 upgrade is an HTTP/1.1 response.
+    if resp.version != Some(1) {
+        return Err(HandshakeError::MalformedHead);
+    }
     match resp.code {
         Some(101) => {}
         Some(code) => return Err(HandshakeError::Status(code)),
@@ -267,6 +272,26 @@ fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameE
     }))
 }
 
+/// Whether a data frame with header `h` may come now (§5.4): a continuation only inside a
+/// fragmented message, a new message only outside one, and the message within `max_message`.
+/// Control frames may come at any time.
+fn check_sequence(
+    h: &Header,
+    fragmented: Option<u8>,
+    assembled: usize,
+    max_message: usize,
+) -> Result<(), FrameError> {
+    match (h.opcode, fragmented) {
+        (OP_TEXT | OP_BINARY, Some(_)) | (OP_CONTINUATION, None) => {
+            Err(FrameError::BadFragmentation)
+        }
+        (OP_CONTINUATION, Some(_)) if assembled + h.payload_len > max_message => {
+            Err(FrameError::TooLarge)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What the reader last handed out, dropped at the next call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handed {
@@ -317,7 +342,9 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// A reader accepting messages up to `max_message` bytes, starting with `leftover` (the bytes
-    /// that followed the handshake response).
+    /// that followed the handshake response). A leftover longer than [`RESIDENT_READ_BYTES`]
+    /// would make the resident buffer that long; the driver's handshake reads 1 KiB at a time, so
+    /// its leftover is shorter (the fuzz entry passes whole inputs on purpose).
     pub fn new(max_message: usize, leftover: &[u8]) -> FrameReader {
         let mut buf = vec![0; RESIDENT_READ_BYTES.max(leftover.len())].into_boxed_slice();
         buf[..leftover.len()].copy_from_slice(leftover);
@@ -431,6 +458,8 @@ impl FrameReader {
             let Some(h) = parse_header(bytes, self.max_message)? else {
                 return Ok(None);
             };
+            // Checked on the header, before `space` gives a large frame its own buffer.
+            check_sequence(&h, self.fragmented, self.assembled.len(), self.max_message)?;
             let frame_len = h.header_len + h.payload_len;
             if bytes.len() < frame_len {
                 return Ok(None);
@@ -445,20 +474,20 @@ impl FrameReader {
                 Source::Large => Handed::Large,
             };
             match (h.opcode, self.fragmented) {
-                (OP_TEXT | OP_BINARY, Some(_)) => return Err(FrameError::BadFragmentation),
-                (OP_CONTINUATION, None) => return Err(FrameError::BadFragmentation),
                 (OP_TEXT | OP_BINARY, None) if h.fin => {
                     self.handed = handed;
                     return self.whole(h.opcode, at, h.payload_len);
                 }
                 (OP_TEXT | OP_BINARY | OP_CONTINUATION, _) => {
-                    // A fragment: assembled in its own buffer (§5.4), within the same limit.
-                    if self.assembled.len() + h.payload_len > self.max_message {
-                        return Err(FrameError::TooLarge);
-                    }
+                    // A fragment: assembled in its own buffer (§5.4), within the same limit
+                    // (`check_sequence`). Grown geometrically (many tiny fragments must not
+                    // cost a reallocation each) but never past the limit.
                     let kind = self.fragmented.unwrap_or(h.opcode);
-                    // Exact: the limit bounds the buffer, not twice the limit.
-                    self.assembled.reserve_exact(h.payload_len);
+                    let room = self.max_message - self.assembled.len();
+                    let grow = h.payload_len.max(self.assembled.len()).min(room);
+                    if self.assembled.capacity() - self.assembled.len() < h.payload_len {
+                        self.assembled.reserve_exact(grow);
+                    }
                     let payload = at..at + h.payload_len;
                     match source {
                         Source::Resident => {
@@ -535,10 +564,19 @@ fn control(opcode: u8, payload: &[u8]) -> Result<Incoming<'_>, FrameError> {
         // Tolerant: a reason that is not UTF-8 is ignored, not a failure (ignis never shows it).
         _ => match *payload {
             [] => Ok(Incoming::Close(None)),
-            [_] => Err(FrameError::BadClose),
-            [a, b, ..] => Ok(Incoming::Close(Some(u16::from_be_bytes([a, b])))),
+            [a, b, ..] if close_code_allowed(u16::from_be_bytes([a, b])) => {
+                Ok(Incoming::Close(Some(u16::from_be_bytes([a, b]))))
+            }
+            _ => Err(FrameError::BadClose),
         },
     }
+}
+
+/// Whether `code` may appear in a close frame (§7.4.1, §7.4.2 and IANA's registry: 1004 is
+/// reserved, 1005, 1006 and 1015 must never be sent, 1016–2999 are unassigned, 5000 and up do not
+/// exist). A close carrying another code fails the connection (1002), so ignis never echoes one.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Unpredictable masking keys (§5.3: "derived from a strong source of entropy") without a
@@ -816,6 +854,43 @@ mod tests {
         assert_eq!(first_error(&not_utf8, 100).close_code(), 1007);
         let one_byte_close = server_frame(true, OP_CLOSE, b"x");
         assert_eq!(first_error(&one_byte_close, 100), FrameError::BadClose);
+        // Codes that must never be sent are not echoed: the close fails with 1002 instead.
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
+            let close = server_frame(true, OP_CLOSE, &code.to_be_bytes());
+            assert_eq!(
+                first_error(&close, 100),
+                FrameError::BadClose,
+                "code {code}"
+            );
+        }
+        for code in [1000u16, 1008, 1011, 1014, 3000, 4999] {
+            let close = server_frame(true, OP_CLOSE, &code.to_be_bytes());
+            let mut r = FrameReader::new(100, &close);
+            assert_eq!(r.next_frame(), Ok(Some(Incoming::Close(Some(code)))));
+        }
+    }
+
+    #[test]
+    fn a_fragment_out_of_sequence_is_refused_at_its_header() {
+        // A new 10 KiB message inside a fragmented one: only the header is in, and it fails
+        // before any buffer is sized for the frame.
+        let mut wire = server_frame(false, OP_TEXT, b"a");
+        wire.extend_from_slice(&[0x81, 126, 0x28, 0x00]);
+        let mut r = FrameReader::new(1 << 20, &wire);
+        assert_eq!(r.next_frame(), Err(FrameError::BadFragmentation));
+        assert_eq!(r.capacity(), RESIDENT_READ_BYTES + 1);
+    }
+
+    #[test]
+    fn many_tiny_fragments_are_assembled_into_one_message() {
+        let mut wire = server_frame(false, OP_TEXT, b"a");
+        for _ in 0..999 {
+            wire.extend(server_frame(false, OP_CONTINUATION, b"a"));
+        }
+        wire.extend(server_frame(true, OP_CONTINUATION, b"a"));
+        let mut r = FrameReader::new(1 << 20, &[]);
+        let got = read_all(&mut r, &wire, 4096);
+        assert_eq!(got, vec![format!("text:{}", "a".repeat(1001))]);
     }
 
     #[test]
@@ -970,6 +1045,11 @@ mod tests {
             parse_handshake_response(tokens.as_bytes(), false, KEY),
             Ok(Some(_))
         ));
+        let http10 = ok.replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(
+            parse_handshake_response(http10.as_bytes(), false, KEY),
+            Err(HandshakeError::MalformedHead)
+        );
         let endless = vec![b'a'; MAX_HANDSHAKE_RESPONSE_BYTES];
         let mut head = b"HTTP/1.1 101 OK\r\nX: ".to_vec();
         head.extend_from_slice(&endless);

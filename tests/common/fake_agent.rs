@@ -52,6 +52,8 @@ pub enum Cmd {
     WsPing(Vec<u8>),
     /// One text message in this many fragments, a ping between the first two.
     Fragmented(String, usize),
+    /// An unsolicited pong and a close with this code, in one TCP write.
+    CloseAfterPong(u16),
 }
 
 /// What the stand-in saw of ignis's WebSocket frames (not its messages).
@@ -90,6 +92,9 @@ impl AgentConn {
     }
     pub fn drop_connection(&self) {
         let _ = self.tx.send(Cmd::Drop);
+    }
+    pub fn close_after_pong(&self, code: u16) {
+        let _ = self.tx.send(Cmd::CloseAfterPong(code));
     }
     pub fn ws_ping(&self, payload: &[u8]) {
         let _ = self.tx.send(Cmd::WsPing(payload.to_vec()));
@@ -283,6 +288,11 @@ async fn serve(
                     let mut w = wire.lock().unwrap();
                     w.pongs.append(&mut conv.pongs);
                     w.close_reply = reply;
+                    return;
+                }
+                Some(Cmd::CloseAfterPong(code)) => {
+                    let reply = conv.close_after_pong(code).await;
+                    wire.lock().unwrap().close_reply = reply;
                     return;
                 }
                 Some(Cmd::WsPing(p)) => { let _ = conv.send_ws_ping(&p).await; }

@@ -304,6 +304,23 @@ impl Conversation {
         Ok(())
     }
 
+    /// Writes an unsolicited pong and a close with `code` in one TCP write (so the client reads
+    /// both at once), then waits for the client's close reply like [`Conversation::close`].
+    pub async fn close_after_pong(&mut self, code: u16) -> Option<Option<u16>> {
+        let [hi, lo] = code.to_be_bytes();
+        // Unmasked server frames (RFC 6455 §5.2): pong, empty; close, 2-byte code.
+        let raw = [0x8A, 0x00, 0x88, 0x02, hi, lo];
+        if self.ws.get_mut().write_all(&raw).await.is_err() {
+            return None;
+        }
+        while let Some(Ok(m)) = self.ws.next().await {
+            if let Message::Close(reply) = m {
+                return Some(reply.map(|f| u16::from(f.code)));
+            }
+        }
+        None
+    }
+
     /// Closes with `code` and waits for the client's close reply; returns the reply's code
     /// (`Some(None)`: a close frame without one; `None`: no close frame came back).
     pub async fn close(&mut self, code: u16) -> Option<Option<u16>> {
