@@ -551,13 +551,29 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
-/// A TCP port free on 127.0.0.1 right now (for servers started by port number).
+/// Ports [`free_port`] hands out: below Linux's ephemeral range (32768–60999 by default).
+const FIXED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A TCP port free on 127.0.0.1 right now, for servers started by port number (nginx,
+/// PostgreSQL, a second ignis). It is taken from below the ephemeral range: a port from
+/// `bind(0)` is released before the server binds it, and meanwhile another test's `bind(0)` or
+/// outgoing connection could be given the same port, after which the server fails to bind and
+/// its readiness probe connects to the other listener (seen once: a TLS handshake to "nginx"
+/// answered by a plain ignis). Within this process a counter keeps picks apart; between
+/// processes, a start derived from the pid; and a bind check skips ports in use.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(FIXED_PORTS.end - FIXED_PORTS.start);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = FIXED_PORTS.start + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIXED_PORTS:?}");
 }
 
 /// Runs the openssl CLI (test certificates); panics with how to install it, or with its stderr.

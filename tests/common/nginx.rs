@@ -212,7 +212,14 @@ impl Nginx {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("nginx exited with {status}: {:#?}", nginx.lines());
             }
+            // Something listens; it is nginx only if nginx bound its ports (on a failed bind it
+            // logs at once and retries for ~2 s, while the port may be another listener's).
             if std::net::TcpStream::connect(wait_for).is_ok() {
+                let lines = nginx.lines();
+                assert!(
+                    !lines.iter().any(|l| l.contains("bind() to")),
+                    "nginx could not bind its ports: {lines:#?}"
+                );
                 return nginx;
             }
             assert!(
