@@ -1414,13 +1414,13 @@ impl CallDsp {
                 event_id,
             } => {
                 let _ = self.outbound.push_agent_audio(now, event_id, text);
-                self.frames(generation, event_id);
+                self.frames(generation, event_id, false);
             }
             Job::EndOfTurn { generation } => {
                 let event_id = self.outbound.current_event();
                 self.outbound.end_of_turn();
                 if let Some(event_id) = event_id {
-                    self.frames(generation, event_id);
+                    self.frames(generation, event_id, false);
                 }
                 self.emit(PoolOut::EndOfTurn { generation });
             }
@@ -1430,7 +1430,7 @@ impl CallDsp {
                     if padded {
                         self.shared.pause_pads.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.frames_padded(generation, event_id, padded);
+                    self.frames(generation, event_id, padded);
                 }
             }
             #[cfg(test)]
@@ -1454,12 +1454,9 @@ impl CallDsp {
         }
     }
 
-    fn frames(&mut self, generation: u64, event_id: u64) {
-        self.frames_padded(generation, event_id, false);
-    }
-
-    /// [`Self::frames`], telling whether the last of them was a pause pad.
-    fn frames_padded(&mut self, generation: u64, event_id: u64, padded: bool) {
+    /// Sends the outbound path's whole frames of turn `event_id`; `padded`: the last of them was
+    /// completed by a pause pad.
+    fn frames(&mut self, generation: u64, event_id: u64, padded: bool) {
         if !self.outbound.has_frames() {
             return;
         }

@@ -7,14 +7,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
-use super::net::NetStream;
+use super::net::{self, NetStream, RequestError};
 use crate::http::client::BadHeader;
 use crate::http::url::Endpoint;
 use crate::http::websocket_client::{
     self, FrameError, FrameReader, FrameWriter, HandshakeError, Incoming,
-    MAX_HANDSHAKE_RESPONSE_BYTES,
+    MAX_HANDSHAKE_RESPONSE_BYTES, RESIDENT_READ_BYTES,
 };
 
 /// Bytes of written frames kept for the next write between turns; a larger batch (a long
@@ -101,28 +101,22 @@ impl AgentSocket {
         let seed: [u8; 32] = seed.try_into().unwrap_or_default();
         let key = websocket_client::handshake_key(&key_bytes);
         let request = websocket_client::handshake_request(ep, &key).map_err(OpenError::Request)?;
-        let exchange = async {
-            io.write_all(&request).await.map_err(OpenError::Io)?;
-            io.flush().await.map_err(OpenError::Io)?;
-            let mut buf = Vec::with_capacity(1024);
-            loop {
-                let mut chunk = [0u8; 1024];
-                let n = io.read(&mut chunk).await.map_err(OpenError::Io)?;
-                buf.extend_from_slice(&chunk[..n]);
-                let parsed = websocket_client::parse_handshake_response(&buf, n == 0, &key)
-                    .map_err(OpenError::Handshake)?;
-                if let Some(head) = parsed {
-                    return Ok(FrameReader::new(max_message, &buf[head..]));
-                }
-                // The parser refuses a head past the limit; this only bounds the leftover.
-                if buf.len() > MAX_HANDSHAKE_RESPONSE_BYTES + chunk.len() {
-                    return Err(OpenError::Handshake(HandshakeError::MalformedHead));
-                }
+        // The head's limit plus one read: what follows the head (frames already) is bounded
+        // by the read size, so it fits the reader's resident buffer.
+        let max = MAX_HANDSHAKE_RESPONSE_BYTES + RESIDENT_READ_BYTES;
+        let exchange = net::write_and_read(&mut io, &request, max, |buf, eof| {
+            let head = websocket_client::parse_handshake_response(buf, eof, &key)?;
+            Ok(head.map(|n| FrameReader::new(max_message, &buf[n..])))
+        });
+        let reader = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(OpenError::TimedOut),
+            Ok(Ok(reader)) => reader,
+            Ok(Err(RequestError::Io(e))) => return Err(OpenError::Io(e)),
+            Ok(Err(RequestError::TooLarge)) => {
+                return Err(OpenError::Handshake(HandshakeError::MalformedHead));
             }
+            Ok(Err(RequestError::Response(e))) => return Err(OpenError::Handshake(e)),
         };
-        let reader = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| OpenError::TimedOut)??;
         Ok(AgentSocket {
             io,
             reader,
@@ -216,15 +210,17 @@ impl AgentSocket {
     /// Writes what is queued (after a server's close, the close reply: RFC 6455 §5.5.1) and
     /// ends the stream. The caller bounds the wait.
     pub(crate) async fn finish(mut self) {
-        if self.flush().await.is_ok() {
-            let _ = self.io.shutdown().await;
-        }
+        self.flush_and_shutdown().await;
     }
 
     /// Sends a close frame with `code` (§5.5.1) and ends the TCP (and TLS) stream. The caller
     /// bounds the wait.
     pub(crate) async fn close(&mut self, code: Option<u16>) {
         self.writer.close(&mut self.out, code);
+        self.flush_and_shutdown().await;
+    }
+
+    async fn flush_and_shutdown(&mut self) {
         if self.flush().await.is_ok() {
             let _ = self.io.shutdown().await;
         }

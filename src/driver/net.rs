@@ -146,31 +146,43 @@ pub(crate) async fn request<T, E>(
     request: &[u8],
     timeout: Duration,
     max_bytes: usize,
-    mut parse: impl FnMut(&[u8], bool) -> Result<Option<T>, E>,
+    parse: impl FnMut(&[u8], bool) -> Result<Option<T>, E>,
 ) -> Result<T, RequestError<E>> {
     let fut = async {
         let mut stream = connect(ep, tls, timeout).await.map_err(RequestError::Io)?;
-        stream.write_all(request).await.map_err(RequestError::Io)?;
-        stream.flush().await.map_err(RequestError::Io)?;
-        let mut buf = Vec::with_capacity(4096);
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.map_err(RequestError::Io)?;
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > max_bytes {
-                return Err(RequestError::TooLarge);
-            }
-            if let Some(v) = parse(&buf, n == 0).map_err(RequestError::Response)? {
-                return Ok(v);
-            }
-            if n == 0 {
-                return Err(RequestError::Io(io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
+        write_and_read(&mut stream, request, max_bytes, parse).await
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| {
         RequestError::Io(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))
     })?
+}
+
+/// Writes `request` on an open stream and reads until `parse` returns a value (it gets the
+/// bytes so far and whether the peer closed), at most `max_bytes`. The stream stays open: the
+/// agent socket's WebSocket handshake goes on from here. The caller bounds the time.
+pub(crate) async fn write_and_read<T, E>(
+    stream: &mut NetStream,
+    request: &[u8],
+    max_bytes: usize,
+    mut parse: impl FnMut(&[u8], bool) -> Result<Option<T>, E>,
+) -> Result<T, RequestError<E>> {
+    stream.write_all(request).await.map_err(RequestError::Io)?;
+    stream.flush().await.map_err(RequestError::Io)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.map_err(RequestError::Io)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > max_bytes {
+            return Err(RequestError::TooLarge);
+        }
+        if let Some(v) = parse(&buf, n == 0).map_err(RequestError::Response)? {
+            return Ok(v);
+        }
+        if n == 0 {
+            return Err(RequestError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
 }
 
 /// Sends `request` and reads the whole response (any status), at most `max_bytes`, all within

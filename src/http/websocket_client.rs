@@ -343,8 +343,8 @@ pub struct FrameReader {
 impl FrameReader {
     /// A reader accepting messages up to `max_message` bytes, starting with `leftover` (the bytes
     /// that followed the handshake response). A leftover longer than [`RESIDENT_READ_BYTES`]
-    /// would make the resident buffer that long; the driver's handshake reads 1 KiB at a time, so
-    /// its leftover is shorter (the fuzz entry passes whole inputs on purpose).
+    /// would make the resident buffer that long; the driver's handshake reads 4 KiB at a time,
+    /// so its leftover is no longer (the fuzz entry passes whole inputs on purpose).
     pub fn new(max_message: usize, leftover: &[u8]) -> FrameReader {
         let mut buf = vec![0; RESIDENT_READ_BYTES.max(leftover.len())].into_boxed_slice();
         buf[..leftover.len()].copy_from_slice(leftover);
@@ -399,7 +399,7 @@ impl FrameReader {
     }
 
     /// Room for the next read: the rest of a large frame, exactly; else the free end of the
-    /// resident buffer (its unparsed bytes moved to the front first when that makes room).
+    /// resident buffer (its unparsed bytes moved to the front first).
     /// Never empty, unless the bytes already in failed to parse (`next_frame` said so).
     pub fn space(&mut self) -> &mut [u8] {
         self.release();
@@ -409,8 +409,8 @@ impl FrameReader {
         let pending = self.end - self.start;
         if let Ok(Some(h)) = parse_header(&self.buf[self.start..self.end], self.max_message) {
             let frame_len = h.header_len + h.payload_len;
-            // `next_frame` found it incomplete, so `pending < frame_len`.
-            if frame_len > self.buf.len() && pending < frame_len {
+            // Larger than the buffer, hence than what is pending: the frame is incomplete.
+            if frame_len > self.buf.len() {
                 self.large = vec![0; frame_len];
                 self.large[..pending].copy_from_slice(&self.buf[self.start..self.end]);
                 self.large_end = pending;
@@ -418,15 +418,13 @@ impl FrameReader {
                 self.end = 0;
                 return &mut self.large[pending..];
             }
-            if self.start + frame_len <= self.buf.len() && self.end < self.buf.len() {
-                return &mut self.buf[self.end..];
-            }
-        } else if self.end < self.buf.len() {
-            return &mut self.buf[self.end..];
         }
-        self.buf.copy_within(self.start..self.end, 0);
-        self.start = 0;
-        self.end = pending;
+        // A partial frame left after a handed-out one (rare, and at most a frame): to the front.
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+        }
         &mut self.buf[self.end..]
     }
 
@@ -762,7 +760,7 @@ mod tests {
         let mut rest = &wire[..];
         let mut reads = Vec::new();
         let got = loop {
-            if let Some(Incoming::Text(t)) = r.next_frame().unwrap() {
+            if let Some(Incoming::Text(t)) = r.next_frame().expect("a valid frame") {
                 break t.len();
             }
             let space = r.space();
@@ -784,7 +782,7 @@ mod tests {
         );
         assert_eq!(rest, &next[..]);
         assert_eq!(r.text().map(str::len), Some(big.len()));
-        assert_eq!(r.next_frame().unwrap(), None);
+        assert_eq!(r.next_frame().expect("nothing left to fail"), None);
         assert_eq!(r.capacity(), RESIDENT_READ_BYTES, "large buffer freed");
         assert!(r.is_idle());
     }
@@ -808,7 +806,10 @@ mod tests {
     fn leftover_bytes_from_the_handshake_are_read_first() {
         let wire = server_frame(true, OP_TEXT, b"hi");
         let mut r = FrameReader::new(1 << 20, &wire);
-        assert_eq!(r.next_frame().unwrap(), Some(Incoming::Text("hi")));
+        assert_eq!(
+            r.next_frame().expect("a valid frame"),
+            Some(Incoming::Text("hi"))
+        );
     }
 
     fn first_error(wire: &[u8], max: usize) -> FrameError {
@@ -909,7 +910,7 @@ mod tests {
         let (len, at) = match frame[1] & 0x7F {
             126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
             127 => (
-                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                u64::from_be_bytes(frame[2..10].try_into().expect("a slice of 8")) as usize,
                 10,
             ),
             n => (n as usize, 2),
@@ -955,13 +956,15 @@ mod tests {
     }
 
     fn endpoint() -> Endpoint {
-        Endpoint::parse("wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a1").unwrap()
+        Endpoint::parse("wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a1")
+            .expect("a valid wss URL")
     }
 
     #[test]
     fn the_handshake_request_asks_for_version_13_and_nothing_else() {
-        let req = handshake_request(&endpoint(), "dGhlIHNhbXBsZSBub25jZQ==").unwrap();
-        let text = String::from_utf8(req).unwrap();
+        let req = handshake_request(&endpoint(), "dGhlIHNhbXBsZSBub25jZQ==")
+            .expect("a clean URL and key");
+        let text = String::from_utf8(req).expect("the request is ASCII");
         assert!(text.starts_with("GET /v1/convai/conversation?agent_id=a1 HTTP/1.1\r\n"));
         for line in [
             "Host: api.elevenlabs.io\r\n",

@@ -313,12 +313,7 @@ impl Conversation {
         if self.ws.get_mut().write_all(&raw).await.is_err() {
             return None;
         }
-        while let Some(Ok(m)) = self.ws.next().await {
-            if let Message::Close(reply) = m {
-                return Some(reply.map(|f| u16::from(f.code)));
-            }
-        }
-        None
+        self.close_reply().await
     }
 
     /// Closes with `code` and waits for the client's close reply; returns the reply's code
@@ -329,6 +324,12 @@ impl Conversation {
             reason: "".into(),
         };
         let _ = self.ws.close(Some(frame)).await;
+        self.close_reply().await
+    }
+
+    /// Reads until the client's close frame (pongs on the way are recorded); its code as in
+    /// [`Conversation::close`].
+    async fn close_reply(&mut self) -> Option<Option<u16>> {
         while let Some(Ok(m)) = self.ws.next().await {
             match m {
                 Message::Close(reply) => return Some(reply.map(|f| u16::from(f.code))),
