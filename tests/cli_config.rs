@@ -381,6 +381,17 @@ fn insecure_flag_is_loud_and_sigterm_shuts_down() {
         assert!(Instant::now() < deadline, "did not exit on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The webhook's pre-connect (it failed: no agent id) was let go at shutdown: it did not keep
+    // the store open until its deadline.
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        lines.push(l);
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("did not finish its queued jobs")),
+        "{lines:#?}"
+    );
     // Nothing listens any more: the healthcheck fails.
     let hc = healthcheck(port);
     assert!(!hc.status.success());

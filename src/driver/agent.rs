@@ -298,6 +298,13 @@ impl Preconnects {
         self.lock().remove(call_sid);
     }
 
+    /// Lets go of every pre-connect: the server has stopped and no stream can adopt one. Each
+    /// task ends at once (a held failure is not kept until its deadline), so none keeps the
+    /// practice store open past shutdown.
+    pub(crate) fn cancel_all(&self) {
+        self.lock().clear();
+    }
+
     /// Takes the pre-connect for `call_sid`, if there is one; the receiver yields the socket
     /// once connected.
     pub(crate) fn adopt(

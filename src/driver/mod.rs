@@ -246,7 +246,10 @@ pub async fn serve(
         acceptor.run(until).await;
     }
     let Acceptor {
-        listener, token, ..
+        listener,
+        token,
+        shared,
+        ..
     } = acceptor;
     drop(listener);
     let live = app.calls.live_count();
@@ -273,6 +276,10 @@ pub async fn serve(
             warn!("shutdown: some connections did not close in time");
         }
     }
+    // No stream can come any more: pre-connects waiting for one (a webhook whose stream never
+    // came, or a failure kept until its deadline) would hold the store open for up to
+    // `PRECONNECT_TIMEOUT_MS` after shutdown.
+    shared.preconnects.cancel_all();
     fleet_tasks.stop(&app).await;
     info!("shutdown complete");
     Ok(())
