@@ -37,8 +37,16 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[tokio::test]
 async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
     let mut d = Deployment::start().await;
+    let sid = "CA000000000000000000000000000000a1";
+    health_and_redirects(&d).await;
+    voice_webhooks(&d, sid).await;
+    a_whole_call_while_nginx_quits(&mut d, sid).await;
+    access_log_is_clean(&d).await;
+}
+
+/// (1) Health over TLS, and (2) the HTTP → HTTPS redirect.
+async fn health_and_redirects(d: &Deployment) {
     let caller = &d.caller;
-    let https = caller.public.clone();
     let authority = caller.authority();
 
     // (1) Health over TLS, with the shipped server block's HSTS header.
@@ -82,10 +90,14 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         r.status, 404,
         "served from the ACME webroot, not redirected"
     );
+}
 
-    // (3) The voice webhook, signed over the public https:// URL, gets TwiML that points the
-    // stream at wss:// on the public host; unsigned or wrongly signed, it gets 403.
-    let sid = "CA000000000000000000000000000000a1";
+/// (3) The voice webhook, signed over the public https:// URL, gets TwiML that points the
+/// stream at wss:// on the public host; unsigned or wrongly signed, it gets 403.
+async fn voice_webhooks(d: &Deployment, sid: &str) {
+    let caller = &d.caller;
+    let https = caller.public.clone();
+    let authority = caller.authority();
     let r = caller
         .roundtrip(&caller.signed_post("/api/twilio/voice", &call_params(sid)))
         .await;
@@ -156,8 +168,15 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         .roundtrip(&caller.signed_post("/api/twilio/status", &call_params(sid)))
         .await;
     assert_eq!(r.status, 204, "{}", r.text());
+}
 
-    // (4) The stream: an unsigned upgrade is refused by ignis behind nginx...
+/// (4) The stream behind nginx: refused unsigned or signed over the wrong scheme; Twilio's is
+/// upgraded and a whole call runs through nginx while it quits.
+async fn a_whole_call_while_nginx_quits(d: &mut Deployment, sid: &str) {
+    let caller = &d.caller;
+    let https = caller.public.clone();
+
+    // An unsigned upgrade is refused by ignis behind nginx...
     let probe = "/api/twilio/stream/0123456789abcdef0123456789abcdef";
     let r = caller
         .roundtrip(&caller.stream_handshake(probe, None))
@@ -224,7 +243,10 @@ async fn webhooks_and_a_whole_call_work_through_nginx_over_tls() {
         "nginx did not exit: {:#?}",
         d.nginx.lines()
     );
+}
 
+/// (5) nginx's log: the upgraded stream is there, no phone number is, nor any upstream error.
+async fn access_log_is_clean(d: &Deployment) {
     // nginx's access log has the upgraded stream (logged when it closed).
     let logged = || {
         d.nginx
@@ -379,7 +401,7 @@ async fn admin_api_and_metrics_only_from_the_allow_listed_networks() {
 
 /// The static promises of the kit that a live test cannot reach in reasonable time.
 #[test]
-fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
+fn shipped_kit_keeps_calls_alive_on_the_stream_route() {
     // nginx's stream route: upgrade headers, hour-long idle timeouts, no buffering.
     let start = SHIPPED_NGINX_CONF
         .find("location /api/twilio/stream/ {")
@@ -418,7 +440,10 @@ fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
         }
         assert!(!line.starts_with("rewrite"), "{line}");
     }
+}
 
+#[test]
+fn shipped_kit_keeps_staff_pages_and_metrics_private_and_logs_no_query() {
     // The staff networks: loopback and the private ranges the comments document, never
     // Docker's 172.16.0.0/12 (a bridge gateway stands for the whole internet behind Docker's
     // userland proxy); /metrics from loopback only.
@@ -466,7 +491,10 @@ fn shipped_kit_keeps_calls_alive_and_documents_every_variable() {
     ] {
         assert!(!format.contains(leak), "{leak} in the log format");
     }
+}
 
+#[test]
+fn shipped_compose_and_env_example_match_ignis() {
     // Compose: ignis runs read-only, without capabilities and without privilege escalation.
     let ignis = &SHIPPED_COMPOSE[SHIPPED_COMPOSE.find("  ignis:").unwrap()..];
     let ignis = &ignis[..ignis.find("\n  nginx:").unwrap()];
