@@ -276,90 +276,8 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
     let (p, thread) =
         Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
     let t = start(&p, "CAfacade", WEBER_PHONE);
-
-    let (s, id) = tool(
-        &p,
-        &t,
-        "POST",
-        "/api/patients/identify",
-        "",
-        r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#,
-    );
-    assert_eq!((s, id["match"].as_str()), (200, Some("unique")));
-    let (_, slots) = tool(
-        &p,
-        &t,
-        "GET",
-        "/api/appointments/slots",
-        "visit_type=akut&urgency=same_day",
-        "",
-    );
-    let slot = slots["slots"][0]["slot_ref"].as_str().unwrap().to_string();
-    let body = format!(
-        r#"{{"slot_ref":"{slot}","patient_ref":"P1","visit_type":"akut","reason_short":"Halsschmerzen"}}"#
-    );
-    let (_, booked) = tool(&p, &t, "POST", "/api/appointments", "", &body);
-    assert_eq!(booked["ok"], true, "{booked}");
-    let (_, req) = tool(
-        &p,
-        &t,
-        "POST",
-        "/api/requests",
-        "",
-        r#"{"category":"urgent_callback","patient_ref":"P1"}"#,
-    );
-    let (_, _) = tool(
-        &p,
-        &t,
-        "POST",
-        "/api/requests",
-        "",
-        r#"{"category":"message","patient_ref":"P1","note":"Danke"}"#,
-    );
-    let (_, em) = tool(
-        &p,
-        &t,
-        "POST",
-        "/api/emergencies",
-        "",
-        r#"{"severity":"urgent","keywords":"Fieber"}"#,
-    );
-    assert_eq!(em["advice"], "transfer");
-
-    // Staff: today's appointments include the booking, with the patient's name.
-    let (s, day) = admin(&p, "GET", "/api/admin/appointments", "");
-    assert_eq!(s, 200);
-    let list = day["appointments"].as_array().unwrap();
-    assert!(
-        list.iter()
-            .any(|a| a["patient"] == "Maria Weber" && a["reason_short"] == "Halsschmerzen"),
-        "{day}"
-    );
-    let (_, other) = admin(&p, "GET", "/api/admin/appointments", "date=2026-11-24");
-    assert_eq!(other["appointments"], serde_json::json!([]));
-    // Open requests: urgent first.
-    let (_, reqs) = admin(&p, "GET", "/api/admin/requests", "");
-    let reqs = reqs["requests"].as_array().unwrap();
-    assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[0]["urgency"], "urgent");
-    assert_eq!(reqs[0]["ref_code"], req["request_ref"]);
-    // Emergencies.
-    let (_, ems) = admin(&p, "GET", "/api/admin/emergencies", "days=1");
-    assert_eq!(ems["emergencies"][0]["event_ref"], em["event_ref"]);
-    // Mark done: once.
-    let done = format!(
-        "/api/admin/requests/{}/done",
-        req["request_ref"].as_str().unwrap()
-    );
-    assert_eq!(admin(&p, "POST", &done, "").0, 200);
-    assert_eq!(admin(&p, "POST", &done, "").0, 404);
-    assert_eq!(
-        admin(&p, "GET", "/api/admin/requests", "").1["requests"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    let (req, em) = book_and_leave_requests(&p, &t);
+    staff_see_the_booking(&p, &req, &em);
 
     // End of call: tools die after the grace period.
     let end = CallEnd {
@@ -392,6 +310,99 @@ fn a_call_books_through_the_facade_and_staff_see_it() {
     assert_eq!(n, 1);
     drop(p);
     thread.join().unwrap();
+}
+
+/// Through the tools of a live call: identify Weber, book the first same-day slot, leave an
+/// urgent callback and a message, report an emergency. Returns the callback's and the
+/// emergency's replies.
+fn book_and_leave_requests(p: &Practice, t: &str) -> (Value, Value) {
+    let (s, id) = tool(
+        p,
+        t,
+        "POST",
+        "/api/patients/identify",
+        "",
+        r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#,
+    );
+    assert_eq!((s, id["match"].as_str()), (200, Some("unique")));
+    let (_, slots) = tool(
+        p,
+        t,
+        "GET",
+        "/api/appointments/slots",
+        "visit_type=akut&urgency=same_day",
+        "",
+    );
+    let slot = slots["slots"][0]["slot_ref"].as_str().unwrap().to_string();
+    let body = format!(
+        r#"{{"slot_ref":"{slot}","patient_ref":"P1","visit_type":"akut","reason_short":"Halsschmerzen"}}"#
+    );
+    let (_, booked) = tool(p, t, "POST", "/api/appointments", "", &body);
+    assert_eq!(booked["ok"], true, "{booked}");
+    let (_, req) = tool(
+        p,
+        t,
+        "POST",
+        "/api/requests",
+        "",
+        r#"{"category":"urgent_callback","patient_ref":"P1"}"#,
+    );
+    let (_, _) = tool(
+        p,
+        t,
+        "POST",
+        "/api/requests",
+        "",
+        r#"{"category":"message","patient_ref":"P1","note":"Danke"}"#,
+    );
+    let (_, em) = tool(
+        p,
+        t,
+        "POST",
+        "/api/emergencies",
+        "",
+        r#"{"severity":"urgent","keywords":"Fieber"}"#,
+    );
+    assert_eq!(em["advice"], "transfer");
+    (req, em)
+}
+
+/// What the staff see through the admin API after [`book_and_leave_requests`].
+fn staff_see_the_booking(p: &Practice, req: &Value, em: &Value) {
+    // Staff: today's appointments include the booking, with the patient's name.
+    let (s, day) = admin(p, "GET", "/api/admin/appointments", "");
+    assert_eq!(s, 200);
+    let list = day["appointments"].as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|a| a["patient"] == "Maria Weber" && a["reason_short"] == "Halsschmerzen"),
+        "{day}"
+    );
+    let (_, other) = admin(p, "GET", "/api/admin/appointments", "date=2026-11-24");
+    assert_eq!(other["appointments"], serde_json::json!([]));
+    // Open requests: urgent first.
+    let (_, reqs) = admin(p, "GET", "/api/admin/requests", "");
+    let reqs = reqs["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0]["urgency"], "urgent");
+    assert_eq!(reqs[0]["ref_code"], req["request_ref"]);
+    // Emergencies.
+    let (_, ems) = admin(p, "GET", "/api/admin/emergencies", "days=1");
+    assert_eq!(ems["emergencies"][0]["event_ref"], em["event_ref"]);
+    // Mark done: once.
+    let done = format!(
+        "/api/admin/requests/{}/done",
+        req["request_ref"].as_str().unwrap()
+    );
+    assert_eq!(admin(p, "POST", &done, "").0, 200);
+    assert_eq!(admin(p, "POST", &done, "").0, 404);
+    assert_eq!(
+        admin(p, "GET", "/api/admin/requests", "").1["requests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
