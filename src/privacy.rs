@@ -3,19 +3,17 @@
 /// Digits of a phone number left visible at the end.
 const VISIBLE_TAIL: usize = 3;
 
-/// Masks a phone number for logs: the country prefix (at most two digits) and the last three
-/// digits stay, everything else becomes `…` (`+4915112345123` → `+49…123`, `+16175551881` →
-/// `+1…881`). Non-numbers (`anonymous`, `client:alice`) keep only their scheme.
+/// Shorter numbers show no digits at all (E.164 numbers have at least seven digits in practice).
+const MIN_DIGITS_TO_SHOW_TAIL: usize = 7;
+
+/// Masks a phone number for logs: only the last three digits stay (`+4915112345123` →
+/// `+…123`). The country code goes too: with it, a short number would show most of its digits.
+/// Numbers too short for three digits to be a small part of them show none, and non-numbers
+/// (`anonymous`, `client:alice`) keep only their scheme.
 pub fn mask_phone(number: &str) -> String {
     if let Some(digits) = number.strip_prefix('+') {
-        if digits.len() > VISIBLE_TAIL + 2 && digits.bytes().all(|b| b.is_ascii_digit()) {
-            // NANP numbers have a one-digit country code; show no more than the code.
-            let prefix = if digits.starts_with('1') { 1 } else { 2 };
-            return format!(
-                "+{}…{}",
-                &digits[..prefix],
-                &digits[digits.len() - VISIBLE_TAIL..]
-            );
+        if digits.len() >= MIN_DIGITS_TO_SHOW_TAIL && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return format!("+…{}", &digits[digits.len() - VISIBLE_TAIL..]);
         }
         return "+…".to_owned();
     }
@@ -40,8 +38,9 @@ mod tests {
     #[test]
     fn masks() {
         for (number, masked) in [
-            ("+4915112345123", "+49…123"),
-            ("+16175551881", "+1…881"),
+            ("+4915112345123", "+…123"),
+            ("+16175551881", "+…881"),
+            ("+491234", "+…"),
             ("+123", "+…"),
             ("anonymous", "anonymous"),
             ("client:alice", "client:…"),
