@@ -239,7 +239,12 @@ pub fn origin_ok(origin: Option<&[u8]>, public_origin: &str) -> bool {
 /// `X-Real-IP $remote_addr`, replacing whatever the client sent) ignis's peer is nginx on
 /// loopback or the private compose network, so `X-Real-IP` is taken from such a peer only;
 /// from any other peer the header could be forged and the peer's own address counts.
+///
+/// On a dual-stack listener (`BIND=::`) IPv4 peers arrive as `::ffff:a.b.c.d`: both addresses
+/// are made canonical first, or nginx on loopback would not be trusted and every login would
+/// share nginx's one bucket.
 pub fn client_address(peer: IpAddr, x_real_ip: Option<&[u8]>) -> IpAddr {
+    let peer = peer.to_canonical();
     let trusted = match peer {
         IpAddr::V4(a) => a.is_loopback() || a.is_private(),
         IpAddr::V6(a) => a.is_loopback() || (a.segments()[0] & 0xfe00) == 0xfc00,
@@ -249,8 +254,8 @@ pub fn client_address(peer: IpAddr, x_real_ip: Option<&[u8]>) -> IpAddr {
     }
     x_real_ip
         .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(peer)
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map_or(peer, |a| a.to_canonical())
 }
 
 /// What the limiter counts failures against.
@@ -394,14 +399,21 @@ impl LoginLimiter {
         }
         self.windows
             .retain(|_, w| now < w.started + LOGIN_WINDOW_SECS);
+        // Evict what frees a guess the least: an entry not locked out, then an address's
+        // lock-out, and an account's only when every entry is one (the memory bound wins). The
+        // oldest of a kind goes first. Evicting by age alone would free the account locked
+        // first, the one under attack, once junk names filled the table.
         if self.windows.len() >= MAX_LIMITER_ENTRIES
-            && let Some(oldest) = self
+            && let Some(victim) = self
                 .windows
                 .iter()
-                .min_by_key(|(_, w)| w.started)
+                .min_by_key(|(k, w)| {
+                    let account = matches!(k, LimitKey::Account(_));
+                    (w.locked(now), account, w.started)
+                })
                 .map(|(k, _)| k.clone())
         {
-            self.windows.remove(&oldest);
+            self.windows.remove(&victim);
         }
     }
 }
@@ -500,6 +512,13 @@ mod tests {
         assert_eq!(client_address(lo, Some(b"198.51.100.7")), real);
         assert_eq!(client_address(public, Some(b"198.51.100.7")), public);
         assert_eq!(client_address(lo, Some(b"garbage")), lo);
+        // Dual-stack listener: nginx on loopback arrives IPv4-mapped, and is still trusted.
+        let mapped_lo: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let mapped_public: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(client_address(mapped_lo, Some(b"198.51.100.7")), real);
+        assert_eq!(client_address(mapped_lo, None), lo);
+        assert_eq!(client_address(mapped_public, Some(b"198.51.100.7")), public);
+        assert_eq!(client_address(lo, Some(b"::ffff:198.51.100.7")), real);
     }
 
     #[test]
@@ -554,5 +573,27 @@ mod tests {
             l.record_failure(&format!("u{i}"), addr, 0);
         }
         assert!(l.len() <= MAX_LIMITER_ENTRIES);
+    }
+
+    #[test]
+    fn a_full_limiter_keeps_an_accounts_lock_out() {
+        let mut l = LoginLimiter::new();
+        let home: IpAddr = "198.51.100.7".parse().unwrap();
+        for _ in 0..LOGIN_MAX_FAILURES {
+            l.record_failure("anna", home, 0);
+        }
+        assert!(l.check("anna", home, 1).is_err());
+        // Later junk names from ever new addresses fill the table (two entries per failure,
+        // locked neither) and push on past its bound.
+        for i in 0..(MAX_LIMITER_ENTRIES as u32 / 2 + 20) {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            l.record_failure(&format!("u{i}"), addr, 2);
+        }
+        assert!(l.len() <= MAX_LIMITER_ENTRIES);
+        let elsewhere: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(
+            l.check("anna", elsewhere, 3).is_err(),
+            "the account under attack is still locked out"
+        );
     }
 }
