@@ -431,6 +431,29 @@ async fn agent_endings_and_failures() {
     assert_eq!(server.app.calls.outcome(sid), Some(Outcome::AgentFailed));
 }
 
+/// An agent that stops reading (gone without a FIN, or a zero window) cannot hold the call: once
+/// its socket takes no writes for the stall timeout (5 s), the caller goes to a person. Before,
+/// the call's loop waited in the write, and no timer could end the call.
+#[tokio::test]
+async fn an_agent_that_stops_reading_sends_the_caller_to_a_person() {
+    let server = Server::start_config(test_config(&[
+        ("FALLBACK_NUMBER", "+493012345678"),
+        // Only the stall may end this call in time, not the agent's silence.
+        ("AGENT_SILENCE_TIMEOUT_MS", "120000"),
+    ]))
+    .await;
+    let sid = "CA000000000000000000000000000000fb";
+    let mut caller = TwilioCall::dial(&server, sid).await;
+    let agent = server.agent.next_conn(T).await;
+    agent.stall();
+    // A minute of caller audio at once: more than the agent socket's buffers hold.
+    caller.send_audio(&pattern(8000 * 60, 5));
+    let (code, _) = caller.closed(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1000), "ignis closed the stream");
+    assert_eq!(server.app.calls.outcome(sid), Some(Outcome::AgentFailed));
+    assert!(stream_ended(&server, sid).await.contains("<Dial>"));
+}
+
 #[tokio::test]
 async fn max_duration_plays_the_last_words_then_sends_the_caller_to_a_person() {
     let server = Server::start_config(test_config(&[("FALLBACK_NUMBER", "+493012345678")])).await;

@@ -35,6 +35,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) const CLOSE_NORMAL: u16 = 1000;
 /// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
 const MAX_EARLY_MESSAGES: usize = 512;
+/// Kernel send buffer of the agent socket. Left unset, Linux grows it up to `tcp_wmem`'s
+/// maximum (4 MiB by default; 3.8 MB of small writes went in before one blocked on loopback
+/// here): a stalled agent would take minutes of caller audio to notice, each call pinning
+/// megabytes of kernel memory. The kernel doubles this: seconds of caller audio in any format,
+/// far more than a round trip needs (the write stall timeout in `twilio_socket.rs` relies on it).
+const AGENT_SEND_BUFFER_BYTES: u32 = 64 * 1024;
 /// Pre-connects in flight at once; beyond it the stream connects when it starts instead.
 const MAX_PRECONNECTS: usize = 4096;
 /// A stream's agent link must be ready within this many connect timeouts. Connecting has three
@@ -231,7 +237,7 @@ pub(crate) async fn connect(
         None => endpoint::public_agent_url(base, agent_id).map_err(ConnectError::AgentUrl)?,
     };
     let ep = Endpoint::parse(&url).map_err(ConnectError::AgentUrl)?;
-    let stream = net::connect(&ep, tls, timeout)
+    let stream = net::connect_with(&ep, tls, timeout, Some(AGENT_SEND_BUFFER_BYTES))
         .await
         .map_err(ConnectError::Connect)?;
     let mut ws = AgentSocket::open(stream, &ep, MAX_AGENT_MESSAGE_BYTES, timeout)

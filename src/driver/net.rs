@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
@@ -122,8 +122,19 @@ pub(crate) async fn connect(
     tls: &Arc<ClientConfig>,
     timeout: Duration,
 ) -> io::Result<NetStream> {
+    connect_with(ep, tls, timeout, None).await
+}
+
+/// [`connect`] with a fixed kernel send buffer of `send_buffer` bytes (`None`: the kernel's
+/// autotuning).
+pub(crate) async fn connect_with(
+    ep: &Endpoint,
+    tls: &Arc<ClientConfig>,
+    timeout: Duration,
+    send_buffer: Option<u32>,
+) -> io::Result<NetStream> {
     let fut = async {
-        let tcp = TcpStream::connect((ep.host.as_str(), ep.port)).await?;
+        let tcp = tcp_connect(&ep.host, ep.port, send_buffer).await?;
         let _ = tcp.set_nodelay(true);
         if !ep.tls {
             return Ok(NetStream::Plain(tcp));
@@ -136,6 +147,27 @@ pub(crate) async fn connect(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// TCP to the first of `host`'s addresses that answers.
+async fn tcp_connect(host: &str, port: u16, send_buffer: Option<u32>) -> io::Result<TcpStream> {
+    let Some(bytes) = send_buffer else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_send_buffer_size(bytes)?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host has no address")))
 }
 
 /// Sends `request` and reads the response until `parse` returns a value (it gets the bytes so

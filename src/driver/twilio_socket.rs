@@ -53,6 +53,10 @@ const WS_MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const MAX_PENDING_TO_AGENT: usize = 64;
 /// Time given to a close handshake.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time one turn's writes may take. A peer that stops reading (gone without a FIN, or a zero
+/// window) would otherwise hold the call's loop, and with it every timer that could end the
+/// call, until TCP gives up (minutes; never for a zero window). A turn writes a few KiB.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Transfer results waiting to be read; a call has at most a few transfers in flight.
 const TRANSFER_RESULTS: usize = 4;
 
@@ -328,6 +332,13 @@ struct ReadAt {
     pool_results: bool,
 }
 
+/// The socket a turn is writing to: the peer a stalled write is blamed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    Twilio,
+    Agent,
+}
+
 /// One running call: its two sockets, its bridge, and the little state the I/O needs.
 struct Call {
     twilio: WebSocketStream<TcpStream>,
@@ -356,6 +367,7 @@ struct Call {
     /// With the DSP pool, reads whose audio has not been written yet: it is written in a later
     /// turn of the loop (after the pool's wake-up), where the added latency is observed.
     unsent: ReadAt,
+    writing: Writing,
 }
 
 impl Call {
@@ -387,6 +399,7 @@ impl Call {
             agent_connect_ms: None,
             audio_ready,
             unsent: ReadAt::default(),
+            writing: Writing::Twilio,
         }
     }
 
@@ -490,8 +503,10 @@ impl Call {
             let ended = match ended {
                 Some(outcome) => Some(outcome),
                 None => {
-                    self.write_out(&read).await;
-                    self.run_decisions().await
+                    match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.write_out(&read)).await {
+                        Ok(()) => self.run_decisions().await,
+                        Err(_) => Some(self.write_stalled()),
+                    }
                 }
             };
             if let Some(outcome) = ended {
@@ -632,6 +647,7 @@ impl Call {
                     let Some(m) = text_message(text) else {
                         continue;
                     };
+                    self.writing = Writing::Twilio;
                     if self.twilio.feed(m).await.is_ok() {
                         wrote_twilio = true;
                     }
@@ -654,6 +670,7 @@ impl Call {
         if let Some(a) = self.agent.as_mut()
             && a.wants_flush()
         {
+            self.writing = Writing::Agent;
             flushed = a.flush().await.is_ok();
         }
         if wrote_agent && flushed {
@@ -665,11 +682,27 @@ impl Call {
             }
         }
         if wrote_twilio {
+            self.writing = Writing::Twilio;
             let _ = self.twilio.flush().await;
             if let Some(t) = read.agent_audio {
                 metrics
                     .added_latency_outbound
                     .observe(now().saturating_duration_since(t));
+            }
+        }
+    }
+
+    /// How the call ends when a turn's writes made no progress for [`WRITE_STALL_TIMEOUT`]:
+    /// like a dropped socket on that side (a stalled agent sends the caller to a person).
+    fn write_stalled(&self) -> Outcome {
+        match self.writing {
+            Writing::Agent => {
+                warn!("[ElevenLabs] Agent socket takes no more writes; closing");
+                Outcome::AgentFailed
+            }
+            Writing::Twilio => {
+                warn!("[Twilio] Stream takes no more writes; closing");
+                Outcome::StreamLost
             }
         }
     }

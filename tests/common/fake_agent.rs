@@ -54,6 +54,8 @@ pub enum Cmd {
     Fragmented(String, usize),
     /// An unsolicited pong and a close with this code, in one TCP write.
     CloseAfterPong(u16),
+    /// Stop reading the socket and keep it open (a peer gone without a FIN, or a zero window).
+    Stall,
 }
 
 /// What the stand-in saw of ignis's WebSocket frames (not its messages).
@@ -95,6 +97,10 @@ impl AgentConn {
     }
     pub fn close_after_pong(&self, code: u16) {
         let _ = self.tx.send(Cmd::CloseAfterPong(code));
+    }
+    /// The stand-in stops reading ignis's messages; the socket stays open.
+    pub fn stall(&self) {
+        let _ = self.tx.send(Cmd::Stall);
     }
     pub fn ws_ping(&self, payload: &[u8]) {
         let _ = self.tx.send(Cmd::WsPing(payload.to_vec()));
@@ -264,9 +270,10 @@ async fn serve(
         wire: wire.clone(),
     });
     let mut scripted = true;
+    let mut reading = true;
     loop {
         tokio::select! {
-            m = conv.recv() => match m {
+            m = conv.recv(), if reading => match m {
                 Ok(Some(t)) => {
                     if !conv.pongs.is_empty() {
                         wire.lock().unwrap().pongs.append(&mut conv.pongs);
@@ -298,6 +305,7 @@ async fn serve(
                 Some(Cmd::WsPing(p)) => { let _ = conv.send_ws_ping(&p).await; }
                 Some(Cmd::Fragmented(t, n)) => { let _ = conv.send_fragmented(&t, n).await; }
                 Some(Cmd::Drop) => return,
+                Some(Cmd::Stall) => reading = false,
                 // The test dropped its handle: keep serving the socket.
                 None => scripted = false,
             }
