@@ -66,6 +66,9 @@ pub const TOOL_END_CALL: &str = "end_call";
 pub const TOOL_TRANSFER: &str = "transfer_to_staff";
 /// The `transfer_to_staff` result when Twilio took the transfer.
 const TRANSFER_DONE: &str = "Der Anruf wird an das Praxisteam übergeben.";
+/// The `transfer_to_staff` result while a transfer is under way or done: one per call, so an
+/// agent repeating the tool cannot start transfer after transfer of the same call.
+const TRANSFER_UNDER_WAY: &str = "Die Weiterleitung läuft bereits.";
 /// The `transfer_to_staff` result when there is no number or Twilio refused.
 const TRANSFER_FAILED: &str =
     "Die Weiterleitung ist fehlgeschlagen. Bitte bieten Sie einen Rückruf an.";
@@ -217,6 +220,16 @@ pub struct BridgeStats {
     pub first_audio_after_start: Option<Duration>,
 }
 
+/// The call's transfer to the staff line (`transfer_to_staff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransferState {
+    Idle,
+    /// The driver is asking Twilio; further requests are answered without a second one.
+    InFlight,
+    /// Twilio took it: the call is leaving the agent.
+    Done,
+}
+
 enum Ending {
     /// Wait for the audio queued so far to play, then close with the outcome.
     Draining {
@@ -256,6 +269,7 @@ pub struct Bridge {
     turn_open: bool,
     ending: Option<Ending>,
     closed: bool,
+    transfer: TransferState,
     out: VecDeque<Output>,
     events: VecDeque<BridgeEvent>,
     scratch: String,
@@ -306,6 +320,7 @@ impl Bridge {
             turn_open: false,
             ending: None,
             closed: false,
+            transfer: TransferState::Idle,
             out: VecDeque::new(),
             events: VecDeque::new(),
             scratch: String::with_capacity(512),
@@ -546,6 +561,12 @@ impl Bridge {
 
     /// Reports the REST transfer's result to the agent.
     pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
+        // A failed transfer may be tried again; a successful one is the call's last.
+        self.transfer = if ok {
+            TransferState::Done
+        } else {
+            TransferState::Idle
+        };
         let result = if ok { TRANSFER_DONE } else { TRANSFER_FAILED };
         if let Some(s) = self.session.as_mut() {
             s.tool_result(tool_call_id, result, !ok);
@@ -910,10 +931,16 @@ impl Bridge {
                 self.finish_after_audio(now, Outcome::Completed);
             }
             TOOL_TRANSFER => match self.config.transfer.target() {
-                Some(to) => self.events.push_back(BridgeEvent::Transfer {
-                    tool_call_id: id.to_owned(),
-                    to: to.to_owned(),
-                }),
+                _ if self.transfer != TransferState::Idle => {
+                    session.tool_result(id, TRANSFER_UNDER_WAY, false);
+                }
+                Some(to) => {
+                    self.transfer = TransferState::InFlight;
+                    self.events.push_back(BridgeEvent::Transfer {
+                        tool_call_id: id.to_owned(),
+                        to: to.to_owned(),
+                    });
+                }
                 None => {
                     warn!("[Twilio] Transfer requested but no staff number is set");
                     session.tool_result(id, TRANSFER_FAILED, true);

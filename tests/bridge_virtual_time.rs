@@ -475,6 +475,20 @@ fn transfers_go_to_the_number_the_bridge_resolves() {
                     }]
                 );
                 assert!(to_agent.is_empty(), "answered before Twilio did");
+                // Asked again while Twilio works on it: answered, no second transfer.
+                b.handle_agent_text(t0, &tool_call("transfer_to_staff", "tr2"));
+                assert!(events(&mut b).is_empty(), "one transfer at a time");
+                let (_, to_agent) = drain(&mut b);
+                let v: serde_json::Value = serde_json::from_str(&to_agent[0]).unwrap();
+                assert_eq!(
+                    (v["tool_call_id"].as_str(), v["is_error"].as_bool()),
+                    (Some("tr2"), Some(false))
+                );
+                // A failed transfer may be tried again.
+                b.transfer_done("tr1", false);
+                let _ = drain(&mut b);
+                b.handle_agent_text(t0, &tool_call("transfer_to_staff", "tr1"));
+                assert_eq!(events(&mut b).len(), 1, "a retry after a failure");
                 b.transfer_done("tr1", true);
                 let (_, to_agent) = drain(&mut b);
                 let v: serde_json::Value = serde_json::from_str(&to_agent[0]).unwrap();
@@ -482,6 +496,9 @@ fn transfers_go_to_the_number_the_bridge_resolves() {
                     (v["tool_call_id"].as_str(), v["is_error"].as_bool()),
                     (Some("tr1"), Some(false))
                 );
+                // Done: the call is leaving; nothing starts another.
+                b.handle_agent_text(t0, &tool_call("transfer_to_staff", "tr3"));
+                assert!(events(&mut b).is_empty(), "no transfer after a transfer");
             }
             None => {
                 // Nowhere to transfer to: answered at once as a failure, nothing to execute.

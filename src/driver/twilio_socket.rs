@@ -57,7 +57,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// window) would otherwise hold the call's loop, and with it every timer that could end the
 /// call, until TCP gives up (minutes; never for a zero window). A turn writes a few KiB.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Transfer results waiting to be read; a call has at most a few transfers in flight.
+/// Transfer results waiting to be read; the bridge lets a call have one transfer in flight.
 const TRANSFER_RESULTS: usize = 4;
 
 /// WebSocket limits for the stream socket: small buffers, bounded messages, and eager writes
