@@ -57,6 +57,9 @@ pub const MAX_SETUP_HELD_FRAMES: usize = 500;
 pub const MAX_SETUP_HELD_BYTES: usize = 128 * 1024;
 /// Agent audio events held before Twilio's `start`.
 pub const MAX_EARLY_AGENT_EVENTS: usize = 256;
+/// Base64 bytes of the agent audio held before Twilio's `start`: ~47 s of `pcm_16000`, more than
+/// any greeting. The event cap alone would let 1 MiB events hold 256 MiB.
+pub const MAX_EARLY_AGENT_BYTES: usize = 2 * 1024 * 1024;
 /// A client tool named `end_call`, still answered (the last sentence plays, then the call ends)
 /// for agents set up by hand before issue 13, but no longer shipped: it would shadow ElevenLabs'
 /// built-in system tool `end_call`, which closes the socket with 1000 (handled in
@@ -265,6 +268,8 @@ pub struct Bridge {
     /// Payload bytes in `held_caller` (capped at [`MAX_SETUP_HELD_BYTES`]).
     held_bytes: usize,
     early_agent: VecDeque<(u64, String)>,
+    /// Base64 bytes in `early_agent` (capped at [`MAX_EARLY_AGENT_BYTES`]).
+    early_agent_bytes: usize,
     last_agent_audio: Option<Instant>,
     turn_open: bool,
     ending: Option<Ending>,
@@ -316,6 +321,7 @@ impl Bridge {
             held_caller: VecDeque::new(),
             held_bytes: 0,
             early_agent: VecDeque::new(),
+            early_agent_bytes: 0,
             last_agent_audio: None,
             turn_open: false,
             ending: None,
@@ -378,7 +384,10 @@ impl Bridge {
                     || self.outbound.is_none()
                     || !self.early_agent.is_empty()
                 {
-                    if self.early_agent.len() < MAX_EARLY_AGENT_EVENTS {
+                    if self.early_agent.len() < MAX_EARLY_AGENT_EVENTS
+                        && self.early_agent_bytes + audio_b64.len() <= MAX_EARLY_AGENT_BYTES
+                    {
+                        self.early_agent_bytes += audio_b64.len();
                         self.early_agent
                             .push_back((event_id, audio_b64.into_owned()));
                     } else {
@@ -853,6 +862,7 @@ impl Bridge {
             let Some((event_id, audio)) = self.early_agent.pop_front() else {
                 break;
             };
+            self.early_agent_bytes -= audio.len();
             self.push_agent_audio(now, event_id, &audio);
             room = room.saturating_sub(pieces);
         }

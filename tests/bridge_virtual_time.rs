@@ -144,6 +144,24 @@ fn agent_audio_before_start_is_held_and_played() {
     assert!(b.stats().first_audio_after_start.unwrap() <= Duration::from_millis(1));
 }
 
+/// Agent audio held before Twilio's `start` is capped in bytes too: a few huge events cannot
+/// make a call hold hundreds of MiB.
+#[test]
+fn agent_audio_before_start_is_capped_in_bytes() {
+    use ignis::bridge::MAX_EARLY_AGENT_BYTES;
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    // 65.5 s of audio per event: just over a third of the cap each.
+    let big = ulaw_b64(65_536);
+    assert!(big.len() * 3 > MAX_EARLY_AGENT_BYTES && big.len() * 2 < MAX_EARLY_AGENT_BYTES);
+    for id in 1..=4 {
+        b.handle_agent_text(t0, &agent_audio(id, &big));
+    }
+    assert_eq!(b.stats().bad_agent_chunks, 2, "two held, two over the cap");
+}
+
 #[test]
 fn interruption_clears_and_drops_stale_audio_keeps_new_turn() {
     let t0 = Instant::now();

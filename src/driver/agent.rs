@@ -35,6 +35,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) const CLOSE_NORMAL: u16 = 1000;
 /// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
 const MAX_EARLY_MESSAGES: usize = 512;
+/// Their bytes: ~47 s of `pcm_16000` greeting. The message cap alone would let 1 MiB messages
+/// hold 512 MiB per call.
+const MAX_EARLY_BYTES: usize = 2 * 1024 * 1024;
 /// Kernel send buffer of the agent socket. Left unset, Linux grows it up to `tcp_wmem`'s
 /// maximum (4 MiB by default; 3.8 MB of small writes went in before one blocked on loopback
 /// here): a stalled agent would take minutes of caller audio to notice, each call pinning
@@ -374,7 +377,8 @@ async fn preconnect(
     );
 
     // Phase 2: keep the socket alive until the stream takes it.
-    let mut early = Vec::new();
+    let mut early: Vec<String> = Vec::new();
+    let (mut early_bytes, mut dropped) = (0, 0u32);
     let ticket = loop {
         if let Some(t) = ticket.take() {
             break t;
@@ -389,8 +393,13 @@ async fn preconnect(
                     let text = ws.text();
                     if let Ok(AgentEvent::Ping { event_id, .. }) = messages::parse(text) {
                         ws.feed_text(&messages::pong(event_id));
-                    } else if early.len() < MAX_EARLY_MESSAGES {
+                    } else if early.len() < MAX_EARLY_MESSAGES
+                        && early_bytes + text.len() <= MAX_EARLY_BYTES
+                    {
+                        early_bytes += text.len();
                         early.push(text.to_owned());
+                    } else {
+                        dropped += 1;
                     }
                 }
                 AgentRead::Pinged => {}
@@ -411,6 +420,12 @@ async fn preconnect(
             return fail(ConnectError::Closed, ticket_rx, deadline).await;
         }
     };
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "[ElevenLabs] Pre-connect held its most; later agent messages dropped"
+        );
+    }
     let _ = ticket.send(Ok(AgentLink {
         ws,
         early,
