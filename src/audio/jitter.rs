@@ -22,6 +22,12 @@ pub const MAX_CONCEAL_MS: u32 = 60;
 /// (Asterisk's `jbresyncthreshold` default is 1000 ms, docs/dsp.md §3.5).
 pub const MAX_GAP_FILL_MS: u32 = 1000;
 
+/// A frame at most this many chunks behind the last is a late one (stale, dropped). Farther
+/// behind it cannot be late (the stream is TCP, in order): the counter jumped, e.g. after one
+/// frame with a bogus huge `chunk`, and the stage follows it, or that one frame would have every
+/// later frame dropped as stale and the caller muted for the rest of the call.
+pub const MAX_STALE_CHUNKS: u64 = 50;
+
 /// Microseconds per sample at 8 kHz.
 const US_PER_SAMPLE: u64 = 125;
 
@@ -145,11 +151,12 @@ impl JitterStage {
                 self.last_arrival = Some(now);
                 return Verdict::Duplicate;
             }
-            Some(last) if chunk < last => {
+            Some(last) if chunk < last && last - chunk <= MAX_STALE_CHUNKS => {
                 self.stats.stale += 1;
                 self.last_arrival = Some(now);
                 return Verdict::Stale;
             }
+            Some(last) if chunk < last => self.stats.resyncs += 1,
             Some(last) => {
                 // Saturating throughout: `chunk` and `timestamp` come from the peer.
                 self.stats.missing_chunks =
@@ -267,6 +274,30 @@ mod tests {
             (1, 1, 1, 2, 2)
         );
         assert_eq!(s.concealed_ms, 40.0);
+    }
+
+    #[test]
+    fn one_bogus_chunk_does_not_mute_the_rest_of_the_call() {
+        let t0 = Instant::now();
+        let mut j = JitterStage::new(JitterConfig::default());
+        j.handle_frame(t0, 1, 0, 160);
+        j.handle_frame(ms(t0, 20), 2, 20, 160);
+        // One frame claims the largest chunk number (`"chunk":1e20` saturates to it).
+        j.handle_frame(ms(t0, 40), u64::MAX, 40, 160);
+        // The next real frames are far behind it: followed, not dropped as stale.
+        for (i, chunk) in (4..10u64).enumerate() {
+            let at = 60 + 20 * i as u64;
+            assert!(
+                matches!(
+                    j.handle_frame(ms(t0, at), chunk, at, 160),
+                    Verdict::Accept { .. }
+                ),
+                "chunk {chunk}"
+            );
+        }
+        assert_eq!(j.stats().resyncs, 1);
+        // A frame a little behind is still a late one.
+        assert_eq!(j.handle_frame(ms(t0, 200), 7, 120, 160), Verdict::Stale);
     }
 
     #[test]
