@@ -147,9 +147,10 @@ async fn read_request(
 ) -> Option<(RequestHead, Framing, Vec<u8>)> {
     let metrics = &app.metrics;
     let (head, used) = loop {
+        // Bytes left from the last request are parsed at once; later ones when a line ends.
         match request_head::parse(buf) {
             Ok(Some(parsed)) => break parsed,
-            Ok(None) => match read_more(stream, buf, deadline).await {
+            Ok(None) => match read_head_line(stream, buf, deadline).await {
                 Ok(()) => {}
                 Err(ReadError::Gone) => return None,
                 Err(ReadError::TimedOut) => {
@@ -363,6 +364,22 @@ async fn practice_reply(app: &App, head: &RequestHead, body: &[u8], admin: bool)
 }
 
 /// Reads more bytes into `buf` before `deadline`.
+/// Reads until the head has something new for [`request_head::parse`] to look at
+/// ([`request_head::worth_parsing`]).
+async fn read_head_line(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    loop {
+        let from = buf.len();
+        read_more(stream, buf, deadline).await?;
+        if request_head::worth_parsing(buf, from) {
+            return Ok(());
+        }
+    }
+}
+
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
