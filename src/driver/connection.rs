@@ -36,7 +36,7 @@ const MAX_LINGER_BYTES: usize = 256 * 1024;
 /// Longest a tool or admin request waits for the store's answer before it answers 503
 /// `unavailable`: under the agent's tool timeout (docs/elevenlabs.md) and nginx's
 /// `proxy_read_timeout` (30 s), so the agent gets words it can say, not a timeout.
-const TOOL_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const TOOL_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 enum ReadError {
     /// The peer closed or the socket failed: nothing to answer.

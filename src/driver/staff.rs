@@ -19,6 +19,8 @@ const COMMAND_RUNTIME_WORKERS: usize = 1;
 
 /// Most `Cookie` header fields handed to the core (it bounds their size itself).
 const MAX_COOKIE_HEADERS: usize = 8;
+/// Longest a staff request waits for the store (the tools' bound, under nginx's 30 s).
+const STAFF_REPLY_TIMEOUT: std::time::Duration = super::connection::TOOL_REPLY_TIMEOUT;
 
 /// Answers a request below `/staff`.
 pub(super) async fn reply(
@@ -62,10 +64,11 @@ async fn run(
     practice.handle_staff(&req, &site, super::practice_now(), move |o| {
         let _ = tx.send(o);
     });
-    let pending = match rx.await {
-        Ok(StaffOutcome::Reply(r)) => return r,
-        Ok(StaffOutcome::Verify(p)) => p,
-        Err(_) => return staff::unavailable(),
+    // Bounded like a tool request: a stalled store answers 503, not a page that never loads.
+    let pending = match tokio::time::timeout(STAFF_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(StaffOutcome::Reply(r))) => return r,
+        Ok(Ok(StaffOutcome::Verify(p))) => p,
+        Ok(Err(_)) | Err(_) => return staff::unavailable(),
     };
     // argon2id takes ~50-100 ms of CPU: not on an async worker, not on the store's writer.
     let checked = tokio::task::spawn_blocking(move || {
@@ -89,7 +92,10 @@ async fn run(
             let _ = tx.send(r);
         },
     );
-    rx.await.unwrap_or_else(|_| staff::unavailable())
+    match tokio::time::timeout(STAFF_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) | Err(_) => staff::unavailable(),
+    }
 }
 
 /// `ignis staff …`: exit 0 done, 1 refused or failed (name taken, unknown account, store
