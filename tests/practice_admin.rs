@@ -495,6 +495,29 @@ fn admin_api_needs_the_admin_token() {
     );
 }
 
+/// No audit row, no patient data: an admin request whose audit row cannot be written (a full
+/// disk, a statement timeout) is answered 503 without the data.
+#[test]
+fn an_admin_request_whose_audit_row_cannot_be_written_shows_nothing() {
+    let dir = temp_dir("admin-audit-fails");
+    let (p, thread) =
+        Practice::open(&settings(&dir), PracticeConfig::demo(), wed_morning()).unwrap();
+    assert_eq!(admin(&p, "GET", "/api/admin/requests", "").0, 200);
+    let db = rusqlite::Connection::open(dir.join("ignis.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_admin BEFORE INSERT ON tool_audit WHEN NEW.who IS NOT NULL \
+         BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+    )
+    .unwrap();
+    let (status, body) = admin(&p, "GET", "/api/admin/requests", "");
+    assert_eq!(status, 503);
+    assert!(body.get("requests").is_none(), "{body}");
+    db.execute_batch("DROP TRIGGER refuse_admin;").unwrap();
+    assert_eq!(admin(&p, "GET", "/api/admin/requests", "").0, 200);
+    drop(p);
+    thread.join().unwrap();
+}
+
 #[test]
 fn admin_requests_are_audited_with_who_what_and_when() {
     let dir = temp_dir("admin-audit");

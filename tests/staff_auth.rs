@@ -647,6 +647,33 @@ fn polls_of_another_day_are_audited_with_the_date() {
     );
 }
 
+/// No audit row, no patient data: when the audit write fails (a full disk, a statement
+/// timeout) the page is withheld with a 503, and the day is audited once writes work again.
+#[test]
+fn a_view_whose_audit_row_cannot_be_written_shows_nothing() {
+    let dir = temp_dir("staff-audit-fails");
+    let (p, _thread) = practice(&dir);
+    let t0 = wed_morning();
+    let cookie = core_login(&p, t0, 7);
+    let db = rusqlite::Connection::open(dir.join("core.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_views BEFORE INSERT ON staff_audit WHEN NEW.what LIKE 'staff:%' \
+         BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+    )
+    .unwrap();
+    for (path, query) in [
+        ("/staff", "day=2026-11-25"),
+        ("/staff/live", "day=2026-11-25"),
+    ] {
+        let r = get_query(&p, path, query, &cookie, t0);
+        assert_eq!((r.status, r.patient_data), (503, false), "{path}");
+    }
+    db.execute_batch("DROP TRIGGER refuse_views;").unwrap();
+    let r = get_query(&p, "/staff/live", "day=2026-11-25", &cookie, t0);
+    assert_eq!((r.status, r.patient_data), (200, true));
+    assert_eq!(audited_views(&dir), ["staff:live day=2026-11-25"]);
+}
+
 /// A method a route does not take is 405 with `Allow` (review point 8; RFC 9110 §15.5.6),
 /// also when the view's router refuses it after the session check.
 #[test]

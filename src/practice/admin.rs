@@ -122,8 +122,11 @@ pub fn execute(
     };
     let outcome = result.as_ref().map_or_else(ToolError::code, |_| "ok");
     tracing::info!(who, what, outcome, "admin request");
+    // No audit row, no patient data (as on the staff page): the reply is withheld; a change
+    // it made stays done.
     if let Err(e) = store.admin_audit(now.as_second(), who, &what, outcome) {
-        tracing::error!(error = %e, "admin audit row not written");
+        tracing::error!(error = %e, "admin audit row not written; reply withheld");
+        return ToolError::Unavailable.reply();
     }
     match result {
         Ok(o) => ToolReply::ok(&o),

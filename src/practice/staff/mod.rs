@@ -171,7 +171,7 @@ impl StaffState {
         true
     }
 
-    /// Forgets a session's audited day (logout).
+    /// Forgets a session's audited day (logout, or an audit row that could not be written).
     fn forget_session(&self, session: &[u8; 32]) {
         if let Ok(mut days) = self.audited_days.lock() {
             days.remove(session);
@@ -517,8 +517,12 @@ impl SessionJob {
             } else {
                 reply.status.to_string()
             };
+            // No audit row, no patient data: the reply is withheld (a change it made stays
+            // done; it was only shown its result), and the day is audited again next time.
             if let Err(e) = store.staff_audit(at, &viewer.name, &what, &outcome) {
-                tracing::error!(error = %e, "staff audit write failed");
+                tracing::error!(error = %e, "staff audit write failed; reply withheld");
+                self.state.forget_session(&self.token_hash);
+                return unavailable();
             }
         }
         reply

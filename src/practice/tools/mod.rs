@@ -261,7 +261,9 @@ pub fn execute(
         Ok(Some(c)) => c,
         Ok(None) => {
             tracing::info!(tool, outcome = "no_live_call", "tool request refused");
-            let _ = store.audit(now.as_second(), None, tool, "no_live_call");
+            if let Err(e) = store.audit(now.as_second(), None, tool, "no_live_call") {
+                tracing::error!(tool, error = %e, "tool audit row not written");
+            }
             return ToolError::CallNotActive.reply();
         }
         Err(e) => return internal(tool, &e),
@@ -291,9 +293,14 @@ pub fn execute(
     }
     let outcome = result.as_ref().map_or_else(ToolError::code, |_| "ok");
     tracing::info!(tool, outcome, "tool call");
-    let _ = ctx
+    // The reply still goes out: the tool's change (a booking) is made, and withholding its
+    // answer would have the agent try it again. The failure is logged for the operator.
+    if let Err(e) = ctx
         .store
-        .audit(now.as_second(), Some(call_id), tool, outcome);
+        .audit(now.as_second(), Some(call_id), tool, outcome)
+    {
+        tracing::error!(tool, error = %e, "tool audit row not written");
+    }
     match result {
         Ok(o) => ToolReply::ok(&o),
         Err(e) => e.reply(),

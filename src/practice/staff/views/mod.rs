@@ -91,12 +91,14 @@ impl ViewCall {
         let day = |d: &Option<Date>| d.map_or_else(|| "today".to_owned(), |d| d.to_string());
         match self {
             ViewCall::Page { day: d } => Some(format!("staff:view day={}", day(d))),
-            ViewCall::RequestDone { ref_code, .. } => {
-                Some(format!("staff:request_done ref={ref_code}"))
-            }
-            ViewCall::RequestUndo { ref_code, .. } => {
-                Some(format!("staff:request_undo ref={ref_code}"))
-            }
+            ViewCall::RequestDone { ref_code, .. } => Some(format!(
+                "staff:request_done ref={ref_code}{}",
+                self.fragment_day()
+            )),
+            ViewCall::RequestUndo { ref_code, .. } => Some(format!(
+                "staff:request_undo ref={ref_code}{}",
+                self.fragment_day()
+            )),
             ViewCall::Live { .. } | ViewCall::Asset(_) => None,
         }
     }
@@ -111,15 +113,55 @@ impl ViewCall {
             ViewCall::Live { day } => ViewCall::Live {
                 day: Some(day.unwrap_or(today)),
             },
+            ViewCall::RequestDone {
+                ref_code,
+                day,
+                fragment,
+            } => ViewCall::RequestDone {
+                ref_code,
+                day: Some(day.unwrap_or(today)),
+                fragment,
+            },
+            ViewCall::RequestUndo {
+                ref_code,
+                day,
+                fragment,
+            } => ViewCall::RequestUndo {
+                ref_code,
+                day: Some(day.unwrap_or(today)),
+                fragment,
+            },
             other => other,
         }
     }
 
-    /// The day whose patient lists the call shows (page and live fragment), once resolved.
+    /// The day whose patient lists the call shows, once resolved: the page, the live
+    /// fragment, and done/undo answered with the fragment (a 303 shows nothing: the page it
+    /// leads to is audited itself).
     pub fn shown_day(&self) -> Option<Date> {
         match self {
             ViewCall::Page { day } | ViewCall::Live { day } => *day,
+            ViewCall::RequestDone {
+                day,
+                fragment: true,
+                ..
+            }
+            | ViewCall::RequestUndo {
+                day,
+                fragment: true,
+                ..
+            } => *day,
             _ => None,
+        }
+    }
+
+    /// ` day=…` for an audit line whose reply shows that day's lists, else empty.
+    fn fragment_day(&self) -> String {
+        match self {
+            ViewCall::RequestDone { .. } | ViewCall::RequestUndo { .. } => self
+                .shown_day()
+                .map_or_else(String::new, |d| format!(" day={d}")),
+            _ => String::new(),
         }
     }
 

@@ -261,6 +261,16 @@ fn audit_lines_for_views_and_changes_only() {
         fragment: false,
     };
     assert_eq!(undo.audit().as_deref(), Some("staff:request_undo ref=R12"));
+    // Answered with the fragment, done/undo shows a day's lists: that day is in its line.
+    let done = done.with_day_resolved(day());
+    assert_eq!(done.shown_day(), Some(day()));
+    assert_eq!(
+        done.audit().as_deref(),
+        Some("staff:request_done ref=R12 day=2026-12-02")
+    );
+    let undo = undo.with_day_resolved(day());
+    assert_eq!(undo.shown_day(), None, "a 303 shows nothing");
+    assert_eq!(undo.audit().as_deref(), Some("staff:request_undo ref=R12"));
     assert_eq!(ViewCall::Live { day: None }.audit(), None);
     assert_eq!(ViewCall::Asset("staff.js").audit(), None);
     assert!(!ViewCall::Live { day: None }.changes_data());
