@@ -330,25 +330,40 @@ impl App {
         let url = self.config.public_url.http_url(&head.target);
         let query = head.query();
         let json_body = query.split('&').any(|p| p.starts_with("bodySHA256="));
-        let (fields, signed_params) = if head.method == Method::Post && !json_body {
-            let fields = form::decode(body).map_err(|e| Response::text(400, &e.to_string()))?;
-            (fields.clone(), fields)
+        // The signature header first: an unsigned request is 403 whatever its body holds.
+        let signature = match head.header("x-twilio-signature") {
+            _ if self.config.insecure_skip_signature => None,
+            Some(s) => Some(s),
+            None => {
+                warn!(
+                    path = head.path(),
+                    "[Twilio] Rejected webhook: no X-Twilio-Signature"
+                );
+                return Err(self.forbidden());
+            }
+        };
+        let decoded = if head.method == Method::Post && !json_body {
+            form::decode(body).map(|f| (f.clone(), f))
         } else {
             // GET webhooks carry their parameters in the signed URL; JSON bodies are covered by
             // bodySHA256 (docs/twilio.md §4.1), so nothing is appended in either case.
-            let fields =
-                form::decode(query.as_bytes()).map_err(|e| Response::text(400, &e.to_string()))?;
-            (fields, Vec::new())
+            form::decode(query.as_bytes()).map(|f| (f, Vec::new()))
         };
-        if self.config.insecure_skip_signature {
+        let (fields, signed_params) = match (decoded, signature) {
+            (Ok(d), _) => d,
+            // Twilio's parameters always decode (UTF-8, a few dozen): parameters that do not
+            // cannot carry its signature, so they are refused like a wrong one.
+            (Err(_), Some(_)) => {
+                warn!(
+                    path = head.path(),
+                    "[Twilio] Rejected webhook: signed parameters do not decode"
+                );
+                return Err(self.forbidden());
+            }
+            (Err(e), None) => return Err(Response::text(400, &e.to_string())),
+        };
+        let Some(signature) = signature else {
             return Ok(fields);
-        }
-        let Some(signature) = head.header("x-twilio-signature") else {
-            warn!(
-                path = head.path(),
-                "[Twilio] Rejected webhook: no X-Twilio-Signature"
-            );
-            return Err(self.forbidden());
         };
         let valid = if json_body {
             self.config.twilio_keys.validate_json(&url, body, signature)

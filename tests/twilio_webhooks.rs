@@ -112,8 +112,16 @@ async fn unsigned_tampered_or_wrongly_signed_webhooks_get_403() {
         "POST /api/twilio/voice HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
+    // Unsigned with parameters that do not decode: still 403, not 400 (the signature is
+    // looked at first), and counted as a rejection.
+    let undecodable = "POST /api/twilio/status HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 5\r\n\r\na=%FF";
+    let signed_undecodable = format!(
+        "POST /api/twilio/voice HTTP/1.1\r\nX-Twilio-Signature: {SDK_VOICE_SIG}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 5\r\n\r\na=%FF"
+    );
     for (path, raw) in [
         ("voice", unsigned.into_bytes()),
+        ("status, undecodable", undecodable.as_bytes().to_vec()),
+        ("voice, undecodable", signed_undecodable.into_bytes()),
         (
             "status",
             signed_post("/api/twilio/status", &params, "wrong-token"),
@@ -131,6 +139,14 @@ async fn unsigned_tampered_or_wrongly_signed_webhooks_get_403() {
         let r = roundtrip(&server, &raw).await;
         assert_eq!(r.status, 403, "{path}");
     }
+    assert_eq!(
+        server
+            .app
+            .metrics
+            .signature_rejections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
     // Tampered: the SDK signature with one parameter changed.
     let mut tampered = params.clone();
     tampered[4].1 = "+4915199999999".into();
