@@ -7,6 +7,7 @@ use crate::twilio::signature::{self, AuthToken, SigningKeys};
 
 /// Request head parser, framing decision, upgrade check and (if chunked) the body decoder.
 pub fn http_request_head(data: &[u8]) {
+    parsing_only_when_worth_it_agrees(data);
     let Ok(Some((head, used))) = request_head::parse(data) else {
         return;
     };
@@ -34,6 +35,38 @@ pub fn http_request_head(data: &[u8]) {
             step = step % 7 + 1;
         }
         assert!(out.len() <= body::MAX_BODY_BYTES);
+    }
+}
+
+/// The driver parses a head only when [`request_head::worth_parsing`] says the new bytes can
+/// change the answer. Fed in uneven pieces, that must find the same complete head as parsing
+/// after every piece; an error found mid-line may only come later (or wait for more bytes),
+/// never turn into a head.
+fn parsing_only_when_worth_it_agrees(data: &[u8]) {
+    type Answer = Option<Result<usize, request_head::HeadError>>;
+    let decided = |r: Result<Option<(crate::http::RequestHead, usize)>, _>| match r {
+        Ok(None) => None,
+        Ok(Some((_, n))) => Some(Ok(n)),
+        Err(e) => Some(Err(e)),
+    };
+    let (mut every, mut worth): (Answer, Answer) = (None, None);
+    let (mut pos, mut step) = (0, 1);
+    while pos < data.len() && (every.is_none() || worth.is_none()) {
+        let from = pos;
+        pos = (pos + step).min(data.len());
+        step = step % 5 + 1;
+        let buf = &data[..pos];
+        if every.is_none() {
+            every = decided(request_head::parse(buf));
+        }
+        if worth.is_none() && (from == 0 || request_head::worth_parsing(buf, from)) {
+            worth = decided(request_head::parse(buf));
+        }
+    }
+    match (every, worth) {
+        (Some(Ok(n)), w) => assert_eq!(w, Some(Ok(n))),
+        (Some(Err(_)), w) => assert!(!matches!(w, Some(Ok(_))), "{w:?}"),
+        (None, w) => assert_eq!(w, None),
     }
 }
 
