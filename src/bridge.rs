@@ -568,6 +568,12 @@ impl Bridge {
             || !self.early_agent.is_empty()
     }
 
+    /// Agent messages dropped before they reached the bridge (a pre-connect holds at most
+    /// its cap): counted with the bad agent chunks, so the call's summary shows them.
+    pub fn agent_messages_dropped(&mut self, n: u64) {
+        self.stats.bad_agent_chunks = self.stats.bad_agent_chunks.saturating_add(n);
+    }
+
     /// Reports the REST transfer's result to the agent.
     pub fn transfer_done(&mut self, tool_call_id: &str, ok: bool) {
         // A failed transfer may be tried again; a successful one is the call's last.

@@ -188,6 +188,39 @@ async fn preconnect_is_adopted_and_an_unadopted_one_expires() {
     );
 }
 
+/// A pre-connect holds at most 2 MiB of agent messages until its stream adopts it; the rest
+/// are dropped and counted as bad frames, not held without bound.
+#[tokio::test]
+async fn a_preconnect_holds_a_bounded_number_of_bytes() {
+    let server = Server::start().await;
+    let sid = "CA000000000000000000000000000000e7";
+    let _ = call_webhook(&server, "/api/twilio/voice", sid).await;
+    let agent = server.agent.next_conn(T).await;
+    // Three events of ~0.9 MiB of base64 each (~84 s of audio): two fit under the cap.
+    let big = pattern(675_000, 9);
+    for id in 1..=3 {
+        agent.send_audio(id, &big);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut caller = TwilioCall::stream_only(&server, sid).await;
+    let _ = caller.audio(160, T).await;
+    caller.hang_up();
+    let _ = caller.closed(T).await;
+    eventually("the call's counters are recorded", || {
+        server.app.calls.outcome(sid) == Some(Outcome::CallerHungUp)
+    })
+    .await;
+    eventually("one dropped message counted", || {
+        server
+            .app
+            .metrics
+            .bad_frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn no_caller_audio_is_lost_while_the_agent_sets_up() {
     let behaviour = AgentBehaviour {

@@ -56,6 +56,8 @@ pub(crate) struct AgentLink {
     pub ws: AgentSocket,
     /// Messages received before adoption, in order (pings already answered).
     pub early: Vec<String>,
+    /// Messages dropped before adoption, over [`MAX_EARLY_MESSAGES`] or [`MAX_EARLY_BYTES`].
+    pub early_dropped: u64,
     /// How long connecting took.
     pub connect_time: Duration,
 }
@@ -201,6 +203,7 @@ pub(crate) fn link(
             Ok(Ok(ws)) => Ok(AgentLink {
                 ws,
                 early: Vec::new(),
+                early_dropped: 0,
                 connect_time: t0.elapsed(),
             }),
             Ok(Err(e)) => Err(e),
@@ -378,7 +381,7 @@ async fn preconnect(
 
     // Phase 2: keep the socket alive until the stream takes it.
     let mut early: Vec<String> = Vec::new();
-    let (mut early_bytes, mut dropped) = (0, 0u32);
+    let (mut early_bytes, mut dropped) = (0, 0u64);
     let ticket = loop {
         if let Some(t) = ticket.take() {
             break t;
@@ -429,6 +432,7 @@ async fn preconnect(
     let _ = ticket.send(Ok(AgentLink {
         ws,
         early,
+        early_dropped: dropped,
         connect_time,
     }));
 }

@@ -523,6 +523,7 @@ impl Call {
             Ok(l) => {
                 self.agent_connect_ms = Some(l.connect_time.as_millis() as u64);
                 self.bridge.handle_agent_connected(now());
+                self.bridge.agent_messages_dropped(l.early_dropped);
                 for text in &l.early {
                     self.bridge.handle_agent_text(now(), text);
                 }
