@@ -329,6 +329,10 @@ async fn bad_configuration_exits_2_and_a_refusal_exits_1() {
     assert!(err.contains("TOOLS_TOKEN is not set"), "{err}");
     let o = sync(&svc.base(), &[("ELEVENLABS_API_KEY", "")], &[]).await;
     assert_eq!(o.status.code(), Some(2));
+    let o = sync(&svc.base(), &[("ELEVENLABS_API_KEY", "sk_\u{7}bell")], &[]).await;
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("control character"), "{err}");
     let bad_ca = [("EXTRA_CA_FILE", "/nonexistent/ignis-ca.pem")];
     let o = sync(&svc.base(), &bad_ca, &[]).await;
     let (_, err) = text(&o);
@@ -354,6 +358,11 @@ async fn a_setting_the_service_drops_fails_the_sync_naming_it() {
     let o = sync(&svc.base(), &[], &[]).await;
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    // Stopped, not "done": the service holds only part of what was planned.
+    assert!(
+        out.contains("stopped after") && !out.contains("done:"),
+        "{out}"
+    );
     assert!(
         err.contains("accepted the agent update but still shows other values for")
             && err.contains(field),

@@ -739,8 +739,25 @@ impl AgentSync {
 
     /// The report so far (also after an error: what was already done).
     pub fn report(&self) -> Report {
+        self.report_ending(None)
+    }
+
+    /// The report of a sync stopped by an error: its last line says the service may hold only
+    /// part of the changes listed, instead of "done".
+    pub fn report_stopped(&self) -> Report {
+        self.report_ending(Some(format!(
+            "stopped after {} write(s): the service may hold only part of the changes above; \
+             fix the error and run ignis agent sync again (it compares anew and writes what \
+             is missing)",
+            self.writes
+        )))
+    }
+
+    fn report_ending(&self, stopped: Option<String>) -> Report {
         let mut lines = self.lines.clone();
-        lines.push(if self.changes == 0 {
+        lines.push(if let Some(line) = stopped {
+            line
+        } else if self.changes == 0 {
             "in sync: nothing to change".into()
         } else if self.dry_run {
             format!("dry run: {} change(s), nothing written", self.changes)

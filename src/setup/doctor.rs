@@ -817,7 +817,8 @@ pub fn evaluate_metrics(reply: &Reply, from_loopback: bool) -> Check {
         Reply::Answer { status, .. } => {
             Check::pass(id, format!("GET /metrics from outside → {status}"))
         }
-        Reply::Unreachable(e) => Check::pass(id, format!("GET /metrics not served: {e}")),
+        // A probe that failed (a timeout, an oversized reply) saw nothing: not checked.
+        Reply::Unreachable(e) => Check::skip(id, format!("GET /metrics could not be checked: {e}")),
     }
 }
 
@@ -835,14 +836,31 @@ pub fn tool_probe_request(public: &Endpoint) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Judges the answer to [`tool_probe_request`].
-pub fn evaluate_tools(reply: &Reply) -> Check {
+/// The same request with this configuration's `TOOLS_TOKEN` and no call header: the server
+/// must know the token (401 `no_call`), not refuse it (403 `forbidden`: its token differs).
+pub fn tool_token_probe_request(public: &Endpoint, token: &str) -> Vec<u8> {
+    let bearer = format!("Bearer {token}");
+    client::encode_request(
+        "POST",
+        &at(public, TOOL_PROBE_PATH),
+        &[("Authorization", &bearer)],
+        Some(("application/json", b"{}")),
+    )
+    .unwrap_or_default()
+}
+
+/// Judges the answers to [`tool_probe_request`] and, when this configuration has a
+/// `TOOLS_TOKEN`, to [`tool_token_probe_request`].
+pub fn evaluate_tools(reply: &Reply, with_token: Option<&Reply>) -> Check {
     let id = "tools_endpoint";
     match reply {
-        Reply::Answer { status: 401, .. } => Check::pass(
-            id,
-            format!("POST {TOOL_PROBE_PATH} without the token → 401"),
-        ),
+        Reply::Answer { status: 401, .. } => match with_token {
+            None => Check::pass(
+                id,
+                format!("POST {TOOL_PROBE_PATH} without the token → 401"),
+            ),
+            Some(r) => evaluate_tools_token(r),
+        },
         Reply::Answer { status: 503, body } if body.contains("tools_disabled") => Check::fail(
             id,
             "the practice tools are disabled on this server (503 tools_disabled)",
@@ -873,6 +891,39 @@ pub fn evaluate_tools(reply: &Reply) -> Check {
         Reply::Unreachable(e) => Check::fail(
             id,
             format!("POST {TOOL_PROBE_PATH} failed: {e}"),
+            upstream_fix(0),
+        ),
+    }
+}
+
+/// The answer to [`tool_token_probe_request`], after the one without the token was a 401.
+fn evaluate_tools_token(reply: &Reply) -> Check {
+    let id = "tools_endpoint";
+    match reply {
+        Reply::Answer { status: 401, body } if body.contains("no_call") => Check::pass(
+            id,
+            format!(
+                "POST {TOOL_PROBE_PATH} → 401 without the token, 401 no_call with it: the \
+                 server has this TOOLS_TOKEN"
+            ),
+        ),
+        Reply::Answer { status: 403, .. } => Check::fail(
+            id,
+            format!("POST {TOOL_PROBE_PATH} with this TOOLS_TOKEN → 403: the server's differs"),
+            "every tool call of the agent is refused: restart ignis after changing TOOLS_TOKEN, \
+             then run ignis agent sync so the agent sends the same one",
+        ),
+        Reply::Answer { status, body } => Check::fail(
+            id,
+            format!(
+                "POST {TOOL_PROBE_PATH} with the token and no call → {status}{}, not 401 no_call",
+                short(body)
+            ),
+            upstream_fix(*status),
+        ),
+        Reply::Unreachable(e) => Check::fail(
+            id,
+            format!("POST {TOOL_PROBE_PATH} with the token failed: {e}"),
             upstream_fix(0),
         ),
     }
@@ -1147,9 +1198,31 @@ mod tests {
         );
         let c = evaluate_unsigned_webhook(&answer(200, "<Response/>"));
         assert!(c.detail.contains("signature check is off"), "{c}");
-        assert_eq!(evaluate_tools(&answer(401, "{}")).status, Status::Pass);
-        assert_eq!(evaluate_tools(&answer(404, "")).status, Status::Fail);
-        assert_eq!(evaluate_tools(&answer(200, "{}")).status, Status::Fail);
+        assert_eq!(
+            evaluate_tools(&answer(401, "{}"), None).status,
+            Status::Pass
+        );
+        assert_eq!(evaluate_tools(&answer(404, ""), None).status, Status::Fail);
+        assert_eq!(
+            evaluate_tools(&answer(200, "{}"), None).status,
+            Status::Fail
+        );
+        // With this configuration's token: the server must know it.
+        let no_call = answer(401, r#"{"ok":false,"error":"no_call"}"#);
+        let refused = answer(403, r#"{"ok":false,"error":"forbidden"}"#);
+        let unsigned = answer(401, r#"{"ok":false,"error":"unauthorized"}"#);
+        assert_eq!(
+            evaluate_tools(&unsigned, Some(&no_call)).status,
+            Status::Pass
+        );
+        let c = evaluate_tools(&unsigned, Some(&refused));
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("the server's differs"), "{c}");
+        assert_eq!(
+            evaluate_tools(&unsigned, Some(&unsigned)).status,
+            Status::Fail,
+            "a 401 without no_call is not ignis knowing the token"
+        );
         let open = answer(
             200,
             "# TYPE ignis_active_calls gauge\nignis_active_calls 0\n",

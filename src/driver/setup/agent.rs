@@ -24,6 +24,16 @@ use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 pub fn sync(args: &AgentSyncArgs) -> Result<(), StartError> {
     let (config, tls) = super::load()?;
     let settings = core::sync_settings(&config).map_err(|e| StartError::Usage(e.to_string()))?;
+    // Bad configuration (exit 2), like Twilio's credential check, not a refusal by the service.
+    if config
+        .elevenlabs_api_key
+        .as_ref()
+        .is_some_and(|k| k.expose().bytes().any(|b| b.is_ascii_control()))
+    {
+        return Err(StartError::Usage(
+            "ELEVENLABS_API_KEY holds a control character".into(),
+        ));
+    }
     println!(
         "agent {} on {}{}",
         settings.agent_id,
@@ -33,7 +43,11 @@ pub fn sync(args: &AgentSyncArgs) -> Result<(), StartError> {
     let mut sync = AgentSync::new(settings, args.dry_run);
     let rt = startup::runtime()?;
     let result = rt.block_on(run(&config, &tls, &mut sync));
-    for line in sync.report().lines {
+    let report = match result {
+        Ok(()) => sync.report(),
+        Err(_) => sync.report_stopped(),
+    };
+    for line in report.lines {
         println!("{line}");
     }
     result.map_err(StartError::Failed)

@@ -153,7 +153,18 @@ async fn diagnose(
     }
     if s.runs("tools_endpoint") {
         let reply = probe(&public, tls, core::tool_probe_request(&public)).await;
-        s.put(core::evaluate_tools(&reply));
+        let with_token = match &config.practice.tools_token {
+            Some(t) => Some(
+                probe(
+                    &public,
+                    tls,
+                    core::tool_token_probe_request(&public, t.expose()),
+                )
+                .await,
+            ),
+            None => None,
+        };
+        s.put(core::evaluate_tools(&reply, with_token.as_ref()));
     }
 
     if !call {

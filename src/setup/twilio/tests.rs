@@ -305,6 +305,19 @@ fn alerts_are_filtered_to_this_host_and_explained() {
         alerts_check(&alerts[2..], "ignis.example.com", false).status,
         Status::Pass
     );
+    // Only the first page read and nothing of ours on it: not checked, not passed.
+    assert_eq!(
+        alerts_check(&alerts[2..], "ignis.example.com", true).status,
+        Status::Skip
+    );
+    // 31921 comes with every call ignis ends: expected, and said so.
+    let closed = r#"{"alerts":[
+        {"sid":"NO5","error_code":"31921","log_level":"warning","request_url":"wss://ignis.example.com/api/twilio/stream/abc","resource_sid":"CA5"}
+    ],"meta":{"next_page_url":null,"key":"alerts"}}"#;
+    let (closed, _) = parse_alerts(&resp(200, closed)).unwrap();
+    let c = alerts_check(&closed, "ignis.example.com", false);
+    assert_eq!(c.status, Status::Pass, "{c}");
+    assert!(c.detail.contains("1 × 31921"), "{c}");
     assert_eq!(
         public_host(&config(&[("PUBLIC_URL", "https://h.example:8443")])),
         "h.example"
