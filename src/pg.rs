@@ -37,6 +37,12 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keepalive idle time, so a peer that vanished without a FIN is noticed in about a minute
 /// rather than the kernel's two hours.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Longest a session may sit idle inside a transaction (`idle_in_transaction_session_timeout`).
+/// ignis's transactions go statement to statement without waiting on anything else, so a
+/// session idle in one belongs to a replica cut off or paused mid-transaction: the server ends
+/// it, and the locks it held (the fleet's bind lock, a call's lock) go with it, instead of
+/// waiting for the server's TCP keepalive (two hours by default).
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure talking to PostgreSQL.
 #[derive(Debug)]
@@ -127,14 +133,23 @@ impl DatabaseUrl {
         if config.get_application_name().is_none() {
             config.application_name("ignis");
         }
-        if config.get_options().is_none() {
-            // Session defaults for every connection, unless the operator set `options`.
-            config.options(format!(
-                "-c statement_timeout={} -c lock_timeout={}",
-                STATEMENT_TIMEOUT.as_millis(),
-                LOCK_TIMEOUT.as_millis()
-            ));
-        }
+        // Session settings for every connection; the operator's own `options` follow, so they
+        // can change these (the server takes the last of a repeated setting) but never drop
+        // them by setting something else. Server-side keepalives too: the server notices a
+        // replica that vanished as quickly as the replica notices the server.
+        let ours = format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c tcp_keepalives_idle={}",
+            STATEMENT_TIMEOUT.as_millis(),
+            LOCK_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+            KEEPALIVE_IDLE.as_secs()
+        );
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+            _ => ours,
+        };
+        config.options(options);
         config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
         Ok(DatabaseUrl { config })
     }

@@ -87,3 +87,53 @@ async fn a_stopped_server_is_unavailable_not_a_hang() {
     }
     assert!(ok, "the pool did not reconnect after the server came back");
 }
+
+/// A replica cut off (or paused) inside a transaction that holds a lock: the server ends that
+/// session after `IDLE_IN_TRANSACTION_TIMEOUT`, and the lock is free again for the others,
+/// instead of blocking every replica until TCP gives up. The session settings hold with the
+/// operator's own `options` in the URL too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stuck_in_a_transaction_lets_go_of_its_locks() {
+    let pg = TestPostgres::start();
+    let url = format!("{}?options=-c%20work_mem%3D8MB", pg.default_url());
+    let url = DatabaseUrl::parse(&url).unwrap();
+    let db = Database::new(&url, 2, tokio::runtime::Handle::current()).unwrap();
+    let stuck = db.client().await.unwrap();
+    let setting = |name: &'static str| {
+        let c = &stuck;
+        async move {
+            let row = c.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    assert_eq!(setting("statement_timeout").await, "8s");
+    assert_eq!(setting("idle_in_transaction_session_timeout").await, "5s");
+    assert_eq!(
+        setting("work_mem").await,
+        "8MB",
+        "the operator's options kept"
+    );
+    stuck
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(4242);")
+        .await
+        .unwrap();
+    // The replica goes silent here, its transaction open.
+    let other = db.client().await.unwrap();
+    let mut got = false;
+    for _ in 0..100 {
+        let row = other
+            .query_one("SELECT pg_try_advisory_lock(4242)", &[])
+            .await
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            got = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(got, "the lock was still held after 20 s");
+    assert!(
+        stuck.execute("SELECT 1", &[]).await.is_err(),
+        "the stuck session was ended"
+    );
+}
