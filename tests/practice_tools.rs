@@ -1041,6 +1041,41 @@ fn info_logs_carry_nothing_patient_related() {
     }
 }
 
+/// A tool whose change is committed answers with it even when the call's state cannot be
+/// saved afterwards (the connection dropped): "unavailable" would have the agent try again and
+/// leave staff a second request. SQLite only: a trigger makes the save fail.
+#[test]
+fn a_committed_request_is_answered_even_when_the_call_state_is_not_saved() {
+    let mut e = Env::new("tools-state-not-saved", now());
+    let t = e.call("CA1", WEBER_PHONE, now());
+    assert_eq!(
+        e.identify(&t, "Weber", Some("Maria"), "1972-08-22", now())["ok"],
+        true
+    );
+    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_state BEFORE UPDATE OF state_json ON call \
+         BEGIN SELECT RAISE(FAIL, 'connection lost'); END;",
+    )
+    .unwrap();
+    let (status, v) = e.post(
+        &t,
+        REQUESTS,
+        r#"{"category":"message","patient_ref":"P1","note":"Bitte Rückruf"}"#,
+        now(),
+    );
+    assert_eq!((status, &v["ok"]), (200, &Value::Bool(true)), "{v}");
+    assert!(v["request_ref"].is_string(), "{v}");
+    let audited: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM tool_audit WHERE tool = 'create_request' AND outcome = 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 1);
+}
+
 on_both_backends!(
     identify_with_matching_number_reads_back_appointments,
     identify_from_another_number_gets_no_appointments,

@@ -289,7 +289,13 @@ pub fn execute(
     if ctx.dirty
         && let Err(e) = ctx.store.save_call_state(call_id, &ctx.call.state)
     {
-        return internal(tool, &e);
+        // The tool's change is committed: answering "unavailable" would have the agent try
+        // again and create a second request or emergency. Its answer goes out and is audited;
+        // only the refs it minted may not resolve later in the call.
+        if result.is_err() {
+            return internal(tool, &e);
+        }
+        tracing::error!(tool, error = %e, "call state not saved after the tool's change");
     }
     let outcome = result.as_ref().map_or_else(ToolError::code, |_| "ok");
     tracing::info!(tool, outcome, "tool call");
