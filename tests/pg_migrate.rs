@@ -137,3 +137,94 @@ async fn a_session_stuck_in_a_transaction_lets_go_of_its_locks() {
         "the stuck session was ended"
     );
 }
+
+/// A TCP relay to PostgreSQL that can go silent: after `freeze` it keeps every socket open but
+/// forwards nothing more (a partition, or a failover leaving the old address unanswered).
+struct Blackhole {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start(target: u16) -> Blackhole {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::relay(cr, sw, f.clone()));
+                tokio::spawn(Self::relay(sr, cw, f.clone()));
+            }
+        });
+        Blackhole { port, frozen }
+    }
+
+    async fn relay(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                // Silent from now on, the sockets held open.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A database that goes silent mid-query costs a store operation `OPERATION_TIMEOUT` (20 s),
+/// then "unavailable", not TCP's ~15 min of retransmissions with the store worker stuck (on
+/// loopback, with the relay holding the sockets open, it would be forever).
+#[test]
+fn a_database_gone_silent_is_unavailable_not_a_stuck_worker() {
+    use ignis::practice::store::PgStore;
+    let pg = TestPostgres::start();
+    let target: u16 = pg
+        .default_url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test server's port");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = rt.block_on(Blackhole::start(target));
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port);
+    let db = Database::new(&DatabaseUrl::parse(&url).unwrap(), 2, rt.handle().clone()).unwrap();
+    let mut store = PgStore::open(&db).unwrap();
+    assert!(store.schema_version().unwrap() > 0);
+    relay.freeze();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(store.schema_version());
+    });
+    let answer = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the store worker is stuck on a silent database");
+    match answer {
+        Err(e) if e.is_unavailable() => {}
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+}

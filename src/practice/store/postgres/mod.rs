@@ -50,6 +50,14 @@ pub const RETENTION_LOCK_KEY: i64 = 0x6967_6e69_732d_7265;
 /// `bigint` keys of migrations and retention; "ignc").
 pub const CALL_LOCK_CLASS: i32 = 0x6967_6e63;
 
+/// Longest one store operation (its statements, in a transaction or not) may take on this
+/// side. `statement_timeout` bounds each statement on the server, but cannot fire while the
+/// server is unreachable mid-query (a failover to a new address, a partition): the socket would
+/// wait out TCP's retransmissions, ~15 min, with the store worker and every job queued behind
+/// it. Past this the connection is closed (never pooled again) and the operation is
+/// "unavailable"; the next one takes a fresh connection.
+const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// The practice store on PostgreSQL (see the module docs).
@@ -158,14 +166,29 @@ impl PgStore {
             self.drop_client();
         }
         let PgStore { db, client, .. } = self;
+        let mut timed_out = false;
         let result = db.block_on(async {
             let c = match client {
                 Some(c) => c,
                 None => client.insert(db.client().await?),
             };
-            f(c).await
+            match tokio::time::timeout(OPERATION_TIMEOUT, f(c)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    timed_out = true;
+                    Err(StoreError::Postgres(PgError::Unavailable(
+                        "no answer from the database in time".into(),
+                    )))
+                }
+            }
         });
-        if matches!(&result, Err(e) if e.is_unavailable()) {
+        if timed_out {
+            // Its session may be mid-statement or hold a lock: closed, not pooled.
+            if let Some(c) = self.client.take() {
+                drop(deadpool_postgres::Object::take(c));
+            }
+            self.call_lock = None;
+        } else if matches!(&result, Err(e) if e.is_unavailable()) {
             self.drop_client();
         }
         result
