@@ -54,6 +54,8 @@ pub enum PgError {
     Unavailable(String),
     /// The server answered a query with an error.
     Query(tokio_postgres::Error),
+    /// Another running process heartbeats as this `REPLICA_ID` (two replicas given one id).
+    ReplicaIdInUse(String),
     /// The schema in the database is newer than this binary knows (a downgrade).
     SchemaTooNew {
         /// The component.
@@ -71,6 +73,10 @@ impl fmt::Display for PgError {
             PgError::BadUrl(why) => write!(f, "DATABASE_URL: {why}"),
             PgError::Unavailable(why) => write!(f, "database unavailable: {why}"),
             PgError::Query(e) => write!(f, "database error: {e}"),
+            PgError::ReplicaIdInUse(id) => write!(
+                f,
+                "REPLICA_ID {id} is in use by a running replica: give every replica its own"
+            ),
             PgError::SchemaTooNew {
                 component,
                 found,

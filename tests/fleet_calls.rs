@@ -167,6 +167,33 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Two processes given one `REPLICA_ID` would end each other's calls: a second one is refused
+/// while the first heartbeats (after waiting out one lease, which a crashed process's
+/// heartbeat would not outlive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_id_in_use_is_refused() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let _running = replica(&url, "twin", &[]).await;
+    let db = Database::new(
+        &DatabaseUrl::parse(&url).unwrap(),
+        2,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    match ignis::driver::fleet::open(db.clone(), "twin".to_owned()).await {
+        Err(ignis::pg::PgError::ReplicaIdInUse(id)) => assert_eq!(id, "twin"),
+        Err(e) => panic!("expected ReplicaIdInUse, got {e}"),
+        Ok(_) => panic!("a second process joined as the running replica's id"),
+    }
+    // Another id joins at once.
+    assert!(
+        ignis::driver::fleet::open(db, "other".to_owned())
+            .await
+            .is_ok()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_calls_is_fleet_wide_and_a_lease_frees_when_its_call_ends() {
     let pg = TestPostgres::start();

@@ -47,14 +47,36 @@ pub fn replica_id(configured: Option<&str>) -> String {
     fleet::default_replica_id(&host, &suffix)
 }
 
-/// Joins the fleet: applies the `fleet` migrations, ends the rows a previous process with the
-/// same id left unfinished (their leases must not come back with the new heartbeat), writes
-/// the first heartbeat.
+/// Joins the fleet: applies the `fleet` migrations, waits out the heartbeat of a previous
+/// process with the same id (one that crashed a moment ago) and refuses an id a running
+/// process heartbeats as, ends the streams a previous process left (their leases must not come
+/// back with the new heartbeat), writes the first heartbeat.
 pub async fn open(db: Database, replica: String) -> Result<Arc<Fleet>, PgError> {
     db.migrate("fleet", fleet::FLEET_MIGRATIONS).await?;
     let client = db.client().await?;
+    let ttl = fleet::LEASE_TTL.as_secs_f64();
+    // A crashed process's heartbeat goes stale within LEASE_TTL; one still fresh after that
+    // belongs to a running process: two replicas with one id would end each other's calls.
+    let deadline = Instant::now() + fleet::LEASE_TTL + fleet::HEARTBEAT_INTERVAL;
+    loop {
+        let alive = client
+            .query_opt(sql::REPLICA_ALIVE, &[&replica, &ttl])
+            .await?
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if !alive {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(PgError::ReplicaIdInUse(replica));
+        }
+        info!(replica = %replica, "[Fleet] Waiting for the last heartbeat of this REPLICA_ID to go stale");
+        tokio::time::sleep(fleet::HEARTBEAT_INTERVAL).await;
+    }
     let left = client
-        .execute(sql::END_OWN, &[&replica, &Outcome::StreamLost.as_str()])
+        .execute(
+            sql::END_OWN_STREAMS,
+            &[&replica, &Outcome::StreamLost.as_str()],
+        )
         .await?;
     if left > 0 {
         warn!(

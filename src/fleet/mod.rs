@@ -127,11 +127,20 @@ pub mod sql {
          WHERE c.call_sid = $1";
     /// `$1` payload.
     pub const NOTIFY: &str = "SELECT pg_notify('ignis_fleet', $1)";
-    /// `$1` self, `$2` outcome: ends the replica's unfinished rows (at exit, and at start for
-    /// rows a previous process of the same id left behind).
+    /// `$1` self, `$2` outcome: ends the replica's unfinished rows (at exit).
     pub const END_OWN: &str = "UPDATE fleet_call SET state = 'ended',
            outcome = COALESCE(outcome, $2), ended_at = now()
          WHERE state <> 'ended' AND COALESCE(stream_replica, owner) = $1";
+    /// `$1` self, `$2` outcome: at start, ends the streams a previous process of the same id
+    /// was serving (they died with it). Its pending bindings stay: their streams may still
+    /// arrive and be adopted by any replica, and they expire on their own.
+    pub const END_OWN_STREAMS: &str = "UPDATE fleet_call SET state = 'ended',
+           outcome = COALESCE(outcome, $2), ended_at = now()
+         WHERE state IN ('claimed', 'live') AND COALESCE(stream_replica, owner) = $1";
+    /// `$1` id, `$2` lease TTL seconds (f64): whether a process heartbeats as `id` (no row:
+    /// none).
+    pub const REPLICA_ALIVE: &str =
+        "SELECT heartbeat_at > now() - make_interval(secs => $2) FROM fleet_replica WHERE id = $1";
     /// `$1` retention seconds (f64): forgets old calls and replicas gone that long. Idempotent,
     /// so replicas may run it at the same time.
     pub const PRUNE: &str = "WITH calls AS (
