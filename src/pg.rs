@@ -257,6 +257,17 @@ impl Database {
         self.runtime.block_on(f)
     }
 
+    /// [`Database::block_on`] that gives up after `limit` (`None`): for callers that must not
+    /// wait on a server gone silent mid-query (`statement_timeout` cannot fire then).
+    pub fn block_on_within<F: std::future::Future>(
+        &self,
+        limit: Duration,
+        f: F,
+    ) -> Option<F::Output> {
+        self.runtime
+            .block_on(async { tokio::time::timeout(limit, f).await.ok() })
+    }
+
     /// A dedicated (unpooled) connection and its I/O half, for `LISTEN`: the caller polls the
     /// connection for notifications.
     pub async fn dedicated(

@@ -166,21 +166,18 @@ impl PgStore {
             self.drop_client();
         }
         let PgStore { db, client, .. } = self;
-        let mut timed_out = false;
-        let result = db.block_on(async {
+        let answered = db.block_on_within(OPERATION_TIMEOUT, async {
             let c = match client {
                 Some(c) => c,
                 None => client.insert(db.client().await?),
             };
-            match tokio::time::timeout(OPERATION_TIMEOUT, f(c)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    timed_out = true;
-                    Err(StoreError::Postgres(PgError::Unavailable(
-                        "no answer from the database in time".into(),
-                    )))
-                }
-            }
+            f(c).await
+        });
+        let timed_out = answered.is_none();
+        let result = answered.unwrap_or_else(|| {
+            Err(StoreError::Postgres(PgError::Unavailable(
+                "no answer from the database in time".into(),
+            )))
         });
         if timed_out {
             // Its session may be mid-statement or hold a lock: closed, not pooled.
