@@ -24,6 +24,8 @@ use crate::twilio::webhook::IncomingCall;
 /// Longest the voice webhook's lease transaction or a handshake's claim may take; past it the
 /// database counts as unavailable (fallback TwiML, or the local claim stands).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often shutdown looks whether the call ends being written are done.
+const ENDS_IN_FLIGHT_POLL: Duration = Duration::from_millis(10);
 /// Notices waiting for the dispatcher; beyond it they are dropped (and counted as bad).
 const NOTICE_QUEUE: usize = 256;
 /// First and longest pause before the LISTEN connection is opened again.
@@ -234,11 +236,13 @@ pub(super) fn spawn_ended(app: &App, call_sid: &str, outcome: Outcome) {
         return;
     };
     let sid = call_sid.to_owned();
+    fleet.end_writing();
     tokio::spawn(async move {
         if let Err(e) = write_end(&fleet, &sid, outcome).await {
             warn!(call_sid = %sid, error = %e, "[Fleet] Cannot record the call's end yet; will retry");
             fleet.defer_end(sid, outcome);
         }
+        fleet.end_written();
     });
 }
 
@@ -632,9 +636,14 @@ impl Tasks {
         let Some(fleet) = &app.fleet else {
             return;
         };
-        // Ends deferred during an outage first: a call that completed normally must not be
-        // stored as `server_shutdown` by END_OWN (stream-ended elsewhere would send its caller
-        // to the fallback).
+        // The ends being written, then those deferred during an outage, first: a call that
+        // completed normally must not be stored as `server_shutdown` by END_OWN (stream-ended
+        // elsewhere would send its caller to the fallback). Each write is bounded by
+        // QUERY_TIMEOUT; one that fails lands in the deferred ends flushed next.
+        let waited = Instant::now();
+        while fleet.ends_in_flight() > 0 && waited.elapsed() < QUERY_TIMEOUT * 2 {
+            tokio::time::sleep(ENDS_IN_FLIGHT_POLL).await;
+        }
         flush_ends(fleet).await;
         let run = async {
             let client = fleet.db.client().await?;

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::calls::Outcome;
@@ -398,6 +398,8 @@ pub struct Fleet {
     bad_notices: AtomicU64,
     listening: AtomicBool,
     unwritten_ends: Mutex<VecDeque<(String, Outcome)>>,
+    /// Call ends being written right now (shutdown waits for them before `END_OWN`).
+    ends_in_flight: AtomicUsize,
 }
 
 impl fmt::Debug for Fleet {
@@ -416,7 +418,23 @@ impl Fleet {
             bad_notices: AtomicU64::new(0),
             listening: AtomicBool::new(false),
             unwritten_ends: Mutex::new(VecDeque::new()),
+            ends_in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// A call end's write started ([`Fleet::end_written`] when it is done, either way).
+    pub fn end_writing(&self) {
+        self.ends_in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A call end's write is done (written, or deferred).
+    pub fn end_written(&self) {
+        self.ends_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Call ends being written now.
+    pub fn ends_in_flight(&self) -> usize {
+        self.ends_in_flight.load(Ordering::Acquire)
     }
 
     fn beat(&self) -> std::sync::MutexGuard<'_, Beat> {
