@@ -184,6 +184,53 @@ fn tools_say_unavailable_while_the_database_is_down_and_recover() {
     thread.join().unwrap();
 }
 
+/// A call that ends while PostgreSQL is down is not left "running": its end is kept and written
+/// with the next call's end once the database is back, at the time the call ended.
+#[test]
+fn a_call_end_during_an_outage_is_written_with_the_next_end() {
+    use ignis::practice::store::{CallEnd, CallOutcome};
+    let db = TestDb::postgres_alone("pg-end-outage");
+    let (p, thread) = open(&db);
+    start(&p, "CAendA", 5);
+    start(&p, "CAendB", 6);
+    let end = |ms| CallEnd {
+        outcome: CallOutcome::Completed,
+        first_audio_ms: Some(ms),
+    };
+    let ended_a = wed_morning();
+    db.server().stop();
+    p.end_call("CAendA", end(501), ended_a);
+    // The end's job fails within the pool's bounds (POOL_WAIT, CONNECT_TIMEOUT).
+    std::thread::sleep(Duration::from_secs(6));
+    db.server().start_server();
+    let a_ended = || {
+        p.store()
+            .call_blocking(|s| s.staff_calls(0, i64::MAX, 10))
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|calls| {
+                calls
+                    .into_iter()
+                    .find(|c| c.first_audio_ms == Some(501))
+                    .and_then(|c| c.ended_at)
+            })
+    };
+    let mut found = None;
+    // Each end writes the kept ones first; a worker's first operation after the restart may
+    // fail once (its connection died with the server), so a few ends may be needed.
+    for _ in 0..(2 * PG_STORE_WORKERS + 4) {
+        p.end_call("CAendB", end(777), wed_morning());
+        std::thread::sleep(Duration::from_millis(300));
+        found = a_ended();
+        if found.is_some() {
+            break;
+        }
+    }
+    assert_eq!(found, Some(ended_a.as_second()), "A's end, at its own time");
+    drop(p);
+    thread.join().unwrap();
+}
+
 /// A stream that takes a call over from another replica (docs/replicas.md §4.2): the old
 /// agent's token stops working at once on every replica, the call keeps its refs.
 #[test]

@@ -86,6 +86,7 @@ pub mod staff;
 pub mod store;
 pub mod tools;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -219,7 +220,14 @@ pub struct Practice {
     staff: Arc<staff::StaffState>,
     /// Registrations queued but not committed (several PostgreSQL workers; [`store::pending`]).
     registrations: Arc<Registrations>,
+    /// Call ends the database could not take (an outage at hang-up), written again with the
+    /// next end.
+    unwritten_ends: Arc<Mutex<VecDeque<(String, store::CallEnd, i64)>>>,
 }
+
+/// Call ends kept for a second try at most; beyond it the oldest is given up (its row then
+/// ends by itself: its token dies with `MAX_CALL_SECS`, the staff page shows it unfinished).
+const MAX_UNWRITTEN_ENDS: usize = 1024;
 
 impl Practice {
     /// Opens (creating and migrating) the database and starts the store thread. `config` is the
@@ -283,6 +291,7 @@ impl Practice {
                 store: handle,
                 staff: Arc::default(),
                 registrations: Arc::default(),
+                unwritten_ends: Arc::default(),
             },
             thread,
         ))
@@ -424,11 +433,48 @@ impl Practice {
 
     /// Marks a call ended with how it ended and its time to first audio, for the staff page
     /// (its token stays valid for the grace period). Fire and forget.
+    ///
+    /// An end the database cannot take now (PostgreSQL unreachable) is kept and written again
+    /// before the next one, at the time it happened: otherwise the staff page would show the
+    /// call running for an hour and its token would outlive the call's grace period.
     pub fn end_call(&self, call_sid: &str, end: store::CallEnd, now: Timestamp) {
         let sid = call_sid.to_string();
+        let unwritten = Arc::clone(&self.unwritten_ends);
         let queued = self.store.submit_record(move |store| {
-            if let Err(e) = store.finish_call(&sid, &end, now.as_second()) {
-                tracing::error!(error = %e, "end_call failed");
+            let mut ends = {
+                let mut q = unwritten.lock().unwrap_or_else(|p| p.into_inner());
+                std::mem::take(&mut *q)
+            };
+            ends.push_back((sid, end, now.as_second()));
+            let mut keep = VecDeque::new();
+            let mut reachable = true;
+            for (sid, end, at) in ends {
+                // After one failure the rest wait for the next end (one timeout, not many).
+                if !reachable {
+                    keep.push_back((sid, end, at));
+                    continue;
+                }
+                match store.finish_call(&sid, &end, at) {
+                    Ok(_) => {}
+                    Err(e) if e.is_unavailable() => {
+                        reachable = false;
+                        keep.push_back((sid, end, at));
+                    }
+                    Err(e) => tracing::error!(error = %e, "end_call failed"),
+                }
+            }
+            if !keep.is_empty() {
+                tracing::warn!(
+                    calls = keep.len(),
+                    "call ends not written yet; tried again with the next end"
+                );
+                let mut q = unwritten.lock().unwrap_or_else(|p| p.into_inner());
+                for e in keep {
+                    if q.len() >= MAX_UNWRITTEN_ENDS {
+                        q.pop_front();
+                    }
+                    q.push_back(e);
+                }
             }
         });
         if queued.is_err() {
