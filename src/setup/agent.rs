@@ -395,6 +395,14 @@ pub enum SyncError {
     /// The agent PATCH was accepted but the agent it answered still differs in these fields
     /// (the service dropped or normalised them): another run would only write them again.
     NotApplied(Vec<String>),
+    /// A tool write was accepted but the tool it answered still differs in these fields: every
+    /// run would write it again.
+    ToolNotApplied {
+        /// The tool's name.
+        tool: String,
+        /// The fields that differ.
+        fields: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for SyncError {
@@ -411,6 +419,11 @@ impl std::fmt::Display for SyncError {
             SyncError::NotApplied(fields) => write!(
                 f,
                 "ElevenLabs accepted the agent update but still shows other values for {}",
+                fields.join(", ")
+            ),
+            SyncError::ToolNotApplied { tool, fields } => write!(
+                f,
+                "ElevenLabs accepted tool {tool} but still shows other values for {}",
                 fields.join(", ")
             ),
         }
@@ -681,6 +694,16 @@ impl AgentSync {
             .as_str()
             .ok_or(SyncError::BadResponse("POST/PATCH /v1/convai/tools"))?;
         if let Some(w) = self.pending.pop_front() {
+            // Read back like the agent's PATCH: a field the service dropped or normalised
+            // would make every run write this tool again.
+            let left = differences(&v["tool_config"], &w.config);
+            if !left.is_empty() {
+                self.writes += 1;
+                return Err(SyncError::ToolNotApplied {
+                    tool: w.name,
+                    fields: left.into_iter().map(|(path, _, _)| path).collect(),
+                });
+            }
             self.ids.push((w.name, id.to_owned()));
             if let Some(t) = self.tools.iter_mut().find(|t| t["id"] == id) {
                 *t = v.clone();
@@ -1635,6 +1658,29 @@ mod tests {
         let second = drive(&mut w, false);
         assert_eq!((second.changes, second.writes), (0, 0), "{second:?}");
         assert_eq!(second.lines.last().unwrap(), "in sync: nothing to change");
+    }
+
+    #[test]
+    fn a_tool_field_the_service_changes_fails_the_sync() {
+        let mut sync = AgentSync::new(settings(), false);
+        let config = json!({"name": "find_slots", "response_timeout_secs": 20});
+        sync.pending.push_back(ToolWrite {
+            name: "find_slots".into(),
+            id: None,
+            config: config.clone(),
+        });
+        sync.phase = Phase::ToolWrites;
+        let mut answered = json!({"id": "tool_1", "tool_config": config});
+        answered["tool_config"]["response_timeout_secs"] = json!(30);
+        let err = sync.on_tool_written(&answered).unwrap_err();
+        assert_eq!(
+            err,
+            SyncError::ToolNotApplied {
+                tool: "find_slots".into(),
+                fields: vec!["response_timeout_secs".into()],
+            }
+        );
+        assert_eq!(sync.report_stopped().writes, 1, "the write happened");
     }
 
     #[test]
