@@ -285,22 +285,19 @@ async fn flush_ends(fleet: &Fleet) {
     );
 }
 
-/// A terminal status callback: ends the row; the replica to notify, if another one.
-async fn status_ended(fleet: &Fleet, call_sid: &str) -> Result<Option<String>, PgError> {
+/// A terminal status callback: ends the row; the replica to notify, if another one, and
+/// whether this replica ends the practice row ([`fleet::status_ends_practice_row`]).
+async fn status_ended(fleet: &Fleet, call_sid: &str) -> Result<(Option<String>, bool), PgError> {
     timed(async {
         let client = fleet.db.client().await?;
         let Some(row) = client.query_opt(sql::STATUS_ENDED, &[&call_sid]).await? else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let owner: String = row.try_get(0)?;
         let stream: Option<String> = row.try_get(1)?;
         let old: String = row.try_get(2)?;
-        Ok(fleet::end_target(
-            &fleet.replica,
-            &owner,
-            stream.as_deref(),
-            &old,
-        ))
+        let target = fleet::end_target(&fleet.replica, &owner, stream.as_deref(), &old);
+        Ok((target, fleet::status_ends_practice_row(&old)))
     })
     .await
 }
@@ -396,14 +393,17 @@ pub(super) async fn route(shared: &Arc<Shared>, action: Action) -> Action {
                 super::connection::end_practice_call(app, &call_sid, Outcome::CallerHungUp);
             }
             match status_ended(&fleet, &call_sid).await {
-                Ok(Some(to)) => {
-                    if let Some(sid) = crate::twilio::webhook::CallSid::parse(&call_sid)
+                Ok((to, ends_practice_row)) => {
+                    if ends_practice_row && !ended_before_stream {
+                        super::connection::end_practice_call(app, &call_sid, Outcome::CallerHungUp);
+                    }
+                    if let Some(to) = to
+                        && let Some(sid) = crate::twilio::webhook::CallSid::parse(&call_sid)
                         && let Err(e) = notify(&fleet, to, Notice::End(sid)).await
                     {
                         warn!(call_sid, error = %e, "[Fleet] Cannot tell the call's replica it ended");
                     }
                 }
-                Ok(None) => {}
                 Err(e) => warn!(call_sid, error = %e, "[Fleet] Cannot end the shared call row"),
             }
             Action::Respond(response)

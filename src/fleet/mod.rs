@@ -335,6 +335,14 @@ pub fn end_target(
     (target != me).then(|| target.to_owned())
 }
 
+/// Whether a terminal status callback ends the call's practice row on the replica that got
+/// it: the call was still `pending`, so no stream will end it, and the owner learns of the end
+/// only by a notice, which is lost while its `LISTEN` connection is down. The practice keeps
+/// the first end, so the owner ending it too is harmless.
+pub fn status_ends_practice_row(old_state: &str) -> bool {
+    old_state == "pending"
+}
+
 /// A read of a call's row for `stream-ended` ([`sql::STREAM_ENDED`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedRow {
@@ -591,6 +599,11 @@ mod tests {
         assert_eq!(end_target("a", "b", None, "pending"), Some("b".into()));
         assert_eq!(end_target("a", "b", Some("a"), "live"), None);
         assert_eq!(end_target("a", "b", Some("c"), "ended"), None);
+        // Only a call whose stream never started has its practice row ended by the callback.
+        assert!(status_ends_practice_row("pending"));
+        for state in ["claimed", "live", "ended"] {
+            assert!(!status_ends_practice_row(state), "{state}");
+        }
     }
 
     #[test]
