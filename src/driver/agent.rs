@@ -31,8 +31,6 @@ use tokio_rustls::rustls::ClientConfig;
 
 /// How long closing an unadopted pre-connected socket may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// The close code for a normal end (RFC 6455 §7.4.1).
-pub(crate) const CLOSE_NORMAL: u16 = 1000;
 /// Agent messages held by an unadopted pre-connect (the greeting's audio may arrive early).
 const MAX_EARLY_MESSAGES: usize = 512;
 /// Their bytes: ~47 s of `pcm_16000` greeting. The message cap alone would let 1 MiB messages
@@ -389,7 +387,7 @@ async fn preconnect(
         tokio::select! {
             t = &mut ticket_rx => match t {
                 Ok(t) => break t,
-                Err(_) => return close(ws).await,
+                Err(_) => return ws.close(CLOSE_WAIT).await,
             },
             m = ws.read() => match m {
                 AgentRead::Text => {
@@ -408,14 +406,14 @@ async fn preconnect(
                 AgentRead::Pinged => {}
                 AgentRead::Closed(_) | AgentRead::Failed(_) => {
                     // The close frame the read queued goes out now, not at the deadline.
-                    close_queued(ws).await;
+                    ws.finish(CLOSE_WAIT).await;
                     return fail(ConnectError::Closed, ticket_rx, deadline).await;
                 }
             },
-            () = &mut refused => return close(ws).await,
+            () = &mut refused => return ws.close(CLOSE_WAIT).await,
             () = tokio::time::sleep_until(deadline) => {
                 info!("[ElevenLabs] Pre-connected agent not adopted in time; closing");
-                return close(ws).await;
+                return ws.close(CLOSE_WAIT).await;
             }
         }
         // Pongs, JSON or WebSocket-level, go out at once (docs/elevenlabs.md §3.1).
@@ -435,17 +433,6 @@ async fn preconnect(
         early_dropped: dropped,
         connect_time,
     }));
-}
-
-/// Closes an agent socket nobody will adopt, within the connect timeout's order of time.
-async fn close(mut ws: AgentSocket) {
-    let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(Some(CLOSE_NORMAL))).await;
-}
-
-/// Sends the close frame a read queued (a reply to the server's close, or a protocol error's
-/// close) and lets the socket go.
-async fn close_queued(ws: AgentSocket) {
-    let _ = tokio::time::timeout(CLOSE_WAIT, ws.finish()).await;
 }
 
 /// Keeps a failure until the stream asks for it (so it learns at once) or the deadline.

@@ -17,6 +17,8 @@ use crate::http::websocket_client::{
     MAX_HANDSHAKE_RESPONSE_BYTES, RESIDENT_READ_BYTES,
 };
 
+/// The close code for a normal end (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
 /// Bytes of written frames kept for the next write between turns; a larger batch (a long
 /// `client_tool_result`) gives its memory back once sent.
 const RESIDENT_WRITE_BYTES: usize = 1024;
@@ -208,21 +210,23 @@ impl AgentSocket {
     }
 
     /// Writes what is queued (after a server's close, the close reply: RFC 6455 §5.5.1) and
-    /// ends the stream. The caller bounds the wait.
-    pub(crate) async fn finish(mut self) {
-        self.flush_and_shutdown().await;
+    /// ends the stream, within `limit`.
+    pub(crate) async fn finish(self, limit: Duration) {
+        self.flush_and_shutdown(limit).await;
     }
 
-    /// Sends a close frame with `code` (§5.5.1) and ends the TCP (and TLS) stream. The caller
-    /// bounds the wait.
-    pub(crate) async fn close(&mut self, code: Option<u16>) {
-        self.writer.close(&mut self.out, code);
-        self.flush_and_shutdown().await;
+    /// Sends a normal close (1000, §7.4.1) and ends the TCP (and TLS) stream, within `limit`.
+    pub(crate) async fn close(mut self, limit: Duration) {
+        self.writer.close(&mut self.out, Some(CLOSE_NORMAL));
+        self.flush_and_shutdown(limit).await;
     }
 
-    async fn flush_and_shutdown(&mut self) {
-        if self.flush().await.is_ok() {
-            let _ = self.io.shutdown().await;
-        }
+    async fn flush_and_shutdown(mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            if self.flush().await.is_ok() {
+                let _ = self.io.shutdown().await;
+            }
+        })
+        .await;
     }
 }

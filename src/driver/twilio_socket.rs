@@ -611,10 +611,7 @@ impl Call {
     /// call's loop.
     fn finish_agent(&mut self) {
         if let Some(a) = self.agent.take() {
-            tokio::spawn(
-                tokio::time::timeout(CLOSE_TIMEOUT, a.finish())
-                    .instrument(tracing::Span::current()),
-            );
+            tokio::spawn(a.finish(CLOSE_TIMEOUT).instrument(tracing::Span::current()));
         }
     }
 
@@ -812,8 +809,8 @@ fn log_summary(s: &CallSummary, duration: Duration, conversation_id: Option<&str
 }
 
 async fn close_agent(agent: &mut Option<AgentSocket>) {
-    if let Some(mut a) = agent.take() {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, a.close(Some(agent::CLOSE_NORMAL))).await;
+    if let Some(a) = agent.take() {
+        a.close(CLOSE_TIMEOUT).await;
     }
 }
 

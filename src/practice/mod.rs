@@ -446,30 +446,24 @@ impl Practice {
                 std::mem::take(&mut *q)
             };
             ends.push_back((sid, end, now.as_second()));
-            let mut keep = VecDeque::new();
-            let mut reachable = true;
-            for (sid, end, at) in ends {
-                // After one failure the rest wait for the next end (one timeout, not many).
-                if !reachable {
-                    keep.push_back((sid, end, at));
-                    continue;
-                }
+            while let Some((sid, end, at)) = ends.pop_front() {
                 match store.finish_call(&sid, &end, at) {
                     Ok(_) => {}
+                    // The rest wait for the next end too (one timeout, not one each).
                     Err(e) if e.is_unavailable() => {
-                        reachable = false;
-                        keep.push_back((sid, end, at));
+                        ends.push_front((sid, end, at));
+                        break;
                     }
                     Err(e) => tracing::error!(error = %e, "end_call failed"),
                 }
             }
-            if !keep.is_empty() {
+            if !ends.is_empty() {
                 tracing::warn!(
-                    calls = keep.len(),
+                    calls = ends.len(),
                     "call ends not written yet; tried again with the next end"
                 );
                 let mut q = unwritten.lock().unwrap_or_else(|p| p.into_inner());
-                for e in keep {
+                for e in ends {
                     if q.len() >= MAX_UNWRITTEN_ENDS {
                         q.pop_front();
                     }

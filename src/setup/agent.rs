@@ -170,6 +170,8 @@ pub enum SettingsError {
     NoToolsToken,
     /// `PUBLIC_URL` is not `https://`: ElevenLabs would send the tools token in the clear.
     NotHttps,
+    /// `ELEVENLABS_API_KEY` holds a control character (it could not go into a header).
+    BadApiKey,
 }
 
 error_text!(SettingsError {
@@ -178,12 +180,16 @@ error_text!(SettingsError {
     NoToolsToken => "TOOLS_TOKEN is not set: without it ignis draws a random token at start \
         that no agent can know; set it (e.g. `openssl rand -hex 32`) in .env and run again",
     NotHttps => "PUBLIC_URL must be https://: the tools send TOOLS_TOKEN to it",
+    BadApiKey => "ELEVENLABS_API_KEY holds a control character",
 });
 
 /// The sync's settings from the configuration, or why it cannot run.
 pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, SettingsError> {
-    if config.elevenlabs_api_key.is_none() {
+    let Some(key) = &config.elevenlabs_api_key else {
         return Err(SettingsError::NoApiKey);
+    };
+    if key.expose().bytes().any(|b| b.is_ascii_control()) {
+        return Err(SettingsError::BadApiKey);
     }
     let agent_id = config
         .elevenlabs_agent_id

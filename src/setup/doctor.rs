@@ -824,33 +824,27 @@ pub fn evaluate_metrics(reply: &Reply, from_loopback: bool) -> Check {
 
 // ---- 10. the tool endpoint ----
 
-/// A tool request without the token must reach ignis and be refused with 401
-/// (docs/doctor.md §tools_endpoint; src/practice/tools: route, then the bearer check).
-pub fn tool_probe_request(public: &Endpoint) -> Vec<u8> {
+/// A tool request to the public URL, without a call header: without a token (`None`) it must
+/// reach ignis and be refused with 401 (docs/doctor.md §tools_endpoint; src/practice/tools:
+/// route, then the bearer check); with this configuration's `TOOLS_TOKEN` the server must know
+/// the token (401 `no_call`), not refuse it (403 `forbidden`: its token differs).
+pub fn tool_probe_request(public: &Endpoint, token: Option<&str>) -> Vec<u8> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
     client::encode_request(
         "POST",
         &at(public, TOOL_PROBE_PATH),
-        &[],
+        &headers,
         Some(("application/json", b"{}")),
     )
     .unwrap_or_default()
 }
 
-/// The same request with this configuration's `TOOLS_TOKEN` and no call header: the server
-/// must know the token (401 `no_call`), not refuse it (403 `forbidden`: its token differs).
-pub fn tool_token_probe_request(public: &Endpoint, token: &str) -> Vec<u8> {
-    let bearer = format!("Bearer {token}");
-    client::encode_request(
-        "POST",
-        &at(public, TOOL_PROBE_PATH),
-        &[("Authorization", &bearer)],
-        Some(("application/json", b"{}")),
-    )
-    .unwrap_or_default()
-}
-
-/// Judges the answers to [`tool_probe_request`] and, when this configuration has a
-/// `TOOLS_TOKEN`, to [`tool_token_probe_request`].
+/// Judges the answers to [`tool_probe_request`] without the token and, when this
+/// configuration has a `TOOLS_TOKEN`, with it.
 pub fn evaluate_tools(reply: &Reply, with_token: Option<&Reply>) -> Check {
     let id = "tools_endpoint";
     match reply {
@@ -896,7 +890,7 @@ pub fn evaluate_tools(reply: &Reply, with_token: Option<&Reply>) -> Check {
     }
 }
 
-/// The answer to [`tool_token_probe_request`], after the one without the token was a 401.
+/// The answer to [`tool_probe_request`] with the token, after the one without it was a 401.
 fn evaluate_tools_token(reply: &Reply) -> Check {
     let id = "tools_endpoint";
     match reply {

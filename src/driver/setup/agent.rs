@@ -24,16 +24,6 @@ use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 pub fn sync(args: &AgentSyncArgs) -> Result<(), StartError> {
     let (config, tls) = super::load()?;
     let settings = core::sync_settings(&config).map_err(|e| StartError::Usage(e.to_string()))?;
-    // Bad configuration (exit 2), like Twilio's credential check, not a refusal by the service.
-    if config
-        .elevenlabs_api_key
-        .as_ref()
-        .is_some_and(|k| k.expose().bytes().any(|b| b.is_ascii_control()))
-    {
-        return Err(StartError::Usage(
-            "ELEVENLABS_API_KEY holds a control character".into(),
-        ));
-    }
     println!(
         "agent {} on {}{}",
         settings.agent_id,

@@ -152,16 +152,12 @@ async fn diagnose(
         s.put(check);
     }
     if s.runs("tools_endpoint") {
-        let reply = probe(&public, tls, core::tool_probe_request(&public)).await;
+        let reply = probe(&public, tls, core::tool_probe_request(&public, None)).await;
         let with_token = match &config.practice.tools_token {
-            Some(t) => Some(
-                probe(
-                    &public,
-                    tls,
-                    core::tool_token_probe_request(&public, t.expose()),
-                )
-                .await,
-            ),
+            Some(t) => {
+                let request = core::tool_probe_request(&public, Some(t.expose()));
+                Some(probe(&public, tls, request).await)
+            }
             None => None,
         };
         s.put(core::evaluate_tools(&reply, with_token.as_ref()));

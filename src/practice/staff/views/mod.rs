@@ -155,14 +155,10 @@ impl ViewCall {
         }
     }
 
-    /// ` day=…` for an audit line whose reply shows that day's lists, else empty.
+    /// ` day=…` for a done/undo audit line whose reply shows that day's lists, else empty.
     fn fragment_day(&self) -> String {
-        match self {
-            ViewCall::RequestDone { .. } | ViewCall::RequestUndo { .. } => self
-                .shown_day()
-                .map_or_else(String::new, |d| format!(" day={d}")),
-            _ => String::new(),
-        }
+        self.shown_day()
+            .map_or_else(String::new, |d| format!(" day={d}"))
     }
 
     /// Whether the call changes data (a POST: the routing layer checks CSRF and `Origin`).

@@ -173,30 +173,37 @@ impl PgStore {
             };
             f(c).await
         });
-        let timed_out = answered.is_none();
-        let result = answered.unwrap_or_else(|| {
-            Err(StoreError::Postgres(PgError::Unavailable(
-                "no answer from the database in time".into(),
-            )))
-        });
-        if timed_out {
-            // Its session may be mid-statement or hold a lock: closed, not pooled.
-            if let Some(c) = self.client.take() {
-                drop(deadpool_postgres::Object::take(c));
+        match answered {
+            Some(result) => {
+                if matches!(&result, Err(e) if e.is_unavailable()) {
+                    self.drop_client();
+                }
+                result
             }
-            self.call_lock = None;
-        } else if matches!(&result, Err(e) if e.is_unavailable()) {
-            self.drop_client();
+            None => {
+                // Its session may be mid-statement or hold a lock: closed, not pooled.
+                self.close_client();
+                Err(StoreError::Postgres(PgError::Unavailable(
+                    "no answer from the database in time".into(),
+                )))
+            }
         }
-        result
     }
 
     /// Gives the connection up. One whose session may still hold a call lock is closed rather
     /// than returned to the pool, which releases the lock with the session.
     fn drop_client(&mut self) {
-        if let Some(c) = self.client.take()
-            && self.call_lock.take().is_some()
-        {
+        if self.call_lock.is_some() {
+            self.close_client();
+        } else {
+            self.client = None;
+        }
+    }
+
+    /// Closes the connection (and with its session any call lock) instead of pooling it.
+    fn close_client(&mut self) {
+        self.call_lock = None;
+        if let Some(c) = self.client.take() {
             drop(deadpool_postgres::Object::take(c));
         }
     }
