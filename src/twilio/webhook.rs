@@ -28,6 +28,16 @@ pub const WITHHELD: [&str; 6] = [
     "blocked",
     "unavailable",
 ];
+/// Numbers Twilio puts in `From` for a withheld caller ID: ANONYMOUS, RESTRICTED, BLOCKED,
+/// UNKNOWN and UNAVAILABLE spelled on a phone keypad (docs/twilio.md §3.1). They are nobody's
+/// number: taken as one, every withheld caller would share a "number on file".
+pub const WITHHELD_NUMBERS: [&str; 5] = [
+    "+266696687",
+    "+7378742833",
+    "+2562533",
+    "+8656696",
+    "+86282452253",
+];
 
 fn is_sid(prefix: &str, s: &str) -> bool {
     s.len() == SID_LEN && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -99,6 +109,16 @@ impl Party {
     /// The value as Twilio sent it.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The party as a caller: one of [`WITHHELD_NUMBERS`] becomes `anonymous`, so no withheld
+    /// caller is ever identified, called back or rate-limited by a placeholder number.
+    pub fn into_caller(self) -> Party {
+        if WITHHELD_NUMBERS.contains(&self.0.as_str()) {
+            Party(WITHHELD[0].to_owned())
+        } else {
+            self
+        }
     }
 }
 
@@ -241,7 +261,7 @@ pub fn incoming_call(fields: &[(String, String)]) -> Result<IncomingCall, ParamE
     Ok(IncomingCall {
         call_sid: call_sid(fields)?,
         account_sid: account_sid(fields)?.ok_or(ParamError::Missing("AccountSid"))?,
-        from: party(fields, "From")?,
+        from: party(fields, "From")?.into_caller(),
         to: party(fields, "To")?,
     })
 }
@@ -388,6 +408,29 @@ mod tests {
         assert_eq!(
             incoming_call(&f(&format!("CallSid={SID}&From=%2B49151&To=%2B1617"))),
             Err(ParamError::Missing("AccountSid"))
+        );
+    }
+
+    /// A keypad placeholder in `From` is a withheld caller, never a number (docs/twilio.md
+    /// §3.1); a real number, and `To`, are kept as sent.
+    #[test]
+    fn a_withheld_placeholder_number_becomes_anonymous() {
+        let call = |from: &str| {
+            let q = format!(
+                "AccountSid=AC0123456789abcdef0123456789abcdef&CallSid={SID}&From={from}&To=%2B266696687"
+            );
+            incoming_call(&f(&q)).map(|c| (c.from.as_str().to_owned(), c.to.as_str().to_owned()))
+        };
+        for n in WITHHELD_NUMBERS {
+            let from = n.replace('+', "%2B");
+            assert_eq!(
+                call(&from),
+                Ok(("anonymous".to_owned(), "+266696687".to_owned()))
+            );
+        }
+        assert_eq!(
+            call("%2B4915112345123"),
+            Ok(("+4915112345123".to_owned(), "+266696687".to_owned()))
         );
     }
 }
