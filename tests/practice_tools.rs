@@ -148,6 +148,10 @@ fn identify_rejects_malformed_input_with_422(db: &TestDb) {
         r#"{"family_name":"Weber","birth_date":"1972-02-30"}"#,
         r#"{"birth_date":"1972-08-22"}"#,
         r#"{"family_name":"","birth_date":"1972-08-22"}"#,
+        // No letter once normalised: it would match every patient born that day.
+        r#"{"family_name":"- '","birth_date":"1972-08-22"}"#,
+        r#"{"family_name":"\u202e\u200b","birth_date":"1972-08-22"}"#,
+        r#"{"family_name":"Weber","given_name":"--","birth_date":"1972-08-22"}"#,
         r#"not json"#,
         r#"[1,2]"#,
     ] {
@@ -626,6 +630,72 @@ fn each_request_category(db: &TestDb) {
     );
 }
 
+/// An urgent call-back promises "today" only while someone is there to make it: on Wednesday
+/// afternoon (hours 08–13) it names Thursday's opening and the advice meanwhile.
+fn urgent_callbacks_promise_today_only_when_the_practice_is_there(db: &TestDb) {
+    let afternoon = at("2026-11-25T13:30:00Z"); // Wednesday 14:30 in Berlin
+    let mut e = Env::on(db, afternoon);
+    let t = e.call("CA1", WEBER_PHONE, afternoon);
+    e.identify(&t, "Weber", None, "1972-08-22", afternoon);
+    let body = r#"{"category":"urgent_callback","patient_ref":"P1"}"#;
+    let (s, v) = e.post(&t, REQUESTS, body, afternoon);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["expect"]["kind"], "callback_next_opening", "{v}");
+    let label = v["expect"]["label"].as_str().unwrap();
+    assert!(
+        label.contains("ab Donnerstag, 26. November, 8:00 Uhr"),
+        "{label}"
+    );
+    assert!(label.contains("112") && !label.contains("heute"), "{label}");
+    // The same morning, open: today.
+    let t2 = e.call("CA2", WEBER_PHONE, now());
+    e.identify(&t2, "Weber", None, "1972-08-22", now());
+    let (_, v) = e.post(&t2, REQUESTS, body, now());
+    assert_eq!(v["expect"]["kind"], "callback_today", "{v}");
+}
+
+/// A retried booking is answered with the first one before the caps and the new-patient
+/// duplicate check (docs/practice-tools.md §3.6): the retry of a new patient's booking is not
+/// a "duplicate" of the record its first attempt created, and the retry of the third booking
+/// of a call is not over the per-call cap.
+fn retries_are_answered_before_caps_and_the_duplicate_check(db: &TestDb) {
+    let mut e = Env::on(db, now());
+    let t = e.call("CA1", "+491705550001", now());
+    let s = e.slots(&t, "visit_type=erstvorstellung", now())["slots"][0]["slot_ref"].clone();
+    let np = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02","insurance":"pkv"}"#;
+    let body = format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"erstvorstellung"}}"#);
+    let first = e.book(&t, &body, now());
+    assert_eq!(first["repeated"], false, "{first}");
+    let again = e.book(&t, &body, now());
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["repeated"], true, "{again}");
+    assert_eq!(again["appointment_ref"], first["appointment_ref"]);
+
+    let t = e.call("CA2", OTHER_PHONE, now());
+    let p = e.identify(&t, "Müller", None, "1958-03-14", now())["patient_ref"].clone();
+    let slots = e.slots(&t, "visit_type=kontrolle", now())["slots"].clone();
+    let mut last = Value::Null;
+    for i in 0..3 {
+        last = e.book(
+            &t,
+            &book_body(&slots[i]["slot_ref"], &p, "kontrolle"),
+            now(),
+        );
+        assert_eq!(last["ok"], true, "{last}");
+    }
+    let retry = e.book(
+        &t,
+        &book_body(&slots[2]["slot_ref"], &p, "kontrolle"),
+        now(),
+    );
+    assert_eq!(retry["repeated"], true, "{retry}");
+    assert_eq!(retry["appointment_ref"], last["appointment_ref"]);
+    // A new booking is still over the cap (tests/practice_limits.rs covers the caps).
+    let other = e.slots(&t, "visit_type=kontrolle&limit=5", now())["slots"][4]["slot_ref"].clone();
+    let (_, fourth) = e.post(&t, BOOK, &book_body(&other, &p, "kontrolle"), now());
+    assert_eq!(fourth["error"], "booking_limit", "{fourth}");
+}
+
 fn anonymous_callers_must_give_a_number_for_call_backs(db: &TestDb) {
     let mut e = Env::on(db, now());
     let t = e.call("CA1", "anonymous", now());
@@ -1095,6 +1165,8 @@ on_both_backends!(
     cancel_contract_and_error_codes,
     cancel_needs_phone_assurance_unless_booked_in_this_call,
     each_request_category,
+    urgent_callbacks_promise_today_only_when_the_practice_is_there,
+    retries_are_answered_before_caps_and_the_duplicate_check,
     anonymous_callers_must_give_a_number_for_call_backs,
     request_input_is_bounded,
     emergency_contract,

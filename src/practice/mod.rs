@@ -84,6 +84,7 @@ pub mod premium;
 pub mod retention;
 pub mod staff;
 pub mod store;
+pub mod text;
 pub mod tools;
 
 use std::collections::VecDeque;

@@ -176,6 +176,9 @@ pub trait Store: Send {
     fn slot(&mut self, id: i64) -> StoreResult<Option<SlotRecord>>;
     /// Books a slot (see the module docs for the guarantees).
     fn book(&mut self, booking: &Booking) -> StoreResult<BookOutcome>;
+    /// The booking an identical earlier attempt made (same idempotency key, still booked), as
+    /// [`Store::book`] would answer its retry (`repeated`); reads only.
+    fn repeated_booking(&mut self, idempotency_key: &str) -> StoreResult<Option<BookOutcome>>;
     /// Cancels a booked appointment and frees its slot.
     fn cancel(
         &mut self,

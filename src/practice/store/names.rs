@@ -1,23 +1,35 @@
 //! Name normalisation for identification over the phone: the store keeps a normalised copy of
 //! each name, and matching compares spelling-tolerant keys of those.
 
-/// Normalises a name for matching: lowercase, umlauts and ß spelled out, letters only.
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::{decompose_compatible, is_combining_mark};
+
+/// Normalises a name for matching: composed (NFC) and lowercased, German umlauts and ß spelled
+/// out (`ü` → `ue`), other Latin letters stripped of their marks (`ñ` → `n`, `ć` → `c`, with
+/// `ł ø đ æ œ ı þ` mapped by hand as they do not decompose), letters of other scripts kept
+/// as they are, and everything that is not a letter dropped. Never drops a letter: "Nuñez"
+/// and "Nunez" meet, "Петров" and "Иванов" stay apart (issue 16 review).
 pub fn normalize_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
-    for c in name.trim().chars().flat_map(char::to_lowercase) {
+    for c in name.trim().nfc().flat_map(char::to_lowercase) {
         match c {
             'ä' => out.push_str("ae"),
             'ö' => out.push_str("oe"),
             'ü' => out.push_str("ue"),
             'ß' => out.push_str("ss"),
-            'é' | 'è' | 'ê' => out.push('e'),
-            'á' | 'à' | 'â' => out.push('a'),
-            'ó' | 'ò' | 'ô' => out.push('o'),
-            'ı' | 'í' | 'ì' | 'î' => out.push('i'),
-            'ç' => out.push('c'),
-            'ş' => out.push('s'),
-            'ğ' => out.push('g'),
+            'æ' => out.push_str("ae"),
+            'œ' => out.push_str("oe"),
+            'þ' => out.push_str("th"),
+            'ł' => out.push('l'),
+            'ø' => out.push('o'),
+            'đ' | 'ð' => out.push('d'),
+            'ı' => out.push('i'),
             c if c.is_ascii_alphabetic() => out.push(c),
+            c if c.is_alphabetic() => decompose_compatible(c, |d| {
+                if d.is_alphabetic() && !is_combining_mark(d) {
+                    out.extend(d.to_lowercase());
+                }
+            }),
             _ => {}
         }
     }
@@ -64,6 +76,18 @@ mod tests {
         );
         assert_eq!(normalize_name(" Weiß "), "weiss");
         assert_eq!(normalize_name("Yılmaz"), "yilmaz");
+        // Letters outside the hand-written table lose their marks, never themselves.
+        assert_eq!(normalize_name("Petrović"), "petrovic");
+        assert_eq!(normalize_name("Wiśniewski"), "wisniewski");
+        assert_eq!(normalize_name("Nuñez"), "nunez");
+        assert_eq!(normalize_name("Łukasz"), "lukasz");
+        assert_eq!(normalize_name("Søren Ærø"), "sorenaero");
+        // A decomposed umlaut (u + combining diaeresis) is the composed one.
+        assert_eq!(normalize_name("Mu\u{308}ller"), "mueller");
+        // Other scripts are kept, so two different names stay two.
+        assert_eq!(normalize_name("Петров"), "петров");
+        assert_ne!(normalize_name("Петров"), normalize_name("Иванов"));
+        assert_eq!(normalize_name(" - ' "), "");
     }
 
     #[test]

@@ -389,8 +389,9 @@ fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 }
 
 /// A retry of an identical booking (same idempotency key) answers the first result. When that
-/// booking was cancelled since, the key is released and `None` lets a new booking proceed.
-fn earlier_booking(tx: &Connection, key: &str) -> StoreResult<Option<BookOutcome>> {
+/// booking was cancelled since, `release` frees the key (in the caller's transaction) and
+/// `None` lets a new booking proceed.
+fn earlier_booking(tx: &Connection, key: &str, release: bool) -> StoreResult<Option<BookOutcome>> {
     let existing: Option<i64> = tx
         .query_row(
             "SELECT id FROM appointment WHERE idempotency_key = ?1",
@@ -416,10 +417,12 @@ fn earlier_booking(tx: &Connection, key: &str) -> StoreResult<Option<BookOutcome
             repeated: true,
         }));
     }
-    tx.execute(
-        "UPDATE appointment SET idempotency_key = NULL WHERE id = ?1",
-        [id],
-    )?;
+    if release {
+        tx.execute(
+            "UPDATE appointment SET idempotency_key = NULL WHERE id = ?1",
+            [id],
+        )?;
+    }
     Ok(None)
 }
 
@@ -806,9 +809,13 @@ impl Store for SqliteStore {
         Ok(get_slot(&self.conn, id)?)
     }
 
+    fn repeated_booking(&mut self, key: &str) -> StoreResult<Option<BookOutcome>> {
+        earlier_booking(&self.conn, key, false)
+    }
+
     fn book(&mut self, b: &Booking) -> StoreResult<BookOutcome> {
         let tx = self.begin()?;
-        if let Some(first) = earlier_booking(&tx, &b.idempotency_key)? {
+        if let Some(first) = earlier_booking(&tx, &b.idempotency_key, true)? {
             return Ok(first);
         }
         let Some(slot) = get_slot(&tx, b.slot_id)?.filter(|s| s.start > b.now) else {

@@ -67,17 +67,12 @@ impl Ctx<'_> {
         let Some(slot) = self.call.state.slot(&i.slot_ref).cloned() else {
             return Err(ToolError::NotOffered.into());
         };
-        let (bookings_today, _) = self.caller_activity()?;
-        if self.call.state.bookings >= MAX_BOOKINGS_PER_CALL
-            || bookings_today >= MAX_BOOKINGS_PER_NUMBER_PER_DAY
-        {
-            return Err(ToolError::BookingLimit.into());
-        }
         let patient = self.booking_patient(&i, &vt)?;
         let replaces = match &i.replaces_appointment_ref {
             None => None,
             Some(r) => Some(self.replaceable(r, &patient)?),
         };
+        let assurance = patient.assurance;
         let booking = Booking {
             slot_id: slot.id,
             idempotency_key: idempotency_key(&self.call.call_sid, slot.id, &patient, replaces),
@@ -88,7 +83,35 @@ impl Ctx<'_> {
             call_sid: self.call.call_sid.clone(),
             now: self.now.as_second(),
         };
-        match self.store.book(&booking)? {
+        // A retry of a booking already made is answered with it before the caps and the
+        // duplicate check: both would count the first attempt against its own retry (a new
+        // patient would "match" the record the first attempt created) (docs/practice-tools.md
+        // §3.4, idempotent per call and slot).
+        if let Some(first) = self.store.repeated_booking(&booking.idempotency_key)? {
+            return self.booked(first, slot.id, vt, assurance);
+        }
+        let (bookings_today, _) = self.caller_activity()?;
+        if self.call.state.bookings >= MAX_BOOKINGS_PER_CALL
+            || bookings_today >= MAX_BOOKINGS_PER_NUMBER_PER_DAY
+        {
+            return Err(ToolError::BookingLimit.into());
+        }
+        if let BookingPatient::New(np) = &booking.patient {
+            self.refuse_duplicate(np)?;
+        }
+        let outcome = self.store.book(&booking)?;
+        self.booked(outcome, slot.id, vt, assurance)
+    }
+
+    /// The answer to a booking the store made, repeated or refused.
+    fn booked(
+        &mut self,
+        outcome: BookOutcome,
+        slot_id: i64,
+        vt: VisitType,
+        assurance: Option<Assurance>,
+    ) -> Out<Booked> {
+        match outcome {
             BookOutcome::Booked {
                 appointment,
                 replaced,
@@ -99,7 +122,7 @@ impl Ctx<'_> {
                 }
                 let patient_ref = self.state().add_patient(
                     appointment.patient_id,
-                    patient.assurance.unwrap_or(Assurance::NameDob),
+                    assurance.unwrap_or(Assurance::NameDob),
                 );
                 let a = self.appointment_view(&appointment, true);
                 let replaced = replaced.map(|r| ReplacedView {
@@ -121,7 +144,7 @@ impl Ctx<'_> {
             BookOutcome::SlotTaken | BookOutcome::SlotGone => {
                 let from = self
                     .store
-                    .slot(slot.id)?
+                    .slot(slot_id)?
                     .as_ref()
                     .map_or(self.now.as_second(), |s: &SlotRecord| s.start);
                 let alternatives = self.alternatives(&vt.code, from)?;
@@ -154,7 +177,6 @@ impl Ctx<'_> {
                 }
                 let mut np = np.clone();
                 np.phone = self.caller_number();
-                self.refuse_duplicate(&np)?;
                 Ok(Patient {
                     booking: BookingPatient::New(np),
                     assurance: None,
@@ -174,7 +196,10 @@ impl Ctx<'_> {
             .store
             .patients_by_birth_date(&np.birth_date)?
             .iter()
-            .any(|p| name_key(&p.family_norm) == family && name_key(&p.given_norm) == given);
+            .any(|p| {
+                name_key(&normalize_name(&p.family)) == family
+                    && name_key(&normalize_name(&p.given)) == given
+            });
         if !exists {
             return Ok(());
         }

@@ -62,7 +62,7 @@ impl Ctx<'_> {
 }
 
 /// The German sentence for `advice`; `es` is the Bereitschaftsdienst's number.
-fn say(advice: Advice, es: &str, vertretung: Option<&str>) -> String {
+pub(super) fn say(advice: Advice, es: &str, vertretung: Option<&str>) -> String {
     let bereitschaft = || {
         format!(
             "Bitte rufen Sie den ärztlichen Bereitschaftsdienst unter {es} an. Bei Lebensgefahr sofort 112."

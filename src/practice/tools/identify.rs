@@ -20,11 +20,13 @@ impl Ctx<'_> {
         }
         self.state().identify_calls += 1;
         let family = name_key(&normalize_name(&i.family_name));
+        // Stored names are normalised afresh, not read from `family_norm`/`given_norm`: rows
+        // written before `normalize_name` kept every letter still match (store/names.rs).
         let mut found: Vec<PatientRecord> = self
             .store
             .patients_by_birth_date(&i.birth_date.to_string())?
             .into_iter()
-            .filter(|p| name_key(&p.family_norm) == family)
+            .filter(|p| name_key(&normalize_name(&p.family)) == family)
             .collect();
         // The given name narrows the match: exact (spelling-tolerant) or a prefix of a double
         // name ("Hans" for "Hans-Peter").
@@ -35,7 +37,10 @@ impl Ctx<'_> {
             .filter(|g| !g.is_empty())
         {
             let key = name_key(&g);
-            found.retain(|p| name_key(&p.given_norm) == key || p.given_norm.starts_with(&g));
+            found.retain(|p| {
+                let stored = normalize_name(&p.given);
+                name_key(&stored) == key || stored.starts_with(&g)
+            });
         }
         match found.len() {
             0 => {

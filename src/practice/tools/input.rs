@@ -184,8 +184,17 @@ fn body<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Parsed<T> {
     serde_json::from_slice(b).map_err(|_| ToolError::invalid("body"))
 }
 
+/// Free text from the agent: invisible formatting characters dropped (they only ever spoof,
+/// `practice::text`), trimmed, empty as absent; too long or with control characters refused.
 fn text(v: Option<String>, max: usize, field: &'static str) -> Parsed<Option<String>> {
-    match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+    let visible = |s: String| -> String {
+        s.chars()
+            .filter(|c| !crate::practice::text::is_hidden_format(*c))
+            .collect::<String>()
+            .trim()
+            .to_string()
+    };
+    match v.map(visible).filter(|s| !s.is_empty()) {
         Some(s) if s.chars().count() > max || s.chars().any(char::is_control) => {
             Err(ToolError::invalid(field))
         }
@@ -195,6 +204,25 @@ fn text(v: Option<String>, max: usize, field: &'static str) -> Parsed<Option<Str
 
 fn required(v: Option<String>, max: usize, field: &'static str) -> Parsed<String> {
     text(v, max, field)?.ok_or(ToolError::invalid(field))
+}
+
+/// A person's name: [`required`], and with at least one letter once normalised for matching
+/// (`normalize_name`); a name of punctuation alone would match any patient of a birth date.
+fn name(v: Option<String>, field: &'static str) -> Parsed<String> {
+    let n = required(v, MAX_NAME_CHARS, field)?;
+    if normalize_name(&n).is_empty() {
+        return Err(ToolError::invalid(field));
+    }
+    Ok(n)
+}
+
+/// An optional given name: [`text`], refused (not dropped) when it has no letter, so a
+/// garbled given name cannot silently widen a match.
+fn given_name(v: Option<String>, field: &'static str) -> Parsed<Option<String>> {
+    match text(v, MAX_NAME_CHARS, field)? {
+        Some(g) if normalize_name(&g).is_empty() => Err(ToolError::invalid(field)),
+        other => Ok(other),
+    }
 }
 
 fn birth_date(s: &str, field: &'static str) -> Parsed<Date> {
@@ -237,8 +265,8 @@ struct IdentifyBody {
 pub(super) fn parse_identify(b: &[u8]) -> Parsed<IdentifyInput> {
     let x: IdentifyBody = body(b)?;
     Ok(IdentifyInput {
-        family_name: required(x.family_name, MAX_NAME_CHARS, "family_name")?,
-        given_name: text(x.given_name, MAX_NAME_CHARS, "given_name")?,
+        family_name: name(x.family_name, "family_name")?,
+        given_name: given_name(x.given_name, "given_name")?,
         birth_date: birth_date(
             &required(x.birth_date, DATE_CHARS, "birth_date")?,
             "birth_date",
@@ -385,8 +413,8 @@ fn new_patient(p: NewPatientBody) -> Parsed<NewPatient> {
         .unwrap_or(Insurance::Gkv);
     let dob = required(p.birth_date, DATE_CHARS, "new_patient.birth_date")?;
     Ok(NewPatient {
-        family: required(p.family_name, MAX_NAME_CHARS, "new_patient.family_name")?,
-        given: required(p.given_name, MAX_NAME_CHARS, "new_patient.given_name")?,
+        family: name(p.family_name, "new_patient.family_name")?,
+        given: name(p.given_name, "new_patient.given_name")?,
         birth_date: birth_date(&dob, "new_patient.birth_date")?.to_string(),
         insurance,
         phone: None,
@@ -508,8 +536,8 @@ pub(super) fn parse_request(b: &[u8]) -> Parsed<RequestInput> {
 }
 
 fn caller(c: CallerBody) -> Parsed<CallerDetails> {
-    let family_name = required(c.family_name, MAX_NAME_CHARS, "caller.family_name")?;
-    let given_name = text(c.given_name, MAX_NAME_CHARS, "caller.given_name")?;
+    let family_name = name(c.family_name, "caller.family_name")?;
+    let given_name = given_name(c.given_name, "caller.given_name")?;
     let birth_date = match text(c.birth_date, DATE_CHARS, "caller.birth_date")? {
         Some(d) => Some(birth_date(&d, "caller.birth_date")?.to_string()),
         None => None,

@@ -181,6 +181,9 @@ pub enum ExpectKind {
     CallbackNumberOnFile,
     /// Call back today.
     CallbackToday,
+    /// The practice is closed for today: call back from its next opening (the label names it,
+    /// with the after-hours advice meanwhile).
+    CallbackNextOpening,
     /// The staff prepare a document.
     StaffPrepares,
     /// The message is passed on.

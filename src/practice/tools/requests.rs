@@ -186,10 +186,7 @@ impl Ctx<'_> {
                 d
             }
             RequestCategory::UrgentCallback => {
-                let mut d = Decision::expect(
-                    ExpectKind::CallbackToday,
-                    "Wir rufen Sie heute noch zurück.",
-                );
+                let mut d = self.urgent_callback();
                 d.urgency = Some(Urgency::Urgent);
                 d
             }
@@ -206,6 +203,44 @@ impl Ctx<'_> {
             }
         };
         Ok(decision)
+    }
+
+    /// What an urgent call-back can promise now: "today" only when the practice is open now
+    /// or opens again today; else the next opening, with the after-hours advice from the
+    /// calendar for what cannot wait (docs/practice-tools.md §2.4: the server decides which
+    /// advice applies now). A Friday-afternoon caller is not promised a call nobody will make.
+    fn urgent_callback(&self) -> Decision {
+        let cfg = self.config;
+        let today = calendar::local(cfg, self.now).date;
+        let reopens = calendar::next_opening(cfg, self.now);
+        let later_today = reopens.is_some_and(|t| calendar::local(cfg, t).date == today);
+        if calendar::is_open(cfg, self.now) || later_today {
+            return Decision::expect(
+                ExpectKind::CallbackToday,
+                "Wir rufen Sie heute noch zurück.",
+            );
+        }
+        let advice = calendar::emergency_advice(cfg, false, self.now);
+        let vertretung = advice
+            .covering
+            .as_ref()
+            .map(|c| format!("{}, Telefon {}", c.name, c.phone));
+        let meanwhile = super::emergency::say(
+            advice.advice,
+            &cfg.emergency_service.number,
+            vertretung.as_deref(),
+        );
+        let when = match reopens {
+            Some(t) => format!("ab {}", calendar::label(cfg, t)),
+            None => "sobald die Praxis wieder geöffnet ist".to_string(),
+        };
+        Decision::expect(
+            ExpectKind::CallbackNextOpening,
+            format!(
+                "Die Praxis ist gerade geschlossen. Wir rufen Sie {when} zurück. Wenn es nicht \
+                 so lange warten kann: {meanwhile}"
+            ),
+        )
     }
 
     /// Refuses with `request_limit` once this call or this number made its requests (§6.5).

@@ -22,6 +22,8 @@ pub fn push_escaped(out: &mut String, text: &str) {
             '\'' => out.push_str("&#39;"),
             // Control characters have no business on the page (and NUL is a parse error).
             c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{FFFD}'),
+            // A bidi override could make stored text read as something else.
+            c if crate::practice::text::is_hidden_format(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

@@ -92,7 +92,7 @@ pub(super) async fn free_slots(
 /// A retry of an identical booking (same idempotency key) answers the first result. When that
 /// booking was cancelled since, `release` frees the key (in the caller's transaction) and
 /// `None` lets a new booking proceed.
-async fn earlier_booking(
+pub(super) async fn earlier_booking(
     tx: &impl GenericClient,
     key: &str,
     release: bool,

@@ -506,6 +506,10 @@ impl Store for PgStore {
         self.run(async |c| book::book(c, booking).await)
     }
 
+    fn repeated_booking(&mut self, key: &str) -> StoreResult<Option<BookOutcome>> {
+        self.run(async |c| book::earlier_booking(&*c, key, false).await)
+    }
+
     fn cancel(
         &mut self,
         appointment_id: i64,
