@@ -116,7 +116,14 @@ pub struct OutboundPath {
     format: AgentFormat,
     resampler: Option<Resampler>,
     decoded: Vec<u8>,
-    carry: Option<u8>,
+    /// The odd last byte of a PCM chunk and its chunk's `event_id`, waiting for the byte that
+    /// completes its sample (docs/dsp.md §3.8).
+    carry: Option<(u8, u64)>,
+    /// The turn ended (a guess: the agent's audio paused) while a byte was carried. The carry
+    /// pairs with the next chunk only if that chunk continues the same event: a pause inside
+    /// an utterance (a slow LLM) must not shift the rest of it by one byte, which would play
+    /// as full-scale noise; a new event starts aligned.
+    carry_past_turn: bool,
     /// The resampler holds input whose tail has not been flushed yet.
     resampler_dirty: bool,
     pcm: Vec<f32>,
@@ -158,6 +165,7 @@ impl OutboundPath {
             resampler,
             decoded: vec![0; DECODE_BLOCK_BYTES],
             carry: None,
+            carry_past_turn: false,
             resampler_dirty: false,
             pcm: vec![0.0; max_samples],
             resampled: vec![0.0; resampled_cap],
@@ -356,22 +364,20 @@ impl OutboundPath {
         // PCM16 LE with a one-byte carry across chunks.
         let mut bytes = &self.decoded[..n];
         let mut samples = 0;
-        if let Some(lo) = self.carry.take() {
-            match bytes.split_first() {
-                Some((&hi, rest)) => {
-                    self.pcm[0] = f32::from(i16::from_le_bytes([lo, hi])) / mulaw::I16_SCALE;
-                    samples = 1;
-                    bytes = rest;
-                }
-                None => {
-                    self.carry = Some(lo);
-                    return;
-                }
-            }
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some((lo, carried_from)) = self.carry.take()
+            && !(std::mem::take(&mut self.carry_past_turn) && carried_from != event_id)
+            && let Some((&hi, rest)) = bytes.split_first()
+        {
+            self.pcm[0] = f32::from(i16::from_le_bytes([lo, hi])) / mulaw::I16_SCALE;
+            samples = 1;
+            bytes = rest;
         }
         let pairs = bytes.chunks_exact(2);
         if let [last] = pairs.remainder() {
-            self.carry = Some(*last);
+            self.carry = Some((*last, event_id));
         }
         for (dst, p) in self.pcm[samples..].iter_mut().zip(pairs) {
             *dst = f32::from(i16::from_le_bytes([p[0], p[1]])) / mulaw::I16_SCALE;
@@ -445,7 +451,7 @@ impl OutboundPath {
         }
         self.complete_partial();
         self.current_event = None;
-        self.carry = None;
+        self.carry_past_turn = self.carry.is_some();
         self.playout.end_turn();
         self.stats.turns += 1;
     }
@@ -467,6 +473,7 @@ impl OutboundPath {
             r.reset();
         }
         self.carry = None;
+        self.carry_past_turn = false;
         self.resampler_dirty = false;
         self.frame_fill = 0;
         self.current_event = None;
@@ -607,6 +614,53 @@ mod tests {
         let tb = b.poll_transmit(t0).map(|t| format!("{t:?}"));
         assert!(ta.is_some());
         assert_eq!(ta, tb);
+    }
+
+    /// Everything `o` sends over the next 4 s, as μ-law bytes.
+    fn sent(o: &mut OutboundPath, t0: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        for k in 0..200 {
+            let now = t0 + std::time::Duration::from_millis(20 * k);
+            while let Some(t) = o.poll_transmit(now) {
+                if let Transmit::Media(b64) = t {
+                    out.extend(STANDARD.decode(b64).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    /// An end of turn guessed inside one event (the agent paused mid-utterance) keeps the odd
+    /// byte for that event's next chunk: split after byte 201 it sounds as split after byte 200
+    /// (review of issue 16: it was dropped, and the rest of the event played a byte off, as
+    /// noise). A new event starts aligned.
+    #[test]
+    fn a_carried_byte_outlives_a_guessed_end_of_turn_within_its_event() {
+        let t0 = Instant::now();
+        let pcm: Vec<u8> = (0..320u32)
+            .flat_map(|i| ((i * 97) as i16).to_le_bytes())
+            .collect();
+        let run = |split: usize, second_event: u64| {
+            let mut o = OutboundPath::new(AgentFormat::Pcm8000, OutboundConfig::default()).unwrap();
+            o.push_agent_audio(t0, 1, &STANDARD.encode(&pcm[..split]))
+                .unwrap();
+            o.end_of_turn();
+            o.push_agent_audio(t0, second_event, &STANDARD.encode(&pcm[split..]))
+                .unwrap();
+            o.end_of_turn();
+            sent(&mut o, t0)
+        };
+        let even = run(200, 1);
+        assert_eq!(
+            even.len(),
+            2 * 160 + 160,
+            "100 + 220 samples, each turn padded"
+        );
+        assert_eq!(run(201, 1), even);
+        // Another event: its first byte is a low byte, not the carried sample's high byte.
+        let other = run(201, 2);
+        let first = i16::from_le_bytes([pcm[201], pcm[202]]);
+        assert_eq!(other[160], mulaw::encode_sample(first));
     }
 
     #[test]
