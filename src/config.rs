@@ -432,6 +432,19 @@ impl PublicUrl {
         format!("{scheme}://{}{target}", self.authority)
     }
 
+    /// The origin as a browser serialises it in `Origin` (RFC 6454 §6.2): `scheme://host`, with
+    /// the port only when it is not the scheme's default. PUBLIC_URL may name `:443`; a
+    /// browser's `Origin` never does, and the staff page's POSTs are checked against this.
+    pub fn origin(&self) -> String {
+        let default = if self.secure { ":443" } else { ":80" };
+        let authority = self
+            .authority
+            .strip_suffix(default)
+            .unwrap_or(&self.authority);
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{authority}")
+    }
+
     /// `wss://host` + `target`: the Media Streams URL and its signed form (docs/twilio.md §1.1).
     pub fn ws_url(&self, target: &str) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };
@@ -969,6 +982,24 @@ mod tests {
         ("PUBLIC_URL", "https://ignis.example.com"),
         ("TWILIO_AUTH_TOKEN", "tok"),
     ];
+
+    /// A browser leaves the scheme's default port out of `Origin`: PUBLIC_URL with `:443`
+    /// must still accept the staff page's own POSTs (staff review, point 8).
+    #[test]
+    fn the_origin_omits_only_the_default_port() {
+        let o = |s: &str| PublicUrl::parse(s).map(|u| u.origin());
+        assert_eq!(o("https://x.example:443/"), Ok("https://x.example".into()));
+        assert_eq!(o("http://x.example:80"), Ok("http://x.example".into()));
+        assert_eq!(
+            o("https://x.example:8443"),
+            Ok("https://x.example:8443".into())
+        );
+        assert_eq!(o("http://x.example:443"), Ok("http://x.example:443".into()));
+        assert_eq!(o("https://x.example"), Ok("https://x.example".into()));
+        // Signed URLs keep what the operator configured (Twilio signs that).
+        let u = PublicUrl::parse("https://x.example:443").unwrap();
+        assert_eq!(u.http_url("/a"), "https://x.example:443/a");
+    }
 
     #[test]
     fn minimal_config_has_defaults() {

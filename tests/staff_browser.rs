@@ -281,6 +281,7 @@ async fn staff_page_in_headless_chromium() {
     for step in [
         "SCREENSHOT",
         "DONE persisted",
+        "OUTAGE page kept",
         "CSRF refused 403",
         "LOGOUT",
         "PASS",

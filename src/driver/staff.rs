@@ -130,7 +130,13 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
                 .map_err(|e| StartError::Usage(e.to_string()))?;
             let (practice, _thread) = open()?;
             let (n, now) = (name.clone(), super::practice_now().as_second());
-            let added = on_store(&practice, move |s| s.add_staff_user(&n, &phc, now))?;
+            let added = on_store(&practice, move |s| {
+                let added = s.add_staff_user(&n, &phc, now)?;
+                if added {
+                    account_audit(s, now, "account_added", &n);
+                }
+                Ok(added)
+            })?;
             if !added {
                 return Err(StartError::Failed(format!("a staff account {name} exists")));
             }
@@ -150,14 +156,29 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
         }
         StaffCommand::Remove { name } => {
             let (practice, _thread) = open()?;
-            let n = name.clone();
-            if !on_store(&practice, move |s| s.remove_staff_user(&n))? {
+            let (n, now) = (name.clone(), super::practice_now().as_second());
+            let removed = on_store(&practice, move |s| {
+                let removed = s.remove_staff_user(&n)?;
+                if removed {
+                    account_audit(s, now, "account_removed", &n);
+                }
+                Ok(removed)
+            })?;
+            if !removed {
                 return Err(StartError::Failed(format!("no staff account {name}")));
             }
             println!("staff account {name} removed (its sessions ended)");
         }
     }
     Ok(())
+}
+
+/// The audit row of an account change made on the command line (who: `cli`). The change is
+/// made either way: the operator is told when its row could not be written.
+fn account_audit(s: &mut dyn crate::practice::store::Store, at: i64, what: &str, name: &str) {
+    if let Err(e) = s.staff_audit(at, "cli", &format!("{what} name={name}"), "ok") {
+        eprintln!("warning: the audit row of this change could not be written: {e}");
+    }
 }
 
 fn on_store<T: Send + 'static>(

@@ -4,7 +4,7 @@
 // CHROMIUM (default /usr/bin/chromium). Talks to the Rust test in lines:
 //   node → `READY logged-in`           rust → `DAY YYYY-MM-DD` (the day the call will book on)
 //   node → `READY page-open`           rust → `CALL-DONE` (booked, requested, reported)
-//   node → `APPEARED ms=N` … `PASS`    (or `FAIL reason`, exit 1)
+//   node → `APPEARED ms=N` … `OUTAGE …` … `PASS`    (or `FAIL reason`, exit 1)
 // Every check is a wait for what the page shows, never a timing assertion.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -211,6 +211,24 @@ async function run(browser) {
   await shows(page, [`Erledigt von ${user}`, 'Ramipril'], '#live tr', 'done after reload');
   say('DONE persisted after reload');
   await shot(page, 'after-done');
+
+  // The server unreachable for a while (nginx's 502 during a restart): the page stays, marked
+  // stale, with its content; once answers come back it is live again, never reloaded.
+  await page.evaluate(() => { window.__noReload = true; });
+  let outage = 0;
+  await page.route('**/staff/live*', async (route) => {
+    outage += 1;
+    await route.fulfill({ status: 502, contentType: 'text/html', body: '<h1>502 Bad Gateway</h1>' });
+  });
+  await page.waitForFunction(() => document.body.classList.contains('stale'), null, { timeout: APPEAR_TIMEOUT_MS });
+  await page.waitForTimeout(3000);
+  const during = outage;
+  check(during >= 1 && during <= 3, `polls during a 3 s outage: ${during} (no backoff?)`);
+  check((await live.innerText()).includes('Ramipril'), 'the content went away during the outage');
+  await page.unroute('**/staff/live*');
+  await page.waitForFunction(() => !document.body.classList.contains('stale'), null, { timeout: 40000 });
+  check(await page.evaluate(() => window.__noReload === true), 'the page was reloaded during the outage');
+  say('OUTAGE page kept, stale, then live again');
 
   // A POST without the CSRF token, from the page itself (same origin, with the cookie).
   const csrf = await page.evaluate(async () => {

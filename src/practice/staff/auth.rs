@@ -34,9 +34,20 @@ pub const COOKIE_NAME: &str = "ignis_staff";
 pub const MAX_COOKIE_HEADER_BYTES: usize = 8 * 1024;
 /// Most `name=value` pairs looked at in the `Cookie` headers.
 pub const MAX_COOKIE_PAIRS: usize = 64;
-/// Failed logins per account and per client address within [`LOGIN_WINDOW_SECS`] before
-/// further attempts are refused unseen.
+/// Failed logins per client address within [`LOGIN_WINDOW_SECS`] before further attempts
+/// from it are refused unseen.
 pub const LOGIN_MAX_FAILURES: u32 = 5;
+/// Failed logins per account name, from all addresses together, within [`LOGIN_WINDOW_SECS`]
+/// before the account is refused from addresses it has not logged in from. Above the
+/// per-address limit, so one address alone cannot lock anyone out (each of its guesses counts
+/// there first); it takes [`ACCOUNT_MAX_FAILURES`] / [`LOGIN_MAX_FAILURES`] addresses, and even
+/// then the staff at their usual desk keep logging in (staff review, point 2).
+pub const ACCOUNT_MAX_FAILURES: u32 = 20;
+/// How long a successful login makes its address trusted for its account (exempt from the
+/// account's lock-out, never from the address's own limit).
+pub const TRUSTED_ADDRESS_SECS: i64 = 30 * 24 * 3600;
+/// Most (account, address) pairs remembered as trusted; beyond it the least recent goes.
+pub const MAX_TRUSTED_ADDRESSES: usize = 1_024;
 /// The rate limit's window, in seconds.
 pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
 /// Most accounts and addresses the limiter tracks at once (bounded memory whatever names and
@@ -279,7 +290,12 @@ fn account_key(account: &str) -> LimitKey {
 }
 
 fn address_key(addr: IpAddr) -> LimitKey {
-    let addr = match addr {
+    LimitKey::Address(address_unit(addr))
+}
+
+/// What counts as one address: an IPv4 address (IPv4-mapped IPv6 included), an IPv6 /64.
+fn address_unit(addr: IpAddr) -> IpAddr {
+    match addr {
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => {
@@ -288,8 +304,7 @@ fn address_key(addr: IpAddr) -> LimitKey {
             }
         },
         v4 => v4,
-    };
-    LimitKey::Address(addr)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -309,8 +324,12 @@ impl Window {
         }
     }
 
-    fn locked(&self, now: i64) -> bool {
-        self.failures >= LOGIN_MAX_FAILURES && now < self.started + LOGIN_WINDOW_SECS
+    fn locked(&self, key: &LimitKey, now: i64) -> bool {
+        let max = match key {
+            LimitKey::Address(_) => LOGIN_MAX_FAILURES,
+            LimitKey::Account(_) | LimitKey::InvalidName => ACCOUNT_MAX_FAILURES,
+        };
+        self.failures >= max && now < self.started + LOGIN_WINDOW_SECS
     }
 }
 
@@ -324,13 +343,16 @@ pub struct Limited {
     pub first: bool,
 }
 
-/// Failed logins per account and per client address: [`LOGIN_MAX_FAILURES`] within
-/// [`LOGIN_WINDOW_SECS`] lock both out until the window ends. Unknown names count like known
-/// ones, so the limit says nothing about which accounts exist. At most
-/// [`MAX_LIMITER_ENTRIES`] entries.
+/// Failed logins per client address ([`LOGIN_MAX_FAILURES`]) and per account name
+/// ([`ACCOUNT_MAX_FAILURES`]) within [`LOGIN_WINDOW_SECS`] lock that address, or that account
+/// from every address not trusted for it, until the window ends. Unknown names count like
+/// known ones, so the limit says nothing about which accounts exist. At most
+/// [`MAX_LIMITER_ENTRIES`] windows and [`MAX_TRUSTED_ADDRESSES`] trusted pairs.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
     windows: HashMap<LimitKey, Window>,
+    /// (account, address unit) → its last successful login, UTC seconds.
+    trusted: HashMap<(String, IpAddr), i64>,
 }
 
 impl LoginLimiter {
@@ -343,8 +365,12 @@ impl LoginLimiter {
     /// A refusal notes that its lock-out was reported ([`Limited::first`] once per window).
     pub fn check(&mut self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
         let mut refused: Option<Limited> = None;
+        let trusted = self.trusted(account, client, now);
         for key in [account_key(account), address_key(client)] {
-            let Some(w) = self.windows.get_mut(&key).filter(|w| w.locked(now)) else {
+            if trusted && matches!(key, LimitKey::Account(_)) {
+                continue;
+            }
+            let Some(w) = self.windows.get_mut(&key).filter(|w| w.locked(&key, now)) else {
                 continue;
             };
             let first = !std::mem::replace(&mut w.reported, true);
@@ -374,13 +400,37 @@ impl LoginLimiter {
         }
     }
 
-    /// A successful login clears its account's failures and takes back the one failure its
-    /// attempt counted against the address when its check started (the address keeps the rest).
-    pub fn record_success(&mut self, account: &str, client: IpAddr) {
-        self.windows.remove(&account_key(account));
-        if let Some(w) = self.windows.get_mut(&address_key(client)) {
-            w.failures = w.failures.saturating_sub(1);
+    /// A successful login takes back the one failure its attempt counted against the account
+    /// and the address when its check started (both keep the rest: a lock-out under way stays
+    /// for the other addresses), and trusts the address for the account.
+    pub fn record_success(&mut self, account: &str, client: IpAddr, now: i64) {
+        for key in [account_key(account), address_key(client)] {
+            if let Some(w) = self.windows.get_mut(&key) {
+                w.failures = w.failures.saturating_sub(1);
+            }
         }
+        if validate_name(account).is_err() {
+            return;
+        }
+        let pair = (account.to_owned(), address_unit(client));
+        if !self.trusted.contains_key(&pair) && self.trusted.len() >= MAX_TRUSTED_ADDRESSES {
+            let oldest = self
+                .trusted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.trusted.remove(&k);
+            }
+        }
+        self.trusted.insert(pair, now);
+    }
+
+    /// Whether `client` logged in as `account` within [`TRUSTED_ADDRESS_SECS`].
+    fn trusted(&self, account: &str, client: IpAddr, now: i64) -> bool {
+        self.trusted
+            .get(&(account.to_owned(), address_unit(client)))
+            .is_some_and(|at| now < at + TRUSTED_ADDRESS_SECS)
     }
 
     /// Entries tracked (tests).
@@ -409,7 +459,7 @@ impl LoginLimiter {
                 .iter()
                 .min_by_key(|(k, w)| {
                     let account = matches!(k, LimitKey::Account(_));
-                    (w.locked(now), account, w.started)
+                    (w.locked(k, now), account, w.started)
                 })
                 .map(|(k, _)| k.clone())
         {
@@ -521,22 +571,73 @@ mod tests {
         assert_eq!(client_address(lo, Some(b"::ffff:198.51.100.7")), real);
     }
 
+    fn addr(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0200 + i))
+    }
+
+    /// Locks `account` for every untrusted address: failures from enough addresses.
+    fn lock_account(l: &mut LoginLimiter, account: &str, now: i64) {
+        for i in 0..ACCOUNT_MAX_FAILURES {
+            l.record_failure(account, addr(100 + i / LOGIN_MAX_FAILURES), now);
+        }
+    }
+
     #[test]
     fn limiter_per_account_and_per_address() {
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let (a, b) = (addr(1), addr(2));
         let mut l = LoginLimiter::new();
         for i in 0..LOGIN_MAX_FAILURES {
             assert!(l.check("anna", a, 100).is_ok());
             l.record_failure("anna", a, 100 + i64::from(i));
         }
-        // The account is locked from anywhere, the address for any account.
-        assert!(l.check("anna", b, 110).is_err());
+        // The address is locked for any account; one address cannot lock the account.
         assert!(l.check("ben", a, 110).is_err());
-        assert!(l.check("ben", b, 110).is_ok());
-        let until = l.check("anna", b, 110).unwrap_err().retry_after;
+        assert!(l.check("anna", b, 110).is_ok());
+        let until = l.check("anna", a, 110).unwrap_err().retry_after;
         assert_eq!(until, 100 + LOGIN_WINDOW_SECS - 110);
-        assert!(l.check("anna", b, 100 + LOGIN_WINDOW_SECS).is_ok());
+        assert!(l.check("anna", a, 100 + LOGIN_WINDOW_SECS).is_ok());
+        // Guesses from enough addresses lock the account everywhere else.
+        lock_account(&mut l, "anna", 200);
+        assert!(l.check("anna", b, 210).is_err());
+        assert!(l.check("ben", b, 210).is_ok());
+    }
+
+    /// Staff review point 2: an attacker who locks an account out does not lock out the staff
+    /// at the desk they log in from; their address still has its own limit.
+    #[test]
+    fn a_locked_account_still_logs_in_from_its_trusted_address() {
+        let desk = addr(7);
+        let mut l = LoginLimiter::new();
+        l.record_failure("anna", desk, 10);
+        l.record_success("anna", desk, 10);
+        lock_account(&mut l, "anna", 100);
+        assert!(l.check("anna", addr(8), 101).is_err());
+        assert!(l.check("anna", desk, 101).is_ok());
+        // Trust is per account and ends.
+        let later = 10 + TRUSTED_ADDRESS_SECS;
+        lock_account(&mut l, "anna", later);
+        assert!(l.check("anna", desk, later).is_err());
+        lock_account(&mut l, "ben", 100);
+        assert!(l.check("ben", desk, 101).is_err());
+        // The trusted address's own guesses still count against it.
+        for _ in 0..LOGIN_MAX_FAILURES {
+            l.record_failure("anna", desk, 102);
+        }
+        assert!(l.check("anna", desk, 103).is_err());
+    }
+
+    #[test]
+    fn trusted_pairs_are_bounded() {
+        let mut l = LoginLimiter::new();
+        for i in 0..(MAX_TRUSTED_ADDRESSES as u32 + 10) {
+            l.record_success(
+                "anna",
+                IpAddr::V4(std::net::Ipv4Addr::from(i)),
+                i64::from(i),
+            );
+        }
+        assert_eq!(l.trusted.len(), MAX_TRUSTED_ADDRESSES);
+        assert!(!l.trusted("anna", IpAddr::V4(std::net::Ipv4Addr::from(0)), 100));
     }
 
     #[test]
@@ -554,13 +655,14 @@ mod tests {
                 .is_err()
         );
         let mut l = LoginLimiter::new();
-        for _ in 0..LOGIN_MAX_FAILURES {
-            l.record_failure("anna", a, 100);
-        }
+        lock_account(&mut l, "anna", 100);
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         assert!(l.check("anna", b, 101).unwrap_err().first);
         assert!(!l.check("anna", b, 102).unwrap_err().first);
         // The address's own lock-out is news once too.
+        for _ in 0..LOGIN_MAX_FAILURES {
+            l.record_failure("carl", a, 100);
+        }
         assert!(l.check("ben", a, 103).unwrap_err().first);
         assert!(!l.check("anna", a, 104).unwrap_err().first);
     }
@@ -579,9 +681,7 @@ mod tests {
     fn a_full_limiter_keeps_an_accounts_lock_out() {
         let mut l = LoginLimiter::new();
         let home: IpAddr = "198.51.100.7".parse().unwrap();
-        for _ in 0..LOGIN_MAX_FAILURES {
-            l.record_failure("anna", home, 0);
-        }
+        lock_account(&mut l, "anna", 0);
         assert!(l.check("anna", home, 1).is_err());
         // Later junk names from ever new addresses fill the table (two entries per failure,
         // locked neither) and push on past its bound.

@@ -68,7 +68,7 @@ pub struct Site {
 impl Site {
     /// The site of `public` (PUBLIC_URL).
     pub fn from_public_url(public: &crate::config::PublicUrl) -> Site {
-        let origin = public.http_url("");
+        let origin = public.origin();
         Site {
             secure: origin.starts_with("https://"),
             origin,
@@ -113,6 +113,8 @@ pub struct PendingLogin {
     password: String,
     phc: Option<String>,
     client: IpAddr,
+    /// The session the browser came with, ended once the new one is stored.
+    replaces: Option<[u8; 32]>,
     /// Held until the check is over (dropped with the attempt on any path).
     _slot: LoginSlot,
 }
@@ -139,9 +141,12 @@ pub const MAX_CONCURRENT_LOGINS: usize = 4;
 /// `Retry-After` of a login refused because [`MAX_CONCURRENT_LOGINS`] checks are running.
 pub const LOGIN_BUSY_RETRY_SECS: i64 = 1;
 
-/// Most sessions whose last audited day is remembered ([`StaffState`]). When full the map is
+/// Most sessions whose audited days are remembered ([`StaffState`]). When full the map is
 /// emptied: each session's next poll is then audited once more (more audit, never less).
 pub const MAX_AUDITED_DAY_SESSIONS: usize = 1_024;
+/// Most days remembered as audited per session; the oldest goes first. Two tabs of one session
+/// on different days no longer audit (and fsync) every poll (staff review, point 3).
+pub const MAX_AUDITED_DAYS_PER_SESSION: usize = 8;
 
 /// The staff page's in-memory state (the login rate limit, the running password checks, the
 /// day last audited per session).
@@ -149,25 +154,32 @@ pub const MAX_AUDITED_DAY_SESSIONS: usize = 1_024;
 pub struct StaffState {
     limiter: Mutex<LoginLimiter>,
     logins: Arc<AtomicUsize>,
-    /// Session token hash → the day whose lists were last audited for it. In memory: after a
-    /// restart the first poll of each open page is audited again.
-    audited_days: Mutex<HashMap<[u8; 32], jiff::civil::Date>>,
+    /// Session token hash → the days whose lists were audited for it, oldest first. In
+    /// memory: after a restart the first poll of each open page is audited again.
+    audited_days: Mutex<HashMap<[u8; 32], Vec<jiff::civil::Date>>>,
 }
 
 impl StaffState {
-    /// Records that `session` was shown `day`; true when that is a different day from the one
-    /// last audited for it (so the view must be audited).
+    /// Records that `session` was shown `day`; true when that day was not audited for it yet
+    /// (so the view must be audited).
     fn day_needs_audit(&self, session: &[u8; 32], day: jiff::civil::Date) -> bool {
-        let Ok(mut days) = self.audited_days.lock() else {
+        let Ok(mut sessions) = self.audited_days.lock() else {
             return true;
         };
-        if days.get(session) == Some(&day) {
+        if sessions
+            .get(session)
+            .is_some_and(|days| days.contains(&day))
+        {
             return false;
         }
-        if days.len() >= MAX_AUDITED_DAY_SESSIONS && !days.contains_key(session) {
-            days.clear();
+        if sessions.len() >= MAX_AUDITED_DAY_SESSIONS && !sessions.contains_key(session) {
+            sessions.clear();
         }
-        days.insert(*session, day);
+        let days = sessions.entry(*session).or_default();
+        if days.len() >= MAX_AUDITED_DAYS_PER_SESSION {
+            days.remove(0);
+        }
+        days.push(day);
         true
     }
 
@@ -510,6 +522,16 @@ impl SessionJob {
             name: session.user,
             csrf: session.csrf,
         };
+        // A change is audited before it is made (`attempt`), so none escapes the audit when
+        // the row after it cannot be written; its result is then audited as a view is.
+        if call.changes_data()
+            && let Some(what) = &line
+            && let Err(e) = store.staff_audit(at, &viewer.name, what, "attempt")
+        {
+            tracing::error!(error = %e, "staff audit write failed; change not made");
+            self.state.forget_session(&self.token_hash);
+            return unavailable();
+        }
         let reply = views::execute(store, config, call, &viewer, now);
         if let Some(what) = line {
             let outcome = if reply.status < 400 {
@@ -589,7 +611,11 @@ impl Practice {
                 name,
                 password,
                 slot,
-            }) => self.start_login(req.client, (name, password, slot), reply),
+            }) => {
+                let replaces = auth::session_token(req.cookies.iter().copied())
+                    .map(|t| auth::session_hash(&t));
+                self.start_login((req.client, replaces), (name, password, slot), reply)
+            }
             Ok(Prepared::Limited { name, retry_after }) => {
                 let at = now.as_second();
                 self.staff_job(
@@ -716,7 +742,7 @@ impl Practice {
 
     fn start_login(
         &self,
-        client: IpAddr,
+        (client, replaces): (IpAddr, Option<[u8; 32]>),
         (name, password, check): (String, String, LoginSlot),
         reply: impl FnOnce(StaffOutcome) + Send + 'static,
     ) {
@@ -734,6 +760,7 @@ impl Practice {
                     password,
                     phc,
                     client,
+                    replaces,
                     _slot: check,
                 }),
                 Err(e) => {
@@ -770,10 +797,10 @@ impl Practice {
         let known = pending.phc.is_some();
         let secure = site.secure;
         if verified && let Ok(mut l) = self.staff.limiter.lock() {
-            l.record_success(&pending.name, pending.client);
+            l.record_success(&pending.name, pending.client, at);
         }
         // Dropping the rest frees the check's slot.
-        let name = pending.name;
+        let (name, replaces) = (pending.name, pending.replaces);
         let job = move |store: &mut dyn Store| -> StaffReply {
             let who = audit_name(&name, known).to_owned();
             let opened = match (verified, entropy) {
@@ -799,10 +826,22 @@ impl Practice {
             let outcome = if opened.is_some() { "ok" } else { "failed" };
             if let Err(e) = store.staff_audit(at, &who, "login", outcome) {
                 tracing::error!(error = %e, "staff audit write failed");
+                // No login without its audit row: the session just stored is ended again.
+                if let Some(s) = &opened {
+                    let _ = store.delete_staff_session(&s.token_hash());
+                    return unavailable();
+                }
             }
             tracing::info!(outcome, "staff login");
             match opened {
-                Some(s) => redirect(HOME_PATH, Some(auth::session_cookie(&s.token, secure))),
+                Some(s) => {
+                    if let Some(old) = replaces
+                        && let Err(e) = store.delete_staff_session(&old)
+                    {
+                        tracing::warn!(error = %e, "the browser's previous staff session stays");
+                    }
+                    redirect(HOME_PATH, Some(auth::session_cookie(&s.token, secure)))
+                }
                 None => login_page(403, LoginNote::Failed),
             }
         };

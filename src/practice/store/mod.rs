@@ -288,7 +288,8 @@ pub trait Store: Send {
         now: i64,
     ) -> StoreResult<bool>;
     /// The session whose token hashes to `token_hash` if it was used within
-    /// [`STAFF_SESSION_IDLE_SECS`] before `now`; marks it used at `now` (at most once per
+    /// [`STAFF_SESSION_IDLE_SECS`] before `now` and opened within [`STAFF_SESSION_MAX_SECS`];
+    /// marks it used at `now` (at most once per
     /// [`STAFF_SESSION_TOUCH_SECS`]).
     fn touch_staff_session(
         &mut self,
@@ -301,7 +302,8 @@ pub trait Store: Send {
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
     /// The session whose token hashes to `token_hash` if it was used within
-    /// [`STAFF_SESSION_IDLE_SECS`] before `now`, WITHOUT marking it used: the page's 1 s polls
+    /// [`STAFF_SESSION_IDLE_SECS`] before `now` and opened within [`STAFF_SESSION_MAX_SECS`],
+    /// WITHOUT marking it used: the page's 1 s polls
     /// must not keep an unattended page logged in forever (docs/staff.md, idle expiry).
     fn peek_staff_session(
         &mut self,

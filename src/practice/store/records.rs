@@ -569,7 +569,8 @@ pub struct RetentionReport {
     pub emergency_events: usize,
     /// Past slots without appointments.
     pub slots: usize,
-    /// Staff sessions idle past [`STAFF_SESSION_IDLE_SECS`].
+    /// Staff sessions idle past [`STAFF_SESSION_IDLE_SECS`] or older than
+    /// [`STAFF_SESSION_MAX_SECS`].
     pub staff_sessions: usize,
     /// Staff audit rows.
     pub staff_audit: usize,
@@ -577,6 +578,10 @@ pub struct RetentionReport {
 
 /// A staff session ends after this long without a request (issue 14: 8 h idle expiry).
 pub const STAFF_SESSION_IDLE_SECS: i64 = 8 * 3600;
+/// A staff session ends this long after its login however much it is used (OWASP Session
+/// Management Cheat Sheet, "Absolute Timeout"): a page kept open on a desk must log in again
+/// each working day, and a stolen cookie does not live for ever.
+pub const STAFF_SESSION_MAX_SECS: i64 = 12 * 3600;
 
 /// A session's `last_seen_at` is rewritten only when it is at least this old: an open page polls
 /// every second, and a write per poll would be an fsync per poll on the store's single writer.

@@ -1109,8 +1109,8 @@ impl Store for SqliteStore {
             [now - records::DAY],
         )?;
         rep.staff_sessions = tx.execute(
-            "DELETE FROM staff_session WHERE last_seen_at < ?1",
-            [now - STAFF_SESSION_IDLE_SECS],
+            "DELETE FROM staff_session WHERE last_seen_at < ?1 OR created_at <= ?2",
+            [now - STAFF_SESSION_IDLE_SECS, now - STAFF_SESSION_MAX_SECS],
         )?;
         rep.staff_audit = tx.execute(
             "DELETE FROM staff_audit WHERE at < ?1",
@@ -1402,8 +1402,12 @@ impl SqliteStore {
             .query_row(
                 "SELECT s.id, u.name, s.csrf FROM staff_session s
                  JOIN staff_user u ON u.id = s.user_id
-                 WHERE s.token_hash = ?1 AND s.last_seen_at >= ?2",
-                params![&token_hash[..], now - STAFF_SESSION_IDLE_SECS],
+                 WHERE s.token_hash = ?1 AND s.last_seen_at >= ?2 AND s.created_at > ?3",
+                params![
+                    &token_hash[..],
+                    now - STAFF_SESSION_IDLE_SECS,
+                    now - STAFF_SESSION_MAX_SECS
+                ],
                 |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?)

@@ -490,8 +490,11 @@ async fn retention_rest(
     .await?);
     rep.staff_sessions = n(execute(
         tx,
-        "DELETE FROM staff_session WHERE last_seen_at < $1",
-        &[&(now - STAFF_SESSION_IDLE_SECS)],
+        "DELETE FROM staff_session WHERE last_seen_at < $1 OR created_at <= $2",
+        &[
+            &(now - STAFF_SESSION_IDLE_SECS),
+            &(now - STAFF_SESSION_MAX_SECS),
+        ],
     )
     .await?);
     rep.staff_audit = n(execute(

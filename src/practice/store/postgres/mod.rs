@@ -282,8 +282,12 @@ impl PgStore {
                 c,
                 "SELECT s.id, u.name, s.csrf FROM staff_session s
                  JOIN staff_user u ON u.id = s.user_id
-                 WHERE s.token_hash = $1 AND s.last_seen_at >= $2",
-                &[&hash, &(now - STAFF_SESSION_IDLE_SECS)],
+                 WHERE s.token_hash = $1 AND s.last_seen_at >= $2 AND s.created_at > $3",
+                &[
+                    &hash,
+                    &(now - STAFF_SESSION_IDLE_SECS),
+                    &(now - STAFF_SESSION_MAX_SECS),
+                ],
             )
             .await?;
             let Some(r) = row else { return Ok(None) };

@@ -14,6 +14,22 @@
   var seq = 0;
   var lastSubmit = 0;
   var POLL_MS = 1000;
+  // While the server cannot answer (a restart behind nginx: 502; a store stall: 503; 429) the
+  // page stays as it is, marked stale, and polls back off to 2, 4 ... 32 s. Reloading it
+  // instead would replace it with an error page that never updates again (review point 1).
+  var failures = 0;
+  var pauseUntil = 0;
+  function trouble() {
+    document.body.classList.add('stale');
+    failures = Math.min(failures + 1, 5);
+    pauseUntil = Date.now() + POLL_MS * Math.pow(2, failures);
+  }
+  function healthy() {
+    failures = 0;
+    pauseUntil = 0;
+    document.body.classList.remove('stale');
+  }
+  function unavailable(r) { return r.status >= 500 || r.status === 429; }
 
   // A reply without our ETag is not the fragment (e.g. the login page after the session
   // expired): load the page properly instead of pasting it in.
@@ -44,7 +60,7 @@
   }
 
   function poll() {
-    if (polling || submitting || document.hidden) { return; }
+    if (polling || submitting || document.hidden || Date.now() < pauseUntil) { return; }
     polling = true;
     var mine = ++seq;
     var headers = {};
@@ -52,14 +68,14 @@
     fetch('/staff/live' + window.location.search, {
       headers: headers, credentials: 'same-origin', cache: 'no-store'
     }).then(function (r) {
-      document.body.classList.remove('stale');
+      if (unavailable(r)) { trouble(); return null; }
+      healthy();
       if (mine < lastSubmit) { return null; }
       if (r.status === 200) { return apply(r); }
+      // Anything else (a 4xx) means the page itself changed: load it properly.
       if (r.status !== 304) { window.location.reload(); }
       return null;
-    }).catch(function () {
-      document.body.classList.add('stale');
-    }).then(function () { polling = false; });
+    }).catch(trouble).then(function () { polling = false; });
   }
 
   main.addEventListener('submit', function (ev) {
@@ -75,7 +91,9 @@
       method: 'POST', body: body, credentials: 'same-origin',
       headers: { 'X-CSRF-Token': token }
     }).then(function (r) {
-      if (r.status === 200) { return apply(r); }
+      if (r.status === 200) { healthy(); return apply(r); }
+      // Not done (the server changes nothing it cannot audit): the button stays.
+      if (unavailable(r)) { trouble(); return null; }
       window.location.reload();
       return null;
     }).catch(function () {
