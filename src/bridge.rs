@@ -48,6 +48,9 @@ const MAX_WIRE_RESERVE_BYTES: usize = 64 * 1024;
 /// The period of Twilio's caller frames, which pace the outbound path (docs/dsp.md §3.7): a
 /// deadline due before the next one is acted on at this one.
 const CALLER_FRAME: Duration = Duration::from_millis(20);
+/// What an ending waits beyond the audio still queued for the last mark's echo (Twilio's
+/// buffering and the echo's way back), when that is longer than `final_audio_timeout`.
+const FINAL_AUDIO_MARGIN: Duration = Duration::from_secs(5);
 
 /// Caller frames held while the agent is not ready (500 × 20 ms = 10 s, longer than any
 /// connect timeout); older frames beyond it are dropped and counted.
@@ -420,6 +423,13 @@ impl Bridge {
     /// The agent socket closed with `code` (`None`: dropped without a close frame).
     pub fn handle_agent_closed(&mut self, now: Instant, code: Option<u16>) {
         if self.closed {
+            return;
+        }
+        if self.ending.is_some() {
+            // An ending is under way (end_call, max duration): its queued words still play,
+            // whatever code closes the socket after it (in 2024 max duration closed with
+            // 1011, docs/elevenlabs.md §3.2).
+            info!(code, "[ElevenLabs] Agent socket closed during the ending");
             return;
         }
         if code == Some(1000) {
@@ -974,11 +984,27 @@ impl Bridge {
         }
         self.end_turn(now);
         self.turn_open = false;
+        // The last word may already be out, its end-of-turn mark sent before the ending began
+        // (the idle end of turn, then the agent's close): that mark's echo is what to wait
+        // for, or the goodbye's tail is cut (docs/elevenlabs.md §7, pitfall 4). A newer mark
+        // sent while draining replaces it.
+        let playout = self.outbound.as_ref().map(OutboundPath::playout);
+        let final_mark = playout.and_then(|p| p.newest_unechoed_mark());
+        // Long closing words must not be cut by the fixed timeout: everything queued gets
+        // its time to play, and a margin for Twilio's echo.
+        let queued = playout.map_or(Duration::ZERO, |p| {
+            Duration::from_millis(p.stats().buffered_ms + p.lead_ms_at(now))
+        });
+        let deadline = now
+            + self
+                .config
+                .final_audio_timeout
+                .max(queued + FINAL_AUDIO_MARGIN);
         self.ending = Some(Ending::Draining {
             outcome,
-            deadline: now + self.config.final_audio_timeout,
-            final_mark: None,
+            deadline,
             mark_heard: false,
+            final_mark,
         });
         self.pump_outbound(now);
     }

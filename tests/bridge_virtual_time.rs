@@ -301,6 +301,57 @@ fn play_to_last_mark(b: &mut Bridge, t0: Instant) {
     );
 }
 
+/// Caller frames from frame `from` to `to` (20 ms each, a timer turn where due); the names of
+/// the marks sent meanwhile.
+fn frames_and_marks(b: &mut Bridge, t0: Instant, from: u64, to: u64) -> Vec<String> {
+    let mut marks = Vec::new();
+    for i in from..=to {
+        let now = t0 + Duration::from_millis(20 * i);
+        twilio(b, now, &media(i));
+        if b.poll_timeout().is_some_and(|t| t <= now) {
+            b.handle_timeout(now);
+        }
+        for m in drain(b).0 {
+            let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+            if let Some(name) = v["mark"]["name"].as_str() {
+                marks.push(name.to_owned());
+            }
+        }
+    }
+    marks
+}
+
+/// The agent's last words went out with their end-of-turn mark (the idle end of turn) before
+/// the agent closed: the ending still waits for that mark's echo, or the goodbye's tail is
+/// cut (DSP review, point 3). A close other than 1000 during an ending lets it finish too
+/// (point 4: max duration closed with 1011 in 2024).
+#[test]
+fn an_ending_waits_for_a_mark_sent_before_it_began() {
+    let t0 = Instant::now();
+    for (error_first, code, outcome) in [
+        (false, 1000, Outcome::Completed),
+        (true, 1011, Outcome::AgentFailed),
+    ] {
+        let mut b = connected(t0, "ulaw_8000");
+        b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(300)));
+        let marks = frames_and_marks(&mut b, t0, 1, 40);
+        let last = marks.last().expect("the end-of-turn mark went out").clone();
+        let at = t0 + Duration::from_millis(800);
+        if error_first {
+            b.handle_agent_text(at, MAX_DURATION_ERROR);
+        }
+        b.handle_agent_closed(at, Some(code));
+        assert!(frames_and_marks(&mut b, t0, 41, 60).is_empty());
+        assert!(
+            events(&mut b).is_empty(),
+            "closed before the last mark's echo"
+        );
+        let echo = format!(r#"{{"event":"mark","mark":{{"name":"{last}"}}}}"#);
+        twilio(&mut b, t0 + Duration::from_millis(1220), &echo);
+        assert_eq!(events(&mut b), closed(outcome), "{code}");
+    }
+}
+
 const MAX_DURATION_ERROR: &str = r#"{"type":"error","error_event":{"code":1000,"error_type":"max_duration_exceeded","message":"Conversation has exceeded maximum duration"}}"#;
 
 #[test]

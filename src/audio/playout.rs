@@ -704,6 +704,16 @@ impl PlayoutBuffer {
         (self.sent_total - self.played(now)) / 8
     }
 
+    /// The name of the newest mark sent and not yet echoed, unless a clear dropped its audio:
+    /// its echo will prove everything sent before it played. For an ending that begins after
+    /// the last end-of-turn mark went out (allocates; once per call).
+    pub fn newest_unechoed_mark(&self) -> Option<String> {
+        self.sent_marks
+            .back()
+            .filter(|m| !m.cleared)
+            .map(|m| format!("{MARK_PREFIX}{}", m.seq))
+    }
+
     /// Marks placed but not yet sent (each goes out right after the audio before it).
     pub fn pending_marks(&self) -> usize {
         self.pending_marks.len()
