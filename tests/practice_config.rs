@@ -134,6 +134,28 @@ fn unknown_keys_are_rejected_with_their_line() {
     assert!(err.message.contains("colour"), "{err}");
 }
 
+/// Slots are unique per practitioner and start: two templates of one practitioner whose hours
+/// meet on a shared weekday would let overlapping slots both be booked.
+#[test]
+fn overlapping_templates_of_one_practitioner_are_refused() {
+    let (err, _) = broken(
+        "practitioner = \"yilmaz\"\nweekdays = [\"di\"]",
+        "practitioner = \"yilmaz\"\nweekdays = [\"mo\"]",
+    );
+    assert!(err.to_string().contains("overlaps an earlier one"), "{err}");
+    // Another practitioner at the same hours is fine.
+    let src = DEMO_PRACTICE_TOML.replacen(
+        "practitioner = \"yilmaz\"\nweekdays = [\"di\"]",
+        "practitioner = \"schmidt\"\nweekdays = [\"sa\"]",
+        1,
+    );
+    assert!(
+        PracticeConfig::from_toml_str(&src)
+            .err()
+            .is_none_or(|e| !e.to_string().contains("overlaps")),
+    );
+}
+
 #[test]
 fn a_bookable_visit_type_needs_a_template() {
     let (err, _) = broken("phone_bookable = false", "phone_bookable = true");

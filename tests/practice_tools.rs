@@ -152,6 +152,8 @@ fn identify_rejects_malformed_input_with_422(db: &TestDb) {
         r#"{"family_name":"- '","birth_date":"1972-08-22"}"#,
         r#"{"family_name":"\u202e\u200b","birth_date":"1972-08-22"}"#,
         r#"{"family_name":"Weber","given_name":"--","birth_date":"1972-08-22"}"#,
+        // Born after today: a misheard year, asked again rather than counted as a failure.
+        r#"{"family_name":"Weber","birth_date":"2072-08-22"}"#,
         r#"not json"#,
         r#"[1,2]"#,
     ] {
@@ -205,6 +207,16 @@ fn find_slots_offers_refs_with_german_labels(db: &TestDb) {
             .iter()
             .all(|s| s["with"] == "Dr. Schmidt")
     );
+}
+
+/// A slot is offered only from half an hour ahead: at 09:50 the first is 10:20 or later.
+fn slots_are_offered_half_an_hour_ahead(db: &TestDb) {
+    let t = at("2026-11-25T08:50:00Z"); // Wednesday 09:50 in Berlin
+    let mut e = Env::on(db, t);
+    let token = e.call("CA1", WEBER_PHONE, t);
+    let v = e.slots(&token, "visit_type=kontrolle&limit=5", t);
+    let first = v["slots"][0]["start"].as_str().unwrap();
+    assert!(first >= "2026-11-25T10:20", "{first}");
 }
 
 fn find_slots_error_codes(db: &TestDb) {
@@ -1155,6 +1167,7 @@ on_both_backends!(
     identify_rejects_malformed_input_with_422,
     find_slots_offers_refs_with_german_labels,
     find_slots_error_codes,
+    slots_are_offered_half_an_hour_ahead,
     book_known_patient_and_retry_is_idempotent,
     concurrent_callers_cannot_double_book_a_slot,
     book_error_codes,

@@ -514,11 +514,25 @@ impl Validator<'_> {
         let closures = self.closures(&raw.closures, covering_practice.is_some())?;
         let practitioners = self.practitioners(&raw.practitioners)?;
         let visit_types = self.visit_types(&raw.visit_types)?;
-        let slot_templates = raw
-            .slot_templates
-            .iter()
-            .map(|t| self.template(t.get_ref(), &practitioners, &visit_types, &opening_hours))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut slot_templates: Vec<SlotTemplate> = Vec::with_capacity(raw.slot_templates.len());
+        for t in &raw.slot_templates {
+            let template =
+                self.template(t.get_ref(), &practitioners, &visit_types, &opening_hours)?;
+            // Slots are unique per practitioner and start only: two templates whose hours
+            // overlap on a day (08-12 in 15-minute slots and 08-10 in 30-minute ones) would
+            // let 08:15 and 08:00-08:30 both be booked (practice-tools review).
+            if let Some(other) = slot_templates.iter().find(|o| overlaps(o, &template)) {
+                return Err(self.err(
+                    t.span(),
+                    format!(
+                        "slot template overlaps an earlier one of practitioner {:?} on a \
+                         shared weekday ({:?})",
+                        template.practitioner, other.hours
+                    ),
+                ));
+            }
+            slot_templates.push(template);
+        }
         self.phone_bookable_in_templates(&visit_types, &raw.visit_types, &slot_templates)?;
         Ok(PracticeConfig {
             name: self.text(&p.name, "name")?,
@@ -776,6 +790,16 @@ impl Validator<'_> {
 
 /// German two-letter weekday codes, Monday first.
 pub const WEEKDAY_CODES: [&str; 7] = ["mo", "di", "mi", "do", "fr", "sa", "so"];
+
+/// Whether two slot templates of one practitioner share a weekday and an instant of their
+/// hours.
+fn overlaps(a: &SlotTemplate, b: &SlotTemplate) -> bool {
+    a.practitioner == b.practitioner
+        && a.weekdays.iter().zip(&b.weekdays).any(|(x, y)| *x && *y)
+        && a.hours
+            .iter()
+            .any(|i| b.hours.iter().any(|j| i.start < j.end && j.start < i.end))
+}
 
 /// Index (0 = Monday) of a German two-letter weekday code.
 pub fn weekday_index(code: &str) -> Option<usize> {

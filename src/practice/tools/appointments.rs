@@ -175,6 +175,7 @@ impl Ctx<'_> {
                 if !vt.new_patients_ok {
                     return Err(ToolError::VisitTypeNotForNewPatients.into());
                 }
+                self.check_born(&np.birth_date, "new_patient.birth_date")?;
                 let mut np = np.clone();
                 np.phone = self.caller_number();
                 Ok(Patient {

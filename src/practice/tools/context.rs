@@ -86,6 +86,16 @@ impl Ctx<'_> {
         }
     }
 
+    /// Refuses a birth date after today (`field`): a misheard year ("2072" for "1972") must be
+    /// asked again, not stored as a new patient's or counted as a failed identification.
+    pub(super) fn check_born(&self, birth_date: &str, field: &'static str) -> Out<()> {
+        let today = crate::practice::calendar::local(self.config, self.now).date;
+        match birth_date.parse::<jiff::civil::Date>() {
+            Ok(d) if d <= today => Ok(()),
+            _ => Err(ToolError::invalid(field).into()),
+        }
+    }
+
     /// The caller's number when it is one (not `anonymous`), as given.
     pub(super) fn caller_number(&self) -> Option<String> {
         let c = self.call.caller_number.trim();

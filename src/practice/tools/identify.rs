@@ -15,6 +15,7 @@ pub const MAX_UPCOMING: usize = 3;
 
 impl Ctx<'_> {
     pub(super) fn identify(&mut self, i: IdentifyInput) -> Out<IdentifyOutcome> {
+        self.check_born(&i.birth_date.to_string(), "birth_date")?;
         if let Some(refusal) = self.identification_refusal()? {
             return Err(refusal.into());
         }

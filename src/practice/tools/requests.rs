@@ -39,6 +39,9 @@ impl Decision {
 
 impl Ctx<'_> {
     pub(super) fn request(&mut self, i: RequestInput) -> Out<RequestCreated> {
+        if let Some(dob) = i.caller.as_ref().and_then(|c| c.birth_date.as_deref()) {
+            self.check_born(dob, "caller.birth_date")?;
+        }
         let (patient, assurance) = match &i.patient_ref {
             Some(r) => {
                 let Some(p) = self.call.state.patient(r).cloned() else {

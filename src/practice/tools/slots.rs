@@ -15,6 +15,9 @@ pub const DEFAULT_SLOT_WINDOW_DAYS: i64 = 14;
 pub const ALTERNATIVES: usize = 3;
 /// How far after a taken slot alternatives are searched, in days.
 const ALTERNATIVES_WINDOW_DAYS: i64 = 7;
+/// The earliest a slot is offered: this long from now. A slot starting in a minute cannot be
+/// reached; offered, it would be booked and missed (practice-tools review).
+pub const MIN_BOOKING_LEAD_SECS: i64 = 30 * 60;
 
 impl Ctx<'_> {
     pub(super) fn find_slots(&mut self, i: FindSlotsInput) -> Out<SlotsFound> {
@@ -75,7 +78,9 @@ impl Ctx<'_> {
         let any_weekday = !i.weekdays.iter().any(|d| *d);
         calendar::slot_candidates(cfg, from, to)
             .into_iter()
-            .filter(|c| c.start > now && c.visit_types.contains(&i.visit_type))
+            .filter(|c| {
+                c.start >= now + MIN_BOOKING_LEAD_SECS && c.visit_types.contains(&i.visit_type)
+            })
             .filter(|c| i.practitioner.as_ref().is_none_or(|p| *p == c.practitioner))
             .filter(|c| {
                 let l = calendar::local(cfg, ts_of(c.start));
@@ -105,7 +110,10 @@ impl Ctx<'_> {
         let end = calendar::add_days(start, ALTERNATIVES_WINDOW_DAYS).min(horizon);
         let cands: Vec<_> = calendar::slot_candidates(cfg, start, end)
             .into_iter()
-            .filter(|c| c.start > now && c.visit_types.iter().any(|v| v == visit_type))
+            .filter(|c| {
+                c.start >= now + MIN_BOOKING_LEAD_SECS
+                    && c.visit_types.iter().any(|v| v == visit_type)
+            })
             .collect();
         let slots = self.store.free_slots(&cands, ALTERNATIVES)?;
         Ok(slots.iter().map(|s| self.slot_view(s)).collect())
