@@ -708,6 +708,41 @@ fn retries_are_answered_before_caps_and_the_duplicate_check(db: &TestDb) {
     assert_eq!(fourth["error"], "booking_limit", "{fourth}");
 }
 
+/// A retried create_request or report_emergency (the same input in the same call) gets the
+/// first reference: the staff see one entry, not two (practice-tools review).
+fn retried_requests_and_emergencies_are_filed_once(db: &TestDb) {
+    let mut e = Env::on(db, now());
+    let t = e.call("CA1", WEBER_PHONE, now());
+    e.identify(&t, "Weber", None, "1972-08-22", now());
+    let body = r#"{"category":"callback","patient_ref":"P1","note":"Rückruf wegen Termin"}"#;
+    let first = request(&mut e, &t, body);
+    let again = request(&mut e, &t, body);
+    assert_eq!(again["request_ref"], first["request_ref"], "{again}");
+    assert_eq!(
+        (first["repeated"].clone(), again["repeated"].clone()),
+        (false.into(), true.into())
+    );
+    let other = request(
+        &mut e,
+        &t,
+        r#"{"category":"callback","patient_ref":"P1","note":"etwas anderes"}"#,
+    );
+    assert_ne!(other["request_ref"], first["request_ref"]);
+    let emergency = r#"{"severity":"urgent","keywords":"hohes Fieber","patient_ref":"P1"}"#;
+    let (_, a) = e.post(&t, EMERGENCIES, emergency, now());
+    let (_, b) = e.post(&t, EMERGENCIES, emergency, now());
+    assert!(a["event_ref"].is_string(), "{a}");
+    assert_eq!(a["event_ref"], b["event_ref"]);
+    assert_eq!(a["say"], b["say"], "the advice goes out again");
+    // Another call filing the same is a new entry.
+    let t2 = e.call("CA2", WEBER_PHONE, now());
+    e.identify(&t2, "Weber", None, "1972-08-22", now());
+    assert_ne!(
+        request(&mut e, &t2, body)["request_ref"],
+        first["request_ref"]
+    );
+}
+
 fn anonymous_callers_must_give_a_number_for_call_backs(db: &TestDb) {
     let mut e = Env::on(db, now());
     let t = e.call("CA1", "anonymous", now());
@@ -1180,6 +1215,7 @@ on_both_backends!(
     each_request_category,
     urgent_callbacks_promise_today_only_when_the_practice_is_there,
     retries_are_answered_before_caps_and_the_duplicate_check,
+    retried_requests_and_emergencies_are_filed_once,
     anonymous_callers_must_give_a_number_for_call_backs,
     request_input_is_bounded,
     emergency_contract,

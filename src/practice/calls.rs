@@ -185,6 +185,30 @@ pub struct CallState {
     /// Requests created.
     #[serde(default)]
     pub requests: u32,
+    /// Requests and emergencies filed in this call, by a fingerprint of what was asked, so a
+    /// retried tool call gets the first reference instead of a second entry for the staff
+    /// (at most [`MAX_FILED_PER_CALL`], the oldest dropped).
+    #[serde(default)]
+    pub filed: Vec<Filed>,
+}
+
+/// Most filed entries a call remembers ([`CallState::filed`]).
+pub const MAX_FILED_PER_CALL: usize = 16;
+/// How long after its first the same request or emergency counts as a retry, seconds.
+pub const REFILE_WINDOW_SECS: i64 = 300;
+
+/// A request or emergency filed in this call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filed {
+    /// SHA-256 (hex) of the tool and its parsed input.
+    pub fingerprint: String,
+    /// The reference given (`R-1001`, `E-12`).
+    pub reference: String,
+    /// The request's queue position when it was filed.
+    #[serde(default)]
+    pub queue_position: Option<u32>,
+    /// When, UTC seconds.
+    pub at: i64,
 }
 
 fn parse_ref(s: &str, prefix: char) -> Option<u32> {
@@ -199,6 +223,22 @@ fn parse_ref(s: &str, prefix: char) -> Option<u32> {
 }
 
 impl CallState {
+    /// The entry filed in this call with `fingerprint` within [`REFILE_WINDOW_SECS`] of `now`.
+    pub fn filed(&self, fingerprint: &str, now: i64) -> Option<&Filed> {
+        self.filed
+            .iter()
+            .rev()
+            .find(|f| f.fingerprint == fingerprint && now - f.at <= REFILE_WINDOW_SECS)
+    }
+
+    /// Remembers an entry filed in this call.
+    pub fn note_filed(&mut self, filed: Filed) {
+        if self.filed.len() >= MAX_FILED_PER_CALL {
+            self.filed.remove(0);
+        }
+        self.filed.push(filed);
+    }
+
     /// Whether identification is locked for this call.
     pub fn locked(&self) -> bool {
         self.failed_identifications >= MAX_FAILED_IDENTIFICATIONS

@@ -5,6 +5,7 @@ use super::context::{Ctx, Out};
 use super::input::EmergencyInput;
 use super::outcome::{EmergencyAdvice, EmergencyNumbers};
 use crate::practice::calendar::{self, Advice};
+use crate::practice::calls::Filed;
 use crate::practice::store::{NewEmergency, Severity};
 
 /// The European emergency number, said in every emergency answer.
@@ -29,21 +30,20 @@ impl Ctx<'_> {
             .as_deref()
             .and_then(|r| self.call.state.patient(r))
             .map(|p| p.id);
+        // A retried report (same input in this call, within minutes) keeps its first event:
+        // the advice goes out again, the staff see one emergency.
+        let fingerprint = super::requests::fingerprint(&format!("report_emergency|{i:?}"));
+        let now = self.now.as_second();
+        let first = self
+            .call
+            .state
+            .filed(&fingerprint, now)
+            .map(|f| f.reference.clone());
         // Recording the event must never stop the advice from going out.
-        let event_ref = match self.store.record_emergency(&NewEmergency {
-            severity: i.severity,
-            keywords: i.keywords,
-            patient_id,
-            callback_number: self.caller_number(),
-            advice: d.advice,
-            call_sid: self.call.call_sid.clone(),
-            now: self.now.as_second(),
-        }) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::error!(error = %e, "emergency event not recorded");
-                None
-            }
+        let event_ref = if first.is_some() {
+            first
+        } else {
+            self.record(i, patient_id, d.advice, fingerprint)
         };
         tracing::warn!(advice = d.advice.as_str(), "emergency reported");
         Ok(EmergencyAdvice {
@@ -58,6 +58,41 @@ impl Ctx<'_> {
             transfer_available: d.transfer_available,
             reopens: d.reopens.map(|t| calendar::label(cfg, t)),
         })
+    }
+
+    /// Records the event for the staff; `None` (logged) when that fails.
+    fn record(
+        &mut self,
+        i: EmergencyInput,
+        patient_id: Option<i64>,
+        advice: Advice,
+        fingerprint: String,
+    ) -> Option<String> {
+        let now = self.now.as_second();
+        let recorded = self.store.record_emergency(&NewEmergency {
+            severity: i.severity,
+            keywords: i.keywords,
+            patient_id,
+            callback_number: self.caller_number(),
+            advice,
+            call_sid: self.call.call_sid.clone(),
+            now,
+        });
+        match recorded {
+            Ok(r) => {
+                self.state().note_filed(Filed {
+                    fingerprint,
+                    reference: r.clone(),
+                    queue_position: None,
+                    at: now,
+                });
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "emergency event not recorded");
+                None
+            }
+        }
     }
 }
 

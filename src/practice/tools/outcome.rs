@@ -222,6 +222,8 @@ pub struct RequestCreated {
     pub needs: Vec<Need>,
     /// Position among open urgent requests (urgent only).
     pub queue_position: Option<u32>,
+    /// A retry of a request already filed in this call: its first reference, nothing new.
+    pub repeated: bool,
 }
 
 /// Numbers the agent may say during an emergency.

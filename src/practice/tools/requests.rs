@@ -6,9 +6,17 @@ use super::error::ToolError;
 use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
 use crate::practice::calendar;
-use crate::practice::calls::{Assurance, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY};
+use crate::practice::calls::{
+    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY,
+};
 use crate::practice::premium::is_premium;
 use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
+
+/// The fingerprint of a tool call for [`CallState::filed`]: SHA-256 (hex) of `what`.
+pub(super) fn fingerprint(what: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::secret::hex_lower(&Sha256::digest(what.as_bytes()))
+}
 
 /// How many days ahead the next working day is searched for.
 const WORKING_DAY_SEARCH_DAYS: usize = 30;
@@ -83,6 +91,20 @@ impl Ctx<'_> {
         if callback_number.is_none() && needs_number {
             return Err(ToolError::CallbackNumberNeeded.into());
         }
+        // A retried tool call (same input in this call, within minutes) gets the first
+        // request's reference: a second one would be work twice for the staff.
+        let fingerprint = fingerprint(&format!("create_request|{i:?}"));
+        let now = self.now.as_second();
+        if let Some(first) = self.call.state.filed(&fingerprint, now) {
+            return Ok(RequestCreated {
+                request_ref: first.reference.clone(),
+                category: i.category,
+                expect: decision.expect,
+                needs: decision.needs,
+                queue_position: first.queue_position,
+                repeated: true,
+            });
+        }
         // The caps come last, so that a request the rules refuse anyway is answered as such.
         self.check_request_caps()?;
         let created = self.store.create_request(&NewRequest {
@@ -100,12 +122,19 @@ impl Ctx<'_> {
             now: self.now.as_second(),
         })?;
         self.state().requests += 1;
+        self.state().note_filed(Filed {
+            fingerprint,
+            reference: created.ref_code.clone(),
+            queue_position: created.queue_position,
+            at: now,
+        });
         Ok(RequestCreated {
             request_ref: created.ref_code,
             category: i.category,
             expect: decision.expect,
             needs: decision.needs,
             queue_position: created.queue_position,
+            repeated: false,
         })
     }
 
