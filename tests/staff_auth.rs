@@ -93,7 +93,7 @@ async fn login(server: &Server, name: &str, password: &str, from: &str) -> Resp 
     .await
 }
 
-/// The cookie pair (`ignis_staff=…`) of a successful login.
+/// The cookie pair (`__Host-ignis_staff=…` on https) of a successful login.
 fn session_cookie(r: &Resp) -> String {
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.header("location"), Some("/staff"));
@@ -192,7 +192,12 @@ async fn without_a_session(server: &Server) {
 async fn login_sets_a_browser_session_cookie(server: &Server) -> String {
     let ok = login(server, "anna", PASSWORD, "192.0.2.10").await;
     let set_cookie = ok.header("set-cookie").unwrap().to_owned();
-    for attr in ["HttpOnly", "SameSite=Strict", "Path=/staff", "Secure"] {
+    // https: the `__Host-` name, which browsers accept only with `Secure` and `Path=/`.
+    assert!(
+        set_cookie.starts_with("__Host-ignis_staff="),
+        "{set_cookie}"
+    );
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
         assert!(
             set_cookie.split("; ").any(|a| a == attr),
             "{attr} in {set_cookie}"

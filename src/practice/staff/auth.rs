@@ -28,8 +28,22 @@ pub const SESSION_TOKEN_BYTES: usize = 32;
 pub const CSRF_BYTES: usize = 32;
 /// Entropy the driver supplies for one new session: the token, then the CSRF token.
 pub const SESSION_ENTROPY_BYTES: usize = SESSION_TOKEN_BYTES + CSRF_BYTES;
-/// The session cookie's name.
+/// The session cookie's name over plain http (local testing).
 pub const COOKIE_NAME: &str = "ignis_staff";
+/// The session cookie's name when PUBLIC_URL is https. The `__Host-` prefix makes browsers
+/// accept the cookie only with `Secure`, `Path=/` and no `Domain`, from this host over https
+/// (RFC 6265bis §4.1.3.2): a sibling subdomain or a plain-http response cannot plant a
+/// session of the attacker's (staff review, point 7; the first cookie of a name would win).
+pub const SECURE_COOKIE_NAME: &str = "__Host-ignis_staff";
+
+/// The session cookie's name for a site (`secure`: PUBLIC_URL is https).
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 /// Longest `Cookie` header looked at (longer ones count as no session).
 pub const MAX_COOKIE_HEADER_BYTES: usize = 8 * 1024;
 /// Most `name=value` pairs looked at in the `Cookie` headers.
@@ -177,26 +191,37 @@ pub fn session_hash(token: &str) -> [u8; 32] {
     hash_token(token.as_bytes())
 }
 
-/// The `Set-Cookie` value for a new session: `HttpOnly`, `SameSite=Strict`, scoped to
-/// `/staff`, `Secure` when PUBLIC_URL is https. No `Max-Age`: it is set once at login, so it
+/// The `Set-Cookie` value for a new session: `HttpOnly`, `SameSite=Strict`; when PUBLIC_URL
+/// is https `__Host-` prefixed, `Secure` and `Path=/` (the prefix demands it), else scoped to
+/// `/staff` (local testing). No `Max-Age`: it is set once at login, so it
 /// would end an active session 8 h after the login; as a browser-session cookie it lives while
 /// the browser runs and the server's 8 h idle expiry ends the session (docs/staff.md,
 /// Sessions).
 pub fn session_cookie(token: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/staff{secure}")
+    if secure {
+        format!("{SECURE_COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Secure")
+    } else {
+        format!("{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/staff")
+    }
 }
 
 /// The `Set-Cookie` value that removes the session cookie (logout, expired session).
 pub fn clear_cookie(secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/staff; Max-Age=0{secure}")
+    if secure {
+        format!("{SECURE_COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Secure")
+    } else {
+        format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/staff; Max-Age=0")
+    }
 }
 
 /// The session token in the request's `Cookie` headers, if one is there and well-formed (64
 /// lower-case hex digits). Headers over [`MAX_COOKIE_HEADER_BYTES`] and pairs past
 /// [`MAX_COOKIE_PAIRS`] are not looked at.
-pub fn session_token<'a>(cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> Option<String> {
+pub fn session_token<'a>(
+    cookie_headers: impl IntoIterator<Item = &'a [u8]>,
+    secure: bool,
+) -> Option<String> {
+    let wanted = cookie_name(secure);
     let mut pairs = 0;
     for header in cookie_headers {
         if header.len() > MAX_COOKIE_HEADER_BYTES {
@@ -211,7 +236,7 @@ pub fn session_token<'a>(cookie_headers: impl IntoIterator<Item = &'a [u8]>) -> 
             let Some((name, value)) = pair.trim().split_once('=') else {
                 continue;
             };
-            if name == COOKIE_NAME {
+            if name == wanted {
                 let value = value.trim_matches('"');
                 let well_formed = value.len() == SESSION_TOKEN_BYTES * 2
                     && value
@@ -515,27 +540,32 @@ mod tests {
         let s = SessionSecrets::from_entropy([0xab; SESSION_ENTROPY_BYTES]);
         assert_eq!(s.token.len(), 64);
         let c = session_cookie(&s.token, true);
-        assert!(c.starts_with("ignis_staff="));
-        for attr in [
-            "; HttpOnly",
-            "; SameSite=Strict",
-            "; Path=/staff",
-            "; Secure",
-        ] {
+        assert!(c.starts_with("__Host-ignis_staff="));
+        for attr in ["; HttpOnly", "; SameSite=Strict", "; Path=/;", "; Secure"] {
             assert!(c.contains(attr), "{attr} in {c}");
         }
-        assert!(!c.contains("Max-Age") && !c.contains("Expires"), "{c}");
-        assert!(!session_cookie(&s.token, false).contains("Secure"));
-        let header = format!("theme=dark; {COOKIE_NAME}={}; x=y", s.token);
-        assert_eq!(session_token([header.as_bytes()]), Some(s.token.clone()));
-        assert_eq!(session_token([&b"ignis_staff=short"[..]]), None);
-        assert_eq!(session_token([&b"other=1"[..]]), None);
-        let many = format!(
-            "{}{COOKIE_NAME}={}",
-            "a=b; ".repeat(MAX_COOKIE_PAIRS),
-            s.token
-        );
-        assert_eq!(session_token([many.as_bytes()]), None);
+        assert!(!c.contains("Max-Age") && !c.contains("Expires") && !c.contains("Domain"));
+        let plain = session_cookie(&s.token, false);
+        assert!(plain.starts_with("ignis_staff=") && plain.contains("; Path=/staff"));
+        assert!(!plain.contains("Secure"));
+        assert!(clear_cookie(true).starts_with("__Host-ignis_staff=;"));
+        for secure in [true, false] {
+            let name = cookie_name(secure);
+            let header = format!("theme=dark; {name}={}; x=y", s.token);
+            assert_eq!(
+                session_token([header.as_bytes()], secure),
+                Some(s.token.clone())
+            );
+            // The other site's name is not a session here: on https a plain `ignis_staff`
+            // (plantable over http or from a sibling domain) is ignored.
+            let other = format!("{}={}", cookie_name(!secure), s.token);
+            assert_eq!(session_token([other.as_bytes()], secure), None);
+            let short = format!("{name}=short");
+            assert_eq!(session_token([short.as_bytes()], secure), None);
+            let many = format!("{}{name}={}", "a=b; ".repeat(MAX_COOKIE_PAIRS), s.token);
+            assert_eq!(session_token([many.as_bytes()], secure), None);
+        }
+        assert_eq!(session_token([&b"other=1"[..]], false), None);
     }
 
     #[test]

@@ -612,7 +612,7 @@ impl Practice {
                 password,
                 slot,
             }) => {
-                let replaces = auth::session_token(req.cookies.iter().copied())
+                let replaces = auth::session_token(req.cookies.iter().copied(), site.secure)
                     .map(|t| auth::session_hash(&t));
                 self.start_login((req.client, replaces), (name, password, slot), reply)
             }
@@ -680,7 +680,7 @@ impl Practice {
         if req.path == LOGOUT_PATH && method != "POST" {
             return Err(StaffError::Method);
         }
-        let Some(token) = auth::session_token(req.cookies.iter().copied()) else {
+        let Some(token) = auth::session_token(req.cookies.iter().copied(), site.secure) else {
             return match method {
                 "POST" => Err(StaffError::NoSession),
                 _ => Ok(Prepared::Reply(redirect(LOGIN_PATH, None))),
