@@ -749,7 +749,17 @@ fn anonymous_callers_must_give_a_number_for_call_backs(db: &TestDb) {
     let body = r#"{"category":"callback","caller":{"family_name":"Anonym"}}"#;
     assert_eq!(request(&mut e, &t, body)["error"], "callback_number_needed");
     let body = r#"{"category":"callback","caller":{"family_name":"Anonym"},"callback_number":"+49 170 5550002"}"#;
-    assert_eq!(request(&mut e, &t, body)["ok"], true);
+    let v = request(&mut e, &t, body);
+    assert_eq!(
+        (v["ok"].clone(), v["number_on_file_instead"].clone()),
+        (true.into(), false.into())
+    );
+    // Identified from another number (name and birth date only): the practice calls back the
+    // number on file, and the answer says so instead of confirming the number named.
+    let t = e.call("CA2", OTHER_PHONE, now());
+    e.identify(&t, "Weber", None, "1972-08-22", now());
+    let body = r#"{"category":"callback","patient_ref":"P1","callback_number":"+49 170 5550009"}"#;
+    assert_eq!(request(&mut e, &t, body)["number_on_file_instead"], true);
 }
 
 fn request_input_is_bounded(db: &TestDb) {

@@ -224,6 +224,10 @@ pub struct RequestCreated {
     pub queue_position: Option<u32>,
     /// A retry of a request already filed in this call: its first reference, nothing new.
     pub repeated: bool,
+    /// The caller named a call-back number, but the practice calls back the number on file
+    /// (below phone assurance, or results): the agent says so instead of confirming the
+    /// number it heard.
+    pub number_on_file_instead: bool,
 }
 
 /// Numbers the agent may say during an emergency.

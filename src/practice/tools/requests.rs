@@ -7,7 +7,7 @@ use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
 use crate::practice::calendar;
 use crate::practice::calls::{
-    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY,
+    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY, normalize_number,
 };
 use crate::practice::premium::is_premium;
 use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
@@ -75,6 +75,13 @@ impl Ctx<'_> {
             .or(on_file)
             .or_else(|| i.callback_number.clone())
             .or_else(|| self.caller_number());
+        // The caller named a number and the practice will call another (the one on file): the
+        // agent must say so, not confirm the number it heard (practice-tools review).
+        let same = |a: &str, b: &str| normalize_number(a) == normalize_number(b);
+        let number_on_file_instead = match (&i.callback_number, &callback_number) {
+            (Some(given), Some(used)) => !same(given, used),
+            _ => false,
+        };
         if callback_number
             .as_deref()
             .is_some_and(|n| is_premium(n, &self.config.premium_rate_prefixes))
@@ -103,6 +110,7 @@ impl Ctx<'_> {
                 needs: decision.needs,
                 queue_position: first.queue_position,
                 repeated: true,
+                number_on_file_instead,
             });
         }
         // The caps come last, so that a request the rules refuse anyway is answered as such.
@@ -135,6 +143,7 @@ impl Ctx<'_> {
             needs: decision.needs,
             queue_position: created.queue_position,
             repeated: false,
+            number_on_file_instead,
         })
     }
 
