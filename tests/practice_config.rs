@@ -156,6 +156,19 @@ fn overlapping_templates_of_one_practitioner_are_refused() {
     );
 }
 
+/// The holiday list is maintained by hand: start-up warns when it ends before the booking
+/// horizon (Christmas would be offered otherwise).
+#[test]
+fn a_holiday_list_ending_before_the_horizon_is_reported() {
+    let c = PracticeConfig::demo();
+    let last = c.public_holidays.iter().map(|h| h.date).max().unwrap();
+    let horizon = i64::from(c.booking_horizon_days);
+    let early = last.saturating_sub(jiff::Span::new().days(horizon + 1));
+    assert_eq!(c.holidays_end_before_horizon(early), None);
+    let late = last.saturating_sub(jiff::Span::new().days(horizon - 1));
+    assert_eq!(c.holidays_end_before_horizon(late), Some(last));
+}
+
 #[test]
 fn a_bookable_visit_type_needs_a_template() {
     let (err, _) = broken("phone_bookable = false", "phone_bookable = true");

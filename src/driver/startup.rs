@@ -157,6 +157,15 @@ pub fn open_practice(
         None => PracticeConfig::demo(),
     };
     let now = super::practice_now();
+    let today = crate::practice::calendar::local(&practice_config, now).date;
+    if let Some(last) = practice_config.holidays_end_before_horizon(today) {
+        tracing::warn!(
+            last_listed = %last,
+            horizon_days = practice_config.booking_horizon_days,
+            "public_holidays in practice.toml end before the booking horizon: slots on later \
+             holidays would be offered; extend the list"
+        );
+    }
     let (practice, thread) = match db {
         Some(db) => Practice::open_postgres(&settings, practice_config, db, now),
         None => Practice::open(&settings, practice_config, now),

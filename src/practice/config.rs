@@ -218,6 +218,20 @@ pub struct PracticeConfig {
 }
 
 impl PracticeConfig {
+    /// The last listed public holiday when the list ends before the booking horizon that
+    /// starts `today` does: slots after it would be offered on holidays not listed (Christmas,
+    /// say), so the operator must extend `public_holidays` (checked at start-up).
+    pub fn holidays_end_before_horizon(&self, today: Date) -> Option<Date> {
+        let horizon_end =
+            today.saturating_add(jiff::Span::new().days(i64::from(self.booking_horizon_days)));
+        let last = self.public_holidays.iter().map(|h| h.date).max();
+        match last {
+            Some(d) if d >= horizon_end => None,
+            Some(d) => Some(d),
+            None => Some(today),
+        }
+    }
+
     /// Parses and validates a `practice.toml`.
     pub fn from_toml_str(src: &str) -> Result<PracticeConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
