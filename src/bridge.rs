@@ -916,6 +916,11 @@ impl Bridge {
         if self.closed {
             return;
         }
+        // Audio held for the stream's start (or the agent's metadata) is dropped like what the
+        // outbound path holds: an interruption clears everything held (docs/elevenlabs.md
+        // §4.4). Without an outbound path yet nothing else would drop it (review, point 5).
+        self.early_agent.clear();
+        self.early_agent_bytes = 0;
         let Some(outbound) = self.outbound.as_mut() else {
             return;
         };

@@ -144,6 +144,33 @@ fn agent_audio_before_start_is_held_and_played() {
     assert!(b.stats().first_audio_after_start.unwrap() <= Duration::from_millis(1));
 }
 
+/// An interruption before Twilio's `start` drops the audio held for it, as it drops what the
+/// outbound path holds; the next turn's audio plays (DSP review, point 5).
+#[test]
+fn an_interruption_before_start_drops_the_held_audio() {
+    let t0 = Instant::now();
+    let mut b = Bridge::new(BridgeConfig::default());
+    b.handle_agent_connected(t0);
+    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(200)));
+    // Held audio of the interruption's own id goes too: everything held is cleared.
+    b.handle_agent_text(t0, &agent_audio(2, &ulaw_b64(200)));
+    b.handle_agent_text(
+        t0,
+        r#"{"type":"interruption","interruption_event":{"event_id":2}}"#,
+    );
+    b.handle_agent_text(t0, &agent_audio(2, &ulaw_b64(100)));
+    let t1 = t0 + Duration::from_millis(50);
+    twilio(&mut b, t1, START);
+    let mut out = drain(&mut b).0;
+    out.extend(run_until(&mut b, t1, t1 + Duration::from_secs(1)));
+    let bytes = media_bytes(&out);
+    assert_eq!(
+        bytes, 800,
+        "only the 100 ms after the interruption: {bytes} bytes"
+    );
+}
+
 /// Agent audio held before Twilio's `start` is capped in bytes too: a few huge events cannot
 /// make a call hold hundreds of MiB.
 #[test]
