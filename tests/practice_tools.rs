@@ -217,6 +217,17 @@ fn slots_are_offered_half_an_hour_ahead(db: &TestDb) {
     let v = e.slots(&token, "visit_type=kontrolle&limit=5", t);
     let first = v["slots"][0]["start"].as_str().unwrap();
     assert!(first >= "2026-11-25T10:20", "{first}");
+    // Booked only once the conversation ran into its lead: gone, with alternatives.
+    let start: Timestamp = first.parse().unwrap();
+    let later = start - jiff::SignedDuration::from_mins(20);
+    let p = e.identify(&token, "Weber", None, "1972-08-22", later)["patient_ref"].clone();
+    let (_, b) = e.post(
+        &token,
+        BOOK,
+        &book_body(&v["slots"][0]["slot_ref"], &p, "kontrolle"),
+        later,
+    );
+    assert_eq!(b["error"], "slot_taken", "{b}");
 }
 
 fn find_slots_error_codes(db: &TestDb) {
@@ -664,6 +675,31 @@ fn urgent_callbacks_promise_today_only_when_the_practice_is_there(db: &TestDb) {
     e.identify(&t2, "Weber", None, "1972-08-22", now());
     let (_, v) = e.post(&t2, REQUESTS, body, now());
     assert_eq!(v["expect"]["kind"], "callback_today", "{v}");
+    assert!(
+        !v["expect"]["label"].as_str().unwrap().contains("112"),
+        "{v}"
+    );
+    // Ten minutes before closing: not today either.
+    let late = at("2026-11-25T11:50:00Z"); // Wednesday 12:50
+    let t3 = e.call("CA3", WEBER_PHONE, late);
+    e.identify(&t3, "Weber", None, "1972-08-22", late);
+    let (_, v) = e.post(&t3, REQUESTS, body, late);
+    assert_eq!(v["expect"]["kind"], "callback_next_opening", "{v}");
+    let label = v["expect"]["label"].as_str().unwrap();
+    assert!(
+        label.contains("ab Donnerstag") && label.contains("112"),
+        "{label}"
+    );
+    // At night: today, with what to do until the practice opens.
+    let night = at("2026-11-26T00:30:00Z"); // Thursday 01:30
+    let t4 = e.call("CA4", WEBER_PHONE, night);
+    e.identify(&t4, "Weber", None, "1972-08-22", night);
+    let (_, v) = e.post(&t4, REQUESTS, body, night);
+    assert_eq!(v["expect"]["kind"], "callback_today", "{v}");
+    assert!(
+        v["expect"]["label"].as_str().unwrap().contains("112"),
+        "{v}"
+    );
 }
 
 /// A retried booking is answered with the first one before the caps and the new-patient

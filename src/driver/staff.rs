@@ -173,10 +173,11 @@ pub fn command(cmd: &StaffCommand) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The audit row of an account change made on the command line (who: `cli`). The change is
+/// The audit row of an account change made on the command line (who: `(cli)`, which no
+/// account name can be). The change is
 /// made either way: the operator is told when its row could not be written.
 fn account_audit(s: &mut dyn crate::practice::store::Store, at: i64, what: &str, name: &str) {
-    if let Err(e) = s.staff_audit(at, "cli", &format!("{what} name={name}"), "ok") {
+    if let Err(e) = s.staff_audit(at, "(cli)", &format!("{what} name={name}"), "ok") {
         eprintln!("warning: the audit row of this change could not be written: {e}");
     }
 }

@@ -158,9 +158,9 @@ pub fn open_practice(
     };
     let now = super::practice_now();
     let today = crate::practice::calendar::local(&practice_config, now).date;
-    if let Some(last) = practice_config.holidays_end_before_horizon(today) {
+    if practice_config.holidays_run_out(today) {
         tracing::warn!(
-            last_listed = %last,
+            last_listed = ?practice_config.last_holiday(),
             horizon_days = practice_config.booking_horizon_days,
             "public_holidays in practice.toml end before the booking horizon: slots on later \
              holidays would be offered; extend the list"

@@ -118,6 +118,16 @@ pub fn opening_intervals(config: &PracticeConfig, date: Date) -> &[Interval] {
     config.opening_hours.day(weekday_index(date))
 }
 
+/// Minutes the practice is still open today from `now` on (the rest of the current opening
+/// and any later one today).
+pub fn open_minutes_left_today(config: &PracticeConfig, now: Timestamp) -> u32 {
+    let l = local(config, now);
+    opening_intervals(config, l.date)
+        .iter()
+        .map(|i| u32::from(i.end.saturating_sub(i.start.max(l.minute))))
+        .sum()
+}
+
 /// Whether the practice is open at `now`.
 pub fn is_open(config: &PracticeConfig, now: Timestamp) -> bool {
     let l = local(config, now);

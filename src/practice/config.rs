@@ -218,18 +218,18 @@ pub struct PracticeConfig {
 }
 
 impl PracticeConfig {
-    /// The last listed public holiday when the list ends before the booking horizon that
-    /// starts `today` does: slots after it would be offered on holidays not listed (Christmas,
-    /// say), so the operator must extend `public_holidays` (checked at start-up).
-    pub fn holidays_end_before_horizon(&self, today: Date) -> Option<Date> {
+    /// Whether the public holiday list ends (or is empty) before the booking horizon that
+    /// starts `today` does: slots after its last date would be offered on holidays not listed
+    /// (Christmas, say), so the operator must extend `public_holidays` (warned at start-up).
+    pub fn holidays_run_out(&self, today: Date) -> bool {
         let horizon_end =
             today.saturating_add(jiff::Span::new().days(i64::from(self.booking_horizon_days)));
-        let last = self.public_holidays.iter().map(|h| h.date).max();
-        match last {
-            Some(d) if d >= horizon_end => None,
-            Some(d) => Some(d),
-            None => Some(today),
-        }
+        self.last_holiday().is_none_or(|d| d < horizon_end)
+    }
+
+    /// The last listed public holiday.
+    pub fn last_holiday(&self) -> Option<Date> {
+        self.public_holidays.iter().map(|h| h.date).max()
     }
 
     /// Parses and validates a `practice.toml`.

@@ -796,9 +796,7 @@ impl Practice {
         let at = now.as_second();
         let known = pending.phc.is_some();
         let secure = site.secure;
-        if verified && let Ok(mut l) = self.staff.limiter.lock() {
-            l.record_success(&pending.name, pending.client, at);
-        }
+        let (client, state) = (pending.client, Arc::clone(&self.staff));
         // Dropping the rest frees the check's slot.
         let (name, replaces) = (pending.name, pending.replaces);
         let job = move |store: &mut dyn Store| -> StaffReply {
@@ -835,6 +833,11 @@ impl Practice {
             tracing::info!(outcome, "staff login");
             match opened {
                 Some(s) => {
+                    // A success only once it is stored and audited: then the attempt's
+                    // failure is taken back and the address trusted for the account.
+                    if let Ok(mut l) = state.limiter.lock() {
+                        l.record_success(&name, client, at);
+                    }
                     if let Some(old) = replaces
                         && let Err(e) = store.delete_staff_session(&old)
                     {

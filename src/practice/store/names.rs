@@ -7,8 +7,9 @@ use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 /// Normalises a name for matching: composed (NFC) and lowercased, German umlauts and ß spelled
 /// out (`ü` → `ue`), other Latin letters stripped of their marks (`ñ` → `n`, `ć` → `c`, with
 /// `ł ø đ æ œ ı þ` mapped by hand as they do not decompose), letters of other scripts kept
-/// as they are, and everything that is not a letter dropped. Never drops a letter: "Nuñez"
-/// and "Nunez" meet, "Петров" and "Иванов" stay apart (issue 16 review).
+/// as they are, marks included (が stays が; Greek final ς is σ), and everything that is not a
+/// letter dropped. Never drops a letter: "Nuñez" and "Nunez" meet, "Петров" and "Иванов"
+/// stay apart (issue 16 review).
 pub fn normalize_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.trim().nfc().flat_map(char::to_lowercase) {
@@ -24,16 +25,36 @@ pub fn normalize_name(name: &str) -> String {
             'ø' => out.push('o'),
             'đ' | 'ð' => out.push('d'),
             'ı' => out.push('i'),
+            'ς' => out.push('σ'),
             c if c.is_ascii_alphabetic() => out.push(c),
-            c if c.is_alphabetic() => decompose_compatible(c, |d| {
-                if d.is_alphabetic() && !is_combining_mark(d) {
-                    out.extend(d.to_lowercase());
-                }
-            }),
+            c if c.is_alphabetic() => push_letter(&mut out, c),
+            // A mark of a non-Latin letter (Devanagari vowel signs, say) is part of it.
+            c if is_combining_mark(c) && out.chars().last().is_some_and(|p| !p.is_ascii()) => {
+                out.push(c)
+            }
             _ => {}
         }
     }
     out
+}
+
+/// Appends a non-ASCII letter: a Latin one as its base letter without marks (NFKD: `ć` → `c`,
+/// `ﬁ` → `fi`), any other as it is.
+fn push_letter(out: &mut String, c: char) {
+    let (mut base, mut rest_marks) = (false, true);
+    decompose_compatible(c, |d| {
+        base |= d.is_ascii_alphabetic();
+        rest_marks &= d.is_ascii_alphabetic() || is_combining_mark(d);
+    });
+    if !(base && rest_marks) {
+        out.push(c);
+        return;
+    }
+    decompose_compatible(c, |d| {
+        if d.is_ascii_alphabetic() {
+            out.push(d.to_ascii_lowercase());
+        }
+    });
 }
 
 /// A spelling-tolerant key of a normalised name, for matching names heard over the phone: the
@@ -84,9 +105,14 @@ mod tests {
         assert_eq!(normalize_name("Søren Ærø"), "sorenaero");
         // A decomposed umlaut (u + combining diaeresis) is the composed one.
         assert_eq!(normalize_name("Mu\u{308}ller"), "mueller");
-        // Other scripts are kept, so two different names stay two.
+        // Other scripts are kept, marks included, so two different names stay two.
         assert_eq!(normalize_name("Петров"), "петров");
         assert_ne!(normalize_name("Петров"), normalize_name("Иванов"));
+        assert_ne!(normalize_name("ごとう"), normalize_name("ことう"));
+        assert_ne!(normalize_name("राम"), normalize_name("रम"));
+        assert_eq!(normalize_name("Ὀδυσσεύς"), normalize_name("ὀδυσσεύσ"));
+        assert_eq!(normalize_name("ẞ"), "ss");
+        assert_eq!(normalize_name("İlker"), "ilker");
         assert_eq!(normalize_name(" - ' "), "");
     }
 

@@ -90,6 +90,12 @@ impl Ctx<'_> {
         if let Some(first) = self.store.repeated_booking(&booking.idempotency_key)? {
             return self.booked(first, slot.id, vt, assurance);
         }
+        // Offered in time, but the conversation went on: a slot now inside the lead cannot be
+        // reached any more; the caller gets the alternatives as for a taken slot.
+        let soon = self.now.as_second() + super::slots::MIN_BOOKING_LEAD_SECS;
+        if self.store.slot(slot.id)?.is_some_and(|s| s.start < soon) {
+            return self.booked(BookOutcome::SlotGone, slot.id, vt, assurance);
+        }
         let (bookings_today, _) = self.caller_activity()?;
         if self.call.state.bookings >= MAX_BOOKINGS_PER_CALL
             || bookings_today >= MAX_BOOKINGS_PER_NUMBER_PER_DAY

@@ -105,7 +105,7 @@ impl Ctx<'_> {
     /// Whether the caller number equals the patient's number on file.
     pub(super) fn caller_matches(&self, p: &PatientRecord) -> bool {
         let caller = normalize_number(&self.call.caller_number);
-        match &p.phone {
+        match phone_on_file(p) {
             Some(ph) if caller.len() >= MIN_NUMBER_DIGITS => {
                 constant_time_eq(normalize_number(ph).as_bytes(), caller.as_bytes())
             }
@@ -171,4 +171,13 @@ impl Ctx<'_> {
     pub(super) fn inside_notice(&self, start: i64) -> bool {
         start - self.now.as_second() < i64::from(self.config.min_notice_hours) * 3600
     }
+}
+
+/// The patient's number on file, unless it is a withheld caller's placeholder stored before
+/// such numbers were turned into `anonymous` (docs/twilio.md §3.1): nobody can be called back
+/// on it, and every withheld caller would "match" it.
+pub(super) fn phone_on_file(p: &PatientRecord) -> Option<&String> {
+    p.phone
+        .as_ref()
+        .filter(|n| !crate::twilio::webhook::is_withheld_number(n))
 }

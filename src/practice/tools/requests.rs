@@ -1,7 +1,7 @@
 //! `create_request`: what each category needs and what the caller can expect (docs/practice-tools.md §6.3 for
 //! results, which are only discussed on the number on file).
 
-use super::context::{Ctx, Out};
+use super::context::{Ctx, Out, phone_on_file};
 use super::error::ToolError;
 use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
@@ -17,6 +17,9 @@ pub(super) fn fingerprint(what: &str) -> String {
     use sha2::{Digest, Sha256};
     crate::secret::hex_lower(&Sha256::digest(what.as_bytes()))
 }
+
+/// Opening minutes an urgent call-back needs left today to be promised for today.
+pub const URGENT_CALLBACK_MIN_MINUTES: u32 = 60;
 
 /// How many days ahead the next working day is searched for.
 const WORKING_DAY_SEARCH_DAYS: usize = 30;
@@ -69,7 +72,7 @@ impl Ctx<'_> {
         let on_file = patient
             .as_ref()
             .filter(|_| assurance != Some(Assurance::NameDobPhone))
-            .and_then(|p| p.phone.clone());
+            .and_then(|p| phone_on_file(p).cloned());
         let callback_number = decision
             .callback_number
             .or(on_file)
@@ -216,7 +219,7 @@ impl Ctx<'_> {
                 let Some(p) = patient else {
                     return Err(ToolError::NotIdentified.into());
                 };
-                let Some(ph) = &p.phone else {
+                let Some(ph) = phone_on_file(p) else {
                     return Err(ToolError::NoNumberOnFile.into());
                 };
                 let mut d = Decision::expect(
@@ -246,41 +249,56 @@ impl Ctx<'_> {
         Ok(decision)
     }
 
-    /// What an urgent call-back can promise now: "today" only when the practice is open now
-    /// or opens again today; else the next opening, with the after-hours advice from the
-    /// calendar for what cannot wait (docs/practice-tools.md §2.4: the server decides which
-    /// advice applies now). A Friday-afternoon caller is not promised a call nobody will make.
+    /// What an urgent call-back can promise now: "today" only while the practice has at least
+    /// [`URGENT_CALLBACK_MIN_MINUTES`] of opening left today (now or after a break); else the
+    /// next opening. Whenever nobody is there right now (night, lunch, closed), the after-hours
+    /// advice from the calendar follows for what cannot wait (docs/practice-tools.md §3.6: the
+    /// server decides which advice applies now). A Friday 12:55 caller is not promised a call
+    /// nobody will make.
     fn urgent_callback(&self) -> Decision {
         let cfg = self.config;
-        let today = calendar::local(cfg, self.now).date;
-        let reopens = calendar::next_opening(cfg, self.now);
-        let later_today = reopens.is_some_and(|t| calendar::local(cfg, t).date == today);
-        if calendar::is_open(cfg, self.now) || later_today {
+        let open_now = calendar::is_open(cfg, self.now);
+        let today = calendar::open_minutes_left_today(cfg, self.now) >= URGENT_CALLBACK_MIN_MINUTES;
+        // From when the call-back is promised: now, or past today's last minutes.
+        let from = if open_now && !today {
+            self.now + jiff::SignedDuration::from_mins(i64::from(URGENT_CALLBACK_MIN_MINUTES))
+        } else {
+            self.now
+        };
+        // What to do meanwhile, when nobody is there until then.
+        let meanwhile = if calendar::is_open(cfg, from) {
+            String::new()
+        } else {
+            let advice = calendar::emergency_advice(cfg, false, from);
+            let vertretung = advice
+                .covering
+                .as_ref()
+                .map(|c| format!("{}, Telefon {}", c.name, c.phone));
+            let say = super::emergency::say(
+                advice.advice,
+                &cfg.emergency_service.number,
+                vertretung.as_deref(),
+            );
+            format!(" Wenn es nicht so lange warten kann: {say}")
+        };
+        if today {
             return Decision::expect(
                 ExpectKind::CallbackToday,
-                "Wir rufen Sie heute noch zurück.",
+                format!("Wir rufen Sie heute noch zurück.{meanwhile}"),
             );
         }
-        let advice = calendar::emergency_advice(cfg, false, self.now);
-        let vertretung = advice
-            .covering
-            .as_ref()
-            .map(|c| format!("{}, Telefon {}", c.name, c.phone));
-        let meanwhile = super::emergency::say(
-            advice.advice,
-            &cfg.emergency_service.number,
-            vertretung.as_deref(),
-        );
-        let when = match reopens {
+        let when = match calendar::next_opening(cfg, from) {
             Some(t) => format!("ab {}", calendar::label(cfg, t)),
             None => "sobald die Praxis wieder geöffnet ist".to_string(),
         };
+        let state = if open_now {
+            "Die Praxis schließt gleich."
+        } else {
+            "Die Praxis ist gerade geschlossen."
+        };
         Decision::expect(
             ExpectKind::CallbackNextOpening,
-            format!(
-                "Die Praxis ist gerade geschlossen. Wir rufen Sie {when} zurück. Wenn es nicht \
-                 so lange warten kann: {meanwhile}"
-            ),
+            format!("{state} Wir rufen Sie {when} zurück.{meanwhile}"),
         )
     }
 

@@ -92,8 +92,9 @@
       headers: { 'X-CSRF-Token': token }
     }).then(function (r) {
       if (r.status === 200) { healthy(); return apply(r); }
-      // Not done (the server changes nothing it cannot audit): the button stays.
-      if (unavailable(r)) { trouble(); return null; }
+      // Maybe not done (no audit row, no change), maybe done with its answer withheld: the
+      // page is marked stale and asks for the real state at once.
+      if (unavailable(r)) { trouble(); pauseUntil = 0; return null; }
       window.location.reload();
       return null;
     }).catch(function () {
