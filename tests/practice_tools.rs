@@ -656,50 +656,31 @@ fn each_request_category(db: &TestDb) {
 /// An urgent call-back promises "today" only while someone is there to make it: on Wednesday
 /// afternoon (hours 08–13) it names Thursday's opening and the advice meanwhile.
 fn urgent_callbacks_promise_today_only_when_the_practice_is_there(db: &TestDb) {
-    let afternoon = at("2026-11-25T13:30:00Z"); // Wednesday 14:30 in Berlin
-    let mut e = Env::on(db, afternoon);
-    let t = e.call("CA1", WEBER_PHONE, afternoon);
-    e.identify(&t, "Weber", None, "1972-08-22", afternoon);
-    let body = r#"{"category":"urgent_callback","patient_ref":"P1"}"#;
-    let (s, v) = e.post(&t, REQUESTS, body, afternoon);
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["expect"]["kind"], "callback_next_opening", "{v}");
-    let label = v["expect"]["label"].as_str().unwrap();
-    assert!(
-        label.contains("ab Donnerstag, 26. November, 8:00 Uhr"),
-        "{label}"
-    );
-    assert!(label.contains("112") && !label.contains("heute"), "{label}");
-    // The same morning, open: today.
-    let t2 = e.call("CA2", WEBER_PHONE, now());
-    e.identify(&t2, "Weber", None, "1972-08-22", now());
-    let (_, v) = e.post(&t2, REQUESTS, body, now());
-    assert_eq!(v["expect"]["kind"], "callback_today", "{v}");
-    assert!(
-        !v["expect"]["label"].as_str().unwrap().contains("112"),
-        "{v}"
-    );
-    // Ten minutes before closing: not today either.
-    let late = at("2026-11-25T11:50:00Z"); // Wednesday 12:50
-    let t3 = e.call("CA3", WEBER_PHONE, late);
-    e.identify(&t3, "Weber", None, "1972-08-22", late);
-    let (_, v) = e.post(&t3, REQUESTS, body, late);
-    assert_eq!(v["expect"]["kind"], "callback_next_opening", "{v}");
-    let label = v["expect"]["label"].as_str().unwrap();
-    assert!(
-        label.contains("ab Donnerstag") && label.contains("112"),
-        "{label}"
-    );
-    // At night: today, with what to do until the practice opens.
-    let night = at("2026-11-26T00:30:00Z"); // Thursday 01:30
-    let t4 = e.call("CA4", WEBER_PHONE, night);
-    e.identify(&t4, "Weber", None, "1972-08-22", night);
-    let (_, v) = e.post(&t4, REQUESTS, body, night);
-    assert_eq!(v["expect"]["kind"], "callback_today", "{v}");
-    assert!(
-        v["expect"]["label"].as_str().unwrap().contains("112"),
-        "{v}"
-    );
+    let mut e = Env::on(db, now());
+    // (Berlin time, kind, the label names the next opening, the label has advice meanwhile)
+    let cases = [
+        ("2026-11-25T13:30:00Z", "callback_next_opening", true, true), // Wednesday 14:30
+        ("2026-11-25T08:00:00Z", "callback_today", false, false),      // 09:00, open
+        ("2026-11-25T11:50:00Z", "callback_next_opening", true, true), // 12:50, closing at 13
+        ("2026-11-26T00:30:00Z", "callback_today", false, true),       // Thursday 01:30
+    ];
+    for (i, (when, kind, names_opening, advice)) in cases.into_iter().enumerate() {
+        let t0 = at(when);
+        let t = e.call(&format!("CA{i}"), WEBER_PHONE, t0);
+        e.identify(&t, "Weber", None, "1972-08-22", t0);
+        let body = r#"{"category":"urgent_callback","patient_ref":"P1"}"#;
+        let (s, v) = e.post(&t, REQUESTS, body, t0);
+        assert_eq!(
+            (s, v["expect"]["kind"].as_str()),
+            (200, Some(kind)),
+            "{when}: {v}"
+        );
+        let label = v["expect"]["label"].as_str().unwrap();
+        let opening = label.contains("ab Donnerstag, 26. November, 8:00 Uhr");
+        assert_eq!(opening, names_opening, "{when}: {label}");
+        assert_eq!(label.contains("112"), advice, "{when}: {label}");
+        assert_eq!(label.contains("heute"), !names_opening, "{when}: {label}");
+    }
 }
 
 /// A retried booking is answered with the first one before the caps and the new-patient
