@@ -21,7 +21,8 @@ use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
     CancelReason, DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest,
     RequestCategory, RequestChange, RetentionPolicy, STAFF_SESSION_IDLE_SECS,
-    STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store, StoreError, Urgency,
+    STAFF_SESSION_MAX_SECS, STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store,
+    StoreError, Urgency,
 };
 use practice_support::{temp_dir, wed_morning};
 
@@ -741,20 +742,35 @@ fn staff_accounts_sessions_and_audit(db: &TestDb) {
             .unwrap()
     );
     assert!(!s.create_staff_session(&[8; 32], "carla", "x", t0).unwrap());
-    // Idle expiry: each use moves the 8 h window.
-    let idle = STAFF_SESSION_IDLE_SECS;
-    let seen = s.touch_staff_session(&token, t0 + idle).unwrap().unwrap();
+    // Idle expiry: each use moves the 8 h window...
+    let (idle, hour) = (STAFF_SESSION_IDLE_SECS, 3600);
+    let seen = s
+        .touch_staff_session(&token, t0 + 3 * hour)
+        .unwrap()
+        .unwrap();
     assert_eq!((seen.user.as_str(), seen.csrf.as_str()), ("anna", "csrf-a"));
     assert!(
-        s.touch_staff_session(&token, t0 + 2 * idle)
+        s.touch_staff_session(&token, t0 + 3 * hour + idle - 1)
             .unwrap()
             .is_some()
     );
+    // ...but not past the 12 h since the login, however used.
     assert!(
-        s.touch_staff_session(&token, t0 + 3 * idle + 1)
+        s.peek_staff_session(&token, t0 + STAFF_SESSION_MAX_SECS)
             .unwrap()
             .is_none()
     );
+    let idle_token = [6u8; 32];
+    assert!(
+        s.create_staff_session(&idle_token, "anna", "csrf-i", t0)
+            .unwrap()
+    );
+    assert!(
+        s.touch_staff_session(&idle_token, t0 + idle + 1)
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.delete_staff_session(&idle_token).unwrap());
     assert!(s.touch_staff_session(&[9; 32], t0).unwrap().is_none());
 
     // Logout deletes; removing an account deletes its sessions.
