@@ -320,6 +320,28 @@ fn requests_are_capped_per_call_and_per_number_per_day() {
     assert_eq!((s, v["ok"].clone()), (200, true.into()), "{v}");
 }
 
+/// From a withheld number the review could not be called back: the agent is asked for a
+/// number first, and nothing is filed (agent review, point M5).
+#[test]
+fn a_duplicate_new_patient_from_a_withheld_number_needs_a_call_back_number() {
+    let mut e = Env::new("lim-duplicate-anon", now());
+    let t = e.call("CA1", "anonymous", now());
+    let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    let np = r#"{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}"#;
+    let (_, v) = e.post(
+        &t,
+        "/api/appointments",
+        &format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#),
+        now(),
+    );
+    assert_eq!(v["error"], "callback_number_needed", "{v}");
+    assert_eq!(
+        e.store.open_requests().unwrap().len(),
+        0,
+        "a review nobody can call back was filed"
+    );
+}
+
 #[test]
 fn a_new_patient_who_already_exists_goes_to_staff_review() {
     let mut e = Env::new("lim-duplicate", now());

@@ -376,6 +376,15 @@ pub fn date_label(date: Date) -> String {
     )
 }
 
+/// A German date as said aloud: `"Dienstag, 24. November"`.
+pub fn spoken_date(date: Date) -> String {
+    format!(
+        "{}, {}",
+        WEEKDAYS_DE[weekday_index(date)],
+        day_month_label(date)
+    )
+}
+
 /// Short German date: `"2. Januar"`.
 pub fn day_month_label(date: Date) -> String {
     format!("{}. {}", date.day(), MONTHS_DE[(date.month() - 1) as usize])

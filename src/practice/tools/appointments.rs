@@ -210,6 +210,11 @@ impl Ctx<'_> {
         if !exists {
             return Ok(());
         }
+        // A review the staff cannot call back on helps nobody: a withheld caller is asked
+        // for a number first (the agent then files a call-back with it; agent/prompt.md §4).
+        if self.caller_number().is_none() {
+            return Err(ToolError::CallbackNumberNeeded.into());
+        }
         // The review is a request: it counts against the caller's request caps, so retries
         // cannot flood the staff with reviews.
         self.check_request_caps()?;

@@ -173,7 +173,9 @@ impl Ctx<'_> {
                     Decision::expect(
                         ExpectKind::ERezeptCard,
                         format!(
-                            "ab {} in der Apotheke mit Ihrer Versichertenkarte",
+                            "Nach Freigabe durch die Ärztin oder den Arzt können Sie das E-Rezept \
+                             voraussichtlich ab {} mit Ihrer Versichertenkarte in der Apotheke \
+                             einlösen.",
                             self.next_working_day_label()
                         ),
                     )
@@ -192,7 +194,8 @@ impl Ctx<'_> {
                 }
                 Decision::expect(
                     ExpectKind::DoctorCallback,
-                    "Die Ärztin oder der Arzt ruft Sie zurück; eine Krankschreibung am Telefon gibt es nur nach diesem Gespräch.",
+                    "Die Ärztin oder der Arzt ruft Sie zurück und entscheidet in diesem Gespräch, ob \
+                     eine Krankschreibung möglich ist.",
                 )
             }
             RequestCategory::Referral => {
@@ -205,7 +208,8 @@ impl Ctx<'_> {
                 let mut decision = Decision::expect(
                     ExpectKind::Pickup,
                     format!(
-                        "Die Überweisung liegt ab {} am Empfang für Sie bereit.",
+                        "Nach Freigabe durch die Ärztin oder den Arzt liegt die Überweisung \
+                         voraussichtlich ab {} am Empfang für Sie bereit.",
                         self.next_working_day_label()
                     ),
                 );
@@ -321,6 +325,7 @@ impl Ctx<'_> {
             }
             d = calendar::next_day(d);
         }
-        calendar::date_label(d)
+        // Said aloud: "Dienstag, 24. November", not a written date.
+        calendar::spoken_date(d)
     }
 }
