@@ -146,6 +146,13 @@ pub fn open_practice(
         }
     };
     let settings = PracticeSettings::new(vars, tools_token);
+    if settings.config_path.is_none() {
+        tracing::warn!(
+            demo_patients = settings.demo_patients,
+            "PRACTICE_CONFIG is not set: answering as the built-in Demo Praxis; copy \
+             practice.toml, describe your practice in it and set PRACTICE_CONFIG (README, step 2)"
+        );
+    }
     let practice_config = match &settings.config_path {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {

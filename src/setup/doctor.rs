@@ -203,6 +203,9 @@ pub fn evaluate_config(config: &Config) -> Check {
         missing.push("TOOLS_TOKEN (without it every tool request is refused)");
     }
     let mut recommended = Vec::new();
+    if config.practice.config_path.is_none() {
+        recommended.push("PRACTICE_CONFIG (without it the built-in Demo Praxis answers)");
+    }
     if config.fallback_number.is_none() {
         recommended.push("FALLBACK_NUMBER");
     }
@@ -1057,9 +1060,13 @@ mod tests {
         let c = evaluate_config(&full);
         assert_eq!(c.status, Status::Pass, "{c}");
         assert!(
-            c.detail.contains("recommended, unset: FALLBACK_NUMBER"),
+            c.detail.contains("recommended, unset: PRACTICE_CONFIG")
+                && c.detail.contains("FALLBACK_NUMBER"),
             "{c}"
         );
+        let mut own = full.clone();
+        own.practice.config_path = Some("/etc/ignis/practice.toml".into());
+        assert!(!evaluate_config(&own).detail.contains("PRACTICE_CONFIG"));
         assert!(!c.detail.contains("sk_secret") && !c.detail.contains("tools-token"));
         let mut http = full.clone();
         http.public_url = crate::config::PublicUrl::parse("http://127.0.0.1:8080").unwrap();
