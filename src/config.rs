@@ -874,7 +874,14 @@ impl<'a> Vars<'a> {
                 self.get(k)
                     .map(crate::pg::DatabaseUrl::parse)
                     .and_then(Result::err)
-                    .map_or_else(|| "is malformed".to_owned(), |e| e.to_string()),
+                    .map_or_else(
+                        || "is malformed".to_owned(),
+                        // The variable is named once, by `err`.
+                        |e| match e {
+                            crate::pg::PgError::BadUrl(why) => why.to_string(),
+                            other => other.to_string(),
+                        },
+                    ),
             ),
             PracticeError::Invalid(k) => err(
                 k,

@@ -731,4 +731,21 @@ async fn a_bad_configuration_exits_2() {
     assert_eq!(r.code, Some(2), "{r}");
     assert!(r.stderr.contains("PUBLIC_URL"), "{r}");
     assert!(r.stdout.is_empty(), "{r}");
+    // With --json, a monitor gets one parsable line for it too.
+    let r = run_doctor(
+        &dir,
+        &["--json"],
+        vec![("TWILIO_AUTH_TOKEN".into(), TOKEN.into())],
+    )
+    .await;
+    assert_eq!(r.code, Some(2), "{r}");
+    let line: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("a JSON line");
+    assert_eq!(
+        (line["id"].as_str(), line["status"].as_str()),
+        (Some("config"), Some("fail"))
+    );
+    assert!(
+        line["detail"].as_str().unwrap().contains("PUBLIC_URL"),
+        "{line}"
+    );
 }

@@ -41,7 +41,20 @@ const CALL_MAX: Duration = Duration::from_secs(60);
 /// `ignis doctor [--json] [--call]`: exit 0 when no check failed, 1 when one did, 2 for a bad
 /// configuration.
 pub fn run(args: &DoctorArgs) -> Result<(), StartError> {
-    let (config, tls) = super::load()?;
+    let (config, tls) = match super::load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // A monitor reading `--json` gets a line it can parse for this too (exit 2 stays).
+            if args.json {
+                let fix = "set the variables named in .env (README, Configuration)";
+                println!(
+                    "{}",
+                    core::json_line(&Check::fail("config", e.to_string(), fix))
+                );
+            }
+            return Err(e);
+        }
+    };
     let roots = net::root_store(config.extra_ca_file.as_deref()).map_err(super::bad_extra_ca)?;
     let json = args.json;
     let emit = move |c: &Check| {
