@@ -116,18 +116,30 @@ fn setup_buffering_loses_no_caller_frame() {
     assert_eq!(b.conversation_id(), Some("conv_1"));
 }
 
-#[test]
-fn agent_audio_before_start_is_held_and_played() {
-    let t0 = Instant::now();
+/// A bridge whose agent is connected (`ulaw_8000`) before Twilio's `start`.
+fn agent_first(t0: Instant) -> Bridge {
     let mut b = Bridge::new(BridgeConfig::default());
     b.handle_agent_connected(t0);
     b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    b
+}
+
+/// Twilio's `start` 50 ms after `t0`, then 1 s of timers: what went to Twilio.
+fn start_and_play(b: &mut Bridge, t0: Instant) -> Vec<String> {
+    let t1 = t0 + Duration::from_millis(50);
+    twilio(b, t1, START);
+    let mut out = drain(b).0;
+    out.extend(run_until(b, t1, t1 + Duration::from_secs(1)));
+    out
+}
+
+#[test]
+fn agent_audio_before_start_is_held_and_played() {
+    let t0 = Instant::now();
+    let mut b = agent_first(t0);
     b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(200)));
     assert!(drain(&mut b).0.is_empty(), "no stream yet");
-    let t1 = t0 + Duration::from_millis(50);
-    twilio(&mut b, t1, START);
-    let mut out = drain(&mut b).0;
-    out.extend(run_until(&mut b, t1, t1 + Duration::from_secs(1)));
+    let out = start_and_play(&mut b, t0);
     let media_frames: usize = out
         .iter()
         .filter(|m| m.contains("\"media\""))
@@ -149,9 +161,7 @@ fn agent_audio_before_start_is_held_and_played() {
 #[test]
 fn an_interruption_before_start_drops_the_held_audio() {
     let t0 = Instant::now();
-    let mut b = Bridge::new(BridgeConfig::default());
-    b.handle_agent_connected(t0);
-    b.handle_agent_text(t0, &metadata("ulaw_8000", "ulaw_8000"));
+    let mut b = agent_first(t0);
     b.handle_agent_text(t0, &agent_audio(1, &ulaw_b64(200)));
     // Held audio of the interruption's own id goes too: everything held is cleared.
     b.handle_agent_text(t0, &agent_audio(2, &ulaw_b64(200)));
@@ -160,11 +170,7 @@ fn an_interruption_before_start_drops_the_held_audio() {
         r#"{"type":"interruption","interruption_event":{"event_id":2}}"#,
     );
     b.handle_agent_text(t0, &agent_audio(2, &ulaw_b64(100)));
-    let t1 = t0 + Duration::from_millis(50);
-    twilio(&mut b, t1, START);
-    let mut out = drain(&mut b).0;
-    out.extend(run_until(&mut b, t1, t1 + Duration::from_secs(1)));
-    let bytes = media_bytes(&out);
+    let bytes = media_bytes(&start_and_play(&mut b, t0));
     assert_eq!(
         bytes, 800,
         "only the 100 ms after the interruption: {bytes} bytes"

@@ -337,10 +337,8 @@ pub fn slot_candidates(config: &PracticeConfig, from: Date, to: Date) -> Vec<Slo
 pub fn label(config: &PracticeConfig, at: Timestamp) -> String {
     let dt = config.timezone.to_datetime(at);
     format!(
-        "{}, {}. {}, {}:{:02} Uhr",
-        WEEKDAYS_DE[weekday_index(dt.date())],
-        dt.day(),
-        MONTHS_DE[(dt.month() - 1) as usize],
+        "{}, {}:{:02} Uhr",
+        spoken_date(dt.date()),
         dt.hour(),
         dt.minute()
     )

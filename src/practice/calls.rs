@@ -197,6 +197,13 @@ pub const MAX_FILED_PER_CALL: usize = 16;
 /// How long after its first the same request or emergency counts as a retry, seconds.
 pub const REFILE_WINDOW_SECS: i64 = 300;
 
+/// The fingerprint of a tool call for [`CallState::filed`]: SHA-256 (hex) of `what` (the tool
+/// and its parsed input).
+pub fn fingerprint(what: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::secret::hex_lower(&Sha256::digest(what.as_bytes()))
+}
+
 /// A request or emergency filed in this call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filed {

@@ -390,7 +390,7 @@ impl LoginLimiter {
     /// A refusal notes that its lock-out was reported ([`Limited::first`] once per window).
     pub fn check(&mut self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
         let mut refused: Option<Limited> = None;
-        let trusted = self.trusted(account, client, now);
+        let trusted = self.is_trusted(account, client, now);
         for key in [account_key(account), address_key(client)] {
             if trusted && matches!(key, LimitKey::Account(_)) {
                 continue;
@@ -452,7 +452,7 @@ impl LoginLimiter {
     }
 
     /// Whether `client` logged in as `account` within [`TRUSTED_ADDRESS_SECS`].
-    fn trusted(&self, account: &str, client: IpAddr, now: i64) -> bool {
+    fn is_trusted(&self, account: &str, client: IpAddr, now: i64) -> bool {
         self.trusted
             .get(&(account.to_owned(), address_unit(client)))
             .is_some_and(|at| now < at + TRUSTED_ADDRESS_SECS)
@@ -667,7 +667,7 @@ mod tests {
             );
         }
         assert_eq!(l.trusted.len(), MAX_TRUSTED_ADDRESSES);
-        assert!(!l.trusted("anna", IpAddr::V4(std::net::Ipv4Addr::from(0)), 100));
+        assert!(!l.is_trusted("anna", IpAddr::V4(std::net::Ipv4Addr::from(0)), 100));
     }
 
     #[test]

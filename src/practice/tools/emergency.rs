@@ -4,8 +4,9 @@
 use super::context::{Ctx, Out};
 use super::input::EmergencyInput;
 use super::outcome::{EmergencyAdvice, EmergencyNumbers};
-use crate::practice::calendar::{self, Advice};
-use crate::practice::calls::Filed;
+use crate::practice::calendar::{self, Advice, EmergencyDecision};
+use crate::practice::calls::{Filed, fingerprint};
+use crate::practice::config::PracticeConfig;
 use crate::practice::store::{NewEmergency, Severity};
 
 /// The European emergency number, said in every emergency answer.
@@ -16,15 +17,7 @@ impl Ctx<'_> {
         let cfg = self.config;
         let life_threatening = i.severity == Severity::LifeThreatening;
         let d = calendar::emergency_advice(cfg, life_threatening, self.now);
-        let vertretung = d
-            .covering
-            .as_ref()
-            .map(|c| format!("{}, Telefon {}", c.name, c.phone));
-        let say = say(
-            d.advice,
-            &cfg.emergency_service.number,
-            vertretung.as_deref(),
-        );
+        let (say, vertretung) = spoken_advice(cfg, &d);
         let patient_id = i
             .patient_ref
             .as_deref()
@@ -32,19 +25,14 @@ impl Ctx<'_> {
             .map(|p| p.id);
         // A retried report (same input in this call, within minutes) keeps its first event:
         // the advice goes out again, the staff see one emergency.
-        let fingerprint = super::requests::fingerprint(&format!("report_emergency|{i:?}"));
-        let now = self.now.as_second();
+        let fingerprint = fingerprint(&format!("report_emergency|{i:?}"));
         let first = self
             .call
             .state
-            .filed(&fingerprint, now)
+            .filed(&fingerprint, self.now.as_second())
             .map(|f| f.reference.clone());
         // Recording the event must never stop the advice from going out.
-        let event_ref = if first.is_some() {
-            first
-        } else {
-            self.record(i, patient_id, d.advice, fingerprint)
-        };
+        let event_ref = first.or_else(|| self.record(i, patient_id, d.advice, fingerprint));
         tracing::warn!(advice = d.advice.as_str(), "emergency reported");
         Ok(EmergencyAdvice {
             event_ref,
@@ -96,8 +84,26 @@ impl Ctx<'_> {
     }
 }
 
+/// What to say for a calendar decision, and the covering practice as "Name, Telefon …" when
+/// it names one.
+pub(super) fn spoken_advice(
+    cfg: &PracticeConfig,
+    d: &EmergencyDecision,
+) -> (String, Option<String>) {
+    let vertretung = d
+        .covering
+        .as_ref()
+        .map(|c| format!("{}, Telefon {}", c.name, c.phone));
+    let said = say(
+        d.advice,
+        &cfg.emergency_service.number,
+        vertretung.as_deref(),
+    );
+    (said, vertretung)
+}
+
 /// The German sentence for `advice`; `es` is the Bereitschaftsdienst's number.
-pub(super) fn say(advice: Advice, es: &str, vertretung: Option<&str>) -> String {
+fn say(advice: Advice, es: &str, vertretung: Option<&str>) -> String {
     let bereitschaft = || {
         format!(
             "Bitte rufen Sie den ärztlichen Bereitschaftsdienst unter {es} an. Bei Lebensgefahr sofort 112."

@@ -7,16 +7,11 @@ use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
 use crate::practice::calendar;
 use crate::practice::calls::{
-    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY, normalize_number,
+    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY, fingerprint,
+    normalize_number,
 };
 use crate::practice::premium::is_premium;
 use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
-
-/// The fingerprint of a tool call for [`CallState::filed`]: SHA-256 (hex) of `what`.
-pub(super) fn fingerprint(what: &str) -> String {
-    use sha2::{Digest, Sha256};
-    crate::secret::hex_lower(&Sha256::digest(what.as_bytes()))
-}
 
 /// Opening minutes an urgent call-back needs left today to be promised for today.
 pub const URGENT_CALLBACK_MIN_MINUTES: u32 = 60;
@@ -130,7 +125,7 @@ impl Ctx<'_> {
             call_sid: self.call.call_sid.clone(),
             assurance,
             caller_number: self.call.caller_number.trim().to_string(),
-            now: self.now.as_second(),
+            now,
         })?;
         self.state().requests += 1;
         self.state().note_filed(Filed {
@@ -274,15 +269,7 @@ impl Ctx<'_> {
             String::new()
         } else {
             let advice = calendar::emergency_advice(cfg, false, from);
-            let vertretung = advice
-                .covering
-                .as_ref()
-                .map(|c| format!("{}, Telefon {}", c.name, c.phone));
-            let say = super::emergency::say(
-                advice.advice,
-                &cfg.emergency_service.number,
-                vertretung.as_deref(),
-            );
+            let (say, _) = super::emergency::spoken_advice(cfg, &advice);
             format!(" Wenn es nicht so lange warten kann: {say}")
         };
         if today {

@@ -78,9 +78,7 @@ impl Ctx<'_> {
         let any_weekday = !i.weekdays.iter().any(|d| *d);
         calendar::slot_candidates(cfg, from, to)
             .into_iter()
-            .filter(|c| {
-                c.start >= now + MIN_BOOKING_LEAD_SECS && c.visit_types.contains(&i.visit_type)
-            })
+            .filter(|c| offerable(c, &i.visit_type, now))
             .filter(|c| i.practitioner.as_ref().is_none_or(|p| *p == c.practitioner))
             .filter(|c| {
                 let l = calendar::local(cfg, ts_of(c.start));
@@ -110,12 +108,15 @@ impl Ctx<'_> {
         let end = calendar::add_days(start, ALTERNATIVES_WINDOW_DAYS).min(horizon);
         let cands: Vec<_> = calendar::slot_candidates(cfg, start, end)
             .into_iter()
-            .filter(|c| {
-                c.start >= now + MIN_BOOKING_LEAD_SECS
-                    && c.visit_types.iter().any(|v| v == visit_type)
-            })
+            .filter(|c| offerable(c, visit_type, now))
             .collect();
         let slots = self.store.free_slots(&cands, ALTERNATIVES)?;
         Ok(slots.iter().map(|s| self.slot_view(s)).collect())
     }
+}
+
+/// Whether a candidate can be offered at `now` for `visit_type`: it takes that visit type
+/// and starts at least [`MIN_BOOKING_LEAD_SECS`] ahead.
+fn offerable(c: &SlotCandidate, visit_type: &str, now: i64) -> bool {
+    c.start >= now + MIN_BOOKING_LEAD_SECS && c.visit_types.iter().any(|v| v == visit_type)
 }

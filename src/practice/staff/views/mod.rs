@@ -105,34 +105,15 @@ impl ViewCall {
 
     /// The call with its day resolved (None → `today`), so the audit records the date that
     /// was shown (`day=2026-12-02`), not `day=today`.
-    pub fn with_day_resolved(self, today: Date) -> ViewCall {
-        match self {
-            ViewCall::Page { day } => ViewCall::Page {
-                day: Some(day.unwrap_or(today)),
-            },
-            ViewCall::Live { day } => ViewCall::Live {
-                day: Some(day.unwrap_or(today)),
-            },
-            ViewCall::RequestDone {
-                ref_code,
-                day,
-                fragment,
-            } => ViewCall::RequestDone {
-                ref_code,
-                day: Some(day.unwrap_or(today)),
-                fragment,
-            },
-            ViewCall::RequestUndo {
-                ref_code,
-                day,
-                fragment,
-            } => ViewCall::RequestUndo {
-                ref_code,
-                day: Some(day.unwrap_or(today)),
-                fragment,
-            },
-            other => other,
+    pub fn with_day_resolved(mut self, today: Date) -> ViewCall {
+        if let ViewCall::Page { day }
+        | ViewCall::Live { day }
+        | ViewCall::RequestDone { day, .. }
+        | ViewCall::RequestUndo { day, .. } = &mut self
+        {
+            day.get_or_insert(today);
         }
+        self
     }
 
     /// The day whose patient lists the call shows, once resolved: the page, the live
