@@ -184,3 +184,48 @@ fn dynamic_variables_always_carry_all_eleven() {
         "{notice}"
     );
 }
+
+/// With `state`, the Land's statutory holidays close the practice in any year, without a list:
+/// Fronleichnam 2028 (15 June, Easter + 60) in Bavaria, not in Berlin; a listed local day adds to
+/// them (docs/practice-tools.md §2.6).
+#[test]
+fn the_lands_holidays_close_the_practice_in_any_year() {
+    let bavaria = with(&[
+        ("state = \"BE\"", "state = \"BY\""),
+        (
+            "# Public holidays:",
+            "[[public_holidays]]\ndate = \"2028-08-15\"\nname = \"Mariä Himmelfahrt\"\n# Public holidays:",
+        ),
+    ]);
+    let berlin = demo();
+    let fronleichnam = "2028-06-15T10:00";
+    let t: Timestamp = bavaria
+        .timezone
+        .to_timestamp(fronleichnam.parse().unwrap())
+        .unwrap();
+    assert!(calendar::is_open(&berlin, t));
+    assert!(!calendar::is_open(&bavaria, t));
+    assert_eq!(advice(&bavaria, fronleichnam).0, Advice::Call116117);
+    assert_eq!(
+        calendar::hours_today(&bavaria, t),
+        "heute geschlossen (Fronleichnam)"
+    );
+    let day: jiff::civil::Date = "2028-06-15".parse().unwrap();
+    assert!(calendar::slot_candidates(&bavaria, day, day).is_empty());
+    assert!(!calendar::slot_candidates(&berlin, day, day).is_empty());
+    let week_before = at("2028-06-08T08:00:00Z");
+    assert!(
+        calendar::practice_notice(&bavaria, week_before)
+            .contains("Fronleichnam am 15. Juni geschlossen"),
+        "{}",
+        calendar::practice_notice(&bavaria, week_before)
+    );
+    assert_eq!(calendar::practice_notice(&berlin, week_before), "keine");
+    // The listed local day, on a Tuesday.
+    let assumption = bavaria
+        .timezone
+        .to_timestamp("2028-08-15T10:00".parse().unwrap())
+        .unwrap();
+    assert!(!calendar::is_open(&bavaria, assumption));
+    assert!(calendar::is_open(&berlin, assumption));
+}

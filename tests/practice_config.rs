@@ -1,6 +1,7 @@
 //! `practice.toml` validation: every error names the line of the offending value.
 
 use ignis::practice::config::{ConfigError, DEMO_PRACTICE_TOML, PracticeConfig};
+use ignis::practice::holidays::Land;
 
 fn line_of(src: &str, needle: &str) -> usize {
     src[..src.find(needle).unwrap_or_else(|| panic!("{needle}"))]
@@ -85,8 +86,8 @@ fn semantic_errors_name_the_line() {
             "longer than",
         ),
         (
-            "date = \"2026-12-25\"",
-            "date = \"2026-13-25\"",
+            "from = \"2026-12-28\"",
+            "from = \"2026-13-28\"",
             "not a date",
         ),
         ("to = \"2027-01-02\"", "to = \"2026-12-01\"", "ends before"),
@@ -151,11 +152,17 @@ fn overlapping_templates_of_one_practitioner_are_refused() {
     );
 }
 
-/// The holiday list is maintained by hand: start-up warns when it ends before the booking
-/// horizon (Christmas would be offered otherwise).
+/// Without a `state`, the holiday list is maintained by hand: start-up warns when it ends before
+/// the booking horizon (Christmas would be offered otherwise). With one, nothing runs out.
 #[test]
 fn a_holiday_list_ending_before_the_horizon_is_reported() {
-    let mut c = PracticeConfig::demo();
+    let src = DEMO_PRACTICE_TOML.replacen("state = \"BE\"\n", "", 1).replacen(
+        "# Public holidays:",
+        "[[public_holidays]]\ndate = \"2027-10-03\"\nname = \"Tag der Deutschen Einheit\"\n# Public holidays:",
+        1,
+    );
+    let mut c = PracticeConfig::from_toml_str(&src).unwrap();
+    assert_eq!(c.state, None);
     let last = c.last_holiday().unwrap();
     let horizon = i64::from(c.booking_horizon_days);
     let early = last.saturating_sub(jiff::Span::new().days(horizon + 1));
@@ -164,6 +171,26 @@ fn a_holiday_list_ending_before_the_horizon_is_reported() {
     assert!(c.holidays_run_out(late));
     c.public_holidays.clear();
     assert!(c.holidays_run_out(early));
+    let shipped = PracticeConfig::demo();
+    assert_eq!(shipped.state, Some(Land::Be));
+    assert!(shipped.public_holidays.is_empty());
+    assert!(!shipped.holidays_run_out(late));
+}
+
+/// `state` takes the Land's code in any case (also `DE-XX`); anything else is refused on its
+/// line, with the codes listed.
+#[test]
+fn the_state_is_a_lands_code() {
+    let c = PracticeConfig::from_toml_str(&DEMO_PRACTICE_TOML.replacen(
+        "state = \"BE\"",
+        "state = \"de-by\"",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.state, Some(Land::By));
+    let (err, line) = broken("state = \"BE\"", "state = \"Bayern\"");
+    assert_eq!(err.line, line);
+    assert!(err.message.contains("one of BW BY BE"), "{err}");
 }
 
 #[test]

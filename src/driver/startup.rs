@@ -169,8 +169,9 @@ pub fn open_practice(
         tracing::warn!(
             last_listed = ?practice_config.last_holiday(),
             horizon_days = practice_config.booking_horizon_days,
-            "public_holidays in practice.toml end before the booking horizon: slots on later \
-             holidays would be offered; extend the list"
+            "practice.toml names no state and its public_holidays end before the booking \
+             horizon: slots on later holidays would be offered; set state (the Land's code, \
+             README step 2) so they are computed, or extend the list"
         );
     }
     let (practice, thread) = match db {

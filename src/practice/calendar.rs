@@ -7,7 +7,8 @@
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use super::config::{Closure, CoveringPractice, Interval, PracticeConfig, PublicHoliday};
+use super::config::{Closure, CoveringPractice, Interval, PracticeConfig};
+use super::holidays;
 
 /// How many days ahead [`next_opening`] looks before giving up.
 pub const NEXT_OPENING_SEARCH_DAYS: i64 = 60;
@@ -97,9 +98,19 @@ pub fn add_days(date: Date, days: i64) -> Date {
     d
 }
 
-/// The public holiday on `date`, if any.
-pub fn public_holiday(config: &PracticeConfig, date: Date) -> Option<&PublicHoliday> {
-    config.public_holidays.iter().find(|h| h.date == date)
+/// The name of the public holiday on `date`, if any: a listed one, else the statutory one of
+/// the practice's Land (docs/practice-tools.md §2.6).
+pub fn public_holiday(config: &PracticeConfig, date: Date) -> Option<&str> {
+    config
+        .public_holidays
+        .iter()
+        .find(|h| h.date == date)
+        .map(|h| h.name.as_str())
+        .or_else(|| {
+            config
+                .state
+                .and_then(|land| holidays::statutory_holiday(land, date))
+        })
 }
 
 /// The closure covering `date`, if any.
@@ -417,8 +428,8 @@ fn hhmm(m: u16) -> String {
 /// Today's hours as said to the caller, including holiday and closure notes.
 pub fn hours_today(config: &PracticeConfig, now: Timestamp) -> String {
     let d = local(config, now).date;
-    if let Some(h) = public_holiday(config, d) {
-        return format!("heute geschlossen ({})", h.name);
+    if let Some(name) = public_holiday(config, d) {
+        return format!("heute geschlossen ({name})");
     }
     if let Some(c) = closure(config, d) {
         return format!("heute geschlossen ({})", c.reason);
@@ -457,16 +468,12 @@ pub fn practice_notice(config: &PracticeConfig, now: Timestamp) -> String {
         }
         notes.push(s);
     }
-    for h in config
-        .public_holidays
-        .iter()
-        .filter(|h| h.date >= today && h.date <= soon)
-    {
-        notes.push(format!(
-            "{} am {} geschlossen",
-            h.name,
-            day_month_label(h.date)
-        ));
+    let mut day = today;
+    while day <= soon {
+        if let Some(name) = public_holiday(config, day) {
+            notes.push(format!("{name} am {} geschlossen", day_month_label(day)));
+        }
+        day = next_day(day);
     }
     if notes.is_empty() {
         "keine".to_string()

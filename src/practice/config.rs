@@ -12,6 +12,8 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::holidays::{LANDS, Land};
+
 /// The shipped Demo Praxis configuration (the repository's `practice.toml`).
 pub const DEMO_PRACTICE_TOML: &str = include_str!("../../practice.toml");
 
@@ -199,7 +201,9 @@ pub struct PracticeConfig {
     pub covering_practice: Option<CoveringPractice>,
     /// 116 117 service hours.
     pub emergency_service: EmergencyService,
-    /// Public holidays.
+    /// The Land whose statutory holidays apply (`state`; `None`: only the listed ones).
+    pub state: Option<Land>,
+    /// Public holidays listed by hand: with `state`, the local and one-off ones.
     pub public_holidays: Vec<PublicHoliday>,
     /// Closures (holidays of the practice).
     pub closures: Vec<Closure>,
@@ -218,13 +222,14 @@ pub struct PracticeConfig {
 }
 
 impl PracticeConfig {
-    /// Whether the public holiday list ends (or is empty) before the booking horizon that
-    /// starts `today` does: slots after its last date would be offered on holidays not listed
-    /// (Christmas, say), so the operator must extend `public_holidays` (warned at start-up).
+    /// Whether, without a `state` whose holidays are computed, the public holiday list ends
+    /// (or is empty) before the booking horizon that starts `today` does: slots after its last
+    /// date would be offered on holidays not listed (Christmas, say), so the operator must set
+    /// `state` or extend `public_holidays` (warned at start-up).
     pub fn holidays_run_out(&self, today: Date) -> bool {
         let horizon_end =
             today.saturating_add(jiff::Span::new().days(i64::from(self.booking_horizon_days)));
-        self.last_holiday().is_none_or(|d| d < horizon_end)
+        self.state.is_none() && self.last_holiday().is_none_or(|d| d < horizon_end)
     }
 
     /// The last listed public holiday.
@@ -286,6 +291,7 @@ struct RawPractice {
     timezone: S<String>,
     phone: S<String>,
     staff_transfer_number: Option<S<String>>,
+    state: Option<S<String>>,
     #[serde(default = "yes")]
     accepts_new_patients: bool,
     #[serde(default = "default_notice")]
@@ -524,6 +530,7 @@ impl Validator<'_> {
             hours: self.week(es.hours.get_ref())?,
             public_holidays_all_day: es.public_holidays_all_day,
         };
+        let state = p.state.as_ref().map(|s| self.state(s)).transpose()?;
         let public_holidays = self.holidays(&raw.public_holidays)?;
         let closures = self.closures(&raw.closures, covering_practice.is_some())?;
         let practitioners = self.practitioners(&raw.practitioners)?;
@@ -564,6 +571,7 @@ impl Validator<'_> {
             opening_hours,
             covering_practice,
             emergency_service,
+            state,
             public_holidays,
             closures,
             practitioners,
@@ -579,6 +587,20 @@ impl Validator<'_> {
         let tz = TimeZone::get(&name)
             .map_err(|_| self.err(p.timezone.span(), format!("unknown time zone {name:?}")))?;
         Ok((name, tz))
+    }
+
+    fn state(&self, v: &S<String>) -> Result<Land, ConfigError> {
+        Land::from_code(v.get_ref()).ok_or_else(|| {
+            let codes: Vec<&str> = LANDS.iter().map(|(_, c)| *c).collect();
+            self.err(
+                v.span(),
+                format!(
+                    "unknown state {:?}: the Land's code, one of {}",
+                    v.get_ref(),
+                    codes.join(" ")
+                ),
+            )
+        })
     }
 
     fn holidays(&self, raw: &[S<RawHoliday>]) -> Result<Vec<PublicHoliday>, ConfigError> {

@@ -80,6 +80,7 @@ pub mod calendar;
 pub mod calls;
 pub mod config;
 pub mod demo;
+pub mod holidays;
 pub mod premium;
 pub mod retention;
 pub mod staff;
