@@ -151,9 +151,6 @@ pub struct Claim {
     pub call: IncomingCall,
     /// Identifies this stream in [`CallRegistry::register`] and [`CallRegistry::finish`].
     pub stream_id: u64,
-    /// Whether another replica answered the call and this one took its stream over
-    /// ([`CallRegistry::adopt`], docs/replicas.md §4.2): the tool token is replaced, not made.
-    pub adopted: bool,
 }
 
 /// How a call's conversation ended, as `stream-ended` needs to know.
@@ -369,11 +366,7 @@ impl CallRegistry {
         let stream_id = inner.next_stream_id;
         let call = call.clone();
         entry.state = State::Claimed { stream_id };
-        Ok(Claim {
-            call,
-            stream_id,
-            adopted: false,
-        })
+        Ok(Claim { call, stream_id })
     }
 
     /// Claims, for a stream handshake, a call another replica answered (its binding was
@@ -399,7 +392,6 @@ impl CallRegistry {
         Ok(Claim {
             call: call.clone(),
             stream_id,
-            adopted: true,
         })
     }
 
@@ -471,8 +463,9 @@ impl CallRegistry {
 
     /// Records how the stream `stream_id` of `call_sid` ended (live, or claimed and refused
     /// before its `start`) and drops its teardown handle. A later outcome for the same call
-    /// does not overwrite an earlier one.
-    pub fn finish(&self, call_sid: &str, stream_id: u64, outcome: Outcome, now: Instant) {
+    /// does not overwrite an earlier one. `true` when this ended the stream's call (`false`:
+    /// ended before, by Twilio's status callback say, or not this stream's).
+    pub fn finish(&self, call_sid: &str, stream_id: u64, outcome: Outcome, now: Instant) -> bool {
         let mut inner = self.lock();
         if let Some(entry) = inner.calls.get_mut(call_sid)
             && let State::Live { stream_id: id, .. } | State::Claimed { stream_id: id } =
@@ -480,7 +473,9 @@ impl CallRegistry {
             && id == stream_id
         {
             entry.state = State::Ended { outcome, at: now };
+            return true;
         }
+        false
     }
 
     /// The recorded outcome of a call, if it ended.
@@ -836,7 +831,6 @@ mod tests {
         let now = Instant::now();
         // Another replica's call, claimed here through the database.
         let c = r.adopt(&call(1), now).unwrap();
-        assert!(c.adopted);
         let (_, t) = counter();
         r.register(&sid(1), c.stream_id, t, now).unwrap();
         assert_eq!(r.adopt(&call(1), now), Err(StreamRefusal::Used));

@@ -136,3 +136,49 @@ async fn the_agent_gets_a_call_token_that_opens_the_tools_for_that_call_only() {
     let _ = caller.closed(T).await;
     eventually("call ended", || server.app.calls.live_count() == 0).await;
 }
+
+/// The call's token from the agent's `conversation_initiation_client_data`.
+fn token_of(agent: &common::fake_agent::AgentConn) -> String {
+    agent.initiation["dynamic_variables"]["secret__ignis_call"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `identify_patient` with the call token `token`: the HTTP status.
+async fn identify_status(server: &Server, token: &str) -> u16 {
+    let step = &DEMO_BOOKING_SCRIPT[0];
+    let req = tool_request("POST", step.path, "", step.body, Some(token), TOOLS_TOKEN);
+    roundtrip(server, &req).await.status
+}
+
+/// A stream that comes after its pre-connect gave up (`PRECONNECT_TIMEOUT_MS`) connects the
+/// agent itself, and that agent's token opens the tools: the stream takes the record the
+/// pre-connect made over. Before, the new token was refused (`CallExists`) and every tool
+/// request of the call failed.
+#[tokio::test]
+async fn a_stream_after_its_pre_connect_gave_up_gets_working_tools() {
+    let dir = TempDir::new("practice-late-stream");
+    let server = Server::start_with_practice_db(
+        &dir.join("ignis.db"),
+        TOOLS_TOKEN,
+        &[("PRECONNECT_TIMEOUT_MS", "200")],
+    )
+    .await;
+    let sid = "CA0000000000000000000000000000c003";
+    let path = answer_call(&server, sid).await;
+    let mut early = server.agent.next_conn(T).await;
+    let early_token = token_of(&early);
+    assert!(
+        early.closed_within(T).await,
+        "the pre-connect never gave up"
+    );
+
+    let _ws = open_stream_at(&server, &path, &start_message(sid)).await;
+    let agent = server.agent.next_conn(T).await;
+    let token = token_of(&agent);
+    assert_ne!(token, early_token);
+    assert_eq!(identify_status(&server, &token).await, 200);
+    // The pre-connect's token no longer opens anything.
+    assert_eq!(identify_status(&server, &early_token).await, 403);
+}

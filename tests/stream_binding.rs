@@ -411,3 +411,46 @@ async fn a_call_that_ends_before_its_stream_lets_its_agent_go_at_once() {
     );
     eventually("ended", || server.app.calls.outcome(sid).is_some()).await;
 }
+
+/// The call row's `ended_at`, once set (bounded wait).
+async fn ended_soon(db: &PathBuf, sid: &str) {
+    let ended = || call_rows(db).iter().any(|r| r.0 == sid && r.4.is_some());
+    eventually("the call row ended", ended).await;
+}
+
+/// A stream that fails before it runs (lost before `start`, or refused at it) ends the record
+/// the webhook's pre-connect made, and so its tool token (after the usual grace), instead of
+/// leaving it live until MAX_CALL_SECS (docs/twilio.md §8.2); the agent goes at once.
+#[tokio::test]
+async fn a_stream_that_never_ran_ends_the_record_its_webhook_made() {
+    let (_dir, server, db) = practice_server("unstreamed", &[]).await;
+    let released = Duration::from_secs(5);
+
+    // Lost: the stream's socket closes after the 101, before `start`.
+    let sid = "CA0000000000000000000000000000c001";
+    let path = answer_call(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    eventually("registered", || call_rows(&db).len() == 1).await;
+    let mut s = server.connect().await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, &signed_handshake(&path))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf, true).await.status, 101);
+    drop(s);
+    assert!(agent.closed_within(released).await);
+    ended_soon(&db, sid).await;
+
+    // Refused: `start` names another account than the webhook did.
+    let sid = "CA0000000000000000000000000000c002";
+    let path = answer_call(&server, sid).await;
+    let mut agent = server.agent.next_conn(T).await;
+    eventually("registered", || call_rows(&db).len() == 2).await;
+    let mut start = start_json(sid);
+    start["start"]["accountSid"] = "AC22222222222222222222222222222222".into();
+    let mut ws = open_stream_at(&server, &path, &start.to_string()).await;
+    refused_after_start(&mut ws).await;
+    assert_eq!(refusals(&server, "account_mismatch"), 1);
+    assert!(agent.closed_within(released).await);
+    ended_soon(&db, sid).await;
+}

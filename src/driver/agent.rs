@@ -113,8 +113,8 @@ impl std::fmt::Display for ConnectError {
 /// webhook replayed after the registry forgot its call (docs/twilio.md §8.5). The pre-connect
 /// then drops its agent socket instead of holding a conversation nobody will adopt.
 ///
-/// `adopted`: the stream took the call over from the replica that answered it
-/// (docs/replicas.md §4.2); the call's row gets this token instead (`Practice::adopt_call`).
+/// `adopted`: a started stream connects the agent itself (see [`link`]): the call's row, if
+/// there is one, gets this token instead (`Practice::adopt_call`, docs/replicas.md §4.2).
 pub(crate) fn call_variables(
     app: &App,
     call_sid: &str,
@@ -173,12 +173,17 @@ pub(crate) type LinkFuture = Pin<Box<dyn Future<Output = Result<AgentLink, Conne
 
 /// The agent link for a started stream: the call's pre-connected socket if there is one, else a
 /// fresh connect; either way within [`LINK_TIMEOUT_IN_CONNECT_TIMEOUTS`] connect timeouts.
+///
+/// A fresh connect registers its token as an adoption ([`call_variables`] with `adopted`): the
+/// call's record may exist already, made by a pre-connect that gave up before the stream came
+/// (`PRECONNECT_TIMEOUT_MS`) or by the replica that answered the webhook, and the stream, signed
+/// and bound to that webhook, takes it over. Registered as new, it would meet `CallExists` and
+/// leave the agent with a token no tool accepts.
 pub(crate) fn link(
     shared: &super::Shared,
     call_sid: &str,
     caller: String,
     called: String,
-    adopted: bool,
 ) -> LinkFuture {
     let app = shared.app.clone();
     let limit = app.config.elevenlabs_connect_timeout * LINK_TIMEOUT_IN_CONNECT_TIMEOUTS;
@@ -195,7 +200,7 @@ pub(crate) fn link(
     let tls = shared.tls.clone();
     let sid = call_sid.to_owned();
     Box::pin(async move {
-        let vars = call_variables(&app, &sid, &caller, &called, None, adopted);
+        let vars = call_variables(&app, &sid, &caller, &called, None, true);
         let t0 = Instant::now();
         match tokio::time::timeout(limit, connect(&app.config, &tls, &vars)).await {
             Ok(Ok(ws)) => Ok(AgentLink {

@@ -78,10 +78,7 @@ pub(super) async fn run(
                 if framing != Framing::Empty {
                     // The claim ends here: its slot against MAX_CALLS is freed.
                     let sid = claim.call.call_sid.as_str();
-                    app.calls
-                        .finish(sid, claim.stream_id, Outcome::Refused, super::instant());
-                    end_practice_call(&app, sid, Outcome::Refused);
-                    super::fleet::spawn_ended(&app, sid, Outcome::Refused);
+                    end_unstreamed_call(&shared, sid, claim.stream_id, Outcome::Refused);
                     return respond_and_close(
                         &app.metrics,
                         &mut stream,
@@ -280,24 +277,8 @@ async fn upgrade(
     .is_err()
     {
         // The claim dies with the connection: no stream for this call.
-        let now = super::instant();
-        let calls = &shared.app.calls;
-        calls.finish(
-            claim.call.call_sid.as_str(),
-            claim.stream_id,
-            Outcome::StreamLost,
-            now,
-        );
-        end_practice_call(
-            &shared.app,
-            claim.call.call_sid.as_str(),
-            Outcome::StreamLost,
-        );
-        super::fleet::spawn_ended(
-            &shared.app,
-            claim.call.call_sid.as_str(),
-            Outcome::StreamLost,
-        );
+        let sid = claim.call.call_sid.as_str();
+        end_unstreamed_call(shared, sid, claim.stream_id, Outcome::StreamLost);
         return;
     }
     // Bytes after the head (a first frame in the same segment) belong to the WebSocket layer.
@@ -311,6 +292,29 @@ async fn upgrade(
     )
     .await;
     twilio_socket::run(ws, claim, socket).await;
+}
+
+/// Ends a call whose stream never ran: refused at `start`, lost before it, or its 101 never
+/// written. The pre-connected agent goes at once (the nonce is spent: no stream can adopt it),
+/// the registry's claim and the fleet's row end, and so does the practice's record, whose tool
+/// token would otherwise stay valid until `MAX_CALL_SECS` (docs/twilio.md §8.2).
+pub(super) fn end_unstreamed_call(
+    shared: &super::Shared,
+    call_sid: &str,
+    stream_id: u64,
+    outcome: Outcome,
+) {
+    shared.preconnects.cancel(call_sid);
+    let app = &shared.app;
+    // Only the stream whose claim this was ends the record (a call Twilio ended first has its
+    // record ended by the status callback).
+    if app
+        .calls
+        .finish(call_sid, stream_id, outcome, super::instant())
+    {
+        end_practice_call(app, call_sid, outcome);
+    }
+    super::fleet::spawn_ended(app, call_sid, outcome);
 }
 
 /// Ends the practice's row of a call that never got (or lost) its stream, with the staff

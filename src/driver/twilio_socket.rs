@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::agent::{self, AgentLink, AgentSocket, ConnectError, LinkFuture};
 use super::agent_socket::AgentRead;
+use super::connection::end_unstreamed_call;
 use super::wake_gate::{Gate, GateSet};
 use super::{Phase, Shared, TaskToken, transfer};
 use crate::audio::pipeline::{AudioStages, DspPool, PoolLink};
@@ -169,7 +170,8 @@ async fn wait_for_start(
 
 /// The call from Twilio's `start` to its end: checks `start` against the claim, registers the
 /// stream, starts the agent link with the webhook's numbers, runs the loop, then records the
-/// summary. A refused stream ends before any agent link, tool token or bridge (audio) exists.
+/// summary. A refused stream ends before its own agent link or bridge (audio) exists; the
+/// webhook's pre-connected agent and practice record end with it ([`end_unstreamed_call`]).
 async fn call(
     mut twilio: WebSocketStream<TcpStream>,
     claim: Claim,
@@ -185,10 +187,7 @@ async fn call(
     let start = match wait_for_start(&mut twilio, &mut counters, &mut phase).await {
         Ok(s) => s,
         Err(outcome) => {
-            // The nonce is spent, so no stream will ever adopt the pre-connected agent.
-            shared.preconnects.cancel(&call_sid);
-            app.calls.finish(&call_sid, stream_id, outcome, now());
-            super::fleet::spawn_ended(&app, &call_sid, outcome);
+            end_unstreamed_call(&shared, &call_sid, stream_id, outcome);
             close_twilio(&mut twilio, outcome).await;
             info!(
                 outcome = outcome.as_str(),
@@ -199,10 +198,7 @@ async fn call(
     };
     if let Err(reason) = check_start(&start, &claim, &app) {
         app.refuse_stream(reason, Some(&call_sid));
-        shared.preconnects.cancel(&call_sid);
-        app.calls
-            .finish(&call_sid, stream_id, Outcome::Refused, now());
-        super::fleet::spawn_ended(&app, &call_sid, Outcome::Refused);
+        end_unstreamed_call(&shared, &call_sid, stream_id, Outcome::Refused);
         close_twilio(&mut twilio, Outcome::Refused).await;
         return;
     }
@@ -216,9 +212,7 @@ async fn call(
             _ => Outcome::Refused,
         };
         warn!(error = ?e, "[Twilio] Stream refused");
-        shared.preconnects.cancel(&call_sid);
-        app.calls.finish(&call_sid, stream_id, outcome, now());
-        super::fleet::spawn_ended(&app, &call_sid, outcome);
+        end_unstreamed_call(&shared, &call_sid, stream_id, outcome);
         close_twilio(&mut twilio, outcome).await;
         return;
     }
@@ -233,7 +227,7 @@ async fn call(
     // The numbers are the signed webhook's, never `start.customParameters` (unsigned).
     let (from, to) = (claim.call.from, claim.call.to);
     let (caller, called) = (from.as_str().into(), to.as_str().into());
-    let link = agent::link(&shared, &call_sid, caller, called, claim.adopted);
+    let link = agent::link(&shared, &call_sid, caller, called);
     let audio_ready = Arc::new(Notify::new());
     // The bridge is built in a plain function, never bound here: a local of this async fn
     // stays in its state machine after it is moved (2.6 KiB more per call, issue 16 RSS).
