@@ -35,8 +35,15 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
 /// lock held by a session that went silent must not block the call's tools on every replica.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keepalive idle time, so a peer that vanished without a FIN is noticed in about a minute
-/// rather than the kernel's two hours.
+/// rather than the kernel's two hours: [`KEEPALIVE_IDLE`] + [`KEEPALIVE_PROBES`] ×
+/// [`KEEPALIVE_INTERVAL`], on both ends. Set all three: with the idle time alone the kernel's
+/// own probe interval and count (75 s × 9) would make it twelve minutes, and a replica that lost
+/// power would hold a call's lock (and so that call's tools on every replica) that long.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between keepalive probes once [`KEEPALIVE_IDLE`] has passed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keepalive probes after which the connection is dropped.
+pub const KEEPALIVE_PROBES: u32 = 3;
 /// Longest a session may sit idle inside a transaction (`idle_in_transaction_session_timeout`).
 /// ignis's transactions go statement to statement without waiting on anything else, so a
 /// session idle in one belongs to a replica cut off or paused mid-transaction: the server ends
@@ -145,18 +152,24 @@ impl DatabaseUrl {
         // replica that vanished as quickly as the replica notices the server.
         let ours = format!(
             "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
-             -c tcp_keepalives_idle={}",
+             -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={}",
             STATEMENT_TIMEOUT.as_millis(),
             LOCK_TIMEOUT.as_millis(),
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
-            KEEPALIVE_IDLE.as_secs()
+            KEEPALIVE_IDLE.as_secs(),
+            KEEPALIVE_INTERVAL.as_secs(),
+            KEEPALIVE_PROBES
         );
         let options = match config.get_options() {
             Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
             _ => ours,
         };
         config.options(options);
-        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_PROBES);
         Ok(DatabaseUrl { config })
     }
 

@@ -108,6 +108,10 @@ async fn a_session_stuck_in_a_transaction_lets_go_of_its_locks() {
     };
     assert_eq!(setting("statement_timeout").await, "8s");
     assert_eq!(setting("idle_in_transaction_session_timeout").await, "5s");
+    // A replica that vanished mid-job loses its session (and a call's lock) in about a minute.
+    assert_eq!(setting("tcp_keepalives_idle").await, "30");
+    assert_eq!(setting("tcp_keepalives_interval").await, "10");
+    assert_eq!(setting("tcp_keepalives_count").await, "3");
     assert_eq!(
         setting("work_mem").await,
         "8MB",

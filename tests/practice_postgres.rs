@@ -292,3 +292,56 @@ fn staff_commands_work_on_postgres() {
     assert!(removed.status.success(), "{}", text(&removed));
     assert_eq!(db.value("SELECT COUNT(*) FROM staff_user", &[]), 0);
 }
+
+/// A tool job whose session dies after `live_call` took the call's lock (the database restarted,
+/// the replica's network dropped) fails its remaining operations as "unavailable": reconnecting
+/// would run them without the lock, where another request of the call could interleave and
+/// lose an update (docs/replicas.md, "Database unavailable"). The next job works again.
+#[test]
+fn a_job_that_lost_its_call_lock_fails_instead_of_running_unlocked() {
+    use ignis::practice::calls::CallState;
+    use ignis::practice::store::{PgStore, Store};
+    let db = TestDb::new(Kind::Postgres, "pg-lost-lock");
+    let mut store = PgStore::open(db.database()).unwrap();
+    let hash = [7u8; 32];
+    let now = wed_morning().as_second();
+    store
+        .start_call(
+            "CA0000000000000000000000000000d001",
+            &hash,
+            WEBER_PHONE,
+            "+4930123456",
+            now,
+        )
+        .unwrap();
+    let call = store.live_call(&hash, now).unwrap().expect("a live call");
+
+    // Another session ends the one holding the call's lock.
+    let pool = db.database();
+    let killed: i64 = pool.block_on(async {
+        let c = pool.client().await.unwrap();
+        let row = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+                 WHERE locktype = 'advisory' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    });
+    assert_eq!(killed, 1, "one session held the call's lock");
+
+    let state = CallState {
+        requests: 1,
+        ..CallState::default()
+    };
+    let err = store.save_call_state(call.id, &state).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    store.end_job();
+    // Nothing was written unlocked, and the next job of the call runs as usual.
+    let again = store.live_call(&hash, now).unwrap().expect("a live call");
+    assert_eq!(again.state.requests, 0);
+    store.save_call_state(again.id, &state).unwrap();
+    store.end_job();
+}

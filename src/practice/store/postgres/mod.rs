@@ -66,6 +66,10 @@ pub struct PgStore {
     client: Option<Client>,
     /// The call lock this store's session holds (second key), released by `end_job`.
     call_lock: Option<i32>,
+    /// The session holding this job's call lock was lost: the job's other operations fail
+    /// ("unavailable") instead of reconnecting and running without the lock, where another
+    /// request of the call could interleave (docs/replicas.md §3.1). Cleared by `end_job`.
+    lock_lost: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -142,6 +146,7 @@ impl PgStore {
             db: db.clone(),
             client: None,
             call_lock: None,
+            lock_lost: false,
         }
     }
 
@@ -164,6 +169,11 @@ impl PgStore {
     fn run<T>(&mut self, f: impl AsyncFnOnce(&mut Client) -> StoreResult<T>) -> StoreResult<T> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.drop_client();
+        }
+        if self.lock_lost {
+            return Err(StoreError::Postgres(PgError::Unavailable(
+                "the connection holding the call's lock was lost".into(),
+            )));
         }
         let PgStore { db, client, .. } = self;
         let answered = db.block_on_within(OPERATION_TIMEOUT, async {
@@ -202,7 +212,7 @@ impl PgStore {
 
     /// Closes the connection (and with its session any call lock) instead of pooling it.
     fn close_client(&mut self) {
-        self.call_lock = None;
+        self.lock_lost |= self.call_lock.take().is_some();
         if let Some(c) = self.client.take() {
             drop(deadpool_postgres::Object::take(c));
         }
@@ -385,6 +395,7 @@ impl Store for PgStore {
 
     fn live_call(&mut self, token_hash: &[u8; 32], now: i64) -> StoreResult<Option<CallRecord>> {
         self.release_call_lock();
+        self.lock_lost = false;
         let hash: &[u8] = token_hash;
         // Serialise this call's requests (module docs); the state is read by the next
         // statement, after the lock, so it includes the previous request's save.
@@ -846,5 +857,6 @@ impl Store for PgStore {
 
     fn end_job(&mut self) {
         self.release_call_lock();
+        self.lock_lost = false;
     }
 }
