@@ -78,6 +78,16 @@ async fn no_conversation_no_token_no_row(server: &Server, db: &PathBuf) {
     assert_eq!(server.app.calls.live_count(), 0);
 }
 
+/// Opens the signed stream at `path` and closes it after the 101, before `start`.
+async fn open_then_drop_before_start(server: &Server, path: &str) {
+    let mut s = server.connect().await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, &signed_handshake(path))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut s, &mut buf, true).await.status, 101);
+}
+
 /// Waits for ignis to close a stream it accepted at the handshake but refused at `start`.
 async fn refused_after_start(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
     let end = tokio::time::timeout(T, async {
@@ -398,13 +408,7 @@ async fn a_call_that_ends_before_its_stream_lets_its_agent_go_at_once() {
     let sid = "CA0000000000000000000000000000b102";
     let path = answer_call(&server, sid).await;
     let mut agent = server.agent.next_conn(T).await;
-    let mut s = server.connect().await;
-    tokio::io::AsyncWriteExt::write_all(&mut s, &signed_handshake(&path))
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    assert_eq!(read_response(&mut s, &mut buf, true).await.status, 101);
-    drop(s);
+    open_then_drop_before_start(&server, &path).await;
     assert!(
         agent.closed_within(released).await,
         "the agent outlived the stream"
@@ -431,13 +435,7 @@ async fn a_stream_that_never_ran_ends_the_record_its_webhook_made() {
     let path = answer_call(&server, sid).await;
     let mut agent = server.agent.next_conn(T).await;
     eventually("registered", || call_rows(&db).len() == 1).await;
-    let mut s = server.connect().await;
-    tokio::io::AsyncWriteExt::write_all(&mut s, &signed_handshake(&path))
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    assert_eq!(read_response(&mut s, &mut buf, true).await.status, 101);
-    drop(s);
+    open_then_drop_before_start(&server, &path).await;
     assert!(agent.closed_within(released).await);
     ended_soon(&db, sid).await;
 
