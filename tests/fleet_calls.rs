@@ -701,3 +701,32 @@ async fn a_live_call_keeps_its_audio_while_the_database_is_down() {
         Some("completed")
     );
 }
+
+/// A stream that starts while the database is away runs (unconfirmed), and its live mark,
+/// which failed, is written once the database is back: the call keeps holding its lease after
+/// its binding's `expires_at`, so the fleet does not admit one call too many over MAX_CALLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mark_that_failed_is_written_once_the_database_is_back() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let a = replica(&url, "a", &[]).await;
+    let call = sid(0xb2);
+    let path = stream_path_of(&voice(&a, &call).await.text());
+    assert_eq!(
+        row(&url, &call).await.map(|r| r.0).as_deref(),
+        Some("pending")
+    );
+    pg.stop();
+    let _twilio = open_stream_at(&a, &path, &start_message(&call)).await;
+    let _agent = a.agent.next_conn(T).await;
+    eventually("live on A", || a.app.calls.is_live(&call)).await;
+    pg.start_server();
+    until("row live", Duration::from_secs(20), || async {
+        row(&url, &call).await.map(|r| r.0) == Some("live".into())
+    })
+    .await;
+    assert_eq!(
+        row(&url, &call).await.and_then(|r| r.2).as_deref(),
+        Some("a")
+    );
+}

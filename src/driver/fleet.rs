@@ -14,8 +14,8 @@ use tracing::{Instrument, debug, info, warn};
 use super::Shared;
 use crate::calls::{Nonce, Outcome};
 use crate::fleet::{
-    self, Addressed, AdoptedRow, ClaimCheck, EndedDecision, EndedRow, Fleet, LeaseAnswer, Notice,
-    sql,
+    self, Addressed, AdoptedRow, CallMark, ClaimCheck, EndedDecision, EndedRow, Fleet, LeaseAnswer,
+    Notice, sql,
 };
 use crate::pg::{Database, PgError};
 use crate::routes::{Action, App};
@@ -209,22 +209,17 @@ fn spawn_notify(fleet: &Arc<Fleet>, to: String, notice: Notice) {
     });
 }
 
-/// Marks the call live on this replica (docs/replicas.md §4.6). Never awaited by the call.
+/// Marks the call live on this replica (docs/replicas.md §4.6). Never awaited by the call. A
+/// failed write is kept and written again after the next successful heartbeat.
 pub(super) fn spawn_live(app: &App, call_sid: &str) {
     let Some(fleet) = app.fleet.clone() else {
         return;
     };
     let sid = call_sid.to_owned();
     tokio::spawn(async move {
-        let run = async {
-            let client = fleet.db.client().await?;
-            client
-                .execute(sql::MARK_LIVE, &[&sid, &fleet.replica])
-                .await?;
-            Ok(())
-        };
-        if let Err(e) = timed(run).await {
-            warn!(call_sid = %sid, error = %e, "[Fleet] Cannot mark the call live");
+        if let Err(e) = write_live(&fleet, &sid).await {
+            warn!(call_sid = %sid, error = %e, "[Fleet] Cannot mark the call live yet; will retry");
+            fleet.defer(sid, CallMark::Live);
         }
     });
 }
@@ -240,10 +235,21 @@ pub(super) fn spawn_ended(app: &App, call_sid: &str, outcome: Outcome) {
     tokio::spawn(async move {
         if let Err(e) = write_end(&fleet, &sid, outcome).await {
             warn!(call_sid = %sid, error = %e, "[Fleet] Cannot record the call's end yet; will retry");
-            fleet.defer_end(sid, outcome);
+            fleet.defer(sid, CallMark::Ended(outcome));
         }
         fleet.end_written();
     });
+}
+
+async fn write_live(fleet: &Fleet, call_sid: &str) -> Result<(), PgError> {
+    timed(async {
+        let client = fleet.db.client().await?;
+        client
+            .execute(sql::MARK_LIVE, &[&call_sid, &fleet.replica])
+            .await?;
+        Ok(())
+    })
+    .await
 }
 
 async fn write_end(fleet: &Fleet, call_sid: &str, outcome: Outcome) -> Result<(), PgError> {
@@ -257,31 +263,36 @@ async fn write_end(fleet: &Fleet, call_sid: &str, outcome: Outcome) -> Result<()
     .await
 }
 
-/// Writes the call ends that failed before (after a successful heartbeat).
+/// Writes the call marks (live, ended) that failed before, in their order (after a successful
+/// heartbeat).
 async fn flush_ends(fleet: &Fleet) {
-    let ends = fleet.take_unwritten_ends();
-    if ends.is_empty() {
+    let marks = fleet.take_unwritten();
+    if marks.is_empty() {
         return;
     }
     let mut written = 0;
-    let mut ends = ends.into_iter();
+    let mut marks = marks.into_iter();
     // At most FLUSH_ENDS_PER_BEAT per beat, and none after the first failure: a database that
     // flaps mid-flush must not hold the heartbeat (or the shutdown waiting for it) for one
-    // QUERY_TIMEOUT per deferred end.
-    for (sid, outcome) in ends.by_ref().take(FLUSH_ENDS_PER_BEAT) {
-        if write_end(fleet, &sid, outcome).await.is_ok() {
+    // QUERY_TIMEOUT per deferred write.
+    for (sid, mark) in marks.by_ref().take(FLUSH_ENDS_PER_BEAT) {
+        let done = match mark {
+            CallMark::Ended(outcome) => write_end(fleet, &sid, outcome).await,
+            CallMark::Live => write_live(fleet, &sid).await,
+        };
+        if done.is_ok() {
             written += 1;
         } else {
-            fleet.defer_end(sid, outcome);
+            fleet.defer(sid, mark);
             break;
         }
     }
-    for (sid, outcome) in ends {
-        fleet.defer_end(sid, outcome);
+    for (sid, mark) in marks {
+        fleet.defer(sid, mark);
     }
     info!(
         written,
-        "[Fleet] Wrote call ends deferred during a database outage"
+        "[Fleet] Wrote call marks deferred during a database outage"
     );
 }
 

@@ -42,10 +42,21 @@ pub const STREAM_ENDED_POLL: Duration = Duration::from_millis(100);
 pub const FLEET_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The heartbeat task prunes old rows every this many beats (about every five minutes).
 pub const PRUNE_EVERY_BEATS: u64 = 150;
-/// Call ends whose write failed (the database was away), kept to be written again after the
-/// next successful heartbeat so their leases do not outlive the calls; past it the oldest is
-/// dropped (its lease then lapses only when the replica stops).
+/// Call marks whose write failed (the database was away), kept to be written again after the
+/// next successful heartbeat: an end, so its lease does not outlive the call; a live mark, so a
+/// call running here keeps holding its lease after its binding's `expires_at` (else the fleet
+/// would admit one call too many over `MAX_CALLS`). Past it the oldest is dropped (an end's
+/// lease then lapses only when the replica stops).
 pub const MAX_UNWRITTEN_ENDS: usize = 10_000;
+
+/// What a deferred write records about a call ([`Fleet::defer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMark {
+    /// The call's stream runs on this replica (`sql::MARK_LIVE`; a no-op once ended).
+    Live,
+    /// The call ended so (`sql::MARK_ENDED`).
+    Ended(Outcome),
+}
 /// Longest `REPLICA_ID` (matches the configuration's check).
 pub const MAX_REPLICA_LEN: usize = crate::config::MAX_REPLICA_ID_LEN;
 
@@ -405,7 +416,7 @@ pub struct Fleet {
     beat: Mutex<Beat>,
     bad_notices: AtomicU64,
     listening: AtomicBool,
-    unwritten_ends: Mutex<VecDeque<(String, Outcome)>>,
+    unwritten: Mutex<VecDeque<(String, CallMark)>>,
     /// Call ends being written right now (shutdown waits for them before `END_OWN`).
     ends_in_flight: AtomicUsize,
 }
@@ -425,7 +436,7 @@ impl Fleet {
             beat: Mutex::new(Beat::default()),
             bad_notices: AtomicU64::new(0),
             listening: AtomicBool::new(false),
-            unwritten_ends: Mutex::new(VecDeque::new()),
+            unwritten: Mutex::new(VecDeque::new()),
             ends_in_flight: AtomicUsize::new(0),
         }
     }
@@ -461,24 +472,18 @@ impl Fleet {
         self.bad_notices.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Keeps a call end whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]).
-    pub fn defer_end(&self, call_sid: String, outcome: Outcome) {
-        let mut q = self
-            .unwritten_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// Keeps a call mark whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]).
+    pub fn defer(&self, call_sid: String, mark: CallMark) {
+        let mut q = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= MAX_UNWRITTEN_ENDS {
             q.pop_front();
         }
-        q.push_back((call_sid, outcome));
+        q.push_back((call_sid, mark));
     }
 
-    /// Takes the call ends waiting to be written.
-    pub fn take_unwritten_ends(&self) -> Vec<(String, Outcome)> {
-        let mut q = self
-            .unwritten_ends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// Takes the call marks waiting to be written, oldest first.
+    pub fn take_unwritten(&self) -> Vec<(String, CallMark)> {
+        let mut q = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
         q.drain(..).collect()
     }
 
