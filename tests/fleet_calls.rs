@@ -730,3 +730,34 @@ async fn a_live_mark_that_failed_is_written_once_the_database_is_back() {
         Some("a")
     );
 }
+
+/// Pruning forgets the claimed or live calls of a replica gone longer than the retention (its
+/// process killed, or scaled away: nobody will write their end), keeps those of a replica seen
+/// within it, and still forgets old ended calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_forgets_the_calls_of_a_replica_gone_for_good() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let _a = replica(&url, "a", &[]).await;
+    let (gone, recent) = (sid(0x71), sid(0x72));
+    ghost_call(&url, "gone", &gone, "2 days", 0x71).await;
+    ghost_call(&url, "recent", &recent, "1 hour", 0x72).await;
+    let db = Database::new(
+        &DatabaseUrl::parse(&url).unwrap(),
+        1,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let keep = ignis::fleet::FLEET_RETENTION.as_secs_f64();
+    db.client()
+        .await
+        .unwrap()
+        .execute(ignis::fleet::sql::PRUNE, &[&keep])
+        .await
+        .unwrap();
+    assert_eq!(row(&url, &gone).await, None);
+    assert_eq!(
+        row(&url, &recent).await.map(|r| r.0).as_deref(),
+        Some("live")
+    );
+}

@@ -152,12 +152,17 @@ pub mod sql {
     /// none).
     pub const REPLICA_ALIVE: &str =
         "SELECT heartbeat_at > now() - make_interval(secs => $2) FROM fleet_replica WHERE id = $1";
-    /// `$1` retention seconds (f64): forgets old calls and replicas gone that long. Idempotent,
-    /// so replicas may run it at the same time.
+    /// `$1` retention seconds (f64): forgets old calls and replicas gone that long, and the
+    /// claimed or live calls of a replica gone that long (killed, or scaled away: nobody will
+    /// write their end). Idempotent, so replicas may run it at the same time.
     pub const PRUNE: &str = "WITH calls AS (
-           DELETE FROM fleet_call
+           DELETE FROM fleet_call c
            WHERE (state = 'ended' AND ended_at < now() - make_interval(secs => $1))
-              OR (state = 'pending' AND expires_at < now() - make_interval(secs => $1)))
+              OR (state = 'pending' AND expires_at < now() - make_interval(secs => $1))
+              OR (state IN ('claimed', 'live') AND NOT EXISTS (
+                    SELECT 1 FROM fleet_replica r
+                    WHERE r.id = COALESCE(c.stream_replica, c.owner)
+                      AND r.heartbeat_at >= now() - make_interval(secs => $1))))
          DELETE FROM fleet_replica WHERE heartbeat_at < now() - make_interval(secs => $1)";
     /// `$1` self: leases released at once (heartbeat at the epoch).
     pub const RELEASE_REPLICA: &str =
