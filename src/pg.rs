@@ -44,6 +44,10 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered keepalive probes after which the connection is dropped.
 pub const KEEPALIVE_PROBES: u32 = 3;
+/// Longest sent data may stay unacknowledged before the connection is dropped
+/// (`tcp_user_timeout`, both ends): keepalives only probe an idle socket, and a peer that
+/// vanished with data in flight would otherwise be retransmitted to for ~15 minutes.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a session may sit idle inside a transaction (`idle_in_transaction_session_timeout`).
 /// ignis's transactions go statement to statement without waiting on anything else, so a
 /// session idle in one belongs to a replica cut off or paused mid-transaction: the server ends
@@ -152,13 +156,15 @@ impl DatabaseUrl {
         // replica that vanished as quickly as the replica notices the server.
         let ours = format!(
             "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
-             -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={}",
+             -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={} \
+             -c tcp_user_timeout={}",
             STATEMENT_TIMEOUT.as_millis(),
             LOCK_TIMEOUT.as_millis(),
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
             KEEPALIVE_IDLE.as_secs(),
             KEEPALIVE_INTERVAL.as_secs(),
-            KEEPALIVE_PROBES
+            KEEPALIVE_PROBES,
+            TCP_USER_TIMEOUT.as_millis()
         );
         let options = match config.get_options() {
             Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
@@ -169,7 +175,8 @@ impl DatabaseUrl {
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE)
             .keepalives_interval(KEEPALIVE_INTERVAL)
-            .keepalives_retries(KEEPALIVE_PROBES);
+            .keepalives_retries(KEEPALIVE_PROBES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         Ok(DatabaseUrl { config })
     }
 

@@ -112,6 +112,7 @@ async fn a_session_stuck_in_a_transaction_lets_go_of_its_locks() {
     assert_eq!(setting("tcp_keepalives_idle").await, "30");
     assert_eq!(setting("tcp_keepalives_interval").await, "10");
     assert_eq!(setting("tcp_keepalives_count").await, "3");
+    assert_eq!(setting("tcp_user_timeout").await, "60000");
     assert_eq!(
         setting("work_mem").await,
         "8MB",

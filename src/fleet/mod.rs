@@ -477,9 +477,18 @@ impl Fleet {
         self.bad_notices.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Keeps a call mark whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]).
+    /// Keeps a call mark whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]). A
+    /// call's end supersedes its live mark: the queue keeps the failures' order, not the
+    /// call's, and a live mark left alone (its end dropped at the cap, say) would hold the
+    /// ended call's lease until the replica stops.
     pub fn defer(&self, call_sid: String, mark: CallMark) {
         let mut q = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |s: &String| *s == call_sid;
+        match mark {
+            CallMark::Live if q.iter().any(|(s, m)| same(s) && *m != CallMark::Live) => return,
+            CallMark::Ended(_) => q.retain(|(s, m)| !(same(s) && *m == CallMark::Live)),
+            CallMark::Live => {}
+        }
         if q.len() >= MAX_UNWRITTEN_ENDS {
             q.pop_front();
         }
@@ -530,6 +539,31 @@ mod tests {
     use super::*;
 
     const SID: &str = "CA0123456789abcdef0123456789abcdef";
+
+    /// A call's end supersedes its live mark in the deferred queue, whichever failed first.
+    #[test]
+    fn a_deferred_end_supersedes_the_calls_live_mark() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let url = crate::pg::DatabaseUrl::parse("postgres://ignis@127.0.0.1:1/ignis").unwrap();
+        let db = crate::pg::Database::new(&url, 1, rt.handle().clone()).unwrap();
+        let fleet = Fleet::new("a".into(), db);
+        let ended = CallMark::Ended(Outcome::Completed);
+        fleet.defer("CA1".into(), CallMark::Live);
+        fleet.defer("CA2".into(), CallMark::Live);
+        fleet.defer("CA1".into(), ended);
+        fleet.defer("CA3".into(), ended);
+        fleet.defer("CA3".into(), CallMark::Live);
+        assert_eq!(
+            fleet.take_unwritten(),
+            [
+                ("CA2".to_owned(), CallMark::Live),
+                ("CA1".to_owned(), ended),
+                ("CA3".to_owned(), ended),
+            ]
+        );
+    }
 
     #[test]
     fn notices_round_trip_and_refuse_anything_else() {

@@ -200,6 +200,18 @@ impl PgStore {
         }
     }
 
+    /// Runs `f` even when the job lost its call lock ([`PgStore::lock_lost`]): for writes that
+    /// need no serialisation with the call's other requests.
+    fn without_call_lock<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let lost = std::mem::replace(&mut self.lock_lost, false);
+        let result = f(self);
+        self.lock_lost |= lost;
+        result
+    }
+
     /// Gives the connection up. One whose session may still hold a call lock is closed rather
     /// than returned to the pool, which releases the lock with the session.
     fn drop_client(&mut self) {
@@ -568,10 +580,14 @@ impl Store for PgStore {
         tool: &str,
         outcome: &str,
     ) -> StoreResult<()> {
-        self.exec(
-            "INSERT INTO tool_audit (at, call_id, tool, outcome) VALUES ($1, $2, $3, $4)",
-            &[&at, &call_id, &tool, &outcome],
-        )?;
+        // Needs no call lock: written even when the job lost it, since the tool's change may
+        // have committed before and its answer goes out (`tools::execute`).
+        self.without_call_lock(|s| {
+            s.exec(
+                "INSERT INTO tool_audit (at, call_id, tool, outcome) VALUES ($1, $2, $3, $4)",
+                &[&at, &call_id, &tool, &outcome],
+            )
+        })?;
         Ok(())
     }
 
