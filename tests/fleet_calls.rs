@@ -132,14 +132,19 @@ fn is_hangup(r: &Resp) -> bool {
     r.status == 200 && r.text().contains("<Response><Hangup/></Response>")
 }
 
-/// A row of `fleet_call`: (state, outcome, stream_replica).
-async fn row(url: &str, call_sid: &str) -> Option<(String, Option<String>, Option<String>)> {
-    let db = Database::new(
+/// A one-connection pool on the shared database, as the test's own window into it.
+fn test_db(url: &str) -> Database {
+    Database::new(
         &DatabaseUrl::parse(url).unwrap(),
         1,
         tokio::runtime::Handle::current(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A row of `fleet_call`: (state, outcome, stream_replica).
+async fn row(url: &str, call_sid: &str) -> Option<(String, Option<String>, Option<String>)> {
+    let db = test_db(url);
     let client = db.client().await.unwrap();
     client
         .query_opt(
@@ -149,6 +154,14 @@ async fn row(url: &str, call_sid: &str) -> Option<(String, Option<String>, Optio
         .await
         .unwrap()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+/// Waits (at most `within`) for the call's `fleet_call` row to reach `state`.
+async fn row_becomes(url: &str, call_sid: &str, state: &str, within: Duration) {
+    until(&format!("row {state}"), within, || async {
+        row(url, call_sid).await.map(|r| r.0).as_deref() == Some(state)
+    })
+    .await;
 }
 
 /// Polls `cond` (async) until true or panics after `within`.
@@ -241,10 +254,7 @@ async fn a_status_callback_on_b_tears_down_the_stream_on_a() {
     let mut twilio = open_stream_at(&a, &path, &start_message(&call)).await;
     let mut agent = a.agent.next_conn(T).await;
     eventually("live on A", || a.app.calls.is_live(&call)).await;
-    until("row live", T, || async {
-        row(&url, &call).await.map(|r| r.0) == Some("live".into())
-    })
-    .await;
+    row_becomes(&url, &call, "live", T).await;
 
     assert_eq!(status(&b, &call, "completed").await.status, 204);
     assert!(agent.closed_within(T).await, "A's agent outlived the call");
@@ -484,12 +494,7 @@ async fn without_the_database_a_replica_is_not_ready_and_answers_the_fallback() 
 
 /// SQL on the shared database, for setting up what another process would have left.
 async fn sql(url: &str, statement: &str) {
-    let db = Database::new(
-        &DatabaseUrl::parse(url).unwrap(),
-        1,
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap();
+    let db = test_db(url);
     db.client()
         .await
         .unwrap()
@@ -692,10 +697,7 @@ async fn a_live_call_keeps_its_audio_while_the_database_is_down() {
     agent.close(1000);
     eventually("ended on A", || a.app.calls.outcome(&call).is_some()).await;
     pg.start_server();
-    until("row ended", Duration::from_secs(20), || async {
-        row(&url, &call).await.map(|r| r.0) == Some("ended".into())
-    })
-    .await;
+    row_becomes(&url, &call, "ended", Duration::from_secs(20)).await;
     assert_eq!(
         row(&url, &call).await.and_then(|r| r.1).as_deref(),
         Some("completed")
@@ -721,10 +723,7 @@ async fn a_live_mark_that_failed_is_written_once_the_database_is_back() {
     let _agent = a.agent.next_conn(T).await;
     eventually("live on A", || a.app.calls.is_live(&call)).await;
     pg.start_server();
-    until("row live", Duration::from_secs(20), || async {
-        row(&url, &call).await.map(|r| r.0) == Some("live".into())
-    })
-    .await;
+    row_becomes(&url, &call, "live", Duration::from_secs(20)).await;
     assert_eq!(
         row(&url, &call).await.and_then(|r| r.2).as_deref(),
         Some("a")
@@ -732,8 +731,8 @@ async fn a_live_mark_that_failed_is_written_once_the_database_is_back() {
 }
 
 /// Pruning forgets the claimed or live calls of a replica gone longer than the retention (its
-/// process killed, or scaled away: nobody will write their end), keeps those of a replica seen
-/// within it, and still forgets old ended calls.
+/// process killed, or scaled away: nobody will write their end) and keeps those of a replica
+/// seen within it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_forgets_the_calls_of_a_replica_gone_for_good() {
     let pg = TestPostgres::start();
@@ -742,14 +741,9 @@ async fn pruning_forgets_the_calls_of_a_replica_gone_for_good() {
     let (gone, recent) = (sid(0x71), sid(0x72));
     ghost_call(&url, "gone", &gone, "2 days", 0x71).await;
     ghost_call(&url, "recent", &recent, "1 hour", 0x72).await;
-    let db = Database::new(
-        &DatabaseUrl::parse(&url).unwrap(),
-        1,
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap();
     let keep = ignis::fleet::FLEET_RETENTION.as_secs_f64();
-    db.client()
+    test_db(&url)
+        .client()
         .await
         .unwrap()
         .execute(ignis::fleet::sql::PRUNE, &[&keep])

@@ -265,7 +265,7 @@ async fn write_end(fleet: &Fleet, call_sid: &str, outcome: Outcome) -> Result<()
 
 /// Writes the call marks (live, ended) that failed before, in their order (after a successful
 /// heartbeat).
-async fn flush_ends(fleet: &Fleet) {
+async fn flush_marks(fleet: &Fleet) {
     let marks = fleet.take_unwritten();
     if marks.is_empty() {
         return;
@@ -467,7 +467,7 @@ async fn heartbeat(app: Arc<App>, fleet: Arc<Fleet>, mut stop: watch::Receiver<b
             _ = stop.changed() => return,
         }
         if fleet.heartbeat_fresh(Instant::now()) {
-            flush_ends(&fleet).await;
+            flush_marks(&fleet).await;
         }
         beats += 1;
         if beats.is_multiple_of(fleet::PRUNE_EVERY_BEATS) {
@@ -655,7 +655,7 @@ impl Tasks {
         while fleet.ends_in_flight() > 0 && waited.elapsed() < QUERY_TIMEOUT * 2 {
             tokio::time::sleep(ENDS_IN_FLIGHT_POLL).await;
         }
-        flush_ends(fleet).await;
+        flush_marks(fleet).await;
         let run = async {
             let client = fleet.db.client().await?;
             let outcome = Outcome::ServerShutdown.as_str();

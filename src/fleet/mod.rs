@@ -47,7 +47,7 @@ pub const PRUNE_EVERY_BEATS: u64 = 150;
 /// call running here keeps holding its lease after its binding's `expires_at` (else the fleet
 /// would admit one call too many over `MAX_CALLS`). Past it the oldest is dropped (an end's
 /// lease then lapses only when the replica stops).
-pub const MAX_UNWRITTEN_ENDS: usize = 10_000;
+pub const MAX_UNWRITTEN_MARKS: usize = 10_000;
 
 /// What a deferred write records about a call ([`Fleet::defer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,7 +477,7 @@ impl Fleet {
         self.bad_notices.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Keeps a call mark whose write failed, to be written again ([`MAX_UNWRITTEN_ENDS`]). A
+    /// Keeps a call mark whose write failed, to be written again ([`MAX_UNWRITTEN_MARKS`]). A
     /// call's end supersedes its live mark: the queue keeps the failures' order, not the
     /// call's, and a live mark left alone (its end dropped at the cap, say) would hold the
     /// ended call's lease until the replica stops.
@@ -489,7 +489,7 @@ impl Fleet {
             CallMark::Ended(_) => q.retain(|(s, m)| !(same(s) && *m == CallMark::Live)),
             CallMark::Live => {}
         }
-        if q.len() >= MAX_UNWRITTEN_ENDS {
+        if q.len() >= MAX_UNWRITTEN_MARKS {
             q.pop_front();
         }
         q.push_back((call_sid, mark));

@@ -219,24 +219,24 @@ pub fn statutory_holiday(land: Land, date: Date) -> Option<&'static str> {
         .map(|(_, name, _)| *name)
 }
 
-/// All statutory holidays of `land` in `year`, by date.
-pub fn statutory_holidays(land: Land, year: i16) -> Vec<(Date, &'static str)> {
-    let Some(easter) = easter_sunday(year) else {
-        return Vec::new();
-    };
-    let mut days: Vec<(Date, &'static str)> = RULES
-        .iter()
-        .filter(|(_, _, place)| applies(*place, land))
-        .filter_map(|(when, name, _)| Some((date_of(*when, year, easter)?, *name)))
-        .collect();
-    days.sort_by_key(|(d, _)| *d);
-    days
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use jiff::civil::date;
+
+    /// All statutory holidays of `land` in `year`, by date.
+    fn statutory_holidays(land: Land, year: i16) -> Vec<(Date, &'static str)> {
+        let Some(easter) = easter_sunday(year) else {
+            return Vec::new();
+        };
+        let mut days: Vec<(Date, &'static str)> = RULES
+            .iter()
+            .filter(|(_, _, place)| applies(*place, land))
+            .filter_map(|(when, name, _)| Some((date_of(*when, year, easter)?, *name)))
+            .collect();
+        days.sort_by_key(|(d, _)| *d);
+        days
+    }
 
     #[test]
     fn easter_matches_the_published_dates() {
