@@ -1,7 +1,8 @@
 //! The practice on PostgreSQL as the server runs it (`Practice::open_postgres`: several store
 //! workers on one pool; docs/replicas.md §3): a call's first tool request right after its
-//! registration, one call's concurrent requests serialised, the database restarted under the
-//! tools, a stream adopted from another replica, and `ignis staff` with `DATABASE_URL`.
+//! registration, one call's concurrent requests serialised, the hourly identification budget
+//! held by many calls failing at once, the database restarted under the tools, a stream
+//! adopted from another replica, and `ignis staff` with `DATABASE_URL`.
 
 #[path = "practice_support/backend.rs"]
 mod backend;
@@ -141,6 +142,84 @@ fn one_calls_concurrent_requests_serialise() {
     }
     left.sort_unstable();
     assert_eq!(left, [0, 1, 2]);
+    drop(p);
+    thread.join().unwrap();
+}
+
+/// The practice-wide budget of failed identifications holds across workers (and so across
+/// replicas): failures from many calls at once are counted one by one, so exactly the budget's
+/// worth are answered and the rest are paused. Each check read the sum before the failures of
+/// the jobs beside it were written, and four workers answered up to four more.
+#[test]
+fn concurrent_failures_of_many_calls_stay_within_the_hourly_budget() {
+    const BUDGET: usize = 3;
+    const CALLS: usize = 12;
+    let db = TestDb::new(Kind::Postgres, "pg-budget");
+    let settings = PracticeSettings::from_lookup(|k| match k {
+        "TOOLS_TOKEN" => Some(TOOLS_TOKEN.into()),
+        "IDENTIFICATION_FAILURES_PER_HOUR" => Some(BUDGET.to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let (p, thread) = Practice::open_postgres(
+        &settings,
+        PracticeConfig::demo(),
+        db.database(),
+        wed_morning(),
+    )
+    .unwrap();
+    // Calls from different numbers (the per-number cap stays out of the way), registered
+    // first, and every worker connected, so the failures run side by side.
+    let numbers: Vec<String> = (0..CALLS).map(|i| format!("+4915112345{i:03}")).collect();
+    let tokens: Vec<String> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, number)| {
+            let sid = format!("CAbudget{i:02}");
+            let (tx, rx) = bounded(1);
+            let info = CallInfo {
+                call_sid: &sid,
+                caller_number: number,
+                called_number: "+4930123456",
+            };
+            let vars = p
+                .start_call(info, [i as u8; 16], wed_morning(), move |r| {
+                    let _ = tx.send(r);
+                })
+                .unwrap();
+            rx.recv_timeout(WAIT).unwrap().unwrap();
+            vars["secret__ignis_call"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let warming: Vec<_> = (0..4 * PG_STORE_WORKERS)
+        .map(|i| {
+            submit(
+                &p,
+                &tokens[i % CALLS],
+                "GET",
+                &format!("{SLOTS}?visit_type=akut"),
+                "",
+            )
+        })
+        .collect();
+    for rx in warming {
+        assert_eq!(rx.recv_timeout(WAIT).unwrap().status, 200);
+    }
+    let pending: Vec<_> = tokens
+        .iter()
+        .map(|t| submit(&p, t, "POST", IDENTIFY, WRONG_DOB))
+        .collect();
+    let (mut answered, mut paused) = (0, 0);
+    for rx in pending {
+        let v = rx.recv_timeout(WAIT).unwrap().body_json();
+        if v["match"] == "none" {
+            answered += 1;
+        } else {
+            assert_eq!(v["error"], "identification_paused", "{v}");
+            paused += 1;
+        }
+    }
+    assert_eq!((answered, paused), (BUDGET, CALLS - BUDGET));
     drop(p);
     thread.join().unwrap();
 }

@@ -218,6 +218,14 @@ pub trait Store: Send {
     /// [`Store::live_call`] took (docs/replicas.md §3). Nothing to do for SQLite, whose single
     /// writer already serialises a call's requests.
     fn end_job(&mut self) {}
+    /// Serialises the identification limits' check with the failure the job may then add
+    /// (docs/replicas.md §3): [`PgStore`] takes a practice-wide lock held until
+    /// [`Store::end_job`], so jobs on other workers or replicas cannot all pass a budget that
+    /// only one more failure fits. Nothing to do for SQLite, whose single writer already runs
+    /// jobs one at a time.
+    fn lock_identifications(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
 
     // The staff page (issue 14).
 

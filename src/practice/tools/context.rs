@@ -124,6 +124,8 @@ impl Ctx<'_> {
         if st.identify_calls >= MAX_IDENTIFY_CALLS_PER_CALL {
             return Ok(Some(ToolError::IdentifyLimit));
         }
+        // Held to the end of the job, past the failure it may record.
+        self.store.lock_identifications()?;
         let recent = self
             .store
             .identification_failures_since(self.now.as_second() - FAILURE_BUDGET_WINDOW_SECS)?;

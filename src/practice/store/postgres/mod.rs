@@ -46,6 +46,9 @@ use rows::*;
 /// Transaction-scoped advisory lock a retention run holds: the replica that gets it runs, the
 /// others skip ("ignis-re").
 pub const RETENTION_LOCK_KEY: i64 = 0x6967_6e69_732d_7265;
+/// Session advisory lock an identification holds from its limits' check to the end of its job
+/// ([`Store::lock_identifications`]; "ignis-id").
+pub const IDENTIFICATION_LOCK_KEY: i64 = 0x6967_6e69_732d_6964;
 /// First key of the per-call advisory locks (two-`int4` key space, which does not overlap the
 /// `bigint` keys of migrations and retention; "ignc").
 pub const CALL_LOCK_CLASS: i32 = 0x6967_6e63;
@@ -66,6 +69,8 @@ pub struct PgStore {
     client: Option<Client>,
     /// The call lock this store's session holds (second key), released by `end_job`.
     call_lock: Option<i32>,
+    /// Whether this store's session holds [`IDENTIFICATION_LOCK_KEY`], released by `end_job`.
+    identification_lock: bool,
     /// The session holding this job's call lock was lost: the job's other operations fail
     /// ("unavailable") instead of reconnecting and running without the lock, where another
     /// request of the call could interleave (docs/replicas.md §3.1). Cleared by `end_job`.
@@ -146,6 +151,7 @@ impl PgStore {
             db: db.clone(),
             client: None,
             call_lock: None,
+            identification_lock: false,
             lock_lost: false,
         }
     }
@@ -212,40 +218,54 @@ impl PgStore {
         result
     }
 
-    /// Gives the connection up. One whose session may still hold a call lock is closed rather
-    /// than returned to the pool, which releases the lock with the session.
+    /// Gives the connection up. One whose session may still hold a lock is closed rather than
+    /// returned to the pool, which releases the lock with the session.
     fn drop_client(&mut self) {
-        if self.call_lock.is_some() {
+        if self.call_lock.is_some() || self.identification_lock {
             self.close_client();
         } else {
             self.client = None;
         }
     }
 
-    /// Closes the connection (and with its session any call lock) instead of pooling it.
+    /// Closes the connection (and with its session any lock) instead of pooling it.
     fn close_client(&mut self) {
         self.lock_lost |= self.call_lock.take().is_some();
+        self.lock_lost |= std::mem::take(&mut self.identification_lock);
         if let Some(c) = self.client.take() {
             drop(deadpool_postgres::Object::take(c));
+        }
+    }
+
+    /// Releases the identification lock taken by `lock_identifications`, if held.
+    fn release_identification_lock(&mut self) {
+        if self.identification_lock
+            && self.unlock("SELECT pg_advisory_unlock($1)", &[&IDENTIFICATION_LOCK_KEY])
+        {
+            self.identification_lock = false;
         }
     }
 
     /// Releases the call lock taken by `live_call`, if any.
     fn release_call_lock(&mut self) {
         let Some(key) = self.call_lock else { return };
-        let released = self.run(async |c| {
-            execute(
-                c,
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&CALL_LOCK_CLASS, &key],
-            )
-            .await
-        });
-        match released {
-            Ok(_) => self.call_lock = None,
+        if self.unlock(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&CALL_LOCK_CLASS, &key],
+        ) {
+            self.call_lock = None;
+        }
+    }
+
+    /// Runs an advisory unlock; `false` if it failed, and then the connection is closed, which
+    /// releases every lock of its session.
+    fn unlock(&mut self, sql: &str, params: Params<'_>) -> bool {
+        match self.run(async |c| execute(c, sql, params).await) {
+            Ok(_) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "call lock not released; closing the connection");
+                tracing::warn!(error = %e, "advisory lock not released; closing the connection");
                 self.drop_client();
+                false
             }
         }
     }
@@ -406,6 +426,9 @@ impl Store for PgStore {
     }
 
     fn live_call(&mut self, token_hash: &[u8; 32], now: i64) -> StoreResult<Option<CallRecord>> {
+        // Locks a job left (one without `end_job`) go first: another call's lock is never
+        // waited for while holding the identifications' lock.
+        self.release_identification_lock();
         self.release_call_lock();
         self.lock_lost = false;
         let hash: &[u8] = token_hash;
@@ -872,7 +895,25 @@ impl Store for PgStore {
     }
 
     fn end_job(&mut self) {
+        // The reverse of the order taken: a call's lock, then the identifications'.
+        self.release_identification_lock();
         self.release_call_lock();
         self.lock_lost = false;
+    }
+
+    fn lock_identifications(&mut self) -> StoreResult<()> {
+        if self.identification_lock {
+            return Ok(());
+        }
+        self.run(async |c| {
+            execute(
+                c,
+                "SELECT pg_advisory_lock($1)",
+                &[&IDENTIFICATION_LOCK_KEY],
+            )
+            .await
+        })?;
+        self.identification_lock = true;
+        Ok(())
     }
 }
