@@ -16,8 +16,8 @@ use crossbeam_channel::{Receiver, bounded};
 use ignis::practice::calls::CallInfo;
 use ignis::practice::config::PracticeConfig;
 use ignis::practice::store::{PG_STORE_WORKERS, StoreThread};
+use ignis::practice::tools::ToolReply;
 use ignis::practice::tools::error::UNAVAILABLE_MESSAGE;
-use ignis::practice::tools::{ToolReply, ToolRequest};
 use ignis::practice::{Practice, PracticeSettings};
 use practice_support::{TOOLS_TOKEN, WEBER_PHONE, wed_morning};
 use serde_json::Value;
@@ -43,24 +43,7 @@ fn open(db: &TestDb) -> (Practice, StoreThread) {
 
 /// Queues a tool request; the receiver gets the reply.
 fn submit(p: &Practice, token: &str, method: &str, path: &str, body: &str) -> Receiver<ToolReply> {
-    let auth = format!("Bearer {TOOLS_TOKEN}");
-    let (query, path) = match path.split_once('?') {
-        Some((path, query)) => (query, path),
-        None => ("", path),
-    };
-    let req = ToolRequest {
-        method,
-        path,
-        query,
-        authorization: Some(auth.as_bytes()),
-        ignis_call: Some(token.as_bytes()),
-        body: body.as_bytes(),
-    };
-    let (tx, rx) = bounded(1);
-    p.handle_tool(req, wed_morning(), move |r| {
-        let _ = tx.send(r);
-    });
-    rx
+    practice_support::submit_tool(p, token, (method, path), body, wed_morning())
 }
 
 fn tool(p: &Practice, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {

@@ -12,18 +12,17 @@ use std::process::{Command, Output, Stdio};
 
 use common::{Resp, Server, roundtrip};
 use ignis::practice::Practice;
-use ignis::practice::config::PracticeConfig;
-use ignis::practice::staff::auth::{
-    ACCOUNT_MAX_FAILURES, LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS, SESSION_ENTROPY_BYTES,
-};
+use ignis::practice::staff::auth::{ACCOUNT_MAX_FAILURES, LOGIN_MAX_FAILURES, LOGIN_WINDOW_SECS};
 use ignis::practice::staff::{
-    LOGIN_BUSY_RETRY_SECS, MAX_CONCURRENT_LOGINS, Site, StaffOutcome, StaffReply, StaffRequest,
+    LOGIN_BUSY_RETRY_SECS, MAX_CONCURRENT_LOGINS, StaffOutcome, StaffReply, StaffRequest,
 };
 use ignis::practice::store::{STAFF_SESSION_IDLE_SECS, STAFF_SESSION_MAX_SECS, SqliteStore, Store};
-use ignis::practice::tools::Secrets;
+use practice_support::staff_core::{
+    PASSWORD, core_login, core_login_with, csrf_of_session, get_query, post_form, practice,
+    staff_call,
+};
 use practice_support::{TOOLS_TOKEN, temp_dir, wed_morning};
 
-const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
 const ORIGIN: &str = common::PUBLIC;
 
 fn ignis(dir: &Path, args: &[&str], stdin: &str) -> Output {
@@ -99,18 +98,6 @@ fn session_cookie(r: &Resp) -> String {
     assert_eq!(r.header("location"), Some("/staff"));
     let c = r.header("set-cookie").expect("Set-Cookie");
     c.split(';').next().unwrap().to_owned()
-}
-
-/// The CSRF token of the only session (the views put it into their forms; read here from
-/// the database so these tests do not depend on the views' markup).
-fn csrf_of_session(db: &Path) -> String {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row(
-        "SELECT csrf FROM staff_session ORDER BY id DESC LIMIT 1",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
 }
 
 /// Status, body and header names+values except `Date` and `Retry-After` (seconds left of a
@@ -450,62 +437,12 @@ fn audit_of_logins(db: &Path) {
     assert_eq!(count("-", "failed"), i64::from(ACCOUNT_MAX_FAILURES + 5));
 }
 
-fn practice(dir: &Path) -> (Practice, ignis::practice::store::StoreThread) {
-    let mut store = SqliteStore::open(&dir.join("core.db")).unwrap();
-    let phc = ignis::practice::staff::auth::hash_password(PASSWORD, [5; 16]).unwrap();
-    store.add_staff_user("anna", &phc, 0).unwrap();
-    Practice::with_store(
-        PracticeConfig::demo(),
-        Secrets::new(TOOLS_TOKEN, None),
-        Box::new(store),
-    )
-    .unwrap()
-}
-
-fn site() -> Site {
-    Site {
-        origin: ORIGIN.into(),
-        secure: true,
-    }
-}
-
-fn staff_call(p: &Practice, req: &StaffRequest<'_>, now: jiff::Timestamp) -> StaffOutcome {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    p.handle_staff(req, &site(), now, move |o| {
-        let _ = tx.send(o);
-    });
-    rx.recv().unwrap()
-}
-
 fn get(p: &Practice, cookie: &str, now: jiff::Timestamp) -> StaffReply {
     get_path(p, "/staff", cookie, now)
 }
 
 fn get_path(p: &Practice, path: &str, cookie: &str, now: jiff::Timestamp) -> StaffReply {
     get_query(p, path, "", cookie, now)
-}
-
-fn get_query(
-    p: &Practice,
-    path: &str,
-    query: &str,
-    cookie: &str,
-    now: jiff::Timestamp,
-) -> StaffReply {
-    let req = StaffRequest {
-        method: "GET",
-        path,
-        query,
-        cookies: vec![cookie.as_bytes()],
-        origin: None,
-        csrf_header: None,
-        body: b"",
-        client: "127.0.0.1".parse().unwrap(),
-    };
-    match staff_call(p, &req, now) {
-        StaffOutcome::Reply(r) => r,
-        StaffOutcome::Verify(_) => panic!("GET asked for a password check"),
-    }
 }
 
 /// Starts a login through the core: the password check it asks for, or the reply.
@@ -527,47 +464,6 @@ fn core_start_login(
         client: client.parse().unwrap(),
     };
     staff_call(p, &req, now)
-}
-
-/// Logs anna in through the core at `t0` (the session token made from `entropy`); the
-/// session cookie pair.
-fn core_login(p: &Practice, t0: jiff::Timestamp, entropy: u8) -> String {
-    core_login_with(p, t0, entropy, None)
-}
-
-/// A login whose request carries `cookie` (`name=value`), if given.
-fn core_login_with(p: &Practice, t0: jiff::Timestamp, entropy: u8, cookie: Option<&str>) -> String {
-    let body = format!("name=anna&password={PASSWORD}");
-    let req = StaffRequest {
-        method: "POST",
-        path: "/staff/login",
-        query: "",
-        cookies: cookie.map(str::as_bytes).into_iter().collect(),
-        origin: Some(ORIGIN.as_bytes()),
-        csrf_header: None,
-        body: body.as_bytes(),
-        client: "127.0.0.1".parse().unwrap(),
-    };
-    let StaffOutcome::Verify(pending) = staff_call(p, &req, t0) else {
-        panic!("login did not ask for the password check");
-    };
-    let ok = pending.verify();
-    assert!(ok);
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    p.finish_login(
-        pending,
-        ok,
-        Some([entropy; SESSION_ENTROPY_BYTES]),
-        &site(),
-        t0,
-        move |r| {
-            let _ = tx.send(r);
-        },
-    );
-    let reply = rx.recv().unwrap();
-    assert_eq!(reply.status, 303);
-    let cookie = reply.set_cookie.unwrap();
-    cookie.split(';').next().unwrap().to_owned()
 }
 
 /// Parallel logins (issue 14 review, point 1): at most MAX_CONCURRENT_LOGINS checks run at
@@ -713,22 +609,7 @@ fn a_change_whose_audit_row_cannot_be_written_is_not_made() {
     let csrf = csrf_of_session(&db_path);
     let path = format!("/staff/requests/{}/done", created.ref_code);
     let body = format!("csrf={csrf}");
-    let done = |p: &Practice| {
-        let req = StaffRequest {
-            method: "POST",
-            path: &path,
-            query: "",
-            cookies: vec![cookie.as_bytes()],
-            origin: Some(ORIGIN.as_bytes()),
-            csrf_header: None,
-            body: body.as_bytes(),
-            client: "127.0.0.1".parse().unwrap(),
-        };
-        match staff_call(p, &req, t0) {
-            StaffOutcome::Reply(r) => r.status,
-            StaffOutcome::Verify(_) => panic!("a password check"),
-        }
-    };
+    let done = |p: &Practice| post_form(p, &path, &body, &cookie, t0).status;
     let db = rusqlite::Connection::open(&db_path).unwrap();
     let done_at = || -> Option<i64> {
         db.query_row(

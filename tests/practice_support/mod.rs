@@ -6,6 +6,7 @@
 #[allow(clippy::duplicate_mod)]
 #[path = "../common/scratch.rs"]
 pub mod scratch;
+pub mod staff_core;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -148,4 +149,30 @@ impl Env {
         assert_eq!(s, 200, "{v}");
         v
     }
+}
+
+/// Queues a tool request of the call `token` on the practice as the server does
+/// (`Practice::handle_tool`; `path` may carry `?query`); the receiver gets the reply.
+pub fn submit_tool(
+    p: &ignis::practice::Practice,
+    token: &str,
+    (method, path): (&str, &str),
+    body: &str,
+    now: Timestamp,
+) -> crossbeam_channel::Receiver<ignis::practice::tools::ToolReply> {
+    let auth = format!("Bearer {TOOLS_TOKEN}");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let req = ToolRequest {
+        method,
+        path,
+        query,
+        authorization: Some(auth.as_bytes()),
+        ignis_call: Some(token.as_bytes()),
+        body: body.as_bytes(),
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    p.handle_tool(req, now, move |r| {
+        let _ = tx.send(r);
+    });
+    rx
 }
