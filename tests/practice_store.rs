@@ -19,11 +19,12 @@ use ignis::practice::store::PG_STORE_WORKERS;
 use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
-    CancelReason, DemoPatient, Gender, Insurance, NewEmergency, NewPatient, NewRequest,
-    RequestCategory, RequestChange, RetentionPolicy, STAFF_SESSION_IDLE_SECS,
-    STAFF_SESSION_MAX_SECS, STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store,
-    StoreError, Urgency,
+    CancelReason, ClosureReason, DemoPatient, Gender, Insurance, MAX_OPEN_CLOSURES, NewClosure,
+    NewEmergency, NewPatient, NewRequest, RequestCategory, RequestChange, RetentionPolicy,
+    STAFF_SESSION_IDLE_SECS, STAFF_SESSION_MAX_SECS, STAFF_SESSION_TOUCH_SECS, Severity,
+    SlotStatus, SqliteStore, Store, StoreError, Urgency,
 };
+use jiff::civil::Date;
 use practice_support::{temp_dir, wed_morning};
 
 const DAY: i64 = 86_400;
@@ -823,7 +824,76 @@ fn staff_session_use_is_written_at_most_once_a_minute(db: &TestDb) {
     assert_eq!(seen(&mut s), t0 + STAFF_SESSION_TOUCH_SECS);
 }
 
+/// Closures entered on the staff page (docs/practice-tools.md §2.7): stored, listed from a
+/// day on, capped at MAX_OPEN_CLOSURES among those not over yet, and removed.
+fn staff_closures_are_listed_capped_and_removed(db: &TestDb) {
+    let mut s = db.store();
+    let t0 = wed_morning().as_second();
+    let d = |text: &str| -> Date { text.parse().unwrap() };
+    let today = d("2026-11-25");
+    let new = |from: &str, to: &str, reason| NewClosure {
+        from: d(from),
+        to: d(to),
+        reason,
+        by: "anna",
+    };
+    let sick = s
+        .add_staff_closure(
+            &new("2026-11-26", "2026-11-27", ClosureReason::Illness),
+            today,
+            t0,
+        )
+        .unwrap()
+        .expect("stored");
+    let trip = s
+        .add_staff_closure(
+            &new("2026-11-25", "2026-11-25", ClosureReason::Other),
+            today,
+            t0,
+        )
+        .unwrap()
+        .expect("stored");
+    let listed = s.staff_closures(today).unwrap();
+    assert_eq!(
+        listed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [trip, sick],
+        "by first day"
+    );
+    assert_eq!(
+        (listed[1].from, listed[1].to, listed[1].reason),
+        (d("2026-11-26"), d("2026-11-27"), ClosureReason::Illness)
+    );
+    assert_eq!(
+        (listed[1].created_by.as_str(), listed[1].created_at),
+        ("anna", t0)
+    );
+    // Those over before `from` are not listed.
+    assert_eq!(s.staff_closures(d("2026-11-26")).unwrap().len(), 1);
+    assert!(s.staff_closures(d("2026-11-28")).unwrap().is_empty());
+
+    // The cap counts the closures not over yet: full, then room again a day later.
+    for _ in 2..MAX_OPEN_CLOSURES {
+        let c = new("2026-11-25", "2026-11-25", ClosureReason::Training);
+        assert!(s.add_staff_closure(&c, today, t0).unwrap().is_some());
+    }
+    let one_more = new("2026-12-01", "2026-12-01", ClosureReason::Vacation);
+    assert_eq!(s.add_staff_closure(&one_more, today, t0).unwrap(), None);
+    assert_eq!(s.staff_closures(today).unwrap().len(), MAX_OPEN_CLOSURES);
+    let later = d("2026-11-26");
+    assert!(s.add_staff_closure(&one_more, later, t0).unwrap().is_some());
+
+    assert!(s.remove_staff_closure(sick).unwrap());
+    assert!(!s.remove_staff_closure(sick).unwrap());
+    assert!(
+        s.staff_closures(later)
+            .unwrap()
+            .iter()
+            .all(|c| c.id != sick)
+    );
+}
+
 on_both_backends!(
+    staff_closures_are_listed_capped_and_removed,
     racing_connections_book_one_slot_exactly_once,
     racing_submissions_through_the_writer_thread_book_once,
     identical_retry_returns_the_same_appointment,

@@ -5,8 +5,9 @@
 //! page is open, this side runs a call through the real Twilio webhook and the real tool
 //! endpoints with that call's token (a booking, a prescription request, an emergency), and the
 //! browser waits for all three to appear on the open pages without a reload; then mark done,
-//! reload, a POST without the CSRF token, logout, and the security headers in the browser's
-//! response objects. Screenshots go to `target/staff-screenshots/`.
+//! reload, closing the booked day with the page's form (the agent's slot tool then offers
+//! nothing on it) and opening it again, a POST without the CSRF token, logout, and the security
+//! headers in the browser's response objects. Screenshots go to `target/staff-screenshots/`.
 //!
 //! node, npm's `playwright-core` (tests/browser/package-lock.json) and chromium must be there:
 //! `.ci/test` installs them. Without them this test fails (a skipped test would count as passed).
@@ -278,14 +279,38 @@ async fn staff_page_in_headless_chromium() {
         "the three items appeared {:?} after the last tool call ({appeared})",
         sent.elapsed()
     );
-    for step in [
-        "SCREENSHOT",
-        "DONE persisted",
-        "OUTAGE page kept",
-        "CSRF refused 403",
-        "LOGOUT",
-        "PASS",
-    ] {
+    for step in ["SCREENSHOT", "DONE persisted", "OUTAGE page kept"] {
+        browser.wait_for(step).await;
+    }
+    // The day closed on the page: the agent's slot tool offers nothing on it, then, opened
+    // again, its free slots (docs/practice-tools.md §2.7).
+    let closed = browser.wait_for("CLOSED").await;
+    let day = closed.trim_start_matches("CLOSED").trim().to_owned();
+    let slots_on_day = async |server: &Server| -> usize {
+        let query = format!("{}&earliest={day}&latest={day}", slots.query);
+        let req = tool(slots.method, slots.path, &query, "", &token);
+        let r = roundtrip(server, &req).await;
+        assert_eq!(r.status, 200, "slots: {}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["slots"].as_array().map_or(0, |s| {
+            s.iter()
+                .filter(|x| x["start"].as_str().is_some_and(|t| t.starts_with(&day)))
+                .count()
+        })
+    };
+    assert_eq!(
+        slots_on_day(&server).await,
+        0,
+        "slots offered on {day}, closed"
+    );
+    browser.send("AGENT-SAW-CLOSED");
+    browser.wait_for("REOPENED").await;
+    assert!(
+        slots_on_day(&server).await > 0,
+        "no slots on {day} after reopening"
+    );
+    browser.send("AGENT-SAW-OPEN");
+    for step in ["CSRF refused 403", "LOGOUT", "PASS"] {
         browser.wait_for(step).await;
     }
     let status = tokio::task::spawn_blocking(move || {
@@ -296,7 +321,7 @@ async fn staff_page_in_headless_chromium() {
     .unwrap()
     .unwrap();
     assert!(status.success(), "node exited with {status}");
-    for name in ["login", "day-page", "appointments", "after-done"] {
+    for name in ["login", "day-page", "appointments", "after-done", "closed"] {
         assert!(shots.join(format!("{name}.png")).is_file(), "{name}.png");
     }
     caller.hang_up();

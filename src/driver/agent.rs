@@ -133,7 +133,7 @@ pub(crate) fn call_variables(
     };
     let now = super::practice_now();
     let unregistered = |info: &CallInfo<'_>| {
-        calls::dynamic_variables(&CallToken::unregistered(), info, practice.config(), now)
+        calls::dynamic_variables(&CallToken::unregistered(), info, &practice.config(), now)
     };
     let Some(entropy) = super::os_entropy() else {
         warn!("[Practice] No OS randomness: the call gets no tool token");

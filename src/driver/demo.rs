@@ -235,7 +235,7 @@ fn add_demo_staff(
         .map_err(|e: crate::practice::store::StoreError| e.to_string())?;
     Ok(booked.and_then(|start| {
         let at = jiff::Timestamp::from_second(start).ok()?;
-        Some(crate::practice::calendar::local(practice.config(), at).date)
+        Some(crate::practice::calendar::local(&practice.config(), at).date)
     }))
 }
 

@@ -131,6 +131,8 @@ struct Acceptor {
     rejections: Arc<Semaphore>,
     sweep: tokio::time::Interval,
     retention: tokio::time::Interval,
+    /// Reloads the staff page's closures (another replica's changes).
+    closures: tokio::time::Interval,
 }
 
 impl Acceptor {
@@ -172,6 +174,11 @@ impl Acceptor {
                             Ok(report) => info!(?report, "practice retention ran"),
                             Err(e) => warn!(error = %e, "practice retention failed"),
                         });
+                    }
+                }
+                _ = self.closures.tick(), if app.practice.is_some() => {
+                    if let Some(p) = &app.practice {
+                        p.reload_closures(practice_now());
                     }
                 }
                 () = &mut until => return,
@@ -225,6 +232,7 @@ pub async fn serve(
         rejections: Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS)),
         sweep: tokio::time::interval(SWEEP_INTERVAL),
         retention: tokio::time::interval(crate::practice::retention::RETENTION_INTERVAL),
+        closures: tokio::time::interval(crate::practice::closures::CLOSURES_RELOAD_INTERVAL),
     };
     acceptor.run(shutdown).await;
     app.set_draining();

@@ -267,7 +267,12 @@ pub fn emergency_advice(
             .covering
             .clone()
             .or_else(|| config.covering_practice.clone());
-        return decision(Advice::CallVertretung, covering);
+        // A closure from the staff page has no covering practice of its own; without a
+        // default one, 116 117 is the nationwide answer (docs/practice-tools.md §2.7).
+        return match covering {
+            Some(v) => decision(Advice::CallVertretung, Some(v)),
+            None => decision(Advice::Call116117, None),
+        };
     }
     let today = opening_intervals(config, l.date);
     let reopens_today = today.iter().any(|i| i.start > l.minute);
@@ -543,6 +548,31 @@ mod tests {
             ]),
             "8:00–12:00 und 15:00–18:00 Uhr"
         );
+    }
+
+    /// A closure without a covering practice (as the staff page enters them) in a practice
+    /// without a default one: 116 117, never "call the covering practice" with none to name.
+    #[test]
+    fn a_closure_without_any_covering_practice_advises_116117() {
+        let mut c = cfg();
+        let wed: Date = "2026-11-25".parse().unwrap();
+        c.closures.push(Closure {
+            from: wed,
+            to: wed,
+            reason: "Krankheit".into(),
+            covering: None,
+        });
+        let t = at("2026-11-25T09:30:00Z"); // 10:30, inside the opening hours
+        assert!(!is_open(&c, t));
+        if c.covering_practice.is_some() {
+            assert_eq!(
+                emergency_advice(&c, false, t).advice,
+                Advice::CallVertretung
+            );
+        }
+        c.covering_practice = None;
+        let d = emergency_advice(&c, false, t);
+        assert_eq!((d.advice, d.covering), (Advice::Call116117, None));
     }
 
     #[test]

@@ -78,6 +78,7 @@
 pub mod admin;
 pub mod calendar;
 pub mod calls;
+pub mod closures;
 pub mod config;
 pub mod demo;
 pub mod holidays;
@@ -216,7 +217,8 @@ impl PracticeSettings {
 /// The practice service: configuration, secrets and the store thread. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Practice {
-    config: Arc<PracticeConfig>,
+    /// `practice.toml` with the staff page's closures ([`closures::Calendar`]).
+    calendar: Arc<closures::Calendar>,
     secrets: Arc<Secrets>,
     store: StoreHandle,
     staff: Arc<staff::StaffState>,
@@ -245,7 +247,10 @@ impl Practice {
             demo::seed(&mut store, &config, now).map_err(PracticeError::Store)?;
         }
         let secrets = Secrets::new(&settings.tools_token, settings.admin_token.as_deref());
-        Practice::with_store(config, secrets, Box::new(store)).map_err(PracticeError::Io)
+        let (practice, thread) =
+            Practice::with_store(config, secrets, Box::new(store)).map_err(PracticeError::Io)?;
+        practice.load_closures(now);
+        Ok((practice, thread))
     }
 
     /// Like [`Practice::open`] on PostgreSQL (`DATABASE_URL`, docs/replicas.md §3): migrates
@@ -266,7 +271,10 @@ impl Practice {
         let mut stores: Vec<Box<dyn Store>> = vec![Box::new(store)];
         stores.extend((1..PG_STORE_WORKERS).map(|_| Box::new(PgStore::new(db)) as Box<dyn Store>));
         let secrets = Secrets::new(&settings.tools_token, settings.admin_token.as_deref());
-        Practice::with_stores(config, secrets, stores).map_err(PracticeError::Io)
+        let (practice, thread) =
+            Practice::with_stores(config, secrets, stores).map_err(PracticeError::Io)?;
+        practice.load_closures(now);
+        Ok((practice, thread))
     }
 
     /// Starts the store thread over any [`Store`].
@@ -288,7 +296,7 @@ impl Practice {
         let (handle, thread) = StoreHandle::spawn_workers(stores)?;
         Ok((
             Practice {
-                config: Arc::new(config),
+                calendar: Arc::new(closures::Calendar::new(config)),
                 secrets: Arc::new(secrets),
                 store: handle,
                 staff: Arc::default(),
@@ -299,9 +307,37 @@ impl Practice {
         ))
     }
 
-    /// The practice configuration.
-    pub fn config(&self) -> &PracticeConfig {
-        &self.config
+    /// The practice configuration, with the staff page's closures as of their last reload.
+    pub fn config(&self) -> Arc<PracticeConfig> {
+        self.calendar.current()
+    }
+
+    /// Loads the staff page's closures before the first call; a store that cannot answer now
+    /// leaves them to the driver's reloads.
+    fn load_closures(&self, now: Timestamp) {
+        let calendar = Arc::clone(&self.calendar);
+        match self
+            .store
+            .call_blocking(move |store| calendar.reload(store, now))
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "staff closures not loaded yet"),
+            Err(e) => tracing::warn!(error = ?e, "staff closures not loaded yet"),
+        }
+    }
+
+    /// Reloads the staff page's closures in the background (the driver calls it every
+    /// [`closures::CLOSURES_RELOAD_INTERVAL`], for changes made on another replica).
+    pub fn reload_closures(&self, now: Timestamp) {
+        let calendar = Arc::clone(&self.calendar);
+        let queued = self.store.submit(move |store| {
+            if let Err(e) = calendar.reload(store, now) {
+                tracing::warn!(error = %e, "staff closures not reloaded");
+            }
+        });
+        if let Err(e) = queued {
+            tracing::warn!(error = ?e, "staff closures not reloaded: store busy");
+        }
     }
 
     /// The store thread handle.
@@ -318,10 +354,10 @@ impl Practice {
         now: Timestamp,
         reply: impl FnOnce(ToolReply) + Send + 'static,
     ) {
-        match tools::prepare(&req, &self.config, &self.secrets) {
+        let config = self.config();
+        match tools::prepare(&req, &config, &self.secrets) {
             Err(e) => reply(e.reply()),
             Ok(call) => {
-                let config = Arc::clone(&self.config);
                 let registrations = Arc::clone(&self.registrations);
                 self.submit(reply, move |store| {
                     registrations.wait_for(&call.call_token_hash);
@@ -341,7 +377,7 @@ impl Practice {
         match admin::prepare(&req, &self.secrets) {
             Err(e) => reply(e.reply()),
             Ok(call) => {
-                let config = Arc::clone(&self.config);
+                let config = self.config();
                 // prepare succeeded, so there is an admin token.
                 let who = self.secrets.admin_id().unwrap_or_default();
                 self.submit(reply, move |store| {
@@ -413,7 +449,7 @@ impl Practice {
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<Map<String, Value>, StoreError> {
         let token = CallToken::from_entropy(entropy);
-        let vars = calls::dynamic_variables(&token, &info, &self.config, now);
+        let vars = calls::dynamic_variables(&token, &info, &self.config(), now);
         let (sid, caller, called) = (
             info.call_sid.to_string(),
             info.caller_number.to_string(),

@@ -4,7 +4,10 @@
 // CHROMIUM (default /usr/bin/chromium). Talks to the Rust test in lines:
 //   node → `READY logged-in`           rust → `DAY YYYY-MM-DD` (the day the call will book on)
 //   node → `READY page-open`           rust → `CALL-DONE` (booked, requested, reported)
-//   node → `APPEARED ms=N` … `OUTAGE …` … `PASS`    (or `FAIL reason`, exit 1)
+//   node → `APPEARED ms=N` … `OUTAGE …`
+//   node → `CLOSED YYYY-MM-DD`         rust → `AGENT-SAW-CLOSED` (no slots that day)
+//   node → `REOPENED`                  rust → `AGENT-SAW-OPEN` (slots again)
+//   node → … `PASS`                    (or `FAIL reason`, exit 1)
 // Every check is a wait for what the page shows, never a timing assertion.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -229,6 +232,28 @@ async function run(browser) {
   await page.waitForFunction(() => !document.body.classList.contains('stale'), null, { timeout: 40000 });
   check(await page.evaluate(() => window.__noReload === true), 'the page was reloaded during the outage');
   say('OUTAGE page kept, stale, then live again');
+
+  // Close the booked day for illness with the page's own form (plain HTML, prefilled with the
+  // shown day): the banner names the reason and the appointment still booked on it. The Rust
+  // side then asks the agent's slot tool for that day; "Wieder öffnen" undoes it.
+  await dayPage.selectOption('form.close select[name="reason"]', 'illness');
+  await Promise.all([
+    dayPage.waitForURL(/#schliessungen$/),
+    dayPage.click('form.close button[type="submit"]'),
+  ]);
+  await shows(dayPage, ['Praxis an diesem Tag geschlossen: Krankheit', '1 Termin an diesem Tag bleibt'],
+    '#live p.closed', 'closed banner');
+  await shows(dayPage, ['Krankheit', user, 'Wieder öffnen'], '#schliessungen tr', 'closure listed');
+  await shot(dayPage, 'closed');
+  say(`CLOSED ${day}`);
+  await expectLine('AGENT-SAW-CLOSED');
+  await Promise.all([
+    dayPage.waitForURL(/#schliessungen$/),
+    dayPage.click('#schliessungen form[action$="/remove"] button'),
+  ]);
+  check(await dayPage.locator('#live p.closed').count() === 0, 'still closed after "Wieder öffnen"');
+  say('REOPENED');
+  await expectLine('AGENT-SAW-OPEN');
 
   // A POST without the CSRF token, from the page itself (same origin, with the cookie).
   const csrf = await page.evaluate(async () => {

@@ -484,9 +484,10 @@ impl SessionJob {
     fn run(
         self,
         store: &mut dyn Store,
-        config: &super::config::PracticeConfig,
+        calendar: &super::closures::Calendar,
         now: Timestamp,
     ) -> StaffReply {
+        let config = &*calendar.current();
         let at = now.as_second();
         // A poll of the live fragment is not use: an open, unattended page must still expire
         // after 8 h idle (docs/staff.md).
@@ -532,7 +533,15 @@ impl SessionJob {
             self.state.forget_session(&self.token_hash);
             return unavailable();
         }
+        let closures_changed = call.changes_closures();
         let reply = views::execute(store, config, call, &viewer, now);
+        // This replica's calls see a closure at once; the others at their next reload.
+        if closures_changed
+            && reply.status < 400
+            && let Err(e) = calendar.reload(store, now)
+        {
+            tracing::warn!(error = %e, "staff closures not reloaded after a change");
+        }
         if let Some(what) = line {
             let outcome = if reply.status < 400 {
                 "ok".to_owned()
@@ -632,10 +641,10 @@ impl Practice {
                 );
             }
             Ok(Prepared::Session(job)) => {
-                let config = Arc::clone(&self.config);
+                let calendar = Arc::clone(&self.calendar);
                 self.staff_job(
                     move |r| reply(StaffOutcome::Reply(r)),
-                    move |store| job.run(store, &config, now),
+                    move |store| job.run(store, &calendar, now),
                 );
             }
             Err(e) => reply(StaffOutcome::Reply(e.reply())),

@@ -42,6 +42,8 @@ pub use records::*;
 pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, STORE_CACHE_KIB, SqliteStore};
 pub use worker::{PG_STORE_WORKERS, StoreHandle, StoreThread, SubmitError};
 
+use jiff::civil::Date;
+
 use super::calendar::SlotCandidate;
 use super::calls::CallState;
 
@@ -110,6 +112,23 @@ impl StoreError {
 
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Most staff closures that may end today or later: the page lists them all and every
+/// calendar question walks them (a runaway form cannot grow either).
+pub const MAX_OPEN_CLOSURES: usize = 50;
+
+/// A closure to store ([`Store::add_staff_closure`]); the staff page checked the dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewClosure<'a> {
+    /// First closed day.
+    pub from: Date,
+    /// Last closed day.
+    pub to: Date,
+    /// Why.
+    pub reason: ClosureReason,
+    /// The staff account entering it.
+    pub by: &'a str,
+}
 
 /// The operations the practice tools need. Each method is atomic on its own.
 ///
@@ -309,6 +328,19 @@ pub trait Store: Send {
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
+    /// The staff page's closures that end on or after `from`, by first day (at most
+    /// [`MAX_OPEN_CLOSURES`]).
+    fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>>;
+    /// Stores a closure entered on the staff page; `None` (nothing stored) when
+    /// [`MAX_OPEN_CLOSURES`] closures already end on or after `today`.
+    fn add_staff_closure(
+        &mut self,
+        closure: &NewClosure<'_>,
+        today: Date,
+        now: i64,
+    ) -> StoreResult<Option<i64>>;
+    /// Deletes a staff closure (the practice opens again); false if unknown.
+    fn remove_staff_closure(&mut self, id: i64) -> StoreResult<bool>;
     /// The session whose token hashes to `token_hash` if it was used within
     /// [`STAFF_SESSION_IDLE_SECS`] before `now` and opened within [`STAFF_SESSION_MAX_SECS`],
     /// WITHOUT marking it used: the page's 1 s polls

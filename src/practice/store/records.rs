@@ -175,6 +175,50 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Why staff closed the practice on the staff page (a fixed list: the words reach callers
+    /// through the agent, docs/practice-tools.md §2.7).
+    pub enum ClosureReason {
+        /// "Krankheit".
+        Illness = "illness",
+        /// "Praxisurlaub".
+        Vacation = "vacation",
+        /// "Fortbildung".
+        Training = "training",
+        /// "Schließtag": any other reason.
+        Other = "other",
+    }
+}
+
+impl ClosureReason {
+    /// The German word said to callers and shown to staff.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ClosureReason::Illness => "Krankheit",
+            ClosureReason::Vacation => "Praxisurlaub",
+            ClosureReason::Training => "Fortbildung",
+            ClosureReason::Other => "Schließtag",
+        }
+    }
+}
+
+/// A closure entered on the staff page (inclusive local dates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffClosure {
+    /// Row id (the page's "open again" names it).
+    pub id: i64,
+    /// First closed day.
+    pub from: Date,
+    /// Last closed day.
+    pub to: Date,
+    /// Why.
+    pub reason: ClosureReason,
+    /// The staff account that entered it.
+    pub created_by: String,
+    /// When, UTC seconds.
+    pub created_at: i64,
+}
+
 /// A stored patient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatientRecord {

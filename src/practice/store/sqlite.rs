@@ -44,7 +44,8 @@ sql_text_enum!(
     Urgency,
     Severity,
     Advice,
-    CallOutcome
+    CallOutcome,
+    ClosureReason
 );
 
 /// Separator of a list stored in one `TEXT` column (visit type codes, which are `[a-z0-9_-]`).
@@ -225,6 +226,20 @@ CREATE TABLE staff_audit (
     outcome TEXT NOT NULL
 );
 CREATE INDEX staff_audit_at ON staff_audit (at);
+"#,
+    // 6: closures entered on the staff page (docs/practice-tools.md §2.7); local dates as
+    // `YYYY-MM-DD`, which sort as dates.
+    r#"
+CREATE TABLE staff_closure (
+    id INTEGER PRIMARY KEY,
+    first_day TEXT NOT NULL,
+    last_day TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('illness','vacation','training','other')),
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    CHECK (last_day >= first_day)
+);
+CREATE INDEX staff_closure_last ON staff_closure (last_day);
 "#,
 ];
 
@@ -572,6 +587,11 @@ fn staff_emergency_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffEmergency
 }
 
 /// A row limit as SQLite's `LIMIT` takes it.
+/// A stored `YYYY-MM-DD` day.
+fn stored_day(text: &str) -> StoreResult<Date> {
+    text.parse().map_err(|_| StoreError::Corrupt("closure day"))
+}
+
 fn sql_limit(limit: usize) -> i64 {
     limit.min(i64::MAX as usize) as i64
 }
@@ -1219,6 +1239,71 @@ impl Store for SqliteStore {
             params![ref_code, now, who],
         )?;
         self.request_change(ref_code, n)
+    }
+
+    fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, first_day, last_day, reason, created_by, created_at FROM staff_closure
+             WHERE last_day >= ?1 ORDER BY first_day, id LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![from.to_string(), sql_limit(MAX_OPEN_CLOSURES)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, ClosureReason>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, from, to, reason, created_by, created_at) = row?;
+            out.push(StaffClosure {
+                id,
+                from: stored_day(&from)?,
+                to: stored_day(&to)?,
+                reason,
+                created_by,
+                created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    fn add_staff_closure(
+        &mut self,
+        c: &NewClosure<'_>,
+        today: Date,
+        now: i64,
+    ) -> StoreResult<Option<i64>> {
+        let tx = self.begin()?;
+        let open: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM staff_closure WHERE last_day >= ?1",
+            [today.to_string()],
+            |r| r.get(0),
+        )?;
+        if open >= sql_limit(MAX_OPEN_CLOSURES) {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO staff_closure (first_day, last_day, reason, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![c.from.to_string(), c.to.to_string(), c.reason, c.by, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
+    fn remove_staff_closure(&mut self, id: i64) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM staff_closure WHERE id = ?1", [id])?;
+        Ok(n == 1)
     }
 
     fn reopen_request(&mut self, ref_code: &str) -> StoreResult<RequestChange> {

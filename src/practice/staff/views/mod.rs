@@ -1,6 +1,7 @@
 //! What staff see and do once logged in (issue 14, point 2): one German page per day with the
 //! emergencies, the call-backs and requests, the appointments as a timeline, the calls and a
-//! chart of calls per hour; its live fragment for polling; mark done and undo; the two assets.
+//! chart of calls per hour; its live fragment for polling; mark done and undo; closing the
+//! practice for a day or a few; the two assets.
 //!
 //! Everything here is sans-IO: [`route`] validates a request (no store), [`execute`] runs it
 //! against a [`Store`] with `now` passed in and answers a [`StaffReply`]. Authentication, CSRF,
@@ -14,6 +15,10 @@
 //! - `POST /staff/requests/{ref}/done` and `…/undo`: form fields `csrf`, optional `day` (the day
 //!   to return to) and optional `reply=fragment` (from `staff.js`: answer 200 with the fresh
 //!   fragment instead of a 303 back to the page).
+//! - `POST /staff/closures`: form fields `csrf`, `from`, `to` (days), `reason`
+//!   ([`ClosureReason`]); closes the practice on those days (docs/practice-tools.md §2.7),
+//!   then a 303 to the first one. `POST /staff/closures/{id}/remove` (`csrf`, optional `day`)
+//!   opens it again. Audited `staff:close from=… to=… reason=…` and `staff:reopen closure=…`.
 //! - `GET /staff/assets/staff.css`, `…/staff.js`.
 
 mod chart;
@@ -26,8 +31,9 @@ use jiff::civil::Date;
 use sha2::{Digest, Sha256};
 
 use super::{StaffReply, Viewer};
+use crate::practice::closures;
 use crate::practice::config::PracticeConfig;
-use crate::practice::store::{RequestChange, Store, StoreError};
+use crate::practice::store::{ClosureReason, NewClosure, RequestChange, Store, StoreError};
 use crate::practice::tools::parse_query;
 
 pub use html::html_escape;
@@ -45,6 +51,8 @@ pub const MAX_LIVE_CALL_SECS: i64 = 3_600;
 pub const MAX_REF_LEN: usize = 16;
 /// Longest query string or form value looked at.
 pub const MAX_PARAM_LEN: usize = 256;
+/// Most digits of a closure id in a path (an `i64`).
+pub const MAX_ID_DIGITS: usize = 18;
 
 /// `Content-Type` of the HTML replies.
 const HTML: &str = "text/html; charset=utf-8";
@@ -80,6 +88,22 @@ pub enum ViewCall {
         /// Answer with the fragment (200) instead of a 303 to the page.
         fragment: bool,
     },
+    /// Close the practice on the days `from..=to` (docs/practice-tools.md §2.7).
+    Close {
+        /// First closed day.
+        from: Date,
+        /// Last closed day.
+        to: Date,
+        /// Why.
+        reason: ClosureReason,
+    },
+    /// Open again: delete a staff closure.
+    Reopen {
+        /// Its id.
+        id: i64,
+        /// The day to show afterwards.
+        day: Option<Date>,
+    },
     /// A static asset ([`asset`]).
     Asset(&'static str),
 }
@@ -99,6 +123,10 @@ impl ViewCall {
                 "staff:request_undo ref={ref_code}{}",
                 self.fragment_day()
             )),
+            ViewCall::Close { from, to, reason } => {
+                Some(format!("staff:close from={from} to={to} reason={reason}"))
+            }
+            ViewCall::Reopen { id, .. } => Some(format!("staff:reopen closure={id}")),
             ViewCall::Live { .. } | ViewCall::Asset(_) => None,
         }
     }
@@ -109,7 +137,8 @@ impl ViewCall {
         if let ViewCall::Page { day }
         | ViewCall::Live { day }
         | ViewCall::RequestDone { day, .. }
-        | ViewCall::RequestUndo { day, .. } = &mut self
+        | ViewCall::RequestUndo { day, .. }
+        | ViewCall::Reopen { day, .. } = &mut self
         {
             day.get_or_insert(today);
         }
@@ -144,10 +173,16 @@ impl ViewCall {
 
     /// Whether the call changes data (a POST: the routing layer checks CSRF and `Origin`).
     pub fn changes_data(&self) -> bool {
-        matches!(
-            self,
-            ViewCall::RequestDone { .. } | ViewCall::RequestUndo { .. }
-        )
+        self.changes_closures()
+            || matches!(
+                self,
+                ViewCall::RequestDone { .. } | ViewCall::RequestUndo { .. }
+            )
+    }
+
+    /// Whether the call changes the staff closures (the calendar is reloaded after it).
+    pub fn changes_closures(&self) -> bool {
+        matches!(self, ViewCall::Close { .. } | ViewCall::Reopen { .. })
     }
 }
 
@@ -220,6 +255,9 @@ pub fn route(
             .ok_or(ViewError::NotFound)?;
         return get(ViewCall::Asset(name));
     }
+    if path == "/staff/closures" || path.starts_with("/staff/closures/") {
+        return route_closures(method, path, form);
+    }
     let Some(rest) = path.strip_prefix("/staff/requests/") else {
         return Err(ViewError::NotFound);
     };
@@ -250,6 +288,49 @@ pub fn route(
             fragment,
         }
     })
+}
+
+/// `POST /staff/closures` (form `from`, `to`, `reason`) and `POST
+/// /staff/closures/{id}/remove` (form `day`, the day to return to).
+fn route_closures(
+    method: &str,
+    path: &str,
+    form: &[(String, String)],
+) -> Result<ViewCall, ViewError> {
+    if path == "/staff/closures" {
+        if method != "POST" {
+            return Err(ViewError::MethodNotAllowed);
+        }
+        let day = |k: &str| form_field(form, k).map_or(Err(ViewError::BadRequest), parse_day);
+        let reason = form_field(form, "reason")
+            .and_then(ClosureReason::parse)
+            .ok_or(ViewError::BadRequest)?;
+        return Ok(ViewCall::Close {
+            from: day("from")?,
+            to: day("to")?,
+            reason,
+        });
+    }
+    let id = path
+        .strip_prefix("/staff/closures/")
+        .and_then(|rest| rest.strip_suffix("/remove"))
+        .filter(|id| !id.is_empty() && id.len() <= MAX_ID_DIGITS)
+        .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|id| id.parse::<i64>().ok())
+        .ok_or(ViewError::NotFound)?;
+    if method != "POST" {
+        return Err(ViewError::MethodNotAllowed);
+    }
+    let day = match form_field(form, "day").filter(|d| !d.is_empty()) {
+        Some(d) => Some(parse_day(d)?),
+        None => None,
+    };
+    Ok(ViewCall::Reopen { id, day })
+}
+
+/// A form field, trimmed.
+fn form_field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim())
 }
 
 /// A request ref as the store makes them (`R-1001`): short, letters, digits and `-` only (so it
@@ -332,7 +413,53 @@ fn run(
             let change = store.reopen_request(&ref_code)?;
             changed(store, config, change, day, fragment, viewer, now)
         }
+        ViewCall::Close { from, to, reason } => {
+            let c = NewClosure {
+                from,
+                to,
+                reason,
+                by: &viewer.name,
+            };
+            close(store, config, &c, now)
+        }
+        ViewCall::Reopen { id, day } => {
+            if !store.remove_staff_closure(id)? {
+                return Ok(ViewError::NotFound.reply());
+            }
+            Ok(back_to(day.unwrap_or_else(today), "schliessungen"))
+        }
         ViewCall::Asset(name) => Ok(asset_reply(name)),
+    }
+}
+
+/// Stores a closure if its days are allowed and there is room; back to its first day.
+fn close(
+    store: &mut dyn Store,
+    config: &PracticeConfig,
+    c: &NewClosure<'_>,
+    now: Timestamp,
+) -> Result<StaffReply, StoreError> {
+    let today = crate::practice::calendar::local(config, now).date;
+    if let Err(e) = closures::check(c.from, c.to, today) {
+        return Ok(page::message(422, e.message()));
+    }
+    if store
+        .add_staff_closure(c, today, now.as_second())?
+        .is_none()
+    {
+        return Ok(page::message(
+            409,
+            "Es sind schon zu viele Schließungen eingetragen; bitte erst alte entfernen.",
+        ));
+    }
+    Ok(back_to(c.from, "schliessungen"))
+}
+
+/// A 303 to a day's page at `anchor` (POST/redirect/GET).
+fn back_to(day: Date, anchor: &str) -> StaffReply {
+    StaffReply {
+        location: Some(format!("/staff?day={day}#{anchor}")),
+        ..StaffReply::new(303, "text/plain; charset=utf-8", Vec::new())
     }
 }
 

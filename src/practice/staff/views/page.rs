@@ -11,11 +11,12 @@ use super::{
     etag_of, timeline,
 };
 use crate::practice::calendar::{self, Advice};
-use crate::practice::config::PracticeConfig;
+use crate::practice::config::{Closure, PracticeConfig};
 use crate::practice::staff::{StaffReply, Viewer};
 use crate::practice::store::{
-    CallOutcome, RequestCategory, Severity, StaffCall, StaffDayAppointment, StaffDayRequest,
-    StaffEmergency, Store, StoreResult, Urgency,
+    AppointmentStatus, CallOutcome, ClosureReason, RequestCategory, Severity, StaffCall,
+    StaffClosure, StaffDayAppointment, StaffDayRequest, StaffEmergency, Store, StoreResult,
+    Urgency,
 };
 
 /// Longest stored text (note, details) shown in a cell; the rest is cut with "…".
@@ -44,6 +45,8 @@ pub struct DayData {
     pub live: Vec<StaffCall>,
     /// The day's calls, newest first (up to [`MAX_CHART_CALLS`]).
     pub calls: Vec<StaffCall>,
+    /// Closures entered on the staff page that end today or later.
+    pub staff_closures: Vec<StaffClosure>,
 }
 
 impl DayData {
@@ -57,7 +60,8 @@ impl DayData {
         let from = calendar::instant(config, day, 0).as_second();
         let to = calendar::instant(config, calendar::next_day(day), 0).as_second();
         let now_s = now.as_second();
-        let today = calendar::local(config, now).date == day;
+        let local_today = calendar::local(config, now).date;
+        let today = local_today == day;
         let older_open = if today {
             store.open_requests_before(from, MAX_ROWS_PER_SECTION)?
         } else {
@@ -74,6 +78,7 @@ impl DayData {
             appointments: store.staff_day_appointments(from, to, MAX_TIMELINE_APPOINTMENTS)?,
             live: store.running_calls(now_s - MAX_LIVE_CALL_SECS, MAX_ROWS_PER_SECTION)?,
             calls: store.staff_calls(from, to, MAX_CHART_CALLS)?,
+            staff_closures: store.staff_closures(local_today)?,
         })
     }
 
@@ -116,7 +121,10 @@ pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> St
         .raw("<button type=\"submit\">Abmelden</button></form></div></header>")
         .raw("<main id=\"live\">")
         .raw(&fragment)
-        .raw("</main></body></html>\n");
+        .raw("</main>");
+    // Outside the polled `<main>`: a refresh must not reset a form being filled in.
+    closures_section(&mut h, config, data, viewer);
+    h.raw("</body></html>\n");
     StaffReply {
         patient_data: true,
         ..StaffReply::new(200, super::HTML, h.finish().into_bytes())
@@ -148,12 +156,108 @@ pub fn fragment(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> Str
     h.raw("<div class=\"view\" data-title=\"")
         .text(&data.title(config))
         .fmt(format_args!("\" data-day=\"{}\">", data.day));
+    closed_banner(&mut h, config, data);
     emergencies(&mut h, config, data);
     requests(&mut h, config, data, viewer);
     timeline::section(&mut h, config, data);
     calls(&mut h, config, data);
     h.raw("</div>");
     h.finish()
+}
+
+/// A note at the top when the practice is closed on the shown day (holiday or closure), with
+/// the appointments that still stand on it.
+fn closed_banner(h: &mut Html, config: &PracticeConfig, data: &DayData) {
+    let why = match (
+        calendar::public_holiday(config, data.day),
+        calendar::closure(config, data.day),
+    ) {
+        (Some(name), _) => name,
+        (None, Some(c)) => c.reason.as_str(),
+        (None, None) => return,
+    };
+    h.raw("<p class=\"closed\">Praxis an diesem Tag geschlossen: ")
+        .text(why);
+    let booked = data
+        .appointments
+        .iter()
+        .filter(|a| a.row.details.status == AppointmentStatus::Booked)
+        .count();
+    if booked > 0 {
+        h.fmt(format_args!(
+            " · {booked} Termin{} an diesem Tag bleib{} bestehen: bitte die Patienten benachrichtigen.",
+            if booked == 1 { "" } else { "e" },
+            if booked == 1 { "t" } else { "en" },
+        ));
+    }
+    h.raw("</p>");
+}
+
+/// The closures: those entered here (each with "open again") and those of `practice.toml`
+/// still ahead, and the form that closes the practice (docs/practice-tools.md §2.7).
+fn closures_section(h: &mut Html, config: &PracticeConfig, data: &DayData, viewer: &Viewer) {
+    let today = calendar::local(config, ts(data.now)).date;
+    let csrf = html_escape(&viewer.csrf);
+    h.raw("<section id=\"schliessungen\" class=\"closures\"><h2>Schließungen</h2>")
+        .raw("<p class=\"hint\">An geschlossenen Tagen bietet die Telefonassistenz keine Termine ")
+        .raw("an und sagt Anrufern, dass die Praxis geschlossen ist (bei Notfällen: Vertretung ")
+        .raw("oder 116 117). Schon gebuchte Termine bleiben bestehen.</p>");
+    let configured: Vec<_> = config
+        .closures
+        .iter()
+        .filter(|c| c.to >= today && !is_staff_closure(c, &data.staff_closures))
+        .collect();
+    if data.staff_closures.is_empty() && configured.is_empty() {
+        h.raw("<p class=\"empty\">Keine Schließungen eingetragen.</p>");
+    } else {
+        h.raw("<table><thead><tr><th>Von</th><th>Bis</th><th>Grund</th><th>Eingetragen</th>")
+            .raw("<th></th></tr></thead><tbody>");
+        for c in &data.staff_closures {
+            h.raw("<tr>")
+                .el("td", "num", &calendar::date_label(c.from))
+                .el("td", "num", &calendar::date_label(c.to))
+                .el("td", "", c.reason.label())
+                .el("td", "", &c.created_by)
+                .fmt(format_args!(
+                    "<td><form method=\"post\" action=\"/staff/closures/{}/remove\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <input type=\"hidden\" name=\"day\" value=\"{}\">\
+                     <button type=\"submit\">Wieder öffnen</button></form></td></tr>",
+                    c.id, data.day
+                ));
+        }
+        for c in configured {
+            h.raw("<tr>")
+                .el("td", "num", &calendar::date_label(c.from))
+                .el("td", "num", &calendar::date_label(c.to))
+                .el("td", "", &c.reason)
+                .el("td", "none", "practice.toml")
+                .raw("<td></td></tr>");
+        }
+        h.raw("</tbody></table>");
+    }
+    let first = data.day.max(today);
+    h.raw("<form class=\"close\" method=\"post\" action=\"/staff/closures\">")
+        .fmt(format_args!(
+            "<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Von <input type=\"date\" name=\"from\" value=\"{first}\" min=\"{today}\" required></label>\
+             <label>Bis <input type=\"date\" name=\"to\" value=\"{first}\" min=\"{today}\" required></label>"
+        ))
+        .raw("<label>Grund <select name=\"reason\">");
+    for r in ClosureReason::ALL {
+        h.fmt(format_args!("<option value=\"{}\">", r.as_str()))
+            .text(r.label())
+            .raw("</option>");
+    }
+    h.raw("</select></label><button type=\"submit\">Praxis schließen</button></form></section>");
+}
+
+/// Whether a closure of the merged configuration is one of the staff page's.
+fn is_staff_closure(c: &Closure, staff: &[StaffClosure]) -> bool {
+    c.covering.is_none()
+        && staff
+            .iter()
+            .any(|s| s.from == c.from && s.to == c.to && s.reason.label() == c.reason)
 }
 
 /// A short German message page (errors).

@@ -156,6 +156,75 @@ fn body(r: &StaffReply) -> String {
 }
 
 #[test]
+fn routes_closures() {
+    let field = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let form = vec![
+        field("csrf", "t"),
+        field("from", "2026-12-02"),
+        field("to", " 2026-12-04 "),
+        field("reason", "training"),
+    ];
+    assert_eq!(
+        route("POST", "/staff/closures", "", &form),
+        Ok(ViewCall::Close {
+            from: day(),
+            to: "2026-12-04".parse().unwrap(),
+            reason: ClosureReason::Training
+        })
+    );
+    assert_eq!(
+        route("GET", "/staff/closures", "", &form),
+        Err(ViewError::MethodNotAllowed)
+    );
+    for (k, v) in [("from", ""), ("to", "4.12.2026"), ("reason", "Krankheit")] {
+        let mut bad = form.clone();
+        bad.retain(|(key, _)| key != k);
+        bad.push(field(k, v));
+        assert_eq!(
+            route("POST", "/staff/closures", "", &bad),
+            Err(ViewError::BadRequest),
+            "{k}={v}"
+        );
+    }
+    assert_eq!(
+        route(
+            "POST",
+            "/staff/closures/17/remove",
+            "",
+            &[field("day", "2026-12-02")]
+        ),
+        Ok(ViewCall::Reopen {
+            id: 17,
+            day: Some(day())
+        })
+    );
+    assert_eq!(
+        route("GET", "/staff/closures/17/remove", "", &[]),
+        Err(ViewError::MethodNotAllowed)
+    );
+    for bad in [
+        "/staff/closures//remove",
+        "/staff/closures/x/remove",
+        "/staff/closures/-1/remove",
+        "/staff/closures/17",
+        "/staff/closures/17/delete",
+        "/staff/closures/1234567890123456789/remove",
+    ] {
+        assert_eq!(
+            route("POST", bad, "", &[]).err(),
+            Some(ViewError::NotFound),
+            "{bad}"
+        );
+    }
+    let close = route("POST", "/staff/closures", "", &form).unwrap();
+    assert!(close.changes_data() && close.changes_closures());
+    assert_eq!(
+        close.audit().as_deref(),
+        Some("staff:close from=2026-12-02 to=2026-12-04 reason=training")
+    );
+}
+
+#[test]
 fn routes_pages_live_actions_and_assets() {
     let d = Some(day());
     assert_eq!(

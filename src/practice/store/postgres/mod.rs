@@ -755,6 +755,51 @@ impl Store for PgStore {
         self.request_change(ref_code, n)
     }
 
+    fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>> {
+        self.list(
+            "SELECT id, first_day, last_day, reason, created_by, created_at FROM staff_closure
+             WHERE last_day >= $1 ORDER BY first_day, id LIMIT $2",
+            &[&from.to_string(), &sql_limit(MAX_OPEN_CLOSURES)],
+            staff_closure_row,
+        )
+    }
+
+    fn add_staff_closure(
+        &mut self,
+        c: &NewClosure<'_>,
+        today: Date,
+        now: i64,
+    ) -> StoreResult<Option<i64>> {
+        let (from, to, today) = (c.from.to_string(), c.to.to_string(), today.to_string());
+        self.run(async |client| {
+            let tx = client.transaction().await?;
+            // Replicas adding at once queue here, so the cap holds across them.
+            execute(&tx, "LOCK TABLE staff_closure IN EXCLUSIVE MODE", &[]).await?;
+            let open = scalar(
+                &tx,
+                "SELECT COUNT(*) FROM staff_closure WHERE last_day >= $1",
+                &[&today],
+            )
+            .await?;
+            if open >= sql_limit(MAX_OPEN_CLOSURES) {
+                return Ok(None);
+            }
+            let id = scalar(
+                &tx,
+                "INSERT INTO staff_closure (first_day, last_day, reason, created_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[&from, &to, &c.reason.as_str(), &c.by, &now],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Some(id))
+        })
+    }
+
+    fn remove_staff_closure(&mut self, id: i64) -> StoreResult<bool> {
+        Ok(self.exec("DELETE FROM staff_closure WHERE id = $1", &[&id])? == 1)
+    }
+
     fn reopen_request(&mut self, ref_code: &str) -> StoreResult<RequestChange> {
         let n = self.exec(
             "UPDATE request SET status = 'open', done_at = NULL, done_by = NULL

@@ -47,6 +47,21 @@ fn opt_enum<T>(r: &Row, i: usize, parse: fn(&str) -> Option<T>) -> StoreResult<O
         .transpose()
 }
 
+pub(super) fn staff_closure_row(r: &Row) -> StoreResult<StaffClosure> {
+    let day = |i: usize| -> StoreResult<Date> {
+        let text: &str = r.try_get(i)?;
+        text.parse().map_err(|_| StoreError::Corrupt("closure day"))
+    };
+    Ok(StaffClosure {
+        id: r.try_get(0)?,
+        from: day(1)?,
+        to: day(2)?,
+        reason: text_enum(r, 3, ClosureReason::parse)?,
+        created_by: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+    })
+}
+
 pub(super) fn count_u32(n: i64) -> u32 {
     n.clamp(0, u32::MAX as i64) as u32
 }

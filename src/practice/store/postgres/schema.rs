@@ -11,7 +11,8 @@
 pub const COMPONENT: &str = "store";
 
 /// Migration steps; index + 1 is the version.
-pub const PG_MIGRATIONS: &[&str] = &[r#"
+pub const PG_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE patient (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     family TEXT NOT NULL,
@@ -151,4 +152,18 @@ CREATE TABLE staff_audit (
     outcome TEXT NOT NULL
 );
 CREATE INDEX staff_audit_at ON staff_audit (at);
-"#];
+"#,
+    // 2: SQLite's 6, closures entered on the staff page.
+    r#"
+CREATE TABLE staff_closure (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    first_day TEXT NOT NULL,
+    last_day TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('illness','vacation','training','other')),
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    CHECK (last_day >= first_day)
+);
+CREATE INDEX staff_closure_last ON staff_closure (last_day);
+"#,
+];
