@@ -66,6 +66,27 @@ fn fail_identify(e: &mut Env, t: &str) -> Value {
 
 // --- identification ------------------------------------------------------------------------------
 
+/// A failed identification is answered only once it is counted: when the call state cannot be
+/// saved, the caller hears "a problem", never `match: none` uncounted (a free guess).
+#[test]
+fn a_failed_identification_that_cannot_be_counted_is_not_answered() {
+    let mut e = Env::new("lim-id-unsaved", now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_counting BEFORE UPDATE OF state_json ON call \
+         WHEN NEW.state_json LIKE '%\"failed_identifications\":1%' \
+         BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+    )
+    .unwrap();
+    let body = r#"{"family_name":"Weber","birth_date":"1980-01-01"}"#;
+    let (s, v) = e.post(&t, "/api/patients/identify", body, now());
+    assert_eq!(s, 500, "{v}");
+    assert!(v.get("match").is_none(), "{v}");
+    db.execute_batch("DROP TRIGGER refuse_counting;").unwrap();
+    assert_eq!(fail_identify(&mut e, &t)["attempts_left"], 2);
+}
+
 #[test]
 fn identify_calls_are_capped_per_call_successes_included() {
     let mut e = Env::new("lim-id-cap", now());

@@ -207,6 +207,35 @@ fn concurrent_failures_of_many_calls_stay_within_the_hourly_budget() {
     thread.join().unwrap();
 }
 
+/// A session stuck holding the identifications' lock (a replica cut off mid-job) costs an
+/// identification about `IDENTIFICATION_LOCK_WAIT` and an "unavailable" answer, not a store
+/// worker parked for `lock_timeout`; once the lock is free they work again.
+#[test]
+fn a_stuck_identification_lock_is_waited_for_briefly() {
+    use ignis::practice::store::postgres::{IDENTIFICATION_LOCK_KEY, IDENTIFICATION_LOCK_WAIT};
+    let db = TestDb::new(Kind::Postgres, "pg-id-lock");
+    let (p, thread) = open(&db);
+    let t = start(&p, "CAstuck", 3);
+    let pool = db.database();
+    let holder = pool.block_on(pool.client()).unwrap();
+    let lock = |sql: &'static str| {
+        pool.block_on(holder.execute(sql, &[&IDENTIFICATION_LOCK_KEY]))
+            .unwrap();
+    };
+    lock("SELECT pg_advisory_lock($1)");
+    let asked = std::time::Instant::now();
+    let (s, v) = tool(&p, &t, "POST", IDENTIFY, WEBER);
+    let waited = asked.elapsed();
+    assert_eq!((s, v["error"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(waited >= IDENTIFICATION_LOCK_WAIT, "{waited:?}");
+    lock("SELECT pg_advisory_unlock($1)");
+    let (s, v) = tool(&p, &t, "POST", IDENTIFY, WEBER);
+    assert_eq!((s, v["match"].as_str()), (200, Some("unique")), "{v}");
+    drop(holder);
+    drop(p);
+    thread.join().unwrap();
+}
+
 /// Issue 15: PostgreSQL down → tool requests answer 503 `unavailable` with words the agent
 /// can say; once it is back they work again (each worker's dead connection fails at most
 /// once, then the pool reconnects).

@@ -882,14 +882,29 @@ fn staff_closures_are_listed_capped_and_removed(db: &TestDb) {
     let later = d("2026-11-26");
     assert!(s.add_staff_closure(&one_more, later, t0).unwrap().is_some());
 
-    assert!(s.remove_staff_closure(sick).unwrap());
-    assert!(!s.remove_staff_closure(sick).unwrap());
+    // Taken back: no longer listed, but kept (marked) as history; one that is over, or taken
+    // back already, cannot be.
+    assert!(s.remove_staff_closure(sick, later, "ben", t0 + 60).unwrap());
+    assert!(!s.remove_staff_closure(sick, later, "ben", t0 + 60).unwrap());
+    assert!(!s.remove_staff_closure(trip, later, "ben", t0 + 60).unwrap());
     assert!(
         s.staff_closures(later)
             .unwrap()
             .iter()
             .all(|c| c.id != sick)
     );
+    let by = db.value(
+        "SELECT COUNT(*) FROM staff_closure WHERE removed_by = 'ben' AND removed_at IS NOT NULL",
+        &[],
+    );
+    assert_eq!(by, 1);
+
+    // Retention, a year and a day on: what was taken back or is over before the cutoff's day
+    // goes (the 48 training days, the trip, the sick days); the one ending later stays.
+    let policy = RetentionPolicy::default();
+    let rep = s.retention(&policy, t0 + policy.staff_audit + DAY).unwrap();
+    assert_eq!(rep.staff_closures, MAX_OPEN_CLOSURES);
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_closure", &[]), 1);
 }
 
 on_both_backends!(
@@ -955,6 +970,35 @@ mod postgres_only {
             .count();
         assert_eq!((wins, taken), (1, N - 1), "{outcomes:?}");
         assert_eq!(booked_on_slot(&db, slot), 1);
+    }
+
+    /// Urgent requests filed at once through three replicas get distinct queue positions,
+    /// 1 to N: each counts the open urgent requests after the ones before it committed.
+    #[test]
+    fn racing_urgent_requests_get_distinct_queue_positions() {
+        const N: usize = 12;
+        let db = TestDb::new(Kind::Postgres, "urgent-queue");
+        let _migrated = db.store();
+        let replicas: Vec<_> = (0..3).map(|_| db.replica_pool(N / 3 + 1)).collect();
+        let barrier = Barrier::new(N);
+        let mut positions: Vec<u32> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let (barrier, pool) = (&barrier, &replicas[i % 3]);
+                    scope.spawn(move || {
+                        let mut own = PgStore::new(pool);
+                        let r = staff_request(None, Urgency::Urgent, wed_morning().as_second());
+                        // Connected before the race, so the inserts overlap.
+                        own.schema_version().unwrap();
+                        barrier.wait();
+                        own.create_request(&r).unwrap().queue_position.unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        positions.sort_unstable();
+        assert_eq!(positions, (1..=N as u32).collect::<Vec<_>>());
     }
 
     /// A retry racing its original (same idempotency key, two replicas) is answered with the

@@ -466,6 +466,12 @@ fn core_start_login(
     staff_call(p, &req, now)
 }
 
+/// The core's tests post from the origin the HTTP tests' server serves.
+#[test]
+fn the_core_origin_is_the_servers() {
+    assert_eq!(practice_support::staff_core::ORIGIN, common::PUBLIC);
+}
+
 /// Parallel logins (issue 14 review, point 1): at most MAX_CONCURRENT_LOGINS checks run at
 /// once, the next is answered 503 without a check; each attempt counts as a failure when its
 /// check starts, so attempts whose checks never finish still reach the limit.

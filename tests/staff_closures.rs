@@ -37,7 +37,7 @@ fn call(p: &Practice, sid: &str, seed: u8, now: Timestamp) -> Map<String, Value>
     vars
 }
 
-/// The starts of the `kontrolle` slots offered on Thursday.
+/// The refs of the `kontrolle` slots offered on Thursday.
 fn thursday_slots(p: &Practice, token: &str, now: Timestamp) -> Vec<String> {
     let path = format!(
         "/api/appointments/slots?visit_type=kontrolle&earliest={THURSDAY}&latest={THURSDAY}&limit=5"
@@ -51,8 +51,8 @@ fn thursday_slots(p: &Practice, token: &str, now: Timestamp) -> Vec<String> {
         .as_array()
         .map(|s| {
             s.iter()
-                .map(|x| x["start"].as_str().unwrap_or("").to_owned())
-                .filter(|start| start.starts_with(THURSDAY))
+                .filter(|x| x["start"].as_str().is_some_and(|t| t.starts_with(THURSDAY)))
+                .map(|x| x["slot_ref"].as_str().unwrap_or("").to_owned())
                 .collect()
         })
         .unwrap_or_default()
@@ -84,6 +84,10 @@ fn a_day_closed_on_the_staff_page_reaches_the_agent_and_opens_again() {
     let dir = temp_dir("staff-closures");
     let db = dir.join("core.db");
     let now = wed_morning();
+    // The demo patients (Maria Weber books below).
+    let mut seeded = SqliteStore::open(&db).unwrap();
+    ignis::practice::demo::seed(&mut seeded, &PracticeConfig::demo(), now).unwrap();
+    drop(seeded);
     let (p, _thread) = practice(&dir);
     // Another replica on the same database.
     let (other, _other_thread) = Practice::with_store(
@@ -104,10 +108,23 @@ fn a_day_closed_on_the_staff_page_reaches_the_agent_and_opens_again() {
         "{before:?}"
     );
     let token = before["secret__ignis_call"].as_str().unwrap().to_owned();
-    assert!(
-        !thursday_slots(&p, &token, now).is_empty(),
-        "Thursday has slots"
+    let offered = thursday_slots(&p, &token, now);
+    assert!(!offered.is_empty(), "Thursday has slots");
+    let tool = |method: &str, path: &str, body: &str| {
+        let r = submit_tool(&p, &token, (method, path), body, now)
+            .recv()
+            .unwrap();
+        (r.status, r.body_json())
+    };
+    let (_, who) = tool(
+        "POST",
+        "/api/patients/identify",
+        r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#,
     );
+    let patient = who["patient_ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("identified: {who}"))
+        .to_owned();
 
     // Closed today and tomorrow for illness.
     let form = format!("csrf={csrf}&from=2026-11-25&to={THURSDAY}&reason=illness");
@@ -117,6 +134,22 @@ fn a_day_closed_on_the_staff_page_reaches_the_agent_and_opens_again() {
         (303, Some("/staff?day=2026-11-25#schliessungen"))
     );
     assert_eq!(thursday_slots(&p, &token, now), Vec::<String>::new());
+    // A slot offered before the closure is not booked on the closed day either.
+    let booking = format!(
+        r#"{{"slot_ref":"{}","patient_ref":"{patient}","visit_type":"kontrolle","reason_short":"Kontrolle"}}"#,
+        offered[0]
+    );
+    let (_, v) = tool("POST", "/api/appointments", &booking);
+    assert_ne!(v["ok"], true, "booked on a closed day: {v}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let booked: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM appointment WHERE call_sid = 'CA0000000000000000000000000000c101'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(booked, 0);
     let during = call(&p, "CA0000000000000000000000000000c102", 2, now);
     assert_eq!(during["hours_today"], "heute geschlossen (Krankheit)");
     assert_eq!(during["practice_open_now"], "nein");

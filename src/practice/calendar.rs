@@ -561,15 +561,15 @@ mod tests {
             to: wed,
             reason: "Krankheit".into(),
             covering: None,
+            staff_closure_id: Some(1),
         });
         let t = at("2026-11-25T09:30:00Z"); // 10:30, inside the opening hours
         assert!(!is_open(&c, t));
-        if c.covering_practice.is_some() {
-            assert_eq!(
-                emergency_advice(&c, false, t).advice,
-                Advice::CallVertretung
-            );
-        }
+        assert!(c.covering_practice.is_some(), "the demo has a default one");
+        assert_eq!(
+            emergency_advice(&c, false, t).advice,
+            Advice::CallVertretung
+        );
         c.covering_practice = None;
         let d = emergency_advice(&c, false, t);
         assert_eq!((d.advice, d.covering), (Advice::Call116117, None));

@@ -7,7 +7,7 @@
 //! reloaded after a change on this replica and every [`CLOSURES_RELOAD_INTERVAL`] (changes made
 //! on another replica).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -81,6 +81,7 @@ fn as_closure(c: &StaffClosure) -> Closure {
         to: c.to,
         reason: c.reason.label().to_owned(),
         covering: None,
+        staff_closure_id: Some(c.id),
     }
 }
 
@@ -89,6 +90,9 @@ fn as_closure(c: &StaffClosure) -> Closure {
 pub struct Calendar {
     base: Arc<PracticeConfig>,
     current: RwLock<Arc<PracticeConfig>>,
+    /// Held from a reload's read to its swap: reloads run on several store workers, and one
+    /// that read before a change committed must not replace the one that read after it.
+    reloading: Mutex<()>,
 }
 
 impl Calendar {
@@ -98,6 +102,7 @@ impl Calendar {
         Calendar {
             current: RwLock::new(Arc::clone(&base)),
             base,
+            reloading: Mutex::new(()),
         }
     }
 
@@ -110,6 +115,7 @@ impl Calendar {
     /// Reads the staff closures that end today or later and merges them into the
     /// configuration; on an error the previous one stays.
     pub fn reload(&self, store: &mut dyn Store, now: Timestamp) -> StoreResult<()> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let today = calendar::local(&self.base, now).date;
         let staff = store.staff_closures(today)?;
         let mut config = PracticeConfig::clone(&self.base);
@@ -151,5 +157,9 @@ mod tests {
             check(d("2028-01-07"), d("2028-01-07"), today),
             Err(ClosureError::TooFarAhead)
         );
+        // The messages name the limits.
+        let says = |e: ClosureError, n: i64| e.message().contains(&format!(" {n} Tage"));
+        assert!(says(ClosureError::TooLong, MAX_CLOSURE_DAYS));
+        assert!(says(ClosureError::TooFarAhead, MAX_CLOSURE_AHEAD_DAYS));
     }
 }

@@ -163,6 +163,9 @@ pub struct Closure {
     pub reason: String,
     /// Covering practice for this closure (falls back to the default one).
     pub covering: Option<CoveringPractice>,
+    /// The id of the staff page's closure this is (docs/practice-tools.md §2.7); `None` for
+    /// one of `practice.toml`.
+    pub staff_closure_id: Option<i64>,
 }
 
 /// The ärztlicher Bereitschaftsdienst (116 117) and its organised hours.
@@ -645,6 +648,7 @@ impl Validator<'_> {
                 to,
                 reason: self.text(&c.reason, "reason")?,
                 covering,
+                staff_closure_id: None,
             });
         }
         Ok(closures)

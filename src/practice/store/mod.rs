@@ -117,6 +117,18 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// calendar question walks them (a runaway form cannot grow either).
 pub const MAX_OPEN_CLOSURES: usize = 50;
 
+/// When retention deletes a staff closure: entered longer ago than the staff audit is kept
+/// ([`RetentionPolicy::staff_audit`], so the audit rows naming it go first or with it) and
+/// removed, or over before that cutoff's day (UTC; a day's difference does not matter here).
+/// The cutoff in UTC seconds and as a stored day.
+pub fn closure_cutoff(p: &RetentionPolicy, now: i64) -> (i64, String) {
+    let cutoff = now - p.staff_audit;
+    let day = jiff::Timestamp::from_second(cutoff)
+        .map(|t| jiff::tz::TimeZone::UTC.to_datetime(t).date().to_string())
+        .unwrap_or_default();
+    (cutoff, day)
+}
+
 /// A closure to store ([`Store::add_staff_closure`]); the staff page checked the dates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewClosure<'a> {
@@ -328,19 +340,27 @@ pub trait Store: Send {
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
-    /// The staff page's closures that end on or after `from`, by first day (at most
-    /// [`MAX_OPEN_CLOSURES`]).
+    /// The staff page's closures, not removed, that end on or after `from`, by first day (at
+    /// most [`MAX_OPEN_CLOSURES`]).
     fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>>;
     /// Stores a closure entered on the staff page; `None` (nothing stored) when
-    /// [`MAX_OPEN_CLOSURES`] closures already end on or after `today`.
+    /// [`MAX_OPEN_CLOSURES`] closures, not removed, already end on or after `today`.
     fn add_staff_closure(
         &mut self,
         closure: &NewClosure<'_>,
         today: Date,
         now: i64,
     ) -> StoreResult<Option<i64>>;
-    /// Deletes a staff closure (the practice opens again); false if unknown.
-    fn remove_staff_closure(&mut self, id: i64) -> StoreResult<bool>;
+    /// Takes back a staff closure that is not over by `today` (the practice opens again): the
+    /// row stays, marked removed by `by` at `now`, as the closure's history; false if there is
+    /// no such closure (unknown, over, or removed already).
+    fn remove_staff_closure(
+        &mut self,
+        id: i64,
+        today: Date,
+        by: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
     /// The session whose token hashes to `token_hash` if it was used within
     /// [`STAFF_SESSION_IDLE_SECS`] before `now` and opened within [`STAFF_SESSION_MAX_SECS`],
     /// WITHOUT marking it used: the page's 1 s polls

@@ -618,6 +618,8 @@ pub struct RetentionReport {
     pub staff_sessions: usize,
     /// Staff audit rows.
     pub staff_audit: usize,
+    /// Staff closures entered, and over or removed, longer ago than the staff audit is kept.
+    pub staff_closures: usize,
 }
 
 /// A staff session ends after this long without a request (issue 14: 8 h idle expiry).

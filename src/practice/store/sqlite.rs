@@ -237,6 +237,8 @@ CREATE TABLE staff_closure (
     reason TEXT NOT NULL CHECK (reason IN ('illness','vacation','training','other')),
     created_by TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    removed_by TEXT,
+    removed_at INTEGER,
     CHECK (last_day >= first_day)
 );
 CREATE INDEX staff_closure_last ON staff_closure (last_day);
@@ -586,12 +588,12 @@ fn staff_emergency_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffEmergency
     })
 }
 
-/// A row limit as SQLite's `LIMIT` takes it.
 /// A stored `YYYY-MM-DD` day.
 fn stored_day(text: &str) -> StoreResult<Date> {
     text.parse().map_err(|_| StoreError::Corrupt("closure day"))
 }
 
+/// A row limit as SQLite's `LIMIT` takes it.
 fn sql_limit(limit: usize) -> i64 {
     limit.min(i64::MAX as usize) as i64
 }
@@ -1136,6 +1138,12 @@ impl Store for SqliteStore {
             "DELETE FROM staff_audit WHERE at < ?1",
             [now - p.staff_audit],
         )?;
+        let (cutoff, cutoff_day) = closure_cutoff(p, now);
+        rep.staff_closures = tx.execute(
+            "DELETE FROM staff_closure WHERE created_at < ?1
+               AND (removed_at IS NOT NULL OR last_day < ?2)",
+            params![cutoff, cutoff_day],
+        )?;
         tx.commit()?;
         Ok(rep)
     }
@@ -1244,7 +1252,7 @@ impl Store for SqliteStore {
     fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, first_day, last_day, reason, created_by, created_at FROM staff_closure
-             WHERE last_day >= ?1 ORDER BY first_day, id LIMIT ?2",
+             WHERE last_day >= ?1 AND removed_at IS NULL ORDER BY first_day, id LIMIT ?2",
         )?;
         let rows = st.query_map(
             params![from.to_string(), sql_limit(MAX_OPEN_CLOSURES)],
@@ -1282,7 +1290,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<i64>> {
         let tx = self.begin()?;
         let open: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM staff_closure WHERE last_day >= ?1",
+            "SELECT COUNT(*) FROM staff_closure WHERE last_day >= ?1 AND removed_at IS NULL",
             [today.to_string()],
             |r| r.get(0),
         )?;
@@ -1299,10 +1307,18 @@ impl Store for SqliteStore {
         Ok(Some(id))
     }
 
-    fn remove_staff_closure(&mut self, id: i64) -> StoreResult<bool> {
-        let n = self
-            .conn
-            .execute("DELETE FROM staff_closure WHERE id = ?1", [id])?;
+    fn remove_staff_closure(
+        &mut self,
+        id: i64,
+        today: Date,
+        by: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "UPDATE staff_closure SET removed_by = ?3, removed_at = ?4
+             WHERE id = ?1 AND last_day >= ?2 AND removed_at IS NULL",
+            params![id, today.to_string(), by, now],
+        )?;
         Ok(n == 1)
     }
 

@@ -7,8 +7,9 @@ use super::context::{Ctx, Out};
 use super::error::ToolError;
 use super::input::{BookInput, CancelInput};
 use super::outcome::{Booked, Cancelled, ReplacedView};
+use crate::practice::calendar;
 use crate::practice::calls::{Assurance, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY};
-use crate::practice::config::VisitType;
+use crate::practice::config::{PracticeConfig, VisitType};
 use crate::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallerDetails, CancelOutcome,
     NewPatient, NewRequest, RequestCategory, SlotRecord, Urgency, name_key, normalize_name,
@@ -56,6 +57,16 @@ fn idempotency_key(
     hex_lower(&Sha256::digest(source.as_bytes()))
 }
 
+/// Whether the practice is closed on the local day of `start` (UTC seconds): a public holiday
+/// or a closure.
+fn closed_on(config: &PracticeConfig, start: i64) -> bool {
+    let Ok(t) = jiff::Timestamp::from_second(start) else {
+        return false;
+    };
+    let day = calendar::local(config, t).date;
+    calendar::public_holiday(config, day).is_some() || calendar::closure(config, day).is_some()
+}
+
 impl Ctx<'_> {
     pub(super) fn book(&mut self, i: BookInput) -> Out<Booked> {
         let Some(vt) = self.config.visit_type(&i.visit_type).cloned() else {
@@ -91,9 +102,12 @@ impl Ctx<'_> {
             return self.booked(first, slot.id, vt, assurance);
         }
         // Offered in time, but the conversation went on: a slot now inside the lead cannot be
-        // reached any more; the caller gets the alternatives as for a taken slot.
+        // reached any more, and one on a day closed since (staff closed it on the staff page,
+        // docs/practice-tools.md §2.7) is not to be had; the caller gets the alternatives as
+        // for a taken slot.
         let soon = self.now.as_second() + super::slots::MIN_BOOKING_LEAD_SECS;
-        if self.store.slot(slot.id)?.is_some_and(|s| s.start < soon) {
+        let gone = |start: i64| start < soon || closed_on(self.config, start);
+        if self.store.slot(slot.id)?.is_some_and(|s| gone(s.start)) {
             return self.booked(BookOutcome::SlotGone, slot.id, vt, assurance);
         }
         let (bookings_today, _) = self.caller_activity()?;

@@ -46,6 +46,7 @@ impl Ctx<'_> {
         match found.len() {
             0 => {
                 Metrics::add(&PRACTICE.identification_failures, 1);
+                self.answer_needs_save = true;
                 let st = self.state();
                 st.failed_identifications += 1;
                 Ok(IdentifyOutcome::None {

@@ -279,6 +279,7 @@ pub fn execute(
         call: live,
         now,
         dirty: false,
+        answer_needs_save: false,
     };
     let result = match ctx.run(input) {
         Ok(outcome) => Ok(outcome),
@@ -291,8 +292,9 @@ pub fn execute(
     {
         // The tool's change is committed: answering "unavailable" would have the agent try
         // again and create a second request or emergency. Its answer goes out and is audited;
-        // only the refs it minted may not resolve later in the call.
-        if result.is_err() {
+        // only the refs it minted may not resolve later in the call. A failed identification
+        // changed nothing but the count: it is answered only once counted.
+        if result.is_err() || ctx.answer_needs_save {
             return internal(tool, &e);
         }
         tracing::error!(tool, error = %e, "call state not saved after the tool's change");

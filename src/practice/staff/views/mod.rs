@@ -51,7 +51,7 @@ pub const MAX_LIVE_CALL_SECS: i64 = 3_600;
 pub const MAX_REF_LEN: usize = 16;
 /// Longest query string or form value looked at.
 pub const MAX_PARAM_LEN: usize = 256;
-/// Most digits of a closure id in a path (an `i64`).
+/// Most digits of a closure id in a path (any 18 digits fit an `i64`).
 pub const MAX_ID_DIGITS: usize = 18;
 
 /// `Content-Type` of the HTML replies.
@@ -391,7 +391,9 @@ fn run(
     match call {
         ViewCall::Page { day } => {
             let data = page::DayData::load(store, config, day.unwrap_or_else(today), now)?;
-            Ok(page::full_page(config, &data, viewer))
+            // Only the full page lists them (outside the polled fragment).
+            let closures = store.staff_closures(today())?;
+            Ok(page::full_page(config, &data, &closures, viewer))
         }
         ViewCall::Live { day } => {
             let data = page::DayData::load(store, config, day.unwrap_or_else(today), now)?;
@@ -423,7 +425,7 @@ fn run(
             close(store, config, &c, now)
         }
         ViewCall::Reopen { id, day } => {
-            if !store.remove_staff_closure(id)? {
+            if !store.remove_staff_closure(id, today(), &viewer.name, now.as_second())? {
                 return Ok(ViewError::NotFound.reply());
             }
             Ok(back_to(day.unwrap_or_else(today), "schliessungen"))

@@ -11,7 +11,7 @@ use super::{
     etag_of, timeline,
 };
 use crate::practice::calendar::{self, Advice};
-use crate::practice::config::{Closure, PracticeConfig};
+use crate::practice::config::PracticeConfig;
 use crate::practice::staff::{StaffReply, Viewer};
 use crate::practice::store::{
     AppointmentStatus, CallOutcome, ClosureReason, RequestCategory, Severity, StaffCall,
@@ -45,8 +45,6 @@ pub struct DayData {
     pub live: Vec<StaffCall>,
     /// The day's calls, newest first (up to [`MAX_CHART_CALLS`]).
     pub calls: Vec<StaffCall>,
-    /// Closures entered on the staff page that end today or later.
-    pub staff_closures: Vec<StaffClosure>,
 }
 
 impl DayData {
@@ -60,8 +58,7 @@ impl DayData {
         let from = calendar::instant(config, day, 0).as_second();
         let to = calendar::instant(config, calendar::next_day(day), 0).as_second();
         let now_s = now.as_second();
-        let local_today = calendar::local(config, now).date;
-        let today = local_today == day;
+        let today = calendar::local(config, now).date == day;
         let older_open = if today {
             store.open_requests_before(from, MAX_ROWS_PER_SECTION)?
         } else {
@@ -78,7 +75,6 @@ impl DayData {
             appointments: store.staff_day_appointments(from, to, MAX_TIMELINE_APPOINTMENTS)?,
             live: store.running_calls(now_s - MAX_LIVE_CALL_SECS, MAX_ROWS_PER_SECTION)?,
             calls: store.staff_calls(from, to, MAX_CHART_CALLS)?,
-            staff_closures: store.staff_closures(local_today)?,
         })
     }
 
@@ -94,7 +90,12 @@ impl DayData {
 }
 
 /// The whole page: head, header with the day navigation, `<main>` with the live fragment.
-pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> StaffReply {
+pub fn full_page(
+    config: &PracticeConfig,
+    data: &DayData,
+    staff_closures: &[StaffClosure],
+    viewer: &Viewer,
+) -> StaffReply {
     let fragment = fragment(config, data, viewer);
     let mut h = Html::new();
     h.raw("<!DOCTYPE html>\n<html lang=\"de\"><head><meta charset=\"utf-8\">")
@@ -123,7 +124,7 @@ pub fn full_page(config: &PracticeConfig, data: &DayData, viewer: &Viewer) -> St
         .raw(&fragment)
         .raw("</main>");
     // Outside the polled `<main>`: a refresh must not reset a form being filled in.
-    closures_section(&mut h, config, data, viewer);
+    closures_section(&mut h, config, data, staff_closures, viewer);
     h.raw("</body></html>\n");
     StaffReply {
         patient_data: true,
@@ -195,7 +196,13 @@ fn closed_banner(h: &mut Html, config: &PracticeConfig, data: &DayData) {
 
 /// The closures: those entered here (each with "open again") and those of `practice.toml`
 /// still ahead, and the form that closes the practice (docs/practice-tools.md §2.7).
-fn closures_section(h: &mut Html, config: &PracticeConfig, data: &DayData, viewer: &Viewer) {
+fn closures_section(
+    h: &mut Html,
+    config: &PracticeConfig,
+    data: &DayData,
+    staff: &[StaffClosure],
+    viewer: &Viewer,
+) {
     let today = calendar::local(config, ts(data.now)).date;
     let csrf = html_escape(&viewer.csrf);
     h.raw("<section id=\"schliessungen\" class=\"closures\"><h2>Schließungen</h2>")
@@ -205,14 +212,14 @@ fn closures_section(h: &mut Html, config: &PracticeConfig, data: &DayData, viewe
     let configured: Vec<_> = config
         .closures
         .iter()
-        .filter(|c| c.to >= today && !is_staff_closure(c, &data.staff_closures))
+        .filter(|c| c.to >= today && c.staff_closure_id.is_none())
         .collect();
-    if data.staff_closures.is_empty() && configured.is_empty() {
+    if staff.is_empty() && configured.is_empty() {
         h.raw("<p class=\"empty\">Keine Schließungen eingetragen.</p>");
     } else {
         h.raw("<table><thead><tr><th>Von</th><th>Bis</th><th>Grund</th><th>Eingetragen</th>")
             .raw("<th></th></tr></thead><tbody>");
-        for c in &data.staff_closures {
+        for c in staff {
             h.raw("<tr>")
                 .el("td", "num", &calendar::date_label(c.from))
                 .el("td", "num", &calendar::date_label(c.to))
@@ -250,14 +257,6 @@ fn closures_section(h: &mut Html, config: &PracticeConfig, data: &DayData, viewe
             .raw("</option>");
     }
     h.raw("</select></label><button type=\"submit\">Praxis schließen</button></form></section>");
-}
-
-/// Whether a closure of the merged configuration is one of the staff page's.
-fn is_staff_closure(c: &Closure, staff: &[StaffClosure]) -> bool {
-    c.covering.is_none()
-        && staff
-            .iter()
-            .any(|s| s.from == c.from && s.to == c.to && s.reason.label() == c.reason)
 }
 
 /// A short German message page (errors).

@@ -8,7 +8,8 @@ use super::super::names::normalize_name;
 use super::super::*;
 use super::rows::*;
 use super::{
-    Params, RETENTION_LOCK_KEY, execute, is_unique_violation, query, query_one, query_opt, scalar,
+    Params, RETENTION_LOCK_KEY, URGENT_QUEUE_LOCK_KEY, execute, is_unique_violation, query,
+    query_one, query_opt, scalar,
 };
 use crate::practice::calendar::SlotCandidate;
 use crate::practice::calls::{Assurance, MAX_CALL_SECS};
@@ -346,6 +347,16 @@ fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 /// never mint the same one.
 pub(super) async fn create_request(c: &mut Client, r: &NewRequest) -> StoreResult<CreatedRequest> {
     let tx = c.transaction().await?;
+    if r.urgency == Urgency::Urgent {
+        // Urgent requests queue one at a time to the commit: each counts the ones before it
+        // (two at once would both see the same count and be told the same position).
+        execute(
+            &tx,
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&URGENT_QUEUE_LOCK_KEY],
+        )
+        .await?;
+    }
     let caller_json = r.caller.as_ref().map(to_json).transpose()?;
     // No details are stored as an empty object, as the staff view has always shown them.
     let details_json = match &r.details {
@@ -501,6 +512,14 @@ async fn retention_rest(
         tx,
         "DELETE FROM staff_audit WHERE at < $1",
         &[&(now - p.staff_audit)],
+    )
+    .await?);
+    let (cutoff, cutoff_day) = closure_cutoff(p, now);
+    rep.staff_closures = n(execute(
+        tx,
+        "DELETE FROM staff_closure WHERE created_at < $1
+           AND (removed_at IS NOT NULL OR last_day < $2)",
+        &[&cutoff, &cutoff_day],
     )
     .await?);
     Ok(())

@@ -46,9 +46,18 @@ use rows::*;
 /// Transaction-scoped advisory lock a retention run holds: the replica that gets it runs, the
 /// others skip ("ignis-re").
 pub const RETENTION_LOCK_KEY: i64 = 0x6967_6e69_732d_7265;
+/// Transaction-scoped advisory lock an urgent request holds from its insert to its commit, so
+/// queue positions are counted one request at a time ("ignis-uq").
+pub const URGENT_QUEUE_LOCK_KEY: i64 = 0x6967_6e69_732d_7571;
+/// Transaction-scoped advisory lock taken to add a staff closure, so the count against
+/// `MAX_OPEN_CLOSURES` and the insert are one step across replicas ("ignis-cl").
+pub const CLOSURES_LOCK_KEY: i64 = 0x6967_6e69_732d_636c;
 /// Session advisory lock an identification holds from its limits' check to the end of its job
 /// ([`Store::lock_identifications`]; "ignis-id").
 pub const IDENTIFICATION_LOCK_KEY: i64 = 0x6967_6e69_732d_6964;
+/// Longest an identification waits for [`IDENTIFICATION_LOCK_KEY`] before it answers
+/// "unavailable" (see `lock_identifications`).
+pub const IDENTIFICATION_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// First key of the per-call advisory locks (two-`int4` key space, which does not overlap the
 /// `bigint` keys of migrations and retention; "ignc").
 pub const CALL_LOCK_CLASS: i32 = 0x6967_6e63;
@@ -71,9 +80,10 @@ pub struct PgStore {
     call_lock: Option<i32>,
     /// Whether this store's session holds [`IDENTIFICATION_LOCK_KEY`], released by `end_job`.
     identification_lock: bool,
-    /// The session holding this job's call lock was lost: the job's other operations fail
-    /// ("unavailable") instead of reconnecting and running without the lock, where another
-    /// request of the call could interleave (docs/replicas.md §3.1). Cleared by `end_job`.
+    /// The session holding this job's call lock (or the identifications' lock) was lost: the
+    /// job's other operations fail ("unavailable") instead of reconnecting and running without
+    /// the lock, where another request of the call (or another identification) could
+    /// interleave (docs/replicas.md §3.1). Cleared by `end_job`.
     lock_lost: bool,
 }
 
@@ -178,7 +188,7 @@ impl PgStore {
         }
         if self.lock_lost {
             return Err(StoreError::Postgres(PgError::Unavailable(
-                "the connection holding the call's lock was lost".into(),
+                "the connection holding the job's lock was lost".into(),
             )));
         }
         let PgStore { db, client, .. } = self;
@@ -758,7 +768,7 @@ impl Store for PgStore {
     fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>> {
         self.list(
             "SELECT id, first_day, last_day, reason, created_by, created_at FROM staff_closure
-             WHERE last_day >= $1 ORDER BY first_day, id LIMIT $2",
+             WHERE last_day >= $1 AND removed_at IS NULL ORDER BY first_day, id LIMIT $2",
             &[&from.to_string(), &sql_limit(MAX_OPEN_CLOSURES)],
             staff_closure_row,
         )
@@ -774,14 +784,20 @@ impl Store for PgStore {
         self.run(async |client| {
             let tx = client.transaction().await?;
             // Replicas adding at once queue here, so the cap holds across them.
-            execute(&tx, "LOCK TABLE staff_closure IN EXCLUSIVE MODE", &[]).await?;
+            execute(
+                &tx,
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&CLOSURES_LOCK_KEY],
+            )
+            .await?;
             let open = scalar(
                 &tx,
-                "SELECT COUNT(*) FROM staff_closure WHERE last_day >= $1",
+                "SELECT COUNT(*) FROM staff_closure WHERE last_day >= $1 AND removed_at IS NULL",
                 &[&today],
             )
             .await?;
             if open >= sql_limit(MAX_OPEN_CLOSURES) {
+                // Dropping `tx` rolls it back (nothing was written).
                 return Ok(None);
             }
             let id = scalar(
@@ -796,8 +812,19 @@ impl Store for PgStore {
         })
     }
 
-    fn remove_staff_closure(&mut self, id: i64) -> StoreResult<bool> {
-        Ok(self.exec("DELETE FROM staff_closure WHERE id = $1", &[&id])? == 1)
+    fn remove_staff_closure(
+        &mut self,
+        id: i64,
+        today: Date,
+        by: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let n = self.exec(
+            "UPDATE staff_closure SET removed_by = $3, removed_at = $4
+             WHERE id = $1 AND last_day >= $2 AND removed_at IS NULL",
+            &[&id, &today.to_string(), &by, &now],
+        )?;
+        Ok(n == 1)
     }
 
     fn reopen_request(&mut self, ref_code: &str) -> StoreResult<RequestChange> {
@@ -950,13 +977,26 @@ impl Store for PgStore {
         if self.identification_lock {
             return Ok(());
         }
+        // Waited for briefly, not for `lock_timeout`: a holder keeps it for one job
+        // (milliseconds), but a replica cut off while holding it keeps it until the server
+        // drops its session (about a minute), and waiting 5 s each then would park every store
+        // worker of every replica behind it (docs/replicas.md §3.1). The session lock taken in
+        // the transaction outlives its commit; the shorter timeout does not.
+        let wait = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            IDENTIFICATION_LOCK_WAIT.as_millis()
+        );
         self.run(async |c| {
+            let tx = c.transaction().await?;
+            tx.batch_execute(&wait).await?;
             execute(
-                c,
+                &tx,
                 "SELECT pg_advisory_lock($1)",
                 &[&IDENTIFICATION_LOCK_KEY],
             )
-            .await
+            .await?;
+            tx.commit().await?;
+            Ok(())
         })?;
         self.identification_lock = true;
         Ok(())

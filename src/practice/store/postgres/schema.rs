@@ -162,6 +162,8 @@ CREATE TABLE staff_closure (
     reason TEXT NOT NULL CHECK (reason IN ('illness','vacation','training','other')),
     created_by TEXT NOT NULL,
     created_at BIGINT NOT NULL,
+    removed_by TEXT,
+    removed_at BIGINT,
     CHECK (last_day >= first_day)
 );
 CREATE INDEX staff_closure_last ON staff_closure (last_day);
