@@ -116,6 +116,27 @@ async fn hang_up_before_stream(fleet: &Fleet, a: &Answered) {
 }
 
 /// Answers a call on replica `n`, opens its stream through nginx and checks the audio.
+/// The agent conversation that serves `a`'s stream: the one its replica pre-connected, or,
+/// when nginx sent the stream to another replica (the owner's own upstream can still hold the
+/// failure mark of its restart for `fail_timeout`, docs/replicas.md §5.1), the one the adopting
+/// replica opened (the pre-connected one is closed then).
+async fn serving_agent(fleet: &Fleet, a: &Answered) -> AgentConn {
+    let first = fleet.agent_for(&a.sid, T).await;
+    let deadline = Instant::now() + T;
+    let runs_on = loop {
+        if let Some(r) = fleet.stream_replica(&a.sid).await {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no stream replica for {}", a.sid);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if runs_on == a.owner {
+        first
+    } else {
+        fleet.agent_for(&a.sid, T).await
+    }
+}
+
 async fn live_on(fleet: &Fleet, n: usize, sids: &mut impl Iterator<Item = String>) -> Live {
     let a = answer_on(fleet, n, sids).await;
     let caller = fleet.open_stream(&a).await;
@@ -537,7 +558,7 @@ async fn rolling_upgrade_as_the_readme_describes_cuts_no_call() {
         let a = fleet.answer(&sids.next().unwrap()).await;
         assert_ne!(a.owner, id, "the draining replica took a new call");
         let caller = fleet.open_stream(&a).await;
-        let agent = fleet.agent_for(&a.sid, T).await;
+        let agent = serving_agent(&fleet, &a).await;
         let mut new = Live { a, caller, agent };
         audio_flows(&mut new, 60 + n as u8).await;
         // 3. Its calls finish (audio flows until the agent ends them normally).
@@ -589,6 +610,51 @@ async fn rolling_upgrade_as_the_readme_describes_cuts_no_call() {
 /// What the kit promises that the live tests do not reach: the routing names every replica the
 /// compose file runs, the single-host kit's stream settings are kept, and the drain outlasts
 /// nobody's patience.
+/// The staff login limiter holds across replicas: nginx sends one client address to one
+/// replica (`upstream ignis_staff`, by address), so after five failures from it the sixth
+/// attempt is refused (429) even with the right password. Round robin spread the five over
+/// the two replicas (3 + 2), under each one's limit, and let the sixth in.
+#[tokio::test]
+async fn failed_staff_logins_from_one_address_are_limited_across_replicas() {
+    use ignis::practice::staff::auth::{LOGIN_MAX_FAILURES, hash_password};
+    const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
+    let fleet = Fleet::start(2, &[]).await;
+    let phc = hash_password(PASSWORD, [5; 16]).unwrap();
+    fleet
+        .db()
+        .await
+        .execute(
+            "INSERT INTO staff_user (name, phc, created_at) VALUES ('anna', $1, 0)",
+            &[&phc],
+        )
+        .await
+        .unwrap();
+    let host = fleet.caller.authority();
+    let login = |password: &str| {
+        let body = format!("name=anna&password={password}");
+        format!(
+            "POST /staff/login HTTP/1.1\r\nHost: {host}\r\nOrigin: https://{host}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    for i in 0..LOGIN_MAX_FAILURES {
+        let r = fleet.via_nginx(&login("falsch-falsch-falsch")).await;
+        assert_eq!(r.status, 403, "attempt {i}: {}", r.text());
+    }
+    let r = fleet.via_nginx(&login(PASSWORD)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let n = LOGIN_MAX_FAILURES as usize + 1;
+    let via: std::collections::BTreeSet<String> = fleet
+        .access_lines_until("POST /staff/login", |l| l.len() >= n)
+        .await
+        .iter()
+        .filter_map(|l| Some(l.split(" via=").nth(1)?.split(' ').next()?.to_owned()))
+        .collect();
+    assert_eq!(via.len(), 1, "{via:?}");
+}
+
 #[test]
 fn shipped_replicas_kit_routes_every_replica_and_keeps_the_stream_settings() {
     let conf = SHIPPED_REPLICAS_CONF;
@@ -612,8 +678,8 @@ fn shipped_replicas_kit_routes_every_replica_and_keeps_the_stream_settings() {
             "{id}'s map line"
         );
         assert!(conf.contains(&format!("upstream ignis_{n} {{")));
-        // In ignis_any and as primary or backup in every replica's upstream.
-        assert_eq!(conf.matches(&addr).count(), 1 + SHIPPED_REPLICAS, "{addr}");
+        // In ignis_any, ignis_staff, and as primary or backup in every replica's upstream.
+        assert_eq!(conf.matches(&addr).count(), 2 + SHIPPED_REPLICAS, "{addr}");
     }
     // Every proxy_pass follows the map, with no URI part (signatures cover the raw target).
     for line in conf.lines().map(str::trim) {
@@ -673,7 +739,11 @@ fn shipped_replicas_kit_routes_every_replica_and_keeps_the_stream_settings() {
     let three = add_replica(conf, 3);
     assert!(three.contains("upstream ignis_3 {"));
     for n in 1..=3 {
-        assert_eq!(three.matches(&shipped_addr(n)).count(), 1 + 3, "{n}");
+        assert_eq!(three.matches(&shipped_addr(n)).count(), 2 + 3, "{n}");
     }
+    let staff = &three[three.find("upstream ignis_staff {").unwrap()..];
+    let staff = &staff[..staff.find('}').unwrap()];
+    assert!(staff.contains("hash $remote_addr consistent;"));
+    assert!(!staff.contains("backup"), "{staff}");
     assert!(SHIPPED_REPLICAS_README.contains("## Adding a replica"));
 }

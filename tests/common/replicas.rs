@@ -59,8 +59,8 @@ pub fn shipped_addr(n: usize) -> String {
 }
 
 /// deploy/replicas/README.md, "Adding a replica", applied to `conf` for replica `n` (the
-/// replicas 1..n exist): its `map` line, its `server` line in `upstream ignis_any`, a `backup`
-/// line in every other replica's upstream, and its own upstream block.
+/// replicas 1..n exist): its `map` line, its `server` line in `upstream ignis_any` and
+/// `ignis_staff`, a `backup` line in every other replica's upstream, and its own upstream block.
 pub fn add_replica(conf: &str, n: usize) -> String {
     let addr = shipped_addr(n);
     let map_line_1 = "~^/api/twilio/stream(-ended)?/ignis-1(/|$)  ignis_1;  # [per replica]";
@@ -74,7 +74,7 @@ pub fn add_replica(conf: &str, n: usize) -> String {
         if let Some(b) = &block {
             let is_server = t.starts_with("server ");
             if last_was_server && !is_server {
-                out.push(if b == "ignis_any" {
+                out.push(if b == "ignis_any" || b == "ignis_staff" {
                     format!(
                         "        server {addr} max_fails=1 fail_timeout=10s;  \
                          # [per replica] [test rewrites] ignis-{n}"
