@@ -899,12 +899,20 @@ fn staff_closures_are_listed_capped_and_removed(db: &TestDb) {
     );
     assert_eq!(by, 1);
 
-    // Retention, a year and a day on: what was taken back or is over before the cutoff's day
-    // goes (the 48 training days, the trip, the sick days); the one ending later stays.
+    // Retention, a year and a day on: what was taken back, or was over, more than a year ago
+    // goes (the 48 training days, the trip, the sick days); the one ending later stays, and so
+    // does one entered as long ago but taken back only now (its audit row is new).
     let policy = RetentionPolicy::default();
-    let rep = s.retention(&policy, t0 + policy.staff_audit + DAY).unwrap();
+    let far = new("2027-06-01", "2027-06-02", ClosureReason::Vacation);
+    let far = s
+        .add_staff_closure(&far, later, t0)
+        .unwrap()
+        .expect("stored");
+    let now = t0 + policy.staff_audit + DAY;
+    assert!(s.remove_staff_closure(far, later, "ben", now).unwrap());
+    let rep = s.retention(&policy, now).unwrap();
     assert_eq!(rep.staff_closures, MAX_OPEN_CLOSURES);
-    assert_eq!(db.value("SELECT COUNT(*) FROM staff_closure", &[]), 1);
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_closure", &[]), 2);
 }
 
 on_both_backends!(

@@ -115,13 +115,12 @@ async fn hang_up_before_stream(fleet: &Fleet, a: &Answered) {
     assert!(r.status < 300, "status callback: {} {}", r.status, r.text());
 }
 
-/// Answers a call on replica `n`, opens its stream through nginx and checks the audio.
-/// The agent conversation that serves `a`'s stream: the one its replica pre-connected, or,
-/// when nginx sent the stream to another replica (the owner's own upstream can still hold the
-/// failure mark of its restart for `fail_timeout`, docs/replicas.md §5.1), the one the adopting
-/// replica opened (the pre-connected one is closed then).
-async fn serving_agent(fleet: &Fleet, a: &Answered) -> AgentConn {
-    let first = fleet.agent_for(&a.sid, T).await;
+/// The agent conversation that serves `a`'s stream once it is open: `preconnected` (taken at
+/// the webhook, before the stream), or, when nginx sent the stream to another replica (the
+/// owner's own upstream can still hold the failure mark of its restart for `fail_timeout`,
+/// docs/replicas.md §5.1), the one the adopting replica opened (the pre-connected one is
+/// closed then).
+async fn serving_agent(fleet: &Fleet, a: &Answered, preconnected: AgentConn) -> AgentConn {
     let deadline = Instant::now() + T;
     let runs_on = loop {
         if let Some(r) = fleet.stream_replica(&a.sid).await {
@@ -131,12 +130,13 @@ async fn serving_agent(fleet: &Fleet, a: &Answered) -> AgentConn {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     if runs_on == a.owner {
-        first
+        preconnected
     } else {
         fleet.agent_for(&a.sid, T).await
     }
 }
 
+/// Answers a call on replica `n`, opens its stream through nginx and checks the audio.
 async fn live_on(fleet: &Fleet, n: usize, sids: &mut impl Iterator<Item = String>) -> Live {
     let a = answer_on(fleet, n, sids).await;
     let caller = fleet.open_stream(&a).await;
@@ -557,8 +557,9 @@ async fn rolling_upgrade_as_the_readme_describes_cuts_no_call() {
         // New calls go to the other replica, and stay live through this upgrade.
         let a = fleet.answer(&sids.next().unwrap()).await;
         assert_ne!(a.owner, id, "the draining replica took a new call");
+        let preconnected = fleet.agent_for(&a.sid, T).await;
         let caller = fleet.open_stream(&a).await;
-        let agent = serving_agent(&fleet, &a).await;
+        let agent = serving_agent(&fleet, &a, preconnected).await;
         let mut new = Live { a, caller, agent };
         audio_flows(&mut new, 60 + n as u8).await;
         // 3. Its calls finish (audio flows until the agent ends them normally).
@@ -607,9 +608,6 @@ async fn rolling_upgrade_as_the_readme_describes_cuts_no_call() {
     fleet.wait_leases(0, T).await;
 }
 
-/// What the kit promises that the live tests do not reach: the routing names every replica the
-/// compose file runs, the single-host kit's stream settings are kept, and the drain outlasts
-/// nobody's patience.
 /// The staff login limiter holds across replicas: nginx sends one client address to one
 /// replica (`upstream ignis_staff`, by address), so after five failures from it the sixth
 /// attempt is refused (429) even with the right password. Round robin spread the five over
@@ -644,7 +642,9 @@ async fn failed_staff_logins_from_one_address_are_limited_across_replicas() {
         assert_eq!(r.status, 403, "attempt {i}: {}", r.text());
     }
     let r = fleet.via_nginx(&login(PASSWORD)).await;
+    // ignis's lock-out page, not nginx's own limit_req 429.
     assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("Zu viele Fehlversuche"), "{}", r.text());
     let n = LOGIN_MAX_FAILURES as usize + 1;
     let via: std::collections::BTreeSet<String> = fleet
         .access_lines_until("POST /staff/login", |l| l.len() >= n)
@@ -655,6 +655,9 @@ async fn failed_staff_logins_from_one_address_are_limited_across_replicas() {
     assert_eq!(via.len(), 1, "{via:?}");
 }
 
+/// What the kit promises that the live tests do not reach: the routing names every replica the
+/// compose file runs, the single-host kit's stream settings are kept, and the drain outlasts
+/// nobody's patience.
 #[test]
 fn shipped_replicas_kit_routes_every_replica_and_keeps_the_stream_settings() {
     let conf = SHIPPED_REPLICAS_CONF;

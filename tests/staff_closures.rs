@@ -140,7 +140,10 @@ fn a_day_closed_on_the_staff_page_reaches_the_agent_and_opens_again() {
         offered[0]
     );
     let (_, v) = tool("POST", "/api/appointments", &booking);
-    assert_ne!(v["ok"], true, "booked on a closed day: {v}");
+    assert!(
+        v["ok"] == false && v.get("appointment_ref").is_none(),
+        "booked on a closed day: {v}"
+    );
     let conn = rusqlite::Connection::open(&db).unwrap();
     let booked: i64 = conn
         .query_row(

@@ -91,7 +91,9 @@ pub struct Calendar {
     base: Arc<PracticeConfig>,
     current: RwLock<Arc<PracticeConfig>>,
     /// Held from a reload's read to its swap: reloads run on several store workers, and one
-    /// that read before a change committed must not replace the one that read after it.
+    /// that read before a change committed must not replace the one that read after it. A
+    /// hanging database holds it up to one operation's timeout; the reloads behind it wait on
+    /// their workers, as their own reads would.
     reloading: Mutex<()>,
 }
 

@@ -35,6 +35,7 @@ pub fn run_retention_with(
         slots = report.slots,
         staff_sessions = report.staff_sessions,
         staff_audit = report.staff_audit,
+        staff_closures = report.staff_closures,
         "retention run"
     );
     Ok(report)

@@ -117,16 +117,18 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// calendar question walks them (a runaway form cannot grow either).
 pub const MAX_OPEN_CLOSURES: usize = 50;
 
-/// When retention deletes a staff closure: entered longer ago than the staff audit is kept
-/// ([`RetentionPolicy::staff_audit`], so the audit rows naming it go first or with it) and
-/// removed, or over before that cutoff's day (UTC; a day's difference does not matter here).
-/// The cutoff in UTC seconds and as a stored day.
-pub fn closure_cutoff(p: &RetentionPolicy, now: i64) -> (i64, String) {
+/// When retention deletes a staff closure: a year after it was taken back, or after its last
+/// day ([`RetentionPolicy::staff_audit`], so the audit rows naming it go first or with it; the
+/// day in UTC, a day's difference does not matter here). The cutoff in UTC seconds and as a
+/// stored day.
+pub fn closure_cutoff(p: &RetentionPolicy, now: i64) -> StoreResult<(i64, String)> {
     let cutoff = now - p.staff_audit;
     let day = jiff::Timestamp::from_second(cutoff)
-        .map(|t| jiff::tz::TimeZone::UTC.to_datetime(t).date().to_string())
-        .unwrap_or_default();
-    (cutoff, day)
+        .map_err(|_| StoreError::Corrupt("retention time out of range"))?;
+    Ok((
+        cutoff,
+        jiff::tz::TimeZone::UTC.to_datetime(day).date().to_string(),
+    ))
 }
 
 /// A closure to store ([`Store::add_staff_closure`]); the staff page checked the dates.

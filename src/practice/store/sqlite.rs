@@ -1138,10 +1138,11 @@ impl Store for SqliteStore {
             "DELETE FROM staff_audit WHERE at < ?1",
             [now - p.staff_audit],
         )?;
-        let (cutoff, cutoff_day) = closure_cutoff(p, now);
+        let (cutoff, cutoff_day) = closure_cutoff(p, now)?;
         rep.staff_closures = tx.execute(
-            "DELETE FROM staff_closure WHERE created_at < ?1
-               AND (removed_at IS NOT NULL OR last_day < ?2)",
+            "DELETE FROM staff_closure
+             WHERE (removed_at IS NOT NULL AND removed_at < ?1)
+                OR (removed_at IS NULL AND last_day < ?2)",
             params![cutoff, cutoff_day],
         )?;
         tx.commit()?;

@@ -32,8 +32,9 @@ pub(super) struct Ctx<'a> {
     pub(super) now: Timestamp,
     /// Whether the call state changed and must be saved.
     pub(super) dirty: bool,
-    /// Whether the answer may only go out once the state is saved: a failed identification,
-    /// which the limits count (an answer whose failure was not stored would be a free guess).
+    /// Whether the answer may only go out once the state is saved: an identification, which
+    /// the limits count (an answer whose failure was not stored would be a free guess) and
+    /// whose refs must resolve later in the call.
     pub(super) answer_needs_save: bool,
 }
 

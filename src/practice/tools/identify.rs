@@ -19,6 +19,9 @@ impl Ctx<'_> {
         if let Some(refusal) = self.identification_refusal()? {
             return Err(refusal.into());
         }
+        // Identify writes nothing but the call state (the counts, the refs it hands out): its
+        // answer goes out only once that is saved.
+        self.answer_needs_save = true;
         self.state().identify_calls += 1;
         let family = name_key(&normalize_name(&i.family_name));
         // Stored names are normalised afresh, not read from `family_norm`/`given_norm`: rows
@@ -46,7 +49,6 @@ impl Ctx<'_> {
         match found.len() {
             0 => {
                 Metrics::add(&PRACTICE.identification_failures, 1);
-                self.answer_needs_save = true;
                 let st = self.state();
                 st.failed_identifications += 1;
                 Ok(IdentifyOutcome::None {

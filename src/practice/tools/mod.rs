@@ -292,8 +292,8 @@ pub fn execute(
     {
         // The tool's change is committed: answering "unavailable" would have the agent try
         // again and create a second request or emergency. Its answer goes out and is audited;
-        // only the refs it minted may not resolve later in the call. A failed identification
-        // changed nothing but the count: it is answered only once counted.
+        // only the refs it minted may not resolve later in the call. An identification changed
+        // nothing but the call state: it is answered only once that is saved.
         if result.is_err() || ctx.answer_needs_save {
             return internal(tool, &e);
         }

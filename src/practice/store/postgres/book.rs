@@ -514,11 +514,12 @@ async fn retention_rest(
         &[&(now - p.staff_audit)],
     )
     .await?);
-    let (cutoff, cutoff_day) = closure_cutoff(p, now);
+    let (cutoff, cutoff_day) = closure_cutoff(p, now)?;
     rep.staff_closures = n(execute(
         tx,
-        "DELETE FROM staff_closure WHERE created_at < $1
-           AND (removed_at IS NOT NULL OR last_day < $2)",
+        "DELETE FROM staff_closure
+         WHERE (removed_at IS NOT NULL AND removed_at < $1)
+            OR (removed_at IS NULL AND last_day < $2)",
         &[&cutoff, &cutoff_day],
     )
     .await?);

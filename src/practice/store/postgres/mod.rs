@@ -986,7 +986,10 @@ impl Store for PgStore {
             "SET LOCAL lock_timeout = '{}ms'",
             IDENTIFICATION_LOCK_WAIT.as_millis()
         );
-        self.run(async |c| {
+        // Marked held before it is asked for: the lock may be granted and the commit then
+        // fail, and a connection that may hold it is closed, never pooled (`drop_client`).
+        self.identification_lock = true;
+        let taken = self.run(async |c| {
             let tx = c.transaction().await?;
             tx.batch_execute(&wait).await?;
             execute(
@@ -997,8 +1000,12 @@ impl Store for PgStore {
             .await?;
             tx.commit().await?;
             Ok(())
-        })?;
-        self.identification_lock = true;
-        Ok(())
+        });
+        if taken.is_err() {
+            // The lock may have been granted before the error: the session goes, and the lock
+            // with it (the job's other operations then fail, as for a lost call lock).
+            self.close_client();
+        }
+        taken
     }
 }
