@@ -64,6 +64,45 @@ fn fail_identify(e: &mut Env, t: &str) -> Value {
     e.identify(t, "Weber", None, "1980-01-01", now())
 }
 
+/// A retried request or emergency is answered with the first's reference even when the call
+/// state that remembers it was not saved after the first filing: the stored row knows it too,
+/// and the staff get one request and one emergency, not two of each.
+#[test]
+fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
+    let mut e = Env::new("lim-refile-unsaved", now());
+    let t = e.call("CArefile", OTHER_PHONE, now());
+    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_state BEFORE UPDATE OF state_json ON call \
+         BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+    )
+    .unwrap();
+    let body = r#"{"category":"message","caller":{"family_name":"Fremd"},"note":"Bitte Rückruf"}"#;
+    let emergency = r#"{"severity":"life_threatening","keywords":"Brustschmerzen"}"#;
+    // Filed, and answered, though the call state could not be saved.
+    let first = request(&mut e, &t, body);
+    let (s, first_e) = e.post(&t, "/api/emergencies", emergency, now());
+    assert_eq!(s, 200, "{first_e}");
+    db.execute_batch("DROP TRIGGER refuse_state;").unwrap();
+    let again = request(&mut e, &t, body);
+    assert_eq!(
+        (&again["request_ref"], &again["repeated"]),
+        (&first["request_ref"], &true.into()),
+        "{again}"
+    );
+    let (_, again_e) = e.post(&t, "/api/emergencies", emergency, now());
+    assert_eq!(again_e["event_ref"], first_e["event_ref"], "{again_e}");
+    let count = |table: &str| -> i64 {
+        db.query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE call_sid = 'CArefile'"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!((count("request"), count("emergency_event")), (1, 1));
+}
+
 // --- identification ------------------------------------------------------------------------------
 
 /// A failed identification is answered only once it is counted: when the call state cannot be

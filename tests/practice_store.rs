@@ -344,6 +344,7 @@ fn retention_deletes_what_is_due_and_keeps_the_rest(db: &TestDb) {
         call_sid: "CA".into(),
         assurance: None,
         caller_number: "anonymous".into(),
+        fingerprint: None,
         now,
     };
     let done = s.create_request(&req(now - 40 * DAY)).unwrap();
@@ -368,6 +369,7 @@ fn retention_deletes_what_is_due_and_keeps_the_rest(db: &TestDb) {
         callback_number: None,
         advice: Advice::Call116117,
         call_sid: "CA".into(),
+        fingerprint: None,
         now,
     };
     s.record_emergency(&em(now - 730 * DAY)).unwrap();
@@ -563,8 +565,45 @@ fn staff_request(patient: Option<i64>, urgency: Urgency, at: i64) -> NewRequest 
         call_sid: "CA1".into(),
         assurance: None,
         caller_number: "+4917011111".into(),
+        fingerprint: None,
         now: at,
     }
+}
+
+/// A request's and an emergency's fingerprints are stored with the rows and found again for
+/// their call within the window (the retry check when the call state was not saved).
+fn filed_requests_and_emergencies_are_found_by_fingerprint(db: &TestDb) {
+    let mut s = db.store();
+    let t0 = wed_morning().as_second();
+    let request = NewRequest {
+        fingerprint: Some("fp-request".into()),
+        ..staff_request(None, Urgency::Routine, t0)
+    };
+    let created = s.create_request(&request).unwrap();
+    let event = s
+        .record_emergency(&NewEmergency {
+            severity: Severity::Urgent,
+            keywords: "Fieber".into(),
+            patient_id: None,
+            callback_number: None,
+            advice: Advice::Call116117,
+            call_sid: "CA1".into(),
+            fingerprint: Some("fp-emergency".into()),
+            now: t0 + 10,
+        })
+        .unwrap();
+    let found = |s: &mut Box<dyn Store>, sid: &str, fp: &str, since: i64| {
+        s.filed_in_call(sid, fp, since).unwrap()
+    };
+    assert_eq!(
+        found(&mut s, "CA1", "fp-request", t0),
+        Some(created.ref_code)
+    );
+    assert_eq!(found(&mut s, "CA1", "fp-emergency", t0), Some(event));
+    // Outside the window, from another call, or another input: nothing.
+    assert_eq!(found(&mut s, "CA1", "fp-request", t0 + 1), None);
+    assert_eq!(found(&mut s, "CA2", "fp-request", t0), None);
+    assert_eq!(found(&mut s, "CA1", "fp-other", t0), None);
 }
 
 /// Requests of a day for the staff page: open ones first (urgent first, then newest), done
@@ -703,6 +742,7 @@ fn staff_emergencies_of_a_day(db: &TestDb) {
             callback_number: None,
             advice: Advice::Transfer,
             call_sid: "CA1".into(),
+            fingerprint: None,
             now: *at,
         })
         .unwrap();
@@ -916,6 +956,7 @@ fn staff_closures_are_listed_capped_and_removed(db: &TestDb) {
 }
 
 on_both_backends!(
+    filed_requests_and_emergencies_are_found_by_fingerprint,
     staff_closures_are_listed_capped_and_removed,
     racing_connections_book_one_slot_exactly_once,
     racing_submissions_through_the_writer_thread_book_once,

@@ -605,6 +605,7 @@ fn a_change_whose_audit_row_cannot_be_written_is_not_made() {
             call_sid: "CA0000000000000000000000000000c0de".into(),
             assurance: None,
             caller_number: "+4930123456".into(),
+            fingerprint: None,
             now: t0.as_second(),
         })
         .unwrap();

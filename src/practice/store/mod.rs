@@ -342,6 +342,15 @@ pub trait Store: Send {
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
+    /// The reference (`R-…` or `E-…`) of a request or emergency filed in `call_sid` since
+    /// `since` with this fingerprint, if any: a retry whose first filing the call state missed
+    /// (the state was not saved after it).
+    fn filed_in_call(
+        &mut self,
+        call_sid: &str,
+        fingerprint: &str,
+        since: i64,
+    ) -> StoreResult<Option<String>>;
     /// The staff page's closures, not removed, that end on or after `from`, by first day (at
     /// most [`MAX_OPEN_CLOSURES`]).
     fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>>;

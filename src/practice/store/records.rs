@@ -389,6 +389,9 @@ pub struct NewRequest {
     pub assurance: Option<crate::practice::calls::Assurance>,
     /// The calling number, as the call has it (`anonymous` included).
     pub caller_number: String,
+    /// The tool call's fingerprint (`calls::fingerprint`), stored with the row so a retry is
+    /// recognised even when the call state that also keeps it was not saved.
+    pub fingerprint: Option<String>,
     /// Now, UTC seconds.
     pub now: i64,
 }
@@ -458,6 +461,8 @@ pub struct NewEmergency {
     pub advice: Advice,
     /// Call SID.
     pub call_sid: String,
+    /// The tool call's fingerprint, as for [`NewRequest::fingerprint`].
+    pub fingerprint: Option<String>,
     /// Now, UTC seconds.
     pub now: i64,
 }

@@ -228,7 +228,8 @@ CREATE TABLE staff_audit (
 CREATE INDEX staff_audit_at ON staff_audit (at);
 "#,
     // 6: closures entered on the staff page (docs/practice-tools.md §2.7); local dates as
-    // `YYYY-MM-DD`, which sort as dates.
+    // `YYYY-MM-DD`, which sort as dates. Requests and emergencies keep their tool call's
+    // fingerprint (a retry is recognised even when the call state was not saved).
     r#"
 CREATE TABLE staff_closure (
     id INTEGER PRIMARY KEY,
@@ -242,6 +243,10 @@ CREATE TABLE staff_closure (
     CHECK (last_day >= first_day)
 );
 CREATE INDEX staff_closure_last ON staff_closure (last_day);
+ALTER TABLE request ADD COLUMN fingerprint TEXT;
+ALTER TABLE emergency_event ADD COLUMN fingerprint TEXT;
+CREATE INDEX request_filed ON request (call_sid, fingerprint);
+CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint);
 "#,
 ];
 
@@ -587,6 +592,15 @@ fn staff_emergency_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffEmergency
         created_at: r.get(6)?,
     })
 }
+
+/// [`Store::filed_in_call`]: the newest request or emergency of the call with the fingerprint.
+const FILED_IN_CALL: &str = "SELECT ref FROM (
+        SELECT ref_code AS ref, created_at AS at FROM request
+         WHERE call_sid = ?1 AND fingerprint = ?2 AND created_at >= ?3
+        UNION ALL
+        SELECT 'E-' || id, created_at FROM emergency_event
+         WHERE call_sid = ?1 AND fingerprint = ?2 AND created_at >= ?3
+    ) ORDER BY at DESC LIMIT 1";
 
 /// A stored `YYYY-MM-DD` day.
 fn stored_day(text: &str) -> StoreResult<Date> {
@@ -957,8 +971,8 @@ impl Store for SqliteStore {
         tx.execute(
             "INSERT INTO request (id, ref_code, category, patient_id, caller_json, details_json,
                  urgency, callback_number, callback_window, note, created_at, call_sid,
-                 assurance, caller_number)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 assurance, caller_number, fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 next,
                 ref_code,
@@ -973,7 +987,8 @@ impl Store for SqliteStore {
                 r.now,
                 r.call_sid,
                 r.assurance.map_or("none", Assurance::as_str),
-                r.caller_number
+                r.caller_number,
+                r.fingerprint
             ],
         )?;
         let queue_position = if r.urgency == Urgency::Urgent {
@@ -996,7 +1011,7 @@ impl Store for SqliteStore {
     fn record_emergency(&mut self, e: &NewEmergency) -> StoreResult<String> {
         self.conn.execute(
             "INSERT INTO emergency_event (severity, keywords, patient_id, callback_number, advice,
-                 created_at, call_sid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 created_at, call_sid, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 e.severity,
                 e.keywords,
@@ -1004,10 +1019,23 @@ impl Store for SqliteStore {
                 e.callback_number,
                 e.advice,
                 e.now,
-                e.call_sid
+                e.call_sid,
+                e.fingerprint
             ],
         )?;
         Ok(format!("E-{}", self.conn.last_insert_rowid()))
+    }
+
+    fn filed_in_call(
+        &mut self,
+        call_sid: &str,
+        fingerprint: &str,
+        since: i64,
+    ) -> StoreResult<Option<String>> {
+        let mut st = self.conn.prepare_cached(FILED_IN_CALL)?;
+        Ok(st
+            .query_row(params![call_sid, fingerprint, since], |r| r.get(0))
+            .optional()?)
     }
 
     fn audit(

@@ -248,6 +248,7 @@ impl Ctx<'_> {
             call_sid: self.call.call_sid.clone(),
             assurance: None,
             caller_number: self.call.caller_number.trim().to_string(),
+            fingerprint: None,
             now: self.now.as_second(),
         })?;
         self.state().requests += 1;

@@ -50,6 +50,7 @@ fn request(
         call_sid: "CA1".into(),
         assurance: patient.map(|_| crate::practice::calls::Assurance::NameDobPhone),
         caller_number: "+491701234567".into(),
+        fingerprint: None,
         now: at,
     }
 }
@@ -101,6 +102,7 @@ fn store() -> SqliteStore {
         callback_number: Some("+491701234567".into()),
         advice: Advice::Call112,
         call_sid: "CA1".into(),
+        fingerprint: None,
         now: t - 120,
     })
     .unwrap();

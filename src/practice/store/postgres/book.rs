@@ -376,15 +376,17 @@ pub(super) async fn create_request(c: &mut Client, r: &NewRequest) -> StoreResul
         &r.call_sid,
         &r.assurance.map_or("none", Assurance::as_str),
         &r.caller_number,
+        &r.fingerprint,
     ];
     let row = query_one(
         &tx,
         "INSERT INTO request (id, ref_code, category, patient_id, caller_json, details_json,
              urgency, callback_number, callback_window, note, created_at, call_sid, assurance,
-             caller_number)
+             caller_number, fingerprint)
          OVERRIDING SYSTEM VALUE
          SELECT n.id, 'R-' || (1000 + n.id), $1::text, $2::bigint, $3::text, $4::text, $5::text,
-                $6::text, $7::text, $8::text, $9::bigint, $10::text, $11::text, $12::text
+                $6::text, $7::text, $8::text, $9::bigint, $10::text, $11::text, $12::text,
+                $13::text
          FROM (SELECT nextval(pg_get_serial_sequence('request', 'id')) AS id) n
          RETURNING ref_code",
         params,

@@ -589,8 +589,8 @@ impl Store for PgStore {
             scalar(
                 c,
                 "INSERT INTO emergency_event (severity, keywords, patient_id, callback_number,
-                     advice, created_at, call_sid) VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 RETURNING id",
+                     advice, created_at, call_sid, fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                 &[
                     &e.severity.as_str(),
                     &e.keywords,
@@ -599,11 +599,35 @@ impl Store for PgStore {
                     &e.advice.as_str(),
                     &e.now,
                     &e.call_sid,
+                    &e.fingerprint,
                 ],
             )
             .await
         })?;
         Ok(format!("E-{id}"))
+    }
+
+    fn filed_in_call(
+        &mut self,
+        call_sid: &str,
+        fingerprint: &str,
+        since: i64,
+    ) -> StoreResult<Option<String>> {
+        self.run(async |c| {
+            let row = query_opt(
+                c,
+                "SELECT ref FROM (
+                    SELECT ref_code AS ref, created_at AS at FROM request
+                     WHERE call_sid = $1 AND fingerprint = $2 AND created_at >= $3
+                    UNION ALL
+                    SELECT 'E-' || id, created_at FROM emergency_event
+                     WHERE call_sid = $1 AND fingerprint = $2 AND created_at >= $3
+                 ) f ORDER BY at DESC LIMIT 1",
+                &[&call_sid, &fingerprint, &since],
+            )
+            .await?;
+            Ok(row.map(|r| r.try_get::<_, String>(0)).transpose()?)
+        })
     }
 
     fn audit(

@@ -153,7 +153,8 @@ CREATE TABLE staff_audit (
 );
 CREATE INDEX staff_audit_at ON staff_audit (at);
 "#,
-    // 2: SQLite's 6, closures entered on the staff page.
+    // 2: SQLite's 6, closures entered on the staff page and the fingerprints of requests and
+    // emergencies.
     r#"
 CREATE TABLE staff_closure (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -167,5 +168,9 @@ CREATE TABLE staff_closure (
     CHECK (last_day >= first_day)
 );
 CREATE INDEX staff_closure_last ON staff_closure (last_day);
+ALTER TABLE request ADD COLUMN fingerprint TEXT;
+ALTER TABLE emergency_event ADD COLUMN fingerprint TEXT;
+CREATE INDEX request_filed ON request (call_sid, fingerprint);
+CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint);
 "#,
 ];
