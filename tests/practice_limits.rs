@@ -83,6 +83,21 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
     let first = request(&mut e, &t, body);
     let (s, first_e) = e.post(&t, "/api/emergencies", emergency, now());
     assert_eq!(s, 200, "{first_e}");
+    let state: String = db
+        .query_row(
+            "SELECT state_json FROM call WHERE call_sid = 'CArefile'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        !state.contains("Bitte"),
+        "the state kept no filing: {state}"
+    );
+    assert!(
+        !state.contains("\"reference\""),
+        "the state kept no filing: {state}"
+    );
     db.execute_batch("DROP TRIGGER refuse_state;").unwrap();
     let again = request(&mut e, &t, body);
     assert_eq!(

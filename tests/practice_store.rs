@@ -19,10 +19,10 @@ use ignis::practice::store::PG_STORE_WORKERS;
 use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
-    CancelReason, ClosureReason, DemoPatient, Gender, Insurance, MAX_OPEN_CLOSURES, NewClosure,
-    NewEmergency, NewPatient, NewRequest, RequestCategory, RequestChange, RetentionPolicy,
-    STAFF_SESSION_IDLE_SECS, STAFF_SESSION_MAX_SECS, STAFF_SESSION_TOUCH_SECS, Severity,
-    SlotStatus, SqliteStore, Store, StoreError, Urgency,
+    CancelReason, ClosureReason, DemoPatient, FINGERPRINT_KEPT_SECS, Gender, Insurance,
+    MAX_OPEN_CLOSURES, NewClosure, NewEmergency, NewPatient, NewRequest, RequestCategory,
+    RequestChange, RetentionPolicy, STAFF_SESSION_IDLE_SECS, STAFF_SESSION_MAX_SECS,
+    STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store, StoreError, Urgency,
 };
 use jiff::civil::Date;
 use practice_support::{temp_dir, wed_morning};
@@ -604,6 +604,16 @@ fn filed_requests_and_emergencies_are_found_by_fingerprint(db: &TestDb) {
     assert_eq!(found(&mut s, "CA1", "fp-request", t0 + 1), None);
     assert_eq!(found(&mut s, "CA2", "fp-request", t0), None);
     assert_eq!(found(&mut s, "CA1", "fp-other", t0), None);
+    // Retention clears the fingerprints after a day; the rows stay.
+    s.retention(&RetentionPolicy::default(), t0 + FINGERPRINT_KEPT_SECS + 11)
+        .unwrap();
+    assert_eq!(found(&mut s, "CA1", "fp-request", t0), None);
+    assert_eq!(found(&mut s, "CA1", "fp-emergency", t0), None);
+    let kept = db.value(
+        "SELECT COUNT(*) FROM request WHERE call_sid = 'CA1' AND fingerprint IS NULL",
+        &[],
+    );
+    assert_eq!(kept, 1);
 }
 
 /// Requests of a day for the staff page: open ones first (urgent first, then newest), done

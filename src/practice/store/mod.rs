@@ -113,6 +113,11 @@ impl StoreError {
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How long a request's or emergency's fingerprint is kept with its row (retention clears it):
+/// retries are recognised for `calls::REFILE_WINDOW_SECS` (minutes), and the fingerprint
+/// hashes input the row does not keep.
+pub const FINGERPRINT_KEPT_SECS: i64 = 86_400;
+
 /// Most staff closures that may end today or later: the page lists them all and every
 /// calendar question walks them (a runaway form cannot grow either).
 pub const MAX_OPEN_CLOSURES: usize = 50;

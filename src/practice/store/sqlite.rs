@@ -245,8 +245,9 @@ CREATE TABLE staff_closure (
 CREATE INDEX staff_closure_last ON staff_closure (last_day);
 ALTER TABLE request ADD COLUMN fingerprint TEXT;
 ALTER TABLE emergency_event ADD COLUMN fingerprint TEXT;
-CREATE INDEX request_filed ON request (call_sid, fingerprint);
-CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint);
+CREATE INDEX request_filed ON request (call_sid, fingerprint) WHERE fingerprint IS NOT NULL;
+CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
+    WHERE fingerprint IS NOT NULL;
 "#,
 ];
 
@@ -1158,6 +1159,17 @@ impl Store for SqliteStore {
                AND NOT EXISTS (SELECT 1 FROM appointment a WHERE a.slot_id = slot.id)",
             [now - records::DAY],
         )?;
+        // A fingerprint is for recognising retries within minutes; it also hashes what the
+        // row does not keep (a named call-back number), so it goes after a day.
+        for table in ["request", "emergency_event"] {
+            tx.execute(
+                &format!(
+                    "UPDATE {table} SET fingerprint = NULL
+                     WHERE fingerprint IS NOT NULL AND created_at < ?1"
+                ),
+                [now - FINGERPRINT_KEPT_SECS],
+            )?;
+        }
         rep.staff_sessions = tx.execute(
             "DELETE FROM staff_session WHERE last_seen_at < ?1 OR created_at <= ?2",
             [now - STAFF_SESSION_IDLE_SECS, now - STAFF_SESSION_MAX_SECS],

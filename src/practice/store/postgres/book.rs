@@ -501,6 +501,14 @@ async fn retention_rest(
         &[&(now - records::DAY)],
     )
     .await?);
+    // Fingerprints go after a day (SQLite's retention says why).
+    for sql in [
+        "UPDATE request SET fingerprint = NULL WHERE fingerprint IS NOT NULL AND created_at < $1",
+        "UPDATE emergency_event SET fingerprint = NULL
+         WHERE fingerprint IS NOT NULL AND created_at < $1",
+    ] {
+        execute(tx, sql, &[&(now - FINGERPRINT_KEPT_SECS)]).await?;
+    }
     rep.staff_sessions = n(execute(
         tx,
         "DELETE FROM staff_session WHERE last_seen_at < $1 OR created_at <= $2",

@@ -585,24 +585,28 @@ impl Store for PgStore {
     }
 
     fn record_emergency(&mut self, e: &NewEmergency) -> StoreResult<String> {
-        let id = self.run(async |c| {
-            scalar(
-                c,
-                "INSERT INTO emergency_event (severity, keywords, patient_id, callback_number,
+        // Needs no call lock: an emergency is recorded even when the job lost it (a brief
+        // outage during the retry check), as a second event is better than none.
+        let id = self.without_call_lock(|s| {
+            s.run(async |c| {
+                scalar(
+                    c,
+                    "INSERT INTO emergency_event (severity, keywords, patient_id, callback_number,
                      advice, created_at, call_sid, fingerprint)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                &[
-                    &e.severity.as_str(),
-                    &e.keywords,
-                    &e.patient_id,
-                    &e.callback_number,
-                    &e.advice.as_str(),
-                    &e.now,
-                    &e.call_sid,
-                    &e.fingerprint,
-                ],
-            )
-            .await
+                    &[
+                        &e.severity.as_str(),
+                        &e.keywords,
+                        &e.patient_id,
+                        &e.callback_number,
+                        &e.advice.as_str(),
+                        &e.now,
+                        &e.call_sid,
+                        &e.fingerprint,
+                    ],
+                )
+                .await
+            })
         })?;
         Ok(format!("E-{id}"))
     }

@@ -170,7 +170,8 @@ CREATE TABLE staff_closure (
 CREATE INDEX staff_closure_last ON staff_closure (last_day);
 ALTER TABLE request ADD COLUMN fingerprint TEXT;
 ALTER TABLE emergency_event ADD COLUMN fingerprint TEXT;
-CREATE INDEX request_filed ON request (call_sid, fingerprint);
-CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint);
+CREATE INDEX request_filed ON request (call_sid, fingerprint) WHERE fingerprint IS NOT NULL;
+CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
+    WHERE fingerprint IS NOT NULL;
 "#,
 ];
