@@ -64,6 +64,18 @@ fn fail_identify(e: &mut Env, t: &str) -> Value {
     e.identify(t, "Weber", None, "1980-01-01", now())
 }
 
+/// A connection to `e`'s database with trigger `refuse_state`, which fails every save of a
+/// call's state for which `when` (SQL over `NEW`) holds, as a full disk would.
+fn refuse_state_saves(e: &Env, when: &str) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TRIGGER refuse_state BEFORE UPDATE OF state_json ON call WHEN {when} \
+         BEGIN SELECT RAISE(FAIL, 'disk full'); END;"
+    ))
+    .unwrap();
+    db
+}
+
 /// A retried request or emergency is answered with the first's reference even when the call
 /// state that remembers it was not saved after the first filing: the stored row knows it too,
 /// and the staff get one request and one emergency, not two of each.
@@ -71,12 +83,7 @@ fn fail_identify(e: &mut Env, t: &str) -> Value {
 fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
     let mut e = Env::new("lim-refile-unsaved", now());
     let t = e.call("CArefile", OTHER_PHONE, now());
-    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER refuse_state BEFORE UPDATE OF state_json ON call \
-         BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
-    )
-    .unwrap();
+    let db = refuse_state_saves(&e, "1");
     let body = r#"{"category":"message","caller":{"family_name":"Fremd"},"note":"Bitte Rückruf"}"#;
     let emergency = r#"{"severity":"life_threatening","keywords":"Brustschmerzen"}"#;
     // Filed, and answered, though the call state could not be saved.
@@ -126,18 +133,12 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
 fn a_failed_identification_that_cannot_be_counted_is_not_answered() {
     let mut e = Env::new("lim-id-unsaved", now());
     let t = e.call("CA1", OTHER_PHONE, now());
-    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER refuse_counting BEFORE UPDATE OF state_json ON call \
-         WHEN NEW.state_json LIKE '%\"failed_identifications\":1%' \
-         BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
-    )
-    .unwrap();
+    let db = refuse_state_saves(&e, "NEW.state_json LIKE '%\"failed_identifications\":1%'");
     let body = r#"{"family_name":"Weber","birth_date":"1980-01-01"}"#;
     let (s, v) = e.post(&t, "/api/patients/identify", body, now());
     assert_eq!(s, 500, "{v}");
     assert!(v.get("match").is_none(), "{v}");
-    db.execute_batch("DROP TRIGGER refuse_counting;").unwrap();
+    db.execute_batch("DROP TRIGGER refuse_state;").unwrap();
     assert_eq!(fail_identify(&mut e, &t)["attempts_left"], 2);
 }
 

@@ -61,16 +61,15 @@ fn info(sid: &str) -> CallInfo<'_> {
     }
 }
 
-/// Registers a call and waits for the commit; returns its token.
-fn start(p: &Practice, sid: &str, seed: u8) -> String {
-    let (tx, rx) = bounded(1);
-    let vars = p
-        .start_call(info(sid), [seed; 16], wed_morning(), move |r| {
-            let _ = tx.send(r);
-        })
-        .unwrap();
-    rx.recv_timeout(WAIT).unwrap().unwrap();
+/// Registers a call from `caller` and waits for the commit; returns its token.
+fn start_from(p: &Practice, sid: &str, caller: &str, seed: u8) -> String {
+    let vars = practice_support::start_practice_call(p, (sid, caller), seed, wed_morning());
     vars["secret__ignis_call"].as_str().unwrap().to_owned()
+}
+
+/// [`start_from`] Maria Weber's number.
+fn start(p: &Practice, sid: &str, seed: u8) -> String {
+    start_from(p, sid, WEBER_PHONE, seed)
 }
 
 const WEBER: &str = r#"{"family_name":"Weber","birth_date":"1972-08-22"}"#;
@@ -157,22 +156,7 @@ fn concurrent_failures_of_many_calls_stay_within_the_hourly_budget() {
     let tokens: Vec<String> = numbers
         .iter()
         .enumerate()
-        .map(|(i, number)| {
-            let sid = format!("CAbudget{i:02}");
-            let (tx, rx) = bounded(1);
-            let info = CallInfo {
-                call_sid: &sid,
-                caller_number: number,
-                called_number: "+4930123456",
-            };
-            let vars = p
-                .start_call(info, [i as u8; 16], wed_morning(), move |r| {
-                    let _ = tx.send(r);
-                })
-                .unwrap();
-            rx.recv_timeout(WAIT).unwrap().unwrap();
-            vars["secret__ignis_call"].as_str().unwrap().to_owned()
-        })
+        .map(|(i, number)| start_from(&p, &format!("CAbudget{i:02}"), number, i as u8))
         .collect();
     let warming: Vec<_> = (0..4 * PG_STORE_WORKERS)
         .map(|i| {

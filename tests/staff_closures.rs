@@ -8,33 +8,22 @@
 mod practice_support;
 
 use ignis::practice::Practice;
-use ignis::practice::calls::CallInfo;
 use ignis::practice::config::PracticeConfig;
 use ignis::practice::store::SqliteStore;
 use ignis::practice::tools::Secrets;
 use jiff::Timestamp;
 use practice_support::staff_core::{core_login, csrf_of_session, get_query, post_form, practice};
-use practice_support::{TOOLS_TOKEN, WEBER_PHONE, submit_tool, temp_dir, wed_morning};
+use practice_support::{
+    TOOLS_TOKEN, WEBER_PHONE, start_practice_call, submit_tool, temp_dir, wed_morning,
+};
 use serde_json::{Map, Value};
 
 /// Thursday after [`wed_morning`].
 const THURSDAY: &str = "2026-11-26";
 
-/// Starts a call; its dynamic variables.
+/// Starts a call from Maria Weber's number; its dynamic variables.
 fn call(p: &Practice, sid: &str, seed: u8, now: Timestamp) -> Map<String, Value> {
-    let info = CallInfo {
-        call_sid: sid,
-        caller_number: WEBER_PHONE,
-        called_number: "+4930123456",
-    };
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let vars = p
-        .start_call(info, [seed; 16], now, move |r| {
-            let _ = tx.send(r);
-        })
-        .unwrap();
-    rx.recv().unwrap().unwrap();
-    vars
+    start_practice_call(p, (sid, WEBER_PHONE), seed, now)
 }
 
 /// The refs of the `kontrolle` slots offered on Thursday.

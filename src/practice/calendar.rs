@@ -121,9 +121,14 @@ pub fn closure(config: &PracticeConfig, date: Date) -> Option<&Closure> {
         .find(|c| c.from <= date && date <= c.to)
 }
 
+/// Whether the practice is closed all day on `date`: a public holiday or a closure.
+pub fn closed_all_day(config: &PracticeConfig, date: Date) -> bool {
+    public_holiday(config, date).is_some() || closure(config, date).is_some()
+}
+
 /// Opening intervals of `date` (empty on public holidays and closures).
 pub fn opening_intervals(config: &PracticeConfig, date: Date) -> &[Interval] {
-    if public_holiday(config, date).is_some() || closure(config, date).is_some() {
+    if closed_all_day(config, date) {
         return &[];
     }
     config.opening_hours.day(weekday_index(date))
@@ -315,7 +320,7 @@ pub fn slot_candidates(config: &PracticeConfig, from: Date, to: Date) -> Vec<Slo
     let mut out = Vec::new();
     let mut date = from;
     while date <= to {
-        let closed = public_holiday(config, date).is_some() || closure(config, date).is_some();
+        let closed = closed_all_day(config, date);
         let wd = weekday_index(date);
         for t in config
             .slot_templates

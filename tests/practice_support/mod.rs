@@ -176,3 +176,28 @@ pub fn submit_tool(
     });
     rx
 }
+
+/// Registers a call from `caller` through `Practice::start_call` (as the webhook does) and
+/// waits for the commit; the call's dynamic variables (its token in `secret__ignis_call`).
+pub fn start_practice_call(
+    p: &ignis::practice::Practice,
+    (sid, caller): (&str, &str),
+    seed: u8,
+    now: Timestamp,
+) -> serde_json::Map<String, Value> {
+    let info = ignis::practice::calls::CallInfo {
+        call_sid: sid,
+        caller_number: caller,
+        called_number: "+4930123456",
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let vars = p
+        .start_call(info, [seed; 16], now, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the registration's commit")
+        .unwrap();
+    vars
+}

@@ -3,13 +3,13 @@
 
 use sha2::{Digest, Sha256};
 
-use super::context::{Ctx, Out};
+use super::context::{Ctx, Out, ts_of};
 use super::error::ToolError;
 use super::input::{BookInput, CancelInput};
 use super::outcome::{Booked, Cancelled, ReplacedView};
 use crate::practice::calendar;
 use crate::practice::calls::{Assurance, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY};
-use crate::practice::config::{PracticeConfig, VisitType};
+use crate::practice::config::VisitType;
 use crate::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallerDetails, CancelOutcome,
     NewPatient, NewRequest, RequestCategory, SlotRecord, Urgency, name_key, normalize_name,
@@ -57,16 +57,6 @@ fn idempotency_key(
     hex_lower(&Sha256::digest(source.as_bytes()))
 }
 
-/// Whether the practice is closed on the local day of `start` (UTC seconds): a public holiday
-/// or a closure.
-fn closed_on(config: &PracticeConfig, start: i64) -> bool {
-    let Ok(t) = jiff::Timestamp::from_second(start) else {
-        return false;
-    };
-    let day = calendar::local(config, t).date;
-    calendar::public_holiday(config, day).is_some() || calendar::closure(config, day).is_some()
-}
-
 impl Ctx<'_> {
     pub(super) fn book(&mut self, i: BookInput) -> Out<Booked> {
         let Some(vt) = self.config.visit_type(&i.visit_type).cloned() else {
@@ -106,7 +96,9 @@ impl Ctx<'_> {
         // docs/practice-tools.md §2.7) is not to be had; the caller gets the alternatives as
         // for a taken slot.
         let soon = self.now.as_second() + super::slots::MIN_BOOKING_LEAD_SECS;
-        let gone = |start: i64| start < soon || closed_on(self.config, start);
+        let cfg = self.config;
+        let closed = |start| calendar::closed_all_day(cfg, calendar::local(cfg, ts_of(start)).date);
+        let gone = |start: i64| start < soon || closed(start);
         if self.store.slot(slot.id)?.is_some_and(|s| gone(s.start)) {
             return self.booked(BookOutcome::SlotGone, slot.id, vt, assurance);
         }

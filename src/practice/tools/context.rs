@@ -11,10 +11,13 @@ use crate::practice::calendar;
 use crate::practice::calls::{
     CALLER_DAY_SECS, CallState, FAILURE_BUDGET_WINDOW_SECS, IDENTIFICATION_WINDOW_SECS,
     MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER,
-    MAX_FAILED_IDENTIFICATIONS_WITHHELD, MAX_IDENTIFY_CALLS_PER_CALL, normalize_number,
+    MAX_FAILED_IDENTIFICATIONS_WITHHELD, MAX_IDENTIFY_CALLS_PER_CALL, REFILE_WINDOW_SECS,
+    normalize_number,
 };
 use crate::practice::config::PracticeConfig;
-use crate::practice::store::{AppointmentRecord, CallRecord, PatientRecord, SlotRecord, Store};
+use crate::practice::store::{
+    AppointmentRecord, CallRecord, PatientRecord, SlotRecord, Store, StoreResult,
+};
 use crate::privacy::mask_phone;
 use crate::secret::constant_time_eq;
 
@@ -161,6 +164,25 @@ impl Ctx<'_> {
             .store
             .failed_identifications_by_number(&caller, since)?;
         Ok((n >= MAX_FAILED_IDENTIFICATIONS_PER_NUMBER).then_some(ToolError::Locked))
+    }
+
+    /// The reference (and queue position, when the call state has it) of the request or
+    /// emergency filed earlier in this call with `fingerprint`, within [`REFILE_WINDOW_SECS`]:
+    /// from the call state, or from the stored row when the state was not saved after that
+    /// filing (docs/practice-tools.md §3, retries).
+    pub(super) fn filed_earlier(
+        &mut self,
+        fingerprint: &str,
+    ) -> StoreResult<Option<(String, Option<u32>)>> {
+        let now = self.now.as_second();
+        if let Some(first) = self.call.state.filed(fingerprint, now) {
+            return Ok(Some((first.reference.clone(), first.queue_position)));
+        }
+        let since = now - REFILE_WINDOW_SECS;
+        let stored = self
+            .store
+            .filed_in_call(&self.call.call_sid, fingerprint, since)?;
+        Ok(stored.map(|r| (r, None)))
     }
 
     /// Bookings and requests from the caller's number over the last [`CALLER_DAY_SECS`]; zero

@@ -5,7 +5,7 @@ use super::context::{Ctx, Out};
 use super::input::EmergencyInput;
 use super::outcome::{EmergencyAdvice, EmergencyNumbers};
 use crate::practice::calendar::{self, Advice, EmergencyDecision};
-use crate::practice::calls::{Filed, REFILE_WINDOW_SECS, fingerprint};
+use crate::practice::calls::{Filed, fingerprint};
 use crate::practice::config::PracticeConfig;
 use crate::practice::store::{NewEmergency, Severity};
 
@@ -26,7 +26,14 @@ impl Ctx<'_> {
         // A retried report (same input in this call, within minutes) keeps its first event:
         // the advice goes out again, the staff see one emergency.
         let fingerprint = fingerprint(&format!("report_emergency|{i:?}"));
-        let first = self.filed_emergency(&fingerprint);
+        // A store that cannot answer counts as none: the advice goes out whatever it does.
+        let first = match self.filed_earlier(&fingerprint) {
+            Ok(found) => found.map(|(reference, _)| reference),
+            Err(e) => {
+                tracing::error!(error = %e, "earlier emergency events not read");
+                None
+            }
+        };
         // Recording the event must never stop the advice from going out.
         let event_ref = first.or_else(|| self.record(i, patient_id, d.advice, fingerprint));
         tracing::warn!(advice = d.advice.as_str(), "emergency reported");
@@ -42,27 +49,6 @@ impl Ctx<'_> {
             transfer_available: d.transfer_available,
             reopens: d.reopens.map(|t| calendar::label(cfg, t)),
         })
-    }
-
-    /// The same report's event earlier in this call within [`REFILE_WINDOW_SECS`]: from the call
-    /// state, or from the stored row when the state was not saved after it. A store that cannot
-    /// answer counts as none (the advice goes out whatever the store does).
-    fn filed_emergency(&mut self, fingerprint: &str) -> Option<String> {
-        let now = self.now.as_second();
-        if let Some(f) = self.call.state.filed(fingerprint, now) {
-            return Some(f.reference.clone());
-        }
-        let since = now - REFILE_WINDOW_SECS;
-        match self
-            .store
-            .filed_in_call(&self.call.call_sid, fingerprint, since)
-        {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "earlier emergency events not read");
-                None
-            }
-        }
     }
 
     /// Records the event for the staff; `None` (logged) when that fails.

@@ -7,8 +7,8 @@ use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
 use crate::practice::calendar;
 use crate::practice::calls::{
-    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY, REFILE_WINDOW_SECS,
-    fingerprint, normalize_number,
+    Assurance, Filed, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY, fingerprint,
+    normalize_number,
 };
 use crate::practice::premium::is_premium;
 use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
@@ -100,7 +100,7 @@ impl Ctx<'_> {
         // request's reference: a second one would be work twice for the staff.
         let fingerprint = fingerprint(&format!("create_request|{i:?}"));
         let now = self.now.as_second();
-        if let Some((request_ref, queue_position)) = self.filed_before(&fingerprint, now)? {
+        if let Some((request_ref, queue_position)) = self.filed_earlier(&fingerprint)? {
             return Ok(RequestCreated {
                 request_ref,
                 category: i.category,
@@ -144,20 +144,6 @@ impl Ctx<'_> {
             repeated: false,
             number_on_file_instead,
         })
-    }
-
-    /// The reference (and queue position, when the call state has it) of the same request
-    /// filed earlier in this call within [`REFILE_WINDOW_SECS`]: from the call state, or from
-    /// the stored row when the state was not saved after that filing.
-    fn filed_before(&mut self, fingerprint: &str, now: i64) -> Out<Option<(String, Option<u32>)>> {
-        if let Some(first) = self.call.state.filed(fingerprint, now) {
-            return Ok(Some((first.reference.clone(), first.queue_position)));
-        }
-        let since = now - REFILE_WINDOW_SECS;
-        let stored = self
-            .store
-            .filed_in_call(&self.call.call_sid, fingerprint, since)?;
-        Ok(stored.map(|r| (r, None)))
     }
 
     /// The category's rules: what it needs from the caller and what happens next.
