@@ -207,6 +207,65 @@ async fn a_replica_id_in_use_is_refused() {
     );
 }
 
+/// Processes started at the same moment with one `REPLICA_ID`: exactly one joins (the check and
+/// the first heartbeat are one locked transaction, docs/replicas.md §3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_started_together_with_one_id_join_once() {
+    let pg = TestPostgres::start();
+    let url = pg.default_url();
+    let db = Database::new(
+        &DatabaseUrl::parse(&url).unwrap(),
+        12,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    // Migrations first, so the starters below meet at the join itself.
+    assert!(
+        ignis::driver::fleet::open(db.clone(), "first".to_owned())
+            .await
+            .is_ok()
+    );
+    // The starters meet at the replica table: held locked until all of them wait on it, then
+    // let go at once.
+    let mut gate = db.client().await.unwrap();
+    let held = gate.transaction().await.unwrap();
+    held.batch_execute("LOCK TABLE fleet_replica IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let starts: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(ignis::driver::fleet::open(db.clone(), "twin".to_owned())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    held.commit().await.unwrap();
+    drop(gate);
+    // Whichever joined keeps heartbeating, as its process would (`open` starts no heartbeat
+    // task), so the others cannot take the id over once the first beat would have gone stale.
+    let beating = db.clone();
+    let beats = tokio::spawn(async move {
+        loop {
+            let c = beating.client().await.unwrap();
+            c.execute(
+                "UPDATE fleet_replica SET heartbeat_at = now() WHERE id = 'twin'",
+                &[],
+            )
+            .await
+            .unwrap();
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut joined = 0;
+    for s in starts {
+        match s.await.unwrap() {
+            Ok(_) => joined += 1,
+            Err(ignis::pg::PgError::ReplicaIdInUse(id)) => assert_eq!(id, "twin"),
+            Err(e) => panic!("expected ReplicaIdInUse, got {e}"),
+        }
+    }
+    beats.abort();
+    assert_eq!(joined, 1, "processes that joined as \"twin\"");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_calls_is_fleet_wide_and_a_lease_frees_when_its_call_ends() {
     let pg = TestPostgres::start();

@@ -55,29 +55,42 @@ pub fn replica_id(configured: Option<&str>) -> String {
 /// back with the new heartbeat), writes the first heartbeat.
 pub async fn open(db: Database, replica: String) -> Result<Arc<Fleet>, PgError> {
     db.migrate("fleet", fleet::FLEET_MIGRATIONS).await?;
-    let client = db.client().await?;
-    let ttl = fleet::LEASE_TTL.as_secs_f64();
     // A crashed process's heartbeat goes stale within LEASE_TTL; one still fresh after that
     // belongs to a running process: two replicas with one id would end each other's calls.
     let deadline = Instant::now() + fleet::LEASE_TTL + fleet::HEARTBEAT_INTERVAL;
-    loop {
-        let alive = client
-            .query_opt(sql::REPLICA_ALIVE, &[&replica, &ttl])
-            .await?
-            .is_some_and(|r| r.get::<_, bool>(0));
-        if !alive {
-            break;
-        }
+    while !try_join(&db, &replica).await? {
         if Instant::now() >= deadline {
             return Err(PgError::ReplicaIdInUse(replica));
         }
         info!(replica = %replica, "[Fleet] Waiting for the last heartbeat of this REPLICA_ID to go stale");
         tokio::time::sleep(fleet::HEARTBEAT_INTERVAL).await;
     }
-    let left = client
+    let fleet = Arc::new(Fleet::new(replica, db));
+    fleet.heartbeat_ok(Instant::now());
+    info!(replica = %fleet.replica, db = %fleet.db.url(), "[Fleet] Joined");
+    Ok(fleet)
+}
+
+/// One attempt to join as `replica`: `false` while another process heartbeats as it. The check,
+/// the ending of a previous process's streams and the first heartbeat are one transaction under
+/// [`fleet::JOIN_LOCK_KEY`], so two processes started at the same moment with one id cannot both
+/// see it free (docs/replicas.md §3).
+async fn try_join(db: &Database, replica: &String) -> Result<bool, PgError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute(sql::LOCK, &[&fleet::JOIN_LOCK_KEY]).await?;
+    let ttl = fleet::LEASE_TTL.as_secs_f64();
+    let alive = tx
+        .query_opt(sql::REPLICA_ALIVE, &[replica, &ttl])
+        .await?
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if alive {
+        return Ok(false);
+    }
+    let left = tx
         .execute(
             sql::END_OWN_STREAMS,
-            &[&replica, &Outcome::StreamLost.as_str()],
+            &[replica, &Outcome::StreamLost.as_str()],
         )
         .await?;
     if left > 0 {
@@ -86,12 +99,9 @@ pub async fn open(db: Database, replica: String) -> Result<Arc<Fleet>, PgError> 
             "[Fleet] Ended calls a previous process of this replica left open"
         );
     }
-    client.execute(sql::HEARTBEAT, &[&replica, &false]).await?;
-    drop(client);
-    let fleet = Arc::new(Fleet::new(replica, db));
-    fleet.heartbeat_ok(Instant::now());
-    info!(replica = %fleet.replica, db = %fleet.db.url(), "[Fleet] Joined");
-    Ok(fleet)
+    tx.execute(sql::HEARTBEAT, &[replica, &false]).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = Result<T, PgError>>) -> Result<T, PgError> {

@@ -24,6 +24,9 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const READY_STALE: Duration = Duration::from_secs(6);
 /// Transaction-scoped advisory lock serialising the lease count and insert ("ignis-fl").
 pub const FLEET_LOCK_KEY: i64 = 0x6967_6e69_732d_666c;
+/// Transaction-scoped advisory lock around a replica's join ("ignis-jn"): the check that its
+/// id is free and its first heartbeat are one step for the whole fleet.
+pub const JOIN_LOCK_KEY: i64 = 0x6967_6e69_732d_6a6e;
 /// The `LISTEN`/`NOTIFY` channel.
 pub const CHANNEL: &str = "ignis_fleet";
 /// Longest notice payload accepted (`<replica> adopted <CallSid>` is under 80 bytes); longer
