@@ -20,9 +20,10 @@ use ignis::practice::store::StoreHandle;
 use ignis::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallEnd, CallOutcome, CancelOutcome,
     CancelReason, ClosureReason, DemoPatient, FINGERPRINT_KEPT_SECS, Gender, Insurance,
-    MAX_OPEN_CLOSURES, NewClosure, NewEmergency, NewPatient, NewRequest, RequestCategory,
-    RequestChange, RetentionPolicy, STAFF_SESSION_IDLE_SECS, STAFF_SESSION_MAX_SECS,
-    STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store, StoreError, Urgency,
+    LOGIN_OVERFLOW_KEY, MAX_LOGIN_WINDOWS, MAX_OPEN_CLOSURES, NewClosure, NewEmergency, NewPatient,
+    NewRequest, RequestCategory, RequestChange, RetentionPolicy, STAFF_SESSION_IDLE_SECS,
+    STAFF_SESSION_MAX_SECS, STAFF_SESSION_TOUCH_SECS, Severity, SlotStatus, SqliteStore, Store,
+    StoreError, Urgency,
 };
 use jiff::civil::Date;
 use practice_support::{temp_dir, wed_morning};
@@ -965,7 +966,75 @@ fn staff_closures_are_listed_capped_and_removed(db: &TestDb) {
     assert_eq!(db.value("SELECT COUNT(*) FROM staff_closure", &[]), 2);
 }
 
+/// The staff login's account windows: counted per key, taken back, over after the window,
+/// and a new key past [`MAX_LOGIN_WINDOWS`] counts against the overflow key.
+fn login_windows_count_take_back_expire_and_are_bounded(db: &TestDb) {
+    const WINDOW: i64 = 900;
+    let mut s = db.store();
+    let t0 = wed_morning().as_second();
+    let first = s.count_login_attempt("anna", t0, WINDOW).unwrap();
+    assert_eq!(
+        (first.key.as_str(), first.started, first.attempts),
+        ("anna", t0, 1)
+    );
+    let second = s.count_login_attempt("anna", t0 + 5, WINDOW).unwrap();
+    assert_eq!((second.started, second.attempts), (t0, 2));
+    assert_eq!(
+        s.count_login_attempt("ben", t0 + 5, WINDOW)
+            .unwrap()
+            .attempts,
+        1
+    );
+    s.take_back_login_attempt(&second).unwrap();
+    assert_eq!(
+        s.count_login_attempt("anna", t0 + 6, WINDOW)
+            .unwrap()
+            .attempts,
+        2
+    );
+    // Over: a new window, and the old window's take-back changes nothing.
+    let later = s.count_login_attempt("anna", t0 + WINDOW, WINDOW).unwrap();
+    assert_eq!((later.started, later.attempts), (t0 + WINDOW, 1));
+    s.take_back_login_attempt(&first).unwrap();
+    assert_eq!(
+        s.count_login_attempt("anna", t0 + WINDOW, WINDOW)
+            .unwrap()
+            .attempts,
+        2
+    );
+    // Full: known keys still count as themselves, new ones share the overflow key.
+    db.exec(
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < {MAX_LOGIN_WINDOWS}) INSERT INTO staff_login_window (key, started, attempts) \
+             SELECT 'u' || i, {t0} + {WINDOW}, 1 FROM n"
+        ),
+        &[],
+    );
+    let full = t0 + WINDOW + 1;
+    assert_eq!(
+        s.count_login_attempt("anna", full, WINDOW).unwrap().key,
+        "anna"
+    );
+    let new = s.count_login_attempt("carl", full, WINDOW).unwrap();
+    assert_eq!((new.key.as_str(), new.attempts), (LOGIN_OVERFLOW_KEY, 1));
+    assert_eq!(
+        s.count_login_attempt("dora", full, WINDOW)
+            .unwrap()
+            .attempts,
+        2
+    );
+    // Once those windows are over they are deleted and names count as themselves again.
+    let next = t0 + 2 * WINDOW + 1;
+    assert_eq!(
+        s.count_login_attempt("carl", next, WINDOW).unwrap().key,
+        "carl"
+    );
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_login_window", &[]), 1);
+}
+
 on_both_backends!(
+    login_windows_count_take_back_expire_and_are_bounded,
     filed_requests_and_emergencies_are_found_by_fingerprint,
     staff_closures_are_listed_capped_and_removed,
     racing_connections_book_one_slot_exactly_once,

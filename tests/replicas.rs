@@ -655,6 +655,62 @@ async fn failed_staff_logins_from_one_address_are_limited_across_replicas() {
     assert_eq!(via.len(), 1, "{via:?}");
 }
 
+/// The per-account limit holds across replicas: its window is in the database. Guesses at one
+/// account from four addresses, half on each replica (ten each, under
+/// `ACCOUNT_MAX_FAILURES` = 20 on either alone), lock it for a fifth address on either
+/// replica, even with the right password; the audit has one refusal. Before, each replica
+/// counted its own ten and let the right password in (303).
+#[tokio::test]
+async fn failed_staff_logins_at_one_account_are_limited_across_replicas() {
+    use ignis::practice::staff::auth::{ACCOUNT_MAX_FAILURES, LOGIN_MAX_FAILURES, hash_password};
+    const PASSWORD: &str = "Korrekt-Pferd-Batterie-7";
+    let fleet = Fleet::start(2, &[]).await;
+    let db = fleet.db().await;
+    let phc = hash_password(PASSWORD, [5; 16]).unwrap();
+    db.execute(
+        "INSERT INTO staff_user (name, phc, created_at) VALUES ('anna', $1, 0)",
+        &[&phc],
+    )
+    .await
+    .unwrap();
+    let host = fleet.caller.authority();
+    // Straight to each replica: the peer is loopback, so ignis takes `X-Real-IP` as the
+    // client's address, as behind nginx.
+    let login = |address: &str, password: &str| {
+        let body = format!("name=anna&password={password}");
+        format!(
+            "POST /staff/login HTTP/1.1\r\nHost: {host}\r\nX-Real-IP: {address}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let addresses = ACCOUNT_MAX_FAILURES / LOGIN_MAX_FAILURES;
+    for a in 0..addresses {
+        for i in 0..LOGIN_MAX_FAILURES {
+            let to = &fleet.replicas[((a + i) % 2) as usize];
+            let r = to
+                .direct(&login(&format!("198.51.100.{a}"), "falsch-falsch-falsch"))
+                .await;
+            assert_eq!(r.status, 403, "address {a}, attempt {i}: {}", r.text());
+        }
+    }
+    for to in &fleet.replicas {
+        let r = to.direct(&login("203.0.113.9", PASSWORD)).await;
+        assert_eq!(r.status, 429, "{}: {}", to.id, r.text());
+        assert!(r.text().contains("Zu viele Fehlversuche"), "{}", r.text());
+    }
+    let refusals: i64 = db
+        .query_one(
+            "SELECT count(*) FROM staff_audit WHERE who = 'anna' AND outcome = 'rate_limited'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refusals, 1, "the lock-out is audited once for the fleet");
+}
+
 /// What the kit promises that the live tests do not reach: the routing names every replica the
 /// compose file runs, the single-host kit's stream settings are kept, and the drain outlasts
 /// nobody's patience.

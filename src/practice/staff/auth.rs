@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 
 use crate::practice::calls::hash_token;
+use crate::practice::store::LoginWindow;
 use crate::secret::{constant_time_eq, hex_lower};
 
 /// Longest account name, in characters.
@@ -358,6 +359,35 @@ impl Window {
     }
 }
 
+/// The key of `account`'s window in the store: the name if valid, else one key that every
+/// invalid name shares (such a name can never log in; `*` is never a valid name).
+pub fn account_window_key(account: &str) -> &str {
+    match validate_name(account) {
+        Ok(()) => account,
+        Err(_) => INVALID_NAME_WINDOW,
+    }
+}
+
+/// The store's window for every invalid name ([`account_window_key`]).
+pub const INVALID_NAME_WINDOW: &str = "*";
+
+/// Whether an attempt counted in the store's account `window` (shared by every replica) is
+/// refused: [`ACCOUNT_MAX_FAILURES`] attempts before it in a window not over, and an address
+/// not trusted for the account. A successful login takes its attempt back
+/// (`Store::take_back_login_attempt`), so the count is the failures and the checks under way.
+/// [`Limited::first`] for the first refusal of the window, whichever replica makes it.
+pub fn account_locked(window: &LoginWindow, now: i64, trusted: bool) -> Option<Limited> {
+    let before = window.attempts - 1;
+    let max = i64::from(ACCOUNT_MAX_FAILURES);
+    if trusted || before < max || now >= window.started + LOGIN_WINDOW_SECS {
+        return None;
+    }
+    Some(Limited {
+        retry_after: window.started + LOGIN_WINDOW_SECS - now,
+        first: before == max,
+    })
+}
+
 /// A login attempt refused by the rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
@@ -449,6 +479,12 @@ impl LoginLimiter {
             }
         }
         self.trusted.insert(pair, now);
+    }
+
+    /// Whether `client` logged in as `account` within [`TRUSTED_ADDRESS_SECS`] (exempt from
+    /// the account's lock-out, here and in the store's window: [`account_locked`]).
+    pub fn trusts(&self, account: &str, client: IpAddr, now: i64) -> bool {
+        self.is_trusted(account, client, now)
     }
 
     /// Whether `client` logged in as `account` within [`TRUSTED_ADDRESS_SECS`].
@@ -654,6 +690,31 @@ mod tests {
             l.record_failure("anna", desk, 102);
         }
         assert!(l.check("anna", desk, 103).is_err());
+    }
+
+    #[test]
+    fn the_stores_account_window_locks_after_the_limit_once_per_window() {
+        let max = i64::from(ACCOUNT_MAX_FAILURES);
+        let w = |attempts| LoginWindow {
+            key: "anna".into(),
+            started: 100,
+            attempts,
+        };
+        assert_eq!(account_locked(&w(max), 110, false), None);
+        let first = account_locked(&w(max + 1), 110, false).unwrap();
+        assert_eq!(first.retry_after, 100 + LOGIN_WINDOW_SECS - 110);
+        assert!(first.first);
+        assert!(!account_locked(&w(max + 2), 111, false).unwrap().first);
+        // A trusted address, or the window over: let through.
+        assert_eq!(account_locked(&w(max + 2), 111, true), None);
+        assert_eq!(
+            account_locked(&w(max + 2), 100 + LOGIN_WINDOW_SECS, false),
+            None
+        );
+        assert_eq!(account_window_key("anna"), "anna");
+        assert_eq!(account_window_key("Nobody Valid"), INVALID_NAME_WINDOW);
+        assert!(validate_name(INVALID_NAME_WINDOW).is_err());
+        assert!(validate_name(crate::practice::store::LOGIN_OVERFLOW_KEY).is_err());
     }
 
     #[test]

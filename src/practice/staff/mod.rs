@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use super::Practice;
-use super::store::{STAFF_SESSION_IDLE_SECS, Store};
+use super::store::{LoginWindow, STAFF_SESSION_IDLE_SECS, Store};
 use auth::{LoginLimiter, SESSION_ENTROPY_BYTES, SessionSecrets};
 
 /// The staff page's root.
@@ -115,6 +115,8 @@ pub struct PendingLogin {
     client: IpAddr,
     /// The session the browser came with, ended once the new one is stored.
     replaces: Option<[u8; 32]>,
+    /// The account's window in the store as this attempt counted it (taken back on success).
+    window: LoginWindow,
     /// Held until the check is over (dropped with the attempt on any path).
     _slot: LoginSlot,
 }
@@ -616,26 +618,17 @@ impl Practice {
         };
         match self.prepare_staff(req, site, now) {
             Ok(Prepared::Reply(r)) => reply(StaffOutcome::Reply(r)),
-            Ok(Prepared::Login {
-                name,
-                password,
-                slot,
-            }) => {
+            Ok(Prepared::Login(attempt)) => {
                 let replaces = auth::session_token(req.cookies.iter().copied(), site.secure)
                     .map(|t| auth::session_hash(&t));
-                self.start_login((req.client, replaces), (name, password, slot), reply)
+                self.start_login((req.client, replaces, now.as_second()), attempt, reply)
             }
             Ok(Prepared::Limited { name, retry_after }) => {
                 let at = now.as_second();
                 self.staff_job(
                     move |r| reply(StaffOutcome::Reply(r)),
                     move |store| {
-                        let known = auth::validate_name(&name).is_ok()
-                            && matches!(store.staff_user_hash(&name), Ok(Some(_)));
-                        let who = audit_name(&name, known);
-                        if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
-                            tracing::error!(error = %e, "staff audit write failed");
-                        }
+                        audit_limited(store, &name, at);
                         limited_page(retry_after)
                     },
                 );
@@ -741,40 +734,54 @@ impl Practice {
                 ..unavailable()
             }));
         };
+        let trusted = limiter.trusts(&name, client, at);
         limiter.record_failure(&name, client, at);
-        Ok(Prepared::Login {
+        Ok(Prepared::Login(LoginAttempt {
             name,
             password,
             slot,
-        })
+            trusted,
+        }))
     }
 
     fn start_login(
         &self,
-        (client, replaces): (IpAddr, Option<[u8; 32]>),
-        (name, password, check): (String, String, LoginSlot),
+        (client, replaces, at): (IpAddr, Option<[u8; 32]>, i64),
+        attempt: LoginAttempt,
         reply: impl FnOnce(StaffOutcome) + Send + 'static,
     ) {
         let slot = Arc::new(Mutex::new(Some(reply)));
         let in_job = Arc::clone(&slot);
         let queued = self.store.submit(move |store| {
-            let phc = if auth::validate_name(&name).is_ok() {
-                store.staff_user_hash(&name)
-            } else {
-                Ok(None)
-            };
-            let outcome = match phc {
-                Ok(phc) => StaffOutcome::Verify(PendingLogin {
-                    name,
-                    password,
-                    phc,
-                    client,
-                    replaces,
-                    _slot: check,
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, "staff account lookup failed");
-                    StaffOutcome::Reply(unavailable())
+            let outcome = match account_window(store, &attempt, at) {
+                Err(reply) => StaffOutcome::Reply(*reply),
+                Ok(window) => {
+                    let LoginAttempt {
+                        name,
+                        password,
+                        slot,
+                        ..
+                    } = attempt;
+                    let phc = if auth::validate_name(&name).is_ok() {
+                        store.staff_user_hash(&name)
+                    } else {
+                        Ok(None)
+                    };
+                    match phc {
+                        Ok(phc) => StaffOutcome::Verify(PendingLogin {
+                            name,
+                            password,
+                            phc,
+                            client,
+                            replaces,
+                            window,
+                            _slot: slot,
+                        }),
+                        Err(e) => {
+                            tracing::error!(error = %e, "staff account lookup failed");
+                            StaffOutcome::Reply(unavailable())
+                        }
+                    }
                 }
             };
             if let Some(f) = in_job.lock().ok().and_then(|mut s| s.take()) {
@@ -807,7 +814,7 @@ impl Practice {
         let secure = site.secure;
         let (client, state) = (pending.client, Arc::clone(&self.staff));
         // Dropping the rest frees the check's slot.
-        let (name, replaces) = (pending.name, pending.replaces);
+        let (name, replaces, window) = (pending.name, pending.replaces, pending.window);
         let job = move |store: &mut dyn Store| -> StaffReply {
             let who = audit_name(&name, known).to_owned();
             let opened = match (verified, entropy) {
@@ -847,6 +854,9 @@ impl Practice {
                     if let Ok(mut l) = state.limiter.lock() {
                         l.record_success(&name, client, at);
                     }
+                    if let Err(e) = store.take_back_login_attempt(&window) {
+                        tracing::warn!(error = %e, "a successful login stays counted as a failure");
+                    }
                     if let Some(old) = replaces
                         && let Err(e) = store.delete_staff_session(&old)
                     {
@@ -869,13 +879,56 @@ impl Practice {
     }
 }
 
+/// A login that passed this process's limits, on its way to the store's account window and
+/// the password check.
+struct LoginAttempt {
+    name: String,
+    password: String,
+    slot: LoginSlot,
+    /// The client's address logged in as this account recently ([`LoginLimiter::trusts`]).
+    trusted: bool,
+}
+
+/// Counts the attempt in the account's window in the store, which every replica shares
+/// (docs/staff.md "Login rate limit"); the reply when the account is locked out there, or the
+/// store fails.
+fn account_window(
+    store: &mut dyn Store,
+    attempt: &LoginAttempt,
+    at: i64,
+) -> Result<LoginWindow, Box<StaffReply>> {
+    let key = auth::account_window_key(&attempt.name);
+    let window = store
+        .count_login_attempt(key, at, auth::LOGIN_WINDOW_SECS)
+        .map_err(|e| {
+            tracing::error!(error = %e, "staff login window not counted");
+            Box::new(unavailable())
+        })?;
+    match auth::account_locked(&window, at, attempt.trusted) {
+        None => Ok(window),
+        Some(l) => {
+            tracing::warn!("staff login refused: rate limit (account)");
+            if l.first {
+                audit_limited(store, &attempt.name, at);
+            }
+            Err(Box::new(limited_page(l.retry_after)))
+        }
+    }
+}
+
+/// Audits a login refused by the rate limit.
+fn audit_limited(store: &mut dyn Store, name: &str, at: i64) {
+    let known =
+        auth::validate_name(name).is_ok() && matches!(store.staff_user_hash(name), Ok(Some(_)));
+    let who = audit_name(name, known);
+    if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
+        tracing::error!(error = %e, "staff audit write failed");
+    }
+}
+
 enum Prepared {
     Reply(StaffReply),
-    Login {
-        name: String,
-        password: String,
-        slot: LoginSlot,
-    },
+    Login(LoginAttempt),
     /// A login refused by the rate limit, the first since the limit tripped (audited, then
     /// the 429 page).
     Limited {

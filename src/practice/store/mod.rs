@@ -344,6 +344,19 @@ pub trait Store: Send {
     ) -> StoreResult<Option<StaffSession>>;
     /// Ends a session (logout); false if unknown.
     fn delete_staff_session(&mut self, token_hash: &[u8; 32]) -> StoreResult<bool>;
+    /// Counts a login attempt against the account window `key` (docs/staff.md "Login rate
+    /// limit"), in one transaction: windows older than `window_secs` are deleted, a key without
+    /// a window gets one starting at `now` (or, with [`MAX_LOGIN_WINDOWS`] open, counts against
+    /// [`LOGIN_OVERFLOW_KEY`]). Shared by every replica on one database.
+    fn count_login_attempt(
+        &mut self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreResult<LoginWindow>;
+    /// Takes back one attempt of `window` (a login that succeeded); nothing if that window
+    /// is over.
+    fn take_back_login_attempt(&mut self, window: &LoginWindow) -> StoreResult<()>;
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;

@@ -639,6 +639,25 @@ pub const STAFF_SESSION_MAX_SECS: i64 = 12 * 3600;
 /// The idle expiry is exact to within this much.
 pub const STAFF_SESSION_TOUCH_SECS: i64 = 60;
 
+/// Most login windows the store keeps for account names at once (docs/staff.md "Login rate
+/// limit"): a name new past this counts against [`LOGIN_OVERFLOW_KEY`], so names guessed from
+/// ever new addresses cannot grow the table without bound. Replicas counting at the same moment
+/// may pass it by a few rows.
+pub const MAX_LOGIN_WINDOWS: i64 = 10_000;
+/// The window that names beyond [`MAX_LOGIN_WINDOWS`] share; never a valid account name.
+pub const LOGIN_OVERFLOW_KEY: &str = "+";
+
+/// A login window as counted by [`Store::count_login_attempt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginWindow {
+    /// The key counted against (the one asked for, or [`LOGIN_OVERFLOW_KEY`]).
+    pub key: String,
+    /// When the window started, UTC seconds.
+    pub started: i64,
+    /// Attempts counted in it, this one included.
+    pub attempts: i64,
+}
+
 /// A staff account as listed (never its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaffUser {

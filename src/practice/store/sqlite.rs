@@ -249,6 +249,16 @@ CREATE INDEX request_filed ON request (call_sid, fingerprint) WHERE fingerprint 
 CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
     WHERE fingerprint IS NOT NULL;
 "#,
+    // 7: the staff login's account windows (docs/staff.md "Login rate limit"), in the store so
+    // that every replica counts one account's failures together.
+    r#"
+CREATE TABLE staff_login_window (
+    key TEXT PRIMARY KEY,
+    started INTEGER NOT NULL,
+    attempts INTEGER NOT NULL
+);
+CREATE INDEX staff_login_window_started ON staff_login_window (started);
+"#,
 ];
 
 /// The embedded SQLite store (one connection; see [`worker`] for the writer thread).
@@ -1346,6 +1356,53 @@ impl Store for SqliteStore {
         let id = tx.last_insert_rowid();
         tx.commit()?;
         Ok(Some(id))
+    }
+
+    fn count_login_attempt(
+        &mut self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreResult<LoginWindow> {
+        let tx = self.begin()?;
+        tx.execute(
+            "DELETE FROM staff_login_window WHERE started <= ?1",
+            [now - window_secs],
+        )?;
+        let open: i64 =
+            tx.query_row("SELECT COUNT(*) FROM staff_login_window", [], |r| r.get(0))?;
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM staff_login_window WHERE key = ?1)",
+            [key],
+            |r| r.get(0),
+        )?;
+        let key = if known || open < MAX_LOGIN_WINDOWS {
+            key
+        } else {
+            LOGIN_OVERFLOW_KEY
+        };
+        let (started, attempts) = tx.query_row(
+            "INSERT INTO staff_login_window (key, started, attempts) VALUES (?1, ?2, 1)
+             ON CONFLICT (key) DO UPDATE SET attempts = attempts + 1
+             RETURNING started, attempts",
+            params![key, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.commit()?;
+        Ok(LoginWindow {
+            key: key.to_owned(),
+            started,
+            attempts,
+        })
+    }
+
+    fn take_back_login_attempt(&mut self, window: &LoginWindow) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE staff_login_window SET attempts = attempts - 1
+             WHERE key = ?1 AND started = ?2 AND attempts > 0",
+            params![window.key, window.started],
+        )?;
+        Ok(())
     }
 
     fn remove_staff_closure(

@@ -802,6 +802,62 @@ impl Store for PgStore {
         )
     }
 
+    fn count_login_attempt(
+        &mut self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreResult<LoginWindow> {
+        self.run(async |client| {
+            let tx = client.transaction().await?;
+            // Replicas counting at once queue on the row (the upsert), not on a lock: the cap
+            // may be passed by the few counted at the same moment (MAX_LOGIN_WINDOWS).
+            execute(
+                &tx,
+                "DELETE FROM staff_login_window WHERE started <= $1",
+                &[&(now - window_secs)],
+            )
+            .await?;
+            let open = scalar(&tx, "SELECT COUNT(*) FROM staff_login_window", &[]).await?;
+            let known = query_opt(
+                &tx,
+                "SELECT 1 FROM staff_login_window WHERE key = $1",
+                &[&key],
+            )
+            .await?
+            .is_some();
+            let key = if known || open < MAX_LOGIN_WINDOWS {
+                key
+            } else {
+                LOGIN_OVERFLOW_KEY
+            };
+            let row = query_one(
+                &tx,
+                "INSERT INTO staff_login_window (key, started, attempts) VALUES ($1, $2, 1)
+                 ON CONFLICT (key) DO UPDATE SET attempts = staff_login_window.attempts + 1
+                 RETURNING started, attempts",
+                &[&key, &now],
+            )
+            .await?;
+            let window = LoginWindow {
+                key: key.to_owned(),
+                started: row.try_get(0)?,
+                attempts: row.try_get(1)?,
+            };
+            tx.commit().await?;
+            Ok(window)
+        })
+    }
+
+    fn take_back_login_attempt(&mut self, window: &LoginWindow) -> StoreResult<()> {
+        self.exec(
+            "UPDATE staff_login_window SET attempts = attempts - 1
+             WHERE key = $1 AND started = $2 AND attempts > 0",
+            &[&window.key, &window.started],
+        )?;
+        Ok(())
+    }
+
     fn add_staff_closure(
         &mut self,
         c: &NewClosure<'_>,

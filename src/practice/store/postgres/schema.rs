@@ -174,4 +174,13 @@ CREATE INDEX request_filed ON request (call_sid, fingerprint) WHERE fingerprint 
 CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
     WHERE fingerprint IS NOT NULL;
 "#,
+    // 3: SQLite's 7, the staff login's account windows, counted by every replica together.
+    r#"
+CREATE TABLE staff_login_window (
+    key TEXT PRIMARY KEY,
+    started BIGINT NOT NULL,
+    attempts BIGINT NOT NULL
+);
+CREATE INDEX staff_login_window_started ON staff_login_window (started);
+"#,
 ];
