@@ -8,7 +8,9 @@ use super::error::ToolError;
 use super::input::{BookInput, CancelInput};
 use super::outcome::{Booked, Cancelled, ReplacedView};
 use crate::practice::calendar;
-use crate::practice::calls::{Assurance, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY};
+use crate::practice::calls::{
+    Assurance, Filed, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY, fingerprint,
+};
 use crate::practice::config::VisitType;
 use crate::practice::store::{
     AppointmentStatus, BookOutcome, Booking, BookingPatient, CallerDetails, CancelOutcome,
@@ -221,8 +223,17 @@ impl Ctx<'_> {
         if self.caller_number().is_none() {
             return Err(ToolError::CallbackNumberNeeded.into());
         }
-        // The review is a request: it counts against the caller's request caps, so retries
-        // cannot flood the staff with reviews.
+        // A retried booking (same person, in this call, within minutes) gets the first review's
+        // reference: the staff would otherwise review one caller twice.
+        let fingerprint = fingerprint(&format!(
+            "duplicate_review|{family}|{given}|{}",
+            np.birth_date
+        ));
+        if let Some((request_ref, _)) = self.filed_earlier(&fingerprint)? {
+            return Err(ToolError::StaffReview { request_ref }.into());
+        }
+        // The review is a request: it counts against the caller's request caps, so reviews of
+        // ever other names cannot flood the staff.
         self.check_request_caps()?;
         let created = self.store.create_request(&NewRequest {
             category: RequestCategory::Callback,
@@ -240,10 +251,17 @@ impl Ctx<'_> {
             call_sid: self.call.call_sid.clone(),
             assurance: None,
             caller_number: self.call.caller_number.trim().to_string(),
-            fingerprint: None,
+            fingerprint: Some(fingerprint.clone()),
             now: self.now.as_second(),
         })?;
         self.state().requests += 1;
+        let at = self.now.as_second();
+        self.state().note_filed(Filed {
+            fingerprint,
+            reference: created.ref_code.clone(),
+            queue_position: None,
+            at,
+        });
         Err(ToolError::StaffReview {
             request_ref: created.ref_code,
         }
