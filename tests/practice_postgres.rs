@@ -438,3 +438,47 @@ fn a_job_that_lost_its_call_lock_fails_instead_of_running_unlocked() {
     store.save_call_state(again.id, &state).unwrap();
     store.end_job();
 }
+
+/// Retention deletes a patient created by phone long ago with nothing attached. A request
+/// naming that patient, committed by another replica while retention waits on the patient's
+/// row, keeps its patient: retention decides on the rows it has locked with a fresh look, not
+/// on what its first snapshot saw (before, the request lost its patient to `ON DELETE SET
+/// NULL`: a request naming nobody).
+#[test]
+fn retention_keeps_a_patient_a_concurrent_request_names() {
+    use ignis::practice::store::RetentionPolicy;
+    let db = TestDb::new(Kind::Postgres, "pg-orphan-race");
+    let mut store = db.store();
+    let now = wed_morning().as_second();
+    let policy = RetentionPolicy::default();
+    let old = now - policy.orphan_patient - 3600;
+    db.exec(
+        "INSERT INTO patient (family, given, family_norm, given_norm, birth_date, created_via,
+           created_at) VALUES ('Alt', 'Anna', 'alt', 'anna', '1950-01-01', 'phone', $1)",
+        &[old],
+    );
+    let patient = db.value("SELECT id FROM patient WHERE family = 'Alt'", &[]);
+    // Another replica files a request naming the patient and has not committed yet.
+    let pool = db.database();
+    let mut other = pool.block_on(pool.client()).unwrap();
+    let tx = pool.block_on(other.transaction()).unwrap();
+    pool.block_on(tx.execute(
+        "INSERT INTO request (ref_code, category, patient_id, details_json, urgency, created_at)
+         VALUES ('R-9001', 'callback', $1, '{}', 'routine', $2)",
+        &[&patient, &now],
+    ))
+    .unwrap();
+    let retention = std::thread::spawn(move || store.retention(&policy, now).map(|r| r.patients));
+    std::thread::sleep(Duration::from_millis(500));
+    pool.block_on(tx.commit()).unwrap();
+    drop(other);
+    let deleted = retention.join().unwrap().expect("retention ran");
+    assert_eq!(deleted, 0, "the patient a request names was deleted");
+    assert_eq!(
+        db.value(
+            "SELECT patient_id FROM request WHERE ref_code = 'R-9001'",
+            &[]
+        ),
+        patient
+    );
+}

@@ -486,12 +486,29 @@ async fn retention_rest(
         &[&(now - p.emergency_event)],
     )
     .await?);
+    // Two statements: the first locks the orphans, waiting for any request or booking another
+    // replica is inserting for one of them (the foreign key's share lock); the second, with a
+    // fresh snapshot (READ COMMITTED), sees what those committed. One DELETE would re-check
+    // only the patient's row after the wait, not its subqueries, and delete a patient just
+    // named (the request's `patient_id` then set NULL: a request naming nobody).
+    let orphans: Vec<i64> = query(
+        tx,
+        "SELECT id FROM patient WHERE created_via = 'phone' AND created_at < $1
+           AND NOT EXISTS (SELECT 1 FROM appointment a WHERE a.patient_id = patient.id)
+           AND NOT EXISTS (SELECT 1 FROM request r WHERE r.patient_id = patient.id)
+         FOR UPDATE",
+        &[&(now - p.orphan_patient)],
+    )
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?;
     rep.patients = n(execute(
         tx,
-        "DELETE FROM patient WHERE created_via = 'phone' AND created_at < $1
+        "DELETE FROM patient WHERE id = ANY($1)
            AND NOT EXISTS (SELECT 1 FROM appointment a WHERE a.patient_id = patient.id)
            AND NOT EXISTS (SELECT 1 FROM request r WHERE r.patient_id = patient.id)",
-        &[&(now - p.orphan_patient)],
+        &[&orphans],
     )
     .await?);
     rep.slots = n(execute(
