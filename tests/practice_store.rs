@@ -1031,10 +1031,70 @@ fn login_windows_count_take_back_expire_and_are_bounded(db: &TestDb) {
         "carl"
     );
     assert_eq!(db.value("SELECT COUNT(*) FROM staff_login_window", &[]), 1);
+    // Read without counting; over → none.
+    let carl = s
+        .login_window("carl", next, WINDOW)
+        .unwrap()
+        .expect("carl's window");
+    assert_eq!(carl.attempts, 1);
+    assert_eq!(s.login_window("carl", next + WINDOW, WINDOW).unwrap(), None);
+    assert_eq!(s.login_window("nobody", next, WINDOW).unwrap(), None);
+    // A lock-out is reported once per window, whoever asks.
+    assert!(s.report_login_lockout(&carl).unwrap());
+    assert!(!db.store().report_login_lockout(&carl).unwrap());
+}
+
+/// The addresses staff logged in from: remembered per account, for a while, and gone with the
+/// account.
+fn trusted_login_addresses_are_kept_per_account(db: &TestDb) {
+    const KEEP: i64 = 30 * DAY;
+    let mut s = db.store();
+    let t0 = wed_morning().as_second();
+    assert!(s.add_staff_user("anna", "$argon2id$x", t0).unwrap());
+    assert!(s.add_staff_user("ben", "$argon2id$x", t0).unwrap());
+    s.trust_login_address("anna", "192.0.2.7", t0, KEEP)
+        .unwrap();
+    // An unknown account is not remembered.
+    s.trust_login_address("nobody", "192.0.2.7", t0, KEEP)
+        .unwrap();
+    assert!(
+        s.login_address_trusted("anna", "192.0.2.7", t0 - KEEP)
+            .unwrap()
+    );
+    assert!(
+        !s.login_address_trusted("anna", "192.0.2.8", t0 - KEEP)
+            .unwrap()
+    );
+    assert!(
+        !s.login_address_trusted("ben", "192.0.2.7", t0 - KEEP)
+            .unwrap()
+    );
+    assert!(
+        !s.login_address_trusted("anna", "192.0.2.7", t0 + 1)
+            .unwrap()
+    );
+    // A later login renews it; an old pair goes with the account's next login.
+    s.trust_login_address("anna", "2001:db8:1:2::", t0 + 10, KEEP)
+        .unwrap();
+    s.trust_login_address("anna", "192.0.2.7", t0 + 10, KEEP)
+        .unwrap();
+    assert!(
+        s.login_address_trusted("anna", "192.0.2.7", t0 + 10)
+            .unwrap()
+    );
+    s.trust_login_address("anna", "198.51.100.1", t0 + KEEP + 5, KEEP)
+        .unwrap();
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_login_trust", &[]), 3);
+    s.trust_login_address("anna", "198.51.100.1", t0 + KEEP + 11, KEEP)
+        .unwrap();
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_login_trust", &[]), 1);
+    assert!(s.remove_staff_user("anna").unwrap());
+    assert_eq!(db.value("SELECT COUNT(*) FROM staff_login_trust", &[]), 0);
 }
 
 on_both_backends!(
     login_windows_count_take_back_expire_and_are_bounded,
+    trusted_login_addresses_are_kept_per_account,
     filed_requests_and_emergencies_are_found_by_fingerprint,
     staff_closures_are_listed_capped_and_removed,
     racing_connections_book_one_slot_exactly_once,

@@ -75,13 +75,13 @@ pub async fn open(db: Database, replica: String) -> Result<Arc<Fleet>, PgError> 
 /// the ending of a previous process's streams and the first heartbeat are one transaction under
 /// [`fleet::JOIN_LOCK_KEY`], so two processes started at the same moment with one id cannot both
 /// see it free (docs/replicas.md §3).
-async fn try_join(db: &Database, replica: &String) -> Result<bool, PgError> {
+async fn try_join(db: &Database, replica: &str) -> Result<bool, PgError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     tx.execute(sql::LOCK, &[&fleet::JOIN_LOCK_KEY]).await?;
     let ttl = fleet::LEASE_TTL.as_secs_f64();
     let alive = tx
-        .query_opt(sql::REPLICA_ALIVE, &[replica, &ttl])
+        .query_opt(sql::REPLICA_ALIVE, &[&replica, &ttl])
         .await?
         .is_some_and(|r| r.get::<_, bool>(0));
     if alive {
@@ -90,7 +90,7 @@ async fn try_join(db: &Database, replica: &String) -> Result<bool, PgError> {
     let left = tx
         .execute(
             sql::END_OWN_STREAMS,
-            &[replica, &Outcome::StreamLost.as_str()],
+            &[&replica, &Outcome::StreamLost.as_str()],
         )
         .await?;
     if left > 0 {
@@ -99,7 +99,7 @@ async fn try_join(db: &Database, replica: &String) -> Result<bool, PgError> {
             "[Fleet] Ended calls a previous process of this replica left open"
         );
     }
-    tx.execute(sql::HEARTBEAT, &[replica, &false]).await?;
+    tx.execute(sql::HEARTBEAT, &[&replica, &false]).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -59,14 +59,13 @@ pub const LOGIN_MAX_FAILURES: u32 = 5;
 /// then the staff at their usual desk keep logging in (staff review, point 2).
 pub const ACCOUNT_MAX_FAILURES: u32 = 20;
 /// How long a successful login makes its address trusted for its account (exempt from the
-/// account's lock-out, never from the address's own limit).
+/// account's lock-out, never from the address's own limit). Kept in the store, so every
+/// replica knows the desk, and after a restart.
 pub const TRUSTED_ADDRESS_SECS: i64 = 30 * 24 * 3600;
-/// Most (account, address) pairs remembered as trusted; beyond it the least recent goes.
-pub const MAX_TRUSTED_ADDRESSES: usize = 1_024;
 /// The rate limit's window, in seconds.
 pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
-/// Most accounts and addresses the limiter tracks at once (bounded memory whatever names and
-/// addresses an attacker tries); beyond it, expired entries go first, then the oldest.
+/// Most addresses the limiter tracks at once (bounded memory whatever addresses an attacker
+/// tries); beyond it, expired entries go first, then the oldest not locked out.
 pub const MAX_LIMITER_ENTRIES: usize = 10_000;
 
 /// A fixed argon2id PHC string with the default parameters of every stored hash, whose output
@@ -295,32 +294,9 @@ pub fn client_address(peer: IpAddr, x_real_ip: Option<&[u8]>) -> IpAddr {
         .map_or(peer, |a| a.to_canonical())
 }
 
-/// What the limiter counts failures against.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum LimitKey {
-    /// A valid account name (known or not).
-    Account(String),
-    /// Every name that fails [`validate_name`], shared: such a name can never log in, and
-    /// keying on it as typed (up to the form's 16 KiB) would let junk names fill the limiter
-    /// with large keys.
-    InvalidName,
-    /// IPv4 address, or an IPv6 /64 (one host usually has the whole prefix).
-    Address(IpAddr),
-}
-
-fn account_key(account: &str) -> LimitKey {
-    match validate_name(account) {
-        Ok(()) => LimitKey::Account(account.to_owned()),
-        Err(_) => LimitKey::InvalidName,
-    }
-}
-
-fn address_key(addr: IpAddr) -> LimitKey {
-    LimitKey::Address(address_unit(addr))
-}
-
-/// What counts as one address: an IPv4 address (IPv4-mapped IPv6 included), an IPv6 /64.
-fn address_unit(addr: IpAddr) -> IpAddr {
+/// What counts as one address: an IPv4 address (IPv4-mapped IPv6 included), an IPv6 /64 (one
+/// host usually has the whole prefix). Also the form the store keeps trusted addresses in.
+pub fn address_unit(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -331,6 +307,30 @@ fn address_unit(addr: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// The key of `account`'s window in the store: the name if valid, else one key that every
+/// invalid name shares (such a name can never log in, and keying on it as typed, up to the
+/// form's 16 KiB, would fill the table with large keys; `*` is never a valid name).
+pub fn account_window_key(account: &str) -> &str {
+    match validate_name(account) {
+        Ok(()) => account,
+        Err(_) => INVALID_NAME_WINDOW,
+    }
+}
+
+/// The store's window for every invalid name ([`account_window_key`]).
+pub const INVALID_NAME_WINDOW: &str = "*";
+
+/// Whether an account whose window in the store (shared by every replica) is `window` refuses
+/// an attempt from an address not trusted for it: [`ACCOUNT_MAX_FAILURES`] attempts before
+/// this one in a window not over. `counted`: `window` already includes this attempt. A
+/// successful login takes its attempt back (`Store::take_back_login_attempt`), so the count is
+/// the failures and the checks under way. Returns the seconds until the window ends.
+pub fn account_locked(window: &LoginWindow, now: i64, counted: bool) -> Option<i64> {
+    let before = window.attempts - i64::from(counted);
+    let end = window.started + LOGIN_WINDOW_SECS;
+    (before >= i64::from(ACCOUNT_MAX_FAILURES) && now < end).then_some(end - now)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -350,42 +350,9 @@ impl Window {
         }
     }
 
-    fn locked(&self, key: &LimitKey, now: i64) -> bool {
-        let max = match key {
-            LimitKey::Address(_) => LOGIN_MAX_FAILURES,
-            LimitKey::Account(_) | LimitKey::InvalidName => ACCOUNT_MAX_FAILURES,
-        };
-        self.failures >= max && now < self.started + LOGIN_WINDOW_SECS
+    fn locked(&self, now: i64) -> bool {
+        self.failures >= LOGIN_MAX_FAILURES && now < self.started + LOGIN_WINDOW_SECS
     }
-}
-
-/// The key of `account`'s window in the store: the name if valid, else one key that every
-/// invalid name shares (such a name can never log in; `*` is never a valid name).
-pub fn account_window_key(account: &str) -> &str {
-    match validate_name(account) {
-        Ok(()) => account,
-        Err(_) => INVALID_NAME_WINDOW,
-    }
-}
-
-/// The store's window for every invalid name ([`account_window_key`]).
-pub const INVALID_NAME_WINDOW: &str = "*";
-
-/// Whether an attempt counted in the store's account `window` (shared by every replica) is
-/// refused: [`ACCOUNT_MAX_FAILURES`] attempts before it in a window not over, and an address
-/// not trusted for the account. A successful login takes its attempt back
-/// (`Store::take_back_login_attempt`), so the count is the failures and the checks under way.
-/// [`Limited::first`] for the first refusal of the window, whichever replica makes it.
-pub fn account_locked(window: &LoginWindow, now: i64, trusted: bool) -> Option<Limited> {
-    let before = window.attempts - 1;
-    let max = i64::from(ACCOUNT_MAX_FAILURES);
-    if trusted || before < max || now >= window.started + LOGIN_WINDOW_SECS {
-        return None;
-    }
-    Some(Limited {
-        retry_after: window.started + LOGIN_WINDOW_SECS - now,
-        first: before == max,
-    })
 }
 
 /// A login attempt refused by the rate limit.
@@ -398,16 +365,13 @@ pub struct Limited {
     pub first: bool,
 }
 
-/// Failed logins per client address ([`LOGIN_MAX_FAILURES`]) and per account name
-/// ([`ACCOUNT_MAX_FAILURES`]) within [`LOGIN_WINDOW_SECS`] lock that address, or that account
-/// from every address not trusted for it, until the window ends. Unknown names count like
-/// known ones, so the limit says nothing about which accounts exist. At most
-/// [`MAX_LIMITER_ENTRIES`] windows and [`MAX_TRUSTED_ADDRESSES`] trusted pairs.
+/// Failed logins per client address ([`LOGIN_MAX_FAILURES`]) within [`LOGIN_WINDOW_SECS`] lock
+/// that address, for every account, until the window ends. In memory, per process (the
+/// per-account limit and the trusted addresses are in the store: [`account_locked`]). At most
+/// [`MAX_LIMITER_ENTRIES`] addresses.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    windows: HashMap<LimitKey, Window>,
-    /// (account, address unit) → its last successful login, UTC seconds.
-    trusted: HashMap<(String, IpAddr), i64>,
+    windows: HashMap<IpAddr, Window>,
 }
 
 impl LoginLimiter {
@@ -416,85 +380,45 @@ impl LoginLimiter {
         LoginLimiter::default()
     }
 
-    /// Whether an attempt for `account` from `client` may be checked at `now` (UTC seconds).
-    /// A refusal notes that its lock-out was reported ([`Limited::first`] once per window).
-    pub fn check(&mut self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
-        let mut refused: Option<Limited> = None;
-        let trusted = self.is_trusted(account, client, now);
-        for key in [account_key(account), address_key(client)] {
-            if trusted && matches!(key, LimitKey::Account(_)) {
-                continue;
-            }
-            let Some(w) = self.windows.get_mut(&key).filter(|w| w.locked(&key, now)) else {
-                continue;
-            };
-            let first = !std::mem::replace(&mut w.reported, true);
-            let retry_after = w.started + LOGIN_WINDOW_SECS - now;
-            refused = Some(match refused {
-                Some(r) => Limited {
-                    retry_after: r.retry_after.max(retry_after),
-                    first: r.first || first,
-                },
-                None => Limited { retry_after, first },
-            });
-        }
-        refused.map_or(Ok(()), Err)
+    /// Whether an attempt from `client` may go on at `now` (UTC seconds). A refusal notes
+    /// that its lock-out was reported ([`Limited::first`] once per window).
+    pub fn check(&mut self, client: IpAddr, now: i64) -> Result<(), Limited> {
+        let Some(w) = self
+            .windows
+            .get_mut(&address_unit(client))
+            .filter(|w| w.locked(now))
+        else {
+            return Ok(());
+        };
+        Err(Limited {
+            retry_after: w.started + LOGIN_WINDOW_SECS - now,
+            first: !std::mem::replace(&mut w.reported, true),
+        })
     }
 
-    /// Counts a failed attempt against the account and the address.
-    pub fn record_failure(&mut self, account: &str, client: IpAddr, now: i64) {
-        for key in [account_key(account), address_key(client)] {
-            if !self.windows.contains_key(&key) {
-                self.make_room(now);
-            }
-            let w = self.windows.entry(key).or_insert(Window::new(now));
-            if now >= w.started + LOGIN_WINDOW_SECS {
-                *w = Window::new(now);
-            }
-            w.failures = w.failures.saturating_add(1);
+    /// Counts a failed attempt against the address.
+    pub fn record_failure(&mut self, client: IpAddr, now: i64) {
+        let key = address_unit(client);
+        if !self.windows.contains_key(&key) {
+            self.make_room(now);
+        }
+        let w = self.windows.entry(key).or_insert(Window::new(now));
+        if now >= w.started + LOGIN_WINDOW_SECS {
+            *w = Window::new(now);
+        }
+        w.failures = w.failures.saturating_add(1);
+    }
+
+    /// Takes back the one failure an attempt counted when its check started: it succeeded,
+    /// or it never reached the password check (refused by the account's window, or the store
+    /// failed). A lock-out under way stays.
+    pub fn take_back(&mut self, client: IpAddr) {
+        if let Some(w) = self.windows.get_mut(&address_unit(client)) {
+            w.failures = w.failures.saturating_sub(1);
         }
     }
 
-    /// A successful login takes back the one failure its attempt counted against the account
-    /// and the address when its check started (both keep the rest: a lock-out under way stays
-    /// for the other addresses), and trusts the address for the account.
-    pub fn record_success(&mut self, account: &str, client: IpAddr, now: i64) {
-        for key in [account_key(account), address_key(client)] {
-            if let Some(w) = self.windows.get_mut(&key) {
-                w.failures = w.failures.saturating_sub(1);
-            }
-        }
-        if validate_name(account).is_err() {
-            return;
-        }
-        let pair = (account.to_owned(), address_unit(client));
-        if !self.trusted.contains_key(&pair) && self.trusted.len() >= MAX_TRUSTED_ADDRESSES {
-            let oldest = self
-                .trusted
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                self.trusted.remove(&k);
-            }
-        }
-        self.trusted.insert(pair, now);
-    }
-
-    /// Whether `client` logged in as `account` within [`TRUSTED_ADDRESS_SECS`] (exempt from
-    /// the account's lock-out, here and in the store's window: [`account_locked`]).
-    pub fn trusts(&self, account: &str, client: IpAddr, now: i64) -> bool {
-        self.is_trusted(account, client, now)
-    }
-
-    /// Whether `client` logged in as `account` within [`TRUSTED_ADDRESS_SECS`].
-    fn is_trusted(&self, account: &str, client: IpAddr, now: i64) -> bool {
-        self.trusted
-            .get(&(account.to_owned(), address_unit(client)))
-            .is_some_and(|at| now < at + TRUSTED_ADDRESS_SECS)
-    }
-
-    /// Entries tracked (tests).
+    /// Addresses tracked (tests).
     pub fn len(&self) -> usize {
         self.windows.len()
     }
@@ -510,19 +434,14 @@ impl LoginLimiter {
         }
         self.windows
             .retain(|_, w| now < w.started + LOGIN_WINDOW_SECS);
-        // Evict what frees a guess the least: an entry not locked out, then an address's
-        // lock-out, and an account's only when every entry is one (the memory bound wins). The
-        // oldest of a kind goes first. Evicting by age alone would free the account locked
-        // first, the one under attack, once junk names filled the table.
+        // Evict what frees a guess the least: an address not locked out, the oldest first
+        // (the memory bound wins over a lock-out when every entry is one).
         if self.windows.len() >= MAX_LIMITER_ENTRIES
             && let Some(victim) = self
                 .windows
                 .iter()
-                .min_by_key(|(k, w)| {
-                    let account = matches!(k, LimitKey::Account(_));
-                    (w.locked(k, now), account, w.started)
-                })
-                .map(|(k, _)| k.clone())
+                .min_by_key(|(_, w)| (w.locked(now), w.started))
+                .map(|(k, _)| *k)
         {
             self.windows.remove(&victim);
         }
@@ -641,72 +560,54 @@ mod tests {
         IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0200 + i))
     }
 
-    /// Locks `account` for every untrusted address: failures from enough addresses.
-    fn lock_account(l: &mut LoginLimiter, account: &str, now: i64) {
-        for i in 0..ACCOUNT_MAX_FAILURES {
-            l.record_failure(account, addr(100 + i / LOGIN_MAX_FAILURES), now);
-        }
-    }
-
     #[test]
-    fn limiter_per_account_and_per_address() {
+    fn limiter_per_address_and_take_back() {
         let (a, b) = (addr(1), addr(2));
         let mut l = LoginLimiter::new();
         for i in 0..LOGIN_MAX_FAILURES {
-            assert!(l.check("anna", a, 100).is_ok());
-            l.record_failure("anna", a, 100 + i64::from(i));
+            assert!(l.check(a, 100).is_ok());
+            l.record_failure(a, 100 + i64::from(i));
         }
-        // The address is locked for any account; one address cannot lock the account.
-        assert!(l.check("ben", a, 110).is_err());
-        assert!(l.check("anna", b, 110).is_ok());
-        let until = l.check("anna", a, 110).unwrap_err().retry_after;
-        assert_eq!(until, 100 + LOGIN_WINDOW_SECS - 110);
-        assert!(l.check("anna", a, 100 + LOGIN_WINDOW_SECS).is_ok());
-        // Guesses from enough addresses lock the account everywhere else.
-        lock_account(&mut l, "anna", 200);
-        assert!(l.check("anna", b, 210).is_err());
-        assert!(l.check("ben", b, 210).is_ok());
-    }
-
-    /// Staff review point 2: an attacker who locks an account out does not lock out the staff
-    /// at the desk they log in from; their address still has its own limit.
-    #[test]
-    fn a_locked_account_still_logs_in_from_its_trusted_address() {
-        let desk = addr(7);
-        let mut l = LoginLimiter::new();
-        l.record_failure("anna", desk, 10);
-        l.record_success("anna", desk, 10);
-        lock_account(&mut l, "anna", 100);
-        assert!(l.check("anna", addr(8), 101).is_err());
-        assert!(l.check("anna", desk, 101).is_ok());
-        // Trust is per account and ends.
-        let later = 10 + TRUSTED_ADDRESS_SECS;
-        lock_account(&mut l, "anna", later);
-        assert!(l.check("anna", desk, later).is_err());
-        lock_account(&mut l, "ben", 100);
-        assert!(l.check("ben", desk, 101).is_err());
-        // The trusted address's own guesses still count against it.
-        for _ in 0..LOGIN_MAX_FAILURES {
-            l.record_failure("anna", desk, 102);
+        // The address is locked (for any account), the others are not.
+        let refused = l.check(a, 110).unwrap_err();
+        assert_eq!(refused.retry_after, 100 + LOGIN_WINDOW_SECS - 110);
+        assert!(refused.first);
+        assert!(
+            !l.check(a, 111).unwrap_err().first,
+            "reported once a window"
+        );
+        assert!(l.check(b, 110).is_ok());
+        assert!(l.check(a, 100 + LOGIN_WINDOW_SECS).is_ok());
+        // A taken-back attempt does not count; an IPv6 /64 is one address.
+        l.record_failure(b, 200);
+        l.take_back(b);
+        for _ in 1..LOGIN_MAX_FAILURES {
+            l.record_failure(b, 200);
         }
-        assert!(l.check("anna", desk, 103).is_err());
+        assert!(l.check(b, 201).is_ok());
+        let v6 = |low: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, low));
+        for i in 0..LOGIN_MAX_FAILURES {
+            l.record_failure(v6(i as u16), 300);
+        }
+        assert!(l.check(v6(999), 301).is_err());
     }
 
     #[test]
-    fn the_stores_account_window_locks_after_the_limit_once_per_window() {
+    fn the_stores_account_window_locks_after_the_limit() {
         let max = i64::from(ACCOUNT_MAX_FAILURES);
         let w = |attempts| LoginWindow {
             key: "anna".into(),
             started: 100,
             attempts,
         };
-        assert_eq!(account_locked(&w(max), 110, false), None);
-        let first = account_locked(&w(max + 1), 110, false).unwrap();
-        assert_eq!(first.retry_after, 100 + LOGIN_WINDOW_SECS - 110);
-        assert!(first.first);
-        assert!(!account_locked(&w(max + 2), 111, false).unwrap().first);
-        // A trusted address, or the window over: let through.
-        assert_eq!(account_locked(&w(max + 2), 111, true), None);
+        assert_eq!(account_locked(&w(max - 1), 110, false), None);
+        assert_eq!(account_locked(&w(max), 110, true), None);
+        assert_eq!(
+            account_locked(&w(max), 110, false),
+            Some(100 + LOGIN_WINDOW_SECS - 110)
+        );
+        assert!(account_locked(&w(max + 1), 110, true).is_some());
+        // The window over: let through.
         assert_eq!(
             account_locked(&w(max + 2), 100 + LOGIN_WINDOW_SECS, false),
             None
@@ -718,73 +619,16 @@ mod tests {
     }
 
     #[test]
-    fn trusted_pairs_are_bounded() {
-        let mut l = LoginLimiter::new();
-        for i in 0..(MAX_TRUSTED_ADDRESSES as u32 + 10) {
-            l.record_success(
-                "anna",
-                IpAddr::V4(std::net::Ipv4Addr::from(i)),
-                i64::from(i),
-            );
-        }
-        assert_eq!(l.trusted.len(), MAX_TRUSTED_ADDRESSES);
-        assert!(!l.is_trusted("anna", IpAddr::V4(std::net::Ipv4Addr::from(0)), 100));
-    }
-
-    #[test]
-    fn invalid_names_share_one_key_and_a_lock_out_is_first_once() {
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut l = LoginLimiter::new();
-        let long = "Ä".repeat(8 * 1024);
-        for i in 0..100 {
-            l.record_failure(&format!("{long}{i}"), a, 100);
-        }
-        // One shared key for every invalid name, one for the address.
-        assert_eq!(l.len(), 2);
-        assert!(
-            l.check("Nobody Valid", "192.0.2.2".parse().unwrap(), 101)
-                .is_err()
-        );
-        let mut l = LoginLimiter::new();
-        lock_account(&mut l, "anna", 100);
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(l.check("anna", b, 101).unwrap_err().first);
-        assert!(!l.check("anna", b, 102).unwrap_err().first);
-        // The address's own lock-out is news once too.
-        for _ in 0..LOGIN_MAX_FAILURES {
-            l.record_failure("carl", a, 100);
-        }
-        assert!(l.check("ben", a, 103).unwrap_err().first);
-        assert!(!l.check("anna", a, 104).unwrap_err().first);
-    }
-
-    #[test]
-    fn limiter_memory_is_bounded() {
-        let mut l = LoginLimiter::new();
-        for i in 0..(MAX_LIMITER_ENTRIES as u32 + 50) {
-            let addr = IpAddr::V4(std::net::Ipv4Addr::from(i));
-            l.record_failure(&format!("u{i}"), addr, 0);
-        }
-        assert!(l.len() <= MAX_LIMITER_ENTRIES);
-    }
-
-    #[test]
-    fn a_full_limiter_keeps_an_accounts_lock_out() {
+    fn limiter_memory_is_bounded_and_keeps_lock_outs_first() {
         let mut l = LoginLimiter::new();
         let home: IpAddr = "198.51.100.7".parse().unwrap();
-        lock_account(&mut l, "anna", 0);
-        assert!(l.check("anna", home, 1).is_err());
-        // Later junk names from ever new addresses fill the table (two entries per failure,
-        // locked neither) and push on past its bound.
-        for i in 0..(MAX_LIMITER_ENTRIES as u32 / 2 + 20) {
-            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            l.record_failure(&format!("u{i}"), addr, 2);
+        for _ in 0..LOGIN_MAX_FAILURES {
+            l.record_failure(home, 0);
+        }
+        for i in 0..(MAX_LIMITER_ENTRIES as u32 + 50) {
+            l.record_failure(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), 1);
         }
         assert!(l.len() <= MAX_LIMITER_ENTRIES);
-        let elsewhere: IpAddr = "203.0.113.9".parse().unwrap();
-        assert!(
-            l.check("anna", elsewhere, 3).is_err(),
-            "the account under attack is still locked out"
-        );
+        assert!(l.check(home, 2).is_err(), "the locked address stays locked");
     }
 }

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use super::Practice;
-use super::store::{LoginWindow, STAFF_SESSION_IDLE_SECS, Store};
+use super::store::{LoginWindow, STAFF_SESSION_IDLE_SECS, Store, StoreResult};
 use auth::{LoginLimiter, SESSION_ENTROPY_BYTES, SessionSecrets};
 
 /// The staff page's root.
@@ -715,7 +715,7 @@ impl Practice {
         let Ok(mut limiter) = self.staff.limiter.lock() else {
             return Ok(Prepared::Reply(limited_page(auth::LOGIN_WINDOW_SECS)));
         };
-        if let Err(l) = limiter.check(&name, client, at) {
+        if let Err(l) = limiter.check(client, at) {
             tracing::warn!("staff login refused: rate limit");
             if !l.first {
                 // Audited when the limit tripped; each further row would be an fsync on the
@@ -734,13 +734,11 @@ impl Practice {
                 ..unavailable()
             }));
         };
-        let trusted = limiter.trusts(&name, client, at);
-        limiter.record_failure(&name, client, at);
+        limiter.record_failure(client, at);
         Ok(Prepared::Login(LoginAttempt {
             name,
             password,
             slot,
-            trusted,
         }))
     }
 
@@ -752,10 +750,22 @@ impl Practice {
     ) {
         let slot = Arc::new(Mutex::new(Some(reply)));
         let in_job = Arc::clone(&slot);
+        let state = Arc::clone(&self.staff);
+        // An attempt that does not reach the password check does not count against the
+        // address (as before the store's window, a locked account's refusal costs nothing).
+        let not_checked = move || {
+            if let Ok(mut l) = state.limiter.lock() {
+                l.take_back(client);
+            }
+        };
+        let not_queued = not_checked.clone();
         let queued = self.store.submit(move |store| {
-            let outcome = match account_window(store, &attempt, at) {
-                Err(reply) => StaffOutcome::Reply(*reply),
-                Ok(window) => {
+            let outcome = match account_window(store, &attempt, client, at) {
+                AccountCheck::Refused(reply) => {
+                    not_checked();
+                    StaffOutcome::Reply(*reply)
+                }
+                AccountCheck::Counted(window) => {
                     let LoginAttempt {
                         name,
                         password,
@@ -791,6 +801,7 @@ impl Practice {
         if queued.is_err()
             && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
         {
+            not_queued();
             f(StaffOutcome::Reply(unavailable()));
         }
     }
@@ -852,10 +863,16 @@ impl Practice {
                     // A success only once it is stored and audited: then the attempt's
                     // failure is taken back and the address trusted for the account.
                     if let Ok(mut l) = state.limiter.lock() {
-                        l.record_success(&name, client, at);
+                        l.take_back(client);
                     }
                     if let Err(e) = store.take_back_login_attempt(&window) {
                         tracing::warn!(error = %e, "a successful login stays counted as a failure");
+                    }
+                    let address = auth::address_unit(client).to_string();
+                    if let Err(e) =
+                        store.trust_login_address(&name, &address, at, auth::TRUSTED_ADDRESS_SECS)
+                    {
+                        tracing::warn!(error = %e, "the login's address is not remembered as trusted");
                     }
                     if let Some(old) = replaces
                         && let Err(e) = store.delete_staff_session(&old)
@@ -885,35 +902,72 @@ struct LoginAttempt {
     name: String,
     password: String,
     slot: LoginSlot,
-    /// The client's address logged in as this account recently ([`LoginLimiter::trusts`]).
-    trusted: bool,
 }
 
-/// Counts the attempt in the account's window in the store, which every replica shares
-/// (docs/staff.md "Login rate limit"); the reply when the account is locked out there, or the
-/// store fails.
+/// Where an attempt stands against its account's window in the store.
+enum AccountCheck {
+    /// Counted: on to the password check.
+    Counted(LoginWindow),
+    /// The account is locked out for this address: the reply (429, or 503 when the store
+    /// failed). Nothing was counted.
+    Refused(Box<StaffReply>),
+}
+
+/// Checks and counts the attempt in the account's window in the store, which every replica
+/// shares, as it does the addresses the account logged in from (docs/staff.md "Login rate
+/// limit"). A locked account is refused after a read, without a write: refusals cost the
+/// store's single writer nothing.
 fn account_window(
     store: &mut dyn Store,
     attempt: &LoginAttempt,
+    client: IpAddr,
     at: i64,
-) -> Result<LoginWindow, Box<StaffReply>> {
+) -> AccountCheck {
     let key = auth::account_window_key(&attempt.name);
-    let window = store
-        .count_login_attempt(key, at, auth::LOGIN_WINDOW_SECS)
-        .map_err(|e| {
-            tracing::error!(error = %e, "staff login window not counted");
-            Box::new(unavailable())
-        })?;
-    match auth::account_locked(&window, at, attempt.trusted) {
-        None => Ok(window),
-        Some(l) => {
-            tracing::warn!("staff login refused: rate limit (account)");
-            if l.first {
-                audit_limited(store, &attempt.name, at);
-            }
-            Err(Box::new(limited_page(l.retry_after)))
+    let window = auth::LOGIN_WINDOW_SECS;
+    let checked = (|| -> StoreResult<AccountCheck> {
+        let trusted = auth::validate_name(&attempt.name).is_ok()
+            && store.login_address_trusted(
+                &attempt.name,
+                &auth::address_unit(client).to_string(),
+                at - auth::TRUSTED_ADDRESS_SECS,
+            )?;
+        if !trusted
+            && let Some(w) = store.login_window(key, at, window)?
+            && let Some(retry_after) = auth::account_locked(&w, at, false)
+        {
+            return refuse(store, &attempt.name, &w, retry_after, at);
         }
+        let w = store.count_login_attempt(key, at, window)?;
+        match auth::account_locked(&w, at, true).filter(|_| !trusted) {
+            // Another attempt got there first (or the name counts in the shared overflow
+            // window): this one does not count.
+            Some(retry_after) => {
+                store.take_back_login_attempt(&w)?;
+                refuse(store, &attempt.name, &w, retry_after, at)
+            }
+            None => Ok(AccountCheck::Counted(w)),
+        }
+    })();
+    checked.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "staff login window not checked");
+        AccountCheck::Refused(Box::new(unavailable()))
+    })
+}
+
+/// The 429 for a locked account, audited by the first refusal of its window in the fleet.
+fn refuse(
+    store: &mut dyn Store,
+    name: &str,
+    window: &LoginWindow,
+    retry_after: i64,
+    at: i64,
+) -> StoreResult<AccountCheck> {
+    tracing::warn!("staff login refused: rate limit (account)");
+    if store.report_login_lockout(window)? {
+        audit_limited(store, name, at);
     }
+    Ok(AccountCheck::Refused(Box::new(limited_page(retry_after))))
 }
 
 /// Audits a login refused by the rate limit.

@@ -354,9 +354,31 @@ pub trait Store: Send {
         now: i64,
         window_secs: i64,
     ) -> StoreResult<LoginWindow>;
-    /// Takes back one attempt of `window` (a login that succeeded); nothing if that window
-    /// is over.
+    /// Takes back one attempt of `window` (a login that succeeded, or one refused after it
+    /// was counted); nothing if that window is over.
     fn take_back_login_attempt(&mut self, window: &LoginWindow) -> StoreResult<()>;
+    /// The account window `key` as it stands, without counting (None: no window, or over).
+    fn login_window(
+        &mut self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreResult<Option<LoginWindow>>;
+    /// Marks `window`'s lock-out reported; true only for the first caller (of any replica),
+    /// which audits it.
+    fn report_login_lockout(&mut self, window: &LoginWindow) -> StoreResult<bool>;
+    /// Whether account `user` logged in from `address` (an address unit) at or after `since`.
+    fn login_address_trusted(&mut self, user: &str, address: &str, since: i64)
+    -> StoreResult<bool>;
+    /// Remembers that `user` logged in from `address` at `now`, and forgets every such pair
+    /// older than `keep_secs`.
+    fn trust_login_address(
+        &mut self,
+        user: &str,
+        address: &str,
+        now: i64,
+        keep_secs: i64,
+    ) -> StoreResult<()>;
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;

@@ -641,8 +641,7 @@ pub const STAFF_SESSION_TOUCH_SECS: i64 = 60;
 
 /// Most login windows the store keeps for account names at once (docs/staff.md "Login rate
 /// limit"): a name new past this counts against [`LOGIN_OVERFLOW_KEY`], so names guessed from
-/// ever new addresses cannot grow the table without bound. Replicas counting at the same moment
-/// may pass it by a few rows.
+/// ever new addresses cannot grow the table without bound.
 pub const MAX_LOGIN_WINDOWS: i64 = 10_000;
 /// The window that names beyond [`MAX_LOGIN_WINDOWS`] share; never a valid account name.
 pub const LOGIN_OVERFLOW_KEY: &str = "+";

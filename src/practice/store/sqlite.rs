@@ -249,15 +249,24 @@ CREATE INDEX request_filed ON request (call_sid, fingerprint) WHERE fingerprint 
 CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
     WHERE fingerprint IS NOT NULL;
 "#,
-    // 7: the staff login's account windows (docs/staff.md "Login rate limit"), in the store so
-    // that every replica counts one account's failures together.
+    // 7: the staff login's account windows and trusted addresses (docs/staff.md "Login rate
+    // limit"), in the store so that every replica counts one account's failures together and
+    // knows the desks its staff log in from.
     r#"
 CREATE TABLE staff_login_window (
     key TEXT PRIMARY KEY,
     started INTEGER NOT NULL,
-    attempts INTEGER NOT NULL
+    attempts INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX staff_login_window_started ON staff_login_window (started);
+CREATE TABLE staff_login_trust (
+    user_id INTEGER NOT NULL REFERENCES staff_user (id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, address)
+);
+CREATE INDEX staff_login_trust_at ON staff_login_trust (at);
 "#,
 ];
 
@@ -1402,6 +1411,74 @@ impl Store for SqliteStore {
              WHERE key = ?1 AND started = ?2 AND attempts > 0",
             params![window.key, window.started],
         )?;
+        Ok(())
+    }
+
+    fn login_window(
+        &mut self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreResult<Option<LoginWindow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT started, attempts FROM staff_login_window WHERE key = ?1 AND started > ?2",
+                params![key, now - window_secs],
+                |r| {
+                    Ok(LoginWindow {
+                        key: key.to_owned(),
+                        started: r.get(0)?,
+                        attempts: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn report_login_lockout(&mut self, window: &LoginWindow) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "UPDATE staff_login_window SET reported = 1
+             WHERE key = ?1 AND started = ?2 AND reported = 0",
+            params![window.key, window.started],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn login_address_trusted(
+        &mut self,
+        user: &str,
+        address: &str,
+        since: i64,
+    ) -> StoreResult<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM staff_login_trust t JOIN staff_user u ON u.id = t.user_id
+             WHERE u.name = ?1 AND t.address = ?2 AND t.at >= ?3)",
+            params![user, address, since],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn trust_login_address(
+        &mut self,
+        user: &str,
+        address: &str,
+        now: i64,
+        keep_secs: i64,
+    ) -> StoreResult<()> {
+        let tx = self.begin()?;
+        tx.execute(
+            "DELETE FROM staff_login_trust WHERE at < ?1
+             AND user_id IN (SELECT id FROM staff_user WHERE name = ?2)",
+            params![now - keep_secs, user],
+        )?;
+        tx.execute(
+            "INSERT INTO staff_login_trust (user_id, address, at)
+             SELECT id, ?2, ?3 FROM staff_user WHERE name = ?1
+             ON CONFLICT (user_id, address) DO UPDATE SET at = excluded.at",
+            params![user, address, now],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

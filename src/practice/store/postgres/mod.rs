@@ -55,6 +55,10 @@ pub const CLOSURES_LOCK_KEY: i64 = 0x6967_6e69_732d_636c;
 /// Session advisory lock an identification holds from its limits' check to the end of its job
 /// ([`Store::lock_identifications`]; "ignis-id").
 pub const IDENTIFICATION_LOCK_KEY: i64 = 0x6967_6e69_732d_6964;
+/// Transaction-scoped advisory lock around counting a staff login attempt ("ignis-lw"):
+/// replicas count one at a time (logins are rare), so `MAX_LOGIN_WINDOWS` is exact and the
+/// delete of expired windows cannot deadlock with another replica's count.
+pub const LOGIN_WINDOWS_LOCK_KEY: i64 = 0x6967_6e69_732d_6c77;
 /// Longest an identification waits for [`IDENTIFICATION_LOCK_KEY`] before it answers
 /// "unavailable" (see `lock_identifications`).
 pub const IDENTIFICATION_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -810,8 +814,14 @@ impl Store for PgStore {
     ) -> StoreResult<LoginWindow> {
         self.run(async |client| {
             let tx = client.transaction().await?;
-            // Replicas counting at once queue on the row (the upsert), not on a lock: the cap
-            // may be passed by the few counted at the same moment (MAX_LOGIN_WINDOWS).
+            // Replicas counting at once queue here: the cap is exact, and the expired rows'
+            // delete cannot deadlock with another replica's upsert.
+            execute(
+                &tx,
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&LOGIN_WINDOWS_LOCK_KEY],
+            )
+            .await?;
             execute(
                 &tx,
                 "DELETE FROM staff_login_window WHERE started <= $1",
@@ -854,6 +864,69 @@ impl Store for PgStore {
             "UPDATE staff_login_window SET attempts = attempts - 1
              WHERE key = $1 AND started = $2 AND attempts > 0",
             &[&window.key, &window.started],
+        )?;
+        Ok(())
+    }
+
+    fn login_window(
+        &mut self,
+        key: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreResult<Option<LoginWindow>> {
+        let row = self.one_of(
+            "SELECT started, attempts FROM staff_login_window WHERE key = $1 AND started > $2",
+            &[&key, &(now - window_secs)],
+            |r| Ok((r.try_get(0)?, r.try_get(1)?)),
+        )?;
+        Ok(row.map(|(started, attempts)| LoginWindow {
+            key: key.to_owned(),
+            started,
+            attempts,
+        }))
+    }
+
+    fn report_login_lockout(&mut self, window: &LoginWindow) -> StoreResult<bool> {
+        let n = self.exec(
+            "UPDATE staff_login_window SET reported = TRUE
+             WHERE key = $1 AND started = $2 AND NOT reported",
+            &[&window.key, &window.started],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn login_address_trusted(
+        &mut self,
+        user: &str,
+        address: &str,
+        since: i64,
+    ) -> StoreResult<bool> {
+        let found = self.one_of(
+            "SELECT 1 FROM staff_login_trust t JOIN staff_user u ON u.id = t.user_id
+             WHERE u.name = $1 AND t.address = $2 AND t.at >= $3",
+            &[&user, &address, &since],
+            |_| Ok(()),
+        )?;
+        Ok(found.is_some())
+    }
+
+    fn trust_login_address(
+        &mut self,
+        user: &str,
+        address: &str,
+        now: i64,
+        keep_secs: i64,
+    ) -> StoreResult<()> {
+        self.exec(
+            "DELETE FROM staff_login_trust WHERE at < $1
+             AND user_id IN (SELECT id FROM staff_user WHERE name = $2)",
+            &[&(now - keep_secs), &user],
+        )?;
+        self.exec(
+            "INSERT INTO staff_login_trust (user_id, address, at)
+             SELECT id, $2, $3 FROM staff_user WHERE name = $1
+             ON CONFLICT (user_id, address) DO UPDATE SET at = EXCLUDED.at",
+            &[&user, &address, &now],
         )?;
         Ok(())
     }

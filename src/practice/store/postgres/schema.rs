@@ -174,13 +174,22 @@ CREATE INDEX request_filed ON request (call_sid, fingerprint) WHERE fingerprint 
 CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
     WHERE fingerprint IS NOT NULL;
 "#,
-    // 3: SQLite's 7, the staff login's account windows, counted by every replica together.
+    // 3: SQLite's 7, the staff login's account windows and trusted addresses, shared by every
+    // replica.
     r#"
 CREATE TABLE staff_login_window (
     key TEXT PRIMARY KEY,
     started BIGINT NOT NULL,
-    attempts BIGINT NOT NULL
+    attempts BIGINT NOT NULL,
+    reported BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX staff_login_window_started ON staff_login_window (started);
+CREATE TABLE staff_login_trust (
+    user_id BIGINT NOT NULL REFERENCES staff_user (id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, address)
+);
+CREATE INDEX staff_login_trust_at ON staff_login_trust (at);
 "#,
 ];
