@@ -1007,7 +1007,7 @@ fn login_windows_count_take_back_expire_and_are_bounded(db: &TestDb) {
         &format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
              WHERE i < {MAX_LOGIN_WINDOWS}) INSERT INTO staff_login_window (key, started, attempts) \
-             SELECT 'u' || i, {t0} + {WINDOW}, 1 FROM n"
+             SELECT 'u' || i, {t0} + {WINDOW} - 10, 1 FROM n"
         ),
         &[],
     );
@@ -1024,6 +1024,15 @@ fn login_windows_count_take_back_expire_and_are_bounded(db: &TestDb) {
             .attempts,
         2
     );
+    // Room again (the junk windows over) while the overflow window is open: a new name starts
+    // from the overflow window's count, not from zero (it was counted there until now).
+    let erik = s
+        .count_login_attempt("erik", t0 + 2 * WINDOW - 5, WINDOW)
+        .unwrap();
+    assert_eq!(
+        (erik.key.as_str(), erik.started, erik.attempts),
+        ("erik", full, 3)
+    );
     // Once those windows are over they are deleted and names count as themselves again.
     let next = t0 + 2 * WINDOW + 1;
     assert_eq!(
@@ -1036,12 +1045,18 @@ fn login_windows_count_take_back_expire_and_are_bounded(db: &TestDb) {
         .login_window("carl", next, WINDOW)
         .unwrap()
         .expect("carl's window");
-    assert_eq!(carl.attempts, 1);
+    assert_eq!((carl.attempts, carl.reported), (1, false));
     assert_eq!(s.login_window("carl", next + WINDOW, WINDOW).unwrap(), None);
     assert_eq!(s.login_window("nobody", next, WINDOW).unwrap(), None);
     // A lock-out is reported once per window, whoever asks.
     assert!(s.report_login_lockout(&carl).unwrap());
     assert!(!db.store().report_login_lockout(&carl).unwrap());
+    assert!(
+        s.login_window("carl", next, WINDOW)
+            .unwrap()
+            .unwrap()
+            .reported
+    );
 }
 
 /// The addresses staff logged in from: remembered per account, for a while, and gone with the

@@ -367,11 +367,14 @@ pub struct Limited {
 
 /// Failed logins per client address ([`LOGIN_MAX_FAILURES`]) within [`LOGIN_WINDOW_SECS`] lock
 /// that address, for every account, until the window ends. In memory, per process (the
-/// per-account limit and the trusted addresses are in the store: [`account_locked`]). At most
-/// [`MAX_LIMITER_ENTRIES`] addresses.
+/// per-account limit and the trusted addresses are in the store: [`account_locked`]); it also
+/// remembers which addresses the store refused for which account, so their next attempts are
+/// refused here, without a check slot or a store job. At most [`MAX_LIMITER_ENTRIES`] of each.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
     windows: HashMap<IpAddr, Window>,
+    /// (account window key, address unit) → when the account's window in the store ends.
+    refused: HashMap<(String, IpAddr), i64>,
 }
 
 impl LoginLimiter {
@@ -380,20 +383,46 @@ impl LoginLimiter {
         LoginLimiter::default()
     }
 
-    /// Whether an attempt from `client` may go on at `now` (UTC seconds). A refusal notes
-    /// that its lock-out was reported ([`Limited::first`] once per window).
-    pub fn check(&mut self, client: IpAddr, now: i64) -> Result<(), Limited> {
-        let Some(w) = self
-            .windows
-            .get_mut(&address_unit(client))
-            .filter(|w| w.locked(now))
-        else {
-            return Ok(());
-        };
-        Err(Limited {
-            retry_after: w.started + LOGIN_WINDOW_SECS - now,
-            first: !std::mem::replace(&mut w.reported, true),
-        })
+    /// Whether an attempt for `account` from `client` may go on at `now` (UTC seconds). A
+    /// refusal notes that its lock-out was reported ([`Limited::first`] once per window; a
+    /// refusal the store made first was reported there).
+    pub fn check(&mut self, account: &str, client: IpAddr, now: i64) -> Result<(), Limited> {
+        let unit = address_unit(client);
+        if let Some(w) = self.windows.get_mut(&unit).filter(|w| w.locked(now)) {
+            return Err(Limited {
+                retry_after: w.started + LOGIN_WINDOW_SECS - now,
+                first: !std::mem::replace(&mut w.reported, true),
+            });
+        }
+        match self
+            .refused
+            .get(&(account_window_key(account).to_owned(), unit))
+        {
+            Some(&until) if now < until => Err(Limited {
+                retry_after: until - now,
+                first: false,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remembers that the store refused `client` for `account` until `until` (its window's
+    /// end): the address's next attempts at the account stop at [`LoginLimiter::check`].
+    pub fn note_refused(&mut self, account: &str, client: IpAddr, until: i64, now: i64) {
+        if self.refused.len() >= MAX_LIMITER_ENTRIES {
+            self.refused.retain(|_, end| now < *end);
+        }
+        if self.refused.len() >= MAX_LIMITER_ENTRIES
+            && let Some(first) = self
+                .refused
+                .iter()
+                .min_by_key(|(_, end)| **end)
+                .map(|(k, _)| k.clone())
+        {
+            self.refused.remove(&first);
+        }
+        let key = (account_window_key(account).to_owned(), address_unit(client));
+        self.refused.insert(key, until);
     }
 
     /// Counts a failed attempt against the address.
@@ -565,31 +594,44 @@ mod tests {
         let (a, b) = (addr(1), addr(2));
         let mut l = LoginLimiter::new();
         for i in 0..LOGIN_MAX_FAILURES {
-            assert!(l.check(a, 100).is_ok());
+            assert!(l.check("anna", a, 100).is_ok());
             l.record_failure(a, 100 + i64::from(i));
         }
         // The address is locked (for any account), the others are not.
-        let refused = l.check(a, 110).unwrap_err();
+        let refused = l.check("anna", a, 110).unwrap_err();
         assert_eq!(refused.retry_after, 100 + LOGIN_WINDOW_SECS - 110);
         assert!(refused.first);
         assert!(
-            !l.check(a, 111).unwrap_err().first,
+            !l.check("anna", a, 111).unwrap_err().first,
             "reported once a window"
         );
-        assert!(l.check(b, 110).is_ok());
-        assert!(l.check(a, 100 + LOGIN_WINDOW_SECS).is_ok());
+        assert!(l.check("anna", b, 110).is_ok());
+        assert!(l.check("anna", a, 100 + LOGIN_WINDOW_SECS).is_ok());
         // A taken-back attempt does not count; an IPv6 /64 is one address.
         l.record_failure(b, 200);
         l.take_back(b);
         for _ in 1..LOGIN_MAX_FAILURES {
             l.record_failure(b, 200);
         }
-        assert!(l.check(b, 201).is_ok());
+        assert!(l.check("anna", b, 201).is_ok());
         let v6 = |low: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, low));
         for i in 0..LOGIN_MAX_FAILURES {
             l.record_failure(v6(i as u16), 300);
         }
-        assert!(l.check(v6(999), 301).is_err());
+        assert!(l.check("anna", v6(999), 301).is_err());
+        // The store refused an address for an account: its next attempts at that account stop
+        // here until the account's window ends; other accounts and addresses go on.
+        let c = addr(3);
+        l.note_refused("anna", c, 500, 400);
+        let r = l.check("anna", c, 401).unwrap_err();
+        assert_eq!((r.retry_after, r.first), (99, false));
+        assert!(l.check("ben", c, 401).is_ok());
+        assert!(l.check("anna", addr(4), 401).is_ok());
+        assert!(l.check("anna", c, 500).is_ok());
+        for i in 0..(MAX_LIMITER_ENTRIES as u32 + 5) {
+            l.note_refused("anna", addr(1000 + i), 900 + i64::from(i), 600);
+        }
+        assert!(l.refused.len() <= MAX_LIMITER_ENTRIES);
     }
 
     #[test]
@@ -599,6 +641,7 @@ mod tests {
             key: "anna".into(),
             started: 100,
             attempts,
+            reported: false,
         };
         assert_eq!(account_locked(&w(max - 1), 110, false), None);
         assert_eq!(account_locked(&w(max), 110, true), None);
@@ -629,6 +672,9 @@ mod tests {
             l.record_failure(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), 1);
         }
         assert!(l.len() <= MAX_LIMITER_ENTRIES);
-        assert!(l.check(home, 2).is_err(), "the locked address stays locked");
+        assert!(
+            l.check("anna", home, 2).is_err(),
+            "the locked address stays locked"
+        );
     }
 }

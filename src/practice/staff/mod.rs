@@ -715,7 +715,7 @@ impl Practice {
         let Ok(mut limiter) = self.staff.limiter.lock() else {
             return Ok(Prepared::Reply(limited_page(auth::LOGIN_WINDOW_SECS)));
         };
-        if let Err(l) = limiter.check(client, at) {
+        if let Err(l) = limiter.check(&name, client, at) {
             tracing::warn!("staff login refused: rate limit");
             if !l.first {
                 // Audited when the limit tripped; each further row would be an fsync on the
@@ -752,17 +752,21 @@ impl Practice {
         let in_job = Arc::clone(&slot);
         let state = Arc::clone(&self.staff);
         // An attempt that does not reach the password check does not count against the
-        // address (as before the store's window, a locked account's refusal costs nothing).
-        let not_checked = move || {
+        // address; one the account's window refused is remembered, so the address's next
+        // attempts at it are refused before they take a check slot or a store job.
+        let not_checked = move |refused: Option<(&str, i64)>| {
             if let Ok(mut l) = state.limiter.lock() {
                 l.take_back(client);
+                if let Some((name, until)) = refused {
+                    l.note_refused(name, client, until, at);
+                }
             }
         };
         let not_queued = not_checked.clone();
         let queued = self.store.submit(move |store| {
             let outcome = match account_window(store, &attempt, client, at) {
-                AccountCheck::Refused(reply) => {
-                    not_checked();
+                AccountCheck::Refused { reply, until } => {
+                    not_checked(until.map(|u| (attempt.name.as_str(), u)));
                     StaffOutcome::Reply(*reply)
                 }
                 AccountCheck::Counted(window) => {
@@ -789,6 +793,9 @@ impl Practice {
                         }),
                         Err(e) => {
                             tracing::error!(error = %e, "staff account lookup failed");
+                            // Not checked: counted neither for the address nor the account.
+                            not_checked(None);
+                            let _ = store.take_back_login_attempt(&window);
                             StaffOutcome::Reply(unavailable())
                         }
                     }
@@ -801,7 +808,7 @@ impl Practice {
         if queued.is_err()
             && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
         {
-            not_queued();
+            not_queued(None);
             f(StaffOutcome::Reply(unavailable()));
         }
     }
@@ -908,9 +915,12 @@ struct LoginAttempt {
 enum AccountCheck {
     /// Counted: on to the password check.
     Counted(LoginWindow),
-    /// The account is locked out for this address: the reply (429, or 503 when the store
-    /// failed). Nothing was counted.
-    Refused(Box<StaffReply>),
+    /// The account is locked out for this address until the window ends (the 429), or the
+    /// store failed (`until` None, the 503). Nothing was counted.
+    Refused {
+        reply: Box<StaffReply>,
+        until: Option<i64>,
+    },
 }
 
 /// Checks and counts the attempt in the account's window in the store, which every replica
@@ -951,7 +961,10 @@ fn account_window(
     })();
     checked.unwrap_or_else(|e| {
         tracing::error!(error = %e, "staff login window not checked");
-        AccountCheck::Refused(Box::new(unavailable()))
+        AccountCheck::Refused {
+            reply: Box::new(unavailable()),
+            until: None,
+        }
     })
 }
 
@@ -964,10 +977,13 @@ fn refuse(
     at: i64,
 ) -> StoreResult<AccountCheck> {
     tracing::warn!("staff login refused: rate limit (account)");
-    if store.report_login_lockout(window)? {
+    if !window.reported && store.report_login_lockout(window)? {
         audit_limited(store, name, at);
     }
-    Ok(AccountCheck::Refused(Box::new(limited_page(retry_after))))
+    Ok(AccountCheck::Refused {
+        reply: Box::new(limited_page(retry_after)),
+        until: Some(at + retry_after),
+    })
 }
 
 /// Audits a login refused by the rate limit.

@@ -653,8 +653,10 @@ pub struct LoginWindow {
     pub key: String,
     /// When the window started, UTC seconds.
     pub started: i64,
-    /// Attempts counted in it, this one included.
+    /// Attempts counted in it (by `count_login_attempt`: this one included).
     pub attempts: i64,
+    /// Its lock-out was reported (audited) already.
+    pub reported: bool,
 }
 
 /// A staff account as listed (never its hash).

@@ -270,6 +270,16 @@ CREATE INDEX staff_login_trust_at ON staff_login_trust (at);
 "#,
 ];
 
+/// Counts a login attempt (`?1` key, `?2` now, `?3` [`LOGIN_OVERFLOW_KEY`]): a key without a window starts one, inheriting
+/// the overflow window's start and count while that is open (expired windows are deleted
+/// first), so a name that leaves the shared window for its own does not start again from zero
+/// (docs/staff.md "Rate limit"). `WHERE true` keeps SQLite from reading `ON` as a join's.
+const LOGIN_COUNT_SQL: &str = "INSERT INTO staff_login_window (key, started, attempts)
+     SELECT ?1, COALESCE(o.started, ?2), COALESCE(o.attempts, 0) + 1
+     FROM (SELECT 1) AS one LEFT JOIN staff_login_window o ON o.key = ?3 WHERE true
+     ON CONFLICT (key) DO UPDATE SET attempts = attempts + 1
+     RETURNING started, attempts, reported";
+
 /// The embedded SQLite store (one connection; see [`worker`] for the writer thread).
 pub struct SqliteStore {
     conn: Connection,
@@ -1390,18 +1400,17 @@ impl Store for SqliteStore {
         } else {
             LOGIN_OVERFLOW_KEY
         };
-        let (started, attempts) = tx.query_row(
-            "INSERT INTO staff_login_window (key, started, attempts) VALUES (?1, ?2, 1)
-             ON CONFLICT (key) DO UPDATE SET attempts = attempts + 1
-             RETURNING started, attempts",
-            params![key, now],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let (started, attempts, reported) = tx.query_row(
+            LOGIN_COUNT_SQL,
+            params![key, now, LOGIN_OVERFLOW_KEY],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         tx.commit()?;
         Ok(LoginWindow {
             key: key.to_owned(),
             started,
             attempts,
+            reported,
         })
     }
 
@@ -1423,13 +1432,15 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row(
-                "SELECT started, attempts FROM staff_login_window WHERE key = ?1 AND started > ?2",
+                "SELECT started, attempts, reported FROM staff_login_window
+                 WHERE key = ?1 AND started > ?2",
                 params![key, now - window_secs],
                 |r| {
                     Ok(LoginWindow {
                         key: key.to_owned(),
                         started: r.get(0)?,
                         attempts: r.get(1)?,
+                        reported: r.get(2)?,
                     })
                 },
             )

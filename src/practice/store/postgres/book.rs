@@ -418,7 +418,13 @@ pub(super) async fn retention(
     p: &RetentionPolicy,
     now: i64,
 ) -> StoreResult<RetentionReport> {
-    let tx = c.transaction().await?;
+    // READ COMMITTED whatever the server's default: the orphan-patient delete relies on each
+    // statement taking a fresh snapshot (see `retention_rest`).
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     let got: bool = query_one(
         &tx,
         "SELECT pg_try_advisory_xact_lock($1)",

@@ -841,18 +841,23 @@ impl Store for PgStore {
             } else {
                 LOGIN_OVERFLOW_KEY
             };
+            // A new key inherits the overflow window while that is open (SQLite's
+            // LOGIN_COUNT_SQL says why).
             let row = query_one(
                 &tx,
-                "INSERT INTO staff_login_window (key, started, attempts) VALUES ($1, $2, 1)
+                "INSERT INTO staff_login_window (key, started, attempts)
+                 SELECT $1, COALESCE(o.started, $2), COALESCE(o.attempts, 0) + 1
+                 FROM (SELECT 1) AS one LEFT JOIN staff_login_window o ON o.key = $3
                  ON CONFLICT (key) DO UPDATE SET attempts = staff_login_window.attempts + 1
-                 RETURNING started, attempts",
-                &[&key, &now],
+                 RETURNING started, attempts, reported",
+                &[&key, &now, &LOGIN_OVERFLOW_KEY],
             )
             .await?;
             let window = LoginWindow {
                 key: key.to_owned(),
                 started: row.try_get(0)?,
                 attempts: row.try_get(1)?,
+                reported: row.try_get(2)?,
             };
             tx.commit().await?;
             Ok(window)
@@ -875,14 +880,16 @@ impl Store for PgStore {
         window_secs: i64,
     ) -> StoreResult<Option<LoginWindow>> {
         let row = self.one_of(
-            "SELECT started, attempts FROM staff_login_window WHERE key = $1 AND started > $2",
+            "SELECT started, attempts, reported FROM staff_login_window
+             WHERE key = $1 AND started > $2",
             &[&key, &(now - window_secs)],
-            |r| Ok((r.try_get(0)?, r.try_get(1)?)),
+            |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
         )?;
-        Ok(row.map(|(started, attempts)| LoginWindow {
+        Ok(row.map(|(started, attempts, reported)| LoginWindow {
             key: key.to_owned(),
             started,
             attempts,
+            reported,
         }))
     }
 
