@@ -358,6 +358,47 @@ fn add_accounts_and_refuse_bad_input(dir: &Path) {
     );
 }
 
+/// With the account-window table full, names without a window of their own share the
+/// overflow window. Once that is locked they are refused (429) without a write, and each such
+/// refusal counts against the address, so one address cannot go on trying ever new names: after
+/// five, even a desk trusted for its account is refused there by the address's own limit.
+#[tokio::test]
+async fn refusals_by_the_shared_overflow_window_count_against_the_address() {
+    use ignis::practice::store::{LOGIN_OVERFLOW_KEY, MAX_LOGIN_WINDOWS};
+    let dir = temp_dir("staff-overflow");
+    let db = dir.join("ignis.db");
+    add_accounts_and_refuse_bad_input(&dir);
+    let server = Server::start_with_practice_db(&db, TOOLS_TOKEN, &[]).await;
+    let desk = "192.0.2.77";
+    session_cookie(&login(&server, "ben", PASSWORD, desk).await);
+    let now = jiff::Timestamp::now().as_second();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+         WHERE i < {MAX_LOGIN_WINDOWS}) INSERT INTO staff_login_window (key, started, attempts) \
+         SELECT 'u' || i, {now}, 1 FROM n; \
+         INSERT INTO staff_login_window (key, started, attempts) \
+         VALUES ('{LOGIN_OVERFLOW_KEY}', {now}, {ACCOUNT_MAX_FAILURES});"
+    ))
+    .unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let windows = count("SELECT COUNT(*) FROM staff_login_window");
+    for i in 0..LOGIN_MAX_FAILURES {
+        let r = login(&server, &format!("neu{i}"), "falsch-falsch-falsch", desk).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+    }
+    // Refused without a write: no window for the new names, the shared count unchanged.
+    assert_eq!(count("SELECT COUNT(*) FROM staff_login_window"), windows);
+    assert_eq!(
+        count("SELECT attempts FROM staff_login_window WHERE key = '+'"),
+        i64::from(ACCOUNT_MAX_FAILURES)
+    );
+    // The address has spent its five: ben's own desk is refused there now, not elsewhere
+    // (his login made him a window of his own, so the overflow window does not hold him).
+    assert_eq!(login(&server, "ben", PASSWORD, desk).await.status, 429);
+    session_cookie(&login(&server, "ben", PASSWORD, "192.0.2.78").await);
+}
+
 /// Per account: anna has 1 failure; 19 more from five addresses (none of which reaches its own
 /// limit) lock her out everywhere but at the desk she logged in from; unknown names alike.
 async fn per_account_limit(server: &Server) {

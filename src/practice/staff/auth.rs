@@ -425,8 +425,9 @@ impl LoginLimiter {
         self.refused.insert(key, until);
     }
 
-    /// Counts a failed attempt against the address.
-    pub fn record_failure(&mut self, client: IpAddr, now: i64) {
+    /// Counts a failed attempt against the address; returns the start of the window it was
+    /// counted in (for [`LoginLimiter::take_back`]).
+    pub fn record_failure(&mut self, client: IpAddr, now: i64) -> i64 {
         let key = address_unit(client);
         if !self.windows.contains_key(&key) {
             self.make_room(now);
@@ -436,13 +437,19 @@ impl LoginLimiter {
             *w = Window::new(now);
         }
         w.failures = w.failures.saturating_add(1);
+        w.started
     }
 
-    /// Takes back the one failure an attempt counted when its check started: it succeeded,
-    /// or it never reached the password check (refused by the account's window, or the store
-    /// failed). A lock-out under way stays.
-    pub fn take_back(&mut self, client: IpAddr) {
-        if let Some(w) = self.windows.get_mut(&address_unit(client)) {
+    /// Takes back the one failure an attempt counted in the window that started at `started`
+    /// when its check started: it succeeded, or it never reached the password check (refused
+    /// by the account's window, or the store failed). Nothing once that window is over (the
+    /// next one's count is not the attempt's). A lock-out under way stays.
+    pub fn take_back(&mut self, client: IpAddr, started: i64) {
+        if let Some(w) = self
+            .windows
+            .get_mut(&address_unit(client))
+            .filter(|w| w.started == started)
+        {
             w.failures = w.failures.saturating_sub(1);
         }
     }
@@ -608,12 +615,19 @@ mod tests {
         assert!(l.check("anna", b, 110).is_ok());
         assert!(l.check("anna", a, 100 + LOGIN_WINDOW_SECS).is_ok());
         // A taken-back attempt does not count; an IPv6 /64 is one address.
-        l.record_failure(b, 200);
-        l.take_back(b);
+        let started = l.record_failure(b, 200);
+        l.take_back(b, started);
         for _ in 1..LOGIN_MAX_FAILURES {
             l.record_failure(b, 200);
         }
         assert!(l.check("anna", b, 201).is_ok());
+        // A take-back from a window that is over leaves the new one's count alone.
+        let next = 200 + LOGIN_WINDOW_SECS;
+        for _ in 0..LOGIN_MAX_FAILURES {
+            l.record_failure(b, next);
+        }
+        l.take_back(b, started);
+        assert!(l.check("anna", b, next + 1).is_err());
         let v6 = |low: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, low));
         for i in 0..LOGIN_MAX_FAILURES {
             l.record_failure(v6(i as u16), 300);

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 
 use super::Practice;
-use super::store::{LoginWindow, STAFF_SESSION_IDLE_SECS, Store, StoreResult};
+use super::store::{LOGIN_OVERFLOW_KEY, LoginWindow, STAFF_SESSION_IDLE_SECS, Store, StoreResult};
 use auth::{LoginLimiter, SESSION_ENTROPY_BYTES, SessionSecrets};
 
 /// The staff page's root.
@@ -117,6 +117,8 @@ pub struct PendingLogin {
     replaces: Option<[u8; 32]>,
     /// The account's window in the store as this attempt counted it (taken back on success).
     window: LoginWindow,
+    /// The start of the address's window the attempt was counted in (taken back on success).
+    address_window: i64,
     /// Held until the check is over (dropped with the attempt on any path).
     _slot: LoginSlot,
 }
@@ -734,11 +736,12 @@ impl Practice {
                 ..unavailable()
             }));
         };
-        limiter.record_failure(client, at);
+        let address_window = limiter.record_failure(client, at);
         Ok(Prepared::Login(LoginAttempt {
             name,
             password,
             slot,
+            address_window,
         }))
     }
 
@@ -751,12 +754,17 @@ impl Practice {
         let slot = Arc::new(Mutex::new(Some(reply)));
         let in_job = Arc::clone(&slot);
         let state = Arc::clone(&self.staff);
+        let address_window = attempt.address_window;
         // An attempt that does not reach the password check does not count against the
         // address; one the account's window refused is remembered, so the address's next
-        // attempts at it are refused before they take a check slot or a store job.
-        let not_checked = move |refused: Option<(&str, i64)>| {
+        // attempts at it are refused before they take a check slot or a store job. A refusal
+        // by the shared overflow window stays counted: names vary, so the memo cannot hold
+        // them, and the address's own limit must.
+        let not_checked = move |refused: Option<(&str, i64)>, shared: bool| {
             if let Ok(mut l) = state.limiter.lock() {
-                l.take_back(client);
+                if !shared {
+                    l.take_back(client, address_window);
+                }
                 if let Some((name, until)) = refused {
                     l.note_refused(name, client, until, at);
                 }
@@ -765,8 +773,12 @@ impl Practice {
         let not_queued = not_checked.clone();
         let queued = self.store.submit(move |store| {
             let outcome = match account_window(store, &attempt, client, at) {
-                AccountCheck::Refused { reply, until } => {
-                    not_checked(until.map(|u| (attempt.name.as_str(), u)));
+                AccountCheck::Refused {
+                    reply,
+                    until,
+                    shared,
+                } => {
+                    not_checked(until.map(|u| (attempt.name.as_str(), u)), shared);
                     StaffOutcome::Reply(*reply)
                 }
                 AccountCheck::Counted(window) => {
@@ -774,7 +786,7 @@ impl Practice {
                         name,
                         password,
                         slot,
-                        ..
+                        address_window,
                     } = attempt;
                     let phc = if auth::validate_name(&name).is_ok() {
                         store.staff_user_hash(&name)
@@ -789,12 +801,13 @@ impl Practice {
                             client,
                             replaces,
                             window,
+                            address_window,
                             _slot: slot,
                         }),
                         Err(e) => {
                             tracing::error!(error = %e, "staff account lookup failed");
                             // Not checked: counted neither for the address nor the account.
-                            not_checked(None);
+                            not_checked(None, false);
                             let _ = store.take_back_login_attempt(&window);
                             StaffOutcome::Reply(unavailable())
                         }
@@ -808,7 +821,7 @@ impl Practice {
         if queued.is_err()
             && let Some(f) = slot.lock().ok().and_then(|mut s| s.take())
         {
-            not_queued(None);
+            not_queued(None, false);
             f(StaffOutcome::Reply(unavailable()));
         }
     }
@@ -833,6 +846,7 @@ impl Practice {
         let (client, state) = (pending.client, Arc::clone(&self.staff));
         // Dropping the rest frees the check's slot.
         let (name, replaces, window) = (pending.name, pending.replaces, pending.window);
+        let address_window = pending.address_window;
         let job = move |store: &mut dyn Store| -> StaffReply {
             let who = audit_name(&name, known).to_owned();
             let opened = match (verified, entropy) {
@@ -870,7 +884,7 @@ impl Practice {
                     // A success only once it is stored and audited: then the attempt's
                     // failure is taken back and the address trusted for the account.
                     if let Ok(mut l) = state.limiter.lock() {
-                        l.take_back(client);
+                        l.take_back(client, address_window);
                     }
                     if let Err(e) = store.take_back_login_attempt(&window) {
                         tracing::warn!(error = %e, "a successful login stays counted as a failure");
@@ -909,6 +923,8 @@ struct LoginAttempt {
     name: String,
     password: String,
     slot: LoginSlot,
+    /// The start of the address's window the attempt was counted in.
+    address_window: i64,
 }
 
 /// Where an attempt stands against its account's window in the store.
@@ -916,10 +932,12 @@ enum AccountCheck {
     /// Counted: on to the password check.
     Counted(LoginWindow),
     /// The account is locked out for this address until the window ends (the 429), or the
-    /// store failed (`until` None, the 503). Nothing was counted.
+    /// store failed (`until` None, the 503). Nothing was counted. `shared`: the refusing
+    /// window is the overflow window, which names without a window of their own share.
     Refused {
         reply: Box<StaffReply>,
         until: Option<i64>,
+        shared: bool,
     },
 }
 
@@ -942,11 +960,18 @@ fn account_window(
                 &auth::address_unit(client).to_string(),
                 at - auth::TRUSTED_ADDRESS_SECS,
             )?;
-        if !trusted
-            && let Some(w) = store.login_window(key, at, window)?
-            && let Some(retry_after) = auth::account_locked(&w, at, false)
-        {
-            return refuse(store, &attempt.name, &w, retry_after, at);
+        if !trusted {
+            // A name without a window of its own counts in the overflow window, or starts
+            // from it (`count_login_attempt`): locked there, it is refused without a write too.
+            let current = match store.login_window(key, at, window)? {
+                Some(w) => Some(w),
+                None => store.login_window(LOGIN_OVERFLOW_KEY, at, window)?,
+            };
+            if let Some(w) = current
+                && let Some(retry_after) = auth::account_locked(&w, at, false)
+            {
+                return refuse(store, &attempt.name, &w, retry_after, at);
+            }
         }
         let w = store.count_login_attempt(key, at, window)?;
         match auth::account_locked(&w, at, true).filter(|_| !trusted) {
@@ -964,6 +989,7 @@ fn account_window(
         AccountCheck::Refused {
             reply: Box::new(unavailable()),
             until: None,
+            shared: false,
         }
     })
 }
@@ -983,6 +1009,7 @@ fn refuse(
     Ok(AccountCheck::Refused {
         reply: Box::new(limited_page(retry_after)),
         until: Some(at + retry_after),
+        shared: window.key == LOGIN_OVERFLOW_KEY,
     })
 }
 
