@@ -359,9 +359,11 @@ fn add_accounts_and_refuse_bad_input(dir: &Path) {
 }
 
 /// With the account-window table full, names without a window of their own share the
-/// overflow window. Once that is locked they are refused (429) without a write, and each such
-/// refusal counts against the address, so one address cannot go on trying ever new names: after
-/// five, even a desk trusted for its account is refused there by the address's own limit.
+/// overflow window. Once that is locked they are refused (429) without a write. A refused name
+/// that is no account counts against the address, so one address cannot go on trying ever new
+/// names: after five, even a desk trusted for its account is refused there by the address's own
+/// limit. A refused real account does not (its colleagues behind the same address keep logging
+/// in); its next attempts from that address stop in memory.
 #[tokio::test]
 async fn refusals_by_the_shared_overflow_window_count_against_the_address() {
     use ignis::practice::store::{LOGIN_OVERFLOW_KEY, MAX_LOGIN_WINDOWS};
@@ -383,6 +385,21 @@ async fn refusals_by_the_shared_overflow_window_count_against_the_address() {
     .unwrap();
     let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
     let windows = count("SELECT COUNT(*) FROM staff_login_window");
+    // Five colleagues without windows of their own, each refused through the locked overflow
+    // window (twice: the second stops in memory), from one office address: the sixth still
+    // logs in there.
+    let colleagues = ["anna", "carla", "dora", "emil", "finn"];
+    for name in &colleagues[1..] {
+        let added = ignis(&dir, &["staff", "add", name], &format!("{PASSWORD}\n"));
+        assert!(added.status.success(), "{}", output_text(&added));
+    }
+    let office = "192.0.2.79";
+    for name in colleagues {
+        for _ in 0..2 {
+            assert_eq!(login(&server, name, PASSWORD, office).await.status, 429);
+        }
+    }
+    session_cookie(&login(&server, "ben", PASSWORD, office).await);
     for i in 0..LOGIN_MAX_FAILURES {
         let r = login(&server, &format!("neu{i}"), "falsch-falsch-falsch", desk).await;
         assert_eq!(r.status, 429, "{}", r.text());

@@ -757,12 +757,12 @@ impl Practice {
         let address_window = attempt.address_window;
         // An attempt that does not reach the password check does not count against the
         // address; one the account's window refused is remembered, so the address's next
-        // attempts at it are refused before they take a check slot or a store job. A refusal
-        // by the shared overflow window stays counted: names vary, so the memo cannot hold
-        // them, and the address's own limit must.
-        let not_checked = move |refused: Option<(&str, i64)>, shared: bool| {
+        // attempts at it are refused before they take a check slot or a store job. A refused
+        // name that is no account stays counted: such names are free to vary, so the memo
+        // cannot hold them, and the address's own limit must.
+        let not_checked = move |refused: Option<(&str, i64)>, keep_counted: bool| {
             if let Ok(mut l) = state.limiter.lock() {
-                if !shared {
+                if !keep_counted {
                     l.take_back(client, address_window);
                 }
                 if let Some((name, until)) = refused {
@@ -776,9 +776,9 @@ impl Practice {
                 AccountCheck::Refused {
                     reply,
                     until,
-                    shared,
+                    keep_counted,
                 } => {
-                    not_checked(until.map(|u| (attempt.name.as_str(), u)), shared);
+                    not_checked(until.map(|u| (attempt.name.as_str(), u)), keep_counted);
                     StaffOutcome::Reply(*reply)
                 }
                 AccountCheck::Counted(window) => {
@@ -932,12 +932,13 @@ enum AccountCheck {
     /// Counted: on to the password check.
     Counted(LoginWindow),
     /// The account is locked out for this address until the window ends (the 429), or the
-    /// store failed (`until` None, the 503). Nothing was counted. `shared`: the refusing
-    /// window is the overflow window, which names without a window of their own share.
+    /// store failed (`until` None, the 503). Nothing was counted in the store.
+    /// `keep_counted`: the name is no account, so the attempt stays counted against the
+    /// address.
     Refused {
         reply: Box<StaffReply>,
         until: Option<i64>,
-        shared: bool,
+        keep_counted: bool,
     },
 }
 
@@ -989,7 +990,7 @@ fn account_window(
         AccountCheck::Refused {
             reply: Box::new(unavailable()),
             until: None,
-            shared: false,
+            keep_counted: false,
         }
     })
 }
@@ -1003,20 +1004,30 @@ fn refuse(
     at: i64,
 ) -> StoreResult<AccountCheck> {
     tracing::warn!("staff login refused: rate limit (account)");
+    let known = is_account(store, name)?;
     if !window.reported && store.report_login_lockout(window)? {
-        audit_limited(store, name, at);
+        audit_refusal(store, name, known, at);
     }
     Ok(AccountCheck::Refused {
         reply: Box::new(limited_page(retry_after)),
         until: Some(at + retry_after),
-        shared: window.key == LOGIN_OVERFLOW_KEY,
+        keep_counted: !known,
     })
 }
 
 /// Audits a login refused by the rate limit.
 fn audit_limited(store: &mut dyn Store, name: &str, at: i64) {
-    let known =
-        auth::validate_name(name).is_ok() && matches!(store.staff_user_hash(name), Ok(Some(_)));
+    let known = is_account(store, name).unwrap_or(false);
+    audit_refusal(store, name, known, at);
+}
+
+/// Whether `name` is a staff account.
+fn is_account(store: &mut dyn Store, name: &str) -> StoreResult<bool> {
+    Ok(auth::validate_name(name).is_ok() && store.staff_user_hash(name)?.is_some())
+}
+
+/// Audits a login refused by the rate limit, naming the account only if it is one.
+fn audit_refusal(store: &mut dyn Store, name: &str, known: bool, at: i64) {
     let who = audit_name(name, known);
     if let Err(e) = store.staff_audit(at, who, "login", "rate_limited") {
         tracing::error!(error = %e, "staff audit write failed");
