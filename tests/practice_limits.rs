@@ -86,8 +86,11 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
     let db = refuse_state_saves(&e, "1");
     let body = r#"{"category":"message","caller":{"family_name":"Fremd"},"note":"Bitte Rückruf"}"#;
     let emergency = r#"{"severity":"life_threatening","keywords":"Brustschmerzen"}"#;
+    let urgent = r#"{"category":"urgent_callback","caller":{"family_name":"Fremd"},"details":{"text":"starke Schmerzen"}}"#;
     // Filed, and answered, though the call state could not be saved.
     let first = request(&mut e, &t, body);
+    let first_u = request(&mut e, &t, urgent);
+    assert_eq!(first_u["queue_position"], 1, "{first_u}");
     let (s, first_e) = e.post(&t, "/api/emergencies", emergency, now());
     assert_eq!(s, 200, "{first_e}");
     let state: String = db
@@ -114,6 +117,22 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
     );
     let (_, again_e) = e.post(&t, "/api/emergencies", emergency, now());
     assert_eq!(again_e["event_ref"], first_e["event_ref"], "{again_e}");
+    // The urgent request's retry keeps its place in the queue, and the call state now counts
+    // both requests against the per-call cap.
+    let again_u = request(&mut e, &t, urgent);
+    assert_eq!(
+        (&again_u["request_ref"], &again_u["queue_position"]),
+        (&first_u["request_ref"], &first_u["queue_position"]),
+        "{again_u}"
+    );
+    let state: String = db
+        .query_row(
+            "SELECT state_json FROM call WHERE call_sid = 'CArefile'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(state.contains("\"requests\":2"), "{state}");
     let count = |table: &str| -> i64 {
         db.query_row(
             &format!("SELECT COUNT(*) FROM {table} WHERE call_sid = 'CArefile'"),
@@ -122,7 +141,7 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
         )
         .unwrap()
     };
-    assert_eq!((count("request"), count("emergency_event")), (1, 1));
+    assert_eq!((count("request"), count("emergency_event")), (2, 1));
 }
 
 // --- identification ------------------------------------------------------------------------------

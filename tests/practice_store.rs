@@ -966,6 +966,29 @@ fn staff_closures_are_listed_capped_and_removed(db: &TestDb) {
     assert_eq!(db.value("SELECT COUNT(*) FROM staff_closure", &[]), 2);
 }
 
+/// An open urgent request's place in the urgent queue, as counted at filing; none for anything
+/// else.
+fn urgent_queue_positions_are_counted_as_at_filing(db: &TestDb) {
+    let mut s = db.store();
+    let t0 = wed_morning().as_second();
+    let first = s
+        .create_request(&staff_request(None, Urgency::Urgent, t0))
+        .unwrap();
+    let routine = s
+        .create_request(&staff_request(None, Urgency::Routine, t0 + 1))
+        .unwrap();
+    let second = s
+        .create_request(&staff_request(None, Urgency::Urgent, t0 + 2))
+        .unwrap();
+    assert_eq!(second.queue_position, Some(2));
+    assert_eq!(s.urgent_queue_position(&second.ref_code).unwrap(), Some(2));
+    assert_eq!(s.urgent_queue_position(&routine.ref_code).unwrap(), None);
+    assert_eq!(s.urgent_queue_position("R-9999").unwrap(), None);
+    assert!(s.mark_request_done(&first.ref_code, t0 + 3).unwrap());
+    assert_eq!(s.urgent_queue_position(&first.ref_code).unwrap(), None);
+    assert_eq!(s.urgent_queue_position(&second.ref_code).unwrap(), Some(1));
+}
+
 /// The staff login's account windows: counted per key, taken back, over after the window,
 /// and a new key past [`MAX_LOGIN_WINDOWS`] counts against the overflow key.
 fn login_windows_count_take_back_expire_and_are_bounded(db: &TestDb) {
@@ -1108,6 +1131,7 @@ fn trusted_login_addresses_are_kept_per_account(db: &TestDb) {
 }
 
 on_both_backends!(
+    urgent_queue_positions_are_counted_as_at_filing,
     login_windows_count_take_back_expire_and_are_bounded,
     trusted_login_addresses_are_kept_per_account,
     filed_requests_and_emergencies_are_found_by_fingerprint,

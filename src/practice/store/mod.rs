@@ -391,6 +391,9 @@ pub trait Store: Send {
         fingerprint: &str,
         since: i64,
     ) -> StoreResult<Option<String>>;
+    /// The position of the open urgent request `ref_code` in the urgent queue now (1: first),
+    /// as `create_request` counts it at filing; `None` when it is not an open urgent request.
+    fn urgent_queue_position(&mut self, ref_code: &str) -> StoreResult<Option<u32>>;
     /// The staff page's closures, not removed, that end on or after `from`, by first day (at
     /// most [`MAX_OPEN_CLOSURES`]).
     fn staff_closures(&mut self, from: Date) -> StoreResult<Vec<StaffClosure>>;

@@ -270,6 +270,12 @@ CREATE INDEX staff_login_trust_at ON staff_login_trust (at);
 "#,
 ];
 
+/// The urgent queue position of the open urgent request `?1` (0: it is none): the open urgent
+/// requests filed up to it, as `create_request` counts them.
+const URGENT_POSITION_SQL: &str = "SELECT COUNT(*) FROM request
+     WHERE status = 'open' AND urgency = 'urgent' AND id <= (SELECT id FROM request
+       WHERE ref_code = ?1 AND status = 'open' AND urgency = 'urgent')";
+
 /// Counts a login attempt (`?1` key, `?2` now, `?3` [`LOGIN_OVERFLOW_KEY`]): a key without a window starts one, inheriting
 /// the overflow window's start and count while that is open (expired windows are deleted
 /// first), so a name that leaves the shared window for its own does not start again from zero
@@ -1412,6 +1418,13 @@ impl Store for SqliteStore {
             attempts,
             reported,
         })
+    }
+
+    fn urgent_queue_position(&mut self, ref_code: &str) -> StoreResult<Option<u32>> {
+        let n: i64 = self
+            .conn
+            .query_row(URGENT_POSITION_SQL, [ref_code], |r| r.get(0))?;
+        Ok(u32::try_from(n).ok().filter(|n| *n > 0))
     }
 
     fn take_back_login_attempt(&mut self, window: &LoginWindow) -> StoreResult<()> {

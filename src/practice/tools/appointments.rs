@@ -229,8 +229,12 @@ impl Ctx<'_> {
             "duplicate_review|{family}|{given}|{}",
             np.birth_date
         ));
-        if let Some((request_ref, _)) = self.filed_earlier(&fingerprint)? {
-            return Err(ToolError::StaffReview { request_ref }.into());
+        if let Some(first) = self.filed_earlier(&fingerprint)? {
+            self.restore_filing(fingerprint, &first, true);
+            return Err(ToolError::StaffReview {
+                request_ref: first.reference,
+            }
+            .into());
         }
         // The review is a request: it counts against the caller's request caps, so reviews of
         // ever other names cannot flood the staff.

@@ -9,7 +9,7 @@ use super::outcome::{AppointmentView, SlotView};
 use crate::metrics::{Metrics, PRACTICE};
 use crate::practice::calendar;
 use crate::practice::calls::{
-    CALLER_DAY_SECS, CallState, FAILURE_BUDGET_WINDOW_SECS, IDENTIFICATION_WINDOW_SECS,
+    CALLER_DAY_SECS, CallState, FAILURE_BUDGET_WINDOW_SECS, Filed, IDENTIFICATION_WINDOW_SECS,
     MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_NUMBER,
     MAX_FAILED_IDENTIFICATIONS_WITHHELD, MAX_IDENTIFY_CALLS_PER_CALL, REFILE_WINDOW_SECS,
     normalize_number,
@@ -26,6 +26,17 @@ pub(super) const MIN_NUMBER_DIGITS: usize = 5;
 
 /// A tool's result: its outcome, or why it stopped.
 pub(super) type Out<T> = Result<T, Stop>;
+
+/// A request or emergency filed earlier in the call ([`Ctx::filed_earlier`]).
+#[derive(Debug, Clone)]
+pub(super) struct Earlier {
+    /// Its reference (`R-…` or `E-…`).
+    pub reference: String,
+    /// An urgent request's queue position, when known.
+    pub queue_position: Option<u32>,
+    /// Found in the stored rows only: the call state was not saved after it.
+    pub rows_only: bool,
+}
 
 /// One tool call's context on the store thread.
 pub(super) struct Ctx<'a> {
@@ -170,19 +181,49 @@ impl Ctx<'_> {
     /// emergency filed earlier in this call with `fingerprint`, within [`REFILE_WINDOW_SECS`]:
     /// from the call state, or from the stored row when the state was not saved after that
     /// filing (docs/practice-tools.md §3, retries).
-    pub(super) fn filed_earlier(
-        &mut self,
-        fingerprint: &str,
-    ) -> StoreResult<Option<(String, Option<u32>)>> {
+    pub(super) fn filed_earlier(&mut self, fingerprint: &str) -> StoreResult<Option<Earlier>> {
         let now = self.now.as_second();
         if let Some(first) = self.call.state.filed(fingerprint, now) {
-            return Ok(Some((first.reference.clone(), first.queue_position)));
+            return Ok(Some(Earlier {
+                reference: first.reference.clone(),
+                queue_position: first.queue_position,
+                rows_only: false,
+            }));
         }
         let since = now - REFILE_WINDOW_SECS;
         let stored = self
             .store
             .filed_in_call(&self.call.call_sid, fingerprint, since)?;
-        Ok(stored.map(|r| (r, None)))
+        Ok(stored.map(|reference| Earlier {
+            reference,
+            queue_position: None,
+            rows_only: true,
+        }))
+    }
+
+    /// A filing found only in the rows goes back into the call state, counted as one of the
+    /// call's requests if it is one (`is_request`): the save after it failed, so the per-call
+    /// cap would otherwise miss it, and the next retry is found in the state.
+    pub(super) fn restore_filing(
+        &mut self,
+        fingerprint: String,
+        earlier: &Earlier,
+        is_request: bool,
+    ) {
+        if !earlier.rows_only {
+            return;
+        }
+        let at = self.now.as_second();
+        let state = self.state();
+        if is_request {
+            state.requests += 1;
+        }
+        state.note_filed(Filed {
+            fingerprint,
+            reference: earlier.reference.clone(),
+            queue_position: earlier.queue_position,
+            at,
+        });
     }
 
     /// Bookings and requests from the caller's number over the last [`CALLER_DAY_SECS`]; zero

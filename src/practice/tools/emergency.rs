@@ -28,7 +28,11 @@ impl Ctx<'_> {
         let fingerprint = fingerprint(&format!("report_emergency|{i:?}"));
         // A store that cannot answer counts as none: the advice goes out whatever it does.
         let first = match self.filed_earlier(&fingerprint) {
-            Ok(found) => found.map(|(reference, _)| reference),
+            Ok(Some(first)) => {
+                self.restore_filing(fingerprint.clone(), &first, false);
+                Some(first.reference)
+            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "earlier emergency events not read");
                 None

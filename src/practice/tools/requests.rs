@@ -1,7 +1,7 @@
 //! `create_request`: what each category needs and what the caller can expect (docs/practice-tools.md §6.3 for
 //! results, which are only discussed on the number on file).
 
-use super::context::{Ctx, Out, phone_on_file};
+use super::context::{Ctx, Earlier, Out, phone_on_file};
 use super::error::ToolError;
 use super::input::{MAX_MEDICATIONS, RequestInput};
 use super::outcome::{ExpectKind, Expectation, Need, RequestCreated};
@@ -100,7 +100,17 @@ impl Ctx<'_> {
         // request's reference: a second one would be work twice for the staff.
         let fingerprint = fingerprint(&format!("create_request|{i:?}"));
         let now = self.now.as_second();
-        if let Some((request_ref, queue_position)) = self.filed_earlier(&fingerprint)? {
+        if let Some(mut first) = self.filed_earlier(&fingerprint)? {
+            let urgency = decision.urgency.unwrap_or(i.urgency);
+            if first.rows_only && urgency == Urgency::Urgent {
+                first.queue_position = self.store.urgent_queue_position(&first.reference)?;
+            }
+            self.restore_filing(fingerprint, &first, true);
+            let Earlier {
+                reference: request_ref,
+                queue_position,
+                ..
+            } = first;
             return Ok(RequestCreated {
                 request_ref,
                 category: i.category,

@@ -864,6 +864,21 @@ impl Store for PgStore {
         })
     }
 
+    fn urgent_queue_position(&mut self, ref_code: &str) -> StoreResult<Option<u32>> {
+        // SQLite's URGENT_POSITION_SQL says how it counts.
+        let n = self.run(async |c| {
+            scalar(
+                c,
+                "SELECT COUNT(*) FROM request
+                 WHERE status = 'open' AND urgency = 'urgent' AND id <= (SELECT id FROM request
+                   WHERE ref_code = $1 AND status = 'open' AND urgency = 'urgent')",
+                &[&ref_code],
+            )
+            .await
+        })?;
+        Ok(u32::try_from(n).ok().filter(|n| *n > 0))
+    }
+
     fn take_back_login_attempt(&mut self, window: &LoginWindow) -> StoreResult<()> {
         self.exec(
             "UPDATE staff_login_window SET attempts = attempts - 1
