@@ -14,6 +14,7 @@ use ignis::metrics::{Metrics, PRACTICE};
 use ignis::practice::calls::{
     MAX_BOOKINGS_PER_CALL, MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_HOUR,
     MAX_IDENTIFY_CALLS_PER_CALL, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY,
+    REFILE_WINDOW_SECS,
 };
 use ignis::practice::premium::parse_prefixes;
 use ignis::practice::store::Store;
@@ -109,7 +110,10 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
         "the state kept no filing: {state}"
     );
     db.execute_batch("DROP TRIGGER refuse_state;").unwrap();
-    let again = request(&mut e, &t, body);
+    // A minute later, so that the restored entry's time can be told from the first filing's.
+    let retry_at = now() + SignedDuration::from_secs(60);
+    let (s, again) = e.post(&t, REQUESTS, body, retry_at);
+    assert_eq!(s, 200, "{again}");
     assert_eq!(
         (&again["request_ref"], &again["repeated"]),
         (&first["request_ref"], &true.into()),
@@ -142,6 +146,11 @@ fn a_retry_finds_its_first_filing_when_the_call_state_was_not_saved() {
         .unwrap()
     };
     assert_eq!((count("request"), count("emergency_event")), (2, 1));
+    // The restored entry keeps the first filing's time: past the window from it (though not
+    // from the retry), the same input is a new request.
+    let past = now() + SignedDuration::from_secs(REFILE_WINDOW_SECS + 1);
+    let (_, third) = e.post(&t, REQUESTS, body, past);
+    assert_ne!(third["request_ref"], first["request_ref"], "{third}");
 }
 
 // --- identification ------------------------------------------------------------------------------
@@ -488,6 +497,31 @@ fn a_new_patient_who_already_exists_goes_to_staff_review() {
         now(),
     );
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A duplicate-patient review filed while the call state cannot be saved: the first answer is
+/// an error (the state's change is lost), and the agent's retry, found in the rows, gets the
+/// review's reference even while saves still fail (restoring it into the state is best effort).
+#[test]
+fn a_duplicate_review_retry_is_answered_while_the_call_state_cannot_be_saved() {
+    let mut e = Env::new("lim-duplicate-unsaved", now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    let _db = refuse_state_saves(&e, "1");
+    let np = r#"{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}"#;
+    let body = format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#);
+    let (status, first) = e.post(&t, "/api/appointments", &body, now());
+    assert_eq!(
+        (status, &first["error"]),
+        (500, &"internal".into()),
+        "{first}"
+    );
+    for _ in 0..2 {
+        let again = e.book(&t, &body, now());
+        assert_eq!(again["error"], "staff_review", "{again}");
+        assert_eq!(again["request_ref"], "R-1001", "{again}");
+    }
+    assert_eq!(e.store.open_requests().unwrap().len(), 1);
 }
 
 #[test]

@@ -594,7 +594,7 @@ fn filed_requests_and_emergencies_are_found_by_fingerprint(db: &TestDb) {
         })
         .unwrap();
     let found = |s: &mut Box<dyn Store>, sid: &str, fp: &str, since: i64| {
-        s.filed_in_call(sid, fp, since).unwrap()
+        s.filed_in_call(sid, fp, since).unwrap().map(|(r, _)| r)
     };
     assert_eq!(
         found(&mut s, "CA1", "fp-request", t0),

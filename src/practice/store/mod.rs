@@ -382,15 +382,15 @@ pub trait Store: Send {
     /// Appends a staff audit row: the account, what was viewed or done (refs and dates, no
     /// personal data), the outcome.
     fn staff_audit(&mut self, at: i64, who: &str, what: &str, outcome: &str) -> StoreResult<()>;
-    /// The reference (`R-…` or `E-…`) of a request or emergency filed in `call_sid` since
-    /// `since` with this fingerprint, if any: a retry whose first filing the call state missed
-    /// (the state was not saved after it).
+    /// The reference (`R-…` or `E-…`) and filing time of a request or emergency filed in
+    /// `call_sid` since `since` with this fingerprint, if any: a retry whose first filing the
+    /// call state missed (the state was not saved after it).
     fn filed_in_call(
         &mut self,
         call_sid: &str,
         fingerprint: &str,
         since: i64,
-    ) -> StoreResult<Option<String>>;
+    ) -> StoreResult<Option<(String, i64)>>;
     /// The position of the open urgent request `ref_code` in the urgent queue now (1: first),
     /// as `create_request` counts it at filing; `None` when it is not an open urgent request.
     fn urgent_queue_position(&mut self, ref_code: &str) -> StoreResult<Option<u32>>;

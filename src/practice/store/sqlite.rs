@@ -630,7 +630,7 @@ fn staff_emergency_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StaffEmergency
 }
 
 /// [`Store::filed_in_call`]: the newest request or emergency of the call with the fingerprint.
-const FILED_IN_CALL: &str = "SELECT ref FROM (
+const FILED_IN_CALL: &str = "SELECT ref, at FROM (
         SELECT ref_code AS ref, created_at AS at FROM request
          WHERE call_sid = ?1 AND fingerprint = ?2 AND created_at >= ?3
         UNION ALL
@@ -1067,10 +1067,12 @@ impl Store for SqliteStore {
         call_sid: &str,
         fingerprint: &str,
         since: i64,
-    ) -> StoreResult<Option<String>> {
+    ) -> StoreResult<Option<(String, i64)>> {
         let mut st = self.conn.prepare_cached(FILED_IN_CALL)?;
         Ok(st
-            .query_row(params![call_sid, fingerprint, since], |r| r.get(0))
+            .query_row(params![call_sid, fingerprint, since], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 

@@ -34,8 +34,9 @@ pub(super) struct Earlier {
     pub reference: String,
     /// An urgent request's queue position, when known.
     pub queue_position: Option<u32>,
-    /// Found in the stored rows only: the call state was not saved after it.
-    pub rows_only: bool,
+    /// Found in the stored rows only (the call state was not saved after it): when it was
+    /// filed.
+    pub rows_only: Option<i64>,
 }
 
 /// One tool call's context on the store thread.
@@ -46,6 +47,9 @@ pub(super) struct Ctx<'a> {
     pub(super) now: Timestamp,
     /// Whether the call state changed and must be saved.
     pub(super) dirty: bool,
+    /// Whether the call state took back a filing found only in the rows
+    /// ([`Ctx::restore_filing`]): saved, but its failure alone fails no answer.
+    pub(super) restored: bool,
     /// Whether the answer may only go out once the state is saved: an identification, which
     /// the limits count (an answer whose failure was not stored would be a free guess) and
     /// whose refs must resolve later in the call.
@@ -187,34 +191,37 @@ impl Ctx<'_> {
             return Ok(Some(Earlier {
                 reference: first.reference.clone(),
                 queue_position: first.queue_position,
-                rows_only: false,
+                rows_only: None,
             }));
         }
         let since = now - REFILE_WINDOW_SECS;
         let stored = self
             .store
             .filed_in_call(&self.call.call_sid, fingerprint, since)?;
-        Ok(stored.map(|reference| Earlier {
+        Ok(stored.map(|(reference, filed_at)| Earlier {
             reference,
             queue_position: None,
-            rows_only: true,
+            rows_only: Some(filed_at),
         }))
     }
 
-    /// A filing found only in the rows goes back into the call state, counted as one of the
-    /// call's requests if it is one (`is_request`): the save after it failed, so the per-call
-    /// cap would otherwise miss it, and the next retry is found in the state.
+    /// A filing found only in the rows goes back into the call state, with its filing time,
+    /// counted as one of the call's requests if it is one (`is_request`): the save after it
+    /// failed, so the per-call cap would otherwise miss it, and the next retry is found in the
+    /// state. Best effort: saved with the call state, but a failed save does not fail the
+    /// answer ([`Ctx::restored`]). An entry the state dropped (more than `MAX_FILED_PER_CALL`
+    /// filings within the window) is counted again: the cap errs on the strict side.
     pub(super) fn restore_filing(
         &mut self,
         fingerprint: String,
         earlier: &Earlier,
         is_request: bool,
     ) {
-        if !earlier.rows_only {
+        let Some(at) = earlier.rows_only else {
             return;
-        }
-        let at = self.now.as_second();
-        let state = self.state();
+        };
+        self.restored = true;
+        let state = &mut self.call.state;
         if is_request {
             state.requests += 1;
         }

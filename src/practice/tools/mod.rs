@@ -279,6 +279,7 @@ pub fn execute(
         call: live,
         now,
         dirty: false,
+        restored: false,
         answer_needs_save: false,
     };
     let result = match ctx.run(input) {
@@ -287,14 +288,15 @@ pub fn execute(
         Err(Stop::Store(e)) => return internal(tool, &e),
     };
     // Refs minted on the way (alternatives of a taken slot) are kept even when the tool refused.
-    if ctx.dirty
+    if (ctx.dirty || ctx.restored)
         && let Err(e) = ctx.store.save_call_state(call_id, &ctx.call.state)
     {
         // The tool's change is committed: answering "unavailable" would have the agent try
         // again and create a second request or emergency. Its answer goes out and is audited;
         // only the refs it minted may not resolve later in the call. An identification changed
-        // nothing but the call state: it is answered only once that is saved.
-        if result.is_err() || ctx.answer_needs_save {
+        // nothing but the call state: it is answered only once that is saved. A filing only
+        // restored from the rows is found there again by the next retry.
+        if (ctx.dirty && result.is_err()) || ctx.answer_needs_save {
             return internal(tool, &e);
         }
         tracing::error!(tool, error = %e, "call state not saved after the tool's change");

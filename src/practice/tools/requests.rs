@@ -102,8 +102,16 @@ impl Ctx<'_> {
         let now = self.now.as_second();
         if let Some(mut first) = self.filed_earlier(&fingerprint)? {
             let urgency = decision.urgency.unwrap_or(i.urgency);
-            if first.rows_only && urgency == Urgency::Urgent {
-                first.queue_position = self.store.urgent_queue_position(&first.reference)?;
+            if first.rows_only.is_some() && urgency == Urgency::Urgent {
+                // The request is filed and found: a position that cannot be read is left out,
+                // not a reason to fail the answer.
+                first.queue_position = self
+                    .store
+                    .urgent_queue_position(&first.reference)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "urgent queue position not read");
+                        None
+                    });
             }
             self.restore_filing(fingerprint, &first, true);
             let Earlier {

@@ -620,11 +620,11 @@ impl Store for PgStore {
         call_sid: &str,
         fingerprint: &str,
         since: i64,
-    ) -> StoreResult<Option<String>> {
+    ) -> StoreResult<Option<(String, i64)>> {
         self.run(async |c| {
             let row = query_opt(
                 c,
-                "SELECT ref FROM (
+                "SELECT ref, at FROM (
                     SELECT ref_code AS ref, created_at AS at FROM request
                      WHERE call_sid = $1 AND fingerprint = $2 AND created_at >= $3
                     UNION ALL
@@ -634,7 +634,9 @@ impl Store for PgStore {
                 &[&call_sid, &fingerprint, &since],
             )
             .await?;
-            Ok(row.map(|r| r.try_get::<_, String>(0)).transpose()?)
+            Ok(row
+                .map(|r| Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
+                .transpose()?)
         })
     }
 
