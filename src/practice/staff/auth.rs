@@ -55,8 +55,10 @@ pub const LOGIN_MAX_FAILURES: u32 = 5;
 /// Failed logins per account name, from all addresses together, within [`LOGIN_WINDOW_SECS`]
 /// before the account is refused from addresses it has not logged in from. Above the
 /// per-address limit, so one address alone cannot lock anyone out (each of its guesses counts
-/// there first); it takes [`ACCOUNT_MAX_FAILURES`] / [`LOGIN_MAX_FAILURES`] addresses, and even
-/// then the staff at their usual desk keep logging in (staff review, point 2).
+/// there first); it takes at least two addresses (an address's windows need not line up with
+/// the account's: two of them can fall into one account window), usually
+/// [`ACCOUNT_MAX_FAILURES`] / [`LOGIN_MAX_FAILURES`], and even then the staff at their usual
+/// desk keep logging in (staff review, point 2).
 pub const ACCOUNT_MAX_FAILURES: u32 = 20;
 /// How long a successful login makes its address trusted for its account (exempt from the
 /// account's lock-out, never from the address's own limit). Kept in the store, so every
@@ -443,7 +445,8 @@ impl LoginLimiter {
     /// Takes back the one failure an attempt counted in the window that started at `started`
     /// when its check started: it succeeded, or it never reached the password check (refused
     /// by the account's window, or the store failed). Nothing once that window is over (the
-    /// next one's count is not the attempt's). A lock-out under way stays.
+    /// next one's count is not the attempt's). At the limit this lifts the address's lock-out
+    /// (the attempt did not fail after all); the window's reported flag stays.
     pub fn take_back(&mut self, client: IpAddr, started: i64) {
         if let Some(w) = self
             .windows
