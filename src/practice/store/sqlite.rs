@@ -251,7 +251,7 @@ CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
 "#,
     // 7: the staff login's account windows and trusted addresses (docs/staff.md "Login rate
     // limit"), in the store so that every replica counts one account's failures together and
-    // knows the desks its staff log in from.
+    // knows the desks its staff log in from; withheld-caller placeholders cleared from phones.
     r#"
 CREATE TABLE staff_login_window (
     key TEXT PRIMARY KEY,
@@ -267,6 +267,11 @@ CREATE TABLE staff_login_trust (
     PRIMARY KEY (user_id, address)
 );
 CREATE INDEX staff_login_trust_at ON staff_login_trust (at);
+-- Phones on file that are Twilio's withheld-caller placeholders (twilio::webhook::
+-- WITHHELD_NUMBERS, stored before calls from them were taken as withheld): nobody's number, and
+-- every withheld caller would match them (docs/twilio.md §3.1).
+UPDATE patient SET phone_e164 = NULL
+ WHERE phone_e164 IN ('+266696687', '+7378742833', '+2562533', '+8656696', '+86282452253');
 "#,
 ];
 
@@ -1724,5 +1729,57 @@ mod tests {
     fn migrations_apply_once() {
         let s = SqliteStore::open_in_memory().unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    /// A database from before migration 7 with a withheld-caller placeholder as a patient's
+    /// phone: the upgrade clears it and keeps real numbers; both backends list every
+    /// placeholder.
+    #[test]
+    fn migration_7_clears_withheld_placeholder_phones() {
+        let dir = std::env::temp_dir().join(format!("ignis-migr7-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ignis.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                .unwrap();
+            for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [i as i64 + 1],
+                )
+                .unwrap();
+            }
+            for (family, phone) in [("Anonym", "+266696687"), ("Echt", "+4915112345678")] {
+                conn.execute(
+                    "INSERT INTO patient (family, given, family_norm, given_norm, birth_date,
+                       phone_e164, created_via, created_at)
+                     VALUES (?1, 'X', ?1, 'x', '1970-01-01', ?2, 'phone', 0)",
+                    [family, phone],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let phone = |family: &str| -> Option<String> {
+            s.conn
+                .query_row(
+                    "SELECT phone_e164 FROM patient WHERE family = ?1",
+                    [family],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(phone("Anonym"), None);
+        assert_eq!(phone("Echt").as_deref(), Some("+4915112345678"));
+        for n in crate::twilio::webhook::WITHHELD_NUMBERS {
+            assert!(MIGRATIONS[6].contains(&format!("'{n}'")), "{n}");
+            let pg = crate::practice::store::postgres::schema::PG_MIGRATIONS[2];
+            assert!(pg.contains(&format!("'{n}'")), "{n}");
+        }
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

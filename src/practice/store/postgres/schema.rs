@@ -175,7 +175,7 @@ CREATE INDEX emergency_filed ON emergency_event (call_sid, fingerprint)
     WHERE fingerprint IS NOT NULL;
 "#,
     // 3: SQLite's 7, the staff login's account windows and trusted addresses, shared by every
-    // replica.
+    // replica, and withheld-caller placeholders cleared from phones.
     r#"
 CREATE TABLE staff_login_window (
     key TEXT PRIMARY KEY,
@@ -191,5 +191,10 @@ CREATE TABLE staff_login_trust (
     PRIMARY KEY (user_id, address)
 );
 CREATE INDEX staff_login_trust_at ON staff_login_trust (at);
+-- Phones on file that are Twilio's withheld-caller placeholders (twilio::webhook::
+-- WITHHELD_NUMBERS, stored before calls from them were taken as withheld): nobody's number, and
+-- every withheld caller would match them (docs/twilio.md §3.1).
+UPDATE patient SET phone_e164 = NULL
+ WHERE phone_e164 IN ('+266696687', '+7378742833', '+2562533', '+8656696', '+86282452253');
 "#,
 ];
