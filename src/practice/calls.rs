@@ -238,8 +238,12 @@ impl CallState {
             .find(|f| f.fingerprint == fingerprint && now - f.at <= REFILE_WINDOW_SECS)
     }
 
-    /// Remembers an entry filed in this call.
-    pub fn note_filed(&mut self, filed: Filed) {
+    /// Remembers an entry filed in this call; a request (`is_request`) also counts against the
+    /// per-call request cap.
+    pub fn note_filed(&mut self, filed: Filed, is_request: bool) {
+        if is_request {
+            self.requests += 1;
+        }
         if self.filed.len() >= MAX_FILED_PER_CALL {
             self.filed.remove(0);
         }

@@ -258,14 +258,16 @@ impl Ctx<'_> {
             fingerprint: Some(fingerprint.clone()),
             now: self.now.as_second(),
         })?;
-        self.state().requests += 1;
         let at = self.now.as_second();
-        self.state().note_filed(Filed {
-            fingerprint,
-            reference: created.ref_code.clone(),
-            queue_position: None,
-            at,
-        });
+        self.state().note_filed(
+            Filed {
+                fingerprint,
+                reference: created.ref_code.clone(),
+                queue_position: None,
+                at,
+            },
+            true,
+        );
         Err(ToolError::StaffReview {
             request_ref: created.ref_code,
         }

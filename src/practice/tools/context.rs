@@ -221,16 +221,15 @@ impl Ctx<'_> {
             return;
         };
         self.restored = true;
-        let state = &mut self.call.state;
-        if is_request {
-            state.requests += 1;
-        }
-        state.note_filed(Filed {
-            fingerprint,
-            reference: earlier.reference.clone(),
-            queue_position: earlier.queue_position,
-            at,
-        });
+        self.call.state.note_filed(
+            Filed {
+                fingerprint,
+                reference: earlier.reference.clone(),
+                queue_position: earlier.queue_position,
+                at,
+            },
+            is_request,
+        );
     }
 
     /// Bookings and requests from the caller's number over the last [`CALLER_DAY_SECS`]; zero

@@ -76,12 +76,15 @@ impl Ctx<'_> {
         });
         match recorded {
             Ok(r) => {
-                self.state().note_filed(Filed {
-                    fingerprint,
-                    reference: r.clone(),
-                    queue_position: None,
-                    at: now,
-                });
+                self.state().note_filed(
+                    Filed {
+                        fingerprint,
+                        reference: r.clone(),
+                        queue_position: None,
+                        at: now,
+                    },
+                    false,
+                );
                 Some(r)
             }
             Err(e) => {

@@ -146,13 +146,15 @@ impl Ctx<'_> {
             fingerprint: Some(fingerprint.clone()),
             now,
         })?;
-        self.state().requests += 1;
-        self.state().note_filed(Filed {
-            fingerprint,
-            reference: created.ref_code.clone(),
-            queue_position: created.queue_position,
-            at: now,
-        });
+        self.state().note_filed(
+            Filed {
+                fingerprint,
+                reference: created.ref_code.clone(),
+                queue_position: created.queue_position,
+                at: now,
+            },
+            true,
+        );
         Ok(RequestCreated {
             request_ref: created.ref_code,
             category: i.category,
