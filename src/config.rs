@@ -231,7 +231,8 @@ pub const VARIABLES: &[Variable] = &[
         "ELEVENLABS_CONVERSATION_OVERRIDE",
         Unset::Off,
         "JSON object sent as conversation_config_override. Enable each overridden field in the \
-         agent's security settings first.",
+         agent's security settings first. An `agent.first_message` must say the caller speaks \
+         with an AI (\"KI\").",
     ),
     var(
         "PRECONNECT_TIMEOUT_MS",
@@ -836,6 +837,20 @@ impl<'a> Vars<'a> {
         let k = "ELEVENLABS_CONVERSATION_OVERRIDE";
         match self.get(k).map(serde_json::from_str::<serde_json::Value>) {
             None => Ok(None),
+            // The override replaces the agent's greeting for every call; one that does not say
+            // the caller speaks with an AI breaks the rule `agent sync` and `doctor` keep
+            // (docs/elevenlabs.md §12, EU AI Act Art. 50).
+            Some(Ok(o))
+                if o["agent"].get("first_message").is_some_and(|g| {
+                    !g.as_str().is_some_and(crate::setup::agent::discloses_ai)
+                }) =>
+            {
+                Err(err(
+                    k,
+                    "agent.first_message must tell callers they speak with an AI (\"KI\" or \
+                     \"künstliche Intelligenz\"; EU AI Act Art. 50)",
+                ))
+            }
             Some(Ok(o @ serde_json::Value::Object(_))) => Ok(Some(o)),
             Some(_) => Err(err(k, "must be a JSON object")),
         }
@@ -1006,6 +1021,28 @@ mod tests {
         // Signed URLs keep what the operator configured (Twilio signs that).
         let u = PublicUrl::parse("https://x.example:443").unwrap();
         assert_eq!(u.http_url("/a"), "https://x.example:443/a");
+    }
+
+    #[test]
+    fn an_override_greeting_must_disclose_the_ai() {
+        let with = |o: &str| {
+            let mut v = vars(MIN);
+            v.insert("ELEVENLABS_CONVERSATION_OVERRIDE".into(), o.into());
+            Config::from_vars(&v, false)
+        };
+        for bad in [
+            r#"{"agent":{"first_message":"Praxis Dr. Kim, guten Tag"}}"#,
+            r#"{"agent":{"first_message":""}}"#,
+            r#"{"agent":{"first_message":null}}"#,
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.variable, "ELEVENLABS_CONVERSATION_OVERRIDE");
+            assert!(e.reason.contains("AI"), "{}", e.reason);
+        }
+        let ok = r#"{"agent":{"first_message":"Praxis Dr. Kim, hier spricht die KI-Assistenz."}}"#;
+        assert!(with(ok).unwrap().elevenlabs_override.is_some());
+        assert!(with(r#"{"agent":{"language":"de"}}"#).is_ok());
+        assert!(with("[1]").is_err());
     }
 
     #[test]

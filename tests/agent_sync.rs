@@ -163,6 +163,74 @@ async fn first_run_sets_everything_and_a_second_run_writes_nothing() {
     assert_eq!(writes(&svc).len(), 9, "the second run wrote");
 }
 
+/// The shipped `practice.toml` with another doctor and another visit-type code.
+fn other_practice(dir: &TempDir) -> String {
+    let shipped = include_str!("../practice.toml");
+    let text = shipped
+        .replace("\"Dr. Schmidt\"", "\"Dr. Weber\"")
+        .replace("\"kontrolle\"", "\"sprechstunde\"");
+    assert_ne!(text, shipped);
+    let path = dir.path().join("practice.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn slots_params(svc: &AgentService) -> Value {
+    let id = tool_id(svc, "find_slots");
+    svc.workspace().tool(&id).unwrap()["tool_config"]["api_schema"]["query_params_schema"]
+        ["properties"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tools_offer_the_practices_own_visit_types_and_doctors() {
+    let svc = service().await;
+    ok(&sync(&svc.base(), &[], &[]).await);
+    let demo = slots_params(&svc);
+    assert_eq!(
+        demo["practitioner"]["enum"],
+        json!(["Dr. Schmidt", "Dr. Yılmaz"])
+    );
+
+    let dir = TempDir::new("agent-sync-practice");
+    let practice = other_practice(&dir);
+    let out = ok(&sync(&svc.base(), &[("PRACTICE_CONFIG", &practice)], &[]).await);
+    assert!(out.contains("~ tool find_slots"), "{out}");
+    assert!(out.contains("~ tool book_appointment"), "{out}");
+    let own = slots_params(&svc);
+    assert_eq!(
+        own["practitioner"]["enum"],
+        json!(["Dr. Weber", "Dr. Yılmaz"])
+    );
+    let codes = own["visit_type"]["enum"].as_array().unwrap();
+    assert!(codes.contains(&json!("sprechstunde")) && !codes.contains(&json!("kontrolle")));
+    let book = tool_id(&svc, "book_appointment");
+    assert_eq!(
+        svc.workspace().tool(&book).unwrap()["tool_config"]["api_schema"]["request_body_schema"]["properties"]
+            ["visit_type"]["enum"],
+        own["visit_type"]["enum"]
+    );
+    assert!(
+        ok(&sync(&svc.base(), &[("PRACTICE_CONFIG", &practice)], &[]).await)
+            .contains("in sync: nothing to change")
+    );
+
+    // A practice.toml that does not parse stops the sync before any request (exit 2).
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[practice\n").unwrap();
+    let before = writes(&svc).len();
+    let o = sync(
+        &svc.base(),
+        &[("PRACTICE_CONFIG", bad.to_str().unwrap())],
+        &[],
+    )
+    .await;
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+    assert_eq!(writes(&svc).len(), before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_description_is_patched_with_the_whole_tool_config() {
     let svc = service().await;

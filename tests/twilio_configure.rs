@@ -111,7 +111,9 @@ fn dry_run_shows_the_plan_and_writes_nothing() {
     let t = Twilio::start(vec![number()]);
     let (code, out, err) = configure(&t, &[], &["--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(NUMBER) && out.contains(PN), "{out}");
+    // The number masked like everywhere (its last three digits), the SID in full.
+    assert!(out.contains("+…678") && out.contains(PN), "{out}");
+    assert!(!out.contains(NUMBER), "{out}");
     assert!(out.contains("field") && out.contains("now") && out.contains("wanted"));
     assert!(out.contains("* VoiceUrl") && out.contains("https://demo.twilio.com/welcome/voice/"));
     assert!(

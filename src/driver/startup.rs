@@ -128,6 +128,18 @@ pub fn database(
         .map_err(|e| StartError::Failed(e.to_string()))
 }
 
+/// The practice read from `path` (`PRACTICE_CONFIG`), or the built-in Demo Praxis without one.
+pub fn practice_config(path: Option<&std::path::Path>) -> Result<PracticeConfig, StartError> {
+    let Some(path) = path else {
+        return Ok(PracticeConfig::demo());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StartError::PracticeConfigUnreadable(PracticeConfigError::unreadable(path, &e))
+    })?;
+    PracticeConfig::from_toml_str(&text)
+        .map_err(|e| StartError::PracticeConfig(path.to_path_buf(), e))
+}
+
 /// Opens the practice store and tools: on PostgreSQL when `db` is given (`DATABASE_URL`, see
 /// [`database`]), else the SQLite file. Without `TOOLS_TOKEN` a random secret is used, so the
 /// tool endpoints refuse every request (fail closed) until the operator sets one. Call it from
@@ -153,16 +165,7 @@ pub fn open_practice(
              practice.toml, describe your practice in it and set PRACTICE_CONFIG (README, step 2)"
         );
     }
-    let practice_config = match &settings.config_path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                StartError::PracticeConfigUnreadable(PracticeConfigError::unreadable(path, &e))
-            })?;
-            PracticeConfig::from_toml_str(&text)
-                .map_err(|e| StartError::PracticeConfig(path.clone(), e))?
-        }
-        None => PracticeConfig::demo(),
-    };
+    let practice_config = practice_config(settings.config_path.as_deref())?;
     let now = super::practice_now();
     let today = crate::practice::calendar::local(&practice_config, now).date;
     if practice_config.holidays_run_out(today) {

@@ -126,9 +126,133 @@ pub fn secret_value(tools_token: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadToolFile(pub &'static str);
 
-/// The seven `tool_config`s as ignis wants them: the public origin (`https://host`) and the
-/// secret's id filled in.
-pub fn desired_tools(origin: &str, secret_id: &str) -> Result<Vec<Value>, BadToolFile> {
+/// What the tools' parameters may name, from `practice.toml` (docs/elevenlabs.md §10.5): the
+/// tool files list the Demo Praxis's visit types and doctors, and the endpoints accept only the
+/// practice's own (`practice/tools/input.rs`), so the sync puts this practice's lists in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolVocabulary {
+    /// The visit types, in `practice.toml`'s order.
+    pub visit_types: Vec<VisitTypeWord>,
+    /// The practitioners' names as said to callers ("Dr. Schmidt").
+    pub practitioners: Vec<String>,
+}
+
+/// One visit type as the model sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitTypeWord {
+    /// The code the tools take (`kontrolle`).
+    pub code: String,
+    /// The German label (`Kontrolltermin`).
+    pub label: String,
+    /// Bookable by phone (else staff book it: `not_phone_bookable`).
+    pub phone_bookable: bool,
+    /// Open to new patients (else `visit_type_not_for_new_patients`).
+    pub new_patients_ok: bool,
+}
+
+impl ToolVocabulary {
+    /// The lists of `config`.
+    pub fn of(config: &crate::practice::config::PracticeConfig) -> ToolVocabulary {
+        ToolVocabulary {
+            visit_types: config
+                .visit_types
+                .iter()
+                .map(|v| VisitTypeWord {
+                    code: v.code.clone(),
+                    label: v.label.clone(),
+                    phone_bookable: v.phone_bookable,
+                    new_patients_ok: v.new_patients_ok,
+                })
+                .collect(),
+            practitioners: config
+                .practitioners
+                .iter()
+                .map(|p| p.display.clone())
+                .collect(),
+        }
+    }
+
+    /// `visit_type`'s description: each code with its label, and who may book it, so the
+    /// model picks the right code and knows which types to offer a new patient (prompt §4).
+    fn visit_type_description(&self) -> String {
+        let types: Vec<String> = self
+            .visit_types
+            .iter()
+            .map(|v| {
+                let mut notes = vec![v.label.as_str()];
+                if !v.phone_bookable {
+                    notes.push("nur über das Praxisteam");
+                } else if v.new_patients_ok {
+                    notes.push("auch für neue Patienten");
+                }
+                format!("{} ({})", v.code, notes.join(", "))
+            })
+            .collect();
+        format!("Art des Termins: {}.", types.join("; "))
+    }
+
+    /// Puts the lists into every `visit_type` and `practitioner` parameter of `tool`.
+    fn apply(&self, tool: &mut Value) {
+        let codes: Vec<&str> = self.visit_types.iter().map(|v| v.code.as_str()).collect();
+        let names: Vec<&str> = self.practitioners.iter().map(String::as_str).collect();
+        let described = self.visit_type_description();
+        for_each_property(tool, &mut |name, schema| match name {
+            "visit_type" => {
+                set_enum(schema, &codes);
+                // book_appointment's says "wie bei find_slots": one place for the list.
+                if schema["description"] != VISIT_TYPE_AS_IN_FIND_SLOTS {
+                    schema["description"] = json!(described);
+                }
+            }
+            "practitioner" => set_enum(schema, &names),
+            _ => {}
+        });
+    }
+}
+
+/// `book_appointment`'s `visit_type` description, which refers to `find_slots`'s.
+const VISIT_TYPE_AS_IN_FIND_SLOTS: &str = "Art des Termins, wie bei find_slots.";
+
+/// Calls `f` with each parameter's name and schema (every `properties` member, at any depth).
+fn for_each_property(v: &mut Value, f: &mut impl FnMut(&str, &mut Value)) {
+    match v {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if key == "properties"
+                    && let Value::Object(params) = child
+                {
+                    for (name, schema) in params.iter_mut() {
+                        f(name, schema);
+                    }
+                }
+                for_each_property(child, f);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| for_each_property(i, f)),
+        _ => {}
+    }
+}
+
+/// `schema`'s `enum` set to `values`; none when `values` is empty (an empty `enum` admits
+/// nothing, and the endpoint's own check refuses unknown values anyway).
+fn set_enum(schema: &mut Value, values: &[&str]) {
+    let Value::Object(map) = schema else {
+        return;
+    };
+    if values.is_empty() {
+        map.remove("enum");
+    } else {
+        map.insert("enum".into(), json!(values));
+    }
+}
+
+/// The seven `tool_config`s as ignis wants them: the public origin (`https://host`), the
+/// secret's id and the practice's visit types and practitioners filled in.
+pub fn desired_tools(
+    origin: &str,
+    secret_id: &str,
+    vocabulary: &ToolVocabulary,
+) -> Result<Vec<Value>, BadToolFile> {
     TOOL_FILES
         .iter()
         .map(|(name, text)| {
@@ -137,7 +261,11 @@ pub fn desired_tools(origin: &str, secret_id: &str) -> Result<Vec<Value>, BadToo
                 .replace(SECRET_PLACEHOLDER, secret_id);
             let file: Value = serde_json::from_str(&text).map_err(|_| BadToolFile(name))?;
             match file.get("tool_config") {
-                Some(c) if c["name"] == *name => Ok(c.clone()),
+                Some(c) if c["name"] == *name => {
+                    let mut c = c.clone();
+                    vocabulary.apply(&mut c);
+                    Ok(c)
+                }
                 _ => Err(BadToolFile(name)),
             }
         })
@@ -157,6 +285,8 @@ pub struct SyncSettings {
     pub record_voice: bool,
     /// `ELEVENLABS_RETENTION_DAYS`.
     pub retention_days: u32,
+    /// `practice.toml`'s visit types and practitioners.
+    pub vocabulary: ToolVocabulary,
 }
 
 /// Why the configuration cannot sync the agent (exit code 2).
@@ -183,8 +313,11 @@ error_text!(SettingsError {
     BadApiKey => "ELEVENLABS_API_KEY holds a control character",
 });
 
-/// The sync's settings from the configuration, or why it cannot run.
-pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, SettingsError> {
+/// The sync's settings from the configuration and the practice, or why it cannot run.
+pub fn sync_settings(
+    config: &crate::config::Config,
+    practice: &crate::practice::config::PracticeConfig,
+) -> Result<SyncSettings, SettingsError> {
     let Some(key) = &config.elevenlabs_api_key else {
         return Err(SettingsError::NoApiKey);
     };
@@ -210,6 +343,7 @@ pub fn sync_settings(config: &crate::config::Config) -> Result<SyncSettings, Set
         tools_token,
         record_voice: config.elevenlabs_record_voice,
         retention_days: config.elevenlabs_retention_days,
+        vocabulary: ToolVocabulary::of(practice),
     })
 }
 
@@ -647,7 +781,7 @@ impl AgentSync {
     /// Decides each tool: keep, replace or create.
     fn plan_tools(&mut self) -> Result<(), SyncError> {
         let secret_id = self.secret_id.clone().unwrap_or_default();
-        let desired = desired_tools(&self.settings.origin, &secret_id)
+        let desired = desired_tools(&self.settings.origin, &secret_id, &self.settings.vocabulary)
             .map_err(|BadToolFile(n)| SyncError::BadToolFile(n))?;
         let attached = attached_ids(&self.agent);
         let mut unchanged = 0;
@@ -1078,6 +1212,19 @@ fn plan_agent(
     for (path, new) in edits {
         set(&mut conv, "conversation_config", path, new, &mut diff);
     }
+    if let Some(model) = conv["tts"]["model_id"]
+        .as_str()
+        .and_then(multilingual_model)
+    {
+        let path: &[&str] = &["tts", "model_id"];
+        set(
+            &mut conv,
+            "conversation_config",
+            path,
+            json!(model),
+            &mut diff,
+        );
+    }
     // The deprecated inline `agent.prompt.tools` comes back with the GET; sent beside
     // `tool_ids` it could be refused or win (docs/elevenlabs.md §11). Tools attach by id only.
     if let Some(prompt) = conv
@@ -1269,10 +1416,17 @@ pub fn check_signed_url(result: Result<(), String>) -> Check {
     }
 }
 
-/// `agent_tools`: each of ignis's tools exists, is attached, and (webhooks) points at
-/// `origin/api/…` with the workspace secret as `Authorization` (the one `secret` expects:
-/// TOOLS_TOKEN's when it is set) and the call token as `X-Ignis-Call`.
-pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret: &ExpectedSecret) -> Check {
+/// `agent_tools`: each of ignis's tools exists, is attached, lists `practice.toml`'s visit types
+/// and practitioners (`vocabulary`), and (webhooks) points at `origin/api/…` with the workspace
+/// secret as `Authorization` (the one `secret` expects: TOOLS_TOKEN's when it is set) and the
+/// call token as `X-Ignis-Call`.
+pub fn check_tools(
+    agent: &Value,
+    tools: &[Value],
+    origin: &str,
+    secret: &ExpectedSecret,
+    vocabulary: &ToolVocabulary,
+) -> Check {
     let attached = attached_ids(agent);
     let mut problems = Vec::new();
     for (name, _) in TOOL_FILES {
@@ -1284,6 +1438,7 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret: &Expect
             problems.push(format!("{name} not attached"));
         }
         let c = &tool["tool_config"];
+        problems.extend(vocabulary_problems(name, c, vocabulary));
         if c["type"] == "client" {
             if c["expects_response"] != true {
                 problems.push(format!("{name} does not expect a response"));
@@ -1303,6 +1458,38 @@ pub fn check_tools(agent: &Value, tools: &[Value], origin: &str, secret: &Expect
     } else {
         Check::fail("agent_tools", problems.join("; "), "run `ignis agent sync`")
     }
+}
+
+/// Where `c`'s `visit_type` and `practitioner` lists are not `vocabulary`'s: the agent would
+/// offer what the endpoints refuse (`invalid_input`), or never offer what the practice has.
+fn vocabulary_problems(name: &str, c: &Value, vocabulary: &ToolVocabulary) -> Vec<String> {
+    let codes: Vec<&str> = vocabulary
+        .visit_types
+        .iter()
+        .map(|v| v.code.as_str())
+        .collect();
+    let names: Vec<&str> = vocabulary
+        .practitioners
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut problems = Vec::new();
+    let mut c = c.clone();
+    for_each_property(&mut c, &mut |param, schema| {
+        let (want, what) = match param {
+            "visit_type" => (&codes, "visit types"),
+            "practitioner" => (&names, "practitioners"),
+            _ => return,
+        };
+        let have: Vec<&str> = schema["enum"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if have != *want {
+            problems.push(format!("{name}: its {what} are not practice.toml's"));
+        }
+    });
+    problems
 }
 
 fn webhook_problems(name: &str, c: &Value, origin: &str, secret: &ExpectedSecret) -> Vec<String> {
@@ -1372,6 +1559,15 @@ pub fn check_settings(agent: &Value, record_voice: bool, retention_days: u32) ->
     if conv["agent"]["disable_first_message_interruptions"] != true {
         problems.push("the greeting can be interrupted".into());
     }
+    if conv["agent"]["language"] != LANGUAGE {
+        let language = diff_value(&conv["agent"]["language"]);
+        problems.push(format!("agent.language is {language}, not {LANGUAGE}"));
+    }
+    if let Some(model) = conv["tts"]["model_id"].as_str()
+        && multilingual_model(model).is_some()
+    {
+        problems.push(format!("tts.model_id {model} speaks English only"));
+    }
     let privacy = &agent["platform_settings"]["privacy"];
     if privacy["record_voice"] != record_voice {
         problems.push(format!(
@@ -1399,6 +1595,17 @@ pub fn check_settings(agent: &Value, record_voice: bool, retention_days: u32) ->
             problems.join("; "),
             "run `ignis agent sync`",
         )
+    }
+}
+
+/// The multilingual sibling of an English-only voice model: German needs one, and the service
+/// refuses `language = de` with the English-only models (docs/elevenlabs.md §11); `None` for
+/// every other model (left as the operator chose it).
+fn multilingual_model(model: &str) -> Option<&'static str> {
+    match model {
+        "eleven_flash_v2" => Some("eleven_flash_v2_5"),
+        "eleven_turbo_v2" => Some("eleven_turbo_v2_5"),
+        _ => None,
     }
 }
 
@@ -1435,12 +1642,17 @@ mod tests {
             tools_token: AuthToken::new(TOKEN),
             record_voice: false,
             retention_days: 30,
+            vocabulary: demo_words(),
         }
+    }
+
+    fn demo_words() -> ToolVocabulary {
+        ToolVocabulary::of(&crate::practice::config::PracticeConfig::demo())
     }
 
     #[test]
     fn the_agent_files_are_complete() {
-        let tools = desired_tools(ORIGIN, "sec_1").unwrap();
+        let tools = desired_tools(ORIGIN, "sec_1", &demo_words()).unwrap();
         assert_eq!(tools.len(), 7);
         for t in &tools[..6] {
             assert_eq!(t["type"], "webhook");
@@ -1460,6 +1672,88 @@ mod tests {
         assert!(!prompt().contains(CALL_TOKEN_VARIABLE));
         assert!(discloses_ai(FIRST_MESSAGE));
         assert!(!discloses_ai("Guten Tag, Praxis Dr. Kim."));
+    }
+
+    fn listed(configs: &[Value]) -> (Value, Vec<Value>) {
+        let tools: Vec<Value> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"id": format!("t{i}"), "tool_config": c}))
+            .collect();
+        let agent = json!({"conversation_config": {"agent": {"prompt": {
+            "tool_ids": (0..tools.len()).map(|i| format!("t{i}")).collect::<Vec<_>>()}}}});
+        (agent, tools)
+    }
+
+    #[test]
+    fn the_tools_list_the_practices_own_visit_types_and_doctors() {
+        let word = |code: &str, label: &str, phone_bookable, new_patients_ok| VisitTypeWord {
+            code: code.into(),
+            label: label.into(),
+            phone_bookable,
+            new_patients_ok,
+        };
+        let words = ToolVocabulary {
+            visit_types: vec![
+                word("sprechstunde", "Sprechstunde", true, true),
+                word("ultraschall", "Ultraschall", false, false),
+                word("kontrolle", "Kontrolle", true, false),
+            ],
+            practitioners: vec!["Dr. Weber".into()],
+        };
+        let tools = desired_tools(ORIGIN, "sec_1", &words).unwrap();
+        let slots = &tools[1]["api_schema"]["query_params_schema"]["properties"];
+        assert_eq!(
+            slots["visit_type"]["enum"],
+            json!(["sprechstunde", "ultraschall", "kontrolle"])
+        );
+        assert_eq!(
+            slots["visit_type"]["description"],
+            "Art des Termins: sprechstunde (Sprechstunde, auch für neue Patienten); \
+             ultraschall (Ultraschall, nur über das Praxisteam); kontrolle (Kontrolle)."
+        );
+        assert_eq!(slots["practitioner"]["enum"], json!(["Dr. Weber"]));
+        let book = &tools[2]["api_schema"]["request_body_schema"]["properties"]["visit_type"];
+        assert_eq!(book["enum"], slots["visit_type"]["enum"]);
+        assert_eq!(book["description"], VISIT_TYPE_AS_IN_FIND_SLOTS);
+
+        // Tools synced for the Demo Praxis fail the doctor's check for this practice.
+        let (agent, demo) = listed(&desired_tools(ORIGIN, "sec_1", &demo_words()).unwrap());
+        let secret = ExpectedSecret::Id("sec_1".into());
+        let c = check_tools(&agent, &demo, ORIGIN, &secret, &words);
+        assert_eq!(c.status, super::super::Status::Fail);
+        for problem in [
+            "find_slots: its visit types are not practice.toml's",
+            "find_slots: its practitioners are not practice.toml's",
+            "book_appointment: its visit types are not practice.toml's",
+        ] {
+            assert!(c.detail.contains(problem), "{}", c.detail);
+        }
+        let (agent, own) = listed(&tools);
+        let c = check_tools(&agent, &own, ORIGIN, &secret, &words);
+        assert_eq!(c.status, super::super::Status::Pass, "{}", c.detail);
+
+        // The tool files hold what the Demo Praxis's sync makes of them: the files read as the
+        // tools are sent.
+        for (i, (_, text)) in TOOL_FILES.iter().enumerate() {
+            let file: Value = serde_json::from_str(text).unwrap();
+            let mut sent = demo[i]["tool_config"].clone();
+            let mut want = file["tool_config"].clone();
+            for c in [&mut sent, &mut want] {
+                c["api_schema"]["url"] = Value::Null;
+                c["api_schema"]["request_headers"]["Authorization"] = Value::Null;
+            }
+            assert_eq!(sent, want, "{}", TOOL_FILES[i].0);
+        }
+
+        // No practitioners listed: no `enum` (an empty one would admit nothing).
+        let none = ToolVocabulary {
+            practitioners: Vec::new(),
+            ..words
+        };
+        let tools = desired_tools(ORIGIN, "sec_1", &none).unwrap();
+        let p = &tools[1]["api_schema"]["query_params_schema"]["properties"]["practitioner"];
+        assert!(p.get("enum").is_none(), "{p}");
     }
 
     #[test]
@@ -1543,33 +1837,63 @@ mod tests {
             check_settings(&agent, true, 30).status,
             super::super::Status::Fail
         );
+
+        // An English-only voice model cannot speak German: the sync moves it to its
+        // multilingual sibling, and the doctor names it (and a language other than de).
+        agent["conversation_config"]["tts"]["model_id"] = json!("eleven_turbo_v2");
+        agent["conversation_config"]["agent"]["language"] = json!("en");
+        let c = check_settings(&agent, false, 30);
+        assert!(
+            c.detail
+                .contains("tts.model_id eleven_turbo_v2 speaks English only"),
+            "{c}"
+        );
+        assert!(c.detail.contains("agent.language is \"en\", not de"), "{c}");
+        let plan = plan_agent(&agent, &ids, &tools, &settings());
+        let conv = &plan.patch.unwrap()["conversation_config"];
+        assert_eq!(conv["tts"]["model_id"], "eleven_turbo_v2_5");
+        assert_eq!(conv["tts"]["agent_output_audio_format"], AUDIO_FORMAT);
+        assert_eq!(conv["agent"]["language"], LANGUAGE);
+        assert!(
+            plan.diff.iter().any(|l| l.contains("tts.model_id")),
+            "{:?}",
+            plan.diff
+        );
     }
 
     #[test]
     fn a_tool_on_another_host_fails_the_check_naming_it() {
-        let configs = desired_tools("https://old.example.net", "sec_1").unwrap();
-        let tools: Vec<Value> = configs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"id": format!("t{i}"), "tool_config": c}))
-            .collect();
-        let agent = json!({"conversation_config": {"agent": {"prompt": {
-            "tool_ids": (0..7).map(|i| format!("t{i}")).collect::<Vec<_>>()}}}});
-        let c = check_tools(&agent, &tools, ORIGIN, &ExpectedSecret::Id("sec_1".into()));
+        let configs = desired_tools("https://old.example.net", "sec_1", &demo_words()).unwrap();
+        let (agent, tools) = listed(&configs);
+        let c = check_tools(
+            &agent,
+            &tools,
+            ORIGIN,
+            &ExpectedSecret::Id("sec_1".into()),
+            &demo_words(),
+        );
         assert_eq!(c.status, super::super::Status::Fail);
         assert!(c.detail.contains("old.example.net"), "{}", c.detail);
         assert!(c.fix.unwrap().contains("ignis agent sync"));
-        let good: Vec<Value> = desired_tools(ORIGIN, "sec_1")
-            .unwrap()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"id": format!("t{i}"), "tool_config": c}))
-            .collect();
+        let (_, good) = listed(&desired_tools(ORIGIN, "sec_1", &demo_words()).unwrap());
         assert_eq!(
-            check_tools(&agent, &good, ORIGIN, &ExpectedSecret::Id("sec_1".into())).status,
+            check_tools(
+                &agent,
+                &good,
+                ORIGIN,
+                &ExpectedSecret::Id("sec_1".into()),
+                &demo_words()
+            )
+            .status,
             super::super::Status::Pass
         );
-        let other = check_tools(&agent, &good, ORIGIN, &ExpectedSecret::Id("sec_2".into()));
+        let other = check_tools(
+            &agent,
+            &good,
+            ORIGIN,
+            &ExpectedSecret::Id("sec_2".into()),
+            &demo_words(),
+        );
         assert!(other.detail.contains("another secret"), "{}", other.detail);
     }
 

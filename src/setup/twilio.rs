@@ -303,8 +303,28 @@ impl fmt::Display for ApiError {
 }
 
 /// A value from Twilio as it may be printed (see [`super::shown`]).
+/// A number's current setting as printed and reported: a URL without its user info and query,
+/// which may carry another system's credentials (`https://user:pass@…`, `?token=…`); the plan
+/// and the doctor's report never hold a secret (docs/doctor.md).
 fn shown(value: &str) -> String {
-    super::shown(value, super::MAX_SHOWN_CHARS)
+    super::shown(&without_credentials(value), super::MAX_SHOWN_CHARS)
+}
+
+/// `value` with a URL's user info and query (and fragment) replaced by `…`.
+fn without_credentials(value: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.into();
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => authority.to_owned(),
+    };
+    let path = match path.find(['?', '#']) {
+        Some(i) => format!("{}?…", &path[..i]),
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{host}{path}").into()
 }
 
 /// An answer's body as `T` when 2xx, else the error.

@@ -83,11 +83,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<ApiRequest>, RequestError> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
-    let len = match header("content-length") {
+    let len: usize = match header("content-length") {
         None => 0,
         Some(v) => v.trim().parse().map_err(|_| RequestError::Malformed)?,
     };
-    if head_len + len > MAX_API_REQUEST_BYTES {
+    // Compared without adding: a peer's length near usize::MAX must not overflow.
+    if len > MAX_API_REQUEST_BYTES.saturating_sub(head_len) {
         return Err(RequestError::TooLarge);
     }
     if buf.len() < head_len + len {
@@ -834,6 +835,20 @@ mod tests {
         json!({"type": "webhook", "name": name, "description": "d",
                "api_schema": {"url": "https://h/api/x", "method": "POST",
                               "request_headers": {"Authorization": {"secret_id": "s"}}}})
+    }
+
+    #[test]
+    fn a_huge_content_length_is_too_large_not_a_panic() {
+        let head = format!(
+            "POST /v1/convai/tools HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            usize::MAX
+        );
+        assert_eq!(parse_request(head.as_bytes()), Err(RequestError::TooLarge));
+        let head = format!(
+            "POST /v1/convai/tools HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_API_REQUEST_BYTES
+        );
+        assert_eq!(parse_request(head.as_bytes()), Err(RequestError::TooLarge));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::elevenlabs::endpoint;
 use crate::http::client::encode_request;
 use crate::http::url::Endpoint;
 use crate::setup::agent::{
-    self as core, AgentSync, ApiCall, ExpectedSecret, ListStep, Listing, Step,
+    self as core, AgentSync, ApiCall, ExpectedSecret, ListStep, Listing, Step, ToolVocabulary,
 };
 use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 
@@ -23,7 +23,9 @@ use crate::setup::{Check, MAX_API_RESPONSE_BYTES};
 /// 2 bad configuration.
 pub fn sync(args: &AgentSyncArgs) -> Result<(), StartError> {
     let (config, tls) = super::load()?;
-    let settings = core::sync_settings(&config).map_err(|e| StartError::Usage(e.to_string()))?;
+    let practice = startup::practice_config(config.practice.config_path.as_deref())?;
+    let settings =
+        core::sync_settings(&config, &practice).map_err(|e| StartError::Usage(e.to_string()))?;
     println!(
         "agent {} on {}{}",
         settings.agent_id,
@@ -166,9 +168,14 @@ pub(crate) async fn doctor_checks(config: &Config, tls: &Arc<ClientConfig>) -> V
         None => Ok(Vec::new()),
     }
     .map(|secrets| ExpectedSecret::find(token, &secrets));
-    checks.push(match (tools, secret) {
-        (Ok(tools), Ok(secret)) => core::check_tools(&agent, &tools, &origin, &secret),
-        (Err(why), _) | (_, Err(why)) => Check::fail(IDS[1], why, "check ELEVENLABS_API_KEY"),
+    let practice = startup::practice_config(config.practice.config_path.as_deref());
+    checks.push(match (tools, secret, practice) {
+        (Ok(tools), Ok(secret), Ok(practice)) => {
+            let words = ToolVocabulary::of(&practice);
+            core::check_tools(&agent, &tools, &origin, &secret, &words)
+        }
+        (Err(why), _, _) | (_, Err(why), _) => Check::fail(IDS[1], why, "check ELEVENLABS_API_KEY"),
+        (_, _, Err(e)) => Check::fail(IDS[1], e.to_string(), "fix PRACTICE_CONFIG"),
     });
     checks.push(core::check_settings(
         &agent,
@@ -243,7 +250,8 @@ mod tests {
             before[2].detail
         );
 
-        let settings = core::sync_settings(&config).unwrap();
+        let demo = crate::practice::config::PracticeConfig::demo();
+        let settings = core::sync_settings(&config, &demo).unwrap();
         run(&config, &tls, &mut AgentSync::new(settings, false))
             .await
             .unwrap();

@@ -63,9 +63,10 @@ pub fn configure(args: &TwilioConfigureArgs) -> Result<(), StartError> {
     runtime()?.block_on(async {
         let n = find(auth.clone(), &number, &tls).await.map_err(failed)?;
         let plan = core::plan(&n, &desired).map_err(|r| failed(SetupError::Refused(r)))?;
+        // Masked like every number ignis prints (the doctor's report, errors).
         println!(
             "ignis twilio configure: {} ({}), credentials: {}",
-            plan.number,
+            crate::privacy::mask_phone(&plan.number),
             plan.sid,
             if auth.uses_api_key() {
                 "API key"

@@ -249,6 +249,31 @@ fn error_bodies_are_read_tolerantly_and_shortened() {
 }
 
 #[test]
+fn credentials_in_the_current_urls_are_never_shown() {
+    let d = Desired::from_config(&config(&[])).unwrap();
+    let mut old = good();
+    old.voice_url = Some("https://office:s3cret-pass@old.example/voice?token=s3cret-query".into());
+    old.status_callback = Some("https://old.example/status#s3cret-fragment".into());
+    let check = number_check(&old, &d);
+    let plan = plan(&old, &d).unwrap().render();
+    for shown in [check.detail.as_str(), plan.as_str()] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("https://…@old.example/voice?…"), "{shown}");
+        assert!(shown.contains("https://old.example/status?…"), "{shown}");
+    }
+    // What the update sends is ignis's own URLs, untouched.
+    assert!(
+        plan.contains("https://ignis.example.com/api/twilio/voice"),
+        "{plan}"
+    );
+    assert_eq!(without_credentials("POST"), "POST");
+    assert_eq!(
+        without_credentials("https://a.example"),
+        "https://a.example"
+    );
+}
+
+#[test]
 fn doctor_number_check_names_the_fix() {
     let d = Desired::from_config(&config(&[])).unwrap();
     assert_eq!(number_check(&good(), &d).status, Status::Pass);
