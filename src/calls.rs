@@ -369,6 +369,13 @@ impl CallRegistry {
         Ok(Claim { call, stream_id })
     }
 
+    /// The CallSid `nonce` was issued for, while the registry remembers it: for the log of a
+    /// refused replay (`used_nonce`, `expired_nonce`, docs/twilio.md §8.2).
+    pub fn call_sid_of(&self, nonce: Option<&str>) -> Option<String> {
+        let nonce = Nonce::parse(nonce?)?;
+        self.lock().nonces.get(&nonce).cloned()
+    }
+
     /// Claims, for a stream handshake, a call another replica answered (its binding was
     /// claimed in the shared database, docs/replicas.md §4.2). Refused as used when this
     /// registry already knows the call.
@@ -773,6 +780,10 @@ mod tests {
             r.claim(Some(&nonce(1).to_hex()), now),
             Err(StreamRefusal::Used)
         );
+        // The refusal's log can name the call; an unknown nonce names none.
+        assert_eq!(r.call_sid_of(Some(&nonce(1).to_hex())), Some(sid(1)));
+        assert_eq!(r.call_sid_of(Some(&nonce(7).to_hex())), None);
+        assert_eq!(r.call_sid_of(Some("xyz")), None);
         // Expired.
         assert_eq!(r.bind(&call(2), nonce(2), 100, now), Bound::New(nonce(2)));
         assert_eq!(

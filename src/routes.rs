@@ -657,7 +657,7 @@ impl App {
                 }
                 match self.calls.claim(nonce, now.instant) {
                     Ok(claim) => Action::Upgrade { accept, claim },
-                    Err(reason) => Action::Respond(self.refuse_stream(reason, None)),
+                    Err(reason) => Action::Respond(self.refuse_claim(reason, nonce)),
                 }
             }
         }
@@ -689,7 +689,7 @@ impl App {
                 nonce,
             },
             Err(StreamRefusal::Unknown) => Action::FleetAdopt { accept, nonce },
-            Err(reason) => Action::Respond(self.refuse_stream(reason, None)),
+            Err(reason) => Action::Respond(self.refuse_claim(reason, nonce_text)),
         }
     }
 
@@ -723,6 +723,16 @@ impl App {
             }
             Err(reason) => Action::Respond(self.refuse_stream(reason, Some(&row.call_sid))),
         }
+    }
+
+    /// [`Self::refuse_stream`] for a refused claim of `nonce`: a replay of a known nonce
+    /// (used or expired) is logged with its call's CallSid (docs/twilio.md §8.2).
+    fn refuse_claim(&self, reason: StreamRefusal, nonce: Option<&str>) -> Response {
+        let sid = match reason {
+            StreamRefusal::Used | StreamRefusal::Expired => self.calls.call_sid_of(nonce),
+            _ => None,
+        };
+        self.refuse_stream(reason, sid.as_deref())
     }
 
     /// Counts and logs a refused stream; the 403 for a refused handshake.

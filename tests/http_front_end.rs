@@ -149,6 +149,32 @@ async fn slowloris_gets_408_and_idle_keepalive_closes() {
         408
     );
 
+    // The first request is due 500 ms after the accept, not after its first byte: a client
+    // that starts just before then and trickles on gets its 408 at 500 ms, not at ~900.
+    let mut late = server.connect().await;
+    let connected = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut answer = Vec::new();
+    for b in b"GET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if late.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let mut got = [0u8; 256];
+        match late.try_read(&mut got) {
+            Ok(n) => {
+                answer.extend_from_slice(&got[..n]);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let waited = connected.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(waited < Duration::from_millis(800), "408 after {waited:?}");
+
     // An idle keep-alive connection is closed without a response after the idle timeout.
     let mut idle = server.connect().await;
     idle.write_all(b"GET /health HTTP/1.1\r\n\r\n")
@@ -187,6 +213,11 @@ async fn size_limits_answer_their_status_and_server_keeps_serving() {
         (
             format!("GET /health?{} HTTP/1.1\r\n\r\n", "q".repeat(5000)).into_bytes(),
             414,
+        ),
+        // More empty lines before the request line than RFC 9112 §2.2 asks to ignore.
+        (
+            format!("{}GET /health HTTP/1.1\r\n\r\n", "\r\n".repeat(200)).into_bytes(),
+            400,
         ),
         // Body over 64 KiB (declared).
         (

@@ -20,7 +20,7 @@ use crate::calls::{Claim, Outcome};
 use crate::http::RequestHead;
 use crate::http::Response;
 use crate::http::body::{self, ChunkedDecoder, Framing};
-use crate::http::request_head::{self, Method};
+use crate::http::request_head::{self, Method, Version};
 use crate::http::websocket_upgrade::Accept;
 use crate::practice::store::CallEnd;
 use crate::practice::tools::{ToolReply, ToolRequest};
@@ -55,14 +55,18 @@ pub(super) async fn run(
 ) {
     let app = shared.app.clone();
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let mut first = true;
+    // A new connection's first request is due `request_timeout` after the accept (README,
+    // "Timeouts"), not after its first byte; later ones after their first byte.
+    let mut due = Some(Instant::now() + app.config.request_timeout);
     loop {
+        let first = due.is_some();
         if buf.is_empty() && !wait_for_request(&mut stream, &mut buf, &app, &mut phase, first).await
         {
             return;
         }
-        first = false;
-        let deadline = Instant::now() + app.config.request_timeout;
+        let deadline = due
+            .take()
+            .unwrap_or_else(|| Instant::now() + app.config.request_timeout);
         let Some((head, framing, body)) =
             read_request(&mut stream, &mut buf, peer, &app, deadline).await
         else {
@@ -143,7 +147,20 @@ async fn read_request(
     deadline: Instant,
 ) -> Option<(RequestHead, Framing, Vec<u8>)> {
     let metrics = &app.metrics;
+    let mut skipped = 0;
     let (head, used) = loop {
+        match request_head::empty_lines(buf, skipped) {
+            Ok(n) => {
+                buf.advance(n);
+                skipped += n;
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "empty lines before a request");
+                let resp = Response::text(e.status(), &e.to_string());
+                respond_and_close(metrics, stream, resp).await;
+                return None;
+            }
+        }
         // Bytes left from the last request are parsed at once; later ones when a line ends.
         match request_head::parse(buf) {
             Ok(Some(parsed)) => break parsed,
@@ -175,21 +192,23 @@ async fn read_request(
             return None;
         }
     };
-    if let Some(expect) = head.header("expect") {
+    // An HTTP/1.0 client cannot take a 100 and its expectation is ignored (RFC 9110 §10.1.1).
+    if let Some(expect) = head
+        .header("expect")
+        .filter(|_| head.version != Version::Http10)
+    {
         if !expect.eq_ignore_ascii_case(b"100-continue") {
             let resp = Response::text(417, "unsupported expectation");
             respond_and_close(metrics, stream, resp).await;
             return None;
         }
-        // Ask for the body only if it is not already here (RFC 9110 §10.1.1).
-        if framing != Framing::Empty
-            && buf.is_empty()
-            && stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-        {
-            return None;
+        // Ask for the body only if it is not already here (RFC 9110 §10.1.1), within the
+        // request's deadline: a peer that reads nothing must not hold the connection.
+        if framing != Framing::Empty && buf.is_empty() {
+            let ask = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if !matches!(timeout_at(deadline, ask).await, Ok(Ok(()))) {
+                return None;
+            }
         }
     }
 

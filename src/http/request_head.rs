@@ -169,6 +169,25 @@ pub fn worth_parsing(buf: &[u8], from: usize) -> bool {
         || (from <= MAX_REQUEST_LINE_BYTES && buf.len() > MAX_REQUEST_LINE_BYTES)
 }
 
+/// Empty lines (CR LF, or a bare LF) a client may send before a request line, in bytes.
+/// RFC 9112 §2.2: a server SHOULD ignore at least one; more are refused (400), since each one
+/// ends a "line" and makes [`parse`] start over: a client dripping line ends would make the
+/// head's parsing quadratic again.
+pub const MAX_EMPTY_LINE_BYTES: usize = 8;
+
+/// How many bytes of empty lines open `buf`, `skipped` of them already dropped for this
+/// request: the driver drops them before [`parse`]. `Err` past [`MAX_EMPTY_LINE_BYTES`].
+pub fn empty_lines(buf: &[u8], skipped: usize) -> Result<usize, HeadError> {
+    let n = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if skipped + n > MAX_EMPTY_LINE_BYTES {
+        return Err(HeadError::Malformed);
+    }
+    Ok(n)
+}
+
 /// Parses a request head from the start of `buf`.
 ///
 /// `Ok(None)`: incomplete, read more. `Ok(Some((head, n)))`: the head used `buf[..n]`.
@@ -269,18 +288,39 @@ mod tests {
     /// and how many parses it took.
     fn byte_at_a_time(raw: &[u8]) -> (Result<Option<usize>, HeadError>, usize) {
         let mut buf = Vec::new();
-        let mut parses = 0;
+        let (mut parses, mut skipped) = (0, 0);
         for (i, b) in raw.iter().enumerate() {
+            let from = buf.len();
             buf.push(*b);
-            if i == 0 || worth_parsing(&buf, i) {
+            if i == 0 || worth_parsing(&buf, from) {
+                match empty_lines(&buf, skipped) {
+                    Ok(n) => {
+                        buf.drain(..n);
+                        skipped += n;
+                    }
+                    Err(e) => return (Err(e), parses),
+                }
                 parses += 1;
                 match parse(&buf) {
                     Ok(None) => {}
-                    r => return (r.map(|o| o.map(|(_, n)| n)), parses),
+                    r => return (r.map(|o| o.map(|(_, n)| n + skipped)), parses),
                 }
             }
         }
         (Ok(None), parses)
+    }
+
+    #[test]
+    fn a_few_empty_lines_before_a_request_are_ignored_many_refused() {
+        let (r, _) = byte_at_a_time(b"\r\n\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(r, Ok(Some(21)));
+        // A client dripping line ends gets its 400 after the limit, not after 16 KiB of
+        // parses from the first byte each.
+        let mut raw = b"\n".repeat(16_000);
+        raw.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let (r, parses) = byte_at_a_time(&raw);
+        assert_eq!(r, Err(HeadError::Malformed));
+        assert!(parses <= MAX_EMPTY_LINE_BYTES + 1, "{parses} parses");
     }
 
     #[test]
