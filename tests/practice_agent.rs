@@ -87,12 +87,11 @@ fn six_tools_with_both_headers_and_known_routes() {
 #[test]
 fn enums_match_the_practice_configuration() {
     let config = PracticeConfig::demo();
-    let bookable: Vec<&str> = config
-        .visit_types
-        .iter()
-        .filter(|v| v.phone_bookable)
-        .map(|v| v.code.as_str())
-        .collect();
+    // Every visit type, the staff-only ones too: the model names what the caller asks for and
+    // gets `not_phone_bookable` rather than booking the nearest bookable code
+    // (docs/elevenlabs.md §10.5).
+    let codes: Vec<&str> = config.visit_types.iter().map(|v| v.code.as_str()).collect();
+    assert!(config.visit_types.iter().any(|v| !v.phone_bookable));
     let tools = tools();
     let find = |n: &str| tools.iter().find(|(name, _)| name == n).unwrap().1.clone();
     let enum_of = |v: &Value| -> Vec<String> {
@@ -106,7 +105,7 @@ fn enums_match_the_practice_configuration() {
     let fs = find("find_slots");
     assert_eq!(
         enum_of(&fs["api_schema"]["query_params_schema"]["properties"]["visit_type"]),
-        bookable
+        codes
     );
     let who = enum_of(&fs["api_schema"]["query_params_schema"]["properties"]["practitioner"]);
     let displays: Vec<String> = config
@@ -118,7 +117,7 @@ fn enums_match_the_practice_configuration() {
     let book = find("book_appointment");
     assert_eq!(
         enum_of(&book["api_schema"]["request_body_schema"]["properties"]["visit_type"]),
-        bookable
+        codes
     );
     let req = find("create_request");
     assert_eq!(
