@@ -411,13 +411,18 @@ impl App {
             warn!(call_sid = %call.call_sid, "[Twilio] Voice webhook for another account: refused");
             return Action::Respond(Response::text(403, "AccountSid is not TWILIO_ACCOUNT_SID"));
         }
-        if self.fleet.is_some() && self.is_draining() {
-            // docs/replicas.md §5: the load balancer retries it on another replica.
-            info!(call_sid = %call.call_sid, "[Twilio] Draining: voice webhook refused with 503");
-            return Action::Respond(
-                Response::text(503, "draining, retry on another replica")
-                    .header("Retry-After", "1"),
-            );
+        if self.is_draining() {
+            // docs/replicas.md §5: a replica's is retried elsewhere by the load balancer; a
+            // single process has nowhere else to send it and gives the caller the fallback.
+            if self.fleet.is_some() {
+                info!(call_sid = %call.call_sid, "[Twilio] Draining: voice webhook refused with 503");
+                return Action::Respond(
+                    Response::text(503, "draining, retry on another replica")
+                        .header("Retry-After", "1"),
+                );
+            }
+            info!(call_sid = %call.call_sid, "[Twilio] Draining: answering with the fallback");
+            return Action::Respond(self.fallback());
         }
         info!(
             call_sid = %call.call_sid,

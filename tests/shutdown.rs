@@ -39,9 +39,31 @@ async fn drains_live_calls_until_the_deadline_then_closes_them() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
 
-    // No new connections are accepted.
-    let refused = tokio::net::TcpStream::connect(server.addr).await;
-    assert!(refused.is_err(), "listener should be closed");
+    // While the call is live, new connections are still served: the call's own requests (the
+    // agent's tools, Twilio's callbacks) come on them. Not ready for new calls, and a new
+    // call's webhook gets the fallback, not a stream.
+    let ready = roundtrip(&server, b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(ready.status, 503);
+    let late = call_webhook(
+        &server,
+        "/api/twilio/voice",
+        "CA00000000000000000000000000000d02",
+    )
+    .await;
+    assert_eq!(late.status, 200);
+    assert!(!late.text().contains("<Stream"), "{}", late.text());
+    assert!(
+        late.text().contains("<Dial") || late.text().contains("<Say"),
+        "{}",
+        late.text()
+    );
+    assert!(
+        server
+            .app
+            .calls
+            .outcome("CA00000000000000000000000000000d02")
+            .is_none()
+    );
 
     // The live call keeps streaming during the drain.
     for chunk in 1..=20 {
@@ -72,6 +94,9 @@ async fn drains_live_calls_until_the_deadline_then_closes_them() {
         server.app.calls.outcome(sid),
         Some(ignis::calls::Outcome::ServerShutdown)
     );
+    // Once the calls are over, no new connections are accepted.
+    let refused = tokio::net::TcpStream::connect(server.addr).await;
+    assert!(refused.is_err(), "listener should be closed");
 }
 
 #[tokio::test]

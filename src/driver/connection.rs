@@ -261,7 +261,8 @@ async fn respond(
     phase: &watch::Receiver<Phase>,
 ) -> bool {
     app.metrics.http_response(resp.status);
-    let close = !head.keep_alive() || *phase.borrow() != Phase::Running;
+    // While draining, each connection serves one request: none outlives the calls it served.
+    let close = !head.keep_alive() || *phase.borrow() != Phase::Running || app.is_draining();
     let mut out = Vec::with_capacity(256 + resp.body.len());
     resp.encode_into(&mut out, &http_date(), head.method == Method::Head, close);
     if write_all(stream, &out, app.config.request_timeout)

@@ -1,9 +1,9 @@
 //! The driver: the only layer that owns sockets, tasks and the clock.
 //!
 //! [`serve`] runs the accept loop with a connection cap and the shutdown choreography
-//! (mini-redis style): on the shutdown signal it stops accepting, lets in-flight requests finish,
-//! lets live calls run until the drain deadline, then closes them cleanly and waits for every
-//! task to end.
+//! (mini-redis style): on the shutdown signal it keeps serving what live calls need while they
+//! run (new calls get the fallback), stops accepting when they are over or at the drain
+//! deadline, then closes what is left cleanly and waits for every task to end.
 
 mod agent;
 mod agent_socket;
@@ -204,10 +204,12 @@ async fn calls_done(app: &App) {
     }
 }
 
-/// Serves HTTP and Media Streams on `listener` until `shutdown` completes, then drains. In
-/// fleet mode the listener stays open while draining: new voice webhooks get 503 (the load
-/// balancer retries them elsewhere), everything else is served until this replica's calls
-/// are over or the drain deadline passes (docs/replicas.md §5).
+/// Serves HTTP and Media Streams on `listener` until `shutdown` completes, then drains. The
+/// listener stays open while draining: a live call still needs new requests (the agent's tools,
+/// Twilio's `stream-ended` and status callbacks, the stream of a call answered just before).
+/// New voice webhooks get the fallback (fleet mode: 503, the load balancer retries them
+/// elsewhere); everything else is served until the calls are over or the drain deadline
+/// passes (docs/replicas.md §5).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -237,22 +239,28 @@ pub async fn serve(
     acceptor.run(shutdown).await;
     app.set_draining();
     let deadline = tokio::time::Instant::now() + app.config.drain;
+    let active_calls = app.calls.active_count(Instant::now());
+    let drain_secs = app.config.drain.as_secs();
     if let Some(f) = &app.fleet {
         info!(
-            active_calls = app.calls.active_count(Instant::now()),
-            drain_secs = app.config.drain.as_secs(),
-            "shutdown: draining; new calls go to other replicas"
+            active_calls,
+            drain_secs, "shutdown: draining; new calls go to other replicas"
         );
         // Say so at once rather than at the next beat: the load balancer stops sending calls.
         fleet::beat(&app, f).await;
-        let until = async {
-            tokio::select! {
-                () = calls_done(&app) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        };
-        acceptor.run(until).await;
+    } else {
+        info!(
+            active_calls,
+            drain_secs, "shutdown: draining; new calls get the fallback"
+        );
     }
+    let until = async {
+        tokio::select! {
+            () = calls_done(&app) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    };
+    acceptor.run(until).await;
     let Acceptor {
         listener,
         token,
