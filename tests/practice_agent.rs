@@ -151,3 +151,39 @@ fn the_prompt_only_references_variables_the_bridge_sends() {
         "the 112 rule comes first"
     );
 }
+
+/// Every business answer a tool can give is named in the prompt, so the agent follows a rule
+/// written for it; only the transport's and the server's own failures are left to the prompt's
+/// general rule (apologise, never say it is done, offer the team or a call-back).
+#[test]
+fn the_prompt_names_every_business_error_code() {
+    const LEFT_TO_THE_GENERAL_RULE: [&str; 8] = [
+        "admin_disabled",
+        "call_not_active",
+        "forbidden",
+        "internal",
+        "method_not_allowed",
+        "no_call",
+        "too_large",
+        "unauthorized",
+    ];
+    let prompt = std::fs::read_to_string(agent_dir().join("prompt.md")).unwrap();
+    let errors = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/practice/tools/error.rs"),
+    )
+    .unwrap();
+    let code_fn = &errors[errors.find("pub fn code(&self)").unwrap()..];
+    let code_fn = &code_fn[..code_fn.find("pub fn status").unwrap()];
+    let codes: Vec<&str> = code_fn
+        .split("=> \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(codes.len() > 30, "{codes:?}");
+    let missing: Vec<&&str> = codes
+        .iter()
+        .filter(|c| !LEFT_TO_THE_GENERAL_RULE.contains(c))
+        .filter(|c| !prompt.contains(&format!("`{c}`")) && !prompt.contains(&format!("= {c}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in agent/prompt.md: {missing:?}");
+}

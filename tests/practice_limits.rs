@@ -424,6 +424,67 @@ fn requests_are_capped_per_call_and_per_number_per_day() {
     assert_eq!((s, v["ok"].clone()), (200, true.into()), "{v}");
 }
 
+/// The new patient the duplicate tests race for: nobody in the demo data.
+const NEW: (&str, &str, &str) = ("Neumann", "Nina", "2000-02-02");
+const NEW_JSON: &str = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02"}"#;
+
+/// Call `t` found no one for [`NEW`], then another call registered her as a new patient (two
+/// relatives calling at once): `t`'s new-patient booking now meets a stored record.
+fn registered_meanwhile(e: &mut Env, t: &str) {
+    assert_eq!(
+        e.identify(t, NEW.0, Some(NEW.1), NEW.2, now())["match"],
+        "none"
+    );
+    let other = e.call("CA-other", WEBER_PHONE, now());
+    assert_eq!(
+        e.identify(&other, NEW.0, None, NEW.2, now())["match"],
+        "none"
+    );
+    let s = e.slots(&other, "visit_type=akut", now())["slots"][1]["slot_ref"].clone();
+    let body = format!(r#"{{"slot_ref":{s},"new_patient":{NEW_JSON},"visit_type":"akut"}}"#);
+    assert_eq!(e.book(&other, &body, now())["ok"], true);
+}
+
+/// A new-patient booking needs a name identification found no one for, in this call: else
+/// booked / staff review would tell whether someone is a patient, outside the identification
+/// budget (docs/practice-tools.md §6.3).
+#[test]
+fn a_new_patient_booking_never_tells_whether_someone_is_a_patient() {
+    let mut e = Env::new("lim-new-oracle", now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    let book = |family: &str, given: &str, born: &str| {
+        format!(
+            r#"{{"slot_ref":{s},"new_patient":{{"family_name":"{family}","given_name":"{given}","birth_date":"{born}"}},"visit_type":"akut"}}"#
+        )
+    };
+    // A patient and nobody: the same answer, and nothing filed or booked.
+    for (family, given, born) in [("Weber", "Maria", WEBER.1), ("Weber", "Mara", "1972-08-23")] {
+        let v = e.book(&t, &book(family, given, born), now());
+        assert_eq!(v["error"], "not_identified", "{v}");
+    }
+    assert_eq!(e.store.open_requests().unwrap().len(), 0);
+    // Found no one with the given name said: that name books; another given name does not.
+    assert_eq!(
+        e.identify(&t, NEW.0, Some(NEW.1), NEW.2, now())["match"],
+        "none"
+    );
+    let v = e.book(&t, &book(NEW.0, "Nora", NEW.2), now());
+    assert_eq!(v["error"], "not_identified", "{v}");
+    let v = e.book(&t, &book("NEUMANN", NEW.1, NEW.2), now());
+    assert_eq!(v["ok"], true, "{v}");
+    // Booked again as a new patient (not by the patient_ref the booking answered): a second
+    // appointment for her, not a staff review of a duplicate.
+    let s2 = e.slots(&t, "visit_type=akut", now())["slots"][2]["slot_ref"].clone();
+    let again = format!(r#"{{"slot_ref":{s2},"new_patient":{NEW_JSON},"visit_type":"akut"}}"#);
+    let w = e.book(&t, &again, now());
+    assert_eq!(w["ok"], true, "{w}");
+    assert_eq!(w["patient_ref"], v["patient_ref"], "{w}");
+    assert_ne!(w["appointment_ref"], v["appointment_ref"], "{w}");
+    assert_eq!(e.store.patients_by_birth_date(NEW.2).unwrap().len(), 1);
+    assert_eq!(e.store.open_requests().unwrap().len(), 0);
+}
+
 /// From a withheld number the review could not be called back: the agent is asked for a
 /// number first, and nothing is filed (agent review, point M5).
 #[test]
@@ -431,7 +492,8 @@ fn a_duplicate_new_patient_from_a_withheld_number_needs_a_call_back_number() {
     let mut e = Env::new("lim-duplicate-anon", now());
     let t = e.call("CA1", "anonymous", now());
     let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
-    let np = r#"{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}"#;
+    registered_meanwhile(&mut e, &t);
+    let np = NEW_JSON;
     let (_, v) = e.post(
         &t,
         "/api/appointments",
@@ -449,10 +511,11 @@ fn a_duplicate_new_patient_from_a_withheld_number_needs_a_call_back_number() {
 #[test]
 fn a_new_patient_who_already_exists_goes_to_staff_review() {
     let mut e = Env::new("lim-duplicate", now());
-    let before = e.store.patients_by_birth_date(WEBER.1).unwrap().len();
     let t = e.call("CA1", OTHER_PHONE, now());
     let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
-    let np = r#"{"family_name":"WEBER","given_name":"Maria","birth_date":"1972-08-22","insurance":"gkv"}"#;
+    registered_meanwhile(&mut e, &t);
+    let before = e.store.patients_by_birth_date(NEW.2).unwrap().len();
+    let np = r#"{"family_name":"NEUMANN","given_name":"Nina","birth_date":"2000-02-02","insurance":"gkv"}"#;
     let v = e.book(
         &t,
         &format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#),
@@ -460,19 +523,16 @@ fn a_new_patient_who_already_exists_goes_to_staff_review() {
     );
     assert_eq!(v["error"], "staff_review", "{v}");
     let review = v["request_ref"].as_str().unwrap().to_owned();
-    // No second record: the real patient still identifies uniquely.
-    assert_eq!(
-        e.store.patients_by_birth_date(WEBER.1).unwrap().len(),
-        before
-    );
+    // No second record: she still identifies uniquely.
+    assert_eq!(e.store.patients_by_birth_date(NEW.2).unwrap().len(), before);
     let t2 = e.call("CA2", WEBER_PHONE, now());
     assert_eq!(
-        e.identify(&t2, WEBER.0, None, WEBER.1, now())["match"],
+        e.identify(&t2, NEW.0, None, NEW.2, now())["match"],
         "unique"
     );
     // The staff see the review with who called.
     let r = staff_request(&mut e, &review);
-    assert_eq!(r["caller"]["family_name"], "WEBER", "{r}");
+    assert_eq!(r["caller"]["family_name"], "NEUMANN", "{r}");
     assert_eq!(r["caller_number"], OTHER_PHONE);
     assert!(
         r["note"].as_str().unwrap().contains("vorhandenen Eintrag"),
@@ -481,7 +541,7 @@ fn a_new_patient_who_already_exists_goes_to_staff_review() {
     // A retry, however the name is spelt, gets the same review: the staff review the caller
     // once, and the call's request count is not spent on it.
     let dup = format!(
-        r#"{{"slot_ref":{s},"new_patient":{{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}},"visit_type":"akut"}}"#
+        r#"{{"slot_ref":{s},"new_patient":{{"family_name":"neumann","given_name":"Nina","birth_date":"2000-02-02"}},"visit_type":"akut"}}"#
     );
     for _ in 0..MAX_REQUESTS_PER_CALL {
         let v = e.book(&t, &dup, now());
@@ -490,7 +550,11 @@ fn a_new_patient_who_already_exists_goes_to_staff_review() {
     }
     assert_eq!(e.store.open_requests().unwrap().len(), 1);
     // A genuinely new patient still books.
-    let np = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02"}"#;
+    assert_eq!(
+        e.identify(&t, "Neu", Some("Nils"), "2001-03-03", now())["match"],
+        "none"
+    );
+    let np = r#"{"family_name":"Neu","given_name":"Nils","birth_date":"2001-03-03"}"#;
     let v = e.book(
         &t,
         &format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#),
@@ -507,8 +571,9 @@ fn a_duplicate_review_retry_is_answered_while_the_call_state_cannot_be_saved() {
     let mut e = Env::new("lim-duplicate-unsaved", now());
     let t = e.call("CA1", OTHER_PHONE, now());
     let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    registered_meanwhile(&mut e, &t);
     let _db = refuse_state_saves(&e, "1");
-    let np = r#"{"family_name":"Weber","given_name":"Maria","birth_date":"1972-08-22"}"#;
+    let np = NEW_JSON;
     let body = format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"akut"}}"#);
     let (status, first) = e.post(&t, "/api/appointments", &body, now());
     assert_eq!(

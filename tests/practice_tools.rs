@@ -381,6 +381,11 @@ fn book_error_codes(db: &TestDb) {
 fn new_patient_books_with_the_caller_number(db: &TestDb) {
     let mut e = Env::on(db, now());
     let t = e.call("CA1", "+491705550001", now());
+    // A new patient is one identification found no one for (docs/practice-tools.md §6.3).
+    assert_eq!(
+        e.identify(&t, "Neumann", None, "2000-02-02", now())["match"],
+        "none"
+    );
     let s = e.slots(&t, "visit_type=erstvorstellung", now())["slots"][0]["slot_ref"].clone();
     let np = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02","insurance":"pkv"}"#;
     let v = e.book(
@@ -542,6 +547,39 @@ fn request(e: &mut Env, t: &str, body: &str) -> Value {
     v
 }
 
+/// Below phone assurance a request's answer is the same whatever the record holds: whether the
+/// card was read this quarter, or the person is a known patient, is not told to someone who
+/// knows only a name and a birth date (docs/practice-tools.md §6.3).
+fn name_dob_requests_tell_nothing_of_the_record(db: &TestDb) {
+    let mut e = Env::on(db, now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    let weber = e.identify(&t, "Weber", None, "1972-08-22", now()); // card read this quarter
+    let mueller = e.identify(&t, "Müller", None, "1958-03-14", now()); // card not read
+    assert_eq!(weber["assurance"], "name_dob");
+    assert_eq!(mueller["assurance"], "name_dob");
+    let meds = r#"{"medications":[{"name":"Ramipril","strength":"5 mg","amount":"N3"}]}"#;
+    for (category, details) in [
+        ("prescription_refill", meds),
+        ("referral", r#"{"specialty":"Orthopädie"}"#),
+        ("sick_note", r#"{"text":"seit gestern Fieber"}"#),
+    ] {
+        let answers: Vec<(Value, Value)> = [&weber, &mueller]
+            .iter()
+            .map(|p| {
+                let body = format!(
+                    r#"{{"category":"{category}","patient_ref":{},"details":{details}}}"#,
+                    p["patient_ref"]
+                );
+                let v = request(&mut e, &t, &body);
+                assert_eq!(v["ok"], true, "{category}: {v}");
+                (v["expect"].clone(), v["needs"].clone())
+            })
+            .collect();
+        assert_eq!(answers[0], answers[1], "{category}");
+        assert_eq!(answers[0].1, serde_json::json!([]), "{category}");
+    }
+}
+
 fn each_request_category(db: &TestDb) {
     let mut e = Env::on(db, now());
     let t = e.call("CA1", WEBER_PHONE, now());
@@ -558,12 +596,15 @@ fn each_request_category(db: &TestDb) {
     assert!(v["request_ref"].as_str().unwrap().starts_with("R-"));
     assert_eq!(v["expect"]["kind"], "e_rezept_card");
     assert_eq!(v["needs"], serde_json::json!([]));
+    // Müller is identified from Weber's number (name_dob): her record decides nothing the
+    // answer shows (see `name_dob_requests_tell_nothing_of_the_record`).
     let v = request(
         &mut e,
         &t,
         &format!(r#"{{"category":"prescription_refill","patient_ref":"P2","details":{meds}}}"#),
     );
-    assert_eq!(v["needs"][0], "card_visit_this_quarter");
+    assert_eq!(v["expect"]["kind"], "callback", "{v}");
+    assert_eq!(v["needs"], serde_json::json!([]));
     let six = format!(
         r#"{{"category":"prescription_refill","patient_ref":"P1","details":{{"medications":[{}]}}}}"#,
         [r#"{"name":"X"}"#; 6].join(",")
@@ -690,6 +731,11 @@ fn urgent_callbacks_promise_today_only_when_the_practice_is_there(db: &TestDb) {
 fn retries_are_answered_before_caps_and_the_duplicate_check(db: &TestDb) {
     let mut e = Env::on(db, now());
     let t = e.call("CA1", "+491705550001", now());
+    // A new patient is one identification found no one for (docs/practice-tools.md §6.3).
+    assert_eq!(
+        e.identify(&t, "Neumann", None, "2000-02-02", now())["match"],
+        "none"
+    );
     let s = e.slots(&t, "visit_type=erstvorstellung", now())["slots"][0]["slot_ref"].clone();
     let np = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02","insurance":"pkv"}"#;
     let body = format!(r#"{{"slot_ref":{s},"new_patient":{np},"visit_type":"erstvorstellung"}}"#);
@@ -1240,6 +1286,7 @@ on_both_backends!(
     cancel_contract_and_error_codes,
     cancel_needs_phone_assurance_unless_booked_in_this_call,
     each_request_category,
+    name_dob_requests_tell_nothing_of_the_record,
     urgent_callbacks_promise_today_only_when_the_practice_is_there,
     retries_are_answered_before_caps_and_the_duplicate_check,
     retried_requests_and_emergencies_are_filed_once,

@@ -190,6 +190,22 @@ pub struct CallState {
     /// (at most [`MAX_FILED_PER_CALL`], the oldest dropped).
     #[serde(default)]
     pub filed: Vec<Filed>,
+    /// Fingerprints of the names `identify_patient` found no one for in this call
+    /// ([`unmatched_fingerprint`]): only such a name may be booked as a new patient, so a
+    /// booking never tells whether someone is a patient (docs/practice-tools.md §6.3). At most
+    /// [`MAX_IDENTIFY_CALLS_PER_CALL`], since each comes from one identification.
+    #[serde(default)]
+    pub unmatched: Vec<String>,
+}
+
+/// The fingerprint of a name identification found no one for: the family name's and the given
+/// name's keys (`store::name_key`) and the birth date; `given` `None` when none was said (then
+/// nobody of that family name was born that day).
+pub fn unmatched_fingerprint(family: &str, birth_date: &str, given: Option<&str>) -> String {
+    fingerprint(&format!(
+        "unmatched|{family}|{birth_date}|{}",
+        given.unwrap_or("*")
+    ))
 }
 
 /// Most filed entries a call remembers ([`CallState::filed`]).
@@ -253,6 +269,20 @@ impl CallState {
     /// Whether identification is locked for this call.
     pub fn locked(&self) -> bool {
         self.failed_identifications >= MAX_FAILED_IDENTIFICATIONS
+    }
+
+    /// Notes a name identification found no one for ([`CallState::unmatched`]).
+    pub fn note_unmatched(&mut self, fingerprint: String) {
+        if !self.unmatched.contains(&fingerprint)
+            && self.unmatched.len() < MAX_IDENTIFY_CALLS_PER_CALL as usize
+        {
+            self.unmatched.push(fingerprint);
+        }
+    }
+
+    /// Whether identification found no one for this name in this call.
+    pub fn was_unmatched(&self, fingerprint: &str) -> bool {
+        self.unmatched.iter().any(|f| f == fingerprint)
     }
 
     /// Remaining identification attempts.
@@ -333,17 +363,24 @@ pub fn mask_number(number: &str) -> String {
 }
 
 /// Normalises a phone number for comparison: digits only, German national prefix `0` → `49`.
+/// A `0` right after the country code 49 is the trunk prefix of the common "+49 (0) 30 …"
+/// notation (no German number after the country code starts with 0) and is dropped, so such a
+/// number compares, and is checked for premium-rate prefixes, like its plain form.
 pub fn normalize_number(number: &str) -> String {
     let t = number.trim();
     let digits: String = t.chars().filter(char::is_ascii_digit).collect();
-    if t.starts_with('+') {
+    let international = if t.starts_with('+') {
         digits
     } else if let Some(rest) = digits.strip_prefix("00") {
         rest.to_string()
     } else if let Some(rest) = digits.strip_prefix('0') {
         format!("49{rest}")
     } else {
-        digits
+        return digits;
+    };
+    match international.strip_prefix("490") {
+        Some(rest) => format!("49{rest}"),
+        None => international,
     }
 }
 
@@ -501,9 +538,17 @@ mod tests {
 
     #[test]
     fn numbers_normalise_and_mask() {
-        for number in ["+49 170 1234567", "0170 1234567", "0049 170 1234567"] {
+        for number in [
+            "+49 170 1234567",
+            "0170 1234567",
+            "0049 170 1234567",
+            "+49 (0)170 1234567",
+            "0049 (0) 170 1234567",
+        ] {
             assert_eq!(normalize_number(number), "491701234567", "{number}");
         }
         assert_eq!(mask_number("+491701234567"), "…567");
+        // Other countries keep their digits (a 0 after another code is not dropped).
+        assert_eq!(normalize_number("+43 0664 123"), "430664123");
     }
 }

@@ -10,6 +10,7 @@ use super::outcome::{Booked, Cancelled, ReplacedView};
 use crate::practice::calendar;
 use crate::practice::calls::{
     Assurance, Filed, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY, fingerprint,
+    unmatched_fingerprint,
 };
 use crate::practice::config::VisitType;
 use crate::practice::store::{
@@ -75,8 +76,8 @@ impl Ctx<'_> {
             None => None,
             Some(r) => Some(self.replaceable(r, &patient)?),
         };
-        let assurance = patient.assurance;
-        let booking = Booking {
+        let mut assurance = patient.assurance;
+        let mut booking = Booking {
             slot_id: slot.id,
             idempotency_key: idempotency_key(&self.call.call_sid, slot.id, &patient, replaces),
             patient: patient.booking,
@@ -111,7 +112,13 @@ impl Ctx<'_> {
             return Err(ToolError::BookingLimit.into());
         }
         if let BookingPatient::New(np) = &booking.patient {
-            self.refuse_duplicate(np)?;
+            match self.new_patient_of_this_call(np)? {
+                Some(existing) => {
+                    booking.patient = existing.booking;
+                    assurance = existing.assurance;
+                }
+                None => self.refuse_duplicate(np)?,
+            }
         }
         let outcome = self.store.book(&booking)?;
         self.booked(outcome, slot.id, vt, assurance)
@@ -190,6 +197,21 @@ impl Ctx<'_> {
                     return Err(ToolError::VisitTypeNotForNewPatients.into());
                 }
                 self.check_born(&np.birth_date, "new_patient.birth_date")?;
+                // Only a name identification found no one for: else whether the booking is
+                // made or goes to staff review would tell a caller, without the identification
+                // budget, whether someone is a patient (docs/practice-tools.md §6.3).
+                let family = name_key(&normalize_name(&np.family));
+                let given = name_key(&normalize_name(&np.given));
+                let st = &self.call.state;
+                if !st.was_unmatched(&unmatched_fingerprint(&family, &np.birth_date, None))
+                    && !st.was_unmatched(&unmatched_fingerprint(
+                        &family,
+                        &np.birth_date,
+                        Some(&given),
+                    ))
+                {
+                    return Err(ToolError::NotIdentified.into());
+                }
                 let mut np = np.clone();
                 np.phone = self.caller_number();
                 Ok(Patient {
@@ -199,6 +221,31 @@ impl Ctx<'_> {
             }
             (None, None) => Err(ToolError::NotIdentified.into()),
         }
+    }
+
+    /// The patient a new-patient booking of this call created, when the agent books the same
+    /// new patient again (a second appointment) instead of using the `patient_ref` the first
+    /// booking answered: booked for them, not sent to staff review as a duplicate. (The
+    /// booking keeps the new-patient idempotency key it was asked with, so its retry is found.)
+    fn new_patient_of_this_call(&mut self, np: &NewPatient) -> Out<Option<Patient>> {
+        let (family, given) = (
+            name_key(&normalize_name(&np.family)),
+            name_key(&normalize_name(&np.given)),
+        );
+        let stored = self.store.patients_by_birth_date(&np.birth_date)?;
+        let same = stored.iter().filter(|p| {
+            name_key(&normalize_name(&p.family)) == family
+                && name_key(&normalize_name(&p.given)) == given
+        });
+        for p in same {
+            if let Some(r) = self.call.state.patients.iter().find(|r| r.id == p.id) {
+                return Ok(Some(Patient {
+                    booking: BookingPatient::Existing(p.id),
+                    assurance: Some(r.assurance),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// A "new patient" whose name and birth date match a stored one is not created a second

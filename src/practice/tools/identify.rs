@@ -7,7 +7,7 @@ use super::input::IdentifyInput;
 use super::outcome::{IdentifyOutcome, PatientFlags, UniqueMatch};
 use crate::metrics::{Metrics, PRACTICE};
 use crate::practice::calendar;
-use crate::practice::calls::Assurance;
+use crate::practice::calls::{Assurance, unmatched_fingerprint};
 use crate::practice::store::{Gender, PatientRecord, name_key, normalize_name, quarter};
 
 /// Upcoming appointments read back by `identify_patient`.
@@ -32,24 +32,24 @@ impl Ctx<'_> {
             .into_iter()
             .filter(|p| name_key(&normalize_name(&p.family)) == family)
             .collect();
-        // The given name narrows the match: exact (spelling-tolerant) or a prefix of a double
-        // name ("Hans" for "Hans-Peter").
-        if let Some(g) = i
-            .given_name
-            .as_deref()
-            .map(normalize_name)
-            .filter(|g| !g.is_empty())
-        {
-            let key = name_key(&g);
-            found.retain(|p| {
-                let stored = normalize_name(&p.given);
-                name_key(&stored) == key || stored.starts_with(&g)
-            });
+        if let Some(g) = i.given_name.as_deref() {
+            narrow_by_given(&mut found, g, |p| &p.given);
         }
         match found.len() {
             0 => {
                 Metrics::add(&PRACTICE.identification_failures, 1);
+                let given = i
+                    .given_name
+                    .as_deref()
+                    .map(|g| name_key(&normalize_name(g)))
+                    .filter(|g| !g.is_empty());
+                let birth_date = i.birth_date.to_string();
                 let st = self.state();
+                st.note_unmatched(unmatched_fingerprint(
+                    &family,
+                    &birth_date,
+                    given.as_deref(),
+                ));
                 st.failed_identifications += 1;
                 Ok(IdentifyOutcome::None {
                     attempts_left: st.attempts_left(),
@@ -104,5 +104,66 @@ impl Ctx<'_> {
             },
             attempts_left: self.call.state.attempts_left(),
         })
+    }
+}
+
+/// Narrows `found` by the given name the caller said: the same name (spelling-tolerant), or
+/// else the leading part(s) of a double name ("Hans" for "Hans-Peter", "Anna Maria" for "Anna
+/// Maria Luise"). A name that is merely the start of another ("Paul" for "Paula", "Jan" for
+/// "Jana") does not match it, and a same-name match wins over a double name, so twins whose
+/// names share a beginning can still be told apart by asking again (prompt §3).
+fn narrow_by_given<T>(found: &mut Vec<T>, spoken: &str, given_of: impl Fn(&T) -> &str) {
+    let g = normalize_name(spoken);
+    if g.is_empty() {
+        return;
+    }
+    let key = name_key(&g);
+    let same = |p: &T| name_key(&normalize_name(given_of(p))) == key;
+    if found.iter().any(same) {
+        found.retain(same);
+    } else {
+        found.retain(|p| leading_parts_are(given_of(p), &g));
+    }
+}
+
+/// Whether the first parts of the double name `stored` (split at hyphens and spaces),
+/// normalised and joined, are `given` (normalised).
+fn leading_parts_are(stored: &str, given: &str) -> bool {
+    let mut joined = String::new();
+    for part in stored.split(['-', ' ']).filter(|p| !p.is_empty()) {
+        joined.push_str(&normalize_name(part));
+        if joined == given {
+            return true;
+        }
+        if joined.len() >= given.len() {
+            return false;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn narrowed(stored: &[&'static str], spoken: &str) -> Vec<&'static str> {
+        let mut found = stored.to_vec();
+        narrow_by_given(&mut found, spoken, |p| p);
+        found
+    }
+
+    #[test]
+    fn a_given_name_tells_twins_apart_and_finds_double_names() {
+        assert_eq!(narrowed(&["Paul", "Paula"], "Paul"), ["Paul"]);
+        assert_eq!(narrowed(&["Paul", "Paula"], "paula"), ["Paula"]);
+        assert_eq!(narrowed(&["Jana"], "Jan"), Vec::<&str>::new());
+        assert_eq!(narrowed(&["Hans-Peter", "Petra"], "Hans"), ["Hans-Peter"]);
+        assert_eq!(narrowed(&["Hans-Peter", "Hans"], "Hans"), ["Hans"]);
+        assert_eq!(
+            narrowed(&["Anna Maria Luise"], "Anna-Maria"),
+            ["Anna Maria Luise"]
+        );
+        assert_eq!(narrowed(&["Jürgen"], "Juergen"), ["Jürgen"]);
+        assert_eq!(narrowed(&["Paul", "Paula"], " "), ["Paul", "Paula"]);
     }
 }

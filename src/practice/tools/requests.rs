@@ -60,7 +60,8 @@ impl Ctx<'_> {
         if patient.is_none() && i.caller.is_none() {
             return Err(ToolError::NotIdentified.into());
         }
-        let decision = self.decide(&i, patient.as_ref())?;
+        let verified = assurance == Some(Assurance::NameDobPhone);
+        let decision = self.decide(&i, patient.as_ref(), verified)?;
         // Below phone assurance the practice calls back the number on file, never one the caller
         // just named; without a number on file the request is stored as unverified (its
         // assurance), for the staff to check first (docs/practice-tools.md §6.3).
@@ -166,13 +167,29 @@ impl Ctx<'_> {
         })
     }
 
-    /// The category's rules: what it needs from the caller and what happens next.
-    fn decide(&self, i: &RequestInput, patient: Option<&PatientRecord>) -> Out<Decision> {
+    /// The category's rules: what it needs from the caller and what happens next. Below phone
+    /// assurance (`verified` false) the patient's record decides nothing the answer would show:
+    /// whether the card was read this quarter or the person is a known patient must not be
+    /// told to someone who only knows a name and a birth date (docs/practice-tools.md §6.3),
+    /// so refills and referrals go to the staff to judge.
+    fn decide(
+        &self,
+        i: &RequestInput,
+        patient: Option<&PatientRecord>,
+        verified: bool,
+    ) -> Out<Decision> {
         let d = i.details.as_ref();
+        let unverified = patient.is_some() && !verified;
         let known = patient.is_some_and(|p| p.known);
         let this_quarter = quarter(calendar::local(self.config, self.now).date);
         let card_ok =
             patient.is_some_and(|p| p.card_read_quarter.as_deref() == Some(this_quarter.as_str()));
+        let staff_judge = || {
+            Decision::expect(
+                ExpectKind::Callback,
+                "Das Praxisteam prüft Ihr Anliegen und meldet sich bei Ihnen.",
+            )
+        };
         let decision = match i.category {
             RequestCategory::PrescriptionRefill => {
                 let n = d.map_or(0, |d| d.medications.len());
@@ -182,7 +199,13 @@ impl Ctx<'_> {
                 if n > MAX_MEDICATIONS {
                     return Err(ToolError::TooManyItems.into());
                 }
-                if d.is_some_and(|d| d.new_medication) || (patient.is_some() && !known) {
+                if d.is_some_and(|d| d.new_medication) {
+                    return Err(ToolError::NeedsAppointment.into());
+                }
+                if unverified {
+                    return Ok(staff_judge());
+                }
+                if patient.is_some() && !known {
                     return Err(ToolError::NeedsAppointment.into());
                 }
                 if card_ok {
@@ -205,7 +228,8 @@ impl Ctx<'_> {
                 }
             }
             RequestCategory::SickNote => {
-                if !known {
+                // Below phone assurance the doctor decides in the call-back, with the record.
+                if !known && !unverified {
                     return Err(ToolError::NeedsAppointment.into());
                 }
                 Decision::expect(
@@ -218,7 +242,13 @@ impl Ctx<'_> {
                 if d.and_then(|d| d.specialty.as_ref()).is_none() {
                     return Err(ToolError::MissingDetails.into());
                 }
-                if d.is_some_and(|d| d.first_referral) || !known {
+                if d.is_some_and(|d| d.first_referral) {
+                    return Err(ToolError::NeedsAppointment.into());
+                }
+                if unverified {
+                    return Ok(staff_judge());
+                }
+                if !known {
                     return Err(ToolError::NeedsAppointment.into());
                 }
                 let mut decision = Decision::expect(
