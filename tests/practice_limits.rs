@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 
 use ignis::metrics::{Metrics, PRACTICE};
 use ignis::practice::calls::{
-    MAX_BOOKINGS_PER_CALL, MAX_FAILED_IDENTIFICATIONS, MAX_FAILED_IDENTIFICATIONS_PER_HOUR,
-    MAX_IDENTIFY_CALLS_PER_CALL, MAX_REQUESTS_PER_CALL, MAX_REQUESTS_PER_NUMBER_PER_DAY,
-    REFILE_WINDOW_SECS,
+    MAX_BOOKINGS_PER_CALL, MAX_EMERGENCIES_PER_CALL, MAX_FAILED_IDENTIFICATIONS,
+    MAX_FAILED_IDENTIFICATIONS_PER_HOUR, MAX_IDENTIFY_CALLS_PER_CALL, MAX_REQUESTS_PER_CALL,
+    MAX_REQUESTS_PER_NUMBER_PER_DAY, REFILE_WINDOW_SECS,
 };
 use ignis::practice::premium::parse_prefixes;
 use ignis::practice::store::Store;
@@ -424,6 +424,37 @@ fn requests_are_capped_per_call_and_per_number_per_day() {
     assert_eq!((s, v["ok"].clone()), (200, true.into()), "{v}");
 }
 
+/// One call records at most MAX_EMERGENCIES_PER_CALL emergency events, however it words them;
+/// every report still gets the advice, past the cap with the call's last event.
+#[test]
+fn one_call_cannot_bury_the_staff_in_emergencies() {
+    let mut e = Env::new("lim-emergencies", now());
+    let t = e.call("CAemerg", OTHER_PHONE, now());
+    let mut refs = Vec::new();
+    for n in 0..MAX_EMERGENCIES_PER_CALL + 4 {
+        let body = format!(r#"{{"severity":"urgent","keywords":"Schmerzen {n}"}}"#);
+        let (s, v) = e.post(&t, "/api/emergencies", &body, now());
+        assert_eq!(s, 200, "{v}");
+        assert!(v["say"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+        refs.push(v["event_ref"].as_str().unwrap().to_owned());
+    }
+    let cap = MAX_EMERGENCIES_PER_CALL as usize;
+    let life = r#"{"severity":"life_threatening","keywords":"Atemnot"}"#;
+    let (_, v) = e.post(&t, "/api/emergencies", life, now());
+    assert!(v["say"].as_str().unwrap().contains("112"), "{v}");
+    assert_eq!(v["event_ref"], refs[cap - 1].as_str(), "{v}");
+    assert!(refs[cap..].iter().all(|r| *r == refs[cap - 1]), "{refs:?}");
+    let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
+    let rows: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM emergency_event WHERE call_sid = 'CAemerg'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, i64::from(MAX_EMERGENCIES_PER_CALL));
+}
+
 /// The new patient the duplicate tests race for: nobody in the demo data.
 const NEW: (&str, &str, &str) = ("Neumann", "Nina", "2000-02-02");
 const NEW_JSON: &str = r#"{"family_name":"Neumann","given_name":"Nina","birth_date":"2000-02-02"}"#;
@@ -482,6 +513,55 @@ fn a_new_patient_booking_never_tells_whether_someone_is_a_patient() {
     assert_eq!(w["patient_ref"], v["patient_ref"], "{w}");
     assert_ne!(w["appointment_ref"], v["appointment_ref"], "{w}");
     assert_eq!(e.store.patients_by_birth_date(NEW.2).unwrap().len(), 1);
+    assert_eq!(e.store.open_requests().unwrap().len(), 0);
+}
+
+/// A retried new-patient booking spelt another way ("Meier, Stephan" for "Meyer, Stefan", the
+/// same under the name comparison) is the same booking, not a second one in another slot.
+#[test]
+fn a_new_patient_booking_retried_in_another_spelling_is_the_same_booking() {
+    let mut e = Env::new("lim-new-spelling", now());
+    let t = e.call("CA1", OTHER_PHONE, now());
+    assert_eq!(
+        e.identify(&t, "Meyer", Some("Stefan"), "1999-09-09", now())["match"],
+        "none"
+    );
+    let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    let book = |family: &str, given: &str| {
+        format!(
+            r#"{{"slot_ref":{s},"new_patient":{{"family_name":"{family}","given_name":"{given}","birth_date":"1999-09-09"}},"visit_type":"akut"}}"#
+        )
+    };
+    let first = e.book(&t, &book("Meyer", "Stefan"), now());
+    assert_eq!(first["ok"], true, "{first}");
+    let again = e.book(&t, &book("Meier", "Stephan"), now());
+    assert_eq!(again["repeated"], true, "{again}");
+    assert_eq!(
+        again["appointment_ref"], first["appointment_ref"],
+        "{again}"
+    );
+}
+
+/// A request the staff judge below phone assurance promises a call-back: without a number to
+/// call (withheld caller, none on file) the agent is asked for one, nothing is filed.
+#[test]
+fn a_staff_judged_request_needs_a_number_to_call_back() {
+    let mut e = Env::new("lim-judge-number", now());
+    let t = e.call("CA1", "anonymous", now());
+    assert_eq!(e.identify(&t, NEW.0, None, NEW.2, now())["match"], "none");
+    let s = e.slots(&t, "visit_type=akut", now())["slots"][0]["slot_ref"].clone();
+    let booked = e.book(
+        &t,
+        &format!(r#"{{"slot_ref":{s},"new_patient":{NEW_JSON},"visit_type":"akut"}}"#),
+        now(),
+    );
+    assert_eq!(booked["ok"], true, "{booked}");
+    let refill = format!(
+        r#"{{"category":"prescription_refill","patient_ref":{},"details":{{"medications":[{{"name":"Ramipril"}}]}}}}"#,
+        booked["patient_ref"]
+    );
+    let (_, v) = e.post(&t, "/api/requests", &refill, now());
+    assert_eq!(v["error"], "callback_number_needed", "{v}");
     assert_eq!(e.store.open_requests().unwrap().len(), 0);
 }
 

@@ -196,7 +196,22 @@ pub struct CallState {
     /// [`MAX_IDENTIFY_CALLS_PER_CALL`], since each comes from one identification.
     #[serde(default)]
     pub unmatched: Vec<String>,
+    /// Emergency events recorded in this call (retries not counted): at most
+    /// [`MAX_EMERGENCIES_PER_CALL`].
+    #[serde(default)]
+    pub emergencies: u32,
+    /// The last emergency event recorded in this call (`E-…`), answered once the cap is reached.
+    #[serde(default)]
+    pub last_emergency: Option<String>,
+    /// Fields a newer release wrote, kept as they are: during a rolling upgrade an older
+    /// replica saving the state must not drop what the newer ones rely on (docs/replicas.md §5).
+    #[serde(flatten)]
+    pub newer: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Emergency events one call records. The advice always goes out; above the cap a report is
+/// answered with the call's last event, so one call cannot bury the staff's emergency list.
+pub const MAX_EMERGENCIES_PER_CALL: u32 = 5;
 
 /// The fingerprint of a name identification found no one for: the family name's and the given
 /// name's keys (`store::name_key`) and the birth date; `given` `None` when none was said (then
@@ -483,6 +498,18 @@ fn call_facts(call: &CallInfo<'_>) -> [(String, Value); 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_keeps_fields_a_newer_release_wrote() {
+        let newer = r#"{"bookings":1,"unmatched":["ab"],"from_the_future":{"x":[1,2]}}"#;
+        let state: CallState = serde_json::from_str(newer).unwrap();
+        assert_eq!((state.bookings, state.unmatched.len()), (1, 1));
+        let again = serde_json::to_value(&state).unwrap();
+        assert_eq!(again["from_the_future"], serde_json::json!({"x": [1, 2]}));
+        // An older state, without the newer fields, still loads.
+        let old: CallState = serde_json::from_str(r#"{"requests":2}"#).unwrap();
+        assert_eq!((old.requests, old.emergencies), (2, 0));
+    }
 
     #[test]
     fn refs_are_per_kind_and_reused() {

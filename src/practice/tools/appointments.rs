@@ -32,14 +32,15 @@ struct Patient {
 
 impl Patient {
     /// The patient part of the idempotency key: `p:<id>` for a stored patient,
-    /// `n:<family>|<given>|<birth date>` (normalised names) for a new one.
+    /// `n:<family>|<given>|<birth date>` for a new one, the names as compared everywhere else
+    /// (`name_key`: "Meier, Stephan" retried as "Meyer, Stefan" is the same booking).
     fn key(&self) -> String {
         match &self.booking {
             BookingPatient::Existing(id) => format!("p:{id}"),
             BookingPatient::New(np) => format!(
                 "n:{}|{}|{}",
-                normalize_name(&np.family),
-                normalize_name(&np.given),
+                name_key(&normalize_name(&np.family)),
+                name_key(&normalize_name(&np.given)),
                 np.birth_date
             ),
         }

@@ -5,7 +5,7 @@ use super::context::{Ctx, Out};
 use super::input::EmergencyInput;
 use super::outcome::{EmergencyAdvice, EmergencyNumbers};
 use crate::practice::calendar::{self, Advice, EmergencyDecision};
-use crate::practice::calls::{Filed, fingerprint};
+use crate::practice::calls::{Filed, MAX_EMERGENCIES_PER_CALL, fingerprint};
 use crate::practice::config::PracticeConfig;
 use crate::practice::store::{NewEmergency, Severity};
 
@@ -38,8 +38,18 @@ impl Ctx<'_> {
                 None
             }
         };
-        // Recording the event must never stop the advice from going out.
-        let event_ref = first.or_else(|| self.record(i, patient_id, d.advice, fingerprint));
+        // Recording the event must never stop the advice from going out. Past the call's cap
+        // the staff already have its events: the last one answers.
+        let event_ref = first.or_else(|| {
+            if self.call.state.emergencies >= MAX_EMERGENCIES_PER_CALL {
+                tracing::warn!(
+                    recorded = self.call.state.emergencies,
+                    "emergency not recorded: the call's cap is reached"
+                );
+                return self.call.state.last_emergency.clone();
+            }
+            self.record(i, patient_id, d.advice, fingerprint)
+        });
         tracing::warn!(advice = d.advice.as_str(), "emergency reported");
         Ok(EmergencyAdvice {
             event_ref,
@@ -76,6 +86,9 @@ impl Ctx<'_> {
         });
         match recorded {
             Ok(r) => {
+                let st = self.state();
+                st.emergencies += 1;
+                st.last_emergency = Some(r.clone());
                 self.state().note_filed(
                     Filed {
                         fingerprint,

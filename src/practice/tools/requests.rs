@@ -87,13 +87,16 @@ impl Ctx<'_> {
         {
             return Err(ToolError::PremiumRateNumber.into());
         }
-        let needs_number = !matches!(
-            i.category,
-            RequestCategory::PrescriptionRefill
-                | RequestCategory::Message
-                | RequestCategory::Document
-                | RequestCategory::Referral
-        );
+        // A promised call-back needs a number, whatever the category (a refill the staff judge
+        // below phone assurance is one).
+        let needs_number = decision.expect.kind == ExpectKind::Callback
+            || !matches!(
+                i.category,
+                RequestCategory::PrescriptionRefill
+                    | RequestCategory::Message
+                    | RequestCategory::Document
+                    | RequestCategory::Referral
+            );
         if callback_number.is_none() && needs_number {
             return Err(ToolError::CallbackNumberNeeded.into());
         }
