@@ -478,6 +478,9 @@ pub struct Config {
     pub fallback_number: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// `RUST_LOG` (from the environment or `.env`), checked to parse as a log filter; `None`:
+    /// [`DEFAULT_LOG_FILTER`].
+    pub log_filter: Option<String>,
     /// Drain deadline for live calls on shutdown.
     pub drain: Duration,
     /// Connection cap.
@@ -909,8 +912,7 @@ impl<'a> Vars<'a> {
 
 impl Config {
     /// Builds the configuration from the merged variables (see [`merge`]): the one parse of
-    /// every variable in [`VARIABLES`] that ignis reads itself (`RUST_LOG` is read by the log
-    /// subscriber). Empty values count as unset.
+    /// every variable in [`VARIABLES`]. Empty values count as unset.
     pub fn from_vars(
         vars: &HashMap<String, String>,
         insecure_skip_signature: bool,
@@ -925,6 +927,18 @@ impl Config {
         let fallback_number = v.fallback_number()?;
         let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
         let log_format = v.choice("LOG_FORMAT", DEFAULT_LOG_FORMAT, &formats)?;
+        // Read here, not by the subscriber from the process environment, so `.env` sets it too
+        // and a typo stops start-up like any other bad value.
+        let log_filter = match v.get("RUST_LOG") {
+            None => None,
+            Some(f) if tracing_subscriber::EnvFilter::try_new(f).is_ok() => Some(f.to_owned()),
+            Some(_) => {
+                return Err(err(
+                    "RUST_LOG",
+                    "is not a log filter (e.g. debug, or info,ignis::practice=debug)",
+                ));
+            }
+        };
         let bind = v.bind()?;
         let dtmf_modes =
             [DtmfMode::UserMessage, DtmfMode::ContextualUpdate].map(|m| (dtmf_name(m), m));
@@ -941,6 +955,7 @@ impl Config {
             elevenlabs_api_base,
             fallback_number,
             log_format,
+            log_filter,
             drain: Duration::from_secs(v.number(
                 "DRAIN_SECONDS",
                 DEFAULT_DRAIN_SECONDS,
@@ -1021,6 +1036,20 @@ mod tests {
         // Signed URLs keep what the operator configured (Twilio signs that).
         let u = PublicUrl::parse("https://x.example:443").unwrap();
         assert_eq!(u.http_url("/a"), "https://x.example:443/a");
+    }
+
+    #[test]
+    fn rust_log_is_read_with_the_other_variables() {
+        let mut v = vars(MIN);
+        assert_eq!(Config::from_vars(&v, false).unwrap().log_filter, None);
+        v.insert("RUST_LOG".into(), "info,ignis::practice=debug".into());
+        let c = Config::from_vars(&v, false).unwrap();
+        assert_eq!(c.log_filter.as_deref(), Some("info,ignis::practice=debug"));
+        v.insert("RUST_LOG".into(), "ignis=[[loud".into());
+        assert_eq!(
+            Config::from_vars(&v, false).unwrap_err().variable,
+            "RUST_LOG"
+        );
     }
 
     #[test]

@@ -213,6 +213,14 @@ fn missing_or_malformed_values_exit_2_naming_the_variable() {
             &[
                 ("PUBLIC_URL", "https://h"),
                 ("TWILIO_AUTH_TOKEN", "t"),
+                ("RUST_LOG", "ignis=[[loud"),
+            ],
+            "RUST_LOG",
+        ),
+        (
+            &[
+                ("PUBLIC_URL", "https://h"),
+                ("TWILIO_AUTH_TOKEN", "t"),
                 ("TOOLS_TOKEN", "too-short"),
             ],
             "TOOLS_TOKEN",

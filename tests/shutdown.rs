@@ -88,6 +88,11 @@ async fn drains_live_calls_until_the_deadline_then_closes_them() {
         signalled.elapsed() >= Duration::from_millis(1400),
         "closed before the deadline"
     );
+    // Twilio then asks the <Connect action> URL: still answered, with what the caller hears
+    // next (the fallback for a call the shutdown closed), not a refused connection.
+    let ended = call_webhook(&server, "/api/twilio/stream-ended", sid).await;
+    assert_eq!(ended.status, 200, "{}", ended.text());
+    assert!(!ended.text().contains("<Stream"), "{}", ended.text());
     let result = tokio::time::timeout(Duration::from_secs(10), &mut server.task).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
     assert_eq!(

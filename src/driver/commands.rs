@@ -159,11 +159,27 @@ fn healthcheck_port(vars: &HashMap<String, String>) -> u16 {
         .unwrap_or(config::DEFAULT_PORT)
 }
 
+/// Where `serve` listens, as `BIND` says: its own address, or the loopback of its family when
+/// it binds every address (`0.0.0.0` → 127.0.0.1, `::` → ::1).
+fn healthcheck_ip(vars: &HashMap<String, String>) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let bind = vars
+        .get("BIND")
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or(config::DEFAULT_BIND);
+    match bind {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        a => a,
+    }
+}
+
 /// `ignis healthcheck`: probes the local server's `/health` (the container image has no curl).
 pub fn healthcheck() -> Result<(), StartError> {
-    let port = healthcheck_port(&load_vars_lenient());
+    let vars = load_vars_lenient();
+    let (ip, port) = (healthcheck_ip(&vars), healthcheck_port(&vars));
     let probe = || -> std::io::Result<bool> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::new(ip, port);
         let mut s = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
         s.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
         s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
@@ -203,5 +219,11 @@ mod tests {
         assert_eq!(healthcheck_port(&vars("9000")), 9000);
         assert_eq!(healthcheck_port(&vars("junk")), config::DEFAULT_PORT);
         assert_eq!(healthcheck_port(&HashMap::new()), config::DEFAULT_PORT);
+        let bind = |b: &str| healthcheck_ip(&HashMap::from([("BIND".to_owned(), b.to_owned())]));
+        assert_eq!(bind("0.0.0.0").to_string(), "127.0.0.1");
+        assert_eq!(bind("::").to_string(), "::1");
+        assert_eq!(bind("::1").to_string(), "::1");
+        assert_eq!(bind("10.0.0.7").to_string(), "10.0.0.7");
+        assert_eq!(healthcheck_ip(&HashMap::new()).to_string(), "127.0.0.1");
     }
 }

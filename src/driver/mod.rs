@@ -45,8 +45,14 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often ended calls are swept from the registry.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// Fleet drain: how often a draining replica checks whether its last call ended.
+/// Drain: how often a draining server checks whether its last call ended.
 const DRAIN_CHECK: Duration = Duration::from_millis(200);
+/// Drain: how long the listener stays open after the last call ended (or was closed at the
+/// deadline). Twilio asks the `<Connect action>` URL (`stream-ended`) and sends the status
+/// callback right after a stream closes, and the first decides what the caller hears next
+/// (the fallback for a call closed by the shutdown): a closed port would get Twilio's error
+/// message instead (docs/replicas.md §5).
+const STREAM_ENDED_GRACE: Duration = Duration::from_secs(3);
 
 /// Lifecycle phase broadcast to every task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,13 +260,7 @@ pub async fn serve(
             drain_secs, "shutdown: draining; new calls get the fallback"
         );
     }
-    let until = async {
-        tokio::select! {
-            () = calls_done(&app) => {}
-            () = tokio::time::sleep_until(deadline) => {}
-        }
-    };
-    acceptor.run(until).await;
+    drain_while_accepting(&mut acceptor, &app, deadline, active_calls > 0).await;
     let Acceptor {
         listener,
         token,
@@ -282,7 +282,7 @@ pub async fn serve(
         let closed = app.calls.teardown_all(TeardownReason::Shutdown);
         info!(
             closed_calls = closed,
-            "shutdown: drain deadline reached; closing live calls"
+            "shutdown: closing the connections that are left"
         );
         let _ = phase_tx.send(Phase::Closing);
         if tokio::time::timeout(CLOSE_GRACE, done_rx.recv())
@@ -299,6 +299,34 @@ pub async fn serve(
     fleet_tasks.stop(&app).await;
     info!("shutdown complete");
     Ok(())
+}
+
+/// The drain's first part, still accepting: until the calls are over or the deadline, when the
+/// live ones are closed; then, if there were calls, [`STREAM_ENDED_GRACE`] for what Twilio
+/// sends after their streams closed.
+async fn drain_while_accepting(
+    acceptor: &mut Acceptor,
+    app: &App,
+    deadline: tokio::time::Instant,
+    had_calls: bool,
+) {
+    let until = async {
+        tokio::select! {
+            () = calls_done(app) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    };
+    acceptor.run(until).await;
+    if tokio::time::Instant::now() >= deadline {
+        let closed = app.calls.teardown_all(TeardownReason::Shutdown);
+        info!(
+            closed_calls = closed,
+            "shutdown: drain deadline reached; closing live calls"
+        );
+    }
+    if had_calls {
+        acceptor.run(tokio::time::sleep(STREAM_ENDED_GRACE)).await;
+    }
 }
 
 /// Answers a connection over the cap with 503 and closes it, without holding a permit.

@@ -202,7 +202,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), StartError> {
     let vars = load_vars().map_err(StartError::Config)?;
     let config =
         Config::from_vars(&vars, args.insecure_skip_signature).map_err(StartError::Config)?;
-    crate::telemetry::init(config.log_format);
+    crate::telemetry::init_with_filter(config.log_format, config.log_filter.as_deref());
     // The runtime first: a PostgreSQL pool's connections live on it (docs/replicas.md §5).
     let rt = runtime()?;
     let db = database(&config.practice, &rt)?;

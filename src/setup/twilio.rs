@@ -687,7 +687,7 @@ impl Plan {
                 "  {mark} {:<w1$} | {:<w2$} | {}\n",
                 r.field.param(),
                 now_text(r),
-                r.wanted
+                shown(&r.wanted)
             ));
         }
         out

@@ -266,6 +266,19 @@ fn credentials_in_the_current_urls_are_never_shown() {
         plan.contains("https://ignis.example.com/api/twilio/voice"),
         "{plan}"
     );
+    // A wanted fallback URL carrying a token is shown without it, and sent whole.
+    let d = Desired::from_config(&config(&[(
+        "TWILIO_VOICE_FALLBACK_URL",
+        "https://f.example/x?token=s3cret-wanted",
+    )]))
+    .unwrap();
+    let p = super::plan(&old, &d).unwrap();
+    assert!(!p.render().contains("s3cret"), "{}", p.render());
+    assert!(
+        p.update_body().contains("s3cret-wanted"),
+        "{}",
+        p.update_body()
+    );
     assert_eq!(without_credentials("POST"), "POST");
     assert_eq!(
         without_credentials("https://a.example"),
