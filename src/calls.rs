@@ -519,6 +519,15 @@ impl CallRegistry {
             .count()
     }
 
+    /// Whether a call ended at or after `since` (its stream may still have Twilio's
+    /// `stream-ended` request to come).
+    pub fn ended_since(&self, since: Instant) -> bool {
+        self.lock()
+            .calls
+            .values()
+            .any(|e| matches!(e.state, State::Ended { at, .. } if at >= since))
+    }
+
     /// Number of entries (pending, live and remembered).
     pub fn len(&self) -> usize {
         self.lock().calls.len()

@@ -910,6 +910,19 @@ impl<'a> Vars<'a> {
     }
 }
 
+/// Whether `filter` parses as a log filter and every bare word in it is a level or ignis: the
+/// filter syntax reads a misspelt level ("debgu") as a target to show alone, which would hide
+/// every log line, errors included. Other crates are named with a level (`tokio=debug`).
+fn log_filter_is_meant(filter: &str) -> bool {
+    const BARE_WORDS: [&str; 7] = ["trace", "debug", "info", "warn", "error", "off", "ignis"];
+    tracing_subscriber::EnvFilter::try_new(filter).is_ok()
+        && filter
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && !d.contains(['=', '[', ':']))
+            .all(|d| BARE_WORDS.contains(&d.to_ascii_lowercase().as_str()))
+}
+
 impl Config {
     /// Builds the configuration from the merged variables (see [`merge`]): the one parse of
     /// every variable in [`VARIABLES`]. Empty values count as unset.
@@ -931,7 +944,7 @@ impl Config {
         // and a typo stops start-up like any other bad value.
         let log_filter = match v.get("RUST_LOG") {
             None => None,
-            Some(f) if tracing_subscriber::EnvFilter::try_new(f).is_ok() => Some(f.to_owned()),
+            Some(f) if log_filter_is_meant(f) => Some(f.to_owned()),
             Some(_) => {
                 return Err(err(
                     "RUST_LOG",
@@ -1045,11 +1058,20 @@ mod tests {
         v.insert("RUST_LOG".into(), "info,ignis::practice=debug".into());
         let c = Config::from_vars(&v, false).unwrap();
         assert_eq!(c.log_filter.as_deref(), Some("info,ignis::practice=debug"));
-        v.insert("RUST_LOG".into(), "ignis=[[loud".into());
-        assert_eq!(
-            Config::from_vars(&v, false).unwrap_err().variable,
-            "RUST_LOG"
-        );
+        for bad in ["ignis=[[loud", "debgu", "info,inof"] {
+            v.insert("RUST_LOG".into(), bad.into());
+            let e = Config::from_vars(&v, false).unwrap_err();
+            assert_eq!(e.variable, "RUST_LOG", "{bad}");
+        }
+        for good in [
+            "Debug",
+            "ignis",
+            "warn,tokio=debug",
+            "info,ignis::practice=trace",
+        ] {
+            v.insert("RUST_LOG".into(), good.into());
+            assert!(Config::from_vars(&v, false).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn missing_or_malformed_values_exit_2_naming_the_variable() {
             &[
                 ("PUBLIC_URL", "https://h"),
                 ("TWILIO_AUTH_TOKEN", "t"),
-                ("RUST_LOG", "ignis=[[loud"),
+                ("RUST_LOG", "debgu"),
             ],
             "RUST_LOG",
         ),

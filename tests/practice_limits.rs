@@ -439,11 +439,15 @@ fn one_call_cannot_bury_the_staff_in_emergencies() {
         refs.push(v["event_ref"].as_str().unwrap().to_owned());
     }
     let cap = MAX_EMERGENCIES_PER_CALL as usize;
-    let life = r#"{"severity":"life_threatening","keywords":"Atemnot"}"#;
-    let (_, v) = e.post(&t, "/api/emergencies", life, now());
-    assert!(v["say"].as_str().unwrap().contains("112"), "{v}");
-    assert_eq!(v["event_ref"], refs[cap - 1].as_str(), "{v}");
     assert!(refs[cap..].iter().all(|r| *r == refs[cap - 1]), "{refs:?}");
+    // The first life-threatening report is recorded even past the cap; a second one is not.
+    let life = |what: &str| format!(r#"{{"severity":"life_threatening","keywords":"{what}"}}"#);
+    let (_, v) = e.post(&t, "/api/emergencies", &life("Atemnot"), now());
+    assert!(v["say"].as_str().unwrap().contains("112"), "{v}");
+    assert_ne!(v["event_ref"], refs[cap - 1].as_str(), "{v}");
+    let (_, w) = e.post(&t, "/api/emergencies", &life("Brustschmerzen"), now());
+    assert!(w["say"].as_str().unwrap().contains("112"), "{w}");
+    assert_eq!(w["event_ref"], v["event_ref"], "{w}");
     let db = rusqlite::Connection::open(e.dir.join("ignis.db")).unwrap();
     let rows: i64 = db
         .query_row(
@@ -452,7 +456,7 @@ fn one_call_cannot_bury_the_staff_in_emergencies() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(rows, i64::from(MAX_EMERGENCIES_PER_CALL));
+    assert_eq!(rows, i64::from(MAX_EMERGENCIES_PER_CALL) + 1);
 }
 
 /// The new patient the duplicate tests race for: nobody in the demo data.
@@ -561,6 +565,10 @@ fn a_staff_judged_request_needs_a_number_to_call_back() {
         booked["patient_ref"]
     );
     let (_, v) = e.post(&t, "/api/requests", &refill, now());
+    assert_eq!(v["error"], "callback_number_needed", "{v}");
+    // A document the staff prepare and "get back about", for a caller nobody can reach.
+    let document = r#"{"category":"document","caller":{"family_name":"Fremd","birth_date":"1990-01-01"},"note":"Bescheinigung"}"#;
+    let (_, v) = e.post(&t, "/api/requests", document, now());
     assert_eq!(v["error"], "callback_number_needed", "{v}");
     assert_eq!(e.store.open_requests().unwrap().len(), 0);
 }

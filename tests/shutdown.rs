@@ -116,3 +116,21 @@ async fn shutdown_without_calls_finishes_at_once() {
         "waited for a drain with nothing to drain"
     );
 }
+
+/// A call that ended just before the signal still has Twilio's `stream-ended` request to
+/// come: it is answered, not refused by a listener already closed.
+#[tokio::test]
+async fn a_call_that_just_ended_still_gets_its_stream_ended_answer() {
+    let mut server = Server::start().await; // drain deadline 5 s
+    let sid = "CA00000000000000000000000000000d03";
+    let mut ws = open_stream(&server, sid).await;
+    eventually("live", || server.app.calls.is_live(sid)).await;
+    ws.close(None).await.unwrap();
+    eventually("ended", || server.app.calls.outcome(sid).is_some()).await;
+    server.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ended = call_webhook(&server, "/api/twilio/stream-ended", sid).await;
+    assert_eq!(ended.status, 200, "{}", ended.text());
+    let result = tokio::time::timeout(Duration::from_secs(10), &mut server.task).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+}

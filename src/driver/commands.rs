@@ -160,25 +160,29 @@ fn healthcheck_port(vars: &HashMap<String, String>) -> u16 {
 }
 
 /// Where `serve` listens, as `BIND` says: its own address, or the loopback of its family when
-/// it binds every address (`0.0.0.0` → 127.0.0.1, `::` → ::1).
-fn healthcheck_ip(vars: &HashMap<String, String>) -> std::net::IpAddr {
+/// it binds every address (`0.0.0.0` → 127.0.0.1; `::` → ::1, then 127.0.0.1, since a
+/// dual-stack listener is reached on both and a container may have no IPv6 loopback).
+fn healthcheck_ips(vars: &HashMap<String, String>) -> Vec<std::net::IpAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let bind = vars
         .get("BIND")
         .and_then(|b| b.trim().parse().ok())
         .unwrap_or(config::DEFAULT_BIND);
     match bind {
-        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        a => a,
+        IpAddr::V4(a) if a.is_unspecified() => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        IpAddr::V6(a) if a.is_unspecified() => vec![
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ],
+        a => vec![a],
     }
 }
 
 /// `ignis healthcheck`: probes the local server's `/health` (the container image has no curl).
 pub fn healthcheck() -> Result<(), StartError> {
     let vars = load_vars_lenient();
-    let (ip, port) = (healthcheck_ip(&vars), healthcheck_port(&vars));
-    let probe = || -> std::io::Result<bool> {
+    let port = healthcheck_port(&vars);
+    let probe = |ip| -> std::io::Result<bool> {
         let addr = SocketAddr::new(ip, port);
         let mut s = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
         s.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
@@ -188,13 +192,15 @@ pub fn healthcheck() -> Result<(), StartError> {
         let reply = String::from_utf8_lossy(&reply);
         Ok(reply.starts_with("HTTP/1.1 200") && reply.contains("\"status\":\"ok\""))
     };
-    match probe() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(StartError::Failed(format!(
-            "unhealthy answer on port {port}"
-        ))),
-        Err(e) => Err(StartError::Failed(format!("port {port}: {e}"))),
+    let mut failure = String::new();
+    for ip in healthcheck_ips(&vars) {
+        match probe(ip) {
+            Ok(true) => return Ok(()),
+            Ok(false) => failure = format!("unhealthy answer on {ip} port {port}"),
+            Err(e) => failure = format!("{ip} port {port}: {e}"),
+        }
     }
+    Err(StartError::Failed(failure))
 }
 
 #[cfg(test)]
@@ -219,11 +225,16 @@ mod tests {
         assert_eq!(healthcheck_port(&vars("9000")), 9000);
         assert_eq!(healthcheck_port(&vars("junk")), config::DEFAULT_PORT);
         assert_eq!(healthcheck_port(&HashMap::new()), config::DEFAULT_PORT);
-        let bind = |b: &str| healthcheck_ip(&HashMap::from([("BIND".to_owned(), b.to_owned())]));
-        assert_eq!(bind("0.0.0.0").to_string(), "127.0.0.1");
-        assert_eq!(bind("::").to_string(), "::1");
-        assert_eq!(bind("::1").to_string(), "::1");
-        assert_eq!(bind("10.0.0.7").to_string(), "10.0.0.7");
-        assert_eq!(healthcheck_ip(&HashMap::new()).to_string(), "127.0.0.1");
+        let bind = |b: &str| {
+            healthcheck_ips(&HashMap::from([("BIND".to_owned(), b.to_owned())]))
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bind("0.0.0.0"), ["127.0.0.1"]);
+        assert_eq!(bind("::"), ["::1", "127.0.0.1"]);
+        assert_eq!(bind("::1"), ["::1"]);
+        assert_eq!(bind("10.0.0.7"), ["10.0.0.7"]);
+        assert_eq!(bind("junk"), ["127.0.0.1"]);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! [`serve`] runs the accept loop with a connection cap and the shutdown choreography
 //! (mini-redis style): on the shutdown signal it keeps serving what live calls need while they
-//! run (new calls get the fallback), stops accepting when they are over or at the drain
-//! deadline, then closes what is left cleanly and waits for every task to end.
+//! run (new calls get the fallback), closes the ones left at the drain deadline, answers what
+//! Twilio asks after the last stream for a few seconds more, then stops accepting and waits for
+//! every task to end.
 
 mod agent;
 mod agent_socket;
@@ -59,9 +60,10 @@ const STREAM_ENDED_GRACE: Duration = Duration::from_secs(3);
 pub enum Phase {
     /// Serving normally.
     Running,
-    /// No new connections; idle HTTP connections close, live calls continue.
+    /// No new connections any more (the calls are over, or were closed at the deadline); idle
+    /// HTTP connections close, what is left continues.
     Draining,
-    /// The drain deadline passed: live calls close now.
+    /// What is still open after that closes now.
     Closing,
 }
 
@@ -202,8 +204,8 @@ pub(crate) fn replica_span(app: &App) -> tracing::Span {
     }
 }
 
-/// Fleet drain (docs/replicas.md §5): resolves when no call of this replica is pending,
-/// claimed or live.
+/// The drain (docs/replicas.md §5): resolves when no call of this process is pending, claimed
+/// or live.
 async fn calls_done(app: &App) {
     while app.calls.active_count(Instant::now()) > 0 {
         tokio::time::sleep(DRAIN_CHECK).await;
@@ -214,8 +216,8 @@ async fn calls_done(app: &App) {
 /// listener stays open while draining: a live call still needs new requests (the agent's tools,
 /// Twilio's `stream-ended` and status callbacks, the stream of a call answered just before).
 /// New voice webhooks get the fallback (fleet mode: 503, the load balancer retries them
-/// elsewhere); everything else is served until the calls are over or the drain deadline
-/// passes (docs/replicas.md §5).
+/// elsewhere); everything else is served until the calls are over or were closed at the drain
+/// deadline, and [`STREAM_ENDED_GRACE`] after that (docs/replicas.md §5).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -260,7 +262,11 @@ pub async fn serve(
             drain_secs, "shutdown: draining; new calls get the fallback"
         );
     }
-    drain_while_accepting(&mut acceptor, &app, deadline, active_calls > 0).await;
+    // A call that ended just before the signal may still have its `stream-ended` to come.
+    let recent = Instant::now()
+        .checked_sub(STREAM_ENDED_GRACE)
+        .is_some_and(|since| app.calls.ended_since(since));
+    drain_while_accepting(&mut acceptor, &app, deadline, active_calls > 0 || recent).await;
     let Acceptor {
         listener,
         token,

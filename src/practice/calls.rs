@@ -203,14 +203,19 @@ pub struct CallState {
     /// The last emergency event recorded in this call (`E-…`), answered once the cap is reached.
     #[serde(default)]
     pub last_emergency: Option<String>,
+    /// A life-threatening report was recorded in this call.
+    #[serde(default)]
+    pub life_threatening_recorded: bool,
     /// Fields a newer release wrote, kept as they are: during a rolling upgrade an older
     /// replica saving the state must not drop what the newer ones rely on (docs/replicas.md §5).
+    /// Only top-level fields: a new field belongs here, not in the nested refs.
     #[serde(flatten)]
     pub newer: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Emergency events one call records. The advice always goes out; above the cap a report is
-/// answered with the call's last event, so one call cannot bury the staff's emergency list.
+/// answered with the call's last event, so one call cannot bury the staff's emergency list. A
+/// call's first life-threatening report is recorded even past it: the staff must see it.
 pub const MAX_EMERGENCIES_PER_CALL: u32 = 5;
 
 /// The fingerprint of a name identification found no one for: the family name's and the given

@@ -41,12 +41,15 @@ impl Ctx<'_> {
         // Recording the event must never stop the advice from going out. Past the call's cap
         // the staff already have its events: the last one answers.
         let event_ref = first.or_else(|| {
-            if self.call.state.emergencies >= MAX_EMERGENCIES_PER_CALL {
+            let st = &self.call.state;
+            let first_life_threatening = life_threatening && !st.life_threatening_recorded;
+            if st.emergencies >= MAX_EMERGENCIES_PER_CALL && !first_life_threatening {
                 tracing::warn!(
-                    recorded = self.call.state.emergencies,
+                    recorded = st.emergencies,
+                    severity = ?i.severity,
                     "emergency not recorded: the call's cap is reached"
                 );
-                return self.call.state.last_emergency.clone();
+                return st.last_emergency.clone();
             }
             self.record(i, patient_id, d.advice, fingerprint)
         });
@@ -74,6 +77,7 @@ impl Ctx<'_> {
         fingerprint: String,
     ) -> Option<String> {
         let now = self.now.as_second();
+        let severity = i.severity;
         let recorded = self.store.record_emergency(&NewEmergency {
             severity: i.severity,
             keywords: i.keywords,
@@ -89,6 +93,7 @@ impl Ctx<'_> {
                 let st = self.state();
                 st.emergencies += 1;
                 st.last_emergency = Some(r.clone());
+                st.life_threatening_recorded |= severity == Severity::LifeThreatening;
                 self.state().note_filed(
                     Filed {
                         fingerprint,

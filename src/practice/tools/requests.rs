@@ -87,16 +87,19 @@ impl Ctx<'_> {
         {
             return Err(ToolError::PremiumRateNumber.into());
         }
-        // A promised call-back needs a number, whatever the category (a refill the staff judge
-        // below phone assurance is one).
-        let needs_number = decision.expect.kind == ExpectKind::Callback
-            || !matches!(
-                i.category,
-                RequestCategory::PrescriptionRefill
-                    | RequestCategory::Message
-                    | RequestCategory::Document
-                    | RequestCategory::Referral
-            );
+        // An answer that promises the staff get back to the caller needs a number to do it
+        // with, whatever the category (a refill the staff judge below phone assurance, a
+        // document).
+        let needs_number = matches!(
+            decision.expect.kind,
+            ExpectKind::Callback | ExpectKind::StaffPrepares
+        ) || !matches!(
+            i.category,
+            RequestCategory::PrescriptionRefill
+                | RequestCategory::Message
+                | RequestCategory::Document
+                | RequestCategory::Referral
+        );
         if callback_number.is_none() && needs_number {
             return Err(ToolError::CallbackNumberNeeded.into());
         }
