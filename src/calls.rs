@@ -519,13 +519,13 @@ impl CallRegistry {
             .count()
     }
 
-    /// Whether a call ended at or after `since` (its stream may still have Twilio's
+    /// Whether a call ended within `window` before `now` (its stream may still have Twilio's
     /// `stream-ended` request to come).
-    pub fn ended_since(&self, since: Instant) -> bool {
-        self.lock()
-            .calls
-            .values()
-            .any(|e| matches!(e.state, State::Ended { at, .. } if at >= since))
+    pub fn ended_within(&self, now: Instant, window: Duration) -> bool {
+        self.lock().calls.values().any(|e| {
+            matches!(e.state, State::Ended { at, .. }
+                if now.saturating_duration_since(at) <= window)
+        })
     }
 
     /// Number of entries (pending, live and remembered).

@@ -914,13 +914,14 @@ impl<'a> Vars<'a> {
 /// filter syntax reads a misspelt level ("debgu") as a target to show alone, which would hide
 /// every log line, errors included. Other crates are named with a level (`tokio=debug`).
 fn log_filter_is_meant(filter: &str) -> bool {
-    const BARE_WORDS: [&str; 7] = ["trace", "debug", "info", "warn", "error", "off", "ignis"];
+    use tracing_subscriber::filter::LevelFilter;
+    // Exact, untrimmed: the filter matches targets case-sensitively and reads "debug " as a
+    // target, not a level; levels themselves are read in any case, and as 0-5.
     tracing_subscriber::EnvFilter::try_new(filter).is_ok()
         && filter
             .split(',')
-            .map(str::trim)
             .filter(|d| !d.is_empty() && !d.contains(['=', '[', ':']))
-            .all(|d| BARE_WORDS.contains(&d.to_ascii_lowercase().as_str()))
+            .all(|d| d == "ignis" || d.parse::<LevelFilter>().is_ok())
 }
 
 impl Config {
@@ -1058,7 +1059,13 @@ mod tests {
         v.insert("RUST_LOG".into(), "info,ignis::practice=debug".into());
         let c = Config::from_vars(&v, false).unwrap();
         assert_eq!(c.log_filter.as_deref(), Some("info,ignis::practice=debug"));
-        for bad in ["ignis=[[loud", "debgu", "info,inof"] {
+        for bad in [
+            "ignis=[[loud",
+            "debgu",
+            "info,inof",
+            "Ignis",
+            "debug ,tokio=info",
+        ] {
             v.insert("RUST_LOG".into(), bad.into());
             let e = Config::from_vars(&v, false).unwrap_err();
             assert_eq!(e.variable, "RUST_LOG", "{bad}");
@@ -1067,6 +1074,9 @@ mod tests {
             "Debug",
             "ignis",
             "warn,tokio=debug",
+            "3",
+            "4,tokio=info",
+            "info,",
             "info,ignis::practice=trace",
         ] {
             v.insert("RUST_LOG".into(), good.into());

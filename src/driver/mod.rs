@@ -245,6 +245,7 @@ pub async fn serve(
         closures: tokio::time::interval(crate::practice::closures::CLOSURES_RELOAD_INTERVAL),
     };
     acceptor.run(shutdown).await;
+    let signalled = Instant::now();
     app.set_draining();
     let deadline = tokio::time::Instant::now() + app.config.drain;
     let active_calls = app.calls.active_count(Instant::now());
@@ -263,9 +264,7 @@ pub async fn serve(
         );
     }
     // A call that ended just before the signal may still have its `stream-ended` to come.
-    let recent = Instant::now()
-        .checked_sub(STREAM_ENDED_GRACE)
-        .is_some_and(|since| app.calls.ended_since(since));
+    let recent = app.calls.ended_within(signalled, STREAM_ENDED_GRACE);
     drain_while_accepting(&mut acceptor, &app, deadline, active_calls > 0 || recent).await;
     let Acceptor {
         listener,
