@@ -248,7 +248,7 @@ pub async fn serve(
     let signalled = Instant::now();
     app.set_draining();
     let deadline = tokio::time::Instant::now() + app.config.drain;
-    let active_calls = app.calls.active_count(Instant::now());
+    let active_calls = app.calls.active_count(signalled);
     let drain_secs = app.config.drain.as_secs();
     if let Some(f) = &app.fleet {
         info!(

@@ -191,7 +191,7 @@ pub struct CallState {
     #[serde(default)]
     pub filed: Vec<Filed>,
     /// Fingerprints of the names `identify_patient` found no one for in this call
-    /// ([`unmatched_fingerprint`]): only such a name may be booked as a new patient, so a
+    /// ([`CallState::note_unmatched`]): only such a name may be booked as a new patient, so a
     /// booking never tells whether someone is a patient (docs/practice-tools.md §6.3). At most
     /// [`MAX_IDENTIFY_CALLS_PER_CALL`], since each comes from one identification.
     #[serde(default)]
@@ -221,7 +221,7 @@ pub const MAX_EMERGENCIES_PER_CALL: u32 = 5;
 /// The fingerprint of a name identification found no one for: the family name's and the given
 /// name's keys (`store::name_key`) and the birth date; `given` `None` when none was said (then
 /// nobody of that family name was born that day).
-pub fn unmatched_fingerprint(family: &str, birth_date: &str, given: Option<&str>) -> String {
+fn unmatched_fingerprint(family: &str, birth_date: &str, given: Option<&str>) -> String {
     fingerprint(&format!(
         "unmatched|{family}|{birth_date}|{}",
         given.unwrap_or("*")
@@ -291,8 +291,10 @@ impl CallState {
         self.failed_identifications >= MAX_FAILED_IDENTIFICATIONS
     }
 
-    /// Notes a name identification found no one for ([`CallState::unmatched`]).
-    pub fn note_unmatched(&mut self, fingerprint: String) {
+    /// Notes that identification found no one for this name (keys as `store::name_key` makes
+    /// them; `given` `None` when none was said) ([`CallState::unmatched`]).
+    pub fn note_unmatched(&mut self, family: &str, birth_date: &str, given: Option<&str>) {
+        let fingerprint = unmatched_fingerprint(family, birth_date, given);
         if !self.unmatched.contains(&fingerprint)
             && self.unmatched.len() < MAX_IDENTIFY_CALLS_PER_CALL as usize
         {
@@ -300,9 +302,13 @@ impl CallState {
         }
     }
 
-    /// Whether identification found no one for this name in this call.
-    pub fn was_unmatched(&self, fingerprint: &str) -> bool {
-        self.unmatched.iter().any(|f| f == fingerprint)
+    /// Whether identification found no one for this name in this call: nobody of the family
+    /// name born that day, or nobody with this given name too.
+    pub fn was_unmatched(&self, family: &str, birth_date: &str, given: &str) -> bool {
+        [None, Some(given)].into_iter().any(|g| {
+            let fingerprint = unmatched_fingerprint(family, birth_date, g);
+            self.unmatched.contains(&fingerprint)
+        })
     }
 
     /// Remaining identification attempts.

@@ -1865,35 +1865,17 @@ mod tests {
     fn a_tool_on_another_host_fails_the_check_naming_it() {
         let configs = desired_tools("https://old.example.net", "sec_1", &demo_words()).unwrap();
         let (agent, tools) = listed(&configs);
-        let c = check_tools(
-            &agent,
-            &tools,
-            ORIGIN,
-            &ExpectedSecret::Id("sec_1".into()),
-            &demo_words(),
-        );
+        let check = |tools: &[Value], secret: &str| {
+            let secret = ExpectedSecret::Id(secret.into());
+            check_tools(&agent, tools, ORIGIN, &secret, &demo_words())
+        };
+        let c = check(&tools, "sec_1");
         assert_eq!(c.status, super::super::Status::Fail);
         assert!(c.detail.contains("old.example.net"), "{}", c.detail);
         assert!(c.fix.unwrap().contains("ignis agent sync"));
         let (_, good) = listed(&desired_tools(ORIGIN, "sec_1", &demo_words()).unwrap());
-        assert_eq!(
-            check_tools(
-                &agent,
-                &good,
-                ORIGIN,
-                &ExpectedSecret::Id("sec_1".into()),
-                &demo_words()
-            )
-            .status,
-            super::super::Status::Pass
-        );
-        let other = check_tools(
-            &agent,
-            &good,
-            ORIGIN,
-            &ExpectedSecret::Id("sec_2".into()),
-            &demo_words(),
-        );
+        assert_eq!(check(&good, "sec_1").status, super::super::Status::Pass);
+        let other = check(&good, "sec_2");
         assert!(other.detail.contains("another secret"), "{}", other.detail);
     }
 

@@ -10,7 +10,6 @@ use super::outcome::{Booked, Cancelled, ReplacedView};
 use crate::practice::calendar;
 use crate::practice::calls::{
     Assurance, Filed, MAX_BOOKINGS_PER_CALL, MAX_BOOKINGS_PER_NUMBER_PER_DAY, fingerprint,
-    unmatched_fingerprint,
 };
 use crate::practice::config::VisitType;
 use crate::practice::store::{
@@ -37,12 +36,10 @@ impl Patient {
     fn key(&self) -> String {
         match &self.booking {
             BookingPatient::Existing(id) => format!("p:{id}"),
-            BookingPatient::New(np) => format!(
-                "n:{}|{}|{}",
-                name_key(&normalize_name(&np.family)),
-                name_key(&normalize_name(&np.given)),
-                np.birth_date
-            ),
+            BookingPatient::New(np) => {
+                let (family, given) = name_keys(np);
+                format!("n:{family}|{given}|{}", np.birth_date)
+            }
         }
     }
 }
@@ -113,12 +110,23 @@ impl Ctx<'_> {
             return Err(ToolError::BookingLimit.into());
         }
         if let BookingPatient::New(np) = &booking.patient {
-            match self.new_patient_of_this_call(np)? {
-                Some(existing) => {
-                    booking.patient = existing.booking;
-                    assurance = existing.assurance;
+            let namesakes = self.namesakes(np)?;
+            // The same new patient booked again in this call (the agent not using the
+            // `patient_ref` the first booking answered): for the record that booking made. The
+            // booking keeps the key it was asked with, so its retry is found.
+            let this_call = self
+                .call
+                .state
+                .patients
+                .iter()
+                .find(|r| namesakes.contains(&r.id));
+            match this_call {
+                Some(r) => {
+                    assurance = Some(r.assurance);
+                    booking.patient = BookingPatient::Existing(r.id);
                 }
-                None => self.refuse_duplicate(np)?,
+                None if !namesakes.is_empty() => return Err(self.review_duplicate(np)?.into()),
+                None => {}
             }
         }
         let outcome = self.store.book(&booking)?;
@@ -201,15 +209,11 @@ impl Ctx<'_> {
                 // Only a name identification found no one for: else whether the booking is
                 // made or goes to staff review would tell a caller, without the identification
                 // budget, whether someone is a patient (docs/practice-tools.md §6.3).
-                let family = name_key(&normalize_name(&np.family));
-                let given = name_key(&normalize_name(&np.given));
-                let st = &self.call.state;
-                if !st.was_unmatched(&unmatched_fingerprint(&family, &np.birth_date, None))
-                    && !st.was_unmatched(&unmatched_fingerprint(
-                        &family,
-                        &np.birth_date,
-                        Some(&given),
-                    ))
+                let (family, given) = name_keys(np);
+                if !self
+                    .call
+                    .state
+                    .was_unmatched(&family, &np.birth_date, &given)
                 {
                     return Err(ToolError::NotIdentified.into());
                 }
@@ -224,52 +228,30 @@ impl Ctx<'_> {
         }
     }
 
-    /// The patient a new-patient booking of this call created, when the agent books the same
-    /// new patient again (a second appointment) instead of using the `patient_ref` the first
-    /// booking answered: booked for them, not sent to staff review as a duplicate. (The
-    /// booking keeps the new-patient idempotency key it was asked with, so its retry is found.)
-    fn new_patient_of_this_call(&mut self, np: &NewPatient) -> Out<Option<Patient>> {
-        let (family, given) = (
-            name_key(&normalize_name(&np.family)),
-            name_key(&normalize_name(&np.given)),
-        );
-        let stored = self.store.patients_by_birth_date(&np.birth_date)?;
-        let same = stored.iter().filter(|p| {
-            name_key(&normalize_name(&p.family)) == family
-                && name_key(&normalize_name(&p.given)) == given
-        });
-        for p in same {
-            if let Some(r) = self.call.state.patients.iter().find(|r| r.id == p.id) {
-                return Ok(Some(Patient {
-                    booking: BookingPatient::Existing(p.id),
-                    assurance: Some(r.assurance),
-                }));
-            }
-        }
-        Ok(None)
-    }
-
-    /// A "new patient" whose name and birth date match a stored one is not created a second
-    /// time (that would make the real patient's identification `ambiguous`): the staff get a
-    /// review request instead and the booking is not made.
-    fn refuse_duplicate(&mut self, np: &NewPatient) -> Out<()> {
-        let family = name_key(&normalize_name(&np.family));
-        let given = name_key(&normalize_name(&np.given));
-        let exists = self
+    /// The stored patients with a new patient's name and birth date (as names are compared).
+    fn namesakes(&mut self, np: &NewPatient) -> Out<Vec<i64>> {
+        let keys = name_keys(np);
+        Ok(self
             .store
             .patients_by_birth_date(&np.birth_date)?
             .iter()
-            .any(|p| {
-                name_key(&normalize_name(&p.family)) == family
-                    && name_key(&normalize_name(&p.given)) == given
-            });
-        if !exists {
-            return Ok(());
-        }
+            .filter(|p| {
+                name_key(&normalize_name(&p.family)) == keys.0
+                    && name_key(&normalize_name(&p.given)) == keys.1
+            })
+            .map(|p| p.id)
+            .collect())
+    }
+
+    /// The answer to a "new patient" whose name and birth date match a stored one: no second
+    /// record (it would make the real patient's identification `ambiguous`), nothing booked; the
+    /// staff get a review request instead.
+    fn review_duplicate(&mut self, np: &NewPatient) -> Out<ToolError> {
+        let (family, given) = name_keys(np);
         // A review the staff cannot call back on helps nobody: a withheld caller is asked
         // for a number first (the agent then files a call-back with it; agent/prompt.md §4).
         if self.caller_number().is_none() {
-            return Err(ToolError::CallbackNumberNeeded.into());
+            return Ok(ToolError::CallbackNumberNeeded);
         }
         // A retried booking (same person, in this call, within minutes) gets the first review's
         // reference: the staff would otherwise review one caller twice.
@@ -279,10 +261,9 @@ impl Ctx<'_> {
         ));
         if let Some(first) = self.filed_earlier(&fingerprint)? {
             self.restore_filing(fingerprint, &first, true);
-            return Err(ToolError::StaffReview {
+            return Ok(ToolError::StaffReview {
                 request_ref: first.reference,
-            }
-            .into());
+            });
         }
         // The review is a request: it counts against the caller's request caps, so reviews of
         // ever other names cannot flood the staff.
@@ -316,10 +297,9 @@ impl Ctx<'_> {
             },
             true,
         );
-        Err(ToolError::StaffReview {
+        Ok(ToolError::StaffReview {
             request_ref: created.ref_code,
-        }
-        .into())
+        })
     }
 
     /// The appointment a reschedule replaces: the same patient's, known in this call, with
@@ -386,4 +366,12 @@ impl Ctx<'_> {
             CancelOutcome::InPast => Err(ToolError::InPast.into()),
         }
     }
+}
+
+/// A new patient's family and given name as names are compared (`name_key`).
+fn name_keys(np: &NewPatient) -> (String, String) {
+    (
+        name_key(&normalize_name(&np.family)),
+        name_key(&normalize_name(&np.given)),
+    )
 }

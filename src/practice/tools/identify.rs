@@ -7,7 +7,7 @@ use super::input::IdentifyInput;
 use super::outcome::{IdentifyOutcome, PatientFlags, UniqueMatch};
 use crate::metrics::{Metrics, PRACTICE};
 use crate::practice::calendar;
-use crate::practice::calls::{Assurance, unmatched_fingerprint};
+use crate::practice::calls::Assurance;
 use crate::practice::store::{Gender, PatientRecord, name_key, normalize_name, quarter};
 
 /// Upcoming appointments read back by `identify_patient`.
@@ -45,11 +45,7 @@ impl Ctx<'_> {
                     .filter(|g| !g.is_empty());
                 let birth_date = i.birth_date.to_string();
                 let st = self.state();
-                st.note_unmatched(unmatched_fingerprint(
-                    &family,
-                    &birth_date,
-                    given.as_deref(),
-                ));
+                st.note_unmatched(&family, &birth_date, given.as_deref());
                 st.failed_identifications += 1;
                 Ok(IdentifyOutcome::None {
                     attempts_left: st.attempts_left(),

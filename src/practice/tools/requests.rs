@@ -11,7 +11,9 @@ use crate::practice::calls::{
     normalize_number,
 };
 use crate::practice::premium::is_premium;
-use crate::practice::store::{NewRequest, PatientRecord, RequestCategory, Urgency, quarter};
+use crate::practice::store::{
+    NewRequest, PatientRecord, RequestCategory, RequestDetails, Urgency, quarter,
+};
 
 /// Opening minutes an urgent call-back needs left today to be promised for today.
 pub const URGENT_CALLBACK_MIN_MINUTES: u32 = 60;
@@ -30,6 +32,14 @@ struct Decision {
 }
 
 impl Decision {
+    /// Below phone assurance: the staff judge, whatever the record says (see [`Ctx::decide`]).
+    fn staff_judge() -> Decision {
+        Decision::expect(
+            ExpectKind::Callback,
+            "Das Praxisteam prüft Ihr Anliegen und meldet sich bei Ihnen.",
+        )
+    }
+
     fn expect(kind: ExpectKind, label: impl Into<String>) -> Decision {
         Decision {
             expect: Expectation {
@@ -61,48 +71,9 @@ impl Ctx<'_> {
             return Err(ToolError::NotIdentified.into());
         }
         let verified = assurance == Some(Assurance::NameDobPhone);
-        let decision = self.decide(&i, patient.as_ref(), verified)?;
-        // Below phone assurance the practice calls back the number on file, never one the caller
-        // just named; without a number on file the request is stored as unverified (its
-        // assurance), for the staff to check first (docs/practice-tools.md §6.3).
-        let on_file = patient
-            .as_ref()
-            .filter(|_| assurance != Some(Assurance::NameDobPhone))
-            .and_then(|p| phone_on_file(p).cloned());
-        let callback_number = decision
-            .callback_number
-            .or(on_file)
-            .or_else(|| i.callback_number.clone())
-            .or_else(|| self.caller_number());
-        // The caller named a number and the practice will call another (the one on file): the
-        // agent must say so, not confirm the number it heard (practice-tools review).
-        let same = |a: &str, b: &str| normalize_number(a) == normalize_number(b);
-        let number_on_file_instead = match (&i.callback_number, &callback_number) {
-            (Some(given), Some(used)) => !same(given, used),
-            _ => false,
-        };
-        if callback_number
-            .as_deref()
-            .is_some_and(|n| is_premium(n, &self.config.premium_rate_prefixes))
-        {
-            return Err(ToolError::PremiumRateNumber.into());
-        }
-        // An answer that promises the staff get back to the caller needs a number to do it
-        // with, whatever the category (a refill the staff judge below phone assurance, a
-        // document).
-        let needs_number = matches!(
-            decision.expect.kind,
-            ExpectKind::Callback | ExpectKind::StaffPrepares
-        ) || !matches!(
-            i.category,
-            RequestCategory::PrescriptionRefill
-                | RequestCategory::Message
-                | RequestCategory::Document
-                | RequestCategory::Referral
-        );
-        if callback_number.is_none() && needs_number {
-            return Err(ToolError::CallbackNumberNeeded.into());
-        }
+        let mut decision = self.decide(&i, patient.as_ref(), verified)?;
+        let (callback_number, number_on_file_instead) =
+            self.callback_for(&i, patient.as_ref(), verified, &mut decision)?;
         // A retried tool call (same input in this call, within minutes) gets the first
         // request's reference: a second one would be work twice for the staff.
         let fingerprint = fingerprint(&format!("create_request|{i:?}"));
@@ -190,48 +161,9 @@ impl Ctx<'_> {
         let this_quarter = quarter(calendar::local(self.config, self.now).date);
         let card_ok =
             patient.is_some_and(|p| p.card_read_quarter.as_deref() == Some(this_quarter.as_str()));
-        let staff_judge = || {
-            Decision::expect(
-                ExpectKind::Callback,
-                "Das Praxisteam prüft Ihr Anliegen und meldet sich bei Ihnen.",
-            )
-        };
         let decision = match i.category {
             RequestCategory::PrescriptionRefill => {
-                let n = d.map_or(0, |d| d.medications.len());
-                if n == 0 {
-                    return Err(ToolError::MissingDetails.into());
-                }
-                if n > MAX_MEDICATIONS {
-                    return Err(ToolError::TooManyItems.into());
-                }
-                if d.is_some_and(|d| d.new_medication) {
-                    return Err(ToolError::NeedsAppointment.into());
-                }
-                if unverified {
-                    return Ok(staff_judge());
-                }
-                if patient.is_some() && !known {
-                    return Err(ToolError::NeedsAppointment.into());
-                }
-                if card_ok {
-                    Decision::expect(
-                        ExpectKind::ERezeptCard,
-                        format!(
-                            "Nach Freigabe durch die Ärztin oder den Arzt können Sie das E-Rezept \
-                             voraussichtlich ab {} mit Ihrer Versichertenkarte in der Apotheke \
-                             einlösen.",
-                            self.next_working_day_label()
-                        ),
-                    )
-                } else {
-                    let mut d = Decision::expect(
-                        ExpectKind::CardVisitFirst,
-                        "Bitte kommen Sie in diesem Quartal einmal mit Ihrer Versichertenkarte vorbei; danach stellen wir das E-Rezept aus.",
-                    );
-                    d.needs.push(Need::CardVisitThisQuarter);
-                    d
-                }
+                return self.refill(d, patient, unverified, card_ok);
             }
             RequestCategory::SickNote => {
                 // Below phone assurance the doctor decides in the call-back, with the record.
@@ -252,7 +184,7 @@ impl Ctx<'_> {
                     return Err(ToolError::NeedsAppointment.into());
                 }
                 if unverified {
-                    return Ok(staff_judge());
+                    return Ok(Decision::staff_judge());
                 }
                 if !known {
                     return Err(ToolError::NeedsAppointment.into());
@@ -303,6 +235,101 @@ impl Ctx<'_> {
             }
         };
         Ok(decision)
+    }
+
+    /// The number the staff call back, and whether it is not the one the caller named; refused
+    /// when it is a premium-rate number, or missing where the answer promises contact.
+    fn callback_for(
+        &self,
+        i: &RequestInput,
+        patient: Option<&PatientRecord>,
+        verified: bool,
+        decision: &mut Decision,
+    ) -> Out<(Option<String>, bool)> {
+        // Below phone assurance the practice calls back the number on file, never one the caller
+        // just named; without a number on file the request is stored as unverified (its
+        // assurance), for the staff to check first (docs/practice-tools.md §6.3).
+        let on_file = patient
+            .filter(|_| !verified)
+            .and_then(|p| phone_on_file(p).cloned());
+        let callback_number = decision
+            .callback_number
+            .take()
+            .or(on_file)
+            .or_else(|| i.callback_number.clone())
+            .or_else(|| self.caller_number());
+        // The caller named a number and the practice will call another (the one on file): the
+        // agent must say so, not confirm the number it heard (practice-tools review).
+        let same = |a: &str, b: &str| normalize_number(a) == normalize_number(b);
+        let number_on_file_instead = match (&i.callback_number, &callback_number) {
+            (Some(given), Some(used)) => !same(given, used),
+            _ => false,
+        };
+        if callback_number
+            .as_deref()
+            .is_some_and(|n| is_premium(n, &self.config.premium_rate_prefixes))
+        {
+            return Err(ToolError::PremiumRateNumber.into());
+        }
+        // An answer that promises the staff get back to the caller needs a number to do it
+        // with, whatever the category (a refill the staff judge below phone assurance, a
+        // document).
+        let needs_number = matches!(
+            decision.expect.kind,
+            ExpectKind::Callback | ExpectKind::StaffPrepares
+        ) || !matches!(
+            i.category,
+            RequestCategory::PrescriptionRefill
+                | RequestCategory::Message
+                | RequestCategory::Document
+                | RequestCategory::Referral
+        );
+        if callback_number.is_none() && needs_number {
+            return Err(ToolError::CallbackNumberNeeded.into());
+        }
+        Ok((callback_number, number_on_file_instead))
+    }
+
+    /// A prescription refill's rules (see [`Self::decide`]).
+    fn refill(
+        &self,
+        d: Option<&RequestDetails>,
+        patient: Option<&PatientRecord>,
+        unverified: bool,
+        card_ok: bool,
+    ) -> Out<Decision> {
+        let n = d.map_or(0, |d| d.medications.len());
+        if n == 0 {
+            return Err(ToolError::MissingDetails.into());
+        }
+        if n > MAX_MEDICATIONS {
+            return Err(ToolError::TooManyItems.into());
+        }
+        if d.is_some_and(|d| d.new_medication) {
+            return Err(ToolError::NeedsAppointment.into());
+        }
+        if unverified {
+            return Ok(Decision::staff_judge());
+        }
+        if patient.is_some_and(|p| !p.known) {
+            return Err(ToolError::NeedsAppointment.into());
+        }
+        if card_ok {
+            return Ok(Decision::expect(
+                ExpectKind::ERezeptCard,
+                format!(
+                    "Nach Freigabe durch die Ärztin oder den Arzt können Sie das E-Rezept \
+                     voraussichtlich ab {} mit Ihrer Versichertenkarte in der Apotheke einlösen.",
+                    self.next_working_day_label()
+                ),
+            ));
+        }
+        let mut d = Decision::expect(
+            ExpectKind::CardVisitFirst,
+            "Bitte kommen Sie in diesem Quartal einmal mit Ihrer Versichertenkarte vorbei; danach stellen wir das E-Rezept aus.",
+        );
+        d.needs.push(Need::CardVisitThisQuarter);
+        Ok(d)
     }
 
     /// What an urgent call-back can promise now: "today" only while the practice has at least
